@@ -1,0 +1,28 @@
+# Set-up and entry points. `make test` and `make study` work on a fresh machine.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU build of torch; GPU users: `make setup TORCH="torch"` (or install torch into $(VENV) first).
+TORCH ?= torch==2.13.0
+
+.PHONY: setup test lint study smoke
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+test: setup
+	$(PY) -m pytest
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+study: setup
+	PATH="$(abspath $(VENV))/bin:$$PATH" bash scripts/small_batch_study.sh
+
+smoke: setup
+	PATH="$(abspath $(VENV))/bin:$$PATH" bash scripts/small_batch_study.sh --smoke

@@ -1,0 +1,21 @@
+"""Normalization plugins: the registry and one module per built-in norm."""
+
+from normbench.norms._layout import ChannelLast
+from normbench.norms.registry import (
+    NormSpec,
+    available_norms,
+    build_norm,
+    iter_specs,
+    norm_spec,
+    register_norm,
+)
+
+__all__ = [
+    "ChannelLast",
+    "NormSpec",
+    "available_norms",
+    "build_norm",
+    "iter_specs",
+    "norm_spec",
+    "register_norm",
+]

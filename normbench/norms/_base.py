@@ -1,0 +1,51 @@
+"""Shared pieces of the built-in plugins: the (N, C, *spatial) input check and per-channel affine."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+MAX_SPATIAL_DIMS = 3
+
+
+class ChannelNorm(nn.Module):
+    """Base of the built-in norms: ``num_channels``, ``eps``, optional per-channel ``weight``/``bias``.
+
+    Subclasses call :meth:`check_input` first in ``forward``. Parameter names match torch's so state
+    dicts interoperate.
+    """
+
+    min_spatial_positions = 0
+
+    def __init__(self, num_channels: int, eps: float = 1e-5, affine: bool = True) -> None:
+        super().__init__()
+        if eps <= 0:
+            raise ValueError(f"{type(self).__name__}: eps must be > 0, got {eps!r}")
+        self.num_channels = num_channels
+        self.eps = eps
+        self.affine = affine
+        if affine:
+            self.weight = nn.Parameter(torch.ones(num_channels))
+            self.bias = nn.Parameter(torch.zeros(num_channels))
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+
+    def check_input(self, x: Tensor) -> None:
+        """Raise ValueError unless ``x`` is (N, C, *spatial) with this C and 0-3 spatial dims."""
+        if not 2 <= x.dim() <= 2 + MAX_SPATIAL_DIMS or x.shape[1] != self.num_channels:
+            raise ValueError(
+                f"{type(self).__name__}: expected input of shape (N, {self.num_channels}, *spatial) "
+                f"with 0 to {MAX_SPATIAL_DIMS} spatial dims, got {tuple(x.shape)}"
+            )
+        if self.min_spatial_positions and math.prod(x.shape[2:]) < self.min_spatial_positions:
+            raise ValueError(
+                f"{type(self).__name__}: needs at least {self.min_spatial_positions} spatial positions "
+                f"per channel to compute its statistics, got input of shape {tuple(x.shape)}; "
+                "(N, C) features have none"
+            )
+
+    def extra_repr(self) -> str:
+        return f"{self.num_channels}, eps={self.eps}, affine={self.affine}"

@@ -1,0 +1,42 @@
+"""Applying channel-first plugins to channel-last token tensors (N, L, C), as used by Transformers."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from torch import Tensor, nn
+
+Layout = Literal["token", "sequence"]
+
+
+class ChannelLast(nn.Module):
+    """Wrap a channel-first norm so it takes (N, L, C) tensors and returns (N, L, C).
+
+    Two readings of a token tensor, chosen with ``layout``:
+
+    * ``"token"`` (default): every token is a sample; the norm sees (N·L, C). This is what
+      Transformers mean by LayerNorm (statistics per token over C, ``torch.nn.LayerNorm(C)``), and
+      BatchNorm pools its statistics over all N·L tokens.
+    * ``"sequence"``: the sequence is the spatial axis; the norm sees (N, C, L). Needed by plugins that
+      need spatial positions (instance norm: per sample and channel over L).
+
+    The state dict is the wrapped module's, under ``norm.``.
+    """
+
+    def __init__(self, norm: nn.Module, layout: Layout = "token") -> None:
+        super().__init__()
+        if layout not in ("token", "sequence"):
+            raise ValueError(f"layout must be 'token' or 'sequence', got {layout!r}")
+        self.norm = norm
+        self.layout = layout
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 3:
+            raise ValueError(f"ChannelLast: expected (N, L, C) input, got shape {tuple(x.shape)}")
+        if self.layout == "token":
+            n, length, c = x.shape
+            return self.norm(x.reshape(n * length, c)).reshape(n, length, c)
+        return self.norm(x.transpose(1, 2)).transpose(1, 2)
+
+    def extra_repr(self) -> str:
+        return f"layout={self.layout!r}"

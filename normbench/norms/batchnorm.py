@@ -1,0 +1,97 @@
+"""Batch Normalization (Ioffe & Szegedy 2015)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from normbench.norms._base import ChannelNorm
+from normbench.norms.registry import register_norm
+
+
+@register_norm(
+    "batchnorm",
+    aliases=("bn",),
+    paper="Ioffe & Szegedy 2015, Batch Normalization, arXiv:1502.03167",
+    batch_dependent=True,
+    running_stats=True,
+)
+class BatchNorm(ChannelNorm):
+    r"""Batch Normalization: per-channel statistics over the batch and all spatial positions.
+
+    .. math::
+        y = \frac{x - \mathrm{E}_B[x]}{\sqrt{\mathrm{Var}_B[x] + \epsilon}} \cdot \gamma + \beta
+
+    In training mode the mean and the *biased* variance are taken per channel over N and every spatial
+    position. The running estimates are updated as
+    ``running = (1 - momentum) * running + momentum * batch_stat`` with the *unbiased* variance
+    (factor ``n / (n - 1)``), or as the cumulative average when ``momentum=None``; eval mode
+    normalizes with them. With ``track_running_stats=False`` batch statistics are used in both modes.
+    Identical to ``torch.nn.BatchNorm{1,2,3}d`` (same buffers: ``running_mean``, ``running_var``,
+    ``num_batches_tracked``), but one module accepts every rank.
+
+    Args:
+        num_channels: C.
+        eps: added to the variance.
+        momentum: EMA rate of the running statistics, or ``None`` for a cumulative average.
+        affine: learnable per-channel ``weight`` (γ) and ``bias`` (β).
+        track_running_stats: keep running statistics for eval mode.
+
+    Shape:
+        Input (N, C, *) with 0-3 spatial dims; output the same shape.
+    """
+
+    def __init__(
+        self,
+        num_channels: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+    ) -> None:
+        super().__init__(num_channels, eps, affine)
+        if momentum is not None and not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"BatchNorm: momentum must be in [0, 1] or None, got {momentum!r}")
+        self.momentum = momentum
+        self.track_running_stats = track_running_stats
+        if track_running_stats:
+            self.register_buffer("running_mean", torch.zeros(num_channels))
+            self.register_buffer("running_var", torch.ones(num_channels))
+            self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+        else:
+            self.register_buffer("running_mean", None)
+            self.register_buffer("running_var", None)
+            self.register_buffer("num_batches_tracked", None)
+
+    def reset_running_stats(self) -> None:
+        if self.track_running_stats:
+            self.running_mean.zero_()
+            self.running_var.fill_(1)
+            self.num_batches_tracked.zero_()
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.check_input(x)
+        factor = 0.0 if self.momentum is None else self.momentum
+        update = self.training and self.track_running_stats
+        if update:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:
+                factor = 1.0 / float(self.num_batches_tracked)
+        use_batch_stats = self.training or not self.track_running_stats
+        return F.batch_norm(
+            x,
+            self.running_mean if not self.training or update else None,
+            self.running_var if not self.training or update else None,
+            self.weight,
+            self.bias,
+            use_batch_stats,
+            factor,
+            self.eps,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"{super().extra_repr()}, momentum={self.momentum}, "
+            f"track_running_stats={self.track_running_stats}"
+        )

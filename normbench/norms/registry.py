@@ -1,0 +1,258 @@
+"""The registry of normalization plugins: the only place that knows which norms exist.
+
+A plugin is a module class (or a factory returning a module) called as ``factory(num_channels,
+**options)``. It is registered under a canonical lower-case name with :func:`register_norm`; names are
+resolved ignoring case, ``-`` and ``_``. Built-in plugins live in ``normbench.norms`` (one file each);
+third-party packages add theirs through the ``normbench.norms`` entry-point group, loaded lazily on the
+first use of the registry.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+import logging
+import pkgutil
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from types import MappingProxyType
+from typing import Any, TypeVar
+
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "normbench.norms"
+
+F = TypeVar("F", bound=Callable[..., nn.Module])
+
+
+@dataclass(frozen=True)
+class NormSpec:
+    """What the registry knows about one plugin.
+
+    Attributes:
+        name: canonical name (lower case, no separators needed to resolve it).
+        factory: class or callable; ``factory(num_channels, **options)`` returns the module.
+        summary: one line, from the first line of the factory's docstring unless given.
+        paper: the reference that defines the operation.
+        batch_dependent: in training mode, does one sample's output depend on the other samples?
+        running_stats: does it keep population statistics that eval mode uses?
+        options: accepted keyword options and their defaults (read from the factory's signature).
+        option_types: the annotated type of each option (``Any`` when not annotated).
+        aliases: other names that resolve to this plugin.
+        min_spatial_positions: inputs need at least this many positions per channel (e.g. 2 for
+            instance statistics); 0 means (N, C) features work.
+        replaces_activation: the module includes its non-linearity, so models must not add one.
+        adapt_layer: optional hook ``adapt_layer(layer) -> layer`` applied once to the conv/linear
+            layer that precedes the norm (e.g. weight standardization).
+        source: where it was registered from (module name, or ``entry point NAME``).
+    """
+
+    name: str
+    factory: Callable[..., nn.Module]
+    summary: str
+    paper: str
+    batch_dependent: bool
+    running_stats: bool
+    options: Mapping[str, Any]
+    option_types: Mapping[str, Any]
+    aliases: tuple[str, ...] = ()
+    min_spatial_positions: int = 0
+    replaces_activation: bool = False
+    adapt_layer: Callable[[nn.Module], nn.Module] | None = None
+    source: str = ""
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+def normalize_name(name: str) -> str:
+    """The lookup key of a name: lower case, without ``-``, ``_`` and spaces."""
+    return name.lower().replace("-", "").replace("_", "").replace(" ", "")
+
+
+def _signature_options(factory: Callable[..., nn.Module]) -> tuple[dict[str, Any], dict[str, Any]]:
+    target = factory.__init__ if inspect.isclass(factory) else factory
+    sig = inspect.signature(target)
+    params = list(sig.parameters.values())
+    if inspect.isclass(factory):
+        params = params[1:]  # self
+    if not params or params[0].kind not in (params[0].POSITIONAL_ONLY, params[0].POSITIONAL_OR_KEYWORD):
+        raise TypeError(f"{factory!r}: a norm factory must take num_channels as its first argument")
+    try:
+        hints = inspect.get_annotations(target, eval_str=True)
+    except Exception:  # unresolvable annotations only lose type checking in configs
+        hints = {}
+    defaults: dict[str, Any] = {}
+    types: dict[str, Any] = {}
+    for p in params[1:]:
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        if p.default is p.empty:
+            raise TypeError(f"{factory!r}: option {p.name!r} needs a default value")
+        defaults[p.name] = p.default
+        types[p.name] = hints.get(p.name, Any)
+    return defaults, types
+
+
+class _Registry:
+    def __init__(self) -> None:
+        self._specs: dict[str, NormSpec] = {}
+        self._keys: dict[str, str] = {}  # normalized name or alias -> canonical name
+        self._loaded = False
+        self._loading = threading.RLock()
+        self.plugin_errors: dict[str, str] = {}
+
+    def add(self, spec: NormSpec, override: bool) -> None:
+        keys = [normalize_name(spec.name), *(normalize_name(a) for a in spec.aliases)]
+        if not override:
+            for key in keys:
+                if key in self._keys:
+                    owner = self._specs[self._keys[key]]
+                    raise ValueError(
+                        f"norm name {key!r} is already registered by {owner.name!r} "
+                        f"(from {owner.source}); pass override=True to replace it"
+                    )
+        if override and spec.name in self._specs:
+            old = self._specs.pop(spec.name)
+            for key in [normalize_name(old.name), *(normalize_name(a) for a in old.aliases)]:
+                self._keys.pop(key, None)
+        self._specs[spec.name] = spec
+        for key in keys:
+            self._keys[key] = spec.name
+
+    def ensure_loaded(self) -> None:
+        if self._loaded:
+            return
+        with self._loading:
+            if self._loaded:
+                return
+            self._loaded = True
+            import normbench.norms as builtin
+
+            for mod in pkgutil.iter_modules(builtin.__path__):
+                if mod.name != "registry" and not mod.name.startswith("_"):
+                    importlib.import_module(f"{builtin.__name__}.{mod.name}")
+            for ep in entry_points(group=ENTRY_POINT_GROUP):
+                try:
+                    ep.load()
+                except Exception as exc:  # a broken third-party plugin must not break the rest
+                    msg = f"{type(exc).__name__}: {exc}"
+                    self.plugin_errors[ep.name] = msg
+                    log.warning("normbench: norm plugin entry point %r failed to load: %s", ep.name, msg)
+
+    def specs(self) -> dict[str, NormSpec]:
+        self.ensure_loaded()
+        return self._specs
+
+    def resolve(self, name: str) -> NormSpec:
+        if not isinstance(name, str):
+            raise TypeError(f"norm name must be a string, got {name!r}")
+        self.ensure_loaded()
+        key = normalize_name(name)
+        if key in self._keys:
+            return self._specs[self._keys[key]]
+        names = sorted(self._specs)
+        close = difflib.get_close_matches(key, list(self._keys), n=1, cutoff=0.6)
+        hint = f" Did you mean {self._keys[close[0]]!r}?" if close else ""
+        broken = (
+            f" (plugins that failed to load: {', '.join(sorted(self.plugin_errors))})"
+            if self.plugin_errors
+            else ""
+        )
+        raise KeyError(f"unknown norm {name!r}.{hint} Available norms: {', '.join(names)}{broken}")
+
+
+REGISTRY = _Registry()
+
+
+def register_norm(
+    name: str,
+    *,
+    aliases: tuple[str, ...] | list[str] = (),
+    override: bool = False,
+    summary: str | None = None,
+    paper: str = "",
+    batch_dependent: bool = False,
+    running_stats: bool = False,
+    min_spatial_positions: int = 0,
+    replaces_activation: bool = False,
+    adapt_layer: Callable[[nn.Module], nn.Module] | None = None,
+) -> Callable[[F], F]:
+    """Register a norm class or factory under ``name`` (decorator).
+
+    The factory is called as ``factory(num_channels, **options)``; its keyword parameters (each with a
+    default) are the plugin's options. Registering a taken name or alias raises ``ValueError`` unless
+    ``override=True``.
+
+    Example::
+
+        @register_norm("centernorm", paper="...", batch_dependent=False)
+        class CenterNorm(nn.Module):
+            '''Subtract the per-sample mean over channels.'''
+            def __init__(self, num_channels: int, eps: float = 1e-5): ...
+    """
+    if normalize_name(name) != name.lower() or not name:
+        raise ValueError(f"norm name {name!r} must be lower case without '-', '_' or spaces")
+
+    def decorator(factory: F) -> F:
+        options, types = _signature_options(factory)
+        doc = inspect.getdoc(factory) or ""
+        line = summary or (doc.strip().splitlines()[0] if doc.strip() else name)
+        spec = NormSpec(
+            name=name,
+            factory=factory,
+            summary=line,
+            paper=paper,
+            batch_dependent=batch_dependent,
+            running_stats=running_stats,
+            options=MappingProxyType(options),
+            option_types=MappingProxyType(types),
+            aliases=tuple(aliases),
+            min_spatial_positions=min_spatial_positions,
+            replaces_activation=replaces_activation,
+            adapt_layer=adapt_layer,
+            source=getattr(factory, "__module__", "?"),
+        )
+        REGISTRY.add(spec, override)
+        return factory
+
+    return decorator
+
+
+def available_norms() -> list[str]:
+    """Canonical names of all registered norms, sorted."""
+    return sorted(REGISTRY.specs())
+
+
+def norm_spec(name: str) -> NormSpec:
+    """Metadata of the plugin that ``name`` (or an alias) resolves to."""
+    return REGISTRY.resolve(name)
+
+
+def iter_specs() -> Iterator[NormSpec]:
+    """All specs in name order."""
+    specs = REGISTRY.specs()
+    return (specs[n] for n in sorted(specs))
+
+
+def build_norm(name: str, num_channels: int, **options: Any) -> nn.Module:
+    """Build the norm ``name`` for ``num_channels`` channels with the plugin's ``options``.
+
+    Raises:
+        KeyError: unknown name (the message lists the available norms and the closest one).
+        TypeError: an option the plugin does not accept (the message lists the accepted ones).
+        ValueError: ``num_channels`` is not a positive integer, or the plugin rejects the options.
+    """
+    spec = norm_spec(name)
+    if isinstance(num_channels, bool) or not isinstance(num_channels, int) or num_channels <= 0:
+        raise ValueError(f"{spec.name}: num_channels must be a positive int, got {num_channels!r}")
+    unknown = sorted(set(options) - set(spec.options))
+    if unknown:
+        accepted = ", ".join(f"{k}={v!r}" for k, v in spec.options.items()) or "none"
+        raise TypeError(
+            f"{spec.name}: unknown option(s) {', '.join(map(repr, unknown))}; accepted options: {accepted}"
+        )
+    return spec.factory(num_channels, **options)

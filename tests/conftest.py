@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from normbench import norm_spec
+
+C = 6
+SHAPES = {
+    "features": (8, C),
+    "1d": (4, C, 5),
+    "2d": (4, C, 3, 3),
+    "3d": (2, C, 2, 3, 2),
+}
+
+
+def fits(name: str, shape: tuple[int, ...]) -> bool:
+    """Does the plugin accept inputs of this shape (by its declared metadata)?"""
+    return math.prod(shape[2:]) >= norm_spec(name).min_spatial_positions
+
+
+def randomize_affine(module: torch.nn.Module, seed: int = 0) -> None:
+    """Give every parameter a non-trivial value so affine bugs cannot hide behind 1s and 0s."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.rand(p.shape, generator=gen, dtype=p.dtype) + 0.5)
+
+
+@pytest.fixture
+def gen() -> torch.Generator:
+    return torch.Generator().manual_seed(1234)

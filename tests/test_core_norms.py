@@ -1,0 +1,173 @@
+"""The four core plugins against torch.nn, their running statistics, and the identities between them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import SHAPES, C, randomize_affine
+from reference import reference_running_stats
+from torch import nn
+
+from normbench import build_norm
+
+TORCH_BN = {1: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}
+TORCH_IN = {3: nn.InstanceNorm1d, 4: nn.InstanceNorm2d, 5: nn.InstanceNorm3d}
+
+
+def batches(shape, n=4, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(shape, generator=gen, dtype=torch.float64) * 3 + 2 for _ in range(n)]
+
+
+def assert_same_outputs(ours, theirs, xs, modes=(True, False)):
+    theirs.load_state_dict(ours.state_dict(), strict=False)
+    for mode in modes:
+        ours.train(mode)
+        theirs.train(mode)
+        for x in xs:
+            torch.testing.assert_close(ours(x), theirs(x), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("momentum", [0.1, 0.5, None])
+@pytest.mark.parametrize("kind", list(SHAPES))
+def test_batchnorm_running_stats_match_formula_and_torch(kind, momentum):
+    shape = SHAPES[kind]
+    xs = batches(shape)
+    ours = build_norm("batchnorm", C, momentum=momentum).double()
+    randomize_affine(ours)
+    theirs = TORCH_BN[len(shape) if len(shape) > 2 else 1](C, momentum=momentum).double()
+    theirs.load_state_dict(ours.state_dict())
+    for x in xs:
+        torch.testing.assert_close(ours(x), theirs(x), rtol=1e-12, atol=1e-12)
+    mean, var = reference_running_stats(xs, momentum, C)
+    torch.testing.assert_close(ours.running_mean, mean, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ours.running_var, var, rtol=1e-12, atol=1e-12)
+    assert int(ours.num_batches_tracked) == len(xs)
+    ours.eval()
+    theirs.eval()
+    x = batches(shape, 1, seed=5)[0]
+    expected = (x - mean.reshape(1, -1, *[1] * (x.dim() - 2))) / torch.sqrt(
+        var.reshape(1, -1, *[1] * (x.dim() - 2)) + 1e-5
+    ) * ours.weight.reshape(1, -1, *[1] * (x.dim() - 2)) + ours.bias.reshape(
+        1, -1, *[1] * (x.dim() - 2)
+    )
+    torch.testing.assert_close(ours(x), expected, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(ours(x), theirs(x), rtol=1e-12, atol=1e-12)
+
+
+def test_batchnorm_two_samples_stores_unbiased_variance():
+    # ANCHORS pitfall: with 2 values per channel the stored variance is twice the one used.
+    x = torch.tensor([[0.0], [2.0]], dtype=torch.float64)
+    bn = build_norm("batchnorm", 1, momentum=1.0).double()
+    y = bn(x)
+    torch.testing.assert_close(y.flatten(), torch.tensor([-1.0, 1.0], dtype=torch.float64) / (1 + 1e-5) ** 0.5)
+    assert bn.running_var.item() == pytest.approx(2.0)
+
+
+def test_batchnorm_without_tracking_uses_batch_stats_in_eval():
+    bn = build_norm("batchnorm", C, track_running_stats=False).double().eval()
+    theirs = nn.BatchNorm2d(C, track_running_stats=False).double().eval()
+    assert bn.running_mean is None and "running_mean" not in bn.state_dict()
+    assert_same_outputs(bn, theirs, batches(SHAPES["2d"], 2))
+
+
+def test_batchnorm_state_dict_interoperates_with_torch_both_ways():
+    ours = build_norm("bn", C).double()
+    randomize_affine(ours)
+    for x in batches(SHAPES["2d"], 3):
+        ours(x)
+    theirs = nn.BatchNorm2d(C).double()
+    theirs.load_state_dict(ours.state_dict())  # strict: same keys
+    assert_same_outputs(ours, theirs, batches(SHAPES["2d"], 1, seed=3), modes=(False,))
+    back = build_norm("batchnorm", C).double()
+    back.load_state_dict(theirs.state_dict())
+    assert set(back.state_dict()) == set(theirs.state_dict())
+    for k, v in theirs.state_dict().items():
+        assert torch.equal(back.state_dict()[k], v)
+
+
+def test_batchnorm_batch_of_one_feature_raises():
+    bn = build_norm("batchnorm", C)
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        bn(torch.randn(1, C))
+
+
+@pytest.mark.parametrize("kind", ["1d", "2d", "3d"])
+def test_instancenorm_equals_torch(kind):
+    shape = SHAPES[kind]
+    ours = build_norm("in", C).double()
+    randomize_affine(ours)
+    theirs = TORCH_IN[len(shape)](C, affine=True).double()
+    assert_same_outputs(ours, theirs, batches(shape, 2))
+
+
+def test_instancenorm_rejects_features_instead_of_zeros():
+    with pytest.raises(ValueError, match=r"spatial positions.*\(8, 6\)"):
+        build_norm("instancenorm", C)(torch.randn(8, C))
+
+
+@pytest.mark.parametrize("groups", [1, 2, 3, 6])
+@pytest.mark.parametrize("kind", list(SHAPES))
+def test_groupnorm_equals_torch(kind, groups):
+    ours = build_norm("groupnorm", C, num_groups=groups).double()
+    randomize_affine(ours)
+    theirs = nn.GroupNorm(groups, C).double()
+    assert_same_outputs(ours, theirs, batches(SHAPES[kind], 2))
+
+
+@pytest.mark.parametrize("kind", list(SHAPES))
+def test_layernorm_equals_groupnorm_with_one_group(kind):
+    ln = build_norm("layernorm", C).double()
+    randomize_affine(ln)
+    gn = build_norm("groupnorm", C, num_groups=1).double()
+    gn.load_state_dict(ln.state_dict())
+    ref = nn.GroupNorm(1, C).double()
+    ref.load_state_dict(ln.state_dict())
+    for x in batches(SHAPES[kind], 2):
+        torch.testing.assert_close(ln(x), gn(x), rtol=0, atol=0)
+        torch.testing.assert_close(ln(x), ref(x), rtol=1e-12, atol=1e-12)
+
+
+def test_layernorm_equals_torch_layernorm_on_features():
+    ln = build_norm("layernorm", C).double()
+    randomize_affine(ln)
+    ref = nn.LayerNorm(C).double()
+    ref.load_state_dict(ln.state_dict())
+    x = batches(SHAPES["features"], 1)[0]
+    torch.testing.assert_close(ln(x), ref(x), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["1d", "2d", "3d"])
+def test_groupnorm_with_c_groups_equals_instancenorm(kind):
+    gn = build_norm("gn", C, num_groups=C).double()
+    randomize_affine(gn)
+    inn = build_norm("in", C).double()
+    inn.load_state_dict(gn.state_dict())
+    for x in batches(SHAPES[kind], 2):
+        torch.testing.assert_close(gn(x), inn(x), rtol=1e-12, atol=1e-12)
+
+
+def test_groupnorm_group_options():
+    assert build_norm("groupnorm", 64).num_groups == 32
+    assert build_norm("groupnorm", 64, group_size=16).num_groups == 4
+    assert build_norm("groupnorm", 16).num_groups == 16  # fewer channels than groups: G = C
+    with pytest.raises(ValueError, match="num_channels=48 is not divisible by num_groups=32"):
+        build_norm("groupnorm", 48)
+    with pytest.raises(ValueError, match="num_channels=12 is not divisible by group_size=5"):
+        build_norm("groupnorm", 12, group_size=5)
+    with pytest.raises(ValueError, match="not both"):
+        build_norm("groupnorm", 12, num_groups=4, group_size=3)
+
+
+def test_channel_last_adapter_token_and_sequence_layouts():
+    from normbench import ChannelLast
+
+    x = torch.randn(3, 7, C, dtype=torch.float64)
+    ln = ChannelLast(build_norm("layernorm", C).double())
+    ref = nn.LayerNorm(C).double()
+    torch.testing.assert_close(ln(x), ref(x), rtol=1e-12, atol=1e-12)
+    inn = ChannelLast(build_norm("instancenorm", C, affine=False).double(), layout="sequence")
+    expected = nn.InstanceNorm1d(C).double()(x.transpose(1, 2)).transpose(1, 2)
+    torch.testing.assert_close(inn(x), expected, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="layout must be 'token' or 'sequence', got 'nlc'"):
+        ChannelLast(ln.norm, layout="nlc")

@@ -1,0 +1,175 @@
+"""Name resolution, registration rules, entry-point discovery and error messages of the registry."""
+
+from __future__ import annotations
+
+import re
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from normbench import available_norms, build_norm, norm_spec, register_norm
+from normbench.norms.registry import REGISTRY
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def isolated_registry(monkeypatch):
+    """Let a test register or discover plugins, then restore the registry as it was."""
+    REGISTRY.ensure_loaded()
+    saved = (dict(REGISTRY._specs), dict(REGISTRY._keys), dict(REGISTRY.plugin_errors))
+    yield REGISTRY
+    REGISTRY._specs, REGISTRY._keys, REGISTRY.plugin_errors = saved
+    REGISTRY._loaded = True
+
+
+def test_core_plugins_are_listed_sorted():
+    names = available_norms()
+    assert names == sorted(names)
+    assert {"batchnorm", "layernorm", "instancenorm", "groupnorm", "identity"} <= set(names)
+
+
+@pytest.mark.parametrize(
+    ("asked", "canonical"),
+    [
+        ("Group-Norm", "groupnorm"),
+        ("group_norm", "groupnorm"),
+        ("GROUPNORM", "groupnorm"),
+        ("bn", "batchnorm"),
+        ("ln", "layernorm"),
+        ("in", "instancenorm"),
+        ("gn", "groupnorm"),
+        ("Batch_Norm", "batchnorm"),
+    ],
+)
+def test_names_resolve_ignoring_case_and_separators(asked, canonical):
+    assert norm_spec(asked).name == canonical
+
+
+def test_unknown_name_lists_available_and_suggests_closest():
+    with pytest.raises(KeyError) as err:
+        build_norm("groupnrom", 8)
+    msg = str(err.value)
+    assert "'groupnrom'" in msg and "Did you mean 'groupnorm'?" in msg
+    for name in available_norms():
+        assert name in msg
+
+
+def test_unknown_option_is_type_error_naming_plugin_and_options():
+    with pytest.raises(TypeError, match=r"groupnorm: unknown option\(s\) 'groups'.*num_groups=32"):
+        build_norm("gn", 8, groups=4)
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True, "8"])
+def test_bad_num_channels(bad):
+    with pytest.raises(ValueError, match=re.escape(f"got {bad!r}")):
+        build_norm("batchnorm", bad)
+
+
+def test_spec_lists_options_with_defaults():
+    spec = norm_spec("batchnorm")
+    assert dict(spec.options) == {
+        "eps": 1e-5,
+        "momentum": 0.1,
+        "affine": True,
+        "track_running_stats": True,
+    }
+    assert spec.batch_dependent and spec.running_stats
+    assert not norm_spec("layernorm").batch_dependent
+    assert "1803.08494" in norm_spec("gn").paper
+
+
+def test_duplicate_registration_needs_override(isolated_registry):
+    class Mine(torch.nn.Identity):
+        def __init__(self, num_channels: int) -> None:
+            super().__init__()
+
+    with pytest.raises(ValueError, match="'bn' is already registered by 'batchnorm'"):
+        register_norm("mybn", aliases=("bn",))(Mine)
+    register_norm("batchnorm", paper="x", override=True)(Mine)
+    assert isinstance(build_norm("batchnorm", 3), Mine)
+    with pytest.raises(KeyError):
+        norm_spec("bn")  # the replaced plugin's aliases went with it
+
+
+def test_factory_function_can_be_registered(isolated_registry):
+    @register_norm("halfscale", paper="test")
+    def halfscale(num_channels: int, scale: float = 0.5) -> torch.nn.Module:
+        """Multiply by a constant."""
+        return torch.nn.Identity() if scale == 1 else _Scale(scale)
+
+    spec = norm_spec("half-scale")
+    assert spec.summary == "Multiply by a constant." and dict(spec.options) == {"scale": 0.5}
+    assert build_norm("halfscale", 4)(torch.ones(2, 4)).sum() == 4.0
+
+
+class _Scale(torch.nn.Module):
+    def __init__(self, s: float) -> None:
+        super().__init__()
+        self.s = s
+
+    def forward(self, x):
+        return x * self.s
+
+
+def _write_distribution(root: Path, name: str, entry_points: str, modules: dict[str, str]) -> None:
+    dist = root / f"{name}-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(f"[normbench.norms]\n{entry_points}\n")
+    for mod, src in modules.items():
+        (root / f"{mod}.py").write_text(textwrap.dedent(src))
+
+
+def test_entry_point_plugins_are_discovered_and_broken_ones_reported(
+    isolated_registry, tmp_path, monkeypatch, caplog
+):
+    _write_distribution(
+        tmp_path,
+        "nb_fake_plugins",
+        "centering = nb_fake_center\nbroken = nb_fake_broken",
+        {
+            "nb_fake_center": """
+                from torch import nn
+                from normbench import register_norm
+
+                @register_norm("centernorm", paper="test plugin")
+                class CenterNorm(nn.Module):
+                    '''Subtract the per-sample mean over channels.'''
+                    def __init__(self, num_channels: int) -> None:
+                        super().__init__()
+                    def forward(self, x):
+                        return x - x.mean(1, keepdim=True)
+            """,
+            "nb_fake_broken": "raise ImportError('needs a GPU library')\n",
+        },
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    isolated_registry._loaded = False
+    caplog.set_level("WARNING")
+    assert "centernorm" in available_norms()
+    assert "batchnorm" in available_norms()
+    assert norm_spec("centernorm").source == "nb_fake_center"
+    assert "broken" in REGISTRY.plugin_errors
+    assert "needs a GPU library" in REGISTRY.plugin_errors["broken"]
+    assert "'broken'" in caplog.text and "needs a GPU library" in caplog.text
+    with pytest.raises(KeyError, match="failed to load: broken"):
+        norm_spec("nothere")
+    sys.modules.pop("nb_fake_center", None)
+
+
+def test_readme_plugin_example_runs(isolated_registry):
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Writing a norm plugin", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    spec = norm_spec("meanonlynorm")
+    assert spec.paper and not spec.batch_dependent
+    module = build_norm("mean-only-norm", 4)
+    x = torch.randn(3, 4, 5, dtype=torch.float64)
+    y = module.double()(x)
+    torch.testing.assert_close(y.mean(dim=(1, 2)), torch.zeros(3, dtype=torch.float64))
