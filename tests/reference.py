@@ -26,9 +26,7 @@ def per_channel(v: Tensor | None, x: Tensor, default: float) -> Tensor:
 
 
 def affine(y: Tensor, m: nn.Module) -> Tensor:
-    return y * per_channel(getattr(m, "weight", None), y, 1.0) + per_channel(
-        getattr(m, "bias", None), y, 0.0
-    )
+    return y * per_channel(getattr(m, "weight", None), y, 1.0) + per_channel(getattr(m, "bias", None), y, 0.0)
 
 
 def spatial(x: Tensor) -> list[int]:

@@ -83,7 +83,7 @@ def test_matches_reference_formula_train_and_eval(name, kind):
 def test_gradcheck(name):
     module = make(name)
     for kind in ("1d", "features"):
-        shape = SHAPES[kind][:1] + (C,) + SHAPES[kind][2:]
+        shape = SHAPES[kind]
         if not fits(name, shape):
             continue
         x = inputs((3, *shape[1:])).requires_grad_()

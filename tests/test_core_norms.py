@@ -48,9 +48,7 @@ def test_batchnorm_running_stats_match_formula_and_torch(kind, momentum):
     x = batches(shape, 1, seed=5)[0]
     expected = (x - mean.reshape(1, -1, *[1] * (x.dim() - 2))) / torch.sqrt(
         var.reshape(1, -1, *[1] * (x.dim() - 2)) + 1e-5
-    ) * ours.weight.reshape(1, -1, *[1] * (x.dim() - 2)) + ours.bias.reshape(
-        1, -1, *[1] * (x.dim() - 2)
-    )
+    ) * ours.weight.reshape(1, -1, *[1] * (x.dim() - 2)) + ours.bias.reshape(1, -1, *[1] * (x.dim() - 2))
     torch.testing.assert_close(ours(x), expected, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(ours(x), theirs(x), rtol=1e-12, atol=1e-12)
 
@@ -60,7 +58,9 @@ def test_batchnorm_two_samples_stores_unbiased_variance():
     x = torch.tensor([[0.0], [2.0]], dtype=torch.float64)
     bn = build_norm("batchnorm", 1, momentum=1.0).double()
     y = bn(x)
-    torch.testing.assert_close(y.flatten(), torch.tensor([-1.0, 1.0], dtype=torch.float64) / (1 + 1e-5) ** 0.5)
+    torch.testing.assert_close(
+        y.flatten(), torch.tensor([-1.0, 1.0], dtype=torch.float64) / (1 + 1e-5) ** 0.5
+    )
     assert bn.running_var.item() == pytest.approx(2.0)
 
 

@@ -31,9 +31,7 @@ def resolve_groups(num_channels: int, num_groups: int | None, group_size: int | 
         raise ValueError(f"GroupNorm: num_groups must be positive, got {groups}")
     groups = min(groups, num_channels)
     if num_channels % groups:
-        raise ValueError(
-            f"GroupNorm: num_channels={num_channels} is not divisible by num_groups={groups}"
-        )
+        raise ValueError(f"GroupNorm: num_channels={num_channels} is not divisible by num_groups={groups}")
     return groups
 
 

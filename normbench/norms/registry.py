@@ -79,7 +79,10 @@ def _signature_options(factory: Callable[..., nn.Module]) -> tuple[dict[str, Any
     params = list(sig.parameters.values())
     if inspect.isclass(factory):
         params = params[1:]  # self
-    if not params or params[0].kind not in (params[0].POSITIONAL_ONLY, params[0].POSITIONAL_OR_KEYWORD):
+    if not params or params[0].kind not in (
+        params[0].POSITIONAL_ONLY,
+        params[0].POSITIONAL_OR_KEYWORD,
+    ):
         raise TypeError(f"{factory!r}: a norm factory must take num_channels as its first argument")
     try:
         hints = inspect.get_annotations(target, eval_str=True)
