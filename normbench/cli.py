@@ -1,0 +1,92 @@
+"""Command-line entry points: ``normbench-run`` (a Hydra app) and ``normbench-report``."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from normbench.config import NON_IDENTITY_KEYS, register_configs
+from normbench.results import config_hash, identity_config
+from normbench.run import ConfigError, execute, previous_result, run_identity
+from normbench.sweep import mark_visit
+
+log = logging.getLogger("normbench")
+
+_PACKAGED = Path(__file__).parent / "conf"  # a regular install ships conf/ inside the package
+CONF_DIR = _PACKAGED if _PACKAGED.is_dir() else Path(__file__).parents[1] / "conf"
+
+
+def _hash_resolver(*, _root_: DictConfig) -> str:
+    """``${normbench_hash:}``: the run's config hash, used to name its sweep sub-folder."""
+    return config_hash(identity_config(_root_, NON_IDENTITY_KEYS))
+
+
+if not OmegaConf.has_resolver("normbench_hash"):
+    OmegaConf.register_new_resolver("normbench_hash", _hash_resolver)
+register_configs()
+
+
+def swept_choices(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
+    """The values the command line set, by key (a config-group choice by its ``name``)."""
+    choices: dict[str, Any] = {}
+    for item in overrides:
+        key = item.split("=", 1)[0].lstrip("+~")
+        if key.split(".")[0] in NON_IDENTITY_KEYS or key.startswith("hydra/"):
+            continue
+        value = OmegaConf.select(cfg, key.replace("/", "."), default=None)
+        if isinstance(value, DictConfig):
+            value = value.get("name", item.split("=", 1)[-1])
+        choices[key] = value
+    return choices
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+def _main(cfg: DictConfig) -> None:
+    hc = HydraConfig.get()
+    out_dir = Path(hc.runtime.output_dir)
+    multirun = hc.mode == RunMode.MULTIRUN
+    log_file = str(out_dir / f"{hc.job.name}.log")
+    _, digest = run_identity(cfg)
+    if not cfg.runtime.force:
+        previous = previous_result(out_dir, digest)
+        if previous is not None:
+            log.info("skipped: %s already holds a %s result of this config", out_dir, previous["status"])
+            mark_visit(out_dir, "skipped", log_file)
+            return
+    progress = cfg.runtime.progress and sys.stderr.isatty() and not multirun
+    try:
+        record = execute(cfg, out_dir, swept_choices(cfg, list(hc.overrides.task)), progress)
+    except ConfigError as exc:
+        if multirun:  # sys.exit would abort the whole sweep; Hydra marks this job failed instead
+            mark_visit(out_dir, "config_error", log_file)
+            raise
+        print(f"normbench-run: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    mark_visit(out_dir, record["status"], log_file)
+    metrics = record["metrics"]
+    log.info(
+        "%s: test_error %s, %d steps, result in %s",
+        record["status"],
+        f"{metrics['test_error']:.4f}" if "test_error" in metrics else "n/a",
+        record["steps"],
+        out_dir,
+    )
+
+
+def run() -> None:
+    """``normbench-run``: train one run (or a sweep with ``-m``)."""
+    _main()
+
+
+def report(argv: list[str] | None = None) -> None:
+    """``normbench-report SWEEP_DIR [SWEEP_DIR ...] --out DIR``."""
+    from normbench.report.cli import main
+
+    main(argv)

@@ -1,0 +1,159 @@
+"""Structured-config schemas (Hydra ConfigStore), so a wrong type or unknown key fails before training.
+
+The ``norm`` group is generated from the registry: one node per registered plugin, with a typed field
+per option, so ``norm=<any plugin>`` and ``norm.<option>=...`` work for third-party plugins too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from normbench.norms import NormSpec, iter_specs
+
+
+class Budget(str, Enum):
+    epochs = "epochs"
+    steps = "steps"
+
+
+class LrScaling(str, Enum):
+    linear = "linear"
+    sqrt = "sqrt"
+    none = "none"
+
+
+class Schedule(str, Enum):
+    cosine = "cosine"
+    constant = "constant"
+
+
+class Sampler(str, Enum):
+    iid = "iid"
+    class_grouped = "class_grouped"
+
+
+class OptimName(str, Enum):
+    sgd = "sgd"
+    adamw = "adamw"
+
+
+@dataclass
+class ModelConfig:
+    arch: str = MISSING
+    width: int = 64
+    depth: int = 3
+    residual: bool = False
+    kernel_size: int = 3
+    downsample: list[int] = field(default_factory=list)
+    heads: int = 4
+    token_layout: str = "token"
+
+
+@dataclass
+class TaskConfig:
+    name: str = MISSING
+    dataset: str = MISSING
+    model: ModelConfig = field(default_factory=ModelConfig)
+    epochs: int = 10
+    steps: int = 2000
+
+
+@dataclass
+class OptimConfig:
+    name: OptimName = OptimName.sgd
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lr_scaling: LrScaling = LrScaling.linear
+    base_batch_size: int = 32
+    schedule: Schedule = Schedule.cosine
+    warmup_steps: int = 0
+
+
+@dataclass
+class TrainConfig:
+    budget: Budget = Budget.epochs
+    epochs: int = "${task.epochs}"  # type: ignore[assignment]
+    steps: int = "${task.steps}"  # type: ignore[assignment]
+    history_points: int = 10  # evaluations recorded in `history` over the run (at least one per run)
+    max_train_error_diverged: float = 0.85  # final train error at or above this counts as diverged
+
+
+@dataclass
+class DataConfig:
+    sampler: Sampler = Sampler.iid
+    classes_per_batch: int = 2
+
+
+@dataclass
+class EvalConfig:
+    precise_bn_samples: int = 10000  # PreciseBN re-estimation budget (capped at the training set)
+    precise_bn_batch_size: int = 0  # batch size of the re-estimation; 0 = the run's batch size
+    batch_stats: bool = True  # the PreciseBN / mini-batch evaluations, for batch-dependent norms
+
+
+@dataclass
+class RuntimeConfig:
+    threads: int = 1
+    force: bool = False  # rerun even when result.json already holds a completed or diverged run
+    progress: bool = True  # a progress bar when attached to a terminal
+
+
+@dataclass
+class SweepConfig:
+    root: str = "multirun"
+    name: str = "default"
+
+
+@dataclass
+class Config:
+    task: TaskConfig = MISSING
+    norm: Any = MISSING
+    optim: OptimConfig = MISSING
+    batch_size: int = 32
+    seed: int = 0
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+
+
+# Settings that say where or how a run executes, not what it computes: left out of the config hash.
+NON_IDENTITY_KEYS = ("hydra", "runtime", "sweep")
+
+
+def _omegaconf_type(tp: Any) -> Any:
+    """The annotation as OmegaConf understands it (``X | None`` -> ``Optional[X]``; others -> Any)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1 and args[0] in (int, float, bool, str):
+            return Optional[args[0]]  # noqa: UP045 - OmegaConf needs typing.Optional
+        return Any
+    return tp if tp in (int, float, bool, str) else Any
+
+
+def norm_node(spec: NormSpec) -> Any:
+    """A structured-config instance for one plugin: ``name`` plus one typed field per option."""
+    fields = [("name", str, dataclasses.field(default=spec.name))]
+    for opt, default in spec.options.items():
+        fields.append((opt, _omegaconf_type(spec.option_types.get(opt, Any)), dataclasses.field(default=default)))
+    cls = dataclasses.make_dataclass(f"{spec.name.capitalize()}NormConfig", fields)
+    return cls()
+
+
+def register_configs() -> None:
+    """Store the schemas and one ``norm`` option per registered plugin in Hydra's ConfigStore."""
+    cs = ConfigStore.instance()
+    cs.store(group="schema", name="config", node=Config)
+    for spec in iter_specs():
+        cs.store(group="norm", name=spec.name, node=norm_node(spec))

@@ -1,0 +1,82 @@
+"""Offline datasets as in-memory tensors. Nothing here downloads anything."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+
+import numpy as np
+import torch
+from torch import Tensor
+
+DATASETS = ("mnist1d", "digits")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Train and test tensors of a classification task; ``x`` is channel-first (N, C, *spatial)."""
+
+    name: str
+    x_train: Tensor
+    y_train: Tensor
+    x_test: Tensor
+    y_test: Tensor
+    num_classes: int
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+
+@cache
+def _mnist1d() -> Dataset:
+    # make_dataset generates the data from templates with its own fixed seed (42): offline and
+    # identical everywhere. get_dataset would try to download a pickle, so it is never used.
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    raw = make_dataset(get_dataset_args())
+
+    def x(a: np.ndarray) -> Tensor:
+        return torch.as_tensor(a, dtype=torch.float32).unsqueeze(1)  # (N, 1, 40)
+
+    return Dataset(
+        "mnist1d",
+        x(raw["x"]),
+        torch.as_tensor(raw["y"], dtype=torch.long),
+        x(raw["x_test"]),
+        torch.as_tensor(raw["y_test"], dtype=torch.long),
+        10,
+    )
+
+
+@cache
+def _digits() -> Dataset:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    raw = load_digits()  # shipped with scikit-learn: 1797 8x8 images, values 0..16
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        raw.images, raw.target, test_size=0.25, stratify=raw.target, random_state=0
+    )
+    mean, std = x_tr.mean(), x_tr.std()
+
+    def x(a: np.ndarray) -> Tensor:
+        return torch.as_tensor((a - mean) / std, dtype=torch.float32).unsqueeze(1)  # (N, 1, 8, 8)
+
+    return Dataset(
+        "digits",
+        x(x_tr),
+        torch.as_tensor(y_tr, dtype=torch.long),
+        x(x_te),
+        torch.as_tensor(y_te, dtype=torch.long),
+        10,
+    )
+
+
+def load_dataset(name: str) -> Dataset:
+    """The dataset ``name`` (one of :data:`DATASETS`), cached per process. Tensors are read-only by
+    convention: callers index them and never write into them."""
+    loaders = {"mnist1d": _mnist1d, "digits": _digits}
+    if name not in loaders:
+        raise ValueError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}")
+    return loaders[name]()

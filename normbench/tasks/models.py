@@ -1,0 +1,200 @@
+"""Models for the tasks. Every norm comes from the registry through :class:`NormLayers`.
+
+Placement, the same in every model: each hidden conv/linear layer is followed by its norm and then the
+activation (``layer → norm → ReLU``), as in ResNet and Wu & He 2018; residual blocks are
+``conv → norm → ReLU → conv → norm``, added to the shortcut, then ReLU. The Transformer is pre-norm
+(``x + attn(norm(x))``, ``x + mlp(norm(x))``, a final norm) with norms applied to (N, L, C) tokens through
+:class:`normbench.ChannelLast`. The classifier head has no norm.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from normbench.norms import ChannelLast, build_norm, norm_spec
+
+ARCHS = ("mlp", "cnn1d", "resnet2d", "transformer")
+
+
+class NormLayers:
+    """Builds the norm of a model from a registry name and options, and places it.
+
+    The one interface between plugins and models: ``block(layer, C)`` returns
+    ``[layer, norm, activation]``, letting the plugin adapt the preceding layer once
+    (``spec.adapt_layer``, e.g. weight standardization) and dropping the activation when the plugin
+    includes its own (``spec.replaces_activation``, e.g. EvoNorm).
+    """
+
+    def __init__(self, name: str, options: Mapping[str, Any] | None = None) -> None:
+        self.spec = norm_spec(name)
+        self.options = dict(options or {})
+
+    def __call__(self, num_channels: int) -> nn.Module:
+        return build_norm(self.spec.name, num_channels, **self.options)
+
+    def block(self, layer: nn.Module, num_channels: int, activation: bool = True) -> list[nn.Module]:
+        if self.spec.adapt_layer is not None:
+            layer = self.spec.adapt_layer(layer)
+        mods = [layer, self(num_channels)]
+        if activation and not self.spec.replaces_activation:
+            mods.append(nn.ReLU())
+        return mods
+
+
+class MLP(nn.Module):
+    """``in → [Linear → norm → ReLU] × depth → Linear``; norms see (N, width) features."""
+
+    def __init__(self, in_features: int, width: int, depth: int, num_classes: int, norms: NormLayers):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten()]
+        for i in range(depth):
+            layers += norms.block(nn.Linear(in_features if i == 0 else width, width), width)
+        layers.append(nn.Linear(width, num_classes))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+def _conv(dims: int, c_in: int, c_out: int, k: int, stride: int = 1) -> nn.Module:
+    cls = nn.Conv1d if dims == 1 else nn.Conv2d
+    return cls(c_in, c_out, k, stride=stride, padding=k // 2)
+
+
+class ResidualBlock(nn.Module):
+    """``conv → norm → ReLU → conv → norm`` plus the shortcut (a 1×1 conv + norm when shapes change)."""
+
+    def __init__(self, dims: int, c_in: int, c_out: int, k: int, stride: int, norms: NormLayers):
+        super().__init__()
+        self.body = nn.Sequential(
+            *norms.block(_conv(dims, c_in, c_out, k, stride), c_out),
+            *norms.block(_conv(dims, c_out, c_out, k), c_out, activation=False),
+        )
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(*norms.block(_conv(dims, c_in, c_out, 1, stride), c_out, False))
+        self.act = nn.ReLU()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.act(self.body(x) + self.shortcut(x))
+
+
+class ConvNet(nn.Module):
+    """1D or 2D conv net: a stem ``conv → norm → ReLU`` then either plain conv layers or residual
+    blocks, global average pooling and a linear head.
+
+    ``depth`` counts conv layers on the main path: plain nets have ``depth`` layers; residual nets have
+    a stem and ``(depth - 1) // 2`` two-conv blocks (depth 9: stem + 4 blocks). ``downsample`` lists the
+    block indices with stride 2 (channels double there).
+    """
+
+    def __init__(
+        self,
+        dims: int,
+        in_channels: int,
+        width: int,
+        depth: int,
+        num_classes: int,
+        norms: NormLayers,
+        residual: bool,
+        kernel_size: int,
+        downsample: tuple[int, ...] = (),
+    ):
+        super().__init__()
+        k = kernel_size
+        layers: list[nn.Module] = norms.block(_conv(dims, in_channels, width, k), width)
+        c = width
+        if residual:
+            for i in range((depth - 1) // 2):
+                stride = 2 if i in downsample else 1
+                c_out = c * stride
+                layers.append(ResidualBlock(dims, c, c_out, k, stride, norms))
+                c = c_out
+        else:
+            for i in range(depth - 1):
+                stride = 2 if i in downsample else 1
+                layers += norms.block(_conv(dims, c, c * stride, k, stride), c * stride)
+                c *= stride
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(c, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.features(x)
+        return self.head(h.flatten(2).mean(-1))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm encoder block: ``x + MHA(norm(x))`` then ``x + MLP(norm(x))`` on (N, L, C) tokens."""
+
+    def __init__(self, width: int, heads: int, norms: NormLayers, layout: str):
+        super().__init__()
+        self.norm1 = ChannelLast(norms(width), layout)
+        self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.norm2 = ChannelLast(norms(width), layout)
+        self.mlp = nn.Sequential(nn.Linear(width, 2 * width), nn.GELU(), nn.Linear(2 * width, width))
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.norm1(x)
+        x = x + self.attn(h, h, h, need_weights=False)[0]
+        return x + self.mlp(self.norm2(x))
+
+
+class SequenceTransformer(nn.Module):
+    """Reads a (N, C, L) signal as L tokens: linear embedding + learned positions, pre-norm blocks,
+    a final norm, mean pooling over tokens and a linear head."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        length: int,
+        width: int,
+        depth: int,
+        heads: int,
+        num_classes: int,
+        norms: NormLayers,
+        layout: str,
+    ):
+        super().__init__()
+        self.embed = nn.Linear(in_channels, width)
+        self.pos = nn.Parameter(torch.randn(1, length, width) * 0.02)
+        self.blocks = nn.Sequential(*(TransformerBlock(width, heads, norms, layout) for _ in range(depth)))
+        self.norm = ChannelLast(norms(width), layout)
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        tokens = self.embed(x.transpose(1, 2)) + self.pos
+        return self.head(self.norm(self.blocks(tokens)).mean(1))
+
+
+def build_model(
+    arch: str,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    norms: NormLayers,
+    *,
+    width: int = 64,
+    depth: int = 3,
+    residual: bool = False,
+    kernel_size: int = 3,
+    downsample: tuple[int, ...] = (),
+    heads: int = 4,
+    token_layout: str = "token",
+) -> nn.Module:
+    """The model ``arch`` for inputs of ``input_shape`` (C, *spatial) with norms from ``norms``."""
+    if arch == "mlp":
+        return MLP(int(torch.tensor(input_shape).prod()), width, depth, num_classes, norms)
+    if arch in ("cnn1d", "resnet2d"):
+        dims = 1 if arch == "cnn1d" else 2
+        if len(input_shape) != dims + 1:
+            raise ValueError(f"{arch} needs inputs with {dims} spatial dims, got shape {input_shape}")
+        return ConvNet(
+            dims, input_shape[0], width, depth, num_classes, norms, residual, kernel_size, tuple(downsample)
+        )
+    if arch == "transformer":
+        c, length = input_shape
+        return SequenceTransformer(c, length, width, depth, heads, num_classes, norms, token_layout)
+    raise ValueError(f"unknown model arch {arch!r}; available: {', '.join(ARCHS)}")

@@ -1,0 +1,125 @@
+"""The training loop: budgets, learning-rate scaling and schedules, divergence detection, history."""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from normbench.evaluate import error_and_loss
+from normbench.tasks.data import Dataset
+
+log = logging.getLogger(__name__)
+
+
+def scaled_lr(base_lr: float, batch_size: int, base_batch_size: int, scaling: str) -> float:
+    """The learning rate for ``batch_size`` given one tuned at ``base_batch_size`` (Goyal et al. 2017:
+    linear; Krizhevsky 2014 / Adam practice: square root; or none)."""
+    ratio = batch_size / base_batch_size
+    factors = {"linear": ratio, "sqrt": math.sqrt(ratio), "none": 1.0}
+    if scaling not in factors:
+        raise ValueError(f"optim.lr_scaling={scaling!r}; allowed: {', '.join(factors)}")
+    return base_lr * factors[scaling]
+
+
+def lr_schedule(peak: float, total_steps: int, schedule: str, warmup_steps: int) -> Callable[[int], float]:
+    """Learning rate at step ``t`` (0-based): linear warm-up, then cosine decay to 0 or constant."""
+
+    def lr_at(t: int) -> float:
+        if t < warmup_steps:
+            return peak * (t + 1) / warmup_steps
+        if schedule == "constant":
+            return peak
+        progress = (t - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * peak * (1 + math.cos(math.pi * progress))
+
+    return lr_at
+
+
+def make_optimizer(name: str, params, lr: float, momentum: float, weight_decay: float):
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, betas=(momentum, 0.999), weight_decay=weight_decay)
+    raise ValueError(f"optim.name={name!r}; allowed: sgd, adamw")
+
+
+@dataclass
+class FitResult:
+    status: str  # "completed" or "diverged"
+    steps: int
+    diverged_at_step: int | None
+    history: list[dict] = field(default_factory=list)
+    train_time_s: float = 0.0
+
+
+def fit(
+    model: nn.Module,
+    data: Dataset,
+    batches: Iterator[Tensor],
+    optimizer: torch.optim.Optimizer,
+    lr_at: Callable[[int], float],
+    total_steps: int,
+    eval_every: int,
+    steps_per_epoch: int,
+    progress: bool = False,
+) -> FitResult:
+    """Train for ``total_steps`` optimizer steps; every ``eval_every`` steps (and at the end) append the
+    mean training loss since the last point and the test error to the history and log one line.
+
+    A non-finite loss stops training with status ``diverged`` at that step.
+    """
+    model.train()
+    x, y = data.x_train, data.y_train
+    history: list[dict] = []
+    loss_sum = torch.zeros(())
+    since = 0
+    bar = tqdm(total=total_steps, unit="step", disable=not progress, file=sys.stderr, leave=False)
+    start = time.perf_counter()
+    try:
+        for step in range(total_steps):
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step)
+            idx = next(batches)
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            if not torch.isfinite(loss):
+                log.warning("non-finite loss %s at step %d: run diverged", float(loss), step)
+                return FitResult("diverged", step, step, history, time.perf_counter() - start)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach()
+            since += 1
+            done = step + 1
+            if done % eval_every == 0 or done == total_steps:
+                test_error, _ = error_and_loss(model, data.x_test, data.y_test)
+                point = {
+                    "step": done,
+                    "epoch": round(done / steps_per_epoch, 4),
+                    "train_loss": float(loss_sum) / since,
+                    "test_error": test_error,
+                }
+                history.append(point)
+                log.info(
+                    "step %d/%d (epoch %.2f): train_loss %.4f test_error %.4f",
+                    done,
+                    total_steps,
+                    point["epoch"],
+                    point["train_loss"],
+                    test_error,
+                )
+                bar.set_postfix(loss=f"{point['train_loss']:.3f}", test_err=f"{test_error:.3f}")
+                loss_sum.zero_()
+                since = 0
+            bar.update()
+    finally:
+        bar.close()
+    return FitResult("completed", total_steps, None, history, time.perf_counter() - start)

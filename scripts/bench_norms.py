@@ -1,0 +1,172 @@
+"""Forward and forward+backward time of every registered norm beside torch.nn and a tensor copy.
+
+Every candidate runs interleaved in the same rounds (one process, same inputs), so machine noise hits
+all of them alike; the table reports medians over rounds and ratios to the torch.nn counterpart, to
+torch.nn.BatchNorm2d on images, and to a plain copy of the tensor (the memory-traffic floor).
+
+    python scripts/bench_norms.py                # writes reports/bench/norms.md
+    python scripts/bench_norms.py --rounds 5 --out /tmp/norms.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import normbench
+from normbench import available_norms, build_norm, norm_spec
+
+SHAPES = {
+    "images (32, 64, 32, 32)": (32, 64, 32, 32),
+    "features (256, 512)": (256, 512),
+    "sequences (32, 128, 256)": (32, 128, 256),
+}
+TORCH_BN = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}
+TORCH_IN = {3: nn.InstanceNorm1d, 4: nn.InstanceNorm2d, 5: nn.InstanceNorm3d}
+
+
+def torch_counterpart(name: str, c: int, rank: int) -> nn.Module | None:
+    """The torch.nn module computing the same function, where torch has one."""
+    if name == "batchnorm":
+        return TORCH_BN[rank](c)
+    if name == "layernorm":
+        return nn.GroupNorm(1, c)
+    if name == "groupnorm":
+        return nn.GroupNorm(build_norm("groupnorm", c).num_groups, c)
+    if name == "instancenorm":
+        return TORCH_IN[rank](c, affine=True) if rank > 2 else None
+    if name == "identity":
+        return nn.Identity()
+    return None
+
+
+def fwd(module: nn.Module, x: torch.Tensor) -> Callable[[], object]:
+    def run() -> object:
+        with torch.no_grad():
+            return module(x)
+
+    return run
+
+
+def fwd_bwd(module: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> Callable[[], object]:
+    xg = x.detach().requires_grad_()
+
+    def run() -> object:
+        y = module(xg)
+        if y.requires_grad:
+            y.backward(grad)
+        return y
+
+    return run
+
+
+def time_interleaved(cases: dict[str, Callable[[], object]], rounds: int, inner: int) -> dict[str, float]:
+    """Median seconds per call of each case; every round runs every case once, in turn."""
+    samples: dict[str, list[float]] = {k: [] for k in cases}
+    for fn in cases.values():  # warm-up
+        fn()
+    for _ in range(rounds):
+        for key, fn in cases.items():
+            start = time.perf_counter()
+            for _ in range(inner):
+                fn()
+            samples[key].append((time.perf_counter() - start) / inner)
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def bench(rounds: int, inner: int) -> list[dict]:
+    rows = []
+    for label, shape in SHAPES.items():
+        c, rank = shape[1], len(shape)
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(shape, generator=gen)
+        grad = torch.randn(shape, generator=gen)
+        modules: dict[str, nn.Module] = {}
+        for name in available_norms():
+            if rank - 2 < 1 and norm_spec(name).min_spatial_positions > 1:
+                continue
+            modules[name] = build_norm(name, c).train()
+            twin = torch_counterpart(name, c, rank)
+            if twin is not None:
+                modules[f"torch:{name}"] = twin.train()
+        if rank == 4:
+            modules["torch:BatchNorm2d"] = nn.BatchNorm2d(c).train()
+        copy_fwd = x.clone
+        for mode in ("forward", "forward+backward"):
+            cases = {k: fwd(m, x) if mode == "forward" else fwd_bwd(m, x, grad) for k, m in modules.items()}
+            cases["copy"] = copy_fwd
+            times = time_interleaved(cases, rounds, inner)
+            for name in modules:
+                if name.startswith("torch:"):
+                    continue
+                twin = times.get(f"torch:{name}")
+                rows.append(
+                    {
+                        "shape": label,
+                        "mode": mode,
+                        "norm": name,
+                        "ms": times[name] * 1e3,
+                        "torch_ms": None if twin is None else twin * 1e3,
+                        "vs_torch": None if twin is None else times[name] / twin,
+                        "vs_bn2d": times[name] / times["torch:BatchNorm2d"] if rank == 4 else None,
+                        "vs_copy": times[name] / times["copy"],
+                    }
+                )
+    return rows
+
+
+def fmt(v: float | None, pattern: str) -> str:
+    return "—" if v is None else pattern.format(v)
+
+
+def to_markdown(rows: list[dict], rounds: int, inner: int, threads: int) -> str:
+    lines = [
+        "# Norm plugin speed",
+        "",
+        f"Median over {rounds} interleaved rounds of {inner} calls each, {threads} torch thread(s), "
+        f"torch {torch.__version__}, normbench {normbench.__version__}, Python {platform.python_version()}, "
+        f"{platform.machine()} CPU. Training mode (batch statistics). `vs torch` is the ratio to the "
+        "torch.nn module computing the same function (layernorm: `GroupNorm(1, C)`), `vs BN2d` the ratio "
+        "to `torch.nn.BatchNorm2d` on the same image tensor, `vs copy` the ratio to `x.clone()` "
+        "(the memory floor). Timings on this shared machine swing between runs; compare ratios, "
+        "which come from the same rounds.",
+        "",
+        "Reproduce: `python scripts/bench_norms.py`",
+        "",
+        "| shape | mode | norm | ms | torch ms | vs torch | vs BN2d | vs copy |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['shape']} | {r['mode']} | {r['norm']} | {r['ms']:.3f} | {fmt(r['torch_ms'], '{:.3f}')} "
+            f"| {fmt(r['vs_torch'], '{:.2f}x')} | {fmt(r['vs_bn2d'], '{:.2f}x')} | {r['vs_copy']:.1f}x |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=21)
+    parser.add_argument("--inner", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parents[1] / "reports/bench/norms.md")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    rows = bench(args.rounds, args.inner)
+    text = to_markdown(rows, args.rounds, args.inner, args.threads)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(args.out)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
