@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,25 @@ def swept_choices(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
     return choices
 
 
+def cap_threads_for_parallel_jobs(cfg: DictConfig, hc: Any) -> None:
+    """Under the joblib launcher, keep jobs × torch threads within the machine's cores."""
+    n_jobs = OmegaConf.select(hc, "launcher.n_jobs", default=None)
+    if n_jobs is None or "joblib" not in str(OmegaConf.select(hc, "launcher._target_", default="")):
+        return
+    cores = os.cpu_count() or 1
+    n_jobs = cores if n_jobs < 0 else n_jobs
+    cap = max(1, cores // max(1, n_jobs))
+    if cfg.runtime.threads > cap:
+        log.warning(
+            "runtime.threads=%d with %d parallel jobs on %d cores: using %d",
+            cfg.runtime.threads,
+            n_jobs,
+            cores,
+            cap,
+        )
+        cfg.runtime.threads = cap
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def _main(cfg: DictConfig) -> None:
     hc = HydraConfig.get()
@@ -60,6 +80,7 @@ def _main(cfg: DictConfig) -> None:
             log.info("skipped: %s already holds a %s result of this config", out_dir, previous["status"])
             mark_visit(out_dir, "skipped", log_file)
             return
+    cap_threads_for_parallel_jobs(cfg, hc)
     progress = cfg.runtime.progress and sys.stderr.isatty() and not multirun
     try:
         record = execute(cfg, out_dir, swept_choices(cfg, list(hc.overrides.task)), progress)

@@ -146,7 +146,9 @@ def norm_node(spec: NormSpec) -> Any:
     """A structured-config instance for one plugin: ``name`` plus one typed field per option."""
     fields = [("name", str, dataclasses.field(default=spec.name))]
     for opt, default in spec.options.items():
-        fields.append((opt, _omegaconf_type(spec.option_types.get(opt, Any)), dataclasses.field(default=default)))
+        fields.append(
+            (opt, _omegaconf_type(spec.option_types.get(opt, Any)), dataclasses.field(default=default))
+        )
     cls = dataclasses.make_dataclass(f"{spec.name.capitalize()}NormConfig", fields)
     return cls()
 

@@ -8,6 +8,7 @@ import platform
 import time
 import traceback
 from collections.abc import Mapping
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -127,7 +128,9 @@ def execute(cfg: DictConfig, out_dir: Path, choices: Mapping[str, Any], progress
     total = cfg.train.epochs * steps_per_epoch if cfg.train.budget == "epochs" else cfg.train.steps
     if total < 1:
         raise ConfigError(f"the budget gives {total} training steps (train.{cfg.train.budget})")
-    eval_every = steps_per_epoch if cfg.train.budget == "epochs" else math.ceil(total / cfg.train.history_points)
+    eval_every = (
+        steps_per_epoch if cfg.train.budget == "epochs" else math.ceil(total / cfg.train.history_points)
+    )
     lr = scaled_lr(cfg.optim.lr, bs, cfg.optim.base_batch_size, cfg.optim.lr_scaling)
     record: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
@@ -150,7 +153,9 @@ def execute(cfg: DictConfig, out_dir: Path, choices: Mapping[str, Any], progress
         "env": environment(cfg.runtime.threads),
     }
     gen = torch.Generator().manual_seed(cfg.seed)
-    optimizer = make_optimizer(cfg.optim.name, model.parameters(), lr, cfg.optim.momentum, cfg.optim.weight_decay)
+    optimizer = make_optimizer(
+        cfg.optim.name, model.parameters(), lr, cfg.optim.momentum, cfg.optim.weight_decay
+    )
     start = time.perf_counter()
     try:
         result = fit(
@@ -176,6 +181,7 @@ def execute(cfg: DictConfig, out_dir: Path, choices: Mapping[str, Any], progress
         log.error("run failed: %s\n%s", exc, traceback.format_exc())
         record.update(status="failed", error=f"{type(exc).__name__}: {exc}")
     record["wall_time_s"] = time.perf_counter() - start
+    record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="microseconds")
     write_json_atomic(out_dir / RESULT_FILE, record)
     return record
 

@@ -91,7 +91,7 @@ def fit(
             idx = next(batches)
             loss = F.cross_entropy(model(x[idx]), y[idx])
             if not torch.isfinite(loss):
-                log.warning("non-finite loss %s at step %d: run diverged", float(loss), step)
+                log.warning("non-finite loss %s at step %d: run diverged", float(loss.detach()), step)
                 return FitResult("diverged", step, step, history, time.perf_counter() - start)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -1,0 +1,117 @@
+"""normbench's training loop beside a minimal hand-written PyTorch loop: same model, tensors, batches.
+
+Both loops train the same task/norm/batch size for the same number of steps and finish with the same
+test-set evaluation; the rounds interleave them in one process. Reports the median time per step and
+the ratio, at batch sizes 2 and 128, to reports/bench/train.md.
+
+    python scripts/bench_train.py
+    python scripts/bench_train.py --task mnist1d_cnn --norm groupnorm --steps 200 --rounds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+
+import normbench
+from normbench.cli import CONF_DIR
+from normbench.evaluate import error_and_loss
+from normbench.run import model_from_config
+from normbench.samplers import iid_batches
+from normbench.tasks import load_dataset
+from normbench.train import fit, lr_schedule
+
+
+def minimal_loop(model, data, batch_size, steps, lr, seed) -> float:
+    gen = torch.Generator().manual_seed(seed)
+    batches = iid_batches(len(data.x_train), batch_size, gen)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+    model.train()
+    start = time.perf_counter()
+    for _ in range(steps):
+        idx = next(batches)
+        loss = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    error_and_loss(model, data.x_test, data.y_test)
+    return (time.perf_counter() - start) / steps
+
+
+def normbench_loop(model, data, batch_size, steps, lr, seed) -> float:
+    gen = torch.Generator().manual_seed(seed)
+    batches = iid_batches(len(data.x_train), batch_size, gen)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+    start = time.perf_counter()
+    fit(
+        model,
+        data,
+        batches,
+        opt,
+        lr_schedule(lr, steps, "constant", 0),
+        steps,
+        steps,
+        len(data.x_train) // batch_size,
+    )
+    return (time.perf_counter() - start) / steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", default="mnist1d_mlp")
+    parser.add_argument("--norm", default="batchnorm")
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[2, 128])
+    parser.add_argument("--out", type=Path, default=Path(__file__).parents[1] / "reports/bench/train.md")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"task={args.task}", f"norm={args.norm}"])
+    data = load_dataset(cfg.task.dataset)
+    torch.manual_seed(0)
+    initial = model_from_config(cfg, data)
+    rows = []
+    for bs in args.batch_sizes:
+        times: dict[str, list[float]] = {"minimal": [], "normbench": []}
+        for r in range(args.rounds + 1):  # round 0 warms up
+            for name, loop in (("minimal", minimal_loop), ("normbench", normbench_loop)):
+                t = loop(copy.deepcopy(initial), data, bs, args.steps, 0.01, r)
+                if r:
+                    times[name].append(t)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        rows.append((bs, med["minimal"], med["normbench"], med["normbench"] / med["minimal"]))
+        print(
+            f"batch {bs}: minimal {med['minimal'] * 1e3:.3f} ms/step, normbench {med['normbench'] * 1e3:.3f} ms/step"
+        )
+    lines = [
+        "# Training-loop overhead",
+        "",
+        f"task `{args.task}`, norm `{args.norm}`, {args.steps} steps per measurement, median of {args.rounds} "
+        f"interleaved rounds (after one warm-up round), 1 torch thread, torch {torch.__version__}, "
+        f"normbench {normbench.__version__}, Python {platform.python_version()}. Both loops use the same "
+        "model copy, tensors and batch sequence, and end with the same test-set evaluation; normbench's "
+        "loop adds its lr schedule, divergence check, loss accounting and history. Target: ratio <= 1.10.",
+        "",
+        f"Reproduce: `python scripts/bench_train.py --task {args.task} --norm {args.norm} --steps {args.steps} "
+        f"--rounds {args.rounds}`",
+        "",
+        "| batch size | minimal ms/step | normbench ms/step | ratio |",
+        "|---:|---:|---:|---:|",
+        *(f"| {bs} | {a * 1e3:.3f} | {b * 1e3:.3f} | {ratio:.3f} |" for bs, a, b, ratio in rows),
+    ]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

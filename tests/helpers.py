@@ -1,0 +1,34 @@
+"""Helpers shared by the run, sweep and report tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from normbench.cli import CONF_DIR
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICK = ("train.budget=steps", "train.steps=4", "train.history_points=2")
+
+
+def compose_cfg(*overrides: str) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def normbench_run(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300):
+    """Run ``python -m normbench ARGS`` in a subprocess from ``cwd``."""
+    full_env = {**os.environ, "HYDRA_FULL_ERROR": "0", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "normbench", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

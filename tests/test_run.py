@@ -1,0 +1,176 @@
+"""One training run: every task with every core norm, faults, configuration errors, determinism."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import pytest
+from helpers import QUICK, compose_cfg, normbench_run
+
+from normbench.results import RESULT_FILE, InvalidRecord, load_run
+from normbench.run import ConfigError, execute
+
+TASKS = ["mnist1d_mlp", "mnist1d_cnn", "mnist1d_resnet", "digits_cnn", "seq_transformer"]
+CORE = ["batchnorm", "layernorm", "instancenorm", "groupnorm", "identity"]
+# (N, C) inputs to the norm: no spatial positions for instance statistics.
+NO_POSITIONS = {("mnist1d_mlp", "instancenorm"), ("seq_transformer", "instancenorm")}
+
+
+@pytest.mark.parametrize("norm", CORE)
+@pytest.mark.parametrize("task", TASKS)
+def test_each_task_trains_with_each_core_norm(task, norm, tmp_path):
+    cfg = compose_cfg(f"task={task}", f"norm={norm}", "batch_size=8", *QUICK)
+    if (task, norm) in NO_POSITIONS:
+        with pytest.raises(ConfigError, match=r"needs at least 2 spatial positions"):
+            execute(cfg, tmp_path, {})
+        assert not (tmp_path / RESULT_FILE).exists()
+        return
+    record = execute(cfg, tmp_path, {})
+    assert record["status"] == "completed", record.get("error")
+    assert record == load_run(tmp_path)
+    assert record["steps"] == 4 and len(record["history"]) == 2
+    m = record["metrics"]
+    for key in ("test_error", "train_error"):
+        assert 0.0 <= m[key] <= 1.0
+    assert m["test_loss"] > 0 and m["train_loss"] > 0
+    assert record["choices"] == {"task": task, "norm": norm, "batch_size": 8, "seed": 0}
+
+
+def test_transformer_instancenorm_works_with_sequence_layout(tmp_path):
+    cfg = compose_cfg("task=seq_transformer", "norm=instancenorm", "task.model.token_layout=sequence", *QUICK)
+    assert execute(cfg, tmp_path, {})["status"] == "completed"
+
+
+def test_record_fields_budget_and_lr_scaling(tmp_path):
+    cfg = compose_cfg(
+        "norm=groupnorm", "norm.num_groups=8", "batch_size=64", "train.epochs=1", "optim.lr=0.1"
+    )
+    record = execute(cfg, tmp_path, {"norm.num_groups": 8})
+    assert record["steps"] == 4000 // 64 == record["steps_per_epoch"]
+    assert record["lr"] == pytest.approx(0.1 * 64 / 32)
+    assert record["choices"]["norm.num_groups"] == 8
+    assert record["config"]["norm"] == {
+        "name": "groupnorm",
+        "num_groups": 8,
+        "group_size": None,
+        "eps": 1e-5,
+        "affine": True,
+    }
+    assert set(record["env"]) >= {"normbench", "torch", "python", "threads"}
+    assert record["wall_time_s"] > 0 and record["time_per_step_s"] > 0
+    assert [h["step"] for h in record["history"]] == [62]
+    sqrt = execute(compose_cfg("optim=adamw", "batch_size=128", *QUICK), tmp_path / "b", {})
+    assert sqrt["lr"] == pytest.approx(1e-3 * 2)
+
+
+def test_same_config_and_seed_give_identical_metrics(tmp_path):
+    cfg = compose_cfg("task=mnist1d_cnn", "batch_size=16", *QUICK)
+    a = execute(cfg, tmp_path / "a", {})
+    b = execute(cfg, tmp_path / "b", {})
+    assert a["metrics"] == b["metrics"] and a["history"] == b["history"]
+    c = execute(compose_cfg("task=mnist1d_cnn", "batch_size=16", "seed=1", *QUICK), tmp_path / "c", {})
+    assert c["metrics"] != a["metrics"]
+
+
+def test_non_finite_loss_is_recorded_as_diverged(tmp_path):
+    cfg = compose_cfg(
+        "norm=identity", "optim.lr=1e12", "optim.lr_scaling=none", "train.budget=steps", "train.steps=50"
+    )
+    record = execute(cfg, tmp_path, {})
+    assert record["status"] == "diverged"
+    assert 0 <= record["diverged_at_step"] < 50 and record["steps"] == record["diverged_at_step"]
+    assert load_run(tmp_path)["status"] == "diverged"
+
+
+def test_exception_during_training_is_recorded_as_failed(tmp_path):
+    cfg = compose_cfg("norm=batchnorm", "batch_size=1", *QUICK)
+    record = execute(cfg, tmp_path, {})
+    assert record["status"] == "failed"
+    assert "Expected more than 1 value per channel" in record["error"]
+    assert record["metrics"] == {}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["batch_size=0"], "batch_size=0 must be between 1 and the training set size 4000"),
+        (["batch_size=4001"], "batch_size=4001 must be between 1"),
+        (["norm=groupnorm", "norm.num_groups=48"], "num_channels=256 is not divisible by num_groups=48"),
+        (["norm=instancenorm"], r"instancenorm cannot build task=mnist1d_mlp.*\(2, 256\)"),
+        (["data.sampler=class_grouped", "data.classes_per_batch=3"], "batch_size=32 is not divisible"),
+        (["runtime.threads=0"], "runtime.threads=0"),
+    ],
+)
+def test_configuration_errors_stop_before_training(overrides, message, tmp_path):
+    with pytest.raises(ConfigError, match=message):
+        execute(compose_cfg(*overrides), tmp_path, {})
+    assert not (tmp_path / RESULT_FILE).exists()
+
+
+def test_cli_config_error_is_one_line_and_nonzero(tmp_path):
+    proc = normbench_run("norm=groupnorm", "norm.num_groups=48", cwd=tmp_path)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert lines == [
+        "normbench-run: error: norm=groupnorm cannot build task=mnist1d_mlp: "
+        "GroupNorm: num_channels=256 is not divisible by num_groups=48"
+    ]
+    assert not list(tmp_path.rglob(RESULT_FILE))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("norm=foo", "Could not find 'norm/foo'"),
+        ("task=nope", "Could not find 'task/nope'"),
+        ("optim=rmsprop", "Could not find 'optim/rmsprop'"),
+        ("optim.lr=abc", "Value 'abc' of type 'str' could not be converted to Float"),
+        ("norm.nope=1", "Key 'nope' not in 'BatchnormNormConfig'"),
+        ("train.budget=hours", "Invalid value 'hours'"),
+    ],
+)
+def test_hydra_rejects_bad_overrides(override, message, tmp_path):
+    proc = normbench_run(override, cwd=tmp_path)
+    assert proc.returncode == 1 and message in proc.stderr
+    assert not list(tmp_path.rglob(RESULT_FILE))
+
+
+def test_console_script_from_another_directory_writes_record(tmp_path):
+    exe = shutil.which("normbench-run")
+    assert exe, "normbench-run console script not installed"
+    proc = subprocess.run(
+        [exe, "task=mnist1d_mlp", "norm=groupnorm", "batch_size=16", "seed=0", *QUICK, "hydra.run.dir=out"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    record = load_run(tmp_path / "out")
+    assert record["status"] == "completed" and record["choices"]["norm"] == "groupnorm"
+    assert "step 4/4" in (tmp_path / "out" / "normbench.log").read_text()
+
+
+def test_load_run_rejects_partial_and_foreign_files(tmp_path):
+    (tmp_path / "a.json").write_text('{"schema_version": 1, "status": "compl')
+    with pytest.raises(InvalidRecord, match="cannot read"):
+        load_run(tmp_path / "a.json")
+    (tmp_path / "b.json").write_text(json.dumps({"schema_version": 1, "status": "completed"}))
+    with pytest.raises(InvalidRecord, match="lacks config_hash"):
+        load_run(tmp_path / "b.json")
+    good = {
+        "schema_version": 99,
+        "status": "completed",
+        "config_hash": "x",
+        "choices": {},
+        "config": {},
+        "metrics": {},
+    }
+    (tmp_path / "c.json").write_text(json.dumps(good))
+    with pytest.raises(InvalidRecord, match="schema_version 99"):
+        load_run(tmp_path / "c.json")
+    (tmp_path / "d.json").write_text(json.dumps({**good, "schema_version": 1, "status": "done"}))
+    with pytest.raises(InvalidRecord, match="status 'done'"):
+        load_run(tmp_path / "d.json")
