@@ -1,17 +1,14 @@
 """normbench: compare normalization layers in PyTorch.
 
 Public API: :func:`build_norm`, :func:`register_norm`, :func:`available_norms`, :func:`norm_spec` and
-the :class:`ChannelLast` adapter for (N, L, C) token tensors.
+the :class:`ChannelLast` adapter for (N, L, C) token tensors. They are imported on first access, so
+``normbench.report`` (pandas and matplotlib only) loads without torch.
 """
 
-from normbench.norms import (
-    ChannelLast,
-    NormSpec,
-    available_norms,
-    build_norm,
-    norm_spec,
-    register_norm,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
@@ -24,3 +21,12 @@ __all__ = [
     "norm_spec",
     "register_norm",
 ]
+
+if TYPE_CHECKING:
+    from normbench.norms import ChannelLast, NormSpec, available_norms, build_norm, norm_spec, register_norm
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        return getattr(importlib.import_module("normbench.norms"), name)
+    raise AttributeError(f"module 'normbench' has no attribute {name!r}")

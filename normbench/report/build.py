@@ -1,0 +1,139 @@
+"""``build_report``: run records → runs.csv, summary.csv, figures and report.md in one folder."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from normbench.report import figures
+from normbench.report.load import load_runs
+from normbench.report.markdown import facet_title, image, md_table, norm_by_batch, percent_cell, slug
+from normbench.report.tables import facet_columns, summarize, with_reference_delta
+
+log = logging.getLogger(__name__)
+
+# Extra report sections (e.g. the small-batch study's) appended after the general ones:
+# section(runs, summary, out_dir, reference_batch) -> markdown text ("" to skip).
+Section = Callable[[pd.DataFrame, pd.DataFrame, Path, int], str]
+SECTIONS: list[Section] = []
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_csv_atomic(df: pd.DataFrame, path: Path) -> None:
+    write_text_atomic(path, df.to_csv(index=False, float_format="%.6g", lineterminator="\n"))
+
+
+def general_sections(runs: pd.DataFrame, summary: pd.DataFrame, out: Path, reference_batch: int) -> str:
+    fig_dir = out / "figures"
+    facets = facet_columns(summary)
+    lines: list[str] = []
+    for values, part in (summary.groupby(facets, sort=True) if facets else [((), summary)]):
+        values = values if isinstance(values, tuple) else (values,)
+        name = slug(values)
+        title = facet_title(facets, values)
+        lines += [f"## Test error vs batch size{f' ({title})' if title else ''}", ""]
+        stem = fig_dir / f"error_vs_batch_{name}"
+        figures.metric_vs_batch(part, stem, title=title)
+        lines += [image(stem.with_suffix(".png"), out, "test error vs batch size"), ""]
+        delta_stem = fig_dir / f"delta_vs_batch{reference_batch}_{name}"
+        figures.metric_vs_batch(
+            part.assign(mean=part["delta_vs_ref"]),
+            delta_stem,
+            band=None,
+            ylabel=f"Δ test error vs batch {reference_batch} (pp)",
+            title=title,
+            reference_batch=reference_batch,
+        )
+        lines += [image(delta_stem.with_suffix(".png"), out, f"change vs batch {reference_batch}"), ""]
+        for task, cells in part.groupby("task", sort=True):
+            lines += [f"### {task}{f' ({title})' if title else ''}", ""]
+            lines += ["Test error (%), mean ± std over seeds:", ""]
+            lines += [md_table(norm_by_batch(cells, lambda r: percent_cell(r.mean, r.std, r.n, r.incomplete))), ""]
+            lines += [f"Change against batch {reference_batch} (percentage points; Wu & He 2018, Table 2, last row):", ""]
+            lines += [
+                md_table(norm_by_batch(cells, lambda r: "—" if pd.isna(r.delta_vs_ref) else f"{r.delta_vs_ref * 100:+.1f}")),
+                "",
+            ]
+            sel = runs["task"] == task
+            for col, val in zip(facets, values, strict=True):
+                sel &= runs[col].astype(object).where(runs[col].notna(), "-") == val
+            if "history" in runs and sel.any():
+                curve_stem = fig_dir / f"curves_{slug((task, *values))}"
+                figures.learning_curves(runs[sel], curve_stem, title=f"{task} {title}".strip())
+                lines += [image(curve_stem.with_suffix(".png"), out, f"learning curves {task}"), ""]
+    return "\n".join(lines)
+
+
+def problems_section(runs: pd.DataFrame, summary: pd.DataFrame, skipped: Sequence[str]) -> str:
+    lines = ["## Incomplete data", ""]
+    incomplete = summary[summary["incomplete"]]
+    if incomplete.empty and summary["n_diverged"].sum() == 0 and summary["n_failed"].sum() == 0 and not skipped:
+        return "\n".join([*lines, "Every cell has the same number of completed seeds; no run diverged or failed.", ""])
+    if not incomplete.empty:
+        lines += [
+            "Cells with fewer completed seeds than the fullest cell of their task (marked * in the tables, "
+            "circled in the figures):",
+            "",
+        ]
+        cols = [c for c in summary.columns if c not in ("mean", "std", "median", "min", "max", "incomplete")]
+        lines += [incomplete[cols].to_markdown(index=False), ""]
+    bad = runs[runs["status"] != "completed"]
+    if not bad.empty:
+        cols = [c for c in ("task", "norm", "batch_size", "seed", "status", "error", "path") if c in bad]
+        lines += ["Runs that diverged or failed:", "", bad[cols].fillna("").to_markdown(index=False), ""]
+    if skipped:
+        lines += ["Result files skipped as unreadable or partial:", "", *(f"- {s}" for s in skipped), ""]
+    return "\n".join(lines)
+
+
+def build_report(
+    dirs: Sequence[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
+    reference_batch: int = 32,
+    title: str = "normbench report",
+) -> Path:
+    """Read every run under ``dirs`` and write runs.csv (and runs.parquet with pyarrow), summary.csv,
+    figures/ and report.md under ``out``. Returns the path of report.md."""
+    out = Path(out)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        runs = load_runs(*dirs, with_history=True)
+    skipped = [str(w.message) for w in caught]
+    for message in skipped:
+        log.warning(message)
+    if runs.empty:
+        raise ValueError(f"no run records (result.json) found under {', '.join(map(str, dirs))}")
+    table = runs.drop(columns=["history"])
+    write_csv_atomic(table, out / "runs.csv")
+    try:
+        table.to_parquet(out / "runs.parquet", index=False)
+    except ImportError:
+        pass
+    summary = with_reference_delta(summarize(runs), reference_batch)
+    write_csv_atomic(summary, out / "summary.csv")
+    counts = runs["status"].value_counts()
+    header = [
+        f"# {title}",
+        "",
+        f"{len(runs)} runs ({', '.join(f'{counts.get(s, 0)} {s}' for s in ('completed', 'diverged', 'failed'))}) "
+        f"from {', '.join(f'`{d}`' for d in dirs)}. Errors are fractions in the CSV files and percent here; "
+        "bands in the figures span the seeds (min to max). Data: [runs.csv](runs.csv), [summary.csv](summary.csv).",
+        "",
+    ]
+    body = [general_sections(runs, summary, out, reference_batch)]
+    body += [section(runs, summary, out, reference_batch) for section in SECTIONS]
+    body.append(problems_section(runs, summary, skipped))
+    report = out / "report.md"
+    write_text_atomic(report, "\n".join(header + [b for b in body if b]))
+    return report

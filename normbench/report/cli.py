@@ -1,0 +1,27 @@
+"""``normbench-report SWEEP_DIR [SWEEP_DIR ...] --out DIR``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from normbench.report.build import build_report
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="normbench-report", description="Build tables, figures and report.md from sweep folders."
+    )
+    parser.add_argument("dirs", nargs="+", help="sweep folders (searched recursively for result.json)")
+    parser.add_argument("--out", required=True, help="output folder for runs.csv, summary.csv, figures/, report.md")
+    parser.add_argument("--reference-batch", type=int, default=32, help="batch size the change is measured against")
+    parser.add_argument("--title", default="normbench report")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        path = build_report(args.dirs, args.out, args.reference_batch, args.title)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"normbench-report: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    print(path)

@@ -1,0 +1,120 @@
+"""Matplotlib figures (PNG and SVG) of test error against batch size, its change against a reference
+batch size, and learning curves. One colour per norm, the same in every figure and every report."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+PALETTE = plt.get_cmap("tab20").colors
+# Built-in norms get fixed, well-separated colours; any other name a stable one from its hash.
+KNOWN = [
+    "batchnorm",
+    "groupnorm",
+    "layernorm",
+    "instancenorm",
+    "identity",
+    "ghostbatchnorm",
+    "batchrenorm",
+    "rmsnorm",
+    "frn",
+    "switchnorm",
+]
+_TAB20_ORDER = [0, 2, 4, 6, 14, 1, 3, 5, 8, 10, 12, 16, 18, 7, 9, 11, 13, 15, 17, 19]
+
+
+def norm_color(name: str) -> tuple[float, float, float]:
+    key = name.lower().replace("_", "").replace("-", "")
+    index = KNOWN.index(key) if key in KNOWN else zlib.crc32(key.encode()) % len(PALETTE)
+    return PALETTE[_TAB20_ORDER[index % len(_TAB20_ORDER)]]
+
+
+def _style() -> None:
+    plt.rcParams.update({"svg.hashsalt": "normbench", "figure.dpi": 110, "axes.grid": True, "grid.alpha": 0.3})
+
+
+def save(fig: plt.Figure, path_stem: Path) -> list[Path]:
+    """Write ``<stem>.png`` and ``<stem>.svg`` (no timestamps, so reruns give the same SVG)."""
+    paths = [path_stem.with_suffix(".png"), path_stem.with_suffix(".svg")]
+    fig.savefig(paths[0], bbox_inches="tight", metadata={"Software": None})
+    fig.savefig(paths[1], bbox_inches="tight", metadata={"Date": None, "Creator": None})
+    plt.close(fig)
+    return paths
+
+
+def _log2_axis(ax: plt.Axes, batch_sizes: Sequence[int]) -> None:
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(list(batch_sizes))
+    ax.set_xticklabels([str(b) for b in batch_sizes])
+    ax.set_xlabel("batch size (samples per normalization batch)")
+
+
+def metric_vs_batch(
+    summary: pd.DataFrame,
+    path_stem: Path,
+    value: str = "mean",
+    band: tuple[str, str] | None = ("min", "max"),
+    ylabel: str = "test error (%)",
+    title: str = "",
+    reference_batch: int | None = None,
+) -> list[Path]:
+    """One panel per task, one line per norm (``value`` in percent), a band over seeds."""
+    _style()
+    tasks = sorted(summary["task"].unique())
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.6 * len(tasks), 3.6), squeeze=False, sharey=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        part = summary[summary["task"] == task]
+        for norm, rows in part.groupby("norm", sort=True):
+            rows = rows.sort_values("batch_size")
+            rows = rows[rows[value].notna()]
+            if rows.empty:
+                continue
+            color = norm_color(norm)
+            ax.plot(rows["batch_size"], rows[value] * 100, marker="o", ms=3.5, color=color, label=norm)
+            if band:
+                ax.fill_between(rows["batch_size"], rows[band[0]] * 100, rows[band[1]] * 100, color=color, alpha=0.15, lw=0)
+            marked = rows[rows.get("incomplete", False) == True]  # noqa: E712 - a boolean column
+            ax.scatter(marked["batch_size"], marked[value] * 100, facecolors="none", edgecolors="red", s=60, zorder=3)
+        if reference_batch is not None:
+            ax.axhline(0, color="grey", lw=0.8)
+        _log2_axis(ax, sorted(part["batch_size"].unique()))
+        ax.set_title(task)
+        ax.set_ylabel(ylabel)
+    axes[0][-1].legend(fontsize=8, frameon=False, loc="best")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return save(fig, path_stem)
+
+
+def learning_curves(runs: pd.DataFrame, path_stem: Path, title: str = "") -> list[Path]:
+    """Test error over training (mean over seeds) per cell: a panel per batch size, a line per norm."""
+    _style()
+    batch_sizes = sorted(runs["batch_size"].unique())
+    fig, axes = plt.subplots(1, len(batch_sizes), figsize=(2.6 * len(batch_sizes), 2.8), squeeze=False, sharey=True)
+    for ax, bs in zip(axes[0], batch_sizes, strict=True):
+        for norm, rows in runs[runs["batch_size"] == bs].groupby("norm", sort=True):
+            points = [
+                pd.DataFrame(h)[["epoch", "test_error"]].assign(seed=s)
+                for h, s in zip(rows["history"], rows["seed"], strict=True)
+                if h
+            ]
+            if not points:
+                continue
+            curve = pd.concat(points).groupby("epoch")["test_error"].mean()
+            ax.plot(curve.index, curve.values * 100, color=norm_color(norm), label=norm, lw=1.2)
+        ax.set_title(f"batch {bs}", fontsize=9)
+        ax.set_xlabel("epoch")
+    axes[0][0].set_ylabel("test error (%)")
+    axes[0][-1].legend(fontsize=7, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return save(fig, path_stem)

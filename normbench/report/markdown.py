@@ -1,0 +1,45 @@
+"""Assembling report.md: figures and tables per task and facet, then what is missing or failed."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+
+def slug(values: Sequence[object]) -> str:
+    text = "_".join(str(v) for v in values if v not in ("-", None))
+    return re.sub(r"[^A-Za-z0-9.=-]+", "-", text).strip("-") or "all"
+
+
+def percent_cell(mean: float, std: float, n: int, incomplete: bool) -> str:
+    if pd.isna(mean):
+        return "—"
+    text = f"{mean * 100:.1f}" if pd.isna(std) else f"{mean * 100:.1f} ± {std * 100:.1f}"
+    return f"{text} (n={n})*" if incomplete else text
+
+
+def norm_by_batch(part: pd.DataFrame, fmt) -> pd.DataFrame:
+    """A norm × batch-size table of strings, batch sizes descending (as in Wu & He 2018, Table 2)."""
+    batch_sizes = sorted(part["batch_size"].unique(), reverse=True)
+    table = pd.DataFrame(index=sorted(part["norm"].unique()), columns=batch_sizes, dtype=object)
+    for row in part.itertuples(index=False):
+        table.loc[row.norm, row.batch_size] = fmt(row)
+    table = table.fillna("—")
+    table.index.name = "norm \\ batch"
+    return table
+
+
+def md_table(table: pd.DataFrame) -> str:
+    return table.to_markdown(stralign="right", disable_numparse=True)
+
+
+def image(path: Path, base: Path, alt: str) -> str:
+    return f"![{alt}]({path.relative_to(base).as_posix()})"
+
+
+def facet_title(keys: Sequence[str], values: Sequence[object]) -> str:
+    parts = [f"{k}={v}" for k, v in zip(keys, values, strict=True) if v != "-"]
+    return ", ".join(parts)

@@ -1,0 +1,74 @@
+"""Summary tables over seeds: per cell statistics, the change against a reference batch size, and the
+norm × batch-size tables in the style of Wu & He 2018, Table 2."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+# Columns that define what a run computes apart from its seed. Swept overrides are dotted paths
+# (norm.num_groups, data.classes_per_batch, ...) and are cell columns too; metrics never are.
+FIXED_CELL_COLUMNS = ("task", "budget", "sampler", "optim", "norm", "batch_size")
+
+
+def cell_columns(df: pd.DataFrame) -> list[str]:
+    """The columns that identify a cell (everything that defines a run except the seed)."""
+    fixed = [c for c in FIXED_CELL_COLUMNS if c in df.columns]
+    swept = sorted(c for c in df.columns if ("." in c or "/" in c) and c not in fixed)
+    return fixed + swept
+
+
+def facet_columns(df: pd.DataFrame) -> list[str]:
+    """Cell columns other than task, norm and batch size: each combination gets its own table/figure."""
+    return [c for c in cell_columns(df) if c not in ("task", "norm", "batch_size")]
+
+
+def _keys(df: pd.DataFrame) -> pd.DataFrame:
+    # groupby drops NaN keys; a placeholder keeps runs whose swept value is missing in their own cell.
+    cols = cell_columns(df)
+    return df.assign(**{c: df[c].astype(object).where(df[c].notna(), "-") for c in cols})
+
+
+def summarize(df: pd.DataFrame, metric: str = "test_error") -> pd.DataFrame:
+    """Per cell: runs, completed n, mean/std/median/min/max of ``metric`` over seeds, diverged and
+    failed counts, and ``incomplete`` where a cell has fewer completed seeds than the fullest cell of
+    its task."""
+    cols = cell_columns(df)
+    keyed = _keys(df)
+    done = keyed[keyed["status"] == "completed"]
+    stats = done.groupby(cols, sort=True)[metric].agg(["count", "mean", "std", "median", "min", "max"])
+    stats = stats.rename(columns={"count": "n"})
+    status = keyed.groupby(cols, sort=True)["status"].value_counts().unstack(fill_value=0)
+    for s in ("completed", "diverged", "failed"):
+        if s not in status:
+            status[s] = 0
+    out = status[["diverged", "failed"]].rename(columns=lambda s: f"n_{s}")
+    out.insert(0, "runs", status.sum(axis=1))
+    out = out.join(stats, how="left")
+    out["n"] = out["n"].fillna(0).astype(int)
+    out = out.reset_index()
+    out["incomplete"] = out["n"] < out.groupby("task")["n"].transform("max")
+    return out[[*cols, "runs", "n", "mean", "std", "median", "min", "max", "n_diverged", "n_failed", "incomplete"]]
+
+
+def with_reference_delta(summary: pd.DataFrame, reference_batch: int = 32) -> pd.DataFrame:
+    """Add ``delta_vs_ref``: mean minus the mean of the same cell at ``reference_batch`` (NaN where the
+    reference cell is missing), as in the last row of Wu & He 2018, Table 2."""
+    others = [c for c in summary.columns[: summary.columns.get_loc("runs")] if c != "batch_size"]
+    ref = summary[summary["batch_size"] == reference_batch][[*others, "mean"]].rename(columns={"mean": "ref_mean"})
+    merged = summary.merge(ref, on=others, how="left")
+    merged["delta_vs_ref"] = merged["mean"] - merged["ref_mean"]
+    return merged.drop(columns="ref_mean")
+
+
+def batch_table(summary: pd.DataFrame, value: str = "mean", percent: bool = True) -> pd.DataFrame:
+    """Norm × batch size for one task/facet: the ``value`` column (percent by default), batch sizes
+    descending as in the GN paper."""
+    table = summary.pivot_table(index="norm", columns="batch_size", values=value, aggfunc="first", dropna=False)
+    table = table[sorted(table.columns, reverse=True)]
+    return table * 100 if percent else table
+
+
+def groups(summary: pd.DataFrame) -> list[tuple[tuple, pd.DataFrame]]:
+    """(task, *facet values) → that part of the summary, in sorted order."""
+    keys = ["task", *facet_columns(summary)]
+    return [((k if isinstance(k, tuple) else (k,)), part) for k, part in summary.groupby(keys, sort=True)]
