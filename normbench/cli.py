@@ -85,9 +85,10 @@ def _main(cfg: DictConfig) -> None:
     try:
         record = execute(cfg, out_dir, swept_choices(cfg, list(hc.overrides.task)), progress)
     except ConfigError as exc:
-        if multirun:  # sys.exit would abort the whole sweep; Hydra marks this job failed instead
-            mark_visit(out_dir, "config_error", log_file)
-            raise
+        if multirun:  # sys.exit here would abort the whole sweep: SweepSummary exits non-zero at the end
+            log.error("configuration error: %s", exc)
+            mark_visit(out_dir, "config_error", log_file, error=str(exc))
+            return
         print(f"normbench-run: error: {exc}", file=sys.stderr)
         sys.exit(2)
     mark_visit(out_dir, record["status"], log_file)

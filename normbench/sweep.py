@@ -17,9 +17,10 @@ VISIT_FILE = "visit.json"
 OUTCOMES = ("completed", "diverged", "failed", "skipped", "config_error")
 
 
-def mark_visit(out_dir: Path, outcome: str, log_file: str | None = None) -> None:
+def mark_visit(out_dir: Path, outcome: str, log_file: str | None = None, error: str | None = None) -> None:
     """Record what this invocation did with a job folder (read by :class:`SweepSummary`)."""
-    write_json_atomic(out_dir / VISIT_FILE, {"outcome": outcome, "time": time.time(), "log": log_file})
+    visit = {"outcome": outcome, "time": time.time(), "log": log_file, "error": error}
+    write_json_atomic(out_dir / VISIT_FILE, visit)
 
 
 def visits_since(sweep_dir: Path, since: float) -> list[dict[str, Any]]:
@@ -39,15 +40,20 @@ def summarize(visits: list[dict[str, Any]]) -> str:
     line = ", ".join(f"{counts.get(o, 0)} {o.replace('_', ' ')}" for o in OUTCOMES)
     lines = [f"normbench sweep: {len(visits)} runs: {line}"]
     for v in visits:
-        if v["outcome"] in ("failed", "config_error"):
-            lines.append(f"  {v['outcome']}: {v.get('log') or v['dir']}")
+        if v["outcome"] == "failed":
+            lines.append(f"  failed, log: {v.get('log') or v['dir']}")
+        elif v["outcome"] == "config_error":
+            lines.append(f"  configuration error ({v['dir']}): {v.get('error')}")
     return "\n".join(lines)
 
 
 class SweepSummary(Callback):
     """Prints, after a multirun, how many runs completed, diverged, failed or were skipped, and the log
     file of each failure. Counts come from the visit markers the jobs wrote during this invocation, so
-    they are right for every launcher (jobs may run in other processes or on other machines)."""
+    they are right for every launcher (jobs may run in other processes or on other machines).
+
+    Jobs with a configuration error write no result; the sweep exits with status 1 after the summary
+    when there was any (the other jobs still ran)."""
 
     def __init__(self) -> None:
         self.started = time.time()
@@ -57,6 +63,9 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        summary = summarize(visits_since(sweep_dir, self.started))
+        visits = visits_since(sweep_dir, self.started)
+        summary = summarize(visits)
         print(summary, flush=True)
         (sweep_dir / "summary.txt").write_text(summary + "\n")
+        if any(v["outcome"] == "config_error" for v in visits):
+            raise SystemExit(1)

@@ -37,7 +37,7 @@ def general_sections(runs: pd.DataFrame, summary: pd.DataFrame, out: Path, refer
     fig_dir = out / "figures"
     facets = facet_columns(summary)
     lines: list[str] = []
-    for values, part in (summary.groupby(facets, sort=True) if facets else [((), summary)]):
+    for values, part in summary.groupby(facets, sort=True) if facets else [((), summary)]:
         values = values if isinstance(values, tuple) else (values,)
         name = slug(values)
         title = facet_title(facets, values)
@@ -58,10 +58,20 @@ def general_sections(runs: pd.DataFrame, summary: pd.DataFrame, out: Path, refer
         for task, cells in part.groupby("task", sort=True):
             lines += [f"### {task}{f' ({title})' if title else ''}", ""]
             lines += ["Test error (%), mean ± std over seeds:", ""]
-            lines += [md_table(norm_by_batch(cells, lambda r: percent_cell(r.mean, r.std, r.n, r.incomplete))), ""]
-            lines += [f"Change against batch {reference_batch} (percentage points; Wu & He 2018, Table 2, last row):", ""]
             lines += [
-                md_table(norm_by_batch(cells, lambda r: "—" if pd.isna(r.delta_vs_ref) else f"{r.delta_vs_ref * 100:+.1f}")),
+                md_table(norm_by_batch(cells, lambda r: percent_cell(r.mean, r.std, r.n, r.incomplete))),
+                "",
+            ]
+            lines += [
+                f"Change against batch {reference_batch} (percentage points; Wu & He 2018, Table 2, last row):",
+                "",
+            ]
+            lines += [
+                md_table(
+                    norm_by_batch(
+                        cells, lambda r: "—" if pd.isna(r.delta_vs_ref) else f"{r.delta_vs_ref * 100:+.1f}"
+                    )
+                ),
                 "",
             ]
             sel = runs["task"] == task
@@ -77,8 +87,15 @@ def general_sections(runs: pd.DataFrame, summary: pd.DataFrame, out: Path, refer
 def problems_section(runs: pd.DataFrame, summary: pd.DataFrame, skipped: Sequence[str]) -> str:
     lines = ["## Incomplete data", ""]
     incomplete = summary[summary["incomplete"]]
-    if incomplete.empty and summary["n_diverged"].sum() == 0 and summary["n_failed"].sum() == 0 and not skipped:
-        return "\n".join([*lines, "Every cell has the same number of completed seeds; no run diverged or failed.", ""])
+    if (
+        incomplete.empty
+        and summary["n_diverged"].sum() == 0
+        and summary["n_failed"].sum() == 0
+        and not skipped
+    ):
+        return "\n".join(
+            [*lines, "Every cell has the same number of completed seeds; no run diverged or failed.", ""]
+        )
     if not incomplete.empty:
         lines += [
             "Cells with fewer completed seeds than the fullest cell of their task (marked * in the tables, "

@@ -14,8 +14,12 @@ def main(argv: list[str] | None = None) -> None:
         prog="normbench-report", description="Build tables, figures and report.md from sweep folders."
     )
     parser.add_argument("dirs", nargs="+", help="sweep folders (searched recursively for result.json)")
-    parser.add_argument("--out", required=True, help="output folder for runs.csv, summary.csv, figures/, report.md")
-    parser.add_argument("--reference-batch", type=int, default=32, help="batch size the change is measured against")
+    parser.add_argument(
+        "--out", required=True, help="output folder for runs.csv, summary.csv, figures/, report.md"
+    )
+    parser.add_argument(
+        "--reference-batch", type=int, default=32, help="batch size the change is measured against"
+    )
     parser.add_argument("--title", default="normbench report")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")

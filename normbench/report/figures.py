@@ -10,8 +10,8 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
 
 PALETTE = plt.get_cmap("tab20").colors
 # Built-in norms get fixed, well-separated colours; any other name a stable one from its hash.
@@ -37,7 +37,9 @@ def norm_color(name: str) -> tuple[float, float, float]:
 
 
 def _style() -> None:
-    plt.rcParams.update({"svg.hashsalt": "normbench", "figure.dpi": 110, "axes.grid": True, "grid.alpha": 0.3})
+    plt.rcParams.update(
+        {"svg.hashsalt": "normbench", "figure.dpi": 110, "axes.grid": True, "grid.alpha": 0.3}
+    )
 
 
 def save(fig: plt.Figure, path_stem: Path) -> list[Path]:
@@ -79,9 +81,18 @@ def metric_vs_batch(
             color = norm_color(norm)
             ax.plot(rows["batch_size"], rows[value] * 100, marker="o", ms=3.5, color=color, label=norm)
             if band:
-                ax.fill_between(rows["batch_size"], rows[band[0]] * 100, rows[band[1]] * 100, color=color, alpha=0.15, lw=0)
+                ax.fill_between(
+                    rows["batch_size"],
+                    rows[band[0]] * 100,
+                    rows[band[1]] * 100,
+                    color=color,
+                    alpha=0.15,
+                    lw=0,
+                )
             marked = rows[rows.get("incomplete", False) == True]  # noqa: E712 - a boolean column
-            ax.scatter(marked["batch_size"], marked[value] * 100, facecolors="none", edgecolors="red", s=60, zorder=3)
+            ax.scatter(
+                marked["batch_size"], marked[value] * 100, facecolors="none", edgecolors="red", s=60, zorder=3
+            )
         if reference_batch is not None:
             ax.axhline(0, color="grey", lw=0.8)
         _log2_axis(ax, sorted(part["batch_size"].unique()))
@@ -98,7 +109,9 @@ def learning_curves(runs: pd.DataFrame, path_stem: Path, title: str = "") -> lis
     """Test error over training (mean over seeds) per cell: a panel per batch size, a line per norm."""
     _style()
     batch_sizes = sorted(runs["batch_size"].unique())
-    fig, axes = plt.subplots(1, len(batch_sizes), figsize=(2.6 * len(batch_sizes), 2.8), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(
+        1, len(batch_sizes), figsize=(2.6 * len(batch_sizes), 2.8), squeeze=False, sharey=True
+    )
     for ax, bs in zip(axes[0], batch_sizes, strict=True):
         for norm, rows in runs[runs["batch_size"] == bs].groupby("norm", sort=True):
             points = [

@@ -78,7 +78,9 @@ def find_records(dirs: Iterable[str | os.PathLike[str]]) -> list[Path]:
     return sorted(paths)
 
 
-def load_runs(*dirs: str | os.PathLike[str], with_history: bool = False, progress: bool | None = None) -> pd.DataFrame:
+def load_runs(
+    *dirs: str | os.PathLike[str], with_history: bool = False, progress: bool | None = None
+) -> pd.DataFrame:
     """One row per run found under ``dirs`` (searched recursively for ``result.json``).
 
     Columns: task, norm, batch_size, seed, status, the metrics, steps, lr, wall_time_s, config_hash,
@@ -89,7 +91,9 @@ def load_runs(*dirs: str | os.PathLike[str], with_history: bool = False, progres
     """
     paths = find_records(dirs)
     rows = []
-    for path in tqdm(paths, desc="reading runs", unit="run", disable=None if progress is None else not progress):
+    for path in tqdm(
+        paths, desc="reading runs", unit="run", disable=None if progress is None else not progress
+    ):
         record = _read(path)
         if record is not None:
             rows.append(_row(record, path, with_history))

@@ -47,14 +47,18 @@ def summarize(df: pd.DataFrame, metric: str = "test_error") -> pd.DataFrame:
     out["n"] = out["n"].fillna(0).astype(int)
     out = out.reset_index()
     out["incomplete"] = out["n"] < out.groupby("task")["n"].transform("max")
-    return out[[*cols, "runs", "n", "mean", "std", "median", "min", "max", "n_diverged", "n_failed", "incomplete"]]
+    return out[
+        [*cols, "runs", "n", "mean", "std", "median", "min", "max", "n_diverged", "n_failed", "incomplete"]
+    ]
 
 
 def with_reference_delta(summary: pd.DataFrame, reference_batch: int = 32) -> pd.DataFrame:
     """Add ``delta_vs_ref``: mean minus the mean of the same cell at ``reference_batch`` (NaN where the
     reference cell is missing), as in the last row of Wu & He 2018, Table 2."""
     others = [c for c in summary.columns[: summary.columns.get_loc("runs")] if c != "batch_size"]
-    ref = summary[summary["batch_size"] == reference_batch][[*others, "mean"]].rename(columns={"mean": "ref_mean"})
+    ref = summary[summary["batch_size"] == reference_batch][[*others, "mean"]].rename(
+        columns={"mean": "ref_mean"}
+    )
     merged = summary.merge(ref, on=others, how="left")
     merged["delta_vs_ref"] = merged["mean"] - merged["ref_mean"]
     return merged.drop(columns="ref_mean")
@@ -63,7 +67,9 @@ def with_reference_delta(summary: pd.DataFrame, reference_batch: int = 32) -> pd
 def batch_table(summary: pd.DataFrame, value: str = "mean", percent: bool = True) -> pd.DataFrame:
     """Norm × batch size for one task/facet: the ``value`` column (percent by default), batch sizes
     descending as in the GN paper."""
-    table = summary.pivot_table(index="norm", columns="batch_size", values=value, aggfunc="first", dropna=False)
+    table = summary.pivot_table(
+        index="norm", columns="batch_size", values=value, aggfunc="first", dropna=False
+    )
     table = table[sorted(table.columns, reverse=True)]
     return table * 100 if percent else table
 

@@ -1,0 +1,127 @@
+"""Real multiruns in a subprocess: launchers, hash-named folders, resume, grown grids, failures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from helpers import QUICK, compose_cfg, normbench_run
+
+from normbench.results import load_run
+
+STEPS = ("train.budget=steps", "train.steps=3", "train.history_points=1")
+
+
+def sweep(tmp: Path, *args: str, launcher: str = "joblib"):
+    proc = normbench_run("-m", *args, *STEPS, f"sweep.root={tmp}", f"hydra/launcher={launcher}", cwd=tmp)
+    return proc
+
+
+def records(sweep_dir: Path) -> dict[str, dict]:
+    return {p.parent.name: load_run(p) for p in sorted(sweep_dir.glob("*/result.json"))}
+
+
+def test_joblib_sweep_writes_one_hash_named_folder_per_run(tmp_path):
+    proc = sweep(tmp_path, "norm=batchnorm,groupnorm", "batch_size=8,16", "hydra.launcher.n_jobs=2")
+    assert proc.returncode == 0, proc.stderr
+    found = records(tmp_path / "default")
+    assert len(found) == 4
+    assert all(folder == r["config_hash"] for folder, r in found.items())
+    assert {(r["choices"]["norm"], r["choices"]["batch_size"]) for r in found.values()} == {
+        ("batchnorm", 8),
+        ("batchnorm", 16),
+        ("groupnorm", 8),
+        ("groupnorm", 16),
+    }
+    assert all(r["status"] == "completed" and r["env"]["threads"] == 1 for r in found.values())
+    assert "4 runs: 4 completed, 0 diverged, 0 failed, 0 skipped" in proc.stdout
+
+
+def test_rerun_skips_results_reruns_unfinished_and_force_reruns(tmp_path):
+    assert sweep(tmp_path, "norm=batchnorm,identity", "batch_size=8,16").returncode == 0
+    first = records(tmp_path / "default")
+    killed = sorted(first)[0]
+    (tmp_path / "default" / killed / "result.json").unlink()  # as a run killed before its record
+    proc = sweep(tmp_path, "norm=batchnorm,identity", "batch_size=8,16")
+    assert proc.returncode == 0, proc.stderr
+    assert "4 runs: 1 completed, 0 diverged, 0 failed, 3 skipped" in proc.stdout
+    second = records(tmp_path / "default")
+    assert set(second) == set(first)
+    for folder in first:
+        if folder != killed:  # untouched: the same record, not retrained
+            assert second[folder]["finished_at"] == first[folder]["finished_at"]
+    proc = sweep(tmp_path, "norm=batchnorm", "batch_size=8", "runtime.force=true")
+    assert "1 runs: 1 completed, 0 diverged, 0 failed, 0 skipped" in proc.stdout
+    assert len(records(tmp_path / "default")) == 4
+
+
+def test_grown_grid_adds_runs_without_touching_old_ones(tmp_path):
+    assert sweep(tmp_path, "norm=layernorm", "seed=0", launcher="basic").returncode == 0
+    old = records(tmp_path / "default")
+    proc = sweep(tmp_path, "norm=layernorm", "seed=0,1,2", launcher="basic")
+    assert "3 runs: 2 completed, 0 diverged, 0 failed, 1 skipped" in proc.stdout
+    grown = records(tmp_path / "default")
+    assert len(grown) == 3 and sorted(r["choices"]["seed"] for r in grown.values()) == [0, 1, 2]
+    for folder, r in old.items():
+        assert grown[folder]["finished_at"] == r["finished_at"]
+
+
+def test_failed_and_misconfigured_jobs_do_not_stop_the_others(tmp_path):
+    proc = sweep(tmp_path, "norm=batchnorm,instancenorm", "batch_size=1,8")
+    assert proc.returncode == 1  # configuration errors make the sweep exit non-zero, after the others ran
+    assert "4 runs: 1 completed, 0 diverged, 1 failed, 0 skipped, 2 config error" in proc.stdout
+    found = records(tmp_path / "default")
+    statuses = sorted((r["choices"]["batch_size"], r["status"]) for r in found.values())
+    assert statuses == [(1, "failed"), (8, "completed")]
+    failed = next(folder for folder, r in found.items() if r["status"] == "failed")
+    assert f"failed, log: {tmp_path / 'default' / failed / 'normbench.log'}" in proc.stdout
+    assert "Traceback" in (tmp_path / "default" / failed / "normbench.log").read_text()
+    assert (
+        proc.stdout.count("  configuration error (") == 2
+        and "needs at least 2 spatial positions" in proc.stdout
+    )
+
+
+def test_submitit_local_launcher(tmp_path):
+    proc = sweep(tmp_path, "norm=groupnorm,identity", launcher="submitit_local")
+    assert proc.returncode == 0, proc.stderr
+    found = records(tmp_path / "default")
+    assert sorted(r["choices"]["norm"] for r in found.values()) == ["groupnorm", "identity"]
+    assert all(folder == r["config_hash"] for folder, r in found.items())
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("norm=batchnorm,foo", "Could not find 'norm/foo'"),
+        ("batch_size=8,abc", "could not be converted to Integer"),
+    ],
+)
+def test_bad_override_fails_before_any_job_runs(tmp_path, override, message):
+    proc = sweep(tmp_path, override)
+    assert proc.returncode == 1 and message in proc.stderr
+    assert not list(tmp_path.rglob("result.json")) and not list(tmp_path.rglob("visit.json"))
+
+
+def test_experiment_preset_defines_a_grid():
+    from hydra import compose, initialize_config_dir
+
+    from normbench.cli import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["experiment=norms_x_batch"], return_hydra_config=True)
+    assert cfg.hydra.mode.name == "MULTIRUN"
+    assert cfg.hydra.sweeper.params.batch_size == "2,4,8,16,32"
+    assert cfg.sweep.name == "norms_x_batch" and cfg.task.name == "mnist1d_mlp"
+
+
+def test_hash_ignores_paths_and_runtime_settings():
+    from normbench.run import run_identity
+
+    base = run_identity(compose_cfg(*QUICK))[1]
+    assert run_identity(compose_cfg(*QUICK, "sweep.root=/elsewhere", "runtime.threads=2"))[1] == base
+    assert run_identity(compose_cfg(*QUICK, "seed=1"))[1] != base
+    identity = run_identity(compose_cfg(*QUICK))[0]
+    assert "runtime" not in identity and "sweep" not in identity
+    assert json.dumps(identity, sort_keys=True)  # plain JSON: enums as strings
