@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import warnings
@@ -133,10 +134,8 @@ def build_report(
         raise ValueError(f"no run records (result.json) found under {', '.join(map(str, dirs))}")
     table = runs.drop(columns=["history"])
     write_csv_atomic(table, out / "runs.csv")
-    try:
+    with contextlib.suppress(ImportError):  # Parquet only where pyarrow (or fastparquet) is installed
         table.to_parquet(out / "runs.parquet", index=False)
-    except ImportError:
-        pass
     summary = with_reference_delta(summarize(runs), reference_batch)
     write_csv_atomic(summary, out / "summary.csv")
     counts = runs["status"].value_counts()

@@ -98,7 +98,8 @@ def metric_vs_batch(
         _log2_axis(ax, sorted(part["batch_size"].unique()))
         ax.set_title(task)
         ax.set_ylabel(ylabel)
-    axes[0][-1].legend(fontsize=8, frameon=False, loc="best")
+    if axes[0][-1].get_legend_handles_labels()[0]:
+        axes[0][-1].legend(fontsize=8, frameon=False, loc="best")
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -126,7 +127,8 @@ def learning_curves(runs: pd.DataFrame, path_stem: Path, title: str = "") -> lis
         ax.set_title(f"batch {bs}", fontsize=9)
         ax.set_xlabel("epoch")
     axes[0][0].set_ylabel("test error (%)")
-    axes[0][-1].legend(fontsize=7, frameon=False)
+    if axes[0][-1].get_legend_handles_labels()[0]:
+        axes[0][-1].legend(fontsize=7, frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()

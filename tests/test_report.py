@@ -1,0 +1,156 @@
+"""Reports from a real small sweep, and from hand-made records (corrupt, partial, duplicated)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import matplotlib.image as mpimg
+import pandas as pd
+import pytest
+from helpers import normbench_run
+
+from normbench.report import load_runs
+from normbench.report.build import build_report
+from normbench.report.cli import main as report_main
+from normbench.report.tables import summarize, with_reference_delta
+
+GRID = ("norm=batchnorm,groupnorm", "batch_size=4,8", "seed=0,1")
+
+
+@pytest.fixture(scope="module")
+def small_sweep(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("sweep")
+    proc = normbench_run(
+        "-m",
+        *GRID,
+        "train.budget=steps",
+        "train.steps=6",
+        "train.history_points=3",
+        f"sweep.root={root}",
+        "hydra/launcher=joblib",
+        cwd=root,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return root / "default"
+
+
+def test_report_from_real_sweep(small_sweep, tmp_path):
+    out = tmp_path / "report"
+    report_main([str(small_sweep), "--out", str(out), "--reference-batch", "8"])
+    runs = pd.read_csv(out / "runs.csv")
+    assert len(runs) == 8
+    for column in (
+        "task",
+        "norm",
+        "batch_size",
+        "seed",
+        "status",
+        "test_error",
+        "test_loss",
+        "train_error",
+        "train_loss",
+        "steps",
+        "lr",
+        "wall_time_s",
+        "config_hash",
+    ):
+        assert column in runs.columns
+    assert (runs["status"] == "completed").all() and (runs["steps"] == 6).all()
+    summary = pd.read_csv(out / "summary.csv")
+    assert sorted(zip(summary["norm"], summary["batch_size"], strict=True)) == [
+        ("batchnorm", 4),
+        ("batchnorm", 8),
+        ("groupnorm", 4),
+        ("groupnorm", 8),
+    ]
+    assert (summary["n"] == 2).all() and not summary["incomplete"].any()
+    for cell in summary.itertuples():
+        errors = runs[(runs["norm"] == cell.norm) & (runs["batch_size"] == cell.batch_size)]["test_error"]
+        assert cell.mean == pytest.approx(errors.mean(), abs=1e-6)
+        assert cell.std == pytest.approx(errors.std(), abs=1e-6)
+        ref = summary[(summary["norm"] == cell.norm) & (summary["batch_size"] == 8)]["mean"].item()
+        assert cell.delta_vs_ref == pytest.approx(cell.mean - ref, abs=1e-6)
+    text = (out / "report.md").read_text()
+    assert "8 runs (8 completed, 0 diverged, 0 failed)" in text
+    assert re.search(r"\|\s+batchnorm \|\s+\d+\.\d ± \d+\.\d \|\s+\d+\.\d ± \d+\.\d \|", text)
+    assert re.search(r"\|\s+groupnorm \|\s+\+0\.0 \|\s+[+-]\d+\.\d \|", text)  # Δ vs batch 8, 8 first
+    images = sorted(out.glob("figures/*.png"))
+    assert {p.name.split("_")[0] for p in images} == {"error", "delta", "curves"}
+    for png in images:
+        assert png.name in text or png.stem.startswith("curves")
+        assert mpimg.imread(png).shape[0] > 100
+        ET.parse(png.with_suffix(".svg"))  # well-formed SVG
+
+
+def test_same_inputs_give_byte_identical_tables(small_sweep, tmp_path):
+    build_report([small_sweep], tmp_path / "a")
+    build_report([small_sweep], tmp_path / "b")
+    for name in ("runs.csv", "summary.csv", "report.md"):
+        a = (tmp_path / "a" / name).read_text().replace(str(tmp_path / "a"), "")
+        b = (tmp_path / "b" / name).read_text().replace(str(tmp_path / "b"), "")
+        assert a == b
+
+
+def test_missing_seed_is_marked_and_bad_files_are_named(small_sweep, tmp_path):
+    copy = tmp_path / "sweep"
+    shutil.copytree(small_sweep, copy)
+    runs = load_runs(copy)
+    victim = runs[(runs["norm"] == "groupnorm") & (runs["batch_size"] == 4) & (runs["seed"] == 1)][
+        "path"
+    ].item()
+    (Path(victim) / "result.json").write_text('{"schema_version": 1, "status": "compl')  # partial write
+    (copy / "stray").mkdir()
+    (copy / "stray" / "result.json").write_text("[1, 2]")
+    with pytest.warns(UserWarning) as caught:
+        runs = load_runs(copy)
+    messages = " ".join(str(w.message) for w in caught)
+    assert str(Path(victim) / "result.json") in messages and str(copy / "stray" / "result.json") in messages
+    assert len(runs) == 7
+    summary = summarize(runs)
+    cell = summary[(summary["norm"] == "groupnorm") & (summary["batch_size"] == 4)]
+    assert cell["n"].item() == 1 and cell["incomplete"].item()
+    assert summary["incomplete"].sum() == 1
+    report = build_report([copy], tmp_path / "out").read_text()
+    assert "(n=1)*" in report and "stray" in report
+
+
+def _record(h: str, status: str, finished: str, error: float | None, **choices) -> dict:
+    return {
+        "schema_version": 1,
+        "status": status,
+        "config_hash": h,
+        "choices": {"task": "t", "norm": "batchnorm", "batch_size": 32, "seed": 0, **choices},
+        "config": {"train": {"budget": "epochs"}, "data": {"sampler": "iid"}},
+        "metrics": {} if error is None else {"test_error": error},
+        "finished_at": finished,
+    }
+
+
+def _write(path: Path, record: dict) -> None:
+    path.mkdir(parents=True)
+    (path / "result.json").write_text(json.dumps(record))
+
+
+def test_duplicate_hash_keeps_completed_then_newest(tmp_path):
+    _write(tmp_path / "a/x", _record("h1", "failed", "2026-01-03", None))
+    _write(tmp_path / "b/x", _record("h1", "completed", "2026-01-01", 0.3))
+    _write(tmp_path / "c/x", _record("h1", "completed", "2026-01-02", 0.2))
+    _write(tmp_path / "c/y", _record("h2", "diverged", "2026-01-02", None, seed=1))
+    runs = load_runs(tmp_path / "a", tmp_path / "b", tmp_path / "c")
+    assert len(runs) == 2
+    kept = runs[runs["config_hash"] == "h1"].iloc[0]
+    assert kept["status"] == "completed" and kept["test_error"] == 0.2
+    summary = with_reference_delta(summarize(runs))
+    row = summary.iloc[0]
+    assert row["runs"] == 2 and row["n"] == 1 and row["n_diverged"] == 1 and row["delta_vs_ref"] == 0
+
+
+def test_report_cli_errors_name_the_folder(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        report_main([str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
+    assert exc.value.code == 2
+    assert f"sweep folder {tmp_path / 'nope'} does not exist" in capsys.readouterr().err
