@@ -1,0 +1,130 @@
+"""Sweep and report speed.
+
+1. The same 16-run sweep through Hydra's basic launcher (serial) and the joblib launcher (2 processes),
+   each into a fresh folder, wall time of the whole command; target speed-up >= 1.7x on 2 cores.
+2. normbench-report on 1,000 and 10,000 synthetic run records (with histories); target <= 10 s for
+   10,000 and near-linear growth.
+
+    python scripts/bench_sweep.py                 # writes reports/bench/sweep.md
+    python scripts/bench_sweep.py --skip-sweep    # only the report part
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import normbench
+from normbench.report.build import build_report
+
+GRID = ["norm=batchnorm,groupnorm,layernorm,identity", "batch_size=16,32", "seed=0,1"]
+
+
+def time_sweep(launcher: str, root: Path, steps: int) -> float:
+    cmd = [
+        sys.executable, "-m", "normbench", "-m", *GRID, "task=mnist1d_cnn", "train.budget=steps",
+        f"train.steps={steps}", f"sweep.root={root}", f"hydra/launcher={launcher}",
+    ]  # fmt: skip
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0 or "16 completed" not in proc.stdout:
+        raise RuntimeError(f"{launcher} sweep failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    return elapsed
+
+
+def synthetic_records(root: Path, n: int, seed: int = 0) -> None:
+    rng = random.Random(seed)
+    norms = ["batchnorm", "layernorm", "instancenorm", "groupnorm", "identity"]
+    batch_sizes = [2, 4, 8, 16, 32, 64, 128]
+    for i in range(n):
+        norm, bs = norms[i % 5], batch_sizes[(i // 5) % 7]
+        task = ["mnist1d_mlp", "mnist1d_cnn"][(i // 35) % 2]
+        budget = ["epochs", "steps"][(i // 70) % 2]
+        err = min(0.95, max(0.02, 0.3 + (0.2 if norm == "batchnorm" and bs < 8 else 0) + rng.gauss(0, 0.02)))
+        record = {
+            "schema_version": 1,
+            "status": "completed" if rng.random() > 0.02 else "diverged",
+            "config_hash": f"{i:016x}",
+            "choices": {"task": task, "norm": norm, "batch_size": bs, "seed": i // 140},
+            "config": {"train": {"budget": budget}, "data": {"sampler": "iid"}},
+            "metrics": {"test_error": err, "test_loss": 1.0, "train_error": err - 0.05, "train_loss": 0.9},
+            "history": [
+                {"step": k * 10, "epoch": k, "train_loss": 1.0 / k, "test_error": err + 0.1 / k}
+                for k in range(1, 11)
+            ],
+            "steps": 100,
+            "lr": 0.1,
+            "wall_time_s": 1.0,
+            "finished_at": f"2026-01-01T00:00:{i % 60:02d}",
+        }
+        folder = root / f"{i:016x}"
+        folder.mkdir(parents=True)
+        (folder / "result.json").write_text(json.dumps(record))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=1500, help="training steps per sweep run")
+    parser.add_argument("--skip-sweep", action="store_true")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parents[1] / "reports/bench/sweep.md")
+    args = parser.parse_args()
+    lines = [
+        "# Sweep and report speed",
+        "",
+        f"{os.cpu_count()} cores, normbench {normbench.__version__}, Python {platform.python_version()}. "
+        "Reproduce: `python scripts/bench_sweep.py`. Timings on this shared machine swing between runs; "
+        "both launchers ran back to back in one invocation.",
+        "",
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        if not args.skip_sweep:
+            basic = time_sweep("basic", tmp / "basic", args.steps)
+            joblib = time_sweep("joblib", tmp / "joblib", args.steps)
+            lines += [
+                f"## Launchers: 16 runs (`{' '.join(GRID)} task=mnist1d_cnn train.budget=steps "
+                f"train.steps={args.steps}`), whole command wall time",
+                "",
+                "| launcher | wall s | speed-up |",
+                "|---|---:|---:|",
+                f"| basic (serial) | {basic:.1f} | 1.00x |",
+                f"| joblib (2 processes, 1 torch thread each) | {joblib:.1f} | {basic / joblib:.2f}x |",
+                "",
+                "Target: >= 1.7x.",
+                "",
+            ]
+        timings = {}
+        for n in (1000, 10000):
+            root = tmp / f"records_{n}"
+            synthetic_records(root, n)
+            start = time.perf_counter()
+            build_report([root], tmp / f"report_{n}")
+            timings[n] = time.perf_counter() - start
+        lines += [
+            "## normbench-report on synthetic records",
+            "",
+            "Full report: reading, tables, figures (PNG + SVG), report.md. Records carry 10 history points.",
+            "",
+            "| records | seconds | per 1,000 records |",
+            "|---:|---:|---:|",
+            *(f"| {n:,} | {t:.2f} | {t / n * 1000:.2f} |" for n, t in timings.items()),
+            "",
+            f"Growth 1,000 → 10,000: {timings[10000] / timings[1000]:.1f}x for 10x the records "
+            "(fixed costs such as the figures make it sub-linear). Target: <= 10 s for 10,000.",
+        ]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
