@@ -97,6 +97,7 @@ class DataConfig:
 class EvalConfig:
     precise_bn_samples: int = 10000  # PreciseBN re-estimation budget (capped at the training set)
     precise_bn_batch_size: int = 0  # batch size of the re-estimation; 0 = the run's batch size
+    minibatch_samples: int = 2000  # training samples for train_error_minibatch (the test set: all)
     batch_stats: bool = True  # the PreciseBN / mini-batch evaluations, for batch-dependent norms
 
 

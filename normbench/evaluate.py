@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -38,3 +39,86 @@ def error_and_loss(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 100
             wrong += int((logits.argmax(1) != target).sum())
             loss += float(F.cross_entropy(logits, target, reduction="sum"))
     return wrong / len(x), loss / len(x)
+
+
+def stat_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Modules that keep population statistics (torch's ``running_mean``/``running_var`` convention)."""
+    return {
+        name: m
+        for name, m in model.named_modules()
+        if isinstance(getattr(m, "running_mean", None), Tensor)
+        and isinstance(getattr(m, "running_var", None), Tensor)
+    }
+
+
+@torch.no_grad()
+def minibatch_error(model: nn.Module, x: Tensor, y: Tensor, batch_size: int, order: Tensor) -> float:
+    """Error with mini-batch statistics: a training-mode forward over the batches ``order`` cuts into
+    (the last may be smaller), on a copy so no running statistic moves."""
+    twin = copy.deepcopy(model).train()
+    batches = list(order.split(batch_size))
+    if len(batches) > 1 and len(batches[-1]) == 1 < batch_size:  # no lone sample: batch stats need two
+        batches[-2:] = [torch.cat(batches[-2:])]
+    wrong = 0
+    for idx in batches:
+        wrong += int((twin(x[idx]).argmax(1) != y[idx]).sum())
+    return wrong / len(order)
+
+
+@torch.no_grad()
+def precise_bn(
+    model: nn.Module, x: Tensor, batch_size: int, num_samples: int, gen: torch.Generator
+) -> nn.Module:
+    """A copy of ``model`` whose running statistics are the population statistics of each layer's
+    input, re-estimated with frozen weights (PreciseBN; Wu & Johnson 2021, fvcore ``update_bn_stats``).
+
+    The forward passes run in training mode at ``batch_size``, as in training; every layer's mean and
+    variance are pooled exactly over ``num_samples`` training samples (law of total variance; the
+    variance stored unbiased like torch's), not averaged batch by batch.
+    """
+    twin = copy.deepcopy(model).train()
+    layers = stat_modules(twin)
+    sums: dict[str, list] = {}
+
+    def hook(name: str):
+        def accumulate(module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
+            v = inputs[0].detach().transpose(0, 1).reshape(inputs[0].shape[1], -1).double()
+            acc = sums.setdefault(name, [0, 0.0, 0.0])
+            acc[0] += v.shape[1]
+            acc[1] = acc[1] + v.sum(1)
+            acc[2] = acc[2] + (v * v).sum(1)
+
+        return accumulate
+
+    handles = [m.register_forward_pre_hook(hook(name)) for name, m in layers.items()]
+    try:
+        order = torch.randperm(len(x), generator=gen)[: min(num_samples, len(x))]
+        for idx in order.split(batch_size):
+            if len(idx) > 1 or batch_size == 1:
+                twin(x[idx])
+    finally:
+        for h in handles:
+            h.remove()
+    for name, m in layers.items():
+        n, s, ss = sums[name]
+        mean = s / n
+        var = (ss / n - mean * mean).clamp_min(0) * n / max(1, n - 1)
+        m.running_mean.copy_(mean)
+        m.running_var.copy_(var)
+    return twin.eval()
+
+
+def relative_l2(a: Tensor, b: Tensor) -> float:
+    return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-12))
+
+
+def stats_distance(model: nn.Module, reference: nn.Module) -> dict[str, float]:
+    """Relative L2 distance of ``model``'s running means and variances to ``reference``'s (the
+    PreciseBN estimate), averaged over layers."""
+    ours, theirs = stat_modules(model), stat_modules(reference)
+    means = [relative_l2(ours[k].running_mean, theirs[k].running_mean) for k in ours]
+    variances = [relative_l2(ours[k].running_var, theirs[k].running_var) for k in ours]
+    return {
+        "running_mean_rel_l2": sum(means) / len(means),
+        "running_var_rel_l2": sum(variances) / len(variances),
+    }

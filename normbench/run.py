@@ -18,7 +18,8 @@ from torch import nn
 
 import normbench
 from normbench.config import NON_IDENTITY_KEYS
-from normbench.evaluate import error_and_loss
+from normbench.evaluate import error_and_loss, minibatch_error, precise_bn, stat_modules, stats_distance
+from normbench.norms import norm_spec
 from normbench.results import (
     FINAL_STATUSES,
     RESULT_FILE,
@@ -176,7 +177,7 @@ def execute(cfg: DictConfig, out_dir: Path, choices: Mapping[str, Any], progress
             diverged_at_step=result.diverged_at_step,
             time_per_step_s=result.train_time_s / max(1, result.steps),
         )
-        record["metrics"] = final_metrics(model, data) if result.status == "completed" else {}
+        record["metrics"] = final_metrics(model, data, cfg) if result.status == "completed" else {}
     except Exception as exc:  # a fault of the run is a result, not a crash of the sweep
         log.error("run failed: %s\n%s", exc, traceback.format_exc())
         record.update(status="failed", error=f"{type(exc).__name__}: {exc}")
@@ -186,12 +187,40 @@ def execute(cfg: DictConfig, out_dir: Path, choices: Mapping[str, Any], progress
     return record
 
 
-def final_metrics(model: nn.Module, data: Dataset) -> dict[str, float]:
+def final_metrics(model: nn.Module, data: Dataset, cfg: DictConfig) -> dict[str, float | bool]:
+    """Errors and losses in eval mode (running statistics), the generalization gap, and for
+    batch-dependent norms the same errors with PreciseBN statistics and with mini-batch statistics
+    (i.i.d. and class-sorted test batches), plus the distance of the running statistics to PreciseBN's.
+    ``diverged`` marks a final training error at chance level under every evaluation."""
     test_error, test_loss = error_and_loss(model, data.x_test, data.y_test)
     train_error, train_loss = error_and_loss(model, data.x_train, data.y_train)
-    return {
+    metrics: dict[str, float | bool] = {
         "test_error": test_error,
         "test_loss": test_loss,
         "train_error": train_error,
         "train_loss": train_loss,
+        "generalization_gap": test_error - train_error,
     }
+    if norm_spec(cfg.norm.name).batch_dependent and cfg.eval.batch_stats:
+        bs = cfg.batch_size
+        gen = torch.Generator().manual_seed(cfg.seed + 10_000)  # its own stream: training is unaffected
+        test_order = torch.randperm(len(data.x_test), generator=gen)
+        train_order = torch.randperm(len(data.x_train), generator=gen)[: cfg.eval.minibatch_samples]
+        metrics["test_error_minibatch"] = minibatch_error(model, data.x_test, data.y_test, bs, test_order)
+        metrics["train_error_minibatch"] = minibatch_error(model, data.x_train, data.y_train, bs, train_order)
+        by_class = torch.argsort(data.y_test, stable=True)
+        metrics["test_error_minibatch_sorted"] = minibatch_error(
+            model, data.x_test, data.y_test, bs, by_class
+        )
+        if stat_modules(model):
+            precise = precise_bn(
+                model, data.x_train, cfg.eval.precise_bn_batch_size or bs, cfg.eval.precise_bn_samples, gen
+            )
+            metrics["test_error_precise_bn"], metrics["test_loss_precise_bn"] = error_and_loss(
+                precise, data.x_test, data.y_test
+            )
+            metrics["train_error_precise_bn"], _ = error_and_loss(precise, data.x_train, data.y_train)
+            metrics.update(stats_distance(model, precise))
+    best_train = min(v for k, v in metrics.items() if k.startswith("train_error"))
+    metrics["diverged"] = bool(best_train >= cfg.train.max_train_error_diverged)
+    return metrics

@@ -41,6 +41,14 @@ def batchnorm(x: Tensor, m: nn.Module, training: bool) -> Tensor:
     return affine((x - mean) / torch.sqrt(var + m.eps), m)
 
 
+def ghostbatchnorm(x: Tensor, m: nn.Module, training: bool) -> Tensor:
+    if not training:
+        return batchnorm(x, m, False)
+    g = m.ghost_batch_size
+    parts = [affine(standardize(x[i : i + g], [0, *spatial(x)], m.eps), m) for i in range(0, len(x), g)]
+    return torch.cat(parts)
+
+
 def layernorm(x: Tensor, m: nn.Module, training: bool) -> Tensor:
     return affine(standardize(x, [1, *spatial(x)], m.eps), m)
 
@@ -62,6 +70,7 @@ def identity(x: Tensor, m: nn.Module, training: bool) -> Tensor:
 
 REFERENCES: dict[str, Callable[[Tensor, nn.Module, bool], Tensor]] = {
     "batchnorm": batchnorm,
+    "ghostbatchnorm": ghostbatchnorm,
     "layernorm": layernorm,
     "instancenorm": instancenorm,
     "groupnorm": groupnorm,
