@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,8 @@ def swept_choices(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
         value = OmegaConf.select(cfg, key.replace("/", "."), default=None)
         if isinstance(value, DictConfig):
             value = value.get("name", item.split("=", 1)[-1])
+        elif isinstance(value, Enum):
+            value = value.value
         choices[key] = value
     return choices
 

@@ -14,7 +14,7 @@ import pandas as pd
 from normbench.report import figures
 from normbench.report.load import load_runs
 from normbench.report.markdown import facet_title, image, md_table, norm_by_batch, percent_cell, slug
-from normbench.report.tables import facet_columns, summarize, with_reference_delta
+from normbench.report.tables import facet_columns, matches, summarize, with_reference_delta
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def general_sections(runs: pd.DataFrame, summary: pd.DataFrame, out: Path, refer
     fig_dir = out / "figures"
     facets = facet_columns(summary)
     lines: list[str] = []
-    for values, part in summary.groupby(facets, sort=True) if facets else [((), summary)]:
+    for values, part in summary.groupby(facets, sort=True, dropna=False) if facets else [((), summary)]:
         values = values if isinstance(values, tuple) else (values,)
         name = slug(values)
         title = facet_title(facets, values)
@@ -56,7 +56,7 @@ def general_sections(runs: pd.DataFrame, summary: pd.DataFrame, out: Path, refer
             reference_batch=reference_batch,
         )
         lines += [image(delta_stem.with_suffix(".png"), out, f"change vs batch {reference_batch}"), ""]
-        for task, cells in part.groupby("task", sort=True):
+        for task, cells in part.groupby("task", sort=True, dropna=False):
             lines += [f"### {task}{f' ({title})' if title else ''}", ""]
             lines += ["Test error (%), mean ± std over seeds:", ""]
             lines += [
@@ -77,7 +77,7 @@ def general_sections(runs: pd.DataFrame, summary: pd.DataFrame, out: Path, refer
             ]
             sel = runs["task"] == task
             for col, val in zip(facets, values, strict=True):
-                sel &= runs[col].astype(object).where(runs[col].notna(), "-") == val
+                sel &= matches(runs[col], val)
             if "history" in runs and sel.any():
                 curve_stem = fig_dir / f"curves_{slug((task, *values))}"
                 figures.learning_curves(runs[sel], curve_stem, title=f"{task} {title}".strip())
@@ -119,6 +119,7 @@ def build_report(
     out: str | os.PathLike[str],
     reference_batch: int = 32,
     title: str = "normbench report",
+    notes: str = "",
 ) -> Path:
     """Read every run under ``dirs`` and write runs.csv (and runs.parquet with pyarrow), summary.csv,
     figures/ and report.md under ``out``. Returns the path of report.md."""
@@ -150,6 +151,8 @@ def build_report(
     body = [general_sections(runs, summary, out, reference_batch)]
     body += [section(runs, summary, out, reference_batch) for section in SECTIONS]
     body.append(problems_section(runs, summary, skipped))
+    if notes:
+        body.append(f"## Notes\n\n{notes.strip()}\n")
     report = out / "report.md"
     write_text_atomic(report, "\n".join(header + [b for b in body if b]))
     return report

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from normbench.report.build import build_report
 
@@ -21,11 +22,13 @@ def main(argv: list[str] | None = None) -> None:
         "--reference-batch", type=int, default=32, help="batch size the change is measured against"
     )
     parser.add_argument("--title", default="normbench report")
+    parser.add_argument("--notes", type=Path, help="a markdown file appended to the report under 'Notes'")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
-        path = build_report(args.dirs, args.out, args.reference_batch, args.title)
-    except (FileNotFoundError, ValueError) as exc:
+        notes = args.notes.read_text() if args.notes else ""
+        path = build_report(args.dirs, args.out, args.reference_batch, args.title, notes)
+    except (OSError, ValueError) as exc:
         print(f"normbench-report: error: {exc}", file=sys.stderr)
         sys.exit(2)
     print(path)

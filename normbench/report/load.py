@@ -56,7 +56,10 @@ def _row(record: dict[str, Any], path: Path, with_history: bool) -> dict[str, An
         for k in keys:
             value = value.get(k) if isinstance(value, dict) else None
         row[column] = value
+    mirrored = {".".join(keys) for keys in CONFIG_COLUMNS.values()}
     for key, value in record["choices"].items():
+        if key in mirrored:
+            continue
         row[key] = value if not isinstance(value, (list, dict)) else json.dumps(value)
     row["status"] = record["status"]
     row.update({k: v for k, v in record["metrics"].items() if not isinstance(v, (list, dict))})

@@ -10,7 +10,7 @@ import pandas as pd
 
 
 def slug(values: Sequence[object]) -> str:
-    text = "_".join(str(v) for v in values if v not in ("-", None))
+    text = "_".join(str(v) for v in values if not pd.isna(v))
     return re.sub(r"[^A-Za-z0-9.=-]+", "-", text).strip("-") or "all"
 
 
@@ -41,5 +41,9 @@ def image(path: Path, base: Path, alt: str) -> str:
 
 
 def facet_title(keys: Sequence[str], values: Sequence[object]) -> str:
-    parts = [f"{k}={v}" for k, v in zip(keys, values, strict=True) if v != "-"]
+    parts = [
+        f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+        for k, v in zip(keys, values, strict=True)
+        if not pd.isna(v)
+    ]
     return ", ".join(parts)

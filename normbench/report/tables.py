@@ -22,22 +22,18 @@ def facet_columns(df: pd.DataFrame) -> list[str]:
     return [c for c in cell_columns(df) if c not in ("task", "norm", "batch_size")]
 
 
-def _keys(df: pd.DataFrame) -> pd.DataFrame:
-    # groupby drops NaN keys; a placeholder keeps runs whose swept value is missing in their own cell.
-    cols = cell_columns(df)
-    return df.assign(**{c: df[c].astype(object).where(df[c].notna(), "-") for c in cols})
-
-
 def summarize(df: pd.DataFrame, metric: str = "test_error") -> pd.DataFrame:
     """Per cell: runs, completed n, mean/std/median/min/max of ``metric`` over seeds, diverged and
     failed counts, and ``incomplete`` where a cell has fewer completed seeds than the fullest cell of
     its task."""
     cols = cell_columns(df)
-    keyed = _keys(df)
-    done = keyed[keyed["status"] == "completed"]
-    stats = done.groupby(cols, sort=True)[metric].agg(["count", "mean", "std", "median", "min", "max"])
+    # dropna=False: runs without a swept value (e.g. norm.ghost_batch_size for batchnorm) form their own cells
+    done = df[df["status"] == "completed"]
+    stats = done.groupby(cols, sort=True, dropna=False)[metric].agg(
+        ["count", "mean", "std", "median", "min", "max"]
+    )
     stats = stats.rename(columns={"count": "n"})
-    status = keyed.groupby(cols, sort=True)["status"].value_counts().unstack(fill_value=0)
+    status = df.groupby(cols, sort=True, dropna=False)["status"].value_counts().unstack(fill_value=0)
     for s in ("completed", "diverged", "failed"):
         if s not in status:
             status[s] = 0
@@ -74,7 +70,6 @@ def batch_table(summary: pd.DataFrame, value: str = "mean", percent: bool = True
     return table * 100 if percent else table
 
 
-def groups(summary: pd.DataFrame) -> list[tuple[tuple, pd.DataFrame]]:
-    """(task, *facet values) → that part of the summary, in sorted order."""
-    keys = ["task", *facet_columns(summary)]
-    return [((k if isinstance(k, tuple) else (k,)), part) for k, part in summary.groupby(keys, sort=True)]
+def matches(series: pd.Series, value: object) -> pd.Series:
+    """``series == value``, where a missing value matches missing values."""
+    return series.isna() if pd.isna(value) else series == value
