@@ -11,17 +11,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from normbench.report import figures
+from normbench.report import figures, study
 from normbench.report.load import load_runs
 from normbench.report.markdown import facet_title, image, md_table, norm_by_batch, percent_cell, slug
 from normbench.report.tables import facet_columns, matches, summarize, with_reference_delta
 
 log = logging.getLogger(__name__)
 
-# Extra report sections (e.g. the small-batch study's) appended after the general ones:
-# section(runs, summary, out_dir, reference_batch) -> markdown text ("" to skip).
+# A report section: section(runs, summary, out_dir, reference_batch) -> markdown ("" to leave out).
 Section = Callable[[pd.DataFrame, pd.DataFrame, Path, int], str]
-SECTIONS: list[Section] = []
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -38,7 +36,10 @@ def general_sections(runs: pd.DataFrame, summary: pd.DataFrame, out: Path, refer
     fig_dir = out / "figures"
     facets = facet_columns(summary)
     lines: list[str] = []
-    for values, part in summary.groupby(facets, sort=True, dropna=False) if facets else [((), summary)]:
+    parts = list(summary.groupby(facets, sort=True, dropna=False)) if facets else [((), summary)]
+    # the largest grids first; a facet with a single batch size has no curve to draw (e.g. one ghost size)
+    parts = sorted((p for p in parts if p[1]["batch_size"].nunique() > 1), key=lambda p: -len(p[1]))
+    for values, part in parts:
         values = values if isinstance(values, tuple) else (values,)
         name = slug(values)
         title = facet_title(facets, values)
@@ -148,8 +149,8 @@ def build_report(
         "bands in the figures span the seeds (min to max). Data: [runs.csv](runs.csv), [summary.csv](summary.csv).",
         "",
     ]
-    body = [general_sections(runs, summary, out, reference_batch)]
-    body += [section(runs, summary, out, reference_batch) for section in SECTIONS]
+    sections: tuple[Section, ...] = (*study.SECTIONS[:1], general_sections, *study.SECTIONS[1:])
+    body = [section(runs, summary, out, reference_batch) for section in sections]
     body.append(problems_section(runs, summary, skipped))
     if notes:
         body.append(f"## Notes\n\n{notes.strip()}\n")

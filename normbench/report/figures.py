@@ -51,11 +51,11 @@ def save(fig: plt.Figure, path_stem: Path) -> list[Path]:
     return paths
 
 
-def _log2_axis(ax: plt.Axes, batch_sizes: Sequence[int]) -> None:
+def log2_axis(ax: plt.Axes, batch_sizes: Sequence[int], label: str = "batch size") -> None:
     ax.set_xscale("log", base=2)
     ax.set_xticks(list(batch_sizes))
     ax.set_xticklabels([str(b) for b in batch_sizes])
-    ax.set_xlabel("batch size (samples per normalization batch)")
+    ax.set_xlabel(label)
 
 
 def metric_vs_batch(
@@ -95,7 +95,7 @@ def metric_vs_batch(
             )
         if reference_batch is not None:
             ax.axhline(0, color="grey", lw=0.8)
-        _log2_axis(ax, sorted(part["batch_size"].unique()))
+        log2_axis(ax, sorted(part["batch_size"].unique()))
         ax.set_title(task)
         ax.set_ylabel(ylabel)
     if axes[0][-1].get_legend_handles_labels()[0]:

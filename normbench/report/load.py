@@ -34,7 +34,11 @@ BASE_COLUMNS = [
 ]
 # Config values that change what a run computes even when not typed on the command line; always
 # carried, so grids run with different budgets or samplers never mix in one cell.
-CONFIG_COLUMNS = {"budget": ("train", "budget"), "sampler": ("data", "sampler")}
+CONFIG_COLUMNS = {
+    "budget": ("train", "budget"),
+    "sampler": ("data", "sampler"),
+    "classes_per_batch": ("data", "classes_per_batch"),
+}
 STATUS_RANK = {"completed": 0, "diverged": 1, "failed": 2}
 
 
@@ -56,6 +60,8 @@ def _row(record: dict[str, Any], path: Path, with_history: bool) -> dict[str, An
         for k in keys:
             value = value.get(k) if isinstance(value, dict) else None
         row[column] = value
+    if row["sampler"] != "class_grouped":
+        row["classes_per_batch"] = None  # only meaningful for class-grouped batches
     mirrored = {".".join(keys) for keys in CONFIG_COLUMNS.values()}
     for key, value in record["choices"].items():
         if key in mirrored:

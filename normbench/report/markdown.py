@@ -33,7 +33,13 @@ def norm_by_batch(part: pd.DataFrame, fmt) -> pd.DataFrame:
 
 
 def md_table(table: pd.DataFrame) -> str:
-    return table.to_markdown(stralign="right", disable_numparse=True)
+    """A GitHub markdown table, cells printed as given; a MultiIndex becomes leading columns and a
+    missing cell prints as —."""
+    if isinstance(table.index, pd.MultiIndex):
+        return (
+            table.reset_index().fillna("—").to_markdown(index=False, stralign="right", disable_numparse=True)
+        )
+    return table.fillna("—").to_markdown(stralign="right", disable_numparse=True)
 
 
 def image(path: Path, base: Path, alt: str) -> str:

@@ -7,7 +7,7 @@ import pandas as pd
 
 # Columns that define what a run computes apart from its seed. Swept overrides are dotted paths
 # (norm.num_groups, data.classes_per_batch, ...) and are cell columns too; metrics never are.
-FIXED_CELL_COLUMNS = ("task", "budget", "sampler", "optim", "norm", "batch_size")
+FIXED_CELL_COLUMNS = ("task", "budget", "sampler", "classes_per_batch", "optim", "norm", "batch_size")
 
 
 def cell_columns(df: pd.DataFrame) -> list[str]:
