@@ -115,7 +115,7 @@ def noniid_section(runs: pd.DataFrame, summary: pd.DataFrame, out: Path, referen
     keys = ["task", "norm", "batch_size"]
     a = grouped.groupby(keys)["test_error"].agg(["mean", "std", "count"])
     b = iid.groupby(keys)["test_error"].agg(["mean", "std"])
-    table = a.join(b, rsuffix="_iid", how="left")
+    table = a.join(b.add_suffix("_iid"), how="left")
     cols = {
         "i.i.d. batches": table.apply(lambda r: _pm(r["mean_iid"], r["std_iid"]), axis=1),
         "class-grouped batches": table.apply(lambda r: _pm(r["mean"], r["std"]), axis=1),
