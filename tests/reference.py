@@ -70,7 +70,7 @@ def identity(x: Tensor, m: nn.Module, training: bool) -> Tensor:
 
 REFERENCES: dict[str, Callable[[Tensor, nn.Module, bool], Tensor]] = {
     "batchnorm": batchnorm,
-    "ghostbatchnorm": ghostbatchnorm,
+    "ghost_batchnorm": ghostbatchnorm,
     "layernorm": layernorm,
     "instancenorm": instancenorm,
     "groupnorm": groupnorm,

@@ -101,7 +101,7 @@ def test_run_records_stability_metrics_for_batch_dependent_norms_only(tmp_path):
     gn = execute(compose_cfg("norm=groupnorm", "batch_size=4", *QUICK), tmp_path / "gn", {})["metrics"]
     assert "test_error_precise_bn" not in gn and "test_error_minibatch" not in gn
     ghost = execute(
-        compose_cfg("norm=ghostbatchnorm", "norm.ghost_batch_size=2", "batch_size=8", *QUICK),
+        compose_cfg("norm=ghost_batchnorm", "norm.ghost_batch_size=2", "batch_size=8", *QUICK),
         tmp_path / "g",
         {},
     )["metrics"]

@@ -18,7 +18,7 @@ def batches(shape, n=3, seed=0):
 @pytest.mark.parametrize("kind", list(SHAPES))
 def test_equals_batchnorm_when_ghost_batch_is_the_batch(kind):
     shape = SHAPES[kind]
-    ghost = build_norm("ghostbatchnorm", C, ghost_batch_size=shape[0]).double()
+    ghost = build_norm("ghost_batchnorm", C, ghost_batch_size=shape[0]).double()
     bn = build_norm("batchnorm", C).double()
     randomize_affine(ghost)
     bn.load_state_dict(ghost.state_dict())
@@ -29,7 +29,7 @@ def test_equals_batchnorm_when_ghost_batch_is_the_batch(kind):
 
 @pytest.mark.parametrize(("n", "g"), [(8, 2), (8, 4), (9, 4), (10, 3)])
 def test_each_ghost_batch_has_its_own_statistics(n, g):
-    m = build_norm("ghostbatchnorm", C, ghost_batch_size=g, momentum=0.3).double()
+    m = build_norm("ghost_batchnorm", C, ghost_batch_size=g, momentum=0.3).double()
     randomize_affine(m)
     xs = batches((n, C, 5))
     for x in xs:
@@ -55,4 +55,4 @@ def test_state_dict_is_batchnorms():
 
 def test_bad_ghost_batch_size():
     with pytest.raises(ValueError, match="ghost_batch_size must be >= 1, got 0"):
-        build_norm("ghostbatchnorm", C, ghost_batch_size=0)
+        build_norm("ghost_batchnorm", C, ghost_batch_size=0)

@@ -21,7 +21,7 @@ ERRORS = {
 
 def record(i: int, norm: str, bs: int, seed: int, err: float, sampler: str = "iid", **extra) -> dict:
     metrics = {"test_error": err, "test_loss": 1.0, "train_error": err / 2, "train_loss": 0.5}
-    if norm in ("batchnorm", "ghostbatchnorm"):
+    if norm in ("batchnorm", "ghost_batchnorm"):
         metrics |= {
             "test_error_precise_bn": err - 0.05,
             "test_error_minibatch": err + 0.1,
@@ -51,7 +51,7 @@ def study_dir(tmp_path) -> Path:
         records.append(record(len(records), "batchnorm", 32, seed, 0.6, sampler="class_grouped"))
         for ghost, err in ((2, 0.4), (32, 0.2)):
             records.append(
-                record(len(records), "ghostbatchnorm", 32, seed, err, **{"norm.ghost_batch_size": ghost})
+                record(len(records), "ghost_batchnorm", 32, seed, err, **{"norm.ghost_batch_size": ghost})
             )
     for r in records:
         folder = tmp_path / "sweeps" / r["config_hash"]

@@ -11,8 +11,8 @@ from normbench.norms.registry import register_norm
 
 
 @register_norm(
-    "ghostbatchnorm",
-    aliases=("ghost_bn", "gbn"),
+    "ghost_batchnorm",
+    aliases=("ghostbn", "gbn"),
     paper="Hoffer, Hubara & Soudry 2017, Train longer, generalize better, arXiv:1705.08741",
     batch_dependent=True,
     running_stats=True,

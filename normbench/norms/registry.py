@@ -14,6 +14,7 @@ import importlib
 import inspect
 import logging
 import pkgutil
+import re
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -197,8 +198,10 @@ def register_norm(
             '''Subtract the per-sample mean over channels.'''
             def __init__(self, num_channels: int, eps: float = 1e-5): ...
     """
-    if normalize_name(name) != name.lower() or not name:
-        raise ValueError(f"norm name {name!r} must be lower case without '-', '_' or spaces")
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+        raise ValueError(
+            f"norm name {name!r} must be lower case letters, digits and '_' (e.g. 'ghost_batchnorm')"
+        )
 
     def decorator(factory: F) -> F:
         options, types = _signature_options(factory)

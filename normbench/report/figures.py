@@ -21,17 +21,22 @@ KNOWN = [
     "layernorm",
     "instancenorm",
     "identity",
-    "ghostbatchnorm",
+    "ghost_batchnorm",
     "batchrenorm",
     "rmsnorm",
     "frn",
     "switchnorm",
+    "evonorm_b0",
+    "evonorm_s0",
+    "ws_groupnorm",
+    "frozen_batchnorm",
+    "sync_batchnorm",
 ]
 _TAB20_ORDER = [0, 2, 4, 6, 14, 1, 3, 5, 8, 10, 12, 16, 18, 7, 9, 11, 13, 15, 17, 19]
 
 
 def norm_color(name: str) -> tuple[float, float, float]:
-    key = name.lower().replace("_", "").replace("-", "")
+    key = name.lower().replace("-", "_")
     index = KNOWN.index(key) if key in KNOWN else zlib.crc32(key.encode()) % len(PALETTE)
     return PALETTE[_TAB20_ORDER[index % len(_TAB20_ORDER)]]
 

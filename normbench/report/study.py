@@ -29,7 +29,7 @@ def main_grid(runs: pd.DataFrame) -> pd.DataFrame:
     keep = (
         (runs["status"] == "completed")
         & (runs.get("sampler", "iid") == "iid")
-        & (runs["norm"] != "ghostbatchnorm")
+        & (runs["norm"] != "ghost_batchnorm")
     )
     if GHOST in runs:
         keep &= runs[GHOST].isna()
@@ -161,7 +161,7 @@ def ghost_section(runs: pd.DataFrame, summary: pd.DataFrame, out: Path, referenc
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.6 * len(tasks), 3.6), squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=True):
         g = _seed_stats(ghost[ghost["task"] == task], [GHOST], "test_error")
-        color = figures.norm_color("ghostbatchnorm")
+        color = figures.norm_color("ghost_batchnorm")
         ax.plot(
             g[GHOST],
             g["mean"] * 100,
