@@ -178,6 +178,8 @@ def execute(cfg: DictConfig, out_dir: Path, choices: Mapping[str, Any], progress
             time_per_step_s=result.train_time_s / max(1, result.steps),
         )
         record["metrics"] = final_metrics(model, data, cfg) if result.status == "completed" else {}
+        record["layers"] = layer_metrics(model)
+        record["metrics"].update(averaged(record["layers"], prefix=f"{cfg.norm.name}_"))
     except Exception as exc:  # a fault of the run is a result, not a crash of the sweep
         log.error("run failed: %s\n%s", exc, traceback.format_exc())
         record.update(status="failed", error=f"{type(exc).__name__}: {exc}")
@@ -185,6 +187,20 @@ def execute(cfg: DictConfig, out_dir: Path, choices: Mapping[str, Any], progress
     record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="microseconds")
     write_json_atomic(out_dir / RESULT_FILE, record)
     return record
+
+
+def layer_metrics(model: nn.Module) -> dict[str, dict[str, float]]:
+    """What norm layers report about themselves (``extra_metrics()``, e.g. SwitchNorm's mixture)."""
+    return {
+        name: m.extra_metrics()
+        for name, m in model.named_modules()
+        if callable(getattr(m, "extra_metrics", None))
+    }
+
+
+def averaged(layers: Mapping[str, Mapping[str, float]], prefix: str) -> dict[str, float]:
+    keys = sorted({k for values in layers.values() for k in values})
+    return {f"{prefix}{k}": sum(v[k] for v in layers.values()) / len(layers) for k in keys}
 
 
 def final_metrics(model: nn.Module, data: Dataset, cfg: DictConfig) -> dict[str, float | bool]:

@@ -32,3 +32,7 @@ def randomize_affine(module: torch.nn.Module, seed: int = 0) -> None:
 @pytest.fixture
 def gen() -> torch.Generator:
     return torch.Generator().manual_seed(1234)
+
+
+# One intra-op thread: tiny tensors gain nothing from more, and parallel CI jobs would contend.
+torch.set_num_threads(1)

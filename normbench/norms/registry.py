@@ -45,8 +45,8 @@ class NormSpec:
         options: accepted keyword options and their defaults (read from the factory's signature).
         option_types: the annotated type of each option (``Any`` when not annotated).
         aliases: other names that resolve to this plugin.
-        min_spatial_positions: inputs need at least this many positions per channel (e.g. 2 for
-            instance statistics); 0 means (N, C) features work.
+        min_spatial_positions: with the default options, inputs need at least this many positions
+            per channel (e.g. 2 for instance statistics); 0 means (N, C) features work.
         replaces_activation: the module includes its non-linearity, so models must not add one.
         adapt_layer: optional hook ``adapt_layer(layer) -> layer`` applied once to the conv/linear
             layer that precedes the norm (e.g. weight standardization).

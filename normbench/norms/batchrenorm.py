@@ -1,0 +1,100 @@
+"""Batch Renormalization (Ioffe 2017)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from normbench.norms.batchnorm import BatchNorm
+from normbench.norms.registry import register_norm
+
+
+def _ramp(step: int, start: int, end: int, final: float, initial: float) -> float:
+    if step < start:
+        return initial
+    if end <= start or step >= end:
+        return final
+    return initial + (final - initial) * (step - start) / (end - start)
+
+
+@register_norm(
+    "batchrenorm",
+    aliases=("brn",),
+    paper="Ioffe 2017, Batch Renormalization, arXiv:1702.03275",
+    batch_dependent=True,
+    running_stats=True,
+)
+class BatchRenorm(BatchNorm):
+    r"""Batch Renormalization: BatchNorm corrected towards the running statistics by r and d.
+
+    .. math::
+        y = \left(\frac{x - \mu_B}{\sigma_B} \cdot r + d\right) \gamma + \beta,\quad
+        r = \mathrm{sg}\!\left(\mathrm{clip}_{[1/r_{max}, r_{max}]}\frac{\sigma_B}{\sigma}\right),\quad
+        d = \mathrm{sg}\!\left(\mathrm{clip}_{[-d_{max}, d_{max}]}\frac{\mu_B - \mu}{\sigma}\right)
+
+    with :math:`\sigma_B = \sqrt{\mathrm{Var}_B[x] + \epsilon}` (biased batch variance),
+    :math:`\sigma = \sqrt{\text{running\_var} + \epsilon}`, ``sg`` = stop-gradient. The running
+    statistics are updated like BatchNorm's (``momentum``; the paper uses 0.01 for long ImageNet runs,
+    the default 0.1 suits short runs). The paper's schedule, driven by the number of training steps
+    seen (``num_batches_tracked``): plain BatchNorm (r_max = 1, d_max = 0) for ``warmup_steps``, then
+    r_max rises linearly to ``r_max`` by ``r_max_steps`` and d_max to ``d_max`` by ``d_max_steps``
+    (paper: 5k, 40k, 25k steps, r_max 3, d_max 5). With r_max = 1 and d_max = 0 it equals BatchNorm.
+    Eval mode uses the running statistics.
+
+    Shape:
+        Input (N, C, *) with 0-3 spatial dims; output the same shape.
+    """
+
+    def __init__(
+        self,
+        num_channels: int,
+        r_max: float = 3.0,
+        d_max: float = 5.0,
+        warmup_steps: int = 5000,
+        r_max_steps: int = 40000,
+        d_max_steps: int = 25000,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+    ) -> None:
+        super().__init__(num_channels, eps, momentum, affine, track_running_stats=True)
+        if r_max < 1 or d_max < 0:
+            raise ValueError(f"BatchRenorm: need r_max >= 1 and d_max >= 0, got r_max={r_max}, d_max={d_max}")
+        self.r_max, self.d_max = r_max, d_max
+        self.warmup_steps, self.r_max_steps, self.d_max_steps = warmup_steps, r_max_steps, d_max_steps
+
+    def limits(self) -> tuple[float, float]:
+        """(r_max, d_max) in force at the current step."""
+        step = int(self.num_batches_tracked)
+        return (
+            _ramp(step, self.warmup_steps, self.r_max_steps, self.r_max, 1.0),
+            _ramp(step, self.warmup_steps, self.d_max_steps, self.d_max, 0.0),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training:
+            return super().forward(x)
+        self.check_input(x)
+        r_max, d_max = self.limits()
+        dims = [0, *range(2, x.dim())]
+        with torch.no_grad():
+            var_b, mean_b = torch.var_mean(x, dim=dims, unbiased=False)
+            sigma_b = torch.sqrt(var_b + self.eps)
+            sigma = torch.sqrt(self.running_var + self.eps)
+            r = (sigma_b / sigma).clamp(1 / r_max, r_max)
+            d = ((mean_b - self.running_mean) / sigma).clamp(-d_max, d_max)
+            n = x.numel() / x.shape[1]
+            self.num_batches_tracked.add_(1)
+            rate = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+            self.running_mean.lerp_(mean_b, rate)
+            self.running_var.lerp_(var_b * n / max(n - 1, 1), rate)
+        weight = r if self.weight is None else self.weight * r
+        bias = d if self.weight is None else self.weight * d
+        if self.bias is not None:
+            bias = bias + self.bias
+        # one native kernel: (x - mu_B) / sigma_B * (r * gamma) + (d * gamma + beta)
+        return F.batch_norm(x, None, None, weight, bias, True, 0.0, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, r_max={self.r_max}, d_max={self.d_max}, warmup_steps={self.warmup_steps}"

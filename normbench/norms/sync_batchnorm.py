@@ -1,0 +1,82 @@
+"""BatchNorm with statistics over the union of all processes' batches, on any backend (gloo on CPU)."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_fn
+from torch import Tensor
+
+from normbench.norms.batchnorm import BatchNorm
+from normbench.norms.registry import register_norm
+
+
+@register_norm(
+    "sync_batchnorm",
+    aliases=("syncbn",),
+    paper="Ioffe & Szegedy 2015 (arXiv:1502.03167); cross-process statistics as in Peng et al. 2018, MegDet (arXiv:1711.07240)",
+    batch_dependent=True,
+    running_stats=True,
+)
+class SyncBatchNorm(BatchNorm):
+    r"""BatchNorm whose training statistics are all-reduced over the default process group.
+
+    .. math::
+        \mu = \frac{\sum_p \sum_i x_{p,i}}{\sum_p n_p},\quad
+        \sigma^2 = \frac{\sum_p \sum_i x_{p,i}^2}{\sum_p n_p} - \mu^2,\quad
+        y = \frac{x - \mu}{\sqrt{\sigma^2 + \epsilon}}\gamma + \beta
+
+    per channel over every process's samples and positions: exactly BatchNorm over the union batch.
+    The per-process sums, sums of squares and counts travel in one ``all_reduce`` from
+    ``torch.distributed.nn`` (differentiable), so gradients flow through the reduction to every
+    process's inputs. Works with the gloo backend on CPU (``torch.nn.SyncBatchNorm`` is CUDA-only);
+    per-process batches may be uneven or empty. Running statistics (unbiased variance of the union)
+    and eval mode are BatchNorm's. Without an initialized process group, or with one process, it is
+    BatchNorm. Every process must call it the same number of times (it is a collective).
+
+    Shape:
+        Input (N, C, *) with 0-3 spatial dims (N may be 0 on some processes); output the same shape.
+    """
+
+    def __init__(
+        self,
+        num_channels: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+    ) -> None:
+        super().__init__(num_channels, eps, momentum, affine, track_running_stats)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if (
+            not self.training
+            or not dist.is_available()
+            or not dist.is_initialized()
+            or dist.get_world_size() == 1
+        ):
+            return super().forward(x)
+        self.check_input(x)
+        c = self.num_channels
+        flat = x.transpose(0, 1).reshape(c, -1)
+        count = torch.full((1,), float(flat.shape[1]), dtype=x.dtype, device=x.device)
+        stats = dist_fn.all_reduce(torch.cat([flat.sum(1), (flat * flat).sum(1), count]))
+        total = stats[-1]
+        if total < 2:
+            raise ValueError(
+                f"SyncBatchNorm: expected more than 1 value per channel over all processes, got {int(total)}"
+            )
+        mean = stats[:c] / total
+        var = (stats[c : 2 * c] / total - mean * mean).clamp_min(0)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                rate = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+                self.running_mean.lerp_(mean.detach(), rate)
+                self.running_var.lerp_(var.detach() * total / (total - 1), rate)
+        shape = (1, -1, *[1] * (x.dim() - 2))
+        scale = torch.rsqrt(var + self.eps)
+        if self.weight is not None:
+            scale = scale * self.weight
+        shift = -mean * scale + (self.bias if self.bias is not None else 0)
+        return x * scale.view(shape) + shift.view(shape)

@@ -1,0 +1,80 @@
+"""sync_batchnorm across 2 CPU processes (gloo) equals single-process BatchNorm over the union batch."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from normbench import build_norm
+
+C = 3
+SPLITS = {"uneven": (3, 5), "empty": (0, 8)}
+
+
+def union_batch(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    return torch.randn(n, C, 4, generator=gen, dtype=torch.float64) * 2 + 1, torch.randn(
+        n, C, 4, generator=gen, dtype=torch.float64
+    )
+
+
+def worker(rank: int, world: int, init_file: str, out_dir: str, sizes: tuple[int, int]) -> None:
+    sys.path.insert(0, str(Path(__file__).parent))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        x, upstream = union_batch(sum(sizes))
+        lo = sum(sizes[:rank])
+        part = slice(lo, lo + sizes[rank])
+        module = build_norm("sync_batchnorm", C).double()
+        with torch.no_grad():
+            module.weight.copy_(torch.tensor([0.5, 1.5, 2.0]))
+            module.bias.copy_(torch.tensor([0.1, -0.2, 0.3]))
+        xs = x[part].clone().requires_grad_()
+        for _ in range(2):  # two steps: the running statistics move twice
+            y = module(xs)
+        y.backward(upstream[part])
+        torch.save(
+            {"y": y.detach(), "grad_x": xs.grad, "grad_w": module.weight.grad, "grad_b": module.bias.grad,
+             "running_mean": module.running_mean, "running_var": module.running_var},
+            os.path.join(out_dir, f"rank{rank}.pt"),
+        )  # fmt: skip
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("split", list(SPLITS))
+def test_two_processes_equal_batchnorm_over_union(tmp_path, split):
+    sizes = SPLITS[split]
+    mp.spawn(worker, args=(2, str(tmp_path / "init"), str(tmp_path), sizes), nprocs=2, join=True)
+    got = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    x, upstream = union_batch(sum(sizes))
+    bn = build_norm("batchnorm", C).double()
+    with torch.no_grad():
+        bn.weight.copy_(torch.tensor([0.5, 1.5, 2.0]))
+        bn.bias.copy_(torch.tensor([0.1, -0.2, 0.3]))
+    xr = x.clone().requires_grad_()
+    for _ in range(2):
+        y = bn(xr)
+    y.backward(upstream)
+    torch.testing.assert_close(torch.cat([g["y"] for g in got]), y.detach())
+    torch.testing.assert_close(torch.cat([g["grad_x"] for g in got]), xr.grad)
+    # parameter gradients: each process holds its share; DDP would sum them
+    torch.testing.assert_close(got[0]["grad_w"] + got[1]["grad_w"], bn.weight.grad)
+    torch.testing.assert_close(got[0]["grad_b"] + got[1]["grad_b"], bn.bias.grad)
+    for g in got:
+        torch.testing.assert_close(g["running_mean"], bn.running_mean)
+        torch.testing.assert_close(g["running_var"], bn.running_var)
+
+
+def test_single_process_is_batchnorm():
+    x, _ = union_batch(6)
+    sync, bn = build_norm("syncbn", C).double(), build_norm("bn", C).double()
+    torch.testing.assert_close(sync(x), bn(x), rtol=0, atol=0)
+    torch.testing.assert_close(sync.running_var, bn.running_var, rtol=0, atol=0)
