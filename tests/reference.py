@@ -68,8 +68,8 @@ def batchrenorm(x: Tensor, m: nn.Module, training: bool) -> Tensor:
     sigma_b = torch.sqrt(((x - mu_b) ** 2).mean(dim=dims, keepdim=True) + m.eps)
     mu = per_channel(m.running_mean, x, 0.0)
     sigma = torch.sqrt(per_channel(m.running_var, x, 1.0) + m.eps)
-    r = torch.clamp(sigma_b / sigma, 1 / r_max, r_max)
-    d = torch.clamp((mu_b - mu) / sigma, -d_max, d_max)
+    r = torch.clamp(sigma_b / sigma, 1 / r_max, r_max).detach()  # stop_gradient in the paper
+    d = torch.clamp((mu_b - mu) / sigma, -d_max, d_max).detach()
     return affine((x - mu_b) / sigma_b * r + d, m)
 
 

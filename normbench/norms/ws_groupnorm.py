@@ -27,12 +27,13 @@ def standardize_weight(layer: nn.Module) -> nn.Module:
     """Make ``layer`` (a conv or linear layer) use standardized weights, through torch's parametrize:
     the learned tensor stays at ``parametrizations.weight.original``, gradients flow through the
     standardization, and the layer's output is computed with :class:`StandardizedWeight` of it."""
+    if parametrize.is_parametrized(layer, "weight"):
+        return layer  # adapted already: one standardization, however often a model asks
     if not isinstance(getattr(layer, "weight", None), nn.Parameter) or layer.weight.dim() < 2:
         raise TypeError(
             f"weight standardization needs a conv or linear layer with a weight, got {type(layer).__name__}"
         )
-    if not parametrize.is_parametrized(layer, "weight"):
-        parametrize.register_parametrization(layer, "weight", StandardizedWeight())
+    parametrize.register_parametrization(layer, "weight", StandardizedWeight())
     return layer
 
 
