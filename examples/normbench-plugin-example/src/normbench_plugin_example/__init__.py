@@ -1,0 +1,1 @@
+"""An example normbench plugin package."""
