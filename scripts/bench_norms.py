@@ -32,14 +32,21 @@ TORCH_BN = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.Batch
 TORCH_IN = {3: nn.InstanceNorm1d, 4: nn.InstanceNorm2d, 5: nn.InstanceNorm3d}
 
 
+# Options that make a plugin do its characteristic work on these shapes (defaults would reduce
+# ghost_batchnorm to BatchNorm on a batch of 32, and batchrenorm to BatchNorm during its warm-up).
+BENCH_OPTIONS = {"ghost_batchnorm": {"ghost_batch_size": 8}, "batchrenorm": {"warmup_steps": 0}}
+
+
 def torch_counterpart(name: str, c: int, rank: int) -> nn.Module | None:
     """The torch.nn module computing the same function, where torch has one."""
-    if name == "batchnorm":
+    if name in ("batchnorm", "sync_batchnorm"):  # sync_batchnorm in one process is BatchNorm
         return TORCH_BN[rank](c)
     if name == "layernorm":
         return nn.GroupNorm(1, c)
-    if name == "groupnorm":
+    if name in ("groupnorm", "ws_groupnorm"):  # ws_groupnorm's module is GroupNorm
         return nn.GroupNorm(build_norm("groupnorm", c).num_groups, c)
+    if name == "rmsnorm":
+        return nn.RMSNorm(c, eps=1e-5) if rank == 2 else None
     if name == "instancenorm":
         return TORCH_IN[rank](c, affine=True) if rank > 2 else None
     if name == "identity":
@@ -92,7 +99,7 @@ def bench(rounds: int, inner: int) -> list[dict]:
         for name in available_norms():
             if rank - 2 < 1 and norm_spec(name).min_spatial_positions > 1:
                 continue
-            modules[name] = build_norm(name, c).train()
+            modules[name] = build_norm(name, c, **BENCH_OPTIONS.get(name, {})).train()
             twin = torch_counterpart(name, c, rank)
             if twin is not None:
                 modules[f"torch:{name}"] = twin.train()
@@ -136,7 +143,8 @@ def to_markdown(rows: list[dict], rounds: int, inner: int, threads: int) -> str:
         "torch.nn module computing the same function (layernorm: `GroupNorm(1, C)`), `vs BN2d` the ratio "
         "to `torch.nn.BatchNorm2d` on the same image tensor, `vs copy` the ratio to `x.clone()` "
         "(the memory floor). Timings on this shared machine swing between runs; compare ratios, "
-        "which come from the same rounds.",
+        "which come from the same rounds. Targets: core plugins within 1.05x of torch.nn; plugins "
+        f"without a torch built-in within 2x of BatchNorm2d forward+backward on images. Options: {BENCH_OPTIONS}.",
         "",
         "Reproduce: `python scripts/bench_norms.py`",
         "",
