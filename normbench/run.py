@@ -18,6 +18,7 @@ from torch import nn
 
 import normbench
 from normbench.config import NON_IDENTITY_KEYS
+from normbench.distributed import all_finite, parallel, shard, world_from_env
 from normbench.evaluate import error_and_loss, minibatch_error, precise_bn, stat_modules, stats_distance
 from normbench.norms import norm_spec
 from normbench.results import (
@@ -124,7 +125,14 @@ def execute(cfg: DictConfig, out_dir: Path, choices: Mapping[str, Any], progress
     identity, digest = run_identity(cfg)
     setup_runtime(cfg.runtime.threads, cfg.seed)
     data, model = prepare(cfg)
+    world = world_from_env()
     n_train, bs = len(data.x_train), cfg.batch_size
+    if bs < world.size:
+        raise ConfigError(f"batch_size={bs} is smaller than the {world.size} processes it is split across")
+    if world.size > 1:  # the same config on more processes is a different experiment
+        identity["world_size"] = world.size
+        digest = config_hash(identity)
+        choices = {**choices, "world_size": world.size}
     steps_per_epoch = n_train // bs
     total = cfg.train.epochs * steps_per_epoch if cfg.train.budget == "epochs" else cfg.train.steps
     if total < 1:
@@ -154,21 +162,24 @@ def execute(cfg: DictConfig, out_dir: Path, choices: Mapping[str, Any], progress
         "env": environment(cfg.runtime.threads),
     }
     gen = torch.Generator().manual_seed(cfg.seed)
+    trained = parallel(model, world)
     optimizer = make_optimizer(
-        cfg.optim.name, model.parameters(), lr, cfg.optim.momentum, cfg.optim.weight_decay
+        cfg.optim.name, trained.parameters(), lr, cfg.optim.momentum, cfg.optim.weight_decay
     )
     start = time.perf_counter()
     try:
         result = fit(
-            model,
+            trained,
             data,
-            batch_iterator(cfg, data, gen),
+            shard(batch_iterator(cfg, data, gen), world),
             optimizer,
             lr_schedule(lr, total, cfg.optim.schedule, cfg.optim.warmup_steps),
             total,
             eval_every,
             steps_per_epoch,
-            progress,
+            progress and world.is_main,
+            is_finite=lambda loss: all_finite(loss, world),
+            eval_model=model,
         )
         record.update(
             status=result.status,
@@ -185,7 +196,8 @@ def execute(cfg: DictConfig, out_dir: Path, choices: Mapping[str, Any], progress
         record.update(status="failed", error=f"{type(exc).__name__}: {exc}")
     record["wall_time_s"] = time.perf_counter() - start
     record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="microseconds")
-    write_json_atomic(out_dir / RESULT_FILE, record)
+    if world.is_main:
+        write_json_atomic(out_dir / RESULT_FILE, record)
     return record
 
 

@@ -71,11 +71,14 @@ def fit(
     eval_every: int,
     steps_per_epoch: int,
     progress: bool = False,
+    is_finite: Callable[[Tensor], bool] = lambda loss: bool(torch.isfinite(loss)),
+    eval_model: nn.Module | None = None,
 ) -> FitResult:
     """Train for ``total_steps`` optimizer steps; every ``eval_every`` steps (and at the end) append the
-    mean training loss since the last point and the test error to the history and log one line.
+    mean training loss since the last point and the test error of ``eval_model`` (default ``model``)
+    to the history and log one line.
 
-    A non-finite loss stops training with status ``diverged`` at that step.
+    A loss that ``is_finite`` rejects stops training with status ``diverged`` at that step.
     """
     model.train()
     x, y = data.x_train, data.y_train
@@ -90,7 +93,7 @@ def fit(
                 group["lr"] = lr_at(step)
             idx = next(batches)
             loss = F.cross_entropy(model(x[idx]), y[idx])
-            if not torch.isfinite(loss):
+            if not is_finite(loss):
                 log.warning("non-finite loss %s at step %d: run diverged", float(loss.detach()), step)
                 return FitResult("diverged", step, step, history, time.perf_counter() - start)
             optimizer.zero_grad(set_to_none=True)
@@ -100,7 +103,7 @@ def fit(
             since += 1
             done = step + 1
             if done % eval_every == 0 or done == total_steps:
-                test_error, _ = error_and_loss(model, data.x_test, data.y_test)
+                test_error, _ = error_and_loss(eval_model or model, data.x_test, data.y_test)
                 point = {
                     "step": done,
                     "epoch": round(done / steps_per_epoch, 4),

@@ -1,0 +1,43 @@
+"""torchrun with 2 CPU processes: sync_batchnorm over the split batch trains like one process."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from helpers import normbench_run
+
+from normbench.results import load_run
+
+ARGS = ("task=mnist1d_cnn", "batch_size=16", "train.budget=steps", "train.steps=12", "train.history_points=2")
+
+
+def torchrun(*args: str, cwd) -> subprocess.CompletedProcess:
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "normbench",
+        *args,
+    ]
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def test_two_process_sync_batchnorm_matches_single_process_batchnorm(tmp_path):
+    single = normbench_run("norm=batchnorm", *ARGS, "hydra.run.dir=single", cwd=tmp_path)
+    assert single.returncode == 0, single.stderr
+    sync = torchrun("norm=sync_batchnorm", *ARGS, "hydra.run.dir=sync", cwd=tmp_path)
+    assert sync.returncode == 0, sync.stderr[-3000:]
+    local = torchrun("norm=batchnorm", *ARGS, "hydra.run.dir=local", cwd=tmp_path)
+    assert local.returncode == 0, local.stderr[-3000:]
+    a, b, c = (load_run(tmp_path / d) for d in ("single", "sync", "local"))
+    assert b["choices"]["world_size"] == 2 and b["config_hash"] != a["config_hash"]
+    # same global batch, gradients averaged over processes, statistics over the union: same training
+    for key in ("train_loss", "test_loss"):
+        assert b["metrics"][key] == pytest.approx(a["metrics"][key], rel=1e-4)
+    # per-process BatchNorm (8 samples per process) is a different experiment
+    assert c["metrics"]["train_loss"] != pytest.approx(a["metrics"]["train_loss"], rel=1e-4)
