@@ -70,14 +70,24 @@ class BatchNorm(ChannelNorm):
             self.running_var.fill_(1)
             self.num_batches_tracked.zero_()
 
+    def step_rate(self) -> float:
+        """Count one training batch and return this step's running-average rate: ``momentum``, or
+        1 / batches seen for the cumulative average (``momentum=None``)."""
+        self.num_batches_tracked.add_(1)
+        return 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+
+    @torch.no_grad()
+    def track(self, mean: Tensor, biased_var: Tensor, count: float) -> None:
+        """Move the running statistics towards a batch's mean and (unbiased) variance over ``count``
+        values per channel, as ``F.batch_norm`` does; for subclasses that compute their own statistics."""
+        rate = self.step_rate()
+        self.running_mean.lerp_(mean, rate)
+        self.running_var.lerp_(biased_var * count / max(count - 1, 1), rate)
+
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(x)
-        factor = 0.0 if self.momentum is None else self.momentum
         update = self.training and self.track_running_stats
-        if update:
-            self.num_batches_tracked.add_(1)
-            if self.momentum is None:
-                factor = 1.0 / float(self.num_batches_tracked)
+        factor = self.step_rate() if update else 0.0
         use_batch_stats = self.training or not self.track_running_stats
         return F.batch_norm(
             x,

@@ -84,11 +84,7 @@ class BatchRenorm(BatchNorm):
             sigma = torch.sqrt(self.running_var + self.eps)
             r = (sigma_b / sigma).clamp(1 / r_max, r_max)
             d = ((mean_b - self.running_mean) / sigma).clamp(-d_max, d_max)
-            n = x.numel() / x.shape[1]
-            self.num_batches_tracked.add_(1)
-            rate = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-            self.running_mean.lerp_(mean_b, rate)
-            self.running_var.lerp_(var_b * n / max(n - 1, 1), rate)
+        self.track(mean_b, var_b, x.numel() / x.shape[1])
         weight = r if self.weight is None else self.weight * r
         bias = d if self.weight is None else self.weight * d
         if self.bias is not None:

@@ -58,11 +58,7 @@ class GhostBatchNorm(BatchNorm):
         self.check_input(x)
         c, g = self.num_channels, self.ghost_batch_size
         update = self.track_running_stats
-        factor = 0.0 if self.momentum is None else self.momentum
-        if update:
-            self.num_batches_tracked.add_(1)
-            if self.momentum is None:
-                factor = 1.0 / float(self.num_batches_tracked)
+        factor = self.step_rate() if update else 0.0
         chunks = [x[: n - n % g], x[n - n % g :]] if n % g else [x]
         outs, means, variances = [], [], []
         for chunk in chunks:

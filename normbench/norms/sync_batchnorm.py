@@ -38,16 +38,6 @@ class SyncBatchNorm(BatchNorm):
         Input (N, C, *) with 0-3 spatial dims (N may be 0 on some processes); output the same shape.
     """
 
-    def __init__(
-        self,
-        num_channels: int,
-        eps: float = 1e-5,
-        momentum: float | None = 0.1,
-        affine: bool = True,
-        track_running_stats: bool = True,
-    ) -> None:
-        super().__init__(num_channels, eps, momentum, affine, track_running_stats)
-
     def forward(self, x: Tensor) -> Tensor:
         if (
             not self.training
@@ -69,11 +59,7 @@ class SyncBatchNorm(BatchNorm):
         mean = stats[:c] / total
         var = (stats[c : 2 * c] / total - mean * mean).clamp_min(0)
         if self.track_running_stats:
-            with torch.no_grad():
-                self.num_batches_tracked.add_(1)
-                rate = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-                self.running_mean.lerp_(mean.detach(), rate)
-                self.running_var.lerp_(var.detach() * total / (total - 1), rate)
+            self.track(mean.detach(), var.detach(), float(total))
         shape = (1, -1, *[1] * (x.dim() - 2))
         scale = torch.rsqrt(var + self.eps)
         if self.weight is not None:

@@ -56,6 +56,27 @@ def save(fig: plt.Figure, path_stem: Path) -> list[Path]:
     return paths
 
 
+def panels(
+    count: int, width: float = 4.6, height: float = 3.6, **kwargs
+) -> tuple[plt.Figure, list[plt.Axes]]:
+    """A row of ``count`` panels (one per task or batch size)."""
+    _style()
+    fig, axes = plt.subplots(1, count, figsize=(width * count, height), squeeze=False, **kwargs)
+    return fig, list(axes[0])
+
+
+def finish(
+    fig: plt.Figure, axes: list[plt.Axes], path_stem: Path, title: str = "", legend_size: int = 8
+) -> list[Path]:
+    """Legend on the last panel (if anything is labelled), title, layout, then PNG + SVG."""
+    if axes[-1].get_legend_handles_labels()[0]:
+        axes[-1].legend(fontsize=legend_size, frameon=False, loc="best")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return save(fig, path_stem)
+
+
 def log2_axis(ax: plt.Axes, batch_sizes: Sequence[int], label: str = "batch size") -> None:
     ax.set_xscale("log", base=2)
     ax.set_xticks(list(batch_sizes))
@@ -73,10 +94,9 @@ def metric_vs_batch(
     reference_batch: int | None = None,
 ) -> list[Path]:
     """One panel per task, one line per norm (``value`` in percent), a band over seeds."""
-    _style()
     tasks = sorted(summary["task"].unique())
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.6 * len(tasks), 3.6), squeeze=False, sharey=False)
-    for ax, task in zip(axes[0], tasks, strict=True):
+    fig, axes = panels(len(tasks))
+    for ax, task in zip(axes, tasks, strict=True):
         part = summary[summary["task"] == task]
         for norm, rows in part.groupby("norm", sort=True):
             rows = rows.sort_values("batch_size")
@@ -103,22 +123,14 @@ def metric_vs_batch(
         log2_axis(ax, sorted(part["batch_size"].unique()))
         ax.set_title(task)
         ax.set_ylabel(ylabel)
-    if axes[0][-1].get_legend_handles_labels()[0]:
-        axes[0][-1].legend(fontsize=8, frameon=False, loc="best")
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return save(fig, path_stem)
+    return finish(fig, axes, path_stem, title)
 
 
 def learning_curves(runs: pd.DataFrame, path_stem: Path, title: str = "") -> list[Path]:
     """Test error over training (mean over seeds) per cell: a panel per batch size, a line per norm."""
-    _style()
     batch_sizes = sorted(runs["batch_size"].unique())
-    fig, axes = plt.subplots(
-        1, len(batch_sizes), figsize=(2.6 * len(batch_sizes), 2.8), squeeze=False, sharey=True
-    )
-    for ax, bs in zip(axes[0], batch_sizes, strict=True):
+    fig, axes = panels(len(batch_sizes), 2.6, 2.8, sharey=True)
+    for ax, bs in zip(axes, batch_sizes, strict=True):
         for norm, rows in runs[runs["batch_size"] == bs].groupby("norm", sort=True):
             points = [
                 pd.DataFrame(h)[["epoch", "test_error"]].assign(seed=s)
@@ -131,10 +143,5 @@ def learning_curves(runs: pd.DataFrame, path_stem: Path, title: str = "") -> lis
             ax.plot(curve.index, curve.values * 100, color=norm_color(norm), label=norm, lw=1.2)
         ax.set_title(f"batch {bs}", fontsize=9)
         ax.set_xlabel("epoch")
-    axes[0][0].set_ylabel("test error (%)")
-    if axes[0][-1].get_legend_handles_labels()[0]:
-        axes[0][-1].legend(fontsize=7, frameon=False)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return save(fig, path_stem)
+    axes[0].set_ylabel("test error (%)")
+    return finish(fig, axes, path_stem, title, legend_size=7)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import pandas as pd
 
 from normbench.report import figures
@@ -57,9 +56,9 @@ def inconsistency_section(runs: pd.DataFrame, summary: pd.DataFrame, out: Path, 
         "",
     ]
     tasks = sorted(df["task"].unique())
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.6 * len(tasks), 3.6), squeeze=False)
+    fig, axes = figures.panels(len(tasks))
     styles = dict(zip(EVALS, ["-", "--", ":"], strict=True))
-    for ax, task in zip(axes[0], tasks, strict=True):
+    for ax, task in zip(axes, tasks, strict=True):
         part = df[df["task"] == task]
         for norm, rows in part.groupby("norm", sort=True):
             for metric, label in EVALS.items():
@@ -80,10 +79,8 @@ def inconsistency_section(runs: pd.DataFrame, summary: pd.DataFrame, out: Path, 
         figures.log2_axis(ax, sorted(part["batch_size"].unique()))
         ax.set_title(task)
         ax.set_ylabel("test error (%)")
-    axes[0][-1].legend(fontsize=7, frameon=False)
-    fig.tight_layout()
     stem = out / "figures" / "inconsistency"
-    figures.save(fig, stem)
+    figures.finish(fig, axes, stem, legend_size=7)
     lines += [image(stem.with_suffix(".png"), out, "train-test inconsistency"), ""]
     for task in tasks:
         part = df[(df["task"] == task)]
@@ -158,8 +155,8 @@ def ghost_section(runs: pd.DataFrame, summary: pd.DataFrame, out: Path, referenc
     bn = bn[(bn["norm"] == "batchnorm") & (bn["budget"] == "epochs")]
     opt_batch = sorted(ghost["batch_size"].unique())
     tasks = sorted(ghost["task"].unique())
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.6 * len(tasks), 3.6), squeeze=False)
-    for ax, task in zip(axes[0], tasks, strict=True):
+    fig, axes = figures.panels(len(tasks))
+    for ax, task in zip(axes, tasks, strict=True):
         g = _seed_stats(ghost[ghost["task"] == task], [GHOST], "test_error")
         color = figures.norm_color("ghost_batchnorm")
         ax.plot(
@@ -184,10 +181,8 @@ def ghost_section(runs: pd.DataFrame, summary: pd.DataFrame, out: Path, referenc
         figures.log2_axis(ax, sorted(g[GHOST].astype(int).unique()), "normalization batch size")
         ax.set_title(task)
         ax.set_ylabel("test error (%)")
-    axes[0][-1].legend(fontsize=7, frameon=False)
-    fig.tight_layout()
     stem = out / "figures" / "ghost_batch"
-    figures.save(fig, stem)
+    figures.finish(fig, axes, stem, legend_size=7)
     table = (
         ghost.groupby(["task", GHOST])["test_error"]
         .agg(["mean", "std"])
