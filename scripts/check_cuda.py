@@ -35,7 +35,9 @@ def check(name: str, shape: tuple[int, ...], device: torch.device) -> float:
     def compare(a: torch.Tensor, b: torch.Tensor) -> None:
         nonlocal worst
         assert b.device.type == device.type and b.dtype == torch.float32, (name, b.device, b.dtype)
-        scale = a.abs().max().clamp_min(1e-3)
+        # relative to the tensor's largest value, absolute below 1: gradients that are zero in exact
+        # arithmetic (e.g. groupnorm with one value per group on features) leave float32 rounding only
+        scale = a.abs().max().clamp_min(1.0)
         worst = max(worst, float((a - b.double().cpu()).abs().max() / scale))
 
     for step in range(4):
@@ -83,7 +85,7 @@ def main() -> None:
             f"torch {torch.__version__}, {torch.cuda.get_device_name()}. Each plugin in float32 on the GPU "
             "against the same module in float64 on the CPU: 3 training steps and an eval forward, "
             "outputs, input and parameter gradients, buffers; the largest difference relative to the "
-            "largest value. Reproduce: `PYTHONPATH=. python scripts/check_cuda.py --out FILE` on a CUDA machine.",
+            "largest value (absolute where that is below 1). Reproduce: `PYTHONPATH=. python scripts/check_cuda.py --out FILE` on a CUDA machine.",
             "",
             "| norm | input | max rel. difference | |",
             "|---|---|---:|---|",
