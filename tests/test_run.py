@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 from helpers import QUICK, compose_cfg, normbench_run
@@ -174,3 +176,48 @@ def test_load_run_rejects_partial_and_foreign_files(tmp_path):
     (tmp_path / "d.json").write_text(json.dumps({**good, "schema_version": 1, "status": "done"}))
     with pytest.raises(InvalidRecord, match="status 'done'"):
         load_run(tmp_path / "d.json")
+
+
+def test_user_config_folder_adds_a_task(tmp_path):
+    (tmp_path / "myconf" / "task").mkdir(parents=True)
+    (tmp_path / "myconf" / "task" / "tiny_mlp.yaml").write_text(
+        "name: tiny_mlp\ndataset: mnist1d\nmodel:\n  arch: mlp\n  width: 16\n  depth: 1\nepochs: 1\nsteps: 3\n"
+    )
+    proc = normbench_run(
+        f"hydra.searchpath=[file://{tmp_path / 'myconf'}]",
+        "task=tiny_mlp",
+        *QUICK,
+        "hydra.run.dir=out",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    record = load_run(tmp_path / "out")
+    assert record["choices"]["task"] == "tiny_mlp" and record["config"]["task"]["model"]["width"] == 16
+
+
+def test_regular_install_ships_the_configs(tmp_path):
+    """``pip install .`` (not editable): the configs travel inside the package and the app finds them."""
+    from helpers import ROOT
+
+    site = tmp_path / "site"
+    pip = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert pip.returncode == 0, pip.stderr
+    assert (site / "normbench" / "conf" / "config.yaml").is_file()
+    env = {"PYTHONPATH": str(site), "PATH": os.environ["PATH"]}
+    proc = subprocess.run(
+        [sys.executable, "-c", "import normbench.cli as c; print(c.CONF_DIR)"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(site / "normbench" / "conf")
+    proc = normbench_run("norm=layernorm", *QUICK, "hydra.run.dir=out", cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert load_run(tmp_path / "out")["status"] == "completed"
