@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -74,18 +75,30 @@ def fwd_bwd(module: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> Callable[
     return run
 
 
-def time_interleaved(cases: dict[str, Callable[[], object]], rounds: int, inner: int) -> dict[str, float]:
-    """Median seconds per call of each case; every round runs every case once, in turn."""
+def time_interleaved(
+    cases: dict[str, Callable[[], object]], rounds: int, inner: int
+) -> dict[str, list[float]]:
+    """Seconds per call of each case in every round. Each round runs every case once, in a shuffled
+    order (allocator and cache state left by the previous case would otherwise bias a fixed order)."""
     samples: dict[str, list[float]] = {k: [] for k in cases}
+    order = list(cases)
+    rng = random.Random(0)
     for fn in cases.values():  # warm-up
         fn()
     for _ in range(rounds):
-        for key, fn in cases.items():
+        rng.shuffle(order)
+        for key in order:
+            fn = cases[key]
             start = time.perf_counter()
             for _ in range(inner):
                 fn()
             samples[key].append((time.perf_counter() - start) / inner)
-    return {k: statistics.median(v) for k, v in samples.items()}
+    return samples
+
+
+def median_ratio(a: list[float], b: list[float]) -> float:
+    """Median over rounds of the per-round ratio a/b (paired: both ran in the same round)."""
+    return statistics.median(x / y for x, y in zip(a, b, strict=True))
 
 
 def bench(rounds: int, inner: int) -> list[dict]:
@@ -109,21 +122,23 @@ def bench(rounds: int, inner: int) -> list[dict]:
         for mode in ("forward", "forward+backward"):
             cases = {k: fwd(m, x) if mode == "forward" else fwd_bwd(m, x, grad) for k, m in modules.items()}
             cases["copy"] = copy_fwd
-            times = time_interleaved(cases, rounds, inner)
+            samples = time_interleaved(cases, rounds, inner)
             for name in modules:
                 if name.startswith("torch:"):
                     continue
-                twin = times.get(f"torch:{name}")
+                twin = samples.get(f"torch:{name}")
                 rows.append(
                     {
                         "shape": label,
                         "mode": mode,
                         "norm": name,
-                        "ms": times[name] * 1e3,
-                        "torch_ms": None if twin is None else twin * 1e3,
-                        "vs_torch": None if twin is None else times[name] / twin,
-                        "vs_bn2d": times[name] / times["torch:BatchNorm2d"] if rank == 4 else None,
-                        "vs_copy": times[name] / times["copy"],
+                        "ms": statistics.median(samples[name]) * 1e3,
+                        "torch_ms": None if twin is None else statistics.median(twin) * 1e3,
+                        "vs_torch": None if twin is None else median_ratio(samples[name], twin),
+                        "vs_bn2d": median_ratio(samples[name], samples["torch:BatchNorm2d"])
+                        if rank == 4
+                        else None,
+                        "vs_copy": median_ratio(samples[name], samples["copy"]),
                     }
                 )
     return rows
@@ -137,7 +152,8 @@ def to_markdown(rows: list[dict], rounds: int, inner: int, threads: int) -> str:
     lines = [
         "# Norm plugin speed",
         "",
-        f"Median over {rounds} interleaved rounds of {inner} calls each, {threads} torch thread(s), "
+        f"Medians over {rounds} interleaved rounds (case order shuffled each round) of {inner} calls each; "
+        f"ratios are medians of the per-round ratios, {threads} torch thread(s), "
         f"torch {torch.__version__}, normbench {normbench.__version__}, Python {platform.python_version()}, "
         f"{platform.machine()} CPU. Training mode (batch statistics). `vs torch` is the ratio to the "
         "torch.nn module computing the same function (layernorm: `GroupNorm(1, C)`), `vs BN2d` the ratio "
@@ -161,7 +177,7 @@ def to_markdown(rows: list[dict], rounds: int, inner: int, threads: int) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=21)
+    parser.add_argument("--rounds", type=int, default=31)
     parser.add_argument("--inner", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path(__file__).parents[1] / "reports/bench/norms.md")

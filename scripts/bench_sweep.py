@@ -73,7 +73,7 @@ def synthetic_records(root: Path, n: int, seed: int = 0) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=1500, help="training steps per sweep run")
+    parser.add_argument("--steps", type=int, default=5000, help="training steps per sweep run")
     parser.add_argument("--skip-sweep", action="store_true")
     parser.add_argument("--out", type=Path, default=Path(__file__).parents[1] / "reports/bench/sweep.md")
     args = parser.parse_args()

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from normbench.norms._base import moments
 from normbench.norms.batchnorm import BatchNorm
 from normbench.norms.registry import register_norm
 
@@ -77,9 +78,8 @@ class BatchRenorm(BatchNorm):
             return super().forward(x)
         self.check_input(x)
         r_max, d_max = self.limits()
-        dims = [0, *range(2, x.dim())]
         with torch.no_grad():
-            var_b, mean_b = torch.var_mean(x, dim=dims, unbiased=False)
+            mean_b, var_b = (m.flatten() for m in moments(x, [0, *range(2, x.dim())]))
             sigma_b = torch.sqrt(var_b + self.eps)
             sigma = torch.sqrt(self.running_var + self.eps)
             r = (sigma_b / sigma).clamp(1 / r_max, r_max)

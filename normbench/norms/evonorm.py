@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from normbench.norms._base import ChannelNorm
+from normbench.norms._base import ChannelNorm, moments
 from normbench.norms.groupnorm import resolve_groups
 from normbench.norms.registry import register_norm
 
@@ -53,18 +54,18 @@ class EvoNormB0(ChannelNorm):
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(x)
         s = _shape(x)
-        if self.training:
-            batch_var = x.var(dim=[0, *range(2, x.dim())], unbiased=False)
+        mean_in, var_in = moments(x, range(2, x.dim()))
+        if self.training:  # batch moments from the instance moments (law of total variance)
+            mean_b = mean_in.mean(0, keepdim=True)
+            batch_var = (var_in + mean_in.square()).mean(0, keepdim=True) - mean_b.square()
             with torch.no_grad():
                 n = x.numel() / x.shape[1]
-                self.running_var.lerp_(batch_var * n / max(n - 1, 1), self.momentum)
+                self.running_var.lerp_(batch_var.flatten() * n / max(n - 1, 1), self.momentum)
         else:
-            batch_var = self.running_var
-        instance_std = torch.sqrt(
-            x.var(dim=tuple(range(2, x.dim())), unbiased=False, keepdim=True) + self.eps
-        )
-        den = torch.maximum(torch.sqrt(batch_var + self.eps).view(s), self.v.view(s) * x + instance_std)
-        y = x / den
+            batch_var = self.running_var.view(s)
+        a = torch.sqrt(batch_var + self.eps)
+        b = self.v.view(s) * x + torch.sqrt(var_in + self.eps)
+        y = x / (b + F.relu(a - b))  # max(a, b), with relu's cheaper backward
         return y if self.weight is None else y * self.weight.view(s) + self.bias.view(s)
 
 
@@ -96,7 +97,7 @@ class EvoNormS0(ChannelNorm):
         s = _shape(x)
         n = x.shape[0]
         grouped = x.reshape(n, self.num_groups, -1)
-        std = torch.sqrt(grouped.var(dim=2, unbiased=False, keepdim=True) + self.eps)
+        std = torch.sqrt(moments(grouped, (2,))[1] + self.eps)
         std = std.expand(n, self.num_groups, grouped.shape[2]).reshape(x.shape)
         y = x * torch.sigmoid(self.v.view(s) * x) / std
         return y if self.weight is None else y * self.weight.view(s) + self.bias.view(s)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from normbench.norms._base import ChannelNorm
@@ -52,12 +53,13 @@ class FilterResponseNorm(ChannelNorm):
                 "is sign(x); use learnable_eps=True (Singh & Krishnan 2020, Sec. 3.1)"
             )
         shape = (1, -1, *[1] * (x.dim() - 2))
-        nu2 = x.pow(2).mean(dim=tuple(range(2, x.dim())), keepdim=True) if x.dim() > 2 else x.pow(2)
+        nu2 = x.square().mean(dim=tuple(range(2, x.dim())), keepdim=True) if x.dim() > 2 else x.square()
         eps = self.eps + self.eps_l.abs().view(shape) if self.eps_l is not None else self.eps
         y = x * torch.rsqrt(nu2 + eps)
         if self.weight is not None:
             y = torch.addcmul(self.bias.view(shape), y, self.weight.view(shape))
-        return torch.maximum(y, self.tau.view(shape))
+        tau = self.tau.view(shape)
+        return F.relu(y - tau) + tau  # = max(y, tau); relu's backward is far cheaper than maximum's
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, learnable_eps={self.learnable_eps}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from normbench.norms._base import ChannelNorm
+from normbench.norms._base import ChannelNorm, moments
 from normbench.norms.registry import register_norm
 
 SOURCES = ("in", "ln", "bn")
@@ -53,7 +53,7 @@ class SwitchNorm(ChannelNorm):
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(x)
         spatial = tuple(range(2, x.dim()))
-        var_in, mean_in = torch.var_mean(x, dim=spatial, unbiased=False, keepdim=True)  # (N, C, 1...)
+        mean_in, var_in = moments(x, spatial)  # (N, C, 1...)
         second_in = var_in + mean_in**2
         mean_ln = mean_in.mean(1, keepdim=True)
         var_ln = second_in.mean(1, keepdim=True) - mean_ln**2
