@@ -61,5 +61,6 @@ printf '| %s | %s | %d min %02d s | %s |\n' "$(date -u +%Y-%m-%dT%H:%MZ)" "$([ "
   $((elapsed / 60)) $((elapsed % 60)) "$trained" >> "$out/timings.md"
 echo "sweeps took $((elapsed / 60)) min $((elapsed % 60)) s ($trained)" >&2
 
-normbench-report "$out/sweeps" --out "$out" --title "Small-batch stability study" --notes "$out/timings.md"
+# from inside the folder, so the report and runs.csv name the runs by relative paths
+(cd "$out" && normbench-report sweeps --out . --title "Small-batch stability study" --notes timings.md)
 exit "$status"
