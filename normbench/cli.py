@@ -42,9 +42,10 @@ def swept_choices(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
         key = item.split("=", 1)[0].lstrip("+~")
         if key.split(".")[0] in NON_IDENTITY_KEYS or key.startswith("hydra/"):
             continue
-        value = OmegaConf.select(cfg, key.replace("/", "."), default=None)
+        raw = item.split("=", 1)[-1]
+        value = OmegaConf.select(cfg, key.replace("/", "."), default=raw)  # e.g. experiment=...: no key
         if isinstance(value, DictConfig):
-            value = value.get("name", item.split("=", 1)[-1])
+            value = value.get("name", raw)
         elif isinstance(value, Enum):
             value = value.value
         choices[key] = value
