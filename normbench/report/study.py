@@ -108,8 +108,7 @@ def noniid_section(runs: pd.DataFrame, summary: pd.DataFrame, out: Path, referen
         return ""
     grouped = runs[(runs["sampler"] == "class_grouped") & (runs["status"] == "completed")]
     iid = main_grid(runs)
-    iid = iid[iid["budget"] == "epochs"]
-    keys = ["task", "norm", "batch_size"]
+    keys = ["task", "budget", "norm", "batch_size"]
     a = grouped.groupby(keys)["test_error"].agg(["mean", "std", "count"])
     b = iid.groupby(keys)["test_error"].agg(["mean", "std"])
     table = a.join(b.add_suffix("_iid"), how="left")
@@ -131,7 +130,7 @@ def noniid_section(runs: pd.DataFrame, summary: pd.DataFrame, out: Path, referen
         "## Non-i.i.d. batches (Batch Renorm's stress test)",
         "",
         f"Training batches hold {k} each (`data.sampler=class_grouped`); test error (%) in eval mode "
-        "against the i.i.d. runs of the same task, norm and batch size (epochs budget), mean ± std over "
+        "against the i.i.d. runs of the same task, budget, norm and batch size, mean ± std over "
         "seeds. The last column evaluates batch-dependent norms on class-sorted test batches with "
         "mini-batch statistics, which exposes a network that reads the label through batch statistics.",
         "",
@@ -152,31 +151,29 @@ def ghost_section(runs: pd.DataFrame, summary: pd.DataFrame, out: Path, referenc
         return ""
     ghost = runs[runs[GHOST].notna() & (runs["status"] == "completed")]
     bn = main_grid(runs)
-    bn = bn[(bn["norm"] == "batchnorm") & (bn["budget"] == "epochs")]
-    opt_batch = sorted(ghost["batch_size"].unique())
+    bn = bn[bn["norm"] == "batchnorm"]
+    opt_batch = ", ".join(map(str, sorted(ghost["batch_size"].unique())))
     tasks = sorted(ghost["task"].unique())
     fig, axes = figures.panels(len(tasks))
     for ax, task in zip(axes, tasks, strict=True):
-        g = _seed_stats(ghost[ghost["task"] == task], [GHOST], "test_error")
-        color = figures.norm_color("ghost_batchnorm")
-        ax.plot(
-            g[GHOST],
-            g["mean"] * 100,
-            "-o",
-            ms=3,
-            color=color,
-            label=f"ghost BN, optimisation batch {', '.join(map(str, opt_batch))}",
-        )
-        ax.fill_between(g[GHOST], g["min"] * 100, g["max"] * 100, color=color, alpha=0.15, lw=0)
-        b = _seed_stats(bn[bn["task"] == task], ["batch_size"], "test_error")
+        for budget, style in zip(sorted(ghost["budget"].unique()), ("-", ":"), strict=False):
+            g = _seed_stats(
+                ghost[(ghost["task"] == task) & (ghost["budget"] == budget)], [GHOST], "test_error"
+            )
+            color = figures.norm_color("ghost_batchnorm")
+            label = f"ghost BN, optimisation batch {opt_batch} ({budget})"
+            ax.plot(g[GHOST], g["mean"] * 100, style, marker="o", ms=3, color=color, label=label)
+            ax.fill_between(g[GHOST], g["min"] * 100, g["max"] * 100, color=color, alpha=0.12, lw=0)
+        b = _seed_stats(bn[(bn["task"] == task) & (bn["budget"] == "epochs")], ["batch_size"], "test_error")
         if not b.empty:
+            label = "BN, optimisation batch = normalization batch (epochs)"
             ax.plot(
                 b["batch_size"],
                 b["mean"] * 100,
                 "--o",
                 ms=3,
                 color=figures.norm_color("batchnorm"),
-                label="BN, optimisation batch = normalization batch",
+                label=label,
             )
         figures.log2_axis(ax, sorted(g[GHOST].astype(int).unique()), "normalization batch size")
         ax.set_title(task)
@@ -184,7 +181,7 @@ def ghost_section(runs: pd.DataFrame, summary: pd.DataFrame, out: Path, referenc
     stem = out / "figures" / "ghost_batch"
     figures.finish(fig, axes, stem, legend_size=7)
     table = (
-        ghost.groupby(["task", GHOST])["test_error"]
+        ghost.groupby(["task", "budget", GHOST])["test_error"]
         .agg(["mean", "std"])
         .apply(lambda r: _pm(r["mean"], r["std"]), axis=1)
     )
@@ -196,7 +193,8 @@ def ghost_section(runs: pd.DataFrame, summary: pd.DataFrame, out: Path, referenc
             "",
             "The optimisation batch (and so the number of steps, the learning rate and the gradient noise) "
             "is fixed; only the number of samples each BatchNorm normalizes over changes. The dashed line "
-            "is plain BatchNorm where both batches shrink together (epochs budget).",
+            "is plain BatchNorm where both batches shrink together (epochs budget); solid and dotted ghost "
+            "lines are the epochs and steps budgets.",
             "",
             image(stem.with_suffix(".png"), out, "ghost batch"),
             "",
