@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from helpers import QUICK, compose_cfg, normbench_run
@@ -140,8 +141,8 @@ def test_hydra_rejects_bad_overrides(override, message, tmp_path):
 
 
 def test_console_script_from_another_directory_writes_record(tmp_path):
-    exe = shutil.which("normbench-run")
-    assert exe, "normbench-run console script not installed"
+    exe = shutil.which("normbench-run", path=str(Path(sys.executable).parent))  # this environment's script
+    assert exe, f"normbench-run console script not installed next to {sys.executable}"
     proc = subprocess.run(
         [exe, "task=mnist1d_mlp", "norm=groupnorm", "batch_size=16", "seed=0", *QUICK, "hydra.run.dir=out"],
         cwd=tmp_path,
