@@ -21,8 +21,11 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# e.g. make study STUDY_ARGS="--out /tmp/fresh_study" to train every run anew elsewhere
+STUDY_ARGS ?=
+
 study: setup
-	PATH="$(abspath $(VENV))/bin:$$PATH" bash scripts/small_batch_study.sh
+	PATH="$(abspath $(VENV))/bin:$$PATH" bash scripts/small_batch_study.sh $(STUDY_ARGS)
 
 smoke: setup
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash scripts/small_batch_study.sh --smoke
