@@ -12,17 +12,12 @@ from torch import Tensor, nn
 
 
 @contextmanager
-def preserved(model: nn.Module) -> Iterator[nn.Module]:
-    """Run evaluations on ``model`` and restore its buffers and train/eval modes afterwards."""
-    buffers = {k: v.clone() for k, v in model.state_dict().items() if k in dict(model.named_buffers())}
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode for the block, every submodule's train/eval mode restored afterwards."""
     modes = {m: m.training for m in model.modules()}
     try:
-        yield model
+        yield model.eval()
     finally:
-        with torch.no_grad():
-            for name, buf in model.named_buffers():
-                if name in buffers:
-                    buf.copy_(buffers[name])
         for m, mode in modes.items():
             m.training = mode
 
@@ -30,8 +25,7 @@ def preserved(model: nn.Module) -> Iterator[nn.Module]:
 @torch.no_grad()
 def error_and_loss(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1000) -> tuple[float, float]:
     """Classification error (fraction) and mean cross-entropy in eval mode (running statistics)."""
-    with preserved(model):
-        model.eval()
+    with eval_mode(model):
         wrong, loss = 0, 0.0
         for start in range(0, len(x), batch_size):
             logits = model(x[start : start + batch_size])

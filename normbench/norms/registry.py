@@ -17,7 +17,7 @@ import pkgutil
 import re
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib.metadata import entry_points
 from types import MappingProxyType
 from typing import Any, TypeVar
@@ -66,7 +66,6 @@ class NormSpec:
     replaces_activation: bool = False
     adapt_layer: Callable[[nn.Module], nn.Module] | None = None
     source: str = ""
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
 
 def normalize_name(name: str) -> str:
