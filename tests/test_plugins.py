@@ -82,7 +82,13 @@ def test_rmsnorm_equals_torch_on_features_and_tokens():
 def test_frn_on_features_needs_learnable_eps():
     with pytest.raises(ValueError, match=r"\(4, 6\) has one position per channel.*learnable_eps=True"):
         build_norm("frn", C)(x64(4, C))
-    assert build_norm("frn", C, learnable_eps=True).double()(x64(4, C)).shape == (4, C)
+    frn = build_norm("frn", C, learnable_eps=True).double()
+    randomize_affine(frn)
+    with torch.no_grad():
+        frn.tau.fill_(-1.0)  # most outputs above the threshold, so every parameter gets a gradient
+    assert frn(x64(4, C)).shape == (4, C)
+    x = x64(3, C, 2).requires_grad_()
+    assert torch.autograd.gradcheck(lambda t, *p: frn(t), (x, *frn.parameters()))
 
 
 @pytest.mark.parametrize("name", [n for n in available_norms() if norm_spec(n).replaces_activation])

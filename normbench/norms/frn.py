@@ -5,11 +5,49 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from normbench.norms._base import ChannelNorm
 from normbench.norms.registry import register_norm
+
+
+class _FilterResponseNormTLU(torch.autograd.Function):
+    """z = max(x · r · w + b, tau) with r_nc = (mean_s x² + eps_c)^(-1/2), in few memory passes.
+
+    Backward, with gy = g · [y > tau] and t_nc = Σ_s gy x: ∂L/∂x = gy r w − x r³ w t / S,
+    ∂L/∂w = Σ_n r t, ∂L/∂b = Σ gy, ∂L/∂tau = Σ g − Σ gy, ∂L/∂eps = −½ w Σ_n r³ t (S = positions).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, tau, eps_l, eps0: float):
+        n, c = x.shape[:2]
+        s = x[0, 0].numel()
+        tail = [1] * (x.dim() - 2)
+        eps = eps0 + eps_l.abs() if eps_l is not None else eps0
+        r = torch.rsqrt(torch.linalg.vector_norm(x.reshape(n, c, -1), dim=2).square() / s + eps)
+        w = weight if weight is not None else x.new_ones(c)
+        b = bias if bias is not None else x.new_zeros(c)
+        # plain broadcast mul/add and maximum: torch's CPU where/addcmul/bool-mask kernels are far slower
+        z = torch.maximum((x * (r * w).view(n, c, *tail)).add_(b.view(1, c, *tail)), tau.view(1, c, *tail))
+        ctx.save_for_backward(x, r, w, z, tau, eps_l)
+        ctx.s = s
+        return z
+
+    @staticmethod
+    def backward(ctx, g):
+        x, r, w, z, tau, eps_l = ctx.saved_tensors
+        n, c = x.shape[:2]
+        tail = [1] * (x.dim() - 2)
+        spatial = tuple(range(2, x.dim()))
+        gy = g * (z - tau.view(1, c, *tail)).sign_()  # [y > tau] as 0/1 floats: z >= tau everywhere
+        t = (gy * x).sum(dim=spatial)  # (n, c)
+        gx = (gy * (r * w).view(n, c, *tail)).sub_(x * (r**3 * w * t / ctx.s).view(n, c, *tail))
+        gy_c = gy.sum(dim=spatial)  # (n, c)
+        g_w = (r * t).sum(0) if ctx.needs_input_grad[1] else None
+        g_b = gy_c.sum(0) if ctx.needs_input_grad[2] else None
+        g_tau = (g.sum(dim=spatial) - gy_c).sum(0)
+        g_eps = (-0.5 * w * (r**3 * t).sum(0)) * torch.sign(eps_l) if eps_l is not None else None
+        return gx, g_w, g_b, g_tau, g_eps, None
 
 
 @register_norm(
@@ -52,14 +90,7 @@ class FilterResponseNorm(ChannelNorm):
                 f"FRN: input of shape {tuple(x.shape)} has one position per channel, where fixed-eps FRN "
                 "is sign(x); use learnable_eps=True (Singh & Krishnan 2020, Sec. 3.1)"
             )
-        shape = (1, -1, *[1] * (x.dim() - 2))
-        nu2 = x.square().mean(dim=tuple(range(2, x.dim())), keepdim=True) if x.dim() > 2 else x.square()
-        eps = self.eps + self.eps_l.abs().view(shape) if self.eps_l is not None else self.eps
-        y = x * torch.rsqrt(nu2 + eps)
-        if self.weight is not None:
-            y = torch.addcmul(self.bias.view(shape), y, self.weight.view(shape))
-        tau = self.tau.view(shape)
-        return F.relu(y - tau) + tau  # = max(y, tau); relu's backward is far cheaper than maximum's
+        return _FilterResponseNormTLU.apply(x, self.weight, self.bias, self.tau, self.eps_l, self.eps)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, learnable_eps={self.learnable_eps}"
