@@ -53,3 +53,10 @@ def all_finite(loss: Tensor, world: World) -> bool:
     if world.size > 1:
         dist.all_reduce(finite, op=dist.ReduceOp.MIN)
     return bool(finite.item())
+
+
+def finish(world: World) -> None:
+    """Wait for every process, then leave the group (a torn-down peer aborts gloo's threads)."""
+    if world.size > 1 and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

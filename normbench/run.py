@@ -18,7 +18,7 @@ from torch import nn
 
 import normbench
 from normbench.config import NON_IDENTITY_KEYS
-from normbench.distributed import all_finite, parallel, shard, world_from_env
+from normbench.distributed import all_finite, finish, parallel, shard, world_from_env
 from normbench.evaluate import error_and_loss, minibatch_error, precise_bn, stat_modules, stats_distance
 from normbench.norms import norm_spec
 from normbench.results import (
@@ -198,6 +198,7 @@ def execute(cfg: DictConfig, out_dir: Path, choices: Mapping[str, Any], progress
     record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="microseconds")
     if world.is_main:
         write_json_atomic(out_dir / RESULT_FILE, record)
+    finish(world)
     return record
 
 

@@ -45,6 +45,7 @@ def worker(rank: int, world: int, init_file: str, out_dir: str, sizes: tuple[int
              "running_mean": module.running_mean, "running_var": module.running_var},
             os.path.join(out_dir, f"rank{rank}.pt"),
         )  # fmt: skip
+        dist.barrier()  # both processes done with every collective before teardown
     finally:
         dist.destroy_process_group()
 

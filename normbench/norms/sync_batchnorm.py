@@ -52,14 +52,15 @@ class SyncBatchNorm(BatchNorm):
         count = torch.full((1,), float(flat.shape[1]), dtype=x.dtype, device=x.device)
         stats = dist_fn.all_reduce(torch.cat([flat.sum(1), (flat * flat).sum(1), count]))
         total = stats[-1]
-        if total < 2:
+        n_total = float(total.detach())
+        if n_total < 2:
             raise ValueError(
-                f"SyncBatchNorm: expected more than 1 value per channel over all processes, got {int(total)}"
+                f"SyncBatchNorm: expected more than 1 value per channel over all processes, got {int(n_total)}"
             )
         mean = stats[:c] / total
         var = (stats[c : 2 * c] / total - mean * mean).clamp_min(0)
         if self.track_running_stats:
-            self.track(mean.detach(), var.detach(), float(total))
+            self.track(mean.detach(), var.detach(), n_total)
         shape = (1, -1, *[1] * (x.dim() - 2))
         scale = torch.rsqrt(var + self.eps)
         if self.weight is not None:
