@@ -39,8 +39,9 @@ def world_from_env() -> World:
 
 def shard(batches: Iterator[Tensor], world: World) -> Iterator[Tensor]:
     """This process's share of every global batch (all processes draw the same global batches)."""
-    for idx in batches:
-        yield idx[world.rank :: world.size]
+    if world.size == 1:
+        return batches  # nothing to split: no extra work per step
+    return (idx[world.rank :: world.size] for idx in batches)
 
 
 def parallel(model: nn.Module, world: World) -> nn.Module:
@@ -49,9 +50,10 @@ def parallel(model: nn.Module, world: World) -> nn.Module:
 
 def all_finite(loss: Tensor, world: World) -> bool:
     """Is the loss finite on every process? (All must agree to stop together.)"""
+    if world.size == 1:
+        return bool(torch.isfinite(loss))
     finite = torch.isfinite(loss.detach()).to(torch.float32).reshape(1)
-    if world.size > 1:
-        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+    dist.all_reduce(finite, op=dist.ReduceOp.MIN)
     return bool(finite.item())
 
 

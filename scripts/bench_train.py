@@ -23,6 +23,7 @@ from hydra import compose, initialize_config_dir
 
 import normbench
 from normbench.cli import CONF_DIR
+from normbench.distributed import World, all_finite, shard
 from normbench.evaluate import error_and_loss
 from normbench.run import model_from_config
 from normbench.samplers import iid_batches
@@ -48,7 +49,8 @@ def minimal_loop(model, data, batch_size, steps, lr, seed) -> float:
 
 def normbench_loop(model, data, batch_size, steps, lr, seed) -> float:
     gen = torch.Generator().manual_seed(seed)
-    batches = iid_batches(len(data.x_train), batch_size, gen)
+    world = World()  # as normbench.run.execute drives fit: sharded batches, agreed divergence check
+    batches = shard(iid_batches(len(data.x_train), batch_size, gen), world)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
     start = time.perf_counter()
     fit(
@@ -60,6 +62,7 @@ def normbench_loop(model, data, batch_size, steps, lr, seed) -> float:
         steps,
         steps,
         len(data.x_train) // batch_size,
+        is_finite=lambda loss: all_finite(loss, world),
     )
     return (time.perf_counter() - start) / steps
 
