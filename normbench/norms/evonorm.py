@@ -69,6 +69,53 @@ class EvoNormB0(ChannelNorm):
         return y if self.weight is None else y * self.weight.view(s) + self.bias.view(s)
 
 
+class _EvoNormS0(torch.autograd.Function):
+    """y = x · sigmoid(v x) · w_c / std_ng + b_c in few memory passes (std over each sample's group).
+
+    Backward, with σ = sigmoid(v x), u = x σ, a = (g w / std) σ, e = a (1 − σ) x:
+    ∂L/∂x = a + e v + k_ng (x − mean_ng) with k = −(Σ_{c∈g} w_c Σ_s g u) / (std³ M),
+    ∂L/∂v = Σ e x, ∂L/∂w = Σ g u / std, ∂L/∂b = Σ g (M = elements per group).
+    """
+
+    @staticmethod
+    def forward(ctx, x, v, weight, bias, groups: int, eps: float):
+        n, c = x.shape[:2]
+        tail = [1] * (x.dim() - 2)
+        xg = x.reshape(n, groups, -1)
+        mean = xg.mean(2, keepdim=True)
+        m = xg.shape[2]
+        inv = torch.rsqrt(torch.linalg.vector_norm(xg - mean, dim=2).square() / m + eps)  # (n, G)
+        w = weight if weight is not None else x.new_ones(c)
+        scale = inv.repeat_interleave(c // groups, dim=1) * w  # (n, c)
+        # in-place after each allocation: on CPU a fresh activation-sized tensor costs page faults
+        sig = (x * v.view(1, c, *tail)).sigmoid_()
+        y = (x * sig).mul_(scale.view(n, c, *tail))
+        if bias is not None:
+            y.add_(bias.view(1, c, *tail))
+        ctx.save_for_backward(x, sig, mean, inv, scale, v, w)
+        ctx.groups, ctx.m, ctx.has_affine = groups, m, weight is not None
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        x, sig, mean, inv, scale, v, w = ctx.saved_tensors
+        n, c = x.shape[:2]
+        groups, tail = ctx.groups, [1] * (x.dim() - 2)
+        spatial = tuple(range(2, x.dim()))
+        t = (x * sig).mul_(g)  # g u
+        t = t.sum(dim=spatial) if spatial else t  # (n, c)
+        a = (g * scale.view(n, c, *tail)).mul_(sig)  # g w σ / std
+        e = torch.sub(1, sig).mul_(a).mul_(x)  # a (1 - σ) x
+        coef = -((t * w).reshape(n, groups, -1).sum(2) * inv**3 / ctx.m)  # (n, G)
+        gx = (x.reshape(n, groups, -1) - mean).mul_(coef.unsqueeze(2)).reshape(x.shape)
+        gx.add_(a).addcmul_(e, v.view(1, c, *tail))
+        g_v = e.mul_(x).sum(dim=(0, *spatial))  # e is spent: reuse its memory
+        inv_c = inv.repeat_interleave(c // groups, dim=1)
+        g_w = (t * inv_c).sum(0) if ctx.has_affine else None
+        g_b = g.sum(dim=(0, *spatial)) if ctx.has_affine else None
+        return gx, g_v, g_w, g_b, None, None
+
+
 @register_norm("evonorm_s0", paper=PAPER, replaces_activation=True)
 class EvoNormS0(ChannelNorm):
     r"""EvoNorm-S0: a sample-statistics layer that includes its non-linearity (a SiLU-like gate).
@@ -94,13 +141,7 @@ class EvoNormS0(ChannelNorm):
 
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(x)
-        s = _shape(x)
-        n = x.shape[0]
-        grouped = x.reshape(n, self.num_groups, -1)
-        std = torch.sqrt(moments(grouped, (2,))[1] + self.eps)
-        std = std.expand(n, self.num_groups, grouped.shape[2]).reshape(x.shape)
-        y = x * torch.sigmoid(self.v.view(s) * x) / std
-        return y if self.weight is None else y * self.weight.view(s) + self.bias.view(s)
+        return _EvoNormS0.apply(x, self.v, self.weight, self.bias, self.num_groups, self.eps)
 
     def extra_repr(self) -> str:
         return f"num_groups={self.num_groups}, {super().extra_repr()}"
