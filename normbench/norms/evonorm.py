@@ -102,10 +102,10 @@ class _EvoNormS0(torch.autograd.Function):
         n, c = x.shape[:2]
         groups, tail = ctx.groups, [1] * (x.dim() - 2)
         spatial = tuple(range(2, x.dim()))
-        t = (x * sig).mul_(g)  # g u
-        t = t.sum(dim=spatial) if spatial else t  # (n, c)
+        buf = (x * sig).mul_(g)  # g u
+        t = buf.sum(dim=spatial) if spatial else buf.clone()  # (n, c)
         a = (g * scale.view(n, c, *tail)).mul_(sig)  # g w σ / std
-        e = torch.sub(1, sig).mul_(a).mul_(x)  # a (1 - σ) x
+        e = buf.copy_(sig).neg_().add_(1).mul_(a).mul_(x)  # a (1 - σ) x, in the spent buffer
         coef = -((t * w).reshape(n, groups, -1).sum(2) * inv**3 / ctx.m)  # (n, G)
         gx = (x.reshape(n, groups, -1) - mean).mul_(coef.unsqueeze(2)).reshape(x.shape)
         gx.add_(a).addcmul_(e, v.view(1, c, *tail))

@@ -5,10 +5,68 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from normbench.norms._base import ChannelNorm, moments
+from normbench.norms._base import ChannelNorm
 from normbench.norms.registry import register_norm
 
 SOURCES = ("in", "ln", "bn")
+
+
+class _InstanceMoments(torch.autograd.Function):
+    """Per sample and channel mean and biased variance over the positions, as (N, C) tensors.
+
+    Backward: ∂L/∂x = g_mean / S + 2 g_var (x − mean) / S (S = positions), one allocation.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> tuple[Tensor, Tensor]:
+        n, c = x.shape[:2]
+        xf = x.reshape(n, c, -1)
+        mean = xf.mean(2)
+        var = torch.linalg.vector_norm(xf - mean[..., None], dim=2).square() / xf.shape[2]
+        ctx.save_for_backward(x, mean)
+        return mean, var
+
+    @staticmethod
+    def backward(ctx, g_mean: Tensor, g_var: Tensor) -> Tensor:
+        x, mean = ctx.saved_tensors
+        n, c = x.shape[:2]
+        xf = x.reshape(n, c, -1)
+        size = xf.shape[2]
+        gx = (xf - mean[..., None]).mul_((2 * g_var / size)[..., None]).add_((g_mean / size)[..., None])
+        return gx.reshape(x.shape)
+
+
+class _Standardize(torch.autograd.Function):
+    """y = (x − mean_nc) · r_nc · w_c + b_c with r = (var_nc + eps)^(-1/2), few allocations.
+
+    Backward, with A = Σ_s g and B = Σ_s g (x − mean): ∂L/∂x = g r w, ∂L/∂mean = −r w A,
+    ∂L/∂var = −½ r³ w B, ∂L/∂w = Σ_n r B, ∂L/∂b = Σ_n A.
+    """
+
+    @staticmethod
+    def forward(ctx, x, mean, var, weight, bias, eps: float):
+        n, c = x.shape[:2]
+        xf = x.reshape(n, c, -1)
+        r = torch.rsqrt(var + eps)
+        w = weight if weight is not None else x.new_ones(c)
+        y = (xf - mean[..., None]).mul_((r * w)[..., None])
+        if bias is not None:
+            y.add_(bias[:, None])
+        ctx.save_for_backward(x, mean, r, w)
+        ctx.has_affine = weight is not None
+        return y.reshape(x.shape)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, mean, r, w = ctx.saved_tensors
+        n, c = x.shape[:2]
+        xf, gf = x.reshape(n, c, -1), g.reshape(n, c, -1)
+        a = gf.sum(2)
+        b = (xf - mean[..., None]).mul_(gf).sum(2)
+        gx = (gf * (r * w)[..., None]).reshape(x.shape)
+        g_w = (r * b).sum(0) if ctx.has_affine else None
+        g_b = a.sum(0) if ctx.has_affine else None
+        return gx, -r * w * a, -0.5 * r**3 * w * b, g_w, g_b, None
 
 
 @register_norm(
@@ -52,8 +110,7 @@ class SwitchNorm(ChannelNorm):
 
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(x)
-        spatial = tuple(range(2, x.dim()))
-        mean_in, var_in = moments(x, spatial)  # (N, C, 1...)
+        mean_in, var_in = _InstanceMoments.apply(x)  # (N, C); the mixing below is on (N, C) tensors
         second_in = var_in + mean_in**2
         mean_ln = mean_in.mean(1, keepdim=True)
         var_ln = second_in.mean(1, keepdim=True) - mean_ln**2
@@ -65,16 +122,11 @@ class SwitchNorm(ChannelNorm):
                 self.running_mean.lerp_(mean_bn.flatten(), self.momentum)
                 self.running_var.lerp_(var_bn.flatten() * n / max(n - 1, 1), self.momentum)
         else:
-            shape = (1, -1, *[1] * len(spatial))
-            mean_bn, var_bn = self.running_mean.view(shape), self.running_var.view(shape)
+            mean_bn, var_bn = self.running_mean[None], self.running_var[None]
         wm, wv = torch.softmax(self.mean_logits, 0), torch.softmax(self.var_logits, 0)
         mean = wm[0] * mean_in + wm[1] * mean_ln + wm[2] * mean_bn
         var = wv[0] * var_in + wv[1] * var_ln + wv[2] * var_bn
-        y = (x - mean) * torch.rsqrt(var + self.eps)
-        if self.weight is None:
-            return y
-        shape = (1, -1, *[1] * len(spatial))
-        return y * self.weight.view(shape) + self.bias.view(shape)
+        return _Standardize.apply(x, mean, var, self.weight, self.bias, self.eps)
 
     def extra_metrics(self) -> dict[str, float]:
         """The learned importance of each statistic: ``mean_in``, ``mean_ln``, ``mean_bn``, ``var_*``."""
