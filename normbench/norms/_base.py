@@ -20,6 +20,31 @@ def moments(x: Tensor, dims: tuple[int, ...] | list[int]) -> tuple[Tensor, Tenso
     return mean, (x - mean).square().mean(dim=tuple(dims), keepdim=True)
 
 
+class InstanceMoments(torch.autograd.Function):
+    """Per sample and channel mean and biased variance over the positions, as (N, C) tensors.
+
+    Backward: ∂L/∂x = g_mean / S + 2 g_var (x − mean) / S (S = positions), one allocation.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> tuple[Tensor, Tensor]:
+        n, c = x.shape[:2]
+        xf = x.reshape(n, c, -1)
+        mean = xf.mean(2)
+        var = torch.linalg.vector_norm(xf - mean[..., None], dim=2).square() / xf.shape[2]
+        ctx.save_for_backward(x, mean)
+        return mean, var
+
+    @staticmethod
+    def backward(ctx, g_mean: Tensor, g_var: Tensor) -> Tensor:
+        x, mean = ctx.saved_tensors
+        n, c = x.shape[:2]
+        xf = x.reshape(n, c, -1)
+        size = xf.shape[2]
+        gx = (xf - mean[..., None]).mul_((2 * g_var / size)[..., None]).add_((g_mean / size)[..., None])
+        return gx.reshape(x.shape)
+
+
 class ChannelNorm(nn.Module):
     """Base of the built-in norms: ``num_channels``, ``eps``, optional per-channel ``weight``/``bias``.
 

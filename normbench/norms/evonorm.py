@@ -3,18 +3,51 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from normbench.norms._base import ChannelNorm, moments
+from normbench.norms._base import ChannelNorm, InstanceMoments
 from normbench.norms.groupnorm import resolve_groups
 from normbench.norms.registry import register_norm
 
 PAPER = "Liu, Brock, Simonyan & Le 2020, Evolving Normalization-Activation Layers, arXiv:2004.02967"
 
 
-def _shape(x: Tensor) -> tuple[int, ...]:
-    return (1, -1, *[1] * (x.dim() - 2))
+class _EvoNormB0Core(torch.autograd.Function):
+    """y = x / max(a_c, v_c x + s_nc) · w_c + b_c given the batch term a and instance term s.
+
+    Backward, with d = max(·), m = [v x + s > a] and h = −g w x / d²: ∂L/∂x = g w / d + h m v,
+    ∂L/∂s = Σ_pos h m, ∂L/∂a = Σ_{n,pos} h (1 − m), ∂L/∂v = Σ h m x, ∂L/∂w = Σ g x / d, ∂L/∂b = Σ g.
+    """
+
+    @staticmethod
+    def forward(ctx, x, v, s, a, weight, bias):
+        n, c = x.shape[:2]
+        tail = [1] * (x.dim() - 2)
+        den = (x * v.view(1, c, *tail)).add_(s.view(n, c, *tail)).clamp_(min=a.view(1, c, *tail))
+        w = weight if weight is not None else x.new_ones(c)
+        y = (x / den).mul_(w.view(1, c, *tail))
+        if bias is not None:
+            y.add_(bias.view(1, c, *tail))
+        ctx.save_for_backward(x, den, v, a, w)
+        ctx.has_affine = weight is not None
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        x, den, v, a, w = ctx.saved_tensors
+        c = x.shape[1]
+        tail = [1] * (x.dim() - 2)
+        spatial = tuple(range(2, x.dim()))
+        h = (g * x).div_(den)  # g x / d
+        g_w = h.sum(dim=(0, *spatial)) if ctx.has_affine else None
+        h.mul_(w.view(1, c, *tail)).div_(den).neg_()  # -g w x / d²
+        hm = (den - a.view(1, c, *tail)).sign_().mul_(h)  # h · [instance branch]: d >= a everywhere
+        h_sum = h.sum(dim=spatial) if spatial else h
+        hm_sum = hm.sum(dim=spatial) if spatial else hm.clone()
+        gx = (g * w.view(1, c, *tail)).div_(den).addcmul_(hm, v.view(1, c, *tail))
+        g_v = hm.mul_(x).sum(dim=(0, *spatial))
+        g_b = g.sum(dim=(0, *spatial)) if ctx.has_affine else None
+        return gx, g_v, hm_sum, (h_sum - hm_sum).sum(0), g_w, g_b
 
 
 @register_norm(
@@ -53,20 +86,17 @@ class EvoNormB0(ChannelNorm):
 
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(x)
-        s = _shape(x)
-        mean_in, var_in = moments(x, range(2, x.dim()))
+        mean_in, var_in = InstanceMoments.apply(x)  # (N, C)
         if self.training:  # batch moments from the instance moments (law of total variance)
-            mean_b = mean_in.mean(0, keepdim=True)
-            batch_var = (var_in + mean_in.square()).mean(0, keepdim=True) - mean_b.square()
+            mean_b = mean_in.mean(0)
+            batch_var = (var_in + mean_in.square()).mean(0) - mean_b.square()
             with torch.no_grad():
                 n = x.numel() / x.shape[1]
-                self.running_var.lerp_(batch_var.flatten() * n / max(n - 1, 1), self.momentum)
+                self.running_var.lerp_(batch_var * n / max(n - 1, 1), self.momentum)
         else:
-            batch_var = self.running_var.view(s)
+            batch_var = self.running_var
         a = torch.sqrt(batch_var + self.eps)
-        b = self.v.view(s) * x + torch.sqrt(var_in + self.eps)
-        y = x / (b + F.relu(a - b))  # max(a, b), with relu's cheaper backward
-        return y if self.weight is None else y * self.weight.view(s) + self.bias.view(s)
+        return _EvoNormB0Core.apply(x, self.v, torch.sqrt(var_in + self.eps), a, self.weight, self.bias)
 
 
 class _EvoNormS0(torch.autograd.Function):

@@ -5,35 +5,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from normbench.norms._base import ChannelNorm
+from normbench.norms._base import ChannelNorm, InstanceMoments
 from normbench.norms.registry import register_norm
 
 SOURCES = ("in", "ln", "bn")
-
-
-class _InstanceMoments(torch.autograd.Function):
-    """Per sample and channel mean and biased variance over the positions, as (N, C) tensors.
-
-    Backward: ∂L/∂x = g_mean / S + 2 g_var (x − mean) / S (S = positions), one allocation.
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor) -> tuple[Tensor, Tensor]:
-        n, c = x.shape[:2]
-        xf = x.reshape(n, c, -1)
-        mean = xf.mean(2)
-        var = torch.linalg.vector_norm(xf - mean[..., None], dim=2).square() / xf.shape[2]
-        ctx.save_for_backward(x, mean)
-        return mean, var
-
-    @staticmethod
-    def backward(ctx, g_mean: Tensor, g_var: Tensor) -> Tensor:
-        x, mean = ctx.saved_tensors
-        n, c = x.shape[:2]
-        xf = x.reshape(n, c, -1)
-        size = xf.shape[2]
-        gx = (xf - mean[..., None]).mul_((2 * g_var / size)[..., None]).add_((g_mean / size)[..., None])
-        return gx.reshape(x.shape)
 
 
 class _Standardize(torch.autograd.Function):
@@ -110,7 +85,7 @@ class SwitchNorm(ChannelNorm):
 
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(x)
-        mean_in, var_in = _InstanceMoments.apply(x)  # (N, C); the mixing below is on (N, C) tensors
+        mean_in, var_in = InstanceMoments.apply(x)  # (N, C); the mixing below is on (N, C) tensors
         second_in = var_in + mean_in**2
         mean_ln = mean_in.mean(1, keepdim=True)
         var_ln = second_in.mean(1, keepdim=True) - mean_ln**2
