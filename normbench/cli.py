@@ -15,7 +15,6 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from normbench.config import NON_IDENTITY_KEYS, register_configs
-from normbench.results import config_hash, identity_config
 from normbench.run import ConfigError, execute, previous_result, run_identity
 from normbench.sweep import mark_visit
 
@@ -27,7 +26,7 @@ CONF_DIR = _PACKAGED if _PACKAGED.is_dir() else Path(__file__).parents[1] / "con
 
 def _hash_resolver(*, _root_: DictConfig) -> str:
     """``${normbench_hash:}``: the run's config hash, used to name its sweep sub-folder."""
-    return config_hash(identity_config(_root_, NON_IDENTITY_KEYS))
+    return run_identity(_root_)[1]
 
 
 if not OmegaConf.has_resolver("normbench_hash"):

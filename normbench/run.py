@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import platform
 import time
 import traceback
@@ -44,7 +45,12 @@ class ConfigError(ValueError):
 
 
 def run_identity(cfg: DictConfig) -> tuple[dict[str, Any], str]:
+    """The resolved config that defines the run and its hash. The same config on several torchrun
+    processes is a different experiment, so their number joins the identity."""
     identity = identity_config(cfg, NON_IDENTITY_KEYS)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1:
+        identity["world_size"] = world_size
     return identity, config_hash(identity)
 
 
@@ -129,9 +135,7 @@ def execute(cfg: DictConfig, out_dir: Path, choices: Mapping[str, Any], progress
     n_train, bs = len(data.x_train), cfg.batch_size
     if bs < world.size:
         raise ConfigError(f"batch_size={bs} is smaller than the {world.size} processes it is split across")
-    if world.size > 1:  # the same config on more processes is a different experiment
-        identity["world_size"] = world.size
-        digest = config_hash(identity)
+    if world.size > 1:
         choices = {**choices, "world_size": world.size}
     steps_per_epoch = n_train // bs
     total = cfg.train.epochs * steps_per_epoch if cfg.train.budget == "epochs" else cfg.train.steps

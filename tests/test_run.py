@@ -104,6 +104,8 @@ def test_exception_during_training_is_recorded_as_failed(tmp_path):
         (["norm=instancenorm"], r"instancenorm cannot build task=mnist1d_mlp.*\(2, 256\)"),
         (["data.sampler=class_grouped", "data.classes_per_batch=3"], "batch_size=32 is not divisible"),
         (["runtime.threads=0"], "runtime.threads=0"),
+        (["task.dataset=imagenet"], "unknown dataset 'imagenet'; available: mnist1d, digits"),
+        (["task.model.arch=vgg"], "unknown model arch 'vgg'; available: mlp, cnn1d, resnet2d, transformer"),
     ],
 )
 def test_configuration_errors_stop_before_training(overrides, message, tmp_path):

@@ -60,16 +60,6 @@ def with_reference_delta(summary: pd.DataFrame, reference_batch: int = 32) -> pd
     return merged.drop(columns="ref_mean")
 
 
-def batch_table(summary: pd.DataFrame, value: str = "mean", percent: bool = True) -> pd.DataFrame:
-    """Norm × batch size for one task/facet: the ``value`` column (percent by default), batch sizes
-    descending as in the GN paper."""
-    table = summary.pivot_table(
-        index="norm", columns="batch_size", values=value, aggfunc="first", dropna=False
-    )
-    table = table[sorted(table.columns, reverse=True)]
-    return table * 100 if percent else table
-
-
 def matches(series: pd.Series, value: object) -> pd.Series:
     """``series == value``, where a missing value matches missing values."""
     return series.isna() if pd.isna(value) else series == value

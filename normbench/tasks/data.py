@@ -9,8 +9,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-DATASETS = ("mnist1d", "digits")
-
 
 @dataclass(frozen=True)
 class Dataset:
@@ -73,10 +71,12 @@ def _digits() -> Dataset:
     )
 
 
+DATASETS = {"mnist1d": _mnist1d, "digits": _digits}
+
+
 def load_dataset(name: str) -> Dataset:
     """The dataset ``name`` (one of :data:`DATASETS`), cached per process. Tensors are read-only by
     convention: callers index them and never write into them."""
-    loaders = {"mnist1d": _mnist1d, "digits": _digits}
-    if name not in loaders:
+    if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}")
-    return loaders[name]()
+    return DATASETS[name]()
