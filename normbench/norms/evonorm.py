@@ -2,52 +2,86 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
-from normbench.norms._base import ChannelNorm, InstanceMoments
+from normbench.norms._base import (
+    ChannelNorm,
+    as_rows,
+    instance_moments,
+    moment_grad_terms,
+    pooled,
+    pull_back,
+    row_blocks,
+)
 from normbench.norms.groupnorm import resolve_groups
 from normbench.norms.registry import register_norm
 
 PAPER = "Liu, Brock, Simonyan & Le 2020, Evolving Normalization-Activation Layers, arXiv:2004.02967"
 
 
-class _EvoNormB0Core(torch.autograd.Function):
-    """y = x / max(a_c, v_c x + s_nc) · w_c + b_c given the batch term a and instance term s.
+class _EvoNormB0(torch.autograd.Function):
+    """y = x / max(a_nc, v_c x + s_nc) · w_c + b_c with (a, s) = coefficients(mean, var) of the
+    instance moments: a the batch term (or the running one), s the instance term.
 
-    Backward, with d = max(·), m = [v x + s > a] and h = −g w x / d²: ∂L/∂x = g w / d + h m v,
-    ∂L/∂s = Σ_pos h m, ∂L/∂a = Σ_{n,pos} h (1 − m), ∂L/∂v = Σ h m x, ∂L/∂w = Σ g x / d, ∂L/∂b = Σ g.
+    Backward, with d = max(·), q = g / d, m = [v x + s > a] and P = q x m / d:
+    ∂L/∂x|_(a,s) = w q − v w P, ∂L/∂s = −w Σ_pos P, ∂L/∂a = −(w/a) Σ_pos q x (1 − m) (d = a where
+    m = 0), ∂L/∂v = −w Σ P x, ∂L/∂w = Σ q x, ∂L/∂b = Σ g; ∂L/∂a and ∂L/∂s reach x through the moments
+    (:func:`pull_back`, :func:`moment_grad_terms`). Blocked over rows: d is recomputed rather than
+    kept, and each direction allocates one activation-sized tensor. Returns (y, mean, var); the
+    moments carry no gradient.
     """
 
     @staticmethod
-    def forward(ctx, x, v, s, a, weight, bias):
+    def forward(ctx, x, coefficients, v, weight, bias):
         n, c = x.shape[:2]
-        tail = [1] * (x.dim() - 2)
-        den = (x * v.view(1, c, *tail)).add_(s.view(n, c, *tail)).clamp_(min=a.view(1, c, *tail))
+        mean, var = instance_moments(x)
+        a, s = coefficients(mean, var)
         w = weight if weight is not None else x.new_ones(c)
-        y = (x / den).mul_(w.view(1, c, *tail))
-        if bias is not None:
-            y.add_(bias.view(1, c, *tail))
-        ctx.save_for_backward(x, den, v, a, w)
-        ctx.has_affine = weight is not None
-        return y
+        b = bias if bias is not None else x.new_zeros(c)
+        y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        x_rows, *columns = as_rows(x, v, s, a, w, b)
+        for x_b, y_b, v_b, s_b, a_b, w_b, b_b in row_blocks(x_rows, y.view(n * c, -1), *columns):
+            den = torch.mul(x_b, v_b).add_(s_b).clamp_(min=a_b)
+            torch.mul(torch.div(x_b, den, out=den), w_b, out=y_b).add_(b_b)
+        ctx.save_for_backward(x, mean, var, v, weight)
+        ctx.coefficients, ctx.has_bias = coefficients, bias is not None
+        ctx.mark_non_differentiable(mean, var)
+        return y, mean, var
 
     @staticmethod
-    def backward(ctx, g):
-        x, den, v, a, w = ctx.saved_tensors
-        c = x.shape[1]
-        tail = [1] * (x.dim() - 2)
-        spatial = tuple(range(2, x.dim()))
-        h = (g * x).div_(den)  # g x / d
-        g_w = h.sum(dim=(0, *spatial)) if ctx.has_affine else None
-        h.mul_(w.view(1, c, *tail)).div_(den).neg_()  # -g w x / d²
-        hm = (den - a.view(1, c, *tail)).sign_().mul_(h)  # h · [instance branch]: d >= a everywhere
-        h_sum = h.sum(dim=spatial) if spatial else h
-        hm_sum = hm.sum(dim=spatial) if spatial else hm.clone()
-        gx = (g * w.view(1, c, *tail)).div_(den).addcmul_(hm, v.view(1, c, *tail))
-        g_v = hm.mul_(x).sum(dim=(0, *spatial))
-        g_b = g.sum(dim=(0, *spatial)) if ctx.has_affine else None
-        return gx, g_v, hm_sum, (h_sum - hm_sum).sum(0), g_w, g_b
+    @once_differentiable
+    def backward(ctx, g, *_):
+        x, mean, var, v, weight = ctx.saved_tensors
+        n, c = x.shape[:2]
+        a, s = (t.expand(n, c) for t in ctx.coefficients(mean, var))
+        w = weight if weight is not None else x.new_ones(c)
+        gx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        sums = torch.empty(4, n * c, dtype=x.dtype, device=x.device)  # Σ q x, Σ q x m, Σ P, Σ P x
+        blocks = row_blocks(*as_rows(x, v, s, a, w), g.reshape(n * c, -1), gx.view(n * c, -1), sums.T)
+        for x_b, v_b, s_b, a_b, w_b, g_b, gx_b, sums_b in blocks:
+            den = torch.mul(x_b, v_b).add_(s_b).clamp_(min=a_b)
+            q = torch.div(g_b, den, out=gx_b)
+            p = q * x_b
+            sums_b[:, 0] = p.sum(1)
+            p.mul_(torch.sub(den, a_b).sign_())  # d >= a everywhere, so the sign is the indicator m
+            sums_b[:, 1] = p.sum(1)
+            p.div_(den)
+            sums_b[:, 2] = p.sum(1)
+            sums_b[:, 3] = torch.linalg.vecdot(p, x_b)
+            q.mul_(w_b).addcmul_(p, v_b * w_b, value=-1)  # the part of ∂L/∂x not through the moments
+        qx, qxm, p_sum, px = (t.view(n, c) for t in sums)
+        g_a, g_s = -(w / a) * (qx - qxm), -w * p_sum
+        _, (g_mean, g_var) = pull_back(ctx.coefficients, [mean, var], (g_a, g_s))
+        k, j = moment_grad_terms(x, mean, g_mean, g_var)
+        gx.addcmul_(x, k).add_(j)
+        g_v = -(w * px).sum(0)
+        g_w = qx.sum(0) if weight is not None else None
+        g_b = g.sum(dim=(0, *range(2, x.dim()))) if ctx.has_bias else None
+        return gx, None, g_v, g_w, g_b
 
 
 @register_norm(
@@ -86,64 +120,70 @@ class EvoNormB0(ChannelNorm):
 
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(x)
-        mean_in, var_in = InstanceMoments.apply(x)  # (N, C)
-        if self.training:  # batch moments from the instance moments (law of total variance)
-            mean_b = mean_in.mean(0)
-            batch_var = (var_in + mean_in.square()).mean(0) - mean_b.square()
+        y, mean_in, var_in = _EvoNormB0.apply(
+            x, partial(self._coefficients, self.training), self.v, self.weight, self.bias
+        )
+        if self.training:
             with torch.no_grad():
                 n = x.numel() / x.shape[1]
-                self.running_var.lerp_(batch_var * n / max(n - 1, 1), self.momentum)
-        else:
-            batch_var = self.running_var
-        a = torch.sqrt(batch_var + self.eps)
-        return _EvoNormB0Core.apply(x, self.v, torch.sqrt(var_in + self.eps), a, self.weight, self.bias)
+                self.running_var.lerp_(
+                    pooled(mean_in, var_in, 0)[1].flatten() * n / max(n - 1, 1), self.momentum
+                )
+        return y
+
+    def _coefficients(self, training: bool, mean_in: Tensor, var_in: Tensor) -> tuple[Tensor, Tensor]:
+        """(batch term a, instance term s): a per channel (1, C), s per sample and channel (N, C)."""
+        batch_var = pooled(mean_in, var_in, 0)[1] if training else self.running_var[None]
+        return torch.sqrt(batch_var + self.eps), torch.sqrt(var_in + self.eps)
 
 
 class _EvoNormS0(torch.autograd.Function):
-    """y = x · sigmoid(v x) · w_c / std_ng + b_c in few memory passes (std over each sample's group).
+    """y = x · sigmoid(v_c x) · scale_nc + b_c with scale = coefficients(mean, var, weight) a function
+    of the instance moments (w_c / std over the sample's group of channels).
 
-    Backward, with σ = sigmoid(v x), u = x σ, a = (g w / std) σ, e = a (1 − σ) x:
-    ∂L/∂x = a + e v + k_ng (x − mean_ng) with k = −(Σ_{c∈g} w_c Σ_s g u) / (std³ M),
-    ∂L/∂v = Σ e x, ∂L/∂w = Σ g u / std, ∂L/∂b = Σ g (M = elements per group).
+    Backward, with σ = sigmoid(v x) recomputed and R = g σ (1 − σ) x: ∂L/∂x|_scale = scale (g σ + v R),
+    ∂L/∂scale = Σ_pos g σ x, ∂L/∂v = Σ scale R x, ∂L/∂b = Σ g; ∂L/∂scale reaches x and w through the
+    moments (:func:`pull_back`, :func:`moment_grad_terms`). Blocked over rows, one activation-sized
+    tensor allocated in each direction.
     """
 
     @staticmethod
-    def forward(ctx, x, v, weight, bias, groups: int, eps: float):
+    def forward(ctx, x, coefficients, v, weight, bias):
         n, c = x.shape[:2]
-        tail = [1] * (x.dim() - 2)
-        xg = x.reshape(n, groups, -1)
-        mean = xg.mean(2, keepdim=True)
-        m = xg.shape[2]
-        inv = torch.rsqrt(torch.linalg.vector_norm(xg - mean, dim=2).square() / m + eps)  # (n, G)
-        w = weight if weight is not None else x.new_ones(c)
-        scale = inv.repeat_interleave(c // groups, dim=1) * w  # (n, c)
-        # in-place after each allocation: on CPU a fresh activation-sized tensor costs page faults
-        sig = (x * v.view(1, c, *tail)).sigmoid_()
-        y = (x * sig).mul_(scale.view(n, c, *tail))
-        if bias is not None:
-            y.add_(bias.view(1, c, *tail))
-        ctx.save_for_backward(x, sig, mean, inv, scale, v, w)
-        ctx.groups, ctx.m, ctx.has_affine = groups, m, weight is not None
+        mean, var = instance_moments(x)
+        (scale,) = coefficients(mean, var, weight)
+        b = bias if bias is not None else x.new_zeros(c)
+        y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        x_rows, *columns = as_rows(x, v, scale, b)
+        for x_b, y_b, v_b, scale_b, b_b in row_blocks(x_rows, y.view(n * c, -1), *columns):
+            torch.mul(x_b, v_b, out=y_b).sigmoid_().mul_(x_b).mul_(scale_b).add_(b_b)
+        ctx.save_for_backward(x, mean, var, v, weight)
+        ctx.coefficients, ctx.has_bias = coefficients, bias is not None
         return y
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, g):
-        x, sig, mean, inv, scale, v, w = ctx.saved_tensors
+        x, mean, var, v, weight = ctx.saved_tensors
         n, c = x.shape[:2]
-        groups, tail = ctx.groups, [1] * (x.dim() - 2)
-        spatial = tuple(range(2, x.dim()))
-        buf = (x * sig).mul_(g)  # g u
-        t = buf.sum(dim=spatial) if spatial else buf.clone()  # (n, c)
-        a = (g * scale.view(n, c, *tail)).mul_(sig)  # g w σ / std
-        e = buf.copy_(sig).neg_().add_(1).mul_(a).mul_(x)  # a (1 - σ) x, in the spent buffer
-        coef = -((t * w).reshape(n, groups, -1).sum(2) * inv**3 / ctx.m)  # (n, G)
-        gx = (x.reshape(n, groups, -1) - mean).mul_(coef.unsqueeze(2)).reshape(x.shape)
-        gx.add_(a).addcmul_(e, v.view(1, c, *tail))
-        g_v = e.mul_(x).sum(dim=(0, *spatial))  # e is spent: reuse its memory
-        inv_c = inv.repeat_interleave(c // groups, dim=1)
-        g_w = (t * inv_c).sum(0) if ctx.has_affine else None
-        g_b = g.sum(dim=(0, *spatial)) if ctx.has_affine else None
-        return gx, g_v, g_w, g_b, None, None
+        (scale,) = ctx.coefficients(mean, var, weight)
+        gx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        sums = torch.empty(2, n * c, dtype=x.dtype, device=x.device)  # Σ g σ x, Σ R x
+        x_rows, v_rows, scale_rows = as_rows(x, v, scale)
+        blocks = row_blocks(x_rows, v_rows, scale_rows, g.reshape(n * c, -1), gx.view(n * c, -1), sums.T)
+        for x_b, v_b, scale_b, g_b, gx_b, sums_b in blocks:
+            sig = torch.mul(x_b, v_b).sigmoid_()
+            g_sig = g_b * sig
+            sums_b[:, 0] = torch.linalg.vecdot(g_sig, x_b)
+            r = sig.neg_().add_(1).mul_(x_b).mul_(g_sig)
+            sums_b[:, 1] = torch.linalg.vecdot(r, x_b)
+            torch.mul(g_sig.add_(r.mul_(v_b)), scale_b, out=gx_b)  # the part of ∂L/∂x not through the moments
+        t, rx = (s.view(n, c) for s in sums)
+        _, (g_mean, g_var, g_w) = pull_back(ctx.coefficients, [mean, var, weight], (t,))
+        k, j = moment_grad_terms(x, mean, g_mean, g_var)
+        gx.addcmul_(x, k).add_(j)
+        g_b = g.sum(dim=(0, *range(2, x.dim()))) if ctx.has_bias else None
+        return gx, None, (scale * rx).sum(0), g_w, g_b
 
 
 @register_norm("evonorm_s0", paper=PAPER, replaces_activation=True)
@@ -171,7 +211,15 @@ class EvoNormS0(ChannelNorm):
 
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(x)
-        return _EvoNormS0.apply(x, self.v, self.weight, self.bias, self.num_groups, self.eps)
+        return _EvoNormS0.apply(x, self._coefficients, self.v, self.weight, self.bias)
+
+    def _coefficients(self, mean_in: Tensor, var_in: Tensor, weight: Tensor | None) -> tuple[Tensor]:
+        """The per sample and channel scale w_c / sqrt(Var_group + eps), (N, C), from the moments."""
+        n, c = mean_in.shape
+        grouped = (n, self.num_groups, c // self.num_groups)
+        var_g = pooled(mean_in.view(grouped), var_in.view(grouped), 2)[1]
+        scale = torch.rsqrt(var_g + self.eps).expand(grouped).reshape(n, c)
+        return (scale if weight is None else scale * weight,)
 
     def extra_repr(self) -> str:
         return f"num_groups={self.num_groups}, {super().extra_repr()}"

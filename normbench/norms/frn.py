@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from normbench.norms._base import ChannelNorm
+from normbench.norms._base import ChannelNorm, row_dot
 from normbench.norms.registry import register_norm
 
 
@@ -27,8 +27,12 @@ class _FilterResponseNormTLU(torch.autograd.Function):
         r = torch.rsqrt(torch.linalg.vector_norm(x.reshape(n, c, -1), dim=2).square() / s + eps)
         w = weight if weight is not None else x.new_ones(c)
         b = bias if bias is not None else x.new_zeros(c)
-        # plain broadcast mul/add and maximum: torch's CPU where/addcmul/bool-mask kernels are far slower
-        z = torch.maximum((x * (r * w).view(n, c, *tail)).add_(b.view(1, c, *tail)), tau.view(1, c, *tail))
+        # one fresh activation-sized tensor, the rest in place: on CPU each fresh one costs page faults
+        z = (
+            torch.mul(x, (r * w).view(n, c, *tail))
+            .add_(b.view(1, c, *tail))
+            .clamp_(min=tau.view(1, c, *tail))
+        )
         ctx.save_for_backward(x, r, w, z, tau, eps_l)
         ctx.s = s
         return z
@@ -38,15 +42,16 @@ class _FilterResponseNormTLU(torch.autograd.Function):
         x, r, w, z, tau, eps_l = ctx.saved_tensors
         n, c = x.shape[:2]
         tail = [1] * (x.dim() - 2)
-        spatial = tuple(range(2, x.dim()))
-        gy = g * (z - tau.view(1, c, *tail)).sign_()  # [y > tau] as 0/1 floats: z >= tau everywhere
-        t = (gy * x).sum(dim=spatial)  # (n, c)
-        gx = (gy * (r * w).view(n, c, *tail)).sub_(x * (r**3 * w * t / ctx.s).view(n, c, *tail))
-        gy_c = gy.sum(dim=spatial)  # (n, c)
+        # [y > tau] as 0/1 floats (z >= tau everywhere); gy's buffer becomes ∂L/∂x at the end
+        gy = torch.sub(z, tau.view(1, c, *tail)).sign_().mul_(g)
+        gy_f, x_f = gy.reshape(n, c, -1), x.reshape(n, c, -1)
+        t = row_dot(gy_f.reshape(n * c, -1), x_f.reshape(n * c, -1)).view(n, c)
+        gy_c = gy_f.sum(2)  # (n, c)
         g_w = (r * t).sum(0) if ctx.needs_input_grad[1] else None
         g_b = gy_c.sum(0) if ctx.needs_input_grad[2] else None
-        g_tau = (g.sum(dim=spatial) - gy_c).sum(0)
+        g_tau = (g.reshape(n, c, -1).sum(2) - gy_c).sum(0)
         g_eps = (-0.5 * w * (r**3 * t).sum(0)) * torch.sign(eps_l) if eps_l is not None else None
+        gx = gy.mul_((r * w).view(n, c, *tail)).addcmul_(x, (-(r**3) * w * t / ctx.s).view(n, c, *tail))
         return gx, g_w, g_b, g_tau, g_eps, None
 
 

@@ -49,7 +49,7 @@ class FrozenBatchNorm(ChannelNorm):
         scale = self.weight * torch.rsqrt(self.running_var + self.eps)
         shift = self.bias - self.running_mean * scale
         shape = (1, -1, *[1] * (x.dim() - 2))
-        return torch.addcmul(shift.view(shape), x, scale.view(shape))
+        return torch.mul(x, scale.view(shape)).add_(shift.view(shape))
 
     @classmethod
     def from_batchnorm(cls, bn: nn.Module) -> FrozenBatchNorm:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from normbench.norms._base import InstanceAffine, pooled
 from normbench.norms.batchnorm import BatchNorm
 from normbench.norms.registry import register_norm
 
@@ -52,33 +52,46 @@ class GhostBatchNorm(BatchNorm):
         self.ghost_batch_size = ghost_batch_size
 
     def forward(self, x: Tensor) -> Tensor:
-        n = x.shape[0]
-        if not self.training or n <= self.ghost_batch_size:
+        if not self.training or x.shape[0] <= self.ghost_batch_size:
             return super().forward(x)
         self.check_input(x)
-        c, g = self.num_channels, self.ghost_batch_size
-        update = self.track_running_stats
-        factor = self.step_rate() if update else 0.0
-        chunks = [x[: n - n % g], x[n - n % g :]] if n % g else [x]
-        outs, means, variances = [], [], []
-        for chunk in chunks:
-            k = chunk.shape[0] // g if chunk.shape[0] >= g else 1
-            # (k·m, C, *S) -> (m, k·C, *S): one batch_norm call gives every ghost batch its own stats
-            m = chunk.shape[0] // k
-            folded = chunk.reshape(k, m, *chunk.shape[1:]).transpose(0, 1).reshape(m, k * c, *chunk.shape[2:])
-            rm = self.running_mean.repeat(k) if update else None
-            rv = self.running_var.repeat(k) if update else None
-            w = self.weight.repeat(k) if self.weight is not None else None
-            b = self.bias.repeat(k) if self.bias is not None else None
-            y = F.batch_norm(folded, rm, rv, w, b, True, factor, self.eps)
-            outs.append(y.reshape(m, k, *chunk.shape[1:]).transpose(0, 1).reshape(chunk.shape))
-            if update:
-                means.append(rm.view(k, c))
-                variances.append(rv.view(k, c))
-        if update:  # each ghost batch moved its copy of the buffers; keep their average
-            self.running_mean.copy_(torch.cat(means).mean(0))
-            self.running_var.copy_(torch.cat(variances).mean(0))
-        return torch.cat(outs) if len(outs) > 1 else outs[0]
+        y, mean_in, var_in = InstanceAffine.apply(x, self._coefficients, self.weight, self.bias)
+        if self.track_running_stats:
+            with torch.no_grad():
+                mean, var, samples = self.ghost_moments(mean_in, var_in)
+                values = samples.to(var.dtype) * (x.numel() // (x.shape[0] * x.shape[1]))
+                unbiased = var * (values / (values - 1).clamp(min=1))[:, None]
+                rate = self.step_rate()
+                self.running_mean.lerp_(mean.mean(0), rate)
+                self.running_var.lerp_(unbiased.mean(0), rate)
+        return y
+
+    def ghost_moments(self, mean_in: Tensor, var_in: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Mean and biased variance per ghost batch and channel, (G, C) each, from the instance moments
+        (N, C), and the number of samples in each ghost batch, (G,)."""
+        n, g = mean_in.shape[0], self.ghost_batch_size
+        full = n - n % g
+        groups = [(mean_in[:full].unflatten(0, (-1, g)), var_in[:full].unflatten(0, (-1, g)))]
+        if full < n:
+            groups.append((mean_in[full:][None], var_in[full:][None]))
+        stats = [pooled(m, v, 1) for m, v in groups]
+        samples = torch.tensor([g] * (full // g) + [n - full] * (full < n), device=mean_in.device)
+        return (
+            torch.cat([m for m, _ in stats]).squeeze(1),
+            torch.cat([v for _, v in stats]).squeeze(1),
+            samples,
+        )
+
+    def _coefficients(
+        self, mean_in: Tensor, var_in: Tensor, weight: Tensor | None, bias: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """(scale, shift) per sample and channel: each sample standardized with its ghost batch's moments."""
+        mean, var, samples = self.ghost_moments(mean_in, var_in)
+        scale = torch.rsqrt(var + self.eps).repeat_interleave(samples, dim=0)
+        if weight is not None:
+            scale = scale * weight
+        shift = -mean.repeat_interleave(samples, dim=0) * scale
+        return scale, shift if bias is None else shift + bias
 
     def extra_repr(self) -> str:
         return f"ghost_batch_size={self.ghost_batch_size}, {super().extra_repr()}"

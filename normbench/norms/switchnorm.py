@@ -2,46 +2,15 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import Tensor, nn
 
-from normbench.norms._base import ChannelNorm, InstanceMoments
+from normbench.norms._base import ChannelNorm, InstanceAffine, pooled
 from normbench.norms.registry import register_norm
 
 SOURCES = ("in", "ln", "bn")
-
-
-class _Standardize(torch.autograd.Function):
-    """y = (x − mean_nc) · r_nc · w_c + b_c with r = (var_nc + eps)^(-1/2), few allocations.
-
-    Backward, with A = Σ_s g and B = Σ_s g (x − mean): ∂L/∂x = g r w, ∂L/∂mean = −r w A,
-    ∂L/∂var = −½ r³ w B, ∂L/∂w = Σ_n r B, ∂L/∂b = Σ_n A.
-    """
-
-    @staticmethod
-    def forward(ctx, x, mean, var, weight, bias, eps: float):
-        n, c = x.shape[:2]
-        xf = x.reshape(n, c, -1)
-        r = torch.rsqrt(var + eps)
-        w = weight if weight is not None else x.new_ones(c)
-        y = (xf - mean[..., None]).mul_((r * w)[..., None])
-        if bias is not None:
-            y.add_(bias[:, None])
-        ctx.save_for_backward(x, mean, r, w)
-        ctx.has_affine = weight is not None
-        return y.reshape(x.shape)
-
-    @staticmethod
-    def backward(ctx, g):
-        x, mean, r, w = ctx.saved_tensors
-        n, c = x.shape[:2]
-        xf, gf = x.reshape(n, c, -1), g.reshape(n, c, -1)
-        a = gf.sum(2)
-        b = (xf - mean[..., None]).mul_(gf).sum(2)
-        gx = (gf * (r * w)[..., None]).reshape(x.shape)
-        g_w = (r * b).sum(0) if ctx.has_affine else None
-        g_b = a.sum(0) if ctx.has_affine else None
-        return gx, -r * w * a, -0.5 * r**3 * w * b, g_w, g_b, None
 
 
 @register_norm(
@@ -85,23 +54,42 @@ class SwitchNorm(ChannelNorm):
 
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(x)
-        mean_in, var_in = InstanceMoments.apply(x)  # (N, C); the mixing below is on (N, C) tensors
-        second_in = var_in + mean_in**2
-        mean_ln = mean_in.mean(1, keepdim=True)
-        var_ln = second_in.mean(1, keepdim=True) - mean_ln**2
+        coefficients = partial(self._coefficients, self.training)  # the mode of this forward
+        y, mean_in, var_in = InstanceAffine.apply(
+            x, coefficients, self.weight, self.bias, self.mean_logits, self.var_logits
+        )
         if self.training:
-            mean_bn = mean_in.mean(0, keepdim=True)
-            var_bn = second_in.mean(0, keepdim=True) - mean_bn**2
             with torch.no_grad():
+                mean_bn, var_bn = pooled(mean_in, var_in, 0)
                 n = x.numel() / x.shape[1]
                 self.running_mean.lerp_(mean_bn.flatten(), self.momentum)
                 self.running_var.lerp_(var_bn.flatten() * n / max(n - 1, 1), self.momentum)
+        return y
+
+    def _coefficients(
+        self,
+        training: bool,
+        mean_in: Tensor,
+        var_in: Tensor,
+        weight: Tensor | None,
+        bias: Tensor | None,
+        mean_logits: Tensor,
+        var_logits: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        """(scale, shift) per sample and channel from the instance moments, (N, C) each."""
+        mean_ln, var_ln = pooled(mean_in, var_in, 1)
+        if training:
+            mean_bn, var_bn = pooled(mean_in, var_in, 0)
         else:
             mean_bn, var_bn = self.running_mean[None], self.running_var[None]
-        wm, wv = torch.softmax(self.mean_logits, 0), torch.softmax(self.var_logits, 0)
+        wm, wv = torch.softmax(mean_logits, 0), torch.softmax(var_logits, 0)
         mean = wm[0] * mean_in + wm[1] * mean_ln + wm[2] * mean_bn
         var = wv[0] * var_in + wv[1] * var_ln + wv[2] * var_bn
-        return _Standardize.apply(x, mean, var, self.weight, self.bias, self.eps)
+        scale = torch.rsqrt(var + self.eps)
+        if weight is not None:
+            scale = scale * weight
+        shift = -mean * scale
+        return scale, shift if bias is None else shift + bias
 
     def extra_metrics(self) -> dict[str, float]:
         """The learned importance of each statistic: ``mean_in``, ``mean_ln``, ``mean_bn``, ``var_*``."""
