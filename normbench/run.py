@@ -126,7 +126,8 @@ def execute(cfg: DictConfig, out_dir: Path, choices: Mapping[str, Any], progress
     """Train and evaluate the run ``cfg`` and write ``out_dir/result.json``; return the record.
 
     Raises ConfigError (before training, writing nothing) for configurations that cannot run.
-    A non-finite loss gives status ``diverged``; an exception during training gives ``failed``.
+    A non-finite training loss or final metric gives status ``diverged``; an exception during
+    training gives ``failed``.
     """
     identity, digest = run_identity(cfg)
     setup_runtime(cfg.runtime.threads, cfg.seed)
@@ -193,6 +194,15 @@ def execute(cfg: DictConfig, out_dir: Path, choices: Mapping[str, Any], progress
             time_per_step_s=result.train_time_s / max(1, result.steps),
         )
         record["metrics"] = final_metrics(model, data, cfg) if result.status == "completed" else {}
+        overflowed = sorted(k for k, v in record["metrics"].items() if not math.isfinite(v))
+        if overflowed:  # the training losses stayed finite but the trained model's outputs do not
+            log.warning("non-finite final metrics %s: run diverged", ", ".join(overflowed))
+            record.update(
+                status="diverged",
+                diverged_at_step=result.steps,
+                error=f"non-finite final metrics: {', '.join(overflowed)}",
+                metrics={},
+            )
         record["layers"] = layer_metrics(model)
         record["metrics"].update(averaged(record["layers"], prefix=f"{cfg.norm.name}_"))
     except Exception as exc:  # a fault of the run is a result, not a crash of the sweep

@@ -13,6 +13,7 @@ import torch
 from conftest import SHAPES, C, fits, randomize_affine
 from reference import REFERENCES
 
+import normbench.norms._base as base
 from normbench import available_norms, build_norm, norm_spec
 
 NORMS = available_norms()
@@ -28,6 +29,14 @@ def make(name: str, dtype: torch.dtype = torch.float64) -> torch.nn.Module:
 def inputs(shape, dtype=torch.float64, seed=0):
     gen = torch.Generator().manual_seed(seed)
     return torch.randn(shape, generator=gen, dtype=dtype) * 2 + 1
+
+
+@pytest.fixture(params=["composite", "fused"])
+def kernel_path(request, monkeypatch):
+    """The built-ins run their composite formula under autograd on small inputs and fused Functions
+    (hand-written backward) on large ones: check both on the small test tensors."""
+    monkeypatch.setattr(base, "FUSED_MIN_ELEMENTS", 10**12 if request.param == "composite" else 0)
+    return request.param
 
 
 @pytest.mark.parametrize("kind", SHAPE_IDS)
@@ -58,7 +67,7 @@ def test_wrong_rank_or_channels_names_shapes(name):
 
 @pytest.mark.parametrize("kind", SHAPE_IDS)
 @pytest.mark.parametrize("name", NORMS)
-def test_matches_reference_formula_train_and_eval(name, kind):
+def test_matches_reference_formula_train_and_eval(name, kind, kernel_path):
     if name not in REFERENCES:
         assert not norm_spec(name).source.startswith("normbench."), (
             f"built-in plugin {name} has no reference formula in tests/reference.py"
@@ -80,7 +89,7 @@ def test_matches_reference_formula_train_and_eval(name, kind):
 
 
 @pytest.mark.parametrize("name", NORMS)
-def test_gradcheck(name):
+def test_gradcheck(name, kernel_path):
     module = make(name)
     for kind in ("1d", "features"):
         shape = SHAPES[kind]

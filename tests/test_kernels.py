@@ -1,7 +1,8 @@
 """The blocked row kernels and moment helpers behind the fused plugins (normbench.norms._base).
 
-The conformance suite's tensors fit in one block, so the block boundaries are exercised here by
-shrinking the block size until every tensor spans several blocks with a ragged last one.
+The conformance suite's tensors are small enough for the composite path; here the fused Functions
+run on them too, with the block size shrunk until every tensor spans several blocks with a ragged
+last one, and must give the composite formulas' numbers.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from conftest import SHAPES, C, fits, randomize_affine
 
 import normbench.norms._base as base
 from normbench import available_norms, build_norm, norm_spec
-from normbench.norms._base import instance_moments, pull_back, row_dot
+from normbench.norms._base import group_dot, group_moments, group_view, pull_back
 
 BUILT_IN = [n for n in available_norms() if norm_spec(n).source.startswith("normbench.")]
 
@@ -29,41 +30,56 @@ def run_step(name: str, x: torch.Tensor, training: bool) -> tuple[torch.Tensor, 
 
 @pytest.mark.parametrize("kind", ["features", "1d", "2d"])
 @pytest.mark.parametrize("name", BUILT_IN)
-def test_many_blocks_give_the_same_numbers_as_one(name, kind, monkeypatch):
+def test_fused_kernels_over_many_blocks_equal_the_composite_formulas(name, kind, monkeypatch):
+    """The fused Functions (hand-written backward, blocked loops) against the same formulas under
+    autograd: outputs, every gradient and the running statistics after a step."""
     shape = SHAPES[kind]
     if not fits(name, shape):
         return
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(shape, generator=gen, dtype=torch.float64) * 2 + 1
-    positions = x[0, 0].numel()
     for training in (True, False):
-        whole = run_step(name, x, training)
-        monkeypatch.setattr(base, "BLOCK", 5 * positions)  # 5 rows per block: N·C = 24 or 48 rows
-        blocked = run_step(name, x, training)
+        monkeypatch.setattr(base, "FUSED_MIN_ELEMENTS", 10**12)
+        composite = run_step(name, x, training)
+        monkeypatch.setattr(base, "FUSED_MIN_ELEMENTS", 0)
+        monkeypatch.setattr(
+            base, "BLOCK", 3 * C * x[0, 0].numel()
+        )  # 3 samples per block, the last with fewer
+        fused = run_step(name, x, training)
         monkeypatch.undo()
-        assert len(whole) == len(blocked)
-        for a, b in zip(whole, blocked, strict=True):
+        assert len(composite) == len(fused)
+        for a, b in zip(composite, fused, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
-def test_row_dot_equals_the_sum_of_products_across_blocks(monkeypatch):
+@pytest.mark.parametrize(("samples", "channels"), [(1, 1), (3, 1), (1, 2), (9, 6)])
+def test_group_moments_and_dot_over_each_group(samples, channels, monkeypatch):
+    """Groups of ``samples`` consecutive samples × ``channels`` consecutive channels × all positions."""
     gen = torch.Generator().manual_seed(0)
-    a, b = torch.randn(2, 23, 7, generator=gen, dtype=torch.float64)
-    monkeypatch.setattr(base, "BLOCK", 3 * 7)  # 8 blocks, the last with 2 rows
-    expected = torch.tensor(
-        [sum(float(p) * float(q) for p, q in zip(ra, rb, strict=True)) for ra, rb in zip(a, b, strict=True)],
-        dtype=torch.float64,
-    )
-    torch.testing.assert_close(row_dot(a, b), expected, rtol=1e-12, atol=1e-12)
+    x, y = torch.randn(2, 9, 6, 5, generator=gen, dtype=torch.float64) * 2 + 1
+    monkeypatch.setattr(base, "BLOCK", 2 * samples * 6 * 5)  # two groups of samples per block
+    mean, var = group_moments(group_view(x, samples, channels))
+    dot = group_dot(group_view(x, samples, channels), group_view(y, samples, channels))
+    assert mean.shape == var.shape == dot.shape == (9 // samples, 6 // channels)
+    for k in range(9 // samples):
+        for g in range(6 // channels):
+            part = x[k * samples : (k + 1) * samples, g * channels : (g + 1) * channels].flatten()
+            other = y[k * samples : (k + 1) * samples, g * channels : (g + 1) * channels].flatten()
+            expected_mean = sum(part.tolist()) / len(part)
+            expected_var = sum((v - expected_mean) ** 2 for v in part.tolist()) / len(part)
+            expected_dot = sum(p * q for p, q in zip(part.tolist(), other.tolist(), strict=True))
+            assert mean[k, g].item() == pytest.approx(expected_mean, rel=1e-12)
+            assert var[k, g].item() == pytest.approx(expected_var, rel=1e-12)
+            assert dot[k, g].item() == pytest.approx(expected_dot, rel=1e-12)
 
 
-def test_instance_moments_are_accurate_far_from_zero(monkeypatch):
+def test_group_moments_are_accurate_far_from_zero(monkeypatch):
     """Two centred passes keep float32 variances accurate where E[x²] − E[x]² would lose them all."""
     gen = torch.Generator().manual_seed(0)
     x = (torch.randn(3, 4, 50, generator=gen, dtype=torch.float64) * 0.1 + 1e3).float()
     truth = x.double().var(2, correction=0)
-    monkeypatch.setattr(base, "BLOCK", 2 * 50)
-    mean, var = instance_moments(x)
+    monkeypatch.setattr(base, "BLOCK", 2 * 4 * 50)
+    mean, var = group_moments(group_view(x))
     torch.testing.assert_close(mean.double(), x.double().mean(2), rtol=1e-6, atol=0)
     torch.testing.assert_close(var.double(), truth, rtol=1e-3, atol=0)
     naive = (x**2).mean(2) - x.mean(2) ** 2

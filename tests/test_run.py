@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from helpers import QUICK, compose_cfg, normbench_run
 
+import normbench.run as run
 from normbench.results import RESULT_FILE, InvalidRecord, load_run
 from normbench.run import ConfigError, execute
 
@@ -84,6 +85,21 @@ def test_non_finite_loss_is_recorded_as_diverged(tmp_path):
     record = execute(cfg, tmp_path, {})
     assert record["status"] == "diverged"
     assert 0 <= record["diverged_at_step"] < 50 and record["steps"] == record["diverged_at_step"]
+    assert load_run(tmp_path)["status"] == "diverged"
+
+
+def test_non_finite_final_metrics_are_recorded_as_diverged(tmp_path, monkeypatch):
+    """Finite training losses but a model whose outputs overflow at evaluation: a record, not a crash."""
+    real = run.final_metrics
+
+    def overflowing(*args):
+        return {**real(*args), "test_loss": float("nan"), "train_loss": float("inf")}
+
+    monkeypatch.setattr(run, "final_metrics", overflowing)
+    record = execute(compose_cfg("norm=identity", *QUICK), tmp_path, {})
+    assert record["status"] == "diverged" and record["metrics"] == {}
+    assert record["error"] == "non-finite final metrics: test_loss, train_loss"
+    assert record["diverged_at_step"] == record["steps"] > 0
     assert load_run(tmp_path)["status"] == "diverged"
 
 

@@ -26,33 +26,48 @@ def moments(x: Tensor, dims: tuple[int, ...] | list[int]) -> tuple[Tensor, Tenso
 # Elements per block of the blocked loops below: their temporaries then stay in cache and are recycled
 # by the allocator, where each activation-sized temporary costs fresh pages (page faults) on CPU.
 BLOCK = 1 << 17
+# Below this many elements the plugins run their composite formula under autograd instead of their
+# fused Function: on small activations the Python in a hand-written backward costs more than it saves.
+FUSED_MIN_ELEMENTS = 1 << 17
 
 
-def row_blocks(*tensors: Tensor) -> zip:
-    """Matching blocks of rows of (R, S) or (R, 1) tensors, about BLOCK elements each."""
-    rows = max(1, BLOCK // max(t.shape[1] for t in tensors))
-    return zip(*(t.split(rows) for t in tensors), strict=True)
+def use_fused(x: Tensor) -> bool:
+    """Whether ``x`` is large enough for the fused Functions (which compute the same numbers)."""
+    return x.numel() >= FUSED_MIN_ELEMENTS
 
 
-def as_rows(x: Tensor, *per_channel: Tensor) -> list[Tensor]:
-    """``x`` (N, C, *) as (N·C, S) rows, then each (C,), (1, C) or (N, C) coefficient as an (N·C, 1) column."""
+def group_view(x: Tensor, samples: int = 1, channels: int = 1) -> Tensor:
+    """``x`` (N, C, *) as a (K, M, G, P) tensor whose statistics groups are its (k, g) slices: ``samples``
+    consecutive samples (M) × ``channels`` consecutive channels and every position (P).
+
+    ``(1, 1)`` gives InstanceNorm's groups, ``(g, 1)`` ghost batches of g samples, ``(1, C // G)``
+    GroupNorm's G groups. A view when ``x`` is contiguous.
+    """
     n, c = x.shape[:2]
-    return [x.reshape(n * c, -1), *(t.expand(n, c).reshape(n * c, 1) for t in per_channel)]
+    return x.reshape(n // samples, samples, c // channels, -1)
 
 
-def row_dot(a: Tensor, b: Tensor) -> Tensor:
-    """Σ_s a_rs b_rs for (R, S) tensors, as (R,), without an (R, S) temporary."""
-    return torch.cat([torch.linalg.vecdot(p, q) for p, q in row_blocks(a, b)])
+def blocks(*tensors: Tensor) -> zip:
+    """Matching blocks along dim 0 of tensors of equal length, about BLOCK elements of the first each."""
+    size = max(1, BLOCK // max(1, tensors[0][0].numel()))
+    return zip(*(t.split(size) for t in tensors), strict=True)
 
 
-def instance_moments(x: Tensor) -> tuple[Tensor, Tensor]:
-    """Mean and biased variance per sample and channel over the positions, as (N, C) tensors (two
-    passes, centred, so as accurate as Welford; no autograd: the Functions below carry the gradient)."""
-    n, c = x.shape[:2]
-    rows = x.reshape(n * c, -1)
-    mean = rows.mean(1)
-    sq = torch.cat([torch.linalg.vector_norm(r - m, dim=1) for r, m in row_blocks(rows, mean[:, None])])
-    return mean.view(n, c), sq.square_().div_(rows.shape[1]).view(n, c)
+def group_moments(xv: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean and biased variance of each group of a :func:`group_view`, as (K, G) tensors.
+
+    Two centred passes, so as accurate as Welford (``torch.var_mean`` is about 25x slower on CPU), the
+    second blocked. Differentiable; the fused Functions below call it without autograd and carry the
+    gradient themselves (:func:`add_moment_grads`).
+    """
+    mean = xv.mean((1, 3))
+    squares = [(b - m[:, None, :, None]).square_().sum((1, 3)) for b, m in blocks(xv, mean)]
+    return mean, (torch.cat(squares) if len(squares) > 1 else squares[0]).div_(xv.shape[1] * xv.shape[3])
+
+
+def group_dot(a: Tensor, b: Tensor) -> Tensor:
+    """Σ a·b over each group of two :func:`group_view` tensors, as (K, G), without a full-size temporary."""
+    return torch.cat([(p * q).sum((1, 3)) for p, q in blocks(a, b)])
 
 
 def pooled(mean: Tensor, var: Tensor, dim: int) -> tuple[Tensor, Tensor]:
@@ -68,8 +83,9 @@ def pull_back(
     """``fn(*inputs)`` (detached) and the gradients of ``Σ_k Σ <fn(*inputs)[k], grads[k]>`` with respect
     to ``inputs`` (None for a None or unused input), by running ``fn`` under autograd on detached copies.
 
-    ``fn`` maps (N, C)-sized statistics to (N, C)-sized coefficients, so re-running it is cheap; this
-    is how the Functions here stay correct for any coefficient formula without hand-derived chains.
+    ``fn`` maps per-group statistics to per-group coefficients, small next to the activations, so
+    re-running it is cheap; this is how the Functions here stay correct for any coefficient formula
+    without hand-derived chains.
     """
     with torch.enable_grad():
         leaves = [None if t is None else t.detach().requires_grad_() for t in inputs]
@@ -85,43 +101,43 @@ def pull_back(
     return [o.detach() for o in outputs], [None if t is None else next(found) for t in leaves]
 
 
-def moment_grad_terms(
-    x: Tensor, mean: Tensor, g_mean: Tensor | None, g_var: Tensor | None
-) -> tuple[Tensor, Tensor]:
-    """(K, J), shaped to broadcast against ``x``, such that ``x · K + J`` is the gradient reaching ``x``
-    through its instance moments: ∂mean_nc/∂x = 1/S, ∂var_nc/∂x = 2 (x − mean_nc)/S (S positions)."""
-    n, c = x.shape[:2]
-    size = x[0, 0].numel()
-    view = (n, c, *[1] * (x.dim() - 2))
-    k = torch.zeros_like(mean) if g_var is None else 2 * g_var / size
-    j = -k * mean if g_mean is None else g_mean / size - k * mean
-    return k.view(view), j.view(view)
+def add_moment_grads(
+    gv: Tensor, xv: Tensor, mean: Tensor, g_mean: Tensor | None, g_var: Tensor | None
+) -> None:
+    """Add to ``gv`` (in place) the gradient reaching the :func:`group_view` ``xv`` through its group
+    moments: ∂mean/∂x = 1/S and ∂var/∂x = 2 (x − mean)/S (S elements per group). ``x − mean`` is formed
+    block by block rather than expanded as ``x·k − mean·k``, which cancels when k is large."""
+    size = xv.shape[1] * xv.shape[3]
+    if g_var is not None:
+        k = (2 / size * g_var)[:, None, :, None]
+        for g_b, x_b, m_b, k_b in blocks(gv, xv, mean[:, None, :, None], k):
+            g_b.addcmul_(x_b - m_b, k_b)
+    if g_mean is not None:
+        gv.add_((g_mean / size)[:, None, :, None])
 
 
-class InstanceAffine(torch.autograd.Function):
-    """``y = x · scale_nc + shift_nc`` where ``(scale, shift) = coefficients(mean, var, *params)`` is
-    any differentiable function of the instance moments (per sample n and channel c, over the
-    positions) and of ``params``, broadcastable to (N, C).
+class GroupAffine(torch.autograd.Function):
+    """``y = x · scale_kg + shift_kg`` on a :func:`group_view` ``x``, where ``(scale, shift) =
+    coefficients(mean, var, *params)`` is any differentiable function of the group moments (K, G) and
+    of ``params``, broadcastable to (K, G).
 
-    BatchNorm-family layers whose statistics pool instance moments (ghost batches, switchable
-    mixtures of IN/LN/BN) have this form. Forward: the moments in two passes, y in one. Backward:
-    ∂L/∂scale = Σ_s g x and ∂L/∂shift = Σ_s g are pulled back through ``coefficients`` (re-run on the
-    (N, C) tensors) to the moments and parameters, then
+    The BatchNorm family whose statistics pool group moments (ghost batches; switchable mixtures of
+    IN/LN/BN from instance moments) has this form. Forward: the moments in two passes, y in one.
+    Backward: ∂L/∂scale = Σ g x and ∂L/∂shift = Σ g (per group) are pulled back through
+    ``coefficients`` (re-run on the small tensors) to the moments and parameters, then
     ∂L/∂x = g · scale + ∂L/∂mean / S + 2 ∂L/∂var (x − mean) / S, in a single fresh tensor: on CPU every
     fresh activation-sized tensor costs page faults, which dominated the unfused version.
 
-    ``apply(x, coefficients, *params)`` returns ``(y, mean, var)``; the (N, C) moments carry no
+    ``apply(x, coefficients, *params)`` returns ``(y, mean, var)``; the (K, G) moments carry no
     gradient (they are for running statistics). Once differentiable.
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, coefficients: Callable[..., tuple[Tensor, Tensor]], *params: Tensor | None):
-        n, c = x.shape[:2]
-        mean, var = instance_moments(x)
-        scale, shift = (t.expand(n, c) for t in coefficients(mean, var, *params))
-        view = (n, c, *[1] * (x.dim() - 2))
-        y = torch.mul(x, scale.reshape(view)).add_(shift.reshape(view))
-        ctx.save_for_backward(x, mean, var, *params)
+    def forward(ctx, xv: Tensor, coefficients: Callable[..., tuple[Tensor, Tensor]], *params: Tensor | None):
+        mean, var = group_moments(xv)
+        scale, shift = (t.expand_as(mean)[:, None, :, None] for t in coefficients(mean, var, *params))
+        y = torch.mul(xv, scale).add_(shift)
+        ctx.save_for_backward(xv, mean, var, *params)
         ctx.coefficients = coefficients
         ctx.mark_non_differentiable(mean, var)
         return y, mean, var
@@ -129,23 +145,29 @@ class InstanceAffine(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, g: Tensor, *_: Tensor):
-        x, mean, var, *params = ctx.saved_tensors
-        n, c = x.shape[:2]
-        g_f, x_f = g.reshape(n, c, -1), x.reshape(n, c, -1)
+        xv, mean, var, *params = ctx.saved_tensors
 
         def expanded(*args: Tensor | None) -> tuple[Tensor, ...]:
-            return tuple(t.expand(n, c) for t in ctx.coefficients(*args))
+            return tuple(t.expand_as(mean) for t in ctx.coefficients(*args))
 
-        g_coef = (
-            row_dot(g_f.reshape(n * c, -1), x_f.reshape(n * c, -1)).view(n, c),
-            g_f.sum(2),
-        )  # ∂L/∂scale, ∂L/∂shift
+        g_coef = (group_dot(g, xv), g.sum((1, 3)))  # ∂L/∂scale, ∂L/∂shift
         (scale, _), (g_mean, g_var, *g_params) = pull_back(expanded, [mean, var, *params], g_coef)
         gx = None
         if ctx.needs_input_grad[0]:
-            k, j = moment_grad_terms(x, mean, g_mean, g_var)
-            gx = torch.mul(g, scale.reshape(k.shape)).addcmul_(x, k).add_(j)
+            gx = torch.mul(g, scale[:, None, :, None])
+            add_moment_grads(gx, xv, mean, g_mean, g_var)
         return gx, None, *g_params
+
+
+def group_affine(
+    xv: Tensor, coefficients: Callable[..., tuple[Tensor, Tensor]], *params: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:class:`GroupAffine` for large inputs, the same composite formula under autograd for small ones."""
+    if use_fused(xv):
+        return GroupAffine.apply(xv, coefficients, *params)
+    mean, var = group_moments(xv)
+    scale, shift = (t.expand_as(mean)[:, None, :, None] for t in coefficients(mean, var, *params))
+    return xv * scale + shift, mean.detach(), var.detach()
 
 
 class ChannelNorm(nn.Module):

@@ -10,12 +10,13 @@ from torch.autograd.function import once_differentiable
 
 from normbench.norms._base import (
     ChannelNorm,
-    as_rows,
-    instance_moments,
-    moment_grad_terms,
+    add_moment_grads,
+    blocks,
+    group_moments,
+    group_view,
     pooled,
     pull_back,
-    row_blocks,
+    use_fused,
 )
 from normbench.norms.groupnorm import resolve_groups
 from normbench.norms.registry import register_norm
@@ -30,23 +31,21 @@ class _EvoNormB0(torch.autograd.Function):
     Backward, with d = max(·), q = g / d, m = [v x + s > a] and P = q x m / d:
     ∂L/∂x|_(a,s) = w q − v w P, ∂L/∂s = −w Σ_pos P, ∂L/∂a = −(w/a) Σ_pos q x (1 − m) (d = a where
     m = 0), ∂L/∂v = −w Σ P x, ∂L/∂w = Σ q x, ∂L/∂b = Σ g; ∂L/∂a and ∂L/∂s reach x through the moments
-    (:func:`pull_back`, :func:`moment_grad_terms`). Blocked over rows: d is recomputed rather than
-    kept, and each direction allocates one activation-sized tensor. Returns (y, mean, var); the
+    (:func:`pull_back`, :func:`add_moment_grads`). Blocked over samples: d is recomputed rather
+    than kept, and each direction allocates one activation-sized tensor. Returns (y, mean, var); the
     moments carry no gradient.
     """
 
     @staticmethod
     def forward(ctx, x, coefficients, v, weight, bias):
         n, c = x.shape[:2]
-        mean, var = instance_moments(x)
-        a, s = coefficients(mean, var)
-        w = weight if weight is not None else x.new_ones(c)
-        b = bias if bias is not None else x.new_zeros(c)
+        mean, var = group_moments(group_view(x))
+        a, s = (t.expand(n, c)[..., None] for t in coefficients(mean, var))
+        v3, w3, b3 = (t.view(1, c, 1) for t in _affine(x, v, weight, bias))
         y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-        x_rows, *columns = as_rows(x, v, s, a, w, b)
-        for x_b, y_b, v_b, s_b, a_b, w_b, b_b in row_blocks(x_rows, y.view(n * c, -1), *columns):
-            den = torch.mul(x_b, v_b).add_(s_b).clamp_(min=a_b)
-            torch.mul(torch.div(x_b, den, out=den), w_b, out=y_b).add_(b_b)
+        for x_b, y_b, s_b, a_b in blocks(x.reshape(n, c, -1), y.view(n, c, -1), s, a):
+            den = torch.mul(x_b, v3).add_(s_b).clamp_(min=a_b)
+            torch.mul(torch.div(x_b, den, out=den), w3, out=y_b).add_(b3)
         ctx.save_for_backward(x, mean, var, v, weight)
         ctx.coefficients, ctx.has_bias = coefficients, bias is not None
         ctx.mark_non_differentiable(mean, var)
@@ -58,30 +57,44 @@ class _EvoNormB0(torch.autograd.Function):
         x, mean, var, v, weight = ctx.saved_tensors
         n, c = x.shape[:2]
         a, s = (t.expand(n, c) for t in ctx.coefficients(mean, var))
-        w = weight if weight is not None else x.new_ones(c)
+        v3, w3, _ = (t.view(1, c, 1) for t in _affine(x, v, weight, None))
         gx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-        sums = torch.empty(4, n * c, dtype=x.dtype, device=x.device)  # Σ q x, Σ q x m, Σ P, Σ P x
-        blocks = row_blocks(*as_rows(x, v, s, a, w), g.reshape(n * c, -1), gx.view(n * c, -1), sums.T)
-        for x_b, v_b, s_b, a_b, w_b, g_b, gx_b, sums_b in blocks:
-            den = torch.mul(x_b, v_b).add_(s_b).clamp_(min=a_b)
+        sums = torch.empty(4, n, c, dtype=x.dtype, device=x.device)  # Σ q x, Σ q x m, Σ P, Σ P x
+        x3, g3, gx3 = x.reshape(n, c, -1), g.reshape(n, c, -1), gx.view(n, c, -1)
+        for x_b, g_b, gx_b, s_b, a_b, sums_b in blocks(
+            x3, g3, gx3, s[..., None], a[..., None], sums.transpose(0, 1)
+        ):
+            den = torch.mul(x_b, v3).add_(s_b).clamp_(min=a_b)
             q = torch.div(g_b, den, out=gx_b)
             p = q * x_b
-            sums_b[:, 0] = p.sum(1)
+            sums_b[:, 0] = p.sum(2)
             p.mul_(torch.sub(den, a_b).sign_())  # d >= a everywhere, so the sign is the indicator m
-            sums_b[:, 1] = p.sum(1)
+            sums_b[:, 1] = p.sum(2)
             p.div_(den)
-            sums_b[:, 2] = p.sum(1)
+            sums_b[:, 2] = p.sum(2)
             sums_b[:, 3] = torch.linalg.vecdot(p, x_b)
-            q.mul_(w_b).addcmul_(p, v_b * w_b, value=-1)  # the part of ∂L/∂x not through the moments
-        qx, qxm, p_sum, px = (t.view(n, c) for t in sums)
+            q.mul_(w3).addcmul_(p, v3 * w3, value=-1)  # the part of ∂L/∂x not through the moments
+        qx, qxm, p_sum, px = sums
+        w = w3.view(c)
         g_a, g_s = -(w / a) * (qx - qxm), -w * p_sum
         _, (g_mean, g_var) = pull_back(ctx.coefficients, [mean, var], (g_a, g_s))
-        k, j = moment_grad_terms(x, mean, g_mean, g_var)
-        gx.addcmul_(x, k).add_(j)
-        g_v = -(w * px).sum(0)
+        add_moment_grads(group_view(gx), group_view(x), mean, g_mean, g_var)
         g_w = qx.sum(0) if weight is not None else None
         g_b = g.sum(dim=(0, *range(2, x.dim()))) if ctx.has_bias else None
-        return gx, None, g_v, g_w, g_b
+        return gx, None, -(w * px).sum(0), g_w, g_b
+
+
+def _affine(
+    x: Tensor, v: Tensor, weight: Tensor | None, bias: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(v, γ, β) with γ = 1 and β = 0 standing in for absent affine parameters."""
+    c = x.shape[1]
+    return v, x.new_ones(c) if weight is None else weight, x.new_zeros(c) if bias is None else bias
+
+
+def _broadcast(t: Tensor, x: Tensor) -> Tensor:
+    """A (C,), (1, C) or (N, C) tensor shaped to broadcast against ``x`` (N, C, *)."""
+    return t.reshape(-1, x.shape[1], *[1] * (x.dim() - 2))
 
 
 @register_norm(
@@ -120,9 +133,14 @@ class EvoNormB0(ChannelNorm):
 
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(x)
-        y, mean_in, var_in = _EvoNormB0.apply(
-            x, partial(self._coefficients, self.training), self.v, self.weight, self.bias
-        )
+        coefficients = partial(self._coefficients, self.training)
+        if use_fused(x):
+            y, mean_in, var_in = _EvoNormB0.apply(x, coefficients, self.v, self.weight, self.bias)
+        else:  # the same formula under autograd
+            mean_in, var_in = group_moments(group_view(x))
+            a, s = coefficients(mean_in, var_in)
+            v, w, b = (_broadcast(t, x) for t in _affine(x, self.v, self.weight, self.bias))
+            y = x / torch.maximum(_broadcast(a, x), x * v + _broadcast(s, x)) * w + b
         if self.training:
             with torch.no_grad():
                 n = x.numel() / x.shape[1]
@@ -138,52 +156,54 @@ class EvoNormB0(ChannelNorm):
 
 
 class _EvoNormS0(torch.autograd.Function):
-    """y = x · sigmoid(v_c x) · scale_nc + b_c with scale = coefficients(mean, var, weight) a function
-    of the instance moments (w_c / std over the sample's group of channels).
+    """y = x · sigmoid(v_c x) · w_c r_ng + b_c with r = (Var_{c∈g, pos} x + eps)^(-1/2) over each
+    sample's group of ``channels`` consecutive channels.
 
-    Backward, with σ = sigmoid(v x) recomputed and R = g σ (1 − σ) x: ∂L/∂x|_scale = scale (g σ + v R),
-    ∂L/∂scale = Σ_pos g σ x, ∂L/∂v = Σ scale R x, ∂L/∂b = Σ g; ∂L/∂scale reaches x and w through the
-    moments (:func:`pull_back`, :func:`moment_grad_terms`). Blocked over rows, one activation-sized
-    tensor allocated in each direction.
+    Backward, with σ = sigmoid(v x) recomputed, R = g σ (1 − σ) x and t_nc = Σ_pos g σ x:
+    ∂L/∂x|_r = w r (g σ + v R), ∂L/∂v = Σ w r R x, ∂L/∂w = Σ_n r t, ∂L/∂b = Σ g, and
+    ∂L/∂var_ng = −½ r³ Σ_{c∈g} w_c t_nc reaches x through the moments (:func:`add_moment_grads`).
+    Blocked over samples, one activation-sized tensor allocated in each direction.
     """
 
     @staticmethod
-    def forward(ctx, x, coefficients, v, weight, bias):
+    def forward(ctx, x, v, weight, bias, channels: int, eps: float):
         n, c = x.shape[:2]
-        mean, var = instance_moments(x)
-        (scale,) = coefficients(mean, var, weight)
-        b = bias if bias is not None else x.new_zeros(c)
+        mean, var = group_moments(group_view(x, channels=channels))
+        r = torch.rsqrt(var + eps)
+        v3, w3, b3 = (t.view(1, c, 1) for t in _affine(x, v, weight, bias))
+        scale = (r.repeat_interleave(channels, dim=1) * w3.view(1, c))[..., None]
         y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-        x_rows, *columns = as_rows(x, v, scale, b)
-        for x_b, y_b, v_b, scale_b, b_b in row_blocks(x_rows, y.view(n * c, -1), *columns):
-            torch.mul(x_b, v_b, out=y_b).sigmoid_().mul_(x_b).mul_(scale_b).add_(b_b)
-        ctx.save_for_backward(x, mean, var, v, weight)
-        ctx.coefficients, ctx.has_bias = coefficients, bias is not None
+        for x_b, y_b, scale_b in blocks(x.reshape(n, c, -1), y.view(n, c, -1), scale):
+            torch.mul(x_b, v3, out=y_b).sigmoid_().mul_(x_b).mul_(scale_b).add_(b3)
+        ctx.save_for_backward(x, mean, r, v, weight)
+        ctx.channels, ctx.has_bias = channels, bias is not None
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g):
-        x, mean, var, v, weight = ctx.saved_tensors
+        x, mean, r, v, weight = ctx.saved_tensors
         n, c = x.shape[:2]
-        (scale,) = ctx.coefficients(mean, var, weight)
+        v3, w3, _ = (t.view(1, c, 1) for t in _affine(x, v, weight, None))
+        r_c = r.repeat_interleave(ctx.channels, dim=1)  # (n, c)
+        scale = (r_c * w3.view(1, c))[..., None]
         gx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-        sums = torch.empty(2, n * c, dtype=x.dtype, device=x.device)  # Σ g σ x, Σ R x
-        x_rows, v_rows, scale_rows = as_rows(x, v, scale)
-        blocks = row_blocks(x_rows, v_rows, scale_rows, g.reshape(n * c, -1), gx.view(n * c, -1), sums.T)
-        for x_b, v_b, scale_b, g_b, gx_b, sums_b in blocks:
-            sig = torch.mul(x_b, v_b).sigmoid_()
+        sums = torch.empty(2, n, c, dtype=x.dtype, device=x.device)  # Σ g σ x, Σ R x
+        x3, g3, gx3 = x.reshape(n, c, -1), g.reshape(n, c, -1), gx.view(n, c, -1)
+        for x_b, g_b, gx_b, scale_b, sums_b in blocks(x3, g3, gx3, scale, sums.transpose(0, 1)):
+            sig = torch.mul(x_b, v3).sigmoid_()
             g_sig = g_b * sig
             sums_b[:, 0] = torch.linalg.vecdot(g_sig, x_b)
-            r = sig.neg_().add_(1).mul_(x_b).mul_(g_sig)
-            sums_b[:, 1] = torch.linalg.vecdot(r, x_b)
-            torch.mul(g_sig.add_(r.mul_(v_b)), scale_b, out=gx_b)  # the part of ∂L/∂x not through the moments
-        t, rx = (s.view(n, c) for s in sums)
-        _, (g_mean, g_var, g_w) = pull_back(ctx.coefficients, [mean, var, weight], (t,))
-        k, j = moment_grad_terms(x, mean, g_mean, g_var)
-        gx.addcmul_(x, k).add_(j)
+            r_b = sig.neg_().add_(1).mul_(x_b).mul_(g_sig)
+            sums_b[:, 1] = torch.linalg.vecdot(r_b, x_b)
+            torch.mul(g_sig.add_(r_b.mul_(v3)), scale_b, out=gx_b)  # the part of ∂L/∂x not through r
+        t, rx = sums
+        g_var = -0.5 * r**3 * (t * w3.view(1, c)).view(n, -1, ctx.channels).sum(2)
+        xv, gv = group_view(x, channels=ctx.channels), group_view(gx, channels=ctx.channels)
+        add_moment_grads(gv, xv, mean, None, g_var)
+        g_w = (r_c * t).sum(0) if weight is not None else None
         g_b = g.sum(dim=(0, *range(2, x.dim()))) if ctx.has_bias else None
-        return gx, None, (scale * rx).sum(0), g_w, g_b
+        return gx, (scale[..., 0] * rx).sum(0), g_w, g_b, None, None
 
 
 @register_norm("evonorm_s0", paper=PAPER, replaces_activation=True)
@@ -211,15 +231,12 @@ class EvoNormS0(ChannelNorm):
 
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(x)
-        return _EvoNormS0.apply(x, self._coefficients, self.v, self.weight, self.bias)
-
-    def _coefficients(self, mean_in: Tensor, var_in: Tensor, weight: Tensor | None) -> tuple[Tensor]:
-        """The per sample and channel scale w_c / sqrt(Var_group + eps), (N, C), from the moments."""
-        n, c = mean_in.shape
-        grouped = (n, self.num_groups, c // self.num_groups)
-        var_g = pooled(mean_in.view(grouped), var_in.view(grouped), 2)[1]
-        scale = torch.rsqrt(var_g + self.eps).expand(grouped).reshape(n, c)
-        return (scale if weight is None else scale * weight,)
+        channels = self.num_channels // self.num_groups
+        if use_fused(x):
+            return _EvoNormS0.apply(x, self.v, self.weight, self.bias, channels, self.eps)
+        r = torch.rsqrt(group_moments(group_view(x, channels=channels))[1] + self.eps)
+        v, w, b = (_broadcast(t, x) for t in _affine(x, self.v, self.weight, self.bias))
+        return x * torch.sigmoid(v * x) * _broadcast(r.repeat_interleave(channels, dim=1), x) * w + b
 
     def extra_repr(self) -> str:
         return f"num_groups={self.num_groups}, {super().extra_repr()}"

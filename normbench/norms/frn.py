@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from normbench.norms._base import ChannelNorm, row_dot
+from normbench.norms._base import ChannelNorm, group_dot, group_view
 from normbench.norms.registry import register_norm
 
 
@@ -44,9 +44,8 @@ class _FilterResponseNormTLU(torch.autograd.Function):
         tail = [1] * (x.dim() - 2)
         # [y > tau] as 0/1 floats (z >= tau everywhere); gy's buffer becomes ∂L/∂x at the end
         gy = torch.sub(z, tau.view(1, c, *tail)).sign_().mul_(g)
-        gy_f, x_f = gy.reshape(n, c, -1), x.reshape(n, c, -1)
-        t = row_dot(gy_f.reshape(n * c, -1), x_f.reshape(n * c, -1)).view(n, c)
-        gy_c = gy_f.sum(2)  # (n, c)
+        t = group_dot(group_view(gy), group_view(x))  # (n, c)
+        gy_c = gy.reshape(n, c, -1).sum(2)  # (n, c)
         g_w = (r * t).sum(0) if ctx.needs_input_grad[1] else None
         g_b = gy_c.sum(0) if ctx.needs_input_grad[2] else None
         g_tau = (g.reshape(n, c, -1).sum(2) - gy_c).sum(0)

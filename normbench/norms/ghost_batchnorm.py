@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from normbench.norms._base import InstanceAffine, pooled
+from normbench.norms._base import group_affine, group_view
 from normbench.norms.batchnorm import BatchNorm
 from normbench.norms.registry import register_norm
 
@@ -52,45 +52,45 @@ class GhostBatchNorm(BatchNorm):
         self.ghost_batch_size = ghost_batch_size
 
     def forward(self, x: Tensor) -> Tensor:
-        if not self.training or x.shape[0] <= self.ghost_batch_size:
+        n, g = x.shape[0], self.ghost_batch_size
+        if not self.training or n <= g:
             return super().forward(x)
         self.check_input(x)
-        y, mean_in, var_in = InstanceAffine.apply(x, self._coefficients, self.weight, self.bias)
-        if self.track_running_stats:
-            with torch.no_grad():
-                mean, var, samples = self.ghost_moments(mean_in, var_in)
-                values = samples.to(var.dtype) * (x.numel() // (x.shape[0] * x.shape[1]))
-                unbiased = var * (values / (values - 1).clamp(min=1))[:, None]
-                rate = self.step_rate()
-                self.running_mean.lerp_(mean.mean(0), rate)
-                self.running_var.lerp_(unbiased.mean(0), rate)
-        return y
-
-    def ghost_moments(self, mean_in: Tensor, var_in: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Mean and biased variance per ghost batch and channel, (G, C) each, from the instance moments
-        (N, C), and the number of samples in each ghost batch, (G,)."""
-        n, g = mean_in.shape[0], self.ghost_batch_size
         full = n - n % g
-        groups = [(mean_in[:full].unflatten(0, (-1, g)), var_in[:full].unflatten(0, (-1, g)))]
-        if full < n:
-            groups.append((mean_in[full:][None], var_in[full:][None]))
-        stats = [pooled(m, v, 1) for m, v in groups]
-        samples = torch.tensor([g] * (full // g) + [n - full] * (full < n), device=mean_in.device)
-        return (
-            torch.cat([m for m, _ in stats]).squeeze(1),
-            torch.cat([v for _, v in stats]).squeeze(1),
-            samples,
-        )
+        chunks = [(x[:full], g)] + ([(x[full:], n - full)] if full < n else [])  # the last may be smaller
+        parts = [
+            group_affine(group_view(c, samples=m), self._coefficients, self.weight, self.bias)
+            for c, m in chunks
+        ]
+        if self.track_running_stats:
+            self._track(
+                [
+                    (mean, var, m * x[0, 0].numel())
+                    for (_, mean, var), (_, m) in zip(parts, chunks, strict=True)
+                ]
+            )
+        outs = [y.view(c.shape) for (y, _, _), (c, _) in zip(parts, chunks, strict=True)]
+        return torch.cat(outs) if len(outs) > 1 else outs[0]
+
+    @torch.no_grad()
+    def _track(self, parts: list[tuple[Tensor, Tensor, int]]) -> None:
+        """Move the running statistics towards the average over ghost batches of their mean and
+        unbiased variance; ``parts`` holds (K, C) moments of ghost batches of ``count`` values each."""
+        ghosts = sum(mean.shape[0] for mean, _, _ in parts)
+        mean = sum(mean.sum(0) for mean, _, _ in parts) / ghosts
+        var = sum(var.sum(0) * (count / max(count - 1, 1)) for _, var, count in parts) / ghosts
+        rate = self.step_rate()
+        self.running_mean.lerp_(mean, rate)
+        self.running_var.lerp_(var, rate)
 
     def _coefficients(
-        self, mean_in: Tensor, var_in: Tensor, weight: Tensor | None, bias: Tensor | None
+        self, mean: Tensor, var: Tensor, weight: Tensor | None, bias: Tensor | None
     ) -> tuple[Tensor, Tensor]:
-        """(scale, shift) per sample and channel: each sample standardized with its ghost batch's moments."""
-        mean, var, samples = self.ghost_moments(mean_in, var_in)
-        scale = torch.rsqrt(var + self.eps).repeat_interleave(samples, dim=0)
+        """(scale, shift) per ghost batch and channel from its moments, (K, C) each."""
+        scale = torch.rsqrt(var + self.eps)
         if weight is not None:
             scale = scale * weight
-        shift = -mean.repeat_interleave(samples, dim=0) * scale
+        shift = -mean * scale
         return scale, shift if bias is None else shift + bias
 
     def extra_repr(self) -> str:

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from normbench.norms._base import ChannelNorm, row_dot
+from normbench.norms._base import ChannelNorm, group_dot, group_view
 from normbench.norms.registry import register_norm
 
 
@@ -33,7 +33,7 @@ class _ChannelFirstRMSNorm(torch.autograd.Function):
         x, r, w = ctx.saved_tensors
         n, c = x.shape[:2]
         tail = [1] * (x.dim() - 2)
-        t = row_dot(g.reshape(n * c, -1), x.reshape(n * c, -1)).view(n, c)
+        t = group_dot(group_view(g), group_view(x))  # (n, c)
         coef = -(r**3) * (t * w).sum(1) / ctx.m  # (n,)
         gx = torch.mul(g, (r[:, None] * w).view(n, c, *tail)).addcmul_(x, coef.view(n, 1, *tail))
         gw = (r[:, None] * t).sum(0) if ctx.has_weight and ctx.needs_input_grad[1] else None

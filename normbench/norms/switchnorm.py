@@ -7,7 +7,7 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
-from normbench.norms._base import ChannelNorm, InstanceAffine, pooled
+from normbench.norms._base import ChannelNorm, group_affine, group_view, pooled
 from normbench.norms.registry import register_norm
 
 SOURCES = ("in", "ln", "bn")
@@ -55,8 +55,8 @@ class SwitchNorm(ChannelNorm):
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(x)
         coefficients = partial(self._coefficients, self.training)  # the mode of this forward
-        y, mean_in, var_in = InstanceAffine.apply(
-            x, coefficients, self.weight, self.bias, self.mean_logits, self.var_logits
+        y, mean_in, var_in = group_affine(
+            group_view(x), coefficients, self.weight, self.bias, self.mean_logits, self.var_logits
         )
         if self.training:
             with torch.no_grad():
@@ -64,7 +64,7 @@ class SwitchNorm(ChannelNorm):
                 n = x.numel() / x.shape[1]
                 self.running_mean.lerp_(mean_bn.flatten(), self.momentum)
                 self.running_var.lerp_(var_bn.flatten() * n / max(n - 1, 1), self.momentum)
-        return y
+        return y.view(x.shape)
 
     def _coefficients(
         self,
