@@ -2,7 +2,9 @@
 
 For each plugin: three training steps and an eval forward on (8, 16, 6, 6) images (and (8, 16)
 features where the plugin takes them), comparing outputs, input and parameter gradients and buffers;
-device and dtype must be preserved. Needs only torch (no Hydra). Writes a markdown table.
+device and dtype must be preserved. Both kernel paths of the built-ins run: the composite formulas
+(what inputs this small take) and the fused Functions, forced, over blocks of 2 samples. Needs only
+torch (no Hydra). Writes a markdown table.
 
     PYTHONPATH=. python scripts/check_cuda.py --out reports/bench/cuda_check.md
 """
@@ -16,10 +18,17 @@ from pathlib import Path
 
 import torch
 
+import normbench.norms._base as kernels
 from normbench import available_norms, build_norm, norm_spec
 from normbench.norms.frozen_batchnorm import FrozenBatchNorm
 
 OPTIONS = {"ghost_batchnorm": {"ghost_batch_size": 4}, "batchrenorm": {"warmup_steps": 0}}
+
+
+def set_kernel_path(path: str, shape: tuple[int, ...]) -> None:
+    """'composite': formulas under autograd; 'fused': the Functions, over blocks of 2 samples."""
+    kernels.FUSED_MIN_ELEMENTS = 10**12 if path == "composite" else 0
+    kernels.BLOCK = 2 * math.prod(shape[1:])
 
 
 def check(name: str, shape: tuple[int, ...], device: torch.device) -> float:
@@ -63,15 +72,20 @@ def check(name: str, shape: tuple[int, ...], device: torch.device) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--device", default="cuda", help="cpu runs the same comparison without a GPU")
     args = parser.parse_args()
-    device = torch.device("cuda")
+    device = torch.device(args.device)
     rows = []
     for name in available_norms():
         for shape in ((8, 16, 6, 6), (8, 16)):
             if math.prod(shape[2:]) < norm_spec(name).min_spatial_positions:
                 continue
-            worst = check(name, shape, device)
-            rows.append(f"| {name} | {shape} | {worst:.1e} | {'ok' if worst < 1e-3 else 'MISMATCH'} |")
+            for path in ("composite", "fused"):
+                set_kernel_path(path, shape)
+                worst = check(name, shape, device)
+                rows.append(
+                    f"| {name} | {shape} | {path} | {worst:.1e} | {'ok' if worst < 1e-3 else 'MISMATCH'} |"
+                )
     bn = build_norm("batchnorm", 16).to(device)
     bn(torch.randn(8, 16, 4, 4, device=device))
     frozen = FrozenBatchNorm.from_batchnorm(bn)
@@ -82,16 +96,18 @@ def main() -> None:
         [
             "# Plugins on CUDA",
             "",
-            f"torch {torch.__version__}, {torch.cuda.get_device_name()}. Each plugin in float32 on the GPU "
+            f"torch {torch.__version__}, {torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}. Each plugin in float32 on the GPU "
             "against the same module in float64 on the CPU: 3 training steps and an eval forward, "
             "outputs, input and parameter gradients, buffers; the largest difference relative to the "
-            "largest value (absolute where that is below 1). Reproduce: `PYTHONPATH=. python scripts/check_cuda.py --out FILE` on a CUDA machine.",
+            "largest value (absolute where that is below 1), for the composite formulas and for the fused "
+            "Functions (forced, over blocks of 2 samples); plugins without a fused Function show the same "
+            "module twice. Reproduce: `PYTHONPATH=. python scripts/check_cuda.py --out FILE` on a CUDA machine.",
             "",
-            "| norm | input | max rel. difference | |",
-            "|---|---|---:|---|",
+            "| norm | input | kernel path | max rel. difference | |",
+            "|---|---|---|---:|---|",
             *rows,
             "",
-            f"FrozenBatchNorm conversion from and back to a CUDA BatchNorm keeps device and values: {bool(kept)}.",
+            f"FrozenBatchNorm conversion from and back to a {device.type.upper()} BatchNorm keeps device and values: {bool(kept)}.",
             "",
         ]
     )
