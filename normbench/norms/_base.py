@@ -60,14 +60,29 @@ def group_moments(xv: Tensor) -> tuple[Tensor, Tensor]:
     second blocked. Differentiable; the fused Functions below call it without autograd and carry the
     gradient themselves (:func:`add_moment_grads`).
     """
-    mean = xv.mean((1, 3))
-    squares = [(b - m[:, None, :, None]).square_().sum((1, 3)) for b, m in blocks(xv, mean)]
-    return mean, (torch.cat(squares) if len(squares) > 1 else squares[0]).div_(xv.shape[1] * xv.shape[3])
+    count = xv.shape[1] * xv.shape[3]
+    mean = group_sum(xv) / count
+    squares = [group_sum((b - m[:, None, :, None]).square_()) for b, m in blocks(xv, mean)]
+    return mean, (torch.cat(squares) if len(squares) > 1 else squares[0]).div_(count)
+
+
+def group_sum(t: Tensor) -> Tensor:
+    """Σ over each group of a :func:`group_view` tensor, as (K, G); a view of ``t`` for one-element
+    groups. Dims of size 1 are left out of the reduction: reducing over them is a slow path on CPU, and
+    (N, C) features have them."""
+    dims = [d for d in (1, 3) if t.shape[d] > 1]
+    return (t.sum(dims, keepdim=True) if dims else t)[:, 0, :, 0]
 
 
 def group_dot(a: Tensor, b: Tensor) -> Tensor:
     """Σ a·b over each group of two :func:`group_view` tensors, as (K, G), without a full-size temporary."""
-    return torch.cat([(p * q).sum((1, 3)) for p, q in blocks(a, b)])
+    parts = [group_sum(p * q) for p, q in blocks(a, b)]
+    return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+
+def position_dot(a: Tensor, b: Tensor) -> Tensor:
+    """Σ a·b over the last dim (positions); a plain product where there is one position."""
+    return (a * b)[..., 0] if a.shape[-1] == 1 else torch.linalg.vecdot(a, b)
 
 
 def pooled(mean: Tensor, var: Tensor, dim: int) -> tuple[Tensor, Tensor]:
@@ -150,7 +165,7 @@ class GroupAffine(torch.autograd.Function):
         def expanded(*args: Tensor | None) -> tuple[Tensor, ...]:
             return tuple(t.expand_as(mean) for t in ctx.coefficients(*args))
 
-        g_coef = (group_dot(g, xv), g.sum((1, 3)))  # ∂L/∂scale, ∂L/∂shift
+        g_coef = (group_dot(g, xv), group_sum(g))  # ∂L/∂scale, ∂L/∂shift
         (scale, _), (g_mean, g_var, *g_params) = pull_back(expanded, [mean, var, *params], g_coef)
         gx = None
         if ctx.needs_input_grad[0]:

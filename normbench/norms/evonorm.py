@@ -15,6 +15,7 @@ from normbench.norms._base import (
     group_moments,
     group_view,
     pooled,
+    position_dot,
     pull_back,
     use_fused,
 )
@@ -72,7 +73,7 @@ class _EvoNormB0(torch.autograd.Function):
             sums_b[:, 1] = p.sum(2)
             p.div_(den)
             sums_b[:, 2] = p.sum(2)
-            sums_b[:, 3] = torch.linalg.vecdot(p, x_b)
+            sums_b[:, 3] = position_dot(p, x_b)
             q.mul_(w3).addcmul_(p, v3 * w3, value=-1)  # the part of ∂L/∂x not through the moments
         qx, qxm, p_sum, px = sums
         w = w3.view(c)
@@ -140,7 +141,8 @@ class EvoNormB0(ChannelNorm):
             mean_in, var_in = group_moments(group_view(x))
             a, s = coefficients(mean_in, var_in)
             v, w, b = (_broadcast(t, x) for t in _affine(x, self.v, self.weight, self.bias))
-            y = x / torch.maximum(_broadcast(a, x), x * v + _broadcast(s, x)) * w + b
+            a = _broadcast(a, x)  # max(a, v x + s) as a + relu(v x + s - a): torch.maximum's backward is slow
+            y = x / (a + torch.relu(x * v + _broadcast(s, x) - a)) * w + b
         if self.training:
             with torch.no_grad():
                 n = x.numel() / x.shape[1]
@@ -193,9 +195,9 @@ class _EvoNormS0(torch.autograd.Function):
         for x_b, g_b, gx_b, scale_b, sums_b in blocks(x3, g3, gx3, scale, sums.transpose(0, 1)):
             sig = torch.mul(x_b, v3).sigmoid_()
             g_sig = g_b * sig
-            sums_b[:, 0] = torch.linalg.vecdot(g_sig, x_b)
+            sums_b[:, 0] = position_dot(g_sig, x_b)
             r_b = sig.neg_().add_(1).mul_(x_b).mul_(g_sig)
-            sums_b[:, 1] = torch.linalg.vecdot(r_b, x_b)
+            sums_b[:, 1] = position_dot(r_b, x_b)
             torch.mul(g_sig.add_(r_b.mul_(v3)), scale_b, out=gx_b)  # the part of ∂L/∂x not through r
         t, rx = sums
         g_var = -0.5 * r**3 * (t * w3.view(1, c)).view(n, -1, ctx.channels).sum(2)

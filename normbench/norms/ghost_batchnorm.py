@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from normbench.norms._base import group_affine, group_view
+from normbench.norms._base import group_affine, group_view, use_fused
 from normbench.norms.batchnorm import BatchNorm
 from normbench.norms.registry import register_norm
 
@@ -58,30 +59,34 @@ class GhostBatchNorm(BatchNorm):
         self.check_input(x)
         full = n - n % g
         chunks = [(x[:full], g)] + ([(x[full:], n - full)] if full < n else [])  # the last may be smaller
-        parts = [
-            group_affine(group_view(c, samples=m), self._coefficients, self.weight, self.bias)
-            for c, m in chunks
-        ]
-        if self.track_running_stats:
-            self._track(
-                [
-                    (mean, var, m * x[0, 0].numel())
-                    for (_, mean, var), (_, m) in zip(parts, chunks, strict=True)
-                ]
-            )
-        outs = [y.view(c.shape) for (y, _, _), (c, _) in zip(parts, chunks, strict=True)]
+        normalize = self._fused if use_fused(x) else self._folded
+        parts = [normalize(chunk, m) for chunk, m in chunks]
+        if self.track_running_stats:  # towards the average over ghost batches of their mean and unbiased var
+            with torch.no_grad():
+                rate = self.step_rate()
+                self.running_mean.lerp_(torch.cat([mean for _, mean, _ in parts]).mean(0), rate)
+                self.running_var.lerp_(torch.cat([var for _, _, var in parts]).mean(0), rate)
+        outs = [y for y, _, _ in parts]
         return torch.cat(outs) if len(outs) > 1 else outs[0]
 
-    @torch.no_grad()
-    def _track(self, parts: list[tuple[Tensor, Tensor, int]]) -> None:
-        """Move the running statistics towards the average over ghost batches of their mean and
-        unbiased variance; ``parts`` holds (K, C) moments of ghost batches of ``count`` values each."""
-        ghosts = sum(mean.shape[0] for mean, _, _ in parts)
-        mean = sum(mean.sum(0) for mean, _, _ in parts) / ghosts
-        var = sum(var.sum(0) * (count / max(count - 1, 1)) for _, var, count in parts) / ghosts
-        rate = self.step_rate()
-        self.running_mean.lerp_(mean, rate)
-        self.running_var.lerp_(var, rate)
+    def _fused(self, chunk: Tensor, m: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Ghost batches of m samples through :class:`GroupAffine`, no copies: output, and each ghost
+        batch's mean and unbiased variance, (k, C)."""
+        y, mean, var = group_affine(group_view(chunk, samples=m), self._coefficients, self.weight, self.bias)
+        count = chunk[:m].numel() // self.num_channels
+        return y.view(chunk.shape), mean, var * (count / max(count - 1, 1))
+
+    def _folded(self, chunk: Tensor, m: int) -> tuple[Tensor, Tensor, Tensor]:
+        """The same by one native batch_norm call, the ghost batches folded into channels,
+        (k·m, C, *S) -> (m, k·C, *S): on small inputs the copies cost less than a Function's Python."""
+        k, c, rest = chunk.shape[0] // m, self.num_channels, chunk.shape[2:]
+        folded = chunk.reshape(k, m, c, *rest).transpose(0, 1).reshape(m, k * c, *rest)
+        weight = None if self.weight is None else self.weight.repeat(k)
+        bias = None if self.bias is None else self.bias.repeat(k)
+        # momentum 1: these buffers receive each ghost batch's mean and unbiased variance
+        mean, var = chunk.new_zeros(k * c), chunk.new_ones(k * c)
+        y = F.batch_norm(folded, mean, var, weight, bias, True, 1.0, self.eps)
+        return y.reshape(m, k, c, *rest).transpose(0, 1).reshape(chunk.shape), mean.view(k, c), var.view(k, c)
 
     def _coefficients(
         self, mean: Tensor, var: Tensor, weight: Tensor | None, bias: Tensor | None
