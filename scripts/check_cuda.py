@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-import normbench.norms._base as kernels
+import normbench.norms._kernels as kernels
 from normbench import available_norms, build_norm, norm_spec
 from normbench.norms.frozen_batchnorm import FrozenBatchNorm
 

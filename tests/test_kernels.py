@@ -1,4 +1,4 @@
-"""The blocked row kernels and moment helpers behind the fused plugins (normbench.norms._base).
+"""The group statistics and fused kernels behind the plugins (normbench.norms._kernels).
 
 The conformance suite's tensors are small enough for the composite path; here the fused Functions
 run on them too, with the block size shrunk until every tensor spans several blocks with a ragged
@@ -11,9 +11,9 @@ import pytest
 import torch
 from conftest import SHAPES, C, fits, randomize_affine
 
-import normbench.norms._base as base
+import normbench.norms._kernels as kernels
 from normbench import available_norms, build_norm, norm_spec
-from normbench.norms._base import group_dot, group_moments, group_view, pull_back
+from normbench.norms._kernels import group_dot, group_moments, group_view, pull_back
 
 BUILT_IN = [n for n in available_norms() if norm_spec(n).source.startswith("normbench.")]
 
@@ -39,12 +39,11 @@ def test_fused_kernels_over_many_blocks_equal_the_composite_formulas(name, kind,
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(shape, generator=gen, dtype=torch.float64) * 2 + 1
     for training in (True, False):
-        monkeypatch.setattr(base, "FUSED_MIN_ELEMENTS", 10**12)
+        monkeypatch.setattr(kernels, "FUSED_MIN_ELEMENTS", 10**12)
         composite = run_step(name, x, training)
-        monkeypatch.setattr(base, "FUSED_MIN_ELEMENTS", 0)
-        monkeypatch.setattr(
-            base, "BLOCK", 3 * C * x[0, 0].numel()
-        )  # 3 samples per block, the last with fewer
+        monkeypatch.setattr(kernels, "FUSED_MIN_ELEMENTS", 0)
+        # 3 samples per block, the last with fewer
+        monkeypatch.setattr(kernels, "BLOCK", 3 * C * x[0, 0].numel())
         fused = run_step(name, x, training)
         monkeypatch.undo()
         assert len(composite) == len(fused)
@@ -57,7 +56,7 @@ def test_group_moments_and_dot_over_each_group(samples, channels, monkeypatch):
     """Groups of ``samples`` consecutive samples × ``channels`` consecutive channels × all positions."""
     gen = torch.Generator().manual_seed(0)
     x, y = torch.randn(2, 9, 6, 5, generator=gen, dtype=torch.float64) * 2 + 1
-    monkeypatch.setattr(base, "BLOCK", 2 * samples * 6 * 5)  # two groups of samples per block
+    monkeypatch.setattr(kernels, "BLOCK", 2 * samples * 6 * 5)  # two groups of samples per block
     mean, var = group_moments(group_view(x, samples, channels))
     dot = group_dot(group_view(x, samples, channels), group_view(y, samples, channels))
     assert mean.shape == var.shape == dot.shape == (9 // samples, 6 // channels)
@@ -78,7 +77,7 @@ def test_group_moments_are_accurate_far_from_zero(monkeypatch):
     gen = torch.Generator().manual_seed(0)
     x = (torch.randn(3, 4, 50, generator=gen, dtype=torch.float64) * 0.1 + 1e3).float()
     truth = x.double().var(2, correction=0)
-    monkeypatch.setattr(base, "BLOCK", 2 * 4 * 50)
+    monkeypatch.setattr(kernels, "BLOCK", 2 * 4 * 50)
     mean, var = group_moments(group_view(x))
     torch.testing.assert_close(mean.double(), x.double().mean(2), rtol=1e-6, atol=0)
     torch.testing.assert_close(var.double(), truth, rtol=1e-3, atol=0)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from normbench.norms._base import moments
+from normbench.norms._kernels import moments
 from normbench.norms.batchnorm import BatchNorm
 from normbench.norms.registry import register_norm
 

@@ -8,8 +8,8 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from normbench.norms._base import (
-    ChannelNorm,
+from normbench.norms._base import ChannelNorm
+from normbench.norms._kernels import (
     add_moment_grads,
     blocks,
     group_moments,

@@ -7,7 +7,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from normbench.norms._base import ChannelNorm, group_dot, group_view
+from normbench.norms._base import ChannelNorm
+from normbench.norms._kernels import group_dot, group_view
 from normbench.norms.registry import register_norm
 
 

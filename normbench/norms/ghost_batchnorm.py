@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from normbench.norms._base import group_affine, group_view, use_fused
+from normbench.norms._kernels import group_affine, group_view, use_fused
 from normbench.norms.batchnorm import BatchNorm
 from normbench.norms.registry import register_norm
 

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from normbench.norms._base import ChannelNorm, group_dot, group_view
+from normbench.norms._base import ChannelNorm
+from normbench.norms._kernels import group_dot, group_view
 from normbench.norms.registry import register_norm
 
 

@@ -7,7 +7,8 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
-from normbench.norms._base import ChannelNorm, group_affine, group_view, pooled
+from normbench.norms._base import ChannelNorm
+from normbench.norms._kernels import group_affine, group_view, pooled
 from normbench.norms.registry import register_norm
 
 SOURCES = ("in", "ln", "bn")
