@@ -15,17 +15,6 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-
-def moments(x: Tensor, dims: tuple[int, ...] | list[int]) -> tuple[Tensor, Tensor]:
-    """Mean and biased variance over ``dims`` (kept), differentiable, in two passes.
-
-    Two plain reductions instead of ``torch.var_mean``, whose single-pass kernel is about 30× slower
-    on CPU for activation-sized tensors; the centred second pass keeps it as accurate.
-    """
-    mean = x.mean(dim=tuple(dims), keepdim=True)
-    return mean, (x - mean).square().mean(dim=tuple(dims), keepdim=True)
-
-
 # Elements per block of the blocked loops below: their temporaries then stay in cache and are recycled
 # by the allocator, where each activation-sized temporary costs fresh pages (page faults) on CPU.
 BLOCK = 1 << 17
@@ -93,6 +82,17 @@ def pooled(mean: Tensor, var: Tensor, dim: int) -> tuple[Tensor, Tensor]:
     of total variance, written as a sum of squares so that it cannot cancel."""
     pooled_mean = mean.mean(dim, keepdim=True)
     return pooled_mean, var.mean(dim, keepdim=True) + (mean - pooled_mean).square().mean(dim, keepdim=True)
+
+
+def standardizing(
+    mean: Tensor, var: Tensor, eps: float, weight: Tensor | None, bias: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """(scale, shift) such that ``x · scale + shift = (x − mean) / sqrt(var + eps) · weight + bias``."""
+    scale = torch.rsqrt(var + eps)
+    if weight is not None:
+        scale = scale * weight
+    shift = -mean * scale
+    return scale, shift if bias is None else shift + bias
 
 
 def pull_back(

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from normbench.norms._kernels import moments
+from normbench.norms._kernels import group_moments, group_view
 from normbench.norms.batchnorm import BatchNorm
 from normbench.norms.registry import register_norm
 
@@ -79,7 +79,7 @@ class BatchRenorm(BatchNorm):
         self.check_input(x)
         r_max, d_max = self.limits()
         with torch.no_grad():
-            mean_b, var_b = (m.flatten() for m in moments(x, [0, *range(2, x.dim())]))
+            mean_b, var_b = (m.flatten() for m in group_moments(group_view(x, samples=x.shape[0])))
             sigma_b = torch.sqrt(var_b + self.eps)
             sigma = torch.sqrt(self.running_var + self.eps)
             r = (sigma_b / sigma).clamp(1 / r_max, r_max)

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from normbench.norms._base import ChannelNorm
-from normbench.norms._kernels import group_dot, group_view
+from normbench.norms._kernels import group_dot, group_sum, group_view
 from normbench.norms.registry import register_norm
 
 
@@ -46,10 +46,10 @@ class _FilterResponseNormTLU(torch.autograd.Function):
         # [y > tau] as 0/1 floats (z >= tau everywhere); gy's buffer becomes ∂L/∂x at the end
         gy = torch.sub(z, tau.view(1, c, *tail)).sign_().mul_(g)
         t = group_dot(group_view(gy), group_view(x))  # (n, c)
-        gy_c = gy.reshape(n, c, -1).sum(2)  # (n, c)
+        gy_c = group_sum(group_view(gy))  # (n, c)
         g_w = (r * t).sum(0) if ctx.needs_input_grad[1] else None
         g_b = gy_c.sum(0) if ctx.needs_input_grad[2] else None
-        g_tau = (g.reshape(n, c, -1).sum(2) - gy_c).sum(0)
+        g_tau = (group_sum(group_view(g)) - gy_c).sum(0)
         g_eps = (-0.5 * w * (r**3 * t).sum(0)) * torch.sign(eps_l) if eps_l is not None else None
         gx = gy.mul_((r * w).view(n, c, *tail)).addcmul_(x, (-(r**3) * w * t / ctx.s).view(n, c, *tail))
         return gx, g_w, g_b, g_tau, g_eps, None

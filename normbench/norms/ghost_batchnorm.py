@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from normbench.norms._kernels import group_affine, group_view, use_fused
+from normbench.norms._kernels import group_affine, group_view, standardizing, use_fused
 from normbench.norms.batchnorm import BatchNorm
 from normbench.norms.registry import register_norm
 
@@ -92,11 +92,7 @@ class GhostBatchNorm(BatchNorm):
         self, mean: Tensor, var: Tensor, weight: Tensor | None, bias: Tensor | None
     ) -> tuple[Tensor, Tensor]:
         """(scale, shift) per ghost batch and channel from its moments, (K, C) each."""
-        scale = torch.rsqrt(var + self.eps)
-        if weight is not None:
-            scale = scale * weight
-        shift = -mean * scale
-        return scale, shift if bias is None else shift + bias
+        return standardizing(mean, var, self.eps, weight, bias)
 
     def extra_repr(self) -> str:
         return f"ghost_batch_size={self.ghost_batch_size}, {super().extra_repr()}"

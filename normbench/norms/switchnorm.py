@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from normbench.norms._base import ChannelNorm
-from normbench.norms._kernels import group_affine, group_view, pooled
+from normbench.norms._kernels import group_affine, group_view, pooled, standardizing
 from normbench.norms.registry import register_norm
 
 SOURCES = ("in", "ln", "bn")
@@ -86,11 +86,7 @@ class SwitchNorm(ChannelNorm):
         wm, wv = torch.softmax(mean_logits, 0), torch.softmax(var_logits, 0)
         mean = wm[0] * mean_in + wm[1] * mean_ln + wm[2] * mean_bn
         var = wv[0] * var_in + wv[1] * var_ln + wv[2] * var_bn
-        scale = torch.rsqrt(var + self.eps)
-        if weight is not None:
-            scale = scale * weight
-        shift = -mean * scale
-        return scale, shift if bias is None else shift + bias
+        return standardizing(mean, var, self.eps, weight, bias)
 
     def extra_metrics(self) -> dict[str, float]:
         """The learned importance of each statistic: ``mean_in``, ``mean_ln``, ``mean_bn``, ``var_*``."""
