@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
+import shutil
 import sys
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException, MissingConfigException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from normbench.config import NON_IDENTITY_KEYS, register_configs
-from normbench.run import ConfigError, execute, previous_result, run_identity
-from normbench.sweep import mark_visit
+from normbench.config import ConfigError, check_values, register_configs
+from normbench.results import remove_stale_temporaries, run_lock
+from normbench.run import execute, previous_result, run_identity
+from normbench.sweep import mark_visit, register_sweeper
 
 log = logging.getLogger("normbench")
 
@@ -32,23 +36,7 @@ def _hash_resolver(*, _root_: DictConfig) -> str:
 if not OmegaConf.has_resolver("normbench_hash"):
     OmegaConf.register_new_resolver("normbench_hash", _hash_resolver)
 register_configs()
-
-
-def swept_choices(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
-    """The values the command line set, by key (a config-group choice by its ``name``)."""
-    choices: dict[str, Any] = {}
-    for item in overrides:
-        key = item.split("=", 1)[0].lstrip("+~")
-        if key.split(".")[0] in NON_IDENTITY_KEYS or key.startswith("hydra/"):
-            continue
-        raw = item.split("=", 1)[-1]
-        value = OmegaConf.select(cfg, key.replace("/", "."), default=raw)  # e.g. experiment=...: no key
-        if isinstance(value, DictConfig):
-            value = value.get("name", raw)
-        elif isinstance(value, Enum):
-            value = value.value
-        choices[key] = value
-    return choices
+register_sweeper()
 
 
 def cap_threads_for_parallel_jobs(cfg: DictConfig, hc: Any) -> None:
@@ -70,31 +58,38 @@ def cap_threads_for_parallel_jobs(cfg: DictConfig, hc: Any) -> None:
         cfg.runtime.threads = cap
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
-def _main(cfg: DictConfig) -> None:
-    hc = HydraConfig.get()
-    out_dir = Path(hc.runtime.output_dir)
-    multirun = hc.mode == RunMode.MULTIRUN
-    log_file = str(out_dir / f"{hc.job.name}.log")
+def remove_if_unused(out_dir: Path) -> None:
+    """Delete a run folder that holds nothing but what Hydra put there (its .hydra/ and the log),
+    then its parents up to the working directory while they are empty."""
+    if not out_dir.is_dir() or any(p.name not in (".hydra", "normbench.log") for p in out_dir.iterdir()):
+        return
+    shutil.rmtree(out_dir, ignore_errors=True)
+    cwd = Path.cwd().resolve()
+    parent = out_dir.resolve().parent
+    while parent != cwd and cwd in parent.parents and not any(parent.iterdir()):
+        parent.rmdir()
+        parent = parent.parent
+
+
+def train_job(cfg: DictConfig, out_dir: Path, multirun: bool, distributed: bool) -> str:
+    """Run the job in ``out_dir`` unless a final result is there or another process holds it; returns
+    what happened (``completed``, ``diverged``, ``failed``, ``skipped`` or ``running_elsewhere``)."""
+    check_values(cfg)
     _, digest = run_identity(cfg)
-    if not cfg.runtime.force:
-        previous = previous_result(out_dir, digest)
-        if previous is not None:
-            log.info("skipped: %s already holds a %s result of this config", out_dir, previous["status"])
-            mark_visit(out_dir, "skipped", log_file)
-            return
-    cap_threads_for_parallel_jobs(cfg, hc)
-    progress = cfg.runtime.progress and sys.stderr.isatty() and not multirun
-    try:
-        record = execute(cfg, out_dir, swept_choices(cfg, list(hc.overrides.task)), progress)
-    except ConfigError as exc:
-        if multirun:  # sys.exit here would abort the whole sweep: SweepSummary exits non-zero at the end
-            log.error("configuration error: %s", exc)
-            mark_visit(out_dir, "config_error", log_file, error=str(exc))
-            return
-        print(f"normbench-run: error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    mark_visit(out_dir, record["status"], log_file)
+    if not cfg.runtime.force and previous_result(out_dir, digest) is not None:
+        log.info("skipped: %s already holds a result of this config", out_dir)
+        return "skipped"
+    if distributed:  # torchrun: every process runs this same job in the same folder
+        return execute(cfg, out_dir, progress=False)["status"]
+    with run_lock(out_dir) as held:
+        if not held:
+            log.warning("skipped: another live process is training %s", out_dir)
+            return "running_elsewhere"
+        if not cfg.runtime.force and previous_result(out_dir, digest) is not None:
+            return "skipped"  # finished by the process that held the lock a moment ago
+        remove_stale_temporaries(out_dir)
+        progress = cfg.runtime.progress and sys.stderr.isatty() and not multirun
+        record = execute(cfg, out_dir, progress)
     metrics = record["metrics"]
     log.info(
         "%s: test_error %s, %d steps, result in %s",
@@ -103,11 +98,93 @@ def _main(cfg: DictConfig) -> None:
         record["steps"],
         out_dir,
     )
+    return record["status"]
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+def _main(cfg: DictConfig) -> None:
+    hc = HydraConfig.get()
+    out_dir = Path(hc.runtime.output_dir)
+    multirun = hc.mode == RunMode.MULTIRUN
+    log_file = str(out_dir / f"{hc.job.name}.log")
+    rank = int(os.environ.get("RANK", "0"))
+    if rank != 0:  # torchrun: process 0 speaks for the run
+        logging.getLogger().setLevel(logging.WARNING)
+    cap_threads_for_parallel_jobs(cfg, hc)
+    try:
+        outcome = train_job(cfg, out_dir, multirun, int(os.environ.get("WORLD_SIZE", "1")) > 1)
+    except ConfigError as exc:
+        if multirun:  # sys.exit here would abort the whole sweep: the sweeper exits non-zero at the end
+            log.error("configuration error: %s", exc)
+            mark_visit(out_dir, "config_error", log_file, error=str(exc))
+            return
+        remove_if_unused(out_dir)
+        print(f"normbench-run: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # e.g. the record could not be written: never stop the sweep
+        log.exception("run failed outside training: %s", exc)
+        outcome = "failed"
+        if rank == 0:
+            mark_visit(out_dir, outcome, log_file, error=f"{type(exc).__name__}: {exc}")
+        if not multirun:
+            sys.exit(1)
+        return
+    if rank == 0 and outcome != "running_elsewhere":
+        mark_visit(out_dir, outcome, log_file)
+    if not multirun and outcome == "failed":
+        sys.exit(1)
+
+
+def _one_line(exc: BaseException) -> str:
+    """Hydra's and OmegaConf's multi-line messages as one line that names the bad value, with a
+    "did you mean" where a near miss exists."""
+    if isinstance(exc, MissingConfigException) and exc.missing_cfg_file:
+        group, _, choice = exc.missing_cfg_file.rpartition("/")
+        options = list(exc.options or [])
+        close = difflib.get_close_matches(choice, options, n=1, cutoff=0.5)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        return f"{group}={choice}: unknown {group}{hint} (available: {', '.join(options)})"
+    cause = exc.__cause__ if isinstance(exc.__cause__, OmegaConfBaseException) else exc
+    if isinstance(cause, OmegaConfBaseException):
+        key = getattr(cause, "full_key", None) or ""
+        message = str(cause).splitlines()[0]
+        if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and key:
+            return f"{key}: unknown key{_key_hint(key)}"
+        value = getattr(cause, "value", None)
+        return f"{key}={value}: {message}" if key else message
+    return " ".join(str(exc).split("\n")[0].split())
+
+
+def _key_hint(full_key: str) -> str:
+    """"; did you mean X?" for an unknown dotted key, from the keys of the composed config."""
+    from hydra import compose, initialize_config_dir
+
+    parent, _, leaf = full_key.rpartition(".")
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose(config_name="config")
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        keys = [str(k) for k in node] if isinstance(node, DictConfig) else []
+    except Exception:
+        return ""
+    close = difflib.get_close_matches(leaf, keys, n=1, cutoff=0.5)
+    return f"; did you mean {f'{parent}.' if parent else ''}{close[0]}?" if close else ""
 
 
 def run() -> None:
-    """``normbench-run``: train one run (or a sweep with ``-m``)."""
-    _main()
+    """``normbench-run``: train one run (or a sweep with ``-m``). Configuration errors print one line
+    and exit 2 (set HYDRA_FULL_ERROR=1 for Hydra's own report)."""
+    full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing; we print one line
+    try:
+        _main()
+    except (HydraException, OmegaConfBaseException, ConfigError) as exc:
+        if full_error:
+            raise
+        print(f"normbench-run: error: {_one_line(exc)}", file=sys.stderr)
+        sys.exit(2)
 
 
 def report(argv: list[str] | None = None) -> None:

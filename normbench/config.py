@@ -7,14 +7,16 @@ per option, so ``norm=<any plugin>`` and ``norm.<option>=...`` work for third-pa
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from normbench.norms import NormSpec, iter_specs
 
@@ -160,3 +162,67 @@ def register_configs() -> None:
     cs.store(group="schema", name="config", node=Config)
     for spec in iter_specs():
         cs.store(group="norm", name=spec.name, node=norm_node(spec))
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot give a result; raised before any training, never recorded."""
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _at_least(low: float) -> Callable[[Any], bool]:
+    return lambda v: _finite(v) and v >= low
+
+
+# key -> (test, what is allowed). Every numeric setting that could otherwise fail mid-run, be silently
+# reinterpreted (a negative sample count as "all but"), or train on a nonsense value (lr = nan).
+VALUE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "batch_size": (_at_least(1), "an integer >= 1"),
+    "seed": (lambda v: _finite(v) and 0 <= v < 2**62, "an integer in [0, 2^62)"),
+    "optim.lr": (lambda v: _finite(v) and v > 0, "a finite number > 0"),
+    "optim.momentum": (lambda v: _finite(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "optim.weight_decay": (_at_least(0), "a finite number >= 0"),
+    "optim.base_batch_size": (_at_least(1), "an integer >= 1"),
+    "optim.warmup_steps": (_at_least(0), "an integer >= 0"),
+    "train.epochs": (_at_least(1), "an integer >= 1"),
+    "train.steps": (_at_least(1), "an integer >= 1"),
+    "train.history_points": (_at_least(1), "an integer >= 1"),
+    "train.max_train_error_diverged": (lambda v: _finite(v) and 0 < v <= 1, "a fraction in (0, 1]"),
+    "data.classes_per_batch": (_at_least(1), "an integer >= 1"),
+    "eval.precise_bn_samples": (_at_least(1), "an integer >= 1 (capped at the training set)"),
+    "eval.precise_bn_batch_size": (_at_least(0), "an integer >= 1, or 0 for the run's batch size"),
+    "eval.minibatch_samples": (_at_least(1), "an integer >= 1 (capped at the training set)"),
+    "runtime.threads": (_at_least(1), "an integer >= 1"),
+    "task.model.width": (_at_least(1), "an integer >= 1"),
+    "task.model.depth": (_at_least(1), "an integer >= 1"),
+    "task.model.kernel_size": (_at_least(1), "an integer >= 1"),
+    "task.model.heads": (_at_least(1), "an integer >= 1"),
+    # options every plugin that has them means the same by (torch's names)
+    "norm.eps": (lambda v: _finite(v) and v > 0, "a finite number > 0"),
+    "norm.momentum": (lambda v: v is None or (_finite(v) and 0 <= v <= 1), "a number in [0, 1] or null"),
+}
+
+
+def _show(value: Any) -> str:
+    return "null" if value is None else str(value)
+
+
+def check_values(cfg: DictConfig) -> None:
+    """Refuse a bad setting before any work: raises ConfigError naming the key, the value and what is
+    allowed. Also refuses keys the schema does not have (``+foo=1``) and non-finite float options of
+    the norm plugin."""
+    known = {f.name for f in dataclasses.fields(Config)} | {"hydra"}
+    for key in cfg:
+        if key not in known:
+            raise ConfigError(f"{key}: unknown key (allowed: {', '.join(sorted(known - {'hydra'}))})")
+    for key, (ok, allowed) in VALUE_RULES.items():
+        if OmegaConf.select(cfg, key, default="<absent>") == "<absent>":
+            continue
+        value = OmegaConf.select(cfg, key)
+        if not ok(value):
+            raise ConfigError(f"{key}={_show(value)}: must be {allowed}")
+    for key, value in cfg.norm.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"norm.{key}={_show(value)}: must be a finite number")

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import copy
+import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from normbench.norms import iter_specs
 
 
 @contextmanager
@@ -35,13 +38,22 @@ def error_and_loss(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 100
     return wrong / len(x), loss / len(x)
 
 
+def _has_tensor(module: nn.Module, name: str) -> bool:
+    return isinstance(getattr(module, name, None), Tensor)
+
+
 def stat_modules(model: nn.Module) -> dict[str, nn.Module]:
-    """Modules that keep population statistics (torch's ``running_mean``/``running_var`` convention)."""
+    """Modules that keep population statistics: plugins the registry flags ``running_stats`` (and
+    torch's own BatchNorm) that hold a ``running_var`` buffer — with ``running_mean`` where the plugin
+    has one (EvoNorm-B0 keeps only the variance)."""
+    kinds = (
+        *(s.factory for s in iter_specs() if s.running_stats and inspect.isclass(s.factory)),
+        nn.modules.batchnorm._BatchNorm,
+    )
     return {
         name: m
         for name, m in model.named_modules()
-        if isinstance(getattr(m, "running_mean", None), Tensor)
-        and isinstance(getattr(m, "running_var", None), Tensor)
+        if isinstance(m, kinds) and _has_tensor(m, "running_var")
     }
 
 
@@ -97,7 +109,8 @@ def precise_bn(
         n, s, ss = sums[name]
         mean = s / n
         var = (ss / n - mean * mean).clamp_min(0) * n / max(1, n - 1)
-        m.running_mean.copy_(mean)
+        if _has_tensor(m, "running_mean"):
+            m.running_mean.copy_(mean)
         m.running_var.copy_(var)
     return twin.eval()
 
@@ -110,9 +123,13 @@ def stats_distance(model: nn.Module, reference: nn.Module) -> dict[str, float]:
     """Relative L2 distance of ``model``'s running means and variances to ``reference``'s (the
     PreciseBN estimate), averaged over layers."""
     ours, theirs = stat_modules(model), stat_modules(reference)
-    means = [relative_l2(ours[k].running_mean, theirs[k].running_mean) for k in ours]
-    variances = [relative_l2(ours[k].running_var, theirs[k].running_var) for k in ours]
-    return {
-        "running_mean_rel_l2": sum(means) / len(means),
-        "running_var_rel_l2": sum(variances) / len(variances),
-    }
+    distances: dict[str, float] = {}
+    for stat in ("running_mean", "running_var"):
+        values = [
+            relative_l2(getattr(m, stat), getattr(theirs[k], stat))
+            for k, m in ours.items()
+            if _has_tensor(m, stat)
+        ]
+        if values:
+            distances[f"{stat}_rel_l2"] = sum(values) / len(values)
+    return distances

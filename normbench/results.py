@@ -1,35 +1,51 @@
-"""The record of one run (``result.json``): schema, config hash, atomic write, loading."""
+"""The record of one run (``result.json``): schema, config hash, atomic write, validated loading, and
+the per-run lock that keeps two processes from training the same config at once."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import math
 import os
+import stat
 import tempfile
-from collections.abc import Mapping
+from enum import Enum
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import Container, DictConfig, OmegaConf
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)  # schema 1 also carried ``choices`` (command-line values); it is ignored
 RESULT_FILE = "result.json"
+LOCK_FILE = ".lock"
 STATUSES = ("completed", "diverged", "failed")
 FINAL_STATUSES = ("completed", "diverged")  # results: a rerun of the same config skips them
-REQUIRED_KEYS = ("schema_version", "status", "config_hash", "choices", "config", "metrics")
+REQUIRED_KEYS = ("schema_version", "status", "config_hash", "config", "metrics")
+MAX_RECORD_BYTES = 16 * 2**20  # a record with its history is a few kB; anything larger is not one
+MAX_INT = 2**53  # integers beyond this do not survive a float column (pandas, JSON readers)
 
 
 class InvalidRecord(ValueError):
-    """A result file that is unreadable, partial or of an unknown schema."""
+    """A result file that is unreadable, partial, of an unknown schema or with out-of-range values."""
 
 
 def identity_config(cfg: DictConfig | Mapping[str, Any], exclude: tuple[str, ...]) -> dict[str, Any]:
     """The resolved config without the keys in ``exclude`` (paths, launcher and runtime settings)."""
     if not isinstance(cfg, DictConfig):
         cfg = OmegaConf.create(dict(cfg))
-    kept = [k for k in cfg if k not in exclude]
-    container = OmegaConf.to_container(OmegaConf.masked_copy(cfg, kept), resolve=True, enum_to_str=True)
-    return container  # type: ignore[return-value]
+    identity: dict[str, Any] = {}
+    for key in cfg:
+        if key in exclude:
+            continue
+        value = cfg[key]  # interpolations resolve against the whole config
+        if isinstance(value, Container):
+            value = OmegaConf.to_container(value, resolve=True, enum_to_str=True)
+        identity[str(key)] = value.value if isinstance(value, Enum) else value
+    return identity
 
 
 def config_hash(identity: Mapping[str, Any]) -> str:
@@ -38,43 +54,196 @@ def config_hash(identity: Mapping[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def _file_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+FILE_MODE = _file_mode()  # what open() would give: readable by the group/others the umask allows
+
+
+def finite_or_none(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None (JSON has no NaN or infinity)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(v) for v in value]
+    return value
+
+
 def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
-    """Write ``data`` as JSON so readers see the old file or the complete new one, never a part."""
+    """Write ``data`` as JSON so readers see the old file or the complete new one, never a part.
+    Non-finite floats are written as null; the file gets the mode a plain ``open`` would give."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=False, allow_nan=False, default=str)
+            json.dump(finite_or_none(data), f, indent=2, sort_keys=False, allow_nan=False, default=str)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the ``.NAME.*.tmp`` files a killed :func:`write_json_atomic` left in ``folder``.
+    Call it only while holding the folder's :func:`run_lock`: no live writer is then using them."""
+    stale = sorted(folder.glob(".*.tmp")) if folder.is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
+@contextmanager
+def run_lock(folder: Path) -> Iterator[bool]:
+    """Hold an exclusive, non-blocking lock on ``folder`` (its ``.lock`` file) for the block; yields
+    False when another live process holds it. The kernel releases it when the holder dies (kill -9
+    included), so a lock is never stale."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, FILE_MODE)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def is_locked(folder: Path) -> bool:
+    """Does a live process hold ``folder``'s run lock right now?"""
+    if not (folder / LOCK_FILE).exists():
+        return False
+    with run_lock(folder) as acquired:
+        return not acquired
+
+
+def read_json_file(path: Path, max_bytes: int = MAX_RECORD_BYTES) -> Any:
+    """Parse a JSON file that is a regular file of at most ``max_bytes`` (never a device, a FIFO or
+    a huge file); NaN/Infinity literals are rejected. Raises InvalidRecord with the reason."""
+    try:
+        info = os.stat(path)  # follows a symlink: its target is what would be read
+    except OSError as exc:
+        raise InvalidRecord(f"{path}: cannot read run record ({exc.strerror})") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise InvalidRecord(f"{path}: not a regular file")
+    if info.st_size > max_bytes:
+        raise InvalidRecord(f"{path}: {info.st_size} bytes, more than the {max_bytes} a run record may have")
+
+    def no_constant(name: str) -> None:
+        raise ValueError(f"{name} is not a JSON number")
+
+    try:
+        with open(path, "rb") as f:
+            return json.loads(f.read(max_bytes + 1), parse_constant=no_constant)
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise InvalidRecord(f"{path}: cannot read run record ({type(exc).__name__}: {exc})") from None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and abs(value) < MAX_INT
+
+
+def _is_number(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return abs(value) < MAX_INT
+    return isinstance(value, float) and math.isfinite(value)
+
+
+def metric_problem(name: str, value: Any) -> str | None:
+    """Why ``value`` is not a valid metric ``name`` (None if it is): finite numbers, booleans for
+    flags; errors (``*error*``) are fractions in [0, 1], the generalization gap in [-1, 1], losses ≥ 0."""
+    if isinstance(value, bool):
+        return None
+    if not _is_number(value):
+        return f"metric {name}={value!r} is not a finite number"
+    if name == "generalization_gap":
+        bounds: tuple[float, float] = (-1.0, 1.0)
+    elif "error" in name:
+        bounds = (0.0, 1.0)
+    elif "loss" in name:
+        bounds = (0.0, math.inf)
+    else:
+        return None
+    if not bounds[0] <= value <= bounds[1]:
+        return f"metric {name}={value!r} is outside [{bounds[0]:g}, {bounds[1]:g}]"
+    return None
+
+
+def record_problem(record: Any) -> str | None:
+    """The first reason ``record`` is not a valid run record, or None."""
+    if not isinstance(record, dict):
+        return "run record is not a JSON object"
+    missing = [k for k in REQUIRED_KEYS if k not in record]
+    if missing:
+        return f"run record lacks {', '.join(missing)}"
+    if record["schema_version"] not in READABLE_SCHEMAS:
+        return f"schema_version {record['schema_version']!r}; this normbench reads {READABLE_SCHEMAS}"
+    if record["status"] not in STATUSES:
+        return f"status {record['status']!r} is not one of {', '.join(STATUSES)}"
+    if not isinstance(record["config_hash"], str) or not record["config_hash"]:
+        return f"config_hash {record['config_hash']!r} is not a string"
+    config = record["config"]
+    if not isinstance(config, dict):
+        return "config is not an object"
+    for key in ("task", "norm"):
+        name = config.get(key, {}).get("name") if isinstance(config.get(key), dict) else None
+        if not isinstance(name, str) or not name:
+            return f"config.{key}.name is missing or not a string"
+    if not _is_int(config.get("batch_size")) or config["batch_size"] < 1:
+        return f"config.batch_size={config.get('batch_size')!r} is not a positive integer"
+    if not _is_int(config.get("seed")):
+        return f"config.seed={config.get('seed')!r} is not an integer"
+    if "choices" in record and not isinstance(record["choices"], dict):
+        return "choices is not an object"
+    metrics = record["metrics"]
+    if not isinstance(metrics, dict):
+        return "metrics is not an object"
+    for name, value in metrics.items():
+        why = metric_problem(name, value)
+        if why:
+            return why
+    if record["status"] == "completed" and "test_error" not in metrics:
+        return "a completed run without test_error"
+    history = record.get("history", [])
+    if not isinstance(history, list) or not all(isinstance(p, dict) for p in history):
+        return "history is not a list of objects"
+    for point in history:
+        for name, value in point.items():
+            why = None if value is None else metric_problem(name, value)
+            if why:
+                return f"history: {why}"
+    for key in ("steps", "planned_steps", "steps_per_epoch"):
+        if key in record and not (_is_int(record[key]) and record[key] >= 0):
+            return f"{key}={record[key]!r} is not a non-negative integer"
+    for key in ("lr", "wall_time_s", "time_per_step_s"):
+        if record.get(key) is not None and not _is_number(record[key]):
+            return f"{key}={record[key]!r} is not a finite number"
+    return None
+
+
 def load_run(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read and validate one ``result.json`` (or the run folder holding it).
 
     Raises:
-        InvalidRecord: missing, unreadable, not JSON, a newer schema, missing keys or a bad status.
+        InvalidRecord: missing, not a regular file, too large, not JSON, a newer schema, missing keys,
+            a bad status, or values of the wrong type or range (the message names the file and why).
     """
     p = Path(path)
     if p.is_dir():
         p = p / RESULT_FILE
-    try:
-        record = json.loads(p.read_text())
-    except (OSError, ValueError) as exc:
-        raise InvalidRecord(f"{p}: cannot read run record ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(record, dict):
-        raise InvalidRecord(f"{p}: run record is not a JSON object")
-    missing = [k for k in REQUIRED_KEYS if k not in record]
-    if missing:
-        raise InvalidRecord(f"{p}: run record lacks {', '.join(missing)}")
-    if record["schema_version"] != SCHEMA_VERSION:
-        raise InvalidRecord(
-            f"{p}: schema_version {record['schema_version']!r}, this normbench reads {SCHEMA_VERSION}"
-        )
-    if record["status"] not in STATUSES:
-        raise InvalidRecord(f"{p}: status {record['status']!r} is not one of {', '.join(STATUSES)}")
+    record = read_json_file(p)
+    why = record_problem(record)
+    if why:
+        raise InvalidRecord(f"{p}: {why}")
     return record

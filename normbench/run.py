@@ -15,12 +15,19 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
+from torch import Tensor, nn
 
 import normbench
-from normbench.config import NON_IDENTITY_KEYS
-from normbench.distributed import all_finite, finish, parallel, shard, world_from_env
-from normbench.evaluate import error_and_loss, minibatch_error, precise_bn, stat_modules, stats_distance
+from normbench.config import NON_IDENTITY_KEYS, ConfigError, check_values
+from normbench.distributed import World, all_finite, finish, parallel, shard, world_from_env
+from normbench.evaluate import (
+    error_and_loss,
+    eval_mode,
+    minibatch_error,
+    precise_bn,
+    stat_modules,
+    stats_distance,
+)
 from normbench.norms import norm_spec
 from normbench.results import (
     FINAL_STATUSES,
@@ -32,16 +39,14 @@ from normbench.results import (
     load_run,
     write_json_atomic,
 )
+
+__all__ = ["ConfigError", "execute", "previous_result", "run_identity"]
 from normbench.samplers import check_class_grouped, class_grouped_batches, iid_batches
 from normbench.tasks import NormLayers, build_model, load_dataset
 from normbench.tasks.data import Dataset
 from normbench.train import fit, lr_schedule, make_optimizer, scaled_lr
 
 log = logging.getLogger(__name__)
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot give a result; raised before any training, never recorded."""
 
 
 def run_identity(cfg: DictConfig) -> tuple[dict[str, Any], str]:
@@ -73,33 +78,63 @@ def setup_runtime(threads: int, seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def model_from_config(cfg: DictConfig, data: Dataset) -> nn.Module:
-    """The task's model with the configured norm (``cfg.norm``: ``name`` plus the plugin's options)."""
+class PluginError(RuntimeError):
+    """A norm plugin broke its contract (e.g. returned a tensor of another shape): a failed run."""
+
+
+def model_and_norms(cfg: DictConfig, data: Dataset) -> tuple[nn.Module, list[nn.Module]]:
+    """The task's model with the configured norm (``cfg.norm``: ``name`` plus the plugin's options),
+    and the norm layers the registry built for it."""
     norm_options = {k: v for k, v in OmegaConf.to_container(cfg.norm, resolve=True).items() if k != "name"}
     model_kwargs = OmegaConf.to_container(cfg.task.model, resolve=True)
     arch = model_kwargs.pop("arch")
     norms = NormLayers(cfg.norm.name, norm_options)
-    return build_model(arch, data.input_shape, data.num_classes, norms, **model_kwargs)
+    model = build_model(arch, data.input_shape, data.num_classes, norms, **model_kwargs)
+    return model, norms.built
+
+
+def model_from_config(cfg: DictConfig, data: Dataset) -> nn.Module:
+    return model_and_norms(cfg, data)[0]
+
+
+def _same_shape(module: nn.Module, inputs: tuple[Tensor, ...], output: Any) -> None:
+    if not isinstance(output, Tensor) or output.shape != inputs[0].shape:
+        got = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
+        raise PluginError(
+            f"norm plugin {type(module).__name__} returned {got} for an input of shape {tuple(inputs[0].shape)}"
+        )
+
+
+def dry_forward(model: nn.Module, norms: list[nn.Module], x: Tensor) -> None:
+    """One eval-mode forward without gradients (state untouched) that checks every norm layer returns
+    the shape it was given: shape problems surface before training."""
+    handles = [m.register_forward_hook(_same_shape) for m in norms]
+    try:
+        with torch.no_grad(), eval_mode(model):
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def prepare(cfg: DictConfig) -> tuple[Dataset, nn.Module]:
-    """Load the data and build the model, turning every configuration problem into ConfigError."""
+    """Load the data and build the model. A configuration that cannot work on the task raises
+    ConfigError; any other exception (a broken plugin) propagates and becomes a failed record."""
     try:
         data = load_dataset(cfg.task.dataset)
     except ValueError as exc:
         raise ConfigError(f"task.dataset: {exc}") from None
     n_train, bs = len(data.x_train), cfg.batch_size
     if not 1 <= bs <= n_train:
-        raise ConfigError(f"batch_size={bs} must be between 1 and the training set size {n_train}")
+        raise ConfigError(f"batch_size={bs}: must be between 1 and the training set size {n_train}")
     if cfg.data.sampler == "class_grouped":
         why = check_class_grouped(bs, cfg.data.classes_per_batch, data.num_classes)
         if why:
             raise ConfigError(why)
     try:
         torch.manual_seed(cfg.seed)
-        model = model_from_config(cfg, data)
-        with torch.no_grad():  # a dry forward in eval mode: shape problems surface now, state untouched
-            model.eval()(data.x_train[:2])
+        model, norms = model_and_norms(cfg, data)
+        dry_forward(model, norms, data.x_train[:2])
     except (ValueError, TypeError, KeyError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) else str(exc)
         raise ConfigError(f"norm={cfg.norm.name} cannot build task={cfg.task.name}: {msg}") from None
@@ -122,98 +157,106 @@ def environment(threads: int) -> dict[str, Any]:
     }
 
 
-def execute(cfg: DictConfig, out_dir: Path, choices: Mapping[str, Any], progress: bool = False) -> dict:
-    """Train and evaluate the run ``cfg`` and write ``out_dir/result.json``; return the record.
-
-    Raises ConfigError (before training, writing nothing) for configurations that cannot run.
-    A non-finite training loss or final metric gives status ``diverged``; an exception during
-    training gives ``failed``.
-    """
-    identity, digest = run_identity(cfg)
-    setup_runtime(cfg.runtime.threads, cfg.seed)
-    data, model = prepare(cfg)
-    world = world_from_env()
-    n_train, bs = len(data.x_train), cfg.batch_size
-    if bs < world.size:
-        raise ConfigError(f"batch_size={bs} is smaller than the {world.size} processes it is split across")
-    if world.size > 1:
-        choices = {**choices, "world_size": world.size}
-    steps_per_epoch = n_train // bs
-    total = cfg.train.epochs * steps_per_epoch if cfg.train.budget == "epochs" else cfg.train.steps
-    if total < 1:
-        raise ConfigError(f"the budget gives {total} training steps (train.{cfg.train.budget})")
-    eval_every = (
-        steps_per_epoch if cfg.train.budget == "epochs" else math.ceil(total / cfg.train.history_points)
-    )
-    lr = scaled_lr(cfg.optim.lr, bs, cfg.optim.base_batch_size, cfg.optim.lr_scaling)
-    record: dict[str, Any] = {
+def new_record(cfg: DictConfig, identity: dict[str, Any], digest: str) -> dict[str, Any]:
+    """The record of a run that has not produced anything yet (status ``failed`` until it does)."""
+    return {
         "schema_version": SCHEMA_VERSION,
         "status": "failed",
         "config_hash": digest,
-        "choices": {
-            "task": cfg.task.name,
-            "norm": cfg.norm.name,
-            "batch_size": bs,
-            "seed": cfg.seed,
-            **dict(choices),
-        },
         "config": identity,
         "metrics": {},
         "history": [],
         "steps": 0,
-        "planned_steps": total,
-        "steps_per_epoch": steps_per_epoch,
-        "lr": lr,
         "env": environment(cfg.runtime.threads),
     }
+
+
+def execute(cfg: DictConfig, out_dir: Path, progress: bool = False) -> dict[str, Any]:
+    """Train and evaluate the run ``cfg`` and write ``out_dir/result.json``; return the record.
+
+    Raises ConfigError, before any training and writing nothing, for a configuration that cannot
+    run. Everything after that is recorded: a non-finite training loss or final metric gives status
+    ``diverged``; any exception (building the model, the optimizer, training, evaluation) ``failed``
+    with its message. Under torchrun only process 0 evaluates and writes.
+    """
+    check_values(cfg)
+    identity, digest = run_identity(cfg)
+    setup_runtime(cfg.runtime.threads, cfg.seed)
+    world = world_from_env()
+    record = new_record(cfg, identity, digest)
+    start = time.perf_counter()
+    try:
+        _train_and_evaluate(cfg, record, world, progress)
+    except ConfigError:
+        finish(world)
+        raise
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # SystemExit from a plugin too: a fault of the run is a result
+        log.error("run failed: %s\n%s", exc, traceback.format_exc())
+        record.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+    finish(world)
+    record["wall_time_s"] = time.perf_counter() - start
+    record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="microseconds")
+    if world.is_main:
+        write_json_atomic(out_dir / RESULT_FILE, record)
+    return record
+
+
+def _train_and_evaluate(cfg: DictConfig, record: dict[str, Any], world: World, progress: bool) -> None:
+    data, model = prepare(cfg)
+    n_train, bs = len(data.x_train), cfg.batch_size
+    if bs < world.size:
+        raise ConfigError(f"batch_size={bs}: smaller than the {world.size} processes it is split across")
+    steps_per_epoch = n_train // bs
+    total = cfg.train.epochs * steps_per_epoch if cfg.train.budget == "epochs" else cfg.train.steps
+    eval_every = (
+        steps_per_epoch if cfg.train.budget == "epochs" else math.ceil(total / cfg.train.history_points)
+    )
+    lr = scaled_lr(cfg.optim.lr, bs, cfg.optim.base_batch_size, cfg.optim.lr_scaling)
+    record.update(planned_steps=total, steps_per_epoch=steps_per_epoch, lr=lr)
     gen = torch.Generator().manual_seed(cfg.seed)
     trained = parallel(model, world)
     optimizer = make_optimizer(
         cfg.optim.name, trained.parameters(), lr, cfg.optim.momentum, cfg.optim.weight_decay
     )
-    start = time.perf_counter()
-    try:
-        result = fit(
-            trained,
-            data,
-            shard(batch_iterator(cfg, data, gen), world),
-            optimizer,
-            lr_schedule(lr, total, cfg.optim.schedule, cfg.optim.warmup_steps),
-            total,
-            eval_every,
-            steps_per_epoch,
-            progress and world.is_main,
-            is_finite=lambda loss: all_finite(loss, world),
-            eval_model=model,
-        )
+    result = fit(
+        trained,
+        data,
+        shard(batch_iterator(cfg, data, gen), world),
+        optimizer,
+        lr_schedule(lr, total, cfg.optim.schedule, cfg.optim.warmup_steps),
+        total,
+        eval_every,
+        steps_per_epoch,
+        progress and world.is_main,
+        is_finite=lambda loss: all_finite(loss, world),
+        eval_model=model,
+        evaluate=world.is_main,
+    )
+    record.update(
+        status=result.status,
+        steps=result.steps,
+        history=result.history,
+        diverged_at_step=result.diverged_at_step,
+        time_per_step_s=result.train_time_s / max(1, result.steps),
+    )
+    finish(world)  # evaluation is process 0's alone, with no collective left to wait on
+    if not world.is_main:
+        return
+    metrics = final_metrics(model, data, cfg) if result.status == "completed" else {}
+    record["layers"] = layer_metrics(model)
+    metrics.update(averaged(record["layers"], prefix=f"{cfg.norm.name}_"))
+    overflowed = sorted(k for k, v in metrics.items() if not math.isfinite(v))
+    if overflowed:  # the training losses stayed finite but the trained model's outputs do not
+        log.warning("non-finite final metrics %s: run diverged", ", ".join(overflowed))
         record.update(
-            status=result.status,
-            steps=result.steps,
-            history=result.history,
-            diverged_at_step=result.diverged_at_step,
-            time_per_step_s=result.train_time_s / max(1, result.steps),
+            status="diverged",
+            diverged_at_step=result.steps,
+            error=f"non-finite final metrics: {', '.join(overflowed)}",
         )
-        record["metrics"] = final_metrics(model, data, cfg) if result.status == "completed" else {}
-        overflowed = sorted(k for k, v in record["metrics"].items() if not math.isfinite(v))
-        if overflowed:  # the training losses stayed finite but the trained model's outputs do not
-            log.warning("non-finite final metrics %s: run diverged", ", ".join(overflowed))
-            record.update(
-                status="diverged",
-                diverged_at_step=result.steps,
-                error=f"non-finite final metrics: {', '.join(overflowed)}",
-                metrics={},
-            )
-        record["layers"] = layer_metrics(model)
-        record["metrics"].update(averaged(record["layers"], prefix=f"{cfg.norm.name}_"))
-    except Exception as exc:  # a fault of the run is a result, not a crash of the sweep
-        log.error("run failed: %s\n%s", exc, traceback.format_exc())
-        record.update(status="failed", error=f"{type(exc).__name__}: {exc}")
-    record["wall_time_s"] = time.perf_counter() - start
-    record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="microseconds")
-    if world.is_main:
-        write_json_atomic(out_dir / RESULT_FILE, record)
-    finish(world)
-    return record
+        metrics = {k: v for k, v in metrics.items() if math.isfinite(v)}
+    record["metrics"] = metrics
 
 
 def layer_metrics(model: nn.Module) -> dict[str, dict[str, float]]:

@@ -73,12 +73,14 @@ def fit(
     progress: bool = False,
     is_finite: Callable[[Tensor], bool] = lambda loss: bool(torch.isfinite(loss)),
     eval_model: nn.Module | None = None,
+    evaluate: bool = True,
 ) -> FitResult:
     """Train for ``total_steps`` optimizer steps; every ``eval_every`` steps (and at the end) append the
     mean training loss since the last point and the test error of ``eval_model`` (default ``model``)
     to the history and log one line.
 
-    A loss that ``is_finite`` rejects stops training with status ``diverged`` at that step.
+    A loss that ``is_finite`` rejects stops training with status ``diverged`` at that step. With
+    ``evaluate=False`` (torchrun processes other than 0) no history is kept and nothing is logged.
     """
     model.train()
     x, y = data.x_train, data.y_train
@@ -102,7 +104,7 @@ def fit(
             loss_sum += loss.detach()
             since += 1
             done = step + 1
-            if done % eval_every == 0 or done == total_steps:
+            if evaluate and (done % eval_every == 0 or done == total_steps):
                 test_error, _ = error_and_loss(eval_model or model, data.x_test, data.y_test)
                 point = {
                     "step": done,

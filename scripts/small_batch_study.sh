@@ -5,8 +5,9 @@
 #   scripts/small_batch_study.sh --smoke    # reduced grid, same code, into reports/small_batch_smoke/
 #   scripts/small_batch_study.sh --out DIR  # another folder
 #
-# Rerunning resumes: finished runs (their result.json under DIR/sweeps/) are skipped. Each
-# invocation appends its wall time to DIR/timings.md, which the report includes.
+# Rerunning resumes: finished runs (their result.json under DIR/sweeps/) are skipped without being
+# launched. Each invocation that trains something appends its wall time to DIR/timings.md, which the
+# report includes; the sweeps run from inside DIR, so no file records an absolute path.
 set -euo pipefail
 
 usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; }
@@ -50,17 +51,23 @@ for preset in small_batch_mlp small_batch_cnn small_batch_noniid small_batch_gho
   extra=()
   if [ "$smoke" = 1 ]; then extra=("hydra.sweeper.params=${SMOKE[$preset]}" "${smoke_budget[@]}"); fi
   echo "== $preset" >&2
-  normbench-run "experiment=$preset" hydra/launcher=joblib "hydra.launcher.n_jobs=$jobs" \
-    "sweep.root=$out/sweeps" "${extra[@]}" | tee -a "$summaries" || status=$?
+  (cd "$out" && normbench-run "experiment=$preset" hydra/launcher=joblib "hydra.launcher.n_jobs=$jobs" \
+    sweep.root=sweeps "${extra[@]}") | tee -a "$summaries" || status=$?
 done
 elapsed=$(( $(date +%s) - start ))
-trained=$(sed -n 's/.*runs: \([0-9]*\) completed, \([0-9]*\) diverged, \([0-9]*\) failed, \([0-9]*\) skipped.*/\1 \2 \3 \4/p' "$summaries" \
-  | awk '{c+=$1; d+=$2; f+=$3; s+=$4} END {printf "%d completed, %d diverged, %d failed, %d skipped", c, d, f, s}')
-[ -f "$out/timings.md" ] || printf '| date (UTC) | grid | wall time | runs this invocation |\n|---|---|---:|---|\n' > "$out/timings.md"
-printf '| %s | %s | %d min %02d s | %s |\n' "$(date -u +%Y-%m-%dT%H:%MZ)" "$([ "$smoke" = 1 ] && echo smoke || echo full)" \
-  $((elapsed / 60)) $((elapsed % 60)) "$trained" >> "$out/timings.md"
+counts=$(sed -n 's/.*runs: \([0-9]*\) completed, \([0-9]*\) diverged, \([0-9]*\) failed, \([0-9]*\) skipped.*/\1 \2 \3 \4/p' "$summaries" \
+  | awk '{c+=$1; d+=$2; f+=$3; s+=$4} END {print c, d, f, s}')
+read -r n_completed n_diverged n_failed n_skipped <<< "$counts"
+trained="$n_completed completed, $n_diverged diverged, $n_failed failed, $n_skipped skipped"
+if [ $((n_completed + n_diverged + n_failed)) -gt 0 ]; then
+  [ -f "$out/timings.md" ] || printf '| date (UTC) | grid | wall time | runs this invocation |\n|---|---|---:|---|\n' > "$out/timings.md"
+  printf '| %s | %s | %d min %02d s | %s |\n' "$(date -u +%Y-%m-%dT%H:%MZ)" "$([ "$smoke" = 1 ] && echo smoke || echo full)" \
+    $((elapsed / 60)) $((elapsed % 60)) "$trained" >> "$out/timings.md"
+fi
 echo "sweeps took $((elapsed / 60)) min $((elapsed % 60)) s ($trained)" >&2
 
 # from inside the folder, so the report and runs.csv name the runs by relative paths
-(cd "$out" && normbench-report sweeps --out . --title "Small-batch stability study" --notes timings.md)
+notes=()
+[ -f "$out/timings.md" ] && notes=(--notes timings.md)
+(cd "$out" && normbench-report sweeps --out . --title "Small-batch stability study" "${notes[@]}")
 exit "$status"

@@ -35,7 +35,7 @@ def test_two_process_sync_batchnorm_matches_single_process_batchnorm(tmp_path):
     local = torchrun("norm=batchnorm", *ARGS, "hydra.run.dir=local", cwd=tmp_path)
     assert local.returncode == 0, local.stderr[-3000:]
     a, b, c = (load_run(tmp_path / d) for d in ("single", "sync", "local"))
-    assert b["choices"]["world_size"] == 2 and b["config_hash"] != a["config_hash"]
+    assert b["config"]["world_size"] == 2 and b["config_hash"] != a["config_hash"]
     # same global batch, gradients averaged over processes, statistics over the union: same training
     for key in ("train_loss", "test_loss"):
         assert b["metrics"][key] == pytest.approx(a["metrics"][key], rel=1e-4)

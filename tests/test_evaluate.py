@@ -85,7 +85,7 @@ def test_stats_distance_is_zero_against_itself_and_relative():
 
 
 def test_run_records_stability_metrics_for_batch_dependent_norms_only(tmp_path):
-    bn = execute(compose_cfg("norm=batchnorm", "batch_size=4", *QUICK), tmp_path / "bn", {})["metrics"]
+    bn = execute(compose_cfg("norm=batchnorm", "batch_size=4", *QUICK), tmp_path / "bn")["metrics"]
     for key in (
         "test_error_precise_bn",
         "train_error_precise_bn",
@@ -98,12 +98,11 @@ def test_run_records_stability_metrics_for_batch_dependent_norms_only(tmp_path):
         assert key in bn
     assert bn["generalization_gap"] == pytest.approx(bn["test_error"] - bn["train_error"])
     assert isinstance(bn["diverged"], bool)
-    gn = execute(compose_cfg("norm=groupnorm", "batch_size=4", *QUICK), tmp_path / "gn", {})["metrics"]
+    gn = execute(compose_cfg("norm=groupnorm", "batch_size=4", *QUICK), tmp_path / "gn")["metrics"]
     assert "test_error_precise_bn" not in gn and "test_error_minibatch" not in gn
     ghost = execute(
         compose_cfg("norm=ghost_batchnorm", "norm.ghost_batch_size=2", "batch_size=8", *QUICK),
         tmp_path / "g",
-        {},
     )["metrics"]
     assert "test_error_precise_bn" in ghost
 
@@ -122,6 +121,5 @@ def test_class_grouped_sampler_batches(tmp_path):
     record = execute(
         compose_cfg("data.sampler=class_grouped", "data.classes_per_batch=2", "batch_size=8", *QUICK),
         tmp_path,
-        {},
     )
     assert record["status"] == "completed"

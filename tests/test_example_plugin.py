@@ -94,4 +94,4 @@ def test_training_run_with_the_plugin(plugin_env, tmp_path):
     from normbench.results import load_run
 
     record = load_run(tmp_path / "out")
-    assert record["status"] == "completed" and record["choices"]["norm"] == "scalenorm"
+    assert record["status"] == "completed" and record["config"]["norm"]["name"] == "scalenorm"

@@ -27,9 +27,9 @@ def test_every_plugin_trains_where_it_applies_and_errors_clearly_elsewhere(norm,
     cfg = compose_cfg(f"task={task}", f"norm={norm}", "batch_size=8", *QUICK)
     if task != "mnist1d_cnn" and norm_spec(norm).min_spatial_positions > 1:
         with pytest.raises(ConfigError, match=rf"norm={norm} cannot build task={task}: .*shape \(\d+, \d+\)"):
-            execute(cfg, tmp_path, {})
+            execute(cfg, tmp_path)
         return
-    record = execute(cfg, tmp_path, {})
+    record = execute(cfg, tmp_path)
     # every plugin fits the conv net and must train there; elsewhere a plugin may legitimately blow up
     # at the default lr (e.g. evonorm_s0 on 2-channel token groups), which must be recorded, not crash
     allowed = ("completed",) if task == "mnist1d_cnn" else ("completed", "diverged")
@@ -119,7 +119,7 @@ def test_switchnorm_records_its_mixture(tmp_path):
     mix = sn.extra_metrics()
     assert sum(v for k, v in mix.items() if k.startswith("mean_")) == pytest.approx(1.0)
     assert mix["mean_bn"] == pytest.approx(1 / 3)
-    record = execute(compose_cfg("task=mnist1d_cnn", "norm=switchnorm", *QUICK), tmp_path, {})
+    record = execute(compose_cfg("task=mnist1d_cnn", "norm=switchnorm", *QUICK), tmp_path)
     assert len(record["layers"]) == 3
     assert record["metrics"]["switchnorm_var_in"] == pytest.approx(
         sum(v["var_in"] for v in record["layers"].values()) / 3

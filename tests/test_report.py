@@ -95,7 +95,7 @@ def test_same_inputs_give_byte_identical_tables(small_sweep, tmp_path):
         assert a == b
 
 
-def test_missing_seed_is_marked_and_bad_files_are_named(small_sweep, tmp_path):
+def test_missing_seed_is_marked_and_bad_files_are_named(small_sweep, tmp_path, caplog):
     copy = tmp_path / "sweep"
     shutil.copytree(small_sweep, copy)
     runs = load_runs(copy)
@@ -105,9 +105,9 @@ def test_missing_seed_is_marked_and_bad_files_are_named(small_sweep, tmp_path):
     (Path(victim) / "result.json").write_text('{"schema_version": 1, "status": "compl')  # partial write
     (copy / "stray").mkdir()
     (copy / "stray" / "result.json").write_text("[1, 2]")
-    with pytest.warns(UserWarning) as caught:
+    with caplog.at_level("WARNING"):
         runs = load_runs(copy)
-    messages = " ".join(str(w.message) for w in caught)
+    messages = " ".join(r.getMessage() for r in caplog.records)
     assert str(Path(victim) / "result.json") in messages and str(copy / "stray" / "result.json") in messages
     assert len(runs) == 7
     summary = summarize(runs)
@@ -118,13 +118,21 @@ def test_missing_seed_is_marked_and_bad_files_are_named(small_sweep, tmp_path):
     assert "(n=1)*" in report and "stray" in report
 
 
-def _record(h: str, status: str, finished: str, error: float | None, **choices) -> dict:
+def _record(h: str, status: str, finished: str, error: float | None, seed: int = 0) -> dict:
+    """A schema-1 record (with the ``choices`` that schema carried), as older sweeps wrote them."""
     return {
         "schema_version": 1,
         "status": status,
         "config_hash": h,
-        "choices": {"task": "t", "norm": "batchnorm", "batch_size": 32, "seed": 0, **choices},
-        "config": {"train": {"budget": "epochs"}, "data": {"sampler": "iid"}},
+        "choices": {"task": "t", "norm": "batchnorm", "batch_size": 32, "seed": seed, "experiment": "x"},
+        "config": {
+            "task": {"name": "t"},
+            "norm": {"name": "batchnorm"},
+            "batch_size": 32,
+            "seed": seed,
+            "train": {"budget": "epochs"},
+            "data": {"sampler": "iid"},
+        },
         "metrics": {} if error is None else {"test_error": error},
         "finished_at": finished,
     }

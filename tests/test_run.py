@@ -28,10 +28,10 @@ def test_each_task_trains_with_each_core_norm(task, norm, tmp_path):
     cfg = compose_cfg(f"task={task}", f"norm={norm}", "batch_size=8", *QUICK)
     if (task, norm) in NO_POSITIONS:
         with pytest.raises(ConfigError, match=r"needs at least 2 spatial positions"):
-            execute(cfg, tmp_path, {})
+            execute(cfg, tmp_path)
         assert not (tmp_path / RESULT_FILE).exists()
         return
-    record = execute(cfg, tmp_path, {})
+    record = execute(cfg, tmp_path)
     assert record["status"] == "completed", record.get("error")
     assert record == load_run(tmp_path)
     assert record["steps"] == 4 and len(record["history"]) == 2
@@ -39,22 +39,22 @@ def test_each_task_trains_with_each_core_norm(task, norm, tmp_path):
     for key in ("test_error", "train_error"):
         assert 0.0 <= m[key] <= 1.0
     assert m["test_loss"] > 0 and m["train_loss"] > 0
-    assert record["choices"] == {"task": task, "norm": norm, "batch_size": 8, "seed": 0}
+    config = record["config"]
+    assert (config["task"]["name"], config["norm"]["name"], config["batch_size"], config["seed"]) == (task, norm, 8, 0)
 
 
 def test_transformer_instancenorm_works_with_sequence_layout(tmp_path):
     cfg = compose_cfg("task=seq_transformer", "norm=instancenorm", "task.model.token_layout=sequence", *QUICK)
-    assert execute(cfg, tmp_path, {})["status"] == "completed"
+    assert execute(cfg, tmp_path)["status"] == "completed"
 
 
 def test_record_fields_budget_and_lr_scaling(tmp_path):
     cfg = compose_cfg(
         "norm=groupnorm", "norm.num_groups=8", "batch_size=64", "train.epochs=1", "optim.lr=0.1"
     )
-    record = execute(cfg, tmp_path, {"norm.num_groups": 8})
+    record = execute(cfg, tmp_path)
     assert record["steps"] == 4000 // 64 == record["steps_per_epoch"]
     assert record["lr"] == pytest.approx(0.1 * 64 / 32)
-    assert record["choices"]["norm.num_groups"] == 8
     assert record["config"]["norm"] == {
         "name": "groupnorm",
         "num_groups": 8,
@@ -65,16 +65,16 @@ def test_record_fields_budget_and_lr_scaling(tmp_path):
     assert set(record["env"]) >= {"normbench", "torch", "python", "threads"}
     assert record["wall_time_s"] > 0 and record["time_per_step_s"] > 0
     assert [h["step"] for h in record["history"]] == [62]
-    sqrt = execute(compose_cfg("optim=adamw", "batch_size=128", *QUICK), tmp_path / "b", {})
+    sqrt = execute(compose_cfg("optim=adamw", "batch_size=128", *QUICK), tmp_path / "b")
     assert sqrt["lr"] == pytest.approx(1e-3 * 2)
 
 
 def test_same_config_and_seed_give_identical_metrics(tmp_path):
     cfg = compose_cfg("task=mnist1d_cnn", "batch_size=16", *QUICK)
-    a = execute(cfg, tmp_path / "a", {})
-    b = execute(cfg, tmp_path / "b", {})
+    a = execute(cfg, tmp_path / "a")
+    b = execute(cfg, tmp_path / "b")
     assert a["metrics"] == b["metrics"] and a["history"] == b["history"]
-    c = execute(compose_cfg("task=mnist1d_cnn", "batch_size=16", "seed=1", *QUICK), tmp_path / "c", {})
+    c = execute(compose_cfg("task=mnist1d_cnn", "batch_size=16", "seed=1", *QUICK), tmp_path / "c")
     assert c["metrics"] != a["metrics"]
 
 
@@ -82,7 +82,7 @@ def test_non_finite_loss_is_recorded_as_diverged(tmp_path):
     cfg = compose_cfg(
         "norm=identity", "optim.lr=1e12", "optim.lr_scaling=none", "train.budget=steps", "train.steps=50"
     )
-    record = execute(cfg, tmp_path, {})
+    record = execute(cfg, tmp_path)
     assert record["status"] == "diverged"
     assert 0 <= record["diverged_at_step"] < 50 and record["steps"] == record["diverged_at_step"]
     assert load_run(tmp_path)["status"] == "diverged"
@@ -96,8 +96,9 @@ def test_non_finite_final_metrics_are_recorded_as_diverged(tmp_path, monkeypatch
         return {**real(*args), "test_loss": float("nan"), "train_loss": float("inf")}
 
     monkeypatch.setattr(run, "final_metrics", overflowing)
-    record = execute(compose_cfg("norm=identity", *QUICK), tmp_path, {})
-    assert record["status"] == "diverged" and record["metrics"] == {}
+    record = execute(compose_cfg("norm=identity", *QUICK), tmp_path)
+    assert record["status"] == "diverged" and "test_error" in record["metrics"]
+    assert "test_loss" not in record["metrics"] and "train_loss" not in record["metrics"]
     assert record["error"] == "non-finite final metrics: test_loss, train_loss"
     assert record["diverged_at_step"] == record["steps"] > 0
     assert load_run(tmp_path)["status"] == "diverged"
@@ -105,7 +106,7 @@ def test_non_finite_final_metrics_are_recorded_as_diverged(tmp_path, monkeypatch
 
 def test_exception_during_training_is_recorded_as_failed(tmp_path):
     cfg = compose_cfg("norm=batchnorm", "batch_size=1", *QUICK)
-    record = execute(cfg, tmp_path, {})
+    record = execute(cfg, tmp_path)
     assert record["status"] == "failed"
     assert "Expected more than 1 value per channel" in record["error"]
     assert record["metrics"] == {}
@@ -114,8 +115,8 @@ def test_exception_during_training_is_recorded_as_failed(tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["batch_size=0"], "batch_size=0 must be between 1 and the training set size 4000"),
-        (["batch_size=4001"], "batch_size=4001 must be between 1"),
+        (["batch_size=0"], "batch_size=0: must be an integer >= 1"),
+        (["batch_size=4001"], "batch_size=4001: must be between 1 and the training set size 4000"),
         (["norm=groupnorm", "norm.num_groups=48"], "num_channels=256 is not divisible by num_groups=48"),
         (["norm=instancenorm"], r"instancenorm cannot build task=mnist1d_mlp.*\(2, 256\)"),
         (["data.sampler=class_grouped", "data.classes_per_batch=3"], "batch_size=32 is not divisible"),
@@ -126,7 +127,7 @@ def test_exception_during_training_is_recorded_as_failed(tmp_path):
 )
 def test_configuration_errors_stop_before_training(overrides, message, tmp_path):
     with pytest.raises(ConfigError, match=message):
-        execute(compose_cfg(*overrides), tmp_path, {})
+        execute(compose_cfg(*overrides), tmp_path)
     assert not (tmp_path / RESULT_FILE).exists()
 
 
@@ -144,18 +145,60 @@ def test_cli_config_error_is_one_line_and_nonzero(tmp_path):
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("norm=foo", "Could not find 'norm/foo'"),
-        ("task=nope", "Could not find 'task/nope'"),
-        ("optim=rmsprop", "Could not find 'optim/rmsprop'"),
-        ("optim.lr=abc", "Value 'abc' of type 'str' could not be converted to Float"),
-        ("norm.nope=1", "Key 'nope' not in 'BatchnormNormConfig'"),
-        ("train.budget=hours", "Invalid value 'hours'"),
+        ("norm=foo", "norm=foo: unknown norm (available: batchnorm, batchrenorm, "),
+        ("norm=grupnorm", "norm=grupnorm: unknown norm; did you mean groupnorm? (available: "),
+        ("task=nope", "task=nope: unknown task (available: digits_cnn, "),
+        ("optim=rmsprop", "optim=rmsprop: unknown optim (available: adamw, sgd)"),
+        ("optim.lr=abc", "optim.lr=abc: Value 'abc' of type 'str' could not be converted to Float"),
+        ("batch_size=2.5", "batch_size=2.5: Value '2.5' of type 'float' could not be converted to Integer"),
+        ("norm.nope=1", "norm.nope: unknown key"),
+        ("batch_sise=8", "batch_sise: unknown key; did you mean batch_size?"),
+        ("optim.lrr=0.1", "optim.lrr: unknown key; did you mean optim.lr?"),
+        ("+foo=1", "foo: unknown key (allowed: batch_size, data, eval, "),
+        ("train.budget=hours", "train.budget=hours: Invalid value 'hours', expected one of [epochs, steps]"),
     ],
 )
-def test_hydra_rejects_bad_overrides(override, message, tmp_path):
+def test_hydra_rejects_bad_overrides_in_one_line(override, message, tmp_path):
     proc = normbench_run(override, cwd=tmp_path)
-    assert proc.returncode == 1 and message in proc.stderr
-    assert not list(tmp_path.rglob(RESULT_FILE))
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [proc.stderr.strip()]  # exactly one line
+    assert proc.stderr.startswith(f"normbench-run: error: {message}")
+    assert list(tmp_path.iterdir()) == []  # no empty outputs/DATE/TIME folder either
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("optim.lr=-1", "optim.lr=-1.0: must be a finite number > 0"),
+        ("optim.lr=nan", "optim.lr=nan: must be a finite number > 0"),
+        ("optim.lr=inf", "optim.lr=inf: must be a finite number > 0"),
+        ("optim.momentum=nan", "optim.momentum=nan: must be a number in [0, 1)"),
+        ("optim.weight_decay=-0.1", "optim.weight_decay=-0.1: must be a finite number >= 0"),
+        ("optim.base_batch_size=0", "optim.base_batch_size=0: must be an integer >= 1"),
+        ("optim.warmup_steps=-1", "optim.warmup_steps=-1: must be an integer >= 0"),
+        ("train.history_points=0", "train.history_points=0: must be an integer >= 1"),
+        ("train.steps=0", "train.steps=0: must be an integer >= 1"),
+        ("train.epochs=-2", "train.epochs=-2: must be an integer >= 1"),
+        ("train.max_train_error_diverged=2", "train.max_train_error_diverged=2.0: must be a fraction in (0, 1]"),
+        ("eval.precise_bn_samples=0", "eval.precise_bn_samples=0: must be an integer >= 1"),
+        ("eval.precise_bn_samples=-3", "eval.precise_bn_samples=-3: must be an integer >= 1"),
+        ("eval.precise_bn_batch_size=-1", "eval.precise_bn_batch_size=-1: must be an integer >= 1, or 0"),
+        ("eval.minibatch_samples=-1", "eval.minibatch_samples=-1: must be an integer >= 1"),
+        ("data.classes_per_batch=0", "data.classes_per_batch=0: must be an integer >= 1"),
+        ("seed=-1", "seed=-1: must be an integer in [0, 2^62)"),
+        ("norm.eps=0", "norm.eps=0.0: must be a finite number > 0"),
+        ("norm.momentum=1.5", "norm.momentum=1.5: must be a number in [0, 1] or null"),
+        ("task.model.width=0", "task.model.width=0: must be an integer >= 1"),
+    ],
+)
+def test_bad_values_are_refused_before_any_work(override, message, tmp_path):
+    proc = normbench_run(override, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"normbench-run: error: {message}" or proc.stderr.startswith(
+        f"normbench-run: error: {message}"
+    )
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_console_script_from_another_directory_writes_record(tmp_path):
@@ -170,7 +213,7 @@ def test_console_script_from_another_directory_writes_record(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     record = load_run(tmp_path / "out")
-    assert record["status"] == "completed" and record["choices"]["norm"] == "groupnorm"
+    assert record["status"] == "completed" and record["config"]["norm"]["name"] == "groupnorm"
     assert "step 4/4" in (tmp_path / "out" / "normbench.log").read_text()
 
 
@@ -211,7 +254,7 @@ def test_user_config_folder_adds_a_task(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     record = load_run(tmp_path / "out")
-    assert record["choices"]["task"] == "tiny_mlp" and record["config"]["task"]["model"]["width"] == 16
+    assert record["config"]["task"]["name"] == "tiny_mlp" and record["config"]["task"]["model"]["width"] == 16
 
 
 def test_regular_install_ships_the_configs(tmp_path):

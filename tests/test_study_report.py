@@ -19,7 +19,7 @@ ERRORS = {
 }
 
 
-def record(i: int, norm: str, bs: int, seed: int, err: float, sampler: str = "iid", **extra) -> dict:
+def record(i: int, norm: str, bs: int, seed: int, err: float, sampler: str = "iid", **norm_options) -> dict:
     metrics = {"test_error": err, "test_loss": 1.0, "train_error": err / 2, "train_loss": 0.5}
     if norm in ("batchnorm", "ghost_batchnorm"):
         metrics |= {
@@ -30,11 +30,17 @@ def record(i: int, norm: str, bs: int, seed: int, err: float, sampler: str = "ii
             "running_var_rel_l2": 0.25,
         }
     return {
-        "schema_version": 1,
+        "schema_version": 2,
         "status": "completed",
         "config_hash": f"{i:016x}",
-        "choices": {"task": "toy", "norm": norm, "batch_size": bs, "seed": seed, **extra},
-        "config": {"train": {"budget": "epochs"}, "data": {"sampler": sampler, "classes_per_batch": 2}},
+        "config": {
+            "task": {"name": "toy"},
+            "norm": {"name": norm, **norm_options},
+            "batch_size": bs,
+            "seed": seed,
+            "train": {"budget": "epochs", "epochs": 3},
+            "data": {"sampler": sampler, "classes_per_batch": 2},
+        },
         "metrics": metrics,
         "history": [{"step": 1, "epoch": 1.0, "train_loss": 1.0, "test_error": err}],
         "finished_at": "2026-01-01T00:00:00",
@@ -51,7 +57,7 @@ def study_dir(tmp_path) -> Path:
         records.append(record(len(records), "batchnorm", 32, seed, 0.6, sampler="class_grouped"))
         for ghost, err in ((2, 0.4), (32, 0.2)):
             records.append(
-                record(len(records), "ghost_batchnorm", 32, seed, err, **{"norm.ghost_batch_size": ghost})
+                record(len(records), "ghost_batchnorm", 32, seed, err, ghost_batch_size=ghost)
             )
     for r in records:
         folder = tmp_path / "sweeps" / r["config_hash"]

@@ -28,7 +28,7 @@ def test_joblib_sweep_writes_one_hash_named_folder_per_run(tmp_path):
     found = records(tmp_path / "default")
     assert len(found) == 4
     assert all(folder == r["config_hash"] for folder, r in found.items())
-    assert {(r["choices"]["norm"], r["choices"]["batch_size"]) for r in found.values()} == {
+    assert {(r["config"]["norm"]["name"], r["config"]["batch_size"]) for r in found.values()} == {
         ("batchnorm", 8),
         ("batchnorm", 16),
         ("groupnorm", 8),
@@ -62,7 +62,7 @@ def test_grown_grid_adds_runs_without_touching_old_ones(tmp_path):
     proc = sweep(tmp_path, "norm=layernorm", "seed=0,1,2", launcher="basic")
     assert "3 runs: 2 completed, 0 diverged, 0 failed, 1 skipped" in proc.stdout
     grown = records(tmp_path / "default")
-    assert len(grown) == 3 and sorted(r["choices"]["seed"] for r in grown.values()) == [0, 1, 2]
+    assert len(grown) == 3 and sorted(r["config"]["seed"] for r in grown.values()) == [0, 1, 2]
     for folder, r in old.items():
         assert grown[folder]["finished_at"] == r["finished_at"]
 
@@ -72,7 +72,7 @@ def test_failed_and_misconfigured_jobs_do_not_stop_the_others(tmp_path):
     assert proc.returncode == 1  # configuration errors make the sweep exit non-zero, after the others ran
     assert "4 runs: 1 completed, 0 diverged, 1 failed, 0 skipped, 2 config error" in proc.stdout
     found = records(tmp_path / "default")
-    statuses = sorted((r["choices"]["batch_size"], r["status"]) for r in found.values())
+    statuses = sorted((r["config"]["batch_size"], r["status"]) for r in found.values())
     assert statuses == [(1, "failed"), (8, "completed")]
     failed = next(folder for folder, r in found.items() if r["status"] == "failed")
     assert f"failed, log: {tmp_path / 'default' / failed / 'normbench.log'}" in proc.stdout
@@ -87,21 +87,26 @@ def test_submitit_local_launcher(tmp_path):
     proc = sweep(tmp_path, "norm=groupnorm,identity", launcher="submitit_local")
     assert proc.returncode == 0, proc.stderr
     found = records(tmp_path / "default")
-    assert sorted(r["choices"]["norm"] for r in found.values()) == ["groupnorm", "identity"]
+    assert sorted(r["config"]["norm"]["name"] for r in found.values()) == ["groupnorm", "identity"]
     assert all(folder == r["config_hash"] for folder, r in found.items())
 
 
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("norm=batchnorm,foo", "Could not find 'norm/foo'"),
-        ("batch_size=8,abc", "could not be converted to Integer"),
+        ("norm=batchnorm,foo", "norm=foo: unknown norm"),
+        ("batch_size=8,abc", "batch_size=abc: Value 'abc' of type 'str' could not be converted to Integer"),
+        ("optim.lr=0.05,-1", "optim.lr=-1.0: must be a finite number > 0 (sweep job optim.lr=-1 "),
+        ("optim.lr=0.05,nan", "optim.lr=nan: must be a finite number > 0 (sweep job optim.lr=nan "),
+        ("eval.precise_bn_samples=10,0", "eval.precise_bn_samples=0: must be an integer >= 1"),
     ],
 )
-def test_bad_override_fails_before_any_job_runs(tmp_path, override, message):
+def test_bad_value_anywhere_in_the_grid_stops_the_sweep_before_any_job(tmp_path, override, message):
     proc = sweep(tmp_path, override)
-    assert proc.returncode == 1 and message in proc.stderr
-    assert not list(tmp_path.rglob("result.json")) and not list(tmp_path.rglob("visit.json"))
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert proc.stderr.startswith(f"normbench-run: error: {message}")
+    assert list(tmp_path.iterdir()) == []  # not even the sweep folder
 
 
 def test_experiment_preset_defines_a_grid():

@@ -22,13 +22,15 @@ class SyncBatchNorm(BatchNorm):
     r"""BatchNorm whose training statistics are all-reduced over the default process group.
 
     .. math::
-        \mu = \frac{\sum_p \sum_i x_{p,i}}{\sum_p n_p},\quad
-        \sigma^2 = \frac{\sum_p \sum_i x_{p,i}^2}{\sum_p n_p} - \mu^2,\quad
+        \mu = \frac{\sum_p n_p \mu_p}{\sum_p n_p},\quad
+        \sigma^2 = \frac{\sum_p \left[ M_{2,p} + n_p (\mu_p - \mu)^2 \right]}{\sum_p n_p},\quad
         y = \frac{x - \mu}{\sqrt{\sigma^2 + \epsilon}}\gamma + \beta
 
-    per channel over every process's samples and positions: exactly BatchNorm over the union batch.
-    The per-process sums, sums of squares and counts travel in one ``all_reduce`` from
-    ``torch.distributed.nn`` (differentiable), so gradients flow through the reduction to every
+    per channel, where process p holds n_p values per channel with mean :math:`\mu_p` and sum of
+    squared deviations :math:`M_{2,p}`: exactly BatchNorm over the union batch, merged as Chan et al.
+    1979 (no :math:`E[x^2] - \mu^2` cancellation), in float32 or better whatever the input dtype.
+    Two ``all_reduce`` calls from ``torch.distributed.nn`` (differentiable) carry the counts and
+    weighted means, then the merged deviations, so gradients flow through the reduction to every
     process's inputs. Works with the gloo backend on CPU (``torch.nn.SyncBatchNorm`` is CUDA-only);
     per-process batches may be uneven or empty. Running statistics (unbiased variance of the union)
     and eval mode are BatchNorm's. Without an initialized process group, or with one process, it is
@@ -48,17 +50,21 @@ class SyncBatchNorm(BatchNorm):
             return super().forward(x)
         self.check_input(x)
         c = self.num_channels
-        flat = x.transpose(0, 1).reshape(c, -1)
-        count = torch.full((1,), float(flat.shape[1]), dtype=x.dtype, device=x.device)
-        stats = dist_fn.all_reduce(torch.cat([flat.sum(1), (flat * flat).sum(1), count]))
-        total = stats[-1]
+        flat = x.transpose(0, 1).reshape(c, -1).to(torch.promote_types(x.dtype, torch.float32))
+        n_local = flat.shape[1]
+        local_mean = flat.sum(1) / max(n_local, 1)
+        local_m2 = (flat - local_mean[:, None]).square().sum(1)
+        count = flat.new_full((1,), float(n_local))
+        sums = dist_fn.all_reduce(torch.cat([count, local_mean * n_local]))
+        total = sums[0]
         n_total = float(total.detach())
         if n_total < 2:
             raise ValueError(
                 f"SyncBatchNorm: expected more than 1 value per channel over all processes, got {int(n_total)}"
             )
-        mean = stats[:c] / total
-        var = (stats[c : 2 * c] / total - mean * mean).clamp_min(0)
+        mean = sums[1:] / total
+        m2 = dist_fn.all_reduce(local_m2 + n_local * (local_mean - mean).square())
+        var = m2 / total
         if self.track_running_stats:
             self.track(mean.detach(), var.detach(), n_total)
         shape = (1, -1, *[1] * (x.dim() - 2))
@@ -66,4 +72,4 @@ class SyncBatchNorm(BatchNorm):
         if self.weight is not None:
             scale = scale * self.weight
         shift = -mean * scale + (self.bias if self.bias is not None else 0)
-        return x * scale.view(shape) + shift.view(shape)
+        return (x * scale.view(shape) + shift.view(shape)).to(x.dtype)

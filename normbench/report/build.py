@@ -5,14 +5,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import warnings
+import shutil
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pandas as pd
 
 from normbench.report import figures, study
-from normbench.report.load import load_runs
+from normbench.report.load import read_records, runs_frame
 from normbench.report.markdown import facet_title, image, md_table, norm_by_batch, percent_cell, slug
 from normbench.report.tables import facet_columns, matches, summarize, with_reference_delta
 
@@ -22,14 +23,8 @@ log = logging.getLogger(__name__)
 Section = Callable[[pd.DataFrame, pd.DataFrame, Path, int], str]
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def write_csv_atomic(df: pd.DataFrame, path: Path) -> None:
-    write_text_atomic(path, df.to_csv(index=False, float_format="%.6g", lineterminator="\n"))
+def write_csv(df: pd.DataFrame, path: Path) -> None:
+    path.write_text(df.to_csv(index=False, float_format="%.6g", lineterminator="\n"))
 
 
 def general_sections(runs: pd.DataFrame, summary: pd.DataFrame, out: Path, reference_batch: int) -> str:
@@ -115,6 +110,24 @@ def problems_section(runs: pd.DataFrame, summary: pd.DataFrame, skipped: Sequenc
     return "\n".join(lines)
 
 
+def publish(staging: Path, out: Path) -> None:
+    """Move a finished report from ``staging`` into ``out``: the figures folder is swapped whole, then
+    the tables, then report.md. Outputs of an earlier report that this one does not make are removed."""
+    figures_dir, old = out / "figures", out / f".figures-old-{staging.name}"
+    if figures_dir.exists():
+        os.replace(figures_dir, old)
+    os.replace(staging / "figures", figures_dir)
+    shutil.rmtree(old, ignore_errors=True)
+    for name in (*OUTPUT_TABLES, "report.md"):
+        if (staging / name).exists():
+            os.replace(staging / name, out / name)
+        else:
+            (out / name).unlink(missing_ok=True)
+
+
+OUTPUT_TABLES = ("runs.csv", "runs.parquet", "summary.csv")
+
+
 def build_report(
     dirs: Sequence[str | os.PathLike[str]],
     out: str | os.PathLike[str],
@@ -123,23 +136,44 @@ def build_report(
     notes: str = "",
 ) -> Path:
     """Read every run under ``dirs`` and write runs.csv (and runs.parquet with pyarrow), summary.csv,
-    figures/ and report.md under ``out``. Returns the path of report.md."""
+    figures/ and report.md under ``out``. Returns the path of report.md.
+
+    The report is built in a temporary folder inside ``out`` and moved into place only when complete,
+    so a failure leaves the previous report as it was. Invalid record files are skipped with one
+    warning each and listed in the report."""
     out = Path(out)
-    (out / "figures").mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        runs = load_runs(*dirs, with_history=True)
-    skipped = [str(w.message) for w in caught]
+    records, skipped = read_records(dirs)
     for message in skipped:
         log.warning(message)
+    runs = runs_frame(records, with_history=True)
     if runs.empty:
-        raise ValueError(f"no run records (result.json) found under {', '.join(map(str, dirs))}")
+        raise ValueError(f"no valid run records (result.json) found under {', '.join(map(str, dirs))}")
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".report-", dir=out))
+    try:
+        _write_report(runs, skipped, dirs, staging, reference_batch, title, notes)
+        publish(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out / "report.md"
+
+
+def _write_report(
+    runs: pd.DataFrame,
+    skipped: Sequence[str],
+    dirs: Sequence[str | os.PathLike[str]],
+    out: Path,
+    reference_batch: int,
+    title: str,
+    notes: str,
+) -> None:
+    (out / "figures").mkdir()
     table = runs.drop(columns=["history"])
-    write_csv_atomic(table, out / "runs.csv")
+    write_csv(table, out / "runs.csv")
     with contextlib.suppress(ImportError):  # Parquet only where pyarrow (or fastparquet) is installed
         table.to_parquet(out / "runs.parquet", index=False)
     summary = with_reference_delta(summarize(runs), reference_batch)
-    write_csv_atomic(summary, out / "summary.csv")
+    write_csv(summary, out / "summary.csv")
     counts = runs["status"].value_counts()
     header = [
         f"# {title}",
@@ -154,6 +188,4 @@ def build_report(
     body.append(problems_section(runs, summary, skipped))
     if notes:
         body.append(f"## Notes\n\n{notes.strip()}\n")
-    report = out / "report.md"
-    write_text_atomic(report, "\n".join(header + [b for b in body if b]))
-    return report
+    (out / "report.md").write_text("\n".join(header + [b for b in body if b]))

@@ -1,12 +1,17 @@
-"""Reading run records into one pandas DataFrame, one row per run."""
+"""Reading run records into one pandas DataFrame, one row per run.
+
+A run's identity is its resolved config (the record's ``config``): it is flattened into dotted columns
+(``optim.lr``, ``train.budget``, ``norm.num_groups``; top-level values such as ``batch_size`` keep
+their name), and ``task.name`` and ``norm.name`` become the display columns ``task`` and ``norm``. Nothing
+is read from the command line that produced a run.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
-import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +22,9 @@ from normbench.results import RESULT_FILE, InvalidRecord, load_run
 
 log = logging.getLogger(__name__)
 
+DISPLAY_COLUMNS = ["task", "norm", "batch_size", "seed"]
 BASE_COLUMNS = [
-    "task",
-    "norm",
-    "batch_size",
-    "seed",
+    *DISPLAY_COLUMNS,
     "status",
     "test_error",
     "test_loss",
@@ -32,46 +35,40 @@ BASE_COLUMNS = [
     "wall_time_s",
     "config_hash",
 ]
-# Config values that change what a run computes even when not typed on the command line; always
-# carried, so grids run with different budgets or samplers never mix in one cell.
-CONFIG_COLUMNS = {
-    "budget": ("train", "budget"),
-    "sampler": ("data", "sampler"),
-    "classes_per_batch": ("data", "classes_per_batch"),
-}
+RECORD_FIELDS = ("steps", "lr", "wall_time_s", "time_per_step_s", "config_hash", "finished_at", "error")
 STATUS_RANK = {"completed": 0, "diverged": 1, "failed": 2}
+# undotted config columns: the display names of task.name and norm.name, and the top-level values
+CONFIG_TOP_LEVEL = ("task", "norm", "batch_size", "seed", "world_size")
 
 
-def _read(path: Path) -> dict[str, Any] | None:
-    try:
-        return load_run(path)
-    except InvalidRecord as exc:
-        message = f"skipping unreadable or partial run record: {exc}"
-        warnings.warn(message, stacklevel=3)
-        log.warning(message)
-        return None
+def flatten_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"optim": {"lr": 0.1}}`` -> ``{"optim.lr": 0.1}``; lists become JSON strings."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten_config(value, f"{name}."))
+        else:
+            flat[name] = json.dumps(value) if isinstance(value, list) else value
+    return flat
+
+
+def config_columns(df: pd.DataFrame) -> list[str]:
+    """The columns that hold config values: dotted paths and the config's top-level values."""
+    return [c for c in df.columns if "." in c or c in CONFIG_TOP_LEVEL]
 
 
 def _row(record: dict[str, Any], path: Path, with_history: bool) -> dict[str, Any]:
-    row: dict[str, Any] = {}
-    config = record.get("config", {})
-    for column, keys in CONFIG_COLUMNS.items():
-        value: Any = config
-        for k in keys:
-            value = value.get(k) if isinstance(value, dict) else None
-        row[column] = value
-    if row["sampler"] != "class_grouped":
-        row["classes_per_batch"] = None  # only meaningful for class-grouped batches
-    mirrored = {".".join(keys) for keys in CONFIG_COLUMNS.values()}
-    for key, value in record["choices"].items():
-        if key in mirrored:
-            continue
-        row[key] = value if not isinstance(value, (list, dict)) else json.dumps(value)
-    row["status"] = record["status"]
-    row.update({k: v for k, v in record["metrics"].items() if not isinstance(v, (list, dict))})
-    for key in ("steps", "lr", "wall_time_s", "time_per_step_s", "config_hash", "finished_at", "error"):
-        row[key] = record.get(key)
-    row["path"] = str(path.parent)
+    config = flatten_config(record["config"])
+    row: dict[str, Any] = {
+        "task": config.pop("task.name"),
+        "norm": config.pop("norm.name"),
+        "status": record["status"],
+        **{k: v for k, v in record["metrics"].items() if not isinstance(v, (list, dict))},
+        **{key: record.get(key) for key in RECORD_FIELDS},
+        **config,
+        "path": str(path.parent),
+    }
     if with_history:
         row["history"] = record.get("history", [])
     return row
@@ -87,28 +84,26 @@ def find_records(dirs: Iterable[str | os.PathLike[str]]) -> list[Path]:
     return sorted(paths)
 
 
-def load_runs(
-    *dirs: str | os.PathLike[str], with_history: bool = False, progress: bool | None = None
-) -> pd.DataFrame:
-    """One row per run found under ``dirs`` (searched recursively for ``result.json``).
-
-    Columns: task, norm, batch_size, seed, status, the metrics, steps, lr, wall_time_s, config_hash,
-    then every other swept value (a command-line override) and metric, plus budget, sampler,
-    finished_at and path. Unreadable or partial files are skipped with a warning naming each. When
-    several folders hold the same config hash, one row is kept: completed before diverged before
-    failed, then the newest. Rows are sorted, so the same inputs give the same frame.
-    """
+def read_records(
+    dirs: Iterable[str | os.PathLike[str]], progress: bool | None = None
+) -> tuple[list[tuple[Path, dict[str, Any]]], list[str]]:
+    """Every valid record under ``dirs`` with its path, and one message per file skipped (naming the
+    file and why: not a regular file, too large, not JSON, wrong types or ranges)."""
+    records, skipped = [], []
     paths = find_records(dirs)
-    rows = []
-    for path in tqdm(
-        paths, desc="reading runs", unit="run", disable=None if progress is None else not progress
-    ):
-        record = _read(path)
-        if record is not None:
-            rows.append(_row(record, path, with_history))
-    if not rows:
-        return pd.DataFrame(columns=[*BASE_COLUMNS, *CONFIG_COLUMNS])
-    df = pd.DataFrame(rows)
+    for path in tqdm(paths, desc="reading runs", unit="run", disable=None if progress is None else not progress):
+        try:
+            records.append((path, load_run(path)))
+        except InvalidRecord as exc:
+            skipped.append(f"skipped run record {exc}")
+    return records, skipped
+
+
+def runs_frame(records: list[tuple[Path, dict[str, Any]]], with_history: bool = False) -> pd.DataFrame:
+    """One row per config hash (completed before diverged before failed, then the newest), sorted."""
+    if not records:
+        return pd.DataFrame(columns=BASE_COLUMNS)
+    df = pd.DataFrame([_row(record, path, with_history) for path, record in records])
     for column in BASE_COLUMNS:
         if column not in df:
             df[column] = None
@@ -119,3 +114,20 @@ def load_runs(
     df = df[BASE_COLUMNS + extra]
     df = df.sort_values(["task", "norm", "batch_size", "seed", "config_hash"], kind="mergesort")
     return df.reset_index(drop=True)
+
+
+def load_runs(
+    *dirs: str | os.PathLike[str], with_history: bool = False, progress: bool | None = None
+) -> pd.DataFrame:
+    """One row per run found under ``dirs`` (searched recursively for ``result.json``).
+
+    Columns: task, norm, batch_size, seed, status, the metrics, steps, lr, wall_time_s, config_hash,
+    then every config value as a dotted column (``optim.lr``, ``train.budget``, ...), finished_at,
+    error and path. Invalid files are skipped with one warning each, naming the file and the reason.
+    When several folders hold the same config hash, one row is kept: completed before diverged before
+    failed, then the newest. Rows are sorted, so the same inputs give the same frame.
+    """
+    records, skipped = read_records(dirs, progress)
+    for message in skipped:
+        log.warning(message)
+    return runs_frame(records, with_history)

@@ -19,6 +19,8 @@ EVALS = {
     "test_error_minibatch": "mini-batch statistics",
 }
 GHOST = "norm.ghost_batch_size"
+BUDGET = "train.budget"
+SAMPLER = "data.sampler"
 # Wu & He 2018, Table 2: ResNet-50 ImageNet validation error (%) at 32 and 2 images per GPU.
 ANCHOR = {"BN": (23.6, 34.7), "GN": (24.1, 24.1)}
 
@@ -27,7 +29,7 @@ def main_grid(runs: pd.DataFrame) -> pd.DataFrame:
     """i.i.d. runs whose normalization batch is the optimisation batch (no ghost batches)."""
     keep = (
         (runs["status"] == "completed")
-        & (runs.get("sampler", "iid") == "iid")
+        & (runs.get(SAMPLER, "iid") == "iid")
         & (runs["norm"] != "ghost_batchnorm")
     )
     if GHOST in runs:
@@ -43,7 +45,7 @@ def inconsistency_section(runs: pd.DataFrame, summary: pd.DataFrame, out: Path, 
     if "test_error_precise_bn" not in runs:
         return ""
     df = main_grid(runs)
-    df = df[df["test_error_precise_bn"].notna() & (df["budget"] == "epochs")]
+    df = df[df["test_error_precise_bn"].notna() & (df[BUDGET] == "epochs")]
     if df.empty:
         return ""
     lines = [
@@ -104,11 +106,11 @@ def inconsistency_section(runs: pd.DataFrame, summary: pd.DataFrame, out: Path, 
 
 
 def noniid_section(runs: pd.DataFrame, summary: pd.DataFrame, out: Path, reference_batch: int) -> str:
-    if "sampler" not in runs or not (runs["sampler"] == "class_grouped").any():
+    if SAMPLER not in runs or not (runs[SAMPLER] == "class_grouped").any():
         return ""
-    grouped = runs[(runs["sampler"] == "class_grouped") & (runs["status"] == "completed")]
+    grouped = runs[(runs[SAMPLER] == "class_grouped") & (runs["status"] == "completed")]
     iid = main_grid(runs)
-    keys = ["task", "budget", "norm", "batch_size"]
+    keys = ["task", BUDGET, "norm", "batch_size"]
     a = grouped.groupby(keys)["test_error"].agg(["mean", "std", "count"])
     b = iid.groupby(keys)["test_error"].agg(["mean", "std"])
     table = a.join(b.add_suffix("_iid"), how="left")
@@ -124,7 +126,7 @@ def noniid_section(runs: pd.DataFrame, summary: pd.DataFrame, out: Path, referen
         cols["class-sorted test batches, batch stats"] = (sorted_err * 100).map(
             lambda v: "—" if pd.isna(v) else f"{v:.1f}"
         )
-    classes = sorted(grouped["classes_per_batch"].dropna().unique())
+    classes = sorted(grouped["data.classes_per_batch"].dropna().unique())
     k = " or ".join(str(int(c)) for c in classes) + " classes" if classes else "a few classes"
     lines = [
         "## Non-i.i.d. batches (Batch Renorm's stress test)",
@@ -156,15 +158,15 @@ def ghost_section(runs: pd.DataFrame, summary: pd.DataFrame, out: Path, referenc
     tasks = sorted(ghost["task"].unique())
     fig, axes = figures.panels(len(tasks))
     for ax, task in zip(axes, tasks, strict=True):
-        for budget, style in zip(sorted(ghost["budget"].unique()), ("-", ":"), strict=False):
+        for budget, style in zip(sorted(ghost[BUDGET].unique()), ("-", ":"), strict=False):
             g = _seed_stats(
-                ghost[(ghost["task"] == task) & (ghost["budget"] == budget)], [GHOST], "test_error"
+                ghost[(ghost["task"] == task) & (ghost[BUDGET] == budget)], [GHOST], "test_error"
             )
             color = figures.norm_color("ghost_batchnorm")
             label = f"ghost BN, optimisation batch {opt_batch} ({budget})"
             ax.plot(g[GHOST], g["mean"] * 100, style, marker="o", ms=3, color=color, label=label)
             ax.fill_between(g[GHOST], g["min"] * 100, g["max"] * 100, color=color, alpha=0.12, lw=0)
-        b = _seed_stats(bn[(bn["task"] == task) & (bn["budget"] == "epochs")], ["batch_size"], "test_error")
+        b = _seed_stats(bn[(bn["task"] == task) & (bn[BUDGET] == "epochs")], ["batch_size"], "test_error")
         if not b.empty:
             label = "BN, optimisation batch = normalization batch (epochs)"
             ax.plot(
@@ -181,7 +183,7 @@ def ghost_section(runs: pd.DataFrame, summary: pd.DataFrame, out: Path, referenc
     stem = out / "figures" / "ghost_batch"
     figures.finish(fig, axes, stem, legend_size=7)
     table = (
-        ghost.groupby(["task", "budget", GHOST])["test_error"]
+        ghost.groupby(["task", BUDGET, GHOST])["test_error"]
         .agg(["mean", "std"])
         .apply(lambda r: _pm(r["mean"], r["std"]), axis=1)
     )
@@ -212,9 +214,9 @@ def reading_section(runs: pd.DataFrame, summary: pd.DataFrame, out: Path, refere
     small = int(df["batch_size"].min()) if not df.empty else None
     if small is None or small >= reference_batch or not (df["norm"] == "batchnorm").any():
         return ""
-    stats = _seed_stats(df, ["task", "budget", "norm", "batch_size"], "test_error")
+    stats = _seed_stats(df, ["task", BUDGET, "norm", "batch_size"], "test_error")
     rows, visible = [], []
-    for (task, budget), part in stats.groupby(["task", "budget"], sort=True):
+    for (task, budget), part in stats.groupby(["task", BUDGET], sort=True):
         cell = {}
         for norm, r in part.groupby("norm"):
             ref, low = r[r["batch_size"] == reference_batch], r[r["batch_size"] == small]

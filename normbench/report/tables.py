@@ -5,21 +5,33 @@ from __future__ import annotations
 
 import pandas as pd
 
-# Columns that define what a run computes apart from its seed. Swept overrides are dotted paths
-# (norm.num_groups, data.classes_per_batch, ...) and are cell columns too; metrics never are.
-FIXED_CELL_COLUMNS = ("task", "budget", "sampler", "classes_per_batch", "optim", "norm", "batch_size")
+from normbench.report.load import config_columns
+
+DISPLAY = ("task", "norm", "batch_size")
 
 
 def cell_columns(df: pd.DataFrame) -> list[str]:
-    """The columns that identify a cell (everything that defines a run except the seed)."""
-    fixed = [c for c in FIXED_CELL_COLUMNS if c in df.columns]
-    swept = sorted(c for c in df.columns if ("." in c or "/" in c) and c not in fixed)
-    return fixed + swept
+    """The columns that identify a cell: task, norm and batch size, then every other config column
+    whose value varies across ``df`` — except the seed. Runs that differ in any config value never
+    share a cell."""
+    varying = [
+        c
+        for c in config_columns(df)
+        if c not in (*DISPLAY, "seed") and df[c].astype(str).nunique(dropna=False) > 1
+    ]
+    return [*DISPLAY, *sorted(varying)]
 
 
 def facet_columns(df: pd.DataFrame) -> list[str]:
-    """Cell columns other than task, norm and batch size: each combination gets its own table/figure."""
-    return [c for c in cell_columns(df) if c not in ("task", "norm", "batch_size")]
+    """Cell columns that vary for one task and norm (a swept lr, budget or sampler): each combination
+    gets its own table and figure. Columns that only follow the task or the norm (the model's width,
+    a norm's own options) are not facets."""
+    cells = cell_columns(df)
+    return [
+        c
+        for c in cells
+        if c not in DISPLAY and (df.groupby(["task", "norm"])[c].nunique(dropna=False) > 1).any()
+    ]
 
 
 def summarize(df: pd.DataFrame, metric: str = "test_error") -> pd.DataFrame:

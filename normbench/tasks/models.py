@@ -32,9 +32,12 @@ class NormLayers:
     def __init__(self, name: str, options: Mapping[str, Any] | None = None) -> None:
         self.spec = norm_spec(name)
         self.options = dict(options or {})
+        self.built: list[nn.Module] = []  # every norm layer made, in order
 
     def __call__(self, num_channels: int) -> nn.Module:
-        return build_norm(self.spec.name, num_channels, **self.options)
+        norm = build_norm(self.spec.name, num_channels, **self.options)
+        self.built.append(norm)
+        return norm
 
     def block(self, layer: nn.Module, num_channels: int, activation: bool = True) -> list[nn.Module]:
         if self.spec.adapt_layer is not None:
