@@ -10,7 +10,10 @@ from helpers import normbench_run
 
 from normbench.results import load_run
 
-ARGS = ("task=mnist1d_cnn", "batch_size=16", "train.budget=steps", "train.steps=12", "train.history_points=2")
+ARGS = ("task=mnist1d_cnn", "batch_size=16", "train.budget=steps", "train.steps=200", "train.history_points=2")
+# Measured after 200 steps: train loss 4e-5 and test loss 8e-5 relative apart (float32 sums in another
+# order, compounding over the steps); test errors equal. The README states this bound.
+BOUND = 5e-4
 
 
 def torchrun(*args: str, cwd) -> subprocess.CompletedProcess:
@@ -37,7 +40,12 @@ def test_two_process_sync_batchnorm_matches_single_process_batchnorm(tmp_path):
     a, b, c = (load_run(tmp_path / d) for d in ("single", "sync", "local"))
     assert b["config"]["world_size"] == 2 and b["config_hash"] != a["config_hash"]
     # same global batch, gradients averaged over processes, statistics over the union: same training
-    for key in ("train_loss", "test_loss"):
-        assert b["metrics"][key] == pytest.approx(a["metrics"][key], rel=1e-4)
+    for key in ("train_loss", "test_loss", "test_loss_precise_bn"):
+        assert b["metrics"][key] == pytest.approx(a["metrics"][key], rel=BOUND)
+    for key in ("test_error", "test_error_precise_bn"):  # at most 2 of the 1000 test samples flip
+        assert b["metrics"][key] == pytest.approx(a["metrics"][key], abs=0.002)
+    for d in ("sync", "local"):  # process 0 alone evaluates and speaks for the run
+        text = (tmp_path / d / "normbench.log").read_text()
+        assert text.count("completed: test_error") == 1 and text.count("step 200/200") == 1
     # per-process BatchNorm (8 samples per process) is a different experiment
     assert c["metrics"]["train_loss"] != pytest.approx(a["metrics"]["train_loss"], rel=1e-4)

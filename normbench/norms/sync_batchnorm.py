@@ -71,5 +71,7 @@ class SyncBatchNorm(BatchNorm):
         scale = torch.rsqrt(var + self.eps)
         if self.weight is not None:
             scale = scale * self.weight
-        shift = -mean * scale + (self.bias if self.bias is not None else 0)
-        return (x * scale.view(shape) + shift.view(shape)).to(x.dtype)
+        y = (x - mean.view(shape)) * scale.view(shape)  # centred first: no large x * scale - shift
+        if self.bias is not None:
+            y = y + self.bias.view(shape)
+        return y.to(x.dtype)
