@@ -71,25 +71,27 @@ def remove_if_unused(out_dir: Path) -> None:
         parent = parent.parent
 
 
-def train_job(cfg: DictConfig, out_dir: Path, multirun: bool, distributed: bool) -> str:
+def train_job(cfg: DictConfig, out_dir: Path, multirun: bool, distributed: bool) -> tuple[str, str | None]:
     """Run the job in ``out_dir`` unless a final result is there or another process holds it; returns
-    what happened (``completed``, ``diverged``, ``failed``, ``skipped`` or ``running_elsewhere``)."""
+    what happened (``completed``, ``diverged``, ``failed``, ``skipped`` or ``running_elsewhere``) and
+    the run's error message, if any."""
     check_values(cfg)
     _, digest = run_identity(cfg)
     if not cfg.runtime.force and previous_result(out_dir, digest) is not None:
         log.info("skipped: %s already holds a result of this config", out_dir)
-        return "skipped"
-    if distributed:  # torchrun: every process runs this same job in the same folder
-        return execute(cfg, out_dir, progress=False)["status"]
-    with run_lock(out_dir) as held:
-        if not held:
-            log.warning("skipped: another live process is training %s", out_dir)
-            return "running_elsewhere"
-        if not cfg.runtime.force and previous_result(out_dir, digest) is not None:
-            return "skipped"  # finished by the process that held the lock a moment ago
-        remove_stale_temporaries(out_dir)
-        progress = cfg.runtime.progress and sys.stderr.isatty() and not multirun
+        return "skipped", None
+    progress = cfg.runtime.progress and sys.stderr.isatty() and not multirun
+    if distributed:  # torchrun: every process runs this same job in the same folder, so no lock
         record = execute(cfg, out_dir, progress)
+    else:
+        with run_lock(out_dir) as held:
+            if not held:
+                log.warning("skipped: another live process is training %s", out_dir)
+                return "running_elsewhere", None
+            if not cfg.runtime.force and previous_result(out_dir, digest) is not None:
+                return "skipped", None  # finished by the process that held the lock a moment ago
+            remove_stale_temporaries(out_dir)
+            record = execute(cfg, out_dir, progress)
     metrics = record["metrics"]
     log.info(
         "%s: test_error %s, %d steps, result in %s",
@@ -98,7 +100,7 @@ def train_job(cfg: DictConfig, out_dir: Path, multirun: bool, distributed: bool)
         record["steps"],
         out_dir,
     )
-    return record["status"]
+    return record["status"], record.get("error")
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
@@ -112,7 +114,7 @@ def _main(cfg: DictConfig) -> None:
         logging.getLogger().setLevel(logging.WARNING)
     cap_threads_for_parallel_jobs(cfg, hc)
     try:
-        outcome = train_job(cfg, out_dir, multirun, int(os.environ.get("WORLD_SIZE", "1")) > 1)
+        outcome, error = train_job(cfg, out_dir, multirun, int(os.environ.get("WORLD_SIZE", "1")) > 1)
     except ConfigError as exc:
         if multirun:  # sys.exit here would abort the whole sweep: the sweeper exits non-zero at the end
             log.error("configuration error: %s", exc)
@@ -132,7 +134,7 @@ def _main(cfg: DictConfig) -> None:
             sys.exit(1)
         return
     if rank == 0 and outcome != "running_elsewhere":
-        mark_visit(out_dir, outcome, log_file)
+        mark_visit(out_dir, outcome, log_file, error=error)
     if not multirun and outcome == "failed":
         sys.exit(1)
 

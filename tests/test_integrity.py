@@ -1,0 +1,286 @@
+"""Records and reports you can trust: one identity, every fault a record, reports that survive bad
+files, files others can read, one trainer per run folder. Each test stems from a defect seen before."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from helpers import QUICK, ROOT, compose_cfg, normbench_run
+from torch import nn
+
+from normbench import register_norm
+from normbench.norms.registry import REGISTRY
+from normbench.report import load_runs
+from normbench.report.build import build_report
+from normbench.report.tables import cell_columns, summarize
+from normbench.results import (
+    FILE_MODE,
+    RESULT_FILE,
+    InvalidRecord,
+    load_run,
+    run_lock,
+    write_json_atomic,
+)
+from normbench.run import execute
+
+STEPS = ("train.budget=steps", "train.steps=3", "train.history_points=1")
+
+
+# -- one identity ------------------------------------------------------------------------------------
+
+
+def test_committed_sweeps_loaded_together_never_mix_budgets_in_a_cell():
+    """reports/example (4 epochs, seeds 0-1) and the study (3 epochs, seeds 0-2) share task, norm and
+    batch size; their runs differ in train.epochs, so they are different cells."""
+    runs = load_runs(ROOT / "reports/example/sweeps", ROOT / "reports/small_batch/sweeps")
+    assert "experiment" not in runs.columns  # no column from command-line strings
+    assert "train.epochs" in cell_columns(runs) and "seed" not in cell_columns(runs)
+    summary = summarize(runs)
+    cell = summary[
+        (summary["task"] == "mnist1d_cnn")
+        & (summary["norm"] == "batchnorm")
+        & (summary["batch_size"] == 4)
+        & (summary["train.budget"] == "epochs")
+        & (summary["data.sampler"] == "iid")
+    ]
+    assert sorted(zip(cell["train.epochs"], cell["n"], strict=True)) == [(3, 3), (4, 2)]
+
+
+def test_any_differing_config_value_splits_cells(tmp_path):
+    for lr in (0.05, 0.1):
+        execute(compose_cfg("norm=identity", f"optim.lr={lr}", *QUICK), tmp_path / str(lr))
+    runs = load_runs(tmp_path)
+    assert "optim.lr" in cell_columns(runs)
+    assert sorted(summarize(runs)["optim.lr"]) == [0.05, 0.1]
+
+
+# -- every fault is a record ---------------------------------------------------------------------------
+
+
+class _Broken(nn.Module):
+    def __init__(self, num_channels: int, fault: str = "raise") -> None:
+        super().__init__()
+        self.fault = fault
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fault == "raise":
+            raise RuntimeError("plugin exploded")
+        if self.fault == "shape":
+            return x[:, :1]
+        raise SystemExit(3)
+
+
+@pytest.fixture
+def broken_plugin():
+    register_norm("brokennorm", batch_dependent=False, override=True)(_Broken)
+    yield "brokennorm"
+    REGISTRY._specs.pop("brokennorm", None)
+    REGISTRY._keys.pop("brokennorm", None)
+
+
+@pytest.mark.parametrize(
+    ("fault", "message"),
+    [
+        ("raise", "RuntimeError: plugin exploded"),
+        ("shape", "PluginError: norm plugin _Broken returned (2, 1) for an input of shape (2, 256)"),
+        ("exit", "SystemExit: 3"),
+    ],
+)
+def test_a_broken_plugin_gives_a_failed_record(tmp_path, broken_plugin, fault, message):
+    cfg = compose_cfg(*QUICK)
+    cfg.norm = {"name": broken_plugin, "fault": fault}
+    record = execute(cfg, tmp_path)
+    assert record["status"] == "failed" and record["error"] == message
+    assert load_run(tmp_path)["error"] == message
+
+
+def test_failure_during_evaluation_keeps_the_trained_run(tmp_path, monkeypatch):
+    from normbench import run
+
+    def broken(*args):
+        raise KeyError("precise_bn")
+
+    monkeypatch.setattr(run, "final_metrics", broken)
+    execute(compose_cfg("norm=batchnorm", *QUICK), tmp_path)
+    record = load_run(tmp_path)
+    assert record["status"] == "failed" and record["error"] == "KeyError: 'precise_bn'"
+    assert record["steps"] == 4 and len(record["history"]) == 2  # what training produced is kept
+
+
+def test_non_finite_values_never_break_the_writer(tmp_path):
+    write_json_atomic(tmp_path / "x.json", {"a": math.nan, "b": [math.inf, 1.0], "c": {"d": -math.inf}})
+    assert json.loads((tmp_path / "x.json").read_text()) == {"a": None, "b": [None, 1.0], "c": {"d": None}}
+
+
+def test_failed_jobs_still_give_the_summary_and_a_nonzero_exit(tmp_path):
+    proc = normbench_run(
+        "-m", "norm=batchnorm", "batch_size=1,8", *STEPS, f"sweep.root={tmp_path}", cwd=tmp_path
+    )
+    assert proc.returncode == 1
+    summary = (tmp_path / "default" / "summary.txt").read_text()
+    assert "2 runs: 1 completed, 0 diverged, 1 failed, 0 skipped" in summary
+    assert "Expected more than 1 value per channel" in summary  # the summary names the failure
+    assert summary.strip() in proc.stdout
+
+
+# -- reports survive bad files --------------------------------------------------------------------------
+
+BAD_RECORDS = {
+    "choices_list": lambda r: {**r, "choices": []},
+    "metric_string": lambda r: {**r, "metrics": {**r["metrics"], "test_error": "abc"}},
+    "history_string": lambda r: {**r, "history": "x"},
+    "batch_size_string": lambda r: {**r, "config": {**r["config"], "batch_size": "abc"}},
+    "batch_size_400_digits": lambda r: {**r, "config": {**r["config"], "batch_size": int("9" * 400)}},
+    "error_above_one": lambda r: {**r, "metrics": {**r["metrics"], "test_error": 1.5}},
+    "unknown_status": lambda r: {**r, "status": "done"},
+}
+BAD_TEXTS = {  # JSON literals Python's json accepts but a record must not hold
+    "nan": '"test_error": NaN',
+    "infinity": '"test_error": Infinity',
+    "overflow": '"test_error": 1e999',
+}
+
+
+@pytest.fixture(scope="module")
+def good_record(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("good")
+    return execute(compose_cfg("norm=identity", *QUICK), out)
+
+
+def test_report_skips_each_bad_file_once_with_its_reason(tmp_path, good_record, capsys):
+    sweep = tmp_path / "sweep"
+    write_json_atomic(sweep / "good" / RESULT_FILE, good_record)
+    for name, corrupt in BAD_RECORDS.items():
+        write_json_atomic(sweep / name / RESULT_FILE, {**corrupt(good_record), "config_hash": name})
+    text = json.dumps({**good_record, "config_hash": "t"})
+    for name, literal in BAD_TEXTS.items():
+        (sweep / name).mkdir()
+        (sweep / name / RESULT_FILE).write_text(text.replace(f'"test_error": {good_record["metrics"]["test_error"]}', literal))
+    (sweep / "devzero").mkdir()
+    (sweep / "devzero" / RESULT_FILE).symlink_to("/dev/zero")
+    (sweep / "fifo").mkdir()
+    os.mkfifo(sweep / "fifo" / RESULT_FILE)
+    (sweep / "huge").mkdir()
+    with open(sweep / "huge" / RESULT_FILE, "wb") as f:
+        f.truncate(17 * 2**20)
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "normbench-report"), str(sweep), "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    bad = [*BAD_RECORDS, *BAD_TEXTS, "devzero", "fifo", "huge"]
+    for name in bad:  # one warning per file, naming it
+        assert proc.stderr.count(str(sweep / name / RESULT_FILE)) == 1, name
+    reasons = {
+        "choices_list": "choices is not an object",
+        "metric_string": "metric test_error='abc' is not a finite number",
+        "history_string": "history is not a list of objects",
+        "batch_size_string": "config.batch_size='abc' is not a positive integer",
+        "batch_size_400_digits": "is not a positive integer",
+        "error_above_one": "metric test_error=1.5 is outside [0, 1]",
+        "unknown_status": "status 'done' is not one of",
+        "nan": "NaN is not a JSON number",
+        "infinity": "Infinity is not a JSON number",
+        "overflow": "metric test_error=inf is not a finite number",
+        "devzero": "not a regular file",
+        "fifo": "not a regular file",
+        "huge": "bytes, more than the",
+    }
+    for name, reason in reasons.items():
+        line = next(line for line in proc.stderr.splitlines() if f"/{name}/" in line)
+        assert reason in line, (name, line)
+    runs = pd.read_csv(tmp_path / "out" / "runs.csv")
+    assert list(runs["config_hash"]) == [good_record["config_hash"]]
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert all(str(sweep / n / RESULT_FILE) in report for n in bad)
+
+
+def test_a_failing_report_leaves_the_previous_one_whole(tmp_path, good_record, monkeypatch):
+    sweep, out = tmp_path / "sweep", tmp_path / "out"
+    write_json_atomic(sweep / "a" / RESULT_FILE, good_record)
+    build_report([sweep], out)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    write_json_atomic(sweep / "b" / RESULT_FILE, {**good_record, "config_hash": "other", "config": {**good_record["config"], "seed": 1}})
+
+    from normbench.report import build
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("figure backend died")
+
+    monkeypatch.setattr(build, "with_reference_delta", crash)  # after runs.csv is staged
+    with pytest.raises(RuntimeError, match="figure backend died"):
+        build_report([sweep], out)
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before  # no half-written table, figure or staging folder
+
+
+# -- files, temporaries and concurrent sweeps -----------------------------------------------------------
+
+
+def test_records_respect_the_umask(tmp_path, good_record):
+    write_json_atomic(tmp_path / RESULT_FILE, good_record)
+    mode = stat.S_IMODE((tmp_path / RESULT_FILE).stat().st_mode)
+    assert mode == FILE_MODE == 0o666 & ~_umask()
+    assert mode & stat.S_IRGRP  # with the usual 022 umask: group and others can read
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_stale_temporaries_are_removed_and_a_held_run_is_not_trained_twice(tmp_path):
+    args = ("-m", "norm=identity,layernorm", *STEPS, f"sweep.root={tmp_path}")
+    assert normbench_run(*args, cwd=tmp_path).returncode == 0
+    folders = sorted((tmp_path / "default").glob("*/"))
+    held, other = folders
+    for folder in folders:  # as a writer killed mid-write, and a grid to rerun
+        (folder / ".result.json.abc123.tmp").write_text('{"half')
+        (folder / RESULT_FILE).unlink()
+    with run_lock(held) as acquired:  # another live sweep is training this run
+        assert acquired
+        proc = normbench_run(*args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "2 runs: 1 completed, 0 diverged, 0 failed, 0 skipped, 0 config error, 1 running elsewhere" in proc.stdout
+    assert not (held / RESULT_FILE).exists() and (held / ".result.json.abc123.tmp").exists()
+    assert load_run(other)["status"] == "completed" and not list(other.glob("*.tmp"))
+
+
+def test_finished_sweep_resumes_without_launching_a_job(tmp_path):
+    args = ("-m", "norm=identity,layernorm", "seed=0,1", *STEPS, f"sweep.root={tmp_path}")
+    assert normbench_run(*args, cwd=tmp_path).returncode == 0
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "default").rglob("*") if p.is_file()}
+    proc = normbench_run(*args, cwd=tmp_path)
+    assert proc.returncode == 0
+    log = proc.stdout + proc.stderr
+    assert "4 of 4 runs already finished, skipped" in log
+    assert "Launching" not in log and "skipped: " not in log  # one line, not one a run
+    for path, mtime in stamps.items():
+        if path.name not in ("multirun.yaml", "summary.txt"):
+            assert path.stat().st_mtime_ns == mtime, path
+
+
+def test_committed_records_hold_no_machine_paths():
+    for path in ROOT.glob("reports/**/" + RESULT_FILE):
+        text = path.read_text()
+        assert str(ROOT) not in text and "/tmp/" not in text and "/home/" not in text, path
+
+
+def test_invalid_record_names_file_and_reason(tmp_path):
+    (tmp_path / RESULT_FILE).write_text("{}")
+    with pytest.raises(InvalidRecord, match=rf"{tmp_path / RESULT_FILE}: run record lacks schema_version"):
+        load_run(tmp_path)
+    shutil.rmtree(tmp_path)
