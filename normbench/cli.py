@@ -160,7 +160,7 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _key_hint(full_key: str) -> str:
-    """"; did you mean X?" for an unknown dotted key, from the keys of the composed config."""
+    """ "; did you mean X?" for an unknown dotted key, from the keys of the composed config."""
     from hydra import compose, initialize_config_dir
 
     parent, _, leaf = full_key.rpartition(".")

@@ -51,9 +51,7 @@ def stat_modules(model: nn.Module) -> dict[str, nn.Module]:
         nn.modules.batchnorm._BatchNorm,
     )
     return {
-        name: m
-        for name, m in model.named_modules()
-        if isinstance(m, kinds) and _has_tensor(m, "running_var")
+        name: m for name, m in model.named_modules() if isinstance(m, kinds) and _has_tensor(m, "running_var")
     }
 
 

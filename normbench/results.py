@@ -10,9 +10,9 @@ import math
 import os
 import stat
 import tempfile
-from enum import Enum
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from enum import Enum
 from pathlib import Path
 from typing import Any
 

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from hydra.errors import ConfigCompositionException
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus
+from hydra.errors import ConfigCompositionException
 from hydra.plugins.sweeper import Sweeper
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
@@ -73,7 +73,9 @@ def summarize(name: str, visits: list[dict[str, Any]]) -> str:
     lines = [f"normbench sweep {name}: {len(visits)} runs: {line}"]
     for v in visits:
         if v["outcome"] == "failed":
-            lines.append(f"  failed, log: {v.get('log') or v['dir']}" + (f" ({v['error']})" if v.get("error") else ""))
+            lines.append(
+                f"  failed, log: {v.get('log') or v['dir']}" + (f" ({v['error']})" if v.get("error") else "")
+            )
         elif v["outcome"] == "config_error":
             lines.append(f"  configuration error ({v['dir']}): {v.get('error')}")
         elif v["outcome"] in ("unfinished", "running_elsewhere"):
@@ -113,7 +115,9 @@ class ResumingSweeper(Sweeper):
         """Every job of the grid, its config composed and checked (ConfigError on a bad value)."""
         params = [*self._grid._parse_config(), *arguments]
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
-        grid = [job for batch in self._grid.split_arguments(parser.parse_overrides(params), None) for job in batch]
+        grid = [
+            job for batch in self._grid.split_arguments(parser.parse_overrides(params), None) for job in batch
+        ]
         bases: dict[tuple[str, ...], DictConfig] = {}
         jobs = []
         for overrides in grid:

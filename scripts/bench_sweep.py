@@ -51,11 +51,17 @@ def synthetic_records(root: Path, n: int, seed: int = 0) -> None:
         budget = ["epochs", "steps"][(i // 70) % 2]
         err = min(0.95, max(0.02, 0.3 + (0.2 if norm == "batchnorm" and bs < 8 else 0) + rng.gauss(0, 0.02)))
         record = {
-            "schema_version": 1,
+            "schema_version": 2,
             "status": "completed" if rng.random() > 0.02 else "diverged",
             "config_hash": f"{i:016x}",
-            "choices": {"task": task, "norm": norm, "batch_size": bs, "seed": i // 140},
-            "config": {"train": {"budget": budget}, "data": {"sampler": "iid"}},
+            "config": {
+                "task": {"name": task},
+                "norm": {"name": norm},
+                "batch_size": bs,
+                "seed": i // 140,
+                "train": {"budget": budget},
+                "data": {"sampler": "iid"},
+            },
             "metrics": {"test_error": err, "test_loss": 1.0, "train_error": err - 0.05, "train_loss": 0.9},
             "history": [
                 {"step": k * 10, "epoch": k, "train_loss": 1.0 / k, "test_error": err + 0.1 / k}

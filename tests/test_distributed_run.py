@@ -10,7 +10,13 @@ from helpers import normbench_run
 
 from normbench.results import load_run
 
-ARGS = ("task=mnist1d_cnn", "batch_size=16", "train.budget=steps", "train.steps=200", "train.history_points=2")
+ARGS = (
+    "task=mnist1d_cnn",
+    "batch_size=16",
+    "train.budget=steps",
+    "train.steps=200",
+    "train.history_points=2",
+)
 # Measured after 200 steps: train loss 4e-5 and test loss 8e-5 relative apart (float32 sums in another
 # order, compounding over the steps); test errors equal. The README states this bound.
 BOUND = 5e-4

@@ -165,7 +165,9 @@ def test_report_skips_each_bad_file_once_with_its_reason(tmp_path, good_record, 
     text = json.dumps({**good_record, "config_hash": "t"})
     for name, literal in BAD_TEXTS.items():
         (sweep / name).mkdir()
-        (sweep / name / RESULT_FILE).write_text(text.replace(f'"test_error": {good_record["metrics"]["test_error"]}', literal))
+        (sweep / name / RESULT_FILE).write_text(
+            text.replace(f'"test_error": {good_record["metrics"]["test_error"]}', literal)
+        )
     (sweep / "devzero").mkdir()
     (sweep / "devzero" / RESULT_FILE).symlink_to("/dev/zero")
     (sweep / "fifo").mkdir()
@@ -212,7 +214,10 @@ def test_a_failing_report_leaves_the_previous_one_whole(tmp_path, good_record, m
     write_json_atomic(sweep / "a" / RESULT_FILE, good_record)
     build_report([sweep], out)
     before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    write_json_atomic(sweep / "b" / RESULT_FILE, {**good_record, "config_hash": "other", "config": {**good_record["config"], "seed": 1}})
+    write_json_atomic(
+        sweep / "b" / RESULT_FILE,
+        {**good_record, "config_hash": "other", "config": {**good_record["config"], "seed": 1}},
+    )
 
     from normbench.report import build
 
@@ -254,7 +259,10 @@ def test_stale_temporaries_are_removed_and_a_held_run_is_not_trained_twice(tmp_p
         assert acquired
         proc = normbench_run(*args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert "2 runs: 1 completed, 0 diverged, 0 failed, 0 skipped, 0 config error, 1 running elsewhere" in proc.stdout
+    assert (
+        "2 runs: 1 completed, 0 diverged, 0 failed, 0 skipped, 0 config error, 1 running elsewhere"
+        in proc.stdout
+    )
     assert not (held / RESULT_FILE).exists() and (held / ".result.json.abc123.tmp").exists()
     assert load_run(other)["status"] == "completed" and not list(other.glob("*.tmp"))
 

@@ -40,7 +40,12 @@ def test_each_task_trains_with_each_core_norm(task, norm, tmp_path):
         assert 0.0 <= m[key] <= 1.0
     assert m["test_loss"] > 0 and m["train_loss"] > 0
     config = record["config"]
-    assert (config["task"]["name"], config["norm"]["name"], config["batch_size"], config["seed"]) == (task, norm, 8, 0)
+    assert (config["task"]["name"], config["norm"]["name"], config["batch_size"], config["seed"]) == (
+        task,
+        norm,
+        8,
+        0,
+    )
 
 
 def test_transformer_instancenorm_works_with_sequence_layout(tmp_path):
@@ -179,7 +184,10 @@ def test_hydra_rejects_bad_overrides_in_one_line(override, message, tmp_path):
         ("train.history_points=0", "train.history_points=0: must be an integer >= 1"),
         ("train.steps=0", "train.steps=0: must be an integer >= 1"),
         ("train.epochs=-2", "train.epochs=-2: must be an integer >= 1"),
-        ("train.max_train_error_diverged=2", "train.max_train_error_diverged=2.0: must be a fraction in (0, 1]"),
+        (
+            "train.max_train_error_diverged=2",
+            "train.max_train_error_diverged=2.0: must be a fraction in (0, 1]",
+        ),
         ("eval.precise_bn_samples=0", "eval.precise_bn_samples=0: must be an integer >= 1"),
         ("eval.precise_bn_samples=-3", "eval.precise_bn_samples=-3: must be an integer >= 1"),
         ("eval.precise_bn_batch_size=-1", "eval.precise_bn_batch_size=-1: must be an integer >= 1, or 0"),

@@ -56,9 +56,7 @@ def study_dir(tmp_path) -> Path:
     for seed in range(2):
         records.append(record(len(records), "batchnorm", 32, seed, 0.6, sampler="class_grouped"))
         for ghost, err in ((2, 0.4), (32, 0.2)):
-            records.append(
-                record(len(records), "ghost_batchnorm", 32, seed, err, ghost_batch_size=ghost)
-            )
+            records.append(record(len(records), "ghost_batchnorm", 32, seed, err, ghost_batch_size=ghost))
     for r in records:
         folder = tmp_path / "sweeps" / r["config_hash"]
         folder.mkdir(parents=True)

@@ -91,7 +91,9 @@ def read_records(
     file and why: not a regular file, too large, not JSON, wrong types or ranges)."""
     records, skipped = [], []
     paths = find_records(dirs)
-    for path in tqdm(paths, desc="reading runs", unit="run", disable=None if progress is None else not progress):
+    for path in tqdm(
+        paths, desc="reading runs", unit="run", disable=None if progress is None else not progress
+    ):
         try:
             records.append((path, load_run(path)))
         except InvalidRecord as exc:

@@ -159,9 +159,7 @@ def ghost_section(runs: pd.DataFrame, summary: pd.DataFrame, out: Path, referenc
     fig, axes = figures.panels(len(tasks))
     for ax, task in zip(axes, tasks, strict=True):
         for budget, style in zip(sorted(ghost[BUDGET].unique()), ("-", ":"), strict=False):
-            g = _seed_stats(
-                ghost[(ghost["task"] == task) & (ghost[BUDGET] == budget)], [GHOST], "test_error"
-            )
+            g = _seed_stats(ghost[(ghost["task"] == task) & (ghost[BUDGET] == budget)], [GHOST], "test_error")
             color = figures.norm_color("ghost_batchnorm")
             label = f"ghost BN, optimisation batch {opt_batch} ({budget})"
             ax.plot(g[GHOST], g["mean"] * 100, style, marker="o", ms=3, color=color, label=label)
@@ -273,7 +271,8 @@ def reading_section(runs: pd.DataFrame, summary: pd.DataFrame, out: Path, refere
     else:
         lines += ["In no setting here does BatchNorm's small-batch degradation exceed the seed spread.", ""]
     lines += [
-        "How to read the differences. These are 3-epoch (or 400-step) runs of small models on MNIST-1D, "
+        f"How to read the differences. These are {_budgets(df)} runs of small models on "
+        f"{', '.join(sorted(df['task.dataset'].dropna().unique())) if 'task.dataset' in df else 'small data'}, "
         "not 100-epoch ResNet-50s on ImageNet, so absolute errors are not comparable; the direction and "
         "the relative size of the effects are. BatchNorm in the MLP normalizes every feature with the "
         "statistics of only N values, while in the conv nets each channel pools N × 40 positions, so the "
@@ -286,6 +285,17 @@ def reading_section(runs: pd.DataFrame, summary: pd.DataFrame, out: Path, refere
         "",
     ]
     return "\n".join(lines)
+
+
+def _budgets(df: pd.DataFrame) -> str:
+    """"3-epoch (or 400-step)": the training budgets of the runs, read from their configs."""
+    parts = []
+    for budget, unit in (("epochs", "epoch"), ("steps", "step")):
+        rows = df[df[BUDGET] == budget] if BUDGET in df else df.iloc[:0]
+        column = f"train.{budget}"
+        if not rows.empty and column in rows:
+            parts.append("/".join(str(int(v)) for v in sorted(rows[column].dropna().unique())) + f"-{unit}")
+    return " (or ".join(parts) + ")" * (len(parts) - 1) if parts else "short"
 
 
 SECTIONS = (reading_section, inconsistency_section, noniid_section, ghost_section)
