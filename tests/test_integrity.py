@@ -292,3 +292,29 @@ def test_invalid_record_names_file_and_reason(tmp_path):
     with pytest.raises(InvalidRecord, match=rf"{tmp_path / RESULT_FILE}: run record lacks schema_version"):
         load_run(tmp_path)
     shutil.rmtree(tmp_path)
+
+
+def test_evonorm_b0_running_variance_gets_precise_bn(tmp_path):
+    """EvoNorm-B0 keeps a running variance and no running mean; the registry's running_stats flag,
+    not torch's attribute pair, decides which layers PreciseBN re-estimates."""
+    from normbench.evaluate import precise_bn, stat_modules
+    from normbench.run import model_and_norms
+    from normbench.tasks import load_dataset
+
+    cfg = compose_cfg("task=mnist1d_cnn", "norm=evonorm_b0", "batch_size=8", *QUICK)
+    model, norms = model_and_norms(cfg, load_dataset("mnist1d"))
+    assert len(stat_modules(model)) == len(norms) == 3
+    x = load_dataset("mnist1d").x_train[:64]
+    twin = precise_bn(model, x, 8, 64, torch.Generator().manual_seed(0))
+    # the first layer's input does not depend on batch statistics: its pooled unbiased variance
+    inputs = []
+    handle = norms[0].register_forward_pre_hook(lambda m, a: inputs.append(a[0].detach()))
+    with torch.no_grad():
+        model.train()(x)
+    handle.remove()
+    expected = inputs[0].transpose(0, 1).reshape(inputs[0].shape[1], -1).double().var(1)
+    got = stat_modules(twin)[next(iter(stat_modules(model)))].running_var.double()
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
+    record = execute(cfg, tmp_path)
+    assert {"test_error_precise_bn", "running_var_rel_l2"} <= set(record["metrics"])
+    assert "running_mean_rel_l2" not in record["metrics"]
