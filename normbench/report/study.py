@@ -288,7 +288,7 @@ def reading_section(runs: pd.DataFrame, summary: pd.DataFrame, out: Path, refere
 
 
 def _budgets(df: pd.DataFrame) -> str:
-    """"3-epoch (or 400-step)": the training budgets of the runs, read from their configs."""
+    """ "3-epoch (or 400-step)": the training budgets of the runs, read from their configs."""
     parts = []
     for budget, unit in (("epochs", "epoch"), ("steps", "step")):
         rows = df[df[BUDGET] == budget] if BUDGET in df else df.iloc[:0]
