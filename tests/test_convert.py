@@ -1,0 +1,257 @@
+"""convert_norms on models built like torchvision's (torchvision cannot be imported here): ResNet basic
+and bottleneck blocks with downsample, MobileNet inverted residuals with depthwise convs and BN eps /
+momentum variants, ConvNeXt-style LayerNorm2d blocks, and a ViT-style token model."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from normbench import available_norms, build_norm, convert_norms, norm_spec
+from normbench.convert import norm_channels
+
+
+class BasicBlock(nn.Module):  # torchvision.models.resnet.BasicBlock's structure
+    def __init__(self, c_in: int, c_out: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.downsample = (
+            nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+            if stride != 1 or c_in != c_out
+            else None
+        )
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)) + identity)
+
+
+class Bottleneck(nn.Module):  # torchvision.models.resnet.Bottleneck's structure
+    def __init__(self, c_in: int, width: int, stride: int = 1) -> None:
+        super().__init__()
+        c_out = width * 4
+        self.conv1, self.bn1 = nn.Conv2d(c_in, width, 1, bias=False), nn.BatchNorm2d(width)
+        self.conv2, self.bn2 = nn.Conv2d(width, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width)
+        self.conv3, self.bn3 = nn.Conv2d(width, c_out, 1, bias=False), nn.BatchNorm2d(c_out)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        return self.relu(self.bn3(self.conv3(out)) + self.downsample(x))
+
+
+def resnet_like(block: str) -> nn.Module:
+    stem = [nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(inplace=True)]
+    blocks = (
+        [BasicBlock(16, 16), BasicBlock(16, 32, 2)]
+        if block == "basic"
+        else [Bottleneck(16, 8), Bottleneck(32, 8, 2)]
+    )
+    return nn.Sequential(*stem, *blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.LazyLinear(10))
+
+
+def conv_bn_act(c_in: int, c_out: int, k: int, stride: int = 1, groups: int = 1, act=nn.Hardswish):
+    # torchvision.ops.Conv2dNormActivation with MobileNetV3's BatchNorm (eps=0.001, momentum=0.01)
+    layers = [
+        nn.Conv2d(c_in, c_out, k, stride, k // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(c_out, eps=0.001, momentum=0.01),
+    ]
+    return nn.Sequential(*layers, act()) if act else nn.Sequential(*layers)
+
+
+class InvertedResidual(nn.Module):  # MobileNetV2/V3: expand, depthwise, project (no activation)
+    def __init__(self, c: int, expand: int) -> None:
+        super().__init__()
+        hidden = c * expand
+        self.block = nn.Sequential(
+            conv_bn_act(c, hidden, 1),
+            conv_bn_act(hidden, hidden, 3, groups=hidden),
+            conv_bn_act(hidden, c, 1, act=None),
+        )
+
+    def forward(self, x):
+        return x + self.block(x)
+
+
+def mobilenet_like() -> nn.Module:
+    return nn.Sequential(
+        conv_bn_act(3, 16, 3, 2), InvertedResidual(16, 4), InvertedResidual(16, 3),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10),
+    )  # fmt: skip
+
+
+class LayerNorm2d(nn.LayerNorm):  # torchvision.models.convnext.LayerNorm2d: LayerNorm over channels
+    def forward(self, x):
+        x = x.permute(0, 2, 3, 1)
+        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+def convnext_like() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 4, 4), LayerNorm2d(16, eps=1e-6), nn.Conv2d(16, 16, 7, padding=3, groups=16),
+        LayerNorm2d(16, eps=1e-6), nn.Conv2d(16, 32, 1), nn.GELU(), nn.Conv2d(32, 16, 1),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10),
+    )  # fmt: skip
+
+
+class VitLike(nn.Module):  # LayerNorm over the last dimension of (N, L, C) tokens only
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(3, 16, 4, 4)
+        self.ln1, self.mlp, self.ln2 = nn.LayerNorm(16), nn.Linear(16, 16), nn.LayerNorm(16)
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x):
+        tokens = self.patch(x).flatten(2).transpose(1, 2)
+        tokens = tokens + self.mlp(self.ln1(tokens))
+        return self.head(self.ln2(tokens).mean(1))
+
+
+MODELS = {
+    "resnet18_like": lambda: resnet_like("basic"),
+    "resnet50_like": lambda: resnet_like("bottleneck"),
+    "mobilenet_like": mobilenet_like,
+    "convnext_like": convnext_like,
+}
+SOURCE_TYPES = (nn.BatchNorm2d, LayerNorm2d)
+
+
+def _sources(model: nn.Module) -> list[str]:
+    return [n for n, m in model.named_modules() if isinstance(m, SOURCE_TYPES)]
+
+
+def _model(name: str) -> nn.Module:
+    torch.manual_seed(0)
+    model = MODELS[name]()
+    model(torch.randn(2, 3, 16, 16))  # materialize lazy layers
+    return model
+
+
+@pytest.mark.parametrize("target", ["groupnorm", "layernorm", "batchrenorm", "rmsnorm", "identity"])
+@pytest.mark.parametrize("name", list(MODELS))
+def test_every_former_norm_is_replaced_and_the_model_still_trains(name, target):
+    model = _model(name)
+    before = _sources(model)
+    x = torch.randn(4, 3, 16, 16)
+    shape = model(x).shape
+    options = {"num_groups": 4} if target == "groupnorm" else {}
+    done = convert_norms(model, target, **options)
+    assert [c.name for c in done] == before and before
+    assert _sources(model) == []
+    assert all(type(model.get_submodule(c.name)) is norm_spec(target).factory for c in done)
+    out = model(x)
+    assert out.shape == shape and out.dtype == x.dtype
+    loss = out.square().mean()
+    loss.backward()
+    torch.optim.SGD(model.parameters(), lr=0.1).step()
+    assert torch.isfinite(model(x)).all()
+    clone = _model(name)
+    convert_norms(clone, target, **options)
+    clone.load_state_dict(model.state_dict())  # state_dict round trip
+    torch.testing.assert_close(clone.eval()(x), model.eval()(x))
+
+
+def test_batchnorm_statistics_carry_over_exactly_where_they_mean_the_same():
+    model = _model("resnet18_like")
+    for _ in range(3):  # running statistics away from their initial values
+        model.train()(torch.randn(8, 3, 16, 16) * 2 + 1)
+    model.eval()
+    x = torch.randn(4, 3, 16, 16)
+    expected = model(x)
+    for target in ("frozen_batchnorm", "batchrenorm", "sync_batchnorm", "batchnorm"):
+        converted = copy.deepcopy(model)
+        done = convert_norms(converted, target)
+        assert all({"running_mean", "running_var", "weight", "bias"} <= set(c.copied) for c in done)
+        assert not converted.training
+        torch.testing.assert_close(converted(x), expected, rtol=1e-5, atol=1e-5)
+    gn = copy.deepcopy(model)
+    done = convert_norms(gn, "groupnorm", num_groups=4)
+    assert all(c.copied == ("weight", "bias") for c in done)  # GN keeps no statistics: affine only
+
+
+def test_eps_momentum_device_dtype_and_mode_are_kept():
+    model = _model("mobilenet_like").double().train()
+    done = convert_norms(model, "batchnorm")
+    for c in done:
+        layer = model.get_submodule(c.name)
+        assert layer.eps == 0.001 and layer.momentum == 0.01  # MobileNet's BN variant
+        assert layer.weight.dtype == torch.float64 and layer.training
+    convert_norms(model, "batchnorm", eps=1e-3, momentum=0.2)  # the caller's options win
+    assert {model.get_submodule(c.name).momentum for c in done} == {0.2}
+
+
+def test_include_and_exclude_choose_layers():
+    model = _model("resnet18_like")
+    done = convert_norms(model, "groupnorm", num_groups=4, exclude=lambda name, m: "downsample" in name)
+    assert done and all("downsample" not in c.name for c in done)
+    assert isinstance(model.get_submodule("4.downsample.1"), nn.BatchNorm2d)
+    done = convert_norms(model, "identity", include=lambda name, m: isinstance(m, nn.BatchNorm2d))
+    assert [c.name for c in done] == ["4.downsample.1"]
+
+
+def test_adapt_layer_hook_standardizes_the_conv_before_each_norm():
+    model = _model("resnet18_like")
+    done = convert_norms(model, "ws_groupnorm", num_groups=4)
+    assert {c.adapted_layer for c in done} >= {"0", "3.conv1", "3.conv2", "4.downsample.0"}
+    conv = model.get_submodule("3.conv1")
+    w = conv.weight.flatten(1)
+    torch.testing.assert_close(w.mean(1), torch.zeros(len(w)), atol=1e-5, rtol=0)  # standardized
+    assert torch.isfinite(model(torch.randn(2, 3, 16, 16))).all()
+
+
+def test_replaces_activation_hook_removes_the_following_activation_or_refuses():
+    model = _model("mobilenet_like")
+    with pytest.raises(ValueError, match=r"1\.block\.2\.1 is not followed by an activation module"):
+        convert_norms(model, "evonorm_s0", num_groups=4)  # a projection without activation: refused
+    done = convert_norms(model, "evonorm_s0", num_groups=4, exclude=lambda n, m: n.endswith("block.2.1"))
+    assert len(done) == 5 and all(c.removed_activation == f"{c.name[:-2]}.2" for c in done)
+    assert all(isinstance(model.get_submodule(c.removed_activation), nn.Identity) for c in done)
+    assert torch.isfinite(model(torch.randn(2, 3, 16, 16))).all()
+    resnet = _model("resnet18_like")
+    untouched = copy.deepcopy(resnet.state_dict())
+    with pytest.raises(
+        ValueError, match=r"3\.bn1 is not followed by an activation module in an nn\.Sequential"
+    ):
+        convert_norms(resnet, "frn")
+    assert all(type(m) is not norm_spec("frn").factory for m in resnet.modules())  # nothing changed
+    assert resnet.state_dict().keys() == untouched.keys()
+    assert convert_norms(resnet, "frn", keep_activation=True)
+
+
+def test_token_layernorm_models_have_nothing_to_convert(caplog):
+    model = VitLike()
+    with caplog.at_level("INFO"):
+        assert convert_norms(model, "groupnorm") == []
+    assert "nothing to convert in VitLike" in caplog.text
+    assert isinstance(model.ln1, nn.LayerNorm)
+
+
+def test_every_plugin_and_torch_norm_is_recognized_as_a_source():
+    for name in available_norms():
+        assert norm_channels(build_norm(name, 8)) == 8
+    for layer in (
+        nn.BatchNorm1d(8),
+        nn.BatchNorm3d(8),
+        nn.SyncBatchNorm(8),
+        nn.GroupNorm(2, 8),
+        nn.InstanceNorm2d(8),
+    ):
+        assert norm_channels(layer) == 8
+    assert norm_channels(nn.LayerNorm(8)) is None and norm_channels(LayerNorm2d(8)) == 8
+
+
+def test_unknown_norm_names_the_closest():
+    with pytest.raises(KeyError, match="Did you mean 'groupnorm'"):
+        convert_norms(_model("resnet18_like"), "grupnorm")
