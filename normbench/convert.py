@@ -28,6 +28,7 @@ AFFINE = ("weight", "bias")
 RUNNING = ("running_mean", "running_var", "num_batches_tracked")
 # Options carried over from the source layer when the target takes them and the caller did not set them.
 CARRIED_OPTIONS = ("eps", "momentum")
+NORM_ACT_CHILDREN = ["drop", "act"]  # timm's BatchNormAct2d / GroupNormAct: norm, then drop, then act
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.LeakyReLU, nn.ELU, nn.Mish, nn.Tanh)
 
 
@@ -134,7 +135,9 @@ def convert_norms(
     registered just before the norm in the same parent (``conv1`` before ``bn1``, the previous element
     of an ``nn.Sequential``) is adapted; for a plugin that includes its activation
     (``replaces_activation``: FRN, EvoNorms) the activation module right after the norm in an
-    ``nn.Sequential`` is replaced by ``nn.Identity``. Where the structure does not show that layer or
+    ``nn.Sequential`` is replaced by ``nn.Identity``. A norm-act layer (timm's ``BatchNormAct2d``: a
+    BatchNorm with its own ``drop`` and ``act``) becomes ``nn.Sequential(plugin, drop, act)``, its
+    ``act`` replaced by ``nn.Identity`` for a plugin that includes one. Where the structure does not show that layer or
     activation (e.g. a ReLU applied in ``forward``), a ValueError names the layer before anything is
     changed; ``keep_activation=True`` keeps the model's activations instead.
 
@@ -155,6 +158,12 @@ def convert_norms(
         parent, child = _placement(model, name)
         parent_name = name.rpartition(".")[0]
         adapt = activation = None
+        inner = list(module._modules)
+        if inner and (inner != NORM_ACT_CHILDREN or _plugin_spec(module) is not None):
+            raise ValueError(
+                f"convert_norms: {name} ({type(module).__name__}) holds submodules {inner} whose part in its "
+                "forward is unknown; exclude it"
+            )
         if spec.adapt_layer is not None:
             before = _neighbour(parent, child, -1)
             if before is None or not isinstance(before[1], (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
@@ -163,7 +172,9 @@ def convert_norms(
                     "none registered just before it in its parent module; exclude it or choose another norm"
                 )
             adapt = before[0]
-        if spec.replaces_activation and not keep_activation:
+        if spec.replaces_activation and not keep_activation and inner:
+            activation = f"{child}.2"  # the norm-act layer's own activation (its Sequential's last element)
+        elif spec.replaces_activation and not keep_activation:
             after = _neighbour(parent, child, +1) if isinstance(parent, nn.Sequential) else None
             if after is None or not isinstance(after[1], ACTIVATIONS):
                 raise ValueError(
@@ -183,16 +194,19 @@ def convert_norms(
         running = _keeps_running_stats(module) and spec.running_stats
         copied = _copy_state(module, new, running)
         new.train(module.training)
+        if module._modules:  # a norm-act layer: the new norm, then its own dropout and activation
+            new = nn.Sequential(new, module.drop, module.act).train(module.training)
         setattr(parent, child, new)
         if adapt is not None:
             setattr(parent, adapt, spec.adapt_layer(parent._modules[adapt]))
         if activation is not None:
-            setattr(parent, activation, nn.Identity())
+            owner, _, last = activation.rpartition(".")
+            setattr(parent.get_submodule(owner) if owner else parent, last, nn.Identity())
         conversions.append(
             Conversion(
                 name,
                 type(module).__name__,
-                type(new).__name__,
+                type(new[0] if isinstance(new, nn.Sequential) else new).__name__,
                 copied,
                 _qualified(parent_name, activation) if activation else None,
                 _qualified(parent_name, adapt) if adapt else None,

@@ -24,6 +24,7 @@ from normbench import convert_norms
 from normbench.convert import norm_channels
 
 MODELS = ("resnet18", "resnet50", "mobilenet_v3_small", "convnext_tiny", "vit_b_16")
+TIMM_MODELS = ("efficientnet_b0", "resnet18")  # timm's, where timm is installed (BatchNormAct2d layers)
 TARGETS = {  # target norm -> options
     "groupnorm": {"num_groups": 8},
     "layernorm": {},
@@ -38,9 +39,17 @@ def channel_first_norms(model: nn.Module) -> list[str]:
     return [n for n, m in model.named_modules() if n and norm_channels(m) is not None]
 
 
+def build(name: str) -> nn.Module:
+    if name.startswith("timm:"):
+        import timm
+
+        return timm.create_model(name[5:], pretrained=False, num_classes=10)
+    return torchvision.models.get_model(name, weights=None, num_classes=10)
+
+
 def check(name: str, target: str, options: dict, device: str) -> str:
     torch.manual_seed(0)
-    model = torchvision.models.get_model(name, weights=None, num_classes=10).to(device)
+    model = build(name).to(device)
     size = 224 if name == "vit_b_16" else 64
     x = torch.randn(4, 3, size, size, device=device)
     before = channel_first_norms(model)
@@ -94,8 +103,15 @@ def main() -> None:
         "| model | norm layers | " + " | ".join(TARGETS) + " |",
         "|---|---:|" + "---|" * len(TARGETS),
     ]
-    for name in MODELS:
-        model = torchvision.models.get_model(name, weights=None, num_classes=10)
+    try:
+        import timm
+
+        extra = [f"timm:{n}" for n in TIMM_MODELS]
+        lines[2] += f" timm {timm.__version__}: rows marked timm:."
+    except ImportError:
+        extra = []
+    for name in (*MODELS, *extra):
+        model = build(name)
         cells = [check(name, target, options, args.device) for target, options in TARGETS.items()]
         lines.append(f"| {name} | {len(channel_first_norms(model))} | " + " | ".join(cells) + " |")
         print(lines[-1], flush=True)

@@ -255,3 +255,31 @@ def test_every_plugin_and_torch_norm_is_recognized_as_a_source():
 def test_unknown_norm_names_the_closest():
     with pytest.raises(KeyError, match="Did you mean 'groupnorm'"):
         convert_norms(_model("resnet18_like"), "grupnorm")
+
+
+class BatchNormAct2d(nn.BatchNorm2d):  # timm.layers.BatchNormAct2d: BatchNorm, then drop, then act
+    def __init__(self, c: int) -> None:
+        super().__init__(c)
+        self.drop, self.act = nn.Identity(), nn.SiLU()
+
+    def forward(self, x):
+        return self.act(self.drop(super().forward(x)))
+
+
+def test_timm_norm_act_layers_keep_their_activation_or_give_it_to_the_plugin():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), BatchNormAct2d(8), nn.Conv2d(8, 8, 3), BatchNormAct2d(8))
+    x = torch.randn(2, 3, 9, 9)
+    reference = copy.deepcopy(model).eval()(x)
+    frozen = copy.deepcopy(model).eval()
+    done = convert_norms(frozen, "frozen_batchnorm")
+    assert [c.name for c in done] == ["1", "3"] and isinstance(frozen[1][2], nn.SiLU)
+    torch.testing.assert_close(frozen(x), reference)  # same statistics, the SiLU kept
+    evo = copy.deepcopy(model)
+    done = convert_norms(evo, "evonorm_s0", num_groups=4)
+    assert [c.removed_activation for c in done] == ["1.2", "3.2"]
+    assert isinstance(evo[1][2], nn.Identity) and isinstance(evo[1][0], norm_spec("evonorm_s0").factory)
+    odd = nn.Sequential(nn.Conv2d(3, 8, 3), BatchNormAct2d(8))
+    odd[1].extra = nn.ReLU()
+    with pytest.raises(ValueError, match=r"1 \(BatchNormAct2d\) holds submodules \['drop', 'act', 'extra'\]"):
+        convert_norms(odd, "groupnorm", num_groups=4)
