@@ -10,6 +10,23 @@ from torch import Tensor, nn
 MAX_SPATIAL_DIMS = 3
 
 
+def like_input(y: Tensor, x: Tensor) -> Tensor:
+    """``y`` in ``x``'s dtype and layout, as torch's own norms return it: float32 parameters promote a
+    bfloat16/float16 input's result under autocast, and kernels that work on contiguous views lose a
+    channels_last layout, which the next convolution would then not get. A no-op when both match."""
+    y = y.to(x.dtype)
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return y.contiguous(memory_format=torch.channels_last)
+    return y
+
+
+@torch.no_grad()
+def move_towards(running: Tensor, batch_stat: Tensor, rate: float) -> None:
+    """``running += rate * (batch_stat - running)``, in the buffer's dtype: under autocast the batch
+    statistic may be bfloat16/float16 while the running statistics stay float32 (as torch keeps them)."""
+    running.lerp_(batch_stat.to(running.dtype), rate)
+
+
 class ChannelNorm(nn.Module):
     """Base of the built-in norms: ``num_channels``, ``eps``, optional per-channel ``weight``/``bias``.
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from normbench.norms._base import ChannelNorm
+from normbench.norms._base import ChannelNorm, move_towards
 from normbench.norms.registry import register_norm
 
 
@@ -81,8 +81,8 @@ class BatchNorm(ChannelNorm):
         """Move the running statistics towards a batch's mean and (unbiased) variance over ``count``
         values per channel, as ``F.batch_norm`` does; for subclasses that compute their own statistics."""
         rate = self.step_rate()
-        self.running_mean.lerp_(mean, rate)
-        self.running_var.lerp_(biased_var * count / max(count - 1, 1), rate)
+        move_towards(self.running_mean, mean, rate)
+        move_towards(self.running_var, biased_var * count / max(count - 1, 1), rate)
 
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(x)

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from normbench.norms._base import ChannelNorm
+from normbench.norms._base import ChannelNorm, like_input, move_towards
 from normbench.norms._kernels import (
     add_moment_grads,
     blocks,
@@ -146,10 +146,12 @@ class EvoNormB0(ChannelNorm):
         if self.training:
             with torch.no_grad():
                 n = x.numel() / x.shape[1]
-                self.running_var.lerp_(
-                    pooled(mean_in, var_in, 0)[1].flatten() * n / max(n - 1, 1), self.momentum
+                move_towards(
+                    self.running_var,
+                    pooled(mean_in, var_in, 0)[1].flatten() * n / max(n - 1, 1),
+                    self.momentum,
                 )
-        return y
+        return like_input(y, x)
 
     def _coefficients(self, training: bool, mean_in: Tensor, var_in: Tensor) -> tuple[Tensor, Tensor]:
         """(batch term a, instance term s): a per channel (1, C), s per sample and channel (N, C)."""
@@ -235,10 +237,15 @@ class EvoNormS0(ChannelNorm):
         self.check_input(x)
         channels = self.num_channels // self.num_groups
         if use_fused(x):
-            return _EvoNormS0.apply(x, self.v, self.weight, self.bias, channels, self.eps)
+            with torch.autocast(x.device.type, enabled=False):  # statistics in float32, as timm does
+                x32 = x.to(torch.promote_types(x.dtype, torch.float32))
+                y = _EvoNormS0.apply(x32, self.v, self.weight, self.bias, channels, self.eps)
+            return like_input(y, x)
         r = torch.rsqrt(group_moments(group_view(x, channels=channels))[1] + self.eps)
         v, w, b = (_broadcast(t, x) for t in _affine(x, self.v, self.weight, self.bias))
-        return x * torch.sigmoid(v * x) * _broadcast(r.repeat_interleave(channels, dim=1), x) * w + b
+        return like_input(
+            x * torch.sigmoid(v * x) * _broadcast(r.repeat_interleave(channels, dim=1), x) * w + b, x
+        )
 
     def extra_repr(self) -> str:
         return f"num_groups={self.num_groups}, {super().extra_repr()}"

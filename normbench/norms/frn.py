@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from normbench.norms._base import ChannelNorm
+from normbench.norms._base import ChannelNorm, like_input
 from normbench.norms._kernels import group_dot, group_sum, group_view
 from normbench.norms.registry import register_norm
 
@@ -95,7 +95,9 @@ class FilterResponseNorm(ChannelNorm):
                 f"FRN: input of shape {tuple(x.shape)} has one position per channel, where fixed-eps FRN "
                 "is sign(x); use learnable_eps=True (Singh & Krishnan 2020, Sec. 3.1)"
             )
-        return _FilterResponseNormTLU.apply(x, self.weight, self.bias, self.tau, self.eps_l, self.eps)
+        return like_input(
+            _FilterResponseNormTLU.apply(x, self.weight, self.bias, self.tau, self.eps_l, self.eps), x
+        )
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, learnable_eps={self.learnable_eps}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from normbench.norms._base import ChannelNorm
+from normbench.norms._base import ChannelNorm, like_input
 from normbench.norms.batchnorm import BatchNorm
 from normbench.norms.registry import register_norm
 
@@ -49,7 +49,7 @@ class FrozenBatchNorm(ChannelNorm):
         scale = self.weight * torch.rsqrt(self.running_var + self.eps)
         shift = self.bias - self.running_mean * scale
         shape = (1, -1, *[1] * (x.dim() - 2))
-        return torch.mul(x, scale.view(shape)).add_(shift.view(shape))
+        return like_input(torch.mul(x, scale.view(shape)).add_(shift.view(shape)), x)
 
     @classmethod
     def from_batchnorm(cls, bn: nn.Module) -> FrozenBatchNorm:

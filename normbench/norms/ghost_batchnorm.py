@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from normbench.norms._base import like_input, move_towards
 from normbench.norms._kernels import group_affine, group_view, standardizing, use_fused
 from normbench.norms.batchnorm import BatchNorm
 from normbench.norms.registry import register_norm
@@ -64,10 +65,10 @@ class GhostBatchNorm(BatchNorm):
         if self.track_running_stats:  # towards the average over ghost batches of their mean and unbiased var
             with torch.no_grad():
                 rate = self.step_rate()
-                self.running_mean.lerp_(torch.cat([mean for _, mean, _ in parts]).mean(0), rate)
-                self.running_var.lerp_(torch.cat([var for _, _, var in parts]).mean(0), rate)
+                move_towards(self.running_mean, torch.cat([mean for _, mean, _ in parts]).mean(0), rate)
+                move_towards(self.running_var, torch.cat([var for _, _, var in parts]).mean(0), rate)
         outs = [y for y, _, _ in parts]
-        return torch.cat(outs) if len(outs) > 1 else outs[0]
+        return like_input(torch.cat(outs) if len(outs) > 1 else outs[0], x)
 
     def _fused(self, chunk: Tensor, m: int) -> tuple[Tensor, Tensor, Tensor]:
         """Ghost batches of m samples through :class:`GroupAffine`, no copies: output, and each ghost

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from normbench.norms._base import ChannelNorm
+from normbench.norms._base import ChannelNorm, like_input
 from normbench.norms.registry import register_norm
 
 
@@ -38,4 +38,4 @@ class InstanceNorm(ChannelNorm):
 
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(x)
-        return F.instance_norm(x, weight=self.weight, bias=self.bias, eps=self.eps)
+        return like_input(F.instance_norm(x, weight=self.weight, bias=self.bias, eps=self.eps), x)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from normbench.norms._base import ChannelNorm
+from normbench.norms._base import ChannelNorm, like_input
 from normbench.norms._kernels import group_dot, group_view
 from normbench.norms.registry import register_norm
 
@@ -73,4 +73,4 @@ class RMSNorm(ChannelNorm):
             y = F.rms_norm(x, (self.num_channels,), self.weight, self.eps)
         else:
             y = _ChannelFirstRMSNorm.apply(x, self.weight, self.eps)
-        return y if self.bias is None else y + self.bias.view(1, -1, *[1] * (x.dim() - 2))
+        return like_input(y if self.bias is None else y + self.bias.view(1, -1, *[1] * (x.dim() - 2)), x)

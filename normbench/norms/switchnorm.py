@@ -7,7 +7,7 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
-from normbench.norms._base import ChannelNorm
+from normbench.norms._base import ChannelNorm, like_input, move_towards
 from normbench.norms._kernels import group_affine, group_view, pooled, standardizing
 from normbench.norms.registry import register_norm
 
@@ -63,9 +63,9 @@ class SwitchNorm(ChannelNorm):
             with torch.no_grad():
                 mean_bn, var_bn = pooled(mean_in, var_in, 0)
                 n = x.numel() / x.shape[1]
-                self.running_mean.lerp_(mean_bn.flatten(), self.momentum)
-                self.running_var.lerp_(var_bn.flatten() * n / max(n - 1, 1), self.momentum)
-        return y.view(x.shape)
+                move_towards(self.running_mean, mean_bn.flatten(), self.momentum)
+                move_towards(self.running_var, var_bn.flatten() * n / max(n - 1, 1), self.momentum)
+        return like_input(y.view(x.shape), x)
 
     def _coefficients(
         self,

@@ -1,0 +1,53 @@
+"""Every plugin under bfloat16 autocast on CPU and with channels_last input, on both kernel paths
+(small inputs: composite formulas; large: the fused Functions): what torch's own norms do."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from conftest import randomize_affine
+
+from normbench import available_norms, build_norm
+
+C = 16
+SHAPES = {"composite": (8, C, 5, 5), "fused": (64, C, 16, 16)}  # 2^18 elements: above FUSED_MIN_ELEMENTS
+
+
+@pytest.mark.parametrize("path", list(SHAPES))
+@pytest.mark.parametrize("name", available_norms())
+def test_bf16_autocast_keeps_dtype_stays_finite_and_matches_float64(name, path):
+    gen = torch.Generator().manual_seed(0)
+    module = build_norm(name, C).train()
+    randomize_affine(module)
+    reference = copy.deepcopy(module).double()
+    x = torch.randn(SHAPES[path], generator=gen).bfloat16()
+    upstream = torch.randn(SHAPES[path], generator=gen)
+    xb = x.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = module(xb)
+    assert y.dtype == torch.bfloat16  # torch's norms return the input's dtype under autocast
+    (y.float() * upstream).sum().backward()
+    assert torch.isfinite(y).all() and torch.isfinite(xb.grad).all()
+    assert all(torch.isfinite(p.grad).all() for p in module.parameters() if p.grad is not None)
+    expected = reference(x.double())  # the same bf16-rounded input, in float64
+    torch.testing.assert_close(y.double(), expected, rtol=0.05, atol=0.05)
+    for name_, buf in module.named_buffers():  # running statistics stay float32 and close to float64's
+        if buf.is_floating_point():
+            assert buf.dtype == torch.float32
+            torch.testing.assert_close(
+                buf.double(), dict(reference.named_buffers())[name_], rtol=0.02, atol=0.02
+            )
+
+
+@pytest.mark.parametrize("path", list(SHAPES))
+@pytest.mark.parametrize("name", available_norms())
+def test_channels_last_input_gives_channels_last_output_and_equal_values(name, path):
+    module = build_norm(name, C).train()
+    randomize_affine(module)
+    twin = copy.deepcopy(module)
+    x = torch.randn(SHAPES[path], generator=torch.Generator().manual_seed(1))
+    y = module(x.contiguous(memory_format=torch.channels_last))
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y, twin(x), rtol=1e-5, atol=1e-5)
