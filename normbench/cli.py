@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from normbench.config import ConfigError, check_values, register_configs
-from normbench.results import remove_stale_temporaries, run_lock
+from normbench.results import LOCK_FILE, remove_stale_temporaries, run_lock
 from normbench.run import execute, previous_result, run_identity
 from normbench.sweep import mark_visit, register_sweeper
 
@@ -59,9 +59,11 @@ def cap_threads_for_parallel_jobs(cfg: DictConfig, hc: Any) -> None:
 
 
 def remove_if_unused(out_dir: Path) -> None:
-    """Delete a run folder that holds nothing but what Hydra put there (its .hydra/ and the log),
-    then its parents up to the working directory while they are empty."""
-    if not out_dir.is_dir() or any(p.name not in (".hydra", "normbench.log") for p in out_dir.iterdir()):
+    """Delete a run folder that holds nothing but what Hydra put there (its .hydra/ and the log) and the
+    run lock, then its parents up to the working directory while they are empty."""
+    if not out_dir.is_dir() or any(
+        p.name not in (".hydra", "normbench.log", LOCK_FILE) for p in out_dir.iterdir()
+    ):
         return
     shutil.rmtree(out_dir, ignore_errors=True)
     cwd = Path.cwd().resolve()
