@@ -17,7 +17,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from normbench.config import ConfigError, check_values, register_configs
+from normbench.config import ConfigError, register_configs
 from normbench.results import LOCK_FILE, remove_stale_temporaries, run_lock
 from normbench.run import execute, previous_result, run_identity
 from normbench.sweep import mark_visit, register_sweeper
@@ -77,7 +77,6 @@ def train_job(cfg: DictConfig, out_dir: Path, multirun: bool, distributed: bool)
     """Run the job in ``out_dir`` unless a final result is there or another process holds it; returns
     what happened (``completed``, ``diverged``, ``failed``, ``skipped`` or ``running_elsewhere``) and
     the run's error message, if any."""
-    check_values(cfg)
     _, digest = run_identity(cfg)
     if not cfg.runtime.force and previous_result(out_dir, digest) is not None:
         log.info("skipped: %s already holds a result of this config", out_dir)

@@ -174,7 +174,9 @@ class ResumingSweeper(Sweeper):
         sweep_dir = Path(self.config.hydra.sweep.dir)
         name = self.config.hydra.sweep.dir
         jobs = self._jobs(arguments)
-        pending = [j for j in jobs if j.force or not j.finished()]
+        skipped, pending = [], []
+        for job in jobs:
+            (pending if job.force or not job.finished() else skipped).append(job)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         if len(pending) < len(jobs):
@@ -190,7 +192,7 @@ class ResumingSweeper(Sweeper):
                 log.error("the launcher stopped: %s: %s", type(exc).__name__, exc)
                 crashed = exc
                 break
-        visits = [{"outcome": "skipped", "dir": str(j.folder)} for j in jobs if j not in pending]
+        visits = [{"outcome": "skipped", "dir": str(j.folder)} for j in skipped]
         for i, job in enumerate(pending):
             visits.append(self._outcome(job, returns[i] if i < len(returns) else None, started))
         summary = summarize(name, visits)
