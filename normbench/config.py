@@ -42,6 +42,12 @@ class Sampler(str, Enum):
     class_grouped = "class_grouped"
 
 
+class Precision(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
 class OptimName(str, Enum):
     sgd = "sgd"
     adamw = "adamw"
@@ -108,6 +114,10 @@ class RuntimeConfig:
     threads: int = 1
     force: bool = False  # rerun even when result.json already holds a completed or diverged run
     progress: bool = True  # a progress bar when attached to a terminal
+    device: str = "auto"  # auto (CUDA when present), cpu, cuda, cuda:N
+    precision: Precision = Precision.fp32  # autocast dtype of forward passes; not fp32 joins the identity
+    channels_last: bool = False  # 4-D activations stored channels-last (2-D tasks)
+    compile: bool = False  # train a torch.compile-d model
 
 
 @dataclass
@@ -130,7 +140,8 @@ class Config:
     sweep: SweepConfig = field(default_factory=SweepConfig)
 
 
-# Settings that say where or how a run executes, not what it computes: left out of the config hash.
+# Settings that say where or how a run executes, not what it computes: left out of the config hash
+# (``runtime`` except the keys of normbench.runtime.IDENTITY_DEFAULTS set away from their default).
 NON_IDENTITY_KEYS = ("hydra", "runtime", "sweep")
 
 
@@ -223,6 +234,11 @@ def check_values(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if not ok(value):
             raise ConfigError(f"{key}={_show(value)}: must be {allowed}")
+    from normbench.runtime import device_problem  # runtime needs ConfigError from here
+
+    problem = device_problem(OmegaConf.select(cfg, "runtime.device", default="auto"))
+    if problem:
+        raise ConfigError(problem)
     for key, value in cfg.norm.items():
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"norm.{key}={_show(value)}: must be a finite number")

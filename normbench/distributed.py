@@ -48,11 +48,11 @@ def parallel(model: nn.Module, world: World) -> nn.Module:
     return nn.parallel.DistributedDataParallel(model) if world.size > 1 else model
 
 
-def all_finite(loss: Tensor, world: World) -> bool:
-    """Is the loss finite on every process? (All must agree to stop together.)"""
+def all_finite(losses: Tensor, world: World) -> bool:
+    """Are the losses finite on every process? (All must agree to stop together.)"""
     if world.size == 1:
-        return bool(torch.isfinite(loss))
-    finite = torch.isfinite(loss.detach()).to(torch.float32).reshape(1)
+        return bool(torch.isfinite(losses).all())
+    finite = torch.isfinite(losses.detach()).all().to(torch.float32).reshape(1)
     dist.all_reduce(finite, op=dist.ReduceOp.MIN)
     return bool(finite.item())
 

@@ -41,6 +41,7 @@ from normbench.results import (
 )
 
 __all__ = ["ConfigError", "execute", "previous_result", "run_identity"]
+from normbench.runtime import CPU_FP32, IDENTITY_DEFAULTS, Runtime, use_deterministic_kernels
 from normbench.samplers import check_class_grouped, class_grouped_batches, iid_batches
 from normbench.tasks import NormLayers, build_model, load_dataset
 from normbench.tasks.data import Dataset
@@ -53,6 +54,13 @@ def run_identity(cfg: DictConfig) -> tuple[dict[str, Any], str]:
     """The resolved config that defines the run and its hash. The same config on several torchrun
     processes is a different experiment, so their number joins the identity."""
     identity = identity_config(cfg, NON_IDENTITY_KEYS)
+    numeric = {
+        key: str(getattr(value, "value", value))
+        for key, default in IDENTITY_DEFAULTS.items()
+        if (value := OmegaConf.select(cfg, f"runtime.{key}", default=default)) != default
+    }
+    if numeric:
+        identity["runtime"] = numeric
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size > 1:
         identity["world_size"] = world_size
@@ -70,12 +78,14 @@ def previous_result(out_dir: Path, digest: str) -> dict[str, Any] | None:
     return None
 
 
-def setup_runtime(threads: int, seed: int) -> None:
-    if threads < 1:
-        raise ConfigError(f"runtime.threads={threads} must be >= 1")
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(True)
-    torch.manual_seed(seed)
+def setup_runtime(cfg: DictConfig) -> Runtime:
+    """The run's device and arithmetic (ConfigError if this machine cannot give them), threads,
+    deterministic kernels and the seed."""
+    runtime = Runtime.from_config(cfg.runtime)
+    torch.set_num_threads(cfg.runtime.threads)
+    use_deterministic_kernels(runtime.device)
+    torch.manual_seed(cfg.seed)
+    return runtime
 
 
 class PluginError(RuntimeError):
@@ -117,13 +127,19 @@ def dry_forward(model: nn.Module, norms: list[nn.Module], x: Tensor) -> None:
             h.remove()
 
 
-def prepare(cfg: DictConfig) -> tuple[Dataset, nn.Module]:
-    """Load the data and build the model. A configuration that cannot work on the task raises
-    ConfigError; any other exception (a broken plugin) propagates and becomes a failed record."""
+def prepare(cfg: DictConfig, runtime: Runtime = CPU_FP32) -> tuple[Dataset, nn.Module]:
+    """Load the data and build the model, both on ``runtime.device``. A configuration that cannot work
+    on the task raises ConfigError; any other exception (a broken plugin) propagates and becomes a
+    failed record."""
     try:
         data = load_dataset(cfg.task.dataset)
     except ValueError as exc:
         raise ConfigError(f"task.dataset: {exc}") from None
+    if runtime.channels_last and len(data.input_shape) != 3:
+        raise ConfigError(
+            f"runtime.channels_last=true: only for tasks with 2-D inputs (C, H, W); "
+            f"task={cfg.task.name} has inputs of shape {data.input_shape}"
+        )
     n_train, bs = len(data.x_train), cfg.batch_size
     if not 1 <= bs <= n_train:
         raise ConfigError(f"batch_size={bs}: must be between 1 and the training set size {n_train}")
@@ -138,7 +154,9 @@ def prepare(cfg: DictConfig) -> tuple[Dataset, nn.Module]:
     except (ValueError, TypeError, KeyError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) else str(exc)
         raise ConfigError(f"norm={cfg.norm.name} cannot build task={cfg.task.name}: {msg}") from None
-    return data, model
+    # built and initialised on the CPU, so a seed gives the same initial weights on every device
+    model.to(runtime.device, memory_format=runtime.memory_format)
+    return data.to(runtime.device, runtime.memory_format), model
 
 
 def batch_iterator(cfg: DictConfig, data: Dataset, gen: torch.Generator):
@@ -147,17 +165,20 @@ def batch_iterator(cfg: DictConfig, data: Dataset, gen: torch.Generator):
     return iid_batches(len(data.x_train), cfg.batch_size, gen)
 
 
-def environment(threads: int) -> dict[str, Any]:
+def environment(threads: int, runtime: Runtime) -> dict[str, Any]:
     return {
         "normbench": normbench.__version__,
         "torch": torch.__version__,
         "python": platform.python_version(),
         "threads": threads,
         "platform": platform.platform(),
+        **runtime.describe(),
     }
 
 
-def new_record(cfg: DictConfig, identity: dict[str, Any], digest: str) -> dict[str, Any]:
+def new_record(
+    cfg: DictConfig, identity: dict[str, Any], digest: str, runtime: Runtime = CPU_FP32
+) -> dict[str, Any]:
     """The record of a run that has not produced anything yet (status ``failed`` until it does)."""
     return {
         "schema_version": SCHEMA_VERSION,
@@ -167,7 +188,7 @@ def new_record(cfg: DictConfig, identity: dict[str, Any], digest: str) -> dict[s
         "metrics": {},
         "history": [],
         "steps": 0,
-        "env": environment(cfg.runtime.threads),
+        "env": environment(cfg.runtime.threads, runtime),
     }
 
 
@@ -181,12 +202,12 @@ def execute(cfg: DictConfig, out_dir: Path, progress: bool = False) -> dict[str,
     """
     check_values(cfg)
     identity, digest = run_identity(cfg)
-    setup_runtime(cfg.runtime.threads, cfg.seed)
+    runtime = setup_runtime(cfg)
     world = world_from_env()
-    record = new_record(cfg, identity, digest)
+    record = new_record(cfg, identity, digest, runtime)
     start = time.perf_counter()
     try:
-        _train_and_evaluate(cfg, record, world, progress)
+        _train_and_evaluate(cfg, record, world, runtime, progress)
     except ConfigError:
         finish(world)
         raise
@@ -203,8 +224,10 @@ def execute(cfg: DictConfig, out_dir: Path, progress: bool = False) -> dict[str,
     return record
 
 
-def _train_and_evaluate(cfg: DictConfig, record: dict[str, Any], world: World, progress: bool) -> None:
-    data, model = prepare(cfg)
+def _train_and_evaluate(
+    cfg: DictConfig, record: dict[str, Any], world: World, runtime: Runtime, progress: bool
+) -> None:
+    data, model = prepare(cfg, runtime)
     n_train, bs = len(data.x_train), cfg.batch_size
     if bs < world.size:
         raise ConfigError(f"batch_size={bs}: smaller than the {world.size} processes it is split across")
@@ -217,6 +240,8 @@ def _train_and_evaluate(cfg: DictConfig, record: dict[str, Any], world: World, p
     record.update(planned_steps=total, steps_per_epoch=steps_per_epoch, lr=lr)
     gen = torch.Generator().manual_seed(cfg.seed)
     trained = parallel(model, world)
+    if runtime.compile:
+        trained = torch.compile(trained)
     optimizer = make_optimizer(
         cfg.optim.name, trained.parameters(), lr, cfg.optim.momentum, cfg.optim.weight_decay
     )
@@ -233,6 +258,7 @@ def _train_and_evaluate(cfg: DictConfig, record: dict[str, Any], world: World, p
         is_finite=lambda loss: all_finite(loss, world),
         eval_model=model,
         evaluate=world.is_main,
+        runtime=runtime,
     )
     record.update(
         status=result.status,
@@ -244,7 +270,8 @@ def _train_and_evaluate(cfg: DictConfig, record: dict[str, Any], world: World, p
     finish(world)  # evaluation is process 0's alone, with no collective left to wait on
     if not world.is_main:
         return
-    metrics = final_metrics(model, data, cfg) if result.status == "completed" else {}
+    with runtime.autocast():
+        metrics = final_metrics(model, data, cfg) if result.status == "completed" else {}
     record["layers"] = layer_metrics(model)
     metrics.update(averaged(record["layers"], prefix=f"{cfg.norm.name}_"))
     overflowed = sorted(k for k, v in metrics.items() if not math.isfinite(v))

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from normbench.evaluate import error_and_loss
+from normbench.runtime import CPU_FP32, Runtime
 from normbench.tasks.data import Dataset
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,19 @@ class FitResult:
     train_time_s: float = 0.0
 
 
+def on_device(batches: Iterator[Tensor], device: torch.device, chunk: int = 256) -> Iterator[Tensor]:
+    """``batches`` moved to ``device`` ``chunk`` batches per copy: one host-to-device transfer per chunk
+    instead of a synchronizing one per step. The sequence is unchanged (batches are drawn ahead)."""
+    if device.type == "cpu":
+        return batches
+
+    def moved() -> Iterator[Tensor]:
+        while True:
+            yield from torch.stack([next(batches) for _ in range(chunk)]).to(device)
+
+    return moved()
+
+
 def fit(
     model: nn.Module,
     data: Dataset,
@@ -71,22 +85,31 @@ def fit(
     eval_every: int,
     steps_per_epoch: int,
     progress: bool = False,
-    is_finite: Callable[[Tensor], bool] = lambda loss: bool(torch.isfinite(loss)),
+    is_finite: Callable[[Tensor], bool] = lambda loss: bool(torch.isfinite(loss).all()),
     eval_model: nn.Module | None = None,
     evaluate: bool = True,
+    runtime: Runtime = CPU_FP32,
 ) -> FitResult:
     """Train for ``total_steps`` optimizer steps; every ``eval_every`` steps (and at the end) append the
     mean training loss since the last point and the test error of ``eval_model`` (default ``model``)
-    to the history and log one line.
+    to the history and log one line. Forward passes run under ``runtime``'s autocast (float16 with
+    loss scaling).
 
-    A loss that ``is_finite`` rejects stops training with status ``diverged`` at that step. With
-    ``evaluate=False`` (torchrun processes other than 0) no history is kept and nothing is logged.
+    A loss that ``is_finite`` rejects stops training with status ``diverged`` at that step. On the CPU
+    every loss is checked as it comes; on a GPU the losses are checked every ``runtime.check_every``
+    steps and at every evaluation, so the host never waits for the device in between (a diverged run
+    is still reported at its first non-finite step, and is not evaluated). With ``evaluate=False``
+    (torchrun processes other than 0) no history is kept and nothing is logged.
     """
     model.train()
     x, y = data.x_train, data.y_train
     history: list[dict] = []
-    loss_sum = torch.zeros(())
+    losses: list[Tensor] = []  # this check window's losses
     since = 0
+    loss_sum = torch.zeros((), device=x.device)
+    check_every = runtime.check_every
+    scaler = runtime.grad_scaler()
+    batches = on_device(batches, x.device)
     bar = tqdm(total=total_steps, unit="step", disable=not progress, file=sys.stderr, leave=False)
     start = time.perf_counter()
     try:
@@ -94,18 +117,32 @@ def fit(
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step)
             idx = next(batches)
-            loss = F.cross_entropy(model(x[idx]), y[idx])
-            if not is_finite(loss):
-                log.warning("non-finite loss %s at step %d: run diverged", float(loss.detach()), step)
-                return FitResult("diverged", step, step, history, time.perf_counter() - start)
+            with runtime.autocast():
+                loss = F.cross_entropy(model(x[idx]), y[idx])
+            losses.append(loss.detach())
+            done = step + 1
+            due = evaluate and (done % eval_every == 0 or done == total_steps)
+            if len(losses) >= check_every or due or done == total_steps:
+                window = torch.stack(losses) if len(losses) > 1 else losses[0]
+                if not is_finite(window):
+                    offset = int((~torch.isfinite(window.reshape(-1))).nonzero()[0])
+                    first = done - len(losses) + offset
+                    log.warning("non-finite loss %s at step %d: run diverged", float(losses[offset]), first)
+                    return FitResult("diverged", first, first, history, time.perf_counter() - start)
+                losses.clear()
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            if scaler is None:
+                loss.backward()
+                optimizer.step()
+            else:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
             loss_sum += loss.detach()
             since += 1
-            done = step + 1
-            if evaluate and (done % eval_every == 0 or done == total_steps):
-                test_error, _ = error_and_loss(eval_model or model, data.x_test, data.y_test)
+            if due:
+                with runtime.autocast():
+                    test_error, _ = error_and_loss(eval_model or model, data.x_test, data.y_test)
                 point = {
                     "step": done,
                     "epoch": round(done / steps_per_epoch, 4),

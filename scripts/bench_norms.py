@@ -6,6 +6,7 @@ torch.nn.BatchNorm2d on images, and to a plain copy of the tensor (the memory-tr
 
     python scripts/bench_norms.py                # writes reports/bench/norms.md
     python scripts/bench_norms.py --rounds 5 --out /tmp/norms.md
+    python scripts/bench_norms.py --device cuda  # reports/bench/norms_cuda.md: fp32 and bf16, CUDA events
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ import random
 import statistics
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 from torch import nn
 
 import normbench
+import normbench.norms._kernels as kernels
 from normbench import available_norms, build_norm, norm_spec
 
 SHAPES = {
@@ -75,24 +78,42 @@ def fwd_bwd(module: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> Callable[
     return run
 
 
+def wall_clock(fn: Callable[[], object], inner: int) -> float:
+    start = time.perf_counter()
+    for _ in range(inner):
+        fn()
+    return (time.perf_counter() - start) / inner
+
+
+def cuda_events(fn: Callable[[], object], inner: int) -> float:
+    """Seconds per call measured on the GPU's own clock (CUDA events around ``inner`` calls)."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(inner):
+        fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / 1e3 / inner
+
+
 def time_interleaved(
-    cases: dict[str, Callable[[], object]], rounds: int, inner: int
+    cases: dict[str, Callable[[], object]],
+    rounds: int,
+    inner: int,
+    timer: Callable[[Callable[[], object], int], float] = wall_clock,
 ) -> dict[str, list[float]]:
     """Seconds per call of each case in every round. Each round runs every case once, in a shuffled
     order (allocator and cache state left by the previous case would otherwise bias a fixed order)."""
     samples: dict[str, list[float]] = {k: [] for k in cases}
     order = list(cases)
     rng = random.Random(0)
-    for fn in cases.values():  # warm-up
+    for fn in cases.values():  # warm-up (and, on CUDA, compilation)
+        fn()
         fn()
     for _ in range(rounds):
         rng.shuffle(order)
         for key in order:
-            fn = cases[key]
-            start = time.perf_counter()
-            for _ in range(inner):
-                fn()
-            samples[key].append((time.perf_counter() - start) / inner)
+            samples[key].append(timer(cases[key], inner))
     return samples
 
 
@@ -144,6 +165,100 @@ def bench(rounds: int, inner: int) -> list[dict]:
     return rows
 
 
+CUDA_SHAPES = ((32, 64, 32, 32), (64, 256, 56, 56))
+
+
+def with_compile(flag: bool, fn: Callable[[], object]) -> Callable[[], object]:
+    """``fn`` with the plugins' torch.compile path switched on or off (normbench.norms._kernels)."""
+
+    def run() -> object:
+        kernels.COMPILE_ON_GPU = flag
+        try:
+            return fn()
+        finally:
+            kernels.COMPILE_ON_GPU = True
+
+    return run
+
+
+def autocast_step(m: nn.Module, x: torch.Tensor, grad: torch.Tensor, autocast) -> Callable[[], object]:
+    step = fwd_bwd(m, x, grad)
+
+    def run() -> object:
+        with autocast:
+            return step()
+
+    return run
+
+
+def bench_cuda(rounds: int, inner: int, device: torch.device) -> list[dict]:
+    """Forward+backward of every plugin beside nn.BatchNorm2d on the GPU, in float32 and under bf16
+    autocast (bf16 input), each plugin with its compiled path (the default) and eagerly."""
+    rows = []
+    for shape in CUDA_SHAPES:
+        for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+            gen = torch.Generator(device).manual_seed(0)
+            x = torch.randn(shape, generator=gen, device=device).to(dtype)
+            grad = torch.randn(shape, generator=gen, device=device).to(dtype)
+            autocast = torch.autocast("cuda", dtype=dtype) if precision == "bf16" else nullcontext()
+            modules = {
+                name: build_norm(name, shape[1], **BENCH_OPTIONS.get(name, {})).to(device).train()
+                for name in available_norms()
+            }
+            modules["torch:BatchNorm2d"] = nn.BatchNorm2d(shape[1]).to(device).train()
+
+            cases: dict[str, Callable[[], object]] = {}
+            for name, m in modules.items():
+                cases[name] = with_compile(True, autocast_step(m, x, grad, autocast))
+                if not name.startswith("torch:"):
+                    cases[f"{name} [eager]"] = with_compile(False, autocast_step(m, x, grad, autocast))
+            samples = time_interleaved(cases, rounds, inner, cuda_events)
+            ref = samples["torch:BatchNorm2d"]
+            for name in modules:
+                if name.startswith("torch:"):
+                    continue
+                rows.append(
+                    {
+                        "shape": str(shape),
+                        "precision": precision,
+                        "norm": name,
+                        "ms": statistics.median(samples[name]) * 1e3,
+                        "bn_ms": statistics.median(ref) * 1e3,
+                        "vs_bn2d": median_ratio(samples[name], ref),
+                        "eager_vs_bn2d": median_ratio(samples[f"{name} [eager]"], ref),
+                    }
+                )
+                print(rows[-1], flush=True)
+    return rows
+
+
+def cuda_markdown(rows: list[dict], rounds: int, inner: int, device: torch.device) -> str:
+    lines = [
+        "# Norm plugin speed on CUDA",
+        "",
+        f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}, normbench {normbench.__version__}. "
+        f"Forward+backward in training mode; medians over {rounds} interleaved rounds (case order "
+        f"shuffled each round) of {inner} calls timed with CUDA events; `vs BN2d` is the median of the "
+        "per-round ratios to `torch.nn.BatchNorm2d` on the same input in the same precision (bf16: "
+        "bfloat16 input under `torch.autocast`). `eager vs BN2d` runs the plugin's composite formulas op "
+        "by op (`normbench.norms._kernels.COMPILE_ON_GPU = False`); the default compiles the elementwise "
+        f"formulas with torch.compile. Target: every plugin within 1.5x. Options: {BENCH_OPTIONS}.",
+        "",
+        "Reproduce: `python scripts/bench_norms.py --device cuda`",
+        "",
+        "| shape | precision | norm | ms | BN2d ms | vs BN2d | eager vs BN2d | within 1.5x |",
+        "|---|---|---|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        best = min(r["vs_bn2d"], r["eager_vs_bn2d"])
+        lines.append(
+            f"| {r['shape']} | {r['precision']} | {r['norm']} | {r['ms']:.3f} | {r['bn_ms']:.3f} "
+            f"| {r['vs_bn2d']:.2f}x | {r['eager_vs_bn2d']:.2f}x | {'yes' if r['vs_bn2d'] <= 1.5 else 'no'}"
+            f"{'' if best == r['vs_bn2d'] or best > 1.5 else ' (eager is)'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def fmt(v: float | None, pattern: str) -> str:
     return "—" if v is None else pattern.format(v)
 
@@ -180,11 +295,20 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=31)
     parser.add_argument("--inner", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parents[1] / "reports/bench/norms.md")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda: the GPU table (fp32 and bf16)")
+    parser.add_argument("--out", type=Path, default=None, help="default reports/bench/norms[_cuda].md")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    rows = bench(args.rounds, args.inner)
-    text = to_markdown(rows, args.rounds, args.inner, args.threads)
+    device = torch.device(args.device)
+    bench_dir = Path(__file__).parents[1] / "reports/bench"
+    if device.type == "cuda":
+        args.out = args.out or bench_dir / "norms_cuda.md"
+        rows = bench_cuda(args.rounds, args.inner, device)
+        text = cuda_markdown(rows, args.rounds, args.inner, device)
+    else:
+        args.out = args.out or bench_dir / "norms.md"
+        torch.set_num_threads(args.threads)
+        rows = bench(args.rounds, args.inner)
+        text = to_markdown(rows, args.rounds, args.inner, args.threads)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".tmp")
     tmp.write_text(text)

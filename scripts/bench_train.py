@@ -6,6 +6,7 @@ the ratio, at batch sizes 2 and 128, to reports/bench/train.md.
 
     python scripts/bench_train.py
     python scripts/bench_train.py --task mnist1d_cnn --norm groupnorm --steps 200 --rounds 5
+    python scripts/bench_train.py --device cuda  # reports/bench/train_cuda.md
 """
 
 from __future__ import annotations
@@ -26,20 +27,22 @@ from normbench.cli import CONF_DIR
 from normbench.distributed import World, all_finite, shard
 from normbench.evaluate import error_and_loss
 from normbench.run import model_from_config
+from normbench.runtime import Runtime, resolve_device
 from normbench.samplers import iid_batches
 from normbench.tasks import load_dataset
 from normbench.train import fit, lr_schedule
 
 
-def minimal_loop(model, data, batch_size, steps, lr, seed) -> float:
+def minimal_loop(model, data, batch_size, steps, lr, seed, runtime) -> float:
     gen = torch.Generator().manual_seed(seed)
     batches = iid_batches(len(data.x_train), batch_size, gen)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
     model.train()
     start = time.perf_counter()
     for _ in range(steps):
-        idx = next(batches)
-        loss = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
+        idx = next(batches).to(runtime.device)
+        with runtime.autocast():
+            loss = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -47,7 +50,7 @@ def minimal_loop(model, data, batch_size, steps, lr, seed) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def normbench_loop(model, data, batch_size, steps, lr, seed) -> float:
+def normbench_loop(model, data, batch_size, steps, lr, seed, runtime) -> float:
     gen = torch.Generator().manual_seed(seed)
     world = World()  # as normbench.run.execute drives fit: sharded batches, agreed divergence check
     batches = shard(iid_batches(len(data.x_train), batch_size, gen), world)
@@ -63,6 +66,7 @@ def normbench_loop(model, data, batch_size, steps, lr, seed) -> float:
         steps,
         len(data.x_train) // batch_size,
         is_finite=lambda loss: all_finite(loss, world),
+        runtime=runtime,
     )
     return (time.perf_counter() - start) / steps
 
@@ -74,20 +78,26 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[2, 128])
-    parser.add_argument("--out", type=Path, default=Path(__file__).parents[1] / "reports/bench/train.md")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--out", type=Path, default=None, help="default reports/bench/train[_cuda].md")
     args = parser.parse_args()
+    runtime = Runtime(resolve_device(args.device), args.precision)
+    on_gpu = runtime.device.type == "cuda"
+    args.out = args.out or Path(__file__).parents[1] / f"reports/bench/train{'_cuda' if on_gpu else ''}.md"
     torch.set_num_threads(1)
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[f"task={args.task}", f"norm={args.norm}"])
     data = load_dataset(cfg.task.dataset)
     torch.manual_seed(0)
-    initial = model_from_config(cfg, data)
+    initial = model_from_config(cfg, data).to(runtime.device)
+    data = data.to(runtime.device)
     rows = []
     for bs in args.batch_sizes:
         times: dict[str, list[float]] = {"minimal": [], "normbench": []}
         for r in range(args.rounds + 1):  # round 0 warms up
             for name, loop in (("minimal", minimal_loop), ("normbench", normbench_loop)):
-                t = loop(copy.deepcopy(initial), data, bs, args.steps, 0.01, r)
+                t = loop(copy.deepcopy(initial), data, bs, args.steps, 0.01, r, runtime)
                 if r:
                     times[name].append(t)
         med = {k: statistics.median(v) for k, v in times.items()}
@@ -99,13 +109,15 @@ def main() -> None:
         "# Training-loop overhead",
         "",
         f"task `{args.task}`, norm `{args.norm}`, {args.steps} steps per measurement, median of {args.rounds} "
-        f"interleaved rounds (after one warm-up round), 1 torch thread, torch {torch.__version__}, "
+        f"interleaved rounds (after one warm-up round), "
+        f"{torch.cuda.get_device_name(runtime.device) if on_gpu else '1 torch thread'}, "
+        f"precision {args.precision}, torch {torch.__version__}, "
         f"normbench {normbench.__version__}, Python {platform.python_version()}. Both loops use the same "
         "model copy, tensors and batch sequence, and end with the same test-set evaluation; normbench's "
         "loop adds its lr schedule, divergence check, loss accounting and history. Target: ratio <= 1.10.",
         "",
         f"Reproduce: `python scripts/bench_train.py --task {args.task} --norm {args.norm} --steps {args.steps} "
-        f"--rounds {args.rounds}`",
+        f"--rounds {args.rounds} --device {args.device} --precision {args.precision}`",
         "",
         "| batch size | minimal ms/step | normbench ms/step | ratio |",
         "|---:|---:|---:|---:|",

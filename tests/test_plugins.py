@@ -53,7 +53,7 @@ def test_batchrenorm_schedule_and_correction():
     ).double()
     seen = []
     for step in range(8):
-        seen.append(brn.limits())
+        seen.append(tuple(float(t) for t in brn.limits()))
         x = x64(8, C, 3, seed=step) * (step + 1)  # drifting scale so r and d clip
         expected = brn_reference(x, brn, True)
         torch.testing.assert_close(brn(x), expected, rtol=1e-10, atol=1e-10)

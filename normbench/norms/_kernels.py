@@ -9,7 +9,9 @@ autograd instead (:func:`use_fused`). Everything here is exercised both ways by 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import torch
 from torch import Tensor
@@ -23,9 +25,35 @@ BLOCK = 1 << 17
 FUSED_MIN_ELEMENTS = 1 << 17
 
 
+# On CUDA the plugins' elementwise formulas run through torch.compile (one generated kernel per
+# direction instead of one launch and one memory pass per op); False runs them eagerly.
+COMPILE_ON_GPU = True
+
+F = TypeVar("F", bound=Callable[..., Tensor])
+
+
 def use_fused(x: Tensor) -> bool:
-    """Whether ``x`` is large enough for the fused Functions (which compute the same numbers)."""
-    return x.numel() >= FUSED_MIN_ELEMENTS
+    """Whether to run the fused Functions (which compute the same numbers): CPU inputs large enough
+    for their page-fault savings to pay. Elsewhere the composite formulas run."""
+    return x.device.type == "cpu" and x.numel() >= FUSED_MIN_ELEMENTS
+
+
+def compiled_on_gpu(fn: F) -> F:
+    """``fn`` (a pure function of tensors and constants) compiled with ``torch.compile`` when its
+    first argument is on a CUDA device, eager elsewhere. Shapes become dynamic after the first new
+    shape, so a model's few layer shapes and its evaluation batch compile a handful of times, not
+    once per step."""
+    compiled: list[Callable[..., Tensor]] = []
+
+    @functools.wraps(fn)
+    def call(x: Tensor, *args):
+        if x.device.type != "cuda" or not COMPILE_ON_GPU or torch.compiler.is_compiling():
+            return fn(x, *args)
+        if not compiled:
+            compiled.append(torch.compile(fn, fullgraph=True))
+        return compiled[0](x, *args)
+
+    return call  # type: ignore[return-value]
 
 
 def group_view(x: Tensor, samples: int = 1, channels: int = 1) -> Tensor:
@@ -52,6 +80,11 @@ def group_moments(xv: Tensor) -> tuple[Tensor, Tensor]:
     second blocked. Differentiable; the fused Functions below call it without autograd and carry the
     gradient themselves (:func:`add_moment_grads`).
     """
+    if xv.device.type != "cpu":  # one native Welford kernel, in float32 at least (as under autocast)
+        var, mean = torch.var_mean(
+            xv.to(torch.promote_types(xv.dtype, torch.float32)), dim=(1, 3), correction=0
+        )
+        return mean, var
     count = xv.shape[1] * xv.shape[3]
     mean = group_sum(xv) / count
     squares = [group_sum((b - m[:, None, :, None]).square_()) for b, m in blocks(xv, mean)]

@@ -11,12 +11,14 @@ from normbench.norms.batchnorm import BatchNorm
 from normbench.norms.registry import register_norm
 
 
-def _ramp(step: int, start: int, end: int, final: float, initial: float) -> float:
-    if step < start:
-        return initial
-    if end <= start or step >= end:
-        return final
-    return initial + (final - initial) * (step - start) / (end - start)
+def _ramp(step: Tensor, start: int, end: int, final: float, initial: float) -> Tensor:
+    """``initial`` before ``start``, ``final`` from ``end`` on, linear in between; computed on the step
+    counter's device, so no training step waits for the GPU to read it."""
+    if end <= start:
+        progress = (step >= start).to(step.dtype)
+    else:
+        progress = ((step - start) / (end - start)).clamp(0, 1)
+    return initial + (final - initial) * progress
 
 
 @register_norm(
@@ -65,9 +67,9 @@ class BatchRenorm(BatchNorm):
         self.r_max, self.d_max = r_max, d_max
         self.warmup_steps, self.r_max_steps, self.d_max_steps = warmup_steps, r_max_steps, d_max_steps
 
-    def limits(self) -> tuple[float, float]:
-        """(r_max, d_max) in force at the current step."""
-        step = int(self.num_batches_tracked)
+    def limits(self) -> tuple[Tensor, Tensor]:
+        """(r_max, d_max) in force at the current step, as 0-dim tensors."""
+        step = self.num_batches_tracked.to(self.running_var.dtype)  # float64 modules: float64 limits
         return (
             _ramp(step, self.warmup_steps, self.r_max_steps, self.r_max, 1.0),
             _ramp(step, self.warmup_steps, self.d_max_steps, self.d_max, 0.0),
@@ -82,8 +84,8 @@ class BatchRenorm(BatchNorm):
             mean_b, var_b = (m.flatten() for m in group_moments(group_view(x, samples=x.shape[0])))
             sigma_b = torch.sqrt(var_b + self.eps)
             sigma = torch.sqrt(self.running_var + self.eps)
-            r = (sigma_b / sigma).clamp(1 / r_max, r_max)
-            d = ((mean_b - self.running_mean) / sigma).clamp(-d_max, d_max)
+            r = torch.clamp(sigma_b / sigma, 1 / r_max, r_max)
+            d = torch.clamp((mean_b - self.running_mean) / sigma, -d_max, d_max)
         self.track(mean_b, var_b, x.numel() / x.shape[1])
         weight = r if self.weight is None else self.weight * r
         bias = d if self.weight is None else self.weight * d

@@ -12,6 +12,7 @@ from normbench.norms._base import ChannelNorm, like_input, move_towards
 from normbench.norms._kernels import (
     add_moment_grads,
     blocks,
+    compiled_on_gpu,
     group_moments,
     group_view,
     pooled,
@@ -98,6 +99,18 @@ def _broadcast(t: Tensor, x: Tensor) -> Tensor:
     return t.reshape(-1, x.shape[1], *[1] * (x.dim() - 2))
 
 
+@compiled_on_gpu
+def _b0_output(x: Tensor, a: Tensor, s: Tensor, v: Tensor, w: Tensor, b: Tensor) -> Tensor:
+    # max(a, v x + s) as a + relu(v x + s - a): torch.maximum's backward is slow
+    return x / (a + torch.relu(x * v + s - a)) * w + b
+
+
+@compiled_on_gpu
+def _s0_output(x: Tensor, r: Tensor, v: Tensor, w: Tensor, b: Tensor) -> Tensor:
+    # the statistics stay outside: compiled with them, this ran 1.6x slower on an H100
+    return x * torch.sigmoid(v * x) * r * w + b
+
+
 @register_norm(
     "evonorm_b0",
     paper=PAPER,
@@ -141,8 +154,7 @@ class EvoNormB0(ChannelNorm):
             mean_in, var_in = group_moments(group_view(x))
             a, s = coefficients(mean_in, var_in)
             v, w, b = (_broadcast(t, x) for t in _affine(x, self.v, self.weight, self.bias))
-            a = _broadcast(a, x)  # max(a, v x + s) as a + relu(v x + s - a): torch.maximum's backward is slow
-            y = x / (a + torch.relu(x * v + _broadcast(s, x) - a)) * w + b
+            y = _b0_output(x, _broadcast(a, x), _broadcast(s, x), v, w, b)
         if self.training:
             with torch.no_grad():
                 n = x.numel() / x.shape[1]
@@ -243,9 +255,7 @@ class EvoNormS0(ChannelNorm):
             return like_input(y, x)
         r = torch.rsqrt(group_moments(group_view(x, channels=channels))[1] + self.eps)
         v, w, b = (_broadcast(t, x) for t in _affine(x, self.v, self.weight, self.bias))
-        return like_input(
-            x * torch.sigmoid(v * x) * _broadcast(r.repeat_interleave(channels, dim=1), x) * w + b, x
-        )
+        return like_input(_s0_output(x, _broadcast(r.repeat_interleave(channels, dim=1), x), v, w, b), x)
 
     def extra_repr(self) -> str:
         return f"num_groups={self.num_groups}, {super().extra_repr()}"

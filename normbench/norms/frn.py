@@ -6,9 +6,10 @@ import math
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from normbench.norms._base import ChannelNorm, like_input
-from normbench.norms._kernels import group_dot, group_sum, group_view
+from normbench.norms._kernels import compiled_on_gpu, group_dot, group_sum, group_view, use_fused
 from normbench.norms.registry import register_norm
 
 
@@ -39,6 +40,7 @@ class _FilterResponseNormTLU(torch.autograd.Function):
         return z
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, g):
         x, r, w, z, tau, eps_l = ctx.saved_tensors
         n, c = x.shape[:2]
@@ -53,6 +55,15 @@ class _FilterResponseNormTLU(torch.autograd.Function):
         g_eps = (-0.5 * w * (r**3 * t).sum(0)) * torch.sign(eps_l) if eps_l is not None else None
         gx = gy.mul_((r * w).view(n, c, *tail)).addcmul_(x, (-(r**3) * w * t / ctx.s).view(n, c, *tail))
         return gx, g_w, g_b, g_tau, g_eps, None
+
+
+@compiled_on_gpu
+def _frn_tlu(x: Tensor, w: Tensor, b: Tensor, tau: Tensor, eps: Tensor | float) -> Tensor:
+    """The formula of :class:`_FilterResponseNormTLU` under autograd; parameters shaped (1, C, 1, ...)."""
+    x = x.to(torch.promote_types(x.dtype, torch.float32))  # statistics in float32 under autocast
+    nu2 = x.square().mean(dim=tuple(range(2, x.dim())), keepdim=True)
+    y = x * torch.rsqrt(nu2 + eps) * w + b
+    return torch.where(y > tau, y, tau)  # the TLU; its gradient goes to tau where y <= tau
 
 
 @register_norm(
@@ -95,9 +106,15 @@ class FilterResponseNorm(ChannelNorm):
                 f"FRN: input of shape {tuple(x.shape)} has one position per channel, where fixed-eps FRN "
                 "is sign(x); use learnable_eps=True (Singh & Krishnan 2020, Sec. 3.1)"
             )
-        return like_input(
-            _FilterResponseNormTLU.apply(x, self.weight, self.bias, self.tau, self.eps_l, self.eps), x
-        )
+        if use_fused(x):
+            y = _FilterResponseNormTLU.apply(x, self.weight, self.bias, self.tau, self.eps_l, self.eps)
+        else:
+            c, tail = self.num_channels, [1] * (x.dim() - 2)
+            w = x.new_ones(c) if self.weight is None else self.weight
+            b = x.new_zeros(c) if self.bias is None else self.bias
+            eps = self.eps if self.eps_l is None else (self.eps + self.eps_l.abs()).view(1, c, *tail)
+            y = _frn_tlu(x, w.view(1, c, *tail), b.view(1, c, *tail), self.tau.view(1, c, *tail), eps)
+        return like_input(y, x)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, learnable_eps={self.learnable_eps}"

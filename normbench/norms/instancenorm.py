@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -38,4 +39,8 @@ class InstanceNorm(ChannelNorm):
 
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(x)
+        if x.is_cuda and x.dtype == torch.float32:
+            # GroupNorm with one channel per group is this; on an H100 its kernel ran float32 inputs
+            # 1.35x faster (bfloat16 ones 2x slower: autocast runs group_norm in float32)
+            return like_input(F.group_norm(x, self.num_channels, self.weight, self.bias, self.eps), x)
         return like_input(F.instance_norm(x, weight=self.weight, bias=self.bias, eps=self.eps), x)

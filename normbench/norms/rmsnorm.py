@@ -5,9 +5,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from normbench.norms._base import ChannelNorm, like_input
-from normbench.norms._kernels import group_dot, group_view
+from normbench.norms._kernels import compiled_on_gpu, group_dot, group_view, use_fused
 from normbench.norms.registry import register_norm
 
 
@@ -30,6 +31,7 @@ class _ChannelFirstRMSNorm(torch.autograd.Function):
         return x * scale.view(n, c, *[1] * (x.dim() - 2))
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, g: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
         x, r, w = ctx.saved_tensors
         n, c = x.shape[:2]
@@ -39,6 +41,13 @@ class _ChannelFirstRMSNorm(torch.autograd.Function):
         gx = torch.mul(g, (r[:, None] * w).view(n, c, *tail)).addcmul_(x, coef.view(n, 1, *tail))
         gw = (r[:, None] * t).sum(0) if ctx.has_weight and ctx.needs_input_grad[1] else None
         return gx, gw, None
+
+
+@compiled_on_gpu
+def _channel_first_rms_norm(x: Tensor, w: Tensor, eps: float) -> Tensor:
+    """The formula of :class:`_ChannelFirstRMSNorm` under autograd; ``w`` shaped (1, C, 1, ...)."""
+    x = x.to(torch.promote_types(x.dtype, torch.float32))  # statistics in float32 under autocast
+    return x * torch.rsqrt(x.square().mean(dim=tuple(range(1, x.dim())), keepdim=True) + eps) * w
 
 
 @register_norm(
@@ -71,6 +80,9 @@ class RMSNorm(ChannelNorm):
         self.check_input(x)
         if x.dim() == 2:
             y = F.rms_norm(x, (self.num_channels,), self.weight, self.eps)
-        else:
+        elif use_fused(x):
             y = _ChannelFirstRMSNorm.apply(x, self.weight, self.eps)
+        else:
+            w = x.new_ones(self.num_channels) if self.weight is None else self.weight
+            y = _channel_first_rms_norm(x, w.view(1, -1, *[1] * (x.dim() - 2)), self.eps)
         return like_input(y if self.bias is None else y + self.bias.view(1, -1, *[1] * (x.dim() - 2)), x)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 
 import numpy as np
@@ -24,6 +24,18 @@ class Dataset:
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.x_train.shape[1:])
+
+    def to(self, device: torch.device, memory_format: torch.memory_format = torch.preserve_format) -> Dataset:
+        """The same data on ``device`` (inputs in ``memory_format``); ``self`` where nothing changes."""
+        if torch.device(device) == self.x_train.device and memory_format == torch.preserve_format:
+            return self
+        return replace(
+            self,
+            x_train=self.x_train.to(device, memory_format=memory_format),
+            y_train=self.y_train.to(device),
+            x_test=self.x_test.to(device, memory_format=memory_format),
+            y_test=self.y_test.to(device),
+        )
 
 
 @cache

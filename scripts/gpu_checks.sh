@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Every CUDA check and benchmark of normbench in one run of a few minutes on an H100/H200 (GPU time comes
+# in short slots). Run from the project root on a CUDA machine whose image has torch; the wheels it
+# lacks (hydra-core, omegaconf, antlr4 4.9.3, mnist1d: ../shared/gpu/prepare_wheels.sh builds them into
+# .whl/) are installed from .whl/ when that folder exists.
+#
+#   bash scripts/gpu_checks.sh [OUT_DIR]     # default reports/bench; files written as each step ends
+#
+# Writes cuda_check.md (fp32 + bf16 correctness), norms_cuda.md (plugins vs BatchNorm2d), train_cuda.md
+# (normbench's loop vs a minimal loop), convert_torchvision_cuda.md (real torchvision models), e2e_cuda.md
+# (normbench-run on the GPU with bf16/fp16, channels_last and torch.compile) and gpu_log.txt.
+set -uo pipefail
+out="${1:-reports/bench}"
+mkdir -p "$out"
+log="$out/gpu_log.txt"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD"
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH="/tmp/site:$PWD"
+fi
+step() {  # step SECONDS NAME COMMAND...: a step that fails or runs out of time is logged, the rest go on
+  local limit="$1" name="$2"
+  shift 2
+  echo "== $name ($(date -u +%H:%M:%S))" >> "$log"
+  timeout "$limit" "$@" >> "$log" 2>&1
+  echo "== $name: exit $?" >> "$log"
+}
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$log" 2>&1
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" >> "$log" 2>&1
+
+step 200 bench_norms python3 scripts/bench_norms.py --device cuda --rounds 10 --inner 20 --out "$out/norms_cuda.md"
+step 150 check_cuda python3 scripts/check_cuda.py --out "$out/cuda_check.md"
+step 60 bench_train python3 scripts/bench_train.py --device cuda --steps 300 --rounds 5 --out "$out/train_cuda.md"
+
+e2e="$out/e2e_cuda.md"
+printf '# normbench-run on CUDA\n\n| overrides | status | test_error | steps | s/step | env |\n|---|---|---:|---:|---:|---|\n' > "$e2e"
+run_e2e() {
+  local dir
+  dir="$(mktemp -d)"
+  step 90 "normbench $*" python3 -m normbench runtime.device=cuda train.budget=steps train.steps=300 \
+    runtime.progress=false "hydra.run.dir=$dir" "$@"
+  python3 - "$dir/result.json" "$*" >> "$e2e" 2>> "$log" <<'EOF'
+import json, sys
+r = json.load(open(sys.argv[1]))
+env = {k: r["env"].get(k) for k in ("gpu", "precision", "channels_last", "compile")}
+print(f"| {sys.argv[2]} | {r['status']} | {r['metrics'].get('test_error')} | {r['steps']} "
+      f"| {r.get('time_per_step_s', 0):.5f} | {env} |")
+EOF
+}
+run_e2e task=mnist1d_mlp norm=batchnorm
+run_e2e task=digits_cnn norm=groupnorm runtime.precision=bf16 runtime.channels_last=true
+run_e2e task=mnist1d_cnn norm=evonorm_b0 runtime.precision=fp16
+run_e2e task=mnist1d_cnn norm=frn runtime.compile=true
+run_e2e task=mnist1d_mlp norm=batchrenorm runtime.precision=bf16
+
+step 60 convert_torchvision python3 scripts/check_convert_torchvision.py --device cuda --out "$out/convert_torchvision_cuda.md"
+echo "done $(date -u +%H:%M:%S)" >> "$log"

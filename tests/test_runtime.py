@@ -1,0 +1,140 @@
+"""runtime.device / precision / channels_last / compile, checked without a GPU (the CUDA side runs in
+scripts/gpu_checks.sh)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import QUICK, compose_cfg, normbench_run
+
+from normbench.config import NON_IDENTITY_KEYS
+from normbench.norms import build_norm
+from normbench.results import config_hash, identity_config
+from normbench.run import ConfigError, execute, run_identity
+from normbench.runtime import Runtime, device_problem, resolve_device
+from normbench.tasks import load_dataset
+from normbench.train import fit
+
+
+def test_device_names_are_checked_against_this_machine(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert device_problem("auto") is None and resolve_device("auto") == torch.device("cpu")
+    assert device_problem("cpu") is None
+    assert (
+        device_problem("cuda")
+        == "runtime.device=cuda: this machine has no CUDA device (allowed here: auto, cpu)"
+    )
+    assert device_problem("gpu") == "runtime.device=gpu: must be one of auto, cpu, cuda or cuda:N"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert device_problem("cuda:1") is None
+    assert (
+        device_problem("cuda:2")
+        == "runtime.device=cuda:2: this machine has 2 CUDA device(s) (cuda:0..cuda:1)"
+    )
+
+
+def test_a_device_this_machine_lacks_is_one_line_exit_2_and_nothing_written(tmp_path):
+    proc = normbench_run("runtime.device=cuda:99", *QUICK, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("normbench-run: error: runtime.device=cuda:99: this machine has")
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["runtime.device=tpu"], "runtime.device=tpu: must be one of auto, cpu, cuda or cuda:N"),
+        (
+            ["runtime.channels_last=true"],
+            "runtime.channels_last=true: only for tasks with 2-D inputs (C, H, W); task=mnist1d_mlp has",
+        ),
+    ],
+)
+def test_bad_runtime_settings_are_refused_before_any_work(overrides, message, tmp_path):
+    with pytest.raises(ConfigError) as exc:
+        execute(compose_cfg(*overrides, *QUICK), tmp_path)
+    assert str(exc.value).startswith(message)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_only_a_precision_other_than_fp32_joins_the_identity():
+    plain = compose_cfg(*QUICK)
+    identity, digest = run_identity(plain)
+    # fp32, the device, channels_last and compile leave the hash of every earlier record as it was
+    assert "runtime" not in identity and digest == config_hash(identity_config(plain, NON_IDENTITY_KEYS))
+    for where in ("runtime.device=cpu", "runtime.channels_last=true", "runtime.compile=true"):
+        assert run_identity(compose_cfg(where, *QUICK))[1] == digest
+    bf16, bf16_digest = run_identity(compose_cfg("runtime.precision=bf16", *QUICK))
+    assert bf16["runtime"] == {"precision": "bf16"} and bf16_digest != digest
+    assert run_identity(compose_cfg("runtime.precision=fp16", *QUICK))[1] not in (digest, bf16_digest)
+
+
+def test_bf16_channels_last_run_records_where_and_how_it_ran(tmp_path):
+    cfg = compose_cfg("task=digits_cnn", "runtime.precision=bf16", "runtime.channels_last=true", *QUICK)
+    record = execute(cfg, tmp_path)
+    assert record["status"] == "completed", record.get("error")
+    env = record["env"]
+    assert (env["device"], env["precision"], env["channels_last"], env["compile"]) == (
+        "cpu",
+        "bf16",
+        True,
+        False,
+    )
+    assert record["config"]["runtime"] == {"precision": "bf16"}
+    assert 0 <= record["metrics"]["test_error"] <= 1
+
+
+def test_fp16_trains_through_the_gradient_scaler(tmp_path):
+    record = execute(compose_cfg("runtime.precision=fp16", *QUICK), tmp_path)
+    assert record["status"] == "completed", record.get("error")
+    assert Runtime(precision="fp16").grad_scaler() is not None and Runtime().grad_scaler() is None
+
+
+def test_channels_last_gives_the_same_training_as_contiguous(tmp_path):
+    base = execute(compose_cfg("task=digits_cnn", *QUICK), tmp_path / "a")
+    last = execute(compose_cfg("task=digits_cnn", "runtime.channels_last=true", *QUICK), tmp_path / "b")
+    assert last["history"][-1]["train_loss"] == pytest.approx(base["history"][-1]["train_loss"], rel=1e-4)
+    assert last["metrics"]["test_error"] == pytest.approx(base["metrics"]["test_error"], abs=2e-3)
+
+
+def _diverging_fit(check_interval: int):
+    """A linear model whose lr jumps at step 20 so that its loss overflows a step later."""
+    data = load_dataset("digits")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    gen = torch.Generator().manual_seed(0)
+    batches = iter(lambda: torch.randint(0, len(data.x_train), (16,), generator=gen), None)
+    opt = torch.optim.SGD(model.parameters(), lr=1e38)
+    return fit(
+        model,
+        data,
+        batches,
+        opt,
+        lambda t: 1e-3 if t < 20 else 1e38,
+        200,
+        50,
+        100,
+        runtime=Runtime(check_interval=check_interval),
+    )
+
+
+def test_divergence_found_in_a_check_window_is_dated_to_its_first_step():
+    every_step = _diverging_fit(1)
+    windowed = _diverging_fit(64)
+    assert every_step.status == windowed.status == "diverged"
+    assert windowed.diverged_at_step == every_step.diverged_at_step
+    assert every_step.diverged_at_step == 21  # the first loss computed with the huge step's weights
+
+
+def test_instancenorm_cuda_kernel_choice_is_groupnorm_with_one_channel_per_group():
+    norm = build_norm("instancenorm", 6)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-1, 1)
+    x = torch.randn(4, 6, 5, 5, dtype=torch.float64)
+    torch.testing.assert_close(
+        torch.nn.functional.group_norm(x, 6, norm.weight.double(), norm.bias.double(), norm.eps),
+        norm.double()(x),
+    )
