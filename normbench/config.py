@@ -37,6 +37,11 @@ class Schedule(str, Enum):
     constant = "constant"
 
 
+class Augment(str, Enum):
+    none = "none"
+    crop_flip = "crop_flip"
+
+
 class Sampler(str, Enum):
     iid = "iid"
     class_grouped = "class_grouped"
@@ -63,6 +68,8 @@ class ModelConfig:
     downsample: list[int] = field(default_factory=list)
     heads: int = 4
     token_layout: str = "token"
+    name: str = ""  # arch=torchvision: the torchvision classifier (torchvision.models.list_models())
+    small_input: bool = True  # arch=torchvision: 3x3 stride-1 first conv and no max-pool for 32x32 inputs
 
 
 @dataclass
@@ -72,6 +79,7 @@ class TaskConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     epochs: int = 10
     steps: int = 2000
+    augment: Augment = Augment.none  # crop_flip: 4-pixel pad + random crop, random horizontal flip
 
 
 @dataclass
@@ -99,6 +107,8 @@ class TrainConfig:
 class DataConfig:
     sampler: Sampler = Sampler.iid
     classes_per_batch: int = 2
+    root: str = ""  # datasets on disk (CIFAR): "" = $NORMBENCH_DATA, else ~/.cache/normbench
+    download: bool = False  # fetch a missing dataset (official archive, checksum verified)
 
 
 @dataclass
@@ -142,7 +152,10 @@ class Config:
 
 # Settings that say where or how a run executes, not what it computes: left out of the config hash
 # (``runtime`` except the keys of normbench.runtime.IDENTITY_DEFAULTS set away from their default).
-NON_IDENTITY_KEYS = ("hydra", "runtime", "sweep")
+NON_IDENTITY_KEYS = ("hydra", "runtime", "sweep", "data.root", "data.download")
+# Keys added after records existed, left out of the identity while at this value: the earlier runs
+# behaved exactly so, and keep their hashes.
+LATER_KEYS = {"task.augment": "none", "task.model.name": "", "task.model.small_input": True}
 
 
 def _omegaconf_type(tp: Any) -> Any:

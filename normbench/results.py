@@ -33,8 +33,11 @@ class InvalidRecord(ValueError):
     """A result file that is unreadable, partial, of an unknown schema or with out-of-range values."""
 
 
-def identity_config(cfg: DictConfig | Mapping[str, Any], exclude: tuple[str, ...]) -> dict[str, Any]:
-    """The resolved config without the keys in ``exclude`` (paths, launcher and runtime settings)."""
+def identity_config(
+    cfg: DictConfig | Mapping[str, Any], exclude: tuple[str, ...], at_default: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The resolved config without the keys in ``exclude`` (paths, launcher and runtime settings;
+    dotted keys name nested ones) and without the keys of ``at_default`` that hold that value."""
     if not isinstance(cfg, DictConfig):
         cfg = OmegaConf.create(dict(cfg))
     identity: dict[str, Any] = {}
@@ -45,7 +48,22 @@ def identity_config(cfg: DictConfig | Mapping[str, Any], exclude: tuple[str, ...
         if isinstance(value, Container):
             value = OmegaConf.to_container(value, resolve=True, enum_to_str=True)
         identity[str(key)] = value.value if isinstance(value, Enum) else value
+    for dotted in exclude:
+        _drop(identity, dotted, None)
+    for dotted, default in (at_default or {}).items():
+        _drop(identity, dotted, default)
     return identity
+
+
+def _drop(tree: dict[str, Any], dotted: str, default: Any) -> None:
+    """Remove ``dotted`` from the nested dict ``tree`` (only while it equals ``default``, unless None)."""
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        tree = tree.get(part)
+        if not isinstance(tree, dict):
+            return
+    if leaf in tree and (default is None or tree[leaf] == default):
+        del tree[leaf]
 
 
 def config_hash(identity: Mapping[str, Any]) -> str:

@@ -10,6 +10,7 @@ import time
 import traceback
 from collections.abc import Mapping
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 import normbench
-from normbench.config import NON_IDENTITY_KEYS, ConfigError, check_values
+from normbench.config import LATER_KEYS, NON_IDENTITY_KEYS, ConfigError, check_values
 from normbench.distributed import World, all_finite, finish, parallel, shard, world_from_env
 from normbench.evaluate import (
     error_and_loss,
@@ -43,7 +44,8 @@ from normbench.results import (
 __all__ = ["ConfigError", "execute", "previous_result", "run_identity"]
 from normbench.runtime import CPU_FP32, IDENTITY_DEFAULTS, Runtime, use_deterministic_kernels
 from normbench.samplers import check_class_grouped, class_grouped_batches, iid_batches
-from normbench.tasks import NormLayers, build_model, load_dataset
+from normbench.tasks import ModelConfigError, NormLayers, build_model, load_dataset
+from normbench.tasks.cifar import crop_flip
 from normbench.tasks.data import Dataset
 from normbench.train import fit, lr_schedule, make_optimizer, scaled_lr
 
@@ -53,7 +55,7 @@ log = logging.getLogger(__name__)
 def run_identity(cfg: DictConfig) -> tuple[dict[str, Any], str]:
     """The resolved config that defines the run and its hash. The same config on several torchrun
     processes is a different experiment, so their number joins the identity."""
-    identity = identity_config(cfg, NON_IDENTITY_KEYS)
+    identity = identity_config(cfg, NON_IDENTITY_KEYS, LATER_KEYS)
     numeric = {
         key: str(getattr(value, "value", value))
         for key, default in IDENTITY_DEFAULTS.items()
@@ -132,9 +134,14 @@ def prepare(cfg: DictConfig, runtime: Runtime = CPU_FP32) -> tuple[Dataset, nn.M
     on the task raises ConfigError; any other exception (a broken plugin) propagates and becomes a
     failed record."""
     try:
-        data = load_dataset(cfg.task.dataset)
-    except ValueError as exc:
-        raise ConfigError(f"task.dataset: {exc}") from None
+        data = load_dataset(cfg.task.dataset, cfg.data.root, cfg.data.download)
+    except (OSError, ValueError) as exc:  # unknown, missing (without data.download), bad download
+        raise ConfigError(f"task.dataset={cfg.task.dataset}: {exc}") from None
+    if cfg.task.augment != "none" and len(data.input_shape) != 3:
+        raise ConfigError(
+            f"task.augment={getattr(cfg.task.augment, 'value', cfg.task.augment)}: only for image tasks (C, H, W); "
+            f"task={cfg.task.name} has inputs of shape {data.input_shape}"
+        )
     if runtime.channels_last and len(data.input_shape) != 3:
         raise ConfigError(
             f"runtime.channels_last=true: only for tasks with 2-D inputs (C, H, W); "
@@ -151,6 +158,8 @@ def prepare(cfg: DictConfig, runtime: Runtime = CPU_FP32) -> tuple[Dataset, nn.M
         torch.manual_seed(cfg.seed)
         model, norms = model_and_norms(cfg, data)
         dry_forward(model, norms, data.x_train[:2])
+    except ModelConfigError as exc:
+        raise ConfigError(str(exc)) from None
     except (ValueError, TypeError, KeyError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) else str(exc)
         raise ConfigError(f"norm={cfg.norm.name} cannot build task={cfg.task.name}: {msg}") from None
@@ -239,6 +248,10 @@ def _train_and_evaluate(
     lr = scaled_lr(cfg.optim.lr, bs, cfg.optim.base_batch_size, cfg.optim.lr_scaling)
     record.update(planned_steps=total, steps_per_epoch=steps_per_epoch, lr=lr)
     gen = torch.Generator().manual_seed(cfg.seed)
+    transform = None
+    if cfg.task.augment == "crop_flip":  # its own stream, on the data's device
+        augment_gen = torch.Generator(data.x_train.device).manual_seed(cfg.seed + 20_000)
+        transform = partial(crop_flip, gen=augment_gen)
     trained = parallel(model, world)
     if runtime.compile:
         trained = torch.compile(trained)
@@ -259,6 +272,7 @@ def _train_and_evaluate(
         eval_model=model,
         evaluate=world.is_main,
         runtime=runtime,
+        transform=transform,
     )
     record.update(
         status=result.status,

@@ -89,6 +89,7 @@ def fit(
     eval_model: nn.Module | None = None,
     evaluate: bool = True,
     runtime: Runtime = CPU_FP32,
+    transform: Callable[[Tensor], Tensor] | None = None,
 ) -> FitResult:
     """Train for ``total_steps`` optimizer steps; every ``eval_every`` steps (and at the end) append the
     mean training loss since the last point and the test error of ``eval_model`` (default ``model``)
@@ -99,7 +100,8 @@ def fit(
     every loss is checked as it comes; on a GPU the losses are checked every ``runtime.check_every``
     steps and at every evaluation, so the host never waits for the device in between (a diverged run
     is still reported at its first non-finite step, and is not evaluated). With ``evaluate=False``
-    (torchrun processes other than 0) no history is kept and nothing is logged.
+    (torchrun processes other than 0) no history is kept and nothing is logged. ``transform`` maps
+    each training batch's inputs (data augmentation); evaluations see the inputs as they are.
     """
     model.train()
     x, y = data.x_train, data.y_train
@@ -117,8 +119,9 @@ def fit(
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step)
             idx = next(batches)
+            inputs = x[idx] if transform is None else transform(x[idx])  # augmentation, on the batch
             with runtime.autocast():
-                loss = F.cross_entropy(model(x[idx]), y[idx])
+                loss = F.cross_entropy(model(inputs), y[idx])
             losses.append(loss.detach())
             done = step + 1
             due = evaluate and (done % eval_every == 0 or done == total_steps)

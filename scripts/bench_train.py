@@ -7,6 +7,12 @@ the ratio, at batch sizes 2 and 128, to reports/bench/train.md.
     python scripts/bench_train.py
     python scripts/bench_train.py --task mnist1d_cnn --norm groupnorm --steps 200 --rounds 5
     python scripts/bench_train.py --device cuda  # reports/bench/train_cuda.md
+    python scripts/bench_train.py --task cifar10_resnet20 --batch-sizes 32 128  # data-pipeline share
+
+For a task with augmentation (the CIFAR tasks) it measures instead where a training step's time goes:
+drawing the batch (indexing + augmentation on the device) against forward, backward and the optimizer
+step, and writes reports/bench/train_TASK[_cuda].md. Without the dataset under --data-root it uses a
+synthetic one of CIFAR's size written in CIFAR's format (the pipeline does the same work on it).
 """
 
 from __future__ import annotations
@@ -15,7 +21,9 @@ import argparse
 import copy
 import platform
 import statistics
+import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -30,6 +38,7 @@ from normbench.run import model_from_config
 from normbench.runtime import Runtime, resolve_device
 from normbench.samplers import iid_batches
 from normbench.tasks import load_dataset
+from normbench.tasks.cifar import MissingData, crop_flip, write_fixture
 from normbench.train import fit, lr_schedule
 
 
@@ -71,6 +80,80 @@ def normbench_loop(model, data, batch_size, steps, lr, seed, runtime) -> float:
     return (time.perf_counter() - start) / steps
 
 
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def pipeline_share(model, data, batch_size: int, steps: int, runtime, seed: int) -> tuple[float, float]:
+    """Seconds per step spent drawing batches (index + augmentation) and in forward/backward/optimizer,
+    each phase timed to completion on the device."""
+    gen = torch.Generator().manual_seed(seed)
+    augment = partial(crop_flip, gen=torch.Generator(runtime.device).manual_seed(seed))
+    batches = iid_batches(len(data.x_train), batch_size, gen)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    model.train()
+    draw = compute = 0.0
+    for _ in range(steps):
+        start = time.perf_counter()
+        idx = next(batches).to(runtime.device)
+        x, y = augment(data.x_train[idx]), data.y_train[idx]
+        sync(runtime.device)
+        mid = time.perf_counter()
+        with runtime.autocast():
+            loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sync(runtime.device)
+        draw += mid - start
+        compute += time.perf_counter() - mid
+    return draw / steps, compute / steps
+
+
+def bench_pipeline(args, cfg, runtime) -> list[str]:
+    try:
+        data, source = load_dataset(cfg.task.dataset, args.data_root), "the real dataset"
+    except MissingData:
+        tmp = Path(tempfile.mkdtemp())
+        write_fixture(tmp, cfg.task.dataset, 50000, 10000)
+        data, source = (
+            load_dataset(cfg.task.dataset, str(tmp)),
+            "a synthetic dataset of CIFAR's size and format",
+        )
+    torch.manual_seed(0)
+    initial = model_from_config(cfg, data).to(runtime.device)
+    data = data.to(runtime.device)
+    rows = []
+    for bs in args.batch_sizes:
+        draws, computes = [], []
+        for r in range(args.rounds + 1):
+            d, c = pipeline_share(copy.deepcopy(initial), data, bs, args.steps, runtime, r)
+            if r:  # round 0 warms up
+                draws.append(d)
+                computes.append(c)
+        d, c = statistics.median(draws), statistics.median(computes)
+        rows.append(f"| {bs} | {d * 1e3:.2f} | {c * 1e3:.2f} | {c / (c + d):.1%} | {bs / (c + d):.0f} |")
+        print(rows[-1], flush=True)
+    where = torch.cuda.get_device_name(runtime.device) if runtime.device.type == "cuda" else "1 torch thread"
+    return [
+        f"# Where a training step's time goes: {cfg.task.name}",
+        "",
+        f"norm `{args.norm}`, precision {args.precision}, {where}, torch {torch.__version__}, on {source}; "
+        f"median over {args.rounds} rounds (after one warm-up round) of {args.steps} steps. `draw` is indexing "
+        "the batch and augmenting it (pad-4 random crop + flip, batched on the device), `compute` forward, "
+        "backward and the optimizer step; each phase is timed to completion. Target: compute >= 90%.",
+        "",
+        f"Reproduce: `python scripts/bench_train.py --task {cfg.task.name} --norm {args.norm} --steps "
+        f"{args.steps} --rounds {args.rounds} --batch-sizes {' '.join(map(str, args.batch_sizes))} "
+        f"--device {args.device} --precision {args.precision}`",
+        "",
+        "| batch size | draw ms/step | compute ms/step | compute share | images/s |",
+        "|---:|---:|---:|---:|---:|",
+        *rows,
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="mnist1d_mlp")
@@ -80,14 +163,20 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[2, 128])
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
-    parser.add_argument("--out", type=Path, default=None, help="default reports/bench/train[_cuda].md")
+    parser.add_argument("--data-root", default="", help="where CIFAR is (default: data.root's default)")
+    parser.add_argument("--out", type=Path, default=None, help="default reports/bench/train[_TASK][_cuda].md")
     args = parser.parse_args()
     runtime = Runtime(resolve_device(args.device), args.precision)
     on_gpu = runtime.device.type == "cuda"
-    args.out = args.out or Path(__file__).parents[1] / f"reports/bench/train{'_cuda' if on_gpu else ''}.md"
     torch.set_num_threads(1)
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[f"task={args.task}", f"norm={args.norm}"])
+    augmented = cfg.task.augment != "none"
+    name = f"train{f'_{args.task}' if augmented else ''}{'_cuda' if on_gpu else ''}.md"
+    args.out = args.out or Path(__file__).parents[1] / "reports/bench" / name
+    if augmented:
+        write(args.out, bench_pipeline(args, cfg, runtime))
+        return
     data = load_dataset(cfg.task.dataset)
     torch.manual_seed(0)
     initial = model_from_config(cfg, data).to(runtime.device)
@@ -123,8 +212,12 @@ def main() -> None:
         "|---:|---:|---:|---:|",
         *(f"| {bs} | {a * 1e3:.3f} | {b * 1e3:.3f} | {ratio:.3f} |" for bs, a, b, ratio in rows),
     ]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
+    write(args.out, lines)
+
+
+def write(path: Path, lines: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from helpers import QUICK, compose_cfg, normbench_run
 
-from normbench.config import NON_IDENTITY_KEYS
+from normbench.config import LATER_KEYS, NON_IDENTITY_KEYS
 from normbench.norms import build_norm
 from normbench.results import config_hash, identity_config
 from normbench.run import ConfigError, execute, run_identity
@@ -63,7 +63,9 @@ def test_only_a_precision_other_than_fp32_joins_the_identity():
     plain = compose_cfg(*QUICK)
     identity, digest = run_identity(plain)
     # fp32, the device, channels_last and compile leave the hash of every earlier record as it was
-    assert "runtime" not in identity and digest == config_hash(identity_config(plain, NON_IDENTITY_KEYS))
+    assert "runtime" not in identity and digest == config_hash(
+        identity_config(plain, NON_IDENTITY_KEYS, LATER_KEYS)
+    )
     for where in ("runtime.device=cpu", "runtime.channels_last=true", "runtime.compile=true"):
         assert run_identity(compose_cfg(where, *QUICK))[1] == digest
     bf16, bf16_digest = run_identity(compose_cfg("runtime.precision=bf16", *QUICK))

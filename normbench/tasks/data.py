@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from functools import cache
+from functools import cache, partial
 
 import numpy as np
 import torch
@@ -83,12 +84,27 @@ def _digits() -> Dataset:
     )
 
 
-DATASETS = {"mnist1d": _mnist1d, "digits": _digits}
+@cache
+def _cifar(name: str, root: str, fetch: bool) -> Dataset:
+    from normbench.tasks.cifar import load_cifar
+
+    return load_cifar(name, root or None, fetch)
 
 
-def load_dataset(name: str) -> Dataset:
-    """The dataset ``name`` (one of :data:`DATASETS`), cached per process. Tensors are read-only by
-    convention: callers index them and never write into them."""
+# name -> loader(root, download): the generated and bundled datasets ignore both
+DATASETS: dict[str, Callable[[str, bool], Dataset]] = {
+    "mnist1d": lambda root, fetch: _mnist1d(),
+    "digits": lambda root, fetch: _digits(),
+    "cifar10": partial(_cifar, "cifar10"),
+    "cifar100": partial(_cifar, "cifar100"),
+}
+
+
+def load_dataset(name: str, root: str = "", download: bool = False) -> Dataset:
+    """The dataset ``name`` (one of :data:`DATASETS`), cached per process; datasets read from disk
+    (CIFAR) come from ``root`` (default: :func:`normbench.tasks.cifar.default_root`), fetched first
+    when missing and ``download``. Tensors are read-only by convention: callers index them and never
+    write into them."""
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}")
-    return DATASETS[name]()
+    return DATASETS[name](root, download)

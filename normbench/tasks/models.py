@@ -9,6 +9,7 @@ activation (``layer → norm → ReLU``), as in ResNet and Wu & He 2018; residua
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,7 +18,12 @@ from torch import Tensor, nn
 
 from normbench.norms import ChannelLast, build_norm, norm_spec
 
-ARCHS = ("mlp", "cnn1d", "resnet2d", "transformer")
+ARCHS = ("mlp", "cnn1d", "cnn2d", "resnet2d", "cifar_resnet", "transformer", "torchvision")
+
+
+class ModelConfigError(ValueError):
+    """A model setting that cannot work (unknown torchvision model, missing torchvision, bad depth):
+    refused before any training, with this message alone."""
 
 
 class NormLayers:
@@ -173,6 +179,52 @@ class SequenceTransformer(nn.Module):
         return self.head(self.norm(self.blocks(tokens)).mean(1))
 
 
+def cifar_resnet(
+    in_channels: int, depth: int, num_classes: int, norms: NormLayers, width: int = 16
+) -> nn.Module:
+    """The CIFAR ResNet of He et al. 2016 (Sec. 4.2): a 3×3 stem of ``width`` channels, three stages of
+    n two-conv residual blocks at ``width``, 2·``width`` and 4·``width`` channels (stride 2 entering
+    stages 2 and 3), global average pooling and a linear head; ``depth`` = 6n + 2 layers (20, 32, 56,
+    110). Shortcuts that change shape are a 1×1 conv + norm (the paper's option B)."""
+    if depth < 8 or (depth - 2) % 6:
+        raise ModelConfigError(
+            f"task.model.depth={depth}: the CIFAR ResNet needs 6n + 2 (20, 32, 44, 56, 110, ...)"
+        )
+    n = (depth - 2) // 6
+    return ConvNet(2, in_channels, width, depth - 1, num_classes, norms, True, 3, (n, 2 * n))
+
+
+def torchvision_classifier(
+    name: str, input_shape: tuple[int, ...], num_classes: int, norms: NormLayers, small_input: bool
+) -> nn.Module:
+    """A torchvision classifier (``weights=None``, ``num_classes`` outputs) whose norms are replaced by
+    ``norms``' plugin through :func:`normbench.convert_norms`. ``small_input`` adapts a ResNet-style
+    stem to 32×32 images: a 3×3 stride-1 first conv and no max-pool."""
+    try:
+        import torchvision
+    except ImportError as exc:
+        raise ModelConfigError(
+            f"task.model.arch=torchvision needs torchvision, which does not import here ({exc}); "
+            "install it with: pip install 'normbench[vision]'"
+        ) from None
+    from normbench.convert import convert_norms
+
+    available = torchvision.models.list_models(module=torchvision.models)
+    if name not in available:
+        close = difflib.get_close_matches(name, available, n=4, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else f" (e.g. {', '.join(available[:5])})"
+        raise ModelConfigError(f"task.model.name={name}: not a torchvision classifier{hint}")
+    model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+    if small_input and isinstance(getattr(model, "conv1", None), nn.Conv2d):
+        old = model.conv1
+        model.conv1 = nn.Conv2d(input_shape[0], old.out_channels, 3, 1, 1, bias=old.bias is not None)
+        model.maxpool = nn.Identity()
+    for done in convert_norms(model, norms.spec.name, **norms.options):
+        layer = model.get_submodule(done.name)
+        norms.built.append(layer[0] if isinstance(layer, nn.Sequential) else layer)
+    return model
+
+
 def build_model(
     arch: str,
     input_shape: tuple[int, ...],
@@ -186,11 +238,18 @@ def build_model(
     downsample: tuple[int, ...] = (),
     heads: int = 4,
     token_layout: str = "token",
+    name: str = "",
+    small_input: bool = True,
 ) -> nn.Module:
-    """The model ``arch`` for inputs of ``input_shape`` (C, *spatial) with norms from ``norms``."""
+    """The model ``arch`` for inputs of ``input_shape`` (C, *spatial) with norms from ``norms``.
+    ``name`` and ``small_input`` are for ``arch='torchvision'``."""
     if arch == "mlp":
         return MLP(int(torch.tensor(input_shape).prod()), width, depth, num_classes, norms)
-    if arch in ("cnn1d", "resnet2d"):
+    if arch == "cifar_resnet":
+        return cifar_resnet(input_shape[0], depth, num_classes, norms, width)
+    if arch == "torchvision":
+        return torchvision_classifier(name, input_shape, num_classes, norms, small_input)
+    if arch in ("cnn1d", "cnn2d", "resnet2d"):
         dims = 1 if arch == "cnn1d" else 2
         if len(input_shape) != dims + 1:
             raise ValueError(f"{arch} needs inputs with {dims} spatial dims, got shape {input_shape}")
