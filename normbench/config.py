@@ -107,6 +107,9 @@ class TrainConfig:
 class DataConfig:
     sampler: Sampler = Sampler.iid
     classes_per_batch: int = 2
+    val_size: float = 0.1  # held out of training, stratified: a fraction < 1, a count >= 1, or 0 for none
+    split_seed: int = 0  # fixes the validation split, independently of the run's seed
+    mnist1d_samples: int = 5000  # MNIST-1D generated size (80% train, 20% test); larger: less test noise
     root: str = ""  # datasets on disk (CIFAR): "" = $NORMBENCH_DATA, else ~/.cache/normbench
     download: bool = False  # fetch a missing dataset (official archive, checksum verified)
 
@@ -155,7 +158,14 @@ class Config:
 NON_IDENTITY_KEYS = ("hydra", "runtime", "sweep", "data.root", "data.download")
 # Keys added after records existed, left out of the identity while at this value: the earlier runs
 # behaved exactly so, and keep their hashes.
-LATER_KEYS = {"task.augment": "none", "task.model.name": "", "task.model.small_input": True}
+LATER_KEYS = {
+    "task.augment": "none",
+    "task.model.name": "",
+    "task.model.small_input": True,
+    "data.val_size": 0,  # runs before the validation split trained on the whole training set
+    "data.split_seed": 0,
+    "data.mnist1d_samples": 5000,
+}
 
 
 def _omegaconf_type(tp: Any) -> Any:
@@ -215,6 +225,12 @@ VALUE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.history_points": (_at_least(1), "an integer >= 1"),
     "train.max_train_error_diverged": (lambda v: _finite(v) and 0 < v <= 1, "a fraction in (0, 1]"),
     "data.classes_per_batch": (_at_least(1), "an integer >= 1"),
+    "data.val_size": (
+        lambda v: _finite(v) and (0 <= v < 1 or (v >= 1 and float(v).is_integer())),
+        "a fraction in [0, 1) or a whole number of samples",
+    ),
+    "data.split_seed": (lambda v: _finite(v) and 0 <= v < 2**62, "an integer in [0, 2^62)"),
+    "data.mnist1d_samples": (_at_least(100), "an integer >= 100"),
     "eval.precise_bn_samples": (_at_least(1), "an integer >= 1 (capped at the training set)"),
     "eval.precise_bn_batch_size": (_at_least(0), "an integer >= 1, or 0 for the run's batch size"),
     "eval.minibatch_samples": (_at_least(1), "an integer >= 1 (capped at the training set)"),

@@ -134,9 +134,13 @@ def prepare(cfg: DictConfig, runtime: Runtime = CPU_FP32) -> tuple[Dataset, nn.M
     on the task raises ConfigError; any other exception (a broken plugin) propagates and becomes a
     failed record."""
     try:
-        data = load_dataset(cfg.task.dataset, cfg.data.root, cfg.data.download)
+        data = load_dataset(cfg.task.dataset, cfg.data.root, cfg.data.download, cfg.data.mnist1d_samples)
     except (OSError, ValueError) as exc:  # unknown, missing (without data.download), bad download
         raise ConfigError(f"task.dataset={cfg.task.dataset}: {exc}") from None
+    try:
+        data = data.split(cfg.data.val_size, cfg.data.split_seed)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     if cfg.task.augment != "none" and len(data.input_shape) != 3:
         raise ConfigError(
             f"task.augment={getattr(cfg.task.augment, 'value', cfg.task.augment)}: only for image tasks (C, H, W); "
@@ -315,26 +319,29 @@ def averaged(layers: Mapping[str, Mapping[str, float]], prefix: str) -> dict[str
 
 
 def final_metrics(model: nn.Module, data: Dataset, cfg: DictConfig) -> dict[str, float | bool]:
-    """Errors and losses in eval mode (running statistics), the generalization gap, and for
-    batch-dependent norms the same errors with PreciseBN statistics and with mini-batch statistics
-    (i.i.d. and class-sorted test batches), plus the distance of the running statistics to PreciseBN's.
-    ``diverged`` marks a final training error at chance level under every evaluation."""
-    test_error, test_loss = error_and_loss(model, data.x_test, data.y_test)
-    train_error, train_loss = error_and_loss(model, data.x_train, data.y_train)
-    metrics: dict[str, float | bool] = {
-        "test_error": test_error,
-        "test_loss": test_loss,
-        "train_error": train_error,
-        "train_loss": train_loss,
-        "generalization_gap": test_error - train_error,
-    }
+    """Errors and losses in eval mode (running statistics) on the test, training and validation sets,
+    the generalization gap, and for batch-dependent norms the same errors with PreciseBN statistics and
+    with mini-batch statistics (i.i.d. and class-sorted test batches), plus the distance of the running
+    statistics to PreciseBN's. ``diverged`` marks a final training error at chance level under every
+    evaluation."""
+    splits = {"test": (data.x_test, data.y_test), "train": (data.x_train, data.y_train)}
+    if data.x_val is not None:
+        splits["val"] = (data.x_val, data.y_val)
+    metrics: dict[str, float | bool] = {}
+    for split, (x, y) in splits.items():
+        metrics[f"{split}_error"], metrics[f"{split}_loss"] = error_and_loss(model, x, y)
+    metrics["generalization_gap"] = metrics["test_error"] - metrics["train_error"]
     if norm_spec(cfg.norm.name).batch_dependent and cfg.eval.batch_stats:
         bs = cfg.batch_size
         gen = torch.Generator().manual_seed(cfg.seed + 10_000)  # its own stream: training is unaffected
-        test_order = torch.randperm(len(data.x_test), generator=gen)
-        train_order = torch.randperm(len(data.x_train), generator=gen)[: cfg.eval.minibatch_samples]
-        metrics["test_error_minibatch"] = minibatch_error(model, data.x_test, data.y_test, bs, test_order)
-        metrics["train_error_minibatch"] = minibatch_error(model, data.x_train, data.y_train, bs, train_order)
+        orders = {
+            "test": torch.randperm(len(data.x_test), generator=gen),
+            "train": torch.randperm(len(data.x_train), generator=gen)[: cfg.eval.minibatch_samples],
+        }
+        if data.x_val is not None:
+            orders["val"] = torch.randperm(len(data.x_val), generator=gen)
+        for split, order in orders.items():
+            metrics[f"{split}_error_minibatch"] = minibatch_error(model, *splits[split], bs, order)
         by_class = torch.argsort(data.y_test, stable=True)
         metrics["test_error_minibatch_sorted"] = minibatch_error(
             model, data.x_test, data.y_test, bs, by_class
@@ -343,10 +350,11 @@ def final_metrics(model: nn.Module, data: Dataset, cfg: DictConfig) -> dict[str,
             precise = precise_bn(
                 model, data.x_train, cfg.eval.precise_bn_batch_size or bs, cfg.eval.precise_bn_samples, gen
             )
-            metrics["test_error_precise_bn"], metrics["test_loss_precise_bn"] = error_and_loss(
-                precise, data.x_test, data.y_test
-            )
-            metrics["train_error_precise_bn"], _ = error_and_loss(precise, data.x_train, data.y_train)
+            for split, (x, y) in splits.items():
+                error, loss = error_and_loss(precise, x, y)
+                metrics[f"{split}_error_precise_bn"] = error
+                if split != "train":
+                    metrics[f"{split}_loss_precise_bn"] = loss
             metrics.update(stats_distance(model, precise))
     best_train = min(v for k, v in metrics.items() if k.startswith("train_error"))
     metrics["diverged"] = bool(best_train >= cfg.train.max_train_error_diverged)

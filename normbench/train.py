@@ -92,8 +92,8 @@ def fit(
     transform: Callable[[Tensor], Tensor] | None = None,
 ) -> FitResult:
     """Train for ``total_steps`` optimizer steps; every ``eval_every`` steps (and at the end) append the
-    mean training loss since the last point and the test error of ``eval_model`` (default ``model``)
-    to the history and log one line. Forward passes run under ``runtime``'s autocast (float16 with
+    mean training loss since the last point and the test (and validation) error of ``eval_model``
+    (default ``model``) to the history and log one line. Forward passes run under ``runtime``'s autocast (float16 with
     loss scaling).
 
     A loss that ``is_finite`` rejects stops training with status ``diverged`` at that step. On the CPU
@@ -146,12 +146,16 @@ def fit(
             if due:
                 with runtime.autocast():
                     test_error, _ = error_and_loss(eval_model or model, data.x_test, data.y_test)
+                    if data.x_val is not None:
+                        val_error, _ = error_and_loss(eval_model or model, data.x_val, data.y_val)
                 point = {
                     "step": done,
                     "epoch": round(done / steps_per_epoch, 4),
                     "train_loss": float(loss_sum) / since,
                     "test_error": test_error,
                 }
+                if data.x_val is not None:
+                    point["val_error"] = val_error
                 history.append(point)
                 log.info(
                     "step %d/%d (epoch %.2f): train_loss %.4f test_error %.4f",

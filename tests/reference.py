@@ -44,9 +44,20 @@ def batchnorm(x: Tensor, m: nn.Module, training: bool) -> Tensor:
 def ghostbatchnorm(x: Tensor, m: nn.Module, training: bool) -> Tensor:
     if not training:
         return batchnorm(x, m, False)
-    g = m.ghost_batch_size
-    parts = [affine(standardize(x[i : i + g], [0, *spatial(x)], m.eps), m) for i in range(0, len(x), g)]
-    return torch.cat(parts)
+    return torch.cat(
+        [
+            affine(standardize(part, [0, *spatial(x)], m.eps), m)
+            for part in ghost_batches(x, m.ghost_batch_size)
+        ]
+    )
+
+
+def ghost_batches(x: Tensor, g: int) -> list[Tensor]:
+    """Consecutive batches of g samples; the last smaller, and a single leftover sample in the one before."""
+    starts = list(range(0, len(x), g))
+    if len(x) % g == 1 and len(starts) > 1:
+        starts.pop()
+    return [x[a:b] for a, b in zip(starts, [*starts[1:], len(x)], strict=True)]
 
 
 def batchrenorm(x: Tensor, m: nn.Module, training: bool) -> Tensor:

@@ -15,6 +15,7 @@ from helpers import QUICK, compose_cfg, normbench_run
 import normbench.run as run
 from normbench.results import RESULT_FILE, InvalidRecord, load_run
 from normbench.run import ConfigError, execute
+from normbench.tasks import load_dataset
 
 TASKS = ["mnist1d_mlp", "mnist1d_cnn", "mnist1d_resnet", "digits_cnn", "seq_transformer"]
 CORE = ["batchnorm", "layernorm", "instancenorm", "groupnorm", "identity"]
@@ -58,7 +59,8 @@ def test_record_fields_budget_and_lr_scaling(tmp_path):
         "norm=groupnorm", "norm.num_groups=8", "batch_size=64", "train.epochs=1", "optim.lr=0.1"
     )
     record = execute(cfg, tmp_path)
-    assert record["steps"] == 4000 // 64 == record["steps_per_epoch"]
+    n_train = len(load_dataset("mnist1d").split(0.1, 0).y_train)  # the default split holds out 10%
+    assert record["steps"] == n_train // 64 == record["steps_per_epoch"]
     assert record["lr"] == pytest.approx(0.1 * 64 / 32)
     assert record["config"]["norm"] == {
         "name": "groupnorm",
@@ -69,7 +71,7 @@ def test_record_fields_budget_and_lr_scaling(tmp_path):
     }
     assert set(record["env"]) >= {"normbench", "torch", "python", "threads"}
     assert record["wall_time_s"] > 0 and record["time_per_step_s"] > 0
-    assert [h["step"] for h in record["history"]] == [62]
+    assert [h["step"] for h in record["history"]] == [n_train // 64]
     sqrt = execute(compose_cfg("optim=adamw", "batch_size=128", *QUICK), tmp_path / "b")
     assert sqrt["lr"] == pytest.approx(1e-3 * 2)
 
@@ -121,13 +123,20 @@ def test_exception_during_training_is_recorded_as_failed(tmp_path):
     ("overrides", "message"),
     [
         (["batch_size=0"], "batch_size=0: must be an integer >= 1"),
-        (["batch_size=4001"], "batch_size=4001: must be between 1 and the training set size 4000"),
+        (
+            ["batch_size=4001", "data.val_size=0"],
+            "batch_size=4001: must be between 1 and the training set size 4000",
+        ),
+        (["batch_size=3602"], "batch_size=3602: must be between 1 and the training set size 3601"),
         (["norm=groupnorm", "norm.num_groups=48"], "num_channels=256 is not divisible by num_groups=48"),
         (["norm=instancenorm"], r"instancenorm cannot build task=mnist1d_mlp.*\(2, 256\)"),
         (["data.sampler=class_grouped", "data.classes_per_batch=3"], "batch_size=32 is not divisible"),
         (["runtime.threads=0"], "runtime.threads=0"),
         (["task.dataset=imagenet"], "unknown dataset 'imagenet'; available: mnist1d, digits"),
-        (["task.model.arch=vgg"], "unknown model arch 'vgg'; available: mlp, cnn1d, resnet2d, transformer"),
+        (
+            ["task.model.arch=vgg"],
+            "unknown model arch 'vgg'; available: mlp, cnn1d, cnn2d, resnet2d, cifar_resnet, transformer, torchvision",
+        ),
     ],
 )
 def test_configuration_errors_stop_before_training(overrides, message, tmp_path):
@@ -152,7 +161,10 @@ def test_cli_config_error_is_one_line_and_nonzero(tmp_path):
     [
         ("norm=foo", "norm=foo: unknown norm (available: batchnorm, batchrenorm, "),
         ("norm=grupnorm", "norm=grupnorm: unknown norm; did you mean groupnorm? (available: "),
-        ("task=nope", "task=nope: unknown task (available: digits_cnn, "),
+        (
+            "task=nope",
+            "task=nope: unknown task (available: cifar100_resnet20, cifar10_resnet20, cifar10_vgg, ",
+        ),
         ("optim=rmsprop", "optim=rmsprop: unknown optim (available: adamw, sgd)"),
         ("optim.lr=abc", "optim.lr=abc: Value 'abc' of type 'str' could not be converted to Float"),
         ("batch_size=2.5", "batch_size=2.5: Value '2.5' of type 'float' could not be converted to Integer"),

@@ -32,7 +32,8 @@ class GhostBatchNorm(BatchNorm):
     batch. The running statistics move once per forward, towards the average over ghost batches of
     their mean and unbiased variance (with ``momentum``, or cumulatively when ``None``); eval mode
     uses them exactly like BatchNorm. A batch that is not a multiple of ``ghost_batch_size`` ends with
-    a smaller ghost batch; with ``ghost_batch_size`` >= N it is BatchNorm. Buffers and state dict are
+    a smaller ghost batch (a single leftover sample joins the ghost batch before it: one sample has no
+    batch statistics); with ``ghost_batch_size`` >= N it is BatchNorm. Buffers and state dict are
     BatchNorm's.
 
     Shape:
@@ -59,7 +60,11 @@ class GhostBatchNorm(BatchNorm):
             return super().forward(x)
         self.check_input(x)
         full = n - n % g
-        chunks = [(x[:full], g)] + ([(x[full:], n - full)] if full < n else [])  # the last may be smaller
+        if n - full == 1:  # a lone sample has no batch statistics: it joins the last full ghost batch
+            full -= g
+        chunks = [(x[:full], g)] if full else []
+        if full < n:  # the last ghost batch may be smaller (or g + 1)
+            chunks.append((x[full:], n - full))
         normalize = self._fused if use_fused(x) else self._folded
         parts = [normalize(chunk, m) for chunk, m in chunks]
         if self.track_running_stats:  # towards the average over ghost batches of their mean and unbiased var

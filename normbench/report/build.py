@@ -15,7 +15,8 @@ import pandas as pd
 from normbench.report import figures, study
 from normbench.report.load import read_records, runs_frame
 from normbench.report.markdown import facet_title, image, md_table, norm_by_batch, percent_cell, slug
-from normbench.report.tables import facet_columns, matches, summarize, with_reference_delta
+from normbench.report.select import CRITERION, check_keys, select_on_validation
+from normbench.report.tables import cell_columns, facet_columns, matches, summarize, with_reference_delta
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,33 @@ def publish(staging: Path, out: Path) -> None:
             (out / name).unlink(missing_ok=True)
 
 
-OUTPUT_TABLES = ("runs.csv", "runs.parquet", "summary.csv")
+OUTPUT_TABLES = ("runs.csv", "runs.parquet", "summary.csv", "selection.csv")
+
+
+def selection_section(table: pd.DataFrame, keys: Sequence[str], cells: list[str], out: Path) -> str:
+    """The choices made on the validation split: a table per task and, for one numeric key, a figure of
+    validation error against it."""
+    keys_text = ", ".join(f"`{k}`" for k in keys)
+    lines = [
+        "## Selected on the validation split",
+        "",
+        f"Per cell, the value of {keys_text} with the lowest mean {CRITERION} over seeds (a diverged run "
+        "counts as error 1; ties go to the smaller value); every table and figure below shows the test "
+        "error of that choice. The test set chose nothing. All candidates: [selection.csv](selection.csv).",
+        "",
+    ]
+    chosen = table[table["chosen"]]
+    shown = [c for c in cells if c != "task"] + list(keys)
+    for task, rows in chosen.groupby("task", sort=True):
+        view = rows[shown].assign(
+            **{"validation error (%)": (rows["val_mean"] * 100).round(1), "n": rows["n"]}
+        )
+        lines += [f"### {task}", "", md_table(view), ""]
+        if len(keys) == 1 and pd.api.types.is_numeric_dtype(table[keys[0]]):
+            stem = out / "figures" / f"selection_{slug((task, keys[0]))}"
+            figures.selection_curves(table[table["task"] == task], keys[0], stem, title=task)
+            lines += [image(stem.with_suffix(".png"), out, f"validation error vs {keys[0]}"), ""]
+    return "\n".join(lines)
 
 
 def build_report(
@@ -134,9 +161,14 @@ def build_report(
     reference_batch: int = 32,
     title: str = "normbench report",
     notes: str = "",
+    select: Sequence[str] = (),
 ) -> Path:
     """Read every run under ``dirs`` and write runs.csv (and runs.parquet with pyarrow), summary.csv,
     figures/ and report.md under ``out``. Returns the path of report.md.
+
+    ``select`` (config keys such as ``("optim.lr",)``): per cell, keep the runs of the value with the
+    lowest mean validation error (:mod:`normbench.report.select`), list the choices in selection.csv
+    and the report, and tabulate the test error of those runs.
 
     The report is built in a temporary folder inside ``out`` and moved into place only when complete,
     so a failure leaves the previous report as it was. Invalid record files are skipped with one
@@ -148,10 +180,12 @@ def build_report(
     runs = runs_frame(records, with_history=True)
     if runs.empty:
         raise ValueError(f"no valid run records (result.json) found under {', '.join(map(str, dirs))}")
+    if select:
+        check_keys(runs, select)  # before anything is written
     out.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".report-", dir=out))
     try:
-        _write_report(runs, skipped, dirs, staging, reference_batch, title, notes)
+        _write_report(runs, skipped, dirs, staging, reference_batch, title, notes, select)
         publish(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -166,12 +200,19 @@ def _write_report(
     reference_batch: int,
     title: str,
     notes: str,
+    select: Sequence[str] = (),
 ) -> None:
     (out / "figures").mkdir()
     table = runs.drop(columns=["history"])
     write_csv(table, out / "runs.csv")
     with contextlib.suppress(ImportError):  # Parquet only where pyarrow (or fastparquet) is installed
         table.to_parquet(out / "runs.parquet", index=False)
+    chosen_section = ""
+    if select:
+        cells = [c for c in cell_columns(runs) if c not in select]
+        runs, candidates = select_on_validation(runs, select)
+        write_csv(candidates, out / "selection.csv")
+        chosen_section = selection_section(candidates, select, cells, out)
     summary = with_reference_delta(summarize(runs), reference_batch)
     write_csv(summary, out / "summary.csv")
     counts = runs["status"].value_counts()
@@ -184,7 +225,7 @@ def _write_report(
         "",
     ]
     sections: tuple[Section, ...] = (*study.SECTIONS[:1], general_sections, *study.SECTIONS[1:])
-    body = [section(runs, summary, out, reference_batch) for section in sections]
+    body = [chosen_section] + [section(runs, summary, out, reference_batch) for section in sections]
     body.append(problems_section(runs, summary, skipped))
     if notes:
         body.append(f"## Notes\n\n{notes.strip()}\n")

@@ -23,11 +23,18 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--title", default="normbench report")
     parser.add_argument("--notes", type=Path, help="a markdown file appended to the report under 'Notes'")
+    parser.add_argument(
+        "--select",
+        nargs="+",
+        default=[],
+        metavar="KEY",
+        help="config keys (e.g. optim.lr) whose value is chosen per cell on the validation split",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
         notes = args.notes.read_text() if args.notes else ""
-        path = build_report(args.dirs, args.out, args.reference_batch, args.title, notes)
+        path = build_report(args.dirs, args.out, args.reference_batch, args.title, notes, args.select)
     except (OSError, ValueError) as exc:
         print(f"normbench-report: error: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -145,3 +145,28 @@ def learning_curves(runs: pd.DataFrame, path_stem: Path, title: str = "") -> lis
         ax.set_xlabel("epoch")
     axes[0].set_ylabel("test error (%)")
     return finish(fig, axes, path_stem, title, legend_size=7)
+
+
+def selection_curves(table: pd.DataFrame, key: str, path_stem: Path, title: str = "") -> list[Path]:
+    """Mean validation error (%) against the selected ``key`` (log axis), one panel per norm, one line
+    per batch size; each cell's choice starred. ``table`` is :func:`normbench.report.select.candidates`
+    for one task."""
+    norms = sorted(table["norm"].unique())
+    fig, axes = panels(len(norms), width=3.6, height=3.0, sharey=True)
+    sizes = sorted(table["batch_size"].unique())
+    shades = plt.get_cmap("viridis")
+    for ax, norm in zip(axes, norms, strict=True):
+        part = table[table["norm"] == norm]
+        for i, bs in enumerate(sizes):
+            rows = part[part["batch_size"] == bs].sort_values(key)
+            if rows.empty:
+                continue
+            color = shades(i / max(1, len(sizes) - 1))
+            ax.plot(rows[key], rows["val_mean"] * 100, marker="o", ms=3, color=color, label=f"batch {bs}")
+            best = rows[rows["chosen"]]
+            ax.scatter(best[key], best["val_mean"] * 100, marker="*", s=90, color=color, zorder=3)
+        ax.set_xscale("log")
+        ax.set_xlabel(key)
+        ax.set_title(norm)
+    axes[0].set_ylabel("validation error (%)")
+    return finish(fig, axes, path_stem, title)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from functools import cache, partial
+from functools import cache
 
 import numpy as np
 import torch
@@ -21,6 +21,8 @@ class Dataset:
     x_test: Tensor
     y_test: Tensor
     num_classes: int
+    x_val: Tensor | None = None  # held out of the training set (:meth:`split`), or None
+    y_val: Tensor | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -30,22 +32,59 @@ class Dataset:
         """The same data on ``device`` (inputs in ``memory_format``); ``self`` where nothing changes."""
         if torch.device(device) == self.x_train.device and memory_format == torch.preserve_format:
             return self
+
+        def moved(x: Tensor | None) -> Tensor | None:
+            return None if x is None else x.to(device, memory_format=memory_format)
+
         return replace(
             self,
-            x_train=self.x_train.to(device, memory_format=memory_format),
+            x_train=moved(self.x_train),
             y_train=self.y_train.to(device),
-            x_test=self.x_test.to(device, memory_format=memory_format),
+            x_test=moved(self.x_test),
             y_test=self.y_test.to(device),
+            x_val=moved(self.x_val),
+            y_val=None if self.y_val is None else self.y_val.to(device),
+        )
+
+    def split(self, val_size: float, seed: int) -> Dataset:
+        """A validation set held out of the training set: ``val_size`` as a fraction (< 1) or a count
+        (>= 1) of it, stratified (each class gives its share, rounded), chosen by ``seed`` alone. The
+        same ``(val_size, seed)`` always holds out the same samples; 0 returns ``self``."""
+        if val_size == 0:
+            return self
+        n = len(self.y_train)
+        fraction = val_size if val_size < 1 else val_size / n
+        if not 0 < fraction < 1:
+            raise ValueError(
+                f"data.val_size={val_size:g}: must leave training samples (the training set has {n})"
+            )
+        gen = torch.Generator().manual_seed(seed)
+        held = []
+        for c in range(self.num_classes):
+            members = torch.nonzero(self.y_train == c).flatten()
+            members = members[torch.randperm(len(members), generator=gen)]
+            held.append(members[: round(fraction * len(members))])
+        val = torch.sort(torch.cat(held)).values
+        keep = torch.ones(n, dtype=torch.bool)
+        keep[val] = False
+        return replace(
+            self,
+            x_train=self.x_train[keep],
+            y_train=self.y_train[keep],
+            x_val=self.x_train[val],
+            y_val=self.y_train[val],
         )
 
 
 @cache
-def _mnist1d() -> Dataset:
+def _mnist1d(num_samples: int = 5000) -> Dataset:
     # make_dataset generates the data from templates with its own fixed seed (42): offline and
     # identical everywhere. get_dataset would try to download a pickle, so it is never used.
     from mnist1d.data import get_dataset_args, make_dataset
 
-    raw = make_dataset(get_dataset_args())
+    args = get_dataset_args()
+    args.num_samples = num_samples  # 80% train, 20% test (args.train_split)
+    raw = make_dataset(args)
 
     def x(a: np.ndarray) -> Tensor:
         return torch.as_tensor(a, dtype=torch.float32).unsqueeze(1)  # (N, 1, 40)
@@ -91,20 +130,20 @@ def _cifar(name: str, root: str, fetch: bool) -> Dataset:
     return load_cifar(name, root or None, fetch)
 
 
-# name -> loader(root, download): the generated and bundled datasets ignore both
-DATASETS: dict[str, Callable[[str, bool], Dataset]] = {
-    "mnist1d": lambda root, fetch: _mnist1d(),
-    "digits": lambda root, fetch: _digits(),
-    "cifar10": partial(_cifar, "cifar10"),
-    "cifar100": partial(_cifar, "cifar100"),
+# name -> loader(root, download, mnist1d_samples): each takes what applies to it
+DATASETS: dict[str, Callable[[str, bool, int], Dataset]] = {
+    "mnist1d": lambda root, fetch, samples: _mnist1d(samples),
+    "digits": lambda root, fetch, samples: _digits(),
+    "cifar10": lambda root, fetch, samples: _cifar("cifar10", root, fetch),
+    "cifar100": lambda root, fetch, samples: _cifar("cifar100", root, fetch),
 }
 
 
-def load_dataset(name: str, root: str = "", download: bool = False) -> Dataset:
+def load_dataset(name: str, root: str = "", download: bool = False, mnist1d_samples: int = 5000) -> Dataset:
     """The dataset ``name`` (one of :data:`DATASETS`), cached per process; datasets read from disk
     (CIFAR) come from ``root`` (default: :func:`normbench.tasks.cifar.default_root`), fetched first
-    when missing and ``download``. Tensors are read-only by convention: callers index them and never
-    write into them."""
+    when missing and ``download``; MNIST-1D is generated with ``mnist1d_samples`` samples. Tensors are
+    read-only by convention: callers index them and never write into them."""
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}")
-    return DATASETS[name](root, download)
+    return DATASETS[name](root, download, mnist1d_samples)

@@ -1,0 +1,72 @@
+"""Hyper-parameter selection on the validation split: per cell, the swept value(s) of some keys with the
+lowest mean validation error over seeds. The test set chooses nothing; the report then shows the test
+error of each cell's choice.
+
+A cell here is a report cell (task, norm, batch size and every other varying config value, except the
+seed) without the selected keys. A diverged run counts as validation error 1 (its model is unusable,
+and averaging only the surviving seeds would favour learning rates that sometimes blow up); failed
+runs (exceptions) are left out. Ties go to the first candidate in sorted order (the smaller value).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+
+from normbench.report.load import config_columns
+from normbench.report.tables import cell_columns
+
+CRITERION = "val_error"
+SELECTED = "selected"  # what a selected key's column holds in the runs the report tabulates
+
+
+def check_keys(runs: pd.DataFrame, keys: Sequence[str]) -> None:
+    """ValueError naming a key that is not a config column, or not swept, or records without the
+    validation metric."""
+    columns = set(config_columns(runs))
+    swept = sorted(c for c in columns if c != "seed" and runs[c].astype(str).nunique(dropna=False) > 1)
+    for key in keys:
+        if key not in columns:
+            raise ValueError(
+                f"--select {key}: not a config key of these runs (swept here: {', '.join(swept) or 'none'})"
+            )
+    if CRITERION not in runs or runs[CRITERION].isna().all():
+        raise ValueError(
+            f"--select {' '.join(keys)}: these runs have no {CRITERION} (they were trained without a "
+            "validation split, data.val_size=0); the test set chooses nothing, so there is nothing to select on"
+        )
+
+
+def candidates(runs: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+    """One row per (cell, value of ``keys``): ``val_mean`` (diverged runs counted as 1), ``n`` runs,
+    ``n_diverged``, and ``chosen`` marking each cell's lowest ``val_mean``."""
+    check_keys(runs, keys)
+    cells = [c for c in cell_columns(runs) if c not in keys]
+    usable = runs[runs["status"].isin(["completed", "diverged"])].copy()
+    usable["criterion"] = usable[CRITERION].where(usable["status"] == "completed", 1.0)
+    grouped = usable.groupby([*cells, *keys], sort=True, dropna=False)
+    table = grouped["criterion"].agg(val_mean="mean", n="count").reset_index()
+    table["n_diverged"] = grouped["status"].agg(lambda s: int((s == "diverged").sum())).to_numpy()
+    best = table.groupby(cells, sort=False, dropna=False)["val_mean"].idxmin()
+    table["chosen"] = False
+    table.loc[best.to_numpy(), "chosen"] = True
+    return table
+
+
+def select_on_validation(runs: pd.DataFrame, keys: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The runs of each cell's chosen value of ``keys`` — with those columns set to ``"selected"``, so
+    that cells no longer split on them — and the candidates table (:func:`candidates`)."""
+    table = candidates(runs, keys)
+    cells = [c for c in cell_columns(runs) if c not in keys]
+    cols = [*cells, *keys]
+    chosen = set(_joined(table.loc[table["chosen"], cols]))
+    picked = runs[_joined(runs[cols]).isin(chosen)].copy()
+    for key in keys:
+        picked[key] = SELECTED
+    return picked, table
+
+
+def _joined(df: pd.DataFrame) -> pd.Series:
+    """Each row's values as one string (missing values as 'nan' on both sides of a comparison)."""
+    return df.astype(str).agg("\x1f".join, axis=1)

@@ -1,0 +1,88 @@
+"""The validation split: held out of training, stratified, fixed by its own seed, evaluated like test."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import QUICK, compose_cfg
+
+from normbench.run import ConfigError, execute, run_identity
+from normbench.tasks import load_dataset
+
+
+def _rows(x: torch.Tensor) -> set[bytes]:
+    return {r.numpy().tobytes() for r in x.reshape(len(x), -1)}
+
+
+@pytest.mark.parametrize("val_size, expected", [(0.1, 135), (300, 300)])
+def test_split_is_stratified_disjoint_and_complete(val_size, expected):
+    data = load_dataset("digits")
+    split = data.split(val_size, seed=3)
+    assert abs(len(split.y_val) - expected) <= data.num_classes  # per-class rounding
+    assert len(split.y_train) + len(split.y_val) == len(data.y_train)
+    assert _rows(split.x_train) | _rows(split.x_val) == _rows(data.x_train)
+    assert not _rows(split.x_train) & _rows(split.x_val)
+    share = len(split.y_val) / len(data.y_train)
+    for c in range(data.num_classes):
+        n_c = int((data.y_train == c).sum())
+        assert (
+            int((split.y_val == c).sum()) == round(share * n_c)
+            or abs(int((split.y_val == c).sum()) - share * n_c) <= 1
+        )
+    assert torch.equal(split.x_test, data.x_test)
+
+
+def test_split_depends_on_its_seed_only():
+    data = load_dataset("digits")
+    assert torch.equal(data.split(0.1, 0).x_val, data.split(0.1, 0).x_val)
+    assert not torch.equal(data.split(0.1, 0).x_val, data.split(0.1, 1).x_val)
+    assert data.split(0, 0) is data
+
+
+def test_runs_with_different_seeds_hold_out_the_same_samples_and_record_validation(tmp_path):
+    a = execute(compose_cfg("task=digits_cnn", "seed=0", *QUICK), tmp_path / "a")
+    b = execute(compose_cfg("task=digits_cnn", "seed=1", *QUICK), tmp_path / "b")
+    for record in (a, b):
+        m = record["metrics"]
+        for key in (
+            "val_error",
+            "val_loss",
+            "val_error_minibatch",
+            "val_error_precise_bn",
+            "val_loss_precise_bn",
+        ):
+            assert key in m and m[key] >= 0
+        assert all("val_error" in point for point in record["history"])
+    # the same held-out set: error rates on it are multiples of 1 / its size
+    n_val = len(load_dataset("digits").split(0.1, 0).y_val)
+    for record in (a, b):
+        assert (
+            abs(record["metrics"]["val_error"] * n_val - round(record["metrics"]["val_error"] * n_val)) < 1e-9
+        )
+
+
+def test_no_split_keeps_the_identity_of_runs_made_before_it():
+    identity, _ = run_identity(compose_cfg("data.val_size=0"))
+    assert "val_size" not in identity["data"] and "split_seed" not in identity["data"]
+    with_split, _ = run_identity(compose_cfg())
+    assert with_split["data"]["val_size"] == 0.1
+
+
+def test_larger_mnist1d_is_generated_offline_with_the_same_proportions():
+    data = load_dataset("mnist1d", mnist1d_samples=6000)
+    assert (len(data.y_train), len(data.y_test)) == (4800, 1200)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("data.val_size=1.5", "data.val_size=1.5: must be a fraction in [0, 1) or a whole number of samples"),
+        ("data.val_size=-0.1", "data.val_size=-0.1: must be a fraction in [0, 1)"),
+        ("data.val_size=5000", "data.val_size=5000: must leave training samples (the training set has 4000)"),
+    ],
+)
+def test_bad_validation_sizes_are_refused_before_any_work(override, message, tmp_path):
+    with pytest.raises(ConfigError) as exc:
+        execute(compose_cfg(override, *QUICK), tmp_path)
+    assert str(exc.value).startswith(message)
+    assert list(tmp_path.iterdir()) == []
