@@ -70,6 +70,8 @@ class ModelConfig:
     token_layout: str = "token"
     name: str = ""  # arch=torchvision: the torchvision classifier (torchvision.models.list_models())
     small_input: bool = True  # arch=torchvision: 3x3 stride-1 first conv and no max-pool for 32x32 inputs
+    cell: str = "lstm"  # arch=rnn: lstm or gru
+    shared_stats: bool = False  # arch=rnn: one set of norm statistics for all time steps
 
 
 @dataclass
@@ -162,6 +164,8 @@ LATER_KEYS = {
     "task.augment": "none",
     "task.model.name": "",
     "task.model.small_input": True,
+    "task.model.cell": "lstm",
+    "task.model.shared_stats": False,
     "data.val_size": 0,  # runs before the validation split trained on the whole training set
     "data.split_seed": 0,
     "data.mnist1d_samples": 5000,

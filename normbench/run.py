@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -129,6 +130,19 @@ def dry_forward(model: nn.Module, norms: list[nn.Module], x: Tensor) -> None:
             h.remove()
 
 
+def one_sample_step(model: nn.Module, x: Tensor, cfg: DictConfig) -> None:
+    """A training-mode forward of one sample on a copy: a batch-dependent norm that sees one value per
+    channel at batch size 1 (features, gate pre-activations) cannot train there."""
+    try:
+        with torch.no_grad():
+            copy.deepcopy(model).train()(x)
+    except ValueError as exc:
+        raise ConfigError(
+            f"batch_size=1: norm={cfg.norm.name} normalizes over the samples of a batch, which one sample "
+            f"cannot give in task={cfg.task.name} ({exc}); use a batch-independent norm such as layernorm"
+        ) from None
+
+
 def prepare(cfg: DictConfig, runtime: Runtime = CPU_FP32) -> tuple[Dataset, nn.Module]:
     """Load the data and build the model, both on ``runtime.device``. A configuration that cannot work
     on the task raises ConfigError; any other exception (a broken plugin) propagates and becomes a
@@ -162,6 +176,10 @@ def prepare(cfg: DictConfig, runtime: Runtime = CPU_FP32) -> tuple[Dataset, nn.M
         torch.manual_seed(cfg.seed)
         model, norms = model_and_norms(cfg, data)
         dry_forward(model, norms, data.x_train[:2])
+        if bs == 1 and norm_spec(cfg.norm.name).batch_dependent:
+            one_sample_step(model, data.x_train[:1], cfg)
+    except ConfigError:
+        raise
     except ModelConfigError as exc:
         raise ConfigError(str(exc)) from None
     except (ValueError, TypeError, KeyError) as exc:

@@ -9,7 +9,9 @@ the ratio, at batch sizes 2 and 128, to reports/bench/train.md.
     python scripts/bench_train.py --device cuda  # reports/bench/train_cuda.md
     python scripts/bench_train.py --task cifar10_resnet20 --batch-sizes 32 128  # data-pipeline share
 
-For a task with augmentation (the CIFAR tasks) it measures instead where a training step's time goes:
+For a recurrent task (seq_lstm, digits_lstm) it times one training epoch of normbench's NormRNN
+against a hand-written LSTM loop with the same norms (one module per position, no per-step machinery)
+and writes reports/bench/train_TASK.md. For a task with augmentation (the CIFAR tasks) it measures instead where a training step's time goes:
 drawing the batch (indexing + augmentation on the device) against forward, backward and the optimizer
 step, and writes reports/bench/train_TASK[_cuda].md. Without the dataset under --data-root it uses a
 synthetic one of CIFAR's size written in CIFAR's format (the pipeline does the same work on it).
@@ -78,6 +80,81 @@ def normbench_loop(model, data, batch_size, steps, lr, seed, runtime) -> float:
         runtime=runtime,
     )
     return (time.perf_counter() - start) / steps
+
+
+class HandLSTM(torch.nn.Module):
+    """The plainest normalized LSTM: the loop written out, one norm module per position."""
+
+    def __init__(self, features: int, hidden: int, classes: int, make_norm):
+        super().__init__()
+        self.w_x = torch.nn.Linear(features, 4 * hidden, bias=False)
+        self.w_h = torch.nn.Linear(hidden, 4 * hidden, bias=False)
+        self.b = torch.nn.Parameter(torch.zeros(4 * hidden))
+        self.nx, self.nh, self.nc = make_norm(4 * hidden), make_norm(4 * hidden), make_norm(hidden)
+        self.head = torch.nn.Linear(hidden, classes)
+        self.hidden = hidden
+
+    def forward(self, x):
+        h = c = x.new_zeros(x.shape[0], self.hidden)
+        for t in range(x.shape[-1]):
+            i, f, o, g = (self.nx(self.w_x(x[:, :, t])) + self.nh(self.w_h(h)) + self.b).chunk(4, 1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(self.nc(c))
+        return self.head(h)
+
+
+def epoch_time(model, data, batch_size: int, seed: int) -> float:
+    gen = torch.Generator().manual_seed(seed)
+    batches = iid_batches(len(data.x_train), batch_size, gen)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    model.train()
+    start = time.perf_counter()
+    for _ in range(len(data.x_train) // batch_size):
+        idx = next(batches)
+        loss = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return time.perf_counter() - start
+
+
+def bench_recurrent(args, cfg) -> list[str]:
+    from normbench import build_norm
+
+    data = load_dataset(cfg.task.dataset)
+    torch.manual_seed(0)
+    ours = model_from_config(cfg, data)
+    features = data.input_shape[0]
+    hand = HandLSTM(features, cfg.task.model.width, data.num_classes, lambda c: build_norm(args.norm, c))
+    rows = []
+    for bs in args.batch_sizes:
+        times: dict[str, list[float]] = {"hand": [], "normbench": []}
+        for r in range(args.rounds + 1):
+            for name, model in (("hand", hand), ("normbench", ours)):
+                t = epoch_time(copy.deepcopy(model), data, bs, r)
+                if r:
+                    times[name].append(t)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        rows.append(
+            f"| {bs} | {med['hand']:.2f} | {med['normbench']:.2f} | {med['normbench'] / med['hand']:.2f} |"
+        )
+        print(rows[-1], flush=True)
+    return [
+        f"# One training epoch of {cfg.task.name}: normbench's NormRNN vs a hand-written LSTM loop",
+        "",
+        f"norm `{args.norm}`, hidden {cfg.task.model.width}, {len(data.x_train)} training sequences of "
+        f"{data.input_shape[-1]} steps, 1 torch thread, torch {torch.__version__}; median over {args.rounds} "
+        "interleaved rounds (after one warm-up round) of one epoch each. The hand-written loop has one norm "
+        "module per position; NormRNN keeps per-step statistics for batch-dependent norms (shared affine), "
+        "the gates' input projections of all steps in one matmul. Target: ratio <= 2.",
+        "",
+        f"Reproduce: `python scripts/bench_train.py --task {cfg.task.name} --norm {args.norm} --rounds "
+        f"{args.rounds} --batch-sizes {' '.join(map(str, args.batch_sizes))}`",
+        "",
+        "| batch size | hand-written s/epoch | normbench s/epoch | ratio |",
+        "|---:|---:|---:|---:|",
+        *rows,
+    ]
 
 
 def sync(device: torch.device) -> None:
@@ -172,8 +249,12 @@ def main() -> None:
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[f"task={args.task}", f"norm={args.norm}"])
     augmented = cfg.task.augment != "none"
-    name = f"train{f'_{args.task}' if augmented else ''}{'_cuda' if on_gpu else ''}.md"
+    recurrent = cfg.task.model.arch == "rnn"
+    name = f"train{f'_{args.task}' if augmented or recurrent else ''}{'_cuda' if on_gpu else ''}.md"
     args.out = args.out or Path(__file__).parents[1] / "reports/bench" / name
+    if recurrent:
+        write(args.out, bench_recurrent(args, cfg))
+        return
     if augmented:
         write(args.out, bench_pipeline(args, cfg, runtime))
         return

@@ -138,8 +138,14 @@ def test_layernorm_equals_torch_layernorm_on_features():
 
 
 @pytest.mark.parametrize("kind", ["1d", "2d", "3d"])
-def test_groupnorm_with_c_groups_equals_instancenorm(kind):
-    gn = build_norm("gn", C, num_groups=C).double()
+def test_groupnorm_with_c_groups_equals_instancenorm(kind, monkeypatch):
+    import normbench.norms.groupnorm as groupnorm
+
+    monkeypatch.setattr(groupnorm, "_WARNED", set())
+    with pytest.warns(
+        UserWarning, match=f"{C} groups on {C} channels has one channel per group: it is InstanceNorm"
+    ):
+        gn = build_norm("gn", C, num_groups=C).double()
     randomize_affine(gn)
     inn = build_norm("in", C).double()
     inn.load_state_dict(gn.state_dict())
@@ -149,10 +155,12 @@ def test_groupnorm_with_c_groups_equals_instancenorm(kind):
 
 def test_groupnorm_group_options():
     assert build_norm("groupnorm", 64).num_groups == 32
+    assert build_norm("groupnorm", 256).num_groups == 32
     assert build_norm("groupnorm", 64, group_size=16).num_groups == 4
-    assert build_norm("groupnorm", 16).num_groups == 16  # fewer channels than groups: G = C
+    # the default keeps 2+ channels per group: the largest divisor of C up to min(32, C / 2)
+    assert [build_norm("groupnorm", c).num_groups for c in (32, 16, 48, 7, 3, 1)] == [16, 8, 24, 1, 1, 1]
     with pytest.raises(ValueError, match="num_channels=48 is not divisible by num_groups=32"):
-        build_norm("groupnorm", 48)
+        build_norm("groupnorm", 48, num_groups=32)
     with pytest.raises(ValueError, match="num_channels=12 is not divisible by group_size=5"):
         build_norm("groupnorm", 12, group_size=5)
     with pytest.raises(ValueError, match="not both"):

@@ -16,7 +16,16 @@ from normbench.report import figures, study
 from normbench.report.load import read_records, runs_frame
 from normbench.report.markdown import facet_title, image, md_table, norm_by_batch, percent_cell, slug
 from normbench.report.select import CRITERION, check_keys, select_on_validation
-from normbench.report.tables import cell_columns, facet_columns, matches, summarize, with_reference_delta
+from normbench.report.tables import (
+    LATE_FRACTION,
+    STILL_FALLING,
+    cell_columns,
+    convergence,
+    facet_columns,
+    matches,
+    summarize,
+    with_reference_delta,
+)
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +88,38 @@ def general_sections(runs: pd.DataFrame, summary: pd.DataFrame, out: Path, refer
                 curve_stem = fig_dir / f"curves_{slug((task, *values))}"
                 figures.learning_curves(runs[sel], curve_stem, title=f"{task} {title}".strip())
                 lines += [image(curve_stem.with_suffix(".png"), out, f"learning curves {task}"), ""]
+    return "\n".join(lines)
+
+
+def convergence_section(runs: pd.DataFrame) -> str:
+    """Cells whose runs had not reached a plateau, from their histories."""
+    if "history" not in runs:
+        return ""
+    table = convergence(runs)
+    if table["still_falling"].isna().all():
+        return ""
+    rule = (
+        f"validation error (training loss where a run has no validation split) still falling by more than "
+        f"{STILL_FALLING:.0%} over the last {LATE_FRACTION:.0%} of training"
+    )
+    lines = ["## Convergence", ""]
+    flagged = table[table["flagged"]]
+    if flagged.empty:
+        return "\n".join([*lines, f"No cell has half or more of its runs with {rule}.", ""])
+    view = flagged.drop(columns="flagged").assign(
+        train_error=(flagged["train_error"] * 100).round(1),
+        still_falling=(flagged["still_falling"] * 100).round(),
+    )
+    view = view.rename(
+        columns={"train_error": "final train error (%)", "still_falling": "runs still falling (%)"}
+    )
+    lines += [
+        f"{len(flagged)} of {len(table)} cells did not converge: half or more of their runs had {rule}. "
+        "Their numbers describe training that was cut short.",
+        "",
+        view.to_markdown(index=False),
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -226,6 +267,7 @@ def _write_report(
     ]
     sections: tuple[Section, ...] = (*study.SECTIONS[:1], general_sections, *study.SECTIONS[1:])
     body = [chosen_section] + [section(runs, summary, out, reference_batch) for section in sections]
+    body.append(convergence_section(runs))
     body.append(problems_section(runs, summary, skipped))
     if notes:
         body.append(f"## Notes\n\n{notes.strip()}\n")

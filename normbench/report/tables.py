@@ -75,3 +75,39 @@ def with_reference_delta(summary: pd.DataFrame, reference_batch: int = 32) -> pd
 def matches(series: pd.Series, value: object) -> pd.Series:
     """``series == value``, where a missing value matches missing values."""
     return series.isna() if pd.isna(value) else series == value
+
+
+LATE_FRACTION = 0.2  # "the last fifth of training"
+STILL_FALLING = 0.02  # a relative drop over it larger than this: not yet on a plateau
+
+
+def still_falling(history: list[dict]) -> bool | None:
+    """Whether a run's validation error (its training loss where it has none) fell by more than
+    STILL_FALLING (relative) over the last LATE_FRACTION of its steps; None with too short a history."""
+    if not isinstance(history, list) or len(history) < 3:
+        return None
+    key = "val_error" if all("val_error" in p for p in history) else "train_loss"
+    last = history[-1]["step"]
+    mark = [p for p in history if p["step"] <= (1 - LATE_FRACTION) * last]
+    if not mark or mark[-1][key] is None or history[-1][key] is None:
+        return None
+    before, after = mark[-1][key], min(p[key] for p in history if p["step"] > mark[-1]["step"])
+    return bool(after < before * (1 - STILL_FALLING))
+
+
+def convergence(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per cell: mean final training error and the share of runs whose validation error (or loss) was
+    still falling over the last fifth of training; ``flagged`` where that share is a half or more."""
+    done = runs[runs["status"] == "completed"].copy()
+    cols = cell_columns(runs)
+    done["still_falling"] = done["history"].map(still_falling) if "history" in done else None
+    table = done.groupby(cols, sort=True, dropna=False).agg(
+        train_error=("train_error", "mean"),
+        still_falling=(
+            "still_falling",
+            lambda s: s.dropna().astype(float).mean() if s.notna().any() else float("nan"),
+        ),
+    )
+    table = table.reset_index()
+    table["flagged"] = table["still_falling"] >= 0.5
+    return table

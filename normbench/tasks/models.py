@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from normbench.norms import ChannelLast, build_norm, norm_spec
 
-ARCHS = ("mlp", "cnn1d", "cnn2d", "resnet2d", "cifar_resnet", "transformer", "torchvision")
+ARCHS = ("mlp", "cnn1d", "cnn2d", "resnet2d", "cifar_resnet", "transformer", "rnn", "torchvision")
 
 
 class ModelConfigError(ValueError):
@@ -240,15 +240,23 @@ def build_model(
     token_layout: str = "token",
     name: str = "",
     small_input: bool = True,
+    cell: str = "lstm",
+    shared_stats: bool = False,
 ) -> nn.Module:
     """The model ``arch`` for inputs of ``input_shape`` (C, *spatial) with norms from ``norms``.
-    ``name`` and ``small_input`` are for ``arch='torchvision'``."""
+    ``name`` and ``small_input`` are for ``arch='torchvision'``, ``cell`` and ``shared_stats`` for
+    ``arch='rnn'`` (:class:`normbench.tasks.recurrent.NormRNN`, ``width`` hidden units)."""
     if arch == "mlp":
         return MLP(int(torch.tensor(input_shape).prod()), width, depth, num_classes, norms)
     if arch == "cifar_resnet":
         return cifar_resnet(input_shape[0], depth, num_classes, norms, width)
     if arch == "torchvision":
         return torchvision_classifier(name, input_shape, num_classes, norms, small_input)
+    if arch == "rnn":
+        from normbench.tasks.recurrent import NormRNN
+
+        features, steps = (input_shape[2], input_shape[1]) if len(input_shape) == 3 else input_shape
+        return NormRNN(features, steps, width, num_classes, norms, cell, shared_stats)
     if arch in ("cnn1d", "cnn2d", "resnet2d"):
         dims = 1 if arch == "cnn1d" else 2
         if len(input_shape) != dims + 1:

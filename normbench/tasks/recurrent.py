@@ -1,0 +1,97 @@
+"""A recurrent classifier whose gate pre-activations are normalized through the registry at every step.
+
+Placement, as in Layer-Normalized LSTM (Ba, Kiros & Hinton 2016) and Recurrent Batch Normalization
+(Cooijmans et al. 2017): the input and recurrent contributions to the gates are normalized separately,
+
+    LSTM:  (i, f, o, g) = N_x(W_x x_t) + N_h(W_h h_{t-1}) + b
+           c_t = σ(f) ⊙ c_{t-1} + σ(i) ⊙ tanh(g),   h_t = σ(o) ⊙ tanh(N_c(c_t))
+    GRU:   (r, z) = N_x(W_x x_t)[:2H] + N_h(W_h h_{t-1})[:2H] + b,
+           n = tanh(N_x(W_x x_t)[2H:] + b_n + σ(r) ⊙ N_h(W_h h_{t-1})[2H:]),   h_t = (1 − σ(z)) ⊙ n + σ(z) ⊙ h_{t-1}
+
+each N a registry norm on (N, features) tensors. A norm that keeps running statistics gets one module
+per time step (its own statistics, Cooijmans et al.) whose affine parameters are shared across steps;
+evaluated on a sequence longer than any seen in training, the steps beyond use the last step's
+statistics. ``shared_stats=True`` uses one module for every step. Norms without running statistics
+(LayerNorm, RMSNorm) are one module per position N_x, N_h, N_c. The classifier reads the last hidden
+state; the head has no norm.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from normbench.tasks.models import NormLayers
+
+CELLS = {"lstm": 4, "gru": 3}  # gates per cell
+
+
+class StepNorms(nn.Module):
+    """The norm of one position (input, recurrent or cell) at every time step: per-step modules with
+    shared affine parameters, or one module."""
+
+    def __init__(self, norms: NormLayers, features: int, steps: int, per_step: bool):
+        super().__init__()
+        first = norms(features)
+        self.steps = nn.ModuleList([first])
+        if per_step:
+            for _ in range(steps - 1):
+                twin = norms(features)
+                for name, param in first.named_parameters(recurse=False):
+                    setattr(twin, name, param)  # one γ/β for all steps (Cooijmans et al. 2017)
+                self.steps.append(twin)
+
+    def forward(self, x: Tensor, t: int) -> Tensor:
+        return self.steps[min(t, len(self.steps) - 1)](x)
+
+
+class NormRNN(nn.Module):
+    """LSTM or GRU classifier over (N, C, L) inputs read as L steps of C features (see module docstring)."""
+
+    def __init__(
+        self,
+        features: int,
+        steps: int,
+        hidden: int,
+        num_classes: int,
+        norms: NormLayers,
+        cell: str = "lstm",
+        shared_stats: bool = False,
+    ):
+        super().__init__()
+        if cell not in CELLS:
+            raise ValueError(f"unknown cell {cell!r}; available: {', '.join(CELLS)}")
+        self.cell, self.hidden = cell, hidden
+        gates = CELLS[cell] * hidden
+        per_step = norms.spec.running_stats and not shared_stats
+        self.w_x = nn.Linear(features, gates, bias=False)
+        self.w_h = nn.Linear(hidden, gates, bias=False)
+        self.bias = nn.Parameter(torch.zeros(gates))
+        self.norm_x = StepNorms(norms, gates, steps, per_step)
+        self.norm_h = StepNorms(norms, gates, steps, per_step)
+        self.norm_c = StepNorms(norms, hidden, steps, per_step) if cell == "lstm" else None
+        self.head = nn.Linear(hidden, num_classes)
+        if cell == "lstm":
+            with torch.no_grad():
+                self.bias[hidden : 2 * hidden].fill_(1.0)  # forget-gate bias 1 (Jozefowicz et al. 2015)
+
+    def forward(self, x: Tensor) -> Tensor:
+        # (N, C, L) signals as L steps of C features; (N, 1, rows, cols) images row by row
+        sequence = x[:, 0].transpose(1, 2) if x.dim() == 4 else x
+        n, length = sequence.shape[0], sequence.shape[-1]
+        h = sequence.new_zeros(n, self.hidden)
+        c = sequence.new_zeros(n, self.hidden)
+        inputs = self.w_x(sequence.transpose(1, 2))  # all steps' input projections at once: (N, L, gates)
+        for t in range(length):
+            gx, gh = self.norm_x(inputs[:, t], t), self.norm_h(self.w_h(h), t)
+            if self.cell == "lstm":
+                i, f, o, g = (gx + gh + self.bias).chunk(4, dim=1)
+                c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+                h = torch.sigmoid(o) * torch.tanh(self.norm_c(c, t))
+            else:
+                k = 2 * self.hidden
+                r, z = (gx[:, :k] + gh[:, :k] + self.bias[:k]).chunk(2, dim=1)
+                candidate = torch.tanh(gx[:, k:] + self.bias[k:] + torch.sigmoid(r) * gh[:, k:])
+                z = torch.sigmoid(z)
+                h = (1 - z) * candidate + z * h
+        return self.head(h)

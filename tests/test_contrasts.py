@@ -1,0 +1,81 @@
+"""Paired contrasts: per-seed values, t intervals against the textbook formula, Holm's adjustment."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import t as student_t
+
+from normbench.report.contrasts import Contrast, evaluate, evaluate_all, holm, per_seed, sentence
+
+BN2, BN32 = {"norm": "batchnorm", "batch_size": 2}, {"norm": "batchnorm", "batch_size": 32}
+GN2, GN32 = {"norm": "groupnorm", "batch_size": 2}, {"norm": "groupnorm", "batch_size": 32}
+
+
+def _runs(values: dict[tuple[str, int], list[float]]) -> pd.DataFrame:
+    rows = [
+        {"norm": norm, "batch_size": bs, "seed": seed, "status": "completed", "test_error": v}
+        for (norm, bs), per_seed_values in values.items()
+        for seed, v in enumerate(per_seed_values)
+    ]
+    return pd.DataFrame(rows)
+
+
+VALUES = {
+    ("batchnorm", 2): [0.60, 0.55, 0.62, 0.58, 0.61],
+    ("batchnorm", 32): [0.20, 0.22, 0.19, 0.21, 0.20],
+    ("groupnorm", 2): [0.25, 0.27, 0.24, 0.26, 0.25],
+    ("groupnorm", 32): [0.22, 0.23, 0.21, 0.24, 0.22],
+}
+INTERACTION = Contrast("BN's loss from 32 to 2 minus GN's", ((BN2, 1), (BN32, -1), (GN2, -1), (GN32, 1)))
+
+
+def test_interaction_is_computed_seed_by_seed_with_the_textbook_t_interval():
+    runs = _runs(VALUES)
+    expected = np.array(
+        [
+            (VALUES["batchnorm", 2][s] - VALUES["batchnorm", 32][s])
+            - (VALUES["groupnorm", 2][s] - VALUES["groupnorm", 32][s])
+            for s in range(5)
+        ]
+    )
+    np.testing.assert_allclose(per_seed(runs, INTERACTION, "test_error").to_numpy(), expected)
+    result = evaluate(runs, INTERACTION, "test_error")
+    half = student_t.ppf(0.975, 4) * expected.std(ddof=1) / math.sqrt(5)
+    assert result.n == 5 and result.mean == pytest.approx(expected.mean())
+    assert (result.low, result.high) == pytest.approx((expected.mean() - half, expected.mean() + half))
+    assert result.established
+
+
+def test_only_seeds_in_every_cell_are_paired():
+    values = dict(VALUES)
+    values["groupnorm", 2] = VALUES["groupnorm", 2][:3]  # seeds 3 and 4 missing in one cell
+    runs = _runs(values)
+    runs.loc[(runs["norm"] == "batchnorm") & (runs["batch_size"] == 2) & (runs["seed"] == 0), "status"] = (
+        "diverged"
+    )
+    assert per_seed(runs, INTERACTION, "test_error").index.tolist() == [1, 2]
+
+
+def test_a_noisy_difference_is_not_established():
+    runs = _runs({("batchnorm", 32): [0.20, 0.30, 0.10], ("groupnorm", 32): [0.25, 0.15, 0.21]})
+    result = evaluate_all(runs, [Contrast("BN - GN at 32", ((BN32, 1), (GN32, -1)))], "test_error")[0]
+    assert result.low < 0 < result.high and not result.established
+    assert sentence(result).endswith("not established (the interval includes 0).")
+    assert sentence(result).startswith("BN - GN at 32: -0.3 pp, 95% CI [")
+
+
+def test_several_runs_per_seed_in_a_cell_are_refused():
+    runs = pd.concat([_runs(VALUES), _runs({("batchnorm", 2): [0.5]})])
+    with pytest.raises(ValueError, match="several runs per seed"):
+        per_seed(runs, INTERACTION, "test_error")
+
+
+def test_holm_matches_the_hand_computed_adjustment():
+    # sorted 0.005, 0.01, 0.03, 0.04 -> x4, x3, x2, x1 = 0.02, 0.03, 0.06, 0.04 -> monotone 0.02, 0.03, 0.06, 0.06
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    adjusted = holm([0.2, float("nan"), 0.9])
+    assert adjusted[0] == pytest.approx(0.4) and math.isnan(adjusted[1]) and adjusted[2] == pytest.approx(0.9)
