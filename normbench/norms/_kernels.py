@@ -32,10 +32,16 @@ COMPILE_ON_GPU = True
 F = TypeVar("F", bound=Callable[..., Tensor])
 
 
+def vmapped(x: Tensor) -> bool:
+    """Whether ``x`` is a member's view inside ``torch.func.vmap`` (population training): the fused
+    Functions and torch.compile do not run there; the composite formulas do."""
+    return torch._C._functorch.is_batchedtensor(x)
+
+
 def use_fused(x: Tensor) -> bool:
     """Whether to run the fused Functions (which compute the same numbers): CPU inputs large enough
-    for their page-fault savings to pay. Elsewhere the composite formulas run."""
-    return x.device.type == "cpu" and x.numel() >= FUSED_MIN_ELEMENTS
+    for their page-fault savings to pay, outside vmap. Elsewhere the composite formulas run."""
+    return x.device.type == "cpu" and x.numel() >= FUSED_MIN_ELEMENTS and not vmapped(x)
 
 
 def compiled_on_gpu(fn: F) -> F:
@@ -47,7 +53,7 @@ def compiled_on_gpu(fn: F) -> F:
 
     @functools.wraps(fn)
     def call(x: Tensor, *args):
-        if x.device.type != "cuda" or not COMPILE_ON_GPU or torch.compiler.is_compiling():
+        if x.device.type != "cuda" or not COMPILE_ON_GPU or torch.compiler.is_compiling() or vmapped(x):
             return fn(x, *args)
         if not compiled:
             compiled.append(torch.compile(fn, fullgraph=True))

@@ -50,6 +50,11 @@ class NormSpec:
         replaces_activation: the module includes its non-linearity, so models must not add one.
         adapt_layer: optional hook ``adapt_layer(layer) -> layer`` applied once to the conv/linear
             layer that precedes the norm (e.g. weight standardization).
+        population: the module runs under ``torch.func.vmap`` over stacked parameters and buffers
+            (``functional_call``), each member with its own statistics, exactly as separate modules
+            would: what population training needs. tests/test_population.py holds every plugin that
+            claims it to that; one that cannot (a custom autograd Function without vmap support, a
+            ``.item()`` in forward) declares False.
         source: where it was registered from (module name, or ``entry point NAME``).
     """
 
@@ -65,6 +70,7 @@ class NormSpec:
     min_spatial_positions: int = 0
     replaces_activation: bool = False
     adapt_layer: Callable[[nn.Module], nn.Module] | None = None
+    population: bool = True
     source: str = ""
 
 
@@ -183,6 +189,7 @@ def register_norm(
     min_spatial_positions: int = 0,
     replaces_activation: bool = False,
     adapt_layer: Callable[[nn.Module], nn.Module] | None = None,
+    population: bool = True,
 ) -> Callable[[F], F]:
     """Register a norm class or factory under ``name`` (decorator).
 
@@ -219,6 +226,7 @@ def register_norm(
             min_spatial_positions=min_spatial_positions,
             replaces_activation=replaces_activation,
             adapt_layer=adapt_layer,
+            population=population,
             source=getattr(factory, "__module__", "?"),
         )
         REGISTRY.add(spec, override)

@@ -78,12 +78,14 @@ class NormRNN(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         # (N, C, L) signals as L steps of C features; (N, 1, rows, cols) images row by row
         sequence = x[:, 0].transpose(1, 2) if x.dim() == 4 else x
-        n, length = sequence.shape[0], sequence.shape[-1]
+        n = sequence.shape[0]
         h = sequence.new_zeros(n, self.hidden)
         c = sequence.new_zeros(n, self.hidden)
-        inputs = self.w_x(sequence.transpose(1, 2))  # all steps' input projections at once: (N, L, gates)
-        for t in range(length):
-            gx, gh = self.norm_x(inputs[:, t], t), self.norm_h(self.w_h(h), t)
+        # all steps' input projections in one matmul; unbind (not indexing) so that the backward
+        # stacks the steps' gradients once instead of scattering each into a full-size zero tensor
+        inputs = self.w_x(sequence.transpose(1, 2)).unbind(1)
+        for t in range(len(inputs)):
+            gx, gh = self.norm_x(inputs[t], t), self.norm_h(self.w_h(h), t)
             if self.cell == "lstm":
                 i, f, o, g = (gx + gh + self.bias).chunk(4, dim=1)
                 c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
