@@ -106,7 +106,8 @@ def convergence_section(runs: pd.DataFrame) -> str:
     flagged = table[table["flagged"]]
     if flagged.empty:
         return "\n".join([*lines, f"No cell has half or more of its runs with {rule}.", ""])
-    view = flagged.drop(columns="flagged").assign(
+    shown = ["task", "norm", "batch_size", *facet_columns(table), "train_error", "still_falling"]
+    view = flagged[shown].assign(
         train_error=(flagged["train_error"] * 100).round(1),
         still_falling=(flagged["still_falling"] * 100).round(),
     )
