@@ -303,6 +303,9 @@ def _train_and_evaluate(
         diverged_at_step=result.diverged_at_step,
         time_per_step_s=result.train_time_s / max(1, result.steps),
     )
+    # DistributedDataParallel's reducer holds the process group: let it go while every process is still
+    # here (destroyed after a peer has exited, gloo's threads can wait forever)
+    del trained
     finish(world)  # evaluation is process 0's alone, with no collective left to wait on
     if not world.is_main:
         return

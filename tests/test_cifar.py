@@ -11,6 +11,7 @@ import types
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from helpers import QUICK, compose_cfg, normbench_run
@@ -249,3 +250,26 @@ def test_unknown_torchvision_model_lists_close_matches(fixture_root, tmp_path, f
             compose_cfg("task=torchvision", "task.model.name=resnet19", f"data.root={fixture_root}", *QUICK),
             tmp_path / "run",
         )
+
+
+def test_cifar_study_preset_runs_on_the_fixture_and_selects_on_validation(fixture_root, tmp_path):
+    """The GPU preset's own code path, on CPU with a reduced grid: the sweep, then the report with
+    the lr chosen per cell on the validation split."""
+    grid = "{norm:'batchnorm,groupnorm',batch_size:'4,16',optim.lr:'0.05,0.2',seed:'0,1'}"
+    proc = normbench_run(
+        "experiment=cifar_study",
+        f"hydra.sweeper.params={grid}",
+        f"data.root={fixture_root}",
+        "data.val_size=16",
+        "train.budget=steps",
+        "train.steps=3",
+        "sweep.root=sweeps",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    from normbench.report.build import build_report
+
+    report = build_report([tmp_path / "sweeps"], tmp_path / "out", select=["optim.lr"]).read_text()
+    assert "## Selected on the validation split" in report
+    selection = pd.read_csv(tmp_path / "out" / "selection.csv")
+    assert len(selection) == 8 and selection["chosen"].sum() == 4  # 2 norms x 2 batch sizes, 2 lrs each

@@ -60,7 +60,7 @@ def test_record_fields_budget_and_lr_scaling(tmp_path):
     )
     record = execute(cfg, tmp_path)
     n_train = len(load_dataset("mnist1d").split(0.1, 0).y_train)  # the default split holds out 10%
-    assert record["steps"] == n_train // 64 == record["steps_per_epoch"]
+    assert n_train == 3600 and record["steps"] == n_train // 64 == record["steps_per_epoch"]
     assert record["lr"] == pytest.approx(0.1 * 64 / 32)
     assert record["config"]["norm"] == {
         "name": "groupnorm",
@@ -112,7 +112,8 @@ def test_non_finite_final_metrics_are_recorded_as_diverged(tmp_path, monkeypatch
 
 
 def test_exception_during_training_is_recorded_as_failed(tmp_path):
-    cfg = compose_cfg("norm=batchnorm", "batch_size=1", *QUICK)
+    # ghost batches of one sample have no batch statistics on (N, C) features: the first step raises
+    cfg = compose_cfg("norm=ghost_batchnorm", "norm.ghost_batch_size=1", "batch_size=8", *QUICK)
     record = execute(cfg, tmp_path)
     assert record["status"] == "failed"
     assert "Expected more than 1 value per channel" in record["error"]
@@ -124,10 +125,14 @@ def test_exception_during_training_is_recorded_as_failed(tmp_path):
     [
         (["batch_size=0"], "batch_size=0: must be an integer >= 1"),
         (
+            ["batch_size=1", "norm=batchnorm"],
+            "batch_size=1: norm=batchnorm normalizes over the samples of a batch",
+        ),
+        (
             ["batch_size=4001", "data.val_size=0"],
             "batch_size=4001: must be between 1 and the training set size 4000",
         ),
-        (["batch_size=3602"], "batch_size=3602: must be between 1 and the training set size 3601"),
+        (["batch_size=3601"], "batch_size=3601: must be between 1 and the training set size 3600"),
         (["norm=groupnorm", "norm.num_groups=48"], "num_channels=256 is not divisible by num_groups=48"),
         (["norm=instancenorm"], r"instancenorm cannot build task=mnist1d_mlp.*\(2, 256\)"),
         (["data.sampler=class_grouped", "data.classes_per_batch=3"], "batch_size=32 is not divisible"),
@@ -135,7 +140,7 @@ def test_exception_during_training_is_recorded_as_failed(tmp_path):
         (["task.dataset=imagenet"], "unknown dataset 'imagenet'; available: mnist1d, digits"),
         (
             ["task.model.arch=vgg"],
-            "unknown model arch 'vgg'; available: mlp, cnn1d, cnn2d, resnet2d, cifar_resnet, transformer, torchvision",
+            "unknown model arch 'vgg'; available: mlp, cnn1d, cnn2d, resnet2d, cifar_resnet, transformer, rnn, torchvision",
         ),
     ],
 )

@@ -68,12 +68,13 @@ def test_grown_grid_adds_runs_without_touching_old_ones(tmp_path):
 
 
 def test_failed_and_misconfigured_jobs_do_not_stop_the_others(tmp_path):
-    proc = sweep(tmp_path, "norm=batchnorm,instancenorm", "batch_size=1,8")
+    # batchnorm: PreciseBN at batch 1 fails in the evaluation; instancenorm cannot take (N, C) features
+    proc = sweep(tmp_path, "norm=batchnorm,instancenorm", "batch_size=8", "eval.precise_bn_batch_size=1,0")
     assert proc.returncode == 1  # configuration errors make the sweep exit non-zero, after the others ran
     assert "4 runs: 1 completed, 0 diverged, 1 failed, 0 skipped, 2 config error" in proc.stdout
     found = records(tmp_path / "default")
-    statuses = sorted((r["config"]["batch_size"], r["status"]) for r in found.values())
-    assert statuses == [(1, "failed"), (8, "completed")]
+    statuses = sorted((r["config"]["eval"]["precise_bn_batch_size"], r["status"]) for r in found.values())
+    assert statuses == [(0, "completed"), (1, "failed")]
     failed = next(folder for folder, r in found.items() if r["status"] == "failed")
     assert f"failed, log: {tmp_path / 'default' / failed / 'normbench.log'}" in proc.stdout
     assert "Traceback" in (tmp_path / "default" / failed / "normbench.log").read_text()

@@ -18,7 +18,7 @@ def _rows(x: torch.Tensor) -> set[bytes]:
 def test_split_is_stratified_disjoint_and_complete(val_size, expected):
     data = load_dataset("digits")
     split = data.split(val_size, seed=3)
-    assert abs(len(split.y_val) - expected) <= data.num_classes  # per-class rounding
+    assert len(split.y_val) == expected  # largest remainders: the total is exact
     assert len(split.y_train) + len(split.y_val) == len(data.y_train)
     assert _rows(split.x_train) | _rows(split.x_val) == _rows(data.x_train)
     assert not _rows(split.x_train) & _rows(split.x_val)
@@ -78,7 +78,11 @@ def test_larger_mnist1d_is_generated_offline_with_the_same_proportions():
     [
         ("data.val_size=1.5", "data.val_size=1.5: must be a fraction in [0, 1) or a whole number of samples"),
         ("data.val_size=-0.1", "data.val_size=-0.1: must be a fraction in [0, 1)"),
-        ("data.val_size=5000", "data.val_size=5000: must leave training samples (the training set has 4000)"),
+        (
+            "data.val_size=5000",
+            "data.val_size=5000: must hold out at least one sample and leave training samples",
+        ),
+        ("data.val_size=0.0001", "data.val_size=0.0001: must hold out at least one sample"),
     ],
 )
 def test_bad_validation_sizes_are_refused_before_any_work(override, message, tmp_path):

@@ -69,4 +69,5 @@ def select_on_validation(runs: pd.DataFrame, keys: Sequence[str]) -> tuple[pd.Da
 
 def _joined(df: pd.DataFrame) -> pd.Series:
     """Each row's values as one string (missing values as 'nan' on both sides of a comparison)."""
-    return df.astype(str).agg("\x1f".join, axis=1)
+    as_text = df.apply(lambda column: column.map(str))  # str() of every value, NA and nullable types too
+    return as_text.agg("\x1f".join, axis=1)

@@ -48,22 +48,30 @@ class Dataset:
 
     def split(self, val_size: float, seed: int) -> Dataset:
         """A validation set held out of the training set: ``val_size`` as a fraction (< 1) or a count
-        (>= 1) of it, stratified (each class gives its share, rounded), chosen by ``seed`` alone. The
-        same ``(val_size, seed)`` always holds out the same samples; 0 returns ``self``."""
+        (>= 1) of it, stratified (each class gives its share, the rounding spread by largest
+        remainders so that the total is exact), chosen by ``seed`` alone. The same ``(val_size,
+        seed)`` always holds out the same samples; 0 returns ``self``."""
         if val_size == 0:
             return self
         n = len(self.y_train)
-        fraction = val_size if val_size < 1 else val_size / n
-        if not 0 < fraction < 1:
+        target = round(val_size * n) if val_size < 1 else int(val_size)
+        if not 0 < target < n:
             raise ValueError(
-                f"data.val_size={val_size:g}: must leave training samples (the training set has {n})"
+                f"data.val_size={val_size:g}: must hold out at least one sample and leave training samples "
+                f"(the training set has {n})"
             )
+        counts = torch.bincount(self.y_train, minlength=self.num_classes).double()
+        quota = counts * target / n
+        take = quota.floor().long()
+        extra = target - int(take.sum())
+        remainders = quota - take
+        take[torch.argsort(-remainders, stable=True)[:extra]] += 1  # largest remainders, then class order
         gen = torch.Generator().manual_seed(seed)
         held = []
         for c in range(self.num_classes):
             members = torch.nonzero(self.y_train == c).flatten()
             members = members[torch.randperm(len(members), generator=gen)]
-            held.append(members[: round(fraction * len(members))])
+            held.append(members[: int(take[c])])
         val = torch.sort(torch.cat(held)).values
         keep = torch.ones(n, dtype=torch.bool)
         keep[val] = False
