@@ -162,3 +162,19 @@ def test_report_cli_errors_name_the_folder(tmp_path, capsys):
         report_main([str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
     assert exc.value.code == 2
     assert f"sweep folder {tmp_path / 'nope'} does not exist" in capsys.readouterr().err
+
+
+def test_report_states_what_the_layers_report_such_as_channels_per_group(tmp_path):
+    from helpers import QUICK, compose_cfg
+
+    from normbench.run import execute
+
+    record = execute(compose_cfg("task=digits_cnn", "norm=groupnorm", *QUICK), tmp_path / "sweep" / "run")
+    assert set(v["channels_per_group"] for v in record["layers"].values()) == {2.0}  # 32 channels, 16 groups
+    report = build_report([tmp_path / "sweep"], tmp_path / "out").read_text()
+    section = report.split("## What the norm layers report")[1].split("\n## ")[0]
+    assert "### digits_cnn, groupnorm (1 runs)" in section and "channels_per_group" in section
+    rows = [line for line in section.splitlines() if line.startswith("|") and "features" in line]
+    assert rows and all(
+        float(line.strip("| ").split("|")[-1]) == 2.0 for line in rows
+    )  # one row per norm layer

@@ -91,6 +91,29 @@ def general_sections(runs: pd.DataFrame, summary: pd.DataFrame, out: Path, refer
     return "\n".join(lines)
 
 
+def layers_section(runs: pd.DataFrame) -> str:
+    """What norm layers reported about themselves (``extra_metrics``: e.g. channels per group, a
+    learned mixture), per layer, averaged over each task and norm's completed runs."""
+    if "layers" not in runs:
+        return ""
+    done = runs[(runs["status"] == "completed") & runs["layers"].map(bool)]
+    if done.empty:
+        return ""
+    lines = [
+        "## What the norm layers report",
+        "",
+        "Per layer, mean over the task and norm's completed runs.",
+        "",
+    ]
+    for (task, norm), rows in done.groupby(["task", "norm"], sort=True):
+        per_layer = pd.DataFrame(
+            [{"layer": name, **values} for layers in rows["layers"] for name, values in layers.items()]
+        )
+        table = per_layer.groupby("layer", sort=False).mean().round(3)
+        lines += [f"### {task}, {norm} ({len(rows)} runs)", "", md_table(table), ""]
+    return "\n".join(lines)
+
+
 def convergence_section(runs: pd.DataFrame) -> str:
     """Cells whose runs had not reached a plateau, from their histories."""
     if "history" not in runs:
@@ -245,7 +268,7 @@ def _write_report(
     select: Sequence[str] = (),
 ) -> None:
     (out / "figures").mkdir()
-    table = runs.drop(columns=["history"])
+    table = runs.drop(columns=["history", "layers"], errors="ignore")
     write_csv(table, out / "runs.csv")
     with contextlib.suppress(ImportError):  # Parquet only where pyarrow (or fastparquet) is installed
         table.to_parquet(out / "runs.parquet", index=False)
@@ -268,6 +291,7 @@ def _write_report(
     ]
     sections: tuple[Section, ...] = (*study.SECTIONS[:1], general_sections, *study.SECTIONS[1:])
     body = [chosen_section] + [section(runs, summary, out, reference_batch) for section in sections]
+    body.append(layers_section(runs))
     body.append(convergence_section(runs))
     body.append(problems_section(runs, summary, skipped))
     if notes:

@@ -71,6 +71,7 @@ def _row(record: dict[str, Any], path: Path, with_history: bool) -> dict[str, An
     }
     if with_history:
         row["history"] = record.get("history", [])
+        row["layers"] = record.get("layers", {})
     return row
 
 
