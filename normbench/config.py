@@ -155,9 +155,15 @@ class Config:
     sweep: SweepConfig = field(default_factory=SweepConfig)
 
 
-# Settings that say where or how a run executes, not what it computes: left out of the config hash
-# (``runtime`` except the keys of normbench.runtime.IDENTITY_DEFAULTS set away from their default).
-NON_IDENTITY_KEYS = ("hydra", "runtime", "sweep", "data.root", "data.download")
+# Settings that say where or how a run executes, not what it computes: left out of the config hash.
+# Of the runtime settings only the precision changes the numbers beyond float reassociation.
+NON_IDENTITY_KEYS = (
+    "hydra",
+    "sweep",
+    *(f"runtime.{f.name}" for f in dataclasses.fields(RuntimeConfig) if f.name != "precision"),
+    "data.root",
+    "data.download",
+)
 # Keys added after records existed, left out of the identity while at this value: the earlier runs
 # behaved exactly so, and keep their hashes.
 LATER_KEYS = {
@@ -169,6 +175,7 @@ LATER_KEYS = {
     "data.val_size": 0,  # runs before the validation split trained on the whole training set
     "data.split_seed": 0,
     "data.mnist1d_samples": 5000,
+    "runtime.precision": "fp32",  # every fp32 run keeps the hash it had before the setting existed
 }
 
 

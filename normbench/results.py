@@ -49,21 +49,28 @@ def identity_config(
             value = OmegaConf.to_container(value, resolve=True, enum_to_str=True)
         identity[str(key)] = value.value if isinstance(value, Enum) else value
     for dotted in exclude:
-        _drop(identity, dotted, None)
+        _drop(identity, dotted.split("."))
     for dotted, default in (at_default or {}).items():
-        _drop(identity, dotted, default)
+        _drop(identity, dotted.split("."), only_if=default)
     return identity
 
 
-def _drop(tree: dict[str, Any], dotted: str, default: Any) -> None:
-    """Remove ``dotted`` from the nested dict ``tree`` (only while it equals ``default``, unless None)."""
-    *parents, leaf = dotted.split(".")
-    for part in parents:
-        tree = tree.get(part)
-        if not isinstance(tree, dict):
-            return
-    if leaf in tree and (default is None or tree[leaf] == default):
-        del tree[leaf]
+_ALWAYS = object()
+
+
+def _drop(tree: dict[str, Any], path: list[str], only_if: Any = _ALWAYS) -> None:
+    """Remove the nested key ``path`` from ``tree`` (only while it equals ``only_if``, when given),
+    then its parent if that left it empty: a section whose every key is left out is left out."""
+    head, *rest = path
+    if head not in tree:
+        return
+    if rest:
+        if isinstance(tree[head], dict):
+            _drop(tree[head], rest, only_if)
+            if not tree[head]:
+                del tree[head]
+    elif only_if is _ALWAYS or tree[head] == only_if:
+        del tree[head]
 
 
 def config_hash(identity: Mapping[str, Any]) -> str:

@@ -43,7 +43,7 @@ from normbench.results import (
 )
 
 __all__ = ["ConfigError", "execute", "previous_result", "run_identity"]
-from normbench.runtime import CPU_FP32, IDENTITY_DEFAULTS, Runtime, use_deterministic_kernels
+from normbench.runtime import CPU_FP32, Runtime, use_deterministic_kernels
 from normbench.samplers import check_class_grouped, class_grouped_batches, iid_batches
 from normbench.tasks import ModelConfigError, NormLayers, build_model, load_dataset
 from normbench.tasks.cifar import crop_flip
@@ -57,13 +57,6 @@ def run_identity(cfg: DictConfig) -> tuple[dict[str, Any], str]:
     """The resolved config that defines the run and its hash. The same config on several torchrun
     processes is a different experiment, so their number joins the identity."""
     identity = identity_config(cfg, NON_IDENTITY_KEYS, LATER_KEYS)
-    numeric = {
-        key: str(getattr(value, "value", value))
-        for key, default in IDENTITY_DEFAULTS.items()
-        if (value := OmegaConf.select(cfg, f"runtime.{key}", default=default)) != default
-    }
-    if numeric:
-        identity["runtime"] = numeric
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size > 1:
         identity["world_size"] = world_size
@@ -155,16 +148,19 @@ def prepare(cfg: DictConfig, runtime: Runtime = CPU_FP32) -> tuple[Dataset, nn.M
         data = data.split(cfg.data.val_size, cfg.data.split_seed)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    if cfg.task.augment != "none" and len(data.input_shape) != 3:
-        raise ConfigError(
-            f"task.augment={getattr(cfg.task.augment, 'value', cfg.task.augment)}: only for image tasks (C, H, W); "
-            f"task={cfg.task.name} has inputs of shape {data.input_shape}"
-        )
-    if runtime.channels_last and len(data.input_shape) != 3:
-        raise ConfigError(
-            f"runtime.channels_last=true: only for tasks with 2-D inputs (C, H, W); "
-            f"task={cfg.task.name} has inputs of shape {data.input_shape}"
-        )
+    image_only = {  # settings that need (C, H, W) inputs -> what the error says they are for
+        f"task.augment={getattr(cfg.task.augment, 'value', cfg.task.augment)}": (
+            cfg.task.augment != "none",
+            "image tasks",
+        ),
+        "runtime.channels_last=true": (runtime.channels_last, "tasks with 2-D inputs"),
+    }
+    for setting, (asked, allowed) in image_only.items():
+        if asked and len(data.input_shape) != 3:
+            raise ConfigError(
+                f"{setting}: only for {allowed} (C, H, W); task={cfg.task.name} has inputs of shape "
+                f"{data.input_shape}"
+            )
     n_train, bs = len(data.x_train), cfg.batch_size
     if not 1 <= bs <= n_train:
         raise ConfigError(f"batch_size={bs}: must be between 1 and the training set size {n_train}")

@@ -7,8 +7,8 @@ state and the norms' statistics stay float32. ``runtime.channels_last`` stores 4
 channels-last (2-D tasks only); ``runtime.compile`` trains a ``torch.compile``-d model.
 
 Of these only the precision changes the numbers beyond float reassociation, so only a precision other
-than fp32 joins a run's identity (:data:`IDENTITY_DEFAULTS`): every fp32 run keeps the hash it had
-before these settings existed.
+than fp32 joins a run's identity (``normbench.config.NON_IDENTITY_KEYS`` and ``LATER_KEYS``): every
+fp32 run keeps the hash it had before these settings existed.
 """
 
 from __future__ import annotations
@@ -24,8 +24,6 @@ import torch
 from normbench.config import ConfigError
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-# runtime keys that change the numbers -> the value that leaves the identity as it was
-IDENTITY_DEFAULTS = {"precision": "fp32"}
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 

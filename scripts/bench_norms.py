@@ -244,7 +244,7 @@ def cuda_markdown(rows: list[dict], rounds: int, inner: int, device: torch.devic
         "by op (`normbench.norms._kernels.COMPILE_ON_GPU = False`); the default compiles the elementwise "
         f"formulas with torch.compile. Target: every plugin within 1.5x. Options: {BENCH_OPTIONS}.",
         "",
-        "Reproduce: `python scripts/bench_norms.py --device cuda`",
+        f"Reproduce: `python scripts/bench_norms.py --device cuda --rounds {rounds} --inner {inner}`",
         "",
         "| shape | precision | norm | ms | BN2d ms | vs BN2d | eager vs BN2d | within 1.5x |",
         "|---|---|---|---:|---:|---:|---:|---|",
