@@ -72,6 +72,7 @@ class ModelConfig:
     small_input: bool = True  # arch=torchvision: 3x3 stride-1 first conv and no max-pool for 32x32 inputs
     cell: str = "lstm"  # arch=rnn: lstm or gru
     shared_stats: bool = False  # arch=rnn: one set of norm statistics for all time steps
+    init_scale: float = 1.0  # multiplies every initial weight outside the norm layers (biases untouched)
 
 
 @dataclass
@@ -172,6 +173,7 @@ LATER_KEYS = {
     "task.model.small_input": True,
     "task.model.cell": "lstm",
     "task.model.shared_stats": False,
+    "task.model.init_scale": 1.0,
     "data.val_size": 0,  # runs before the validation split trained on the whole training set
     "data.split_seed": 0,
     "data.mnist1d_samples": 5000,
@@ -231,6 +233,7 @@ VALUE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "optim.weight_decay": (_at_least(0), "a finite number >= 0"),
     "optim.base_batch_size": (_at_least(1), "an integer >= 1"),
     "optim.warmup_steps": (_at_least(0), "an integer >= 0"),
+    "task.model.init_scale": (lambda v: _finite(v) and v > 0, "a finite number > 0"),
     "train.epochs": (_at_least(1), "an integer >= 1"),
     "train.steps": (_at_least(1), "an integer >= 1"),
     "train.history_points": (_at_least(1), "an integer >= 1"),

@@ -48,6 +48,7 @@ from normbench.samplers import check_class_grouped, class_grouped_batches, iid_b
 from normbench.tasks import ModelConfigError, NormLayers, build_model, load_dataset
 from normbench.tasks.cifar import crop_flip
 from normbench.tasks.data import Dataset
+from normbench.tasks.models import scale_initial_weights
 from normbench.train import fit, lr_schedule, make_optimizer, scaled_lr
 
 log = logging.getLogger(__name__)
@@ -94,8 +95,11 @@ def model_and_norms(cfg: DictConfig, data: Dataset) -> tuple[nn.Module, list[nn.
     norm_options = {k: v for k, v in OmegaConf.to_container(cfg.norm, resolve=True).items() if k != "name"}
     model_kwargs = OmegaConf.to_container(cfg.task.model, resolve=True)
     arch = model_kwargs.pop("arch")
+    init_scale = model_kwargs.pop("init_scale", 1.0)
     norms = NormLayers(cfg.norm.name, norm_options)
     model = build_model(arch, data.input_shape, data.num_classes, norms, **model_kwargs)
+    if init_scale != 1.0:
+        scale_initial_weights(model, init_scale, norms.built)
     return model, norms.built
 
 

@@ -40,8 +40,8 @@ STEPS = ("train.budget=steps", "train.steps=3", "train.history_points=1")
 
 
 def test_committed_sweeps_loaded_together_never_mix_budgets_in_a_cell():
-    """reports/example (4 epochs, seeds 0-1) and the study (3 epochs, seeds 0-2) share task, norm and
-    batch size; their runs differ in train.epochs, so they are different cells."""
+    """reports/example (4 epochs, seeds 0-1) and the study (15 epochs, seeds 0-4) share task, norm,
+    batch size and lr; their runs differ in train.epochs, so they are different cells."""
     runs = load_runs(ROOT / "reports/example/sweeps", ROOT / "reports/small_batch/sweeps")
     assert "experiment" not in runs.columns  # no column from command-line strings
     assert "train.epochs" in cell_columns(runs) and "seed" not in cell_columns(runs)
@@ -49,11 +49,12 @@ def test_committed_sweeps_loaded_together_never_mix_budgets_in_a_cell():
     cell = summary[
         (summary["task"] == "mnist1d_cnn")
         & (summary["norm"] == "batchnorm")
-        & (summary["batch_size"] == 4)
-        & (summary["train.budget"] == "epochs")
+        & (summary["batch_size"] == 32)
+        & (summary["optim.lr"] == 0.05)
         & (summary["data.sampler"] == "iid")
+        & (summary["task.model.init_scale"] == 1.0)  # filled in for runs that predate the key
     ]
-    assert sorted(zip(cell["train.epochs"], cell["n"], strict=True)) == [(3, 3), (4, 2)]
+    assert sorted(zip(cell["train.epochs"], cell["n"], strict=True)) == [(4, 2), (15, 5)]
 
 
 def test_any_differing_config_value_splits_cells(tmp_path):

@@ -1,48 +1,120 @@
-"""The small-batch study's report sections, on hand-made records with known numbers."""
+"""A study description turned into report sections, on hand-made records with known numbers."""
 
 from __future__ import annotations
 
 import json
-import re
+import math
 from pathlib import Path
 
+import numpy as np
 import pytest
+from scipy.stats import t as student_t
+from scipy.stats import ttest_1samp
 
 from normbench.report.build import build_report
+from normbench.report.cli import main as report_main
+from normbench.report.contrasts import holm
+from normbench.report.study import StudyError, expand, first_epoch_at_most, load_study, mean_interval
 
-# test error per (norm, batch size, seed): BN degrades at batch 2 far beyond its seed spread; GN does not.
+ROOT = Path(__file__).resolve().parents[1]
+
+# test error per (norm, batch size) and seed, at the lr the validation split chooses (0.05)
 ERRORS = {
-    ("batchnorm", 2): [0.50, 0.52, 0.54],
+    ("batchnorm", 2): [0.50, 0.52, 0.57],
     ("batchnorm", 32): [0.20, 0.21, 0.22],
-    ("groupnorm", 2): [0.24, 0.25, 0.26],
-    ("groupnorm", 32): [0.24, 0.24, 0.24],
+    ("groupnorm", 2): [0.24, 0.25, 0.27],
+    ("groupnorm", 32): [0.24, 0.23, 0.24],
 }
+STUDY = """
+title: Toy study
+select: [optim.lr]
+metric: test_error
+diverged_as: 1.0
+derived:
+  epochs_to_target: {history: val_error, at_most: {toy: 0.315}}
+sections:
+  - title: Batch
+    question: Does BN lose more than GN?
+    table: {rows: norm, columns: batch_size}
+    claims:
+      - name: "(BN(2) − BN(32)) − (GN(2) − GN(32))"
+        plus: [{norm: batchnorm, batch_size: 2}, {norm: groupnorm, batch_size: 32}]
+        minus: [{norm: batchnorm, batch_size: 32}, {norm: groupnorm, batch_size: 2}]
+      - name: "{norm}(2) − {norm}(32)"
+        for_each: {norm: [batchnorm, groupnorm, layernorm], small: [2]}
+        where: {norm: "{norm}"}
+        plus: [{batch_size: "{small}"}]
+        minus: [{batch_size: 32}]
+  - title: Statistics
+    question: EMA against PreciseBN.
+    where: {norm: batchnorm}
+    table: {rows: batch_size, metrics: [test_error, test_error_precise_bn]}
+    claims:
+      - name: "batch {b}: EMA − PreciseBN"
+        for_each: {b: [2, 32]}
+        where: {batch_size: "{b}"}
+        plus: [{metric: test_error}]
+        minus: [{metric: test_error_precise_bn}]
+  - title: Learning rates
+    question: At the largest lr.
+    selected: false
+    where: {batch_size: 32}
+    candidates: {rows: norm, columns: optim.lr}
+    claims:
+      - name: "groupnorm − batchnorm at lr 0.4"
+        where: {optim.lr: 0.4}
+        plus: [{norm: groupnorm}]
+        minus: [{norm: batchnorm}]
+  - title: Speed
+    question: Epochs to target.
+    where: {batch_size: 32}
+    metric: epochs_to_target
+    unit: {scale: 1, name: epochs}
+    claims:
+      - name: "groupnorm − batchnorm"
+        plus: [{norm: groupnorm}]
+        minus: [{norm: batchnorm}]
+"""
 
 
-def record(i: int, norm: str, bs: int, seed: int, err: float, sampler: str = "iid", **norm_options) -> dict:
-    metrics = {"test_error": err, "test_loss": 1.0, "train_error": err / 2, "train_loss": 0.5}
-    if norm in ("batchnorm", "ghost_batchnorm"):
-        metrics |= {
-            "test_error_precise_bn": err - 0.05,
-            "test_error_minibatch": err + 0.1,
-            "test_error_minibatch_sorted": 0.9,
-            "running_mean_rel_l2": 0.5,
-            "running_var_rel_l2": 0.25,
+def record(i: int, norm: str, bs: int, seed: int, err: float, lr: float, status: str = "completed") -> dict:
+    val = err if lr == 0.05 else err + 0.1  # lr 0.05 wins on validation everywhere
+    metrics = {
+        "test_error": err,
+        "test_loss": 1.0,
+        "train_error": err / 2,
+        "train_loss": 0.5,
+        "val_error": val,
+    }
+    if norm == "batchnorm":
+        metrics["test_error_precise_bn"] = err - 0.05
+    history = [
+        {
+            "step": 10 * e,
+            "epoch": float(e),
+            "train_loss": 1.0,
+            "test_error": err,
+            "val_error": val + 0.1 * (3 - e),
         }
+        for e in (1, 2, 3)
+    ]
+    if status == "diverged":
+        metrics, history = {}, history[:1]
     return {
         "schema_version": 2,
-        "status": "completed",
+        "status": status,
         "config_hash": f"{i:016x}",
         "config": {
             "task": {"name": "toy"},
-            "norm": {"name": norm, **norm_options},
+            "norm": {"name": norm},
             "batch_size": bs,
             "seed": seed,
+            "optim": {"lr": lr},
             "train": {"budget": "epochs", "epochs": 3},
-            "data": {"sampler": sampler, "classes_per_batch": 2},
+            "data": {"sampler": "iid", "val_size": 0.1},
         },
         "metrics": metrics,
-        "history": [{"step": 1, "epoch": 1.0, "train_loss": 1.0, "test_error": err}],
+        "history": history,
         "finished_at": "2026-01-01T00:00:00",
     }
 
@@ -52,46 +124,185 @@ def study_dir(tmp_path) -> Path:
     records = []
     for (norm, bs), errs in ERRORS.items():
         for seed, err in enumerate(errs):
-            records.append(record(len(records), norm, bs, seed, err))
-    for seed in range(2):
-        records.append(record(len(records), "batchnorm", 32, seed, 0.6, sampler="class_grouped"))
-        for ghost, err in ((2, 0.4), (32, 0.2)):
-            records.append(record(len(records), "ghost_batchnorm", 32, seed, err, ghost_batch_size=ghost))
+            for lr in (0.05, 0.4):
+                status = "diverged" if (norm, bs, lr, seed) == ("groupnorm", 32, 0.4, 0) else "completed"
+                records.append(record(len(records), norm, bs, seed, err, lr, status))
     for r in records:
         folder = tmp_path / "sweeps" / r["config_hash"]
         folder.mkdir(parents=True)
         (folder / "result.json").write_text(json.dumps(r))
+    (tmp_path / "study.yaml").write_text(STUDY)
     return tmp_path
 
 
-def test_reading_compares_with_gn_table2_and_names_the_visible_failure(study_dir):
-    text = build_report([study_dir / "sweeps"], study_dir / "out").read_text()
-    assert "from 23.6% at 32 images per GPU to 34.7% at 2 (+11.1 pp)" in text
-    # BN: 21.0 -> 52.0 (+31.0); GN: 24.0 -> 25.0 (+1.0)
-    row = re.search(r"^\|\s+toy \|\s+epochs \|(.*)\|$", text, re.M)
-    assert [c.strip() for c in row.group(1).split("|")] == ["21.0", "52.0", "+31.0", "+1.0"]
-    assert "- toy (epochs budget): BN 21.0% → 52.0% (seed ranges do not overlap), GN Δ +1.0 pp" in text
+def _per_seed(fn) -> np.ndarray:
+    return np.array([fn(s) for s in range(3)])
 
 
-def test_inconsistency_noniid_and_ghost_sections(study_dir):
-    out = study_dir / "out"
-    text = build_report([study_dir / "sweeps"], out).read_text()
-    section = text.split("## Train-test inconsistency", 1)[1].split("\n## ", 1)[0]
-    # batch 2: EMA 52.0, PreciseBN 47.0, mini-batch 62.0, EMA - PreciseBN +5.0 pp
-    assert "52.0" in section and "47.0" in section and "62.0" in section and "+5.0" in section
-    assert (out / "figures" / "inconsistency.png").stat().st_size > 0
-    noniid = text.split("## Non-i.i.d. batches", 1)[1].split("\n## ", 1)[0]
-    assert "Training batches hold 2 classes each" in noniid
-    assert "21.0 ± 1.0" in noniid and "60.0 ± 0.0" in noniid and "+39.0" in noniid and "90.0" in noniid
-    ghost = text.split("## Normalization batch vs optimisation batch", 1)[1].split("\n## ", 1)[0]
-    assert "40.0 ± 0.0" in ghost and "20.0 ± 0.0" in ghost
-    assert (out / "figures" / "ghost_batch.svg").exists()
+def _interval(values: np.ndarray) -> tuple[float, float, float]:
+    half = student_t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
+    return values.mean(), values.mean() - half, values.mean() + half
 
 
-def test_sections_left_out_without_their_runs(tmp_path):
-    r = record(0, "groupnorm", 32, 0, 0.3)
-    (tmp_path / "s" / "a").mkdir(parents=True)
-    (tmp_path / "s" / "a" / "result.json").write_text(json.dumps(r))
-    text = build_report([tmp_path / "s"], tmp_path / "out").read_text()
-    for title in ("## Reading", "## Train-test", "## Non-i.i.d.", "## Normalization batch"):
-        assert title not in text
+def _line(text: str, name: str) -> str:
+    return next(line for line in text.splitlines() if line.startswith(f"- {name}:"))
+
+
+def test_claims_are_paired_contrasts_with_textbook_intervals(study_dir):
+    text = build_report([study_dir / "sweeps"], study_dir / "out", study=study_dir / "study.yaml").read_text()
+    e = {k: np.array(v) for k, v in ERRORS.items()}
+    interaction = (e["batchnorm", 2] - e["batchnorm", 32]) - (e["groupnorm", 2] - e["groupnorm", 32])
+    mean, low, high = _interval(interaction)
+    line = _line(text, "(BN(2) − BN(32)) − (GN(2) − GN(32))")
+    assert f"{mean * 100:+.1f} pp, 95% CI [{low * 100:+.1f}, {high * 100:+.1f}] over 3 paired seeds" in line
+    assert line.endswith(": established.")
+    gn = _interval(e["groupnorm", 2] - e["groupnorm", 32])
+    gn_line = _line(text, "groupnorm(2) − groupnorm(32)")
+    assert f"{gn[0] * 100:+.1f} pp, 95% CI [{gn[1] * 100:+.1f}, {gn[2] * 100:+.1f}]" in gn_line
+    assert gn_line.endswith("not established (the interval includes 0).")
+    assert "layernorm(2)" not in text  # no layernorm runs: the claim is left out, not reported empty
+
+
+def _epochs_to(threshold: float, err: float) -> float:
+    """Independent of the code: the first of epochs 1-3 whose validation error (err + 0.1 (3 - e) in
+    these records) is at most the threshold, else 4."""
+    return next((float(e) for e in (1, 2, 3) if err + 0.1 * (3 - e) <= threshold), 4.0)
+
+
+def test_holm_is_over_every_claim_of_the_report(study_dir):
+    text = build_report([study_dir / "sweeps"], study_dir / "out", study=study_dir / "study.yaml").read_text()
+    body = text.split("## Batch", 1)[1]
+    shown = [float(line.rsplit("p = ", 1)[1].split(":")[0]) for line in body.splitlines() if " p = " in line]
+    e = {k: np.array(v) for k, v in ERRORS.items()}
+    contrasts = [
+        (e["batchnorm", 2] - e["batchnorm", 32]) - (e["groupnorm", 2] - e["groupnorm", 32]),
+        e["batchnorm", 2] - e["batchnorm", 32],
+        e["groupnorm", 2] - e["groupnorm", 32],
+        np.array([1.0, 0.23, 0.24]) - e["batchnorm", 32],  # lr 0.4; GN's seed 0 diverged: counts as 1
+        np.array([_epochs_to(0.315, x) for x in ERRORS["groupnorm", 32]])
+        - np.array([_epochs_to(0.315, x) for x in ERRORS["batchnorm", 32]]),
+    ]
+    raw = [ttest_1samp(v, 0).pvalue for v in contrasts]
+    raw[3:3] = [0.0, 0.0]  # EMA − PreciseBN: exactly +5 pp on every seed (no spread): p = 0
+    assert len(shown) == 7
+    np.testing.assert_allclose(shown, holm(raw), rtol=2e-3)
+
+
+def test_metric_per_cell_and_diverged_runs_in_unselected_sections(study_dir):
+    text = build_report([study_dir / "sweeps"], study_dir / "out", study=study_dir / "study.yaml").read_text()
+    assert "batch 2: EMA − PreciseBN: +5.0 pp, 95% CI [+5.0, +5.0] over 3 paired seeds" in text
+    # lr 0.4 (chosen nowhere; test errors as at 0.05), GN's seed 0 diverged -> counts as 1
+    gn = np.array([1.0, 0.23, 0.24]) - np.array([0.20, 0.21, 0.22])
+    mean, low, high = _interval(gn)
+    line = _line(text, "groupnorm − batchnorm at lr 0.4")
+    assert f"{mean * 100:+.1f} pp, 95% CI [{low * 100:+.1f}, {high * 100:+.1f}]" in line
+    candidates = text.split("## Learning rates", 1)[1].split("\n## ", 1)[0]
+    assert "21.0*" in candidates and "(1 div.)" in candidates  # BN's mean at 0.05, chosen; GN's diverged run
+
+
+def test_tables_show_mean_and_t_interval(study_dir):
+    text = build_report([study_dir / "sweeps"], study_dir / "out", study=study_dir / "study.yaml").read_text()
+    mean, low, high = mean_interval(ERRORS["batchnorm", 2])
+    _, low_ref, high_ref = _interval(np.array(ERRORS["batchnorm", 2]))
+    assert (low, high) == pytest.approx((low_ref, high_ref))
+    batch = text.split("## Batch", 1)[1].split("\n## ", 1)[0]
+    assert f"{mean * 100:.1f} [{low * 100:.1f}, {high * 100:.1f}]" in batch
+    stats = text.split("## Statistics", 1)[1].split("\n## ", 1)[0]
+    mean, low, high = _interval(np.array(ERRORS["batchnorm", 32]) - 0.05)  # PreciseBN at batch 32
+    assert (
+        "test_error_precise_bn" in stats and f"{mean * 100:.1f} [{low * 100:.1f}, {high * 100:.1f}]" in stats
+    )
+    assert (study_dir / "out" / "figures" / "claims_Batch.png").stat().st_size > 0
+
+
+def test_epochs_to_target_from_history():
+    history = [
+        {"epoch": 1.0, "val_error": 0.5},
+        {"epoch": 2.0, "val_error": 0.29},
+        {"epoch": 3.0, "val_error": 0.2},
+    ]
+    assert first_epoch_at_most(history, "val_error", 0.3, budget=3) == 2.0
+    assert first_epoch_at_most(history, "val_error", 0.1, budget=3) == 4.0  # never: one past the budget
+
+
+def test_speed_section_uses_the_derived_metric(study_dir):
+    text = build_report([study_dir / "sweeps"], study_dir / "out", study=study_dir / "study.yaml").read_text()
+    diff = np.array(
+        [
+            _epochs_to(0.315, g) - _epochs_to(0.315, b)
+            for g, b in zip(ERRORS["groupnorm", 32], ERRORS["batchnorm", 32], strict=True)
+        ]
+    )
+    mean, low, high = _interval(diff)
+    line = _line(text, "groupnorm − batchnorm")
+    assert f"{mean:+.1f} epochs, 95% CI [{low:+.1f}, {high:+.1f}] over 3 paired seeds" in line
+
+
+def test_protocol_is_read_from_the_records(study_dir):
+    text = build_report([study_dir / "sweeps"], study_dir / "out", study=study_dir / "study.yaml").read_text()
+    assert "- **toy**: 24 runs; batch 2: 3 epochs" in text
+    assert "- `optim.lr` chosen per cell on the validation split from: 0.05, 0.4." in text
+    assert "# Toy study" in text and "24 runs (23 completed, 1 diverged, 0 failed)" in text
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (
+            "sections:\n  - title: x\n    claims:\n      - {name: a, plus: [{}], colour: red}\n",
+            "unknown key 'colour'",
+        ),
+        ("sections:\n  - {title: x, tables: {}}\n", "unknown key 'tables'"),
+        ("sections:\n  - title: x\n    claims:\n      - {name: a}\n", "needs a name and plus and/or minus"),
+        ("titel: x\n", "unknown key 'titel'"),
+    ],
+)
+def test_a_bad_description_is_refused_before_anything_is_written(tmp_path, capsys, bad, message):
+    (tmp_path / "study.yaml").write_text(bad)
+    with pytest.raises(StudyError, match=message):
+        load_study(tmp_path / "study.yaml")
+    with pytest.raises(SystemExit) as exit_info:
+        report_main([str(tmp_path), "--out", str(tmp_path / "out"), "--study", str(tmp_path / "study.yaml")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_committed_study_expands_to_its_claims():
+    study = load_study(ROOT / "conf/study/small_batch.yaml")
+    claims = [c for s in study.sections for c in expand(s, study)]
+    names = [c.contrast.name for c in claims]
+    assert len(names) == len(set(names))  # every claim has its own name
+    assert "mnist1d_cnn: (BN(2) − BN(32)) − (GN(2) − GN(32))" in names
+    interaction = next(
+        c for c in claims if c.contrast.name == "mnist1d_cnn: (BN(2) − BN(32)) − (GN(2) − GN(32))"
+    )
+    weights = sorted(w for _, w in interaction.contrast.terms)
+    assert weights == [-1.0, -1.0, 1.0, 1.0]
+    assert all(
+        sel["task"] == "mnist1d_cnn" and sel["data.sampler"] == "iid" for sel, _ in interaction.contrast.terms
+    )
+    scale = next(c for c in claims if c.contrast.name == "mnist1d_mlp: identity, init scale 4.0 − scale 1")
+    assert scale.contrast.terms[0][0]["task.model.init_scale"] == 4.0 and not scale.selected
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--bogus"], "unknown argument '--bogus' (allowed: --smoke, --large"),
+        (["--smoke", "--large"], "--smoke and --large exclude each other"),
+        (["--jobs", "0"], "--jobs must be a positive integer, got '0'"),
+    ],
+)
+def test_study_script_refuses_bad_arguments_before_any_work(tmp_path, args, message):
+    import subprocess
+
+    result = subprocess.run(
+        ["bash", str(ROOT / "scripts/small_batch_study.sh"), "--out", str(tmp_path / "out"), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2 and message in result.stderr
+    assert not (tmp_path / "out").exists()

@@ -7,15 +7,16 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
-from normbench.report import figures, study
+from normbench.report import figures
 from normbench.report.load import read_records, runs_frame
 from normbench.report.markdown import facet_title, image, md_table, norm_by_batch, percent_cell, slug
 from normbench.report.select import CRITERION, check_keys, select_on_validation
+from normbench.report.study import Study, load_study, study_report
 from normbench.report.tables import (
     LATE_FRACTION,
     STILL_FALLING,
@@ -28,9 +29,6 @@ from normbench.report.tables import (
 )
 
 log = logging.getLogger(__name__)
-
-# A report section: section(runs, summary, out_dir, reference_batch) -> markdown ("" to leave out).
-Section = Callable[[pd.DataFrame, pd.DataFrame, Path, int], str]
 
 
 def write_csv(df: pd.DataFrame, path: Path) -> None:
@@ -227,6 +225,7 @@ def build_report(
     title: str = "normbench report",
     notes: str = "",
     select: Sequence[str] = (),
+    study: str | os.PathLike[str] | None = None,
 ) -> Path:
     """Read every run under ``dirs`` and write runs.csv (and runs.parquet with pyarrow), summary.csv,
     figures/ and report.md under ``out``. Returns the path of report.md.
@@ -235,10 +234,17 @@ def build_report(
     lowest mean validation error (:mod:`normbench.report.select`), list the choices in selection.csv
     and the report, and tabulate the test error of those runs.
 
+    ``study`` (a description such as ``conf/study/small_batch.yaml``, :mod:`normbench.report.study`):
+    its title, selection keys and reference batch replace the arguments', and the report opens with its
+    protocol, findings and claim sections.
+
     The report is built in a temporary folder inside ``out`` and moved into place only when complete,
     so a failure leaves the previous report as it was. Invalid record files are skipped with one
     warning each and listed in the report."""
     out = Path(out)
+    described = load_study(study) if study is not None else None  # before anything is read or written
+    if described is not None:
+        title, select, reference_batch = described.title, described.select, described.reference_batch
     records, skipped = read_records(dirs)
     for message in skipped:
         log.warning(message)
@@ -250,7 +256,7 @@ def build_report(
     out.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".report-", dir=out))
     try:
-        _write_report(runs, skipped, dirs, staging, reference_batch, title, notes, select)
+        _write_report(runs, skipped, dirs, staging, reference_batch, title, notes, select, described)
         publish(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -266,13 +272,14 @@ def _write_report(
     title: str,
     notes: str,
     select: Sequence[str] = (),
+    described: Study | None = None,
 ) -> None:
     (out / "figures").mkdir()
     table = runs.drop(columns=["history", "layers"], errors="ignore")
     write_csv(table, out / "runs.csv")
     with contextlib.suppress(ImportError):  # Parquet only where pyarrow (or fastparquet) is installed
         table.to_parquet(out / "runs.parquet", index=False)
-    chosen_section = ""
+    chosen_section, candidates, all_runs = "", None, runs
     if select:
         cells = [c for c in cell_columns(runs) if c not in select]
         runs, candidates = select_on_validation(runs, select)
@@ -280,17 +287,23 @@ def _write_report(
         chosen_section = selection_section(candidates, select, cells, out)
     summary = with_reference_delta(summarize(runs), reference_batch)
     write_csv(summary, out / "summary.csv")
-    counts = runs["status"].value_counts()
+    counts = all_runs["status"].value_counts()
+    chosen = f"; the {len(runs)} of the chosen values are tabulated below" if select else ""
     header = [
         f"# {title}",
         "",
-        f"{len(runs)} runs ({', '.join(f'{counts.get(s, 0)} {s}' for s in ('completed', 'diverged', 'failed'))}) "
-        f"from {', '.join(f'`{d}`' for d in dirs)}. Errors are fractions in the CSV files and percent here; "
+        f"{len(all_runs)} runs ({', '.join(f'{counts.get(s, 0)} {s}' for s in ('completed', 'diverged', 'failed'))}) "
+        f"from {', '.join(f'`{d}`' for d in dirs)}{chosen}. Errors are fractions in the CSV files and percent here; "
         "bands in the figures span the seeds (min to max). Data: [runs.csv](runs.csv), [summary.csv](summary.csv).",
         "",
     ]
-    sections: tuple[Section, ...] = (*study.SECTIONS[:1], general_sections, *study.SECTIONS[1:])
-    body = [chosen_section] + [section(runs, summary, out, reference_batch) for section in sections]
+    body = []
+    if described is not None:
+        body.append(study_report(described, all_runs, runs, candidates, out))
+    body.append(chosen_section)
+    if described is not None:
+        body.append("# All cells\n")
+    body.append(general_sections(runs, summary, out, reference_batch))
     body.append(layers_section(runs))
     body.append(convergence_section(runs))
     body.append(problems_section(runs, summary, skipped))

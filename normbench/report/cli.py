@@ -30,11 +30,18 @@ def main(argv: list[str] | None = None) -> None:
         metavar="KEY",
         help="config keys (e.g. optim.lr) whose value is chosen per cell on the validation split",
     )
+    parser.add_argument(
+        "--study",
+        type=Path,
+        help="a study description (e.g. conf/study/small_batch.yaml): its claims, selection and title",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
         notes = args.notes.read_text() if args.notes else ""
-        path = build_report(args.dirs, args.out, args.reference_batch, args.title, notes, args.select)
+        path = build_report(
+            args.dirs, args.out, args.reference_batch, args.title, notes, args.select, args.study
+        )
     except (OSError, ValueError) as exc:
         print(f"normbench-report: error: {exc}", file=sys.stderr)
         sys.exit(2)

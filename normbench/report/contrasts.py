@@ -7,27 +7,35 @@ initialization stream and batch order wherever shapes allow, so cell differences
 matched runs, as Bouthillier et al. 2021 recommend). Only seeds present in every cell of the contrast
 count. The interval is the Student t interval of the per-seed values (``scipy.stats.ttest_1samp``);
 a claim is *established* only when its interval excludes 0.
+
+A cell's selector may name its own ``metric`` (e.g. ``{"norm": "batchnorm", "metric":
+"test_error_precise_bn"}``), so one contrast can compare two evaluations of the same runs. With
+``diverged_as`` a diverged run counts as that value (e.g. error 1: a model that blew up is unusable,
+and dropping it would favour the settings that sometimes blow up); otherwise only completed runs count.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
+from normbench.config import LATER_KEYS
+
 Selector = Mapping[str, object]  # column -> value, e.g. {"norm": "batchnorm", "batch_size": 2}
+METRIC = "metric"  # a selector key naming the cell's metric instead of a column
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Contrast:
     name: str
     terms: tuple[tuple[Selector, float], ...]  # (cell, weight)
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class ContrastResult:
     name: str
     n: int  # paired seeds
@@ -42,32 +50,60 @@ class ContrastResult:
         return self.n >= 2 and (self.low > 0 or self.high < 0)
 
 
-def _cell(runs: pd.DataFrame, selector: Selector) -> pd.DataFrame:
+def cell_rows(runs: pd.DataFrame, selector: Selector) -> pd.DataFrame:
     keep = pd.Series(True, index=runs.index)
     for column, value in selector.items():
+        if column == METRIC:
+            continue
+        if column not in runs and (value is None or LATER_KEYS.get(column, ...) == value):
+            continue  # no run sets this key: all are missing, which for a later key is its old value
         if column not in runs:
             raise KeyError(f"contrast cell {dict(selector)}: no column {column!r} in the runs")
-        keep &= runs[column].isna() if pd.isna(value) else runs[column] == value
+        if isinstance(value, (list, tuple)):
+            keep &= runs[column].isin(value)
+        else:
+            keep &= runs[column].isna() if pd.isna(value) else runs[column] == value
     return runs[keep]
 
 
-def per_seed(runs: pd.DataFrame, contrast: Contrast, metric: str, pair_on: str = "seed") -> pd.Series:
-    """The contrast's value for each seed present (completed) in all of its cells."""
-    done = runs[runs["status"] == "completed"]
+def per_seed(
+    runs: pd.DataFrame,
+    contrast: Contrast,
+    metric: str,
+    pair_on: str = "seed",
+    diverged_as: float | None = None,
+) -> pd.Series:
+    """The contrast's value for each seed present (completed, or diverged with ``diverged_as``) in all
+    of its cells."""
+    statuses = ["completed"] if diverged_as is None else ["completed", "diverged"]
+    done = runs[runs["status"].isin(statuses)]
     columns = []
     for selector, weight in contrast.terms:
-        cell = _cell(done, selector).dropna(subset=[metric])
+        column = str(selector.get(METRIC, metric))
+        if column not in done:
+            raise KeyError(f"contrast {contrast.name!r}: no metric {column!r} in the runs")
+        cell = cell_rows(done, selector)
+        value = cell[column].astype(float)
+        if diverged_as is not None:
+            value = value.where(cell["status"] == "completed", diverged_as)
+        cell = cell.assign(**{column: value}).dropna(subset=[column])
         if cell[pair_on].duplicated().any():
             raise ValueError(
                 f"contrast {contrast.name!r}: cell {dict(selector)} has several runs per {pair_on}; "
                 "select on more columns"
             )
-        columns.append(cell.set_index(pair_on)[metric] * weight)
+        columns.append(cell.set_index(pair_on)[column] * weight)
     return pd.concat(columns, axis=1, join="inner").sum(axis=1)
 
 
-def evaluate(runs: pd.DataFrame, contrast: Contrast, metric: str, confidence: float = 0.95) -> ContrastResult:
-    values = per_seed(runs, contrast, metric).to_numpy(dtype=float)
+def evaluate(
+    runs: pd.DataFrame,
+    contrast: Contrast,
+    metric: str,
+    confidence: float = 0.95,
+    diverged_as: float | None = None,
+) -> ContrastResult:
+    values = per_seed(runs, contrast, metric, diverged_as=diverged_as).to_numpy(dtype=float)
     n = len(values)
     if n < 2:
         mean = float(values.mean()) if n else float("nan")
@@ -97,14 +133,17 @@ def holm(pvalues: Sequence[float]) -> list[float]:
     return adjusted.tolist()
 
 
-def evaluate_all(runs: pd.DataFrame, contrasts: Sequence[Contrast], metric: str) -> list[ContrastResult]:
+def evaluate_all(
+    runs: pd.DataFrame, contrasts: Sequence[Contrast], metric: str, diverged_as: float | None = None
+) -> list[ContrastResult]:
     """Every contrast, with p-values Holm-adjusted over the set."""
-    results = [evaluate(runs, c, metric) for c in contrasts]
+    return with_holm([evaluate(runs, c, metric, diverged_as=diverged_as) for c in contrasts])
+
+
+def with_holm(results: Sequence[ContrastResult]) -> list[ContrastResult]:
+    """``results`` with ``p_holm`` adjusted over all of them (the claims a report makes together)."""
     adjusted = holm([r.p for r in results])
-    return [
-        ContrastResult(r.name, r.n, r.mean, r.low, r.high, r.p, p_adj)
-        for r, p_adj in zip(results, adjusted, strict=True)
-    ]
+    return [dataclasses.replace(r, p_holm=p_adj) for r, p_adj in zip(results, adjusted, strict=True)]
 
 
 def sentence(result: ContrastResult, unit: float = 100.0, what: str = "pp") -> str:

@@ -170,3 +170,21 @@ def selection_curves(table: pd.DataFrame, key: str, path_stem: Path, title: str 
         ax.set_title(norm)
     axes[0].set_ylabel("validation error (%)")
     return finish(fig, axes, path_stem, title)
+
+
+def forest(results: Sequence, path_stem: Path, scale: float = 100.0, xlabel: str = "pp") -> list[Path]:
+    """One row per claim: its mean and 95% interval (``ContrastResult``s), filled where established."""
+    _style()
+    fig, ax = plt.subplots(figsize=(7.5, 0.32 * len(results) + 1.1))
+    for y, r in enumerate(reversed(results)):
+        mean, low, high = r.mean * scale, r.low * scale, r.high * scale
+        color = "#1f77b4" if r.established else "#7f7f7f"
+        if low == low:  # an interval exists (2 or more paired seeds)
+            ax.plot([low, high], [y, y], color=color, lw=1.6)
+        ax.plot([mean], [y], "o", ms=5, color=color, mfc=color if r.established else "white")
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_yticks(range(len(results)), [r.name for r in reversed(results)], fontsize=7)
+    ax.set_ylim(-0.7, len(results) - 0.3)
+    ax.set_xlabel(f"{xlabel} (mean and 95% interval; filled: established)")
+    fig.tight_layout()
+    return save(fig, path_stem)

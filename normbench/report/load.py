@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 from tqdm import tqdm
 
+from normbench.config import LATER_KEYS
 from normbench.results import RESULT_FILE, InvalidRecord, load_run
 
 log = logging.getLogger(__name__)
@@ -116,7 +117,17 @@ def runs_frame(records: list[tuple[Path, dict[str, Any]]], with_history: bool = 
     extra = sorted(c for c in df.columns if c not in BASE_COLUMNS)
     df = df[BASE_COLUMNS + extra]
     df = df.sort_values(["task", "norm", "batch_size", "seed", "config_hash"], kind="mergesort")
-    return df.reset_index(drop=True)
+    return with_later_defaults(df.reset_index(drop=True))
+
+
+def with_later_defaults(df: pd.DataFrame) -> pd.DataFrame:
+    """A record leaves out a key added after records existed while the key is at its old value
+    (``config.LATER_KEYS``: its hash must not change). Where some runs set such a key, the others'
+    missing value is that old value, filled in so that cells compare like with like."""
+    for key, value in LATER_KEYS.items():
+        if key in df:
+            df[key] = df[key].astype(object).where(df[key].notna(), value).infer_objects()
+    return df
 
 
 def load_runs(

@@ -1,301 +1,421 @@
-"""Report sections of the small-batch stability study: the train-test inconsistency of batch
-statistics, non-i.i.d. batches, the normalization (ghost) batch, and a reading against the literature.
-
-Each section only appears when the runs it needs are present.
+"""A study as data: a YAML description (``conf/study/*.yaml``) names the claims a report tests, and this
+module turns it into report sections — a generated protocol paragraph, per section a table of cell means
+with 95% intervals and the section's paired contrasts (:mod:`normbench.report.contrasts`), Holm-adjusted
+over every claim of the report. Nothing here names a norm, an option key or a paper's number: those live
+in the description, so a study of other norms or tasks is a new YAML file, not new code.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
+import string
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
+import yaml
+from scipy import stats
 
 from normbench.report import figures
-from normbench.report.markdown import image, md_table
+from normbench.report.contrasts import (
+    METRIC,
+    Contrast,
+    ContrastResult,
+    cell_rows,
+    evaluate,
+    sentence,
+    with_holm,
+)
+from normbench.report.markdown import image, md_table, slug
 
-EVALS = {
-    "test_error": "EMA (running) statistics",
-    "test_error_precise_bn": "PreciseBN population statistics",
-    "test_error_minibatch": "mini-batch statistics",
-}
-GHOST = "norm.ghost_batch_size"
-BUDGET = "train.budget"
-SAMPLER = "data.sampler"
-# Wu & He 2018, Table 2: ResNet-50 ImageNet validation error (%) at 32 and 2 images per GPU.
-ANCHOR = {"BN": (23.6, 34.7), "GN": (24.1, 24.1)}
+STUDY_KEYS = {"title", "select", "reference_batch", "metric", "diverged_as", "derived", "sections"}
+SECTION_KEYS = {"title", "question", "where", "selected", "metric", "unit", "table", "candidates", "claims"}
+CLAIM_KEYS = {"name", "for_each", "where", "plus", "minus"}
+TABLE_KEYS = {"rows", "columns", "where", "metrics"}
+DERIVED_KEYS = {"history", "at_most"}
 
 
-def main_grid(runs: pd.DataFrame) -> pd.DataFrame:
-    """i.i.d. runs whose normalization batch is the optimisation batch (no ghost batches)."""
-    keep = (
-        (runs["status"] == "completed")
-        & (runs.get(SAMPLER, "iid") == "iid")
-        & (runs["norm"] != "ghost_batchnorm")
+class StudyError(ValueError):
+    """A study description that cannot be read: names the file, the entry and what is allowed."""
+
+
+@dataclass(frozen=True)
+class Unit:
+    scale: float = 100.0  # errors are fractions; claims and tables show percentage points
+    name: str = "pp"
+
+
+@dataclass(frozen=True)
+class Claim:
+    contrast: Contrast
+    metric: str
+    unit: Unit
+    selected: bool
+
+
+@dataclass
+class Section:
+    title: str
+    question: str = ""
+    where: dict[str, Any] = field(default_factory=dict)
+    selected: bool = True
+    metric: str = ""
+    unit: Unit = Unit()
+    table: dict[str, Any] = field(default_factory=dict)
+    candidates: dict[str, Any] = field(default_factory=dict)
+    claims: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class Study:
+    title: str
+    select: list[str]
+    reference_batch: int
+    metric: str
+    diverged_as: float | None
+    derived: dict[str, dict[str, Any]]
+    sections: list[Section]
+
+
+def _check_keys(entry: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    if not isinstance(entry, Mapping):
+        raise StudyError(f"{where}: expected a mapping, got {entry!r}")
+    unknown = sorted(set(entry) - allowed)
+    if unknown:
+        raise StudyError(f"{where}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}")
+
+
+def load_study(path: str | Path) -> Study:
+    """Read and check a study description; StudyError names the file and the entry at fault."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise StudyError(f"study description {path}: {exc}") from exc
+    _check_keys(raw, STUDY_KEYS, str(path))
+    sections = []
+    for i, entry in enumerate(raw.get("sections") or []):
+        where = f"{path}: sections[{i}]"
+        _check_keys(entry, SECTION_KEYS, where)
+        if "title" not in entry:
+            raise StudyError(f"{where}: needs a title")
+        for j, claim in enumerate(entry.get("claims") or []):
+            _check_keys(claim, CLAIM_KEYS, f"{where}.claims[{j}]")
+            if "name" not in claim or not (claim.get("plus") or claim.get("minus")):
+                raise StudyError(f"{where}.claims[{j}]: needs a name and plus and/or minus cells")
+        for kind in ("table", "candidates"):
+            if kind in entry:
+                _check_keys(entry[kind], TABLE_KEYS, f"{where}.{kind}")
+        unit = Unit(**entry["unit"]) if "unit" in entry else Unit()
+        fields = {k: v for k, v in entry.items() if k != "unit"}
+        sections.append(Section(**fields, unit=unit))
+    for name, spec in (raw.get("derived") or {}).items():
+        _check_keys(spec, DERIVED_KEYS, f"{path}: derived.{name}")
+    return Study(
+        title=raw.get("title", path.stem),
+        select=list(raw.get("select") or []),
+        reference_batch=int(raw.get("reference_batch", 32)),
+        metric=raw.get("metric", "test_error"),
+        diverged_as=raw.get("diverged_as"),
+        derived=dict(raw.get("derived") or {}),
+        sections=sections,
     )
-    if GHOST in runs:
-        keep &= runs[GHOST].isna()
-    return runs[keep]
 
 
-def _seed_stats(df: pd.DataFrame, keys: list[str], metric: str) -> pd.DataFrame:
-    return df.groupby(keys, sort=True)[metric].agg(["mean", "std", "min", "max", "count"]).reset_index()
+# --- derived metrics -------------------------------------------------------------------------------
 
 
-def inconsistency_section(runs: pd.DataFrame, summary: pd.DataFrame, out: Path, reference_batch: int) -> str:
-    if "test_error_precise_bn" not in runs:
-        return ""
-    df = main_grid(runs)
-    df = df[df["test_error_precise_bn"].notna() & (df[BUDGET] == "epochs")]
-    if df.empty:
-        return ""
-    lines = [
-        "## Train-test inconsistency of batch statistics (epochs budget)",
-        "",
-        "Test error of the batch-dependent norms evaluated three ways (Wu & Johnson 2021): with the EMA "
-        "running statistics (the usual eval mode), with PreciseBN population statistics re-estimated over "
-        "the training set with frozen weights, and with mini-batch statistics of i.i.d. test batches of "
-        "the training batch size. Lines are means over seeds, bands span the seeds.",
-        "",
-    ]
-    tasks = sorted(df["task"].unique())
-    fig, axes = figures.panels(len(tasks))
-    styles = dict(zip(EVALS, ["-", "--", ":"], strict=True))
-    for ax, task in zip(axes, tasks, strict=True):
-        part = df[df["task"] == task]
-        for norm, rows in part.groupby("norm", sort=True):
-            for metric, label in EVALS.items():
-                stats = _seed_stats(rows, ["batch_size"], metric)
-                color = figures.norm_color(norm)
-                ax.plot(
-                    stats["batch_size"],
-                    stats["mean"] * 100,
-                    styles[metric],
-                    color=color,
-                    marker="o",
-                    ms=3,
-                    label=f"{norm}: {label}",
-                )
-                ax.fill_between(
-                    stats["batch_size"], stats["min"] * 100, stats["max"] * 100, color=color, alpha=0.08, lw=0
-                )
-        figures.log2_axis(ax, sorted(part["batch_size"].unique()))
-        ax.set_title(task)
-        ax.set_ylabel("test error (%)")
-    stem = out / "figures" / "inconsistency"
-    figures.finish(fig, axes, stem, legend_size=7)
-    lines += [image(stem.with_suffix(".png"), out, "train-test inconsistency"), ""]
-    for task in tasks:
-        part = df[(df["task"] == task)]
-        means = part.groupby(["norm", "batch_size"])[
-            [*EVALS, "running_mean_rel_l2", "running_var_rel_l2"]
-        ].mean()
-        table = pd.DataFrame(
-            {
-                "EMA": (means["test_error"] * 100).map("{:.1f}".format),
-                "PreciseBN": (means["test_error_precise_bn"] * 100).map("{:.1f}".format),
-                "mini-batch": (means["test_error_minibatch"] * 100).map("{:.1f}".format),
-                "EMA − PreciseBN (pp)": ((means["test_error"] - means["test_error_precise_bn"]) * 100).map(
-                    "{:+.1f}".format
-                ),
-                "running mean rel. L2": means["running_mean_rel_l2"].map("{:.3f}".format),
-                "running var rel. L2": means["running_var_rel_l2"].map("{:.3f}".format),
-            }
-        )
-        lines += [f"### {task}: test error (%) by evaluation", "", md_table(table), ""]
-    return "\n".join(lines)
+def first_epoch_at_most(
+    history: Sequence[Mapping[str, Any]], key: str, target: float, budget: float
+) -> float:
+    """The epoch of the first history point whose ``key`` is at most ``target``; ``budget + 1`` when
+    none is (a run that never got there is slower than any that did)."""
+    for point in history:
+        value = point.get(key)
+        if value is not None and value <= target:
+            return float(point["epoch"])
+    return float(budget) + 1.0
 
 
-def noniid_section(runs: pd.DataFrame, summary: pd.DataFrame, out: Path, reference_batch: int) -> str:
-    if SAMPLER not in runs or not (runs[SAMPLER] == "class_grouped").any():
-        return ""
-    grouped = runs[(runs[SAMPLER] == "class_grouped") & (runs["status"] == "completed")]
-    iid = main_grid(runs)
-    keys = ["task", BUDGET, "norm", "batch_size"]
-    a = grouped.groupby(keys)["test_error"].agg(["mean", "std", "count"])
-    b = iid.groupby(keys)["test_error"].agg(["mean", "std"])
-    table = a.join(b.add_suffix("_iid"), how="left")
-    cols = {
-        "i.i.d. batches": table.apply(lambda r: _pm(r["mean_iid"], r["std_iid"]), axis=1),
-        "class-grouped batches": table.apply(lambda r: _pm(r["mean"], r["std"]), axis=1),
-        "change (pp)": ((table["mean"] - table["mean_iid"]) * 100).map(
-            lambda v: "—" if pd.isna(v) else f"{v:+.1f}"
-        ),
-    }
-    if "test_error_minibatch_sorted" in grouped:
-        sorted_err = grouped.groupby(keys)["test_error_minibatch_sorted"].mean()
-        cols["class-sorted test batches, batch stats"] = (sorted_err * 100).map(
-            lambda v: "—" if pd.isna(v) else f"{v:.1f}"
-        )
-    classes = sorted(grouped["data.classes_per_batch"].dropna().unique())
-    k = " or ".join(str(int(c)) for c in classes) + " classes" if classes else "a few classes"
-    lines = [
-        "## Non-i.i.d. batches (Batch Renorm's stress test)",
-        "",
-        f"Training batches hold {k} each (`data.sampler=class_grouped`); test error (%) in eval mode "
-        "against the i.i.d. runs of the same task, budget, norm and batch size, mean ± std over "
-        "seeds. The last column evaluates batch-dependent norms on class-sorted test batches with "
-        "mini-batch statistics, which exposes a network that reads the label through batch statistics.",
-        "",
-        md_table(pd.DataFrame(cols)),
-        "",
-    ]
-    return "\n".join(lines)
+def add_derived(runs: pd.DataFrame, derived: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    """One column per derived metric, computed from each run's history (NaN for tasks without a target)."""
+    runs = runs.copy()
+    for name, spec in derived.items():
+        targets = spec["at_most"]
+
+        def value(row: pd.Series, key: str = spec["history"], targets: Mapping = targets) -> float:
+            if row["task"] not in targets or not row["history"]:
+                return math.nan
+            return first_epoch_at_most(row["history"], key, targets[row["task"]], row["train.epochs"])
+
+        runs[name] = runs.apply(value, axis=1) if len(runs) else pd.Series(dtype=float)
+    return runs
 
 
-def _pm(mean: float, std: float) -> str:
-    if pd.isna(mean):
+# --- claims -----------------------------------------------------------------------------------------
+
+
+def _fill(value: Any, names: Mapping[str, Any]) -> Any:
+    """``"{task}"`` -> the value itself (keeping its type); other strings are formatted; lists mapped."""
+    if isinstance(value, list):
+        return [_fill(v, names) for v in value]
+    if not isinstance(value, str):
+        return value
+    fields = [f for _, f, _, _ in string.Formatter().parse(value) if f]
+    if len(fields) == 1 and value == f"{{{fields[0]}}}":
+        return names[fields[0]]
+    return value.format(**names)
+
+
+def expand(section: Section, study: Study) -> list[Claim]:
+    """The section's claims with ``for_each`` expanded and every ``where`` merged into each cell."""
+    claims = []
+    metric = section.metric or study.metric
+    for spec in section.claims:
+        loops = spec.get("for_each") or {}
+        for combo in itertools.product(*loops.values()):
+            names = dict(zip(loops, combo, strict=True))
+            common = {**section.where, **{k: _fill(v, names) for k, v in (spec.get("where") or {}).items()}}
+            terms = []
+            for cells, sign in ((spec.get("plus") or [], 1.0), (spec.get("minus") or [], -1.0)):
+                for cell in cells:
+                    selector = {**common, **{k: _fill(v, names) for k, v in cell.items()}}
+                    terms.append((selector, sign))
+            contrast = Contrast(_fill(spec["name"], names), tuple(terms))
+            claims.append(Claim(contrast, metric, section.unit, section.selected))
+    return claims
+
+
+def _has_runs(runs: pd.DataFrame, claim: Claim) -> bool:
+    try:
+        return all(not cell_rows(runs, selector).empty for selector, _ in claim.contrast.terms)
+    except KeyError:  # a column no run has: the claim's cells cannot exist in these records
+        return False
+
+
+def evaluate_claims(
+    study: Study, runs: pd.DataFrame, selected: pd.DataFrame
+) -> list[tuple[Section, list[tuple[Claim, ContrastResult]]]]:
+    """Every claim with runs in all of its cells, evaluated on the selected runs (or on all runs where
+    the section says ``selected: false``), p-values Holm-adjusted over all of them together."""
+    planned = []
+    for section in study.sections:
+        for claim in expand(section, study):
+            frame = selected if claim.selected else runs
+            if _has_runs(frame, claim):
+                result = evaluate(frame, claim.contrast, claim.metric, diverged_as=study.diverged_as)
+                planned.append((section, claim, result))
+    adjusted = with_holm([r for _, _, r in planned])
+    grouped: dict[int, list[tuple[Claim, ContrastResult]]] = {}
+    for (section, claim, _), result in zip(planned, adjusted, strict=True):
+        grouped.setdefault(id(section), []).append((claim, result))
+    return [(s, grouped.get(id(s), [])) for s in study.sections]
+
+
+# --- tables ------------------------------------------------------------------------------------------
+
+
+def _as_list(value: Any) -> list[str]:
+    return [value] if isinstance(value, str) else list(value or [])
+
+
+def mean_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """Mean and Student t interval (scipy.stats) of independent values; the interval is NaN below 2."""
+    values = np.asarray(values, dtype=float)
+    mean = float(values.mean()) if len(values) else math.nan
+    if len(values) < 2:
+        return mean, math.nan, math.nan
+    if np.allclose(values, values[0]):
+        return mean, mean, mean
+    low, high = stats.t.interval(confidence, len(values) - 1, loc=mean, scale=stats.sem(values))
+    return mean, float(low), float(high)
+
+
+def _interval_text(values: pd.Series, unit: Unit, n_diverged: int) -> str:
+    mean, low, high = mean_interval(values.to_numpy())
+    if math.isnan(mean):
         return "—"
-    return f"{mean * 100:.1f}" if pd.isna(std) else f"{mean * 100:.1f} ± {std * 100:.1f}"
+    text = f"{mean * unit.scale:.1f}"
+    if not math.isnan(low):
+        text += f" [{low * unit.scale:.1f}, {high * unit.scale:.1f}]"
+    return text + (f" ({n_diverged} div.)" if n_diverged else "")
 
 
-def ghost_section(runs: pd.DataFrame, summary: pd.DataFrame, out: Path, reference_batch: int) -> str:
-    if GHOST not in runs or runs[GHOST].isna().all():
-        return ""
-    ghost = runs[runs[GHOST].notna() & (runs["status"] == "completed")]
-    bn = main_grid(runs)
-    bn = bn[bn["norm"] == "batchnorm"]
-    opt_batch = ", ".join(map(str, sorted(ghost["batch_size"].unique())))
-    tasks = sorted(ghost["task"].unique())
-    fig, axes = figures.panels(len(tasks))
-    for ax, task in zip(axes, tasks, strict=True):
-        for budget, style in zip(sorted(ghost[BUDGET].unique()), ("-", ":"), strict=False):
-            g = _seed_stats(ghost[(ghost["task"] == task) & (ghost[BUDGET] == budget)], [GHOST], "test_error")
-            color = figures.norm_color("ghost_batchnorm")
-            label = f"ghost BN, optimisation batch {opt_batch} ({budget})"
-            ax.plot(g[GHOST], g["mean"] * 100, style, marker="o", ms=3, color=color, label=label)
-            ax.fill_between(g[GHOST], g["min"] * 100, g["max"] * 100, color=color, alpha=0.12, lw=0)
-        b = _seed_stats(bn[(bn["task"] == task) & (bn[BUDGET] == "epochs")], ["batch_size"], "test_error")
-        if not b.empty:
-            label = "BN, optimisation batch = normalization batch (epochs)"
-            ax.plot(
-                b["batch_size"],
-                b["mean"] * 100,
-                "--o",
-                ms=3,
-                color=figures.norm_color("batchnorm"),
-                label=label,
+def cell_table(
+    runs: pd.DataFrame,
+    spec: Mapping[str, Any],
+    where: Mapping[str, Any],
+    metric: str,
+    unit: Unit,
+    diverged_as: float | None,
+) -> pd.DataFrame:
+    """Mean [95% interval] of ``metric`` (or of each of ``spec['metrics']``) per row and column cell."""
+    rows, columns = _as_list(spec.get("rows")), _as_list(spec.get("columns"))
+    part = cell_rows(runs, {**where, **(spec.get("where") or {})})
+    part = part[part["status"].isin(["completed"] if diverged_as is None else ["completed", "diverged"])]
+    metrics = _as_list(spec.get("metrics")) or [metric]
+    missing = [c for c in (*rows, *columns, *metrics) if c not in part]
+    if part.empty or missing:
+        return pd.DataFrame()
+    out = {}
+    for keys, cell in part.groupby([*rows, *columns], sort=True, dropna=False):
+        keys = keys if isinstance(keys, tuple) else (keys,)
+        n_div = int((cell["status"] == "diverged").sum())
+        for m in metrics:
+            values = cell[m].astype(float)
+            if diverged_as is not None:
+                values = values.where(cell["status"] == "completed", diverged_as)
+            column_key = (*keys[len(rows) :], m) if len(metrics) > 1 else keys[len(rows) :]
+            out.setdefault(" · ".join(map(str, column_key)) or m, {})[keys[: len(rows)]] = _interval_text(
+                values.dropna(), unit, n_div
             )
-        figures.log2_axis(ax, sorted(g[GHOST].astype(int).unique()), "normalization batch size")
-        ax.set_title(task)
-        ax.set_ylabel("test error (%)")
-    stem = out / "figures" / "ghost_batch"
-    figures.finish(fig, axes, stem, legend_size=7)
-    table = (
-        ghost.groupby(["task", BUDGET, GHOST])["test_error"]
-        .agg(["mean", "std"])
-        .apply(lambda r: _pm(r["mean"], r["std"]), axis=1)
+    table = pd.DataFrame(out)
+    table.index = (
+        table.index.set_names(rows) if len(rows) > 1 else pd.Index([k[0] for k in table.index], name=rows[0])
     )
-    table = table.unstack(GHOST)
-    table.columns = [str(int(c)) for c in table.columns]
-    return "\n".join(
-        [
-            "## Normalization batch vs optimisation batch (Ghost BatchNorm)",
-            "",
-            "The optimisation batch (and so the number of steps, the learning rate and the gradient noise) "
-            "is fixed; only the number of samples each BatchNorm normalizes over changes. The dashed line "
-            "is plain BatchNorm where both batches shrink together (epochs budget); solid and dotted ghost "
-            "lines are the epochs and steps budgets.",
-            "",
-            image(stem.with_suffix(".png"), out, "ghost batch"),
-            "",
-            "Test error (%) by normalization (ghost) batch size:",
-            "",
-            md_table(table),
-            "",
-        ]
+    return table.fillna("—")
+
+
+def candidates_table(
+    candidates: pd.DataFrame, spec: Mapping[str, Any], where: Mapping[str, Any]
+) -> pd.DataFrame:
+    """Mean validation error (%) of every candidate value, chosen ones starred, diverged runs counted."""
+    # a key the candidates lack does not vary across the runs, so every candidate shares its value
+    selector = {k: v for k, v in {**where, **(spec.get("where") or {})}.items() if k in candidates}
+    part = cell_rows(candidates, selector)
+    rows, columns = _as_list(spec.get("rows")), _as_list(spec.get("columns"))
+    if part.empty:
+        return pd.DataFrame()
+    text = part.apply(
+        lambda r: (
+            f"{r['val_mean'] * 100:.1f}"
+            + ("*" if r["chosen"] else "")
+            + (f" ({int(r['n_diverged'])} div.)" if r["n_diverged"] else "")
+        ),
+        axis=1,
+    )
+    return (
+        part.assign(text=text)
+        .pivot_table(index=rows, columns=columns, values="text", aggfunc="first")
+        .fillna("—")
     )
 
 
-def reading_section(runs: pd.DataFrame, summary: pd.DataFrame, out: Path, reference_batch: int) -> str:
-    """Our small-batch effect beside Wu & He 2018, Table 2, with every number computed from the runs."""
-    df = main_grid(runs)
-    small = int(df["batch_size"].min()) if not df.empty else None
-    if small is None or small >= reference_batch or not (df["norm"] == "batchnorm").any():
-        return ""
-    stats = _seed_stats(df, ["task", BUDGET, "norm", "batch_size"], "test_error")
-    rows, visible = [], []
-    for (task, budget), part in stats.groupby(["task", BUDGET], sort=True):
-        cell = {}
-        for norm, r in part.groupby("norm"):
-            ref, low = r[r["batch_size"] == reference_batch], r[r["batch_size"] == small]
-            if ref.empty or low.empty:
-                continue
-            cell[norm] = (ref.iloc[0], low.iloc[0])
-        if "batchnorm" not in cell:
-            continue
-        ref, low = cell["batchnorm"]
-        delta = (low["mean"] - ref["mean"]) * 100
-        row = {
-            "task": task,
-            "budget": budget,
-            f"BN {reference_batch}": f"{ref['mean'] * 100:.1f}",
-            f"BN {small}": f"{low['mean'] * 100:.1f}",
-            "BN Δ (pp)": f"{delta:+.1f}",
-        }
-        for norm in ("groupnorm", "layernorm", "instancenorm", "identity"):
-            if norm in cell:
-                r32, r2 = cell[norm]
-                row[f"{norm} Δ (pp)"] = f"{(r2['mean'] - r32['mean']) * 100:+.1f}"
-        rows.append(row)
-        gn_delta = (
-            (cell["groupnorm"][1]["mean"] - cell["groupnorm"][0]["mean"]) * 100
-            if "groupnorm" in cell
-            else 0.0
+# --- rendering -----------------------------------------------------------------------------------------
+
+
+def protocol(runs: pd.DataFrame, study: Study) -> str:
+    """What was run, read from the records: tasks, budgets per batch size, seeds, the selection grid."""
+    lines = ["## Protocol", ""]
+    for task, part in runs.groupby("task", sort=True):
+        budgets = []
+        for bs, rows in part.groupby("batch_size", sort=True):
+            epochs = sorted(rows["train.epochs"].dropna().unique()) if "train.epochs" in rows else []
+            steps = sorted(rows["steps"].dropna().astype(int).unique())
+            text = f"batch {bs}: {'/'.join(f'{e:g}' for e in epochs)} epochs"
+            budgets.append(text + (f" ({steps[-1]} steps)" if steps else ""))
+        seeds = part.groupby([c for c in ("norm", "batch_size") if c in part])["seed"].nunique()
+        lines.append(
+            f"- **{task}**: {len(part)} runs; {'; '.join(budgets)}; "
+            f"{seeds.min()}–{seeds.max()} seeds per cell."
+            if seeds.min() != seeds.max()
+            else f"- **{task}**: {len(part)} runs; {'; '.join(budgets)}; {seeds.min()} seeds per cell."
         )
-        if low["min"] > ref["max"] and delta > gn_delta + 2:
-            visible.append(
-                f"{task} ({budget} budget): BN {ref['mean'] * 100:.1f}% → {low['mean'] * 100:.1f}% (seed ranges do not overlap), GN Δ {gn_delta:+.1f} pp"
+    for key in study.select:
+        if key in runs:
+            grid = ", ".join(
+                f"{v:g}" if isinstance(v, float) else str(v) for v in sorted(runs[key].dropna().unique())
             )
-    if not rows:
-        return ""
-    bn, gn = ANCHOR["BN"], ANCHOR["GN"]
-    lines = [
-        "## Reading: our CPU-scale results beside the published ones",
-        "",
-        f"Wu & He 2018 (Table 2; ResNet-50, ImageNet, BN statistics per GPU) report BN's validation error "
-        f"rising from {bn[0]}% at 32 images per GPU to {bn[1]}% at 2 ({bn[1] - bn[0]:+.1f} pp) while GN stays "
-        f"at {gn[0]}–{gn[1]}%. The same comparison here, test error (%) at batch {reference_batch} and {small} "
-        "and the change of every norm (mean over seeds):",
-        "",
-        md_table(pd.DataFrame(rows).set_index(["task", "budget"])),
-        "",
-    ]
-    if visible:
-        lines += [
-            "BatchNorm's small-batch failure is clearly visible (its seed range at the smallest batch lies "
-            "above its seed range at the reference batch, and it degrades more than GN by over 2 pp) in:",
-            "",
-            *(f"- {v}" for v in visible),
-            "",
-        ]
-    else:
-        lines += ["In no setting here does BatchNorm's small-batch degradation exceed the seed spread.", ""]
+            lines.append(f"- `{key}` chosen per cell on the validation split from: {grid}.")
+    if "data.val_size" in runs:
+        sizes = ", ".join(f"{v:g}" for v in sorted(runs["data.val_size"].dropna().unique()))
+        lines.append(f"- Validation split (`data.val_size`): {sizes} of the training set, stratified.")
+    if study.diverged_as is not None:
+        lines.append(f"- A diverged run counts as {study.diverged_as:g} in tables and contrasts.")
     lines += [
-        f"How to read the differences. These are {_budgets(df)} runs of small models on "
-        f"{', '.join(sorted(df['task.dataset'].dropna().unique())) if 'task.dataset' in df else 'small data'}, "
-        "not 100-epoch ResNet-50s on ImageNet, so absolute errors are not comparable; the direction and "
-        "the relative size of the effects are. BatchNorm in the MLP normalizes every feature with the "
-        "statistics of only N values, while in the conv nets each channel pools N × 40 positions, so the "
-        "conv nets' batch statistics are far less noisy at the same batch size and BN degrades later "
-        "there. The steps budget gives small batches far fewer samples, so it mixes a budget effect into "
-        "every norm's curve, including the batch-independent ones; the epochs budget gives small batches "
-        "more (noisier) steps. Where EMA and PreciseBN errors differ, part of BN's loss is the stale or "
-        "mismatched running estimate rather than training noise (Wu & Johnson 2021); where mini-batch "
-        "evaluation is worse than both, the network depends on the batch it is evaluated with.",
+        "- Every claim is a paired contrast over seeds (the same seed gives the same initialization "
+        "stream and batch order), with a Student t 95% interval (scipy.stats) and a p-value "
+        "Holm-adjusted over all claims of this report; it is *established* only where the interval "
+        "excludes 0.",
         "",
     ]
     return "\n".join(lines)
 
 
-def _budgets(df: pd.DataFrame) -> str:
-    """ "3-epoch (or 400-step)": the training budgets of the runs, read from their configs."""
-    parts = []
-    for budget, unit in (("epochs", "epoch"), ("steps", "step")):
-        rows = df[df[BUDGET] == budget] if BUDGET in df else df.iloc[:0]
-        column = f"train.{budget}"
-        if not rows.empty and column in rows:
-            parts.append("/".join(str(int(v)) for v in sorted(rows[column].dropna().unique())) + f"-{unit}")
-    return " (or ".join(parts) + ")" * (len(parts) - 1) if parts else "short"
+def claims_summary(evaluated: Sequence[tuple[Section, list[tuple[Claim, ContrastResult]]]]) -> str:
+    results = [(c, r) for _, claims in evaluated for c, r in claims]
+    established = [(c, r) for c, r in results if r.established]
+    lines = [
+        "## Findings",
+        "",
+        f"{len(established)} of {len(results)} claims are established (95% interval excludes 0):",
+        "",
+    ]
+    lines += [f"- {sentence(r, c.unit.scale, c.unit.name)}" for c, r in established]
+    return "\n".join([*lines, ""])
 
 
-SECTIONS = (reading_section, inconsistency_section, noniid_section, ghost_section)
+def render_section(
+    section: Section,
+    claims: list[tuple[Claim, ContrastResult]],
+    runs: pd.DataFrame,
+    selected: pd.DataFrame,
+    candidates: pd.DataFrame | None,
+    study: Study,
+    out: Path,
+) -> str:
+    frame = selected if section.selected else runs
+    metric = section.metric or study.metric
+    lines = [f"## {section.title}", "", section.question.strip(), ""]
+    if section.table:
+        table = cell_table(frame, section.table, section.where, metric, section.unit, study.diverged_as)
+        if not table.empty:
+            what = ", ".join(_as_list(section.table.get("metrics"))) or metric
+            lines += [
+                f"{what} ({section.unit.name if section.unit.name != 'pp' else '%'}), mean [95% interval] over seeds:",
+                "",
+                md_table(table),
+                "",
+            ]
+    if section.candidates and candidates is not None:
+        table = candidates_table(candidates, section.candidates, section.where)
+        if not table.empty:
+            lines += [
+                "Mean validation error (%) over seeds for every candidate (* chosen):",
+                "",
+                md_table(table),
+                "",
+            ]
+    if not claims:
+        return "\n".join([*lines, "No claim of this section has runs in all of its cells.", ""])
+    stem = out / "figures" / f"claims_{slug((section.title,))}"
+    figures.forest([r for _, r in claims], stem, scale=claims[0][0].unit.scale, xlabel=claims[0][0].unit.name)
+    n_est = sum(r.established for _, r in claims)
+    lines += [
+        image(stem.with_suffix(".png"), out, section.title),
+        "",
+        f"{n_est} of {len(claims)} claims established:",
+        "",
+        *(f"- {sentence(r, c.unit.scale, c.unit.name)}" for c, r in claims),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def study_report(
+    study: Study, runs: pd.DataFrame, selected: pd.DataFrame, candidates: pd.DataFrame | None, out: Path
+) -> str:
+    """The protocol, the findings and one section per entry of the description, as markdown."""
+    runs = add_derived(runs, study.derived)
+    selected = add_derived(selected, study.derived)
+    evaluated = evaluate_claims(study, runs, selected)
+    parts = [protocol(runs, study), claims_summary(evaluated)]
+    parts += [render_section(s, c, runs, selected, candidates, study, out) for s, c in evaluated]
+    return "\n".join(parts)
+
+
+__all__ = ["METRIC", "Study", "StudyError", "evaluate_claims", "expand", "load_study", "study_report"]

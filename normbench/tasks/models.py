@@ -225,6 +225,19 @@ def torchvision_classifier(
     return model
 
 
+def scale_initial_weights(model: nn.Module, scale: float, norm_layers: list[nn.Module]) -> None:
+    """Multiply every ``weight`` parameter outside ``norm_layers`` (convolutions, linear and recurrent
+    layers, embeddings) by ``scale`` in place; biases and the norms' affine parameters keep their
+    initialization. With a scale-invariant norm after a layer its output is unchanged and only the
+    effective learning rate moves (∝ 1/scale², van Laarhoven 2017); without one the activations
+    grow or shrink by ``scale`` per layer."""
+    inside_norms = {id(p) for layer in norm_layers for p in layer.parameters()}
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if id(param) not in inside_norms and name.rsplit(".", 1)[-1].startswith("weight"):
+                param.mul_(scale)
+
+
 def build_model(
     arch: str,
     input_shape: tuple[int, ...],
