@@ -93,11 +93,12 @@ def train_job(cfg: DictConfig, out_dir: Path, multirun: bool, distributed: bool)
                 return "skipped", None  # finished by the process that held the lock a moment ago
             remove_stale_temporaries(out_dir)
             record = execute(cfg, out_dir, progress)
-    metrics = record["metrics"]
+    metrics, metric = record["metrics"], cfg.task.metric
     log.info(
-        "%s: test_error %s, %d steps, result in %s",
+        "%s: %s %s, %d steps, result in %s",
         record["status"],
-        f"{metrics['test_error']:.4f}" if "test_error" in metrics else "n/a",
+        metric,
+        f"{metrics[metric]:.4f}" if isinstance(metrics.get(metric), float) else "n/a",
         record["steps"],
         out_dir,
     )

@@ -47,6 +47,11 @@ class Sampler(str, Enum):
     class_grouped = "class_grouped"
 
 
+class DBatches(str, Enum):
+    separate = "separate"
+    mixed = "mixed"
+
+
 class Precision(str, Enum):
     fp32 = "fp32"
     bf16 = "bf16"
@@ -73,6 +78,10 @@ class ModelConfig:
     cell: str = "lstm"  # arch=rnn: lstm or gru
     shared_stats: bool = False  # arch=rnn: one set of norm statistics for all time steps
     init_scale: float = 1.0  # multiplies every initial weight outside the norm layers (biases untouched)
+    g_norm: str = ""  # arch=gan: the generator's norm ("" = the run's norm)
+    d_norm: str = ""  # arch=gan: the discriminator's norm ("" = the run's norm)
+    d_batches: DBatches = DBatches.separate  # arch=gan: real and fake through D as two batches or one
+    latent: int = 32  # arch=gan: size of the generator's input noise
 
 
 @dataclass
@@ -83,6 +92,8 @@ class TaskConfig:
     epochs: int = 10
     steps: int = 2000
     augment: Augment = Augment.none  # crop_flip: 4-pixel pad + random crop, random horizontal flip
+    metric: str = "test_error"  # the task's main metric (what reports tabulate)
+    lower_is_better: bool = True  # the main metric's direction
 
 
 @dataclass
@@ -174,6 +185,12 @@ LATER_KEYS = {
     "task.model.cell": "lstm",
     "task.model.shared_stats": False,
     "task.model.init_scale": 1.0,
+    "task.model.g_norm": "",
+    "task.model.d_norm": "",
+    "task.model.d_batches": "separate",
+    "task.model.latent": 32,
+    "task.metric": "test_error",
+    "task.lower_is_better": True,
     "data.val_size": 0,  # runs before the validation split trained on the whole training set
     "data.split_seed": 0,
     "data.mnist1d_samples": 5000,
@@ -234,6 +251,7 @@ VALUE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "optim.base_batch_size": (_at_least(1), "an integer >= 1"),
     "optim.warmup_steps": (_at_least(0), "an integer >= 0"),
     "task.model.init_scale": (lambda v: _finite(v) and v > 0, "a finite number > 0"),
+    "task.model.latent": (_at_least(1), "an integer >= 1"),
     "train.epochs": (_at_least(1), "an integer >= 1"),
     "train.steps": (_at_least(1), "an integer >= 1"),
     "train.history_points": (_at_least(1), "an integer >= 1"),

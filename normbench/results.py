@@ -238,8 +238,15 @@ def record_problem(record: Any) -> str | None:
         why = metric_problem(name, value)
         if why:
             return why
-    if record["status"] == "completed" and "test_error" not in metrics:
-        return "a completed run without test_error"
+    main = record.get("main_metric", {"name": "test_error", "lower_is_better": True})
+    if not (
+        isinstance(main, dict)
+        and isinstance(main.get("name"), str)
+        and isinstance(main.get("lower_is_better"), bool)
+    ):
+        return "main_metric is not an object with a name and lower_is_better"
+    if record["status"] == "completed" and main["name"] not in metrics:
+        return f"a completed run without its main metric {main['name']}"
     history = record.get("history", [])
     if not isinstance(history, list) or not all(isinstance(p, dict) for p in history):
         return "history is not a list of objects"

@@ -30,7 +30,7 @@ from normbench.evaluate import (
     stat_modules,
     stats_distance,
 )
-from normbench.norms import norm_spec
+from normbench.norms import available_norms, norm_spec
 from normbench.results import (
     FINAL_STATUSES,
     RESULT_FILE,
@@ -48,8 +48,10 @@ from normbench.samplers import check_class_grouped, class_grouped_batches, iid_b
 from normbench.tasks import ModelConfigError, NormLayers, build_model, load_dataset
 from normbench.tasks.cifar import crop_flip
 from normbench.tasks.data import Dataset
+from normbench.tasks.gan import GAN
 from normbench.tasks.models import scale_initial_weights
 from normbench.train import fit, lr_schedule, make_optimizer, scaled_lr
+from normbench.train_gan import train_gan
 
 log = logging.getLogger(__name__)
 
@@ -96,11 +98,40 @@ def model_and_norms(cfg: DictConfig, data: Dataset) -> tuple[nn.Module, list[nn.
     model_kwargs = OmegaConf.to_container(cfg.task.model, resolve=True)
     arch = model_kwargs.pop("arch")
     init_scale = model_kwargs.pop("init_scale", 1.0)
-    norms = NormLayers(cfg.norm.name, norm_options)
-    model = build_model(arch, data.input_shape, data.num_classes, norms, **model_kwargs)
+    gan_keys = {
+        k: model_kwargs.pop(k) for k in ("g_norm", "d_norm", "d_batches", "latent") if k in model_kwargs
+    }
+    if arch == "gan":
+        model, built = build_gan(
+            cfg, data, norm_options, gan_keys["g_norm"], gan_keys["d_norm"], gan_keys["latent"]
+        )
+    else:
+        norms = NormLayers(cfg.norm.name, norm_options)
+        model = build_model(arch, data.input_shape, data.num_classes, norms, **model_kwargs)
+        built = norms.built
     if init_scale != 1.0:
-        scale_initial_weights(model, init_scale, norms.built)
-    return model, norms.built
+        scale_initial_weights(model, init_scale, built)
+    return model, built
+
+
+def build_gan(
+    cfg: DictConfig, data: Dataset, norm_options: Mapping[str, Any], g_norm: str, d_norm: str, latent: int
+) -> tuple[GAN, list[nn.Module]]:
+    """The GAN of ``arch=gan``: each network's norm is ``task.model.g_norm`` / ``d_norm`` ("" = the run's
+    norm), with the run's norm options where it is the run's norm and the plugin's defaults otherwise."""
+    nets = {}
+    for key, name in (("g_norm", g_norm), ("d_norm", d_norm)):
+        name = name or cfg.norm.name
+        try:
+            norm_spec(name)
+        except KeyError:
+            raise ModelConfigError(
+                f"task.model.{key}={name}: not a registered norm; available: {', '.join(available_norms())}"
+            ) from None
+        same = norm_spec(name).name == norm_spec(cfg.norm.name).name
+        nets[key] = NormLayers(name, norm_options if same else {})
+    gan = GAN(data.input_shape, latent, cfg.task.model.width, nets["g_norm"], nets["d_norm"])
+    return gan, nets["g_norm"].built + nets["d_norm"].built
 
 
 def model_from_config(cfg: DictConfig, data: Dataset) -> nn.Module:
@@ -217,6 +248,8 @@ def new_record(
         "config_hash": digest,
         "config": identity,
         "metrics": {},
+        # what reports rank runs by: the task's main metric and its direction
+        "main_metric": {"name": cfg.task.metric, "lower_is_better": bool(cfg.task.lower_is_better)},
         "history": [],
         "steps": 0,
         "env": environment(cfg.runtime.threads, runtime),
@@ -238,7 +271,7 @@ def execute(cfg: DictConfig, out_dir: Path, progress: bool = False) -> dict[str,
     record = new_record(cfg, identity, digest, runtime)
     start = time.perf_counter()
     try:
-        _train_and_evaluate(cfg, record, world, runtime, progress)
+        _train_and_evaluate(cfg, record, world, runtime, progress, out_dir)
     except ConfigError:
         finish(world)
         raise
@@ -256,9 +289,16 @@ def execute(cfg: DictConfig, out_dir: Path, progress: bool = False) -> dict[str,
 
 
 def _train_and_evaluate(
-    cfg: DictConfig, record: dict[str, Any], world: World, runtime: Runtime, progress: bool
+    cfg: DictConfig, record: dict[str, Any], world: World, runtime: Runtime, progress: bool, out_dir: Path
 ) -> None:
     data, model = prepare(cfg, runtime)
+    if isinstance(model, GAN):
+        if world.size > 1:
+            raise ConfigError(
+                f"task={cfg.task.name}: GAN runs train in one process (got {world.size} under torchrun)"
+            )
+        train_gan(cfg, record, data, model, runtime, out_dir, progress)
+        return
     n_train, bs = len(data.x_train), cfg.batch_size
     if bs < world.size:
         raise ConfigError(f"batch_size={bs}: smaller than the {world.size} processes it is split across")

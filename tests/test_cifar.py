@@ -269,7 +269,10 @@ def test_cifar_study_preset_runs_on_the_fixture_and_selects_on_validation(fixtur
     assert proc.returncode == 0, proc.stderr[-2000:]
     from normbench.report.build import build_report
 
-    report = build_report([tmp_path / "sweeps"], tmp_path / "out", select=["optim.lr"]).read_text()
-    assert "## Selected on the validation split" in report
+    study = Path(__file__).resolve().parents[1] / "conf/study/cifar.yaml"
+    report = build_report([tmp_path / "sweeps"], tmp_path / "out", study=study).read_text()
+    assert "## Selected on the validation split" in report and "# CIFAR-10 section" in report
+    # the grid here has batch 4 and 16, none of the study's cells: every claim is left out, and said so
+    assert report.count("No claim of this section has runs in all of its cells.") == 3
     selection = pd.read_csv(tmp_path / "out" / "selection.csv")
     assert len(selection) == 8 and selection["chosen"].sum() == 4  # 2 norms x 2 batch sizes, 2 lrs each

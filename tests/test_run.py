@@ -170,7 +170,7 @@ def test_cli_config_error_is_one_line_and_nonzero(tmp_path):
             "task=nope",
             "task=nope: unknown task (available: cifar100_resnet20, cifar10_resnet20, cifar10_vgg, ",
         ),
-        ("optim=rmsprop", "optim=rmsprop: unknown optim (available: adamw, sgd)"),
+        ("optim=rmsprop", "optim=rmsprop: unknown optim (available: adamw, dcgan, sgd)"),
         ("optim.lr=abc", "optim.lr=abc: Value 'abc' of type 'str' could not be converted to Float"),
         ("batch_size=2.5", "batch_size=2.5: Value '2.5' of type 'float' could not be converted to Integer"),
         ("norm.nope=1", "norm.nope: unknown key"),

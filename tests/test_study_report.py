@@ -269,6 +269,13 @@ def test_a_bad_description_is_refused_before_anything_is_written(tmp_path, capsy
     assert not (tmp_path / "out").exists()
 
 
+def test_the_cifar_study_expands_to_its_claims():
+    study = load_study(ROOT / "conf/study/cifar.yaml")
+    names = [c.contrast.name for s in study.sections for c in expand(s, study)]
+    assert study.reference_batch == 128 and study.select == ["optim.lr"]
+    assert "(BN(2) − BN(128)) − (GN(2) − GN(128))" in names and len(names) == 3 + 3 + 4
+
+
 def test_the_committed_study_expands_to_its_claims():
     study = load_study(ROOT / "conf/study/small_batch.yaml")
     claims = [c for s in study.sections for c in expand(s, study)]

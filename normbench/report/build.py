@@ -14,7 +14,8 @@ import pandas as pd
 
 from normbench.report import figures
 from normbench.report.load import read_records, runs_frame
-from normbench.report.markdown import facet_title, image, md_table, norm_by_batch, percent_cell, slug
+from normbench.report.markdown import facet_title, image, md_table, norm_by_batch, slug
+from normbench.report.metric import Metric, main_metric
 from normbench.report.select import CRITERION, check_keys, select_on_validation
 from normbench.report.study import Study, load_study, study_report
 from normbench.report.tables import (
@@ -35,7 +36,12 @@ def write_csv(df: pd.DataFrame, path: Path) -> None:
     path.write_text(df.to_csv(index=False, float_format="%.6g", lineterminator="\n"))
 
 
-def general_sections(runs: pd.DataFrame, summary: pd.DataFrame, out: Path, reference_batch: int) -> str:
+TEST_ERROR = Metric()
+
+
+def general_sections(
+    runs: pd.DataFrame, summary: pd.DataFrame, out: Path, reference_batch: int, metric: Metric = TEST_ERROR
+) -> str:
     fig_dir = out / "figures"
     facets = facet_columns(summary)
     lines: list[str] = []
@@ -46,35 +52,38 @@ def general_sections(runs: pd.DataFrame, summary: pd.DataFrame, out: Path, refer
         values = values if isinstance(values, tuple) else (values,)
         name = slug(values)
         title = facet_title(facets, values)
-        lines += [f"## Test error vs batch size{f' ({title})' if title else ''}", ""]
+        lines += [f"## {metric.title} vs batch size{f' ({title})' if title else ''}", ""]
         stem = fig_dir / f"error_vs_batch_{name}"
-        figures.metric_vs_batch(part, stem, title=title)
-        lines += [image(stem.with_suffix(".png"), out, "test error vs batch size"), ""]
+        figures.metric_vs_batch(part, stem, ylabel=metric.label, title=title, scale=metric.scale)
+        lines += [image(stem.with_suffix(".png"), out, f"{metric.label} vs batch size"), ""]
         delta_stem = fig_dir / f"delta_vs_batch{reference_batch}_{name}"
         figures.metric_vs_batch(
             part.assign(mean=part["delta_vs_ref"]),
             delta_stem,
             band=None,
-            ylabel=f"Δ test error vs batch {reference_batch} (pp)",
+            ylabel=f"Δ {metric.name.replace('_', ' ')} vs batch {reference_batch} ({metric.delta_unit})",
             title=title,
             reference_batch=reference_batch,
+            scale=metric.scale,
         )
         lines += [image(delta_stem.with_suffix(".png"), out, f"change vs batch {reference_batch}"), ""]
         for task, cells in part.groupby("task", sort=True, dropna=False):
             lines += [f"### {task}{f' ({title})' if title else ''}", ""]
-            lines += ["Test error (%), mean ± std over seeds:", ""]
+            unit = " (%)" if metric.scale == 100 else ""
+            lines += [f"{metric.title}{unit}, mean ± std over seeds ({metric.direction}):", ""]
             lines += [
-                md_table(norm_by_batch(cells, lambda r: percent_cell(r.mean, r.std, r.n, r.incomplete))),
+                md_table(norm_by_batch(cells, lambda r: metric.cell(r.mean, r.std, r.n, r.incomplete))),
                 "",
             ]
             lines += [
-                f"Change against batch {reference_batch} (percentage points; Wu & He 2018, Table 2, last row):",
+                f"Change against batch {reference_batch} ({metric.delta_unit}; Wu & He 2018, Table 2, last row):",
                 "",
             ]
             lines += [
                 md_table(
                     norm_by_batch(
-                        cells, lambda r: "—" if pd.isna(r.delta_vs_ref) else f"{r.delta_vs_ref * 100:+.1f}"
+                        cells,
+                        lambda r: "—" if pd.isna(r.delta_vs_ref) else f"{r.delta_vs_ref * metric.scale:+.1f}",
                     )
                 ),
                 "",
@@ -84,7 +93,13 @@ def general_sections(runs: pd.DataFrame, summary: pd.DataFrame, out: Path, refer
                 sel &= matches(runs[col], val)
             if "history" in runs and sel.any():
                 curve_stem = fig_dir / f"curves_{slug((task, *values))}"
-                figures.learning_curves(runs[sel], curve_stem, title=f"{task} {title}".strip())
+                figures.learning_curves(
+                    runs[sel],
+                    curve_stem,
+                    title=f"{task} {title}".strip(),
+                    key=metric.name,
+                    scale=metric.scale,
+                )
                 lines += [image(curve_stem.with_suffix(".png"), out, f"learning curves {task}"), ""]
     return "\n".join(lines)
 
@@ -285,7 +300,8 @@ def _write_report(
         runs, candidates = select_on_validation(runs, select)
         write_csv(candidates, out / "selection.csv")
         chosen_section = selection_section(candidates, select, cells, out)
-    summary = with_reference_delta(summarize(runs), reference_batch)
+    metric = main_metric(all_runs)
+    summary = with_reference_delta(summarize(runs, metric.name), reference_batch)
     write_csv(summary, out / "summary.csv")
     counts = all_runs["status"].value_counts()
     chosen = f"; the {len(runs)} of the chosen values are tabulated below" if select else ""
@@ -293,7 +309,7 @@ def _write_report(
         f"# {title}",
         "",
         f"{len(all_runs)} runs ({', '.join(f'{counts.get(s, 0)} {s}' for s in ('completed', 'diverged', 'failed'))}) "
-        f"from {', '.join(f'`{d}`' for d in dirs)}{chosen}. Errors are fractions in the CSV files and percent here; "
+        f"from {', '.join(f'`{d}`' for d in dirs)}{chosen}. Main metric: `{metric.name}` ({metric.direction}). Errors are fractions in the CSV files and percent here; "
         "bands in the figures span the seeds (min to max). Data: [runs.csv](runs.csv), [summary.csv](summary.csv).",
         "",
     ]
@@ -303,7 +319,7 @@ def _write_report(
     body.append(chosen_section)
     if described is not None:
         body.append("# All cells\n")
-    body.append(general_sections(runs, summary, out, reference_batch))
+    body.append(general_sections(runs, summary, out, reference_batch, metric))
     body.append(layers_section(runs))
     body.append(convergence_section(runs))
     body.append(problems_section(runs, summary, skipped))

@@ -92,8 +92,9 @@ def metric_vs_batch(
     ylabel: str = "test error (%)",
     title: str = "",
     reference_batch: int | None = None,
+    scale: float = 100.0,
 ) -> list[Path]:
-    """One panel per task, one line per norm (``value`` in percent), a band over seeds."""
+    """One panel per task, one line per norm (``value`` × ``scale``: errors in percent), a band over seeds."""
     tasks = sorted(summary["task"].unique())
     fig, axes = panels(len(tasks))
     for ax, task in zip(axes, tasks, strict=True):
@@ -104,19 +105,24 @@ def metric_vs_batch(
             if rows.empty:
                 continue
             color = norm_color(norm)
-            ax.plot(rows["batch_size"], rows[value] * 100, marker="o", ms=3.5, color=color, label=norm)
+            ax.plot(rows["batch_size"], rows[value] * scale, marker="o", ms=3.5, color=color, label=norm)
             if band:
                 ax.fill_between(
                     rows["batch_size"],
-                    rows[band[0]] * 100,
-                    rows[band[1]] * 100,
+                    rows[band[0]] * scale,
+                    rows[band[1]] * scale,
                     color=color,
                     alpha=0.15,
                     lw=0,
                 )
             marked = rows[rows.get("incomplete", False) == True]  # noqa: E712 - a boolean column
             ax.scatter(
-                marked["batch_size"], marked[value] * 100, facecolors="none", edgecolors="red", s=60, zorder=3
+                marked["batch_size"],
+                marked[value] * scale,
+                facecolors="none",
+                edgecolors="red",
+                s=60,
+                zorder=3,
             )
         if reference_batch is not None:
             ax.axhline(0, color="grey", lw=0.8)
@@ -126,24 +132,27 @@ def metric_vs_batch(
     return finish(fig, axes, path_stem, title)
 
 
-def learning_curves(runs: pd.DataFrame, path_stem: Path, title: str = "") -> list[Path]:
-    """Test error over training (mean over seeds) per cell: a panel per batch size, a line per norm."""
+def learning_curves(
+    runs: pd.DataFrame, path_stem: Path, title: str = "", key: str = "test_error", scale: float = 100.0
+) -> list[Path]:
+    """``key`` over training (mean over seeds; test error in percent by default) per cell: a panel per
+    batch size, a line per norm. Runs whose history lacks ``key`` are left out."""
     batch_sizes = sorted(runs["batch_size"].unique())
     fig, axes = panels(len(batch_sizes), 2.6, 2.8, sharey=True)
     for ax, bs in zip(axes, batch_sizes, strict=True):
         for norm, rows in runs[runs["batch_size"] == bs].groupby("norm", sort=True):
             points = [
-                pd.DataFrame(h)[["epoch", "test_error"]].assign(seed=s)
+                pd.DataFrame(h)[["epoch", key]].assign(seed=s)
                 for h, s in zip(rows["history"], rows["seed"], strict=True)
-                if h
+                if h and all(key in p for p in h)
             ]
             if not points:
                 continue
-            curve = pd.concat(points).groupby("epoch")["test_error"].mean()
-            ax.plot(curve.index, curve.values * 100, color=norm_color(norm), label=norm, lw=1.2)
+            curve = pd.concat(points).groupby("epoch")[key].mean()
+            ax.plot(curve.index, curve.values * scale, color=norm_color(norm), label=norm, lw=1.2)
         ax.set_title(f"batch {bs}", fontsize=9)
         ax.set_xlabel("epoch")
-    axes[0].set_ylabel("test error (%)")
+    axes[0].set_ylabel(key.replace("_", " ") + (" (%)" if scale == 100 else ""))
     return finish(fig, axes, path_stem, title, legend_size=7)
 
 

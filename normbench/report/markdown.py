@@ -14,13 +14,6 @@ def slug(values: Sequence[object]) -> str:
     return re.sub(r"[^A-Za-z0-9.=-]+", "-", text).strip("-") or "all"
 
 
-def percent_cell(mean: float, std: float, n: int, incomplete: bool) -> str:
-    if pd.isna(mean):
-        return "—"
-    text = f"{mean * 100:.1f}" if pd.isna(std) else f"{mean * 100:.1f} ± {std * 100:.1f}"
-    return f"{text} (n={n})*" if incomplete else text
-
-
 def norm_by_batch(part: pd.DataFrame, fmt) -> pd.DataFrame:
     """A norm × batch-size table of strings, batch sizes descending (as in Wu & He 2018, Table 2)."""
     batch_sizes = sorted(part["batch_size"].unique(), reverse=True)

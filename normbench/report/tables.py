@@ -87,6 +87,8 @@ def still_falling(history: list[dict]) -> bool | None:
     if not isinstance(history, list) or len(history) < 3:
         return None
     key = "val_error" if all("val_error" in p for p in history) else "train_loss"
+    if not all(key in p for p in history):  # a history of other measures (a GAN's): no verdict
+        return None
     last = history[-1]["step"]
     mark = [p for p in history if p["step"] <= (1 - LATE_FRACTION) * last]
     if not mark or mark[-1][key] is None or history[-1][key] is None:

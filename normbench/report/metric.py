@@ -1,0 +1,59 @@
+"""The main metric a report tabulates: the tasks' own (``task.metric`` and ``task.lower_is_better`` in
+their config), test error unless a task says otherwise. Error rates are fractions shown in percent."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from normbench.config import LATER_KEYS
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str = "test_error"
+    lower_is_better: bool = True
+
+    @property
+    def scale(self) -> float:
+        return 100.0 if self.name.endswith("error") else 1.0
+
+    @property
+    def label(self) -> str:
+        text = self.name.replace("_", " ")
+        return f"{text} (%)" if self.scale == 100 else text
+
+    @property
+    def title(self) -> str:
+        """For headings: ``Test error``, ``FD`` (a short name is an acronym)."""
+        return self.name.upper() if len(self.name) <= 3 else self.name.replace("_", " ").capitalize()
+
+    @property
+    def delta_unit(self) -> str:
+        return "pp" if self.scale == 100 else self.name
+
+    @property
+    def direction(self) -> str:
+        return "lower is better" if self.lower_is_better else "higher is better"
+
+    def cell(self, mean: float, std: float, n: int, incomplete: bool) -> str:
+        """``mean ± std`` in the metric's unit, ``(n=…)*`` where a cell has fewer seeds than its task's fullest."""
+        if pd.isna(mean):
+            return "—"
+        s = self.scale
+        text = f"{mean * s:.1f}" if pd.isna(std) else f"{mean * s:.1f} ± {std * s:.1f}"
+        return f"{text} (n={n})*" if incomplete else text
+
+
+def main_metric(runs: pd.DataFrame) -> Metric:
+    """The runs' main metric; ValueError when their tasks name different ones (report them apart)."""
+    names = runs["task.metric"].dropna().unique() if "task.metric" in runs else []
+    directions = runs["task.lower_is_better"].dropna().unique() if "task.lower_is_better" in runs else []
+    if len(names) > 1 or len(directions) > 1:
+        tasks = ", ".join(f"{t}: {m}" for t, m in runs.groupby("task")["task.metric"].first().items())
+        raise ValueError(f"these runs' tasks have different main metrics ({tasks}); report them separately")
+    return Metric(
+        str(names[0]) if len(names) else LATER_KEYS["task.metric"],
+        bool(directions[0]) if len(directions) else LATER_KEYS["task.lower_is_better"],
+    )

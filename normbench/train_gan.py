@@ -1,0 +1,196 @@
+"""A GAN run (``task.model.arch=gan``): adversarial training, its history, and the measures recorded in
+result.json — the Fréchet distance ``fd`` (the task's main metric, lower is better; ``fd_real``, real
+training samples measured the same way, is its floor), the classes the
+generator covers, ``mode_collapsed``, and for a batch-dependent generator norm the distance with the
+generator in training mode (``fd_batch_stats``: batch statistics of generated batches of the run's
+batch size instead of the running ones). A non-finite loss gives status ``diverged`` at its step.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from normbench.norms import norm_spec
+from normbench.runtime import Runtime
+from normbench.samplers import iid_batches
+from normbench.tasks.cifar import default_root
+from normbench.tasks.data import Dataset
+from normbench.tasks.gan import (
+    GAN,
+    adversarial_step,
+    feature_classifier,
+    gaussian,
+    sample_metrics,
+    save_sample_grid,
+)
+from normbench.train import lr_schedule, make_optimizer, scaled_lr
+
+log = logging.getLogger(__name__)
+
+FINAL_SAMPLES = 2000  # generated samples behind the final measures
+HISTORY_SAMPLES = 500  # per history point
+SAMPLES_FILE = "samples.png"
+
+
+def to_unit_range(data: Dataset) -> Dataset:
+    """Every split mapped linearly so that the training inputs span [-1, 1] (the generator's tanh)."""
+    lo, hi = data.x_train.min(), data.x_train.max()
+
+    def scaled(x: torch.Tensor | None) -> torch.Tensor | None:
+        return None if x is None else (x - lo) / (hi - lo) * 2 - 1
+
+    return Dataset(
+        data.name,
+        scaled(data.x_train),
+        data.y_train,
+        scaled(data.x_test),
+        data.y_test,
+        data.num_classes,
+        scaled(data.x_val),
+        data.y_val,
+    )
+
+
+def train_gan(
+    cfg: DictConfig,
+    record: dict[str, Any],
+    data: Dataset,
+    gan: GAN,
+    runtime: Runtime,
+    out_dir: Path,
+    progress: bool,
+) -> None:
+    data = to_unit_range(data)
+    classifier, digest = feature_classifier(
+        data.x_train,
+        data.y_train,
+        data.num_classes,
+        {
+            "dataset": cfg.task.dataset,
+            "mnist1d_samples": cfg.data.mnist1d_samples,
+            "val_size": cfg.data.val_size,
+            "split_seed": cfg.data.split_seed,
+        },
+        Path(cfg.data.root).expanduser() if cfg.data.root else default_root(),
+    )
+    with torch.no_grad():
+        real_error = float((classifier(data.x_test.cpu()).argmax(1) != data.y_test.cpu()).float().mean())
+        real_stats = gaussian(classifier.features(data.x_test.cpu()))
+        n_real = min(
+            FINAL_SAMPLES, len(data.x_train)
+        )  # the floor: real training samples against the test set
+        fd_real = sample_metrics(classifier, data.x_train[:n_real], real_stats, data.num_classes)["fd"]
+    bs = cfg.batch_size
+    steps_per_epoch = len(data.x_train) // bs
+    total = cfg.train.epochs * steps_per_epoch if cfg.train.budget == "epochs" else cfg.train.steps
+    eval_every = (
+        steps_per_epoch if cfg.train.budget == "epochs" else math.ceil(total / cfg.train.history_points)
+    )
+    lr = scaled_lr(cfg.optim.lr, bs, cfg.optim.base_batch_size, cfg.optim.lr_scaling)
+    schedule = lr_schedule(lr, total, cfg.optim.schedule, cfg.optim.warmup_steps)
+    opt = {
+        net: make_optimizer(
+            cfg.optim.name, getattr(gan, net).parameters(), lr, cfg.optim.momentum, cfg.optim.weight_decay
+        )
+        for net in ("generator", "discriminator")
+    }
+    gen = torch.Generator().manual_seed(cfg.seed)
+    noise = torch.Generator().manual_seed(cfg.seed + 30_000)
+    eval_noise_seed = cfg.seed + 40_000  # the same evaluation noise at every history point
+    mixed = cfg.task.model.d_batches == "mixed"
+    record.update(planned_steps=total, steps_per_epoch=steps_per_epoch, lr=lr)
+
+    def measure(n: int) -> dict[str, float]:
+        gan.generator.eval()
+        with torch.no_grad():
+            fake = gan.sample(n, torch.Generator().manual_seed(eval_noise_seed), runtime.device)
+        gan.generator.train()
+        return sample_metrics(classifier, fake, real_stats, data.num_classes)
+
+    history, status, diverged_at = [], "completed", None
+    start = time.perf_counter()
+    batches = iid_batches(len(data.x_train), bs, gen)
+    d_loss = g_loss = torch.zeros(())
+    for step in tqdm(range(1, total + 1), disable=not progress, desc="training", unit="step"):
+        for optimizer in opt.values():
+            for group in optimizer.param_groups:
+                group["lr"] = schedule(step - 1)
+        idx = next(batches).to(runtime.device)
+        z = torch.randn(bs, gan.generator.latent, generator=noise).to(runtime.device)
+        with runtime.autocast():
+            d_loss, g_loss = adversarial_step(
+                gan, data.x_train[idx], z, opt["discriminator"], opt["generator"], mixed
+            )
+        if not (torch.isfinite(d_loss) and torch.isfinite(g_loss)):
+            status, diverged_at = "diverged", step
+            log.warning("non-finite GAN loss at step %d: run diverged", step)
+            break
+        if step % eval_every == 0 or step == total:
+            point = {
+                "step": step,
+                "epoch": step / steps_per_epoch,
+                "d_loss": float(d_loss),
+                "g_loss": float(g_loss),
+            }
+            point |= measure(HISTORY_SAMPLES)
+            history.append(point)
+            log.info(
+                "step %d/%d: d_loss %.4f g_loss %.4f fd %.3f",
+                step,
+                total,
+                point["d_loss"],
+                point["g_loss"],
+                point["fd"],
+            )
+    steps = diverged_at or total
+    record.update(
+        status=status,
+        steps=steps,
+        history=history,
+        diverged_at_step=diverged_at,
+        time_per_step_s=(time.perf_counter() - start) / max(1, steps),
+    )
+    metrics: dict[str, float | bool] = {"fd_classifier_test_error": real_error, "fd_real": fd_real}
+    record["fd_classifier"] = digest
+    if status == "completed":
+        metrics |= {"d_loss": float(d_loss), "g_loss": float(g_loss), **measure(FINAL_SAMPLES)}
+        metrics["mode_collapsed"] = bool(metrics.get("classes_covered", 0) <= data.num_classes / 2)
+        if norm_spec(cfg.task.model.g_norm or cfg.norm.name).batch_dependent:
+            metrics["fd_batch_stats"] = batch_stats_fd(
+                gan, bs, eval_noise_seed, classifier, real_stats, data, runtime
+            )
+        if not math.isfinite(metrics["fd"]):
+            record.update(status="diverged", diverged_at_step=steps, error="non-finite generated samples")
+            metrics = {k: v for k, v in metrics.items() if not isinstance(v, float) or math.isfinite(v)}
+        with torch.no_grad():
+            gan.generator.eval()
+            grid = gan.sample(64, torch.Generator().manual_seed(eval_noise_seed), runtime.device)
+        save_sample_grid(
+            grid,
+            out_dir / SAMPLES_FILE,
+            f"{cfg.task.name}, G: {cfg.task.model.g_norm or cfg.norm.name}, "
+            f"D: {cfg.task.model.d_norm or cfg.norm.name}, batch {bs}, seed {cfg.seed}",
+        )
+    record["metrics"] = metrics
+
+
+def batch_stats_fd(
+    gan: GAN, bs: int, seed: int, classifier, real_stats, data: Dataset, runtime: Runtime
+) -> float:
+    """The Fréchet distance of samples generated in training mode, batch by batch, on a copy (the run's
+    running statistics stay as they are)."""
+    generator = copy.deepcopy(gan.generator).train()
+    noise = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        z = torch.randn(FINAL_SAMPLES // bs * bs, generator.latent, generator=noise).to(runtime.device)
+        fake = torch.cat([generator(chunk) for chunk in z.split(bs)])
+    return sample_metrics(classifier, fake, real_stats, data.num_classes)["fd"]
