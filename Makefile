@@ -21,7 +21,8 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-# e.g. make study STUDY_ARGS="--out /tmp/fresh_study" to train every run anew elsewhere
+# e.g. make study STUDY_ARGS="--out /tmp/fresh_study" to train every run anew elsewhere, or
+# STUDY_ARGS="--study conf/study/sequence_gan.yaml" for the recurrent and GAN study
 STUDY_ARGS ?=
 
 study: setup
@@ -29,3 +30,4 @@ study: setup
 
 smoke: setup
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash scripts/small_batch_study.sh --smoke
+	PATH="$(abspath $(VENV))/bin:$$PATH" bash scripts/small_batch_study.sh --smoke --study conf/study/sequence_gan.yaml

@@ -79,3 +79,18 @@ def test_holm_matches_the_hand_computed_adjustment():
     assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
     adjusted = holm([0.2, float("nan"), 0.9])
     assert adjusted[0] == pytest.approx(0.4) and math.isnan(adjusted[1]) and adjusted[2] == pytest.approx(0.9)
+
+
+def test_an_interval_that_excludes_zero_is_not_enough_after_holm():
+    values = {("batchnorm", 2): [0.30, 0.31, 0.36], ("batchnorm", 32): [0.20, 0.21, 0.22]}
+    runs = _runs(values)
+    bn = Contrast("BN(2) − BN(32)", ((BN2, 1), (BN32, -1)))
+    alone = evaluate(runs, bn, "test_error")
+    assert alone.low > 0 and alone.established  # by itself the interval decides
+    # made together with many claims, the Holm-adjusted p rises past 0.05
+    together = evaluate_all(runs, [bn] * 40, "test_error")[0]
+    assert together.p_holm == pytest.approx(min(1.0, 40 * alone.p)) and together.p_holm >= 0.05
+    assert not together.established
+    assert sentence(together).endswith(
+        "not established after the Holm adjustment over all claims (adjusted p >= 0.05)."
+    )

@@ -20,6 +20,15 @@ def test_a_plateau_is_not_falling_and_a_late_drop_is():
     assert still_falling(_history([0.2, 0.1])) is None  # too short to tell
 
 
+def test_a_small_error_drop_within_validation_noise_is_a_plateau():
+    # 1.2% -> 1.0%: a 17% relative drop but 0.2 pp, under one sample in a 400-sample validation set
+    assert (
+        still_falling(_history([0.05, 0.03, 0.02, 0.015, 0.012, 0.012, 0.012, 0.012, 0.011, 0.010])) is False
+    )
+    # 2.0% -> 1.0%: a whole percentage point is progress
+    assert still_falling(_history([0.05, 0.04, 0.03, 0.025, 0.022, 0.021, 0.02, 0.02, 0.015, 0.010])) is True
+
+
 def test_cells_with_mostly_falling_runs_are_flagged():
     falling = _history([0.9, 0.7, 0.6, 0.5, 0.4, 0.35, 0.32, 0.30, 0.27, 0.25])
     flat = _history([0.5, 0.3, 0.25, 0.21, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2])

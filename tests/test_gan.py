@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.linalg
 import torch
@@ -149,12 +150,20 @@ def test_a_gan_sweep_reports_its_own_main_metric(tmp_path, monkeypatch):
                 )
                 fds[norm, seed, bs] = execute(cfg, tmp_path / "sweep" / f"{norm}{seed}{bs}")["metrics"]["fd"]
     text = build_report([tmp_path / "sweep"], tmp_path / "out").read_text()
-    assert "Main metric: `fd` (lower is better)" in text and "## FD vs batch size" in text
+    assert "Main metric: `fd` (lower is better) for gan_digits." in text and "## FD vs batch size" in text
     bn = np.array([fds["batchnorm", 0, 8], fds["batchnorm", 1, 8]])
     assert f"{bn.mean():.1f} ± {bn.std(ddof=1):.1f}" in text
-    # a classification run beside them: two main metrics in one report are refused, naming both
-    execute(compose_cfg("task=digits_cnn", "train.budget=steps", "train.steps=2"), tmp_path / "sweep" / "cls")
-    with pytest.raises(
-        ValueError, match=r"different main metrics \(digits_cnn: test_error, gan_digits: fd\)"
-    ):
-        build_report([tmp_path / "sweep"], tmp_path / "out2")
+    # classification runs beside them: each task's metric gets its own sections
+    for bs in (8, 16):
+        cfg = compose_cfg("task=digits_cnn", "train.budget=steps", "train.steps=2", f"batch_size={bs}")
+        execute(cfg, tmp_path / "sweep" / f"c{bs}")
+    text = build_report([tmp_path / "sweep"], tmp_path / "out2").read_text()
+    assert (
+        "Main metric: `test_error` (lower is better) for digits_cnn; `fd` (lower is better) for gan_digits"
+        in text
+    )
+    assert "## Test error vs batch size" in text and "## FD vs batch size" in text
+    summary = pd.read_csv(tmp_path / "out2" / "summary.csv")
+    pairs = set(zip(summary["task"], summary["metric"], strict=True))
+    assert pairs == {("digits_cnn", "test_error"), ("gan_digits", "fd")}
+    assert (tmp_path / "out2" / "figures" / "fd_vs_batch_all.png").exists()

@@ -313,3 +313,32 @@ def test_study_script_refuses_bad_arguments_before_any_work(tmp_path, args, mess
     )
     assert result.returncode == 2 and message in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_the_sweeps_of_a_study_in_each_mode():
+    from normbench.report.study import sweep_commands
+
+    study = load_study(ROOT / "conf/study/small_batch.yaml")
+    full = sweep_commands(study)
+    assert [p for p, _ in full] == [
+        "small_batch_mlp",
+        "small_batch_cnn",
+        "small_batch_b2",
+        "small_batch_noniid",
+        "small_batch_ghost",
+        "small_batch_init",
+    ]
+    assert all(extra == [] for _, extra in full)
+    smoke = dict(sweep_commands(study, "smoke"))
+    assert smoke["small_batch_mlp"] == [
+        "hydra.sweeper.params={norm:'batchnorm,groupnorm,identity',optim.lr:'0.05,0.8',seed:'0,1'}",
+        "train.epochs=1",
+    ]
+    large = dict(sweep_commands(study, "large"))
+    assert (
+        "batch_size:'2,4,8,16,32,64,128'" in large["small_batch_cnn"][0]
+        and "instancenorm" in large["small_batch_cnn"][0]
+    )
+    assert large["small_batch_b2"] == []  # no large grid: the sweep as it is
+    with pytest.raises(StudyError, match="mode='tiny'; allowed: full, smoke, large"):
+        sweep_commands(study, "tiny")

@@ -15,12 +15,13 @@ import pandas as pd
 from normbench.report import figures
 from normbench.report.load import read_records, runs_frame
 from normbench.report.markdown import facet_title, image, md_table, norm_by_batch, slug
-from normbench.report.metric import Metric, main_metric
+from normbench.report.metric import Metric, metric_groups
 from normbench.report.select import CRITERION, check_keys, select_on_validation
 from normbench.report.study import Study, load_study, study_report
 from normbench.report.tables import (
     LATE_FRACTION,
     STILL_FALLING,
+    STILL_FALLING_ERROR,
     cell_columns,
     convergence,
     facet_columns,
@@ -53,10 +54,11 @@ def general_sections(
         name = slug(values)
         title = facet_title(facets, values)
         lines += [f"## {metric.title} vs batch size{f' ({title})' if title else ''}", ""]
-        stem = fig_dir / f"error_vs_batch_{name}"
+        prefix = "" if metric == TEST_ERROR else f"{metric.name}_"
+        stem = fig_dir / f"{prefix or 'error_'}vs_batch_{name}"
         figures.metric_vs_batch(part, stem, ylabel=metric.label, title=title, scale=metric.scale)
         lines += [image(stem.with_suffix(".png"), out, f"{metric.label} vs batch size"), ""]
-        delta_stem = fig_dir / f"delta_vs_batch{reference_batch}_{name}"
+        delta_stem = fig_dir / f"{prefix}delta_vs_batch{reference_batch}_{name}"
         figures.metric_vs_batch(
             part.assign(mean=part["delta_vs_ref"]),
             delta_stem,
@@ -136,7 +138,8 @@ def convergence_section(runs: pd.DataFrame) -> str:
         return ""
     rule = (
         f"validation error (training loss where a run has no validation split) still falling by more than "
-        f"{STILL_FALLING:.0%} over the last {LATE_FRACTION:.0%} of training"
+        f"{STILL_FALLING:.0%} (and, for the error, more than {STILL_FALLING_ERROR * 100:g} percentage points) "
+        f"over the last {LATE_FRACTION:.0%} of training"
     )
     lines = ["## Convergence", ""]
     flagged = table[table["flagged"]]
@@ -300,16 +303,22 @@ def _write_report(
         runs, candidates = select_on_validation(runs, select)
         write_csv(candidates, out / "selection.csv")
         chosen_section = selection_section(candidates, select, cells, out)
-    metric = main_metric(all_runs)
-    summary = with_reference_delta(summarize(runs, metric.name), reference_batch)
+    groups = metric_groups(runs)
+    summaries = [with_reference_delta(summarize(part, m.name), reference_batch) for m, part in groups]
+    summary = pd.concat(
+        [s.assign(metric=m.name) for (m, _), s in zip(groups, summaries, strict=True)], ignore_index=True
+    )
     write_csv(summary, out / "summary.csv")
+    tasks_by_metric = "; ".join(
+        f"`{m.name}` ({m.direction}) for {', '.join(sorted(part['task'].unique()))}" for m, part in groups
+    )
     counts = all_runs["status"].value_counts()
     chosen = f"; the {len(runs)} of the chosen values are tabulated below" if select else ""
     header = [
         f"# {title}",
         "",
         f"{len(all_runs)} runs ({', '.join(f'{counts.get(s, 0)} {s}' for s in ('completed', 'diverged', 'failed'))}) "
-        f"from {', '.join(f'`{d}`' for d in dirs)}{chosen}. Main metric: `{metric.name}` ({metric.direction}). Errors are fractions in the CSV files and percent here; "
+        f"from {', '.join(f'`{d}`' for d in dirs)}{chosen}. Main metric: {tasks_by_metric}. Errors are fractions in the CSV files and percent here; "
         "bands in the figures span the seeds (min to max). Data: [runs.csv](runs.csv), [summary.csv](summary.csv).",
         "",
     ]
@@ -319,7 +328,8 @@ def _write_report(
     body.append(chosen_section)
     if described is not None:
         body.append("# All cells\n")
-    body.append(general_sections(runs, summary, out, reference_batch, metric))
+    for (metric, part), part_summary in zip(groups, summaries, strict=True):
+        body.append(general_sections(part, part_summary, out, reference_batch, metric))
     body.append(layers_section(runs))
     body.append(convergence_section(runs))
     body.append(problems_section(runs, summary, skipped))

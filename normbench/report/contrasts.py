@@ -6,7 +6,8 @@ A contrast is a weighted sum of cells, evaluated seed by seed: ``BN(2) − BN(32
 initialization stream and batch order wherever shapes allow, so cell differences are measured on
 matched runs, as Bouthillier et al. 2021 recommend). Only seeds present in every cell of the contrast
 count. The interval is the Student t interval of the per-seed values (``scipy.stats.ttest_1samp``);
-a claim is *established* only when its interval excludes 0.
+a claim is *established* only when its interval excludes 0 and, where it was made with others, its
+Holm-adjusted p-value is below 0.05 (so that the family of claims keeps a 5% error rate).
 
 A cell's selector may name its own ``metric`` (e.g. ``{"norm": "batchnorm", "metric":
 "test_error_precise_bn"}``), so one contrast can compare two evaluations of the same runs. With
@@ -26,7 +27,8 @@ from scipy import stats
 from normbench.config import LATER_KEYS
 
 Selector = Mapping[str, object]  # column -> value, e.g. {"norm": "batchnorm", "batch_size": 2}
-METRIC = "metric"  # a selector key naming the cell's metric instead of a column
+METRIC = "metric"
+ALPHA = 0.05  # a selector key naming the cell's metric instead of a column
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +49,12 @@ class ContrastResult:
 
     @property
     def established(self) -> bool:
+        return (
+            self.excludes_zero and not self.p_holm >= ALPHA
+        )  # NaN p_holm: not adjusted, the interval decides
+
+    @property
+    def excludes_zero(self) -> bool:
         return self.n >= 2 and (self.low > 0 or self.high < 0)
 
 
@@ -150,7 +158,12 @@ def sentence(result: ContrastResult, unit: float = 100.0, what: str = "pp") -> s
     """One line stating the contrast, its interval and its verdict, from the numbers alone."""
     if result.n < 2:
         return f"{result.name}: not established ({result.n} paired seed(s); an interval needs 2 or more)."
-    verdict = "established" if result.established else "not established (the interval includes 0)"
+    if result.established:
+        verdict = "established"
+    elif result.excludes_zero:
+        verdict = f"not established after the Holm adjustment over all claims (adjusted p >= {ALPHA:g})"
+    else:
+        verdict = "not established (the interval includes 0)"
     return (
         f"{result.name}: {result.mean * unit:+.1f} {what}, 95% CI [{result.low * unit:+.1f}, "
         f"{result.high * unit:+.1f}] over {result.n} paired seeds, Holm-adjusted p = {result.p_holm:.3g}: {verdict}."

@@ -46,14 +46,15 @@ class Metric:
         return f"{text} (n={n})*" if incomplete else text
 
 
-def main_metric(runs: pd.DataFrame) -> Metric:
-    """The runs' main metric; ValueError when their tasks name different ones (report them apart)."""
-    names = runs["task.metric"].dropna().unique() if "task.metric" in runs else []
-    directions = runs["task.lower_is_better"].dropna().unique() if "task.lower_is_better" in runs else []
-    if len(names) > 1 or len(directions) > 1:
-        tasks = ", ".join(f"{t}: {m}" for t, m in runs.groupby("task")["task.metric"].first().items())
-        raise ValueError(f"these runs' tasks have different main metrics ({tasks}); report them separately")
-    return Metric(
-        str(names[0]) if len(names) else LATER_KEYS["task.metric"],
-        bool(directions[0]) if len(directions) else LATER_KEYS["task.lower_is_better"],
-    )
+def metric_groups(runs: pd.DataFrame) -> list[tuple[Metric, pd.DataFrame]]:
+    """The runs split by their tasks' main metric (one group when all tasks share one), test error first."""
+    keys = {
+        "task.metric": LATER_KEYS["task.metric"],
+        "task.lower_is_better": LATER_KEYS["task.lower_is_better"],
+    }
+    filled = runs.assign(**{k: runs[k].fillna(v) if k in runs else v for k, v in keys.items()})
+    groups = [
+        (Metric(str(name), bool(lower)), runs.loc[part.index])
+        for (name, lower), part in filled.groupby(list(keys), sort=False)
+    ]
+    return sorted(groups, key=lambda g: (g[0].name != LATER_KEYS["task.metric"], g[0].name))

@@ -48,9 +48,18 @@ def candidates(runs: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
     grouped = usable.groupby([*cells, *keys], sort=True, dropna=False)
     table = grouped["criterion"].agg(val_mean="mean", n="count").reset_index()
     table["n_diverged"] = grouped["status"].agg(lambda s: int((s == "diverged").sum())).to_numpy()
-    best = table.groupby(cells, sort=False, dropna=False)["val_mean"].idxmin()
     table["chosen"] = False
-    table.loc[best.to_numpy(), "chosen"] = True
+    for _, cell in table.groupby(cells, sort=False, dropna=False):
+        if cell["val_mean"].notna().any():
+            table.loc[cell["val_mean"].idxmin(), "chosen"] = True
+        elif len(cell) == 1:  # a task without the criterion (a GAN's) and nothing to choose between
+            table.loc[cell.index[0], "chosen"] = True
+        else:
+            first = cell.iloc[0]
+            raise ValueError(
+                f"--select {' '.join(keys)}: the cell {first['task']}, {first['norm']}, batch {first['batch_size']} "
+                f"has {len(cell)} candidates but no {CRITERION} to choose between them"
+            )
     return table
 
 

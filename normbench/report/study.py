@@ -32,7 +32,18 @@ from normbench.report.contrasts import (
 )
 from normbench.report.markdown import image, md_table, slug
 
-STUDY_KEYS = {"title", "select", "reference_batch", "metric", "diverged_as", "derived", "sections"}
+STUDY_KEYS = {
+    "title",
+    "select",
+    "reference_batch",
+    "metric",
+    "diverged_as",
+    "derived",
+    "sections",
+    "sweeps",
+    "smoke",
+}
+SWEEP_KEYS = {"preset", "smoke", "large"}
 SECTION_KEYS = {"title", "question", "where", "selected", "metric", "unit", "table", "candidates", "claims"}
 CLAIM_KEYS = {"name", "for_each", "where", "plus", "minus"}
 TABLE_KEYS = {"rows", "columns", "where", "metrics"}
@@ -79,6 +90,8 @@ class Study:
     diverged_as: float | None
     derived: dict[str, dict[str, Any]]
     sections: list[Section]
+    sweeps: list[dict[str, Any]] = field(default_factory=list)  # preset, and its smoke / large grids
+    smoke: list[str] = field(default_factory=list)  # overrides of every smoke sweep (e.g. a short budget)
 
 
 def _check_keys(entry: Mapping[str, Any], allowed: set[str], where: str) -> None:
@@ -115,6 +128,10 @@ def load_study(path: str | Path) -> Study:
         sections.append(Section(**fields, unit=unit))
     for name, spec in (raw.get("derived") or {}).items():
         _check_keys(spec, DERIVED_KEYS, f"{path}: derived.{name}")
+    for i, sweep in enumerate(raw.get("sweeps") or []):
+        _check_keys(sweep, SWEEP_KEYS, f"{path}: sweeps[{i}]")
+        if "preset" not in sweep:
+            raise StudyError(f"{path}: sweeps[{i}] needs a preset (a file of conf/experiment/)")
     return Study(
         title=raw.get("title", path.stem),
         select=list(raw.get("select") or []),
@@ -123,7 +140,60 @@ def load_study(path: str | Path) -> Study:
         diverged_as=raw.get("diverged_as"),
         derived=dict(raw.get("derived") or {}),
         sections=sections,
+        sweeps=list(raw.get("sweeps") or []),
+        smoke=list(raw.get("smoke") or []),
     )
+
+
+# --- the sweeps that produce a study's runs ------------------------------------------------------------
+
+
+def sweep_params(grid: Mapping[str, Any]) -> str:
+    """A grid as one Hydra override of ``hydra.sweeper.params``: ``{norm:'bn,gn',seed:'0,1'}`` (lists
+    quoted, so Hydra reads them as the sweeper's strings instead of sweeping its own config)."""
+
+    def value(v: Any) -> str:
+        return "'" + ",".join(map(str, v)) + "'" if isinstance(v, list) else str(v)
+
+    return "hydra.sweeper.params={" + ",".join(f"{k}:{value(v)}" for k, v in grid.items()) + "}"
+
+
+def sweep_commands(study: Study, mode: str = "full") -> list[tuple[str, list[str]]]:
+    """Per sweep of the study, its preset and the overrides of ``mode`` (full: none; smoke: the sweep's
+    smoke grid and the study's smoke overrides; large: the sweep's large grid, if it has one)."""
+    if mode not in ("full", "smoke", "large"):
+        raise StudyError(f"mode={mode!r}; allowed: full, smoke, large")
+    commands = []
+    for sweep in study.sweeps:
+        extra: list[str] = []
+        if mode != "full" and sweep.get(mode):
+            extra.append(sweep_params(sweep[mode]))
+        if mode == "smoke":
+            extra += study.smoke
+        commands.append((sweep["preset"], extra))
+    return commands
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m normbench.report.study FILE [full|smoke|large]``: one line per sweep, the preset and
+    its overrides separated by tabs (what scripts/small_batch_study.sh runs)."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        study = load_study(args[0])
+        lines = ["\t".join([preset, *extra]) for preset, extra in sweep_commands(study, *args[1:2])]
+    except (IndexError, StudyError) as exc:
+        print(
+            f"study: error: {exc or 'usage: python -m normbench.report.study FILE [full|smoke|large]'}",
+            file=sys.stderr,
+        )
+        raise SystemExit(2) from None
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
 
 
 # --- derived metrics -------------------------------------------------------------------------------
@@ -235,6 +305,11 @@ def mean_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[fl
     return mean, float(low), float(high)
 
 
+def _label(value: Any) -> Any:
+    """A whole float as an int (ghost batch 2, not 2.0: integer options share a column with NaN)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 def _interval_text(values: pd.Series, unit: Unit, n_diverged: int) -> str:
     mean, low, high = mean_interval(values.to_numpy())
     if math.isnan(mean):
@@ -263,7 +338,7 @@ def cell_table(
         return pd.DataFrame()
     out = {}
     for keys, cell in part.groupby([*rows, *columns], sort=True, dropna=False):
-        keys = keys if isinstance(keys, tuple) else (keys,)
+        keys = tuple(map(_label, keys if isinstance(keys, tuple) else (keys,)))
         n_div = int((cell["status"] == "diverged").sum())
         for m in metrics:
             values = cell[m].astype(float)
@@ -340,7 +415,7 @@ def protocol(runs: pd.DataFrame, study: Study) -> str:
         "- Every claim is a paired contrast over seeds (the same seed gives the same initialization "
         "stream and batch order), with a Student t 95% interval (scipy.stats) and a p-value "
         "Holm-adjusted over all claims of this report; it is *established* only where the interval "
-        "excludes 0.",
+        "excludes 0 and the adjusted p is below 0.05.",
         "",
     ]
     return "\n".join(lines)
@@ -352,7 +427,8 @@ def claims_summary(evaluated: Sequence[tuple[Section, list[tuple[Claim, Contrast
     lines = [
         "## Findings",
         "",
-        f"{len(established)} of {len(results)} claims are established (95% interval excludes 0):",
+        f"{len(established)} of {len(results)} claims are established (95% interval excludes 0, "
+        "Holm-adjusted p < 0.05):",
         "",
     ]
     lines += [f"- {sentence(r, c.unit.scale, c.unit.name)}" for c, r in established]

@@ -79,11 +79,15 @@ def matches(series: pd.Series, value: object) -> pd.Series:
 
 LATE_FRACTION = 0.2  # "the last fifth of training"
 STILL_FALLING = 0.02  # a relative drop over it larger than this: not yet on a plateau
+# ... and, for an error, larger than this absolute drop: half a percentage point is one or two samples
+# of a few-hundred-sample validation set, noise rather than progress
+STILL_FALLING_ERROR = 0.005
 
 
 def still_falling(history: list[dict]) -> bool | None:
     """Whether a run's validation error (its training loss where it has none) fell by more than
-    STILL_FALLING (relative) over the last LATE_FRACTION of its steps; None with too short a history."""
+    STILL_FALLING (relative; for the error also more than STILL_FALLING_ERROR absolute) over the last
+    LATE_FRACTION of its steps; None with too short a history."""
     if not isinstance(history, list) or len(history) < 3:
         return None
     key = "val_error" if all("val_error" in p for p in history) else "train_loss"
@@ -94,7 +98,8 @@ def still_falling(history: list[dict]) -> bool | None:
     if not mark or mark[-1][key] is None or history[-1][key] is None:
         return None
     before, after = mark[-1][key], min(p[key] for p in history if p["step"] > mark[-1]["step"])
-    return bool(after < before * (1 - STILL_FALLING))
+    floor = STILL_FALLING_ERROR if key == "val_error" else 0.0
+    return bool(after < before * (1 - STILL_FALLING) and before - after > floor)
 
 
 def convergence(runs: pd.DataFrame) -> pd.DataFrame:
