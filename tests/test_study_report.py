@@ -342,3 +342,15 @@ def test_the_sweeps_of_a_study_in_each_mode():
     assert large["small_batch_b2"] == []  # no large grid: the sweep as it is
     with pytest.raises(StudyError, match="mode='tiny'; allowed: full, smoke, large"):
         sweep_commands(study, "tiny")
+
+
+def test_later_keys_are_filled_with_their_old_value_only_where_some_run_sets_them():
+    import pandas as pd
+
+    from normbench.report.load import with_later_defaults
+
+    runs = pd.DataFrame({"task.model.init_scale": [4.0, None], "optim.lr": [0.1, 0.2]})
+    filled = with_later_defaults(runs.copy())
+    assert filled["task.model.init_scale"].tolist() == [4.0, 1.0]  # the run that predates the key ran at 1.0
+    assert "task.model.g_norm" not in filled  # a key no run sets gets no column
+    assert filled["optim.lr"].tolist() == [0.1, 0.2]

@@ -225,7 +225,12 @@ def selection_section(table: pd.DataFrame, keys: Sequence[str], cells: list[str]
     chosen = table[table["chosen"]]
     shown = [c for c in cells if c != "task"] + list(keys)
     for task, rows in chosen.groupby("task", sort=True):
-        view = rows[shown].assign(
+        if rows["val_mean"].isna().all():  # a task without the validation metric (a GAN's): nothing chosen
+            lines += [f"### {task}", "", f"No {CRITERION} in these runs: nothing was chosen.", ""]
+            continue
+        fixed = ("norm", "batch_size", *keys)  # and whatever varies within this task
+        columns = [c for c in shown if c in fixed or rows[c].astype(str).nunique() > 1]
+        view = rows[columns].assign(
             **{"validation error (%)": (rows["val_mean"] * 100).round(1), "n": rows["n"]}
         )
         lines += [f"### {task}", "", md_table(view), ""]

@@ -11,6 +11,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import matplotlib.ticker
 import pandas as pd
 
 PALETTE = plt.get_cmap("tab20").colors
@@ -158,27 +159,44 @@ def learning_curves(
 
 def selection_curves(table: pd.DataFrame, key: str, path_stem: Path, title: str = "") -> list[Path]:
     """Mean validation error (%) against the selected ``key`` (log axis), one panel per norm, one line
-    per batch size; each cell's choice starred. ``table`` is :func:`normbench.report.select.candidates`
-    for one task."""
+    per cell (batch size and any other varying setting); each cell's choice starred. ``table`` is
+    :func:`normbench.report.select.candidates` for one task."""
     norms = sorted(table["norm"].unique())
     fig, axes = panels(len(norms), width=3.6, height=3.0, sharey=True)
-    sizes = sorted(table["batch_size"].unique())
+    stats = {"task", "norm", key, "val_mean", "n", "n_diverged", "chosen"}
+    others = [c for c in table.columns if c not in stats]
+    varying = [c for c in others if c != "batch_size" and table[c].astype(str).nunique() > 1]
     shades = plt.get_cmap("viridis")
+    values = sorted(table[key].unique())
     for ax, norm in zip(axes, norms, strict=True):
         part = table[table["norm"] == norm]
-        for i, bs in enumerate(sizes):
-            rows = part[part["batch_size"] == bs].sort_values(key)
-            if rows.empty:
-                continue
-            color = shades(i / max(1, len(sizes) - 1))
-            ax.plot(rows[key], rows["val_mean"] * 100, marker="o", ms=3, color=color, label=f"batch {bs}")
+        lines = list(part.groupby(others, sort=True, dropna=False)) if others else [((), part)]
+        for i, (cell, rows) in enumerate(lines):
+            cell = dict(zip(others, cell if isinstance(cell, tuple) else (cell,), strict=True))
+            label = ", ".join(
+                [f"batch {cell['batch_size']}"] * ("batch_size" in cell)
+                + [
+                    f"{c.split('.')[-1]}={cell[c]:g}"
+                    if isinstance(cell[c], float)
+                    else f"{c.split('.')[-1]}={cell[c]}"
+                    for c in varying
+                    if not pd.isna(cell[c])
+                ]
+            )
+            rows = rows.sort_values(key)
+            color = shades(i / max(1, len(lines) - 1))
+            ax.plot(rows[key], rows["val_mean"] * 100, marker="o", ms=3, color=color, label=label)
             best = rows[rows["chosen"]]
             ax.scatter(best[key], best["val_mean"] * 100, marker="*", s=90, color=color, zorder=3)
         ax.set_xscale("log")
+        ax.set_xticks(values, [f"{v:g}" for v in values])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel(key)
         ax.set_title(norm)
+        if len(lines) > 1:
+            ax.legend(fontsize=6, frameon=False)
     axes[0].set_ylabel("validation error (%)")
-    return finish(fig, axes, path_stem, title)
+    return finish(fig, axes, path_stem, title, legend_size=6)
 
 
 def forest(results: Sequence, path_stem: Path, scale: float = 100.0, xlabel: str = "pp") -> list[Path]:

@@ -336,7 +336,8 @@ def cell_table(
     missing = [c for c in (*rows, *columns, *metrics) if c not in part]
     if part.empty or missing:
         return pd.DataFrame()
-    out = {}
+    out: dict[str, dict] = {}
+    order: dict[str, tuple] = {}
     for keys, cell in part.groupby([*rows, *columns], sort=True, dropna=False):
         keys = tuple(map(_label, keys if isinstance(keys, tuple) else (keys,)))
         n_div = int((cell["status"] == "diverged").sum())
@@ -345,10 +346,11 @@ def cell_table(
             if diverged_as is not None:
                 values = values.where(cell["status"] == "completed", diverged_as)
             column_key = (*keys[len(rows) :], m) if len(metrics) > 1 else keys[len(rows) :]
-            out.setdefault(" · ".join(map(str, column_key)) or m, {})[keys[: len(rows)]] = _interval_text(
-                values.dropna(), unit, n_div
-            )
+            label = " · ".join(map(str, column_key)) or m
+            order.setdefault(label, (*keys[len(rows) :], metrics.index(m)))  # natural order, not first seen
+            out.setdefault(label, {})[keys[: len(rows)]] = _interval_text(values.dropna(), unit, n_div)
     table = pd.DataFrame(out)
+    table = table[sorted(table.columns, key=lambda label: order[label])]
     table.index = (
         table.index.set_names(rows) if len(rows) > 1 else pd.Index([k[0] for k in table.index], name=rows[0])
     )
@@ -450,9 +452,10 @@ def render_section(
     if section.table:
         table = cell_table(frame, section.table, section.where, metric, section.unit, study.diverged_as)
         if not table.empty:
-            what = ", ".join(_as_list(section.table.get("metrics"))) or metric
+            metrics = _as_list(section.table.get("metrics")) or [metric]
+            unit = " (errors in %)" if section.unit.scale == 100 else ""
             lines += [
-                f"{what} ({section.unit.name if section.unit.name != 'pp' else '%'}), mean [95% interval] over seeds:",
+                f"{', '.join(metrics)}{unit}, mean [95% interval] over seeds:",
                 "",
                 md_table(table),
                 "",
