@@ -297,6 +297,11 @@ def _train_and_evaluate(
             raise ConfigError(
                 f"task={cfg.task.name}: GAN runs train in one process (got {world.size} under torchrun)"
             )
+        if cfg.runtime.precision == "fp16":
+            raise ConfigError(
+                f"runtime.precision=fp16: task={cfg.task.name} has no gradient scaler for its two networks; "
+                "use bf16 or fp32"
+            )
         train_gan(cfg, record, data, model, runtime, out_dir, progress)
         return
     n_train, bs = len(data.x_train), cfg.batch_size

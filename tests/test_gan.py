@@ -114,6 +114,10 @@ def test_mixed_batches_change_what_batchnorm_in_d_sees(tmp_path, monkeypatch):
             r"task.model.g_norm=nonorm: not a registered norm; available: .*batchnorm",
         ),
         (("batch_size=2000",), r"batch_size=2000: must be between 1 and the training set size"),
+        (
+            ("runtime.precision=fp16",),
+            r"runtime.precision=fp16: task=gan_digits has no gradient scaler.*bf16 or fp32",
+        ),
         (("task.model.latent=0",), r"task.model.latent=0.*>= 1"),
     ],
 )
