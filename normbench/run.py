@@ -50,7 +50,7 @@ from normbench.tasks.cifar import crop_flip
 from normbench.tasks.data import Dataset
 from normbench.tasks.gan import GAN
 from normbench.tasks.models import scale_initial_weights
-from normbench.train import fit, lr_schedule, make_optimizer, scaled_lr
+from normbench.train import fit, lr_schedule, make_optimizer, training_plan
 from normbench.train_gan import train_gan
 
 log = logging.getLogger(__name__)
@@ -304,15 +304,11 @@ def _train_and_evaluate(
             )
         train_gan(cfg, record, data, model, runtime, out_dir, progress)
         return
-    n_train, bs = len(data.x_train), cfg.batch_size
+    bs = cfg.batch_size
     if bs < world.size:
         raise ConfigError(f"batch_size={bs}: smaller than the {world.size} processes it is split across")
-    steps_per_epoch = n_train // bs
-    total = cfg.train.epochs * steps_per_epoch if cfg.train.budget == "epochs" else cfg.train.steps
-    eval_every = (
-        steps_per_epoch if cfg.train.budget == "epochs" else math.ceil(total / cfg.train.history_points)
-    )
-    lr = scaled_lr(cfg.optim.lr, bs, cfg.optim.base_batch_size, cfg.optim.lr_scaling)
+    plan = training_plan(cfg, len(data.x_train))
+    steps_per_epoch, total, eval_every, lr = plan.steps_per_epoch, plan.total, plan.eval_every, plan.lr
     record.update(planned_steps=total, steps_per_epoch=steps_per_epoch, lr=lr)
     gen = torch.Generator().manual_seed(cfg.seed)
     transform = None

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig
 from torch import Tensor, nn
 from tqdm import tqdm
 
@@ -43,6 +44,32 @@ def lr_schedule(peak: float, total_steps: int, schedule: str, warmup_steps: int)
         return 0.5 * peak * (1 + math.cos(math.pi * progress))
 
     return lr_at
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A run's schedule: steps per epoch, total steps, steps between history points, and the lr
+    scaled to the batch size."""
+
+    steps_per_epoch: int
+    total: int
+    eval_every: int
+    lr: float
+
+
+def training_plan(cfg: DictConfig, n_train: int) -> Plan:
+    """The plan of ``cfg``'s budget (``train.budget`` epochs or steps) on ``n_train`` samples."""
+    bs = cfg.batch_size
+    per_epoch = n_train // bs
+    epochs = cfg.train.budget == "epochs"
+    total = cfg.train.epochs * per_epoch if epochs else cfg.train.steps
+    eval_every = per_epoch if epochs else math.ceil(total / cfg.train.history_points)
+    return Plan(
+        per_epoch,
+        total,
+        eval_every,
+        scaled_lr(cfg.optim.lr, bs, cfg.optim.base_batch_size, cfg.optim.lr_scaling),
+    )
 
 
 def make_optimizer(name: str, params, lr: float, momentum: float, weight_decay: float):

@@ -9,6 +9,7 @@ batch size instead of the running ones). A non-finite loss gives status ``diverg
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import time
@@ -32,7 +33,7 @@ from normbench.tasks.gan import (
     sample_metrics,
     save_sample_grid,
 )
-from normbench.train import lr_schedule, make_optimizer, scaled_lr
+from normbench.train import lr_schedule, make_optimizer, training_plan
 
 log = logging.getLogger(__name__)
 
@@ -48,15 +49,8 @@ def to_unit_range(data: Dataset) -> Dataset:
     def scaled(x: torch.Tensor | None) -> torch.Tensor | None:
         return None if x is None else (x - lo) / (hi - lo) * 2 - 1
 
-    return Dataset(
-        data.name,
-        scaled(data.x_train),
-        data.y_train,
-        scaled(data.x_test),
-        data.y_test,
-        data.num_classes,
-        scaled(data.x_val),
-        data.y_val,
+    return dataclasses.replace(
+        data, x_train=scaled(data.x_train), x_test=scaled(data.x_test), x_val=scaled(data.x_val)
     )
 
 
@@ -90,12 +84,8 @@ def train_gan(
         )  # the floor: real training samples against the test set
         fd_real = sample_metrics(classifier, data.x_train[:n_real], real_stats, data.num_classes)["fd"]
     bs = cfg.batch_size
-    steps_per_epoch = len(data.x_train) // bs
-    total = cfg.train.epochs * steps_per_epoch if cfg.train.budget == "epochs" else cfg.train.steps
-    eval_every = (
-        steps_per_epoch if cfg.train.budget == "epochs" else math.ceil(total / cfg.train.history_points)
-    )
-    lr = scaled_lr(cfg.optim.lr, bs, cfg.optim.base_batch_size, cfg.optim.lr_scaling)
+    plan = training_plan(cfg, len(data.x_train))
+    steps_per_epoch, total, eval_every, lr = plan.steps_per_epoch, plan.total, plan.eval_every, plan.lr
     schedule = lr_schedule(lr, total, cfg.optim.schedule, cfg.optim.warmup_steps)
     opt = {
         net: make_optimizer(
@@ -107,6 +97,7 @@ def train_gan(
     noise = torch.Generator().manual_seed(cfg.seed + 30_000)
     eval_noise_seed = cfg.seed + 40_000  # the same evaluation noise at every history point
     mixed = cfg.task.model.d_batches == "mixed"
+    g_norm, d_norm = cfg.task.model.g_norm or cfg.norm.name, cfg.task.model.d_norm or cfg.norm.name
     record.update(planned_steps=total, steps_per_epoch=steps_per_epoch, lr=lr)
 
     def measure(n: int) -> dict[str, float]:
@@ -162,23 +153,24 @@ def train_gan(
     metrics: dict[str, float | bool] = {"fd_classifier_test_error": real_error, "fd_real": fd_real}
     record["fd_classifier"] = digest
     if status == "completed":
-        metrics |= {"d_loss": float(d_loss), "g_loss": float(g_loss), **measure(FINAL_SAMPLES)}
-        metrics["mode_collapsed"] = bool(metrics.get("classes_covered", 0) <= data.num_classes / 2)
-        if norm_spec(cfg.task.model.g_norm or cfg.norm.name).batch_dependent:
+        final = measure(FINAL_SAMPLES)
+        if not math.isfinite(final["fd"]):  # finite losses, non-finite samples: nothing to measure
+            record.update(status="diverged", diverged_at_step=steps, error="non-finite generated samples")
+            record["metrics"] = metrics
+            return
+        metrics |= {"d_loss": float(d_loss), "g_loss": float(g_loss), **final}
+        metrics["mode_collapsed"] = bool(metrics["classes_covered"] <= data.num_classes / 2)
+        if norm_spec(g_norm).batch_dependent:
             metrics["fd_batch_stats"] = batch_stats_fd(
                 gan, bs, eval_noise_seed, classifier, real_stats, data, runtime
             )
-        if not math.isfinite(metrics["fd"]):
-            record.update(status="diverged", diverged_at_step=steps, error="non-finite generated samples")
-            metrics = {k: v for k, v in metrics.items() if not isinstance(v, float) or math.isfinite(v)}
         with torch.no_grad():
             gan.generator.eval()
             grid = gan.sample(64, torch.Generator().manual_seed(eval_noise_seed), runtime.device)
         save_sample_grid(
             grid,
             out_dir / SAMPLES_FILE,
-            f"{cfg.task.name}, G: {cfg.task.model.g_norm or cfg.norm.name}, "
-            f"D: {cfg.task.model.d_norm or cfg.norm.name}, batch {bs}, seed {cfg.seed}",
+            f"{cfg.task.name}, G: {g_norm}, D: {d_norm}, batch {bs}, seed {cfg.seed}",
         )
     record["metrics"] = metrics
 

@@ -306,3 +306,15 @@ def test_regular_install_ships_the_configs(tmp_path):
     proc = normbench_run("norm=layernorm", *QUICK, "hydra.run.dir=out", cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr
     assert load_run(tmp_path / "out")["status"] == "completed"
+
+
+def test_training_plan_of_both_budgets():
+    from normbench.train import training_plan
+
+    epochs = training_plan(compose_cfg("batch_size=16", "train.epochs=3", "optim.lr=0.05"), n_train=100)
+    assert (epochs.steps_per_epoch, epochs.total, epochs.eval_every) == (6, 18, 6)
+    assert epochs.lr == pytest.approx(0.05 * 16 / 32)  # linear scaling from base batch 32
+    steps = training_plan(
+        compose_cfg("batch_size=16", "train.budget=steps", "train.steps=25", "train.history_points=4"), 100
+    )
+    assert (steps.total, steps.eval_every) == (25, 7)  # ceil(25 / 4)
