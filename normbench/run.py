@@ -9,7 +9,7 @@ import os
 import platform
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
@@ -50,7 +50,7 @@ from normbench.tasks.cifar import crop_flip
 from normbench.tasks.data import Dataset
 from normbench.tasks.gan import GAN
 from normbench.tasks.models import scale_initial_weights
-from normbench.train import fit, lr_schedule, make_optimizer, training_plan
+from normbench.train import FitResult, fit, lr_schedule, make_optimizer, training_plan
 from normbench.train_gan import train_gan
 
 log = logging.getLogger(__name__)
@@ -171,10 +171,10 @@ def one_sample_step(model: nn.Module, x: Tensor, cfg: DictConfig) -> None:
         ) from None
 
 
-def prepare(cfg: DictConfig, runtime: Runtime = CPU_FP32) -> tuple[Dataset, nn.Module]:
-    """Load the data and build the model, both on ``runtime.device``. A configuration that cannot work
-    on the task raises ConfigError; any other exception (a broken plugin) propagates and becomes a
-    failed record."""
+def prepare_data(cfg: DictConfig, runtime: Runtime = CPU_FP32) -> Dataset:
+    """The run's data split (train/validation/test, on the CPU), after the checks that need it: a
+    setting the task cannot give (a batch larger than the training set, a class-grouped batch the
+    classes cannot fill, an image-only setting on 1-D inputs) raises ConfigError."""
     try:
         data = load_dataset(cfg.task.dataset, cfg.data.root, cfg.data.download, cfg.data.mnist1d_samples)
     except (OSError, ValueError) as exc:  # unknown, missing (without data.download), bad download
@@ -203,6 +203,14 @@ def prepare(cfg: DictConfig, runtime: Runtime = CPU_FP32) -> tuple[Dataset, nn.M
         why = check_class_grouped(bs, cfg.data.classes_per_batch, data.num_classes)
         if why:
             raise ConfigError(why)
+    return data
+
+
+def prepare_model(cfg: DictConfig, data: Dataset, runtime: Runtime = CPU_FP32) -> nn.Module:
+    """The run's model, initialised from ``cfg.seed`` on the CPU (so a seed gives the same initial
+    weights on every device), checked by a dry forward, then moved to ``runtime.device``. A norm that
+    cannot build the task raises ConfigError; any other exception (a broken plugin) propagates."""
+    bs = cfg.batch_size
     try:
         torch.manual_seed(cfg.seed)
         model, norms = model_and_norms(cfg, data)
@@ -216,8 +224,15 @@ def prepare(cfg: DictConfig, runtime: Runtime = CPU_FP32) -> tuple[Dataset, nn.M
     except (ValueError, TypeError, KeyError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) else str(exc)
         raise ConfigError(f"norm={cfg.norm.name} cannot build task={cfg.task.name}: {msg}") from None
-    # built and initialised on the CPU, so a seed gives the same initial weights on every device
-    model.to(runtime.device, memory_format=runtime.memory_format)
+    return model.to(runtime.device, memory_format=runtime.memory_format)
+
+
+def prepare(cfg: DictConfig, runtime: Runtime = CPU_FP32) -> tuple[Dataset, nn.Module]:
+    """Load the data and build the model, both on ``runtime.device``. A configuration that cannot work
+    on the task raises ConfigError; any other exception (a broken plugin) propagates and becomes a
+    failed record."""
+    data = prepare_data(cfg, runtime)
+    model = prepare_model(cfg, data, runtime)
     return data.to(runtime.device, runtime.memory_format), model
 
 
@@ -281,10 +296,16 @@ def execute(cfg: DictConfig, out_dir: Path, progress: bool = False) -> dict[str,
         log.error("run failed: %s\n%s", exc, traceback.format_exc())
         record.update(status="failed", error=f"{type(exc).__name__}: {exc}")
     finish(world)
-    record["wall_time_s"] = time.perf_counter() - start
-    record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="microseconds")
+    seal(record, start)
     if world.is_main:
         write_json_atomic(out_dir / RESULT_FILE, record)
+    return record
+
+
+def seal(record: dict[str, Any], start: float) -> dict[str, Any]:
+    """``record`` with its wall time since ``start`` (a ``time.perf_counter()``) and finishing time."""
+    record["wall_time_s"] = time.perf_counter() - start
+    record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="microseconds")
     return record
 
 
@@ -311,10 +332,6 @@ def _train_and_evaluate(
     steps_per_epoch, total, eval_every, lr = plan.steps_per_epoch, plan.total, plan.eval_every, plan.lr
     record.update(planned_steps=total, steps_per_epoch=steps_per_epoch, lr=lr)
     gen = torch.Generator().manual_seed(cfg.seed)
-    transform = None
-    if cfg.task.augment == "crop_flip":  # its own stream, on the data's device
-        augment_gen = torch.Generator(data.x_train.device).manual_seed(cfg.seed + 20_000)
-        transform = partial(crop_flip, gen=augment_gen)
     trained = parallel(model, world)
     if runtime.compile:
         trained = torch.compile(trained)
@@ -335,8 +352,26 @@ def _train_and_evaluate(
         eval_model=model,
         evaluate=world.is_main,
         runtime=runtime,
-        transform=transform,
+        transform=augmentation(cfg, data.x_train.device),
     )
+    record_training(record, result)
+    # DistributedDataParallel's reducer holds the process group: let it go while every process is still
+    # here (destroyed after a peer has exited, gloo's threads can wait forever)
+    del trained
+    finish(world)  # evaluation is process 0's alone, with no collective left to wait on
+    if world.is_main:
+        record_evaluation(cfg, record, model, data, runtime)
+
+
+def augmentation(cfg: DictConfig, device: torch.device) -> Callable[[Tensor], Tensor] | None:
+    """The run's training-batch augmentation (None for ``task.augment=none``), drawing from its own
+    stream seeded by the run's seed, on ``device``."""
+    if cfg.task.augment != "crop_flip":
+        return None
+    return partial(crop_flip, gen=torch.Generator(device).manual_seed(cfg.seed + 20_000))
+
+
+def record_training(record: dict[str, Any], result: FitResult) -> None:
     record.update(
         status=result.status,
         steps=result.steps,
@@ -344,14 +379,15 @@ def _train_and_evaluate(
         diverged_at_step=result.diverged_at_step,
         time_per_step_s=result.train_time_s / max(1, result.steps),
     )
-    # DistributedDataParallel's reducer holds the process group: let it go while every process is still
-    # here (destroyed after a peer has exited, gloo's threads can wait forever)
-    del trained
-    finish(world)  # evaluation is process 0's alone, with no collective left to wait on
-    if not world.is_main:
-        return
+
+
+def record_evaluation(
+    cfg: DictConfig, record: dict[str, Any], model: nn.Module, data: Dataset, runtime: Runtime
+) -> None:
+    """The trained model's final metrics (for a completed run) and its layers' own metrics into
+    ``record``; non-finite final metrics turn a completed run into a diverged one."""
     with runtime.autocast():
-        metrics = final_metrics(model, data, cfg) if result.status == "completed" else {}
+        metrics = final_metrics(model, data, cfg) if record["status"] == "completed" else {}
     record["layers"] = layer_metrics(model)
     metrics.update(averaged(record["layers"], prefix=f"{cfg.norm.name}_"))
     overflowed = sorted(k for k, v in metrics.items() if not math.isfinite(v))
@@ -359,7 +395,7 @@ def _train_and_evaluate(
         log.warning("non-finite final metrics %s: run diverged", ", ".join(overflowed))
         record.update(
             status="diverged",
-            diverged_at_step=result.steps,
+            diverged_at_step=record["steps"],
             error=f"non-finite final metrics: {', '.join(overflowed)}",
         )
         metrics = {k: v for k, v in metrics.items() if math.isfinite(v)}

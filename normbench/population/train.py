@@ -1,0 +1,283 @@
+"""Population training: the members of a group (:mod:`normbench.population.grouping`) trained as one
+vectorized model, each with the result its separate run would give.
+
+Every member is built exactly as its run builds its model (same seed, same CPU initialization); the
+members' parameters and buffers are then stacked (``torch.func.stack_module_state``) and one
+``vmap``-ed ``functional_call`` computes every member's loss on its own batch. Each member draws its
+batches from its own sampler stream (seeded by its seed, as the separate run), scales the shared
+learning-rate schedule by its own peak, and steps with its own optimizer hyper-parameters
+(:class:`~normbench.population.optim.PopulationOptimizer`).
+
+A member whose loss turns non-finite is frozen at that step — its parameters, optimizer state and
+buffers stop changing — and recorded ``diverged`` there, while the others go on. The history's test and
+validation errors are evaluated for all members at once; the final evaluations run on each member's own
+module, loaded from the stacks, through the same code as a separate run
+(:func:`normbench.run.record_evaluation`).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import Tensor, nn
+from torch.func import functional_call, stack_module_state, vmap
+from tqdm import tqdm
+
+from normbench.population.optim import PopulationOptimizer
+from normbench.run import (
+    augmentation,
+    batch_iterator,
+    new_record,
+    prepare_data,
+    prepare_model,
+    record_evaluation,
+    record_training,
+    run_identity,
+    setup_runtime,
+)
+from normbench.runtime import Runtime
+from normbench.tasks.data import Dataset
+from normbench.train import FitResult, lr_schedule, training_plan
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Population:
+    """K models of one architecture as stacked parameters (K, ...) and buffers, and a stateless
+    ``base`` (on the meta device) that :meth:`forward` calls with each member's tensors."""
+
+    base: nn.Module
+    params: dict[str, Tensor]
+    buffers: dict[str, Tensor]
+
+    @classmethod
+    def stack(cls, models: Sequence[nn.Module]) -> Population:
+        params, buffers = stack_module_state(list(models))
+        return cls(copy.deepcopy(models[0]).to("meta"), params, buffers)
+
+    @property
+    def size(self) -> int:
+        return next(iter(self.params.values())).shape[0]
+
+    def forward(self, x: Tensor, shared_input: bool = False) -> Tensor:
+        """Every member's output: on its own inputs ``x`` (K, N, ...) or, with ``shared_input``, all on
+        the same ``x`` (N, ...). Training-mode forwards update each member's own buffers."""
+
+        def member(p: dict[str, Tensor], b: dict[str, Tensor], inputs: Tensor) -> Tensor:
+            return functional_call(self.base, (p, b), (inputs,))
+
+        return vmap(member, in_dims=(0, 0, None if shared_input else 0))(self.params, self.buffers, x)
+
+    def match_gradient_layout(self, grads: Sequence[Tensor]) -> None:
+        """Store each stacked parameter in the memory layout of its gradient (vmap's batched matmuls
+        give weight gradients transposed): gradients then keep that layout, and the optimizer's
+        elementwise updates run over matching strides instead of a transposed copy per step."""
+        with torch.no_grad():
+            for (name, p), g in zip(list(self.params.items()), grads, strict=True):
+                if p.stride() != g.stride():
+                    self.params[name] = torch.empty_strided(p.shape, g.stride(), dtype=p.dtype, device=p.device)
+                    self.params[name].copy_(p).requires_grad_()
+
+    def unstack_into(self, models: Sequence[nn.Module]) -> None:
+        """Copy member k's parameters and buffers into ``models[k]``."""
+        with torch.no_grad():
+            for k, model in enumerate(models):
+                state = {**self.params, **self.buffers}
+                model.load_state_dict({name: t[k] for name, t in state.items()}, strict=False)
+
+    @torch.no_grad()
+    def errors(self, x: Tensor, y: Tensor, batch_size: int = 1000) -> Tensor:
+        """Each member's classification error on ``(x, y)`` in eval mode (running statistics), in the
+        chunks :func:`normbench.evaluate.error_and_loss` uses: a (K,) tensor."""
+        self.base.eval()
+        try:
+            wrong = torch.zeros(self.size, dtype=torch.long, device=x.device)
+            for start in range(0, len(x), batch_size):
+                logits = self.forward(x[start : start + batch_size], shared_input=True)
+                wrong += (logits.argmax(-1) != y[start : start + batch_size]).sum(-1)
+        finally:
+            self.base.train()
+        return wrong.double() / len(x)
+
+
+def stacked_batches(
+    streams: Sequence[Iterator[Tensor]], device: torch.device, chunk: int
+) -> Iterator[Tensor]:
+    """The members' next batch indices as one (K, B) tensor per step, on ``device``, drawn ``chunk``
+    steps at a time (one host-to-device copy per chunk)."""
+    while True:
+        drawn = torch.stack([torch.stack([next(s) for s in streams]) for _ in range(chunk)])
+        yield from drawn.to(device)
+
+
+@dataclass
+class MemberState:
+    """What the loop keeps for one member on the host."""
+
+    history: list[dict] = field(default_factory=list)
+    diverged_at: int | None = None
+
+
+def fit_population(
+    cfgs: Sequence[DictConfig],
+    models: Sequence[nn.Module],
+    data: Dataset,
+    runtime: Runtime,
+    progress: bool = False,
+) -> list[FitResult]:
+    """Train ``models`` (one per config of a group, built by :func:`normbench.run.prepare_model`) as
+    one population, leave each trained model's parameters and buffers in it, and return each member's
+    :class:`~normbench.train.FitResult` as its separate :func:`normbench.train.fit` would."""
+    plans = [training_plan(cfg, len(data.x_train)) for cfg in cfgs]
+    total, eval_every, per_epoch = plans[0].total, plans[0].eval_every, plans[0].steps_per_epoch
+    device = data.x_train.device
+    pop = Population.stack(models)
+    k = pop.size
+    first = cfgs[0]
+    x, y = data.x_train, data.y_train
+
+    def member_loss(p: dict[str, Tensor], b: dict[str, Tensor], inputs: Tensor, target: Tensor) -> Tensor:
+        return F.cross_entropy(functional_call(pop.base, (p, b), (inputs,)), target)
+
+    losses_of = vmap(member_loss)
+    probe = torch.arange(k * first.batch_size, device=device).view(k, -1) % len(x)
+    with runtime.autocast():  # on copies of the buffers: the probe leaves no trace
+        loss = losses_of(pop.params, {n: b.clone() for n, b in pop.buffers.items()}, x[probe], y[probe])
+    pop.match_gradient_layout(torch.autograd.grad(loss.sum(), list(pop.params.values())))
+    lr_table = _lr_table([p.lr for p in plans], total, first.optim.schedule, first.optim.warmup_steps, device)
+    optimizer = PopulationOptimizer(
+        first.optim.name,
+        list(pop.params.values()),
+        torch.tensor([c.optim.momentum for c in cfgs], dtype=torch.float64, device=device),
+        torch.tensor([c.optim.weight_decay for c in cfgs], dtype=torch.float64, device=device),
+    )
+    streams = [batch_iterator(cfg, data, torch.Generator().manual_seed(cfg.seed)) for cfg in cfgs]
+    batches = stacked_batches(streams, device, 1 if device.type == "cpu" else 256)
+    transforms = [augmentation(cfg, device) for cfg in cfgs]
+    alive = torch.ones(k, dtype=torch.bool, device=device)
+    diverged_at = torch.full((k,), -1, dtype=torch.long, device=device)
+    loss_sum = torch.zeros(k, device=device)
+    since = 0
+    members = [MemberState() for _ in range(k)]
+    bar = tqdm(total=total, unit="step", disable=not progress, file=sys.stderr, leave=False)
+    start = time.perf_counter()
+    params = list(pop.params.values())
+    for step in range(total):
+        idx = next(batches)
+        inputs = x[idx]
+        if transforms[0] is not None:  # each member's augmentation from its own stream
+            inputs = torch.stack([t(member_x) for t, member_x in zip(transforms, inputs, strict=False)])
+        before = {name: b.clone() for name, b in pop.buffers.items()}
+        with runtime.autocast():
+            losses = losses_of(pop.params, pop.buffers, inputs, y[idx])
+        grads = torch.autograd.grad(losses.sum(), params)
+        finite = torch.isfinite(losses.detach())
+        with torch.no_grad():
+            for name, b in pop.buffers.items():  # members frozen before this step keep their buffers
+                frozen = (~alive).view(-1, *([1] * (b.dim() - 1)))
+                b.copy_(torch.where(frozen, before[name], b))
+            diverged_at = torch.where(alive & ~finite, step, diverged_at)
+            alive = alive & finite
+            # on the CPU the host knows for free whether every member is alive; a GPU is not waited for
+            all_alive = device.type == "cpu" and bool(alive.all())
+            optimizer.step(grads, lr_table[step], alive, all_alive)
+            loss_sum += torch.where(alive, losses.detach().float(), 0.0)
+        since += 1
+        done = step + 1
+        if done % eval_every == 0 or done == total:
+            _history_point(pop, data, runtime, members, alive, loss_sum / since, done, per_epoch)
+            loss_sum.zero_()
+            since = 0
+            bar.set_postfix(alive=f"{int(alive.sum())}/{k}")
+        bar.update()
+    bar.close()
+    elapsed = time.perf_counter() - start
+    pop.unstack_into(models)
+    results = []
+    for member, first_bad in zip(members, diverged_at.tolist(), strict=False):
+        if first_bad >= 0:
+            results.append(FitResult("diverged", first_bad, first_bad, member.history, elapsed))
+        else:
+            results.append(FitResult("completed", total, None, member.history, elapsed))
+    return results
+
+
+def _lr_table(peaks: Sequence[float], total: int, schedule: str, warmup: int, device: torch.device) -> Tensor:
+    """(total, K): each member's learning rate at every step, from the same function as a separate
+    run (computed once per distinct peak)."""
+    columns = {
+        peak: [lr_schedule(peak, total, schedule, warmup)(t) for t in range(total)] for peak in set(peaks)
+    }
+    return torch.tensor([columns[p] for p in peaks], dtype=torch.float64, device=device).T.contiguous()
+
+
+def _history_point(
+    pop: Population,
+    data: Dataset,
+    runtime: Runtime,
+    members: Sequence[MemberState],
+    alive: Tensor,
+    mean_loss: Tensor,
+    done: int,
+    per_epoch: int,
+) -> None:
+    """Append a history point (as :func:`normbench.train.fit` writes it) to every member still alive."""
+    with runtime.autocast():
+        test = pop.errors(data.x_test, data.y_test).tolist()
+        val = pop.errors(data.x_val, data.y_val).tolist() if data.x_val is not None else None
+    for i, (member, ok, loss) in enumerate(zip(members, alive.tolist(), mean_loss.tolist(), strict=False)):
+        if not ok:
+            continue
+        point = {"step": done, "epoch": round(done / per_epoch, 4), "train_loss": loss, "test_error": test[i]}
+        if val is not None:
+            point["val_error"] = val[i]
+        member.history.append(point)
+    log.info(
+        "step %d (epoch %.2f): %d of %d members training, test_error %s",
+        done,
+        done / per_epoch,
+        sum(alive.tolist()),
+        len(members),
+        " ".join(f"{e:.3f}" for e in test),
+    )
+
+
+def train_population(cfgs: Sequence[DictConfig], progress: bool = False) -> list[dict[str, Any]]:
+    """Train a group and return each member's record, as :func:`normbench.run.execute` would write it
+    for that member's run alone (plus ``env.population``: the group's size). A ConfigError of any
+    member propagates before training; any other exception becomes a ``failed`` record for every
+    member."""
+    runtime = setup_runtime(cfgs[0])
+    records = [new_record(cfg, *run_identity(cfg), runtime) for cfg in cfgs]
+    for record in records:
+        record["env"]["population"] = len(cfgs)
+    start = time.perf_counter()
+    data = prepare_data(cfgs[0], runtime)
+    models = [prepare_model(cfg, data, runtime) for cfg in cfgs]
+    data = data.to(runtime.device, runtime.memory_format)
+    try:
+        results = fit_population(cfgs, models, data, runtime, progress)
+        for cfg, record, model, result in zip(cfgs, records, models, results, strict=False):
+            plan = training_plan(cfg, len(data.x_train))
+            record.update(planned_steps=plan.total, steps_per_epoch=plan.steps_per_epoch, lr=plan.lr)
+            record_training(record, result)
+            record_evaluation(cfg, record, model, data, runtime)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:
+        log.exception("population of %d failed: %s", len(cfgs), exc)
+        for record in records:
+            record.update(status="failed", error=f"{type(exc).__name__}: {exc}", metrics={})
+    for record in records:
+        record["wall_time_s"] = time.perf_counter() - start
+    return records

@@ -1,0 +1,146 @@
+"""A population of K runs trained together against the same K runs trained one after another.
+
+Both sides train the same configs (K seeds × learning rates of one task/norm/batch size) for the same
+steps, with normbench's own loops (:func:`normbench.train.fit` per run; one
+:func:`normbench.population.train.fit_population`), each finishing with its test evaluation; the
+rounds interleave them in one process. Reports model-steps/s (K × steps / seconds, median over
+rounds) and the ratio, to reports/bench/population[_cuda].md.
+
+    python scripts/bench_population.py                       # CPU: K=16, MLP and CNN, batch 2 and 32
+    python scripts/bench_population.py --device cuda --members 128 512 --steps 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+import normbench
+from normbench.config import ConfigError
+from normbench.run import batch_iterator, prepare_data, prepare_model
+from normbench.runtime import Runtime, resolve_device
+from normbench.train import fit, lr_schedule, make_optimizer, training_plan
+from normbench.population.train import fit_population
+
+LRS = (0.0125, 0.05, 0.2, 0.8)
+
+
+def configs(task: str, norm: str, batch_size: int, members: int, steps: int, device: str) -> list:
+    from hydra import compose, initialize_config_dir
+
+    from normbench.cli import CONF_DIR
+
+    base = [
+        f"task={task}",
+        f"norm={norm}",
+        f"batch_size={batch_size}",
+        "train.budget=steps",
+        f"train.steps={steps}",
+        "train.history_points=1",
+        f"runtime.device={device}",
+    ]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return [
+            compose("config", [*base, f"seed={i // len(LRS)}", f"optim.lr={LRS[i % len(LRS)]}"])
+            for i in range(members)
+        ]
+
+
+def separate(cfgs, data, runtime) -> float:
+    """Seconds to train every config on its own with normbench's loop."""
+    sync(runtime)
+    start = time.perf_counter()
+    for cfg in cfgs:
+        model = prepare_model(cfg, data, runtime)
+        plan = training_plan(cfg, len(data.x_train))
+        opt = make_optimizer("sgd", model.parameters(), plan.lr, cfg.optim.momentum, cfg.optim.weight_decay)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        lr_at = lr_schedule(plan.lr, plan.total, cfg.optim.schedule, cfg.optim.warmup_steps)
+        fit(model, data, batch_iterator(cfg, data, gen), opt, lr_at, plan.total, plan.eval_every,
+            plan.steps_per_epoch, runtime=runtime)
+    sync(runtime)
+    return time.perf_counter() - start
+
+
+def population(cfgs, data, runtime) -> float:
+    sync(runtime)
+    start = time.perf_counter()
+    models = [prepare_model(cfg, data, runtime) for cfg in cfgs]
+    fit_population(cfgs, models, data, runtime)
+    sync(runtime)
+    return time.perf_counter() - start
+
+
+def sync(runtime: Runtime) -> None:
+    if runtime.device.type == "cuda":
+        torch.cuda.synchronize(runtime.device)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", nargs="+", default=["mnist1d_mlp", "mnist1d_cnn"])
+    parser.add_argument("--norm", default="batchnorm")
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[2, 32])
+    parser.add_argument("--members", nargs="+", type=int, default=[16])
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--separate-members", type=int, default=0,
+                        help="time only this many separate runs and scale to K (0: all K); for large K on a GPU")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    runtime = Runtime(resolve_device(args.device))
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    out = args.out or Path("reports/bench") / ("population_cuda.md" if runtime.device.type == "cuda" else "population.md")
+    rows = []
+    for task in args.tasks:
+        for bs in args.batch_sizes:
+            for k in args.members:
+                cfgs = configs(task, args.norm, bs, k, args.steps, args.device)
+                data = prepare_data(cfgs[0], runtime)
+                on_device = data.to(runtime.device)
+                n_sep = args.separate_members or k
+                times_sep, times_pop = [], []
+                for _ in range(args.rounds):
+                    times_sep.append(separate(cfgs[:n_sep], on_device, runtime) * k / n_sep)
+                    times_pop.append(population(cfgs, on_device, runtime))
+                sep, pop = statistics.median(times_sep), statistics.median(times_pop)
+                rows.append((task, bs, k, k * args.steps / sep, k * args.steps / pop, sep / pop))
+                print(f"{task} batch {bs} K={k}: separate {rows[-1][3]:.0f}, population {rows[-1][4]:.0f} "
+                      f"model-steps/s ({rows[-1][5]:.2f}x)", flush=True)
+    device = torch.cuda.get_device_name(runtime.device) if runtime.device.type == "cuda" else platform.processor() or "cpu"
+    lines = [
+        f"# Population training vs separate runs ({runtime.device.type})",
+        "",
+        f"normbench {normbench.__version__}, torch {torch.__version__}, {device}, {torch.get_num_threads()} thread(s); "
+        f"norm={args.norm}, {args.steps} steps per run (cosine lr, SGD momentum 0.9), learning rates "
+        f"{', '.join(map(str, LRS))} over seeds; median of {args.rounds} interleaved rounds, model building "
+        "and the final test evaluation included on both sides.",
+        "",
+        "Reproduce: `python scripts/bench_population.py "
+        + " ".join(f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+                   for k, v in vars(args).items() if k != "out" and v is not None)
+        + "`",
+        "",
+        "| task | batch | members K | separate (model-steps/s) | population (model-steps/s) | speed-up |",
+        "|---|---:|---:|---:|---:|---:|",
+        *(f"| {t} | {b} | {k} | {s:,.0f} | {p:,.0f} | {r:.2f}× |" for t, b, k, s, p, r in rows),
+    ]
+    if args.separate_members:
+        lines += ["", f"Separate runs: {args.separate_members} timed, scaled to K."]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except ConfigError as exc:
+        raise SystemExit(f"bench_population: error: {exc}") from None
