@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from normbench.config import ConfigError, register_configs
+from normbench.population.launcher import register_launcher
 from normbench.results import LOCK_FILE, remove_stale_temporaries, run_lock
 from normbench.run import execute, previous_result, run_identity
 from normbench.sweep import mark_visit, register_sweeper
@@ -37,6 +38,7 @@ if not OmegaConf.has_resolver("normbench_hash"):
     OmegaConf.register_new_resolver("normbench_hash", _hash_resolver)
 register_configs()
 register_sweeper()
+register_launcher()
 
 
 def cap_threads_for_parallel_jobs(cfg: DictConfig, hc: Any) -> None:

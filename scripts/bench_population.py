@@ -22,10 +22,10 @@ import torch
 
 import normbench
 from normbench.config import ConfigError
+from normbench.population.train import fit_population
 from normbench.run import batch_iterator, prepare_data, prepare_model
 from normbench.runtime import Runtime, resolve_device
 from normbench.train import fit, lr_schedule, make_optimizer, training_plan
-from normbench.population.train import fit_population
 
 LRS = (0.0125, 0.05, 0.2, 0.8)
 
@@ -61,8 +61,17 @@ def separate(cfgs, data, runtime) -> float:
         opt = make_optimizer("sgd", model.parameters(), plan.lr, cfg.optim.momentum, cfg.optim.weight_decay)
         gen = torch.Generator().manual_seed(cfg.seed)
         lr_at = lr_schedule(plan.lr, plan.total, cfg.optim.schedule, cfg.optim.warmup_steps)
-        fit(model, data, batch_iterator(cfg, data, gen), opt, lr_at, plan.total, plan.eval_every,
-            plan.steps_per_epoch, runtime=runtime)
+        fit(
+            model,
+            data,
+            batch_iterator(cfg, data, gen),
+            opt,
+            lr_at,
+            plan.total,
+            plan.eval_every,
+            plan.steps_per_epoch,
+            runtime=runtime,
+        )
     sync(runtime)
     return time.perf_counter() - start
 
@@ -89,15 +98,21 @@ def main() -> None:
     parser.add_argument("--members", nargs="+", type=int, default=[16])
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--separate-members", type=int, default=0,
-                        help="time only this many separate runs and scale to K (0: all K); for large K on a GPU")
+    parser.add_argument(
+        "--separate-members",
+        type=int,
+        default=0,
+        help="time only this many separate runs and scale to K (0: all K); for large K on a GPU",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     runtime = Runtime(resolve_device(args.device))
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True, warn_only=True)
-    out = args.out or Path("reports/bench") / ("population_cuda.md" if runtime.device.type == "cuda" else "population.md")
+    out = args.out or Path("reports/bench") / (
+        "population_cuda.md" if runtime.device.type == "cuda" else "population.md"
+    )
     rows = []
     for task in args.tasks:
         for bs in args.batch_sizes:
@@ -112,9 +127,16 @@ def main() -> None:
                     times_pop.append(population(cfgs, on_device, runtime))
                 sep, pop = statistics.median(times_sep), statistics.median(times_pop)
                 rows.append((task, bs, k, k * args.steps / sep, k * args.steps / pop, sep / pop))
-                print(f"{task} batch {bs} K={k}: separate {rows[-1][3]:.0f}, population {rows[-1][4]:.0f} "
-                      f"model-steps/s ({rows[-1][5]:.2f}x)", flush=True)
-    device = torch.cuda.get_device_name(runtime.device) if runtime.device.type == "cuda" else platform.processor() or "cpu"
+                print(
+                    f"{task} batch {bs} K={k}: separate {rows[-1][3]:.0f}, population {rows[-1][4]:.0f} "
+                    f"model-steps/s ({rows[-1][5]:.2f}x)",
+                    flush=True,
+                )
+    device = (
+        torch.cuda.get_device_name(runtime.device)
+        if runtime.device.type == "cuda"
+        else platform.processor() or "cpu"
+    )
     lines = [
         f"# Population training vs separate runs ({runtime.device.type})",
         "",
@@ -124,8 +146,11 @@ def main() -> None:
         "and the final test evaluation included on both sides.",
         "",
         "Reproduce: `python scripts/bench_population.py "
-        + " ".join(f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-                   for k, v in vars(args).items() if k != "out" and v is not None)
+        + " ".join(
+            f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+            for k, v in vars(args).items()
+            if k != "out" and v is not None
+        )
         + "`",
         "",
         "| task | batch | members K | separate (model-steps/s) | population (model-steps/s) | speed-up |",

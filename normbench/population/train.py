@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 from tqdm import tqdm
 
+from normbench.config import ConfigError
 from normbench.population.optim import PopulationOptimizer
 from normbench.run import (
     augmentation,
@@ -42,6 +43,7 @@ from normbench.run import (
     record_evaluation,
     record_training,
     run_identity,
+    seal,
     setup_runtime,
 )
 from normbench.runtime import Runtime
@@ -85,7 +87,9 @@ class Population:
         with torch.no_grad():
             for (name, p), g in zip(list(self.params.items()), grads, strict=True):
                 if p.stride() != g.stride():
-                    self.params[name] = torch.empty_strided(p.shape, g.stride(), dtype=p.dtype, device=p.device)
+                    self.params[name] = torch.empty_strided(
+                        p.shape, g.stride(), dtype=p.dtype, device=p.device
+                    )
                     self.params[name].copy_(p).requires_grad_()
 
     def unstack_into(self, models: Sequence[nn.Module]) -> None:
@@ -93,7 +97,7 @@ class Population:
         with torch.no_grad():
             for k, model in enumerate(models):
                 state = {**self.params, **self.buffers}
-                model.load_state_dict({name: t[k] for name, t in state.items()}, strict=False)
+                model.load_state_dict({name: t[k] for name, t in state.items()}, strict=True)
 
     @torch.no_grad()
     def errors(self, x: Tensor, y: Tensor, batch_size: int = 1000) -> Tensor:
@@ -176,7 +180,7 @@ def fit_population(
         idx = next(batches)
         inputs = x[idx]
         if transforms[0] is not None:  # each member's augmentation from its own stream
-            inputs = torch.stack([t(member_x) for t, member_x in zip(transforms, inputs, strict=False)])
+            inputs = torch.stack([t(member_x) for t, member_x in zip(transforms, inputs, strict=True)])
         before = {name: b.clone() for name, b in pop.buffers.items()}
         with runtime.autocast():
             losses = losses_of(pop.params, pop.buffers, inputs, y[idx])
@@ -191,7 +195,7 @@ def fit_population(
             # on the CPU the host knows for free whether every member is alive; a GPU is not waited for
             all_alive = device.type == "cpu" and bool(alive.all())
             optimizer.step(grads, lr_table[step], alive, all_alive)
-            loss_sum += torch.where(alive, losses.detach().float(), 0.0)
+            loss_sum += torch.where(alive, losses.detach(), 0.0)
         since += 1
         done = step + 1
         if done % eval_every == 0 or done == total:
@@ -204,7 +208,7 @@ def fit_population(
     elapsed = time.perf_counter() - start
     pop.unstack_into(models)
     results = []
-    for member, first_bad in zip(members, diverged_at.tolist(), strict=False):
+    for member, first_bad in zip(members, diverged_at.tolist(), strict=True):
         if first_bad >= 0:
             results.append(FitResult("diverged", first_bad, first_bad, member.history, elapsed))
         else:
@@ -235,7 +239,7 @@ def _history_point(
     with runtime.autocast():
         test = pop.errors(data.x_test, data.y_test).tolist()
         val = pop.errors(data.x_val, data.y_val).tolist() if data.x_val is not None else None
-    for i, (member, ok, loss) in enumerate(zip(members, alive.tolist(), mean_loss.tolist(), strict=False)):
+    for i, (member, ok, loss) in enumerate(zip(members, alive.tolist(), mean_loss.tolist(), strict=True)):
         if not ok:
             continue
         point = {"step": done, "epoch": round(done / per_epoch, 4), "train_loss": loss, "test_error": test[i]}
@@ -255,29 +259,34 @@ def _history_point(
 def train_population(cfgs: Sequence[DictConfig], progress: bool = False) -> list[dict[str, Any]]:
     """Train a group and return each member's record, as :func:`normbench.run.execute` would write it
     for that member's run alone (plus ``env.population``: the group's size). A ConfigError of any
-    member propagates before training; any other exception becomes a ``failed`` record for every
-    member."""
+    member propagates before training; any other exception in building or training the group becomes
+    a ``failed`` record for every member, one in a member's final evaluation for that member."""
     runtime = setup_runtime(cfgs[0])
     records = [new_record(cfg, *run_identity(cfg), runtime) for cfg in cfgs]
     for record in records:
         record["env"]["population"] = len(cfgs)
     start = time.perf_counter()
     data = prepare_data(cfgs[0], runtime)
-    models = [prepare_model(cfg, data, runtime) for cfg in cfgs]
-    data = data.to(runtime.device, runtime.memory_format)
     try:
+        models = [prepare_model(cfg, data, runtime) for cfg in cfgs]
+        data = data.to(runtime.device, runtime.memory_format)
         results = fit_population(cfgs, models, data, runtime, progress)
-        for cfg, record, model, result in zip(cfgs, records, models, results, strict=False):
-            plan = training_plan(cfg, len(data.x_train))
-            record.update(planned_steps=plan.total, steps_per_epoch=plan.steps_per_epoch, lr=plan.lr)
-            record_training(record, result)
-            record_evaluation(cfg, record, model, data, runtime)
-    except KeyboardInterrupt:
+    except (ConfigError, KeyboardInterrupt):
         raise
-    except BaseException as exc:
+    except BaseException as exc:  # a fault of the group is a result of each member
         log.exception("population of %d failed: %s", len(cfgs), exc)
         for record in records:
+            record.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+        return [seal(record, start) for record in records]
+    for cfg, record, model, result in zip(cfgs, records, models, results, strict=True):
+        plan = training_plan(cfg, len(data.x_train))
+        record.update(planned_steps=plan.total, steps_per_epoch=plan.steps_per_epoch, lr=plan.lr)
+        record_training(record, result)
+        try:
+            record_evaluation(cfg, record, model, data, runtime)
+        except (KeyboardInterrupt, ConfigError):
+            raise
+        except BaseException as exc:  # this member's evaluation alone
+            log.exception("evaluation failed: %s", exc)
             record.update(status="failed", error=f"{type(exc).__name__}: {exc}", metrics={})
-    for record in records:
-        record["wall_time_s"] = time.perf_counter() - start
-    return records
+    return [seal(record, start) for record in records]

@@ -1,0 +1,220 @@
+"""``hydra/launcher=population``: a Hydra launcher that trains the jobs of a multirun as populations.
+
+It composes every job as Hydra's basic launcher does (each job gets its config-hash folder, its
+``.hydra/`` files and its log), then, instead of one process per job, partitions the jobs into groups
+(:func:`normbench.population.grouping.partition`) and trains each group as one population
+(:func:`normbench.population.train.train_population`); runs that cannot join a population train on
+their own, with a notice in the log. Groups run one after another, or ``n_jobs`` at a time in worker
+processes. Options: ``hydra.launcher.max_members`` (largest population, default 64),
+``hydra.launcher.n_jobs`` (parallel groups, default 1).
+
+Resume and isolation are the single-run rules: a job whose folder holds a final result of its config
+is skipped; every folder is locked (:func:`normbench.results.run_lock`) from enlistment until the
+group's results are written, so no folder has two writers; each member writes its own
+``result.json`` atomically and leaves its visit marker, which the ``normbench`` sweeper's summary
+counts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job, setup_globals
+from hydra.plugins.launcher import Launcher
+from omegaconf import DictConfig, open_dict
+
+from normbench.config import ConfigError, check_values
+from normbench.population.grouping import member_values, partition, why_not_population
+from normbench.results import RESULT_FILE, remove_stale_temporaries, run_lock, write_json_atomic
+from normbench.run import execute, previous_result, run_identity
+from normbench.sweep import mark_visit
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Member:
+    """A job enlisted for training: its config (without ``hydra``), folder and log file."""
+
+    cfg: DictConfig
+    out_dir: Path
+    log_file: str
+
+
+class PopulationLauncher(Launcher):
+    """Trains a multirun's jobs as populations (see the module docstring)."""
+
+    def __init__(self, max_members: int = 64, n_jobs: int = 1) -> None:
+        for key, value in (("max_members", max_members), ("n_jobs", n_jobs)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"hydra.launcher.{key}={value}: must be an integer >= 1")
+        self.max_members, self.n_jobs = max_members, n_jobs
+        self.config: DictConfig | None = None
+        self.hydra_context: Any = None
+
+    def setup(self, *, hydra_context: Any, task_function: Any, config: DictConfig) -> None:
+        self.config, self.hydra_context = config, hydra_context
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        assert self.config is not None
+        setup_globals()
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        returns: list[JobReturn] = []
+        with ExitStack() as locks:  # every enlisted folder stays locked until its results are written
+            for i, overrides in enumerate(job_overrides):
+                idx = initial_job_idx + i
+                log.info("\t#%d : %s", idx, " ".join(filter_overrides(overrides)))
+                cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+                with open_dict(cfg):
+                    cfg.hydra.job.id = idx
+                    cfg.hydra.job.num = idx
+                returns.append(
+                    run_job(
+                        hydra_context=self.hydra_context,
+                        task_function=lambda task_cfg: enlist(task_cfg, locks),
+                        config=cfg,
+                        job_dir_key="hydra.sweep.dir",
+                        job_subdir_key="hydra.sweep.subdir",
+                    )
+                )
+                configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+            members = [r.return_value for r in returns if isinstance(r.return_value, Member)]
+            groups = [[members[i] for i in g] for g in partition([m.cfg for m in members], self.max_members)]
+            sizes = sorted(
+                (len(g) for g in groups if len(g) > 1 and why_not_population(g[0].cfg) is None), reverse=True
+            )
+            log.info(
+                "population launcher: %d runs, %d in %d population(s) %s, %d alone",
+                len(members),
+                sum(sizes),
+                len(sizes),
+                sizes,
+                len(members) - sum(sizes),
+            )
+            self._train(groups)
+        return returns
+
+    def _train(self, groups: list[list[Member]]) -> None:
+        if self.n_jobs == 1 or len(groups) == 1:
+            for group in groups:
+                train_group(group)
+            return
+        from joblib import Parallel, delayed
+
+        cores = os.cpu_count() or 1
+        for group in groups:  # jobs × torch threads within the machine's cores
+            for m in group:
+                m.cfg.runtime.threads = min(m.cfg.runtime.threads, max(1, cores // self.n_jobs))
+        Parallel(n_jobs=self.n_jobs, backend="loky")(delayed(train_group)(g) for g in groups)
+
+
+def enlist(cfg: DictConfig, locks: ExitStack) -> Member | None:
+    """Inside the job's Hydra context: the job as a member to train, or None when it is refused
+    (configuration error), already finished, or held by another live process."""
+    hc = HydraConfig.get()
+    out_dir = Path(hc.runtime.output_dir)
+    log_file = str(out_dir / f"{hc.job.name}.log")
+    try:
+        check_values(cfg)
+    except ConfigError as exc:
+        log.error("configuration error: %s", exc)
+        mark_visit(out_dir, "config_error", log_file, error=str(exc))
+        return None
+    digest = run_identity(cfg)[1]
+    if not cfg.runtime.force and previous_result(out_dir, digest) is not None:
+        log.info("skipped: %s already holds a result of this config", out_dir)
+        mark_visit(out_dir, "skipped", log_file)
+        return None
+    if not locks.enter_context(run_lock(out_dir)):
+        log.warning("skipped: another live process is training %s", out_dir)
+        return None
+    if not cfg.runtime.force and previous_result(out_dir, digest) is not None:
+        mark_visit(out_dir, "skipped", log_file)  # finished by the process that held the lock
+        return None
+    remove_stale_temporaries(out_dir)
+    return Member(cfg, out_dir, log_file)
+
+
+def train_group(group: Sequence[Member]) -> None:
+    """Train one group (a population, or one run alone) and leave each member's result and visit."""
+    handlers = [logging.FileHandler(m.log_file) for m in group]
+    root = logging.getLogger()
+    for h in handlers:
+        h.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+        root.addHandler(h)
+    try:
+        _train_group(group)
+    finally:
+        for h in handlers:
+            root.removeHandler(h)
+            h.close()
+
+
+def _train_group(group: Sequence[Member]) -> None:
+    from normbench.population.train import train_population
+
+    first = group[0].cfg
+    why = why_not_population(first)
+    if len(group) == 1 or why is not None:
+        if why is not None:
+            log.warning("trained on its own, not in a population: %s", why)
+        for m in group:
+            _outcome(m, _separate(m))
+        return
+    values = [member_values(m.cfg) for m in group]
+    varying = [k for k in values[0] if len({str(v[k]) for v in values}) > 1]
+    log.info(
+        "population of %d members (%s)",
+        len(group),
+        "; ".join(" ".join(f"{k}={v[k]}" for k in varying) for v in values) or "identical configs",
+    )
+    progress = bool(first.runtime.progress) and sys.stderr.isatty()
+    try:
+        records = train_population([m.cfg for m in group], progress)
+    except ConfigError as exc:
+        for m in group:
+            log.error("configuration error: %s", exc)
+            mark_visit(m.out_dir, "config_error", m.log_file, error=str(exc))
+        return
+    for m, record in zip(group, records, strict=True):
+        try:
+            write_json_atomic(m.out_dir / RESULT_FILE, record)
+        except OSError as exc:
+            record = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+        _outcome(m, record)
+
+
+def _separate(m: Member) -> dict[str, Any]:
+    try:
+        return execute(m.cfg, m.out_dir)
+    except ConfigError as exc:
+        return {"status": "config_error", "error": str(exc)}
+
+
+def _outcome(m: Member, record: dict[str, Any]) -> None:
+    status, error = record["status"], record.get("error")
+    (log.error if status in ("failed", "config_error") else log.info)(
+        "%s: %s%s", status, m.out_dir, f" ({error})" if error else ""
+    )
+    mark_visit(m.out_dir, status, m.log_file, error=error)
+
+
+@dataclass
+class PopulationLauncherConf:
+    _target_: str = "hydra_plugins.normbench_population_launcher.population_launcher.PopulationLauncher"
+    max_members: int = 64
+    n_jobs: int = 1
+
+
+def register_launcher() -> None:
+    ConfigStore.instance().store(group="hydra/launcher", name="population", node=PopulationLauncherConf)
