@@ -1,0 +1,85 @@
+"""Each member of a PopulationOptimizer follows its own torch.optim.SGD / AdamW (as
+normbench.train.make_optimizer configures them) bit for bit, with its own learning rate schedule,
+momentum and weight decay; a member that is not alive keeps its parameters exactly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from normbench.population.optim import PopulationOptimizer
+from normbench.train import make_optimizer
+
+LR = (0.1, 0.05, 0.3)
+MOMENTUM = (0.9, 0.0, 0.5)
+WEIGHT_DECAY = (5e-4, 0.0, 1e-2)
+
+
+def _members(name: str, alive_until: tuple[int, ...] = (99, 99, 99)):
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(3, 5, 4), (3, 4)]
+    stacked = [torch.randn(s, generator=gen) for s in shapes]
+    separate = [[p[k].clone().requires_grad_() for p in stacked] for k in range(3)]
+    opts = [make_optimizer(name, separate[k], LR[k], MOMENTUM[k], WEIGHT_DECAY[k]) for k in range(3)]
+    pop = PopulationOptimizer(
+        name,
+        stacked,
+        torch.tensor(MOMENTUM, dtype=torch.float64),
+        torch.tensor(WEIGHT_DECAY, dtype=torch.float64),
+    )
+    for t in range(25):
+        grads = [torch.randn(s, generator=gen) for s in shapes]
+        scale = 0.5 * (1 + t / 25)  # a schedule: the lr changes every step
+        alive = torch.tensor([t < a for a in alive_until])
+        pop.step([g.clone() for g in grads], torch.tensor(LR, dtype=torch.float64) * scale, alive)
+        for k in range(3):
+            if t >= alive_until[k]:
+                continue
+            for q, g in zip(separate[k], grads, strict=True):
+                q.grad = g[k].clone()
+            for group in opts[k].param_groups:
+                group["lr"] = LR[k] * scale
+            opts[k].step()
+    return stacked, separate
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_each_member_steps_exactly_as_its_own_torch_optimizer(name):
+    stacked, separate = _members(name)
+    for i, p in enumerate(stacked):
+        for k in range(3):
+            assert torch.equal(p[k], separate[k][i].detach()), (name, i, k)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_a_frozen_member_keeps_its_parameters_even_with_nan_gradients(name):
+    gen = torch.Generator().manual_seed(1)
+    p = torch.randn(2, 6, generator=gen)
+    opt = PopulationOptimizer(
+        name,
+        [p],
+        torch.tensor([0.9, 0.9], dtype=torch.float64),
+        torch.tensor([1e-2, 1e-2], dtype=torch.float64),
+    )
+    opt.step(
+        [torch.randn(2, 6, generator=gen)],
+        torch.tensor([0.1, 0.1], dtype=torch.float64),
+        torch.tensor([True, True]),
+    )
+    frozen = p[1].clone()
+    for _ in range(3):
+        g = torch.randn(2, 6, generator=gen)
+        g[1] = float("nan")
+        opt.step([g], torch.tensor([0.1, 0.1], dtype=torch.float64), torch.tensor([True, False]))
+    assert torch.equal(p[1], frozen) and torch.isfinite(p).all()
+
+
+def test_a_member_frozen_midway_matches_its_optimizer_up_to_that_step():
+    stacked, separate = _members("sgd", alive_until=(99, 10, 99))
+    for i, p in enumerate(stacked):
+        assert torch.equal(p[1], separate[1][i].detach())
+
+
+def test_unknown_optimizer_is_refused_by_name():
+    with pytest.raises(ValueError, match="optim.name='lamb'; allowed: sgd, adamw"):
+        PopulationOptimizer("lamb", [torch.zeros(2, 1)], torch.zeros(2), torch.zeros(2))
