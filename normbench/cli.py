@@ -152,6 +152,8 @@ def _one_line(exc: BaseException) -> str:
         close = difflib.get_close_matches(choice, options, n=1, cutoff=0.5)
         hint = f"; did you mean {close[0]}?" if close else ""
         return f"{group}={choice}: unknown {group}{hint} (available: {', '.join(options)})"
+    if isinstance(exc.__cause__, ConfigError):  # e.g. a launcher option, raised inside instantiate
+        return str(exc.__cause__)
     cause = exc.__cause__ if isinstance(exc.__cause__, OmegaConfBaseException) else exc
     if isinstance(cause, OmegaConfBaseException):
         key = getattr(cause, "full_key", None) or ""

@@ -43,7 +43,7 @@ def _close(a: float, b: float) -> bool:
     return math.isclose(a, b, rel_tol=RTOL, abs_tol=ATOL)
 
 
-def assert_same_record(pop: dict, sep: dict) -> None:
+def assert_same_record(pop: dict, sep: dict, population: int = 3) -> None:
     for key in (
         "status",
         "config_hash",
@@ -66,7 +66,7 @@ def assert_same_record(pop: dict, sep: dict) -> None:
         assert a.keys() == b.keys()
         assert all(_close(a[k], b[k]) for k in b), (a, b)
     assert pop["layers"].keys() == sep["layers"].keys()
-    assert pop["env"]["population"] == 3 and "population" not in sep["env"]
+    assert pop["env"]["population"] == population and "population" not in sep["env"]
 
 
 def _compare(tmp_path, *common: str, members=MEMBERS, steps=STEPS) -> list[dict]:

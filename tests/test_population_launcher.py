@@ -1,0 +1,219 @@
+"""``hydra/launcher=population``: which runs form a population, real multiruns in a subprocess
+(records equal to the basic launcher's, resume, kill -9), and runs that train on their own."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers import compose_cfg, normbench_run
+from test_population_train import assert_same_record
+
+from normbench import register_norm
+from normbench.norms.layernorm import LayerNorm
+from normbench.norms.registry import REGISTRY
+from normbench.population.grouping import MEMBER_KEYS, group_key, partition, why_not_population
+from normbench.population.launcher import Member, train_group
+from normbench.results import load_run, run_lock
+from normbench.run import execute
+
+pytestmark = pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")
+STEPS = ("train.budget=steps", "train.steps=30", "train.history_points=2")
+
+
+def records(sweep_dir: Path) -> dict[str, dict]:
+    return {p.parent.name: load_run(p) for p in sorted(sweep_dir.glob("*/result.json"))}
+
+
+# --- grouping -----------------------------------------------------------------------------------
+
+
+def test_runs_that_differ_only_in_member_keys_share_a_population():
+    cfgs = [
+        compose_cfg("seed=0"),
+        compose_cfg("seed=1", "optim.lr=0.2"),
+        compose_cfg("batch_size=8"),  # another shape of batch
+        compose_cfg("seed=2", "optim.momentum=0.5", "optim.weight_decay=0", "task.model.init_scale=2"),
+        compose_cfg("norm=layernorm"),  # another model
+        compose_cfg("optim.warmup_steps=10"),  # another schedule shape
+        compose_cfg("train.max_train_error_diverged=0.5", "batch_size=8"),
+    ]
+    assert partition(cfgs, max_members=64) == [[0, 1, 3], [2, 6], [4], [5]]
+    assert partition(cfgs, max_members=2) == [[0, 1], [2, 6], [3], [4], [5]]
+    assert group_key(cfgs[0]) == group_key(cfgs[1]) != group_key(cfgs[2])
+    assert group_key(compose_cfg("runtime.force=true")) == group_key(cfgs[0])  # rerun switch only
+
+
+def test_every_member_key_may_vary_inside_a_group():
+    values = {"seed": 7, "optim.lr": 0.3, "optim.momentum": 0.1, "optim.weight_decay": 0.01}
+    values |= {"task.model.init_scale": 0.5, "train.max_train_error_diverged": 0.5}
+    assert set(values) == set(MEMBER_KEYS)
+    for key, value in values.items():
+        assert group_key(compose_cfg(f"{key}={value}")) == group_key(compose_cfg()), key
+
+
+@pytest.mark.parametrize(
+    "overrides, reason",
+    [
+        (("task=seq_lstm",), "task=seq_lstm: arch=rnn has no population path"),
+        (("task=gan_digits",), "task=gan_digits: arch=gan has no population path"),
+        (("runtime.precision=fp16",), "runtime.precision=fp16: one gradient scaler"),
+        (("runtime.compile=true",), "runtime.compile=true: not supported inside populations"),
+    ],
+)
+def test_runs_without_a_population_path_train_alone(overrides, reason):
+    cfg = compose_cfg(*overrides)
+    assert why_not_population(cfg).startswith(reason)
+    assert partition([cfg, compose_cfg(*overrides, "seed=1")], 64) == [[0], [1]]
+
+
+def test_max_members_below_one_is_refused():
+    with pytest.raises(ValueError, match="hydra.launcher.max_members=0: must be an integer >= 1"):
+        partition([compose_cfg()], 0)
+
+
+# --- plugins that are not population-capable ----------------------------------------------------
+
+
+class SerialLayerNorm(LayerNorm):
+    """LayerNorm declared not population-capable (as a plugin with a custom Function might be)."""
+
+
+@pytest.fixture
+def serial_plugin():
+    register_norm("seriallayernorm", population=False, override=True)(SerialLayerNorm)
+    yield "seriallayernorm"
+    REGISTRY._specs.pop("seriallayernorm", None)
+    REGISTRY._keys.pop("seriallayernorm", None)
+
+
+def test_a_plugin_that_is_not_population_capable_trains_member_by_member_with_a_notice(
+    tmp_path, serial_plugin, caplog
+):
+    cfgs = []
+    for seed in (0, 1):
+        cfg = compose_cfg(*STEPS, f"seed={seed}")
+        cfg.norm = {"name": serial_plugin}
+        cfgs.append(cfg)
+    assert partition(cfgs, 64) == [[0], [1]]
+    members = [Member(cfg, tmp_path / str(i), str(tmp_path / f"{i}.log")) for i, cfg in enumerate(cfgs)]
+    with caplog.at_level(logging.WARNING):
+        for m in members:
+            train_group([m])
+    notice = "trained on its own, not in a population: norm=seriallayernorm is not population-capable"
+    assert sum(notice in r.getMessage() for r in caplog.records) == 2
+    for i, cfg in enumerate(cfgs):
+        record = load_run(tmp_path / str(i))
+        reference = execute(cfg, tmp_path / f"ref{i}")
+        assert record["status"] == "completed" and record["metrics"] == reference["metrics"]
+        assert "population" not in record["env"]
+        assert notice in Path(members[i].log_file).read_text()
+
+
+def test_a_group_that_fails_records_failed_for_each_member_and_leaves_visits(tmp_path, monkeypatch):
+    import normbench.population.train as population
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("kernel exploded")
+
+    monkeypatch.setattr(population, "fit_population", broken)
+    members = [
+        Member(compose_cfg(*STEPS, f"seed={s}"), tmp_path / str(s), str(tmp_path / f"{s}.log"))
+        for s in (0, 1)
+    ]
+    train_group(members)
+    for m in members:
+        assert load_run(m.out_dir)["error"] == "RuntimeError: kernel exploded"
+        visit = (m.out_dir / "visit.json").read_text()
+        assert '"outcome": "failed"' in visit and "kernel exploded" in visit
+
+
+# --- real multiruns -------------------------------------------------------------------------------
+
+GRID = ("norm=batchnorm,layernorm", "batch_size=16", "seed=0,1", "optim.lr=0.05,0.1")
+
+
+def test_a_population_sweep_writes_the_records_of_the_basic_launcher(tmp_path):
+    pop = normbench_run("-m", *GRID, *STEPS, "sweep.root=pop", "hydra/launcher=population", cwd=tmp_path)
+    assert pop.returncode == 0, pop.stderr
+    assert "8 runs: 8 completed, 0 diverged, 0 failed, 0 skipped" in pop.stdout
+    assert "population launcher: 8 runs, 8 in 2 population(s) [4, 4], 0 alone" in pop.stdout + pop.stderr
+    basic = normbench_run("-m", *GRID, *STEPS, "sweep.root=basic", "hydra/launcher=basic", cwd=tmp_path)
+    assert basic.returncode == 0, basic.stderr
+    ours, theirs = records(tmp_path / "pop" / "default"), records(tmp_path / "basic" / "default")
+    assert set(ours) == set(theirs) and len(ours) == 8  # the same config-hash folders
+    for folder, record in ours.items():
+        assert record["env"]["population"] == 4
+        assert_same_record(record, theirs[folder], population=4)
+        assert (tmp_path / "pop" / "default" / folder / ".hydra" / "overrides.yaml").is_file()
+        assert (
+            "population of 4 members" in (tmp_path / "pop" / "default" / folder / "normbench.log").read_text()
+        )
+    again = normbench_run("-m", *GRID, *STEPS, "sweep.root=pop", "hydra/launcher=population", cwd=tmp_path)
+    assert "8 runs: 0 completed, 0 diverged, 0 failed, 8 skipped" in again.stdout
+    after = records(tmp_path / "pop" / "default")
+    assert all(after[f]["finished_at"] == r["finished_at"] for f, r in ours.items())
+
+
+def test_parallel_groups_a_grown_grid_and_a_folder_held_elsewhere(tmp_path):
+    args = ("-m", "norm=groupnorm,identity", "seed=0,1", *STEPS, "sweep.root=sw", "hydra/launcher=population")
+    first = normbench_run(*args, "hydra.launcher.n_jobs=2", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "4 runs: 4 completed" in first.stdout
+    old = records(tmp_path / "sw" / "default")
+    held = compose_cfg("norm=groupnorm", "seed=2", *STEPS)
+    from normbench.run import run_identity
+
+    held_dir = tmp_path / "sw" / "default" / run_identity(held)[1]
+    with run_lock(held_dir) as acquired:  # another live process trains this one
+        assert acquired
+        grown = normbench_run(
+            *args[:2], "seed=0,1,2,3", *args[3:], "hydra.launcher.max_members=2", cwd=tmp_path
+        )
+    assert (
+        "8 runs: 3 completed, 0 diverged, 0 failed, 4 skipped, 0 config error, 1 running elsewhere"
+        in grown.stdout
+    )
+    new = records(tmp_path / "sw" / "default")
+    assert len(new) == 7 and held_dir.name not in new
+    assert all(new[f]["finished_at"] == r["finished_at"] for f, r in old.items())
+
+
+def test_bad_launcher_options_are_one_line_errors(tmp_path):
+    proc = normbench_run(
+        "-m", "seed=0,1", *STEPS, "hydra/launcher=population", "hydra.launcher.max_members=0", cwd=tmp_path
+    )
+    assert proc.returncode != 0
+    assert "hydra.launcher.max_members=0: must be an integer >= 1" in proc.stderr
+    assert not list(tmp_path.glob("multirun/**/result.json"))
+
+
+def test_kill_9_of_a_population_process_loses_only_its_unfinished_group(tmp_path):
+    # two groups: 20 steps (finishes first), then 3000 steps (killed while it trains)
+    args = [sys.executable, "-m", "normbench", "-m", "train.budget=steps", "train.steps=20,3000", "seed=0,1"]
+    args += ["train.history_points=1", "sweep.root=sw", "hydra/launcher=population"]
+    proc = subprocess.Popen(
+        args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    sweep_dir = tmp_path / "sw" / "default"
+    deadline = time.time() + 240
+    while len(list(sweep_dir.glob("*/result.json"))) < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert proc.poll() is None, "the sweep ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    first = records(sweep_dir)
+    assert sorted(r["config"]["train"]["steps"] for r in first.values()) == [20, 20]
+    rerun = normbench_run(*args[3:], cwd=tmp_path, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "4 runs: 2 completed, 0 diverged, 0 failed, 2 skipped" in rerun.stdout
+    second = records(sweep_dir)
+    assert sorted(r["config"]["train"]["steps"] for r in second.values()) == [20, 20, 3000, 3000]
+    assert all(second[f]["finished_at"] == r["finished_at"] for f, r in first.items())
+    assert not list(sweep_dir.glob("*/.*.tmp"))
