@@ -8,6 +8,8 @@
 #                                           # reports/small_batch_large/ (for a GPU: add -- runtime.device=cuda)
 #   scripts/small_batch_study.sh --study conf/study/sequence_gan.yaml  # another study, into reports/sequence_gan/
 #   scripts/small_batch_study.sh --out DIR  # another folder
+#   scripts/small_batch_study.sh --population  # each sweep's runs that differ only in seed/lr/... trained
+#                                           # as vectorized populations (hydra/launcher=population)
 #   scripts/small_batch_study.sh -- KEY=VALUE ...  # Hydra overrides added to every sweep
 #
 # Rerunning resumes: finished runs (their result.json under DIR/sweeps/) are skipped without being
@@ -15,8 +17,9 @@
 # report includes; the sweeps run from inside DIR, so no file records an absolute path.
 set -euo pipefail
 
-usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; }
 smoke=0
+population=0
 large=0
 study=""
 out=""
@@ -26,12 +29,13 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --smoke) smoke=1 ;;
     --large) large=1 ;;
+    --population) population=1 ;;
     --study) [ $# -ge 2 ] || { echo "small_batch_study.sh: --study needs a file" >&2; exit 2; }; study="$2"; shift ;;
     --) shift; overrides=("$@"); break ;;
     --out) [ $# -ge 2 ] || { echo "small_batch_study.sh: --out needs a folder" >&2; exit 2; }; out="$2"; shift ;;
     --jobs) [ $# -ge 2 ] || { echo "small_batch_study.sh: --jobs needs a number" >&2; exit 2; }; jobs="$2"; shift ;;
     -h|--help) usage; exit 0 ;;
-    *) echo "small_batch_study.sh: unknown argument '$1' (allowed: --smoke, --large, --study FILE, --out DIR, --jobs N, -- OVERRIDES)" >&2; exit 2 ;;
+    *) echo "small_batch_study.sh: unknown argument '$1' (allowed: --smoke, --large, --population, --study FILE, --out DIR, --jobs N, -- OVERRIDES)" >&2; exit 2 ;;
   esac
   shift
 done
@@ -57,6 +61,8 @@ fi
 mkdir -p "$out"
 out="$(cd "$out" && pwd)"
 
+launcher=joblib  # one process per run, $jobs at a time
+[ "$population" = 0 ] || launcher=population  # populations, $jobs groups at a time
 start=$(date +%s)
 status=0
 summaries="$(mktemp)"
@@ -65,7 +71,7 @@ while IFS=$'\t' read -r -a sweep; do
   preset="${sweep[0]:-}"
   [ -n "$preset" ] || continue
   echo "== $preset" >&2
-  (cd "$out" && normbench-run "experiment=$preset" hydra/launcher=joblib "hydra.launcher.n_jobs=$jobs" \
+  (cd "$out" && normbench-run "experiment=$preset" "hydra/launcher=$launcher" "hydra.launcher.n_jobs=$jobs" \
     sweep.root=sweeps "${sweep[@]:1}" ${overrides[@]+"${overrides[@]}"}) < /dev/null | tee -a "$summaries" || status=$?
 done <<< "$sweeps"
 elapsed=$(( $(date +%s) - start ))
@@ -75,7 +81,7 @@ read -r n_completed n_diverged n_failed n_skipped <<< "$counts"
 trained="$n_completed completed, $n_diverged diverged, $n_failed failed, $n_skipped skipped"
 if [ $((n_completed + n_diverged + n_failed)) -gt 0 ]; then
   [ -f "$out/timings.md" ] || printf '| date (UTC) | grid | wall time | runs this invocation |\n|---|---|---:|---|\n' > "$out/timings.md"
-  printf '| %s | %s | %d min %02d s | %s |\n' "$(date -u +%Y-%m-%dT%H:%MZ)" "$([ "$smoke" = 1 ] && echo smoke || { [ "$large" = 1 ] && echo large || echo full; })" \
+  printf '| %s | %s | %d min %02d s | %s |\n' "$(date -u +%Y-%m-%dT%H:%MZ)" "$([ "$smoke" = 1 ] && echo smoke || { [ "$large" = 1 ] && echo large || echo full; })$([ "$population" = 1 ] && echo ', populations')" \
     $((elapsed / 60)) $((elapsed % 60)) "$trained" >> "$out/timings.md"
 fi
 echo "sweeps took $((elapsed / 60)) min $((elapsed % 60)) s ($trained)" >&2
