@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import copy
 import inspect
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -15,11 +16,12 @@ from normbench.norms import iter_specs
 
 
 @contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """``model`` in eval mode for the block, every submodule's train/eval mode restored afterwards."""
+def eval_mode(model: nn.Module, training: bool = False) -> Iterator[nn.Module]:
+    """``model`` in eval mode (or, with ``training``, training mode) for the block, every submodule's
+    train/eval mode restored afterwards."""
     modes = {m: m.training for m in model.modules()}
     try:
-        yield model.eval()
+        yield model.train(training)
     finally:
         for m, mode in modes.items():
             m.training = mode
@@ -55,18 +57,41 @@ def stat_modules(model: nn.Module) -> dict[str, nn.Module]:
     }
 
 
+def minibatches(order: Tensor, batch_size: int) -> list[Tensor]:
+    """``order`` (its last dimension) cut into batches of ``batch_size``, the last possibly smaller
+    but never a lone sample (batch statistics need two): it then joins the batch before."""
+    batches = list(order.split(batch_size, dim=-1))
+    if len(batches) > 1 and batches[-1].shape[-1] == 1 < batch_size:
+        batches[-2:] = [torch.cat(batches[-2:], dim=-1)]
+    return batches
+
+
 @torch.no_grad()
 def minibatch_error(model: nn.Module, x: Tensor, y: Tensor, batch_size: int, order: Tensor) -> float:
     """Error with mini-batch statistics: a training-mode forward over the batches ``order`` cuts into
-    (the last may be smaller), on a copy so no running statistic moves."""
+    (:func:`minibatches`), on a copy so no running statistic moves."""
     twin = copy.deepcopy(model).train()
-    batches = list(order.split(batch_size))
-    if len(batches) > 1 and len(batches[-1]) == 1 < batch_size:  # no lone sample: batch stats need two
-        batches[-2:] = [torch.cat(batches[-2:])]
     wrong = 0
-    for idx in batches:
+    for idx in minibatches(order, batch_size):
         wrong += int((twin(x[idx]).argmax(1) != y[idx]).sum())
     return wrong / len(order)
+
+
+def precise_bn_order(num_train: int, num_samples: int, gen: torch.Generator) -> Tensor:
+    """The training samples PreciseBN pools, in the order its batches take them."""
+    return torch.randperm(num_train, generator=gen)[: min(num_samples, num_train)]
+
+
+def channel_sums(x: Tensor) -> tuple[Tensor, Tensor, int]:
+    """Per-channel sum and sum of squares (float64) of a norm's input (N, C, ...), and its count."""
+    v = x.detach().transpose(0, 1).reshape(x.shape[1], -1).double()
+    return v.sum(1), (v * v).sum(1), v.shape[1]
+
+
+def pooled_stats(n: int, total: Tensor, total_sq: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean and unbiased variance (as torch stores running_var) of ``n`` values from their sums."""
+    mean = total / n
+    return mean, (total_sq / n - mean * mean).clamp_min(0) * n / max(1, n - 1)
 
 
 @torch.no_grad()
@@ -86,27 +111,24 @@ def precise_bn(
 
     def hook(name: str):
         def accumulate(module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
-            v = inputs[0].detach().transpose(0, 1).reshape(inputs[0].shape[1], -1).double()
+            total, total_sq, n = channel_sums(inputs[0])
             acc = sums.setdefault(name, [0, 0.0, 0.0])
-            acc[0] += v.shape[1]
-            acc[1] = acc[1] + v.sum(1)
-            acc[2] = acc[2] + (v * v).sum(1)
+            acc[0] += n
+            acc[1] = acc[1] + total
+            acc[2] = acc[2] + total_sq
 
         return accumulate
 
     handles = [m.register_forward_pre_hook(hook(name)) for name, m in layers.items()]
     try:
-        order = torch.randperm(len(x), generator=gen)[: min(num_samples, len(x))]
-        for idx in order.split(batch_size):
+        for idx in precise_bn_order(len(x), num_samples, gen).split(batch_size):
             if len(idx) > 1 or batch_size == 1:
                 twin(x[idx])
     finally:
         for h in handles:
             h.remove()
     for name, m in layers.items():
-        n, s, ss = sums[name]
-        mean = s / n
-        var = (ss / n - mean * mean).clamp_min(0) * n / max(1, n - 1)
+        mean, var = pooled_stats(*sums[name])
         if _has_tensor(m, "running_mean"):
             m.running_mean.copy_(mean)
         m.running_var.copy_(var)
@@ -121,13 +143,68 @@ def stats_distance(model: nn.Module, reference: nn.Module) -> dict[str, float]:
     """Relative L2 distance of ``model``'s running means and variances to ``reference``'s (the
     PreciseBN estimate), averaged over layers."""
     ours, theirs = stat_modules(model), stat_modules(reference)
+    pairs = {
+        (name, stat): (getattr(m, stat), getattr(theirs[name], stat))
+        for name, m in ours.items()
+        for stat in ("running_mean", "running_var")
+        if _has_tensor(m, stat)
+    }
+    return mean_distances(pairs)
+
+
+def mean_distances(pairs: dict[tuple[str, str], tuple[Tensor, Tensor]]) -> dict[str, float]:
+    """``{stat}_rel_l2``: the relative L2 distance of each (layer, stat) pair, averaged over layers."""
     distances: dict[str, float] = {}
     for stat in ("running_mean", "running_var"):
-        values = [
-            relative_l2(getattr(m, stat), getattr(theirs[k], stat))
-            for k, m in ours.items()
-            if _has_tensor(m, stat)
-        ]
+        values = [relative_l2(a, b) for (_, s), (a, b) in pairs.items() if s == stat]
         if values:
             distances[f"{stat}_rel_l2"] = sum(values) / len(values)
     return distances
+
+
+class Members(Protocol):
+    """K trained models evaluated together: what :func:`normbench.run.final_metrics` needs. Each
+    method returns one value per member; :class:`OneModel` is K = 1, a population
+    (:class:`normbench.population.evaluate.PopulationMembers`) evaluates its members vectorized."""
+
+    size: int
+
+    def error_and_loss(self, x: Tensor, y: Tensor) -> list[tuple[float, float]]: ...
+
+    def minibatch_error(
+        self, x: Tensor, y: Tensor, batch_size: int, orders: Sequence[Tensor]
+    ) -> list[float]: ...
+
+    def has_stat_modules(self) -> bool: ...
+
+    def precise_bn(
+        self, x: Tensor, batch_size: int, num_samples: int, gens: Sequence[torch.Generator]
+    ) -> Members: ...
+
+    def stats_distance(self, reference: Members) -> list[dict[str, float]]: ...
+
+
+class OneModel:
+    """One model as :class:`Members` (K = 1), through the functions above."""
+
+    size = 1
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def error_and_loss(self, x: Tensor, y: Tensor) -> list[tuple[float, float]]:
+        return [error_and_loss(self.model, x, y)]
+
+    def minibatch_error(self, x: Tensor, y: Tensor, batch_size: int, orders: Sequence[Tensor]) -> list[float]:
+        return [minibatch_error(self.model, x, y, batch_size, orders[0])]
+
+    def has_stat_modules(self) -> bool:
+        return bool(stat_modules(self.model))
+
+    def precise_bn(
+        self, x: Tensor, batch_size: int, num_samples: int, gens: Sequence[torch.Generator]
+    ) -> OneModel:
+        return OneModel(precise_bn(self.model, x, batch_size, num_samples, gens[0]))
+
+    def stats_distance(self, reference: OneModel) -> list[dict[str, float]]:  # type: ignore[override]
+        return [stats_distance(self.model, reference.model)]

@@ -9,7 +9,7 @@ import os
 import platform
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
@@ -22,14 +22,7 @@ from torch import Tensor, nn
 import normbench
 from normbench.config import LATER_KEYS, NON_IDENTITY_KEYS, ConfigError, check_values
 from normbench.distributed import World, all_finite, finish, parallel, shard, world_from_env
-from normbench.evaluate import (
-    error_and_loss,
-    eval_mode,
-    minibatch_error,
-    precise_bn,
-    stat_modules,
-    stats_distance,
-)
+from normbench.evaluate import Members, OneModel, eval_mode
 from normbench.norms import available_norms, norm_spec
 from normbench.results import (
     FINAL_STATUSES,
@@ -388,6 +381,14 @@ def record_evaluation(
     ``record``; non-finite final metrics turn a completed run into a diverged one."""
     with runtime.autocast():
         metrics = final_metrics(model, data, cfg) if record["status"] == "completed" else {}
+    record_metrics(cfg, record, model, metrics)
+
+
+def record_metrics(
+    cfg: DictConfig, record: dict[str, Any], model: nn.Module, metrics: dict[str, Any]
+) -> None:
+    """``metrics`` (the final metrics, or {} for a diverged run) and the layers' own metrics of
+    ``model`` into ``record``; non-finite values turn a completed run into a diverged one."""
     record["layers"] = layer_metrics(model)
     metrics.update(averaged(record["layers"], prefix=f"{cfg.norm.name}_"))
     overflowed = sorted(k for k, v in metrics.items() if not math.isfinite(v))
@@ -422,38 +423,61 @@ def final_metrics(model: nn.Module, data: Dataset, cfg: DictConfig) -> dict[str,
     with mini-batch statistics (i.i.d. and class-sorted test batches), plus the distance of the running
     statistics to PreciseBN's. ``diverged`` marks a final training error at chance level under every
     evaluation."""
+    return members_final_metrics(OneModel(model), data, [cfg])[0]
+
+
+def members_final_metrics(
+    members: Members, data: Dataset, cfgs: Sequence[DictConfig]
+) -> list[dict[str, float | bool]]:
+    """:func:`final_metrics` of each of ``members`` (configs ``cfgs``, which share every setting but the
+    :data:`normbench.population.grouping.MEMBER_KEYS`), each drawing its evaluation batches from its
+    own stream (its seed + 10000)."""
+    cfg = cfgs[0]
     splits = {"test": (data.x_test, data.y_test), "train": (data.x_train, data.y_train)}
     if data.x_val is not None:
         splits["val"] = (data.x_val, data.y_val)
-    metrics: dict[str, float | bool] = {}
+    metrics: list[dict[str, float | bool]] = [{} for _ in cfgs]
+
+    def put(name: str, values: Sequence[float]) -> None:
+        for m, v in zip(metrics, values, strict=True):
+            m[name] = v
+
     for split, (x, y) in splits.items():
-        metrics[f"{split}_error"], metrics[f"{split}_loss"] = error_and_loss(model, x, y)
-    metrics["generalization_gap"] = metrics["test_error"] - metrics["train_error"]
+        pairs = members.error_and_loss(x, y)
+        put(f"{split}_error", [e for e, _ in pairs])
+        put(f"{split}_loss", [loss for _, loss in pairs])
+    put("generalization_gap", [m["test_error"] - m["train_error"] for m in metrics])
     if norm_spec(cfg.norm.name).batch_dependent and cfg.eval.batch_stats:
         bs = cfg.batch_size
-        gen = torch.Generator().manual_seed(cfg.seed + 10_000)  # its own stream: training is unaffected
-        orders = {
-            "test": torch.randperm(len(data.x_test), generator=gen),
-            "train": torch.randperm(len(data.x_train), generator=gen)[: cfg.eval.minibatch_samples],
-        }
-        if data.x_val is not None:
-            orders["val"] = torch.randperm(len(data.x_val), generator=gen)
-        for split, order in orders.items():
-            metrics[f"{split}_error_minibatch"] = minibatch_error(model, *splits[split], bs, order)
+        # each member's own stream: training is unaffected
+        gens = [torch.Generator().manual_seed(c.seed + 10_000) for c in cfgs]
+        orders: dict[str, list[Tensor]] = {"test": [], "train": [], "val": []}
+        for gen in gens:
+            orders["test"].append(torch.randperm(len(data.x_test), generator=gen))
+            orders["train"].append(
+                torch.randperm(len(data.x_train), generator=gen)[: cfg.eval.minibatch_samples]
+            )
+            if data.x_val is not None:
+                orders["val"].append(torch.randperm(len(data.x_val), generator=gen))
+        for split in splits:
+            put(f"{split}_error_minibatch", members.minibatch_error(*splits[split], bs, orders[split]))
         by_class = torch.argsort(data.y_test, stable=True)
-        metrics["test_error_minibatch_sorted"] = minibatch_error(
-            model, data.x_test, data.y_test, bs, by_class
+        put(
+            "test_error_minibatch_sorted",
+            members.minibatch_error(data.x_test, data.y_test, bs, [by_class] * len(cfgs)),
         )
-        if stat_modules(model):
-            precise = precise_bn(
-                model, data.x_train, cfg.eval.precise_bn_batch_size or bs, cfg.eval.precise_bn_samples, gen
+        if members.has_stat_modules():
+            precise = members.precise_bn(
+                data.x_train, cfg.eval.precise_bn_batch_size or bs, cfg.eval.precise_bn_samples, gens
             )
             for split, (x, y) in splits.items():
-                error, loss = error_and_loss(precise, x, y)
-                metrics[f"{split}_error_precise_bn"] = error
+                pairs = precise.error_and_loss(x, y)
+                put(f"{split}_error_precise_bn", [e for e, _ in pairs])
                 if split != "train":
-                    metrics[f"{split}_loss_precise_bn"] = loss
-            metrics.update(stats_distance(model, precise))
-    best_train = min(v for k, v in metrics.items() if k.startswith("train_error"))
-    metrics["diverged"] = bool(best_train >= cfg.train.max_train_error_diverged)
+                    put(f"{split}_loss_precise_bn", [loss for _, loss in pairs])
+            for m, distances in zip(metrics, members.stats_distance(precise), strict=True):
+                m.update(distances)
+    for m, c in zip(metrics, cfgs, strict=True):
+        best_train = min(v for k, v in m.items() if k.startswith("train_error"))
+        m["diverged"] = bool(best_train >= c.train.max_train_error_diverged)
     return metrics

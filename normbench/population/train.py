@@ -10,14 +10,14 @@ learning-rate schedule by its own peak, and steps with its own optimizer hyper-p
 
 A member whose loss turns non-finite is frozen at that step — its parameters, optimizer state and
 buffers stop changing — and recorded ``diverged`` there, while the others go on. The history's test and
-validation errors are evaluated for all members at once; the final evaluations run on each member's own
-module, loaded from the stacks, through the same code as a separate run
-(:func:`normbench.run.record_evaluation`).
+validation errors and the final evaluations (:func:`normbench.run.members_final_metrics`: errors,
+mini-batch statistics, PreciseBN) are evaluated for all members at once
+(:class:`~normbench.population.evaluate.PopulationMembers`); only the layers' own metrics are read
+from each member's module.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import sys
 import time
@@ -29,18 +29,21 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor, nn
-from torch.func import functional_call, stack_module_state, vmap
+from torch.func import functional_call, vmap
 from tqdm import tqdm
 
 from normbench.config import ConfigError
+from normbench.population.evaluate import PopulationMembers
 from normbench.population.optim import PopulationOptimizer
+from normbench.population.stacked import Population
 from normbench.run import (
     augmentation,
     batch_iterator,
+    members_final_metrics,
     new_record,
     prepare_data,
     prepare_model,
-    record_evaluation,
+    record_metrics,
     record_training,
     run_identity,
     seal,
@@ -51,67 +54,6 @@ from normbench.tasks.data import Dataset
 from normbench.train import FitResult, lr_schedule, training_plan
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Population:
-    """K models of one architecture as stacked parameters (K, ...) and buffers, and a stateless
-    ``base`` (on the meta device) that :meth:`forward` calls with each member's tensors."""
-
-    base: nn.Module
-    params: dict[str, Tensor]
-    buffers: dict[str, Tensor]
-
-    @classmethod
-    def stack(cls, models: Sequence[nn.Module]) -> Population:
-        params, buffers = stack_module_state(list(models))
-        return cls(copy.deepcopy(models[0]).to("meta"), params, buffers)
-
-    @property
-    def size(self) -> int:
-        return next(iter(self.params.values())).shape[0]
-
-    def forward(self, x: Tensor, shared_input: bool = False) -> Tensor:
-        """Every member's output: on its own inputs ``x`` (K, N, ...) or, with ``shared_input``, all on
-        the same ``x`` (N, ...). Training-mode forwards update each member's own buffers."""
-
-        def member(p: dict[str, Tensor], b: dict[str, Tensor], inputs: Tensor) -> Tensor:
-            return functional_call(self.base, (p, b), (inputs,))
-
-        return vmap(member, in_dims=(0, 0, None if shared_input else 0))(self.params, self.buffers, x)
-
-    def match_gradient_layout(self, grads: Sequence[Tensor]) -> None:
-        """Store each stacked parameter in the memory layout of its gradient (vmap's batched matmuls
-        give weight gradients transposed): gradients then keep that layout, and the optimizer's
-        elementwise updates run over matching strides instead of a transposed copy per step."""
-        with torch.no_grad():
-            for (name, p), g in zip(list(self.params.items()), grads, strict=True):
-                if p.stride() != g.stride():
-                    self.params[name] = torch.empty_strided(
-                        p.shape, g.stride(), dtype=p.dtype, device=p.device
-                    )
-                    self.params[name].copy_(p).requires_grad_()
-
-    def unstack_into(self, models: Sequence[nn.Module]) -> None:
-        """Copy member k's parameters and buffers into ``models[k]``."""
-        with torch.no_grad():
-            for k, model in enumerate(models):
-                state = {**self.params, **self.buffers}
-                model.load_state_dict({name: t[k] for name, t in state.items()}, strict=True)
-
-    @torch.no_grad()
-    def errors(self, x: Tensor, y: Tensor, batch_size: int = 1000) -> Tensor:
-        """Each member's classification error on ``(x, y)`` in eval mode (running statistics), in the
-        chunks :func:`normbench.evaluate.error_and_loss` uses: a (K,) tensor."""
-        self.base.eval()
-        try:
-            wrong = torch.zeros(self.size, dtype=torch.long, device=x.device)
-            for start in range(0, len(x), batch_size):
-                logits = self.forward(x[start : start + batch_size], shared_input=True)
-                wrong += (logits.argmax(-1) != y[start : start + batch_size]).sum(-1)
-        finally:
-            self.base.train()
-        return wrong.double() / len(x)
 
 
 def stacked_batches(
@@ -236,9 +178,10 @@ def _history_point(
     per_epoch: int,
 ) -> None:
     """Append a history point (as :func:`normbench.train.fit` writes it) to every member still alive."""
+    evaluated = PopulationMembers(pop)
     with runtime.autocast():
-        test = pop.errors(data.x_test, data.y_test).tolist()
-        val = pop.errors(data.x_val, data.y_val).tolist() if data.x_val is not None else None
+        test = [error for error, _ in evaluated.error_and_loss(data.x_test, data.y_test)]
+        val = None if data.x_val is None else [e for e, _ in evaluated.error_and_loss(data.x_val, data.y_val)]
     for i, (member, ok, loss) in enumerate(zip(members, alive.tolist(), mean_loss.tolist(), strict=True)):
         if not ok:
             continue
@@ -259,8 +202,8 @@ def _history_point(
 def train_population(cfgs: Sequence[DictConfig], progress: bool = False) -> list[dict[str, Any]]:
     """Train a group and return each member's record, as :func:`normbench.run.execute` would write it
     for that member's run alone (plus ``env.population``: the group's size). A ConfigError of any
-    member propagates before training; any other exception in building or training the group becomes
-    a ``failed`` record for every member, one in a member's final evaluation for that member."""
+    member propagates before training; any other exception (building, training or evaluating the
+    group) becomes a ``failed`` record for every member, with what training produced kept."""
     runtime = setup_runtime(cfgs[0])
     records = [new_record(cfg, *run_identity(cfg), runtime) for cfg in cfgs]
     for record in records:
@@ -278,15 +221,19 @@ def train_population(cfgs: Sequence[DictConfig], progress: bool = False) -> list
         for record in records:
             record.update(status="failed", error=f"{type(exc).__name__}: {exc}")
         return [seal(record, start) for record in records]
-    for cfg, record, model, result in zip(cfgs, records, models, results, strict=True):
+    for cfg, record, result in zip(cfgs, records, results, strict=True):
         plan = training_plan(cfg, len(data.x_train))
         record.update(planned_steps=plan.total, steps_per_epoch=plan.steps_per_epoch, lr=plan.lr)
         record_training(record, result)
-        try:
-            record_evaluation(cfg, record, model, data, runtime)
-        except (KeyboardInterrupt, ConfigError):
-            raise
-        except BaseException as exc:  # this member's evaluation alone
-            log.exception("evaluation failed: %s", exc)
+    try:
+        with runtime.autocast():  # every member at once; diverged members' values are dropped
+            metrics = members_final_metrics(PopulationMembers(Population.stack(models)), data, cfgs)
+        for cfg, record, model, values in zip(cfgs, records, models, metrics, strict=True):
+            record_metrics(cfg, record, model, values if record["status"] == "completed" else {})
+    except (KeyboardInterrupt, ConfigError):
+        raise
+    except BaseException as exc:  # the evaluation failed: what training produced is kept
+        log.exception("evaluation failed: %s", exc)
+        for record in records:
             record.update(status="failed", error=f"{type(exc).__name__}: {exc}", metrics={})
     return [seal(record, start) for record in records]

@@ -1,0 +1,122 @@
+"""A population's final evaluations, vectorized: :class:`PopulationMembers` is the
+:class:`normbench.evaluate.Members` that :func:`normbench.run.members_final_metrics` evaluates, with
+every member's forward passes in one ``vmap``. It follows the single-model functions of
+:mod:`normbench.evaluate` step for step (same chunks, batches, sample orders and pooling helpers), so
+each member gets its separate run's numbers up to float reassociation."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.func import functional_call, vmap
+
+from normbench.evaluate import (
+    channel_sums,
+    eval_mode,
+    mean_distances,
+    minibatches,
+    pooled_stats,
+    precise_bn_order,
+    stat_modules,
+)
+from normbench.population.stacked import Population
+
+
+class PopulationMembers:
+    """The members of ``pop`` as :class:`normbench.evaluate.Members`."""
+
+    def __init__(self, pop: Population) -> None:
+        self.pop = pop
+        self.size = pop.size
+
+    @torch.no_grad()
+    def error_and_loss(self, x: Tensor, y: Tensor, batch_size: int = 1000) -> list[tuple[float, float]]:
+        """As :func:`normbench.evaluate.error_and_loss`, for every member."""
+        wrong = torch.zeros(self.size, dtype=torch.long, device=x.device)
+        losses = [0.0] * self.size
+        with eval_mode(self.pop.base):
+            for start in range(0, len(x), batch_size):
+                logits = self.pop.forward(x[start : start + batch_size], shared_input=True)
+                target = y[start : start + batch_size]
+                wrong += (logits.argmax(-1) != target).sum(-1)
+                summed = vmap(lambda out, t=target: F.cross_entropy(out, t, reduction="sum"))(logits)
+                losses = [a + b for a, b in zip(losses, summed.tolist(), strict=True)]
+        return [(w / len(x), loss / len(x)) for w, loss in zip(wrong.tolist(), losses, strict=True)]
+
+    @torch.no_grad()
+    def minibatch_error(self, x: Tensor, y: Tensor, batch_size: int, orders: Sequence[Tensor]) -> list[float]:
+        """As :func:`normbench.evaluate.minibatch_error`: training-mode forwards over each member's own
+        order, on copies of the buffers."""
+        buffers = {name: b.clone() for name, b in self.pop.buffers.items()}
+        wrong = torch.zeros(self.size, dtype=torch.long, device=x.device)
+        stacked = torch.stack(list(orders)).to(x.device)
+        with eval_mode(self.pop.base, training=True):
+            for idx in minibatches(stacked, batch_size):
+                logits = self.pop.forward(x[idx], buffers=buffers)
+                wrong += (logits.argmax(-1) != y[idx]).sum(-1)
+        return [w / stacked.shape[1] for w in wrong.tolist()]
+
+    def has_stat_modules(self) -> bool:
+        return bool(stat_modules(self.pop.base))
+
+    @torch.no_grad()
+    def precise_bn(
+        self, x: Tensor, batch_size: int, num_samples: int, gens: Sequence[torch.Generator]
+    ) -> PopulationMembers:
+        """As :func:`normbench.evaluate.precise_bn`: a population whose running statistics are each
+        member's pooled input statistics over its own sample order (the other buffers as the
+        training-mode forwards of that pass leave them)."""
+        layers = stat_modules(self.pop.base)
+        counts = dict.fromkeys(layers, 0)
+
+        def member_sums(p: dict, b: dict, inputs: Tensor) -> dict[str, Tensor]:
+            sums: dict[str, Tensor] = {}
+
+            def hook(name: str):
+                def accumulate(module, args) -> None:
+                    total, total_sq, n = channel_sums(args[0])
+                    counts[name] += n  # the same for every member: a Python int, once per call
+                    sums[name] = torch.stack([total, total_sq]) + sums.get(name, 0)
+
+                return accumulate
+
+            handles = [m.register_forward_pre_hook(hook(name)) for name, m in layers.items()]
+            try:
+                functional_call(self.pop.base, (p, b), (inputs,))
+            finally:
+                for h in handles:
+                    h.remove()
+            return sums
+
+        buffers = {name: b.clone() for name, b in self.pop.buffers.items()}
+        order = torch.stack([precise_bn_order(len(x), num_samples, g) for g in gens]).to(x.device)
+        totals: dict[str, Tensor] = {}
+        with eval_mode(self.pop.base, training=True):
+            for idx in order.split(batch_size, dim=1):
+                if idx.shape[1] > 1 or batch_size == 1:
+                    for name, sums in vmap(member_sums, in_dims=(0, 0, 0))(
+                        self.pop.params, buffers, x[idx]
+                    ).items():
+                        totals[name] = totals[name] + sums if name in totals else sums
+        for name in layers:
+            mean, var = pooled_stats(counts[name], totals[name][:, 0], totals[name][:, 1])
+            if f"{name}.running_mean" in buffers:
+                buffers[f"{name}.running_mean"].copy_(mean)
+            buffers[f"{name}.running_var"].copy_(var)
+        return PopulationMembers(Population(self.pop.base, self.pop.params, buffers))
+
+    def stats_distance(self, reference: PopulationMembers) -> list[dict[str, float]]:  # type: ignore[override]
+        keys = [
+            (name, stat)
+            for name in stat_modules(self.pop.base)
+            for stat in ("running_mean", "running_var")
+            if f"{name}.{stat}" in self.pop.buffers
+        ]
+        ours, theirs = self.pop.buffers, reference.pop.buffers
+        return [
+            mean_distances({(n, s): (ours[f"{n}.{s}"][k], theirs[f"{n}.{s}"][k]) for n, s in keys})
+            for k in range(self.size)
+        ]
