@@ -31,6 +31,10 @@ MEMBER_KEYS = (
 )
 # neither what a run computes nor how: rerun and display switches
 _IGNORED = ("hydra", "sweep", "runtime.force", "runtime.progress", "data.root", "data.download")
+# Architectures whose forward runs under vmap over stacked parameters with the results of separate
+# models (tests/test_population_train.py trains each one both ways); the rest (rnn, gan, torchvision)
+# train their runs one by one.
+POPULATION_ARCHS = ("mlp", "cnn1d", "cnn2d", "resnet2d", "cifar_resnet", "transformer")
 
 
 def group_key(cfg: DictConfig) -> str:
@@ -54,10 +58,6 @@ def why_not_population(cfg: DictConfig) -> str | None:
             return f"runtime.{key}=true: not supported inside populations"
     return None
 
-
-# Architectures whose forward runs under vmap over stacked parameters with the results of separate
-# models (tests/test_population_train.py trains each one both ways).
-POPULATION_ARCHS = ("mlp", "cnn1d", "cnn2d", "resnet2d", "cifar_resnet", "transformer")
 
 
 def partition(cfgs: Sequence[DictConfig], max_members: int) -> list[list[int]]:
