@@ -54,7 +54,8 @@ class NormSpec:
             (``functional_call``), each member with its own statistics, exactly as separate modules
             would: what population training needs. tests/test_population.py holds every plugin that
             claims it to that; one that cannot (a custom autograd Function without vmap support, a
-            ``.item()`` in forward) declares False.
+            ``.item()`` in forward) declares False, and ``hydra/launcher=population`` then trains its
+            runs one by one, with a notice.
         source: where it was registered from (module name, or ``entry point NAME``).
     """
 
