@@ -59,7 +59,6 @@ def why_not_population(cfg: DictConfig) -> str | None:
     return None
 
 
-
 def partition(cfgs: Sequence[DictConfig], max_members: int) -> list[list[int]]:
     """Indices of ``cfgs`` in groups: runs with the same :func:`group_key` that can train as a
     population, at most ``max_members`` per group, in sweep order; every other run alone."""

@@ -22,7 +22,6 @@ import logging
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -66,14 +65,6 @@ def stacked_batches(
         yield from drawn.to(device)
 
 
-@dataclass
-class MemberState:
-    """What the loop keeps for one member on the host."""
-
-    history: list[dict] = field(default_factory=list)
-    diverged_at: int | None = None
-
-
 def fit_population(
     cfgs: Sequence[DictConfig],
     models: Sequence[nn.Module],
@@ -114,7 +105,7 @@ def fit_population(
     diverged_at = torch.full((k,), -1, dtype=torch.long, device=device)
     loss_sum = torch.zeros(k, device=device)
     since = 0
-    members = [MemberState() for _ in range(k)]
+    histories: list[list[dict]] = [[] for _ in range(k)]
     bar = tqdm(total=total, unit="step", disable=not progress, file=sys.stderr, leave=False)
     start = time.perf_counter()
     params = list(pop.params.values())
@@ -141,7 +132,9 @@ def fit_population(
         since += 1
         done = step + 1
         if done % eval_every == 0 or done == total:
-            _history_point(pop, data, runtime, members, alive, loss_sum / since, done, per_epoch)
+            _history_point(
+                pop, data, runtime, histories, alive, [v / since for v in loss_sum.tolist()], done, per_epoch
+            )
             loss_sum.zero_()
             since = 0
             bar.set_postfix(alive=f"{int(alive.sum())}/{k}")
@@ -150,11 +143,11 @@ def fit_population(
     elapsed = time.perf_counter() - start
     pop.unstack_into(models)
     results = []
-    for member, first_bad in zip(members, diverged_at.tolist(), strict=True):
+    for history, first_bad in zip(histories, diverged_at.tolist(), strict=True):
         if first_bad >= 0:
-            results.append(FitResult("diverged", first_bad, first_bad, member.history, elapsed))
+            results.append(FitResult("diverged", first_bad, first_bad, history, elapsed))
         else:
-            results.append(FitResult("completed", total, None, member.history, elapsed))
+            results.append(FitResult("completed", total, None, history, elapsed))
     return results
 
 
@@ -171,9 +164,9 @@ def _history_point(
     pop: Population,
     data: Dataset,
     runtime: Runtime,
-    members: Sequence[MemberState],
+    histories: Sequence[list[dict]],
     alive: Tensor,
-    mean_loss: Tensor,
+    mean_loss: Sequence[float],
     done: int,
     per_epoch: int,
 ) -> None:
@@ -182,19 +175,19 @@ def _history_point(
     with runtime.autocast():
         test = [error for error, _ in evaluated.error_and_loss(data.x_test, data.y_test)]
         val = None if data.x_val is None else [e for e, _ in evaluated.error_and_loss(data.x_val, data.y_val)]
-    for i, (member, ok, loss) in enumerate(zip(members, alive.tolist(), mean_loss.tolist(), strict=True)):
+    for i, (history, ok, loss) in enumerate(zip(histories, alive.tolist(), mean_loss, strict=True)):
         if not ok:
             continue
         point = {"step": done, "epoch": round(done / per_epoch, 4), "train_loss": loss, "test_error": test[i]}
         if val is not None:
             point["val_error"] = val[i]
-        member.history.append(point)
+        history.append(point)
     log.info(
         "step %d (epoch %.2f): %d of %d members training, test_error %s",
         done,
         done / per_epoch,
         sum(alive.tolist()),
-        len(members),
+        len(histories),
         " ".join(f"{e:.3f}" for e in test),
     )
 
