@@ -5,12 +5,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from normbench import register_norm
 from normbench.cli import CONF_DIR
+from normbench.norms.registry import REGISTRY
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ("train.budget=steps", "train.steps=4", "train.history_points=2")
@@ -32,3 +36,14 @@ def normbench_run(*args: str, cwd: Path, env: dict | None = None, timeout: int =
         text=True,
         timeout=timeout,
     )
+
+
+@contextmanager
+def registered_plugin(name: str, factory: type, **spec: object) -> Iterator[str]:
+    """``factory`` registered as the norm ``name`` (with registry ``spec`` keywords) for the block."""
+    register_norm(name, override=True, **spec)(factory)
+    try:
+        yield name
+    finally:
+        REGISTRY._specs.pop(name, None)
+        REGISTRY._keys.pop(name, None)

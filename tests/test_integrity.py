@@ -15,11 +15,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from helpers import QUICK, ROOT, compose_cfg, normbench_run
+from helpers import QUICK, ROOT, compose_cfg, normbench_run, registered_plugin
 from torch import nn
 
-from normbench import register_norm
-from normbench.norms.registry import REGISTRY
 from normbench.report import load_runs
 from normbench.report.build import build_report
 from normbench.report.tables import cell_columns, summarize
@@ -83,10 +81,8 @@ class _Broken(nn.Module):
 
 @pytest.fixture
 def broken_plugin():
-    register_norm("brokennorm", batch_dependent=False, override=True)(_Broken)
-    yield "brokennorm"
-    REGISTRY._specs.pop("brokennorm", None)
-    REGISTRY._keys.pop("brokennorm", None)
+    with registered_plugin("brokennorm", _Broken, batch_dependent=False) as name:
+        yield name
 
 
 @pytest.mark.parametrize(

@@ -13,12 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import compose_cfg, normbench_run
+from helpers import compose_cfg, normbench_run, registered_plugin
 from test_population_train import assert_same_record
 
-from normbench import register_norm
 from normbench.norms.layernorm import LayerNorm
-from normbench.norms.registry import REGISTRY
 from normbench.population.grouping import MEMBER_KEYS, group_key, partition, why_not_population
 from normbench.population.launcher import Member, train_group
 from normbench.results import load_run, run_lock
@@ -88,10 +86,8 @@ class SerialLayerNorm(LayerNorm):
 
 @pytest.fixture
 def serial_plugin():
-    register_norm("seriallayernorm", population=False, override=True)(SerialLayerNorm)
-    yield "seriallayernorm"
-    REGISTRY._specs.pop("seriallayernorm", None)
-    REGISTRY._keys.pop("seriallayernorm", None)
+    with registered_plugin("seriallayernorm", SerialLayerNorm, population=False) as name:
+        yield name
 
 
 def test_a_plugin_that_is_not_population_capable_trains_member_by_member_with_a_notice(
