@@ -51,12 +51,13 @@ def configs(task: str, norm: str, batch_size: int, members: int, steps: int, dev
         ]
 
 
-def separate(cfgs, data, runtime) -> float:
-    """Seconds to train every config on its own with normbench's loop."""
+def separate(cfgs, cpu_data, data, runtime) -> float:
+    """Seconds to train every config on its own with normbench's loop (models built on the CPU from
+    ``cpu_data``, as runs build them, trained on ``data``)."""
     sync(runtime)
     start = time.perf_counter()
     for cfg in cfgs:
-        model = prepare_model(cfg, data, runtime)
+        model = prepare_model(cfg, cpu_data, runtime)
         plan = training_plan(cfg, len(data.x_train))
         opt = make_optimizer("sgd", model.parameters(), plan.lr, cfg.optim.momentum, cfg.optim.weight_decay)
         gen = torch.Generator().manual_seed(cfg.seed)
@@ -76,10 +77,10 @@ def separate(cfgs, data, runtime) -> float:
     return time.perf_counter() - start
 
 
-def population(cfgs, data, runtime) -> float:
+def population(cfgs, cpu_data, data, runtime) -> float:
     sync(runtime)
     start = time.perf_counter()
-    models = [prepare_model(cfg, data, runtime) for cfg in cfgs]
+    models = [prepare_model(cfg, cpu_data, runtime) for cfg in cfgs]
     fit_population(cfgs, models, data, runtime)
     sync(runtime)
     return time.perf_counter() - start
@@ -123,8 +124,8 @@ def main() -> None:
                 n_sep = args.separate_members or k
                 times_sep, times_pop = [], []
                 for _ in range(args.rounds):
-                    times_sep.append(separate(cfgs[:n_sep], on_device, runtime) * k / n_sep)
-                    times_pop.append(population(cfgs, on_device, runtime))
+                    times_sep.append(separate(cfgs[:n_sep], data, on_device, runtime) * k / n_sep)
+                    times_pop.append(population(cfgs, data, on_device, runtime))
                 sep, pop = statistics.median(times_sep), statistics.median(times_pop)
                 rows.append((task, bs, k, k * args.steps / sep, k * args.steps / pop, sep / pop))
                 print(

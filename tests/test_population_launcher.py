@@ -214,3 +214,28 @@ def test_kill_9_of_a_population_process_loses_only_its_unfinished_group(tmp_path
     assert sorted(r["config"]["train"]["steps"] for r in second.values()) == [20, 20, 1000, 1000]
     assert all(second[f]["finished_at"] == r["finished_at"] for f, r in first.items())
     assert not list(sweep_dir.glob("*/.*.tmp"))
+
+
+def test_the_population_benchmark_writes_one_row_per_setting(tmp_path):
+    from helpers import ROOT
+
+    out = tmp_path / "population.md"
+    args = ["--tasks", "mnist1d_mlp", "--batch-sizes", "2", "4", "--members", "2", "--steps", "3"]
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "bench_population.py"),
+            *args,
+            "--rounds",
+            "1",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| mnist1d_mlp |")]
+    assert [r.split("|")[2:4] for r in rows] == [[" 2 ", " 2 "], [" 4 ", " 2 "]]
+    assert "Reproduce: `python scripts/bench_population.py --tasks mnist1d_mlp" in out.read_text()
