@@ -28,7 +28,7 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job, setup_globals
+from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
 from hydra.plugins.launcher import Launcher
 from omegaconf import DictConfig, open_dict
 
@@ -88,7 +88,11 @@ class PopulationLauncher(Launcher):
                     )
                 )
                 configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-            members = [r.return_value for r in returns if isinstance(r.return_value, Member)]
+            members = [  # a job whose enlisting raised is FAILED: the sweeper reports its error
+                r.return_value
+                for r in returns
+                if r.status == JobStatus.COMPLETED and isinstance(r.return_value, Member)
+            ]
             groups = [[members[i] for i in g] for g in partition([m.cfg for m in members], self.max_members)]
             sizes = sorted(
                 (len(g) for g in groups if len(g) > 1 and why_not_population(g[0].cfg) is None), reverse=True
