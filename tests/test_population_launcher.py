@@ -192,8 +192,8 @@ def test_bad_launcher_options_are_one_line_errors(tmp_path):
 
 
 def test_kill_9_of_a_population_process_loses_only_its_unfinished_group(tmp_path):
-    # two groups: 20 steps (finishes first), then 1000 steps (killed while it trains)
-    args = [sys.executable, "-m", "normbench", "-m", "train.budget=steps", "train.steps=20,1000", "seed=0,1"]
+    # two groups: 20 steps (finishes first), then 600 steps (killed while it trains)
+    args = [sys.executable, "-m", "normbench", "-m", "train.budget=steps", "train.steps=20,600", "seed=0,1"]
     args += ["train.history_points=1", "sweep.root=sw", "hydra/launcher=population"]
     proc = subprocess.Popen(
         args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
@@ -211,7 +211,7 @@ def test_kill_9_of_a_population_process_loses_only_its_unfinished_group(tmp_path
     assert rerun.returncode == 0, rerun.stderr
     assert "4 runs: 2 completed, 0 diverged, 0 failed, 2 skipped" in rerun.stdout
     second = records(sweep_dir)
-    assert sorted(r["config"]["train"]["steps"] for r in second.values()) == [20, 20, 1000, 1000]
+    assert sorted(r["config"]["train"]["steps"] for r in second.values()) == [20, 20, 600, 600]
     assert all(second[f]["finished_at"] == r["finished_at"] for f, r in first.items())
     assert not list(sweep_dir.glob("*/.*.tmp"))
 
@@ -220,7 +220,7 @@ def test_the_population_benchmark_writes_one_row_per_setting(tmp_path):
     from helpers import ROOT
 
     out = tmp_path / "population.md"
-    args = ["--tasks", "mnist1d_mlp", "--batch-sizes", "2", "4", "--members", "2", "--steps", "3"]
+    args = ["--tasks", "mnist1d_mlp", "--batch-sizes", "2", "4", "--members", "2", "--steps", "2"]
     proc = subprocess.run(
         [
             sys.executable,
