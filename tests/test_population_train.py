@@ -24,6 +24,7 @@ from normbench.run import execute
 pytestmark = pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")
 RTOL, ATOL = 1e-5, 1e-5  # absolute for metrics that are differences (generalization gap, rel. L2)
 STEPS = ("train.budget=steps", "train.steps=120", "train.history_points=3")
+EVAL = ("eval.precise_bn_samples=1024", "eval.minibatch_samples=512")  # every evaluation, fewer samples
 MEMBERS = [
     ("seed=0", "optim.lr=0.05"),
     ("seed=1", "optim.lr=0.1", "optim.momentum=0.5"),
@@ -71,7 +72,7 @@ def assert_same_record(pop: dict, sep: dict, population: int = 3) -> None:
 
 
 def _compare(tmp_path, *common: str, members=MEMBERS, steps=STEPS) -> list[dict]:
-    cfgs = [compose_cfg(*common, *steps, *m) for m in members]
+    cfgs = [compose_cfg(*common, *steps, *EVAL, *m) for m in members]
     records = train_population(cfgs)
     for i, (cfg, record) in enumerate(zip(cfgs, records, strict=True)):
         assert_same_record(record, execute(cfg, tmp_path / str(i)))
