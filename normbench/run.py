@@ -356,6 +356,27 @@ def _train_and_evaluate(
         record_evaluation(cfg, record, model, data, runtime)
 
 
+def fit_alone(cfg: DictConfig, model: nn.Module, data: Dataset, runtime: Runtime = CPU_FP32) -> FitResult:
+    """Train ``model`` as the single-process run ``cfg`` trains it (its plan, optimizer, schedule,
+    batches and augmentation), without a record: for comparisons with other loops."""
+    plan = training_plan(cfg, len(data.x_train))
+    optimizer = make_optimizer(
+        cfg.optim.name, model.parameters(), plan.lr, cfg.optim.momentum, cfg.optim.weight_decay
+    )
+    return fit(
+        model,
+        data,
+        batch_iterator(cfg, data, torch.Generator().manual_seed(cfg.seed)),
+        optimizer,
+        lr_schedule(plan.lr, plan.total, cfg.optim.schedule, cfg.optim.warmup_steps),
+        plan.total,
+        plan.eval_every,
+        plan.steps_per_epoch,
+        runtime=runtime,
+        transform=augmentation(cfg, data.x_train.device),
+    )
+
+
 def augmentation(cfg: DictConfig, device: torch.device) -> Callable[[Tensor], Tensor] | None:
     """The run's training-batch augmentation (None for ``task.augment=none``), drawing from its own
     stream seeded by the run's seed, on ``device``."""

@@ -23,9 +23,8 @@ import torch
 import normbench
 from normbench.config import ConfigError
 from normbench.population.train import fit_population
-from normbench.run import batch_iterator, prepare_data, prepare_model
+from normbench.run import fit_alone, prepare_data, prepare_model
 from normbench.runtime import Runtime, resolve_device
-from normbench.train import fit, lr_schedule, make_optimizer, training_plan
 
 LRS = (0.0125, 0.05, 0.2, 0.8)
 
@@ -57,22 +56,7 @@ def separate(cfgs, cpu_data, data, runtime) -> float:
     sync(runtime)
     start = time.perf_counter()
     for cfg in cfgs:
-        model = prepare_model(cfg, cpu_data, runtime)
-        plan = training_plan(cfg, len(data.x_train))
-        opt = make_optimizer("sgd", model.parameters(), plan.lr, cfg.optim.momentum, cfg.optim.weight_decay)
-        gen = torch.Generator().manual_seed(cfg.seed)
-        lr_at = lr_schedule(plan.lr, plan.total, cfg.optim.schedule, cfg.optim.warmup_steps)
-        fit(
-            model,
-            data,
-            batch_iterator(cfg, data, gen),
-            opt,
-            lr_at,
-            plan.total,
-            plan.eval_every,
-            plan.steps_per_epoch,
-            runtime=runtime,
-        )
+        fit_alone(cfg, prepare_model(cfg, cpu_data, runtime), data, runtime)
     sync(runtime)
     return time.perf_counter() - start
 

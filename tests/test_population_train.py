@@ -178,9 +178,8 @@ def test_in_float64_every_member_follows_its_separate_run_to_1e_9(task, norm, ba
     import dataclasses
 
     from normbench.population.train import fit_population
-    from normbench.run import batch_iterator, prepare_data, prepare_model
+    from normbench.run import fit_alone, prepare_data, prepare_model
     from normbench.runtime import Runtime
-    from normbench.train import fit, lr_schedule, make_optimizer, training_plan
 
     steps = ("train.budget=steps", "train.steps=100", "train.history_points=4")
     cfgs = [compose_cfg(f"task={task}", f"norm={norm}", f"batch_size={batch}", *steps, *m) for m in MEMBERS]
@@ -192,20 +191,7 @@ def test_in_float64_every_member_follows_its_separate_run_to_1e_9(task, norm, ba
     results = fit_population(cfgs, models, data, Runtime())
     for cfg, model, result in zip(cfgs, models, results, strict=True):
         alone = prepare_model(cfg, data32).double()
-        plan = training_plan(cfg, len(data.x_train))
-        opt = make_optimizer("sgd", alone.parameters(), plan.lr, cfg.optim.momentum, cfg.optim.weight_decay)
-        lr_at = lr_schedule(plan.lr, plan.total, cfg.optim.schedule, cfg.optim.warmup_steps)
-        gen = torch.Generator().manual_seed(cfg.seed)
-        ref = fit(
-            alone,
-            data,
-            batch_iterator(cfg, data, gen),
-            opt,
-            lr_at,
-            plan.total,
-            plan.eval_every,
-            plan.steps_per_epoch,
-        )
+        ref = fit_alone(cfg, alone, data)
         assert [p["test_error"] for p in result.history] == [p["test_error"] for p in ref.history]
         for ours, theirs in zip(model.state_dict().values(), alone.state_dict().values(), strict=True):
             torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-12)
