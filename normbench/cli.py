@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,8 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 
 from normbench.config import ConfigError, register_configs
 from normbench.population.launcher import register_launcher
-from normbench.results import LOCK_FILE, remove_stale_temporaries, run_lock
-from normbench.run import execute, previous_result, run_identity
+from normbench.results import LOCK_FILE
+from normbench.run import claim_folder, execute, run_identity
 from normbench.sweep import mark_visit, register_sweeper
 
 log = logging.getLogger("normbench")
@@ -79,22 +80,13 @@ def train_job(cfg: DictConfig, out_dir: Path, multirun: bool, distributed: bool)
     """Run the job in ``out_dir`` unless a final result is there or another process holds it; returns
     what happened (``completed``, ``diverged``, ``failed``, ``skipped`` or ``running_elsewhere``) and
     the run's error message, if any."""
-    _, digest = run_identity(cfg)
-    if not cfg.runtime.force and previous_result(out_dir, digest) is not None:
-        log.info("skipped: %s already holds a result of this config", out_dir)
-        return "skipped", None
     progress = cfg.runtime.progress and sys.stderr.isatty() and not multirun
-    if distributed:  # torchrun: every process runs this same job in the same folder, so no lock
+    # torchrun: every process runs this same job in the same folder, so no lock
+    with ExitStack() as locks:
+        why = claim_folder(cfg, out_dir, locks, lock=not distributed)
+        if why is not None:
+            return why, None
         record = execute(cfg, out_dir, progress)
-    else:
-        with run_lock(out_dir) as held:
-            if not held:
-                log.warning("skipped: another live process is training %s", out_dir)
-                return "running_elsewhere", None
-            if not cfg.runtime.force and previous_result(out_dir, digest) is not None:
-                return "skipped", None  # finished by the process that held the lock a moment ago
-            remove_stale_temporaries(out_dir)
-            record = execute(cfg, out_dir, progress)
     metrics, metric = record["metrics"], cfg.task.metric
     log.info(
         "%s: %s %s, %d steps, result in %s",

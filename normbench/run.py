@@ -10,6 +10,7 @@ import platform
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
@@ -32,6 +33,8 @@ from normbench.results import (
     config_hash,
     identity_config,
     load_run,
+    remove_stale_temporaries,
+    run_lock,
     write_json_atomic,
 )
 
@@ -67,6 +70,27 @@ def previous_result(out_dir: Path, digest: str) -> dict[str, Any] | None:
         return None
     if record["config_hash"] == digest and record["status"] in FINAL_STATUSES:
         return record
+    return None
+
+
+def claim_folder(cfg: DictConfig, out_dir: Path, locks: ExitStack, lock: bool = True) -> str | None:
+    """Take ``out_dir`` to train the run ``cfg`` in: None when it is this process's to train (its run
+    lock now held on ``locks``, stale temporaries removed), otherwise why not: ``skipped`` (a final
+    result of this config is there, unless ``runtime.force``) or ``running_elsewhere`` (another live
+    process holds the lock). ``lock=False`` (torchrun, where every process trains the same folder)
+    checks for a result only."""
+    digest = run_identity(cfg)[1]
+    if not cfg.runtime.force and previous_result(out_dir, digest) is not None:
+        log.info("skipped: %s already holds a result of this config", out_dir)
+        return "skipped"
+    if not lock:
+        return None
+    if not locks.enter_context(run_lock(out_dir)):
+        log.warning("skipped: another live process is training %s", out_dir)
+        return "running_elsewhere"
+    if not cfg.runtime.force and previous_result(out_dir, digest) is not None:
+        return "skipped"  # finished by the process that held the lock a moment ago
+    remove_stale_temporaries(out_dir)
     return None
 
 
@@ -321,32 +345,12 @@ def _train_and_evaluate(
     bs = cfg.batch_size
     if bs < world.size:
         raise ConfigError(f"batch_size={bs}: smaller than the {world.size} processes it is split across")
-    plan = training_plan(cfg, len(data.x_train))
-    steps_per_epoch, total, eval_every, lr = plan.steps_per_epoch, plan.total, plan.eval_every, plan.lr
-    record.update(planned_steps=total, steps_per_epoch=steps_per_epoch, lr=lr)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    plan = training_plan(cfg, len(data.x_train))  # fit_run trains by it; the record states it first
+    record.update(planned_steps=plan.total, steps_per_epoch=plan.steps_per_epoch, lr=plan.lr)
     trained = parallel(model, world)
     if runtime.compile:
         trained = torch.compile(trained)
-    optimizer = make_optimizer(
-        cfg.optim.name, trained.parameters(), lr, cfg.optim.momentum, cfg.optim.weight_decay
-    )
-    result = fit(
-        trained,
-        data,
-        shard(batch_iterator(cfg, data, gen), world),
-        optimizer,
-        lr_schedule(lr, total, cfg.optim.schedule, cfg.optim.warmup_steps),
-        total,
-        eval_every,
-        steps_per_epoch,
-        progress and world.is_main,
-        is_finite=lambda loss: all_finite(loss, world),
-        eval_model=model,
-        evaluate=world.is_main,
-        runtime=runtime,
-        transform=augmentation(cfg, data.x_train.device),
-    )
+    result = fit_run(cfg, trained, data, runtime, world, eval_model=model, progress=progress)
     record_training(record, result)
     # DistributedDataParallel's reducer holds the process group: let it go while every process is still
     # here (destroyed after a peer has exited, gloo's threads can wait forever)
@@ -356,9 +360,18 @@ def _train_and_evaluate(
         record_evaluation(cfg, record, model, data, runtime)
 
 
-def fit_alone(cfg: DictConfig, model: nn.Module, data: Dataset, runtime: Runtime = CPU_FP32) -> FitResult:
-    """Train ``model`` as the single-process run ``cfg`` trains it (its plan, optimizer, schedule,
-    batches and augmentation), without a record: for comparisons with other loops."""
+def fit_run(
+    cfg: DictConfig,
+    model: nn.Module,
+    data: Dataset,
+    runtime: Runtime = CPU_FP32,
+    world: World = World(),  # noqa: B008 - a frozen value: one process
+    eval_model: nn.Module | None = None,
+    progress: bool = False,
+) -> FitResult:
+    """Train ``model`` (possibly wrapped for ``world``) as the run ``cfg`` trains it: its plan,
+    optimizer, schedule, batches (this process's share) and augmentation; ``eval_model`` (default
+    ``model``) is what the history evaluates, on process 0 only."""
     plan = training_plan(cfg, len(data.x_train))
     optimizer = make_optimizer(
         cfg.optim.name, model.parameters(), plan.lr, cfg.optim.momentum, cfg.optim.weight_decay
@@ -366,12 +379,16 @@ def fit_alone(cfg: DictConfig, model: nn.Module, data: Dataset, runtime: Runtime
     return fit(
         model,
         data,
-        batch_iterator(cfg, data, torch.Generator().manual_seed(cfg.seed)),
+        shard(batch_iterator(cfg, data, torch.Generator().manual_seed(cfg.seed)), world),
         optimizer,
         lr_schedule(plan.lr, plan.total, cfg.optim.schedule, cfg.optim.warmup_steps),
         plan.total,
         plan.eval_every,
         plan.steps_per_epoch,
+        progress and world.is_main,
+        is_finite=lambda loss: all_finite(loss, world),
+        eval_model=eval_model,
+        evaluate=world.is_main,
         runtime=runtime,
         transform=augmentation(cfg, data.x_train.device),
     )

@@ -23,7 +23,7 @@ import torch
 import normbench
 from normbench.config import ConfigError
 from normbench.population.train import fit_population
-from normbench.run import fit_alone, prepare_data, prepare_model
+from normbench.run import fit_run, prepare_data, prepare_model
 from normbench.runtime import Runtime, resolve_device
 
 LRS = (0.0125, 0.05, 0.2, 0.8)
@@ -56,7 +56,7 @@ def separate(cfgs, cpu_data, data, runtime) -> float:
     sync(runtime)
     start = time.perf_counter()
     for cfg in cfgs:
-        fit_alone(cfg, prepare_model(cfg, cpu_data, runtime), data, runtime)
+        fit_run(cfg, prepare_model(cfg, cpu_data, runtime), data, runtime)
     sync(runtime)
     return time.perf_counter() - start
 

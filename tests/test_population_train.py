@@ -19,7 +19,8 @@ import torch
 from helpers import compose_cfg
 
 from normbench.population.train import train_population
-from normbench.run import execute
+from normbench.run import execute, prepare_model
+from normbench.runtime import Runtime
 
 pytestmark = pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")
 RTOL, ATOL = 1e-5, 1e-5  # absolute for metrics that are differences (generalization gap, rel. L2)
@@ -178,7 +179,7 @@ def test_in_float64_every_member_follows_its_separate_run_to_1e_9(task, norm, ba
     import dataclasses
 
     from normbench.population.train import fit_population
-    from normbench.run import fit_alone, prepare_data, prepare_model
+    from normbench.run import fit_run, prepare_data, prepare_model
     from normbench.runtime import Runtime
 
     steps = ("train.budget=steps", "train.steps=100", "train.history_points=4")
@@ -191,7 +192,39 @@ def test_in_float64_every_member_follows_its_separate_run_to_1e_9(task, norm, ba
     results = fit_population(cfgs, models, data, Runtime())
     for cfg, model, result in zip(cfgs, models, results, strict=True):
         alone = prepare_model(cfg, data32).double()
-        ref = fit_alone(cfg, alone, data)
+        ref = fit_run(cfg, alone, data)
         assert [p["test_error"] for p in result.history] == [p["test_error"] for p in ref.history]
         for ours, theirs in zip(model.state_dict().values(), alone.state_dict().values(), strict=True):
             torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-12)
+
+
+def test_a_diverged_member_keeps_the_parameters_and_running_statistics_it_had_when_it_stopped():
+    """A member whose first loss is already non-finite (initial weights scaled by 1e30, so BatchNorm's
+    variance overflows) keeps its initial parameters exactly and the buffers of that one forward, as
+    its separate run stops there; the healthy member trains on."""
+    from normbench.population.train import fit_population
+    from normbench.run import prepare_data
+
+    common = ("train.budget=steps", "train.history_points=2", "batch_size=16")
+
+    def train(steps: int):
+        cfgs = [
+            compose_cfg(*common, f"train.steps={steps}", "seed=0"),
+            compose_cfg(*common, f"train.steps={steps}", "seed=1", "task.model.init_scale=1e30"),
+        ]
+        data = prepare_data(cfgs[0])
+        models = [prepare_model(cfg, data) for cfg in cfgs]
+        initial = {k: v.clone() for k, v in models[1].state_dict().items()}
+        return fit_population(cfgs, models, data, Runtime()), models, initial
+
+    (healthy, diverged), models, initial = train(40)
+    assert healthy.status == "completed" and (diverged.status, diverged.steps) == ("diverged", 0)
+    (_, stopped), short, _ = train(1)
+    assert (stopped.status, stopped.steps) == ("diverged", 0)
+    for name, value in models[1].state_dict().items():
+        if "running" in name or "num_batches" in name:  # the buffers of its one training forward
+            torch.testing.assert_close(value, short[1].state_dict()[name], rtol=0, atol=0, equal_nan=True)
+        else:  # never stepped
+            assert torch.equal(value, initial[name]), name
+    assert int(models[1].net[2].num_batches_tracked) == 1
+    assert not torch.equal(models[0].net[1].weight, short[0].net[1].weight)  # the healthy one trained on

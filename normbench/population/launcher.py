@@ -34,8 +34,8 @@ from omegaconf import DictConfig, open_dict
 
 from normbench.config import ConfigError, check_values
 from normbench.population.grouping import member_values, partition, why_not_population
-from normbench.results import RESULT_FILE, remove_stale_temporaries, run_lock, write_json_atomic
-from normbench.run import execute, previous_result, run_identity
+from normbench.results import RESULT_FILE, write_json_atomic
+from normbench.run import claim_folder, execute
 from normbench.sweep import mark_visit
 
 log = logging.getLogger(__name__)
@@ -134,18 +134,11 @@ def enlist(cfg: DictConfig, locks: ExitStack) -> Member | None:
         log.error("configuration error: %s", exc)
         mark_visit(out_dir, "config_error", log_file, error=str(exc))
         return None
-    digest = run_identity(cfg)[1]
-    if not cfg.runtime.force and previous_result(out_dir, digest) is not None:
-        log.info("skipped: %s already holds a result of this config", out_dir)
-        mark_visit(out_dir, "skipped", log_file)
+    why = claim_folder(cfg, out_dir, locks)
+    if why is not None:
+        if why == "skipped":
+            mark_visit(out_dir, "skipped", log_file)
         return None
-    if not locks.enter_context(run_lock(out_dir)):
-        log.warning("skipped: another live process is training %s", out_dir)
-        return None
-    if not cfg.runtime.force and previous_result(out_dir, digest) is not None:
-        mark_visit(out_dir, "skipped", log_file)  # finished by the process that held the lock
-        return None
-    remove_stale_temporaries(out_dir)
     return Member(cfg, out_dir, log_file)
 
 

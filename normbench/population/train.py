@@ -109,23 +109,26 @@ def fit_population(
     bar = tqdm(total=total, unit="step", disable=not progress, file=sys.stderr, leave=False)
     start = time.perf_counter()
     params = list(pop.params.values())
+    # on the CPU the host knows for free whether every member is alive; a GPU is not waited for
+    all_alive = device.type == "cpu"
     for step in range(total):
         idx = next(batches)
         inputs = x[idx]
         if transforms[0] is not None:  # each member's augmentation from its own stream
             inputs = torch.stack([t(member_x) for t, member_x in zip(transforms, inputs, strict=True)])
-        before = {name: b.clone() for name, b in pop.buffers.items()}
+        # members frozen before this step keep their buffers; none is, when the host knows all are alive
+        before = None if all_alive else {name: b.clone() for name, b in pop.buffers.items()}
         with runtime.autocast():
             losses = losses_of(pop.params, pop.buffers, inputs, y[idx])
         grads = torch.autograd.grad(losses.sum(), params)
         finite = torch.isfinite(losses.detach())
         with torch.no_grad():
-            for name, b in pop.buffers.items():  # members frozen before this step keep their buffers
-                frozen = (~alive).view(-1, *([1] * (b.dim() - 1)))
-                b.copy_(torch.where(frozen, before[name], b))
+            if before is not None:
+                for name, b in pop.buffers.items():
+                    frozen = (~alive).view(-1, *([1] * (b.dim() - 1)))
+                    b.copy_(torch.where(frozen, before[name], b))
             diverged_at = torch.where(alive & ~finite, step, diverged_at)
             alive = alive & finite
-            # on the CPU the host knows for free whether every member is alive; a GPU is not waited for
             all_alive = device.type == "cpu" and bool(alive.all())
             optimizer.step(grads, lr_table[step], alive, all_alive)
             loss_sum += torch.where(alive, losses.detach(), 0.0)
