@@ -2,9 +2,10 @@
 
 For each plugin: three training steps and an eval forward on (8, 16, 6, 6) images (and (8, 16)
 features where the plugin takes them), comparing outputs, input and parameter gradients and buffers;
-device and dtype must be preserved. On CUDA the plugins run their composite formulas (the fused
-Functions are CPU-only), the elementwise ones through torch.compile: both are checked ("eager" and
-"compiled"), in float32 and under bfloat16 autocast with a bfloat16 input (output and input gradient
+device and dtype must be preserved. On CUDA the plugins run their Triton path where they have one
+(normbench.norms._planes, "triton", the default), else their composite formulas (the fused Functions
+are CPU-only), the elementwise ones through torch.compile: all three are checked ("triton",
+"compiled" with Triton off, "eager" with both off), in float32 and under bfloat16 autocast with a bfloat16 input (output and input gradient
 must stay bfloat16; the root-mean-square relative error within 2e-2, bfloat16 keeping 8
 significant bits). Needs only torch (no Hydra).
 Writes a markdown table.
@@ -23,11 +24,13 @@ from pathlib import Path
 import torch
 
 import normbench.norms._kernels as kernels
+import normbench.norms._planes as planes
 from normbench import available_norms, build_norm, norm_spec
 from normbench.norms.frozen_batchnorm import FrozenBatchNorm
 
 OPTIONS = {"ghost_batchnorm": {"ghost_batch_size": 4}, "batchrenorm": {"warmup_steps": 0}}
 TOLERANCE = {"fp32": 1e-3, "bf16": 2e-2}
+PATHS = ("triton", "compiled", "eager")
 
 
 def check(name: str, shape: tuple[int, ...], device: torch.device, precision: str) -> float:
@@ -86,6 +89,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--device", default="cuda", help="cpu runs the same comparison without a GPU")
+    parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS)
     args = parser.parse_args()
     device = torch.device(args.device)
     rows = []
@@ -94,8 +98,9 @@ def main() -> None:
             for shape in ((8, 16, 6, 6), (8, 16)):
                 if math.prod(shape[2:]) < norm_spec(name).min_spatial_positions:
                     continue
-                for path in ("eager", "compiled"):
-                    kernels.COMPILE_ON_GPU = path == "compiled"
+                for path in args.paths:
+                    kernels.COMPILE_ON_GPU = path != "eager"
+                    planes.TRITON_DEVICES = {"cuda"} if path == "triton" else set()
                     try:
                         worst = check(name, shape, device, precision)
                         verdict = "ok" if worst < TOLERANCE[precision] else "MISMATCH"
@@ -103,7 +108,7 @@ def main() -> None:
                         worst, verdict = math.nan, f"ERROR {type(exc).__name__}: {str(exc)[:120]}"
                     rows.append(f"| {precision} | {name} | {shape} | {path} | {worst:.1e} | {verdict} |")
                     print(rows[-1], flush=True)
-    kernels.COMPILE_ON_GPU = True
+    kernels.COMPILE_ON_GPU, planes.TRITON_DEVICES = True, {"cuda"}
     bn = build_norm("batchnorm", 16).to(device)
     bn(torch.randn(8, 16, 4, 4, device=device))
     frozen = FrozenBatchNorm.from_batchnorm(bn)
@@ -120,9 +125,10 @@ def main() -> None:
             "outputs, input and parameter gradients, buffers; the largest difference relative to the "
             "largest value (absolute where that is below 1) in float32, the root-mean-square relative error "
             "in bfloat16 (where a threshold flips within rounding, one element's gradient differs "
-            "wholesale). `eager` runs the composite formulas op by "
-            "op, `compiled` (the default on CUDA) the elementwise ones through torch.compile; plugins "
-            f"that compile nothing show the same module twice. Tolerances {TOLERANCE}. "
+            "wholesale). `triton` (the default on CUDA) runs the plugins' Triton path "
+            "(`normbench.norms._planes`) where they have one, `compiled` their composite formulas with "
+            "the elementwise ones through torch.compile, `eager` the composite formulas op by op; a "
+            "plugin with neither shows the same module three times. Tolerances {TOLERANCE}. "
             "Reproduce: `PYTHONPATH=. python scripts/check_cuda.py --out FILE` on a CUDA machine.",
             "",
             "| precision | norm | input | path | max rel. difference | |",

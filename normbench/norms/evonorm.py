@@ -20,6 +20,7 @@ from normbench.norms._kernels import (
     pull_back,
     use_fused,
 )
+from normbench.norms._planes import B0, S0, group_moments_of_planes, plane_map, use_planes
 from normbench.norms.groupnorm import resolve_groups
 from normbench.norms.registry import register_norm
 
@@ -148,7 +149,11 @@ class EvoNormB0(ChannelNorm):
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(x)
         coefficients = partial(self._coefficients, self.training)
-        if use_fused(x):
+        if use_planes(x):
+            y, mean_in, var_in = plane_map(
+                x, B0, partial(self._plane_coefficients, coefficients), self.v, self.weight, self.bias
+            )
+        elif use_fused(x):
             y, mean_in, var_in = _EvoNormB0.apply(x, coefficients, self.v, self.weight, self.bias)
         else:  # the same formula under autograd
             mean_in, var_in = group_moments(group_view(x))
@@ -169,6 +174,15 @@ class EvoNormB0(ChannelNorm):
         """(batch term a, instance term s): a per channel (1, C), s per sample and channel (N, C)."""
         batch_var = pooled(mean_in, var_in, 0)[1] if training else self.running_var[None]
         return torch.sqrt(batch_var + self.eps), torch.sqrt(var_in + self.eps)
+
+    @staticmethod
+    def _plane_coefficients(
+        coefficients, mean: Tensor, var: Tensor, v: Tensor, weight: Tensor | None, bias: Tensor | None
+    ) -> tuple[Tensor, ...]:
+        """The :data:`B0` map's (w, a, v, s, b) from the (N, C) plane (instance) moments."""
+        a, s = coefficients(mean, var)
+        _, w, b = _affine(mean, v, weight, bias)
+        return w, a, v, s, b
 
 
 class _EvoNormS0(torch.autograd.Function):
@@ -248,6 +262,11 @@ class EvoNormS0(ChannelNorm):
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(x)
         channels = self.num_channels // self.num_groups
+        if use_planes(x):
+            y = plane_map(x, S0, partial(self._plane_coefficients, channels), self.v, self.weight, self.bias)[
+                0
+            ]
+            return like_input(y, x)
         if use_fused(x):
             with torch.autocast(x.device.type, enabled=False):  # statistics in float32, as timm does
                 x32 = x.to(torch.promote_types(x.dtype, torch.float32))
@@ -256,6 +275,14 @@ class EvoNormS0(ChannelNorm):
         r = torch.rsqrt(group_moments(group_view(x, channels=channels))[1] + self.eps)
         v, w, b = (_broadcast(t, x) for t in _affine(x, self.v, self.weight, self.bias))
         return like_input(_s0_output(x, _broadcast(r.repeat_interleave(channels, dim=1), x), v, w, b), x)
+
+    def _plane_coefficients(
+        self, channels: int, mean: Tensor, var: Tensor, v: Tensor, weight: Tensor | None, bias: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """The :data:`S0` map's (scale, v, b) from the (N, C) plane moments pooled over each group."""
+        r = torch.rsqrt(group_moments_of_planes(mean, var, 1, channels)[1] + self.eps)
+        _, w, b = _affine(mean, v, weight, bias)
+        return r.repeat_interleave(channels, dim=1) * w, v, b
 
     def extra_repr(self) -> str:
         return f"num_groups={self.num_groups}, {super().extra_repr()}"

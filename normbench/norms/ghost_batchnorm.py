@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from normbench.norms._base import like_input, move_towards
-from normbench.norms._kernels import group_affine, group_view, standardizing, use_fused
+from normbench.norms._kernels import standardizing, use_fused
+from normbench.norms._planes import group_affine, use_planes
 from normbench.norms.batchnorm import BatchNorm
 from normbench.norms.registry import register_norm
 
@@ -65,7 +66,7 @@ class GhostBatchNorm(BatchNorm):
         chunks = [(x[:full], g)] if full else []
         if full < n:  # the last ghost batch may be smaller (or g + 1)
             chunks.append((x[full:], n - full))
-        normalize = self._fused if use_fused(x) else self._folded
+        normalize = self._fused if use_fused(x) or use_planes(x) else self._folded
         parts = [normalize(chunk, m) for chunk, m in chunks]
         if self.track_running_stats:  # towards the average over ghost batches of their mean and unbiased var
             with torch.no_grad():
@@ -76,11 +77,11 @@ class GhostBatchNorm(BatchNorm):
         return like_input(torch.cat(outs) if len(outs) > 1 else outs[0], x)
 
     def _fused(self, chunk: Tensor, m: int) -> tuple[Tensor, Tensor, Tensor]:
-        """Ghost batches of m samples through :class:`GroupAffine`, no copies: output, and each ghost
+        """Ghost batches of m samples through :func:`group_affine`, no copies: output, and each ghost
         batch's mean and unbiased variance, (k, C)."""
-        y, mean, var = group_affine(group_view(chunk, samples=m), self._coefficients, self.weight, self.bias)
+        y, mean, var = group_affine(chunk, self._coefficients, self.weight, self.bias, samples=m)
         count = chunk[:m].numel() // self.num_channels
-        return y.view(chunk.shape), mean, var * (count / max(count - 1, 1))
+        return y, mean, var * (count / max(count - 1, 1))
 
     def _folded(self, chunk: Tensor, m: int) -> tuple[Tensor, Tensor, Tensor]:
         """The same by one native batch_norm call, the ghost batches folded into channels,

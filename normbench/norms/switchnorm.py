@@ -8,7 +8,8 @@ import torch
 from torch import Tensor, nn
 
 from normbench.norms._base import ChannelNorm, like_input, move_towards
-from normbench.norms._kernels import group_affine, group_view, pooled, standardizing
+from normbench.norms._kernels import pooled, standardizing
+from normbench.norms._planes import group_affine
 from normbench.norms.registry import register_norm
 
 SOURCES = ("in", "ln", "bn")
@@ -57,7 +58,7 @@ class SwitchNorm(ChannelNorm):
         self.check_input(x)
         coefficients = partial(self._coefficients, self.training)  # the mode of this forward
         y, mean_in, var_in = group_affine(
-            group_view(x), coefficients, self.weight, self.bias, self.mean_logits, self.var_logits
+            x, coefficients, self.weight, self.bias, self.mean_logits, self.var_logits
         )
         if self.training:
             with torch.no_grad():
@@ -65,7 +66,7 @@ class SwitchNorm(ChannelNorm):
                 n = x.numel() / x.shape[1]
                 move_towards(self.running_mean, mean_bn.flatten(), self.momentum)
                 move_towards(self.running_var, var_bn.flatten() * n / max(n - 1, 1), self.momentum)
-        return like_input(y.view(x.shape), x)
+        return like_input(y, x)
 
     def _coefficients(
         self,

@@ -1,0 +1,157 @@
+"""The plugins' path on CUDA: statistics of each (sample, channel) plane, any coefficient formula on
+them, and one Triton map (:mod:`normbench.norms._triton`).
+
+A plugin's output is ``f(x; c)`` with per-plane coefficients ``c = coefficients(mean, var, *params)``
+computed from the planes' moments — directly (instance statistics), pooled over samples (batch and
+ghost-batch statistics) or over channels (layer and group statistics), with the law of total variance.
+On CUDA, torch ops on such a layer cost one launch and one memory pass each; here the activations are
+read and written eight times in all, as native BatchNorm does, and the small (N, C) coefficient math
+runs as torch ops under autograd. Every plugin keeps its torch formula for the CPU, ``torch.compile``
+and ``vmap``; tests/test_planes.py ties the two through Triton's interpreter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from normbench.norms import _triton
+from normbench.norms._kernels import (
+    GroupAffine,
+    Recorded,
+    group_moments,
+    group_view,
+    pooled,
+    use_fused,
+    vmapped,
+)
+from normbench.norms._triton import AFFINE, B0, S0, TLU  # noqa: F401  (the modes, for the plugins)
+
+# Devices whose tensors take this path; the tests add "cpu" under Triton's interpreter, the benchmark
+# empties it to time the torch formulas.
+TRITON_DEVICES = {"cuda"}
+FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def use_planes(x: Tensor) -> bool:
+    """Whether ``x`` takes this path: a contiguous (N, C, *spatial) float tensor on a device of
+    :data:`TRITON_DEVICES`, Triton installed, outside ``vmap`` and ``torch.compile``."""
+    return (
+        _triton.AVAILABLE
+        and x.device.type in TRITON_DEVICES
+        and x.dim() >= 3
+        and x.dtype in FLOATS
+        and x.numel() > 0
+        and x.is_contiguous()
+        and not vmapped(x)
+        and not torch.compiler.is_compiling()
+    )
+
+
+class PlaneMap(torch.autograd.Function):
+    """``y = f_mode(x; coefficients(mean, var, *params))`` with the moments of each (n, c) plane.
+
+    ``coefficients`` returns the mode's coefficients (:mod:`normbench.norms._triton`), each
+    broadcastable to (N, C). Its graph is recorded in the forward and pulled back in the backward:
+    ``∂L/∂c_k = Σ_s g ∂f/∂c_k`` reach the moments and the parameters, and
+    ``∂L/∂x = g ∂f/∂x + ∂L/∂mean / S + 2 ∂L/∂var (x − mean) / S``.
+
+    ``apply(x, mode, coefficients, *params)`` returns ``(y, mean, var)``; the (N, C) moments carry no
+    gradient (they feed running statistics). Once differentiable.
+    """
+
+    @staticmethod
+    def forward(
+        ctx, x: Tensor, mode: int, coefficients: Callable[..., tuple[Tensor, ...]], *params: Tensor | None
+    ):
+        mean, var = _triton.plane_moments(x)
+        recorded = Recorded(coefficients, [mean, var, *params], track=any(ctx.needs_input_grad))
+        coefs = torch.stack([t.detach().to(mean.dtype).expand_as(mean) for t in recorded.outputs])
+        y = _triton.plane_map(x, mode, coefs)
+        ctx.save_for_backward(x, mean, coefs)
+        ctx.recorded, ctx.mode = recorded, mode
+        ctx.mark_non_differentiable(mean, var)
+        return y, mean, var
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g: Tensor, *_: Tensor):
+        x, mean, coefs = ctx.saved_tensors
+        g = g.contiguous()
+        sums = _triton.plane_sums(g, x, ctx.mode, coefs)
+        g_mean, g_var, *g_params = ctx.recorded.grads(sums.unbind(0))
+        gx = None
+        if ctx.needs_input_grad[0]:
+            gx = _triton.plane_input_grad(g, x, ctx.mode, coefs, mean, g_mean, g_var)
+        return gx, None, None, *g_params
+
+
+def plane_map(
+    x: Tensor, mode: int, coefficients: Callable[..., tuple[Tensor, ...]], *params: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:class:`PlaneMap` on ``x`` (``use_planes(x)`` must hold)."""
+    return PlaneMap.apply(x, mode, coefficients, *params)
+
+
+def group_moments_of_planes(mean: Tensor, var: Tensor, samples: int, channels: int) -> tuple[Tensor, Tensor]:
+    """The moments of the groups of ``samples`` consecutive samples × ``channels`` consecutive channels
+    (as :func:`normbench.norms._kernels.group_view` forms them), (K, G), from the planes' (N, C)."""
+    n, c = mean.shape
+    mean, var = (
+        mean.view(n // samples, samples, c // channels, channels),
+        var.view(n // samples, samples, c // channels, channels),
+    )
+    if channels > 1:
+        mean, var = pooled(mean, var, 3)
+    if samples > 1:
+        mean, var = pooled(mean, var, 1)
+    return mean[:, 0, :, 0], var[:, 0, :, 0]
+
+
+def group_affine(
+    x: Tensor,
+    coefficients: Callable[..., tuple[Tensor, Tensor]],
+    *params: Tensor | None,
+    samples: int = 1,
+    channels: int = 1,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``y = x · scale + shift`` with ``(scale, shift) = coefficients(mean, var, *params)`` of the
+    moments of each :func:`normbench.norms._kernels.group_view` group (``samples`` × ``channels``):
+    ``(y, mean, var)``, ``y`` shaped as ``x``, the (K, G) moments without gradient. This path where
+    :func:`use_planes`, :class:`GroupAffine` for large CPU inputs, the composite formula elsewhere."""
+    if use_planes(x):
+        return _group_affine_planes(x, samples, channels, coefficients, *params)
+    xv = group_view(x, samples, channels)
+    if use_fused(x):
+        y, mean, var = GroupAffine.apply(xv, coefficients, *params)
+    else:
+        mean, var = group_moments(xv)
+        scale, shift = (t.expand_as(mean)[:, None, :, None] for t in coefficients(mean, var, *params))
+        y, mean, var = xv * scale + shift, mean.detach(), var.detach()
+    return y.view(x.shape), mean, var
+
+
+def _group_affine_planes(
+    x: Tensor,
+    samples: int,
+    channels: int,
+    coefficients: Callable[..., tuple[Tensor, Tensor]],
+    *params: Tensor | None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    n, c = x.shape[:2]
+    per_plane = coefficients
+    if samples > 1 or channels > 1:
+
+        def per_plane(mean: Tensor, var: Tensor, *args: Tensor | None) -> tuple[Tensor, ...]:
+            group_mean, group_var = group_moments_of_planes(mean, var, samples, channels)
+            shape = (n // samples, samples, c // channels, channels)
+            return tuple(
+                t.expand_as(group_mean)[:, None, :, None].expand(shape).reshape(n, c)
+                for t in coefficients(group_mean, group_var, *args)
+            )
+
+    y, mean, var = plane_map(x, AFFINE, per_plane, *params)
+    return (y, *group_moments_of_planes(mean, var, samples, channels))

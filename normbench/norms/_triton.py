@@ -1,0 +1,232 @@
+"""Triton kernels behind :class:`normbench.norms._planes.PlaneMap`, the plugins' path on CUDA.
+
+Every kernel works on a contiguous (N, C, *spatial) tensor seen as P = N·C planes of S positions and
+computes in float32 (float64 for float64 input), whatever the storage dtype. Four elementwise maps
+``y = f(x; c)`` with per-plane coefficients ``c`` (stacked as a (K, P) tensor, in this order):
+
+* ``AFFINE`` (scale, shift): ``x · scale + shift``
+* ``TLU`` (scale, shift, floor): ``max(x · scale + shift, floor)``
+* ``B0`` (w, a, v, s, b): ``x · w / max(a, v x + s) + b``
+* ``S0`` (scale, v, b): ``x · sigmoid(v x) · scale + b``
+
+Forward: :func:`plane_moments` (two passes over each plane, mean then centred squares) and
+:func:`plane_map` (one). Backward: :func:`plane_sums`, ``Σ_s g · ∂f/∂c_k`` per plane for every
+coefficient (one pass over g and x), and :func:`plane_input_grad`,
+``g · ∂f/∂x + (∂L/∂mean + 2 ∂L/∂var (x − mean)) / S`` (one pass). Eight memory passes in all, as
+native BatchNorm. Tests run them on the CPU through Triton's interpreter (``TRITON_INTERPRET=1``).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import Tensor
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU builds of torch come without Triton; the plugins then use their torch path
+    triton = None
+
+AFFINE, TLU, B0, S0 = 0, 1, 2, 3
+COEFFICIENTS = {AFFINE: 2, TLU: 3, B0: 5, S0: 3}
+AVAILABLE = triton is not None
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+MAX_BLOCK = 1024
+
+
+def _block(positions: int) -> int:
+    return min(MAX_BLOCK, triton.next_power_of_2(positions))
+
+
+def _acc(x: Tensor):
+    return tl.float64 if x.dtype == torch.float64 else tl.float32
+
+
+if AVAILABLE:
+
+    @triton.jit
+    def _moments_kernel(x_ptr, mean_ptr, var_ptr, S, BLOCK: tl.constexpr, ACC: tl.constexpr):
+        p = tl.program_id(0)
+        base = x_ptr + p.to(tl.int64) * S
+        offs = tl.arange(0, BLOCK)
+        total = tl.zeros([BLOCK], ACC)
+        for start in range(0, S, BLOCK):
+            total += tl.load(base + start + offs, mask=start + offs < S, other=0.0).to(ACC)
+        mean = tl.sum(total, 0) / S
+        squares = tl.zeros([BLOCK], ACC)
+        for start in range(0, S, BLOCK):
+            inside = start + offs < S
+            d = tl.where(inside, tl.load(base + start + offs, mask=inside, other=0.0).to(ACC) - mean, 0.0)
+            squares += d * d
+        tl.store(mean_ptr + p, mean)
+        tl.store(var_ptr + p, tl.sum(squares, 0) / S)
+
+    @triton.jit
+    def _coef(coef_ptr, k: tl.constexpr, p, P, ACC: tl.constexpr):
+        return tl.load(coef_ptr + k * P + p).to(ACC)
+
+    @triton.jit
+    def _map_kernel(x_ptr, y_ptr, coef_ptr, S, P, MODE: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr):
+        p = tl.program_id(0)
+        offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        inside = offs < S
+        base = p.to(tl.int64) * S
+        x = tl.load(x_ptr + base + offs, mask=inside, other=0.0).to(ACC)
+        c0 = _coef(coef_ptr, 0, p, P, ACC)
+        c1 = _coef(coef_ptr, 1, p, P, ACC)
+        if MODE == 0:
+            y = x * c0 + c1
+        elif MODE == 1:
+            y = tl.maximum(x * c0 + c1, _coef(coef_ptr, 2, p, P, ACC))
+        elif MODE == 2:
+            den = tl.maximum(c1, _coef(coef_ptr, 2, p, P, ACC) * x + _coef(coef_ptr, 3, p, P, ACC))
+            y = x * c0 / den + _coef(coef_ptr, 4, p, P, ACC)
+        else:
+            y = x * tl.sigmoid(c1 * x) * c0 + _coef(coef_ptr, 2, p, P, ACC)
+        tl.store(y_ptr + base + offs, y.to(y_ptr.dtype.element_ty), mask=inside)
+
+    @triton.jit
+    def _sums_kernel(
+        g_ptr, x_ptr, coef_ptr, out_ptr, S, P, MODE: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr
+    ):
+        p = tl.program_id(0)
+        base = p.to(tl.int64) * S
+        offs = tl.arange(0, BLOCK)
+        c0 = _coef(coef_ptr, 0, p, P, ACC)
+        c1 = _coef(coef_ptr, 1, p, P, ACC)
+        if MODE != 0:
+            c2 = _coef(coef_ptr, 2, p, P, ACC)
+        s0 = tl.zeros([BLOCK], ACC)
+        s1 = tl.zeros([BLOCK], ACC)
+        s2 = tl.zeros([BLOCK], ACC)
+        s3 = tl.zeros([BLOCK], ACC)
+        s4 = tl.zeros([BLOCK], ACC)
+        if MODE == 2:
+            c3 = _coef(coef_ptr, 3, p, P, ACC)
+        for start in range(0, S, BLOCK):
+            inside = start + offs < S
+            g = tl.load(g_ptr + base + start + offs, mask=inside, other=0.0).to(ACC)
+            x = tl.load(x_ptr + base + start + offs, mask=inside, other=0.0).to(ACC)
+            if MODE == 0:  # ∂/∂scale = x, ∂/∂shift = 1
+                s0 += g * x
+                s1 += g
+            elif MODE == 1:  # the same where x·scale + shift > floor, ∂/∂floor = 1 elsewhere
+                gy = tl.where(x * c0 + c1 > c2, g, 0.0)
+                s0 += gy * x
+                s1 += gy
+                s2 += g - gy
+            elif MODE == 2:  # d = max(a, v x + s), m = [v x + s > a]; ∂f/∂d = −x w / d²
+                u = c2 * x + c3
+                den = tl.maximum(c1, u)
+                q = g * x / den
+                t = tl.where(inside, -q * c0 / den, 0.0)
+                on = u > c1
+                s0 += q  # ∂/∂w = x / d
+                s1 += tl.where(on, 0.0, t)  # ∂/∂a
+                s2 += tl.where(on, t * x, 0.0)  # ∂/∂v
+                s3 += tl.where(on, t, 0.0)  # ∂/∂s
+                s4 += g  # ∂/∂b
+            else:  # σ = sigmoid(v x): ∂/∂scale = x σ, ∂/∂v = scale x² σ (1 − σ), ∂/∂b = 1
+                sig = tl.sigmoid(c1 * x)
+                gxs = g * x * sig
+                s0 += gxs
+                s1 += gxs * c0 * x * (1.0 - sig)
+                s2 += g
+        tl.store(out_ptr + p, tl.sum(s0, 0))
+        tl.store(out_ptr + P + p, tl.sum(s1, 0))
+        if MODE != 0:
+            tl.store(out_ptr + 2 * P + p, tl.sum(s2, 0))
+        if MODE == 2:
+            tl.store(out_ptr + 3 * P + p, tl.sum(s3, 0))
+            tl.store(out_ptr + 4 * P + p, tl.sum(s4, 0))
+
+    @triton.jit
+    def _input_grad_kernel(
+        g_ptr, x_ptr, dx_ptr, coef_ptr, mean_ptr, g_mean_ptr, g_var_ptr, S, P,
+        MODE: tl.constexpr, HAS_G_MEAN: tl.constexpr, HAS_G_VAR: tl.constexpr,
+        BLOCK: tl.constexpr, ACC: tl.constexpr,
+    ):  # fmt: skip
+        p = tl.program_id(0)
+        offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        inside = offs < S
+        base = p.to(tl.int64) * S
+        g = tl.load(g_ptr + base + offs, mask=inside, other=0.0).to(ACC)
+        x = tl.load(x_ptr + base + offs, mask=inside, other=0.0).to(ACC)
+        c0 = _coef(coef_ptr, 0, p, P, ACC)
+        c1 = _coef(coef_ptr, 1, p, P, ACC)
+        if MODE == 0:
+            dx = g * c0
+        elif MODE == 1:
+            dx = tl.where(x * c0 + c1 > _coef(coef_ptr, 2, p, P, ACC), g * c0, 0.0)
+        elif MODE == 2:
+            v = _coef(coef_ptr, 2, p, P, ACC)
+            u = v * x + _coef(coef_ptr, 3, p, P, ACC)
+            den = tl.maximum(c1, u)
+            dx = g * c0 / den * (1.0 - tl.where(u > c1, x * v / den, 0.0))
+        else:
+            sig = tl.sigmoid(c1 * x)
+            dx = g * c0 * sig * (1.0 + c1 * x * (1.0 - sig))
+        if HAS_G_MEAN:
+            dx += tl.load(g_mean_ptr + p).to(ACC) / S
+        if HAS_G_VAR:
+            dx += 2.0 * tl.load(g_var_ptr + p).to(ACC) * (x - tl.load(mean_ptr + p).to(ACC)) / S
+        tl.store(dx_ptr + base + offs, dx.to(dx_ptr.dtype.element_ty), mask=inside)
+
+
+def plane_moments(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean and biased variance of each plane of a contiguous (N, C, *) tensor, as (N, C) tensors in
+    float32 (float64 for float64 input)."""
+    n, c, s = x.shape[0], x.shape[1], x[0, 0].numel()
+    stats = torch.promote_types(x.dtype, torch.float32)
+    mean = torch.empty(n, c, dtype=stats, device=x.device)
+    var = torch.empty_like(mean)
+    _moments_kernel[(n * c,)](x, mean, var, s, BLOCK=_block(s), ACC=_acc(x))
+    return mean, var
+
+
+def _grid(x: Tensor) -> tuple[tuple[int, int], int]:
+    s = x[0, 0].numel()
+    block = _block(s)
+    return (x.shape[0] * x.shape[1], triton.cdiv(s, block)), block
+
+
+def plane_map(x: Tensor, mode: int, coefficients: Tensor) -> Tensor:
+    """``f_mode(x; c)`` in ``x``'s dtype; ``coefficients`` (K, N, C) contiguous, in the order above."""
+    y = torch.empty_like(x)
+    grid, block = _grid(x)
+    _map_kernel[grid](x, y, coefficients, x[0, 0].numel(), grid[0], MODE=mode, BLOCK=block, ACC=_acc(x))
+    return y
+
+
+def plane_sums(g: Tensor, x: Tensor, mode: int, coefficients: Tensor) -> Tensor:
+    """``Σ_s g · ∂f/∂c_k`` for every plane and coefficient k, as (K, N, C) in the coefficients' dtype."""
+    s = x[0, 0].numel()
+    out = torch.empty_like(coefficients)
+    _sums_kernel[(x.shape[0] * x.shape[1],)](
+        g, x, coefficients, out, s, x.shape[0] * x.shape[1], MODE=mode, BLOCK=_block(s), ACC=_acc(x)
+    )
+    return out
+
+
+def plane_input_grad(
+    g: Tensor,
+    x: Tensor,
+    mode: int,
+    coefficients: Tensor,
+    mean: Tensor,
+    g_mean: Tensor | None,
+    g_var: Tensor | None,
+) -> Tensor:
+    """``g · ∂f/∂x`` plus the gradient through the plane moments, in ``x``'s dtype."""
+    dx = torch.empty_like(x)
+    grid, block = _grid(x)
+    _input_grad_kernel[grid](
+        g, x, dx, coefficients, mean,
+        mean if g_mean is None else g_mean.contiguous(),
+        mean if g_var is None else g_var.contiguous(),
+        x[0, 0].numel(), grid[0],
+        MODE=mode, HAS_G_MEAN=g_mean is not None, HAS_G_VAR=g_var is not None, BLOCK=block, ACC=_acc(x),
+    )  # fmt: skip
+    return dx

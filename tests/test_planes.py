@@ -1,0 +1,130 @@
+"""The plugins' Triton path (normbench.norms._planes) equals their torch formulas: run on the CPU
+through Triton's interpreter (TRITON_INTERPRET=1, set in conftest.py), values, every gradient and the
+running statistics, in float64 to 1e-9 and in bf16 under autocast to bf16 tolerance."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from normbench import build_norm
+from normbench.norms import _planes, _triton
+from tests.conftest import randomize_affine
+
+CASES = [
+    ("ghost_batchnorm", {"ghost_batch_size": 3}, (8, 6, 3, 5)),  # ghost batches of 3, 3 and 2
+    ("switchnorm", {}, (5, 6, 4, 3)),
+    ("layernorm", {}, (4, 6, 7)),
+    ("layernorm", {"affine": False}, (3, 6, 2, 3, 2)),
+    ("rmsnorm", {}, (4, 6, 3, 5)),
+    ("rmsnorm", {"bias": True}, (4, 6, 9)),
+    ("rmsnorm", {"affine": False}, (4, 6, 3, 5)),
+    ("frn", {}, (4, 6, 3, 5)),
+    ("frn", {"learnable_eps": True}, (4, 6, 1, 1)),
+    ("evonorm_b0", {}, (5, 6, 3, 5)),
+    ("evonorm_s0", {"num_groups": 3}, (4, 6, 3, 5)),
+    ("evonorm_s0", {"affine": False}, (4, 6, 5)),
+]
+
+
+@pytest.fixture
+def triton_calls(monkeypatch) -> list[int]:
+    """Route CPU tensors through the Triton path; the list counts its forward maps."""
+    assert _triton.AVAILABLE and _triton.INTERPRETED, "the tests need triton and TRITON_INTERPRET=1"
+    calls: list[int] = []
+    forward = _triton.plane_map
+
+    def counted(x, mode, coefficients):
+        calls.append(mode)
+        return forward(x, mode, coefficients)
+
+    monkeypatch.setattr(_triton, "plane_map", counted)
+    monkeypatch.setattr(_planes, "TRITON_DEVICES", {"cuda", "cpu"})
+    return calls
+
+
+def run(module: torch.nn.Module, x: torch.Tensor, g: torch.Tensor, autocast: bool = False) -> dict:
+    """Output, input and parameter gradients and buffers after one forward and backward."""
+    x = x.detach().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        y = module(x)
+    y.backward(g.to(y.dtype))
+    out = {"y": y.detach(), "x.grad": x.grad}
+    out |= {f"{k}.grad": p.grad for k, p in module.named_parameters()}
+    return out | {k: b.clone() for k, b in module.named_buffers() if b.is_floating_point()}
+
+
+def pair(name: str, options: dict, dtype: torch.dtype) -> tuple[torch.nn.Module, torch.nn.Module]:
+    module = build_norm(name, 6, **options).to(dtype)
+    randomize_affine(module)
+    return module, copy.deepcopy(module)
+
+
+@pytest.mark.parametrize(("name", "options", "shape"), CASES, ids=[f"{n}-{o}" for n, o, _ in CASES])
+@pytest.mark.parametrize("training", [True, False])
+def test_triton_path_equals_torch_formula_float64(triton_calls, monkeypatch, name, options, shape, training):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=gen, dtype=torch.float64) * 2 + 0.5
+    g = torch.randn(shape, generator=gen, dtype=torch.float64)
+    torch_module, triton_module = pair(name, options, torch.float64)
+    torch_module.train(training), triton_module.train(training)
+    with monkeypatch.context() as m:
+        m.setattr(_planes, "TRITON_DEVICES", set())
+        want = run(torch_module, x, g)
+    got = run(triton_module, x, g)
+    batch_stats_in_eval = name == "ghost_batchnorm" and not training  # eval ghost BN is BatchNorm
+    assert len(triton_calls) == (0 if batch_stats_in_eval else 1 + (name == "ghost_batchnorm"))
+    assert got.keys() == want.keys()
+    for key, value in want.items():
+        assert value is not None and got[key] is not None, key
+        torch.testing.assert_close(got[key], value, rtol=1e-9, atol=1e-10, msg=key)
+
+
+@pytest.mark.parametrize(("name", "options", "shape"), CASES[::2], ids=[f"{n}-{o}" for n, o, _ in CASES[::2]])
+def test_triton_path_under_bf16_autocast(triton_calls, name, options, shape):
+    """bfloat16 input under autocast: bfloat16 output, and values and gradients within bf16 rounding of
+    the float64 formula on the same (rounded) input."""
+    gen = torch.Generator().manual_seed(1)
+    x = (torch.randn(shape, generator=gen) * 2 + 0.5).bfloat16()
+    g = torch.randn(shape, generator=gen).bfloat16()
+    module, reference = pair(name, options, torch.float32)
+    got = run(module, x, g, autocast=True)
+    assert triton_calls and got["y"].dtype == torch.bfloat16 and got["x.grad"].dtype == torch.bfloat16
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(_planes, "TRITON_DEVICES", set())
+        want = run(reference.double(), x.double(), g.double())
+    for key, value in want.items():
+        scale = value.abs().max().clamp(min=1)
+        torch.testing.assert_close(got[key].double() / scale, value / scale, rtol=0, atol=3e-2, msg=key)
+
+
+@pytest.mark.parametrize("positions", [1, 7, 16, 50])
+def test_plane_kernels_loop_over_planes_longer_than_a_block(monkeypatch, positions):
+    """Blocks of 16: planes of 50 positions take four loop iterations, the last one masked."""
+    assert _triton.INTERPRETED
+    monkeypatch.setattr(_triton, "MAX_BLOCK", 16)
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(3, 4, positions, generator=gen, dtype=torch.float64) + 3
+    mean, var = _triton.plane_moments(x)
+    want_var, want_mean = torch.var_mean(x, dim=2, correction=0)
+    torch.testing.assert_close(mean, want_mean, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(var, want_var, rtol=1e-12, atol=1e-12)
+    coefs = torch.rand(2, 3, 4, generator=gen, dtype=torch.float64)
+    y = _triton.plane_map(x, _triton.AFFINE, coefs)
+    torch.testing.assert_close(y, x * coefs[0, ..., None] + coefs[1, ..., None], rtol=1e-12, atol=1e-12)
+    g = torch.randn(x.shape, generator=gen, dtype=torch.float64)
+    sums = _triton.plane_sums(g, x, _triton.AFFINE, coefs)
+    torch.testing.assert_close(sums, torch.stack([(g * x).sum(2), g.sum(2)]), rtol=1e-12, atol=1e-12)
+
+
+def test_channels_last_and_vmap_inputs_take_the_torch_formula(triton_calls):
+    module = build_norm("layernorm", 6)
+    x = torch.randn(2, 6, 3, 3).to(memory_format=torch.channels_last)
+    y = module(x)
+    assert not triton_calls and y.is_contiguous(memory_format=torch.channels_last)
+    torch.func.vmap(module)(torch.randn(3, 2, 6, 3, 3))
+    assert not triton_calls
+    module(x.contiguous())
+    assert triton_calls == [_triton.AFFINE]
