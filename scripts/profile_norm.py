@@ -31,6 +31,63 @@ def host_us(fn, calls: int = 2000) -> float:
     return host
 
 
+def components(x: torch.Tensor) -> None:
+    """Host microseconds of each piece of the Triton path (normbench.norms._planes) on ``x``."""
+    from normbench.norms._kernels import Recorded
+    from normbench.norms._planes import PlaneMap
+
+    n, c = x.shape[:2]
+    w, b = (
+        torch.rand(c, device=x.device, requires_grad=True),
+        torch.rand(c, device=x.device, requires_grad=True),
+    )
+    ln = build_norm("layernorm", c).to(x.device)
+    coefficients = ln._plane_coefficients
+    xg, g = x.detach().requires_grad_(), torch.randn_like(x)
+    mean, var = _triton.plane_moments(x)
+    coefs = torch.rand(2, n, c, device=x.device)
+    compiled = torch.compile(coefficients, fullgraph=True)
+
+    def record_and_pull(fn):
+        r = Recorded(fn, [mean, var, w, b])
+        return r.grads([torch.ones_like(mean), torch.ones_like(mean)])
+
+    def apply_no_grad():
+        with torch.no_grad():
+            PlaneMap.apply(x, _triton.AFFINE, coefficients, w, b)
+
+    cases = {
+        "plane_moments": lambda: _triton.plane_moments(x),
+        "plane_map": lambda: _triton.plane_map(x, _triton.AFFINE, coefs),
+        "plane_sums": lambda: _triton.plane_sums(g, x, _triton.AFFINE, coefs),
+        "plane_input_grad": lambda: _triton.plane_input_grad(g, x, _triton.AFFINE, coefs, mean, mean, var),
+        "empty_like": lambda: torch.empty_like(x),
+        "PlaneMap fwd no_grad": apply_no_grad,
+        "PlaneMap fwd grad": lambda: PlaneMap.apply(xg, _triton.AFFINE, coefficients, w, b),
+        "PlaneMap fwd+bwd": lambda: PlaneMap.apply(xg, _triton.AFFINE, coefficients, w, b)[0].backward(g),
+        "layernorm module fwd+bwd": lambda: ln(xg).backward(g),
+        "F.group_norm(1) fwd+bwd": lambda: torch.nn.functional.group_norm(xg, 1, w, b).backward(g),
+        "Recorded eager": lambda: Recorded(coefficients, [mean, var, w, b]),
+        "Recorded+grads eager": lambda: record_and_pull(coefficients),
+        "Recorded compiled": lambda: Recorded(compiled, [mean, var, w, b]),
+        "Recorded+grads compiled": lambda: record_and_pull(compiled),
+    }
+    try:
+        grid = (n * c, 1)
+        y = torch.empty_like(x)
+        kernel = _triton._map_kernel[grid](
+            x, y, coefs, x[0, 0].numel(), n * c, MODE=0, BLOCK=1024, ACC=_triton.tl.float32
+        )
+        cases["compiled-kernel launch"] = lambda: kernel[grid](x, y, coefs, x[0, 0].numel(), n * c)
+    except Exception as exc:  # the low-level launcher's signature differs between Triton versions
+        print("compiled-kernel launch failed:", type(exc).__name__, exc)
+    for name, fn in cases.items():
+        try:
+            print(f"{name}: {host_us(fn, 300):.1f} us", flush=True)
+        except Exception as exc:
+            print(f"{name}: ERROR {type(exc).__name__}: {str(exc)[:200]}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("norms", nargs="+")
