@@ -16,6 +16,8 @@ from tests.conftest import randomize_affine
 CASES = [
     ("ghost_batchnorm", {"ghost_batch_size": 3}, (8, 6, 3, 5)),  # ghost batches of 3, 3 and 2
     ("switchnorm", {}, (5, 6, 4, 3)),
+    ("groupnorm", {"num_groups": 3}, (4, 6, 3, 5)),
+    ("instancenorm", {}, (4, 6, 7)),
     ("layernorm", {}, (4, 6, 7)),
     ("layernorm", {"affine": False}, (3, 6, 2, 3, 2)),
     ("rmsnorm", {}, (4, 6, 3, 5)),
@@ -31,16 +33,16 @@ CASES = [
 
 @pytest.fixture
 def triton_calls(monkeypatch) -> list[int]:
-    """Route CPU tensors through the Triton path; the list counts its forward maps."""
+    """Route CPU tensors through the Triton path; the list counts its forward passes."""
     assert _triton.AVAILABLE and _triton.INTERPRETED, "the tests need triton and TRITON_INTERPRET=1"
     calls: list[int] = []
-    forward = _triton.plane_map
+    moments = _triton.plane_moments
 
-    def counted(x, mode, coefficients):
-        calls.append(mode)
-        return forward(x, mode, coefficients)
+    def counted(x):
+        calls.append(x.shape[0])
+        return moments(x)
 
-    monkeypatch.setattr(_triton, "plane_map", counted)
+    monkeypatch.setattr(_triton, "plane_moments", counted)
     monkeypatch.setattr(_planes, "TRITON_DEVICES", {"cuda", "cpu"})
     return calls
 
@@ -127,4 +129,4 @@ def test_channels_last_and_vmap_inputs_take_the_torch_formula(triton_calls):
     torch.func.vmap(module)(torch.randn(3, 2, 6, 3, 3))
     assert not triton_calls
     module(x.contiguous())
-    assert triton_calls == [_triton.AFFINE]
+    assert triton_calls == [2]

@@ -74,11 +74,14 @@ class PlaneMap(torch.autograd.Function):
         ctx.save_for_backward(x, mean, coefs)
         ctx.recorded, ctx.mode = recorded, mode
         ctx.mark_non_differentiable(mean, var)
+        ctx.set_materialize_grads(False)
         return y, mean, var
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, g: Tensor, *_: Tensor):
+    def backward(ctx, g: Tensor | None, *_: Tensor | None):
+        if g is None:
+            return (None,) * (3 + len(ctx.recorded.leaves) - 2)
         x, mean, coefs = ctx.saved_tensors
         g = g.contiguous()
         sums = _triton.plane_sums(g, x, ctx.mode, coefs)
@@ -87,6 +90,59 @@ class PlaneMap(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             gx = _triton.plane_input_grad(g, x, ctx.mode, coefs, mean, g_mean, g_var)
         return gx, None, None, *g_params
+
+
+class GroupAffineFused(torch.autograd.Function):
+    """The affine family in four kernels and no small-tensor ops in between: ``y = (x − μ_g) r_g w_c +
+    b_c``, max'ed with ``τ_c`` where ``tau`` is given (FRN's TLU), with ``r_g = (σ²_g + eps)^(-1/2)``
+    over groups of ``samples`` × ``channels`` planes (:func:`normbench.norms._kernels.group_view`);
+    without ``center``, ``μ_g = 0`` and ``σ²_g = E x²`` (RMSNorm, FRN).
+
+    Backward (:func:`normbench.norms._triton.group_affine_backward`), with g' = g where the TLU passes
+    y and n values per group: ∂L/∂x = r (w g' − Σ_g w g' / n − x̂ r Σ_g w g' (x − μ) / n) (no middle
+    term without ``center``), ∂L/∂w = Σ g' x̂, ∂L/∂b = Σ g', ∂L/∂τ = Σ (g − g').
+
+    ``apply(x, weight, bias, tau, eps, samples, channels, center)`` returns ``(y, mean, var)`` with the
+    planes' (N, C) moments, without gradient. Once differentiable.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, tau, eps: float, samples: int, channels: int, center: bool):
+        mean, var = _triton.plane_moments(x)
+        y = _triton.group_affine(x, mean, var, weight, bias, tau, eps, samples, channels, center)
+        ctx.save_for_backward(x, mean, var, weight, bias, tau)
+        ctx.config = (eps, samples, channels, center)
+        ctx.mark_non_differentiable(mean, var)
+        ctx.set_materialize_grads(False)
+        return y, mean, var
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g: Tensor | None, *_: Tensor | None):
+        if g is None:
+            return (None,) * 8
+        x, mean, var, weight, bias, tau = ctx.saved_tensors
+        gx, sums = _triton.group_affine_backward(g.contiguous(), x, mean, var, weight, bias, tau, *ctx.config)
+        per_channel = sums.sum(1)
+        grads = [
+            None if t is None else per_channel[row].to(t.dtype)
+            for t, row in ((weight, 0), (bias, 2), (tau, 3))
+        ]
+        return gx if ctx.needs_input_grad[0] else None, *grads, None, None, None, None
+
+
+def affine_family(
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+    samples: int = 1,
+    channels: int = 1,
+    center: bool = True,
+    tau: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:class:`GroupAffineFused` on ``x`` (``use_planes(x)`` must hold): ``(y, mean, var)``."""
+    return GroupAffineFused.apply(x, weight, bias, tau, eps, samples, channels, center)
 
 
 def plane_map(

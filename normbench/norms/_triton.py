@@ -174,6 +174,132 @@ if AVAILABLE:
             dx += 2.0 * tl.load(g_var_ptr + p).to(ACC) * (x - tl.load(mean_ptr + p).to(ACC)) / S
         tl.store(dx_ptr + base + offs, dx.to(dx_ptr.dtype.element_ty), mask=inside)
 
+    # The affine family: y = (x − μ_g) r_g w_c + b_c (max'ed with τ_c for TLU), r_g = (σ²_g + eps)^(-1/2)
+    # over groups of M consecutive samples × CG consecutive channels × all positions, combined in each
+    # program from the planes' moments (no launch in between); without CENTER, μ_g = 0 and σ²_g = E x².
+
+    @triton.jit
+    def _group_of(p, C, M, CG, BLOCK_G: tl.constexpr):
+        """The planes of plane p's group and which of them exist (a BLOCK_G vector), and p's channel."""
+        n = p // C
+        c = p % C
+        r = tl.arange(0, BLOCK_G)
+        planes = ((n // M) * M + r // CG) * C + (c // CG) * CG + r % CG
+        return planes, r < M * CG, c
+
+    @triton.jit
+    def _group_stats(mean_ptr, var_ptr, planes, inside, count, eps, CENTER: tl.constexpr, ACC: tl.constexpr):
+        pm = tl.load(mean_ptr + planes, mask=inside, other=0.0).to(ACC)
+        pv = tl.load(var_ptr + planes, mask=inside, other=0.0).to(ACC)
+        if CENTER:
+            mu = tl.sum(pm, 0) / count
+            d = tl.where(inside, pm - mu, 0.0)
+            second = (tl.sum(pv, 0) + tl.sum(d * d, 0)) / count
+        else:
+            mu = tl.sum(pm, 0) * 0.0
+            second = (tl.sum(pv, 0) + tl.sum(pm * pm, 0)) / count
+        return mu, 1.0 / tl.sqrt(second + eps)
+
+    @triton.jit
+    def _channel_param(ptr, c, default, HAS: tl.constexpr, ACC: tl.constexpr):
+        if HAS:  # noqa: SIM108  (a static branch: Triton compiles one side only)
+            value = tl.load(ptr + c).to(ACC)
+        else:
+            value = default
+        return value
+
+    @triton.jit
+    def _affine_kernel(
+        x_ptr, y_ptr, mean_ptr, var_ptr, w_ptr, b_ptr, tau_ptr, eps, S, C, M, CG,
+        HAS_W: tl.constexpr, HAS_B: tl.constexpr, CENTER: tl.constexpr, TLU: tl.constexpr,
+        BLOCK: tl.constexpr, BLOCK_G: tl.constexpr, ACC: tl.constexpr,
+    ):  # fmt: skip
+        p = tl.program_id(0)
+        offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        inside = offs < S
+        planes, members, c = _group_of(p, C, M, CG, BLOCK_G)
+        mu, r = _group_stats(mean_ptr, var_ptr, planes, members, M * CG, eps, CENTER, ACC)
+        scale = r * _channel_param(w_ptr, c, 1.0, HAS_W, ACC)
+        shift = _channel_param(b_ptr, c, 0.0, HAS_B, ACC) - mu * scale
+        base = p.to(tl.int64) * S
+        y = tl.load(x_ptr + base + offs, mask=inside, other=0.0).to(ACC) * scale + shift
+        if TLU:
+            y = tl.maximum(y, tl.load(tau_ptr + c).to(ACC))
+        tl.store(y_ptr + base + offs, y.to(y_ptr.dtype.element_ty), mask=inside)
+
+    @triton.jit
+    def _affine_sums_kernel(
+        g_ptr, x_ptr, mean_ptr, var_ptr, w_ptr, b_ptr, tau_ptr, out_ptr, eps, S, C, M, CG, P,
+        HAS_W: tl.constexpr, HAS_B: tl.constexpr, CENTER: tl.constexpr, TLU: tl.constexpr,
+        BLOCK: tl.constexpr, BLOCK_G: tl.constexpr, ACC: tl.constexpr,
+    ):  # fmt: skip
+        """Per plane: Σ g' x and Σ g' into rows 1 and 2 of out, Σ (g − g') into row 3 (TLU), where g' is
+        g where the TLU passes y (all of g without TLU)."""
+        p = tl.program_id(0)
+        base = p.to(tl.int64) * S
+        offs = tl.arange(0, BLOCK)
+        if TLU:
+            planes, members, c = _group_of(p, C, M, CG, BLOCK_G)
+            mu, r = _group_stats(mean_ptr, var_ptr, planes, members, M * CG, eps, CENTER, ACC)
+            scale = r * _channel_param(w_ptr, c, 1.0, HAS_W, ACC)
+            shift = _channel_param(b_ptr, c, 0.0, HAS_B, ACC) - mu * scale
+            tau = tl.load(tau_ptr + c).to(ACC)
+        gx = tl.zeros([BLOCK], ACC)
+        gs = tl.zeros([BLOCK], ACC)
+        cut = tl.zeros([BLOCK], ACC)
+        for start in range(0, S, BLOCK):
+            inside = start + offs < S
+            g = tl.load(g_ptr + base + start + offs, mask=inside, other=0.0).to(ACC)
+            x = tl.load(x_ptr + base + start + offs, mask=inside, other=0.0).to(ACC)
+            if TLU:
+                passed = tl.where(x * scale + shift > tau, g, 0.0)
+                cut += g - passed
+                g = passed
+            gx += g * x
+            gs += g
+        tl.store(out_ptr + P + p, tl.sum(gx, 0))
+        tl.store(out_ptr + 2 * P + p, tl.sum(gs, 0))
+        if TLU:
+            tl.store(out_ptr + 3 * P + p, tl.sum(cut, 0))
+
+    @triton.jit
+    def _affine_input_grad_kernel(
+        g_ptr, x_ptr, dx_ptr, mean_ptr, var_ptr, w_ptr, b_ptr, tau_ptr, sums_ptr, eps, S, C, M, CG, P,
+        HAS_W: tl.constexpr, HAS_B: tl.constexpr, CENTER: tl.constexpr, TLU: tl.constexpr,
+        BLOCK: tl.constexpr, BLOCK_G: tl.constexpr, ACC: tl.constexpr,
+    ):  # fmt: skip
+        """dx = r (w g' − A / n − x̂ r B / n) with A = Σ_group w g', B = Σ_group w g' (x − μ) (n values per
+        group); the first program of each plane also writes r (Σ g' x − μ Σ g') into row 0 of sums (∂L/∂w)."""
+        p = tl.program_id(0)
+        offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        inside = offs < S
+        planes, members, c = _group_of(p, C, M, CG, BLOCK_G)
+        mu, r = _group_stats(mean_ptr, var_ptr, planes, members, M * CG, eps, CENTER, ACC)
+        w = _channel_param(w_ptr, c, 1.0, HAS_W, ACC)
+        if HAS_W:
+            wg = tl.load(w_ptr + planes % C, mask=members, other=0.0).to(ACC)
+        else:
+            wg = tl.where(members, 1.0, 0.0)
+        sgx = tl.load(sums_ptr + P + planes, mask=members, other=0.0).to(ACC)
+        sg = tl.load(sums_ptr + 2 * P + planes, mask=members, other=0.0).to(ACC)
+        a = tl.sum(wg * sg, 0)
+        b = tl.sum(wg * (sgx - mu * sg), 0)
+        count = M * CG * S * 1.0
+        base = p.to(tl.int64) * S
+        g = tl.load(g_ptr + base + offs, mask=inside, other=0.0).to(ACC)
+        xhat = (tl.load(x_ptr + base + offs, mask=inside, other=0.0).to(ACC) - mu) * r
+        if TLU:
+            y = xhat * w + _channel_param(b_ptr, c, 0.0, HAS_B, ACC)
+            g = tl.where(y > tl.load(tau_ptr + c).to(ACC), g, 0.0)
+        dx = w * g - xhat * r * b / count
+        if CENTER:
+            dx -= a / count
+        tl.store(dx_ptr + base + offs, (r * dx).to(dx_ptr.dtype.element_ty), mask=inside)
+        if tl.program_id(1) == 0:
+            own_gx = tl.load(sums_ptr + P + p).to(ACC)
+            own_g = tl.load(sums_ptr + 2 * P + p).to(ACC)
+            tl.store(sums_ptr + p, r * (own_gx - mu * own_g))
+
 
 def plane_moments(x: Tensor) -> tuple[Tensor, Tensor]:
     """Mean and biased variance of each plane of a contiguous (N, C, *) tensor, as (N, C) tensors in
@@ -230,3 +356,65 @@ def plane_input_grad(
         MODE=mode, HAS_G_MEAN=g_mean is not None, HAS_G_VAR=g_var is not None, BLOCK=block, ACC=_acc(x),
     )  # fmt: skip
     return dx
+
+
+def group_affine(
+    x: Tensor,
+    mean: Tensor,
+    var: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    tau: Tensor | None,
+    eps: float,
+    samples: int,
+    channels: int,
+    center: bool,
+) -> Tensor:
+    """The affine family's output in ``x``'s dtype, from the planes' moments (:func:`plane_moments`)."""
+    y = torch.empty_like(x)
+    grid, block = _grid(x)
+    _affine_kernel[grid](
+        x, y, mean, var, _or(weight, mean), _or(bias, mean), _or(tau, mean), eps, x[0, 0].numel(), x.shape[1],
+        samples, channels, HAS_W=weight is not None, HAS_B=bias is not None, CENTER=center, TLU=tau is not None,
+        BLOCK=block, BLOCK_G=triton.next_power_of_2(samples * channels), ACC=_acc(x),
+    )  # fmt: skip
+    return y
+
+
+def group_affine_backward(
+    g: Tensor,
+    x: Tensor,
+    mean: Tensor,
+    var: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    tau: Tensor | None,
+    eps: float,
+    samples: int,
+    channels: int,
+    center: bool,
+) -> tuple[Tensor, Tensor]:
+    """``(∂L/∂x, sums)``: sums (3 or 4 with τ, N, C) holds per plane the terms of ∂L/∂w, ∂L/∂b and
+    ∂L/∂τ in rows 0, 2 and 3 (to be summed over samples)."""
+    n, c = x.shape[:2]
+    sums = torch.empty(3 + (tau is not None), n, c, dtype=mean.dtype, device=x.device)
+    common = dict(
+        HAS_W=weight is not None, HAS_B=bias is not None, CENTER=center, TLU=tau is not None,
+        BLOCK_G=triton.next_power_of_2(samples * channels), ACC=_acc(x),
+    )  # fmt: skip
+    params = (mean, var, _or(weight, mean), _or(bias, mean), _or(tau, mean))
+    s = x[0, 0].numel()
+    _affine_sums_kernel[(n * c,)](
+        g, x, *params, sums, eps, s, c, samples, channels, n * c, BLOCK=_block(s), **common
+    )
+    dx = torch.empty_like(x)
+    grid, block = _grid(x)
+    _affine_input_grad_kernel[grid](
+        g, x, dx, *params, sums, eps, s, c, samples, channels, n * c, BLOCK=block, **common
+    )
+    return dx, sums
+
+
+def _or(t: Tensor | None, stand_in: Tensor) -> Tensor:
+    """A pointer argument for an absent tensor (its kernel branch is compiled out)."""
+    return stand_in if t is None else t

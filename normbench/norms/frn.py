@@ -10,7 +10,7 @@ from torch.autograd.function import once_differentiable
 
 from normbench.norms._base import ChannelNorm, like_input
 from normbench.norms._kernels import compiled_on_gpu, group_dot, group_sum, group_view, use_fused
-from normbench.norms._planes import TLU, plane_map, use_planes
+from normbench.norms._planes import TLU, affine_family, plane_map, use_planes
 from normbench.norms.registry import register_norm
 
 
@@ -107,7 +107,9 @@ class FilterResponseNorm(ChannelNorm):
                 f"FRN: input of shape {tuple(x.shape)} has one position per channel, where fixed-eps FRN "
                 "is sign(x); use learnable_eps=True (Singh & Krishnan 2020, Sec. 3.1)"
             )
-        if use_planes(x):
+        if use_planes(x) and self.eps_l is None:
+            y = affine_family(x, self.weight, self.bias, self.eps, center=False, tau=self.tau)[0]
+        elif use_planes(x):  # a learnable eps: the coefficients' chain rule through autograd
             y = plane_map(x, TLU, self._plane_coefficients, self.weight, self.bias, self.tau, self.eps_l)[0]
         elif use_fused(x):
             y = _FilterResponseNormTLU.apply(x, self.weight, self.bias, self.tau, self.eps_l, self.eps)

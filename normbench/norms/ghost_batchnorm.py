@@ -8,7 +8,7 @@ from torch import Tensor
 
 from normbench.norms._base import like_input, move_towards
 from normbench.norms._kernels import standardizing, use_fused
-from normbench.norms._planes import group_affine, use_planes
+from normbench.norms._planes import affine_family, group_affine, group_moments_of_planes, use_planes
 from normbench.norms.batchnorm import BatchNorm
 from normbench.norms.registry import register_norm
 
@@ -79,7 +79,11 @@ class GhostBatchNorm(BatchNorm):
     def _fused(self, chunk: Tensor, m: int) -> tuple[Tensor, Tensor, Tensor]:
         """Ghost batches of m samples through :func:`group_affine`, no copies: output, and each ghost
         batch's mean and unbiased variance, (k, C)."""
-        y, mean, var = group_affine(chunk, self._coefficients, self.weight, self.bias, samples=m)
+        if use_planes(chunk):
+            y, mean, var = affine_family(chunk, self.weight, self.bias, self.eps, samples=m)
+            mean, var = group_moments_of_planes(mean, var, m, 1)
+        else:
+            y, mean, var = group_affine(chunk, self._coefficients, self.weight, self.bias, samples=m)
         count = chunk[:m].numel() // self.num_channels
         return y, mean, var * (count / max(count - 1, 1))
 

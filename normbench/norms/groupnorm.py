@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from normbench.norms._base import ChannelNorm
+from normbench.norms._planes import affine_family, use_planes
 from normbench.norms.registry import register_norm
 
 DEFAULT_GROUPS = 32  # Wu & He 2018's default
@@ -101,6 +102,9 @@ class GroupNorm(ChannelNorm):
 
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(x)
+        if use_planes(x):  # the same statistics through the Triton kernels, on CUDA
+            channels = self.num_channels // self.num_groups
+            return affine_family(x, self.weight, self.bias, self.eps, channels=channels)[0]
         return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
 
     def extra_repr(self) -> str:

@@ -9,7 +9,7 @@ from torch.autograd.function import once_differentiable
 
 from normbench.norms._base import ChannelNorm, like_input
 from normbench.norms._kernels import compiled_on_gpu, group_dot, group_view, use_fused
-from normbench.norms._planes import AFFINE, plane_map, use_planes
+from normbench.norms._planes import affine_family, use_planes
 from normbench.norms.registry import register_norm
 
 
@@ -82,17 +82,13 @@ class RMSNorm(ChannelNorm):
         if x.dim() == 2:
             y = F.rms_norm(x, (self.num_channels,), self.weight, self.eps)
         elif use_planes(x):
-            return like_input(plane_map(x, AFFINE, self._plane_coefficients, self.weight, self.bias)[0], x)
+            y = affine_family(x, self.weight, self.bias, self.eps, channels=self.num_channels, center=False)[
+                0
+            ]
+            return like_input(y, x)
         elif use_fused(x):
             y = _ChannelFirstRMSNorm.apply(x, self.weight, self.eps)
         else:
             w = x.new_ones(self.num_channels) if self.weight is None else self.weight
             y = _channel_first_rms_norm(x, w.view(1, -1, *[1] * (x.dim() - 2)), self.eps)
         return like_input(y if self.bias is None else y + self.bias.view(1, -1, *[1] * (x.dim() - 2)), x)
-
-    def _plane_coefficients(
-        self, mean: Tensor, var: Tensor, weight: Tensor | None, bias: Tensor | None
-    ) -> tuple[Tensor, Tensor]:
-        """(scale, shift) per sample and channel from the (N, C) plane moments: E x² = Var x + (E x)²."""
-        scale = torch.rsqrt((var + mean.square()).mean(1, keepdim=True) + self.eps)
-        return scale if weight is None else scale * weight, mean.new_zeros(()) if bias is None else bias
