@@ -28,7 +28,7 @@ from normbench.norms._kernels import (
     use_fused,
     vmapped,
 )
-from normbench.norms._triton import AFFINE, B0, S0, TLU  # noqa: F401  (the modes, for the plugins)
+from normbench.norms._triton import AFFINE, B0, GATE_ACT, NO_ACT, S0, TLU, TLU_ACT  # noqa: F401  (for the plugins)
 
 # Devices whose tensors take this path; the tests add "cpu" under Triton's interpreter, the benchmark
 # empties it to time the torch formulas.
@@ -94,24 +94,22 @@ class PlaneMap(torch.autograd.Function):
 
 class GroupAffineFused(torch.autograd.Function):
     """The affine family in four kernels and no small-tensor ops in between: ``y = (x − μ_g) r_g w_c +
-    b_c``, max'ed with ``τ_c`` where ``tau`` is given (FRN's TLU), with ``r_g = (σ²_g + eps)^(-1/2)``
-    over groups of ``samples`` × ``channels`` planes (:func:`normbench.norms._kernels.group_view`);
-    without ``center``, ``μ_g = 0`` and ``σ²_g = E x²`` (RMSNorm, FRN).
+    b_c`` with ``r_g = (σ²_g + eps)^(-1/2)`` over groups of ``samples`` × ``channels`` planes
+    (:func:`normbench.norms._kernels.group_view`); without ``center``, ``μ_g = 0`` and ``σ²_g = E x²``
+    (RMSNorm, FRN). ``act``: ``TLU_ACT`` gives ``max(y, t_c)`` (FRN), ``GATE_ACT``
+    ``x sigmoid(t_c x) r_g w_c + b_c`` (EvoNorm-S0); the kernels' docstrings hold the backward.
 
-    Backward (:func:`normbench.norms._triton.group_affine_backward`), with g' = g where the TLU passes
-    y and n values per group: ∂L/∂x = r (w g' − Σ_g w g' / n − x̂ r Σ_g w g' (x − μ) / n) (no middle
-    term without ``center``), ∂L/∂w = Σ g' x̂, ∂L/∂b = Σ g', ∂L/∂τ = Σ (g − g').
-
-    ``apply(x, weight, bias, tau, eps, samples, channels, center)`` returns ``(y, mean, var)`` with the
-    planes' (N, C) moments, without gradient. Once differentiable.
+    ``apply(x, weight, bias, t, eps, samples, channels, center, act)`` returns ``(y, mean, var)`` with
+    the planes' (N, C) moments, without gradient. Once differentiable.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, tau, eps: float, samples: int, channels: int, center: bool):
+    def forward(ctx, x, weight, bias, t, eps: float, samples: int, channels: int, center: bool, act: int):
         mean, var = _triton.plane_moments(x)
-        y = _triton.group_affine(x, mean, var, weight, bias, tau, eps, samples, channels, center)
-        ctx.save_for_backward(x, mean, var, weight, bias, tau)
-        ctx.config = (eps, samples, channels, center)
+        config = (eps, samples, channels, center, act)
+        y = _triton.group_affine(x, mean, var, (weight, bias, t), *config)
+        ctx.save_for_backward(x, mean, var, weight, bias, t)
+        ctx.config = config
         ctx.mark_non_differentiable(mean, var)
         ctx.set_materialize_grads(False)
         return y, mean, var
@@ -120,15 +118,15 @@ class GroupAffineFused(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, g: Tensor | None, *_: Tensor | None):
         if g is None:
-            return (None,) * 8
-        x, mean, var, weight, bias, tau = ctx.saved_tensors
-        gx, sums = _triton.group_affine_backward(g.contiguous(), x, mean, var, weight, bias, tau, *ctx.config)
+            return (None,) * 9
+        x, mean, var, *params = ctx.saved_tensors
+        gx, sums = _triton.group_affine_backward(g.contiguous(), x, mean, var, tuple(params), *ctx.config)
         per_channel = sums.sum(1)
         grads = [
-            None if t is None else per_channel[row].to(t.dtype)
-            for t, row in ((weight, 0), (bias, 2), (tau, 3))
+            None if p is None else per_channel[row].to(p.dtype)
+            for p, row in zip(params, (0, 2, 3), strict=True)
         ]
-        return gx if ctx.needs_input_grad[0] else None, *grads, None, None, None, None
+        return gx if ctx.needs_input_grad[0] else None, *grads, None, None, None, None, None
 
 
 def affine_family(
@@ -139,10 +137,11 @@ def affine_family(
     samples: int = 1,
     channels: int = 1,
     center: bool = True,
-    tau: Tensor | None = None,
+    act: int = NO_ACT,
+    t: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """:class:`GroupAffineFused` on ``x`` (``use_planes(x)`` must hold): ``(y, mean, var)``."""
-    return GroupAffineFused.apply(x, weight, bias, tau, eps, samples, channels, center)
+    return GroupAffineFused.apply(x, weight, bias, t, eps, samples, channels, center, act)
 
 
 def plane_map(

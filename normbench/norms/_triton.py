@@ -174,9 +174,11 @@ if AVAILABLE:
             dx += 2.0 * tl.load(g_var_ptr + p).to(ACC) * (x - tl.load(mean_ptr + p).to(ACC)) / S
         tl.store(dx_ptr + base + offs, dx.to(dx_ptr.dtype.element_ty), mask=inside)
 
-    # The affine family: y = (x − μ_g) r_g w_c + b_c (max'ed with τ_c for TLU), r_g = (σ²_g + eps)^(-1/2)
-    # over groups of M consecutive samples × CG consecutive channels × all positions, combined in each
-    # program from the planes' moments (no launch in between); without CENTER, μ_g = 0 and σ²_g = E x².
+    # The affine family: y = (x − μ_g) r_g w_c + b_c with r_g = (σ²_g + eps)^(-1/2) over groups of M
+    # consecutive samples × CG consecutive channels × all positions, combined in each program from the
+    # planes' moments (no launch in between); without CENTER, μ_g = 0 and σ²_g = E x². An activation
+    # ACT with a per-channel parameter t: TLU (FRN) y = max(y, t_c); GATE (EvoNorm-S0)
+    # y = x sigmoid(t_c x) r_g w_c + b_c (the variance centred, x not).
 
     @triton.jit
     def _group_of(p, C, M, CG, BLOCK_G: tl.constexpr):
@@ -202,103 +204,150 @@ if AVAILABLE:
 
     @triton.jit
     def _channel_param(ptr, c, default, HAS: tl.constexpr, ACC: tl.constexpr):
-        if HAS:  # noqa: SIM108  (a static branch: Triton compiles one side only)
+        if HAS:
             value = tl.load(ptr + c).to(ACC)
         else:
             value = default
         return value
 
     @triton.jit
+    def _plane_coefficients(
+        mean_ptr, var_ptr, w_ptr, b_ptr, t_ptr, p, eps, C, M, CG,
+        HAS_W: tl.constexpr, HAS_B: tl.constexpr, CENTER: tl.constexpr, ACT: tl.constexpr,
+        BLOCK_G: tl.constexpr, ACC: tl.constexpr,
+    ):  # fmt: skip
+        """μ_g, r_g, w_c, b_c and t_c of plane p."""
+        planes, members, c = _group_of(p, C, M, CG, BLOCK_G)
+        mu, r = _group_stats(mean_ptr, var_ptr, planes, members, M * CG, eps, CENTER, ACC)
+        w = _channel_param(w_ptr, c, 1.0, HAS_W, ACC)
+        b = _channel_param(b_ptr, c, 0.0, HAS_B, ACC)
+        t = _channel_param(t_ptr, c, 0.0, ACT != 0, ACC)
+        return mu, r, w, b, t
+
+    @triton.jit
     def _affine_kernel(
-        x_ptr, y_ptr, mean_ptr, var_ptr, w_ptr, b_ptr, tau_ptr, eps, S, C, M, CG,
-        HAS_W: tl.constexpr, HAS_B: tl.constexpr, CENTER: tl.constexpr, TLU: tl.constexpr,
+        x_ptr, y_ptr, mean_ptr, var_ptr, w_ptr, b_ptr, t_ptr, eps, S, C, M, CG,
+        HAS_W: tl.constexpr, HAS_B: tl.constexpr, CENTER: tl.constexpr, ACT: tl.constexpr,
         BLOCK: tl.constexpr, BLOCK_G: tl.constexpr, ACC: tl.constexpr,
     ):  # fmt: skip
         p = tl.program_id(0)
         offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         inside = offs < S
-        planes, members, c = _group_of(p, C, M, CG, BLOCK_G)
-        mu, r = _group_stats(mean_ptr, var_ptr, planes, members, M * CG, eps, CENTER, ACC)
-        scale = r * _channel_param(w_ptr, c, 1.0, HAS_W, ACC)
-        shift = _channel_param(b_ptr, c, 0.0, HAS_B, ACC) - mu * scale
+        mu, r, w, b, t = _plane_coefficients(
+            mean_ptr, var_ptr, w_ptr, b_ptr, t_ptr, p, eps, C, M, CG, HAS_W, HAS_B, CENTER, ACT, BLOCK_G, ACC
+        )
         base = p.to(tl.int64) * S
-        y = tl.load(x_ptr + base + offs, mask=inside, other=0.0).to(ACC) * scale + shift
-        if TLU:
-            y = tl.maximum(y, tl.load(tau_ptr + c).to(ACC))
+        x = tl.load(x_ptr + base + offs, mask=inside, other=0.0).to(ACC)
+        if ACT == 2:
+            y = x * tl.sigmoid(t * x) * (r * w) + b
+        else:
+            y = (x - mu) * (r * w) + b
+        if ACT == 1:
+            y = tl.maximum(y, t)
         tl.store(y_ptr + base + offs, y.to(y_ptr.dtype.element_ty), mask=inside)
 
     @triton.jit
     def _affine_sums_kernel(
-        g_ptr, x_ptr, mean_ptr, var_ptr, w_ptr, b_ptr, tau_ptr, out_ptr, eps, S, C, M, CG, P,
-        HAS_W: tl.constexpr, HAS_B: tl.constexpr, CENTER: tl.constexpr, TLU: tl.constexpr,
+        g_ptr, x_ptr, mean_ptr, var_ptr, w_ptr, b_ptr, t_ptr, out_ptr, eps, S, C, M, CG, P,
+        HAS_W: tl.constexpr, HAS_B: tl.constexpr, CENTER: tl.constexpr, ACT: tl.constexpr,
         BLOCK: tl.constexpr, BLOCK_G: tl.constexpr, ACC: tl.constexpr,
     ):  # fmt: skip
-        """Per plane: Σ g' x and Σ g' into rows 1 and 2 of out, Σ (g − g') into row 3 (TLU), where g' is
-        g where the TLU passes y (all of g without TLU)."""
+        """Per plane, into rows 1 to 3 of out: Σ g' x, Σ g' and Σ (g − g') where g' is g where the TLU
+        passes y (all of g without an activation); for GATE, Σ g x σ, Σ g and r w Σ g x² σ (1 − σ)
+        (σ = sigmoid(t x))."""
         p = tl.program_id(0)
         base = p.to(tl.int64) * S
         offs = tl.arange(0, BLOCK)
-        if TLU:
-            planes, members, c = _group_of(p, C, M, CG, BLOCK_G)
-            mu, r = _group_stats(mean_ptr, var_ptr, planes, members, M * CG, eps, CENTER, ACC)
-            scale = r * _channel_param(w_ptr, c, 1.0, HAS_W, ACC)
-            shift = _channel_param(b_ptr, c, 0.0, HAS_B, ACC) - mu * scale
-            tau = tl.load(tau_ptr + c).to(ACC)
+        if ACT != 0:
+            mu, r, w, b, t = _plane_coefficients(
+                mean_ptr,
+                var_ptr,
+                w_ptr,
+                b_ptr,
+                t_ptr,
+                p,
+                eps,
+                C,
+                M,
+                CG,
+                HAS_W,
+                HAS_B,
+                CENTER,
+                ACT,
+                BLOCK_G,
+                ACC,
+            )
         gx = tl.zeros([BLOCK], ACC)
         gs = tl.zeros([BLOCK], ACC)
-        cut = tl.zeros([BLOCK], ACC)
+        third = tl.zeros([BLOCK], ACC)
         for start in range(0, S, BLOCK):
             inside = start + offs < S
             g = tl.load(g_ptr + base + start + offs, mask=inside, other=0.0).to(ACC)
             x = tl.load(x_ptr + base + start + offs, mask=inside, other=0.0).to(ACC)
-            if TLU:
-                passed = tl.where(x * scale + shift > tau, g, 0.0)
-                cut += g - passed
+            if ACT == 1:
+                passed = tl.where((x - mu) * (r * w) + b > t, g, 0.0)
+                third += g - passed
                 g = passed
-            gx += g * x
+            if ACT == 2:
+                gxs = g * x * tl.sigmoid(t * x)
+                gx += gxs
+                third += gxs * x * (1.0 - tl.sigmoid(t * x))
+            else:
+                gx += g * x
             gs += g
         tl.store(out_ptr + P + p, tl.sum(gx, 0))
         tl.store(out_ptr + 2 * P + p, tl.sum(gs, 0))
-        if TLU:
-            tl.store(out_ptr + 3 * P + p, tl.sum(cut, 0))
+        if ACT == 1:
+            tl.store(out_ptr + 3 * P + p, tl.sum(third, 0))
+        if ACT == 2:
+            tl.store(out_ptr + 3 * P + p, r * w * tl.sum(third, 0))
 
     @triton.jit
     def _affine_input_grad_kernel(
-        g_ptr, x_ptr, dx_ptr, mean_ptr, var_ptr, w_ptr, b_ptr, tau_ptr, sums_ptr, eps, S, C, M, CG, P,
-        HAS_W: tl.constexpr, HAS_B: tl.constexpr, CENTER: tl.constexpr, TLU: tl.constexpr,
+        g_ptr, x_ptr, dx_ptr, mean_ptr, var_ptr, w_ptr, b_ptr, t_ptr, sums_ptr, eps, S, C, M, CG, P,
+        HAS_W: tl.constexpr, HAS_B: tl.constexpr, CENTER: tl.constexpr, ACT: tl.constexpr,
         BLOCK: tl.constexpr, BLOCK_G: tl.constexpr, ACC: tl.constexpr,
     ):  # fmt: skip
-        """dx = r (w g' − A / n − x̂ r B / n) with A = Σ_group w g', B = Σ_group w g' (x − μ) (n values per
-        group); the first program of each plane also writes r (Σ g' x − μ Σ g') into row 0 of sums (∂L/∂w)."""
+        """dx = r (w g' − Σ_g w g' / n − x̂ r Σ_g w g' (x − μ) / n) over the n values of each group (no
+        middle term without CENTER); GATE: dx = r w g σ (1 + t x (1 − σ)) − r³ (x − μ) Σ_g w g x σ / n.
+        The first program of each plane writes its term of ∂L/∂w into row 0 of sums."""
         p = tl.program_id(0)
         offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         inside = offs < S
-        planes, members, c = _group_of(p, C, M, CG, BLOCK_G)
-        mu, r = _group_stats(mean_ptr, var_ptr, planes, members, M * CG, eps, CENTER, ACC)
-        w = _channel_param(w_ptr, c, 1.0, HAS_W, ACC)
+        mu, r, w, b, t = _plane_coefficients(
+            mean_ptr, var_ptr, w_ptr, b_ptr, t_ptr, p, eps, C, M, CG, HAS_W, HAS_B, CENTER, ACT, BLOCK_G, ACC
+        )
+        planes, members, _ = _group_of(p, C, M, CG, BLOCK_G)
         if HAS_W:
             wg = tl.load(w_ptr + planes % C, mask=members, other=0.0).to(ACC)
         else:
             wg = tl.where(members, 1.0, 0.0)
         sgx = tl.load(sums_ptr + P + planes, mask=members, other=0.0).to(ACC)
         sg = tl.load(sums_ptr + 2 * P + planes, mask=members, other=0.0).to(ACC)
-        a = tl.sum(wg * sg, 0)
-        b = tl.sum(wg * (sgx - mu * sg), 0)
         count = M * CG * S * 1.0
         base = p.to(tl.int64) * S
         g = tl.load(g_ptr + base + offs, mask=inside, other=0.0).to(ACC)
-        xhat = (tl.load(x_ptr + base + offs, mask=inside, other=0.0).to(ACC) - mu) * r
-        if TLU:
-            y = xhat * w + _channel_param(b_ptr, c, 0.0, HAS_B, ACC)
-            g = tl.where(y > tl.load(tau_ptr + c).to(ACC), g, 0.0)
-        dx = w * g - xhat * r * b / count
-        if CENTER:
-            dx -= a / count
-        tl.store(dx_ptr + base + offs, (r * dx).to(dx_ptr.dtype.element_ty), mask=inside)
+        x = tl.load(x_ptr + base + offs, mask=inside, other=0.0).to(ACC)
+        own_gx = tl.load(sums_ptr + P + p).to(ACC)
+        if ACT == 2:
+            sig = tl.sigmoid(t * x)
+            dx = (
+                r * w * g * sig * (1.0 + t * x * (1.0 - sig))
+                - r * r * r * (x - mu) * tl.sum(wg * sgx, 0) / count
+            )
+            row0 = r * own_gx
+        else:
+            xhat = (x - mu) * r
+            if ACT == 1:
+                g = tl.where(xhat * w + b > t, g, 0.0)
+            dx = w * g - xhat * r * tl.sum(wg * (sgx - mu * sg), 0) / count
+            if CENTER:
+                dx -= tl.sum(wg * sg, 0) / count
+            dx = r * dx
+            row0 = r * (own_gx - mu * tl.load(sums_ptr + 2 * P + p).to(ACC))
+        tl.store(dx_ptr + base + offs, dx.to(dx_ptr.dtype.element_ty), mask=inside)
         if tl.program_id(1) == 0:
-            own_gx = tl.load(sums_ptr + P + p).to(ACC)
-            own_g = tl.load(sums_ptr + 2 * P + p).to(ACC)
-            tl.store(sums_ptr + p, r * (own_gx - mu * own_g))
+            tl.store(sums_ptr + p, row0)
 
 
 def plane_moments(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -358,25 +407,27 @@ def plane_input_grad(
     return dx
 
 
+NO_ACT, TLU_ACT, GATE_ACT = 0, 1, 2
+
+
 def group_affine(
     x: Tensor,
     mean: Tensor,
     var: Tensor,
-    weight: Tensor | None,
-    bias: Tensor | None,
-    tau: Tensor | None,
+    params: tuple[Tensor | None, Tensor | None, Tensor | None],
     eps: float,
     samples: int,
     channels: int,
     center: bool,
+    act: int,
 ) -> Tensor:
-    """The affine family's output in ``x``'s dtype, from the planes' moments (:func:`plane_moments`)."""
+    """The affine family's output in ``x``'s dtype from the planes' moments (:func:`plane_moments`);
+    ``params`` = (w, b, t), t the activation's parameter."""
     y = torch.empty_like(x)
     grid, block = _grid(x)
     _affine_kernel[grid](
-        x, y, mean, var, _or(weight, mean), _or(bias, mean), _or(tau, mean), eps, x[0, 0].numel(), x.shape[1],
-        samples, channels, HAS_W=weight is not None, HAS_B=bias is not None, CENTER=center, TLU=tau is not None,
-        BLOCK=block, BLOCK_G=triton.next_power_of_2(samples * channels), ACC=_acc(x),
+        x, y, mean, var, *_pointers(params, mean), eps, x[0, 0].numel(), x.shape[1], samples, channels,
+        BLOCK=block, **_family(x, params, samples, channels, center, act),
     )  # fmt: skip
     return y
 
@@ -386,35 +437,39 @@ def group_affine_backward(
     x: Tensor,
     mean: Tensor,
     var: Tensor,
-    weight: Tensor | None,
-    bias: Tensor | None,
-    tau: Tensor | None,
+    params: tuple[Tensor | None, Tensor | None, Tensor | None],
     eps: float,
     samples: int,
     channels: int,
     center: bool,
+    act: int,
 ) -> tuple[Tensor, Tensor]:
-    """``(∂L/∂x, sums)``: sums (3 or 4 with τ, N, C) holds per plane the terms of ∂L/∂w, ∂L/∂b and
-    ∂L/∂τ in rows 0, 2 and 3 (to be summed over samples)."""
+    """``(∂L/∂x, sums)``: sums (3, or 4 with an activation, N, C) holds per plane the terms of ∂L/∂w,
+    ∂L/∂b and ∂L/∂t in rows 0, 2 and 3 (to be summed over samples)."""
     n, c = x.shape[:2]
-    sums = torch.empty(3 + (tau is not None), n, c, dtype=mean.dtype, device=x.device)
-    common = dict(
-        HAS_W=weight is not None, HAS_B=bias is not None, CENTER=center, TLU=tau is not None,
-        BLOCK_G=triton.next_power_of_2(samples * channels), ACC=_acc(x),
-    )  # fmt: skip
-    params = (mean, var, _or(weight, mean), _or(bias, mean), _or(tau, mean))
+    sums = torch.empty(3 + (act != NO_ACT), n, c, dtype=mean.dtype, device=x.device)
+    config = _family(x, params, samples, channels, center, act)
+    pointers = (mean, var, *_pointers(params, mean))
     s = x[0, 0].numel()
     _affine_sums_kernel[(n * c,)](
-        g, x, *params, sums, eps, s, c, samples, channels, n * c, BLOCK=_block(s), **common
+        g, x, *pointers, sums, eps, s, c, samples, channels, n * c, BLOCK=_block(s), **config
     )
     dx = torch.empty_like(x)
     grid, block = _grid(x)
     _affine_input_grad_kernel[grid](
-        g, x, dx, *params, sums, eps, s, c, samples, channels, n * c, BLOCK=block, **common
+        g, x, dx, *pointers, sums, eps, s, c, samples, channels, n * c, BLOCK=block, **config
     )
     return dx, sums
 
 
-def _or(t: Tensor | None, stand_in: Tensor) -> Tensor:
-    """A pointer argument for an absent tensor (its kernel branch is compiled out)."""
-    return stand_in if t is None else t
+def _family(x: Tensor, params: tuple, samples: int, channels: int, center: bool, act: int) -> dict:
+    """The compile-time options of the affine family's kernels."""
+    return dict(
+        HAS_W=params[0] is not None, HAS_B=params[1] is not None, CENTER=center, ACT=act,
+        BLOCK_G=triton.next_power_of_2(samples * channels), ACC=_acc(x),
+    )  # fmt: skip
+
+
+def _pointers(params: tuple[Tensor | None, ...], stand_in: Tensor) -> tuple[Tensor, ...]:
+    """Pointer arguments, ``stand_in`` for an absent tensor (its kernel branch is compiled out)."""
+    return tuple(stand_in if t is None else t for t in params)

@@ -20,7 +20,7 @@ from normbench.norms._kernels import (
     pull_back,
     use_fused,
 )
-from normbench.norms._planes import B0, S0, group_moments_of_planes, plane_map, use_planes
+from normbench.norms._planes import B0, GATE_ACT, affine_family, plane_map, use_planes
 from normbench.norms.groupnorm import resolve_groups
 from normbench.norms.registry import register_norm
 
@@ -263,7 +263,7 @@ class EvoNormS0(ChannelNorm):
         self.check_input(x)
         channels = self.num_channels // self.num_groups
         if use_planes(x):
-            y = plane_map(x, S0, partial(self._plane_coefficients, channels), self.v, self.weight, self.bias)[
+            y = affine_family(x, self.weight, self.bias, self.eps, channels=channels, act=GATE_ACT, t=self.v)[
                 0
             ]
             return like_input(y, x)
@@ -275,14 +275,6 @@ class EvoNormS0(ChannelNorm):
         r = torch.rsqrt(group_moments(group_view(x, channels=channels))[1] + self.eps)
         v, w, b = (_broadcast(t, x) for t in _affine(x, self.v, self.weight, self.bias))
         return like_input(_s0_output(x, _broadcast(r.repeat_interleave(channels, dim=1), x), v, w, b), x)
-
-    def _plane_coefficients(
-        self, channels: int, mean: Tensor, var: Tensor, v: Tensor, weight: Tensor | None, bias: Tensor | None
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """The :data:`S0` map's (scale, v, b) from the (N, C) plane moments pooled over each group."""
-        r = torch.rsqrt(group_moments_of_planes(mean, var, 1, channels)[1] + self.eps)
-        _, w, b = _affine(mean, v, weight, bias)
-        return r.repeat_interleave(channels, dim=1) * w, v, b
 
     def extra_repr(self) -> str:
         return f"num_groups={self.num_groups}, {super().extra_repr()}"

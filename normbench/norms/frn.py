@@ -10,7 +10,7 @@ from torch.autograd.function import once_differentiable
 
 from normbench.norms._base import ChannelNorm, like_input
 from normbench.norms._kernels import compiled_on_gpu, group_dot, group_sum, group_view, use_fused
-from normbench.norms._planes import TLU, affine_family, plane_map, use_planes
+from normbench.norms._planes import TLU, TLU_ACT, affine_family, plane_map, use_planes
 from normbench.norms.registry import register_norm
 
 
@@ -108,7 +108,7 @@ class FilterResponseNorm(ChannelNorm):
                 "is sign(x); use learnable_eps=True (Singh & Krishnan 2020, Sec. 3.1)"
             )
         if use_planes(x) and self.eps_l is None:
-            y = affine_family(x, self.weight, self.bias, self.eps, center=False, tau=self.tau)[0]
+            y = affine_family(x, self.weight, self.bias, self.eps, center=False, act=TLU_ACT, t=self.tau)[0]
         elif use_planes(x):  # a learnable eps: the coefficients' chain rule through autograd
             y = plane_map(x, TLU, self._plane_coefficients, self.weight, self.bias, self.tau, self.eps_l)[0]
         elif use_fused(x):
