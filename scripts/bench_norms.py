@@ -12,6 +12,8 @@ torch.nn.BatchNorm2d on images, and to a plain copy of the tensor (the memory-tr
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import platform
 import random
 import statistics
@@ -168,16 +170,25 @@ def bench(rounds: int, inner: int) -> list[dict]:
 CUDA_SHAPES = ((32, 64, 32, 32), (64, 256, 56, 56))
 
 
+NATIVE = {
+    "layernorm",
+    "groupnorm",
+    "instancenorm",
+    "ws_groupnorm",
+}  # plugins that keep a torch kernel when small
+
+
 def with_triton(flag: bool, fn: Callable[[], object]) -> Callable[[], object]:
-    """``fn`` with the plugins' Triton path (normbench.norms._planes) switched on or off; off, they run
-    their composite formulas, the elementwise ones through torch.compile."""
+    """``fn`` with the plugins' Triton path (normbench.norms._planes) on at every size, or off (their
+    torch formulas, the elementwise ones through torch.compile)."""
+    native_below = planes.NATIVE_BELOW
 
     def run() -> object:
-        planes.TRITON_DEVICES = {"cuda"} if flag else set()
+        planes.TRITON_DEVICES, planes.NATIVE_BELOW = ({"cuda"}, 0) if flag else (set(), native_below)
         try:
             return fn()
         finally:
-            planes.TRITON_DEVICES = {"cuda"}
+            planes.TRITON_DEVICES, planes.NATIVE_BELOW = {"cuda"}, native_below
 
     return run
 
@@ -194,7 +205,7 @@ def autocast_step(m: nn.Module, x: torch.Tensor, grad: torch.Tensor, autocast) -
 
 def bench_cuda(rounds: int, inner: int, device: torch.device) -> list[dict]:
     """Forward+backward of every plugin beside nn.BatchNorm2d on the GPU, in float32 and under bf16
-    autocast (bf16 input), each plugin with its Triton path (the default) and without it."""
+    autocast (bf16 input), each plugin through its Triton path and through its torch formulas."""
     rows = []
     for shape in CUDA_SHAPES:
         for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
@@ -220,10 +231,11 @@ def bench_cuda(rounds: int, inner: int, device: torch.device) -> list[dict]:
                     continue
                 rows.append(
                     {
-                        "shape": str(shape),
+                        "shape": list(shape),
                         "precision": precision,
                         "norm": name,
                         "ms": statistics.median(samples[name]) * 1e3,
+                        "torch_ms": statistics.median(samples[f"{name} [torch]"]) * 1e3,
                         "bn_ms": statistics.median(ref) * 1e3,
                         "vs_bn2d": median_ratio(samples[name], ref),
                         "torch_vs_bn2d": median_ratio(samples[f"{name} [torch]"], ref),
@@ -233,30 +245,37 @@ def bench_cuda(rounds: int, inner: int, device: torch.device) -> list[dict]:
     return rows
 
 
-def cuda_markdown(rows: list[dict], rounds: int, inner: int, device: torch.device) -> str:
+def dispatched_to_triton(row: dict) -> bool:
+    """Whether the plugins' dispatch (normbench.norms._planes.use_planes) takes the Triton path here."""
+    return row["norm"] not in NATIVE or math.prod(row["shape"]) >= planes.NATIVE_BELOW
+
+
+def cuda_markdown(saved: dict) -> str:
     lines = [
         "# Norm plugin speed on CUDA",
         "",
-        f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}, normbench {normbench.__version__}. "
-        f"Forward+backward in training mode; medians over {rounds} interleaved rounds (case order "
-        f"shuffled each round) of {inner} calls timed with CUDA events; `vs BN2d` is the median of the "
-        "per-round ratios to `torch.nn.BatchNorm2d` on the same input in the same precision (bf16: "
-        "bfloat16 input under `torch.autocast`). The default runs a plugin's Triton path "
-        "(`normbench.norms._planes`) where it has one; `without Triton vs BN2d` runs its composite torch "
-        "formulas instead, the elementwise ones through torch.compile (`normbench.norms._planes."
-        f"TRITON_DEVICES = set()`), as before the Triton path existed. Target: every plugin within 1.5x. Options: {BENCH_OPTIONS}.",
+        f"{saved['device']}, torch {saved['torch']}, normbench {normbench.__version__}. "
+        f"Forward+backward in training mode; medians over {saved['rounds']} interleaved rounds (case order "
+        f"shuffled each round) of {saved['inner']} calls timed with CUDA events; `vs BN2d` is the median of "
+        "the per-round ratios to `torch.nn.BatchNorm2d` on the same input in the same precision (bf16: "
+        "bfloat16 input under `torch.autocast`). Each plugin ran through its Triton path "
+        "(`normbench.norms._planes`, at every size) and through its torch formulas (the elementwise ones "
+        "through torch.compile; a plugin without a Triton path ran the same module twice); `default` is "
+        f"the path the plugin takes at this size (LayerNorm, GroupNorm and InstanceNorm keep torch's kernel "
+        f"below {planes.NATIVE_BELOW:,} elements). Target: every plugin within 1.5x. Options: {BENCH_OPTIONS}.",
         "",
-        f"Reproduce: `python scripts/bench_norms.py --device cuda --rounds {rounds} --inner {inner}`",
+        f"Reproduce: `python scripts/bench_norms.py --device cuda --rounds {saved['rounds']} --inner {saved['inner']}`",
         "",
-        "| shape | precision | norm | ms | BN2d ms | vs BN2d | without Triton vs BN2d | within 1.5x |",
-        "|---|---|---|---:|---:|---:|---:|---|",
+        "| shape | precision | norm | Triton vs BN2d | torch vs BN2d | BN2d ms | default | default ms | within 1.5x |",
+        "|---|---|---|---:|---:|---:|---|---:|---|",
     ]
-    for r in rows:
-        best = min(r["vs_bn2d"], r["torch_vs_bn2d"])
+    for r in saved["rows"]:
+        triton = dispatched_to_triton(r)
+        ratio, ms = (r["vs_bn2d"], r["ms"]) if triton else (r["torch_vs_bn2d"], r["torch_ms"])
         lines.append(
-            f"| {r['shape']} | {r['precision']} | {r['norm']} | {r['ms']:.3f} | {r['bn_ms']:.3f} "
-            f"| {r['vs_bn2d']:.2f}x | {r['torch_vs_bn2d']:.2f}x | {'yes' if r['vs_bn2d'] <= 1.5 else 'no'}"
-            f"{'' if best == r['vs_bn2d'] or best > 1.5 else ' (without Triton is)'} |"
+            f"| {tuple(r['shape'])} | {r['precision']} | {r['norm']} | {r['vs_bn2d']:.2f}x | "
+            f"{r['torch_vs_bn2d']:.2f}x | {r['bn_ms']:.3f} | {'Triton' if triton else 'torch'} | {ms:.3f} "
+            f"| {'yes' if ratio <= 1.5 else 'no'} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -299,13 +318,21 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu", help="cpu, or cuda: the GPU table (fp32 and bf16)")
     parser.add_argument("--out", type=Path, default=None, help="default reports/bench/norms[_cuda].md")
+    parser.add_argument("--from-json", type=Path, default=None, help="re-render norms_cuda.md from its .json")
     args = parser.parse_args()
     device = torch.device(args.device)
     bench_dir = Path(__file__).parents[1] / "reports/bench"
-    if device.type == "cuda":
+    if args.from_json:  # re-render the CUDA table from its saved rows (no GPU needed)
+        args.out = args.out or bench_dir / "norms_cuda.md"
+        text = cuda_markdown(json.loads(args.from_json.read_text()))
+    elif device.type == "cuda":
         args.out = args.out or bench_dir / "norms_cuda.md"
         rows = bench_cuda(args.rounds, args.inner, device)
-        text = cuda_markdown(rows, args.rounds, args.inner, device)
+        saved = {"rows": rows, "rounds": args.rounds, "inner": args.inner, "torch": torch.__version__}
+        saved["device"] = torch.cuda.get_device_name(device)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.with_suffix(".json").write_text(json.dumps(saved, indent=1))
+        text = cuda_markdown(saved)
     else:
         args.out = args.out or bench_dir / "norms.md"
         torch.set_num_threads(args.threads)

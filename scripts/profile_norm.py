@@ -34,6 +34,15 @@ def host_us(fn: Callable[[], object], calls: int = 300) -> float:
     return host
 
 
+def slow_launch(fn: Callable[[], object]) -> None:
+    """``fn`` with Triton's standard launch (no cached launcher)."""
+    _triton.FAST_LAUNCH = False
+    try:
+        fn()
+    finally:
+        _triton.FAST_LAUNCH = True
+
+
 def components(x: torch.Tensor) -> dict[str, Callable[[], object]]:
     """The pieces of the Triton path on ``x``, and their torch counterparts."""
     n, c = x.shape[:2]
@@ -58,9 +67,12 @@ def components(x: torch.Tensor) -> dict[str, Callable[[], object]]:
         "torch.empty_like(x)": lambda: torch.empty_like(x),
         "triton plane_moments": lambda: _triton.plane_moments(x),
         "triton plane_map": lambda: _triton.plane_map(x, _triton.AFFINE, coefs),
-        "triton group_affine": lambda: _triton.group_affine(x, mean, var, w, b, None, 1e-5, 1, c, True),
+        "triton group_affine": lambda: _triton.group_affine(x, mean, var, (w, b, None), 1e-5, 1, c, True, 0),
+        "triton group_affine, standard launch": lambda: slow_launch(
+            lambda: _triton.group_affine(x, mean, var, (w, b, None), 1e-5, 1, c, True, 0)
+        ),
         "triton group_affine_backward": lambda: _triton.group_affine_backward(
-            g, x, mean, var, w, b, None, 1e-5, 1, c, True
+            g, x, mean, var, (w, b, None), 1e-5, 1, c, True, 0
         ),
         "affine_family fwd no_grad": fused_no_grad,
         "affine_family fwd+bwd": lambda: affine_family(xg, w, b, 1e-5, channels=c)[0].backward(g),

@@ -34,13 +34,18 @@ from normbench.norms._triton import AFFINE, B0, GATE_ACT, NO_ACT, S0, TLU, TLU_A
 # empties it to time the torch formulas.
 TRITON_DEVICES = {"cuda"}
 FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+# Plugins with a native torch kernel (LayerNorm, GroupNorm, InstanceNorm) keep it below this many
+# elements: there a layer is bound by host time, and torch's one launch per direction beats four.
+NATIVE_BELOW = 1 << 22
 
 
-def use_planes(x: Tensor) -> bool:
+def use_planes(x: Tensor, native: bool = False) -> bool:
     """Whether ``x`` takes this path: a contiguous (N, C, *spatial) float tensor on a device of
-    :data:`TRITON_DEVICES`, Triton installed, outside ``vmap`` and ``torch.compile``."""
+    :data:`TRITON_DEVICES`, Triton installed, outside ``vmap`` and ``torch.compile``; for a plugin with a
+    ``native`` torch kernel, at least :data:`NATIVE_BELOW` elements."""
     return (
-        _triton.AVAILABLE
+        (not native or x.numel() >= NATIVE_BELOW)
+        and _triton.AVAILABLE
         and x.device.type in TRITON_DEVICES
         and x.dim() >= 3
         and x.dtype in FLOATS

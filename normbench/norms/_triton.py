@@ -350,19 +350,68 @@ if AVAILABLE:
             tl.store(sums_ptr + p, row0)
 
 
+# Triton's generic launch binds and specializes every argument on every call (tens of microseconds
+# of host time per launch, which bound these layers at small sizes); once a kernel is compiled for a
+# specialization, later calls with the same specialization go straight to its launcher.
+FAST_LAUNCH = True
+_compiled: dict[tuple, object] = {}
+
+
+def _specialization(arg) -> object:
+    """What Triton specializes a kernel on for this argument: dtype and 16-byte alignment of a tensor,
+    1 and divisibility by 16 (and the 32-bit range) of an int."""
+    if isinstance(arg, Tensor):
+        return arg.dtype, arg.data_ptr() % 16 == 0
+    if isinstance(arg, int):
+        return arg == 1, arg % 16 == 0, -(2**31) <= arg < 2**31
+    return type(arg)
+
+
+def _launch(kernel, grid: tuple[int, ...], *args, **constexprs) -> None:
+    """``kernel[grid](*args, **constexprs)``; the kernel's constexprs must be its last parameters."""
+    key = (kernel, *map(_specialization, args), *constexprs.items())
+    compiled = _compiled.get(key) if FAST_LAUNCH and not INTERPRETED else None
+    if compiled is None:
+        compiled = kernel[grid](*args, **constexprs)
+        if not INTERPRETED:
+            _compiled[key] = compiled
+        return
+    values = [constexprs[name] for name in kernel.arg_names[len(args) :]]
+    grid = (*grid, 1, 1)
+    stream = torch._C._cuda_getCurrentRawStream(args[0].device.index)
+    compiled.run(
+        grid[0],
+        grid[1],
+        grid[2],
+        stream,
+        compiled.function,
+        compiled.packed_metadata,
+        None,
+        None,
+        None,
+        *args,
+        *values,
+    )
+
+
 def plane_moments(x: Tensor) -> tuple[Tensor, Tensor]:
     """Mean and biased variance of each plane of a contiguous (N, C, *) tensor, as (N, C) tensors in
     float32 (float64 for float64 input)."""
-    n, c, s = x.shape[0], x.shape[1], x[0, 0].numel()
+    n, c = x.shape[:2]
+    s = _positions(x)
     stats = torch.promote_types(x.dtype, torch.float32)
     mean = torch.empty(n, c, dtype=stats, device=x.device)
     var = torch.empty_like(mean)
-    _moments_kernel[(n * c,)](x, mean, var, s, BLOCK=_block(s), ACC=_acc(x))
+    _launch(_moments_kernel, (n * c,), x, mean, var, s, BLOCK=_block(s), ACC=_acc(x))
     return mean, var
 
 
+def _positions(x: Tensor) -> int:
+    return x.numel() // (x.shape[0] * x.shape[1])
+
+
 def _grid(x: Tensor) -> tuple[tuple[int, int], int]:
-    s = x[0, 0].numel()
+    s = _positions(x)
     block = _block(s)
     return (x.shape[0] * x.shape[1], triton.cdiv(s, block)), block
 
@@ -371,16 +420,18 @@ def plane_map(x: Tensor, mode: int, coefficients: Tensor) -> Tensor:
     """``f_mode(x; c)`` in ``x``'s dtype; ``coefficients`` (K, N, C) contiguous, in the order above."""
     y = torch.empty_like(x)
     grid, block = _grid(x)
-    _map_kernel[grid](x, y, coefficients, x[0, 0].numel(), grid[0], MODE=mode, BLOCK=block, ACC=_acc(x))
+    _launch(
+        _map_kernel, grid, x, y, coefficients, _positions(x), grid[0], MODE=mode, BLOCK=block, ACC=_acc(x)
+    )
     return y
 
 
 def plane_sums(g: Tensor, x: Tensor, mode: int, coefficients: Tensor) -> Tensor:
     """``Σ_s g · ∂f/∂c_k`` for every plane and coefficient k, as (K, N, C) in the coefficients' dtype."""
-    s = x[0, 0].numel()
+    s, planes = _positions(x), x.shape[0] * x.shape[1]
     out = torch.empty_like(coefficients)
-    _sums_kernel[(x.shape[0] * x.shape[1],)](
-        g, x, coefficients, out, s, x.shape[0] * x.shape[1], MODE=mode, BLOCK=_block(s), ACC=_acc(x)
+    _launch(
+        _sums_kernel, (planes,), g, x, coefficients, out, s, planes, MODE=mode, BLOCK=_block(s), ACC=_acc(x)
     )
     return out
 
@@ -397,11 +448,11 @@ def plane_input_grad(
     """``g · ∂f/∂x`` plus the gradient through the plane moments, in ``x``'s dtype."""
     dx = torch.empty_like(x)
     grid, block = _grid(x)
-    _input_grad_kernel[grid](
-        g, x, dx, coefficients, mean,
+    _launch(
+        _input_grad_kernel, grid, g, x, dx, coefficients, mean,
         mean if g_mean is None else g_mean.contiguous(),
         mean if g_var is None else g_var.contiguous(),
-        x[0, 0].numel(), grid[0],
+        _positions(x), grid[0],
         MODE=mode, HAS_G_MEAN=g_mean is not None, HAS_G_VAR=g_var is not None, BLOCK=block, ACC=_acc(x),
     )  # fmt: skip
     return dx
@@ -425,8 +476,8 @@ def group_affine(
     ``params`` = (w, b, t), t the activation's parameter."""
     y = torch.empty_like(x)
     grid, block = _grid(x)
-    _affine_kernel[grid](
-        x, y, mean, var, *_pointers(params, mean), eps, x[0, 0].numel(), x.shape[1], samples, channels,
+    _launch(
+        _affine_kernel, grid, x, y, mean, var, *_pointers(params, mean), eps, _positions(x), x.shape[1], samples, channels,
         BLOCK=block, **_family(x, params, samples, channels, center, act),
     )  # fmt: skip
     return y
@@ -450,14 +501,41 @@ def group_affine_backward(
     sums = torch.empty(3 + (act != NO_ACT), n, c, dtype=mean.dtype, device=x.device)
     config = _family(x, params, samples, channels, center, act)
     pointers = (mean, var, *_pointers(params, mean))
-    s = x[0, 0].numel()
-    _affine_sums_kernel[(n * c,)](
-        g, x, *pointers, sums, eps, s, c, samples, channels, n * c, BLOCK=_block(s), **config
+    s = _positions(x)
+    _launch(
+        _affine_sums_kernel,
+        (n * c,),
+        g,
+        x,
+        *pointers,
+        sums,
+        eps,
+        s,
+        c,
+        samples,
+        channels,
+        n * c,
+        BLOCK=_block(s),
+        **config,
     )
     dx = torch.empty_like(x)
     grid, block = _grid(x)
-    _affine_input_grad_kernel[grid](
-        g, x, dx, *pointers, sums, eps, s, c, samples, channels, n * c, BLOCK=block, **config
+    _launch(
+        _affine_input_grad_kernel,
+        grid,
+        g,
+        x,
+        dx,
+        *pointers,
+        sums,
+        eps,
+        s,
+        c,
+        samples,
+        channels,
+        n * c,
+        BLOCK=block,
+        **config,
     )
     return dx, sums
 

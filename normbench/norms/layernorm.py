@@ -36,6 +36,6 @@ class LayerNorm(ChannelNorm):
 
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(x)
-        if use_planes(x):  # the same statistics through the Triton kernels, on CUDA
+        if use_planes(x, native=True):  # the same statistics through the Triton kernels, on CUDA
             return affine_family(x, self.weight, self.bias, self.eps, channels=self.num_channels)[0]
         return F.group_norm(x, 1, self.weight, self.bias, self.eps)
