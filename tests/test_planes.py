@@ -44,6 +44,7 @@ def triton_calls(monkeypatch) -> list[int]:
 
     monkeypatch.setattr(_triton, "plane_moments", counted)
     monkeypatch.setattr(_planes, "TRITON_DEVICES", {"cuda", "cpu"})
+    monkeypatch.setattr(_planes, "NATIVE_BELOW", 0)
     return calls
 
 
@@ -119,6 +120,18 @@ def test_plane_kernels_loop_over_planes_longer_than_a_block(monkeypatch, positio
     g = torch.randn(x.shape, generator=gen, dtype=torch.float64)
     sums = _triton.plane_sums(g, x, _triton.AFFINE, coefs)
     torch.testing.assert_close(sums, torch.stack([(g * x).sum(2), g.sum(2)]), rtol=1e-12, atol=1e-12)
+
+
+def test_plugins_with_a_torch_kernel_keep_it_below_native_below(triton_calls, monkeypatch):
+    x = torch.randn(2, 6, 3, 3)
+    monkeypatch.setattr(_planes, "NATIVE_BELOW", x.numel() + 1)
+    for name in ("layernorm", "groupnorm", "instancenorm"):
+        build_norm(name, 6)(x)
+    assert not triton_calls
+    build_norm("rmsnorm", 6)(x)  # no torch kernel for (N, C, H, W): the Triton path at every size
+    monkeypatch.setattr(_planes, "NATIVE_BELOW", x.numel())
+    build_norm("layernorm", 6)(x)
+    assert triton_calls == [2, 2]
 
 
 def test_channels_last_and_vmap_inputs_take_the_torch_formula(triton_calls):

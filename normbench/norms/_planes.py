@@ -28,7 +28,17 @@ from normbench.norms._kernels import (
     use_fused,
     vmapped,
 )
-from normbench.norms._triton import AFFINE, B0, GATE_ACT, NO_ACT, S0, TLU, TLU_ACT  # noqa: F401  (for the plugins)
+from normbench.norms._triton import (  # noqa: F401  (for the plugins)
+    AFFINE,
+    B0,
+    B0_ACT,
+    B0_EVAL_ACT,
+    GATE_ACT,
+    NO_ACT,
+    S0,
+    TLU,
+    TLU_ACT,
+)
 
 # Devices whose tensors take this path; the tests add "cpu" under Triton's interpreter, the benchmark
 # empties it to time the torch formulas.
@@ -102,18 +112,22 @@ class GroupAffineFused(torch.autograd.Function):
     b_c`` with ``r_g = (σ²_g + eps)^(-1/2)`` over groups of ``samples`` × ``channels`` planes
     (:func:`normbench.norms._kernels.group_view`); without ``center``, ``μ_g = 0`` and ``σ²_g = E x²``
     (RMSNorm, FRN). ``act``: ``TLU_ACT`` gives ``max(y, t_c)`` (FRN), ``GATE_ACT``
-    ``x sigmoid(t_c x) r_g w_c + b_c`` (EvoNorm-S0); the kernels' docstrings hold the backward.
+    ``x sigmoid(t_c x) r_g w_c + b_c`` (EvoNorm-S0), ``B0_ACT`` ``x w_c / max(a_c, t_c x + s_nc) + b_c``
+    with a = 1 / r_g of the batch group and s the instance term (EvoNorm-B0; ``B0_EVAL_ACT`` takes
+    a from the running variance ``aux``); the kernels' docstrings hold the backward.
 
-    ``apply(x, weight, bias, t, eps, samples, channels, center, act)`` returns ``(y, mean, var)`` with
-    the planes' (N, C) moments, without gradient. Once differentiable.
+    ``apply(x, weight, bias, t, aux, eps, samples, channels, center, act)`` returns ``(y, mean, var)``
+    with the planes' (N, C) moments, without gradient. Once differentiable.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, t, eps: float, samples: int, channels: int, center: bool, act: int):
+    def forward(
+        ctx, x, weight, bias, t, aux, eps: float, samples: int, channels: int, center: bool, act: int
+    ):
         mean, var = _triton.plane_moments(x)
         config = (eps, samples, channels, center, act)
-        y = _triton.group_affine(x, mean, var, (weight, bias, t), *config)
-        ctx.save_for_backward(x, mean, var, weight, bias, t)
+        y = _triton.group_affine(x, mean, var, (weight, bias, t, aux), *config)
+        ctx.save_for_backward(x, mean, var, weight, bias, t, aux)
         ctx.config = config
         ctx.mark_non_differentiable(mean, var)
         ctx.set_materialize_grads(False)
@@ -123,15 +137,15 @@ class GroupAffineFused(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, g: Tensor | None, *_: Tensor | None):
         if g is None:
-            return (None,) * 9
+            return (None,) * 10
         x, mean, var, *params = ctx.saved_tensors
         gx, sums = _triton.group_affine_backward(g.contiguous(), x, mean, var, tuple(params), *ctx.config)
         per_channel = sums.sum(1)
         grads = [
             None if p is None else per_channel[row].to(p.dtype)
-            for p, row in zip(params, (0, 2, 3), strict=True)
+            for p, row in zip(params[:3], (0, 2, 3), strict=True)
         ]
-        return gx if ctx.needs_input_grad[0] else None, *grads, None, None, None, None, None
+        return gx if ctx.needs_input_grad[0] else None, *grads, None, None, None, None, None, None
 
 
 def affine_family(
@@ -144,9 +158,10 @@ def affine_family(
     center: bool = True,
     act: int = NO_ACT,
     t: Tensor | None = None,
+    aux: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """:class:`GroupAffineFused` on ``x`` (``use_planes(x)`` must hold): ``(y, mean, var)``."""
-    return GroupAffineFused.apply(x, weight, bias, t, eps, samples, channels, center, act)
+    return GroupAffineFused.apply(x, weight, bias, t, aux, eps, samples, channels, center, act)
 
 
 def plane_map(

@@ -225,8 +225,18 @@ if AVAILABLE:
         return mu, r, w, b, t
 
     @triton.jit
+    def _b0_scales(var_ptr, aux_ptr, p, C, r, eps, ACT: tl.constexpr, ACC: tl.constexpr):
+        """EvoNorm-B0's batch term a (1 / r of the batch group, or from the running variance in aux) and
+        instance term s of plane p."""
+        if ACT == 3:
+            a = 1.0 / r
+        else:
+            a = tl.sqrt(tl.load(aux_ptr + p % C).to(ACC) + eps)
+        return a, tl.sqrt(tl.load(var_ptr + p).to(ACC) + eps)
+
+    @triton.jit
     def _affine_kernel(
-        x_ptr, y_ptr, mean_ptr, var_ptr, w_ptr, b_ptr, t_ptr, eps, S, C, M, CG,
+        x_ptr, y_ptr, mean_ptr, var_ptr, w_ptr, b_ptr, t_ptr, aux_ptr, eps, S, C, M, CG,
         HAS_W: tl.constexpr, HAS_B: tl.constexpr, CENTER: tl.constexpr, ACT: tl.constexpr,
         BLOCK: tl.constexpr, BLOCK_G: tl.constexpr, ACC: tl.constexpr,
     ):  # fmt: skip
@@ -238,7 +248,10 @@ if AVAILABLE:
         )
         base = p.to(tl.int64) * S
         x = tl.load(x_ptr + base + offs, mask=inside, other=0.0).to(ACC)
-        if ACT == 2:
+        if ACT >= 3:
+            a, s = _b0_scales(var_ptr, aux_ptr, p, C, r, eps, ACT, ACC)
+            y = x * w / tl.maximum(a, t * x + s) + b
+        elif ACT == 2:
             y = x * tl.sigmoid(t * x) * (r * w) + b
         else:
             y = (x - mu) * (r * w) + b
@@ -248,13 +261,14 @@ if AVAILABLE:
 
     @triton.jit
     def _affine_sums_kernel(
-        g_ptr, x_ptr, mean_ptr, var_ptr, w_ptr, b_ptr, t_ptr, out_ptr, eps, S, C, M, CG, P,
+        g_ptr, x_ptr, mean_ptr, var_ptr, w_ptr, b_ptr, t_ptr, aux_ptr, out_ptr, eps, S, C, M, CG, P,
         HAS_W: tl.constexpr, HAS_B: tl.constexpr, CENTER: tl.constexpr, ACT: tl.constexpr,
         BLOCK: tl.constexpr, BLOCK_G: tl.constexpr, ACC: tl.constexpr,
     ):  # fmt: skip
         """Per plane, into rows 1 to 3 of out: Σ g' x, Σ g' and Σ (g − g') where g' is g where the TLU
         passes y (all of g without an activation); for GATE, Σ g x σ, Σ g and r w Σ g x² σ (1 − σ)
-        (σ = sigmoid(t x))."""
+        (σ = sigmoid(t x)). B0, with d = max(a, t x + s), m = [t x + s > a] and k = −g w x / d²: Σ g x / d,
+        Σ k (1 − m), Σ g, Σ k m x and Σ k m into rows 0 to 4."""
         p = tl.program_id(0)
         base = p.to(tl.int64) * S
         offs = tl.arange(0, BLOCK)
@@ -277,9 +291,13 @@ if AVAILABLE:
                 BLOCK_G,
                 ACC,
             )
+        if ACT >= 3:
+            a, s = _b0_scales(var_ptr, aux_ptr, p, C, r, eps, ACT, ACC)
         gx = tl.zeros([BLOCK], ACC)
         gs = tl.zeros([BLOCK], ACC)
         third = tl.zeros([BLOCK], ACC)
+        fourth = tl.zeros([BLOCK], ACC)
+        fifth = tl.zeros([BLOCK], ACC)
         for start in range(0, S, BLOCK):
             inside = start + offs < S
             g = tl.load(g_ptr + base + start + offs, mask=inside, other=0.0).to(ACC)
@@ -288,7 +306,16 @@ if AVAILABLE:
                 passed = tl.where((x - mu) * (r * w) + b > t, g, 0.0)
                 third += g - passed
                 g = passed
-            if ACT == 2:
+            if ACT >= 3:
+                u = t * x + s
+                den = tl.maximum(a, u)
+                q = g * x / den
+                k = -q * w / den
+                fifth += q
+                gx += tl.where(u > a, 0.0, k)
+                third += tl.where(u > a, k * x, 0.0)
+                fourth += tl.where(u > a, k, 0.0)
+            elif ACT == 2:
                 gxs = g * x * tl.sigmoid(t * x)
                 gx += gxs
                 third += gxs * x * (1.0 - tl.sigmoid(t * x))
@@ -297,14 +324,17 @@ if AVAILABLE:
             gs += g
         tl.store(out_ptr + P + p, tl.sum(gx, 0))
         tl.store(out_ptr + 2 * P + p, tl.sum(gs, 0))
-        if ACT == 1:
+        if ACT == 1 or ACT >= 3:
             tl.store(out_ptr + 3 * P + p, tl.sum(third, 0))
         if ACT == 2:
             tl.store(out_ptr + 3 * P + p, r * w * tl.sum(third, 0))
+        if ACT >= 3:
+            tl.store(out_ptr + 4 * P + p, tl.sum(fourth, 0))
+            tl.store(out_ptr + p, tl.sum(fifth, 0))
 
     @triton.jit
     def _affine_input_grad_kernel(
-        g_ptr, x_ptr, dx_ptr, mean_ptr, var_ptr, w_ptr, b_ptr, t_ptr, sums_ptr, eps, S, C, M, CG, P,
+        g_ptr, x_ptr, dx_ptr, mean_ptr, var_ptr, w_ptr, b_ptr, t_ptr, aux_ptr, sums_ptr, eps, S, C, M, CG, P,
         HAS_W: tl.constexpr, HAS_B: tl.constexpr, CENTER: tl.constexpr, ACT: tl.constexpr,
         BLOCK: tl.constexpr, BLOCK_G: tl.constexpr, ACC: tl.constexpr,
     ):  # fmt: skip
@@ -329,7 +359,16 @@ if AVAILABLE:
         g = tl.load(g_ptr + base + offs, mask=inside, other=0.0).to(ACC)
         x = tl.load(x_ptr + base + offs, mask=inside, other=0.0).to(ACC)
         own_gx = tl.load(sums_ptr + P + p).to(ACC)
-        if ACT == 2:
+        if ACT >= 3:  # B0: ∂L/∂a and ∂L/∂s reach x through the batch and instance variances
+            a, s = _b0_scales(var_ptr, aux_ptr, p, C, r, eps, ACT, ACC)
+            u = t * x + s
+            den = tl.maximum(a, u)
+            dx = g * w / den * (1.0 - tl.where(u > a, x * t / den, 0.0))
+            dx += tl.load(sums_ptr + 4 * P + p).to(ACC) / s * (x - tl.load(mean_ptr + p).to(ACC)) / S
+            if ACT == 3:
+                dx += tl.sum(sgx, 0) * r * (x - mu) / count
+            row0 = own_gx
+        elif ACT == 2:
             sig = tl.sigmoid(t * x)
             dx = (
                 r * w * g * sig * (1.0 + t * x * (1.0 - sig))
@@ -346,7 +385,7 @@ if AVAILABLE:
             dx = r * dx
             row0 = r * (own_gx - mu * tl.load(sums_ptr + 2 * P + p).to(ACC))
         tl.store(dx_ptr + base + offs, dx.to(dx_ptr.dtype.element_ty), mask=inside)
-        if tl.program_id(1) == 0:
+        if ACT < 3 and tl.program_id(1) == 0:
             tl.store(sums_ptr + p, row0)
 
 
@@ -458,14 +497,14 @@ def plane_input_grad(
     return dx
 
 
-NO_ACT, TLU_ACT, GATE_ACT = 0, 1, 2
+NO_ACT, TLU_ACT, GATE_ACT, B0_ACT, B0_EVAL_ACT = 0, 1, 2, 3, 4
 
 
 def group_affine(
     x: Tensor,
     mean: Tensor,
     var: Tensor,
-    params: tuple[Tensor | None, Tensor | None, Tensor | None],
+    params: tuple[Tensor | None, ...],
     eps: float,
     samples: int,
     channels: int,
@@ -473,7 +512,7 @@ def group_affine(
     act: int,
 ) -> Tensor:
     """The affine family's output in ``x``'s dtype from the planes' moments (:func:`plane_moments`);
-    ``params`` = (w, b, t), t the activation's parameter."""
+    ``params`` = (w, b, t, aux): t the activation's parameter, aux B0's running variance."""
     y = torch.empty_like(x)
     grid, block = _grid(x)
     _launch(
@@ -488,17 +527,17 @@ def group_affine_backward(
     x: Tensor,
     mean: Tensor,
     var: Tensor,
-    params: tuple[Tensor | None, Tensor | None, Tensor | None],
+    params: tuple[Tensor | None, ...],
     eps: float,
     samples: int,
     channels: int,
     center: bool,
     act: int,
 ) -> tuple[Tensor, Tensor]:
-    """``(∂L/∂x, sums)``: sums (3, or 4 with an activation, N, C) holds per plane the terms of ∂L/∂w,
-    ∂L/∂b and ∂L/∂t in rows 0, 2 and 3 (to be summed over samples)."""
+    """``(∂L/∂x, sums)``: sums (3, 4 with an activation, 5 for B0; N, C) holds per plane the terms of
+    ∂L/∂w, ∂L/∂b and ∂L/∂t in rows 0, 2 and 3 (to be summed over samples)."""
     n, c = x.shape[:2]
-    sums = torch.empty(3 + (act != NO_ACT), n, c, dtype=mean.dtype, device=x.device)
+    sums = torch.empty(3 + (act != NO_ACT) + (act >= B0_ACT), n, c, dtype=mean.dtype, device=x.device)
     config = _family(x, params, samples, channels, center, act)
     pointers = (mean, var, *_pointers(params, mean))
     s = _positions(x)

@@ -20,7 +20,7 @@ from normbench.norms._kernels import (
     pull_back,
     use_fused,
 )
-from normbench.norms._planes import B0, GATE_ACT, affine_family, plane_map, use_planes
+from normbench.norms._planes import B0_ACT, B0_EVAL_ACT, GATE_ACT, affine_family, use_planes
 from normbench.norms.groupnorm import resolve_groups
 from normbench.norms.registry import register_norm
 
@@ -150,8 +150,16 @@ class EvoNormB0(ChannelNorm):
         self.check_input(x)
         coefficients = partial(self._coefficients, self.training)
         if use_planes(x):
-            y, mean_in, var_in = plane_map(
-                x, B0, partial(self._plane_coefficients, coefficients), self.v, self.weight, self.bias
+            act = B0_ACT if self.training else B0_EVAL_ACT
+            y, mean_in, var_in = affine_family(
+                x,
+                self.weight,
+                self.bias,
+                self.eps,
+                samples=x.shape[0],
+                act=act,
+                t=self.v,
+                aux=None if self.training else self.running_var,
             )
         elif use_fused(x):
             y, mean_in, var_in = _EvoNormB0.apply(x, coefficients, self.v, self.weight, self.bias)
@@ -174,15 +182,6 @@ class EvoNormB0(ChannelNorm):
         """(batch term a, instance term s): a per channel (1, C), s per sample and channel (N, C)."""
         batch_var = pooled(mean_in, var_in, 0)[1] if training else self.running_var[None]
         return torch.sqrt(batch_var + self.eps), torch.sqrt(var_in + self.eps)
-
-    @staticmethod
-    def _plane_coefficients(
-        coefficients, mean: Tensor, var: Tensor, v: Tensor, weight: Tensor | None, bias: Tensor | None
-    ) -> tuple[Tensor, ...]:
-        """The :data:`B0` map's (w, a, v, s, b) from the (N, C) plane (instance) moments."""
-        a, s = coefficients(mean, var)
-        _, w, b = _affine(mean, v, weight, bias)
-        return w, a, v, s, b
 
 
 class _EvoNormS0(torch.autograd.Function):
@@ -263,9 +262,9 @@ class EvoNormS0(ChannelNorm):
         self.check_input(x)
         channels = self.num_channels // self.num_groups
         if use_planes(x):
-            y = affine_family(x, self.weight, self.bias, self.eps, channels=channels, act=GATE_ACT, t=self.v)[
-                0
-            ]
+            y, _, _ = affine_family(
+                x, self.weight, self.bias, self.eps, channels=channels, act=GATE_ACT, t=self.v
+            )
             return like_input(y, x)
         if use_fused(x):
             with torch.autocast(x.device.type, enabled=False):  # statistics in float32, as timm does
