@@ -30,12 +30,10 @@ from normbench.norms._kernels import (
 )
 from normbench.norms._triton import (  # noqa: F401  (for the plugins)
     AFFINE,
-    B0,
     B0_ACT,
     B0_EVAL_ACT,
     GATE_ACT,
     NO_ACT,
-    S0,
     TLU,
     TLU_ACT,
 )

@@ -1,19 +1,20 @@
-"""Triton kernels behind :class:`normbench.norms._planes.PlaneMap`, the plugins' path on CUDA.
+"""Triton kernels of the plugins' path on CUDA (:mod:`normbench.norms._planes`).
 
 Every kernel works on a contiguous (N, C, *spatial) tensor seen as P = N·C planes of S positions and
-computes in float32 (float64 for float64 input), whatever the storage dtype. Four elementwise maps
-``y = f(x; c)`` with per-plane coefficients ``c`` (stacked as a (K, P) tensor, in this order):
+computes in float32 (float64 for float64 input), whatever the storage dtype. :func:`plane_moments`
+gives each plane's mean and variance (two passes over the plane, mean then centred squares).
 
-* ``AFFINE`` (scale, shift): ``x · scale + shift``
-* ``TLU`` (scale, shift, floor): ``max(x · scale + shift, floor)``
-* ``B0`` (w, a, v, s, b): ``x · w / max(a, v x + s) + b``
-* ``S0`` (scale, v, b): ``x · sigmoid(v x) · scale + b``
+* The affine family (:func:`group_affine`, :func:`group_affine_backward`): normalization over groups
+  of planes (instance, layer, group, batch and ghost-batch statistics), with or without centring, and
+  FRN's TLU, EvoNorm-S0's gate or EvoNorm-B0's max as the activation; each program combines its
+  group's statistics from the planes' moments, so forward and backward take two launches each and no
+  small-tensor op in between. Eight memory passes in all, as native BatchNorm.
+* :func:`plane_map` for any per-plane coefficients computed outside (SwitchNorm's mixture, FRN with a
+  learnable eps): ``x · scale + shift`` (``AFFINE``) or ``max(x · scale + shift, floor)`` (``TLU``),
+  and the backward pieces :func:`plane_sums` (the coefficients' gradients) and
+  :func:`plane_input_grad` (``g ∂f/∂x + (∂L/∂mean + 2 ∂L/∂var (x − mean)) / S``).
 
-Forward: :func:`plane_moments` (two passes over each plane, mean then centred squares) and
-:func:`plane_map` (one). Backward: :func:`plane_sums`, ``Σ_s g · ∂f/∂c_k`` per plane for every
-coefficient (one pass over g and x), and :func:`plane_input_grad`,
-``g · ∂f/∂x + (∂L/∂mean + 2 ∂L/∂var (x − mean)) / S`` (one pass). Eight memory passes in all, as
-native BatchNorm. Tests run them on the CPU through Triton's interpreter (``TRITON_INTERPRET=1``).
+Tests run them on the CPU through Triton's interpreter (``TRITON_INTERPRET=1``).
 """
 
 from __future__ import annotations
@@ -29,8 +30,7 @@ try:
 except ImportError:  # CPU builds of torch come without Triton; the plugins then use their torch path
     triton = None
 
-AFFINE, TLU, B0, S0 = 0, 1, 2, 3
-COEFFICIENTS = {AFFINE: 2, TLU: 3, B0: 5, S0: 3}
+AFFINE, TLU = 0, 1  # the modes of plane_map
 AVAILABLE = triton is not None
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 MAX_BLOCK = 1024
@@ -73,74 +73,42 @@ if AVAILABLE:
         offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         inside = offs < S
         base = p.to(tl.int64) * S
-        x = tl.load(x_ptr + base + offs, mask=inside, other=0.0).to(ACC)
-        c0 = _coef(coef_ptr, 0, p, P, ACC)
-        c1 = _coef(coef_ptr, 1, p, P, ACC)
-        if MODE == 0:
-            y = x * c0 + c1
-        elif MODE == 1:
-            y = tl.maximum(x * c0 + c1, _coef(coef_ptr, 2, p, P, ACC))
-        elif MODE == 2:
-            den = tl.maximum(c1, _coef(coef_ptr, 2, p, P, ACC) * x + _coef(coef_ptr, 3, p, P, ACC))
-            y = x * c0 / den + _coef(coef_ptr, 4, p, P, ACC)
-        else:
-            y = x * tl.sigmoid(c1 * x) * c0 + _coef(coef_ptr, 2, p, P, ACC)
+        y = tl.load(x_ptr + base + offs, mask=inside, other=0.0).to(ACC) * _coef(coef_ptr, 0, p, P, ACC)
+        y += _coef(coef_ptr, 1, p, P, ACC)
+        if MODE == 1:
+            y = tl.maximum(y, _coef(coef_ptr, 2, p, P, ACC))
         tl.store(y_ptr + base + offs, y.to(y_ptr.dtype.element_ty), mask=inside)
 
     @triton.jit
     def _sums_kernel(
         g_ptr, x_ptr, coef_ptr, out_ptr, S, P, MODE: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr
     ):
+        """Σ g' x, Σ g' and (TLU) Σ (g − g') per plane, g' = g where y passes the floor: the gradients of
+        the scale, the shift and the floor."""
         p = tl.program_id(0)
         base = p.to(tl.int64) * S
         offs = tl.arange(0, BLOCK)
-        c0 = _coef(coef_ptr, 0, p, P, ACC)
-        c1 = _coef(coef_ptr, 1, p, P, ACC)
-        if MODE != 0:
+        if MODE == 1:
+            c0 = _coef(coef_ptr, 0, p, P, ACC)
+            c1 = _coef(coef_ptr, 1, p, P, ACC)
             c2 = _coef(coef_ptr, 2, p, P, ACC)
         s0 = tl.zeros([BLOCK], ACC)
         s1 = tl.zeros([BLOCK], ACC)
         s2 = tl.zeros([BLOCK], ACC)
-        s3 = tl.zeros([BLOCK], ACC)
-        s4 = tl.zeros([BLOCK], ACC)
-        if MODE == 2:
-            c3 = _coef(coef_ptr, 3, p, P, ACC)
         for start in range(0, S, BLOCK):
             inside = start + offs < S
             g = tl.load(g_ptr + base + start + offs, mask=inside, other=0.0).to(ACC)
             x = tl.load(x_ptr + base + start + offs, mask=inside, other=0.0).to(ACC)
-            if MODE == 0:  # ∂/∂scale = x, ∂/∂shift = 1
-                s0 += g * x
-                s1 += g
-            elif MODE == 1:  # the same where x·scale + shift > floor, ∂/∂floor = 1 elsewhere
-                gy = tl.where(x * c0 + c1 > c2, g, 0.0)
-                s0 += gy * x
-                s1 += gy
-                s2 += g - gy
-            elif MODE == 2:  # d = max(a, v x + s), m = [v x + s > a]; ∂f/∂d = −x w / d²
-                u = c2 * x + c3
-                den = tl.maximum(c1, u)
-                q = g * x / den
-                t = tl.where(inside, -q * c0 / den, 0.0)
-                on = u > c1
-                s0 += q  # ∂/∂w = x / d
-                s1 += tl.where(on, 0.0, t)  # ∂/∂a
-                s2 += tl.where(on, t * x, 0.0)  # ∂/∂v
-                s3 += tl.where(on, t, 0.0)  # ∂/∂s
-                s4 += g  # ∂/∂b
-            else:  # σ = sigmoid(v x): ∂/∂scale = x σ, ∂/∂v = scale x² σ (1 − σ), ∂/∂b = 1
-                sig = tl.sigmoid(c1 * x)
-                gxs = g * x * sig
-                s0 += gxs
-                s1 += gxs * c0 * x * (1.0 - sig)
-                s2 += g
+            if MODE == 1:
+                passed = tl.where(x * c0 + c1 > c2, g, 0.0)
+                s2 += g - passed
+                g = passed
+            s0 += g * x
+            s1 += g
         tl.store(out_ptr + p, tl.sum(s0, 0))
         tl.store(out_ptr + P + p, tl.sum(s1, 0))
-        if MODE != 0:
+        if MODE == 1:
             tl.store(out_ptr + 2 * P + p, tl.sum(s2, 0))
-        if MODE == 2:
-            tl.store(out_ptr + 3 * P + p, tl.sum(s3, 0))
-            tl.store(out_ptr + 4 * P + p, tl.sum(s4, 0))
 
     @triton.jit
     def _input_grad_kernel(
@@ -155,19 +123,9 @@ if AVAILABLE:
         g = tl.load(g_ptr + base + offs, mask=inside, other=0.0).to(ACC)
         x = tl.load(x_ptr + base + offs, mask=inside, other=0.0).to(ACC)
         c0 = _coef(coef_ptr, 0, p, P, ACC)
-        c1 = _coef(coef_ptr, 1, p, P, ACC)
-        if MODE == 0:
-            dx = g * c0
-        elif MODE == 1:
-            dx = tl.where(x * c0 + c1 > _coef(coef_ptr, 2, p, P, ACC), g * c0, 0.0)
-        elif MODE == 2:
-            v = _coef(coef_ptr, 2, p, P, ACC)
-            u = v * x + _coef(coef_ptr, 3, p, P, ACC)
-            den = tl.maximum(c1, u)
-            dx = g * c0 / den * (1.0 - tl.where(u > c1, x * v / den, 0.0))
-        else:
-            sig = tl.sigmoid(c1 * x)
-            dx = g * c0 * sig * (1.0 + c1 * x * (1.0 - sig))
+        dx = g * c0
+        if MODE == 1:
+            dx = tl.where(x * c0 + _coef(coef_ptr, 1, p, P, ACC) > _coef(coef_ptr, 2, p, P, ACC), dx, 0.0)
         if HAS_G_MEAN:
             dx += tl.load(g_mean_ptr + p).to(ACC) / S
         if HAS_G_VAR:

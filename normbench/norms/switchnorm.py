@@ -2,17 +2,40 @@
 
 from __future__ import annotations
 
-from functools import partial
-
 import torch
 from torch import Tensor, nn
 
 from normbench.norms._base import ChannelNorm, like_input, move_towards
-from normbench.norms._kernels import pooled, standardizing
+from normbench.norms._kernels import compiled_on_gpu, pooled, standardizing
 from normbench.norms._planes import group_affine
 from normbench.norms.registry import register_norm
 
 SOURCES = ("in", "ln", "bn")
+
+
+@compiled_on_gpu  # dozens of small ops: one generated kernel per direction on CUDA
+def _mixture(
+    mean_in: Tensor,
+    var_in: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    mean_logits: Tensor,
+    var_logits: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+    training: bool,
+    eps: float,
+) -> tuple[Tensor, Tensor]:
+    """SwitchNorm's (scale, shift) per sample and channel from the instance moments, (N, C) each."""
+    mean_ln, var_ln = pooled(mean_in, var_in, 1)
+    if training:
+        mean_bn, var_bn = pooled(mean_in, var_in, 0)
+    else:
+        mean_bn, var_bn = running_mean[None], running_var[None]
+    wm, wv = torch.softmax(mean_logits, 0), torch.softmax(var_logits, 0)
+    mean = wm[0] * mean_in + wm[1] * mean_ln + wm[2] * mean_bn
+    var = wv[0] * var_in + wv[1] * var_ln + wv[2] * var_bn
+    return standardizing(mean, var, eps, weight, bias)
 
 
 @register_norm(
@@ -56,7 +79,11 @@ class SwitchNorm(ChannelNorm):
 
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(x)
-        coefficients = partial(self._coefficients, self.training)  # the mode of this forward
+        running = (self.running_mean, self.running_var, self.training, self.eps)  # the mode of this forward
+
+        def coefficients(*moments_and_params: Tensor | None) -> tuple[Tensor, Tensor]:
+            return _mixture(*moments_and_params, *running)
+
         y, mean_in, var_in = group_affine(
             x, coefficients, self.weight, self.bias, self.mean_logits, self.var_logits
         )
@@ -67,27 +94,6 @@ class SwitchNorm(ChannelNorm):
                 move_towards(self.running_mean, mean_bn.flatten(), self.momentum)
                 move_towards(self.running_var, var_bn.flatten() * n / max(n - 1, 1), self.momentum)
         return like_input(y, x)
-
-    def _coefficients(
-        self,
-        training: bool,
-        mean_in: Tensor,
-        var_in: Tensor,
-        weight: Tensor | None,
-        bias: Tensor | None,
-        mean_logits: Tensor,
-        var_logits: Tensor,
-    ) -> tuple[Tensor, Tensor]:
-        """(scale, shift) per sample and channel from the instance moments, (N, C) each."""
-        mean_ln, var_ln = pooled(mean_in, var_in, 1)
-        if training:
-            mean_bn, var_bn = pooled(mean_in, var_in, 0)
-        else:
-            mean_bn, var_bn = self.running_mean[None], self.running_var[None]
-        wm, wv = torch.softmax(mean_logits, 0), torch.softmax(var_logits, 0)
-        mean = wm[0] * mean_in + wm[1] * mean_ln + wm[2] * mean_bn
-        var = wv[0] * var_in + wv[1] * var_ln + wv[2] * var_bn
-        return standardizing(mean, var, self.eps, weight, bias)
 
     def extra_metrics(self) -> dict[str, float]:
         """The learned importance of each statistic: ``mean_in``, ``mean_ln``, ``mean_bn``, ``var_*``."""
