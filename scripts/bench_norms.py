@@ -224,10 +224,23 @@ def bench_cuda(rounds: int, inner: int, device: torch.device) -> list[dict]:
                 cases[name] = with_triton(True, autocast_step(m, x, grad, autocast))
                 if not name.startswith("torch:"):
                     cases[f"{name} [torch]"] = with_triton(False, autocast_step(m, x, grad, autocast))
+            failed = {}
+            for key, fn in list(cases.items()):  # a plugin that fails is a row, not the end of the table
+                try:
+                    fn()
+                except Exception as exc:
+                    failed[key.removesuffix(" [torch]")] = f"{type(exc).__name__}: {str(exc)[:100]}"
+                    del cases[key]
             samples = time_interleaved(cases, rounds, inner, cuda_events)
             ref = samples["torch:BatchNorm2d"]
             for name in modules:
                 if name.startswith("torch:"):
+                    continue
+                if name in failed:
+                    rows.append(
+                        {"shape": list(shape), "precision": precision, "norm": name, "error": failed[name]}
+                    )
+                    print(rows[-1], flush=True)
                     continue
                 rows.append(
                     {
@@ -270,6 +283,11 @@ def cuda_markdown(saved: dict) -> str:
         "|---|---|---|---:|---:|---:|---|---:|---|",
     ]
     for r in saved["rows"]:
+        if "error" in r:
+            lines.append(
+                f"| {tuple(r['shape'])} | {r['precision']} | {r['norm']} | ERROR {r['error']} | | | | | no |"
+            )
+            continue
         triton = dispatched_to_triton(r)
         ratio, ms = (r["vs_bn2d"], r["ms"]) if triton else (r["torch_vs_bn2d"], r["torch_ms"])
         lines.append(
