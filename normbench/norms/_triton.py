@@ -366,7 +366,7 @@ def _specialization(arg) -> object:
 
 def _launch(kernel, grid: tuple[int, ...], *args, **constexprs) -> None:
     """``kernel[grid](*args, **constexprs)``; the kernel's constexprs must be its last parameters."""
-    key = (kernel, *map(_specialization, args), *constexprs.items())
+    key = (kernel, args[0].device, *map(_specialization, args), *constexprs.items())
     compiled = _compiled.get(key) if FAST_LAUNCH and not INTERPRETED else None
     if compiled is None:
         compiled = kernel[grid](*args, **constexprs)
