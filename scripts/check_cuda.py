@@ -128,8 +128,9 @@ def main() -> None:
             "wholesale). `triton` (the default on CUDA) runs the plugins' Triton path "
             "(`normbench.norms._planes`) where they have one, `compiled` their composite formulas with "
             "the elementwise ones through torch.compile, `eager` the composite formulas op by op; a "
-            "plugin with neither shows the same module three times. Tolerances {TOLERANCE}. "
-            "Reproduce: `PYTHONPATH=. python scripts/check_cuda.py --out FILE` on a CUDA machine.",
+            f"plugin with neither shows the same module for each path. Tolerances {TOLERANCE}. "
+            f"Reproduce: `PYTHONPATH=. python scripts/check_cuda.py --paths {' '.join(args.paths)} --out FILE` "
+            "on a CUDA machine.",
             "",
             "| precision | norm | input | path | max rel. difference | |",
             "|---|---|---|---|---:|---|",

@@ -67,12 +67,14 @@ def components(x: torch.Tensor) -> dict[str, Callable[[], object]]:
         "torch.empty_like(x)": lambda: torch.empty_like(x),
         "triton plane_moments": lambda: _triton.plane_moments(x),
         "triton plane_map": lambda: _triton.plane_map(x, _triton.AFFINE, coefs),
-        "triton group_affine": lambda: _triton.group_affine(x, mean, var, (w, b, None), 1e-5, 1, c, True, 0),
+        "triton group_affine": lambda: _triton.group_affine(
+            x, mean, var, (w, b, None, None), 1e-5, 1, c, True, 0
+        ),
         "triton group_affine, standard launch": lambda: slow_launch(
-            lambda: _triton.group_affine(x, mean, var, (w, b, None), 1e-5, 1, c, True, 0)
+            lambda: _triton.group_affine(x, mean, var, (w, b, None, None), 1e-5, 1, c, True, 0)
         ),
         "triton group_affine_backward": lambda: _triton.group_affine_backward(
-            g, x, mean, var, (w, b, None), 1e-5, 1, c, True, 0
+            g, x, mean, var, (w, b, None, None), 1e-5, 1, c, True, 0
         ),
         "affine_family fwd no_grad": fused_no_grad,
         "affine_family fwd+bwd": lambda: affine_family(xg, w, b, 1e-5, channels=c)[0].backward(g),
