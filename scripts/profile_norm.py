@@ -19,7 +19,7 @@ from torch.profiler import ProfilerActivity, profile
 from normbench import build_norm
 from normbench.norms import _triton
 from normbench.norms._kernels import Recorded
-from normbench.norms._planes import PlaneMap, affine_family
+from normbench.norms._planes import PlaneAffine, affine_family
 
 
 def host_us(fn: Callable[[], object], calls: int = 300) -> float:
@@ -66,15 +66,17 @@ def components(x: torch.Tensor) -> dict[str, Callable[[], object]]:
         "torch mul on (N, C)": lambda: small * small,
         "torch.empty_like(x)": lambda: torch.empty_like(x),
         "triton plane_moments": lambda: _triton.plane_moments(x),
-        "triton plane_map": lambda: _triton.plane_map(x, _triton.AFFINE, coefs),
+        "triton plane_map": lambda: _triton.plane_map(x, coefs),
         "triton group_affine": lambda: _triton.group_affine(
-            x, mean, var, (w, b, None, None), 1e-5, 1, c, True, 0
+            x, mean, var, (w, b, None, None), _triton.Family(1e-5, 1, c, True, 0)
         ),
         "triton group_affine, standard launch": lambda: slow_launch(
-            lambda: _triton.group_affine(x, mean, var, (w, b, None, None), 1e-5, 1, c, True, 0)
+            lambda: _triton.group_affine(
+                x, mean, var, (w, b, None, None), _triton.Family(1e-5, 1, c, True, 0)
+            )
         ),
         "triton group_affine_backward": lambda: _triton.group_affine_backward(
-            g, x, mean, var, (w, b, None, None), 1e-5, 1, c, True, 0
+            g, x, mean, var, (w, b, None, None), _triton.Family(1e-5, 1, c, True, 0)
         ),
         "affine_family fwd no_grad": fused_no_grad,
         "affine_family fwd+bwd": lambda: affine_family(xg, w, b, 1e-5, channels=c)[0].backward(g),
@@ -83,9 +85,7 @@ def components(x: torch.Tensor) -> dict[str, Callable[[], object]]:
             g
         ),
         "Recorded + grads of 6 small ops": record_and_pull,
-        "PlaneMap fwd+bwd (6 small ops)": lambda: PlaneMap.apply(xg, _triton.AFFINE, coefficients, w, b)[
-            0
-        ].backward(g),
+        "PlaneAffine fwd+bwd (6 small ops)": lambda: PlaneAffine.apply(xg, coefficients, w, b)[0].backward(g),
     }
 
 

@@ -29,12 +29,10 @@ from normbench.norms._kernels import (
     vmapped,
 )
 from normbench.norms._triton import (  # noqa: F401  (for the plugins)
-    AFFINE,
     B0_ACT,
     B0_EVAL_ACT,
     GATE_ACT,
     NO_ACT,
-    TLU,
     TLU_ACT,
 )
 
@@ -64,45 +62,45 @@ def use_planes(x: Tensor, native: bool = False) -> bool:
     )
 
 
-class PlaneMap(torch.autograd.Function):
-    """``y = f_mode(x; coefficients(mean, var, *params))`` with the moments of each (n, c) plane.
+def _outputs(ctx, y: Tensor, mean: Tensor, var: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """A Function's ``(y, mean, var)``: the moments without gradient, and no zero gradients made up for
+    them (nor for an unused y) in the backward."""
+    ctx.mark_non_differentiable(mean, var)
+    ctx.set_materialize_grads(False)
+    return y, mean, var
 
-    ``coefficients`` returns the mode's coefficients (:mod:`normbench.norms._triton`), each
-    broadcastable to (N, C). Its graph is recorded in the forward and pulled back in the backward:
-    ``∂L/∂c_k = Σ_s g ∂f/∂c_k`` reach the moments and the parameters, and
-    ``∂L/∂x = g ∂f/∂x + ∂L/∂mean / S + 2 ∂L/∂var (x − mean) / S``.
 
-    ``apply(x, mode, coefficients, *params)`` returns ``(y, mean, var)``; the (N, C) moments carry no
+class PlaneAffine(torch.autograd.Function):
+    """``y = x · scale + shift`` with ``(scale, shift) = coefficients(mean, var, *params)`` of the
+    moments of each (n, c) plane, each broadcastable to (N, C), for coefficient formulas the fused
+    family does not hold (SwitchNorm's mixture). The formula's graph is recorded in the forward and
+    pulled back in the backward: ``∂L/∂scale = Σ_s g x`` and ``∂L/∂shift = Σ_s g`` reach the moments and
+    the parameters, and ``∂L/∂x = g · scale + ∂L/∂mean / S + 2 ∂L/∂var (x − mean) / S``.
+
+    ``apply(x, coefficients, *params)`` returns ``(y, mean, var)``; the (N, C) moments carry no
     gradient (they feed running statistics). Once differentiable.
     """
 
     @staticmethod
-    def forward(
-        ctx, x: Tensor, mode: int, coefficients: Callable[..., tuple[Tensor, ...]], *params: Tensor | None
-    ):
+    def forward(ctx, x: Tensor, coefficients: Callable[..., tuple[Tensor, Tensor]], *params: Tensor | None):
         mean, var = _triton.plane_moments(x)
         recorded = Recorded(coefficients, [mean, var, *params], track=any(ctx.needs_input_grad))
         coefs = torch.stack([t.detach().to(mean.dtype).expand_as(mean) for t in recorded.outputs])
-        y = _triton.plane_map(x, mode, coefs)
+        y = _triton.plane_map(x, coefs)
         ctx.save_for_backward(x, mean, coefs)
-        ctx.recorded, ctx.mode = recorded, mode
-        ctx.mark_non_differentiable(mean, var)
-        ctx.set_materialize_grads(False)
-        return y, mean, var
+        ctx.recorded = recorded
+        return _outputs(ctx, y, mean, var)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g: Tensor | None, *_: Tensor | None):
         if g is None:
-            return (None,) * (3 + len(ctx.recorded.leaves) - 2)
+            return (None,) * len(ctx.recorded.leaves)
         x, mean, coefs = ctx.saved_tensors
         g = g.contiguous()
-        sums = _triton.plane_sums(g, x, ctx.mode, coefs)
-        g_mean, g_var, *g_params = ctx.recorded.grads(sums.unbind(0))
-        gx = None
-        if ctx.needs_input_grad[0]:
-            gx = _triton.plane_input_grad(g, x, ctx.mode, coefs, mean, g_mean, g_var)
-        return gx, None, None, *g_params
+        g_mean, g_var, *g_params = ctx.recorded.grads(_triton.plane_sums(g, x, coefs.dtype).unbind(0))
+        gx = _triton.plane_input_grad(g, x, coefs, mean, g_mean, g_var) if ctx.needs_input_grad[0] else None
+        return gx, None, *g_params
 
 
 class GroupAffineFused(torch.autograd.Function):
@@ -123,13 +121,10 @@ class GroupAffineFused(torch.autograd.Function):
         ctx, x, weight, bias, t, aux, eps: float, samples: int, channels: int, center: bool, act: int
     ):
         mean, var = _triton.plane_moments(x)
-        config = (eps, samples, channels, center, act)
-        y = _triton.group_affine(x, mean, var, (weight, bias, t, aux), *config)
+        ctx.family = _triton.Family(eps, samples, channels, center, act)
+        y = _triton.group_affine(x, mean, var, (weight, bias, t, aux), ctx.family)
         ctx.save_for_backward(x, mean, var, weight, bias, t, aux)
-        ctx.config = config
-        ctx.mark_non_differentiable(mean, var)
-        ctx.set_materialize_grads(False)
-        return y, mean, var
+        return _outputs(ctx, y, mean, var)
 
     @staticmethod
     @once_differentiable
@@ -137,7 +132,7 @@ class GroupAffineFused(torch.autograd.Function):
         if g is None:
             return (None,) * 10
         x, mean, var, *params = ctx.saved_tensors
-        gx, sums = _triton.group_affine_backward(g.contiguous(), x, mean, var, tuple(params), *ctx.config)
+        gx, sums = _triton.group_affine_backward(g.contiguous(), x, mean, var, tuple(params), ctx.family)
         per_channel = sums.sum(1)
         grads = [
             None if p is None else per_channel[row].to(p.dtype)
@@ -160,13 +155,6 @@ def affine_family(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """:class:`GroupAffineFused` on ``x`` (``use_planes(x)`` must hold): ``(y, mean, var)``."""
     return GroupAffineFused.apply(x, weight, bias, t, aux, eps, samples, channels, center, act)
-
-
-def plane_map(
-    x: Tensor, mode: int, coefficients: Callable[..., tuple[Tensor, ...]], *params: Tensor | None
-) -> tuple[Tensor, Tensor, Tensor]:
-    """:class:`PlaneMap` on ``x`` (``use_planes(x)`` must hold)."""
-    return PlaneMap.apply(x, mode, coefficients, *params)
 
 
 def group_moments_of_planes(mean: Tensor, var: Tensor, samples: int, channels: int) -> tuple[Tensor, Tensor]:
@@ -226,5 +214,5 @@ def _group_affine_planes(
                 for t in coefficients(group_mean, group_var, *args)
             )
 
-    y, mean, var = plane_map(x, AFFINE, per_plane, *params)
+    y, mean, var = PlaneAffine.apply(x, per_plane, *params)
     return (y, *group_moments_of_planes(mean, var, samples, channels))

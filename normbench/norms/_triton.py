@@ -9,10 +9,9 @@ gives each plane's mean and variance (two passes over the plane, mean then centr
   FRN's TLU, EvoNorm-S0's gate or EvoNorm-B0's max as the activation; each program combines its
   group's statistics from the planes' moments, so forward and backward take two launches each and no
   small-tensor op in between. Eight memory passes in all, as native BatchNorm.
-* :func:`plane_map` for any per-plane coefficients computed outside (SwitchNorm's mixture, FRN with a
-  learnable eps): ``x · scale + shift`` (``AFFINE``) or ``max(x · scale + shift, floor)`` (``TLU``),
-  and the backward pieces :func:`plane_sums` (the coefficients' gradients) and
-  :func:`plane_input_grad` (``g ∂f/∂x + (∂L/∂mean + 2 ∂L/∂var (x − mean)) / S``).
+* :func:`plane_map` for per-plane coefficients computed outside (SwitchNorm's mixture):
+  ``x · scale + shift``, and the backward pieces :func:`plane_sums` (the coefficients' gradients) and
+  :func:`plane_input_grad` (``g · scale + (∂L/∂mean + 2 ∂L/∂var (x − mean)) / S``).
 
 Tests run them on the CPU through Triton's interpreter (``TRITON_INTERPRET=1``).
 """
@@ -20,6 +19,7 @@ Tests run them on the CPU through Triton's interpreter (``TRITON_INTERPRET=1``).
 from __future__ import annotations
 
 import os
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -30,7 +30,6 @@ try:
 except ImportError:  # CPU builds of torch come without Triton; the plugins then use their torch path
     triton = None
 
-AFFINE, TLU = 0, 1  # the modes of plane_map
 AVAILABLE = triton is not None
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 MAX_BLOCK = 1024
@@ -68,67 +67,45 @@ if AVAILABLE:
         return tl.load(coef_ptr + k * P + p).to(ACC)
 
     @triton.jit
-    def _map_kernel(x_ptr, y_ptr, coef_ptr, S, P, MODE: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr):
+    def _map_kernel(x_ptr, y_ptr, coef_ptr, S, P, BLOCK: tl.constexpr, ACC: tl.constexpr):
         p = tl.program_id(0)
         offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         inside = offs < S
         base = p.to(tl.int64) * S
         y = tl.load(x_ptr + base + offs, mask=inside, other=0.0).to(ACC) * _coef(coef_ptr, 0, p, P, ACC)
         y += _coef(coef_ptr, 1, p, P, ACC)
-        if MODE == 1:
-            y = tl.maximum(y, _coef(coef_ptr, 2, p, P, ACC))
         tl.store(y_ptr + base + offs, y.to(y_ptr.dtype.element_ty), mask=inside)
 
     @triton.jit
-    def _sums_kernel(
-        g_ptr, x_ptr, coef_ptr, out_ptr, S, P, MODE: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr
-    ):
-        """Σ g' x, Σ g' and (TLU) Σ (g − g') per plane, g' = g where y passes the floor: the gradients of
-        the scale, the shift and the floor."""
+    def _sums_kernel(g_ptr, x_ptr, out_ptr, S, P, BLOCK: tl.constexpr, ACC: tl.constexpr):
+        """Σ g x and Σ g per plane: the gradients of the scale and the shift."""
         p = tl.program_id(0)
         base = p.to(tl.int64) * S
         offs = tl.arange(0, BLOCK)
-        if MODE == 1:
-            c0 = _coef(coef_ptr, 0, p, P, ACC)
-            c1 = _coef(coef_ptr, 1, p, P, ACC)
-            c2 = _coef(coef_ptr, 2, p, P, ACC)
-        s0 = tl.zeros([BLOCK], ACC)
-        s1 = tl.zeros([BLOCK], ACC)
-        s2 = tl.zeros([BLOCK], ACC)
+        gx = tl.zeros([BLOCK], ACC)
+        gs = tl.zeros([BLOCK], ACC)
         for start in range(0, S, BLOCK):
             inside = start + offs < S
             g = tl.load(g_ptr + base + start + offs, mask=inside, other=0.0).to(ACC)
-            x = tl.load(x_ptr + base + start + offs, mask=inside, other=0.0).to(ACC)
-            if MODE == 1:
-                passed = tl.where(x * c0 + c1 > c2, g, 0.0)
-                s2 += g - passed
-                g = passed
-            s0 += g * x
-            s1 += g
-        tl.store(out_ptr + p, tl.sum(s0, 0))
-        tl.store(out_ptr + P + p, tl.sum(s1, 0))
-        if MODE == 1:
-            tl.store(out_ptr + 2 * P + p, tl.sum(s2, 0))
+            gx += g * tl.load(x_ptr + base + start + offs, mask=inside, other=0.0).to(ACC)
+            gs += g
+        tl.store(out_ptr + p, tl.sum(gx, 0))
+        tl.store(out_ptr + P + p, tl.sum(gs, 0))
 
     @triton.jit
     def _input_grad_kernel(
         g_ptr, x_ptr, dx_ptr, coef_ptr, mean_ptr, g_mean_ptr, g_var_ptr, S, P,
-        MODE: tl.constexpr, HAS_G_MEAN: tl.constexpr, HAS_G_VAR: tl.constexpr,
-        BLOCK: tl.constexpr, ACC: tl.constexpr,
+        HAS_G_MEAN: tl.constexpr, HAS_G_VAR: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr,
     ):  # fmt: skip
         p = tl.program_id(0)
         offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         inside = offs < S
         base = p.to(tl.int64) * S
-        g = tl.load(g_ptr + base + offs, mask=inside, other=0.0).to(ACC)
-        x = tl.load(x_ptr + base + offs, mask=inside, other=0.0).to(ACC)
-        c0 = _coef(coef_ptr, 0, p, P, ACC)
-        dx = g * c0
-        if MODE == 1:
-            dx = tl.where(x * c0 + _coef(coef_ptr, 1, p, P, ACC) > _coef(coef_ptr, 2, p, P, ACC), dx, 0.0)
+        dx = tl.load(g_ptr + base + offs, mask=inside, other=0.0).to(ACC) * _coef(coef_ptr, 0, p, P, ACC)
         if HAS_G_MEAN:
             dx += tl.load(g_mean_ptr + p).to(ACC) / S
         if HAS_G_VAR:
+            x = tl.load(x_ptr + base + offs, mask=inside, other=0.0).to(ACC)
             dx += 2.0 * tl.load(g_var_ptr + p).to(ACC) * (x - tl.load(mean_ptr + p).to(ACC)) / S
         tl.store(dx_ptr + base + offs, dx.to(dx_ptr.dtype.element_ty), mask=inside)
 
@@ -413,36 +390,26 @@ def _grid(x: Tensor) -> tuple[tuple[int, int], int]:
     return (x.shape[0] * x.shape[1], triton.cdiv(s, block)), block
 
 
-def plane_map(x: Tensor, mode: int, coefficients: Tensor) -> Tensor:
-    """``f_mode(x; c)`` in ``x``'s dtype; ``coefficients`` (K, N, C) contiguous, in the order above."""
+def plane_map(x: Tensor, coefficients: Tensor) -> Tensor:
+    """``x · scale + shift`` in ``x``'s dtype; ``coefficients`` (2, N, C) contiguous: scale, shift."""
     y = torch.empty_like(x)
     grid, block = _grid(x)
-    _launch(
-        _map_kernel, grid, x, y, coefficients, _positions(x), grid[0], MODE=mode, BLOCK=block, ACC=_acc(x)
-    )
+    _launch(_map_kernel, grid, x, y, coefficients, _positions(x), grid[0], BLOCK=block, ACC=_acc(x))
     return y
 
 
-def plane_sums(g: Tensor, x: Tensor, mode: int, coefficients: Tensor) -> Tensor:
-    """``Σ_s g · ∂f/∂c_k`` for every plane and coefficient k, as (K, N, C) in the coefficients' dtype."""
+def plane_sums(g: Tensor, x: Tensor, dtype: torch.dtype) -> Tensor:
+    """``(Σ_s g x, Σ_s g)`` for every plane, as (2, N, C): the gradients of the scale and the shift."""
     s, planes = _positions(x), x.shape[0] * x.shape[1]
-    out = torch.empty_like(coefficients)
-    _launch(
-        _sums_kernel, (planes,), g, x, coefficients, out, s, planes, MODE=mode, BLOCK=_block(s), ACC=_acc(x)
-    )
+    out = torch.empty(2, *x.shape[:2], dtype=dtype, device=x.device)
+    _launch(_sums_kernel, (planes,), g, x, out, s, planes, BLOCK=_block(s), ACC=_acc(x))
     return out
 
 
 def plane_input_grad(
-    g: Tensor,
-    x: Tensor,
-    mode: int,
-    coefficients: Tensor,
-    mean: Tensor,
-    g_mean: Tensor | None,
-    g_var: Tensor | None,
+    g: Tensor, x: Tensor, coefficients: Tensor, mean: Tensor, g_mean: Tensor | None, g_var: Tensor | None
 ) -> Tensor:
-    """``g · ∂f/∂x`` plus the gradient through the plane moments, in ``x``'s dtype."""
+    """``g · scale`` plus the gradient through the plane moments, in ``x``'s dtype."""
     dx = torch.empty_like(x)
     grid, block = _grid(x)
     _launch(
@@ -450,7 +417,7 @@ def plane_input_grad(
         mean if g_mean is None else g_mean.contiguous(),
         mean if g_var is None else g_var.contiguous(),
         _positions(x), grid[0],
-        MODE=mode, HAS_G_MEAN=g_mean is not None, HAS_G_VAR=g_var is not None, BLOCK=block, ACC=_acc(x),
+        HAS_G_MEAN=g_mean is not None, HAS_G_VAR=g_var is not None, BLOCK=block, ACC=_acc(x),
     )  # fmt: skip
     return dx
 
@@ -458,91 +425,63 @@ def plane_input_grad(
 NO_ACT, TLU_ACT, GATE_ACT, B0_ACT, B0_EVAL_ACT = 0, 1, 2, 3, 4
 
 
+class Family(NamedTuple):
+    """A member of the affine family: its eps, its groups of ``samples`` × ``channels`` planes, whether
+    it centres, and its activation (``*_ACT``)."""
+
+    eps: float
+    samples: int
+    channels: int
+    center: bool
+    act: int
+
+    def options(self, x: Tensor, params: tuple[Tensor | None, ...]) -> dict:
+        """The kernels' compile-time options."""
+        return dict(
+            HAS_W=params[0] is not None, HAS_B=params[1] is not None, CENTER=self.center, ACT=self.act,
+            BLOCK_G=triton.next_power_of_2(self.samples * self.channels), ACC=_acc(x),
+        )  # fmt: skip
+
+
 def group_affine(
-    x: Tensor,
-    mean: Tensor,
-    var: Tensor,
-    params: tuple[Tensor | None, ...],
-    eps: float,
-    samples: int,
-    channels: int,
-    center: bool,
-    act: int,
+    x: Tensor, mean: Tensor, var: Tensor, params: tuple[Tensor | None, ...], family: Family
 ) -> Tensor:
-    """The affine family's output in ``x``'s dtype from the planes' moments (:func:`plane_moments`);
-    ``params`` = (w, b, t, aux): t the activation's parameter, aux B0's running variance."""
+    """The family's output in ``x``'s dtype from the planes' moments (:func:`plane_moments`); ``params`` =
+    (w, b, t, aux): t the activation's parameter, aux EvoNorm-B0's running variance."""
     y = torch.empty_like(x)
     grid, block = _grid(x)
+    f = family
     _launch(
-        _affine_kernel, grid, x, y, mean, var, *_pointers(params, mean), eps, _positions(x), x.shape[1], samples, channels,
-        BLOCK=block, **_family(x, params, samples, channels, center, act),
+        _affine_kernel, grid, x, y, mean, var, *_pointers(params, mean), f.eps, _positions(x), x.shape[1],
+        f.samples, f.channels, BLOCK=block, **f.options(x, params),
     )  # fmt: skip
     return y
 
 
 def group_affine_backward(
-    g: Tensor,
-    x: Tensor,
-    mean: Tensor,
-    var: Tensor,
-    params: tuple[Tensor | None, ...],
-    eps: float,
-    samples: int,
-    channels: int,
-    center: bool,
-    act: int,
+    g: Tensor, x: Tensor, mean: Tensor, var: Tensor, params: tuple[Tensor | None, ...], family: Family
 ) -> tuple[Tensor, Tensor]:
     """``(∂L/∂x, sums)``: sums (3, 4 with an activation, 5 for B0; N, C) holds per plane the terms of
     ∂L/∂w, ∂L/∂b and ∂L/∂t in rows 0, 2 and 3 (to be summed over samples)."""
     n, c = x.shape[:2]
-    sums = torch.empty(3 + (act != NO_ACT) + (act >= B0_ACT), n, c, dtype=mean.dtype, device=x.device)
-    config = _family(x, params, samples, channels, center, act)
-    pointers = (mean, var, *_pointers(params, mean))
-    s = _positions(x)
-    _launch(
-        _affine_sums_kernel,
-        (n * c,),
-        g,
-        x,
-        *pointers,
+    f = family
+    sums = torch.empty(3 + (f.act != NO_ACT) + (f.act >= B0_ACT), n, c, dtype=mean.dtype, device=x.device)
+    args = (
+        *_pointers((mean, var, *params), mean),
         sums,
-        eps,
-        s,
+        f.eps,
+        _positions(x),
         c,
-        samples,
-        channels,
+        f.samples,
+        f.channels,
         n * c,
-        BLOCK=_block(s),
-        **config,
     )
+    options = f.options(x, params)
+    _launch(_affine_sums_kernel, (n * c,), g, x, *args, BLOCK=_block(_positions(x)), **options)
     dx = torch.empty_like(x)
     grid, block = _grid(x)
-    _launch(
-        _affine_input_grad_kernel,
-        grid,
-        g,
-        x,
-        dx,
-        *pointers,
-        sums,
-        eps,
-        s,
-        c,
-        samples,
-        channels,
-        n * c,
-        BLOCK=block,
-        **config,
-    )
+    _launch(_affine_input_grad_kernel, grid, g, x, dx, *args, BLOCK=block, **options)
     return dx, sums
-
-
-def _family(x: Tensor, params: tuple, samples: int, channels: int, center: bool, act: int) -> dict:
-    """The compile-time options of the affine family's kernels."""
-    return dict(
-        HAS_W=params[0] is not None, HAS_B=params[1] is not None, CENTER=center, ACT=act,
-        BLOCK_G=triton.next_power_of_2(samples * channels), ACC=_acc(x),
-    )  # fmt: skip
 
 
 def _pointers(params: tuple[Tensor | None, ...], stand_in: Tensor) -> tuple[Tensor, ...]:

@@ -10,7 +10,7 @@ from torch.autograd.function import once_differentiable
 
 from normbench.norms._base import ChannelNorm, like_input
 from normbench.norms._kernels import compiled_on_gpu, group_dot, group_sum, group_view, use_fused
-from normbench.norms._planes import TLU, TLU_ACT, affine_family, plane_map, use_planes
+from normbench.norms._planes import TLU_ACT, affine_family, use_planes
 from normbench.norms.registry import register_norm
 
 
@@ -107,10 +107,8 @@ class FilterResponseNorm(ChannelNorm):
                 f"FRN: input of shape {tuple(x.shape)} has one position per channel, where fixed-eps FRN "
                 "is sign(x); use learnable_eps=True (Singh & Krishnan 2020, Sec. 3.1)"
             )
-        if use_planes(x) and self.eps_l is None:
+        if use_planes(x) and self.eps_l is None:  # a learnable eps takes the torch formula
             y = affine_family(x, self.weight, self.bias, self.eps, center=False, act=TLU_ACT, t=self.tau)[0]
-        elif use_planes(x):  # a learnable eps: the coefficients' chain rule through autograd
-            y = plane_map(x, TLU, self._plane_coefficients, self.weight, self.bias, self.tau, self.eps_l)[0]
         elif use_fused(x):
             y = _FilterResponseNormTLU.apply(x, self.weight, self.bias, self.tau, self.eps_l, self.eps)
         else:
@@ -120,20 +118,6 @@ class FilterResponseNorm(ChannelNorm):
             eps = self.eps if self.eps_l is None else (self.eps + self.eps_l.abs()).view(1, c, *tail)
             y = _frn_tlu(x, w.view(1, c, *tail), b.view(1, c, *tail), self.tau.view(1, c, *tail), eps)
         return like_input(y, x)
-
-    def _plane_coefficients(
-        self,
-        mean: Tensor,
-        var: Tensor,
-        weight: Tensor | None,
-        bias: Tensor | None,
-        tau: Tensor,
-        eps_l: Tensor | None,
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """(scale, shift, floor) per sample and channel from the (N, C) plane moments: ν² = Var x + (E x)²."""
-        scale = torch.rsqrt(var + mean.square() + (self.eps if eps_l is None else self.eps + eps_l.abs()))
-        shift = mean.new_zeros(()) if bias is None else bias
-        return scale if weight is None else scale * weight, shift, tau
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, learnable_eps={self.learnable_eps}"
