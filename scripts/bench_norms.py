@@ -175,6 +175,7 @@ NATIVE = {
     "groupnorm",
     "instancenorm",
     "ws_groupnorm",
+    "ghost_batchnorm",
 }  # plugins that keep a torch kernel when small
 
 
@@ -274,7 +275,7 @@ def cuda_markdown(saved: dict) -> str:
         "bfloat16 input under `torch.autocast`). Each plugin ran through its Triton path "
         "(`normbench.norms._planes`, at every size) and through its torch formulas (the elementwise ones "
         "through torch.compile; a plugin without a Triton path ran the same module twice); `default` is "
-        f"the path the plugin takes at this size (LayerNorm, GroupNorm and InstanceNorm keep torch's kernel "
+        f"the path the plugin takes at this size (LayerNorm, GroupNorm, InstanceNorm and ghost BatchNorm keep torch's kernel "
         f"below {planes.NATIVE_BELOW:,} elements). Target: every plugin within 1.5x. Options: {BENCH_OPTIONS}.",
         "",
         f"Reproduce: `python scripts/bench_norms.py --device cuda --rounds {saved['rounds']} --inner {saved['inner']}`",

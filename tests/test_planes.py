@@ -131,6 +131,7 @@ def test_plugins_with_a_torch_kernel_keep_it_below_native_below(triton_calls, mo
     monkeypatch.setattr(_planes, "NATIVE_BELOW", x.numel() + 1)
     for name in ("layernorm", "groupnorm", "instancenorm"):
         build_norm(name, 6)(x)
+    build_norm("ghost_batchnorm", 6, ghost_batch_size=1)(x)
     assert not triton_calls
     build_norm("rmsnorm", 6)(x)  # no torch kernel for (N, C, H, W): the Triton path at every size
     monkeypatch.setattr(_planes, "NATIVE_BELOW", x.numel())

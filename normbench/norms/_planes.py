@@ -40,8 +40,9 @@ from normbench.norms._triton import (  # noqa: F401  (for the plugins)
 # empties it to time the torch formulas.
 TRITON_DEVICES = {"cuda"}
 FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-# Plugins with a native torch kernel (LayerNorm, GroupNorm, InstanceNorm) keep it below this many
-# elements: there a layer is bound by host time, and torch's one launch per direction beats four.
+# Plugins with a native torch kernel (LayerNorm, GroupNorm, InstanceNorm; ghost BatchNorm's folded
+# batch_norm) keep it below this many elements: there a layer is bound by host time, and torch's one
+# launch per direction beats four.
 NATIVE_BELOW = 1 << 22
 
 

@@ -66,7 +66,7 @@ class GhostBatchNorm(BatchNorm):
         chunks = [(x[:full], g)] if full else []
         if full < n:  # the last ghost batch may be smaller (or g + 1)
             chunks.append((x[full:], n - full))
-        normalize = self._fused if use_fused(x) or use_planes(x) else self._folded
+        normalize = self._fused if use_fused(x) or use_planes(x, native=True) else self._folded
         parts = [normalize(chunk, m) for chunk, m in chunks]
         if self.track_running_stats:  # towards the average over ghost batches of their mean and unbiased var
             with torch.no_grad():
