@@ -14,8 +14,8 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
-test: setup
-	$(PY) -m pytest
+test: setup  # two workers: most tests wait on subprocesses (Hydra jobs), and CI has two cores
+	$(PY) -m pytest -n 2 --dist worksteal
 
 lint: setup
 	$(VENV)/bin/ruff check .

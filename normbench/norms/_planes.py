@@ -1,13 +1,15 @@
-"""The plugins' path on CUDA: statistics of each (sample, channel) plane, any coefficient formula on
-them, and one Triton map (:mod:`normbench.norms._triton`).
+"""The plugins' path on CUDA: statistics of each (sample, channel) plane and Triton kernels
+(:mod:`normbench.norms._triton`) that normalize with them.
 
-A plugin's output is ``f(x; c)`` with per-plane coefficients ``c = coefficients(mean, var, *params)``
-computed from the planes' moments — directly (instance statistics), pooled over samples (batch and
-ghost-batch statistics) or over channels (layer and group statistics), with the law of total variance.
-On CUDA, torch ops on such a layer cost one launch and one memory pass each; here the activations are
-read and written eight times in all, as native BatchNorm does, and the small (N, C) coefficient math
-runs as torch ops under autograd. Every plugin keeps its torch formula for the CPU, ``torch.compile``
-and ``vmap``; tests/test_planes.py ties the two through Triton's interpreter.
+Each plugin's statistics come from its planes' moments — directly (instance statistics), pooled over
+samples (batch and ghost-batch statistics) or over channels (layer and group statistics), with the law
+of total variance. :func:`affine_family` (LayerNorm, GroupNorm, InstanceNorm, ghost BatchNorm,
+RMSNorm, FRN, both EvoNorms) does all of it inside the kernels: two launches per direction, eight
+memory passes as native BatchNorm, no small-tensor op in between. :func:`group_affine` takes any
+coefficient formula of the moments (SwitchNorm's mixture), run as torch ops under autograd between
+the kernels (:class:`PlaneAffine`). Every plugin keeps its torch formula for the CPU,
+``torch.compile``, ``vmap`` and channels_last inputs; tests/test_planes.py ties the two through
+Triton's interpreter.
 """
 
 from __future__ import annotations
