@@ -170,15 +170,6 @@ def bench(rounds: int, inner: int) -> list[dict]:
 CUDA_SHAPES = ((32, 64, 32, 32), (64, 256, 56, 56))
 
 
-NATIVE = {
-    "layernorm",
-    "groupnorm",
-    "instancenorm",
-    "ws_groupnorm",
-    "ghost_batchnorm",
-}  # plugins that keep a torch kernel when small
-
-
 def with_triton(flag: bool, fn: Callable[[], object]) -> Callable[[], object]:
     """``fn`` with the plugins' Triton path (normbench.norms._planes) on at every size, or off (their
     torch formulas, the elementwise ones through torch.compile)."""
@@ -259,9 +250,11 @@ def bench_cuda(rounds: int, inner: int, device: torch.device) -> list[dict]:
     return rows
 
 
-def dispatched_to_triton(row: dict) -> bool:
-    """Whether the plugins' dispatch (normbench.norms._planes.use_planes) takes the Triton path here."""
-    return row["norm"] not in NATIVE or math.prod(row["shape"]) >= planes.NATIVE_BELOW
+def keeps_torch_kernel(row: dict) -> bool:
+    """Whether the plugin keeps its native torch kernel at this size (``native_kernel`` below
+    normbench.norms._planes.NATIVE_BELOW elements) rather than its Triton path."""
+    module = build_norm(row["norm"], row["shape"][1], **BENCH_OPTIONS.get(row["norm"], {}))
+    return module.native_kernel and math.prod(row["shape"]) < planes.NATIVE_BELOW
 
 
 def cuda_markdown(saved: dict) -> str:
@@ -274,9 +267,10 @@ def cuda_markdown(saved: dict) -> str:
         "the per-round ratios to `torch.nn.BatchNorm2d` on the same input in the same precision (bf16: "
         "bfloat16 input under `torch.autocast`). Each plugin ran through its Triton path "
         "(`normbench.norms._planes`, at every size) and through its torch formulas (the elementwise ones "
-        "through torch.compile; a plugin without a Triton path ran the same module twice); `default` is "
-        f"the path the plugin takes at this size (LayerNorm, GroupNorm, InstanceNorm and ghost BatchNorm keep torch's kernel "
-        f"below {planes.NATIVE_BELOW:,} elements). Target: every plugin within 1.5x. Options: {BENCH_OPTIONS}.",
+        "through torch.compile; a plugin without a Triton path ran the same module twice); `default` says "
+        "which of the two the plugin runs at this size: `torch` where it keeps its native torch kernel "
+        f"(below {planes.NATIVE_BELOW:,} elements), else `Triton` (the same module as `torch` for a plugin "
+        f"without a Triton path). Target: every plugin within 1.5x. Options: {BENCH_OPTIONS}.",
         "",
         f"Reproduce: `python scripts/bench_norms.py --device cuda --rounds {saved['rounds']} --inner {saved['inner']}`",
         "",
@@ -289,7 +283,7 @@ def cuda_markdown(saved: dict) -> str:
                 f"| {tuple(r['shape'])} | {r['precision']} | {r['norm']} | ERROR {r['error']} | | | | | no |"
             )
             continue
-        triton = dispatched_to_triton(r)
+        triton = not keeps_torch_kernel(r)
         ratio, ms = (r["vs_bn2d"], r["ms"]) if triton else (r["torch_vs_bn2d"], r["torch_ms"])
         lines.append(
             f"| {tuple(r['shape'])} | {r['precision']} | {r['norm']} | {r['vs_bn2d']:.2f}x | "

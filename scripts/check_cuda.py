@@ -93,6 +93,7 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     rows = []
+    native_below = planes.NATIVE_BELOW
     for precision in ("fp32", "bf16"):
         for name in available_norms():
             for shape in ((8, 16, 6, 6), (8, 16)):
@@ -100,7 +101,10 @@ def main() -> None:
                     continue
                 for path in args.paths:
                     kernels.COMPILE_ON_GPU = path != "eager"
-                    planes.TRITON_DEVICES = {"cuda"} if path == "triton" else set()
+                    # the Triton path at every size: these inputs are below NATIVE_BELOW
+                    planes.TRITON_DEVICES, planes.NATIVE_BELOW = (
+                        ({"cuda"}, 0) if path == "triton" else (set(), native_below)
+                    )
                     try:
                         worst = check(name, shape, device, precision)
                         verdict = "ok" if worst < TOLERANCE[precision] else "MISMATCH"
@@ -108,7 +112,7 @@ def main() -> None:
                         worst, verdict = math.nan, f"ERROR {type(exc).__name__}: {str(exc)[:120]}"
                     rows.append(f"| {precision} | {name} | {shape} | {path} | {worst:.1e} | {verdict} |")
                     print(rows[-1], flush=True)
-    kernels.COMPILE_ON_GPU, planes.TRITON_DEVICES = True, {"cuda"}
+    kernels.COMPILE_ON_GPU, planes.TRITON_DEVICES, planes.NATIVE_BELOW = True, {"cuda"}, native_below
     bn = build_norm("batchnorm", 16).to(device)
     bn(torch.randn(8, 16, 4, 4, device=device))
     frozen = FrozenBatchNorm.from_batchnorm(bn)
@@ -126,7 +130,7 @@ def main() -> None:
             "largest value (absolute where that is below 1) in float32, the root-mean-square relative error "
             "in bfloat16 (where a threshold flips within rounding, one element's gradient differs "
             "wholesale). `triton` (the default on CUDA) runs the plugins' Triton path "
-            "(`normbench.norms._planes`) where they have one, `compiled` their composite formulas with "
+            "(`normbench.norms._planes`, at every size) where they have one, `compiled` their composite formulas with "
             "the elementwise ones through torch.compile, `eager` the composite formulas op by op; a "
             f"plugin with neither shows the same module for each path. Tolerances {TOLERANCE}. "
             f"Reproduce: `PYTHONPATH=. python scripts/check_cuda.py --paths {' '.join(args.paths)} --out FILE` "

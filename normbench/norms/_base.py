@@ -35,6 +35,9 @@ class ChannelNorm(nn.Module):
     """
 
     min_spatial_positions = 0
+    # Whether the plugin has a native torch kernel that it keeps on inputs below
+    # normbench.norms._planes.NATIVE_BELOW elements instead of its Triton path (on CUDA).
+    native_kernel = False
 
     def __init__(self, num_channels: int, eps: float = 1e-5, affine: bool = True) -> None:
         super().__init__()

@@ -41,6 +41,8 @@ class GhostBatchNorm(BatchNorm):
         Input (N, C, *) with 0-3 spatial dims; output the same shape.
     """
 
+    native_kernel = True  # the folded native batch_norm below _planes.NATIVE_BELOW elements
+
     def __init__(
         self,
         num_channels: int,
@@ -66,7 +68,7 @@ class GhostBatchNorm(BatchNorm):
         chunks = [(x[:full], g)] if full else []
         if full < n:  # the last ghost batch may be smaller (or g + 1)
             chunks.append((x[full:], n - full))
-        normalize = self._fused if use_fused(x) or use_planes(x, native=True) else self._folded
+        normalize = self._fused if use_fused(x) or use_planes(x, native=self.native_kernel) else self._folded
         parts = [normalize(chunk, m) for chunk, m in chunks]
         if self.track_running_stats:  # towards the average over ghost batches of their mean and unbiased var
             with torch.no_grad():

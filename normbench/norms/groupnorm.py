@@ -78,6 +78,8 @@ class GroupNorm(ChannelNorm):
         Input (N, C, *) with 0-3 spatial dims; output the same shape.
     """
 
+    native_kernel = True  # torch's group_norm below _planes.NATIVE_BELOW elements
+
     def __init__(
         self,
         num_channels: int,
@@ -102,7 +104,9 @@ class GroupNorm(ChannelNorm):
 
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(x)
-        if use_planes(x, native=True):  # the same statistics through the Triton kernels, on CUDA
+        if use_planes(
+            x, native=self.native_kernel
+        ):  # the same statistics through the Triton kernels, on CUDA
             channels = self.num_channels // self.num_groups
             return affine_family(x, self.weight, self.bias, self.eps, channels=channels)[0]
         return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)

@@ -35,12 +35,16 @@ class InstanceNorm(ChannelNorm):
 
     min_spatial_positions = 2
 
+    native_kernel = True  # torch's instance/group norm below _planes.NATIVE_BELOW elements
+
     def __init__(self, num_channels: int, eps: float = 1e-5, affine: bool = True) -> None:
         super().__init__(num_channels, eps, affine)
 
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(x)
-        if use_planes(x, native=True):  # the same statistics through the Triton kernels, on CUDA
+        if use_planes(
+            x, native=self.native_kernel
+        ):  # the same statistics through the Triton kernels, on CUDA
             return affine_family(x, self.weight, self.bias, self.eps)[0]
         if x.is_cuda and x.dtype == torch.float32:
             # GroupNorm with one channel per group is this; on an H100 its kernel ran float32 inputs
