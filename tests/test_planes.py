@@ -11,7 +11,6 @@ import torch
 
 from normbench import build_norm
 from normbench.norms import _planes, _triton
-from normbench.norms._kernels import standardizing
 from tests.conftest import randomize_affine
 
 CASES = [
@@ -109,7 +108,7 @@ def test_triton_path_under_bf16_autocast(triton_calls, name, options, shape):
 
 
 @pytest.mark.parametrize("positions", [1, 7, 16, 50])
-def test_plane_kernels_loop_over_planes_longer_than_a_block(monkeypatch, positions):
+def test_plane_moments_loop_over_planes_longer_than_a_block(monkeypatch, positions):
     """Blocks of 16: planes of 50 positions take four loop iterations, the last one masked."""
     assert _triton.INTERPRETED
     monkeypatch.setattr(_triton, "MAX_BLOCK", 16)
@@ -119,36 +118,18 @@ def test_plane_kernels_loop_over_planes_longer_than_a_block(monkeypatch, positio
     want_var, want_mean = torch.var_mean(x, dim=2, correction=0)
     torch.testing.assert_close(mean, want_mean, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(var, want_var, rtol=1e-12, atol=1e-12)
-    coefs = torch.rand(2, 3, 4, generator=gen, dtype=torch.float64)
-    y = _triton.plane_map(x, coefs)
-    torch.testing.assert_close(y, x * coefs[0, ..., None] + coefs[1, ..., None], rtol=1e-12, atol=1e-12)
-    g = torch.randn(x.shape, generator=gen, dtype=torch.float64)
-    sums = _triton.plane_sums(g, x, coefs.dtype)
-    torch.testing.assert_close(sums, torch.stack([(g * x).sum(2), g.sum(2)]), rtol=1e-12, atol=1e-12)
 
 
-def test_group_affine_pools_planes_into_groups_of_samples_and_channels(triton_calls, monkeypatch):
-    """Groups of 2 samples × 3 channels, the coefficients' gradient pulled back through the pooling."""
-    gen = torch.Generator().manual_seed(3)
-    x = torch.randn(4, 6, 5, generator=gen, dtype=torch.float64) + 1
-    g = torch.randn(x.shape, generator=gen, dtype=torch.float64)
-    weight = torch.rand(2, generator=gen, dtype=torch.float64) + 0.5
-
-    def coefficients(mean, var, w):
-        return standardizing(mean, var, 1e-5, w, None)
-
-    def run_path(devices: set[str]) -> list[torch.Tensor]:
-        monkeypatch.setattr(_planes, "TRITON_DEVICES", devices)
-        xg, wg = x.clone().requires_grad_(), weight.clone().requires_grad_()
-        y, mean, var = _planes.group_affine(xg, coefficients, wg, samples=2, channels=3)
-        y.backward(g)
-        return [y.detach(), mean, var, xg.grad, wg.grad]
-
-    want = run_path(set())
-    got = run_path({"cpu"})
-    assert triton_calls == [4]
-    for a, b in zip(got, want, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+@pytest.mark.parametrize("training", [True, False])
+def test_switchnorm_kernels_loop_over_rows_columns_and_planes_longer_than_a_block(
+    triton_calls, monkeypatch, training
+):
+    """Blocks of 2: SwitchNorm's pools over 5 samples and 4 channels and its sums over planes of 9
+    positions take several loop iterations, the last one masked where the length is odd."""
+    monkeypatch.setattr(_triton, "MAX_BLOCK", 2)
+    test_triton_path_equals_torch_formula_float64(
+        triton_calls, monkeypatch, "switchnorm", {}, (5, 4, 3, 3), training
+    )
 
 
 def test_plugins_with_a_torch_kernel_keep_it_below_native_below(triton_calls, monkeypatch):

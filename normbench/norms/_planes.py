@@ -5,9 +5,8 @@ Each plugin's statistics come from its planes' moments — directly (instance st
 samples (batch and ghost-batch statistics) or over channels (layer and group statistics), with the law
 of total variance. :func:`affine_family` (LayerNorm, GroupNorm, InstanceNorm, ghost BatchNorm,
 RMSNorm, FRN, both EvoNorms) does all of it inside the kernels: two launches per direction, eight
-memory passes as native BatchNorm, no small-tensor op in between. :func:`group_affine` takes any
-coefficient formula of the moments (SwitchNorm's mixture), run as torch ops under autograd between
-the kernels (:class:`PlaneAffine`). Every plugin keeps its torch formula for the CPU,
+memory passes as native BatchNorm, no small-tensor op in between; SwitchNorm's mixture has its own
+kernels (:mod:`normbench.norms._triton_switch`). Every plugin keeps its torch formula for the CPU,
 ``torch.compile``, ``vmap`` and channels_last inputs; tests/test_planes.py ties the two through
 Triton's interpreter.
 """
@@ -23,7 +22,6 @@ from torch.autograd.function import once_differentiable
 from normbench.norms import _triton
 from normbench.norms._kernels import (
     GroupAffine,
-    Recorded,
     group_moments,
     group_view,
     pooled,
@@ -65,47 +63,6 @@ def use_planes(x: Tensor, native: bool = False) -> bool:
     )
 
 
-def _outputs(ctx, y: Tensor, mean: Tensor, var: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """A Function's ``(y, mean, var)``: the moments without gradient, and no zero gradients made up for
-    them (nor for an unused y) in the backward."""
-    ctx.mark_non_differentiable(mean, var)
-    ctx.set_materialize_grads(False)
-    return y, mean, var
-
-
-class PlaneAffine(torch.autograd.Function):
-    """``y = x · scale + shift`` with ``(scale, shift) = coefficients(mean, var, *params)`` of the
-    moments of each (n, c) plane, each broadcastable to (N, C), for coefficient formulas the fused
-    family does not hold (SwitchNorm's mixture). The formula's graph is recorded in the forward and
-    pulled back in the backward: ``∂L/∂scale = Σ_s g x`` and ``∂L/∂shift = Σ_s g`` reach the moments and
-    the parameters, and ``∂L/∂x = g · scale + ∂L/∂mean / S + 2 ∂L/∂var (x − mean) / S``.
-
-    ``apply(x, coefficients, *params)`` returns ``(y, mean, var)``; the (N, C) moments carry no
-    gradient (they feed running statistics). Once differentiable.
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor, coefficients: Callable[..., tuple[Tensor, Tensor]], *params: Tensor | None):
-        mean, var = _triton.plane_moments(x)
-        recorded = Recorded(coefficients, [mean, var, *params], track=any(ctx.needs_input_grad))
-        coefs = torch.stack([t.detach().to(mean.dtype).expand_as(mean) for t in recorded.outputs])
-        y = _triton.plane_map(x, coefs)
-        ctx.save_for_backward(x, mean, coefs)
-        ctx.recorded = recorded
-        return _outputs(ctx, y, mean, var)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, g: Tensor | None, *_: Tensor | None):
-        if g is None:
-            return (None,) * len(ctx.recorded.leaves)
-        x, mean, coefs = ctx.saved_tensors
-        g = g.contiguous()
-        g_mean, g_var, *g_params = ctx.recorded.grads(_triton.plane_sums(g, x, coefs.dtype).unbind(0))
-        gx = _triton.plane_input_grad(g, x, coefs, mean, g_mean, g_var) if ctx.needs_input_grad[0] else None
-        return gx, None, *g_params
-
-
 class GroupAffineFused(torch.autograd.Function):
     """The affine family in four kernels and no small-tensor ops in between: ``y = (x − μ_g) r_g w_c +
     b_c`` with ``r_g = (σ²_g + eps)^(-1/2)`` over groups of ``samples`` × ``channels`` planes
@@ -127,7 +84,10 @@ class GroupAffineFused(torch.autograd.Function):
         ctx.family = _triton.Family(eps, samples, channels, center, act)
         y = _triton.group_affine(x, mean, var, (weight, bias, t, aux), ctx.family)
         ctx.save_for_backward(x, mean, var, weight, bias, t, aux)
-        return _outputs(ctx, y, mean, var)
+        # the moments carry no gradient, and the backward gets no zeros made up for them (nor for an unused y)
+        ctx.mark_non_differentiable(mean, var)
+        ctx.set_materialize_grads(False)
+        return y, mean, var
 
     @staticmethod
     @once_differentiable
@@ -184,10 +144,8 @@ def group_affine(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``y = x · scale + shift`` with ``(scale, shift) = coefficients(mean, var, *params)`` of the
     moments of each :func:`normbench.norms._kernels.group_view` group (``samples`` × ``channels``):
-    ``(y, mean, var)``, ``y`` shaped as ``x``, the (K, G) moments without gradient. This path where
-    :func:`use_planes`, :class:`GroupAffine` for large CPU inputs, the composite formula elsewhere."""
-    if use_planes(x):
-        return _group_affine_planes(x, samples, channels, coefficients, *params)
+    ``(y, mean, var)``, ``y`` shaped as ``x``, the (K, G) moments without gradient. :class:`GroupAffine`
+    for large CPU inputs, the composite formula elsewhere (the plugins check :func:`use_planes` first)."""
     xv = group_view(x, samples, channels)
     if use_fused(x):
         y, mean, var = GroupAffine.apply(xv, coefficients, *params)
@@ -196,26 +154,3 @@ def group_affine(
         scale, shift = (t.expand_as(mean)[:, None, :, None] for t in coefficients(mean, var, *params))
         y, mean, var = xv * scale + shift, mean.detach(), var.detach()
     return y.view(x.shape), mean, var
-
-
-def _group_affine_planes(
-    x: Tensor,
-    samples: int,
-    channels: int,
-    coefficients: Callable[..., tuple[Tensor, Tensor]],
-    *params: Tensor | None,
-) -> tuple[Tensor, Tensor, Tensor]:
-    n, c = x.shape[:2]
-    per_plane = coefficients
-    if samples > 1 or channels > 1:
-
-        def per_plane(mean: Tensor, var: Tensor, *args: Tensor | None) -> tuple[Tensor, ...]:
-            group_mean, group_var = group_moments_of_planes(mean, var, samples, channels)
-            shape = (n // samples, samples, c // channels, channels)
-            return tuple(
-                t.expand_as(group_mean)[:, None, :, None].expand(shape).reshape(n, c)
-                for t in coefficients(group_mean, group_var, *args)
-            )
-
-    y, mean, var = PlaneAffine.apply(x, per_plane, *params)
-    return (y, *group_moments_of_planes(mean, var, samples, channels))

@@ -4,14 +4,13 @@ Every kernel works on a contiguous (N, C, *spatial) tensor seen as P = N·C plan
 computes in float32 (float64 for float64 input), whatever the storage dtype. :func:`plane_moments`
 gives each plane's mean and variance (two passes over the plane, mean then centred squares).
 
-* The affine family (:func:`group_affine`, :func:`group_affine_backward`): normalization over groups
-  of planes (instance, layer, group, batch and ghost-batch statistics), with or without centring, and
-  FRN's TLU, EvoNorm-S0's gate or EvoNorm-B0's max as the activation; each program combines its
-  group's statistics from the planes' moments, so forward and backward take two launches each and no
-  small-tensor op in between. Eight memory passes in all, as native BatchNorm.
-* :func:`plane_map` for per-plane coefficients computed outside (SwitchNorm's mixture):
-  ``x · scale + shift``, and the backward pieces :func:`plane_sums` (the coefficients' gradients) and
-  :func:`plane_input_grad` (``g · scale + (∂L/∂mean + 2 ∂L/∂var (x − mean)) / S``).
+The affine family (:func:`group_affine`, :func:`group_affine_backward`): normalization over groups
+of planes (instance, layer, group, batch and ghost-batch statistics), with or without centring, and
+FRN's TLU, EvoNorm-S0's gate or EvoNorm-B0's max as the activation; each program combines its
+group's statistics from the planes' moments, so forward and backward take two launches each and no
+small-tensor op in between. Eight memory passes in all, as native BatchNorm.
+
+SwitchNorm's mixture has its own kernels (:mod:`normbench.norms._triton_switch`).
 
 Tests run them on the CPU through Triton's interpreter (``TRITON_INTERPRET=1``).
 """
@@ -19,6 +18,7 @@ Tests run them on the CPU through Triton's interpreter (``TRITON_INTERPRET=1``).
 from __future__ import annotations
 
 import os
+import struct
 from typing import NamedTuple
 
 import torch
@@ -35,8 +35,14 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 MAX_BLOCK = 1024
 
 
+def _power_of_2(n: int) -> int:
+    """The smallest power of 2 >= n; plain Python, as Triton's own helper costs microseconds of host time
+    per call (it is a constexpr function) and sits on every launch."""
+    return 1 << max(n - 1, 0).bit_length()
+
+
 def _block(positions: int) -> int:
-    return min(MAX_BLOCK, triton.next_power_of_2(positions))
+    return min(MAX_BLOCK, _power_of_2(positions))
 
 
 def _acc(x: Tensor):
@@ -62,53 +68,6 @@ if AVAILABLE:
         tl.store(mean_ptr + p, mean)
         tl.store(var_ptr + p, tl.sum(squares, 0) / S)
 
-    @triton.jit
-    def _coef(coef_ptr, k: tl.constexpr, p, P, ACC: tl.constexpr):
-        return tl.load(coef_ptr + k * P + p).to(ACC)
-
-    @triton.jit
-    def _map_kernel(x_ptr, y_ptr, coef_ptr, S, P, BLOCK: tl.constexpr, ACC: tl.constexpr):
-        p = tl.program_id(0)
-        offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-        inside = offs < S
-        base = p.to(tl.int64) * S
-        y = tl.load(x_ptr + base + offs, mask=inside, other=0.0).to(ACC) * _coef(coef_ptr, 0, p, P, ACC)
-        y += _coef(coef_ptr, 1, p, P, ACC)
-        tl.store(y_ptr + base + offs, y.to(y_ptr.dtype.element_ty), mask=inside)
-
-    @triton.jit
-    def _sums_kernel(g_ptr, x_ptr, out_ptr, S, P, BLOCK: tl.constexpr, ACC: tl.constexpr):
-        """Σ g x and Σ g per plane: the gradients of the scale and the shift."""
-        p = tl.program_id(0)
-        base = p.to(tl.int64) * S
-        offs = tl.arange(0, BLOCK)
-        gx = tl.zeros([BLOCK], ACC)
-        gs = tl.zeros([BLOCK], ACC)
-        for start in range(0, S, BLOCK):
-            inside = start + offs < S
-            g = tl.load(g_ptr + base + start + offs, mask=inside, other=0.0).to(ACC)
-            gx += g * tl.load(x_ptr + base + start + offs, mask=inside, other=0.0).to(ACC)
-            gs += g
-        tl.store(out_ptr + p, tl.sum(gx, 0))
-        tl.store(out_ptr + P + p, tl.sum(gs, 0))
-
-    @triton.jit
-    def _input_grad_kernel(
-        g_ptr, x_ptr, dx_ptr, coef_ptr, mean_ptr, g_mean_ptr, g_var_ptr, S, P,
-        HAS_G_MEAN: tl.constexpr, HAS_G_VAR: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr,
-    ):  # fmt: skip
-        p = tl.program_id(0)
-        offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-        inside = offs < S
-        base = p.to(tl.int64) * S
-        dx = tl.load(g_ptr + base + offs, mask=inside, other=0.0).to(ACC) * _coef(coef_ptr, 0, p, P, ACC)
-        if HAS_G_MEAN:
-            dx += tl.load(g_mean_ptr + p).to(ACC) / S
-        if HAS_G_VAR:
-            x = tl.load(x_ptr + base + offs, mask=inside, other=0.0).to(ACC)
-            dx += 2.0 * tl.load(g_var_ptr + p).to(ACC) * (x - tl.load(mean_ptr + p).to(ACC)) / S
-        tl.store(dx_ptr + base + offs, dx.to(dx_ptr.dtype.element_ty), mask=inside)
-
     # The affine family: y = (x − μ_g) r_g w_c + b_c with r_g = (σ²_g + eps)^(-1/2) over groups of M
     # consecutive samples × CG consecutive channels × all positions, combined in each program from the
     # planes' moments (no launch in between); without CENTER, μ_g = 0 and σ²_g = E x². An activation
@@ -125,17 +84,63 @@ if AVAILABLE:
         return planes, r < M * CG, c
 
     @triton.jit
-    def _group_stats(mean_ptr, var_ptr, planes, inside, count, eps, CENTER: tl.constexpr, ACC: tl.constexpr):
+    def _pooled(mean_ptr, var_ptr, planes, inside, count, ACC: tl.constexpr):
+        """Mean and biased variance of a group from its planes' moments (law of total variance, as a sum
+        of squares)."""
         pm = tl.load(mean_ptr + planes, mask=inside, other=0.0).to(ACC)
         pv = tl.load(var_ptr + planes, mask=inside, other=0.0).to(ACC)
+        mu = tl.sum(pm, 0) / count
+        d = tl.where(inside, pm - mu, 0.0)
+        return mu, (tl.sum(pv, 0) + tl.sum(d * d, 0)) / count
+
+    @triton.jit
+    def _group_stats(mean_ptr, var_ptr, planes, inside, count, eps, CENTER: tl.constexpr, ACC: tl.constexpr):
         if CENTER:
-            mu = tl.sum(pm, 0) / count
-            d = tl.where(inside, pm - mu, 0.0)
-            second = (tl.sum(pv, 0) + tl.sum(d * d, 0)) / count
+            mu, second = _pooled(mean_ptr, var_ptr, planes, inside, count, ACC)
         else:
+            pm = tl.load(mean_ptr + planes, mask=inside, other=0.0).to(ACC)
+            pv = tl.load(var_ptr + planes, mask=inside, other=0.0).to(ACC)
             mu = tl.sum(pm, 0) * 0.0
             second = (tl.sum(pv, 0) + tl.sum(pm * pm, 0)) / count
         return mu, 1.0 / tl.sqrt(second + eps)
+
+    @triton.jit
+    def _wide(pair_hi, pair_lo, ACC: tl.constexpr):
+        """A float passed as two float32 halves (:func:`split_float`), in ACC."""
+        one = tl.full([], 1.0, ACC)
+        return pair_hi * one + pair_lo * one
+
+    @triton.jit
+    def _move_towards(ptr, c, target, rate, ACC: tl.constexpr):
+        """``ptr[c] += rate · (target − ptr[c])`` in ptr's dtype, as torch's ``lerp_``."""
+        old = tl.load(ptr + c).to(ACC)
+        tl.store(ptr + c, (old + rate * (target - old)).to(ptr.dtype.element_ty))
+
+    @triton.jit
+    def _running_kernel(
+        mean_ptr, var_ptr, rm_ptr, rv_ptr, batches_ptr, momentum, momentum_lo, unbias, unbias_lo, N, C, M,
+        HAS_MEAN: tl.constexpr, CUMULATIVE: tl.constexpr, BLOCK_G: tl.constexpr, ACC: tl.constexpr,
+    ):  # fmt: skip
+        """Channel c's running statistics move towards the average over its groups of M consecutive
+        samples of their mean and variance × unbias, at the rate momentum, or 1 / batches (the
+        cumulative average)."""
+        c = tl.program_id(0)
+        r = tl.arange(0, BLOCK_G)
+        members = r < M
+        total_mean = tl.sum(tl.zeros([BLOCK_G], ACC), 0)
+        total_var = tl.sum(tl.zeros([BLOCK_G], ACC), 0)
+        for first in range(0, N, M):
+            mu, var = _pooled(mean_ptr, var_ptr, (first + r) * C + c, members, M, ACC)
+            total_mean += mu
+            total_var += var
+        groups = N // M
+        if CUMULATIVE:
+            rate = 1.0 / tl.load(batches_ptr).to(ACC)
+        else:
+            rate = _wide(momentum, momentum_lo, ACC)
+        if HAS_MEAN:
+            _move_towards(rm_ptr, c, total_mean / groups, rate, ACC)
+        _move_towards(rv_ptr, c, total_var / groups * _wide(unbias, unbias_lo, ACC), rate, ACC)
 
     @triton.jit
     def _channel_param(ptr, c, default, HAS: tl.constexpr, ACC: tl.constexpr):
@@ -387,39 +392,46 @@ def _positions(x: Tensor) -> int:
 def _grid(x: Tensor) -> tuple[tuple[int, int], int]:
     s = _positions(x)
     block = _block(s)
-    return (x.shape[0] * x.shape[1], triton.cdiv(s, block)), block
+    return (x.shape[0] * x.shape[1], -(-s // block)), block
 
 
-def plane_map(x: Tensor, coefficients: Tensor) -> Tensor:
-    """``x · scale + shift`` in ``x``'s dtype; ``coefficients`` (2, N, C) contiguous: scale, shift."""
-    y = torch.empty_like(x)
-    grid, block = _grid(x)
-    _launch(_map_kernel, grid, x, y, coefficients, _positions(x), grid[0], BLOCK=block, ACC=_acc(x))
-    return y
-
-
-def plane_sums(g: Tensor, x: Tensor, dtype: torch.dtype) -> Tensor:
-    """``(Σ_s g x, Σ_s g)`` for every plane, as (2, N, C): the gradients of the scale and the shift."""
-    s, planes = _positions(x), x.shape[0] * x.shape[1]
-    out = torch.empty(2, *x.shape[:2], dtype=dtype, device=x.device)
-    _launch(_sums_kernel, (planes,), g, x, out, s, planes, BLOCK=_block(s), ACC=_acc(x))
-    return out
-
-
-def plane_input_grad(
-    g: Tensor, x: Tensor, coefficients: Tensor, mean: Tensor, g_mean: Tensor | None, g_var: Tensor | None
-) -> Tensor:
-    """``g · scale`` plus the gradient through the plane moments, in ``x``'s dtype."""
-    dx = torch.empty_like(x)
-    grid, block = _grid(x)
+def update_running_stats(
+    x: Tensor,
+    mean: Tensor,
+    var: Tensor,
+    samples: int,
+    running_mean: Tensor | None,
+    running_var: Tensor,
+    momentum: float | None,
+    batches: Tensor | None = None,
+) -> None:
+    """Move the running statistics (in place) towards the average over the groups of ``samples``
+    consecutive samples of ``x`` (batch or ghost-batch statistics per channel) of their mean and
+    unbiased variance, from the planes' (N, C) moments: at the rate ``momentum``, or ``1 / batches`` (a
+    counter already incremented for this batch) when ``momentum`` is None. One launch."""
+    n, c = mean.shape
+    count = samples * _positions(x)
     _launch(
-        _input_grad_kernel, grid, g, x, dx, coefficients, mean,
-        mean if g_mean is None else g_mean.contiguous(),
-        mean if g_var is None else g_var.contiguous(),
-        _positions(x), grid[0],
-        HAS_G_MEAN=g_mean is not None, HAS_G_VAR=g_var is not None, BLOCK=block, ACC=_acc(x),
+        _running_kernel, (c,), mean, var, mean if running_mean is None else running_mean, running_var,
+        mean if batches is None else batches, *split_float(0.0 if momentum is None else momentum),
+        *split_float(count / max(count - 1, 1)), n, c, samples, HAS_MEAN=running_mean is not None,
+        CUMULATIVE=momentum is None, BLOCK_G=_power_of_2(samples), ACC=_acc(x),
     )  # fmt: skip
-    return dx
+    written_in_place(running_var, *([] if running_mean is None else [running_mean]))
+
+
+def split_float(value: float) -> tuple[float, float]:
+    """``value`` as float32 ``(hi, lo)`` with ``hi + lo == value`` to ~1e-15: Triton passes a Python float
+    to a kernel as float32, which would put float64 running statistics off by ~1e-8 relative."""
+    hi = struct.unpack("f", struct.pack("f", value))[0]
+    return hi, value - hi
+
+
+def written_in_place(*tensors: Tensor) -> None:
+    """Tell autograd that a kernel wrote these tensors, as an in-place torch op would (their version
+    counters; a graph that saved one of them then fails loudly instead of using the new values)."""
+    for t in tensors:
+        torch.autograd.graph.increment_version(t)
 
 
 NO_ACT, TLU_ACT, GATE_ACT, B0_ACT, B0_EVAL_ACT = 0, 1, 2, 3, 4
@@ -439,7 +451,7 @@ class Family(NamedTuple):
         """The kernels' compile-time options."""
         return dict(
             HAS_W=params[0] is not None, HAS_B=params[1] is not None, CENTER=self.center, ACT=self.act,
-            BLOCK_G=triton.next_power_of_2(self.samples * self.channels), ACC=_acc(x),
+            BLOCK_G=_power_of_2(self.samples * self.channels), ACC=_acc(x),
         )  # fmt: skip
 
 

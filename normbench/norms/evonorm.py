@@ -21,6 +21,7 @@ from normbench.norms._kernels import (
     use_fused,
 )
 from normbench.norms._planes import B0_ACT, B0_EVAL_ACT, GATE_ACT, affine_family, use_planes
+from normbench.norms._triton import update_running_stats
 from normbench.norms.groupnorm import resolve_groups
 from normbench.norms.registry import register_norm
 
@@ -148,7 +149,6 @@ class EvoNormB0(ChannelNorm):
 
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(x)
-        coefficients = partial(self._coefficients, self.training)
         if use_planes(x):
             act = B0_ACT if self.training else B0_EVAL_ACT
             y, mean_in, var_in = affine_family(
@@ -161,7 +161,11 @@ class EvoNormB0(ChannelNorm):
                 t=self.v,
                 aux=None if self.training else self.running_var,
             )
-        elif use_fused(x):
+            if self.training:
+                update_running_stats(x, mean_in, var_in, x.shape[0], None, self.running_var, self.momentum)
+            return like_input(y, x)
+        coefficients = partial(self._coefficients, self.training)
+        if use_fused(x):
             y, mean_in, var_in = _EvoNormB0.apply(x, coefficients, self.v, self.weight, self.bias)
         else:  # the same formula under autograd
             mean_in, var_in = group_moments(group_view(x))

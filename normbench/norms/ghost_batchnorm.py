@@ -9,6 +9,7 @@ from torch import Tensor
 from normbench.norms._base import like_input, move_towards
 from normbench.norms._kernels import standardizing, use_fused
 from normbench.norms._planes import affine_family, group_affine, group_moments_of_planes, use_planes
+from normbench.norms._triton import update_running_stats
 from normbench.norms.batchnorm import BatchNorm
 from normbench.norms.registry import register_norm
 
@@ -68,6 +69,15 @@ class GhostBatchNorm(BatchNorm):
         chunks = [(x[:full], g)] if full else []
         if full < n:  # the last ghost batch may be smaller (or g + 1)
             chunks.append((x[full:], n - full))
+        if len(chunks) == 1 and use_planes(x, native=self.native_kernel):  # one launch for the running stats
+            m = chunks[0][1]
+            y, mean, var = affine_family(x, self.weight, self.bias, self.eps, samples=m)
+            if self.track_running_stats:
+                batches = self.num_batches_tracked.add_(1)
+                update_running_stats(
+                    x, mean, var, m, self.running_mean, self.running_var, self.momentum, batches
+                )
+            return like_input(y, x)
         normalize = self._fused if use_fused(x) or use_planes(x, native=self.native_kernel) else self._folded
         parts = [normalize(chunk, m) for chunk, m in chunks]
         if self.track_running_stats:  # towards the average over ghost batches of their mean and unbiased var

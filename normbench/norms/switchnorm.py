@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
+from normbench.norms import _triton
 from normbench.norms._base import ChannelNorm, like_input, move_towards
 from normbench.norms._kernels import compiled_on_gpu, pooled, standardizing
-from normbench.norms._planes import group_affine
+from normbench.norms._planes import group_affine, use_planes
+from normbench.norms._triton_switch import switch_backward, switch_map, switch_pools
 from normbench.norms.registry import register_norm
 
 SOURCES = ("in", "ln", "bn")
@@ -36,6 +39,38 @@ def _mixture(
     mean = wm[0] * mean_in + wm[1] * mean_ln + wm[2] * mean_bn
     var = wv[0] * var_in + wv[1] * var_ln + wv[2] * var_bn
     return standardizing(mean, var, eps, weight, bias)
+
+
+class SwitchNormFused(torch.autograd.Function):
+    """SwitchNorm on its Triton kernels (:mod:`normbench.norms._triton_switch`, which derives the
+    backward): three launches per direction, the running statistics moved inside them.
+
+    ``apply(x, weight, bias, mean_logits, var_logits, running_mean, running_var, eps, momentum,
+    training)`` returns y. Once differentiable.
+    """
+
+    @staticmethod
+    def forward(
+        ctx, x, weight, bias, mean_logits, var_logits, running_mean, running_var, eps, momentum, training
+    ):
+        mean, var = _triton.plane_moments(x)
+        rows, cols = switch_pools(x, mean, var, running_mean, running_var, momentum, training)
+        params = (weight, bias, mean_logits, var_logits)
+        ctx.eps, ctx.training = eps, training
+        ctx.save_for_backward(x, mean, var, rows, cols, *params)
+        return switch_map(x, mean, var, rows, cols, params, eps)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g: Tensor):
+        x, mean, var, rows, cols, *params = ctx.saved_tensors
+        dx, affine, logits = switch_backward(
+            g.contiguous(), x, mean, var, rows, cols, tuple(params), ctx.eps, ctx.training
+        )
+        grads = [
+            None if p is None else t.to(p.dtype) for p, t in zip(params, (*affine, *logits), strict=True)
+        ]
+        return dx if ctx.needs_input_grad[0] else None, *grads, None, None, None, None, None
 
 
 @register_norm(
@@ -79,6 +114,12 @@ class SwitchNorm(ChannelNorm):
 
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(x)
+        if use_planes(x):
+            y = SwitchNormFused.apply(
+                x, self.weight, self.bias, self.mean_logits, self.var_logits, self.running_mean,
+                self.running_var, self.eps, self.momentum, self.training,
+            )  # fmt: skip
+            return like_input(y, x)
         running = (self.running_mean, self.running_var, self.training, self.eps)  # the mode of this forward
 
         def coefficients(*moments_and_params: Tensor | None) -> tuple[Tensor, Tensor]:
