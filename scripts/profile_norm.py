@@ -18,8 +18,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from normbench import build_norm
 from normbench.norms import _triton
-from normbench.norms._kernels import Recorded
-from normbench.norms._planes import PlaneAffine, affine_family
+from normbench.norms._planes import affine_family
 
 
 def host_us(fn: Callable[[], object], calls: int = 300) -> float:
@@ -49,14 +48,8 @@ def components(x: torch.Tensor) -> dict[str, Callable[[], object]]:
     w, b = (torch.rand(c, device=x.device, requires_grad=True) for _ in range(2))
     xg, g = x.detach().requires_grad_(), torch.randn_like(x)
     mean, var = _triton.plane_moments(x)
-    coefs, small = torch.rand(2, n, c, device=x.device), torch.rand(n, c, device=x.device)
-
-    def coefficients(m, v, w, b):
-        scale = torch.rsqrt(v.mean(1, keepdim=True) + 1e-5) * w
-        return scale, b - m.mean(1, keepdim=True) * scale
-
-    def record_and_pull():
-        Recorded(coefficients, [mean, var, w, b]).grads([small, small])
+    small = torch.rand(n, c, device=x.device)
+    layer = (w, b, None, None, None), _triton.Family(1e-5, 1, c, True, 0)
 
     def fused_no_grad():
         with torch.no_grad():
@@ -66,26 +59,17 @@ def components(x: torch.Tensor) -> dict[str, Callable[[], object]]:
         "torch mul on (N, C)": lambda: small * small,
         "torch.empty_like(x)": lambda: torch.empty_like(x),
         "triton plane_moments": lambda: _triton.plane_moments(x),
-        "triton plane_map": lambda: _triton.plane_map(x, coefs),
-        "triton group_affine": lambda: _triton.group_affine(
-            x, mean, var, (w, b, None, None), _triton.Family(1e-5, 1, c, True, 0)
-        ),
+        "triton group_affine": lambda: _triton.group_affine(x, mean, var, *layer),
         "triton group_affine, standard launch": lambda: slow_launch(
-            lambda: _triton.group_affine(
-                x, mean, var, (w, b, None, None), _triton.Family(1e-5, 1, c, True, 0)
-            )
+            lambda: _triton.group_affine(x, mean, var, *layer)
         ),
-        "triton group_affine_backward": lambda: _triton.group_affine_backward(
-            g, x, mean, var, (w, b, None, None), _triton.Family(1e-5, 1, c, True, 0)
-        ),
+        "triton group_affine_backward": lambda: _triton.group_affine_backward(g, x, mean, var, *layer),
         "affine_family fwd no_grad": fused_no_grad,
         "affine_family fwd+bwd": lambda: affine_family(xg, w, b, 1e-5, channels=c)[0].backward(g),
         "F.group_norm(1) fwd+bwd": lambda: torch.nn.functional.group_norm(xg, 1, w, b).backward(g),
         "F.batch_norm fwd+bwd": lambda: torch.nn.functional.batch_norm(xg, None, None, w, b, True).backward(
             g
         ),
-        "Recorded + grads of 6 small ops": record_and_pull,
-        "PlaneAffine fwd+bwd (6 small ops)": lambda: PlaneAffine.apply(xg, coefficients, w, b)[0].backward(g),
     }
 
 

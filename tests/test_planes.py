@@ -1,21 +1,32 @@
 """The plugins' Triton path (normbench.norms._planes) equals their torch formulas: run on the CPU
 through Triton's interpreter (TRITON_INTERPRET=1, set in conftest.py), values, every gradient and the
-running statistics, in float64 to 1e-9 and in bf16 under autocast to bf16 tolerance."""
+running statistics, in float64 to 1e-9 and in bf16 under autocast to bf16 tolerance; and every kernel
+compiles for a GPU."""
 
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from normbench import build_norm
-from normbench.norms import _planes, _triton
+from normbench.norms import _planes, _triton, _triton_switch
 from tests.conftest import randomize_affine
+from tests.helpers import ROOT
 
 CASES = [
     ("ghost_batchnorm", {"ghost_batch_size": 2}, (5, 4, 2, 3)),  # ghost batches of 2 and 3
     ("switchnorm", {}, (5, 4, 3, 3)),
+    # r_max 1.5 and d_max 0.5 from the first step: r clipped (σ_B ≈ 2 against the initial σ = 1), d partly
+    (
+        "batchrenorm",
+        {"r_max": 1.5, "d_max": 0.5, "warmup_steps": 0, "r_max_steps": 0, "d_max_steps": 0},
+        (5, 4, 2, 3),
+    ),
     ("groupnorm", {"num_groups": 2}, (3, 4, 2, 3)),
     ("instancenorm", {}, (3, 4, 7)),
     ("layernorm", {}, (3, 4, 7)),
@@ -154,3 +165,17 @@ def test_channels_last_and_vmap_inputs_take_the_torch_formula(triton_calls):
     assert not triton_calls
     module(x.contiguous())
     assert triton_calls == [2]
+
+
+def test_every_kernel_the_plugins_launch_compiles_for_an_h100():
+    """What the interpreter cannot check: Triton's compiler accepts each kernel and specialization the
+    plugins launch (bf16 storage, every plugin, training and eval) for sm_90, down to a cubin."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    script = [sys.executable, "scripts/compile_cuda.py", "--arch", "90", "--dtypes", "bf16"]
+    done = subprocess.run(script, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    defined = {
+        name for module in (_triton, _triton_switch) for name in vars(module) if name.endswith("_kernel")
+    }
+    compiled = set(done.stdout.splitlines()[0].split(": ")[1].split(", "))
+    assert compiled == defined and done.stdout.splitlines()[-1].startswith("0 failed")

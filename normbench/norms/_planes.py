@@ -33,6 +33,7 @@ from normbench.norms._triton import (  # noqa: F401  (for the plugins)
     B0_EVAL_ACT,
     GATE_ACT,
     NO_ACT,
+    RENORM_ACT,
     TLU_ACT,
 )
 
@@ -70,20 +71,23 @@ class GroupAffineFused(torch.autograd.Function):
     (RMSNorm, FRN). ``act``: ``TLU_ACT`` gives ``max(y, t_c)`` (FRN), ``GATE_ACT``
     ``x sigmoid(t_c x) r_g w_c + b_c`` (EvoNorm-S0), ``B0_ACT`` ``x w_c / max(a_c, t_c x + s_nc) + b_c``
     with a = 1 / r_g of the batch group and s the instance term (EvoNorm-B0; ``B0_EVAL_ACT`` takes
-    a from the running variance ``aux``); the kernels' docstrings hold the backward.
+    a from the running variance ``aux``); ``RENORM_ACT`` (Batch Renormalization) scales by ``w_c r'_c`` and
+    shifts by ``b_c + w_c d'_c``, r' and d' from the batch group's statistics, the running mean ``t`` and
+    variance ``aux`` and ``bounds`` = (r_max, d_max), without gradient. The kernels' docstrings hold the
+    backward.
 
-    ``apply(x, weight, bias, t, aux, eps, samples, channels, center, act)`` returns ``(y, mean, var)``
-    with the planes' (N, C) moments, without gradient. Once differentiable.
+    ``apply(x, weight, bias, t, aux, bounds, eps, samples, channels, center, act)`` returns ``(y, mean,
+    var)`` with the planes' (N, C) moments, without gradient. Once differentiable.
     """
 
     @staticmethod
     def forward(
-        ctx, x, weight, bias, t, aux, eps: float, samples: int, channels: int, center: bool, act: int
+        ctx, x, weight, bias, t, aux, bounds, eps: float, samples: int, channels: int, center: bool, act: int
     ):
         mean, var = _triton.plane_moments(x)
         ctx.family = _triton.Family(eps, samples, channels, center, act)
-        y = _triton.group_affine(x, mean, var, (weight, bias, t, aux), ctx.family)
-        ctx.save_for_backward(x, mean, var, weight, bias, t, aux)
+        y = _triton.group_affine(x, mean, var, (weight, bias, t, aux, bounds), ctx.family)
+        ctx.save_for_backward(x, mean, var, weight, bias, t, aux, bounds)
         # the moments carry no gradient, and the backward gets no zeros made up for them (nor for an unused y)
         ctx.mark_non_differentiable(mean, var)
         ctx.set_materialize_grads(False)
@@ -93,15 +97,15 @@ class GroupAffineFused(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, g: Tensor | None, *_: Tensor | None):
         if g is None:
-            return (None,) * 10
+            return (None,) * 11
         x, mean, var, *params = ctx.saved_tensors
         gx, sums = _triton.group_affine_backward(g.contiguous(), x, mean, var, tuple(params), ctx.family)
         per_channel = sums.sum(1)
-        grads = [
-            None if p is None else per_channel[row].to(p.dtype)
-            for p, row in zip(params[:3], (0, 2, 3), strict=True)
+        grads = [  # w, b, t from rows 0, 2, 3
+            per_channel[row].to(p.dtype) if needed else None
+            for p, row, needed in zip(params[:3], (0, 2, 3), ctx.needs_input_grad[1:4], strict=True)
         ]
-        return gx if ctx.needs_input_grad[0] else None, *grads, None, None, None, None, None, None
+        return gx if ctx.needs_input_grad[0] else None, *grads, *(None,) * 7
 
 
 def affine_family(
@@ -115,9 +119,10 @@ def affine_family(
     act: int = NO_ACT,
     t: Tensor | None = None,
     aux: Tensor | None = None,
+    bounds: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """:class:`GroupAffineFused` on ``x`` (``use_planes(x)`` must hold): ``(y, mean, var)``."""
-    return GroupAffineFused.apply(x, weight, bias, t, aux, eps, samples, channels, center, act)
+    return GroupAffineFused.apply(x, weight, bias, t, aux, bounds, eps, samples, channels, center, act)
 
 
 def group_moments_of_planes(mean: Tensor, var: Tensor, samples: int, channels: int) -> tuple[Tensor, Tensor]:

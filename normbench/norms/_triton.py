@@ -152,17 +152,30 @@ if AVAILABLE:
 
     @triton.jit
     def _plane_coefficients(
-        mean_ptr, var_ptr, w_ptr, b_ptr, t_ptr, p, eps, C, M, CG,
+        mean_ptr, var_ptr, w_ptr, b_ptr, t_ptr, aux_ptr, bounds_ptr, p, eps, C, M, CG,
         HAS_W: tl.constexpr, HAS_B: tl.constexpr, CENTER: tl.constexpr, ACT: tl.constexpr,
         BLOCK_G: tl.constexpr, ACC: tl.constexpr,
     ):  # fmt: skip
-        """μ_g, r_g, w_c, b_c and t_c of plane p."""
+        """μ_g, r_g, w_c, b_c and t_c of plane p; RENORM: w_c r'_c and b_c + w_c d'_c."""
         planes, members, c = _group_of(p, C, M, CG, BLOCK_G)
         mu, r = _group_stats(mean_ptr, var_ptr, planes, members, M * CG, eps, CENTER, ACC)
         w = _channel_param(w_ptr, c, 1.0, HAS_W, ACC)
         b = _channel_param(b_ptr, c, 0.0, HAS_B, ACC)
         t = _channel_param(t_ptr, c, 0.0, ACT != 0, ACC)
+        if ACT == -1:
+            rc, dc = _renorm(mu, r, t, aux_ptr, bounds_ptr, c, eps, ACC)
+            b += w * dc
+            w *= rc
         return mu, r, w, b, t
+
+    @triton.jit
+    def _renorm(mu, r, running_mean, aux_ptr, bounds_ptr, c, eps, ACC: tl.constexpr):
+        """Batch Renormalization's r' = clip(σ_B / σ, 1/r_max, r_max) and d' = clip((μ_B − μ) / σ, ±d_max)
+        with σ = (running variance (aux) + eps)^½, σ_B = 1 / r; bounds = (r_max, d_max)."""
+        sigma = tl.sqrt(tl.load(aux_ptr + c).to(ACC) + eps)
+        r_max, d_max = tl.load(bounds_ptr).to(ACC), tl.load(bounds_ptr + 1).to(ACC)
+        rc = tl.minimum(tl.maximum(1.0 / r / sigma, 1.0 / r_max), r_max)
+        return rc, tl.minimum(tl.maximum((mu - running_mean) / sigma, -d_max), d_max)
 
     @triton.jit
     def _b0_scales(var_ptr, aux_ptr, p, C, r, eps, ACT: tl.constexpr, ACC: tl.constexpr):
@@ -176,7 +189,7 @@ if AVAILABLE:
 
     @triton.jit
     def _affine_kernel(
-        x_ptr, y_ptr, mean_ptr, var_ptr, w_ptr, b_ptr, t_ptr, aux_ptr, eps, S, C, M, CG,
+        x_ptr, y_ptr, mean_ptr, var_ptr, w_ptr, b_ptr, t_ptr, aux_ptr, bounds_ptr, eps, S, C, M, CG,
         HAS_W: tl.constexpr, HAS_B: tl.constexpr, CENTER: tl.constexpr, ACT: tl.constexpr,
         BLOCK: tl.constexpr, BLOCK_G: tl.constexpr, ACC: tl.constexpr,
     ):  # fmt: skip
@@ -184,8 +197,9 @@ if AVAILABLE:
         offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         inside = offs < S
         mu, r, w, b, t = _plane_coefficients(
-            mean_ptr, var_ptr, w_ptr, b_ptr, t_ptr, p, eps, C, M, CG, HAS_W, HAS_B, CENTER, ACT, BLOCK_G, ACC
-        )
+            mean_ptr, var_ptr, w_ptr, b_ptr, t_ptr, aux_ptr, bounds_ptr, p, eps, C, M, CG,
+            HAS_W, HAS_B, CENTER, ACT, BLOCK_G, ACC,
+        )  # fmt: skip
         base = p.to(tl.int64) * S
         x = tl.load(x_ptr + base + offs, mask=inside, other=0.0).to(ACC)
         if ACT >= 3:
@@ -201,7 +215,7 @@ if AVAILABLE:
 
     @triton.jit
     def _affine_sums_kernel(
-        g_ptr, x_ptr, mean_ptr, var_ptr, w_ptr, b_ptr, t_ptr, aux_ptr, out_ptr, eps, S, C, M, CG, P,
+        g_ptr, x_ptr, mean_ptr, var_ptr, w_ptr, b_ptr, t_ptr, aux_ptr, bounds_ptr, out_ptr, eps, S, C, M, CG, P,
         HAS_W: tl.constexpr, HAS_B: tl.constexpr, CENTER: tl.constexpr, ACT: tl.constexpr,
         BLOCK: tl.constexpr, BLOCK_G: tl.constexpr, ACC: tl.constexpr,
     ):  # fmt: skip
@@ -212,25 +226,11 @@ if AVAILABLE:
         p = tl.program_id(0)
         base = p.to(tl.int64) * S
         offs = tl.arange(0, BLOCK)
-        if ACT != 0:
+        if ACT > 0:
             mu, r, w, b, t = _plane_coefficients(
-                mean_ptr,
-                var_ptr,
-                w_ptr,
-                b_ptr,
-                t_ptr,
-                p,
-                eps,
-                C,
-                M,
-                CG,
-                HAS_W,
-                HAS_B,
-                CENTER,
-                ACT,
-                BLOCK_G,
-                ACC,
-            )
+                mean_ptr, var_ptr, w_ptr, b_ptr, t_ptr, aux_ptr, bounds_ptr, p, eps, C, M, CG,
+                HAS_W, HAS_B, CENTER, ACT, BLOCK_G, ACC,
+            )  # fmt: skip
         if ACT >= 3:
             a, s = _b0_scales(var_ptr, aux_ptr, p, C, r, eps, ACT, ACC)
         gx = tl.zeros([BLOCK], ACC)
@@ -274,7 +274,7 @@ if AVAILABLE:
 
     @triton.jit
     def _affine_input_grad_kernel(
-        g_ptr, x_ptr, dx_ptr, mean_ptr, var_ptr, w_ptr, b_ptr, t_ptr, aux_ptr, sums_ptr, eps, S, C, M, CG, P,
+        g_ptr, x_ptr, dx_ptr, mean_ptr, var_ptr, w_ptr, b_ptr, t_ptr, aux_ptr, bounds_ptr, sums_ptr, eps, S, C, M, CG, P,
         HAS_W: tl.constexpr, HAS_B: tl.constexpr, CENTER: tl.constexpr, ACT: tl.constexpr,
         BLOCK: tl.constexpr, BLOCK_G: tl.constexpr, ACC: tl.constexpr,
     ):  # fmt: skip
@@ -285,10 +285,13 @@ if AVAILABLE:
         offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         inside = offs < S
         mu, r, w, b, t = _plane_coefficients(
-            mean_ptr, var_ptr, w_ptr, b_ptr, t_ptr, p, eps, C, M, CG, HAS_W, HAS_B, CENTER, ACT, BLOCK_G, ACC
-        )
+            mean_ptr, var_ptr, w_ptr, b_ptr, t_ptr, aux_ptr, bounds_ptr, p, eps, C, M, CG,
+            HAS_W, HAS_B, CENTER, ACT, BLOCK_G, ACC,
+        )  # fmt: skip
         planes, members, _ = _group_of(p, C, M, CG, BLOCK_G)
-        if HAS_W:
+        if ACT == -1:  # a group is one channel, its weight w r'
+            wg = tl.where(members, w, 0.0)
+        elif HAS_W:
             wg = tl.load(w_ptr + planes % C, mask=members, other=0.0).to(ACC)
         else:
             wg = tl.where(members, 1.0, 0.0)
@@ -323,7 +326,11 @@ if AVAILABLE:
             if CENTER:
                 dx -= tl.sum(wg * sg, 0) / count
             dx = r * dx
-            row0 = r * (own_gx - mu * tl.load(sums_ptr + 2 * P + p).to(ACC))
+            own_g = tl.load(sums_ptr + 2 * P + p).to(ACC)
+            row0 = r * (own_gx - mu * own_g)  # Σ g x̂
+            if ACT == -1:  # ∂L/∂w = Σ g (x̂ r' + d')
+                rc, dc = _renorm(mu, r, t, aux_ptr, bounds_ptr, p % C, eps, ACC)
+                row0 = rc * row0 + dc * own_g
         tl.store(dx_ptr + base + offs, dx.to(dx_ptr.dtype.element_ty), mask=inside)
         if ACT < 3 and tl.program_id(1) == 0:
             tl.store(sums_ptr + p, row0)
@@ -435,6 +442,9 @@ def written_in_place(*tensors: Tensor) -> None:
 
 
 NO_ACT, TLU_ACT, GATE_ACT, B0_ACT, B0_EVAL_ACT = 0, 1, 2, 3, 4
+# Not an activation: Batch Renormalization's correction of the scale and shift (negative, so that the
+# kernels' tests for activations leave it out).
+RENORM_ACT = -1
 
 
 class Family(NamedTuple):
@@ -459,7 +469,8 @@ def group_affine(
     x: Tensor, mean: Tensor, var: Tensor, params: tuple[Tensor | None, ...], family: Family
 ) -> Tensor:
     """The family's output in ``x``'s dtype from the planes' moments (:func:`plane_moments`); ``params`` =
-    (w, b, t, aux): t the activation's parameter, aux EvoNorm-B0's running variance."""
+    (w, b, t, aux, bounds): t the activation's parameter, aux EvoNorm-B0's running variance; RENORM: t
+    and aux the running mean and variance, bounds (r_max, d_max)."""
     y = torch.empty_like(x)
     grid, block = _grid(x)
     f = family
@@ -477,7 +488,7 @@ def group_affine_backward(
     ∂L/∂w, ∂L/∂b and ∂L/∂t in rows 0, 2 and 3 (to be summed over samples)."""
     n, c = x.shape[:2]
     f = family
-    sums = torch.empty(3 + (f.act != NO_ACT) + (f.act >= B0_ACT), n, c, dtype=mean.dtype, device=x.device)
+    sums = torch.empty(3 + (f.act > NO_ACT) + (f.act >= B0_ACT), n, c, dtype=mean.dtype, device=x.device)
     args = (
         *_pointers((mean, var, *params), mean),
         sums,

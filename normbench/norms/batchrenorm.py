@@ -6,7 +6,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from normbench.norms._base import like_input
 from normbench.norms._kernels import group_moments, group_view
+from normbench.norms._planes import RENORM_ACT, affine_family, use_planes
+from normbench.norms._triton import update_running_stats
 from normbench.norms.batchnorm import BatchNorm
 from normbench.norms.registry import register_norm
 
@@ -79,6 +82,8 @@ class BatchRenorm(BatchNorm):
         if not self.training:
             return super().forward(x)
         self.check_input(x)
+        if use_planes(x):
+            return self._planes(x)
         r_max, d_max = self.limits()
         with torch.no_grad():
             mean_b, var_b = (m.flatten() for m in group_moments(group_view(x, samples=x.shape[0])))
@@ -93,6 +98,20 @@ class BatchRenorm(BatchNorm):
             bias = bias + self.bias
         # one native kernel: (x - mu_B) / sigma_B * (r * gamma) + (d * gamma + beta)
         return F.batch_norm(x, None, None, weight, bias, True, 0.0, self.eps)
+
+    def _planes(self, x: Tensor) -> Tensor:
+        """The same on the Triton kernels: r and d formed inside them, the running statistics moved by
+        one more launch."""
+        c, n = self.num_channels, x.shape[0]
+        # what this step's r and d are formed from, as the backward will need it after the update below
+        frozen = torch.cat((self.running_mean, self.running_var, torch.stack(self.limits())))
+        y, mean, var = affine_family(
+            x, self.weight, self.bias, self.eps, samples=n, act=RENORM_ACT, t=frozen[:c], aux=frozen[c : 2 * c],
+            bounds=frozen[2 * c :],
+        )  # fmt: skip
+        batches = self.num_batches_tracked.add_(1)
+        update_running_stats(x, mean, var, n, self.running_mean, self.running_var, self.momentum, batches)
+        return like_input(y, x)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, r_max={self.r_max}, d_max={self.d_max}, warmup_steps={self.warmup_steps}"
