@@ -134,43 +134,27 @@ def standardizing(
     return scale, shift if bias is None else shift + bias
 
 
-class Recorded:
-    """``fn(*inputs)`` run once on detached copies of ``inputs`` under autograd (``track=True``), so the
-    gradients of ``Σ_k Σ <outputs[k], grads[k]>`` with respect to ``inputs`` can be pulled back later.
-
-    ``fn`` maps per-group statistics to per-group coefficients, small next to the activations; this is
-    how the Functions here stay correct for any coefficient formula without hand-derived chains.
-    """
-
-    def __init__(
-        self, fn: Callable[..., tuple[Tensor, ...]], inputs: Sequence[Tensor | None], track: bool = True
-    ):
-        with torch.set_grad_enabled(track):
-            self.leaves = [None if t is None else t.detach().requires_grad_(track) for t in inputs]
-            self.outputs = fn(*self.leaves)
-
-    def grads(self, grads: Sequence[Tensor]) -> list[Tensor | None]:
-        """The gradients with respect to the inputs (None for a None or unused input)."""
-        # an output broadcast against its gradient (a per-channel (1, C) term) takes the summed gradient
-        used = [
-            (o, gr.sum_to_size(o.shape)) for o, gr in zip(self.outputs, grads, strict=True) if o.requires_grad
-        ]
-        wrt = [t for t in self.leaves if t is not None]
-        found = iter(
-            torch.autograd.grad([o for o, _ in used], wrt, [gr for _, gr in used], allow_unused=True)
-            if used
-            else [None] * len(wrt)
-        )
-        return [None if t is None else next(found) for t in self.leaves]
-
-
 def pull_back(
     fn: Callable[..., tuple[Tensor, ...]], inputs: Sequence[Tensor | None], grads: Sequence[Tensor]
 ) -> tuple[list[Tensor], list[Tensor | None]]:
     """``fn(*inputs)`` (detached) and the gradients of ``Σ_k Σ <fn(*inputs)[k], grads[k]>`` with respect
-    to ``inputs`` (None for a None or unused input): a :class:`Recorded` used at once."""
-    recorded = Recorded(fn, inputs)
-    return [o.detach() for o in recorded.outputs], recorded.grads(grads)
+    to ``inputs`` (None for a None or unused input).
+
+    ``fn`` maps per-group statistics to per-group coefficients, small next to the activations; this is
+    how the Functions here stay correct for any coefficient formula without hand-derived chains.
+    """
+    with torch.enable_grad():
+        leaves = [None if t is None else t.detach().requires_grad_() for t in inputs]
+        outputs = fn(*leaves)
+    # an output broadcast against its gradient (a per-channel (1, C) term) takes the summed gradient
+    used = [(o, g.sum_to_size(o.shape)) for o, g in zip(outputs, grads, strict=True) if o.requires_grad]
+    wrt = [t for t in leaves if t is not None]
+    found = iter(
+        torch.autograd.grad([o for o, _ in used], wrt, [g for _, g in used], allow_unused=True)
+        if used
+        else [None] * len(wrt)
+    )
+    return [o.detach() for o in outputs], [None if t is None else next(found) for t in leaves]
 
 
 def add_moment_grads(

@@ -129,22 +129,8 @@ if AVAILABLE:
         offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         inside = offs < S
         mu, r, w, b = _plane(
-            p,
-            mean_ptr,
-            var_ptr,
-            rows_ptr,
-            cols_ptr,
-            w_ptr,
-            b_ptr,
-            lm_ptr,
-            lv_ptr,
-            eps,
-            N,
-            C,
-            HAS_W,
-            HAS_B,
-            ACC,
-        )
+            p, mean_ptr, var_ptr, rows_ptr, cols_ptr, w_ptr, b_ptr, lm_ptr, lv_ptr, eps, N, C, HAS_W, HAS_B, ACC
+        )  # fmt: skip
         base = p.to(tl.int64) * S
         x = tl.load(x_ptr + base + offs, mask=inside, other=0.0).to(ACC)
         tl.store(y_ptr + base + offs, ((x - mu) * (r * w) + b).to(y_ptr.dtype.element_ty), mask=inside)
@@ -158,22 +144,8 @@ if AVAILABLE:
         p = tl.program_id(0)
         P = N * C
         mu, r, w, _b = _plane(
-            p,
-            mean_ptr,
-            var_ptr,
-            rows_ptr,
-            cols_ptr,
-            w_ptr,
-            b_ptr,
-            lm_ptr,
-            lv_ptr,
-            eps,
-            N,
-            C,
-            HAS_W,
-            HAS_B,
-            ACC,
-        )
+            p, mean_ptr, var_ptr, rows_ptr, cols_ptr, w_ptr, b_ptr, lm_ptr, lv_ptr, eps, N, C, HAS_W, HAS_B, ACC
+        )  # fmt: skip
         base = p.to(tl.int64) * S
         offs = tl.arange(0, BLOCK)
         gs = tl.zeros([BLOCK], ACC)
@@ -270,22 +242,8 @@ if AVAILABLE:
         offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         inside = offs < S
         _mu, r, w, _b = _plane(
-            p,
-            mean_ptr,
-            var_ptr,
-            rows_ptr,
-            cols_ptr,
-            w_ptr,
-            b_ptr,
-            lm_ptr,
-            lv_ptr,
-            eps,
-            N,
-            C,
-            HAS_W,
-            HAS_B,
-            ACC,
-        )
+            p, mean_ptr, var_ptr, rows_ptr, cols_ptr, w_ptr, b_ptr, lm_ptr, lv_ptr, eps, N, C, HAS_W, HAS_B, ACC
+        )  # fmt: skip
         wm0, wm1, wm2 = _softmax3(lm_ptr, ACC)
         wv0, wv1, wv2 = _softmax3(lv_ptr, ACC)
         mean_in = tl.load(mean_ptr + p).to(ACC)
