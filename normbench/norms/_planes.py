@@ -4,9 +4,10 @@
 Each plugin's statistics come from its planes' moments — directly (instance statistics), pooled over
 samples (batch and ghost-batch statistics) or over channels (layer and group statistics), with the law
 of total variance. :func:`affine_family` (LayerNorm, GroupNorm, InstanceNorm, ghost BatchNorm,
-RMSNorm, FRN, both EvoNorms) does all of it inside the kernels: two launches per direction, eight
-memory passes as native BatchNorm, no small-tensor op in between; SwitchNorm's mixture has its own
-kernels (:mod:`normbench.norms._triton_switch`). Every plugin keeps its torch formula for the CPU,
+BatchRenorm, RMSNorm, FRN, both EvoNorms) does all of it inside the kernels: two launches per
+direction, eight memory passes as native BatchNorm, no small-tensor op in between; running statistics
+move in one more launch (:func:`normbench.norms._triton.update_running_stats`). SwitchNorm's mixture
+has its own kernels (:mod:`normbench.norms._triton_switch`). Every plugin keeps its torch formula for the CPU,
 ``torch.compile``, ``vmap`` and channels_last inputs; tests/test_planes.py ties the two through
 Triton's interpreter.
 """
