@@ -133,6 +133,31 @@ def test_plane_moments_loop_over_planes_longer_than_a_block(monkeypatch, positio
     torch.testing.assert_close(var, want_var, rtol=1e-12, atol=1e-12)
 
 
+def test_batchrenorm_clips_r_and_d_on_both_sides(triton_calls, monkeypatch):
+    """Running statistics far from the batch's, per channel: r and d each clipped below, above and not
+    at all, through the Triton path as in the torch formula (values, gradients, running statistics)."""
+    options = {"r_max": 1.5, "d_max": 0.5, "warmup_steps": 0, "r_max_steps": 0, "d_max_steps": 0}
+    torch_module, triton_module = pair("batchrenorm", options, torch.float64)
+    for module in (torch_module, triton_module):  # batch: mean ≈ 0.5, std ≈ 2 in every channel
+        module.running_mean.copy_(torch.tensor([4.0, -2.0, 0.4, 0.6]))
+        module.running_var.copy_(torch.tensor([16.0, 0.25, 4.0, 3.0]))
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(6, 4, 5, generator=gen, dtype=torch.float64) * 2 + 0.5
+    g = torch.randn(x.shape, generator=gen, dtype=torch.float64)
+    sigma_b = (x.var((0, 2), correction=0) + 1e-5).sqrt()
+    r = sigma_b / (torch_module.running_var + 1e-5).sqrt()
+    d = (x.mean((0, 2)) - torch_module.running_mean) / (torch_module.running_var + 1e-5).sqrt()
+    assert (r < 1 / 1.5).any() and (r > 1.5).any() and ((r > 1 / 1.5) & (r < 1.5)).any()
+    assert (d < -0.5).any() and (d > 0.5).any() and (d.abs() < 0.5).any()
+    with monkeypatch.context() as m:
+        m.setattr(_planes, "TRITON_DEVICES", set())
+        want = run(torch_module, x, g)
+    got = run(triton_module, x, g)
+    assert triton_calls == [6]
+    for key, value in want.items():
+        torch.testing.assert_close(got[key], value, rtol=1e-9, atol=1e-10, msg=key)
+
+
 @pytest.mark.parametrize("training", [True, False])
 def test_switchnorm_kernels_loop_over_rows_columns_and_planes_longer_than_a_block(
     triton_calls, monkeypatch, training
