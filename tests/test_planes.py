@@ -206,3 +206,26 @@ def test_every_kernel_the_plugins_launch_compiles_for_an_h100():
     }
     compiled = set(done.stdout.splitlines()[0].split(": ")[1].split(", "))
     assert compiled == defined and done.stdout.splitlines()[-1].startswith("0 failed")
+
+
+def test_host_cost_script_times_every_plugin_and_names_its_path(tmp_path):
+    """scripts/host_cost.py (the CUDA path's host cost on the CPU): a row per registered plugin, the
+    path each takes, and the GPU column from a norms_cuda.json."""
+    out = tmp_path / "host.md"
+    script = [sys.executable, "scripts/host_cost.py", "--rounds", "1", "--inner", "2", "--out", str(out)]
+    done = subprocess.run(
+        [*script, "--gpu", "reports/bench/norms_cuda.json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    text = out.read_text()
+    rows = {line.split(" | ")[0][2:]: line.split(" | ")[1] for line in text.splitlines() if line[:2] == "| "}
+    torch_path = {"batchnorm", "sync_batchnorm", "frozen_batchnorm", "identity", "BatchNorm2d"}
+    # named here, not read from this process's registry, which may hold the tests' own plugins
+    triton_path = {case[0] for case in CASES} | {"ws_groupnorm"}  # ws_groupnorm: GroupNorm's path
+    assert rows.keys() == torch_path | triton_path | {"norm"}
+    assert {name for name, path in rows.items() if path == "Triton"} == triton_path
+    assert "Spearman rank correlation" in text

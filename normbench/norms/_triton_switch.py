@@ -36,6 +36,7 @@ from normbench.norms._triton import (
     _acc,
     _block,
     _grid,
+    _pointers,
     _positions,
     split_float,
     written_in_place,
@@ -290,12 +291,6 @@ def _options(x: Tensor, params: Params) -> dict:
     return dict(HAS_W=params[0] is not None, HAS_B=params[1] is not None, ACC=_acc(x))
 
 
-def _pointers(x_stats: Tensor, params: Params) -> tuple[Tensor, ...]:
-    """γ and β as pointer arguments (``x_stats`` stands in for an absent one: its branch is compiled
-    out), then λ and λ'."""
-    return tuple(x_stats if t is None else t for t in params)
-
-
 def switch_pools(
     x: Tensor,
     mean: Tensor,
@@ -329,7 +324,7 @@ def switch_map(
     grid, block = _grid(x)
     n, c = mean.shape
     _triton._launch(
-        _map_kernel, grid, x, y, mean, var, rows, cols, *_pointers(mean, params), eps, _positions(x), n, c,
+        _map_kernel, grid, x, y, mean, var, rows, cols, *_pointers(params, mean), eps, _positions(x), n, c,
         BLOCK=block, **_options(x, params),
     )  # fmt: skip
     return y
@@ -350,7 +345,7 @@ def switch_backward(
     dtype."""
     n, c = mean.shape
     s, options = _positions(x), _options(x, params)
-    pointers = (*_pointers(mean, params),)
+    pointers = _pointers(params, mean)
     terms = torch.empty(4, n, c, dtype=mean.dtype, device=x.device)
     row_out = torch.empty(4, n, dtype=mean.dtype, device=x.device)
     col_out = torch.empty(4, c, dtype=mean.dtype, device=x.device)

@@ -104,9 +104,8 @@ class GroupNorm(ChannelNorm):
 
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(x)
-        if use_planes(
-            x, native=self.native_kernel
-        ):  # the same statistics through the Triton kernels, on CUDA
+        # the same statistics through the Triton kernels, on CUDA
+        if use_planes(x, native=self.native_kernel):
             channels = self.num_channels // self.num_groups
             return affine_family(x, self.weight, self.bias, self.eps, channels=channels)[0]
         return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)

@@ -42,9 +42,8 @@ class InstanceNorm(ChannelNorm):
 
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(x)
-        if use_planes(
-            x, native=self.native_kernel
-        ):  # the same statistics through the Triton kernels, on CUDA
+        # the same statistics through the Triton kernels, on CUDA
+        if use_planes(x, native=self.native_kernel):
             return affine_family(x, self.weight, self.bias, self.eps)[0]
         if x.is_cuda and x.dtype == torch.float32:
             # GroupNorm with one channel per group is this; on an H100 its kernel ran float32 inputs

@@ -38,8 +38,7 @@ class LayerNorm(ChannelNorm):
 
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(x)
-        if use_planes(
-            x, native=self.native_kernel
-        ):  # the same statistics through the Triton kernels, on CUDA
+        # the same statistics through the Triton kernels, on CUDA
+        if use_planes(x, native=self.native_kernel):
             return affine_family(x, self.weight, self.bias, self.eps, channels=self.num_channels)[0]
         return F.group_norm(x, 1, self.weight, self.bias, self.eps)
