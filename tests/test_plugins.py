@@ -69,6 +69,35 @@ def test_batchrenorm_schedule_and_correction():
     torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-10, atol=1e-10)
 
 
+def test_batchrenorm_limits_follow_edits_step_ramps_and_dtype():
+    brn = build_norm("batchrenorm", C, r_max=3.0, d_max=5.0, warmup_steps=2, r_max_steps=1, d_max_steps=6)
+    limits = []
+    for step in range(4):  # r_max's end before the warm-up's: a step at warmup_steps; d_max ramps
+        brn.num_batches_tracked.fill_(step)
+        limits.append(brn.limits().tolist())
+    assert limits == [[1.0, 0.0], [1.0, 0.0], [3.0, 0.0], [3.0, 1.25]]
+    brn.r_max = 2.0  # a cached schedule is not reused after an edit
+    assert brn.limits().tolist() == [2.0, 1.25]
+    brn.d_max_steps = 3
+    assert brn.limits().tolist() == [2.0, 5.0]
+    assert brn.double().limits().dtype == torch.float64
+    assert brn.float().limits().dtype == torch.float32
+
+
+def test_batchrenorm_compiles_to_one_graph_for_every_step():
+    """The schedule reads the step counter as a tensor: torch.compile neither breaks the graph on it nor
+    recompiles as it counts."""
+    options = {"warmup_steps": 1, "r_max_steps": 3, "d_max_steps": 2}
+    eager, compiled = (build_norm("batchrenorm", C, **options) for _ in range(2))
+    torch._dynamo.reset()
+    step = torch.compile(compiled, backend="eager", fullgraph=True)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for i in range(5):
+            x = x64(8, C, 3, seed=i).float() * (i + 1)
+            torch.testing.assert_close(step(x), eager(x))
+    torch.testing.assert_close(compiled.running_var, eager.running_var)
+
+
 def test_rmsnorm_equals_torch_on_features_and_tokens():
     ours = build_norm("rmsnorm", C).double()
     randomize_affine(ours)

@@ -25,7 +25,6 @@ from normbench.norms._kernels import (
     GroupAffine,
     group_moments,
     group_view,
-    pooled,
     use_fused,
     vmapped,
 )
@@ -42,9 +41,8 @@ from normbench.norms._triton import (  # noqa: F401  (for the plugins)
 # empties it to time the torch formulas.
 TRITON_DEVICES = {"cuda"}
 FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-# Plugins with a native torch kernel (LayerNorm, GroupNorm, InstanceNorm; ghost BatchNorm's folded
-# batch_norm) keep it below this many elements: there a layer is bound by host time, and torch's one
-# launch per direction beats four.
+# Plugins with a native torch kernel (LayerNorm, GroupNorm, InstanceNorm) keep it below this many
+# elements: there a layer is bound by host time, and torch's one launch per direction beats four.
 NATIVE_BELOW = 1 << 22
 
 
@@ -124,21 +122,6 @@ def affine_family(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """:class:`GroupAffineFused` on ``x`` (``use_planes(x)`` must hold): ``(y, mean, var)``."""
     return GroupAffineFused.apply(x, weight, bias, t, aux, bounds, eps, samples, channels, center, act)
-
-
-def group_moments_of_planes(mean: Tensor, var: Tensor, samples: int, channels: int) -> tuple[Tensor, Tensor]:
-    """The moments of the groups of ``samples`` consecutive samples × ``channels`` consecutive channels
-    (as :func:`normbench.norms._kernels.group_view` forms them), (K, G), from the planes' (N, C)."""
-    n, c = mean.shape
-    mean, var = (
-        mean.view(n // samples, samples, c // channels, channels),
-        var.view(n // samples, samples, c // channels, channels),
-    )
-    if channels > 1:
-        mean, var = pooled(mean, var, 3)
-    if samples > 1:
-        mean, var = pooled(mean, var, 1)
-    return mean[:, 0, :, 0], var[:, 0, :, 0]
 
 
 def group_affine(

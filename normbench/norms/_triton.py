@@ -69,19 +69,23 @@ if AVAILABLE:
         tl.store(var_ptr + p, tl.sum(squares, 0) / S)
 
     # The affine family: y = (x − μ_g) r_g w_c + b_c with r_g = (σ²_g + eps)^(-1/2) over groups of M
-    # consecutive samples × CG consecutive channels × all positions, combined in each program from the
-    # planes' moments (no launch in between); without CENTER, μ_g = 0 and σ²_g = E x². An activation
+    # consecutive samples (the last group: samples LAST to N − 1, see last_group) × CG consecutive
+    # channels × all positions, combined in each program from the planes' moments (no launch in
+    # between); without CENTER, μ_g = 0 and σ²_g = E x². An activation
     # ACT with a per-channel parameter t: TLU (FRN) y = max(y, t_c); GATE (EvoNorm-S0)
     # y = x sigmoid(t_c x) r_g w_c + b_c (the variance centred, x not).
 
     @triton.jit
-    def _group_of(p, C, M, CG, BLOCK_G: tl.constexpr):
-        """The planes of plane p's group and which of them exist (a BLOCK_G vector), and p's channel."""
+    def _group_of(p, C, M, LAST, N, CG, BLOCK_G: tl.constexpr):
+        """The planes of plane p's group and which of them exist (a BLOCK_G vector), p's channel and the
+        group's number of planes."""
         n = p // C
         c = p % C
+        first = tl.minimum((n // M) * M, LAST)
+        size = tl.where(first == LAST, N - LAST, M) * CG
         r = tl.arange(0, BLOCK_G)
-        planes = ((n // M) * M + r // CG) * C + (c // CG) * CG + r % CG
-        return planes, r < M * CG, c
+        planes = (first + r // CG) * C + (c // CG) * CG + r % CG
+        return planes, r < size, c, size
 
     @triton.jit
     def _pooled(mean_ptr, var_ptr, planes, inside, count, ACC: tl.constexpr):
@@ -118,29 +122,30 @@ if AVAILABLE:
 
     @triton.jit
     def _running_kernel(
-        mean_ptr, var_ptr, rm_ptr, rv_ptr, batches_ptr, momentum, momentum_lo, unbias, unbias_lo, N, C, M,
+        mean_ptr, var_ptr, rm_ptr, rv_ptr, batches_ptr, momentum, momentum_lo, S, C, M, LAST, N,
         HAS_MEAN: tl.constexpr, CUMULATIVE: tl.constexpr, BLOCK_G: tl.constexpr, ACC: tl.constexpr,
     ):  # fmt: skip
-        """Channel c's running statistics move towards the average over its groups of M consecutive
-        samples of their mean and variance × unbias, at the rate momentum, or 1 / batches (the
-        cumulative average)."""
+        """Channel c's running statistics move towards the average over its groups of samples (M
+        consecutive ones, the last from LAST to N − 1) of their mean and unbiased variance, at the rate
+        momentum, or 1 / batches (the cumulative average)."""
         c = tl.program_id(0)
         r = tl.arange(0, BLOCK_G)
-        members = r < M
         total_mean = tl.sum(tl.zeros([BLOCK_G], ACC), 0)
         total_var = tl.sum(tl.zeros([BLOCK_G], ACC), 0)
-        for first in range(0, N, M):
-            mu, var = _pooled(mean_ptr, var_ptr, (first + r) * C + c, members, M, ACC)
+        for first in range(0, LAST + 1, M):
+            size = tl.where(first == LAST, N - LAST, M)
+            mu, var = _pooled(mean_ptr, var_ptr, (first + r) * C + c, r < size, size, ACC)
+            count = size.to(ACC) * S
             total_mean += mu
-            total_var += var
-        groups = N // M
+            total_var += var * count / tl.maximum(count - 1.0, 1.0)
+        groups = LAST // M + 1
         if CUMULATIVE:
             rate = 1.0 / tl.load(batches_ptr).to(ACC)
         else:
             rate = _wide(momentum, momentum_lo, ACC)
         if HAS_MEAN:
             _move_towards(rm_ptr, c, total_mean / groups, rate, ACC)
-        _move_towards(rv_ptr, c, total_var / groups * _wide(unbias, unbias_lo, ACC), rate, ACC)
+        _move_towards(rv_ptr, c, total_var / groups, rate, ACC)
 
     @triton.jit
     def _channel_param(ptr, c, default, HAS: tl.constexpr, ACC: tl.constexpr):
@@ -152,13 +157,13 @@ if AVAILABLE:
 
     @triton.jit
     def _plane_coefficients(
-        mean_ptr, var_ptr, w_ptr, b_ptr, t_ptr, aux_ptr, bounds_ptr, p, eps, C, M, CG,
+        mean_ptr, var_ptr, w_ptr, b_ptr, t_ptr, aux_ptr, bounds_ptr, p, eps, C, M, LAST, N, CG,
         HAS_W: tl.constexpr, HAS_B: tl.constexpr, CENTER: tl.constexpr, ACT: tl.constexpr,
         BLOCK_G: tl.constexpr, ACC: tl.constexpr,
     ):  # fmt: skip
         """μ_g, r_g, w_c, b_c and t_c of plane p; RENORM: w_c r'_c and b_c + w_c d'_c."""
-        planes, members, c = _group_of(p, C, M, CG, BLOCK_G)
-        mu, r = _group_stats(mean_ptr, var_ptr, planes, members, M * CG, eps, CENTER, ACC)
+        planes, members, c, size = _group_of(p, C, M, LAST, N, CG, BLOCK_G)
+        mu, r = _group_stats(mean_ptr, var_ptr, planes, members, size, eps, CENTER, ACC)
         w = _channel_param(w_ptr, c, 1.0, HAS_W, ACC)
         b = _channel_param(b_ptr, c, 0.0, HAS_B, ACC)
         t = _channel_param(t_ptr, c, 0.0, ACT != 0, ACC)
@@ -189,7 +194,7 @@ if AVAILABLE:
 
     @triton.jit
     def _affine_kernel(
-        x_ptr, y_ptr, mean_ptr, var_ptr, w_ptr, b_ptr, t_ptr, aux_ptr, bounds_ptr, eps, S, C, M, CG,
+        x_ptr, y_ptr, mean_ptr, var_ptr, w_ptr, b_ptr, t_ptr, aux_ptr, bounds_ptr, eps, S, C, M, LAST, N, CG,
         HAS_W: tl.constexpr, HAS_B: tl.constexpr, CENTER: tl.constexpr, ACT: tl.constexpr,
         BLOCK: tl.constexpr, BLOCK_G: tl.constexpr, ACC: tl.constexpr,
     ):  # fmt: skip
@@ -197,7 +202,7 @@ if AVAILABLE:
         offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         inside = offs < S
         mu, r, w, b, t = _plane_coefficients(
-            mean_ptr, var_ptr, w_ptr, b_ptr, t_ptr, aux_ptr, bounds_ptr, p, eps, C, M, CG,
+            mean_ptr, var_ptr, w_ptr, b_ptr, t_ptr, aux_ptr, bounds_ptr, p, eps, C, M, LAST, N, CG,
             HAS_W, HAS_B, CENTER, ACT, BLOCK_G, ACC,
         )  # fmt: skip
         base = p.to(tl.int64) * S
@@ -215,7 +220,7 @@ if AVAILABLE:
 
     @triton.jit
     def _affine_sums_kernel(
-        g_ptr, x_ptr, mean_ptr, var_ptr, w_ptr, b_ptr, t_ptr, aux_ptr, bounds_ptr, out_ptr, eps, S, C, M, CG, P,
+        g_ptr, x_ptr, mean_ptr, var_ptr, w_ptr, b_ptr, t_ptr, aux_ptr, bounds_ptr, out_ptr, eps, S, C, M, LAST, N, CG, P,
         HAS_W: tl.constexpr, HAS_B: tl.constexpr, CENTER: tl.constexpr, ACT: tl.constexpr,
         BLOCK: tl.constexpr, BLOCK_G: tl.constexpr, ACC: tl.constexpr,
     ):  # fmt: skip
@@ -228,7 +233,7 @@ if AVAILABLE:
         offs = tl.arange(0, BLOCK)
         if ACT > 0:
             mu, r, w, b, t = _plane_coefficients(
-                mean_ptr, var_ptr, w_ptr, b_ptr, t_ptr, aux_ptr, bounds_ptr, p, eps, C, M, CG,
+                mean_ptr, var_ptr, w_ptr, b_ptr, t_ptr, aux_ptr, bounds_ptr, p, eps, C, M, LAST, N, CG,
                 HAS_W, HAS_B, CENTER, ACT, BLOCK_G, ACC,
             )  # fmt: skip
         if ACT >= 3:
@@ -274,7 +279,7 @@ if AVAILABLE:
 
     @triton.jit
     def _affine_input_grad_kernel(
-        g_ptr, x_ptr, dx_ptr, mean_ptr, var_ptr, w_ptr, b_ptr, t_ptr, aux_ptr, bounds_ptr, sums_ptr, eps, S, C, M, CG, P,
+        g_ptr, x_ptr, dx_ptr, mean_ptr, var_ptr, w_ptr, b_ptr, t_ptr, aux_ptr, bounds_ptr, sums_ptr, eps, S, C, M, LAST, N, CG, P,
         HAS_W: tl.constexpr, HAS_B: tl.constexpr, CENTER: tl.constexpr, ACT: tl.constexpr,
         BLOCK: tl.constexpr, BLOCK_G: tl.constexpr, ACC: tl.constexpr,
     ):  # fmt: skip
@@ -285,10 +290,10 @@ if AVAILABLE:
         offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         inside = offs < S
         mu, r, w, b, t = _plane_coefficients(
-            mean_ptr, var_ptr, w_ptr, b_ptr, t_ptr, aux_ptr, bounds_ptr, p, eps, C, M, CG,
+            mean_ptr, var_ptr, w_ptr, b_ptr, t_ptr, aux_ptr, bounds_ptr, p, eps, C, M, LAST, N, CG,
             HAS_W, HAS_B, CENTER, ACT, BLOCK_G, ACC,
         )  # fmt: skip
-        planes, members, _ = _group_of(p, C, M, CG, BLOCK_G)
+        planes, members, _, size = _group_of(p, C, M, LAST, N, CG, BLOCK_G)
         if ACT == -1:  # a group is one channel, its weight w r'
             wg = tl.where(members, w, 0.0)
         elif HAS_W:
@@ -297,7 +302,7 @@ if AVAILABLE:
             wg = tl.where(members, 1.0, 0.0)
         sgx = tl.load(sums_ptr + P + planes, mask=members, other=0.0).to(ACC)
         sg = tl.load(sums_ptr + 2 * P + planes, mask=members, other=0.0).to(ACC)
-        count = M * CG * S * 1.0
+        count = size * S * 1.0
         base = p.to(tl.int64) * S
         g = tl.load(g_ptr + base + offs, mask=inside, other=0.0).to(ACC)
         x = tl.load(x_ptr + base + offs, mask=inside, other=0.0).to(ACC)
@@ -402,6 +407,16 @@ def _grid(x: Tensor) -> tuple[tuple[int, int], int]:
     return (x.shape[0] * x.shape[1], -(-s // block)), block
 
 
+def last_group(n: int, samples: int) -> int:
+    """The first sample of the last of the groups of ``samples`` consecutive samples that a batch of ``n``
+    is cut into: a remainder of several samples forms a smaller last group, a remainder of one joins the
+    group before it (one sample has no batch statistics), and ``samples >= n`` makes one group."""
+    rest = n % samples
+    if rest == 0:
+        return max(n - samples, 0)
+    return max(n - rest - (samples if rest == 1 else 0), 0)
+
+
 def update_running_stats(
     x: Tensor,
     mean: Tensor,
@@ -413,16 +428,17 @@ def update_running_stats(
     batches: Tensor | None = None,
 ) -> None:
     """Move the running statistics (in place) towards the average over the groups of ``samples``
-    consecutive samples of ``x`` (batch or ghost-batch statistics per channel) of their mean and
-    unbiased variance, from the planes' (N, C) moments: at the rate ``momentum``, or ``1 / batches`` (a
-    counter already incremented for this batch) when ``momentum`` is None. One launch."""
+    consecutive samples of ``x`` (batch or ghost-batch statistics per channel; the last group as
+    :func:`last_group` says) of their mean and unbiased variance, from the planes' (N, C) moments: at the
+    rate ``momentum``, or ``1 / batches`` (a counter already incremented for this batch) when
+    ``momentum`` is None. One launch."""
     n, c = mean.shape
-    count = samples * _positions(x)
+    last = last_group(n, samples)
     _launch(
         _running_kernel, (c,), mean, var, mean if running_mean is None else running_mean, running_var,
         mean if batches is None else batches, *split_float(0.0 if momentum is None else momentum),
-        *split_float(count / max(count - 1, 1)), n, c, samples, HAS_MEAN=running_mean is not None,
-        CUMULATIVE=momentum is None, BLOCK_G=_power_of_2(samples), ACC=_acc(x),
+        _positions(x), c, samples, last, n, HAS_MEAN=running_mean is not None, CUMULATIVE=momentum is None,
+        BLOCK_G=_power_of_2(max(samples, n - last)), ACC=_acc(x),
     )  # fmt: skip
     written_in_place(running_var, *([] if running_mean is None else [running_mean]))
 
@@ -448,8 +464,8 @@ RENORM_ACT = -1
 
 
 class Family(NamedTuple):
-    """A member of the affine family: its eps, its groups of ``samples`` × ``channels`` planes, whether
-    it centres, and its activation (``*_ACT``)."""
+    """A member of the affine family: its eps, its groups of ``samples`` × ``channels`` planes (the last
+    group of samples as :func:`last_group` says), whether it centres, and its activation (``*_ACT``)."""
 
     eps: float
     samples: int
@@ -457,11 +473,17 @@ class Family(NamedTuple):
     center: bool
     act: int
 
+    def groups(self, n: int) -> tuple[int, int, int, int]:
+        """The kernels' arguments that place a batch of ``n`` samples' groups: M, LAST, N, CG."""
+        return self.samples, last_group(n, self.samples), n, self.channels
+
     def options(self, x: Tensor, params: tuple[Tensor | None, ...]) -> dict:
         """The kernels' compile-time options."""
+        n = x.shape[0]
+        largest = max(self.samples, n - last_group(n, self.samples))
         return dict(
             HAS_W=params[0] is not None, HAS_B=params[1] is not None, CENTER=self.center, ACT=self.act,
-            BLOCK_G=_power_of_2(self.samples * self.channels), ACC=_acc(x),
+            BLOCK_G=_power_of_2(largest * self.channels), ACC=_acc(x),
         )  # fmt: skip
 
 
@@ -476,7 +498,7 @@ def group_affine(
     f = family
     _launch(
         _affine_kernel, grid, x, y, mean, var, *_pointers(params, mean), f.eps, _positions(x), x.shape[1],
-        f.samples, f.channels, BLOCK=block, **f.options(x, params),
+        *f.groups(x.shape[0]), BLOCK=block, **f.options(x, params),
     )  # fmt: skip
     return y
 
@@ -495,8 +517,7 @@ def group_affine_backward(
         f.eps,
         _positions(x),
         c,
-        f.samples,
-        f.channels,
+        *f.groups(n),
         n * c,
     )
     options = f.options(x, params)

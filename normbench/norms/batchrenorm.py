@@ -14,16 +14,6 @@ from normbench.norms.batchnorm import BatchNorm
 from normbench.norms.registry import register_norm
 
 
-def _ramp(step: Tensor, start: int, end: int, final: float, initial: float) -> Tensor:
-    """``initial`` before ``start``, ``final`` from ``end`` on, linear in between; computed on the step
-    counter's device, so no training step waits for the GPU to read it."""
-    if end <= start:
-        progress = (step >= start).to(step.dtype)
-    else:
-        progress = ((step - start) / (end - start)).clamp(0, 1)
-    return initial + (final - initial) * progress
-
-
 @register_norm(
     "batchrenorm",
     aliases=("brn",),
@@ -69,14 +59,36 @@ class BatchRenorm(BatchNorm):
             raise ValueError(f"BatchRenorm: need r_max >= 1 and d_max >= 0, got r_max={r_max}, d_max={d_max}")
         self.r_max, self.d_max = r_max, d_max
         self.warmup_steps, self.r_max_steps, self.d_max_steps = warmup_steps, r_max_steps, d_max_steps
+        self._schedules: dict[tuple, tuple[Tensor, ...]] = {}
 
-    def limits(self) -> tuple[Tensor, Tensor]:
-        """(r_max, d_max) in force at the current step, as 0-dim tensors."""
-        step = self.num_batches_tracked.to(self.running_var.dtype)  # float64 modules: float64 limits
-        return (
-            _ramp(step, self.warmup_steps, self.r_max_steps, self.r_max, 1.0),
-            _ramp(step, self.warmup_steps, self.d_max_steps, self.d_max, 0.0),
-        )
+    def limits(self) -> Tensor:
+        """(r_max, d_max) in force at the current step, a (2,) tensor computed on the step counter's
+        device (no training step waits for the GPU to read it): each is its initial value (1, 0) before
+        ``warmup_steps``, its final value from its end step on and linear in between."""
+        offset, span, initial, rise = self._schedule()
+        return torch.addcmul(initial, rise, ((self.num_batches_tracked + offset) / span).clamp_(0, 1))
+
+    def _schedule(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The ramps as (2,) tensors: progress = clamp((step + offset) / span, 0, 1), limit = initial +
+        rise · progress; an end step at or before the warm-up's end makes progress a step function
+        (clamp(step − warmup + 1, 0, 1)). Built once per setting, device and dtype (the step sits on the
+        hot path of the GPU's small shapes, where each small tensor op costs a launch's host time)."""
+        key = (self.warmup_steps, self.r_max_steps, self.d_max_steps, self.r_max, self.d_max)
+        key += (self.running_var.device, self.running_var.dtype)
+        if key not in self._schedules or torch.compiler.is_compiling():
+            start, ramps = (
+                self.warmup_steps,
+                ((self.r_max_steps, self.r_max - 1.0), (self.d_max_steps, self.d_max)),
+            )
+            offset = [-start if end > start else 1 - start for end, _ in ramps]
+            span = [end - start if end > start else 1 for end, _ in ramps]
+            rows = (offset, span, [1.0, 0.0], [rise for _, rise in ramps])
+            like = {"dtype": self.running_var.dtype, "device": self.running_var.device}
+            schedule = tuple(torch.tensor(row, **like) for row in rows)
+            if torch.compiler.is_compiling():
+                return schedule
+            self._schedules = {key: schedule}  # one setting at a time: an edited attribute replaces it
+        return self._schedules[key]
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training:
@@ -104,11 +116,18 @@ class BatchRenorm(BatchNorm):
         one more launch."""
         c, n = self.num_channels, x.shape[0]
         # what this step's r and d are formed from, as the backward will need it after the update below
-        frozen = torch.cat((self.running_mean, self.running_var, torch.stack(self.limits())))
+        frozen = torch.cat((self.running_mean, self.running_var, self.limits())).split((c, c, 2))
         y, mean, var = affine_family(
-            x, self.weight, self.bias, self.eps, samples=n, act=RENORM_ACT, t=frozen[:c], aux=frozen[c : 2 * c],
-            bounds=frozen[2 * c :],
-        )  # fmt: skip
+            x,
+            self.weight,
+            self.bias,
+            self.eps,
+            samples=n,
+            act=RENORM_ACT,
+            t=frozen[0],
+            aux=frozen[1],
+            bounds=frozen[2],
+        )
         batches = self.num_batches_tracked.add_(1)
         update_running_stats(x, mean, var, n, self.running_mean, self.running_var, self.momentum, batches)
         return like_input(y, x)

@@ -8,8 +8,8 @@ from torch import Tensor
 
 from normbench.norms._base import like_input, move_towards
 from normbench.norms._kernels import standardizing, use_fused
-from normbench.norms._planes import affine_family, group_affine, group_moments_of_planes, use_planes
-from normbench.norms._triton import update_running_stats
+from normbench.norms._planes import affine_family, group_affine, use_planes
+from normbench.norms._triton import last_group, update_running_stats
 from normbench.norms.batchnorm import BatchNorm
 from normbench.norms.registry import register_norm
 
@@ -42,8 +42,6 @@ class GhostBatchNorm(BatchNorm):
         Input (N, C, *) with 0-3 spatial dims; output the same shape.
     """
 
-    native_kernel = True  # the folded native batch_norm below _planes.NATIVE_BELOW elements
-
     def __init__(
         self,
         num_channels: int,
@@ -63,22 +61,20 @@ class GhostBatchNorm(BatchNorm):
         if not self.training or n <= g:
             return super().forward(x)
         self.check_input(x)
-        full = n - n % g
-        if n - full == 1:  # a lone sample has no batch statistics: it joins the last full ghost batch
-            full -= g
-        chunks = [(x[:full], g)] if full else []
-        if full < n:  # the last ghost batch may be smaller (or g + 1)
-            chunks.append((x[full:], n - full))
-        if len(chunks) == 1 and use_planes(x, native=self.native_kernel):  # one launch for the running stats
-            m = chunks[0][1]
-            y, mean, var = affine_family(x, self.weight, self.bias, self.eps, samples=m)
+        if use_planes(x):  # the kernels cut the ghost batches; one more launch
+            y, mean, var = affine_family(x, self.weight, self.bias, self.eps, samples=g)
             if self.track_running_stats:
                 batches = self.num_batches_tracked.add_(1)
                 update_running_stats(
-                    x, mean, var, m, self.running_mean, self.running_var, self.momentum, batches
+                    x, mean, var, g, self.running_mean, self.running_var, self.momentum, batches
                 )
             return like_input(y, x)
-        normalize = self._fused if use_fused(x) or use_planes(x, native=self.native_kernel) else self._folded
+        last = last_group(n, g)
+        full = n if n - last == g else last  # the samples in ghost batches of g
+        chunks = [(x[:full], g)] if full else []
+        if full < n:  # the last ghost batch is smaller (or g + 1)
+            chunks.append((x[full:], n - full))
+        normalize = self._fused if use_fused(x) else self._folded
         parts = [normalize(chunk, m) for chunk, m in chunks]
         if self.track_running_stats:  # towards the average over ghost batches of their mean and unbiased var
             with torch.no_grad():
@@ -91,17 +87,14 @@ class GhostBatchNorm(BatchNorm):
     def _fused(self, chunk: Tensor, m: int) -> tuple[Tensor, Tensor, Tensor]:
         """Ghost batches of m samples through :func:`group_affine`, no copies: output, and each ghost
         batch's mean and unbiased variance, (k, C)."""
-        if use_planes(chunk):
-            y, mean, var = affine_family(chunk, self.weight, self.bias, self.eps, samples=m)
-            mean, var = group_moments_of_planes(mean, var, m, 1)
-        else:
-            y, mean, var = group_affine(chunk, self._coefficients, self.weight, self.bias, samples=m)
+        y, mean, var = group_affine(chunk, self._coefficients, self.weight, self.bias, samples=m)
         count = chunk[:m].numel() // self.num_channels
         return y, mean, var * (count / max(count - 1, 1))
 
     def _folded(self, chunk: Tensor, m: int) -> tuple[Tensor, Tensor, Tensor]:
         """The same by one native batch_norm call, the ghost batches folded into channels,
-        (k·m, C, *S) -> (m, k·C, *S): on small inputs the copies cost less than a Function's Python."""
+        (k·m, C, *S) -> (m, k·C, *S): on small CPU inputs the copies cost less than a Function's Python
+        (on CUDA, host time of about a dozen small ops, more than the Triton path's launches)."""
         k, c, rest = chunk.shape[0] // m, self.num_channels, chunk.shape[2:]
         folded = chunk.reshape(k, m, c, *rest).transpose(0, 1).reshape(m, k * c, *rest)
         weight = None if self.weight is None else self.weight.repeat(k)
