@@ -8,7 +8,8 @@
 #
 # Writes cuda_check.md (fp32 + bf16 correctness), norms_cuda.md (plugins vs BatchNorm2d), train_cuda.md
 # (normbench's loop vs a minimal loop), train_cifar10_resnet20_cuda_{fp32,bf16}.md (images/s at batch 128), convert_torchvision_cuda.md (real torchvision models), e2e_cuda.md
-# (normbench-run on the GPU with bf16/fp16, channels_last and torch.compile) and gpu_log.txt.
+# (normbench-run on the GPU with bf16/fp16, channels_last and torch.compile), profile_cuda.txt (host time
+# per piece of the Triton path) and gpu_log.txt.
 set -uo pipefail
 out="${1:-reports/bench}"
 mkdir -p "$out"
@@ -30,6 +31,9 @@ python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', tr
 
 step 200 bench_norms python3 scripts/bench_norms.py --device cuda --rounds 10 --inner 20 --out "$out/norms_cuda.md"
 step 150 check_cuda python3 scripts/check_cuda.py --out "$out/cuda_check.md"
+# host time of each piece of the Triton path and of the plugins slowest at small shapes
+step 60 profile_norm bash -c 'python3 scripts/profile_norm.py rmsnorm batchrenorm ghost_batchnorm switchnorm evonorm_b0 > "$0"' \
+  "$out/profile_cuda.txt"
 step 60 bench_train python3 scripts/bench_train.py --device cuda --steps 300 --rounds 5 --out "$out/train_cuda.md"
 for precision in fp32 bf16; do  # images/s of the CIFAR ResNet-20 at batch 128 (synthetic data without CIFAR)
   step 90 "bench_train cifar $precision" python3 scripts/bench_train.py --task cifar10_resnet20 --device cuda \

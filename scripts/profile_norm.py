@@ -42,6 +42,22 @@ def slow_launch(fn: Callable[[], object]) -> None:
         _triton.FAST_LAUNCH = True
 
 
+def recorded_launches(fn: Callable[[], object]) -> list[tuple]:
+    """The (kernel, args, constexprs) of every Triton launch ``fn`` makes (run once, launching)."""
+    launches, launch = [], _triton._launch
+
+    def record(kernel, grid, *args, **constexprs):
+        launches.append((kernel, args, constexprs))
+        launch(kernel, grid, *args, **constexprs)
+
+    _triton._launch = record
+    try:
+        fn()
+    finally:
+        _triton._launch = launch
+    return launches
+
+
 def components(x: torch.Tensor) -> dict[str, Callable[[], object]]:
     """The pieces of the Triton path on ``x``, and their torch counterparts."""
     n, c = x.shape[:2]
@@ -50,6 +66,7 @@ def components(x: torch.Tensor) -> dict[str, Callable[[], object]]:
     mean, var = _triton.plane_moments(x)
     small = torch.rand(n, c, device=x.device)
     layer = (w, b, None, None, None), _triton.Family(1e-5, 1, c, True, 0)
+    launches = recorded_launches(lambda: affine_family(xg, w, b, 1e-5, channels=c)[0].backward(g))
 
     def fused_no_grad():
         with torch.no_grad():
@@ -64,6 +81,9 @@ def components(x: torch.Tensor) -> dict[str, Callable[[], object]]:
             lambda: _triton.group_affine(x, mean, var, *layer)
         ),
         "triton group_affine_backward": lambda: _triton.group_affine_backward(g, x, mean, var, *layer),
+        "keys of affine_family's 4 launches (part of their host time)": lambda: [
+            _triton._key(*launch) for launch in launches
+        ],
         "affine_family fwd no_grad": fused_no_grad,
         "affine_family fwd+bwd": lambda: affine_family(xg, w, b, 1e-5, channels=c)[0].backward(g),
         "F.group_norm(1) fwd+bwd": lambda: torch.nn.functional.group_norm(xg, 1, w, b).backward(g),

@@ -6,6 +6,7 @@ compiles for a GPU."""
 from __future__ import annotations
 
 import copy
+import importlib
 import os
 import subprocess
 import sys
@@ -231,3 +232,25 @@ def test_host_cost_script_times_every_plugin_and_names_its_path(tmp_path):
     assert rows.keys() == torch_path | triton_path | {"norm"}
     assert {name for name, path in rows.items() if path == "Triton"} == triton_path
     assert "Spearman rank correlation" in text
+
+
+def test_profile_script_pieces_run_against_the_current_kernels(triton_calls, monkeypatch):
+    """scripts/profile_norm.py's pieces (run on a GPU, whose time is too scarce to find a stale call
+    there) call the kernels' wrappers as they are now: each runs, and the launches it keys are the
+    affine family's four."""
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    profile_norm = importlib.import_module("profile_norm")
+    launched: list[str] = []
+    launch = _triton._launch
+    monkeypatch.setattr(
+        _triton,
+        "_launch",
+        lambda kernel, *a, **k: (launched.append(kernel.fn.__name__), launch(kernel, *a, **k)),
+    )
+    pieces = profile_norm.components(torch.randn(4, 6, 3, 3))
+    family = ["_moments_kernel", "_affine_kernel", "_affine_sums_kernel", "_affine_input_grad_kernel"]
+    assert launched == ["_moments_kernel", *family]  # the pieces' moments, then the recorded step
+    for piece in pieces.values():
+        piece()
+    keys = pieces["keys of affine_family's 4 launches (part of their host time)"]()
+    assert [key[0].fn.__name__ for key in keys] == family

@@ -358,9 +358,14 @@ def _specialization(arg) -> object:
     return type(arg)
 
 
+def _key(kernel, args: tuple, constexprs: dict) -> tuple:
+    """What tells one compiled specialization of ``kernel`` from another."""
+    return (kernel, args[0].device, *map(_specialization, args), *constexprs.items())
+
+
 def _launch(kernel, grid: tuple[int, ...], *args, **constexprs) -> None:
     """``kernel[grid](*args, **constexprs)``; the kernel's constexprs must be its last parameters."""
-    key = (kernel, args[0].device, *map(_specialization, args), *constexprs.items())
+    key = _key(kernel, args, constexprs)
     compiled = _compiled.get(key) if FAST_LAUNCH and not INTERPRETED else None
     if compiled is None:
         compiled = kernel[grid](*args, **constexprs)
