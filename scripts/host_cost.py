@@ -3,8 +3,8 @@
 At small shapes a norm on a GPU is bound by host time: Python, autograd and one launch per op, the
 kernels running behind. Here CPU tensors take the Triton path (Triton's interpreter mode lets them
 in) with every Triton launch stubbed out, so nothing but that host work runs: the Functions, the
-small-tensor torch ops around the kernels and the launch wrappers up to Triton's launcher (the
-launcher itself and CUDA's launch cost are not included). The ratio is to ``nn.BatchNorm2d``, whose
+small-tensor torch ops around the kernels and the launch wrappers up to Triton's launcher, the
+specialization key of each launch included (the launcher itself and CUDA's launch cost are not). The ratio is to ``nn.BatchNorm2d``, whose
 tiny native CPU kernels stand in for its launches. A proxy for the small-shape column of
 norms_cuda.md, for changes made without a GPU at hand; plugins without a Triton path run their
 torch formula (on tiny tensors, mostly host work too).
@@ -57,6 +57,15 @@ def takes_triton_path(module: torch.nn.Module, x: torch.Tensor) -> bool:
     finally:
         _triton._launch = stub
     return bool(launched)
+
+
+def keyed(kernel, grid: tuple[int, ...], *args, **constexprs) -> None:
+    """A launch's host bookkeeping without the launch: the key of its compiled specialization, formed as
+    ``_triton._launch`` forms it (at revisions before ``_triton._key``, by the same expression)."""
+    if hasattr(_triton, "_key"):
+        _triton._key(kernel, args, constexprs)
+    else:
+        (kernel, args[0].device, *map(_triton._specialization, args), *constexprs.items())
 
 
 def measure(rounds: int, inner: int) -> list[dict]:
@@ -197,7 +206,7 @@ def main() -> None:
     _planes.TRITON_DEVICES.add("cpu")
     _planes.NATIVE_BELOW = 0  # the Triton path at every size, as in norms_cuda.md's Triton column
     stub = _triton._launch
-    _triton._launch = lambda *args, **kwargs: None
+    _triton._launch = keyed
     try:
         rows = measure(args.rounds, args.inner)
     finally:
