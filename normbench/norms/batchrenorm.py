@@ -76,10 +76,8 @@ class BatchRenorm(BatchNorm):
         key = (self.warmup_steps, self.r_max_steps, self.d_max_steps, self.r_max, self.d_max)
         key += (self.running_var.device, self.running_var.dtype)
         if key not in self._schedules or torch.compiler.is_compiling():
-            start, ramps = (
-                self.warmup_steps,
-                ((self.r_max_steps, self.r_max - 1.0), (self.d_max_steps, self.d_max)),
-            )
+            start = self.warmup_steps
+            ramps = ((self.r_max_steps, self.r_max - 1.0), (self.d_max_steps, self.d_max))  # (end, rise)
             offset = [-start if end > start else 1 - start for end, _ in ramps]
             span = [end - start if end > start else 1 for end, _ in ramps]
             rows = (offset, span, [1.0, 0.0], [rise for _, rise in ramps])
@@ -116,18 +114,12 @@ class BatchRenorm(BatchNorm):
         one more launch."""
         c, n = self.num_channels, x.shape[0]
         # what this step's r and d are formed from, as the backward will need it after the update below
-        frozen = torch.cat((self.running_mean, self.running_var, self.limits())).split((c, c, 2))
+        frozen = torch.cat((self.running_mean, self.running_var, self.limits()))
+        running_mean, running_var, limits = frozen.split((c, c, 2))
         y, mean, var = affine_family(
-            x,
-            self.weight,
-            self.bias,
-            self.eps,
-            samples=n,
-            act=RENORM_ACT,
-            t=frozen[0],
-            aux=frozen[1],
-            bounds=frozen[2],
-        )
+            x, self.weight, self.bias, self.eps, samples=n, act=RENORM_ACT, t=running_mean, aux=running_var,
+            bounds=limits,
+        )  # fmt: skip
         batches = self.num_batches_tracked.add_(1)
         update_running_stats(x, mean, var, n, self.running_mean, self.running_var, self.momentum, batches)
         return like_input(y, x)
