@@ -71,9 +71,9 @@ if AVAILABLE:
     # The affine family: y = (x − μ_g) r_g w_c + b_c with r_g = (σ²_g + eps)^(-1/2) over groups of M
     # consecutive samples (the last group: samples LAST to N − 1, see last_group) × CG consecutive
     # channels × all positions, combined in each program from the planes' moments (no launch in
-    # between); without CENTER, μ_g = 0 and σ²_g = E x². An activation
-    # ACT with a per-channel parameter t: TLU (FRN) y = max(y, t_c); GATE (EvoNorm-S0)
-    # y = x sigmoid(t_c x) r_g w_c + b_c (the variance centred, x not).
+    # between); without CENTER, μ_g = 0 and σ²_g = E x². An activation ACT with a per-channel parameter
+    # t: TLU (FRN) y = max(y, t_c); GATE (EvoNorm-S0) y = x sigmoid(t_c x) r_g w_c + b_c (the variance
+    # centred, x not).
 
     @triton.jit
     def _group_of(p, C, M, LAST, N, CG, BLOCK_G: tl.constexpr):
