@@ -135,14 +135,28 @@ def test_plane_moments_loop_over_planes_longer_than_a_block(monkeypatch, positio
     torch.testing.assert_close(var, want_var, rtol=1e-12, atol=1e-12)
 
 
-def test_batchrenorm_clips_r_and_d_on_both_sides(triton_calls, monkeypatch):
+@pytest.mark.parametrize(
+    ("options", "step", "limits"),
+    [
+        ({"r_max": 1.5, "d_max": 0.5, "warmup_steps": 0, "r_max_steps": 2, "d_max_steps": 3}, 5, [1.5, 0.5]),
+        ({"r_max": 2.0, "d_max": 1.0, "warmup_steps": 2, "r_max_steps": 6, "d_max_steps": 6}, 4, [1.5, 0.5]),
+        ({"r_max": 1.5, "d_max": 0.5, "warmup_steps": 3, "r_max_steps": 1, "d_max_steps": 2}, 3, [1.5, 0.5]),
+        ({"r_max": 1.5, "d_max": 0.5, "warmup_steps": 4, "r_max_steps": 8, "d_max_steps": 6}, 2, [1.0, 0.0]),
+    ],
+    ids=["ramped", "ramping", "stepped", "warming-up"],
+)
+def test_batchrenorm_clips_r_and_d_on_both_sides(triton_calls, monkeypatch, options, step, limits):
     """Running statistics far from the batch's, per channel: r and d each clipped below, above and not
-    at all, through the Triton path as in the torch formula (values, gradients, running statistics)."""
-    options = {"r_max": 1.5, "d_max": 0.5, "warmup_steps": 0, "r_max_steps": 0, "d_max_steps": 0}
+    at all by r_max = 1.5 and d_max = 0.5 (past the end of the ramps, in the middle of them, or at a
+    step-function ramp), all clipped in warm-up (r_max = 1, d_max = 0: BatchNorm), r_max and d_max
+    formed by the kernels from the step and the ramps; through the Triton path as in the torch formula
+    (values, gradients, running statistics)."""
     torch_module, triton_module = pair("batchrenorm", options, torch.float64)
     for module in (torch_module, triton_module):  # batch: mean ≈ 0.5, std ≈ 2 in every channel
         module.running_mean.copy_(torch.tensor([4.0, -2.0, 0.4, 0.6]))
         module.running_var.copy_(torch.tensor([16.0, 0.25, 4.0, 3.0]))
+        module.num_batches_tracked.fill_(step)
+    assert torch_module.limits().tolist() == limits
     gen = torch.Generator().manual_seed(4)
     x = torch.randn(6, 4, 5, generator=gen, dtype=torch.float64) * 2 + 0.5
     g = torch.randn(x.shape, generator=gen, dtype=torch.float64)

@@ -72,7 +72,8 @@ class GroupAffineFused(torch.autograd.Function):
     with a = 1 / r_g of the batch group and s the instance term (EvoNorm-B0; ``B0_EVAL_ACT`` takes
     a from the running variance ``aux``); ``RENORM_ACT`` (Batch Renormalization) scales by ``w_c r'_c`` and
     shifts by ``b_c + w_c d'_c``, r' and d' from the batch group's statistics, the running mean ``t`` and
-    variance ``aux`` and ``bounds`` = (r_max, d_max), without gradient. The kernels' docstrings hold the
+    variance ``aux`` and ``bounds`` = the step and the ramps of r_max and d_max
+    (:meth:`normbench.norms.batchrenorm.BatchRenorm.schedule`), without gradient. The kernels' docstrings hold the
     backward.
 
     ``apply(x, weight, bias, t, aux, bounds, eps, samples, channels, center, act)`` returns ``(y, mean,

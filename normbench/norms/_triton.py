@@ -174,11 +174,22 @@ if AVAILABLE:
         return mu, r, w, b, t
 
     @triton.jit
+    def _ramp(bounds_ptr, k, step, ACC: tl.constexpr):
+        """BatchRenorm's limit k (0: r_max, 1: d_max) at the step: initial + rise · clamp((step + offset)
+        / span, 0, 1), with bounds = (step, offset, span, initial, rise), each of the four a pair."""
+        offset = tl.load(bounds_ptr + 1 + k).to(ACC)
+        span = tl.load(bounds_ptr + 3 + k).to(ACC)
+        progress = tl.minimum(tl.maximum((step + offset) / span, 0.0), 1.0)
+        return tl.load(bounds_ptr + 5 + k).to(ACC) + tl.load(bounds_ptr + 7 + k).to(ACC) * progress
+
+    @triton.jit
     def _renorm(mu, r, running_mean, aux_ptr, bounds_ptr, c, eps, ACC: tl.constexpr):
         """Batch Renormalization's r' = clip(σ_B / σ, 1/r_max, r_max) and d' = clip((μ_B − μ) / σ, ±d_max)
-        with σ = (running variance (aux) + eps)^½, σ_B = 1 / r; bounds = (r_max, d_max)."""
+        with σ = (running variance (aux) + eps)^½, σ_B = 1 / r; r_max and d_max from the step and the
+        ramps in bounds (:func:`_ramp`)."""
         sigma = tl.sqrt(tl.load(aux_ptr + c).to(ACC) + eps)
-        r_max, d_max = tl.load(bounds_ptr).to(ACC), tl.load(bounds_ptr + 1).to(ACC)
+        step = tl.load(bounds_ptr).to(ACC)
+        r_max, d_max = _ramp(bounds_ptr, 0, step, ACC), _ramp(bounds_ptr, 1, step, ACC)
         rc = tl.minimum(tl.maximum(1.0 / r / sigma, 1.0 / r_max), r_max)
         return rc, tl.minimum(tl.maximum((mu - running_mean) / sigma, -d_max), d_max)
 
@@ -497,7 +508,7 @@ def group_affine(
 ) -> Tensor:
     """The family's output in ``x``'s dtype from the planes' moments (:func:`plane_moments`); ``params`` =
     (w, b, t, aux, bounds): t the activation's parameter, aux EvoNorm-B0's running variance; RENORM: t
-    and aux the running mean and variance, bounds (r_max, d_max)."""
+    and aux the running mean and variance, bounds the step and the ramps of r_max and d_max."""
     y = torch.empty_like(x)
     grid, block = _grid(x)
     f = family

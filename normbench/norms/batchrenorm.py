@@ -59,20 +59,20 @@ class BatchRenorm(BatchNorm):
             raise ValueError(f"BatchRenorm: need r_max >= 1 and d_max >= 0, got r_max={r_max}, d_max={d_max}")
         self.r_max, self.d_max = r_max, d_max
         self.warmup_steps, self.r_max_steps, self.d_max_steps = warmup_steps, r_max_steps, d_max_steps
-        self._schedules: dict[tuple, tuple[Tensor, ...]] = {}
+        self._schedules: dict[tuple, Tensor] = {}
 
     def limits(self) -> Tensor:
         """(r_max, d_max) in force at the current step, a (2,) tensor computed on the step counter's
         device (no training step waits for the GPU to read it): each is its initial value (1, 0) before
         ``warmup_steps``, its final value from its end step on and linear in between."""
-        offset, span, initial, rise = self._schedule()
+        offset, span, initial, rise = self.schedule().view(4, 2)
         return torch.addcmul(initial, rise, ((self.num_batches_tracked + offset) / span).clamp_(0, 1))
 
-    def _schedule(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """The ramps as (2,) tensors: progress = clamp((step + offset) / span, 0, 1), limit = initial +
-        rise · progress; an end step at or before the warm-up's end makes progress a step function
-        (clamp(step − warmup + 1, 0, 1)). Built once per setting, device and dtype (the step sits on the
-        hot path of the GPU's small shapes, where each small tensor op costs a launch's host time)."""
+    def schedule(self) -> Tensor:
+        """The ramps of r_max and d_max as (offset, span, initial, rise), four pairs in one (8,) tensor:
+        progress = clamp((step + offset) / span, 0, 1), limit = initial + rise · progress; an end step at
+        or before the warm-up's end makes progress a step function (clamp(step − warmup + 1, 0, 1)). Built
+        once per setting, device and dtype (on a GPU's small shapes each small op costs host time)."""
         key = (self.warmup_steps, self.r_max_steps, self.d_max_steps, self.r_max, self.d_max)
         key += (self.running_var.device, self.running_var.dtype)
         if key not in self._schedules or torch.compiler.is_compiling():
@@ -80,9 +80,8 @@ class BatchRenorm(BatchNorm):
             ramps = ((self.r_max_steps, self.r_max - 1.0), (self.d_max_steps, self.d_max))  # (end, rise)
             offset = [-start if end > start else 1 - start for end, _ in ramps]
             span = [end - start if end > start else 1 for end, _ in ramps]
-            rows = (offset, span, [1.0, 0.0], [rise for _, rise in ramps])
-            like = {"dtype": self.running_var.dtype, "device": self.running_var.device}
-            schedule = tuple(torch.tensor(row, **like) for row in rows)
+            rows = [*offset, *span, 1.0, 0.0, *(rise for _, rise in ramps)]
+            schedule = torch.tensor(rows, dtype=self.running_var.dtype, device=self.running_var.device)
             if torch.compiler.is_compiling():
                 return schedule
             self._schedules = {key: schedule}  # one setting at a time: an edited attribute replaces it
@@ -114,11 +113,12 @@ class BatchRenorm(BatchNorm):
         one more launch."""
         c, n = self.num_channels, x.shape[0]
         # what this step's r and d are formed from, as the backward will need it after the update below
-        frozen = torch.cat((self.running_mean, self.running_var, self.limits()))
-        running_mean, running_var, limits = frozen.split((c, c, 2))
+        step = self.num_batches_tracked.view(1)
+        frozen = torch.cat((self.running_mean, self.running_var, step, self.schedule()))
+        running_mean, running_var, bounds = frozen.split((c, c, 9))
         y, mean, var = affine_family(
             x, self.weight, self.bias, self.eps, samples=n, act=RENORM_ACT, t=running_mean, aux=running_var,
-            bounds=limits,
+            bounds=bounds,
         )  # fmt: skip
         batches = self.num_batches_tracked.add_(1)
         update_running_stats(x, mean, var, n, self.running_mean, self.running_var, self.momentum, batches)
