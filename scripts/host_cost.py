@@ -188,8 +188,8 @@ def correlation(proxy: dict[str, float], gpu: tuple[dict[str, float], dict], bas
     return (
         f"GPU column: `{GPU_PRECISION}` rows at {tuple(GPU_SHAPE)} of norms_cuda.json ({gpu[1]['device']}, "
         f"torch {gpu[1]['torch']}; the Triton path's ratio to BatchNorm2d). Spearman rank correlation of "
-        f"{which} with it over the {len(common)} plugins: {rho:.2f} (p = {p:.2g}); the GPU's ratio was "
-        f"{min(scale):.2f} to {max(scale):.2f} times {which}'s (median {statistics.median(scale):.2f})."
+        f"{which} with it over the {len(common)} plugins: {rho:.2f} (p = {p:.2g}); the GPU's ratios were "
+        f"{min(scale):.2f} to {max(scale):.2f} times those of {which} (median {statistics.median(scale):.2f})."
     )
 
 
