@@ -73,8 +73,8 @@ class GroupAffineFused(torch.autograd.Function):
     a from the running variance ``aux``); ``RENORM_ACT`` (Batch Renormalization) scales by ``w_c r'_c`` and
     shifts by ``b_c + w_c d'_c``, r' and d' from the batch group's statistics, the running mean ``t`` and
     variance ``aux`` and ``bounds`` = the step and the ramps of r_max and d_max
-    (:meth:`normbench.norms.batchrenorm.BatchRenorm.schedule`), without gradient. The kernels' docstrings hold the
-    backward.
+    (:meth:`normbench.norms.batchrenorm.BatchRenorm.schedule`), without gradient. The kernels'
+    docstrings hold the backward.
 
     ``apply(x, weight, bias, t, aux, bounds, eps, samples, channels, center, act)`` returns ``(y, mean,
     var)`` with the planes' (N, C) moments, without gradient. Once differentiable.
