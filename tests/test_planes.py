@@ -104,6 +104,25 @@ def test_triton_path_equals_torch_formula_float64(triton_calls, monkeypatch, nam
         torch.testing.assert_close(got[key], value, rtol=1e-9, atol=1e-10, msg=key)
 
 
+@pytest.mark.parametrize("name", ["frn", "batchrenorm"])
+def test_parameter_gradients_sum_over_more_samples_than_a_block(triton_calls, monkeypatch, name):
+    """Blocks of 2 samples: the gradients of w, b and t (FRN's τ) over 5 samples take three loop
+    iterations, the last one masked; BatchRenorm's ∂L/∂w holds its r' and d'."""
+    monkeypatch.setattr(_triton, "SAMPLE_BLOCK", _triton.tl.constexpr(2))
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(5, 4, 2, 3, generator=gen, dtype=torch.float64) * 2 + 0.5
+    g = torch.randn(5, 4, 2, 3, generator=gen, dtype=torch.float64)
+    options = dict(CASES[4][1]) if name == "batchrenorm" else {}
+    torch_module, triton_module = pair(name, options, torch.float64)
+    with monkeypatch.context() as m:
+        m.setattr(_planes, "TRITON_DEVICES", set())
+        want = run(torch_module, x, g)
+    got = run(triton_module, x, g)
+    assert triton_calls == [5]
+    for key in [k for k in want if k.endswith(".grad")]:
+        torch.testing.assert_close(got[key], want[key], rtol=1e-9, atol=1e-10, msg=key)
+
+
 @pytest.mark.parametrize(("name", "options", "shape"), FIRST_OF_EACH, ids=[n for n, _, _ in FIRST_OF_EACH])
 def test_triton_path_under_bf16_autocast(triton_calls, name, options, shape):
     """bfloat16 input under autocast: bfloat16 output, and values and gradients within bf16 rounding of
@@ -268,3 +287,47 @@ def test_profile_script_pieces_run_against_the_current_kernels(triton_calls, mon
         piece()
     keys = pieces["keys of affine_family's 4 launches (part of their host time)"]()
     assert [key[0].fn.__name__ for key in keys] == family
+
+
+def test_a_launch_reuses_a_compiled_kernel_only_for_the_same_specialization(monkeypatch):
+    """``_launch`` compiles through ``kernel[grid]`` and reuses the result for a later call only when the
+    dtypes, the 16-byte alignment of the tensors and the other arguments are the same; the reuse calls
+    Triton's launcher with the grid, the stream, the arguments and then the constexprs in the kernel's
+    order."""
+
+    class Compiled:
+        function, packed_metadata = "function", "metadata"
+
+        def __init__(self) -> None:
+            self.runs: list[tuple] = []
+
+        def run(self, *args) -> None:
+            self.runs.append(args)
+
+    class Kernel:
+        arg_names = ("x", "n", "eps", "BLOCK", "ACC")
+
+        def __init__(self) -> None:
+            self.compiled: list[Compiled] = []
+
+        def __getitem__(self, grid):
+            def compile_and_run(*args, **constexprs) -> Compiled:
+                self.compiled.append(Compiled())
+                return self.compiled[-1]
+
+            return compile_and_run
+
+    monkeypatch.setattr(_triton, "INTERPRETED", False)
+    monkeypatch.setattr(_triton, "_compiled", {})
+    monkeypatch.setattr(torch._C, "_cuda_getCurrentRawStream", lambda index: 7, raising=False)
+    kernel, x = Kernel(), torch.zeros(16)
+    for _ in range(2):
+        _triton._launch(kernel, (3,), x, 5, 0.5, ACC="f32", BLOCK=4)
+    assert len(kernel.compiled) == 1
+    assert kernel.compiled[0].runs == [
+        (3, 1, 1, 7, "function", "metadata", None, None, None, x, 5, 0.5, 4, "f32")
+    ]
+    for other in [(x[1:], 5, 0.5), (x.double(), 5, 0.5), (x, 16, 0.5), (x, 1, 0.5)]:
+        _triton._launch(kernel, (3,), *other, ACC="f32", BLOCK=4)
+    _triton._launch(kernel, (3,), x, 5, 0.5, ACC="f64", BLOCK=4)
+    assert len(kernel.compiled) == 6 and not any(c.runs for c in kernel.compiled[1:])

@@ -99,13 +99,9 @@ class GroupAffineFused(torch.autograd.Function):
         if g is None:
             return (None,) * 11
         x, mean, var, *params = ctx.saved_tensors
-        gx, sums = _triton.group_affine_backward(g.contiguous(), x, mean, var, tuple(params), ctx.family)
-        per_channel = sums.sum(1)
-        grads = [  # w, b, t from rows 0, 2, 3
-            per_channel[row].to(p.dtype) if needed else None
-            for p, row, needed in zip(params[:3], (0, 2, 3), ctx.needs_input_grad[1:4], strict=True)
-        ]
-        return gx if ctx.needs_input_grad[0] else None, *grads, *(None,) * 7
+        grads = _triton.group_affine_backward(g.contiguous(), x, mean, var, tuple(params), ctx.family)
+        needed = ctx.needs_input_grad[:4]
+        return *(grad if need else None for grad, need in zip(grads, needed, strict=True)), *(None,) * 7
 
 
 def affine_family(

@@ -8,7 +8,8 @@ The affine family (:func:`group_affine`, :func:`group_affine_backward`): normali
 of planes (instance, layer, group, batch and ghost-batch statistics), with or without centring, and
 FRN's TLU, EvoNorm-S0's gate or EvoNorm-B0's max as the activation; each program combines its
 group's statistics from the planes' moments, so forward and backward take two launches each and no
-small-tensor op in between. Eight memory passes in all, as native BatchNorm.
+small-tensor op in between (the backward's second launch also sums the parameters' gradients over the
+samples). Eight memory passes in all, as native BatchNorm.
 
 SwitchNorm's mixture has its own kernels (:mod:`normbench.norms._triton_switch`).
 
@@ -50,6 +51,7 @@ def _acc(x: Tensor):
 
 
 if AVAILABLE:
+    SAMPLE_BLOCK = tl.constexpr(64)  # samples summed at a time into a parameter's gradient
 
     @triton.jit
     def _moments_kernel(x_ptr, mean_ptr, var_ptr, S, BLOCK: tl.constexpr, ACC: tl.constexpr):
@@ -235,18 +237,18 @@ if AVAILABLE:
         HAS_W: tl.constexpr, HAS_B: tl.constexpr, CENTER: tl.constexpr, ACT: tl.constexpr,
         BLOCK: tl.constexpr, BLOCK_G: tl.constexpr, ACC: tl.constexpr,
     ):  # fmt: skip
-        """Per plane, into rows 1 to 3 of out: Σ g' x, Σ g' and Σ (g − g') where g' is g where the TLU
-        passes y (all of g without an activation); for GATE, Σ g x σ, Σ g and r w Σ g x² σ (1 − σ)
-        (σ = sigmoid(t x)). B0, with d = max(a, t x + s), m = [t x + s > a] and k = −g w x / d²: Σ g x / d,
-        Σ k (1 − m), Σ g, Σ k m x and Σ k m into rows 0 to 4."""
+        """Per plane, into rows 0 to 3 of out: the plane's terms of ∂L/∂w (Σ g' x̂; RENORM Σ g' (x̂ r' +
+        d')), Σ g' x, Σ g' and Σ (g − g') where g' is g where the TLU passes y (all of g without an
+        activation); for GATE, r Σ g x σ, Σ g x σ, Σ g and r w Σ g x² σ (1 − σ) (σ = sigmoid(t x)). B0,
+        with d = max(a, t x + s), m = [t x + s > a] and k = −g w x / d²: Σ g x / d, Σ k (1 − m), Σ g,
+        Σ k m x and Σ k m into rows 0 to 4."""
         p = tl.program_id(0)
         base = p.to(tl.int64) * S
         offs = tl.arange(0, BLOCK)
-        if ACT > 0:
-            mu, r, w, b, t = _plane_coefficients(
-                mean_ptr, var_ptr, w_ptr, b_ptr, t_ptr, aux_ptr, bounds_ptr, p, eps, C, M, LAST, N, CG,
-                HAS_W, HAS_B, CENTER, ACT, BLOCK_G, ACC,
-            )  # fmt: skip
+        mu, r, w, b, t = _plane_coefficients(
+            mean_ptr, var_ptr, w_ptr, b_ptr, t_ptr, aux_ptr, bounds_ptr, p, eps, C, M, LAST, N, CG,
+            HAS_W, HAS_B, CENTER, ACT, BLOCK_G, ACC,
+        )  # fmt: skip
         if ACT >= 3:
             a, s = _b0_scales(var_ptr, aux_ptr, p, C, r, eps, ACT, ACC)
         gx = tl.zeros([BLOCK], ACC)
@@ -278,25 +280,48 @@ if AVAILABLE:
             else:
                 gx += g * x
             gs += g
-        tl.store(out_ptr + P + p, tl.sum(gx, 0))
-        tl.store(out_ptr + 2 * P + p, tl.sum(gs, 0))
+        own_gx = tl.sum(gx, 0)
+        own_g = tl.sum(gs, 0)
+        tl.store(out_ptr + P + p, own_gx)
+        tl.store(out_ptr + 2 * P + p, own_g)
         if ACT == 1 or ACT >= 3:
             tl.store(out_ptr + 3 * P + p, tl.sum(third, 0))
         if ACT == 2:
             tl.store(out_ptr + 3 * P + p, r * w * tl.sum(third, 0))
         if ACT >= 3:
             tl.store(out_ptr + 4 * P + p, tl.sum(fourth, 0))
-            tl.store(out_ptr + p, tl.sum(fifth, 0))
+            row0 = tl.sum(fifth, 0)
+        elif ACT == 2:
+            row0 = r * own_gx
+        else:
+            row0 = r * (own_gx - mu * own_g)  # Σ g x̂
+            if ACT == -1:  # ∂L/∂w = Σ g (x̂ r' + d')
+                rc, dc = _renorm(mu, r, t, aux_ptr, bounds_ptr, p % C, eps, ACC)
+                row0 = rc * row0 + dc * own_g
+        tl.store(out_ptr + p, row0)
+
+    @triton.jit
+    def _channel_grad(sums_ptr, row, grad_ptr, c, C, N, P, ACC: tl.constexpr):
+        """Channel c's gradient of a parameter: the sum over samples of its terms in that row of sums,
+        stored in the parameter's dtype."""
+        offs = tl.arange(0, SAMPLE_BLOCK)
+        total = tl.zeros([SAMPLE_BLOCK], ACC)
+        for start in range(0, N, SAMPLE_BLOCK):
+            n = start + offs
+            total += tl.load(sums_ptr + row * P + n * C + c, mask=n < N, other=0.0).to(ACC)
+        tl.store(grad_ptr + c, tl.sum(total, 0).to(grad_ptr.dtype.element_ty))
 
     @triton.jit
     def _affine_input_grad_kernel(
         g_ptr, x_ptr, dx_ptr, mean_ptr, var_ptr, w_ptr, b_ptr, t_ptr, aux_ptr, bounds_ptr, sums_ptr, eps, S, C, M, LAST, N, CG, P,
+        dw_ptr, db_ptr, dt_ptr,
         HAS_W: tl.constexpr, HAS_B: tl.constexpr, CENTER: tl.constexpr, ACT: tl.constexpr,
         BLOCK: tl.constexpr, BLOCK_G: tl.constexpr, ACC: tl.constexpr,
     ):  # fmt: skip
         """dx = r (w g' − Σ_g w g' / n − x̂ r Σ_g w g' (x − μ) / n) over the n values of each group (no
         middle term without CENTER); GATE: dx = r w g σ (1 + t x (1 − σ)) − r³ (x − μ) Σ_g w g x σ / n.
-        The first program of each plane writes its term of ∂L/∂w into row 0 of sums."""
+        The first program of channel c's first plane sums rows 0, 2 and 3 of sums over the samples into
+        ∂L/∂w, ∂L/∂b and ∂L/∂t."""
         p = tl.program_id(0)
         offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         inside = offs < S
@@ -317,7 +342,6 @@ if AVAILABLE:
         base = p.to(tl.int64) * S
         g = tl.load(g_ptr + base + offs, mask=inside, other=0.0).to(ACC)
         x = tl.load(x_ptr + base + offs, mask=inside, other=0.0).to(ACC)
-        own_gx = tl.load(sums_ptr + P + p).to(ACC)
         if ACT >= 3:  # B0: ∂L/∂a and ∂L/∂s reach x through the batch and instance variances
             a, s = _b0_scales(var_ptr, aux_ptr, p, C, r, eps, ACT, ACC)
             u = t * x + s
@@ -326,14 +350,12 @@ if AVAILABLE:
             dx += tl.load(sums_ptr + 4 * P + p).to(ACC) / s * (x - tl.load(mean_ptr + p).to(ACC)) / S
             if ACT == 3:
                 dx += tl.sum(sgx, 0) * r * (x - mu) / count
-            row0 = own_gx
         elif ACT == 2:
             sig = tl.sigmoid(t * x)
             dx = (
                 r * w * g * sig * (1.0 + t * x * (1.0 - sig))
                 - r * r * r * (x - mu) * tl.sum(wg * sgx, 0) / count
             )
-            row0 = r * own_gx
         else:
             xhat = (x - mu) * r
             if ACT == 1:
@@ -342,14 +364,14 @@ if AVAILABLE:
             if CENTER:
                 dx -= tl.sum(wg * sg, 0) / count
             dx = r * dx
-            own_g = tl.load(sums_ptr + 2 * P + p).to(ACC)
-            row0 = r * (own_gx - mu * own_g)  # Σ g x̂
-            if ACT == -1:  # ∂L/∂w = Σ g (x̂ r' + d')
-                rc, dc = _renorm(mu, r, t, aux_ptr, bounds_ptr, p % C, eps, ACC)
-                row0 = rc * row0 + dc * own_g
         tl.store(dx_ptr + base + offs, dx.to(dx_ptr.dtype.element_ty), mask=inside)
-        if ACT < 3 and tl.program_id(1) == 0:
-            tl.store(sums_ptr + p, row0)
+        if p < C and tl.program_id(1) == 0:
+            if HAS_W:
+                _channel_grad(sums_ptr, 0, dw_ptr, p, C, N, P, ACC)
+            if HAS_B:
+                _channel_grad(sums_ptr, 2, db_ptr, p, C, N, P, ACC)
+            if ACT > 0:
+                _channel_grad(sums_ptr, 3, dt_ptr, p, C, N, P, ACC)
 
 
 # Triton's generic launch binds and specializes every argument on every call (tens of microseconds
@@ -359,19 +381,16 @@ FAST_LAUNCH = True
 _compiled: dict[tuple, object] = {}
 
 
-def _specialization(arg) -> object:
-    """What Triton specializes a kernel on for this argument: dtype and 16-byte alignment of a tensor,
-    1 and divisibility by 16 (and the 32-bit range) of an int."""
-    if isinstance(arg, Tensor):
-        return arg.dtype, arg.data_ptr() % 16 == 0
-    if isinstance(arg, int):
-        return arg == 1, arg % 16 == 0, -(2**31) <= arg < 2**31
-    return type(arg)
-
-
 def _key(kernel, args: tuple, constexprs: dict) -> tuple:
-    """What tells one compiled specialization of ``kernel`` from another."""
-    return (kernel, args[0].device, *map(_specialization, args), *constexprs.items())
+    """What tells one compiled specialization of ``kernel`` from another, or finer: a tensor's dtype and
+    16-byte alignment (what Triton specializes a pointer on) and every other argument's value (Triton
+    specializes an int on being 1, on divisibility by 16 and on its range, a float on nothing)."""
+    return (
+        kernel,
+        args[0].device,
+        *[(a.dtype, a.data_ptr() % 16 == 0) if isinstance(a, Tensor) else a for a in args],
+        *constexprs.items(),
+    )
 
 
 def _launch(kernel, grid: tuple[int, ...], *args, **constexprs) -> None:
@@ -521,9 +540,9 @@ def group_affine(
 
 def group_affine_backward(
     g: Tensor, x: Tensor, mean: Tensor, var: Tensor, params: tuple[Tensor | None, ...], family: Family
-) -> tuple[Tensor, Tensor]:
-    """``(∂L/∂x, sums)``: sums (3, 4 with an activation, 5 for B0; N, C) holds per plane the terms of
-    ∂L/∂w, ∂L/∂b and ∂L/∂t in rows 0, 2 and 3 (to be summed over samples)."""
+) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
+    """``(∂L/∂x, ∂L/∂w, ∂L/∂b, ∂L/∂t)``, each parameter's gradient in its dtype (None for an absent
+    parameter, and for t without an activation)."""
     n, c = x.shape[:2]
     f = family
     sums = torch.empty(3 + (f.act > NO_ACT) + (f.act >= B0_ACT), n, c, dtype=mean.dtype, device=x.device)
@@ -539,9 +558,13 @@ def group_affine_backward(
     options = f.options(x, params)
     _launch(_affine_sums_kernel, (n * c,), g, x, *args, BLOCK=_block(_positions(x)), **options)
     dx = torch.empty_like(x)
+    grads = [None if p is None else torch.empty_like(p) for p in params[:2]]
+    grads.append(torch.empty_like(params[2]) if f.act > NO_ACT else None)
     grid, block = _grid(x)
-    _launch(_affine_input_grad_kernel, grid, g, x, dx, *args, BLOCK=block, **options)
-    return dx, sums
+    _launch(
+        _affine_input_grad_kernel, grid, g, x, dx, *args, *_pointers(grads, mean), BLOCK=block, **options,
+    )  # fmt: skip
+    return dx, *grads
 
 
 def _pointers(params: tuple[Tensor | None, ...], stand_in: Tensor) -> tuple[Tensor, ...]:
