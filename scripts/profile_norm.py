@@ -65,7 +65,10 @@ def components(x: torch.Tensor) -> dict[str, Callable[[], object]]:
     xg, g = x.detach().requires_grad_(), torch.randn_like(x)
     mean, var = _triton.plane_moments(x)
     small = torch.rand(n, c, device=x.device)
-    layer = (w, b, None, None, None), _triton.Family(1e-5, 1, c, True, 0)
+    layer = (
+        (w, b, None, None, None),
+        _triton.plan(x.shape, x.dtype, _triton.Family(1e-5, 1, c, True, 0), True, True),
+    )
     launches = recorded_launches(lambda: affine_family(xg, w, b, 1e-5, channels=c)[0].backward(g))
 
     def fused_no_grad():

@@ -88,6 +88,14 @@ def pair(name: str, options: dict, dtype: torch.dtype) -> tuple[torch.nn.Module,
     ids=[f"{n}-{o}" for n, o, _ in CASES] + [f"{n}-{o}-eval" for n, o, _ in CASES if n in EVAL],
 )
 def test_triton_path_equals_torch_formula_float64(triton_calls, monkeypatch, name, options, shape, training):
+    assert_triton_path_equals_torch_formula(triton_calls, monkeypatch, name, options, shape, training)
+
+
+def assert_triton_path_equals_torch_formula(
+    triton_calls, monkeypatch, name, options, shape, training
+) -> None:
+    """Output, gradients and buffers after one step of the Triton path equal the torch formula's in
+    float64."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(shape, generator=gen, dtype=torch.float64) * 2 + 0.5
     g = torch.randn(shape, generator=gen, dtype=torch.float64)
@@ -102,6 +110,29 @@ def test_triton_path_equals_torch_formula_float64(triton_calls, monkeypatch, nam
     for key, value in want.items():
         assert value is not None and got[key] is not None, key
         torch.testing.assert_close(got[key], value, rtol=1e-9, atol=1e-10, msg=key)
+
+
+LONG_PLANES = [case for case in CASES if torch.Size(case[2][2:]).numel() > 4 and case[0] != "switchnorm"]
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "shape"), LONG_PLANES, ids=[f"{n}-{o}" for n, o, _ in LONG_PLANES]
+)
+def test_affine_family_kernels_loop_over_planes_longer_than_a_block(
+    triton_calls, monkeypatch, name, options, shape
+):
+    """Blocks of 4 positions: the elementwise kernels run several programs per plane and the sums
+    kernel loops over it, the last block masked (plans of other block sizes dropped before and after)."""
+    monkeypatch.setattr(_triton, "MAX_BLOCK", 4)
+    blocks: set[int | None] = set()
+    launch = _triton._launch
+    monkeypatch.setattr(_triton, "_launch", lambda *a, **k: (blocks.add(k.get("BLOCK")), launch(*a, **k)))
+    _triton.plan.cache_clear()
+    try:
+        assert_triton_path_equals_torch_formula(triton_calls, monkeypatch, name, options, shape, True)
+    finally:
+        _triton.plan.cache_clear()
+    assert blocks - {None} == {4}  # every kernel with a block of positions (not the running statistics)
 
 
 @pytest.mark.parametrize("name", ["frn", "batchrenorm"])

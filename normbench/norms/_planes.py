@@ -85,8 +85,9 @@ class GroupAffineFused(torch.autograd.Function):
         ctx, x, weight, bias, t, aux, bounds, eps: float, samples: int, channels: int, center: bool, act: int
     ):
         mean, var = _triton.plane_moments(x)
-        ctx.family = _triton.Family(eps, samples, channels, center, act)
-        y = _triton.group_affine(x, mean, var, (weight, bias, t, aux, bounds), ctx.family)
+        family = _triton.Family(eps, samples, channels, center, act)
+        ctx.plan = _triton.plan(x.shape, x.dtype, family, weight is not None, bias is not None)
+        y = _triton.group_affine(x, mean, var, (weight, bias, t, aux, bounds), ctx.plan)
         ctx.save_for_backward(x, mean, var, weight, bias, t, aux, bounds)
         # the moments carry no gradient, and the backward gets no zeros made up for them (nor for an unused y)
         ctx.mark_non_differentiable(mean, var)
@@ -99,7 +100,7 @@ class GroupAffineFused(torch.autograd.Function):
         if g is None:
             return (None,) * 11
         x, mean, var, *params = ctx.saved_tensors
-        grads = _triton.group_affine_backward(g.contiguous(), x, mean, var, tuple(params), ctx.family)
+        grads = _triton.group_affine_backward(g.contiguous(), x, mean, var, tuple(params), ctx.plan)
         needed = ctx.needs_input_grad[:4]
         return *(grad if need else None for grad, need in zip(grads, needed, strict=True)), *(None,) * 7
 

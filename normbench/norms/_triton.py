@@ -18,6 +18,7 @@ Tests run them on the CPU through Triton's interpreter (``TRITON_INTERPRET=1``).
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
 from typing import NamedTuple
@@ -46,8 +47,9 @@ def _block(positions: int) -> int:
     return min(MAX_BLOCK, _power_of_2(positions))
 
 
-def _acc(x: Tensor):
-    return tl.float64 if x.dtype == torch.float64 else tl.float32
+def _acc(dtype: torch.dtype):
+    """The kernels' accumulator for inputs of ``dtype``."""
+    return tl.float64 if dtype == torch.float64 else tl.float32
 
 
 if AVAILABLE:
@@ -428,18 +430,21 @@ def plane_moments(x: Tensor) -> tuple[Tensor, Tensor]:
     stats = torch.promote_types(x.dtype, torch.float32)
     mean = torch.empty(n, c, dtype=stats, device=x.device)
     var = torch.empty_like(mean)
-    _launch(_moments_kernel, (n * c,), x, mean, var, s, BLOCK=_block(s), ACC=_acc(x))
+    _launch(_moments_kernel, (n * c,), x, mean, var, s, BLOCK=_block(s), ACC=_acc(x.dtype))
     return mean, var
 
 
-def _positions(x: Tensor) -> int:
-    return x.numel() // (x.shape[0] * x.shape[1])
+def _positions(x: Tensor | torch.Size) -> int:
+    shape = x.shape if isinstance(x, Tensor) else x
+    return shape.numel() // (shape[0] * shape[1])
 
 
-def _grid(x: Tensor) -> tuple[tuple[int, int], int]:
-    s = _positions(x)
+def _grid(x: Tensor | torch.Size) -> tuple[tuple[int, int], int]:
+    """The elementwise kernels' grid (planes, blocks per plane) on ``x`` (or a shape) and its block."""
+    shape = x.shape if isinstance(x, Tensor) else x
+    s = _positions(shape)
     block = _block(s)
-    return (x.shape[0] * x.shape[1], -(-s // block)), block
+    return (shape[0] * shape[1], -(-s // block)), block
 
 
 def last_group(n: int, samples: int) -> int:
@@ -473,7 +478,7 @@ def update_running_stats(
         _running_kernel, (c,), mean, var, mean if running_mean is None else running_mean, running_var,
         mean if batches is None else batches, *split_float(0.0 if momentum is None else momentum),
         _positions(x), c, samples, last, n, HAS_MEAN=running_mean is not None, CUMULATIVE=momentum is None,
-        BLOCK_G=_power_of_2(max(samples, n - last)), ACC=_acc(x),
+        BLOCK_G=_power_of_2(max(samples, n - last)), ACC=_acc(x.dtype),
     )  # fmt: skip
     written_in_place(running_var, *([] if running_mean is None else [running_mean]))
 
@@ -508,61 +513,70 @@ class Family(NamedTuple):
     center: bool
     act: int
 
-    def groups(self, n: int) -> tuple[int, int, int, int]:
-        """The kernels' arguments that place a batch of ``n`` samples' groups: M, LAST, N, CG."""
-        return self.samples, last_group(n, self.samples), n, self.channels
 
-    def options(self, x: Tensor, params: tuple[Tensor | None, ...]) -> dict:
-        """The kernels' compile-time options."""
-        n = x.shape[0]
-        largest = max(self.samples, n - last_group(n, self.samples))
-        return dict(
-            HAS_W=params[0] is not None, HAS_B=params[1] is not None, CENTER=self.center, ACT=self.act,
-            BLOCK_G=_power_of_2(largest * self.channels), ACC=_acc(x),
-        )  # fmt: skip
+class Plan(NamedTuple):
+    """How the affine family's kernels run on an input of one shape and dtype: the elementwise kernels'
+    grid, every kernel's block of positions, the scalar arguments (eps, S, C and the groups' M, LAST,
+    N, CG), the compile-time options and the backward's rows of sums per plane."""
+
+    grid: tuple[int, int]
+    block: int
+    scalars: tuple[float, int, int, int, int, int, int]
+    options: dict
+    sums_rows: int
+
+
+@functools.lru_cache(maxsize=256)
+def plan(shape: torch.Size, dtype: torch.dtype, family: Family, has_w: bool, has_b: bool) -> Plan:
+    """The :class:`Plan` of ``family`` on a contiguous input of ``shape`` and ``dtype``, with or without a
+    weight and a bias; built once (on a GPU's small shapes a layer is bound by host time), so a change of
+    :data:`MAX_BLOCK` needs ``plan.cache_clear()``."""
+    n, c = shape[:2]
+    f = family
+    last = last_group(n, f.samples)
+    options = dict(
+        HAS_W=has_w, HAS_B=has_b, CENTER=f.center, ACT=f.act,
+        BLOCK_G=_power_of_2(max(f.samples, n - last) * f.channels), ACC=_acc(dtype),
+    )  # fmt: skip
+    grid, block = _grid(shape)
+    return Plan(
+        grid=grid,
+        block=block,
+        scalars=(f.eps, _positions(shape), c, f.samples, last, n, f.channels),
+        options=options,
+        sums_rows=3 + (f.act > NO_ACT) + (f.act >= B0_ACT),
+    )
 
 
 def group_affine(
-    x: Tensor, mean: Tensor, var: Tensor, params: tuple[Tensor | None, ...], family: Family
+    x: Tensor, mean: Tensor, var: Tensor, params: tuple[Tensor | None, ...], plan: Plan
 ) -> Tensor:
     """The family's output in ``x``'s dtype from the planes' moments (:func:`plane_moments`); ``params`` =
     (w, b, t, aux, bounds): t the activation's parameter, aux EvoNorm-B0's running variance; RENORM: t
     and aux the running mean and variance, bounds the step and the ramps of r_max and d_max."""
     y = torch.empty_like(x)
-    grid, block = _grid(x)
-    f = family
     _launch(
-        _affine_kernel, grid, x, y, mean, var, *_pointers(params, mean), f.eps, _positions(x), x.shape[1],
-        *f.groups(x.shape[0]), BLOCK=block, **f.options(x, params),
+        _affine_kernel, plan.grid, x, y, mean, var, *_pointers(params, mean), *plan.scalars, BLOCK=plan.block,
+        **plan.options,
     )  # fmt: skip
     return y
 
 
 def group_affine_backward(
-    g: Tensor, x: Tensor, mean: Tensor, var: Tensor, params: tuple[Tensor | None, ...], family: Family
+    g: Tensor, x: Tensor, mean: Tensor, var: Tensor, params: tuple[Tensor | None, ...], plan: Plan
 ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
     """``(∂L/∂x, ∂L/∂w, ∂L/∂b, ∂L/∂t)``, each parameter's gradient in its dtype (None for an absent
     parameter, and for t without an activation)."""
-    n, c = x.shape[:2]
-    f = family
-    sums = torch.empty(3 + (f.act > NO_ACT) + (f.act >= B0_ACT), n, c, dtype=mean.dtype, device=x.device)
-    args = (
-        *_pointers((mean, var, *params), mean),
-        sums,
-        f.eps,
-        _positions(x),
-        c,
-        *f.groups(n),
-        n * c,
-    )
-    options = f.options(x, params)
-    _launch(_affine_sums_kernel, (n * c,), g, x, *args, BLOCK=_block(_positions(x)), **options)
+    planes = plan.grid[0]
+    sums = torch.empty(plan.sums_rows, planes, dtype=mean.dtype, device=x.device)
+    args = (*_pointers((mean, var, *params), mean), sums, *plan.scalars, planes)
+    _launch(_affine_sums_kernel, (planes,), g, x, *args, BLOCK=plan.block, **plan.options)
     dx = torch.empty_like(x)
     grads = [None if p is None else torch.empty_like(p) for p in params[:2]]
-    grads.append(torch.empty_like(params[2]) if f.act > NO_ACT else None)
-    grid, block = _grid(x)
+    grads.append(torch.empty_like(params[2]) if plan.options["ACT"] > NO_ACT else None)
     _launch(
-        _affine_input_grad_kernel, grid, g, x, dx, *args, *_pointers(grads, mean), BLOCK=block, **options,
+        _affine_input_grad_kernel, plan.grid, g, x, dx, *args, *_pointers(grads, mean), BLOCK=plan.block,
+        **plan.options,
     )  # fmt: skip
     return dx, *grads
 

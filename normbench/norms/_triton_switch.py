@@ -288,7 +288,7 @@ Params = tuple[Tensor | None, Tensor | None, Tensor, Tensor]  # γ, β, λ, λ'
 
 
 def _options(x: Tensor, params: Params) -> dict:
-    return dict(HAS_W=params[0] is not None, HAS_B=params[1] is not None, ACC=_acc(x))
+    return dict(HAS_W=params[0] is not None, HAS_B=params[1] is not None, ACC=_acc(x.dtype))
 
 
 def switch_pools(
@@ -309,7 +309,7 @@ def switch_pools(
     count = n * _positions(x)
     _triton._launch(
         _pools_kernel, (n + c,), mean, var, rows, cols, running_mean, running_var, *split_float(momentum),
-        *split_float(count / max(count - 1, 1)), n, c, TRAINING=training, BLOCK=_block(max(n, c)), ACC=_acc(x),
+        *split_float(count / max(count - 1, 1)), n, c, TRAINING=training, BLOCK=_block(max(n, c)), ACC=_acc(x.dtype),
     )  # fmt: skip
     if training:
         written_in_place(running_mean, running_var)
