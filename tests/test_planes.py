@@ -362,3 +362,19 @@ def test_a_launch_reuses_a_compiled_kernel_only_for_the_same_specialization(monk
         _triton._launch(kernel, (3,), *other, ACC="f32", BLOCK=4)
     _triton._launch(kernel, (3,), x, 5, 0.5, ACC="f64", BLOCK=4)
     assert len(kernel.compiled) == 6 and not any(c.runs for c in kernel.compiled[1:])
+
+
+@pytest.mark.parametrize("name", ["layernorm", "switchnorm"])
+def test_a_double_backward_through_the_kernels_fails_loudly(triton_calls, name):
+    """The kernels' gradients carry no graph: under create_graph a backward through them raises (torch's
+    once_differentiable) instead of silently missing the second-order terms; a plain backward does not
+    build one."""
+    module = build_norm(name, 4)
+    x = torch.randn(3, 4, 2, 3, requires_grad=True)
+    (plain,) = torch.autograd.grad(module(x).square().sum(), x)
+    assert plain.grad_fn is None
+    (grad,) = torch.autograd.grad(module(x).square().sum(), x, create_graph=True)
+    torch.testing.assert_close(grad.detach(), plain)
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        grad.sum().backward()
+    assert len(triton_calls) == 2

@@ -14,6 +14,7 @@ Triton's interpreter.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -63,6 +64,19 @@ def use_planes(x: Tensor, native: bool = False) -> bool:
     )
 
 
+def kernels_backward(backward: Callable) -> Callable:
+    """``once_differentiable`` for a backward made of kernels, without its cost where it does nothing:
+    with grad mode off (a plain backward) the gradients come back as they are; under ``create_graph``
+    torch's wrapper makes a backward through them fail loudly (the kernels record no graph)."""
+    guarded = once_differentiable(backward)
+
+    @functools.wraps(backward)
+    def wrapper(ctx, *grads: Tensor | None):
+        return guarded(ctx, *grads) if torch.is_grad_enabled() else backward(ctx, *grads)
+
+    return wrapper
+
+
 class GroupAffineFused(torch.autograd.Function):
     """The affine family in four kernels and no small-tensor ops in between: ``y = (x − μ_g) r_g w_c +
     b_c`` with ``r_g = (σ²_g + eps)^(-1/2)`` over groups of ``samples`` × ``channels`` planes
@@ -95,7 +109,7 @@ class GroupAffineFused(torch.autograd.Function):
         return y, mean, var
 
     @staticmethod
-    @once_differentiable
+    @kernels_backward
     def backward(ctx, g: Tensor | None, *_: Tensor | None):
         if g is None:
             return (None,) * 11

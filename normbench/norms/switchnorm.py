@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 
 from normbench.norms import _triton
 from normbench.norms._base import ChannelNorm, like_input, move_towards
 from normbench.norms._kernels import compiled_on_gpu, pooled, standardizing
-from normbench.norms._planes import group_affine, use_planes
+from normbench.norms._planes import group_affine, kernels_backward, use_planes
 from normbench.norms._triton_switch import switch_backward, switch_map, switch_pools
 from normbench.norms.registry import register_norm
 
@@ -61,7 +60,7 @@ class SwitchNormFused(torch.autograd.Function):
         return switch_map(x, mean, var, rows, cols, params, eps)
 
     @staticmethod
-    @once_differentiable
+    @kernels_backward
     def backward(ctx, g: Tensor):
         x, mean, var, rows, cols, *params = ctx.saved_tensors
         dx, affine, logits = switch_backward(
