@@ -336,7 +336,7 @@ def test_a_launch_reuses_a_compiled_kernel_only_for_the_same_specialization(monk
             self.runs.append(args)
 
     class Kernel:
-        arg_names = ("x", "n", "eps", "BLOCK", "ACC")
+        arg_names = ("x_ptr", "n", "eps", "BLOCK", "ACC")
 
         def __init__(self) -> None:
             self.compiled: list[Compiled] = []
@@ -378,3 +378,28 @@ def test_a_double_backward_through_the_kernels_fails_loudly(triton_calls, name):
     with pytest.raises(RuntimeError, match="differentiate twice"):
         grad.sum().backward()
     assert len(triton_calls) == 2
+
+
+def test_every_launch_passes_tensors_to_the_kernels_leading_pointer_parameters_alone(
+    triton_calls, monkeypatch
+):
+    """``_launch`` keys a pointer by dtype and alignment and any other argument by value: each kernel's
+    pointers (``*_ptr``) come first, and every plugin passes tensors to them and to nothing else."""
+    launches: list[tuple] = []
+    launch = _triton._launch
+    monkeypatch.setattr(
+        _triton,
+        "_launch",
+        lambda kernel, grid, *a, **k: (launches.append((kernel, a)), launch(kernel, grid, *a, **k)),
+    )
+    for name, options, shape in FIRST_OF_EACH:
+        module = build_norm(name, 4, **options)
+        for training in (True, False):
+            run(module.train(training), torch.randn(shape), torch.randn(shape))
+    names = {kernel.fn.__name__ for kernel, _ in launches}
+    assert {"_affine_input_grad_kernel", "_running_kernel", "_pools_backward_kernel"} <= names
+    for kernel, args in launches:
+        pointers = [name.endswith("_ptr") for name in kernel.arg_names]
+        k = _triton._pointer_count(kernel)
+        assert not any(pointers[k:]), kernel.fn.__name__
+        assert [isinstance(a, torch.Tensor) for a in args] == pointers[: len(args)], kernel.fn.__name__

@@ -315,8 +315,8 @@ if AVAILABLE:
 
     @triton.jit
     def _affine_input_grad_kernel(
-        g_ptr, x_ptr, dx_ptr, mean_ptr, var_ptr, w_ptr, b_ptr, t_ptr, aux_ptr, bounds_ptr, sums_ptr, eps, S, C, M, LAST, N, CG, P,
-        dw_ptr, db_ptr, dt_ptr,
+        g_ptr, x_ptr, dx_ptr, mean_ptr, var_ptr, w_ptr, b_ptr, t_ptr, aux_ptr, bounds_ptr, sums_ptr, dw_ptr, db_ptr, dt_ptr,
+        eps, S, C, M, LAST, N, CG, P,
         HAS_W: tl.constexpr, HAS_B: tl.constexpr, CENTER: tl.constexpr, ACT: tl.constexpr,
         BLOCK: tl.constexpr, BLOCK_G: tl.constexpr, ACC: tl.constexpr,
     ):  # fmt: skip
@@ -380,31 +380,44 @@ if AVAILABLE:
 # of host time per launch, which bound these layers at small sizes); once a kernel is compiled for a
 # specialization, later calls with the same specialization go straight to its launcher.
 FAST_LAUNCH = True
-_compiled: dict[tuple, object] = {}
+# per key: the compiled specialization and the values of the kernel's constexprs in its order
+_compiled: dict[tuple, tuple[object, list]] = {}
+
+
+@functools.cache
+def _pointer_count(kernel) -> int:
+    """How many of ``kernel``'s parameters are pointers: its leading ones, named ``*_ptr``
+    (tests/test_planes.py checks that every kernel names them so, and passes tensors to them alone)."""
+    return next(
+        (i for i, name in enumerate(kernel.arg_names) if not name.endswith("_ptr")), len(kernel.arg_names)
+    )
 
 
 def _key(kernel, args: tuple, constexprs: dict) -> tuple:
-    """What tells one compiled specialization of ``kernel`` from another, or finer: a tensor's dtype and
-    16-byte alignment (what Triton specializes a pointer on) and every other argument's value (Triton
+    """What tells one compiled specialization of ``kernel`` from another, or finer: each pointer's dtype
+    and 16-byte alignment (what Triton specializes a pointer on) and every other argument's value (Triton
     specializes an int on being 1, on divisibility by 16 and on its range, a float on nothing)."""
+    k = _pointer_count(kernel)
     return (
         kernel,
         args[0].device,
-        *[(a.dtype, a.data_ptr() % 16 == 0) if isinstance(a, Tensor) else a for a in args],
+        *[(a.dtype, a.data_ptr() % 16 == 0) for a in args[:k]],
+        *args[k:],
         *constexprs.items(),
     )
 
 
 def _launch(kernel, grid: tuple[int, ...], *args, **constexprs) -> None:
-    """``kernel[grid](*args, **constexprs)``; the kernel's constexprs must be its last parameters."""
+    """``kernel[grid](*args, **constexprs)``; the kernel's pointers must be its first parameters and its
+    constexprs its last."""
     key = _key(kernel, args, constexprs)
-    compiled = _compiled.get(key) if FAST_LAUNCH and not INTERPRETED else None
-    if compiled is None:
+    known = _compiled.get(key) if FAST_LAUNCH and not INTERPRETED else None
+    if known is None:
         compiled = kernel[grid](*args, **constexprs)
         if not INTERPRETED:
-            _compiled[key] = compiled
+            _compiled[key] = compiled, [constexprs[name] for name in kernel.arg_names[len(args) :]]
         return
-    values = [constexprs[name] for name in kernel.arg_names[len(args) :]]
+    compiled, values = known
     grid = (*grid, 1, 1)
     stream = torch._C._cuda_getCurrentRawStream(args[0].device.index)
     compiled.run(
@@ -569,14 +582,15 @@ def group_affine_backward(
     parameter, and for t without an activation)."""
     planes = plan.grid[0]
     sums = torch.empty(plan.sums_rows, planes, dtype=mean.dtype, device=x.device)
-    args = (*_pointers((mean, var, *params), mean), sums, *plan.scalars, planes)
-    _launch(_affine_sums_kernel, (planes,), g, x, *args, BLOCK=plan.block, **plan.options)
+    stats = (*_pointers((mean, var, *params), mean), sums)
+    scalars = (*plan.scalars, planes)
+    _launch(_affine_sums_kernel, (planes,), g, x, *stats, *scalars, BLOCK=plan.block, **plan.options)
     dx = torch.empty_like(x)
     grads = [None if p is None else torch.empty_like(p) for p in params[:2]]
     grads.append(torch.empty_like(params[2]) if plan.options["ACT"] > NO_ACT else None)
     _launch(
-        _affine_input_grad_kernel, plan.grid, g, x, dx, *args, *_pointers(grads, mean), BLOCK=plan.block,
-        **plan.options,
+        _affine_input_grad_kernel, plan.grid, g, x, dx, *stats, *_pointers(grads, mean), *scalars,
+        BLOCK=plan.block, **plan.options,
     )  # fmt: skip
     return dx, *grads
 
