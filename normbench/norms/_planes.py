@@ -5,11 +5,11 @@ Each plugin's statistics come from its planes' moments — directly (instance st
 samples (batch and ghost-batch statistics) or over channels (layer and group statistics), with the law
 of total variance. :func:`affine_family` (LayerNorm, GroupNorm, InstanceNorm, ghost BatchNorm,
 BatchRenorm, RMSNorm, FRN, both EvoNorms) does all of it inside the kernels: two launches per
-direction, eight memory passes as native BatchNorm, no small-tensor op in between; running statistics
-move in one more launch (:func:`normbench.norms._triton.update_running_stats`). SwitchNorm's mixture
-has its own kernels (:mod:`normbench.norms._triton_switch`). Every plugin keeps its torch formula for the CPU,
-``torch.compile``, ``vmap`` and channels_last inputs; tests/test_planes.py ties the two through
-Triton's interpreter.
+direction, eight memory passes as native BatchNorm, no small-tensor op in between; the forward's second
+launch also moves the running statistics, the backward's second sums the parameters' gradients.
+SwitchNorm's mixture has its own kernels (:mod:`normbench.norms._triton_switch`). Every plugin keeps
+its torch formula for the CPU, ``torch.compile``, ``vmap`` and channels_last inputs;
+tests/test_planes.py ties the two through Triton's interpreter.
 """
 
 from __future__ import annotations
@@ -90,33 +90,43 @@ class GroupAffineFused(torch.autograd.Function):
     (:meth:`normbench.norms.batchrenorm.BatchRenorm.schedule`), without gradient. The kernels'
     docstrings hold the backward.
 
-    ``apply(x, weight, bias, t, aux, bounds, eps, samples, channels, center, act)`` returns ``(y, mean,
-    var)`` with the planes' (N, C) moments, without gradient. Once differentiable.
+    ``running`` (:class:`normbench.norms._triton.Running`, or None): running statistics that the forward
+    moves towards the batch (or ghost-batch) statistics, in its second launch.
+
+    ``apply(x, weight, bias, t, aux, bounds, running, eps, samples, channels, center, act)`` returns y.
+    Once differentiable.
     """
 
     @staticmethod
     def forward(
-        ctx, x, weight, bias, t, aux, bounds, eps: float, samples: int, channels: int, center: bool, act: int
+        ctx,
+        x,
+        weight,
+        bias,
+        t,
+        aux,
+        bounds,
+        running: _triton.Running | None,
+        eps: float,
+        samples: int,
+        channels: int,
+        center: bool,
+        act: int,
     ):
         mean, var = _triton.plane_moments(x)
         family = _triton.Family(eps, samples, channels, center, act)
         ctx.plan = _triton.plan(x.shape, x.dtype, family, weight is not None, bias is not None)
-        y = _triton.group_affine(x, mean, var, (weight, bias, t, aux, bounds), ctx.plan)
+        y = _triton.group_affine(x, mean, var, (weight, bias, t, aux, bounds), ctx.plan, running)
         ctx.save_for_backward(x, mean, var, weight, bias, t, aux, bounds)
-        # the moments carry no gradient, and the backward gets no zeros made up for them (nor for an unused y)
-        ctx.mark_non_differentiable(mean, var)
-        ctx.set_materialize_grads(False)
-        return y, mean, var
+        return y
 
     @staticmethod
     @kernels_backward
-    def backward(ctx, g: Tensor | None, *_: Tensor | None):
-        if g is None:
-            return (None,) * 11
+    def backward(ctx, g: Tensor):
         x, mean, var, *params = ctx.saved_tensors
         grads = _triton.group_affine_backward(g.contiguous(), x, mean, var, tuple(params), ctx.plan)
         needed = ctx.needs_input_grad[:4]
-        return *(grad if need else None for grad, need in zip(grads, needed, strict=True)), *(None,) * 7
+        return *(grad if need else None for grad, need in zip(grads, needed, strict=True)), *(None,) * 8
 
 
 def affine_family(
@@ -131,9 +141,12 @@ def affine_family(
     t: Tensor | None = None,
     aux: Tensor | None = None,
     bounds: Tensor | None = None,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """:class:`GroupAffineFused` on ``x`` (``use_planes(x)`` must hold): ``(y, mean, var)``."""
-    return GroupAffineFused.apply(x, weight, bias, t, aux, bounds, eps, samples, channels, center, act)
+    running: _triton.Running | None = None,
+) -> Tensor:
+    """:class:`GroupAffineFused` on ``x`` (``use_planes(x)`` must hold): y."""
+    return GroupAffineFused.apply(
+        x, weight, bias, t, aux, bounds, running, eps, samples, channels, center, act
+    )
 
 
 def group_affine(

@@ -125,14 +125,13 @@ if AVAILABLE:
         tl.store(ptr + c, (old + rate * (target - old)).to(ptr.dtype.element_ty))
 
     @triton.jit
-    def _running_kernel(
-        mean_ptr, var_ptr, rm_ptr, rv_ptr, batches_ptr, momentum, momentum_lo, S, C, M, LAST, N,
-        HAS_MEAN: tl.constexpr, CUMULATIVE: tl.constexpr, BLOCK_G: tl.constexpr, ACC: tl.constexpr,
+    def _running_update(
+        mean_ptr, var_ptr, rm_ptr, rv_ptr, batches_ptr, c, momentum, momentum_lo, S, C, M, LAST, N,
+        RUNNING: tl.constexpr, CUMULATIVE: tl.constexpr, BLOCK_G: tl.constexpr, ACC: tl.constexpr,
     ):  # fmt: skip
-        """Channel c's running statistics move towards the average over its groups of samples (M
-        consecutive ones, the last from LAST to N − 1) of their mean and unbiased variance, at the rate
-        momentum, or 1 / batches (the cumulative average)."""
-        c = tl.program_id(0)
+        """Channel c's running statistics (the mean too if RUNNING is 2) move towards the average over its
+        groups of samples (M consecutive ones, the last from LAST to N − 1) of their mean and unbiased
+        variance, at the rate momentum, or 1 / batches (the cumulative average)."""
         r = tl.arange(0, BLOCK_G)
         total_mean = tl.sum(tl.zeros([BLOCK_G], ACC), 0)
         total_var = tl.sum(tl.zeros([BLOCK_G], ACC), 0)
@@ -147,7 +146,7 @@ if AVAILABLE:
             rate = 1.0 / tl.load(batches_ptr).to(ACC)
         else:
             rate = _wide(momentum, momentum_lo, ACC)
-        if HAS_MEAN:
+        if RUNNING == 2:
             _move_towards(rm_ptr, c, total_mean / groups, rate, ACC)
         _move_towards(rv_ptr, c, total_var / groups, rate, ACC)
 
@@ -209,10 +208,14 @@ if AVAILABLE:
 
     @triton.jit
     def _affine_kernel(
-        x_ptr, y_ptr, mean_ptr, var_ptr, w_ptr, b_ptr, t_ptr, aux_ptr, bounds_ptr, eps, S, C, M, LAST, N, CG,
+        x_ptr, y_ptr, mean_ptr, var_ptr, w_ptr, b_ptr, t_ptr, aux_ptr, bounds_ptr, rm_ptr, rv_ptr, batches_ptr,
+        eps, S, C, M, LAST, N, CG, momentum, momentum_lo,
         HAS_W: tl.constexpr, HAS_B: tl.constexpr, CENTER: tl.constexpr, ACT: tl.constexpr,
-        BLOCK: tl.constexpr, BLOCK_G: tl.constexpr, ACC: tl.constexpr,
+        RUNNING: tl.constexpr, CUMULATIVE: tl.constexpr, BLOCK: tl.constexpr, BLOCK_G: tl.constexpr,
+        ACC: tl.constexpr,
     ):  # fmt: skip
+        """y; with RUNNING, the first program of channel c's first plane also moves c's running
+        statistics (:func:`_running_update`; no program reads them)."""
         p = tl.program_id(0)
         offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         inside = offs < S
@@ -232,6 +235,11 @@ if AVAILABLE:
         if ACT == 1:
             y = tl.maximum(y, t)
         tl.store(y_ptr + base + offs, y.to(y_ptr.dtype.element_ty), mask=inside)
+        if RUNNING > 0 and p < C and tl.program_id(1) == 0:
+            _running_update(
+                mean_ptr, var_ptr, rm_ptr, rv_ptr, batches_ptr, p, momentum, momentum_lo, S, C, M, LAST, N,
+                RUNNING, CUMULATIVE, BLOCK_G, ACC,
+            )  # fmt: skip
 
     @triton.jit
     def _affine_sums_kernel(
@@ -470,32 +478,6 @@ def last_group(n: int, samples: int) -> int:
     return max(n - rest - (samples if rest == 1 else 0), 0)
 
 
-def update_running_stats(
-    x: Tensor,
-    mean: Tensor,
-    var: Tensor,
-    samples: int,
-    running_mean: Tensor | None,
-    running_var: Tensor,
-    momentum: float | None,
-    batches: Tensor | None = None,
-) -> None:
-    """Move the running statistics (in place) towards the average over the groups of ``samples``
-    consecutive samples of ``x`` (batch or ghost-batch statistics per channel; the last group as
-    :func:`last_group` says) of their mean and unbiased variance, from the planes' (N, C) moments: at the
-    rate ``momentum``, or ``1 / batches`` (a counter already incremented for this batch) when
-    ``momentum`` is None. One launch."""
-    n, c = mean.shape
-    last = last_group(n, samples)
-    _launch(
-        _running_kernel, (c,), mean, var, mean if running_mean is None else running_mean, running_var,
-        mean if batches is None else batches, *split_float(0.0 if momentum is None else momentum),
-        _positions(x), c, samples, last, n, HAS_MEAN=running_mean is not None, CUMULATIVE=momentum is None,
-        BLOCK_G=_power_of_2(max(samples, n - last)), ACC=_acc(x.dtype),
-    )  # fmt: skip
-    written_in_place(running_var, *([] if running_mean is None else [running_mean]))
-
-
 def split_float(value: float) -> tuple[float, float]:
     """``value`` as float32 ``(hi, lo)`` with ``hi + lo == value`` to ~1e-15: Triton passes a Python float
     to a kernel as float32, which would put float64 running statistics off by ~1e-8 relative."""
@@ -561,17 +543,38 @@ def plan(shape: torch.Size, dtype: torch.dtype, family: Family, has_w: bool, has
     )
 
 
+class Running(NamedTuple):
+    """Running statistics that a forward moves (in place) towards the average over the groups of samples
+    of their mean and unbiased variance: at the rate ``momentum``, or ``1 / batches`` (a counter already
+    incremented for this batch) when ``momentum`` is None; no running mean for ``mean=None``."""
+
+    mean: Tensor | None
+    var: Tensor
+    momentum: float | None
+    batches: Tensor | None = None
+
+
 def group_affine(
-    x: Tensor, mean: Tensor, var: Tensor, params: tuple[Tensor | None, ...], plan: Plan
+    x: Tensor,
+    mean: Tensor,
+    var: Tensor,
+    params: tuple[Tensor | None, ...],
+    plan: Plan,
+    running: Running | None = None,
 ) -> Tensor:
     """The family's output in ``x``'s dtype from the planes' moments (:func:`plane_moments`); ``params`` =
     (w, b, t, aux, bounds): t the activation's parameter, aux EvoNorm-B0's running variance; RENORM: t
-    and aux the running mean and variance, bounds the step and the ramps of r_max and d_max."""
+    and aux the running mean and variance, bounds the step and the ramps of r_max and d_max (none of
+    them the ``running`` statistics, which the same launch moves)."""
     y = torch.empty_like(x)
+    r = running or Running(None, mean, 0.0)
     _launch(
-        _affine_kernel, plan.grid, x, y, mean, var, *_pointers(params, mean), *plan.scalars, BLOCK=plan.block,
-        **plan.options,
+        _affine_kernel, plan.grid, x, y, mean, var, *_pointers((*params, r.mean, r.var, r.batches), mean),
+        *plan.scalars, *split_float(0.0 if r.momentum is None else r.momentum), BLOCK=plan.block,
+        RUNNING=0 if running is None else 1 + (r.mean is not None), CUMULATIVE=r.momentum is None, **plan.options,
     )  # fmt: skip
+    if running is not None:
+        written_in_place(r.var, *([] if r.mean is None else [r.mean]))
     return y
 
 

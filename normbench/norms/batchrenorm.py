@@ -9,7 +9,7 @@ from torch import Tensor
 from normbench.norms._base import like_input
 from normbench.norms._kernels import group_moments, group_view
 from normbench.norms._planes import RENORM_ACT, affine_family, use_planes
-from normbench.norms._triton import update_running_stats
+from normbench.norms._triton import Running
 from normbench.norms.batchnorm import BatchNorm
 from normbench.norms.registry import register_norm
 
@@ -109,19 +109,18 @@ class BatchRenorm(BatchNorm):
         return F.batch_norm(x, None, None, weight, bias, True, 0.0, self.eps)
 
     def _planes(self, x: Tensor) -> Tensor:
-        """The same on the Triton kernels: r and d formed inside them, the running statistics moved by
-        one more launch."""
+        """The same on the Triton kernels: r and d formed inside them, the running statistics moved by the
+        same launch."""
         c, n = self.num_channels, x.shape[0]
-        # what this step's r and d are formed from, as the backward will need it after the update below
+        # what this step's r and d are formed from, as the kernels and the backward need it beside the update
         step = self.num_batches_tracked.view(1)
         frozen = torch.cat((self.running_mean, self.running_var, step, self.schedule()))
         running_mean, running_var, bounds = frozen.split((c, c, 9))
-        y, mean, var = affine_family(
-            x, self.weight, self.bias, self.eps, samples=n, act=RENORM_ACT, t=running_mean, aux=running_var,
-            bounds=bounds,
-        )  # fmt: skip
         batches = self.num_batches_tracked.add_(1)
-        update_running_stats(x, mean, var, n, self.running_mean, self.running_var, self.momentum, batches)
+        y = affine_family(
+            x, self.weight, self.bias, self.eps, samples=n, act=RENORM_ACT, t=running_mean, aux=running_var,
+            bounds=bounds, running=Running(self.running_mean, self.running_var, self.momentum, batches),
+        )  # fmt: skip
         return like_input(y, x)
 
     def extra_repr(self) -> str:

@@ -21,7 +21,7 @@ from normbench.norms._kernels import (
     use_fused,
 )
 from normbench.norms._planes import B0_ACT, B0_EVAL_ACT, GATE_ACT, affine_family, use_planes
-from normbench.norms._triton import update_running_stats
+from normbench.norms._triton import Running
 from normbench.norms.groupnorm import resolve_groups
 from normbench.norms.registry import register_norm
 
@@ -151,7 +151,7 @@ class EvoNormB0(ChannelNorm):
         self.check_input(x)
         if use_planes(x):
             act = B0_ACT if self.training else B0_EVAL_ACT
-            y, mean_in, var_in = affine_family(
+            y = affine_family(
                 x,
                 self.weight,
                 self.bias,
@@ -160,9 +160,8 @@ class EvoNormB0(ChannelNorm):
                 act=act,
                 t=self.v,
                 aux=None if self.training else self.running_var,
+                running=Running(None, self.running_var, self.momentum) if self.training else None,
             )
-            if self.training:
-                update_running_stats(x, mean_in, var_in, x.shape[0], None, self.running_var, self.momentum)
             return like_input(y, x)
         coefficients = partial(self._coefficients, self.training)
         if use_fused(x):
@@ -266,9 +265,7 @@ class EvoNormS0(ChannelNorm):
         self.check_input(x)
         channels = self.num_channels // self.num_groups
         if use_planes(x):
-            y, _, _ = affine_family(
-                x, self.weight, self.bias, self.eps, channels=channels, act=GATE_ACT, t=self.v
-            )
+            y = affine_family(x, self.weight, self.bias, self.eps, channels=channels, act=GATE_ACT, t=self.v)
             return like_input(y, x)
         if use_fused(x):
             with torch.autocast(x.device.type, enabled=False):  # statistics in float32, as timm does

@@ -108,7 +108,7 @@ class FilterResponseNorm(ChannelNorm):
                 "is sign(x); use learnable_eps=True (Singh & Krishnan 2020, Sec. 3.1)"
             )
         if use_planes(x) and self.eps_l is None:  # a learnable eps takes the torch formula
-            y = affine_family(x, self.weight, self.bias, self.eps, center=False, act=TLU_ACT, t=self.tau)[0]
+            y = affine_family(x, self.weight, self.bias, self.eps, center=False, act=TLU_ACT, t=self.tau)
         elif use_fused(x):
             y = _FilterResponseNormTLU.apply(x, self.weight, self.bias, self.tau, self.eps_l, self.eps)
         else:

@@ -9,7 +9,7 @@ from torch import Tensor
 from normbench.norms._base import like_input, move_towards
 from normbench.norms._kernels import standardizing, use_fused
 from normbench.norms._planes import affine_family, group_affine, use_planes
-from normbench.norms._triton import last_group, update_running_stats
+from normbench.norms._triton import Running, last_group
 from normbench.norms.batchnorm import BatchNorm
 from normbench.norms.registry import register_norm
 
@@ -61,14 +61,14 @@ class GhostBatchNorm(BatchNorm):
         if not self.training or n <= g:
             return super().forward(x)
         self.check_input(x)
-        if use_planes(x):  # the kernels cut the ghost batches; one more launch
-            y, mean, var = affine_family(x, self.weight, self.bias, self.eps, samples=g)
+        if use_planes(x):  # the kernels cut the ghost batches and move the running statistics
+            running = None
             if self.track_running_stats:
                 batches = self.num_batches_tracked.add_(1)
-                update_running_stats(
-                    x, mean, var, g, self.running_mean, self.running_var, self.momentum, batches
-                )
-            return like_input(y, x)
+                running = Running(self.running_mean, self.running_var, self.momentum, batches)
+            return like_input(
+                affine_family(x, self.weight, self.bias, self.eps, samples=g, running=running), x
+            )
         last = last_group(n, g)
         full = n if n - last == g else last  # the samples in ghost batches of g
         chunks = [(x[:full], g)] if full else []

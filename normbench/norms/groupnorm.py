@@ -107,7 +107,7 @@ class GroupNorm(ChannelNorm):
         # the same statistics through the Triton kernels, on CUDA
         if use_planes(x, native=self.native_kernel):
             channels = self.num_channels // self.num_groups
-            return affine_family(x, self.weight, self.bias, self.eps, channels=channels)[0]
+            return affine_family(x, self.weight, self.bias, self.eps, channels=channels)
         return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
 
     def extra_repr(self) -> str:

@@ -44,7 +44,7 @@ class InstanceNorm(ChannelNorm):
         self.check_input(x)
         # the same statistics through the Triton kernels, on CUDA
         if use_planes(x, native=self.native_kernel):
-            return affine_family(x, self.weight, self.bias, self.eps)[0]
+            return affine_family(x, self.weight, self.bias, self.eps)
         if x.is_cuda and x.dtype == torch.float32:
             # GroupNorm with one channel per group is this; on an H100 its kernel ran float32 inputs
             # 1.35x faster (bfloat16 ones 2x slower: autocast runs group_norm in float32)

@@ -40,5 +40,5 @@ class LayerNorm(ChannelNorm):
         self.check_input(x)
         # the same statistics through the Triton kernels, on CUDA
         if use_planes(x, native=self.native_kernel):
-            return affine_family(x, self.weight, self.bias, self.eps, channels=self.num_channels)[0]
+            return affine_family(x, self.weight, self.bias, self.eps, channels=self.num_channels)
         return F.group_norm(x, 1, self.weight, self.bias, self.eps)

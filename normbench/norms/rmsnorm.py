@@ -82,9 +82,7 @@ class RMSNorm(ChannelNorm):
         if x.dim() == 2:
             y = F.rms_norm(x, (self.num_channels,), self.weight, self.eps)
         elif use_planes(x):
-            y, _, _ = affine_family(
-                x, self.weight, self.bias, self.eps, channels=self.num_channels, center=False
-            )
+            y = affine_family(x, self.weight, self.bias, self.eps, channels=self.num_channels, center=False)
             return like_input(y, x)
         elif use_fused(x):
             y = _ChannelFirstRMSNorm.apply(x, self.weight, self.eps)
