@@ -25,6 +25,7 @@ CASES = [
     # equal ghost batches: one launch moves the running statistics, here as a cumulative average
     ("ghost_batchnorm", {"ghost_batch_size": 2, "momentum": None}, (4, 4, 2, 3)),
     ("switchnorm", {}, (5, 4, 3, 3)),
+    ("switchnorm", {"affine": False}, (3, 4, 2, 3)),
     # r_max 1.5 and d_max 0.5 from the first step: r clipped (σ_B ≈ 2 against the initial σ = 1), d partly
     (
         "batchrenorm",

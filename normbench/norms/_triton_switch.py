@@ -165,11 +165,12 @@ if AVAILABLE:
 
     @jit
     def _pools_backward_kernel(
-        terms_ptr, mean_ptr, var_ptr, row_out_ptr, col_out_ptr, N, C, BLOCK: tl.constexpr, ACC: tl.constexpr
-    ):
+        terms_ptr, mean_ptr, var_ptr, row_out_ptr, col_out_ptr, dw_ptr, db_ptr, N, C,
+        HAS_W: tl.constexpr, HAS_B: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr,
+    ):  # fmt: skip
         """Program i < N: over sample i's planes, Σ ∂L/∂μ_p, Σ ∂L/∂σ²_p, Σ ∂L/∂μ_p μᵢₙ and Σ ∂L/∂σ²_p σ²ᵢₙ
-        into row_out (4, N); program N + c: over channel c's planes, Σ ∂L/∂μ_p, Σ ∂L/∂σ²_p, ∂L/∂γ_c and
-        ∂L/∂β_c into col_out (4, C)."""
+        into row_out (4, N); program N + c: over channel c's planes, Σ ∂L/∂μ_p and Σ ∂L/∂σ²_p into col_out
+        (2, C), ∂L/∂γ_c and ∂L/∂β_c into dw and db (in their dtype)."""
         i = tl.program_id(0)
         P = N * C
         row = i < N
@@ -195,17 +196,18 @@ if AVAILABLE:
                 s2 += tl.load(terms_ptr + 2 * P + at, mask=inside, other=0.0).to(ACC)
                 s3 += tl.load(terms_ptr + 3 * P + at, mask=inside, other=0.0).to(ACC)
         if row:
-            _store4(row_out_ptr, i, N, s0, s1, s2, s3)
+            tl.store(row_out_ptr + i, tl.sum(s0, 0))
+            tl.store(row_out_ptr + N + i, tl.sum(s1, 0))
+            tl.store(row_out_ptr + 2 * N + i, tl.sum(s2, 0))
+            tl.store(row_out_ptr + 3 * N + i, tl.sum(s3, 0))
         else:
-            _store4(col_out_ptr, i - N, C, s0, s1, s2, s3)
-
-    @jit
-    def _store4(out_ptr, j, length, s0, s1, s2, s3):
-        """The sums of four vectors into column j of a (4, length) tensor."""
-        tl.store(out_ptr + j, tl.sum(s0, 0))
-        tl.store(out_ptr + length + j, tl.sum(s1, 0))
-        tl.store(out_ptr + 2 * length + j, tl.sum(s2, 0))
-        tl.store(out_ptr + 3 * length + j, tl.sum(s3, 0))
+            c = i - N
+            tl.store(col_out_ptr + c, tl.sum(s0, 0))
+            tl.store(col_out_ptr + C + c, tl.sum(s1, 0))
+            if HAS_W:
+                tl.store(dw_ptr + c, tl.sum(s2, 0).to(dw_ptr.dtype.element_ty))
+            if HAS_B:
+                tl.store(db_ptr + c, tl.sum(s3, 0).to(db_ptr.dtype.element_ty))
 
     @jit
     def _dot(a_ptr, b_ptr, count, BLOCK: tl.constexpr, ACC: tl.constexpr):
@@ -222,21 +224,22 @@ if AVAILABLE:
 
     @jit
     def _softmax3_backward(ptr, out_ptr, g0, g1, g2, ACC: tl.constexpr):
-        """∂L/∂λ_j = w_j (g_j − Σ_k w_k g_k) into out_ptr[0:3], w = softmax(λ at ptr)."""
+        """∂L/∂λ_j = w_j (g_j − Σ_k w_k g_k) into out_ptr[0:3] (in its dtype), w = softmax(λ at ptr)."""
         w0, w1, w2 = _softmax3(ptr, ACC)
         mean = w0 * g0 + w1 * g1 + w2 * g2
-        tl.store(out_ptr, w0 * (g0 - mean))
-        tl.store(out_ptr + 1, w1 * (g1 - mean))
-        tl.store(out_ptr + 2, w2 * (g2 - mean))
+        out = out_ptr.dtype.element_ty
+        tl.store(out_ptr, (w0 * (g0 - mean)).to(out))
+        tl.store(out_ptr + 1, (w1 * (g1 - mean)).to(out))
+        tl.store(out_ptr + 2, (w2 * (g2 - mean)).to(out))
 
     @jit
     def _input_grad_kernel(
         g_ptr, x_ptr, dx_ptr, terms_ptr, mean_ptr, var_ptr, rows_ptr, cols_ptr, row_out_ptr, col_out_ptr,
-        w_ptr, b_ptr, lm_ptr, lv_ptr, logits_grad_ptr, eps, S, N, C,
+        w_ptr, b_ptr, lm_ptr, lv_ptr, lm_grad_ptr, lv_grad_ptr, eps, S, N, C,
         HAS_W: tl.constexpr, HAS_B: tl.constexpr, TRAINING: tl.constexpr, BLOCK: tl.constexpr,
         ACC: tl.constexpr,
     ):  # fmt: skip
-        """∂L/∂x; the first program also writes ∂L/∂λ and ∂L/∂λ' into logits_grad (2, 3)."""
+        """∂L/∂x; the first program also writes ∂L/∂λ and ∂L/∂λ' (in their dtype)."""
         p = tl.program_id(0)
         P = N * C
         n, c = p // C, p % C
@@ -268,7 +271,7 @@ if AVAILABLE:
         if (p == 0) & (tl.program_id(1) == 0):
             _softmax3_backward(
                 lm_ptr,
-                logits_grad_ptr,
+                lm_grad_ptr,
                 _dot(row_out_ptr + 2 * N, None, N, BLOCK, ACC),
                 _dot(rows_ptr, row_out_ptr, N, BLOCK, ACC),
                 _dot(cols_ptr, col_out_ptr, C, BLOCK, ACC),
@@ -276,7 +279,7 @@ if AVAILABLE:
             )
             _softmax3_backward(
                 lv_ptr,
-                logits_grad_ptr + 3,
+                lv_grad_ptr,
                 _dot(row_out_ptr + 3 * N, None, N, BLOCK, ACC),
                 _dot(rows_ptr + N, row_out_ptr + N, N, BLOCK, ACC),
                 _dot(cols_ptr + C, col_out_ptr + C, C, BLOCK, ACC),
@@ -340,28 +343,28 @@ def switch_backward(
     params: Params,
     eps: float,
     training: bool,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """``(∂L/∂x, (∂L/∂γ, ∂L/∂β) as (2, C), (∂L/∂λ, ∂L/∂λ') as (2, 3))``, the last two in the statistics'
-    dtype."""
+) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor, Tensor]:
+    """``(∂L/∂x, ∂L/∂γ, ∂L/∂β, ∂L/∂λ, ∂L/∂λ')``, each parameter's gradient in its dtype (None for an
+    absent γ or β)."""
     n, c = mean.shape
     s, options = _positions(x), _options(x, params)
     pointers = _pointers(params, mean)
     terms = torch.empty(4, n, c, dtype=mean.dtype, device=x.device)
     row_out = torch.empty(4, n, dtype=mean.dtype, device=x.device)
-    col_out = torch.empty(4, c, dtype=mean.dtype, device=x.device)
-    logits_grad = torch.empty(2, 3, dtype=mean.dtype, device=x.device)
+    col_out = torch.empty(2, c, dtype=mean.dtype, device=x.device)
+    grads = [None if p is None else torch.empty_like(p) for p in params]
     stats = (mean, var, rows, cols)
     _triton._launch(
         _sums_kernel, (n * c,), g, x, terms, *stats, *pointers, eps, s, n, c, BLOCK=_block(s), **options
     )
     _triton._launch(
-        _pools_backward_kernel, (n + c,), terms, mean, var, row_out, col_out, n, c,
-        BLOCK=_block(max(n, c)), ACC=options["ACC"],
+        _pools_backward_kernel, (n + c,), terms, mean, var, row_out, col_out, *_pointers(grads[:2], mean), n, c,
+        BLOCK=_block(max(n, c)), **options,
     )  # fmt: skip
     dx = torch.empty_like(x)
     grid, block = _grid(x)
     _triton._launch(
-        _input_grad_kernel, grid, g, x, dx, terms, *stats, row_out, col_out, *pointers, logits_grad, eps, s,
+        _input_grad_kernel, grid, g, x, dx, terms, *stats, row_out, col_out, *pointers, *grads[2:], eps, s,
         n, c, TRAINING=training, BLOCK=block, **options,
     )  # fmt: skip
-    return dx, col_out[2:], logits_grad
+    return dx, *grads

@@ -63,13 +63,11 @@ class SwitchNormFused(torch.autograd.Function):
     @kernels_backward
     def backward(ctx, g: Tensor):
         x, mean, var, rows, cols, *params = ctx.saved_tensors
-        dx, affine, logits = switch_backward(
+        grads = switch_backward(
             g.contiguous(), x, mean, var, rows, cols, tuple(params), ctx.eps, ctx.training
         )
-        grads = [
-            None if p is None else t.to(p.dtype) for p, t in zip(params, (*affine, *logits), strict=True)
-        ]
-        return dx if ctx.needs_input_grad[0] else None, *grads, None, None, None, None, None
+        needed = ctx.needs_input_grad[:5]
+        return *(grad if need else None for grad, need in zip(grads, needed, strict=True)), *(None,) * 5
 
 
 @register_norm(
