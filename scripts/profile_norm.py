@@ -66,7 +66,7 @@ def components(x: torch.Tensor) -> dict[str, Callable[[], object]]:
     mean, var = _triton.plane_moments(x)
     small = torch.rand(n, c, device=x.device)
     layer = (
-        (w, b, None, None, None),
+        (w, b, None, None),
         _triton.plan(x.shape, x.dtype, _triton.Family(1e-5, 1, c, True, 0), True, True),
     )
     launches = recorded_launches(lambda: affine_family(xg, w, b, 1e-5, channels=c).backward(g))

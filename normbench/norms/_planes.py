@@ -85,15 +85,15 @@ class GroupAffineFused(torch.autograd.Function):
     ``x sigmoid(t_c x) r_g w_c + b_c`` (EvoNorm-S0), ``B0_ACT`` ``x w_c / max(a_c, t_c x + s_nc) + b_c``
     with a = 1 / r_g of the batch group and s the instance term (EvoNorm-B0; ``B0_EVAL_ACT`` takes
     a from the running variance ``aux``); ``RENORM_ACT`` (Batch Renormalization) scales by ``w_c r'_c`` and
-    shifts by ``b_c + w_c d'_c``, r' and d' from the batch group's statistics, the running mean ``t`` and
-    variance ``aux`` and ``bounds`` = the step and the ramps of r_max and d_max
-    (:meth:`normbench.norms.batchrenorm.BatchRenorm.schedule`), without gradient. The kernels'
-    docstrings hold the backward.
+    shifts by ``b_c + w_c d'_c``, r' and d' from the batch group's statistics and ``t``, a snapshot
+    (running mean, running variance, step, the ramps of r_max and d_max:
+    :meth:`normbench.norms.batchrenorm.BatchRenorm.schedule`) without gradient. The kernels' docstrings
+    hold the backward.
 
     ``running`` (:class:`normbench.norms._triton.Running`, or None): running statistics that the forward
     moves towards the batch (or ghost-batch) statistics, in its second launch.
 
-    ``apply(x, weight, bias, t, aux, bounds, running, eps, samples, channels, center, act)`` returns y.
+    ``apply(x, weight, bias, t, aux, running, eps, samples, channels, center, act)`` returns y.
     Once differentiable.
     """
 
@@ -105,7 +105,6 @@ class GroupAffineFused(torch.autograd.Function):
         bias,
         t,
         aux,
-        bounds,
         running: _triton.Running | None,
         eps: float,
         samples: int,
@@ -116,8 +115,8 @@ class GroupAffineFused(torch.autograd.Function):
         mean, var = _triton.plane_moments(x)
         family = _triton.Family(eps, samples, channels, center, act)
         ctx.plan = _triton.plan(x.shape, x.dtype, family, weight is not None, bias is not None)
-        y = _triton.group_affine(x, mean, var, (weight, bias, t, aux, bounds), ctx.plan, running)
-        ctx.save_for_backward(x, mean, var, weight, bias, t, aux, bounds)
+        y = _triton.group_affine(x, mean, var, (weight, bias, t, aux), ctx.plan, running)
+        ctx.save_for_backward(x, mean, var, weight, bias, t, aux)
         return y
 
     @staticmethod
@@ -126,7 +125,7 @@ class GroupAffineFused(torch.autograd.Function):
         x, mean, var, *params = ctx.saved_tensors
         grads = _triton.group_affine_backward(g.contiguous(), x, mean, var, tuple(params), ctx.plan)
         needed = ctx.needs_input_grad[:4]
-        return *(grad if need else None for grad, need in zip(grads, needed, strict=True)), *(None,) * 8
+        return *(grad if need else None for grad, need in zip(grads, needed, strict=True)), *(None,) * 7
 
 
 def affine_family(
@@ -140,13 +139,10 @@ def affine_family(
     act: int = NO_ACT,
     t: Tensor | None = None,
     aux: Tensor | None = None,
-    bounds: Tensor | None = None,
     running: _triton.Running | None = None,
 ) -> Tensor:
     """:class:`GroupAffineFused` on ``x`` (``use_planes(x)`` must hold): y."""
-    return GroupAffineFused.apply(
-        x, weight, bias, t, aux, bounds, running, eps, samples, channels, center, act
-    )
+    return GroupAffineFused.apply(x, weight, bias, t, aux, running, eps, samples, channels, center, act)
 
 
 def group_affine(

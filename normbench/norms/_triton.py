@@ -160,7 +160,7 @@ if AVAILABLE:
 
     @triton.jit
     def _plane_coefficients(
-        mean_ptr, var_ptr, w_ptr, b_ptr, t_ptr, aux_ptr, bounds_ptr, p, eps, C, M, LAST, N, CG,
+        mean_ptr, var_ptr, w_ptr, b_ptr, t_ptr, aux_ptr, p, eps, C, M, LAST, N, CG,
         HAS_W: tl.constexpr, HAS_B: tl.constexpr, CENTER: tl.constexpr, ACT: tl.constexpr,
         BLOCK_G: tl.constexpr, ACC: tl.constexpr,
     ):  # fmt: skip
@@ -171,7 +171,7 @@ if AVAILABLE:
         b = _channel_param(b_ptr, c, 0.0, HAS_B, ACC)
         t = _channel_param(t_ptr, c, 0.0, ACT != 0, ACC)
         if ACT == -1:
-            rc, dc = _renorm(mu, r, t, aux_ptr, bounds_ptr, c, eps, ACC)
+            rc, dc = _renorm(mu, r, t, t_ptr + C, t_ptr + 2 * C, c, eps, ACC)
             b += w * dc
             w *= rc
         return mu, r, w, b, t
@@ -186,11 +186,11 @@ if AVAILABLE:
         return tl.load(bounds_ptr + 5 + k).to(ACC) + tl.load(bounds_ptr + 7 + k).to(ACC) * progress
 
     @triton.jit
-    def _renorm(mu, r, running_mean, aux_ptr, bounds_ptr, c, eps, ACC: tl.constexpr):
+    def _renorm(mu, r, running_mean, running_var_ptr, bounds_ptr, c, eps, ACC: tl.constexpr):
         """Batch Renormalization's r' = clip(σ_B / σ, 1/r_max, r_max) and d' = clip((μ_B − μ) / σ, ±d_max)
-        with σ = (running variance (aux) + eps)^½, σ_B = 1 / r; r_max and d_max from the step and the
-        ramps in bounds (:func:`_ramp`)."""
-        sigma = tl.sqrt(tl.load(aux_ptr + c).to(ACC) + eps)
+        with σ = (running variance + eps)^½, σ_B = 1 / r; r_max and d_max from the step and the ramps in
+        bounds (:func:`_ramp`). The plugin's snapshot (running mean, running variance, bounds) is t."""
+        sigma = tl.sqrt(tl.load(running_var_ptr + c).to(ACC) + eps)
         step = tl.load(bounds_ptr).to(ACC)
         r_max, d_max = _ramp(bounds_ptr, 0, step, ACC), _ramp(bounds_ptr, 1, step, ACC)
         rc = tl.minimum(tl.maximum(1.0 / r / sigma, 1.0 / r_max), r_max)
@@ -208,7 +208,7 @@ if AVAILABLE:
 
     @triton.jit
     def _affine_kernel(
-        x_ptr, y_ptr, mean_ptr, var_ptr, w_ptr, b_ptr, t_ptr, aux_ptr, bounds_ptr, rm_ptr, rv_ptr, batches_ptr,
+        x_ptr, y_ptr, mean_ptr, var_ptr, w_ptr, b_ptr, t_ptr, aux_ptr, rm_ptr, rv_ptr, batches_ptr,
         eps, S, C, M, LAST, N, CG, momentum, momentum_lo,
         HAS_W: tl.constexpr, HAS_B: tl.constexpr, CENTER: tl.constexpr, ACT: tl.constexpr,
         RUNNING: tl.constexpr, CUMULATIVE: tl.constexpr, BLOCK: tl.constexpr, BLOCK_G: tl.constexpr,
@@ -220,7 +220,7 @@ if AVAILABLE:
         offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         inside = offs < S
         mu, r, w, b, t = _plane_coefficients(
-            mean_ptr, var_ptr, w_ptr, b_ptr, t_ptr, aux_ptr, bounds_ptr, p, eps, C, M, LAST, N, CG,
+            mean_ptr, var_ptr, w_ptr, b_ptr, t_ptr, aux_ptr, p, eps, C, M, LAST, N, CG,
             HAS_W, HAS_B, CENTER, ACT, BLOCK_G, ACC,
         )  # fmt: skip
         base = p.to(tl.int64) * S
@@ -243,7 +243,7 @@ if AVAILABLE:
 
     @triton.jit
     def _affine_sums_kernel(
-        g_ptr, x_ptr, mean_ptr, var_ptr, w_ptr, b_ptr, t_ptr, aux_ptr, bounds_ptr, out_ptr, eps, S, C, M, LAST, N, CG, P,
+        g_ptr, x_ptr, mean_ptr, var_ptr, w_ptr, b_ptr, t_ptr, aux_ptr, out_ptr, eps, S, C, M, LAST, N, CG, P,
         HAS_W: tl.constexpr, HAS_B: tl.constexpr, CENTER: tl.constexpr, ACT: tl.constexpr,
         BLOCK: tl.constexpr, BLOCK_G: tl.constexpr, ACC: tl.constexpr,
     ):  # fmt: skip
@@ -256,7 +256,7 @@ if AVAILABLE:
         base = p.to(tl.int64) * S
         offs = tl.arange(0, BLOCK)
         mu, r, w, b, t = _plane_coefficients(
-            mean_ptr, var_ptr, w_ptr, b_ptr, t_ptr, aux_ptr, bounds_ptr, p, eps, C, M, LAST, N, CG,
+            mean_ptr, var_ptr, w_ptr, b_ptr, t_ptr, aux_ptr, p, eps, C, M, LAST, N, CG,
             HAS_W, HAS_B, CENTER, ACT, BLOCK_G, ACC,
         )  # fmt: skip
         if ACT >= 3:
@@ -306,7 +306,7 @@ if AVAILABLE:
         else:
             row0 = r * (own_gx - mu * own_g)  # Σ g x̂
             if ACT == -1:  # ∂L/∂w = Σ g (x̂ r' + d')
-                rc, dc = _renorm(mu, r, t, aux_ptr, bounds_ptr, p % C, eps, ACC)
+                rc, dc = _renorm(mu, r, t, t_ptr + C, t_ptr + 2 * C, p % C, eps, ACC)
                 row0 = rc * row0 + dc * own_g
         tl.store(out_ptr + p, row0)
 
@@ -323,7 +323,7 @@ if AVAILABLE:
 
     @triton.jit
     def _affine_input_grad_kernel(
-        g_ptr, x_ptr, dx_ptr, mean_ptr, var_ptr, w_ptr, b_ptr, t_ptr, aux_ptr, bounds_ptr, sums_ptr, dw_ptr, db_ptr, dt_ptr,
+        g_ptr, x_ptr, dx_ptr, mean_ptr, var_ptr, w_ptr, b_ptr, t_ptr, aux_ptr, sums_ptr, dw_ptr, db_ptr, dt_ptr,
         eps, S, C, M, LAST, N, CG, P,
         HAS_W: tl.constexpr, HAS_B: tl.constexpr, CENTER: tl.constexpr, ACT: tl.constexpr,
         BLOCK: tl.constexpr, BLOCK_G: tl.constexpr, ACC: tl.constexpr,
@@ -336,7 +336,7 @@ if AVAILABLE:
         offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         inside = offs < S
         mu, r, w, b, t = _plane_coefficients(
-            mean_ptr, var_ptr, w_ptr, b_ptr, t_ptr, aux_ptr, bounds_ptr, p, eps, C, M, LAST, N, CG,
+            mean_ptr, var_ptr, w_ptr, b_ptr, t_ptr, aux_ptr, p, eps, C, M, LAST, N, CG,
             HAS_W, HAS_B, CENTER, ACT, BLOCK_G, ACC,
         )  # fmt: skip
         planes, members, _, size = _group_of(p, C, M, LAST, N, CG, BLOCK_G)
@@ -563,8 +563,8 @@ def group_affine(
     running: Running | None = None,
 ) -> Tensor:
     """The family's output in ``x``'s dtype from the planes' moments (:func:`plane_moments`); ``params`` =
-    (w, b, t, aux, bounds): t the activation's parameter, aux EvoNorm-B0's running variance; RENORM: t
-    and aux the running mean and variance, bounds the step and the ramps of r_max and d_max (none of
+    (w, b, t, aux): t the activation's parameter, aux EvoNorm-B0's running variance; RENORM: t the
+    running mean and variance, the step and the ramps of r_max and d_max in one tensor (2C + 9) (none of
     them the ``running`` statistics, which the same launch moves)."""
     y = torch.empty_like(x)
     r = running or Running(None, mean, 0.0)

@@ -111,15 +111,14 @@ class BatchRenorm(BatchNorm):
     def _planes(self, x: Tensor) -> Tensor:
         """The same on the Triton kernels: r and d formed inside them, the running statistics moved by the
         same launch."""
-        c, n = self.num_channels, x.shape[0]
+        n = x.shape[0]
         # what this step's r and d are formed from, as the kernels and the backward need it beside the update
         step = self.num_batches_tracked.view(1)
         frozen = torch.cat((self.running_mean, self.running_var, step, self.schedule()))
-        running_mean, running_var, bounds = frozen.split((c, c, 9))
         batches = self.num_batches_tracked.add_(1)
         y = affine_family(
-            x, self.weight, self.bias, self.eps, samples=n, act=RENORM_ACT, t=running_mean, aux=running_var,
-            bounds=bounds, running=Running(self.running_mean, self.running_var, self.momentum, batches),
+            x, self.weight, self.bias, self.eps, samples=n, act=RENORM_ACT, t=frozen,
+            running=Running(self.running_mean, self.running_var, self.momentum, batches),
         )  # fmt: skip
         return like_input(y, x)
 
