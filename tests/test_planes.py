@@ -363,6 +363,10 @@ def test_a_launch_reuses_a_compiled_kernel_only_for_the_same_specialization(monk
         _triton._launch(kernel, (3,), *other, ACC="f32", BLOCK=4)
     _triton._launch(kernel, (3,), x, 5, 0.5, ACC="f64", BLOCK=4)
     assert len(kernel.compiled) == 6 and not any(c.runs for c in kernel.compiled[1:])
+    monkeypatch.setattr(_triton, "MAX_COMPILED", 3)  # many shapes: the cache starts over, not grows
+    for n in range(2, 6):
+        _triton._launch(kernel, (3,), x, n, 0.5, ACC="f32", BLOCK=4)
+    assert len(_triton._compiled) <= 3
 
 
 @pytest.mark.parametrize("name", ["layernorm", "switchnorm"])

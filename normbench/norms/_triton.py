@@ -388,8 +388,11 @@ if AVAILABLE:
 # of host time per launch, which bound these layers at small sizes); once a kernel is compiled for a
 # specialization, later calls with the same specialization go straight to its launcher.
 FAST_LAUNCH = True
-# per key: the compiled specialization and the values of the kernel's constexprs in its order
+# per key: the compiled specialization and the values of the kernel's constexprs in its order; keys hold
+# sizes, so a workload of many shapes would grow it without end: past MAX_COMPILED it starts over (the
+# next launches go through Triton's generic launch once, which finds its own compiled kernels)
 _compiled: dict[tuple, tuple[object, list]] = {}
+MAX_COMPILED = 4096
 
 
 @functools.cache
@@ -423,6 +426,8 @@ def _launch(kernel, grid: tuple[int, ...], *args, **constexprs) -> None:
     if known is None:
         compiled = kernel[grid](*args, **constexprs)
         if not INTERPRETED:
+            if len(_compiled) >= MAX_COMPILED:
+                _compiled.clear()
             _compiled[key] = compiled, [constexprs[name] for name in kernel.arg_names[len(args) :]]
         return
     compiled, values = known
