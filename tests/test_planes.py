@@ -19,6 +19,7 @@ from normbench.norms import _planes, _triton, _triton_switch
 from tests.conftest import randomize_affine
 from tests.helpers import ROOT
 
+RENORM_FROM_THE_START = {"r_max": 1.5, "d_max": 0.5, "warmup_steps": 0, "r_max_steps": 0, "d_max_steps": 0}
 CASES = [
     ("ghost_batchnorm", {"ghost_batch_size": 2}, (5, 4, 2, 3)),  # ghost batches of 2 and 3
     ("ghost_batchnorm", {"ghost_batch_size": 3, "momentum": None}, (8, 4, 2, 3)),  # of 3, 3 and 2
@@ -27,11 +28,7 @@ CASES = [
     ("switchnorm", {}, (5, 4, 3, 3)),
     ("switchnorm", {"affine": False}, (3, 4, 2, 3)),
     # r_max 1.5 and d_max 0.5 from the first step: r clipped (σ_B ≈ 2 against the initial σ = 1), d partly
-    (
-        "batchrenorm",
-        {"r_max": 1.5, "d_max": 0.5, "warmup_steps": 0, "r_max_steps": 0, "d_max_steps": 0},
-        (5, 4, 2, 3),
-    ),
+    ("batchrenorm", RENORM_FROM_THE_START, (5, 4, 2, 3)),
     ("groupnorm", {"num_groups": 2}, (3, 4, 2, 3)),
     ("instancenorm", {}, (3, 4, 7)),
     ("layernorm", {}, (3, 4, 7)),
@@ -144,13 +141,14 @@ def test_parameter_gradients_sum_over_more_samples_than_a_block(triton_calls, mo
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(5, 4, 2, 3, generator=gen, dtype=torch.float64) * 2 + 0.5
     g = torch.randn(5, 4, 2, 3, generator=gen, dtype=torch.float64)
-    options = dict(CASES[4][1]) if name == "batchrenorm" else {}
+    options = RENORM_FROM_THE_START if name == "batchrenorm" else {}
     torch_module, triton_module = pair(name, options, torch.float64)
     with monkeypatch.context() as m:
         m.setattr(_planes, "TRITON_DEVICES", set())
         want = run(torch_module, x, g)
     got = run(triton_module, x, g)
     assert triton_calls == [5]
+    assert {"weight.grad", "bias.grad"} <= want.keys()
     for key in [k for k in want if k.endswith(".grad")]:
         torch.testing.assert_close(got[key], want[key], rtol=1e-9, atol=1e-10, msg=key)
 
