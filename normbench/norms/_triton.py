@@ -452,7 +452,7 @@ def plane_moments(x: Tensor) -> tuple[Tensor, Tensor]:
     """Mean and biased variance of each plane of a contiguous (N, C, *) tensor, as (N, C) tensors in
     float32 (float64 for float64 input)."""
     n, c = x.shape[:2]
-    s = _positions(x)
+    s = _positions(x.shape)
     stats = torch.promote_types(x.dtype, torch.float32)
     mean = torch.empty(n, c, dtype=stats, device=x.device)
     var = torch.empty_like(mean)
@@ -460,14 +460,13 @@ def plane_moments(x: Tensor) -> tuple[Tensor, Tensor]:
     return mean, var
 
 
-def _positions(x: Tensor | torch.Size) -> int:
-    shape = x.shape if isinstance(x, Tensor) else x
+def _positions(shape: torch.Size) -> int:
+    """Positions per (sample, channel) plane of an input of ``shape``."""
     return shape.numel() // (shape[0] * shape[1])
 
 
-def _grid(x: Tensor | torch.Size) -> tuple[tuple[int, int], int]:
-    """The elementwise kernels' grid (planes, blocks per plane) on ``x`` (or a shape) and its block."""
-    shape = x.shape if isinstance(x, Tensor) else x
+def _grid(shape: torch.Size) -> tuple[tuple[int, int], int]:
+    """The elementwise kernels' grid (planes, blocks per plane) on an input of ``shape``, and its block."""
     s = _positions(shape)
     block = _block(s)
     return (shape[0] * shape[1], -(-s // block)), block

@@ -309,7 +309,7 @@ def switch_pools(
     n, c = mean.shape
     rows = torch.empty(2, n, dtype=mean.dtype, device=mean.device)
     cols = torch.empty(2, c, dtype=mean.dtype, device=mean.device)
-    count = n * _positions(x)
+    count = n * _positions(x.shape)
     _triton._launch(
         _pools_kernel, (n + c,), mean, var, rows, cols, running_mean, running_var, *split_float(momentum),
         *split_float(count / max(count - 1, 1)), n, c, TRAINING=training, BLOCK=_block(max(n, c)), ACC=_acc(x.dtype),
@@ -324,11 +324,11 @@ def switch_map(
 ) -> Tensor:
     """SwitchNorm's output in ``x``'s dtype."""
     y = torch.empty_like(x)
-    grid, block = _grid(x)
+    grid, block = _grid(x.shape)
     n, c = mean.shape
     _triton._launch(
-        _map_kernel, grid, x, y, mean, var, rows, cols, *_pointers(params, mean), eps, _positions(x), n, c,
-        BLOCK=block, **_options(x, params),
+        _map_kernel, grid, x, y, mean, var, rows, cols, *_pointers(params, mean), eps, _positions(x.shape),
+        n, c, BLOCK=block, **_options(x, params),
     )  # fmt: skip
     return y
 
@@ -347,7 +347,7 @@ def switch_backward(
     """``(∂L/∂x, ∂L/∂γ, ∂L/∂β, ∂L/∂λ, ∂L/∂λ')``, each parameter's gradient in its dtype (None for an
     absent γ or β)."""
     n, c = mean.shape
-    s, options = _positions(x), _options(x, params)
+    s, options = _positions(x.shape), _options(x, params)
     pointers = _pointers(params, mean)
     terms = torch.empty(4, n, c, dtype=mean.dtype, device=x.device)
     row_out = torch.empty(4, n, dtype=mean.dtype, device=x.device)
@@ -362,7 +362,7 @@ def switch_backward(
         BLOCK=_block(max(n, c)), **options,
     )  # fmt: skip
     dx = torch.empty_like(x)
-    grid, block = _grid(x)
+    grid, block = _grid(x.shape)
     _triton._launch(
         _input_grad_kernel, grid, g, x, dx, terms, *stats, row_out, col_out, *pointers, *grads[2:], eps, s,
         n, c, TRAINING=training, BLOCK=block, **options,
