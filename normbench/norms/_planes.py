@@ -47,6 +47,12 @@ FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 NATIVE_BELOW = 1 << 22
 
 
+def _device_type(x: Tensor) -> str:
+    """``x.device.type`` without building a device and a string on CPU and CUDA (on a GPU's small shapes
+    each layer is bound by host time)."""
+    return "cuda" if x.is_cuda else "cpu" if x.is_cpu else x.device.type
+
+
 def use_planes(x: Tensor, native: bool = False) -> bool:
     """Whether ``x`` takes this path: a contiguous (N, C, *spatial) float tensor on a device of
     :data:`TRITON_DEVICES`, Triton installed, outside ``vmap`` and ``torch.compile``; for a plugin with a
@@ -54,7 +60,7 @@ def use_planes(x: Tensor, native: bool = False) -> bool:
     return (
         (not native or x.numel() >= NATIVE_BELOW)
         and _triton.AVAILABLE
-        and x.device.type in TRITON_DEVICES
+        and _device_type(x) in TRITON_DEVICES
         and x.dim() >= 3
         and x.dtype in FLOATS
         and x.numel() > 0
@@ -93,29 +99,15 @@ class GroupAffineFused(torch.autograd.Function):
     ``running`` (:class:`normbench.norms._triton.Running`, or None): running statistics that the forward
     moves towards the batch (or ghost-batch) statistics, in its second launch.
 
-    ``apply(x, weight, bias, t, aux, running, eps, samples, channels, center, act)`` returns y.
-    Once differentiable.
+    ``apply(x, weight, bias, t, aux, running, family)`` returns y, ``family`` a
+    :class:`normbench.norms._triton.Family`. Once differentiable.
     """
 
     @staticmethod
-    def forward(
-        ctx,
-        x,
-        weight,
-        bias,
-        t,
-        aux,
-        running: _triton.Running | None,
-        eps: float,
-        samples: int,
-        channels: int,
-        center: bool,
-        act: int,
-    ):
-        mean, var = _triton.plane_moments(x)
-        family = _triton.Family(eps, samples, channels, center, act)
-        ctx.plan = _triton.plan(x.shape, x.dtype, family, weight is not None, bias is not None)
-        y = _triton.group_affine(x, mean, var, (weight, bias, t, aux), ctx.plan, running)
+    def forward(ctx, x, weight, bias, t, aux, running: _triton.Running | None, family: _triton.Family):
+        ctx.plan = plan = _triton.plan(x.shape, x.dtype, family, weight is not None, bias is not None)
+        mean, var = _triton.plane_moments(x, plan.block)
+        y = _triton.group_affine(x, mean, var, (weight, bias, t, aux), plan, running)
         ctx.save_for_backward(x, mean, var, weight, bias, t, aux)
         return y
 
@@ -123,9 +115,9 @@ class GroupAffineFused(torch.autograd.Function):
     @kernels_backward
     def backward(ctx, g: Tensor):
         x, mean, var, *params = ctx.saved_tensors
-        grads = _triton.group_affine_backward(g.contiguous(), x, mean, var, tuple(params), ctx.plan)
+        grads = _triton.group_affine_backward(g.contiguous(), x, mean, var, params, ctx.plan)
         needed = ctx.needs_input_grad[:4]
-        return *(grad if need else None for grad, need in zip(grads, needed, strict=True)), *(None,) * 7
+        return *(grad if need else None for grad, need in zip(grads, needed, strict=True)), None, None, None
 
 
 def affine_family(
@@ -141,8 +133,10 @@ def affine_family(
     aux: Tensor | None = None,
     running: _triton.Running | None = None,
 ) -> Tensor:
-    """:class:`GroupAffineFused` on ``x`` (``use_planes(x)`` must hold): y."""
-    return GroupAffineFused.apply(x, weight, bias, t, aux, running, eps, samples, channels, center, act)
+    """:class:`GroupAffineFused` on ``x`` (``use_planes(x)`` must hold): y, in ``x``'s dtype and
+    (contiguous) layout."""
+    family = _triton.Family(eps, samples, channels, center, act)
+    return GroupAffineFused.apply(x, weight, bias, t, aux, running, family)
 
 
 def group_affine(

@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import os
 import struct
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -405,13 +406,14 @@ def _pointer_count(kernel) -> int:
 
 
 def _key(kernel, args: tuple, constexprs: dict) -> tuple:
-    """What tells one compiled specialization of ``kernel`` from another, or finer: each pointer's dtype
-    and 16-byte alignment (what Triton specializes a pointer on) and every other argument's value (Triton
-    specializes an int on being 1, on divisibility by 16 and on its range, a float on nothing)."""
+    """What tells one compiled specialization of ``kernel`` from another, or finer: the device's index,
+    each pointer's dtype and 16-byte alignment (what Triton specializes a pointer on) and every other
+    argument's value (Triton specializes an int on being 1, on divisibility by 16 and on its range, a
+    float on nothing)."""
     k = _pointer_count(kernel)
     return (
         kernel,
-        args[0].device,
+        args[0].get_device(),
         *[(a.dtype, a.data_ptr() % 16 == 0) for a in args[:k]],
         *args[k:],
         *constexprs.items(),
@@ -432,7 +434,7 @@ def _launch(kernel, grid: tuple[int, ...], *args, **constexprs) -> None:
         return
     compiled, values = known
     grid = (*grid, 1, 1)
-    stream = torch._C._cuda_getCurrentRawStream(args[0].device.index)
+    stream = torch._C._cuda_getCurrentRawStream(args[0].get_device())
     compiled.run(
         grid[0],
         grid[1],
@@ -448,15 +450,16 @@ def _launch(kernel, grid: tuple[int, ...], *args, **constexprs) -> None:
     )
 
 
-def plane_moments(x: Tensor) -> tuple[Tensor, Tensor]:
+def plane_moments(x: Tensor, block: int | None = None) -> tuple[Tensor, Tensor]:
     """Mean and biased variance of each plane of a contiguous (N, C, *) tensor, as (N, C) tensors in
-    float32 (float64 for float64 input)."""
+    float32 (float64 for float64 input); ``block``: the kernel's block of positions if known (a
+    :class:`Plan`'s)."""
     n, c = x.shape[:2]
     s = _positions(x.shape)
-    stats = torch.promote_types(x.dtype, torch.float32)
+    stats = torch.float64 if x.dtype == torch.float64 else torch.float32
     mean = torch.empty(n, c, dtype=stats, device=x.device)
-    var = torch.empty_like(mean)
-    _launch(_moments_kernel, (n * c,), x, mean, var, s, BLOCK=_block(s), ACC=_acc(x.dtype))
+    var = torch.empty(n, c, dtype=stats, device=x.device)
+    _launch(_moments_kernel, (n * c,), x, mean, var, s, BLOCK=block or _block(s), ACC=_acc(x.dtype))
     return mean, var
 
 
@@ -516,33 +519,37 @@ class Family(NamedTuple):
 class Plan(NamedTuple):
     """How the affine family's kernels run on an input of one shape and dtype: the elementwise kernels'
     grid, every kernel's block of positions, the scalar arguments (eps, S, C and the groups' M, LAST,
-    N, CG), the compile-time options and the backward's rows of sums per plane."""
+    N, CG), the compile-time options of the backward's kernels and of the forward's second (there without
+    running statistics) and the backward's rows of sums per plane."""
 
     grid: tuple[int, int]
     block: int
     scalars: tuple[float, int, int, int, int, int, int]
     options: dict
+    forward_options: dict
     sums_rows: int
 
 
 @functools.lru_cache(maxsize=256)
 def plan(shape: torch.Size, dtype: torch.dtype, family: Family, has_w: bool, has_b: bool) -> Plan:
     """The :class:`Plan` of ``family`` on a contiguous input of ``shape`` and ``dtype``, with or without a
-    weight and a bias; built once (on a GPU's small shapes a layer is bound by host time), so a change of
-    :data:`MAX_BLOCK` needs ``plan.cache_clear()``."""
+    weight and a bias; built once (on a GPU's small shapes a layer is bound by host time, and every
+    argument formed here is one less formed per step), so a change of :data:`MAX_BLOCK` needs
+    ``plan.cache_clear()``."""
     n, c = shape[:2]
     f = family
     last = last_group(n, f.samples)
+    grid, block = _grid(shape)
     options = dict(
         HAS_W=has_w, HAS_B=has_b, CENTER=f.center, ACT=f.act,
-        BLOCK_G=_power_of_2(max(f.samples, n - last) * f.channels), ACC=_acc(dtype),
+        BLOCK=block, BLOCK_G=_power_of_2(max(f.samples, n - last) * f.channels), ACC=_acc(dtype),
     )  # fmt: skip
-    grid, block = _grid(shape)
     return Plan(
         grid=grid,
         block=block,
         scalars=(f.eps, _positions(shape), c, f.samples, last, n, f.channels),
         options=options,
+        forward_options=options | dict(RUNNING=0, CUMULATIVE=False),
         sums_rows=3 + (f.act > NO_ACT) + (f.act >= B0_ACT),
     )
 
@@ -571,35 +578,43 @@ def group_affine(
     running mean and variance, the step and the ramps of r_max and d_max in one tensor (2C + 9) (none of
     them the ``running`` statistics, which the same launch moves)."""
     y = torch.empty_like(x)
-    r = running or Running(None, mean, 0.0)
+    w, b, t, aux = _pointers(params, mean)
+    if running is None:
+        _launch(
+            _affine_kernel, plan.grid, x, y, mean, var, w, b, t, aux, mean, mean, mean, *plan.scalars,
+            0.0, 0.0, **plan.forward_options,
+        )  # fmt: skip
+        return y
+    r = running
     _launch(
-        _affine_kernel, plan.grid, x, y, mean, var, *_pointers((*params, r.mean, r.var, r.batches), mean),
-        *plan.scalars, *split_float(0.0 if r.momentum is None else r.momentum), BLOCK=plan.block,
-        RUNNING=0 if running is None else 1 + (r.mean is not None), CUMULATIVE=r.momentum is None, **plan.options,
+        _affine_kernel, plan.grid, x, y, mean, var, w, b, t, aux, *_pointers((r.mean, r.var, r.batches), mean),
+        *plan.scalars, *split_float(0.0 if r.momentum is None else r.momentum),
+        RUNNING=1 + (r.mean is not None), CUMULATIVE=r.momentum is None, **plan.options,
     )  # fmt: skip
-    if running is not None:
-        written_in_place(r.var, *([] if r.mean is None else [r.mean]))
+    written_in_place(r.var, *([] if r.mean is None else [r.mean]))
     return y
 
 
 def group_affine_backward(
-    g: Tensor, x: Tensor, mean: Tensor, var: Tensor, params: tuple[Tensor | None, ...], plan: Plan
+    g: Tensor, x: Tensor, mean: Tensor, var: Tensor, params: Sequence[Tensor | None], plan: Plan
 ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
     """``(∂L/∂x, ∂L/∂w, ∂L/∂b, ∂L/∂t)``, each parameter's gradient in its dtype (None for an absent
     parameter, and for t without an activation)."""
     planes = plan.grid[0]
     sums = torch.empty(plan.sums_rows, planes, dtype=mean.dtype, device=x.device)
-    stats = (*_pointers((mean, var, *params), mean), sums)
+    w, b, t, _ = params
+    stats = (mean, var, *_pointers(params, mean), sums)
     scalars = (*plan.scalars, planes)
-    _launch(_affine_sums_kernel, (planes,), g, x, *stats, *scalars, BLOCK=plan.block, **plan.options)
+    _launch(_affine_sums_kernel, (planes,), g, x, *stats, *scalars, **plan.options)
     dx = torch.empty_like(x)
-    grads = [None if p is None else torch.empty_like(p) for p in params[:2]]
-    grads.append(torch.empty_like(params[2]) if plan.options["ACT"] > NO_ACT else None)
+    dw = None if w is None else torch.empty_like(w)
+    db = None if b is None else torch.empty_like(b)
+    dt = torch.empty_like(t) if plan.options["ACT"] > NO_ACT else None
     _launch(
-        _affine_input_grad_kernel, plan.grid, g, x, dx, *stats, *_pointers(grads, mean), *scalars,
-        BLOCK=plan.block, **plan.options,
+        _affine_input_grad_kernel, plan.grid, g, x, dx, *stats, *_pointers((dw, db, dt), mean), *scalars,
+        **plan.options,
     )  # fmt: skip
-    return dx, *grads
+    return dx, dw, db, dt
 
 
 def _pointers(params: tuple[Tensor | None, ...], stand_in: Tensor) -> tuple[Tensor, ...]:

@@ -6,7 +6,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from normbench.norms._base import like_input
 from normbench.norms._kernels import group_moments, group_view
 from normbench.norms._planes import RENORM_ACT, affine_family, use_planes
 from normbench.norms._triton import Running
@@ -116,11 +115,10 @@ class BatchRenorm(BatchNorm):
         step = self.num_batches_tracked.view(1)
         frozen = torch.cat((self.running_mean, self.running_var, step, self.schedule()))
         batches = self.num_batches_tracked.add_(1)
-        y = affine_family(
+        return affine_family(
             x, self.weight, self.bias, self.eps, samples=n, act=RENORM_ACT, t=frozen,
             running=Running(self.running_mean, self.running_var, self.momentum, batches),
         )  # fmt: skip
-        return like_input(y, x)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, r_max={self.r_max}, d_max={self.d_max}, warmup_steps={self.warmup_steps}"

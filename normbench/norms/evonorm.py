@@ -151,7 +151,7 @@ class EvoNormB0(ChannelNorm):
         self.check_input(x)
         if use_planes(x):
             act = B0_ACT if self.training else B0_EVAL_ACT
-            y = affine_family(
+            return affine_family(
                 x,
                 self.weight,
                 self.bias,
@@ -162,7 +162,6 @@ class EvoNormB0(ChannelNorm):
                 aux=None if self.training else self.running_var,
                 running=Running(None, self.running_var, self.momentum) if self.training else None,
             )
-            return like_input(y, x)
         coefficients = partial(self._coefficients, self.training)
         if use_fused(x):
             y, mean_in, var_in = _EvoNormB0.apply(x, coefficients, self.v, self.weight, self.bias)
@@ -265,8 +264,9 @@ class EvoNormS0(ChannelNorm):
         self.check_input(x)
         channels = self.num_channels // self.num_groups
         if use_planes(x):
-            y = affine_family(x, self.weight, self.bias, self.eps, channels=channels, act=GATE_ACT, t=self.v)
-            return like_input(y, x)
+            return affine_family(
+                x, self.weight, self.bias, self.eps, channels=channels, act=GATE_ACT, t=self.v
+            )
         if use_fused(x):
             with torch.autocast(x.device.type, enabled=False):  # statistics in float32, as timm does
                 x32 = x.to(torch.promote_types(x.dtype, torch.float32))

@@ -108,8 +108,8 @@ class FilterResponseNorm(ChannelNorm):
                 "is sign(x); use learnable_eps=True (Singh & Krishnan 2020, Sec. 3.1)"
             )
         if use_planes(x) and self.eps_l is None:  # a learnable eps takes the torch formula
-            y = affine_family(x, self.weight, self.bias, self.eps, center=False, act=TLU_ACT, t=self.tau)
-        elif use_fused(x):
+            return affine_family(x, self.weight, self.bias, self.eps, center=False, act=TLU_ACT, t=self.tau)
+        if use_fused(x):
             y = _FilterResponseNormTLU.apply(x, self.weight, self.bias, self.tau, self.eps_l, self.eps)
         else:
             c, tail = self.num_channels, [1] * (x.dim() - 2)

@@ -66,9 +66,7 @@ class GhostBatchNorm(BatchNorm):
             if self.track_running_stats:
                 batches = self.num_batches_tracked.add_(1)
                 running = Running(self.running_mean, self.running_var, self.momentum, batches)
-            return like_input(
-                affine_family(x, self.weight, self.bias, self.eps, samples=g, running=running), x
-            )
+            return affine_family(x, self.weight, self.bias, self.eps, samples=g, running=running)
         last = last_group(n, g)
         full = n if n - last == g else last  # the samples in ghost batches of g
         chunks = [(x[:full], g)] if full else []

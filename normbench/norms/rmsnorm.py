@@ -82,8 +82,9 @@ class RMSNorm(ChannelNorm):
         if x.dim() == 2:
             y = F.rms_norm(x, (self.num_channels,), self.weight, self.eps)
         elif use_planes(x):
-            y = affine_family(x, self.weight, self.bias, self.eps, channels=self.num_channels, center=False)
-            return like_input(y, x)
+            return affine_family(
+                x, self.weight, self.bias, self.eps, channels=self.num_channels, center=False
+            )
         elif use_fused(x):
             y = _ChannelFirstRMSNorm.apply(x, self.weight, self.eps)
         else:

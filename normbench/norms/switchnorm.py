@@ -112,11 +112,10 @@ class SwitchNorm(ChannelNorm):
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(x)
         if use_planes(x):
-            y = SwitchNormFused.apply(
+            return SwitchNormFused.apply(
                 x, self.weight, self.bias, self.mean_logits, self.var_logits, self.running_mean,
                 self.running_var, self.eps, self.momentum, self.training,
             )  # fmt: skip
-            return like_input(y, x)
         running = (self.running_mean, self.running_var, self.training, self.eps)  # the mode of this forward
 
         def coefficients(*moments_and_params: Tensor | None) -> tuple[Tensor, Tensor]:
