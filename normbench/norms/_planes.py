@@ -91,10 +91,10 @@ class GroupAffineFused(torch.autograd.Function):
     ``x sigmoid(t_c x) r_g w_c + b_c`` (EvoNorm-S0), ``B0_ACT`` ``x w_c / max(a_c, t_c x + s_nc) + b_c``
     with a = 1 / r_g of the batch group and s the instance term (EvoNorm-B0; ``B0_EVAL_ACT`` takes
     a from the running variance ``aux``); ``RENORM_ACT`` (Batch Renormalization) scales by ``w_c r'_c`` and
-    shifts by ``b_c + w_c d'_c``, r' and d' from the batch group's statistics and ``t``, a snapshot
-    (running mean, running variance, step, the ramps of r_max and d_max:
-    :meth:`normbench.norms.batchrenorm.BatchRenorm.schedule`) without gradient. The kernels' docstrings
-    hold the backward.
+    shifts by ``b_c + w_c d'_c``, r' and d' from the batch group's statistics and a snapshot without
+    gradient: ``t`` the running mean, the running variance and the ramps of r_max and d_max
+    (:meth:`normbench.norms.batchrenorm.BatchRenorm.schedule`), ``aux`` the step. The kernels'
+    docstrings hold the backward.
 
     ``running`` (:class:`normbench.norms._triton.Running`, or None): running statistics that the forward
     moves towards the batch (or ghost-batch) statistics, in its second launch.

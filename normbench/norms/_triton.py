@@ -172,7 +172,7 @@ if AVAILABLE:
         b = _channel_param(b_ptr, c, 0.0, HAS_B, ACC)
         t = _channel_param(t_ptr, c, 0.0, ACT != 0, ACC)
         if ACT == -1:
-            rc, dc = _renorm(mu, r, t, t_ptr + C, t_ptr + 2 * C, c, eps, ACC)
+            rc, dc = _renorm(mu, r, t, t_ptr + C, t_ptr + 2 * C, aux_ptr, c, eps, ACC)
             b += w * dc
             w *= rc
         return mu, r, w, b, t
@@ -180,19 +180,20 @@ if AVAILABLE:
     @triton.jit
     def _ramp(bounds_ptr, k, step, ACC: tl.constexpr):
         """BatchRenorm's limit k (0: r_max, 1: d_max) at the step: initial + rise · clamp((step + offset)
-        / span, 0, 1), with bounds = (step, offset, span, initial, rise), each of the four a pair."""
-        offset = tl.load(bounds_ptr + 1 + k).to(ACC)
-        span = tl.load(bounds_ptr + 3 + k).to(ACC)
+        / span, 0, 1), with bounds = (offset, span, initial, rise), four pairs."""
+        offset = tl.load(bounds_ptr + k).to(ACC)
+        span = tl.load(bounds_ptr + 2 + k).to(ACC)
         progress = tl.minimum(tl.maximum((step + offset) / span, 0.0), 1.0)
-        return tl.load(bounds_ptr + 5 + k).to(ACC) + tl.load(bounds_ptr + 7 + k).to(ACC) * progress
+        return tl.load(bounds_ptr + 4 + k).to(ACC) + tl.load(bounds_ptr + 6 + k).to(ACC) * progress
 
     @triton.jit
-    def _renorm(mu, r, running_mean, running_var_ptr, bounds_ptr, c, eps, ACC: tl.constexpr):
+    def _renorm(mu, r, running_mean, running_var_ptr, bounds_ptr, step_ptr, c, eps, ACC: tl.constexpr):
         """Batch Renormalization's r' = clip(σ_B / σ, 1/r_max, r_max) and d' = clip((μ_B − μ) / σ, ±d_max)
         with σ = (running variance + eps)^½, σ_B = 1 / r; r_max and d_max from the step and the ramps in
-        bounds (:func:`_ramp`). The plugin's snapshot (running mean, running variance, bounds) is t."""
+        bounds (:func:`_ramp`). The plugin's snapshot (running mean, running variance, bounds) is t, its
+        step aux."""
         sigma = tl.sqrt(tl.load(running_var_ptr + c).to(ACC) + eps)
-        step = tl.load(bounds_ptr).to(ACC)
+        step = tl.load(step_ptr).to(ACC)
         r_max, d_max = _ramp(bounds_ptr, 0, step, ACC), _ramp(bounds_ptr, 1, step, ACC)
         rc = tl.minimum(tl.maximum(1.0 / r / sigma, 1.0 / r_max), r_max)
         return rc, tl.minimum(tl.maximum((mu - running_mean) / sigma, -d_max), d_max)
@@ -307,7 +308,7 @@ if AVAILABLE:
         else:
             row0 = r * (own_gx - mu * own_g)  # Σ g x̂
             if ACT == -1:  # ∂L/∂w = Σ g (x̂ r' + d')
-                rc, dc = _renorm(mu, r, t, t_ptr + C, t_ptr + 2 * C, p % C, eps, ACC)
+                rc, dc = _renorm(mu, r, t, t_ptr + C, t_ptr + 2 * C, aux_ptr, p % C, eps, ACC)
                 row0 = rc * row0 + dc * own_g
         tl.store(out_ptr + p, row0)
 
@@ -575,7 +576,7 @@ def group_affine(
 ) -> Tensor:
     """The family's output in ``x``'s dtype from the planes' moments (:func:`plane_moments`); ``params`` =
     (w, b, t, aux): t the activation's parameter, aux EvoNorm-B0's running variance; RENORM: t the
-    running mean and variance, the step and the ramps of r_max and d_max in one tensor (2C + 9) (none of
+    running mean and variance and the ramps of r_max and d_max in one tensor (2C + 8), aux the step (none of
     them the ``running`` statistics, which the same launch moves)."""
     y = torch.empty_like(x)
     w, b, t, aux = _pointers(params, mean)

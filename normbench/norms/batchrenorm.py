@@ -110,14 +110,14 @@ class BatchRenorm(BatchNorm):
     def _planes(self, x: Tensor) -> Tensor:
         """The same on the Triton kernels: r and d formed inside them, the running statistics moved by the
         same launch."""
-        n = x.shape[0]
-        # what this step's r and d are formed from, as the kernels and the backward need it beside the update
-        step = self.num_batches_tracked.view(1)
-        frozen = torch.cat((self.running_mean, self.running_var, step, self.schedule()))
-        batches = self.num_batches_tracked.add_(1)
+        running_mean, running_var, batches = self.running_mean, self.running_var, self.num_batches_tracked
+        # what this step's r and d are formed from, as the kernels and the backward need it beside the
+        # update (one dtype: a cat that promotes the step costs several times more host time)
+        frozen = torch.cat((running_mean, running_var, self.schedule()))
+        step = batches.clone()
         return affine_family(
-            x, self.weight, self.bias, self.eps, samples=n, act=RENORM_ACT, t=frozen,
-            running=Running(self.running_mean, self.running_var, self.momentum, batches),
+            x, self.weight, self.bias, self.eps, samples=x.shape[0], act=RENORM_ACT, t=frozen, aux=step,
+            running=Running(running_mean, running_var, self.momentum, batches.add_(1)),
         )  # fmt: skip
 
     def extra_repr(self) -> str:
