@@ -153,6 +153,35 @@ def test_parameter_gradients_sum_over_more_samples_than_a_block(triton_calls, mo
         torch.testing.assert_close(got[key], want[key], rtol=1e-9, atol=1e-10, msg=key)
 
 
+def test_batchrenorm_backward_takes_its_forwards_step_and_statistics(triton_calls, monkeypatch):
+    """r_max and d_max on a ramp (1 at step 0, then 1.125, 1.25; d_max 0, 1/6, 1/3), both clipping: three
+    forwards, then the backward of the second. Outputs, gradients and running statistics equal the torch
+    formula's: each launch reads the step and running statistics of its own forward, not the ones the
+    later forwards moved."""
+    options = {"r_max": 1.5, "d_max": 0.5, "warmup_steps": 0, "r_max_steps": 4, "d_max_steps": 3}
+    gen = torch.Generator().manual_seed(5)
+    xs = [torch.randn(5, 4, 2, 3, generator=gen, dtype=torch.float64) * 2 + 0.5 for _ in range(3)]
+    g = torch.randn(5, 4, 2, 3, generator=gen, dtype=torch.float64)
+
+    def steps(module: torch.nn.Module) -> dict:
+        inputs = [x.clone().requires_grad_() for x in xs]
+        ys = [module(x) for x in inputs]
+        ys[1].backward(g)
+        out = {"y": torch.stack([y.detach() for y in ys]), "x.grad": inputs[1].grad}
+        out |= {f"{k}.grad": p.grad for k, p in module.named_parameters()}
+        return out | {k: b.clone() for k, b in module.named_buffers()}
+
+    torch_module, triton_module = pair("batchrenorm", options, torch.float64)
+    with monkeypatch.context() as m:
+        m.setattr(_planes, "TRITON_DEVICES", set())
+        want = steps(torch_module)
+    got = steps(triton_module)
+    assert triton_calls == [5, 5, 5] and int(got["num_batches_tracked"]) == 3
+    assert got.keys() == want.keys() and {"weight.grad", "bias.grad"} <= got.keys()
+    for key, value in want.items():
+        torch.testing.assert_close(got[key], value, rtol=1e-9, atol=1e-10, msg=key)
+
+
 @pytest.mark.parametrize(("name", "options", "shape"), FIRST_OF_EACH, ids=[n for n, _, _ in FIRST_OF_EACH])
 def test_triton_path_under_bf16_autocast(triton_calls, name, options, shape):
     """bfloat16 input under autocast: bfloat16 output, and values and gradients within bf16 rounding of

@@ -576,23 +576,22 @@ def group_affine(
 ) -> Tensor:
     """The family's output in ``x``'s dtype from the planes' moments (:func:`plane_moments`); ``params`` =
     (w, b, t, aux): t the activation's parameter, aux EvoNorm-B0's running variance; RENORM: t the
-    running mean and variance and the ramps of r_max and d_max in one tensor (2C + 8), aux the step (none of
-    them the ``running`` statistics, which the same launch moves)."""
+    running mean and variance and the ramps of r_max and d_max in one tensor (2C + 8), aux the step
+    (snapshots, not the ``running`` statistics, which the same launch moves)."""
     y = torch.empty_like(x)
-    w, b, t, aux = _pointers(params, mean)
-    if running is None:
-        _launch(
-            _affine_kernel, plan.grid, x, y, mean, var, w, b, t, aux, mean, mean, mean, *plan.scalars,
-            0.0, 0.0, **plan.forward_options,
-        )  # fmt: skip
-        return y
-    r = running
+    if running is None:  # the common case, its options prepared in the plan
+        moved, rate, options = (mean, mean, mean), (0.0, 0.0), plan.forward_options
+    else:
+        r = running
+        moved = _pointers((r.mean, r.var, r.batches), mean)
+        rate = split_float(0.0 if r.momentum is None else r.momentum)
+        options = plan.options | dict(RUNNING=1 + (r.mean is not None), CUMULATIVE=r.momentum is None)
     _launch(
-        _affine_kernel, plan.grid, x, y, mean, var, w, b, t, aux, *_pointers((r.mean, r.var, r.batches), mean),
-        *plan.scalars, *split_float(0.0 if r.momentum is None else r.momentum),
-        RUNNING=1 + (r.mean is not None), CUMULATIVE=r.momentum is None, **plan.options,
+        _affine_kernel, plan.grid, x, y, mean, var, *_pointers(params, mean), *moved, *plan.scalars, *rate,
+        **options,
     )  # fmt: skip
-    written_in_place(r.var, *([] if r.mean is None else [r.mean]))
+    if running is not None:
+        written_in_place(running.var, *([] if running.mean is None else [running.mean]))
     return y
 
 
