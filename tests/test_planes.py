@@ -257,11 +257,20 @@ def test_switchnorm_kernels_loop_over_rows_columns_and_planes_longer_than_a_bloc
     triton_calls, monkeypatch, training
 ):
     """Blocks of 2: SwitchNorm's pools over 5 samples and 4 channels and its sums over planes of 9
-    positions take several loop iterations, the last one masked where the length is odd."""
+    positions take several loop iterations, the last one masked where the length is odd (plans of
+    other block sizes dropped before and after)."""
     monkeypatch.setattr(_triton, "MAX_BLOCK", 2)
-    test_triton_path_equals_torch_formula_float64(
-        triton_calls, monkeypatch, "switchnorm", {}, (5, 4, 3, 3), training
-    )
+    blocks: set[int | None] = set()
+    launch = _triton._launch
+    monkeypatch.setattr(_triton, "_launch", lambda *a, **k: (blocks.add(k.get("BLOCK")), launch(*a, **k)))
+    _triton_switch.switch_plan.cache_clear()
+    try:
+        test_triton_path_equals_torch_formula_float64(
+            triton_calls, monkeypatch, "switchnorm", {}, (5, 4, 3, 3), training
+        )
+    finally:
+        _triton_switch.switch_plan.cache_clear()
+    assert blocks == {2}
 
 
 def test_plugins_with_a_torch_kernel_keep_it_below_native_below(triton_calls, monkeypatch):

@@ -26,6 +26,9 @@ formula (tests/test_planes.py).
 
 from __future__ import annotations
 
+import functools
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 
@@ -290,29 +293,58 @@ if AVAILABLE:
 Params = tuple[Tensor | None, Tensor | None, Tensor, Tensor]  # γ, β, λ, λ'
 
 
-def _options(x: Tensor, params: Params) -> dict:
-    return dict(HAS_W=params[0] is not None, HAS_B=params[1] is not None, ACC=_acc(x.dtype))
+class SwitchPlan(NamedTuple):
+    """How SwitchNorm's kernels run on an input of one shape and dtype: the elementwise kernels' grid and
+    block of positions, the pooling kernels' grid and block of rows and columns, the scalar arguments (S,
+    N, C), the unbiasing factor of a batch variance as a float pair, and the compile-time options with a
+    weight and a bias or without."""
+
+    grid: tuple[int, int]
+    block: int
+    pools_grid: tuple[int]
+    pools_block: int
+    sizes: tuple[int, int, int]
+    unbias: tuple[float, float]
+    options: dict
+
+
+@functools.lru_cache(maxsize=256)
+def switch_plan(shape: torch.Size, dtype: torch.dtype, has_w: bool, has_b: bool) -> SwitchPlan:
+    """The :class:`SwitchPlan` on a contiguous input of ``shape`` and ``dtype``, built once (on a GPU's
+    small shapes a layer is bound by host time)."""
+    n, c = shape[:2]
+    s = _positions(shape)
+    grid, block = _grid(shape)
+    count = n * s
+    return SwitchPlan(
+        grid=grid,
+        block=block,
+        pools_grid=(n + c,),
+        pools_block=_block(max(n, c)),
+        sizes=(s, n, c),
+        unbias=split_float(count / max(count - 1, 1)),
+        options=dict(HAS_W=has_w, HAS_B=has_b, ACC=_acc(dtype)),
+    )
 
 
 def switch_pools(
-    x: Tensor,
     mean: Tensor,
     var: Tensor,
     running_mean: Tensor,
     running_var: Tensor,
     momentum: float,
     training: bool,
+    plan: SwitchPlan,
 ) -> tuple[Tensor, Tensor]:
     """The layer statistics per sample (2, N) and the batch statistics per channel (2, C) from the
-    planes' (N, C) moments of ``x``; in training the running statistics move towards the batch ones
-    (in place), in eval the batch statistics are the running ones."""
-    n, c = mean.shape
+    planes' (N, C) moments; in training the running statistics move towards the batch ones (in place),
+    in eval the batch statistics are the running ones."""
+    _, n, c = plan.sizes
     rows = torch.empty(2, n, dtype=mean.dtype, device=mean.device)
     cols = torch.empty(2, c, dtype=mean.dtype, device=mean.device)
-    count = n * _positions(x.shape)
     _triton._launch(
-        _pools_kernel, (n + c,), mean, var, rows, cols, running_mean, running_var, *split_float(momentum),
-        *split_float(count / max(count - 1, 1)), n, c, TRAINING=training, BLOCK=_block(max(n, c)), ACC=_acc(x.dtype),
+        _pools_kernel, plan.pools_grid, mean, var, rows, cols, running_mean, running_var, *split_float(momentum),
+        *plan.unbias, n, c, TRAINING=training, BLOCK=plan.pools_block, ACC=plan.options["ACC"],
     )  # fmt: skip
     if training:
         written_in_place(running_mean, running_var)
@@ -320,15 +352,20 @@ def switch_pools(
 
 
 def switch_map(
-    x: Tensor, mean: Tensor, var: Tensor, rows: Tensor, cols: Tensor, params: Params, eps: float
+    x: Tensor,
+    mean: Tensor,
+    var: Tensor,
+    rows: Tensor,
+    cols: Tensor,
+    params: Params,
+    eps: float,
+    plan: SwitchPlan,
 ) -> Tensor:
     """SwitchNorm's output in ``x``'s dtype."""
     y = torch.empty_like(x)
-    grid, block = _grid(x.shape)
-    n, c = mean.shape
     _triton._launch(
-        _map_kernel, grid, x, y, mean, var, rows, cols, *_pointers(params, mean), eps, _positions(x.shape),
-        n, c, BLOCK=block, **_options(x, params),
+        _map_kernel, plan.grid, x, y, mean, var, rows, cols, *_pointers(params, mean), eps, *plan.sizes,
+        BLOCK=plan.block, **plan.options,
     )  # fmt: skip
     return y
 
@@ -343,11 +380,11 @@ def switch_backward(
     params: Params,
     eps: float,
     training: bool,
+    plan: SwitchPlan,
 ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor, Tensor]:
     """``(∂L/∂x, ∂L/∂γ, ∂L/∂β, ∂L/∂λ, ∂L/∂λ')``, each parameter's gradient in its dtype (None for an
     absent γ or β)."""
-    n, c = mean.shape
-    s, options = _positions(x.shape), _options(x, params)
+    _, n, c = plan.sizes
     pointers = _pointers(params, mean)
     terms = torch.empty(4, n, c, dtype=mean.dtype, device=x.device)
     row_out = torch.empty(4, n, dtype=mean.dtype, device=x.device)
@@ -355,16 +392,25 @@ def switch_backward(
     grads = [None if p is None else torch.empty_like(p) for p in params]
     stats = (mean, var, rows, cols)
     _triton._launch(
-        _sums_kernel, (n * c,), g, x, terms, *stats, *pointers, eps, s, n, c, BLOCK=_block(s), **options
+        _sums_kernel,
+        (n * c,),
+        g,
+        x,
+        terms,
+        *stats,
+        *pointers,
+        eps,
+        *plan.sizes,
+        BLOCK=plan.block,
+        **plan.options,
     )
     _triton._launch(
-        _pools_backward_kernel, (n + c,), terms, mean, var, row_out, col_out, *_pointers(grads[:2], mean), n, c,
-        BLOCK=_block(max(n, c)), **options,
+        _pools_backward_kernel, plan.pools_grid, terms, mean, var, row_out, col_out, *_pointers(grads[:2], mean),
+        n, c, BLOCK=plan.pools_block, **plan.options,
     )  # fmt: skip
     dx = torch.empty_like(x)
-    grid, block = _grid(x.shape)
     _triton._launch(
-        _input_grad_kernel, grid, g, x, dx, terms, *stats, row_out, col_out, *pointers, *grads[2:], eps, s,
-        n, c, TRAINING=training, BLOCK=block, **options,
+        _input_grad_kernel, plan.grid, g, x, dx, terms, *stats, row_out, col_out, *pointers, *grads[2:], eps,
+        *plan.sizes, TRAINING=training, BLOCK=plan.block, **plan.options,
     )  # fmt: skip
     return dx, *grads

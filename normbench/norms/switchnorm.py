@@ -9,7 +9,7 @@ from normbench.norms import _triton
 from normbench.norms._base import ChannelNorm, like_input, move_towards
 from normbench.norms._kernels import compiled_on_gpu, pooled, standardizing
 from normbench.norms._planes import group_affine, kernels_backward, use_planes
-from normbench.norms._triton_switch import switch_backward, switch_map, switch_pools
+from normbench.norms._triton_switch import switch_backward, switch_map, switch_plan, switch_pools
 from normbench.norms.registry import register_norm
 
 SOURCES = ("in", "ln", "bn")
@@ -52,19 +52,20 @@ class SwitchNormFused(torch.autograd.Function):
     def forward(
         ctx, x, weight, bias, mean_logits, var_logits, running_mean, running_var, eps, momentum, training
     ):
-        mean, var = _triton.plane_moments(x)
-        rows, cols = switch_pools(x, mean, var, running_mean, running_var, momentum, training)
+        ctx.plan = plan = switch_plan(x.shape, x.dtype, weight is not None, bias is not None)
+        mean, var = _triton.plane_moments(x, plan.block)
+        rows, cols = switch_pools(mean, var, running_mean, running_var, momentum, training, plan)
         params = (weight, bias, mean_logits, var_logits)
         ctx.eps, ctx.training = eps, training
         ctx.save_for_backward(x, mean, var, rows, cols, *params)
-        return switch_map(x, mean, var, rows, cols, params, eps)
+        return switch_map(x, mean, var, rows, cols, params, eps, plan)
 
     @staticmethod
     @kernels_backward
     def backward(ctx, g: Tensor):
         x, mean, var, rows, cols, *params = ctx.saved_tensors
         grads = switch_backward(
-            g.contiguous(), x, mean, var, rows, cols, tuple(params), ctx.eps, ctx.training
+            g.contiguous(), x, mean, var, rows, cols, tuple(params), ctx.eps, ctx.training, ctx.plan
         )
         needed = ctx.needs_input_grad[:5]
         return *(grad if need else None for grad, need in zip(grads, needed, strict=True)), *(None,) * 5
