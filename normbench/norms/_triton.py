@@ -459,7 +459,7 @@ def plane_moments(x: Tensor, block: int | None = None) -> tuple[Tensor, Tensor]:
     s = _positions(x.shape)
     stats = torch.float64 if x.dtype == torch.float64 else torch.float32
     mean = torch.empty(n, c, dtype=stats, device=x.device)
-    var = torch.empty(n, c, dtype=stats, device=x.device)
+    var = torch.empty_like(mean)
     _launch(_moments_kernel, (n * c,), x, mean, var, s, BLOCK=block or _block(s), ACC=_acc(x.dtype))
     return mean, var
 
