@@ -5,11 +5,13 @@ compiles for a GPU."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -110,6 +112,24 @@ def assert_triton_path_equals_torch_formula(
         torch.testing.assert_close(got[key], value, rtol=1e-9, atol=1e-10, msg=key)
 
 
+@contextlib.contextmanager
+def blocks_of(monkeypatch, size: int) -> Iterator[set[int | None]]:
+    """Kernels with blocks of at most ``size`` (the cached plans, which hold blocks, dropped before and
+    after); yields the set of ``BLOCK`` values launched (None for a kernel without one)."""
+    monkeypatch.setattr(_triton, "MAX_BLOCK", size)
+    blocks: set[int | None] = set()
+    launch = _triton._launch
+    monkeypatch.setattr(_triton, "_launch", lambda *a, **k: (blocks.add(k.get("BLOCK")), launch(*a, **k)))
+    plans = (_triton.plan, _triton_switch.switch_plan)
+    for plan in plans:
+        plan.cache_clear()
+    try:
+        yield blocks
+    finally:
+        for plan in plans:
+            plan.cache_clear()
+
+
 LONG_PLANES = [case for case in CASES if torch.Size(case[2][2:]).numel() > 4 and case[0] != "switchnorm"]
 
 
@@ -120,16 +140,9 @@ def test_affine_family_kernels_loop_over_planes_longer_than_a_block(
     triton_calls, monkeypatch, name, options, shape
 ):
     """Blocks of 4 positions: the elementwise kernels run several programs per plane and the sums
-    kernel loops over it, the last block masked (plans of other block sizes dropped before and after)."""
-    monkeypatch.setattr(_triton, "MAX_BLOCK", 4)
-    blocks: set[int | None] = set()
-    launch = _triton._launch
-    monkeypatch.setattr(_triton, "_launch", lambda *a, **k: (blocks.add(k.get("BLOCK")), launch(*a, **k)))
-    _triton.plan.cache_clear()
-    try:
+    kernel loops over it, the last block masked."""
+    with blocks_of(monkeypatch, 4) as blocks:
         assert_triton_path_equals_torch_formula(triton_calls, monkeypatch, name, options, shape, True)
-    finally:
-        _triton.plan.cache_clear()
     assert blocks - {None} == {4}  # every kernel with a block of positions (not the running statistics)
 
 
@@ -257,19 +270,11 @@ def test_switchnorm_kernels_loop_over_rows_columns_and_planes_longer_than_a_bloc
     triton_calls, monkeypatch, training
 ):
     """Blocks of 2: SwitchNorm's pools over 5 samples and 4 channels and its sums over planes of 9
-    positions take several loop iterations, the last one masked where the length is odd (plans of
-    other block sizes dropped before and after)."""
-    monkeypatch.setattr(_triton, "MAX_BLOCK", 2)
-    blocks: set[int | None] = set()
-    launch = _triton._launch
-    monkeypatch.setattr(_triton, "_launch", lambda *a, **k: (blocks.add(k.get("BLOCK")), launch(*a, **k)))
-    _triton_switch.switch_plan.cache_clear()
-    try:
+    positions take several loop iterations, the last one masked where the length is odd."""
+    with blocks_of(monkeypatch, 2) as blocks:
         test_triton_path_equals_torch_formula_float64(
             triton_calls, monkeypatch, "switchnorm", {}, (5, 4, 3, 3), training
         )
-    finally:
-        _triton_switch.switch_plan.cache_clear()
     assert blocks == {2}
 
 
