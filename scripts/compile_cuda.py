@@ -130,9 +130,10 @@ def main() -> None:
     kernels = sorted({key[0] for key in launches})
     print(f"{len(launches)} specializations of {len(kernels)} kernels: {', '.join(kernels)}", flush=True)
     failed = sum(compile_all(launches, arch, lambda line: print(line, flush=True)) for arch in args.arch)
-    print(
-        f"{failed} failed, {len(launches) * len(args.arch) - failed} compiled in {time.perf_counter() - start:.0f} s"
-    )
+    compiled = len(launches) * len(args.arch) - failed
+    archs = ", ".join(f"sm_{arch}" for arch in args.arch)
+    by = f"by Triton {_triton.triton.__version__} in {time.perf_counter() - start:.0f} s"
+    print(f"{failed} failed, {compiled} compiled for {archs} {by}")
     sys.exit(1 if failed else 0)
 
 
