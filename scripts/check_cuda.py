@@ -11,6 +11,9 @@ significant bits). Needs only torch (no Hydra).
 Writes a markdown table.
 
     PYTHONPATH=. python scripts/check_cuda.py --out reports/bench/cuda_check.md
+
+Without a GPU, ``--device cpu`` runs the same comparison on the CPU: the Triton path through Triton's
+interpreter (``TRITON_INTERPRET=1``), and the eager formulas (torch.compile of the formulas is CUDA-only).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import torch
 import normbench.norms._kernels as kernels
 import normbench.norms._planes as planes
 from normbench import available_norms, build_norm, norm_spec
+from normbench.norms import _triton
 from normbench.norms.frozen_batchnorm import FrozenBatchNorm
 
 # ghost batches of 3, 3 and 2 (the kernels' smaller last group); r and d in force from the first step
@@ -86,17 +90,39 @@ def check(name: str, shape: tuple[int, ...], device: torch.device, precision: st
     return worst
 
 
+def cpu_problem(paths: list[str] | None) -> str | None:
+    """Why ``paths`` cannot be checked on the CPU, or None."""
+    if "compiled" in (paths or []):
+        return "--paths compiled: torch.compile of the formulas runs on CUDA only (on the CPU: triton, eager)"
+    if "triton" in (paths or []) and not (_triton.AVAILABLE and _triton.INTERPRETED):
+        return (
+            "--paths triton on the CPU runs Triton's interpreter: set TRITON_INTERPRET=1 (and install triton)"
+        )
+    return None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--device", default="cuda", help="cpu runs the same comparison without a GPU")
-    parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS)
+    parser.add_argument("--norms", nargs="+", choices=available_norms(), help="default: every plugin")
+    parser.add_argument("--precisions", nargs="+", choices=TOLERANCE, default=list(TOLERANCE))
+    parser.add_argument(
+        "--paths",
+        nargs="+",
+        choices=PATHS,
+        help="default: all three on CUDA, those that run on the CPU there",
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
+    problem = cpu_problem(args.paths) if device.type == "cpu" else None
+    if problem:
+        parser.error(problem)
+    args.paths = args.paths or [p for p in PATHS if device.type != "cpu" or cpu_problem([p]) is None]
     rows = []
-    native_below = planes.NATIVE_BELOW
-    for precision in ("fp32", "bf16"):
-        for name in available_norms():
+    native_below, devices = planes.NATIVE_BELOW, planes.TRITON_DEVICES
+    for precision in args.precisions:
+        for name in args.norms or available_norms():
             for shape in ((8, 16, 6, 6), (8, 16)):
                 if math.prod(shape[2:]) < norm_spec(name).min_spatial_positions:
                     continue
@@ -104,7 +130,7 @@ def main() -> None:
                     kernels.COMPILE_ON_GPU = path != "eager"
                     # the Triton path at every size: these inputs are below NATIVE_BELOW
                     planes.TRITON_DEVICES, planes.NATIVE_BELOW = (
-                        ({"cuda"}, 0) if path == "triton" else (set(), native_below)
+                        ({device.type}, 0) if path == "triton" else (set(), native_below)
                     )
                     try:
                         worst = check(name, shape, device, precision)
@@ -113,19 +139,25 @@ def main() -> None:
                         worst, verdict = math.nan, f"ERROR {type(exc).__name__}: {str(exc)[:120]}"
                     rows.append(f"| {precision} | {name} | {shape} | {path} | {worst:.1e} | {verdict} |")
                     print(rows[-1], flush=True)
-    kernels.COMPILE_ON_GPU, planes.TRITON_DEVICES, planes.NATIVE_BELOW = True, {"cuda"}, native_below
+    kernels.COMPILE_ON_GPU, planes.TRITON_DEVICES, planes.NATIVE_BELOW = True, devices, native_below
     bn = build_norm("batchnorm", 16).to(device)
     bn(torch.randn(8, 16, 4, 4, device=device))
     frozen = FrozenBatchNorm.from_batchnorm(bn)
     back = frozen.to_batchnorm()
     kept = frozen.running_mean.device == bn.running_mean.device and back.weight.device == bn.weight.device
     kept &= bool(torch.equal(back.running_var, bn.running_var))
+    reproduce = f"PYTHONPATH=. python scripts/check_cuda.py --paths {' '.join(args.paths)} --out FILE"
+    if device.type == "cpu":
+        reproduce = f"TRITON_INTERPRET=1 {reproduce} --device cpu"
+    triton = f"Triton {_triton.triton.__version__}, " if "triton" in args.paths and _triton.AVAILABLE else ""
     text = "\n".join(
         [
-            "# Plugins on CUDA",
+            "# Plugins on CUDA"
+            if device.type == "cuda"
+            else "# Plugins on the CPU, their Triton path interpreted",
             "",
-            f"torch {torch.__version__}, {torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}. "
-            "Each plugin on the GPU, in float32 and under bfloat16 autocast with a bfloat16 input, "
+            f"torch {torch.__version__}, {triton}{torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}. "
+            f"Each plugin on the {'GPU' if device.type == 'cuda' else device.type.upper()}, in float32 and under bfloat16 autocast with a bfloat16 input, "
             "against the same module in float64 on the CPU: 3 training steps and an eval forward, "
             "outputs, input and parameter gradients, buffers; the largest difference relative to the "
             "largest value (absolute where that is below 1) in float32, the root-mean-square relative error "
@@ -134,8 +166,7 @@ def main() -> None:
             "(`normbench.norms._planes`, at every size) where they have one, `compiled` their composite formulas with "
             "the elementwise ones through torch.compile, `eager` the composite formulas op by op; a "
             f"plugin with neither shows the same module for each path. Tolerances {TOLERANCE}. "
-            f"Reproduce: `PYTHONPATH=. python scripts/check_cuda.py --paths {' '.join(args.paths)} --out FILE` "
-            "on a CUDA machine.",
+            f"Reproduce: `{reproduce}`{'' if device.type == 'cpu' else ' on a CUDA machine'}.",
             "",
             "| precision | norm | input | path | max rel. difference | |",
             "|---|---|---|---|---:|---|",

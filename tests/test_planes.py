@@ -362,6 +362,36 @@ def test_profile_script_pieces_run_against_the_current_kernels(triton_calls, mon
     assert [key[0].fn.__name__ for key in keys] == family
 
 
+def test_cuda_check_script_runs_the_triton_path_on_the_cpu(tmp_path, monkeypatch, capsys):
+    """scripts/check_cuda.py, which a GPU slot runs first, runs as it will there: with ``--device cpu``
+    its ``triton`` rows go through the kernels (Triton's interpreter) and agree with float64; the
+    devices it forces are restored; a path the CPU cannot run is refused before any work."""
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    check_cuda = importlib.import_module("check_cuda")
+    devices = set(_planes.TRITON_DEVICES)
+    launched: list[str] = []
+    launch = _triton._launch
+    monkeypatch.setattr(
+        _triton,
+        "_launch",
+        lambda kernel, *a, **k: (launched.append(kernel.fn.__name__), launch(kernel, *a, **k)),
+    )
+    out = tmp_path / "check.md"
+    argv = ["check_cuda.py", "--device", "cpu", "--norms", "switchnorm", "--precisions", "fp32"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--paths", "triton", "--out", str(out)])
+    check_cuda.main()
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| fp32 |")]
+    assert len(rows) == 1 and rows[0].startswith("| fp32 | switchnorm | (8, 16, 6, 6) | triton |")
+    assert rows[0].endswith("| ok |") and "TRITON_INTERPRET=1" in out.read_text()
+    assert {"_pools_kernel", "_map_kernel", "_sums_kernel", "_input_grad_kernel"} <= set(launched)
+    assert devices == _planes.TRITON_DEVICES
+    monkeypatch.setattr(sys, "argv", [*argv, "--paths", "compiled", "--out", str(tmp_path / "no.md")])
+    with pytest.raises(SystemExit):
+        check_cuda.main()
+    assert "--paths compiled: torch.compile of the formulas runs on CUDA only" in capsys.readouterr().err
+    assert not (tmp_path / "no.md").exists()
+
+
 def test_a_launch_reuses_a_compiled_kernel_only_for_the_same_specialization(monkeypatch):
     """``_launch`` compiles through ``kernel[grid]`` and reuses the result for a later call only when the
     dtypes, the 16-byte alignment of the tensors and the other arguments are the same; the reuse calls
