@@ -340,19 +340,25 @@ def test_host_cost_script_times_every_plugin_and_names_its_path(tmp_path):
     assert "Spearman rank correlation" in text
 
 
-def test_profile_script_pieces_run_against_the_current_kernels(triton_calls, monkeypatch):
+@pytest.fixture
+def launched(monkeypatch) -> list[str]:
+    """The name of each kernel launched, in order (the launches run)."""
+    names: list[str] = []
+    launch = _triton._launch
+    monkeypatch.setattr(
+        _triton,
+        "_launch",
+        lambda kernel, *a, **k: (names.append(kernel.fn.__name__), launch(kernel, *a, **k)),
+    )
+    return names
+
+
+def test_profile_script_pieces_run_against_the_current_kernels(triton_calls, launched, monkeypatch):
     """scripts/profile_norm.py's pieces (run on a GPU, whose time is too scarce to find a stale call
     there) call the kernels' wrappers as they are now: each runs, and the launches it keys are the
     affine family's four."""
     monkeypatch.syspath_prepend(str(ROOT / "scripts"))
     profile_norm = importlib.import_module("profile_norm")
-    launched: list[str] = []
-    launch = _triton._launch
-    monkeypatch.setattr(
-        _triton,
-        "_launch",
-        lambda kernel, *a, **k: (launched.append(kernel.fn.__name__), launch(kernel, *a, **k)),
-    )
     pieces = profile_norm.components(torch.randn(4, 6, 3, 3))
     family = ["_moments_kernel", "_affine_kernel", "_affine_sums_kernel", "_affine_input_grad_kernel"]
     assert launched == ["_moments_kernel", *family]  # the pieces' moments, then the recorded step
@@ -362,20 +368,13 @@ def test_profile_script_pieces_run_against_the_current_kernels(triton_calls, mon
     assert [key[0].fn.__name__ for key in keys] == family
 
 
-def test_cuda_check_script_runs_the_triton_path_on_the_cpu(tmp_path, monkeypatch, capsys):
+def test_cuda_check_script_runs_the_triton_path_on_the_cpu(tmp_path, launched, monkeypatch, capsys):
     """scripts/check_cuda.py, which a GPU slot runs first, runs as it will there: with ``--device cpu``
     its ``triton`` rows go through the kernels (Triton's interpreter) and agree with float64; the
     devices it forces are restored; a path the CPU cannot run is refused before any work."""
     monkeypatch.syspath_prepend(str(ROOT / "scripts"))
     check_cuda = importlib.import_module("check_cuda")
     devices = set(_planes.TRITON_DEVICES)
-    launched: list[str] = []
-    launch = _triton._launch
-    monkeypatch.setattr(
-        _triton,
-        "_launch",
-        lambda kernel, *a, **k: (launched.append(kernel.fn.__name__), launch(kernel, *a, **k)),
-    )
     out = tmp_path / "check.md"
     argv = ["check_cuda.py", "--device", "cpu", "--norms", "switchnorm", "--precisions", "fp32"]
     monkeypatch.setattr(sys, "argv", [*argv, "--paths", "triton", "--out", str(out)])
