@@ -146,15 +146,18 @@ def main() -> None:
     back = frozen.to_batchnorm()
     kept = frozen.running_mean.device == bn.running_mean.device and back.weight.device == bn.weight.device
     kept &= bool(torch.equal(back.running_var, bn.running_var))
-    reproduce = f"PYTHONPATH=. python scripts/check_cuda.py --paths {' '.join(args.paths)} --out FILE"
+    reproduce = f"PYTHONPATH=. python scripts/check_cuda.py --paths {' '.join(args.paths)}"
+    if args.norms:
+        reproduce += f" --norms {' '.join(args.norms)}"
+    if args.precisions != list(TOLERANCE):
+        reproduce += f" --precisions {' '.join(args.precisions)}"
     if device.type == "cpu":
         reproduce = f"TRITON_INTERPRET=1 {reproduce} --device cpu"
+    reproduce += " --out FILE"
     triton = f"Triton {_triton.triton.__version__}, " if "triton" in args.paths and _triton.AVAILABLE else ""
     text = "\n".join(
         [
-            "# Plugins on CUDA"
-            if device.type == "cuda"
-            else "# Plugins on the CPU, their Triton path interpreted",
+            "# Plugins on CUDA" if device.type == "cuda" else f"# Plugins on the {device.type.upper()}",
             "",
             f"torch {torch.__version__}, {triton}{torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}. "
             f"Each plugin on the {'GPU' if device.type == 'cuda' else device.type.upper()}, in float32 and under bfloat16 autocast with a bfloat16 input, "

@@ -371,7 +371,8 @@ def test_profile_script_pieces_run_against_the_current_kernels(triton_calls, lau
 def test_cuda_check_script_runs_the_triton_path_on_the_cpu(tmp_path, launched, monkeypatch, capsys):
     """scripts/check_cuda.py, which a GPU slot runs first, runs as it will there: with ``--device cpu``
     its ``triton`` rows go through the kernels (Triton's interpreter) and agree with float64; the
-    devices it forces are restored; a path the CPU cannot run is refused before any work."""
+    devices it forces are restored; a path the CPU cannot run (compiled, or triton without the interpreter)
+    is refused before any work."""
     monkeypatch.syspath_prepend(str(ROOT / "scripts"))
     check_cuda = importlib.import_module("check_cuda")
     devices = set(_planes.TRITON_DEVICES)
@@ -381,13 +382,25 @@ def test_cuda_check_script_runs_the_triton_path_on_the_cpu(tmp_path, launched, m
     check_cuda.main()
     rows = [line for line in out.read_text().splitlines() if line.startswith("| fp32 |")]
     assert len(rows) == 1 and rows[0].startswith("| fp32 | switchnorm | (8, 16, 6, 6) | triton |")
-    assert rows[0].endswith("| ok |") and "TRITON_INTERPRET=1" in out.read_text()
+    assert rows[0].endswith("| ok |")
+    reproduce = (
+        "TRITON_INTERPRET=1 PYTHONPATH=. python scripts/check_cuda.py --paths triton --norms switchnorm"
+    )
+    assert f"{reproduce} --precisions fp32 --device cpu --out FILE" in out.read_text()
     assert {"_pools_kernel", "_map_kernel", "_sums_kernel", "_input_grad_kernel"} <= set(launched)
     assert devices == _planes.TRITON_DEVICES
     monkeypatch.setattr(sys, "argv", [*argv, "--paths", "compiled", "--out", str(tmp_path / "no.md")])
     with pytest.raises(SystemExit):
         check_cuda.main()
     assert "--paths compiled: torch.compile of the formulas runs on CUDA only" in capsys.readouterr().err
+    monkeypatch.setattr(_triton, "INTERPRETED", False)
+    monkeypatch.setattr(sys, "argv", [*argv, "--paths", "triton", "--out", str(tmp_path / "no.md")])
+    with pytest.raises(SystemExit):
+        check_cuda.main()
+    assert (
+        "--paths triton on the CPU runs Triton's interpreter: set TRITON_INTERPRET=1"
+        in capsys.readouterr().err
+    )
     assert not (tmp_path / "no.md").exists()
 
 
