@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from helpers import normbench_run
 
-from normbench.report import load_runs
+from normbench.report import figures, load_runs
 from normbench.report.build import build_report
 from normbench.report.cli import main as report_main
 from normbench.report.tables import summarize, with_reference_delta
@@ -178,3 +178,41 @@ def test_report_states_what_the_layers_report_such_as_channels_per_group(tmp_pat
     assert rows and all(
         float(line.strip("| ").split("|")[-1]) == 2.0 for line in rows
     )  # one row per norm layer
+
+
+def test_learning_curves_draw_each_cells_mean_over_seeds(tmp_path, monkeypatch):
+    def history(*errors):
+        return [{"step": 10 * i, "epoch": 0.5 * i, "test_error": e} for i, e in enumerate(errors, 1)]
+
+    unscored = [*history(0.9), {"step": 20, "epoch": 1.0, "train_loss": 1.0}]  # no test_error at 1: left out
+    runs = pd.DataFrame(
+        [
+            (8, "batchnorm", 0, history(0.5, 0.25)),
+            (8, "batchnorm", 1, history(0.3, None)),  # a missing value: the other seed's alone
+            (8, "batchnorm", 2, unscored),
+            (8, "groupnorm", 0, history(0.4, 0.2)),
+            (32, "batchnorm", 0, history(0.1, 0.05)),
+            (32, "groupnorm", 0, []),
+        ],
+        columns=["batch_size", "norm", "seed", "history"],
+    )
+    drawn = {}
+    monkeypatch.setattr(figures, "finish", lambda fig, axes, *args, **kwargs: drawn.setdefault("axes", axes))
+    figures.learning_curves(runs, tmp_path / "curves")
+    points = {
+        (ax.get_title(), line.get_label(), x): y
+        for ax in drawn["axes"]
+        for line in ax.get_lines()
+        for x, y in line.get_xydata()
+    }
+    assert points == pytest.approx(
+        {
+            ("batch 8", "batchnorm", 0.5): 100 * (0.5 + 0.3) / 2,
+            ("batch 8", "batchnorm", 1.0): 25.0,
+            ("batch 8", "groupnorm", 0.5): 40.0,
+            ("batch 8", "groupnorm", 1.0): 20.0,
+            ("batch 32", "batchnorm", 0.5): 10.0,
+            ("batch 32", "batchnorm", 1.0): 5.0,
+        }
+    )
+    drawn["axes"][0].figure.clear()

@@ -133,24 +133,32 @@ def metric_vs_batch(
     return finish(fig, axes, path_stem, title)
 
 
+def mean_curves(runs: pd.DataFrame, key: str = "test_error") -> pd.Series:
+    """``key`` at each epoch, averaged over the runs (seeds) of each batch size and norm: a Series
+    indexed by (batch_size, norm, epoch). Runs whose history lacks ``key`` at some point are left out."""
+    columns = ["batch_size", "norm", "epoch", key]
+    points = [
+        (bs, norm, point["epoch"], point[key])
+        for bs, norm, history in zip(runs["batch_size"], runs["norm"], runs["history"], strict=True)
+        if history and all(key in p for p in history)
+        for point in history
+    ]
+    frame = pd.DataFrame(points, columns=columns).astype({key: float})
+    return frame.groupby(columns[:3])[key].mean()
+
+
 def learning_curves(
     runs: pd.DataFrame, path_stem: Path, title: str = "", key: str = "test_error", scale: float = 100.0
 ) -> list[Path]:
-    """``key`` over training (mean over seeds; test error in percent by default) per cell: a panel per
-    batch size, a line per norm. Runs whose history lacks ``key`` are left out."""
+    """``key`` over training (:func:`mean_curves`; test error in percent by default) per cell: a panel
+    per batch size, a line per norm."""
     batch_sizes = sorted(runs["batch_size"].unique())
     fig, axes = panels(len(batch_sizes), 2.6, 2.8, sharey=True)
-    for ax, bs in zip(axes, batch_sizes, strict=True):
-        for norm, rows in runs[runs["batch_size"] == bs].groupby("norm", sort=True):
-            points = [
-                pd.DataFrame(h)[["epoch", key]].assign(seed=s)
-                for h, s in zip(rows["history"], rows["seed"], strict=True)
-                if h and all(key in p for p in h)
-            ]
-            if not points:
-                continue
-            curve = pd.concat(points).groupby("epoch")[key].mean()
-            ax.plot(curve.index, curve.values * scale, color=norm_color(norm), label=norm, lw=1.2)
+    panel = dict(zip(batch_sizes, axes, strict=True))
+    for (bs, norm), curve in mean_curves(runs, key).groupby(level=["batch_size", "norm"], sort=True):
+        epochs = curve.index.get_level_values("epoch")
+        panel[bs].plot(epochs, curve.values * scale, color=norm_color(norm), label=norm, lw=1.2)
+    for bs, ax in panel.items():
         ax.set_title(f"batch {bs}", fontsize=9)
         ax.set_xlabel("epoch")
     axes[0].set_ylabel(key.replace("_", " ") + (" (%)" if scale == 100 else ""))
