@@ -215,4 +215,4 @@ def test_learning_curves_draw_each_cells_mean_over_seeds(tmp_path, monkeypatch):
             ("batch 32", "batchnorm", 1.0): 5.0,
         }
     )
-    drawn["axes"][0].figure.clear()
+    figures.plt.close(drawn["axes"][0].figure)
