@@ -2,28 +2,32 @@
 
 1. The same 16-run sweep through Hydra's basic launcher (serial) and the joblib launcher (2 processes),
    each into a fresh folder, wall time of the whole command; target speed-up >= 1.7x on 2 cores.
-2. normbench-report on 1,000 and 10,000 synthetic run records (with histories); target <= 10 s for
-   10,000 and near-linear growth.
+2. normbench-report on 1,000 and 10,000 synthetic run records (with histories), each build in a fresh
+   process, median over rounds; target <= 10 s for 10,000 and near-linear growth. ``--baseline REV``
+   also times the normbench of a git revision on the same records, the rounds alternating.
 
     python scripts/bench_sweep.py                 # writes reports/bench/sweep.md
-    python scripts/bench_sweep.py --skip-sweep    # only the report part
+    python scripts/bench_sweep.py --skip-sweep --baseline 0d0959e --out FILE   # the report part only
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from worktree import ROOT, checkout
+
 import normbench
-from normbench.report.build import build_report
 
 GRID = ["norm=batchnorm,groupnorm,layernorm,identity", "batch_size=16,32", "seed=0,1"]
 
@@ -39,6 +43,35 @@ def time_sweep(launcher: str, root: Path, steps: int) -> float:
     if proc.returncode != 0 or "16 completed" not in proc.stdout:
         raise RuntimeError(f"{launcher} sweep failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
     return elapsed
+
+
+def time_report(code: Path, records: Path, out: Path) -> float:
+    """Seconds the report on ``records`` takes to build with the normbench at ``code``, in a fresh
+    process (imports not counted)."""
+    timer = (
+        "import sys, time; from normbench.report.build import build_report; start = time.perf_counter(); "
+        "build_report([sys.argv[1]], sys.argv[2]); print(time.perf_counter() - start)"
+    )
+    command = [sys.executable, "-c", timer, str(records), str(out)]
+    proc = subprocess.run(
+        command, cwd=code, env={**os.environ, "PYTHONPATH": str(code)}, capture_output=True, text=True
+    )
+    if proc.returncode:
+        raise RuntimeError(f"report with {code} failed:\n{proc.stderr[-2000:]}")
+    return float(proc.stdout.split()[-1])
+
+
+def time_reports(codes: dict[str, Path], tmp: Path, rounds: int) -> dict[tuple[str, int], float]:
+    """Median seconds per (code, record count), the codes alternating within each round."""
+    samples: dict[tuple[str, int], list[float]] = {}
+    for n in (1000, 10000):
+        records = tmp / f"records_{n}"
+        synthetic_records(records, n)
+        for r in range(rounds):
+            for name, code in codes.items():
+                seconds = time_report(code, records, tmp / f"report_{name}_{n}_{r}")
+                samples.setdefault((name, n), []).append(seconds)
+    return {key: statistics.median(values) for key, values in samples.items()}
 
 
 def synthetic_records(root: Path, n: int, seed: int = 0) -> None:
@@ -77,18 +110,29 @@ def synthetic_records(root: Path, n: int, seed: int = 0) -> None:
         (folder / "result.json").write_text(json.dumps(record))
 
 
+def reproduce(args: argparse.Namespace) -> str:
+    """The command that measures what ``args`` asked for (``--out`` left out)."""
+    words = ["python scripts/bench_sweep.py"]
+    words += ["--skip-sweep"] if args.skip_sweep else [f"--steps {args.steps}"] * (args.steps != 5000)
+    words += [f"--rounds {args.rounds}"] * (args.rounds != 3)
+    words += [f"--baseline {args.baseline}"] * bool(args.baseline)
+    return " ".join(words)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=5000, help="training steps per sweep run")
     parser.add_argument("--skip-sweep", action="store_true")
+    parser.add_argument("--rounds", type=int, default=3, help="report builds per record count")
+    parser.add_argument("--baseline", metavar="REV", help="also time the report at this git revision")
     parser.add_argument("--out", type=Path, default=Path(__file__).parents[1] / "reports/bench/sweep.md")
     args = parser.parse_args()
     lines = [
         "# Sweep and report speed",
         "",
         f"{os.cpu_count()} cores, normbench {normbench.__version__}, Python {platform.python_version()}. "
-        "Reproduce: `python scripts/bench_sweep.py`. Timings on this shared machine swing between runs; "
-        "both launchers ran back to back in one invocation.",
+        f"Reproduce: `{reproduce(args)}`. Timings on this shared machine swing between runs"
+        + ("." if args.skip_sweep else "; both launchers ran back to back in one invocation."),
         "",
     ]
     with tempfile.TemporaryDirectory() as tmp:
@@ -108,24 +152,37 @@ def main() -> None:
                 "Target: >= 1.7x.",
                 "",
             ]
-        timings = {}
-        for n in (1000, 10000):
-            root = tmp / f"records_{n}"
-            synthetic_records(root, n)
-            start = time.perf_counter()
-            build_report([root], tmp / f"report_{n}")
-            timings[n] = time.perf_counter() - start
+        with contextlib.ExitStack() as stack:
+            codes = {"this": ROOT}
+            if args.baseline:
+                codes[args.baseline] = stack.enter_context(checkout(args.baseline))
+            timings = time_reports(codes, tmp, args.rounds)
         lines += [
             "## normbench-report on synthetic records",
             "",
-            "Full report: reading, tables, figures (PNG + SVG), report.md. Records carry 10 history points.",
+            "Full report: reading, tables, figures (PNG + SVG), report.md. Records carry 10 history points. "
+            f"Each build in a fresh process, median of {args.rounds} round(s)"
+            + (
+                f", alternating with the code of {args.baseline} on the same records."
+                if args.baseline
+                else "."
+            ),
             "",
-            "| records | seconds | per 1,000 records |",
-            "|---:|---:|---:|",
-            *(f"| {n:,} | {t:.2f} | {t / n * 1000:.2f} |" for n, t in timings.items()),
+        ]
+        head = "| records | seconds | per 1,000 records |"
+        if args.baseline:
+            head += f" seconds at {args.baseline} | {args.baseline} / this |"
+        lines += [head, "|---:" * head.count(" | ") + "|---:|"]
+        for n in (1000, 10000):
+            t = timings["this", n]
+            row = f"| {n:,} | {t:.2f} | {t / n * 1000:.2f} |"
+            if args.baseline:
+                row += f" {timings[args.baseline, n]:.2f} | {timings[args.baseline, n] / t:.2f}x |"
+            lines.append(row)
+        lines += [
             "",
-            f"Growth 1,000 → 10,000: {timings[10000] / timings[1000]:.1f}x for 10x the records "
-            "(fixed costs such as the figures make it sub-linear). Target: <= 10 s for 10,000.",
+            f"Growth 1,000 → 10,000: {timings['this', 10000] / timings['this', 1000]:.1f}x for 10x the "
+            "records (fixed costs such as the figures make it sub-linear). Target: <= 10 s for 10,000.",
         ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")

@@ -30,12 +30,12 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 from bench_norms import BENCH_OPTIONS, fwd_bwd, median_ratio, time_interleaved
 from scipy import stats
+from worktree import checkout
 
 import normbench
 from normbench import available_norms, build_norm
@@ -96,24 +96,20 @@ def measure(rounds: int, inner: int) -> list[dict]:
 
 def measure_at(rev: str, rounds: int, inner: int) -> list[dict]:
     """:func:`measure` run on the code of git revision ``rev`` (this script, that revision's normbench)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        tree, out = Path(tmp) / "tree", Path(tmp) / "rows.json"
-        subprocess.run(["git", "worktree", "add", "--detach", "-q", str(tree), rev], cwd=ROOT, check=True)
-        try:
-            command = [
-                sys.executable,
-                __file__,
-                "--rounds",
-                str(rounds),
-                "--inner",
-                str(inner),
-                "--json",
-                str(out),
-            ]
-            subprocess.run(command, cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)}, check=True)
-            return json.loads(out.read_text())
-        finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=True)
+    with checkout(rev) as tree:
+        out = tree / "rows.json"
+        command = [
+            sys.executable,
+            __file__,
+            "--rounds",
+            str(rounds),
+            "--inner",
+            str(inner),
+            "--json",
+            str(out),
+        ]
+        subprocess.run(command, cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)}, check=True)
+        return json.loads(out.read_text())
 
 
 def revision() -> str:
