@@ -4,7 +4,11 @@
 # lacks (hydra-core, omegaconf, antlr4 4.9.3, mnist1d: ../shared/gpu/prepare_wheels.sh builds them into
 # .whl/) are installed from .whl/ when that folder exists.
 #
-#   bash scripts/gpu_checks.sh [OUT_DIR]     # default reports/bench; files written as each step ends
+#   bash scripts/gpu_checks.sh [OUT_DIR [STEP...]]   # default reports/bench; files written as each step ends
+#
+# STEPs (default: all, in this order): bench_norms check_cuda profile_norm bench_train e2e convert. The
+# step timeouts add up to more than one 10-minute device call: a call that was cut short can be followed
+# by one that names the steps still missing.
 #
 # Writes cuda_check.md (fp32 + bf16 correctness), norms_cuda.md (plugins vs BatchNorm2d), train_cuda.md
 # (normbench's loop vs a minimal loop), train_cifar10_resnet20_cuda_{fp32,bf16}.md (images/s at batch 128), convert_torchvision_cuda.md (real torchvision models), e2e_cuda.md
@@ -12,6 +16,15 @@
 # per piece of the Triton path) and gpu_log.txt.
 set -uo pipefail
 out="${1:-reports/bench}"
+steps=(bench_norms check_cuda profile_norm bench_train e2e convert)
+chosen=" ${*:2} "
+for name in ${*:2}; do
+  if [[ " ${steps[*]} " != *" $name "* ]]; then
+    echo "gpu_checks.sh: unknown step '$name' (steps: ${steps[*]})" >&2
+    exit 2
+  fi
+done
+selected() { [ "$chosen" = "  " ] || [[ "$chosen" == *" $1 "* ]]; }
 mkdir -p "$out"
 log="$out/gpu_log.txt"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD"
@@ -19,33 +32,35 @@ if [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH="/tmp/site:$PWD"
 fi
-step() {  # step SECONDS NAME COMMAND...: a step that fails or runs out of time is logged, the rest go on
-  local limit="$1" name="$2"
-  shift 2
+step() {  # step GROUP SECONDS NAME COMMAND...: a step that fails or runs out of time is logged, the rest go on
+  local limit="$2" name="$3"
+  selected "$1" || return 0
+  shift 3
   echo "== $name ($(date -u +%H:%M:%S))" >> "$log"
   timeout "$limit" "$@" >> "$log" 2>&1
   echo "== $name: exit $?" >> "$log"
 }
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$log" 2>&1
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >> "$log" 2>&1
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" >> "$log" 2>&1
 
-step 200 bench_norms python3 scripts/bench_norms.py --device cuda --rounds 10 --inner 20 --out "$out/norms_cuda.md"
-step 150 check_cuda python3 scripts/check_cuda.py --out "$out/cuda_check.md"
+step bench_norms 200 bench_norms python3 scripts/bench_norms.py --device cuda --rounds 10 --inner 20 --out "$out/norms_cuda.md"
+step check_cuda 150 check_cuda python3 scripts/check_cuda.py --out "$out/cuda_check.md"
 # host time of each piece of the Triton path and of the plugins slowest at small shapes
-step 60 profile_norm bash -c 'python3 scripts/profile_norm.py rmsnorm batchrenorm ghost_batchnorm switchnorm evonorm_b0 > "$0"' \
+step profile_norm 60 profile_norm bash -c 'python3 scripts/profile_norm.py rmsnorm batchrenorm ghost_batchnorm switchnorm evonorm_b0 > "$0"' \
   "$out/profile_cuda.txt"
-step 60 bench_train python3 scripts/bench_train.py --device cuda --steps 300 --rounds 5 --out "$out/train_cuda.md"
+step bench_train 60 bench_train python3 scripts/bench_train.py --device cuda --steps 300 --rounds 5 --out "$out/train_cuda.md"
 for precision in fp32 bf16; do  # images/s of the CIFAR ResNet-20 at batch 128 (synthetic data without CIFAR)
-  step 90 "bench_train cifar $precision" python3 scripts/bench_train.py --task cifar10_resnet20 --device cuda \
+  step bench_train 90 "bench_train cifar $precision" python3 scripts/bench_train.py --task cifar10_resnet20 --device cuda \
     --precision "$precision" --batch-sizes 128 --steps 50 --rounds 3 --out "$out/train_cifar10_resnet20_cuda_$precision.md"
 done
 
 e2e="$out/e2e_cuda.md"
-printf '# normbench-run on CUDA\n\n| overrides | status | test_error | steps | s/step | env |\n|---|---|---:|---:|---:|---|\n' > "$e2e"
+selected e2e && printf '# normbench-run on CUDA\n\n| overrides | status | test_error | steps | s/step | env |\n|---|---|---:|---:|---:|---|\n' > "$e2e"
 run_e2e() {
   local dir
+  selected e2e || return 0
   dir="$(mktemp -d)"
-  step 90 "normbench $*" python3 -m normbench runtime.device=cuda train.budget=steps train.steps=300 \
+  step e2e 90 "normbench $*" python3 -m normbench runtime.device=cuda train.budget=steps train.steps=300 \
     runtime.progress=false "hydra.run.dir=$dir" "$@"
   python3 - "$dir/result.json" "$*" >> "$e2e" 2>> "$log" <<'EOF'
 import json, sys
@@ -61,5 +76,5 @@ run_e2e task=mnist1d_cnn norm=evonorm_b0 runtime.precision=fp16
 run_e2e task=mnist1d_cnn norm=frn runtime.compile=true
 run_e2e task=mnist1d_mlp norm=batchrenorm runtime.precision=bf16
 
-step 60 convert_torchvision python3 scripts/check_convert_torchvision.py --device cuda --out "$out/convert_torchvision_cuda.md"
+step convert 60 convert_torchvision python3 scripts/check_convert_torchvision.py --device cuda --out "$out/convert_torchvision_cuda.md"
 echo "done $(date -u +%H:%M:%S)" >> "$log"

@@ -3,9 +3,12 @@ scripts/gpu_checks.sh)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+
 import pytest
 import torch
-from helpers import QUICK, compose_cfg, normbench_run
+from helpers import QUICK, ROOT, compose_cfg, normbench_run
 
 from normbench.config import LATER_KEYS, NON_IDENTITY_KEYS
 from normbench.norms import build_norm
@@ -140,3 +143,40 @@ def test_instancenorm_cuda_kernel_choice_is_groupnorm_with_one_channel_per_group
         torch.nn.functional.group_norm(x, 6, norm.weight.double(), norm.bias.double(), norm.eps),
         norm.double()(x),
     )
+
+
+def test_gpu_checks_script_runs_the_named_steps_only(tmp_path):
+    """scripts/gpu_checks.sh with its programs faked (no GPU here): the steps named run, the others
+    write nothing, and an unknown step is refused before anything is made."""
+    bin_dir, calls, out = tmp_path / "bin", tmp_path / "calls.txt", tmp_path / "out"
+    bin_dir.mkdir()
+    for program in ("python3", "nvidia-smi"):
+        fake = bin_dir / program
+        fake.write_text(f'#!/bin/sh\necho "{program} $*" >> "{calls}"\n')
+        fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    script = ["bash", "scripts/gpu_checks.sh", str(out)]
+    proc = subprocess.run([*script, "check_cuda", "e2e"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    launched = [line.split()[1] for line in calls.read_text().splitlines() if line.startswith("python3 ")]
+    assert [w for w in launched if w.startswith("scripts/")] == ["scripts/check_cuda.py"]
+    assert launched.count("-m") == 5  # the five normbench-run jobs of the e2e step
+    assert sorted(p.name for p in out.iterdir()) == ["e2e_cuda.md", "gpu_log.txt"]
+    assert "== check_cuda: exit 0" in (out / "gpu_log.txt").read_text()
+    alone = tmp_path / "alone"
+    proc = subprocess.run(
+        [*script[:2], str(alone), "convert"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert [p.name for p in alone.iterdir()] == ["gpu_log.txt"]  # no e2e table without the e2e step
+
+    fresh = tmp_path / "fresh"
+    refused = subprocess.run(
+        [*script[:2], str(fresh), "bench_norms", "cifar"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert refused.returncode == 2
+    assert refused.stderr.strip() == (
+        "gpu_checks.sh: unknown step 'cifar' "
+        "(steps: bench_norms check_cuda profile_norm bench_train e2e convert)"
+    )
+    assert not fresh.exists() and "bench_norms" not in calls.read_text()
