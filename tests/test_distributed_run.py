@@ -14,15 +14,16 @@ ARGS = (
     "task=mnist1d_cnn",
     "batch_size=16",
     "train.budget=steps",
-    "train.steps=200",
+    "train.steps=50",
     "train.history_points=2",
     "data.val_size=0",
 )
-# Measured after 200 steps: train loss 4e-5 and test loss 8e-5 relative apart (float32 sums in another
-# order, compounding over the steps); test errors equal. The README states this bound. With the default
-# validation split the same runs end 1.3e-3 to 1.7e-3 apart (equal test errors) and are bitwise equal
-# after 5 steps: how far float differences compound depends on the trajectory, so the split is pinned.
-BOUND = 5e-4
+# Measured after 50 steps (AMD EPYC, torch 2.13): train loss 3e-8 relative apart, test losses and errors
+# equal (float32 sums in another order); per-process BatchNorm ends 1.2e-2 apart. Longer runs reach
+# points where the trajectory branches on float rounding: after 200 steps the two are 1.1e-3 apart, and
+# one process whose lr is changed by 2e-8 relative follows the two-process run instead (README). A
+# bound over a branch point would test where rounding happens to fall, not the method.
+BOUND = 1e-5
 
 
 def torchrun(*args: str, cwd) -> subprocess.CompletedProcess:
@@ -55,6 +56,6 @@ def test_two_process_sync_batchnorm_matches_single_process_batchnorm(tmp_path):
         assert b["metrics"][key] == pytest.approx(a["metrics"][key], abs=0.002)
     for d in ("sync", "local"):  # process 0 alone evaluates and speaks for the run
         text = (tmp_path / d / "normbench.log").read_text()
-        assert text.count("completed: test_error") == 1 and text.count("step 200/200") == 1
+        assert text.count("completed: test_error") == 1 and text.count("step 50/50") == 1
     # per-process BatchNorm (8 samples per process) is a different experiment
     assert c["metrics"]["train_loss"] != pytest.approx(a["metrics"]["train_loss"], rel=1e-4)

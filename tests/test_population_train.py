@@ -117,7 +117,7 @@ def test_adamw_members_too(tmp_path):
 
 @pytest.mark.parametrize(
     "task, model, steps",
-    [("cifar10_resnet20", "task.model.depth=8", 24), ("cifar10_vgg", "task.model.width=16", 8)],
+    [("cifar10_resnet20", "task.model.depth=8", 24), ("cifar10_vgg", "task.model.width=16", 2)],
 )
 def test_cifar_members_with_augmentation(tmp_path, task, model, steps):  # cifar_resnet and cnn2d
     from normbench.tasks.cifar import write_fixture
@@ -132,8 +132,9 @@ def test_cifar_members_with_augmentation(tmp_path, task, model, steps):  # cifar
         "batch_size=8",
         members=LOW_LR,
         # 56 training images: the fit is chaotic (a 1e-7 weight perturbation moves the ResNet's loss by
-        # 1e-4 within 120 steps, the VGG's validation loss by 2e-5 within 24), so this checks the
-        # architecture and each member's own augmentation stream over the first steps
+        # 1e-4 within 120 steps; a 1e-6 one moves the VGG's validation loss by 1.2e-5 within 4 steps on
+        # an AMD EPYC, to the value its population member reaches), so this checks the architecture and
+        # each member's own augmentation stream over the first steps
         steps=("train.budget=steps", f"train.steps={steps}", "train.history_points=2"),
     )
 
