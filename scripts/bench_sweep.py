@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from worktree import ROOT, checkout
+from worktree import ROOT, checkout, commit_of
 
 import normbench
 
@@ -127,6 +127,13 @@ def main() -> None:
     parser.add_argument("--baseline", metavar="REV", help="also time the report at this git revision")
     parser.add_argument("--out", type=Path, default=Path(__file__).parents[1] / "reports/bench/sweep.md")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error(f"--rounds {args.rounds}: must be at least 1")
+    try:
+        if args.baseline:
+            commit_of(args.baseline)
+    except ValueError as exc:
+        parser.error(str(exc))
     lines = [
         "# Sweep and report speed",
         "",

@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 from bench_norms import BENCH_OPTIONS, fwd_bwd, median_ratio, time_interleaved
 from scipy import stats
-from worktree import checkout
+from worktree import ROOT, checkout, commit_of
 
 import normbench
 from normbench import available_norms, build_norm
@@ -43,7 +43,6 @@ from normbench.norms import _planes, _triton
 
 SHAPE = (16, 8, 2, 2)  # two ghost batches of 8; tiny, so that CPU arithmetic is negligible
 GPU_SHAPE, GPU_PRECISION = [32, 64, 32, 32], "fp32"  # the norms_cuda.json rows compared with
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def takes_triton_path(module: torch.nn.Module, x: torch.Tensor) -> bool:
@@ -200,6 +199,11 @@ def main() -> None:
     args = parser.parse_args()
     if not _triton.AVAILABLE:
         parser.error("triton is not installed (pip install triton, or the dev extra)")
+    try:
+        if args.baseline:
+            commit_of(args.baseline)
+    except ValueError as exc:
+        parser.error(str(exc))
     _planes.TRITON_DEVICES.add("cpu")
     _planes.NATIVE_BELOW = 0  # the Triton path at every size, as in norms_cuda.md's Triton column
     stub = _triton._launch

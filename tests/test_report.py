@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import matplotlib.image as mpimg
 import pandas as pd
 import pytest
-from helpers import normbench_run
+from helpers import ROOT, normbench_run
 
 from normbench.report import figures, load_runs
 from normbench.report.build import build_report
@@ -216,3 +218,16 @@ def test_learning_curves_draw_each_cells_mean_over_seeds(tmp_path, monkeypatch):
         }
     )
     figures.plt.close(drawn["axes"][0].figure)
+
+
+def test_report_benchmark_refuses_a_bad_baseline_before_any_work(tmp_path):
+    out = tmp_path / "sweep.md"
+    script = [sys.executable, "scripts/bench_sweep.py", "--skip-sweep", "--out", str(out)]
+    proc = subprocess.run([*script, "--baseline", "no-such-rev"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2 and not out.exists()
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"bench_sweep.py: error: --baseline no-such-rev: not a commit of this repository ({ROOT})"
+    )
+    proc = subprocess.run([*script, "--rounds", "0"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2 and not out.exists()
+    assert proc.stderr.strip().splitlines()[-1] == "bench_sweep.py: error: --rounds 0: must be at least 1"

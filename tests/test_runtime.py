@@ -160,7 +160,9 @@ def test_gpu_checks_script_runs_the_named_steps_only(tmp_path):
     assert proc.returncode == 0, proc.stderr
     launched = [line.split()[1] for line in calls.read_text().splitlines() if line.startswith("python3 ")]
     assert [w for w in launched if w.startswith("scripts/")] == ["scripts/check_cuda.py"]
-    assert launched.count("-m") == 5  # the five normbench-run jobs of the e2e step
+    assert (
+        calls.read_text().count("python3 -m normbench ") == 5
+    )  # the five normbench-run jobs of the e2e step
     assert sorted(p.name for p in out.iterdir()) == ["e2e_cuda.md", "gpu_log.txt"]
     assert "== check_cuda: exit 0" in (out / "gpu_log.txt").read_text()
     alone = tmp_path / "alone"
