@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import torch
+from bench_args import count
 from hydra import compose, initialize_config_dir
 
 import normbench
@@ -31,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="gan_digits")
-    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--rounds", type=count, default=10)
     parser.add_argument("--out", type=Path, default=ROOT / "reports/bench/gan_fd.md")
     args = parser.parse_args()
     torch.set_num_threads(1)

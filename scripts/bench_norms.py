@@ -23,6 +23,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+from bench_args import count
 from torch import nn
 
 import normbench
@@ -326,8 +327,8 @@ def to_markdown(rows: list[dict], rounds: int, inner: int, threads: int) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=31)
-    parser.add_argument("--inner", type=int, default=5)
+    parser.add_argument("--rounds", type=count, default=31)
+    parser.add_argument("--inner", type=count, default=5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu", help="cpu, or cuda: the GPU table (fp32 and bf16)")
     parser.add_argument("--out", type=Path, default=None, help="default reports/bench/norms[_cuda].md")

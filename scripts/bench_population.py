@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import torch
+from bench_args import count
 
 import normbench
 from normbench.config import ConfigError
@@ -81,8 +82,8 @@ def main() -> None:
     parser.add_argument("--norm", default="batchnorm")
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[2, 32])
     parser.add_argument("--members", nargs="+", type=int, default=[16])
-    parser.add_argument("--steps", type=int, default=100)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=count, default=100)
+    parser.add_argument("--rounds", type=count, default=3)
     parser.add_argument(
         "--separate-members",
         type=int,

@@ -25,7 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from worktree import ROOT, checkout, commit_of
+from bench_args import count, git_commit
+from worktree import ROOT, checkout
 
 import normbench
 
@@ -121,19 +122,14 @@ def reproduce(args: argparse.Namespace) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=5000, help="training steps per sweep run")
+    parser.add_argument("--steps", type=count, default=5000, help="training steps per sweep run")
     parser.add_argument("--skip-sweep", action="store_true")
-    parser.add_argument("--rounds", type=int, default=3, help="report builds per record count")
-    parser.add_argument("--baseline", metavar="REV", help="also time the report at this git revision")
+    parser.add_argument("--rounds", type=count, default=3, help="report builds per record count")
+    parser.add_argument(
+        "--baseline", type=git_commit, metavar="REV", help="also time the report at this git revision"
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).parents[1] / "reports/bench/sweep.md")
     args = parser.parse_args()
-    if args.rounds < 1:
-        parser.error(f"--rounds {args.rounds}: must be at least 1")
-    try:
-        if args.baseline:
-            commit_of(args.baseline)
-    except ValueError as exc:
-        parser.error(str(exc))
     lines = [
         "# Sweep and report speed",
         "",

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from bench_args import count
 from hydra import compose, initialize_config_dir
 
 import normbench
@@ -235,8 +236,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="mnist1d_mlp")
     parser.add_argument("--norm", default="batchnorm")
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--steps", type=count, default=300)
+    parser.add_argument("--rounds", type=count, default=7)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[2, 128])
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])

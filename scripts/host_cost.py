@@ -33,9 +33,10 @@ import sys
 from pathlib import Path
 
 import torch
+from bench_args import count, git_commit
 from bench_norms import BENCH_OPTIONS, fwd_bwd, median_ratio, time_interleaved
 from scipy import stats
-from worktree import ROOT, checkout, commit_of
+from worktree import ROOT, checkout
 
 import normbench
 from normbench import available_norms, build_norm
@@ -190,20 +191,17 @@ def correlation(proxy: dict[str, float], gpu: tuple[dict[str, float], dict], bas
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--inner", type=int, default=200)
+    parser.add_argument("--rounds", type=count, default=15)
+    parser.add_argument("--inner", type=count, default=200)
     parser.add_argument("--out", type=Path, default=Path("reports/bench/host_cost_cpu.md"))
-    parser.add_argument("--baseline", metavar="REV", help="also measure the code of this git revision")
+    parser.add_argument(
+        "--baseline", type=git_commit, metavar="REV", help="also measure the code of this git revision"
+    )
     parser.add_argument("--gpu", type=Path, metavar="JSON", help="norms_cuda.json to compare with")
     parser.add_argument("--json", type=Path, help=argparse.SUPPRESS)  # rows only (for --baseline)
     args = parser.parse_args()
     if not _triton.AVAILABLE:
         parser.error("triton is not installed (pip install triton, or the dev extra)")
-    try:
-        if args.baseline:
-            commit_of(args.baseline)
-    except ValueError as exc:
-        parser.error(str(exc))
     _planes.TRITON_DEVICES.add("cpu")
     _planes.NATIVE_BELOW = 0  # the Triton path at every size, as in norms_cuda.md's Triton column
     stub = _triton._launch

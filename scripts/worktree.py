@@ -11,20 +11,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def commit_of(rev: str) -> str:
-    """The commit ``rev`` names in this repository. Raises ValueError naming ``rev`` when it names none
-    (check before any work, so that a typo does not cost a benchmark's minutes)."""
-    proc = subprocess.run(
-        ["git", "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
-    if proc.returncode:
-        raise ValueError(f"--baseline {rev}: not a commit of this repository ({ROOT})")
-    return proc.stdout.strip()
-
-
 @contextlib.contextmanager
 def checkout(rev: str) -> Iterator[Path]:
     """A temporary detached worktree of revision ``rev``, removed afterwards (import normbench from it

@@ -226,8 +226,33 @@ def test_report_benchmark_refuses_a_bad_baseline_before_any_work(tmp_path):
     proc = subprocess.run([*script, "--baseline", "no-such-rev"], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 2 and not out.exists()
     assert proc.stderr.strip().splitlines()[-1] == (
-        f"bench_sweep.py: error: --baseline no-such-rev: not a commit of this repository ({ROOT})"
+        f"bench_sweep.py: error: argument --baseline: no-such-rev: not a commit of this repository ({ROOT})"
     )
     proc = subprocess.run([*script, "--rounds", "0"], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 2 and not out.exists()
-    assert proc.stderr.strip().splitlines()[-1] == "bench_sweep.py: error: --rounds 0: must be at least 1"
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "bench_sweep.py: error: argument --rounds: 0: must be an integer >= 1"
+    )
+
+
+@pytest.mark.parametrize(
+    ("script", "option", "value"),
+    [
+        ("host_cost", "--rounds", "0"),
+        ("host_cost", "--baseline", "no-such-rev"),
+        ("bench_norms", "--inner", "-3"),
+        ("bench_train", "--steps", "0"),
+        ("bench_population", "--rounds", "1.5"),
+        ("bench_gan", "--rounds", "0"),
+    ],
+)
+def test_benchmark_scripts_refuse_a_bad_count_or_revision_before_any_work(tmp_path, script, option, value):
+    """A zero count used to end a finished benchmark in a traceback (no median of nothing)."""
+    out = tmp_path / "bench.md"
+    command = [sys.executable, f"scripts/{script}.py", option, value, "--out", str(out)]
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2 and not out.exists()
+    reason = (
+        f"not a commit of this repository ({ROOT})" if option == "--baseline" else "must be an integer >= 1"
+    )
+    assert proc.stderr.strip().splitlines()[-1] == f"{script}.py: error: argument {option}: {value}: {reason}"
