@@ -87,6 +87,7 @@ class FitResult:
     diverged_at_step: int | None
     history: list[dict] = field(default_factory=list)
     train_time_s: float = 0.0
+    population: str | None = None  # the form of the population that trained it (None: a run alone)
 
 
 def on_device(batches: Iterator[Tensor], device: torch.device, chunk: int = 256) -> Iterator[Tensor]:

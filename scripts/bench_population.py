@@ -2,9 +2,10 @@
 
 Both sides train the same configs (K seeds × learning rates of one task/norm/batch size) for the same
 steps, with normbench's own loops (:func:`normbench.train.fit` per run; one
-:func:`normbench.population.train.fit_population`), each finishing with its test evaluation; the
+:func:`normbench.population.train.fit_population` per population form: ``wide``, one model K times
+wider, and ``vmap``, K models under ``torch.func.vmap``), each finishing with its test evaluation; the
 rounds interleave them in one process. Reports model-steps/s (K × steps / seconds, median over
-rounds) and the ratio, to reports/bench/population[_cuda].md.
+rounds) and each form's ratio to separate runs, to reports/bench/population[_cuda].md.
 
     python scripts/bench_population.py                       # CPU: K=16, MLP and CNN, batch 2 and 32
     python scripts/bench_population.py --device cuda --members 128 512 --steps 300
@@ -62,11 +63,11 @@ def separate(cfgs, cpu_data, data, runtime) -> float:
     return time.perf_counter() - start
 
 
-def population(cfgs, cpu_data, data, runtime) -> float:
+def population(cfgs, cpu_data, data, runtime, form: str) -> float:
     sync(runtime)
     start = time.perf_counter()
     models = [prepare_model(cfg, cpu_data, runtime) for cfg in cfgs]
-    fit_population(cfgs, models, data, runtime)
+    fit_population(cfgs, models, data, runtime, form=form)
     sync(runtime)
     return time.perf_counter() - start
 
@@ -90,6 +91,7 @@ def main() -> None:
         default=0,
         help="time only this many separate runs and scale to K (0: all K); for large K on a GPU",
     )
+    parser.add_argument("--forms", nargs="+", choices=("wide", "vmap"), default=["wide", "vmap"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -107,15 +109,18 @@ def main() -> None:
                 data = prepare_data(cfgs[0], runtime)
                 on_device = data.to(runtime.device)
                 n_sep = args.separate_members or k
-                times_sep, times_pop = [], []
+                times: dict[str, list[float]] = {name: [] for name in ("separate", *args.forms)}
                 for _ in range(args.rounds):
-                    times_sep.append(separate(cfgs[:n_sep], data, on_device, runtime) * k / n_sep)
-                    times_pop.append(population(cfgs, data, on_device, runtime))
-                sep, pop = statistics.median(times_sep), statistics.median(times_pop)
-                rows.append((task, bs, k, k * args.steps / sep, k * args.steps / pop, sep / pop))
+                    times["separate"].append(separate(cfgs[:n_sep], data, on_device, runtime) * k / n_sep)
+                    for form in args.forms:
+                        times[form].append(population(cfgs, data, on_device, runtime, form))
+                rate = {name: k * args.steps / statistics.median(t) for name, t in times.items()}
+                rows.append((task, bs, k, rate))
                 print(
-                    f"{task} batch {bs} K={k}: separate {rows[-1][3]:.0f}, population {rows[-1][4]:.0f} "
-                    f"model-steps/s ({rows[-1][5]:.2f}x)",
+                    f"{task} batch {bs} K={k}: "
+                    + ", ".join(f"{name} {r:.0f}" for name, r in rate.items())
+                    + " model-steps/s; "
+                    + ", ".join(f"{f} {rate[f] / rate['separate']:.2f}x" for f in args.forms),
                     flush=True,
                 )
     device = (
@@ -139,9 +144,18 @@ def main() -> None:
         )
         + "`",
         "",
-        "| task | batch | members K | separate (model-steps/s) | population (model-steps/s) | speed-up |",
-        "|---|---:|---:|---:|---:|---:|",
-        *(f"| {t} | {b} | {k} | {s:,.0f} | {p:,.0f} | {r:.2f}× |" for t, b, k, s, p, r in rows),
+        "Model-steps/s, and each population form's speed-up over separate runs:",
+        "",
+        "| task | batch | members K | separate | "
+        + " | ".join(f"{f} population | {f} speed-up" for f in args.forms)
+        + " |",
+        "|---|---:|---:|---:|" + "---:|---:|" * len(args.forms),
+        *(
+            f"| {t} | {b} | {k} | {r['separate']:,.0f} | "
+            + " | ".join(f"{r[f]:,.0f} | {r[f] / r['separate']:.2f}×" for f in args.forms)
+            + " |"
+            for t, b, k, r in rows
+        ),
     ]
     if args.separate_members:
         lines += ["", f"Separate runs: {args.separate_members} timed, scaled to K."]

@@ -72,9 +72,9 @@ def assert_same_record(pop: dict, sep: dict, population: int = 3) -> None:
     assert pop["env"]["population"] == population and "population" not in sep["env"]
 
 
-def _compare(tmp_path, *common: str, members=MEMBERS, steps=STEPS) -> list[dict]:
+def _compare(tmp_path, *common: str, members=MEMBERS, steps=STEPS, form="auto") -> list[dict]:
     cfgs = [compose_cfg(*common, *steps, *EVAL, *m) for m in members]
-    records = train_population(cfgs)
+    records = train_population(cfgs, form=form)
     for i, (cfg, record) in enumerate(zip(cfgs, records, strict=True)):
         assert_same_record(record, execute(cfg, tmp_path / str(i)))
     return records
@@ -104,6 +104,24 @@ def test_members_get_the_records_of_their_separate_runs(tmp_path, task, norm, ba
         tmp_path, f"task={task}", f"norm={norm}", f"batch_size={batch}", *model, members=members
     )
     assert all(r["status"] == "completed" for r in records)
+    # one model K times wider where every layer has a wide form; vmap for the rest
+    wide = norm not in ("switchnorm", "rmsnorm") and task != "seq_transformer"
+    assert {r["env"]["population_form"] for r in records} == {"wide" if wide else "vmap"}
+
+
+@pytest.mark.parametrize("form", ["wide", "vmap"])
+def test_either_form_gives_the_separate_runs_records(tmp_path, form):
+    records = _compare(
+        tmp_path, "task=mnist1d_cnn", "norm=batchnorm", "batch_size=16", members=LOW_LR, form=form
+    )
+    assert {r["env"]["population_form"] for r in records} == {form}
+
+
+def test_insisting_on_the_wide_form_fails_a_group_without_one_with_the_reason():
+    cfgs = [compose_cfg("norm=rmsnorm", *STEPS, *m) for m in MEMBERS]
+    records = train_population(cfgs, form="wide")
+    assert {r["status"] for r in records} == {"failed"}
+    assert records[0]["error"] == "NoWideForm: norm=rmsnorm has no wide form (population='vmap')"
 
 
 def test_adamw_members_too(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -69,3 +70,13 @@ class ChannelNorm(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.num_channels}, eps={self.eps}, affine={self.affine}"
+
+
+def wide_copy(member: nn.Module, k: int, *scaled: str) -> nn.Module:
+    """The wide form of a per-channel norm (the registry's default ``widen``): a copy of ``member``
+    whose ``num_channels`` and each attribute named in ``scaled`` (e.g. ``num_groups``) are ``k`` times
+    larger. Its tensors are ``member``'s until the population fills them in."""
+    wide = copy.deepcopy(member)
+    for name in ("num_channels", *scaled):
+        setattr(wide, name, getattr(member, name) * k)
+    return wide

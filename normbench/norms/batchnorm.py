@@ -16,6 +16,7 @@ from normbench.norms.registry import register_norm
     paper="Ioffe & Szegedy 2015, Batch Normalization, arXiv:1502.03167",
     batch_dependent=True,
     running_stats=True,
+    population="wide",
 )
 class BatchNorm(ChannelNorm):
     r"""Batch Normalization: per-channel statistics over the batch and all spatial positions.

@@ -19,6 +19,7 @@ from normbench.norms.registry import register_norm
     paper="Ioffe 2017, Batch Renormalization, arXiv:1702.03275",
     batch_dependent=True,
     running_stats=True,
+    population="wide",
 )
 class BatchRenorm(BatchNorm):
     r"""Batch Renormalization: BatchNorm corrected towards the running statistics by r and d.

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from normbench.norms._base import ChannelNorm, like_input, move_towards
+from normbench.norms._base import ChannelNorm, like_input, move_towards, wide_copy
 from normbench.norms._kernels import (
     add_moment_grads,
     blocks,
@@ -120,6 +120,7 @@ def _s0_output(x: Tensor, r: Tensor, v: Tensor, w: Tensor, b: Tensor) -> Tensor:
     running_stats=True,
     min_spatial_positions=2,
     replaces_activation=True,
+    population="wide",
 )
 class EvoNormB0(ChannelNorm):
     r"""EvoNorm-B0: a batch-statistics layer that includes its non-linearity.
@@ -237,7 +238,13 @@ class _EvoNormS0(torch.autograd.Function):
         return gx, (scale[..., 0] * rx).sum(0), g_w, g_b, None, None
 
 
-@register_norm("evonorm_s0", paper=PAPER, replaces_activation=True)
+@register_norm(
+    "evonorm_s0",
+    paper=PAPER,
+    replaces_activation=True,
+    population="wide",
+    widen=lambda member, k: wide_copy(member, k, "num_groups"),
+)
 class EvoNormS0(ChannelNorm):
     r"""EvoNorm-S0: a sample-statistics layer that includes its non-linearity (a SiLU-like gate).
 

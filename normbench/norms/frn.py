@@ -72,7 +72,8 @@ def _frn_tlu(x: Tensor, w: Tensor, b: Tensor, tau: Tensor, eps: Tensor | float) 
     aliases=("filterresponsenorm",),
     paper="Singh & Krishnan 2020, Filter Response Normalization Layer, arXiv:1911.09737",
     replaces_activation=True,
-    min_spatial_positions=2,  # with the default fixed eps; learnable_eps=True also takes (N, C)
+    min_spatial_positions=2,  # with the default fixed eps; learnable_eps=True also takes (N, C),
+    population="wide",
 )
 class FilterResponseNorm(ChannelNorm):
     r"""FRN + TLU: per sample and channel, divide by the root mean square over the spatial positions,

@@ -15,6 +15,7 @@ from normbench.norms.registry import register_norm
     aliases=("frozenbn",),
     paper="Ioffe & Szegedy 2015 (arXiv:1502.03167); frozen for fine-tuning as in detectron2's FrozenBatchNorm2d",
     running_stats=True,
+    population="wide",
 )
 class FrozenBatchNorm(ChannelNorm):
     r"""BatchNorm's eval-mode transform in every mode, with nothing learned or updated.

@@ -20,6 +20,7 @@ from normbench.norms.registry import register_norm
     paper="Hoffer, Hubara & Soudry 2017, Train longer, generalize better, arXiv:1705.08741",
     batch_dependent=True,
     running_stats=True,
+    population="wide",
 )
 class GhostBatchNorm(BatchNorm):
     r"""Batch Normalization over ghost batches: the batch is cut into consecutive chunks of

@@ -7,7 +7,7 @@ import warnings
 import torch.nn.functional as F
 from torch import Tensor
 
-from normbench.norms._base import ChannelNorm
+from normbench.norms._base import ChannelNorm, wide_copy
 from normbench.norms._planes import affine_family, use_planes
 from normbench.norms.registry import register_norm
 
@@ -58,6 +58,8 @@ _WARNED: set[int] = set()  # channel counts already warned about
     aliases=("gn",),
     paper="Wu & He 2018, Group Normalization, arXiv:1803.08494",
     min_spatial_positions=0,
+    population="wide",
+    widen=lambda member, k: wide_copy(member, k, "num_groups"),
 )
 class GroupNorm(ChannelNorm):
     r"""Group Normalization: per-sample statistics over groups of C/G channels and all positions.

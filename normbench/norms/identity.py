@@ -8,7 +8,7 @@ from normbench.norms._base import ChannelNorm
 from normbench.norms.registry import register_norm
 
 
-@register_norm("identity", aliases=("none",), paper="control: no normalization")
+@register_norm("identity", aliases=("none",), paper="control: no normalization", population="wide")
 class Identity(ChannelNorm):
     r"""No normalization: :math:`y = x`, with the same input checks as every plugin.
 

@@ -16,6 +16,7 @@ from normbench.norms.registry import register_norm
     aliases=("in",),
     paper="Ulyanov, Vedaldi & Lempitsky 2016, Instance Normalization, arXiv:1607.08022",
     min_spatial_positions=2,
+    population="wide",
 )
 class InstanceNorm(ChannelNorm):
     r"""Instance Normalization: statistics per sample and channel over the spatial positions.

@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from normbench.norms._base import ChannelNorm
 from normbench.norms._planes import affine_family, use_planes
+from normbench.norms.groupnorm import GroupNorm
 from normbench.norms.registry import register_norm
+
+
+def _widen(member: LayerNorm, k: int) -> nn.Module:
+    """k LayerNorms side by side are GroupNorm with one group per member."""
+    return GroupNorm(k * member.num_channels, num_groups=k, eps=member.eps, affine=member.affine)
 
 
 @register_norm(
     "layernorm",
     aliases=("ln",),
     paper="Ba, Kiros & Hinton 2016, Layer Normalization, arXiv:1607.06450",
+    population="wide",
+    widen=_widen,
 )
 class LayerNorm(ChannelNorm):
     r"""Layer Normalization: per-sample statistics over C and all spatial positions.

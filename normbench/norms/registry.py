@@ -27,6 +27,8 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "normbench.norms"
+# how a plugin trains inside a population (NormSpec.population)
+POPULATION_FORMS = ("wide", "vmap", False)
 
 F = TypeVar("F", bound=Callable[..., nn.Module])
 
@@ -50,12 +52,22 @@ class NormSpec:
         replaces_activation: the module includes its non-linearity, so models must not add one.
         adapt_layer: optional hook ``adapt_layer(layer) -> layer`` applied once to the conv/linear
             layer that precedes the norm (e.g. weight standardization).
-        population: the module runs under ``torch.func.vmap`` over stacked parameters and buffers
-            (``functional_call``), each member with its own statistics, exactly as separate modules
-            would: what population training needs. tests/test_population.py holds every plugin that
-            claims it to that; one that cannot (a custom autograd Function without vmap support, a
-            ``.item()`` in forward) declares False, and ``hydra/launcher=population`` then trains its
-            runs one by one, with a notice.
+        population: how K copies of the module train side by side in a population (K runs of one
+            architecture trained as one model). ``"wide"``: one module over K·C channels computes the K
+            copies at once (each copy's channels in their own block, its per-channel tensors
+            concatenated; :attr:`widen` builds it), the fast form. ``"vmap"``: the module runs under
+            ``torch.func.vmap`` over stacked parameters and buffers (``functional_call``), each member
+            with its own statistics, exactly as separate modules would. ``False``: neither (a custom
+            autograd Function without vmap support, a ``.item()`` in forward); ``hydra/launcher=
+            population`` then trains its runs one by one, with a notice. ``True`` means ``"vmap"``.
+            Every wide plugin also runs under vmap. tests/test_population.py holds each plugin to its
+            claim (outputs, gradients and buffers equal to K separate modules).
+        widen: for ``population="wide"``, ``widen(member, k)`` returns a module that computes ``k``
+            copies of ``member`` side by side on (N, k·C, *) inputs; every parameter and buffer it
+            holds must have ``member``'s name with k times its leading size (0-dim buffers, such as
+            step counters, shared), and the caller fills them with the members' tensors concatenated.
+            ``None`` means :func:`normbench.norms._base.wide_copy` (a copy with ``num_channels`` times
+            k: right for any per-channel formula).
         source: where it was registered from (module name, or ``entry point NAME``).
     """
 
@@ -71,7 +83,8 @@ class NormSpec:
     min_spatial_positions: int = 0
     replaces_activation: bool = False
     adapt_layer: Callable[[nn.Module], nn.Module] | None = None
-    population: bool = True
+    population: str | bool = "vmap"
+    widen: Callable[[nn.Module, int], nn.Module] | None = None
     source: str = ""
 
 
@@ -190,7 +203,8 @@ def register_norm(
     min_spatial_positions: int = 0,
     replaces_activation: bool = False,
     adapt_layer: Callable[[nn.Module], nn.Module] | None = None,
-    population: bool = True,
+    population: str | bool = "vmap",
+    widen: Callable[[nn.Module, int], nn.Module] | None = None,
 ) -> Callable[[F], F]:
     """Register a norm class or factory under ``name`` (decorator).
 
@@ -210,6 +224,15 @@ def register_norm(
             f"norm name {name!r} must be lower case letters, digits and '_' (e.g. 'ghost_batchnorm')"
         )
 
+    if population is True:
+        population = "vmap"
+    if population not in POPULATION_FORMS:
+        raise ValueError(
+            f"norm {name!r}: population={population!r} is not one of {', '.join(map(repr, POPULATION_FORMS))}"
+        )
+    if widen is not None and population != "wide":
+        raise ValueError(f"norm {name!r}: widen is given but population={population!r} (needs 'wide')")
+
     def decorator(factory: F) -> F:
         options, types = _signature_options(factory)
         doc = inspect.getdoc(factory) or ""
@@ -228,6 +251,7 @@ def register_norm(
             replaces_activation=replaces_activation,
             adapt_layer=adapt_layer,
             population=population,
+            widen=widen,
             source=getattr(factory, "__module__", "?"),
         )
         REGISTRY.add(spec, override)

@@ -11,10 +11,9 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.func import functional_call, vmap
+from torch.func import vmap
 
 from normbench.evaluate import (
-    channel_sums,
     eval_mode,
     mean_distances,
     minibatches,
@@ -71,42 +70,22 @@ class PopulationMembers:
         training-mode forwards of that pass leave them)."""
         layers = stat_modules(self.pop.base)
         counts = dict.fromkeys(layers, 0)
-
-        def member_sums(p: dict, b: dict, inputs: Tensor) -> dict[str, Tensor]:
-            sums: dict[str, Tensor] = {}
-
-            def hook(name: str):
-                def accumulate(module, args) -> None:
-                    total, total_sq, n = channel_sums(args[0])
-                    counts[name] += n  # the same for every member: a Python int, once per call
-                    sums[name] = torch.stack([total, total_sq]) + sums.get(name, 0)
-
-                return accumulate
-
-            handles = [m.register_forward_pre_hook(hook(name)) for name, m in layers.items()]
-            try:
-                functional_call(self.pop.base, (p, b), (inputs,))
-            finally:
-                for h in handles:
-                    h.remove()
-            return sums
-
         buffers = {name: b.clone() for name, b in self.pop.buffers.items()}
         order = torch.stack([precise_bn_order(len(x), num_samples, g) for g in gens]).to(x.device)
         totals: dict[str, Tensor] = {}
         with eval_mode(self.pop.base, training=True):
             for idx in order.split(batch_size, dim=1):
                 if idx.shape[1] > 1 or batch_size == 1:
-                    for name, sums in vmap(member_sums, in_dims=(0, 0, 0))(
-                        self.pop.params, buffers, x[idx]
-                    ).items():
-                        totals[name] = totals[name] + sums if name in totals else sums
+                    sums, batch_counts = self.pop.layer_sums(x[idx], list(layers), buffers)
+                    for name, value in sums.items():
+                        totals[name] = totals[name] + value if name in totals else value
+                        counts[name] += batch_counts[name]
         for name in layers:
             mean, var = pooled_stats(counts[name], totals[name][:, 0], totals[name][:, 1])
             if f"{name}.running_mean" in buffers:
                 buffers[f"{name}.running_mean"].copy_(mean)
             buffers[f"{name}.running_var"].copy_(var)
-        return PopulationMembers(Population(self.pop.base, self.pop.params, buffers))
+        return PopulationMembers(self.pop.with_buffers(buffers))
 
     def stats_distance(self, reference: PopulationMembers) -> list[dict[str, float]]:  # type: ignore[override]
         keys = [

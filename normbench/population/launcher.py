@@ -6,7 +6,9 @@ It composes every job as Hydra's basic launcher does (each job gets its config-h
 (:func:`normbench.population.train.train_population`); runs that cannot join a population train on
 their own, with a notice in the log. Groups run one after another, or ``n_jobs`` at a time in worker
 processes. Options: ``hydra.launcher.max_members`` (largest population, default 64),
-``hydra.launcher.n_jobs`` (parallel groups, default 1).
+``hydra.launcher.n_jobs`` (parallel groups, default 1), ``hydra.launcher.form`` (``auto``: one wide model
+where every part of the architecture has a wide form, else vmap; ``wide`` or ``vmap`` to insist; see
+:mod:`normbench.population.wide`; each record's ``env.population_form`` says which trained it).
 
 Resume and isolation are the single-run rules: a job whose folder holds a final result of its config
 is skipped; every folder is locked (:func:`normbench.results.run_lock`) from enlistment until the
@@ -34,6 +36,7 @@ from omegaconf import DictConfig, open_dict
 
 from normbench.config import ConfigError, check_values
 from normbench.population.grouping import member_values, partition, why_not_population
+from normbench.population.wide import POPULATION_FORMS
 from normbench.results import RESULT_FILE, write_json_atomic
 from normbench.run import claim_folder, execute
 from normbench.sweep import mark_visit
@@ -53,11 +56,13 @@ class Member:
 class PopulationLauncher(Launcher):
     """Trains a multirun's jobs as populations (see the module docstring)."""
 
-    def __init__(self, max_members: int = 64, n_jobs: int = 1) -> None:
+    def __init__(self, max_members: int = 64, n_jobs: int = 1, form: str = "auto") -> None:
         for key, value in (("max_members", max_members), ("n_jobs", n_jobs)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"hydra.launcher.{key}={value}: must be an integer >= 1")
-        self.max_members, self.n_jobs = max_members, n_jobs
+        if form not in POPULATION_FORMS:
+            raise ConfigError(f"hydra.launcher.form={form}: allowed are {', '.join(POPULATION_FORMS)}")
+        self.max_members, self.n_jobs, self.form = max_members, n_jobs, form
         self.config: DictConfig | None = None
         self.hydra_context: Any = None
 
@@ -111,7 +116,7 @@ class PopulationLauncher(Launcher):
     def _train(self, groups: list[list[Member]]) -> None:
         if self.n_jobs == 1 or len(groups) == 1:
             for group in groups:
-                train_group(group)
+                train_group(group, self.form)
             return
         from joblib import Parallel, delayed
 
@@ -119,7 +124,7 @@ class PopulationLauncher(Launcher):
         for group in groups:  # jobs × torch threads within the machine's cores
             for m in group:
                 m.cfg.runtime.threads = min(m.cfg.runtime.threads, max(1, cores // self.n_jobs))
-        Parallel(n_jobs=self.n_jobs, backend="loky")(delayed(train_group)(g) for g in groups)
+        Parallel(n_jobs=self.n_jobs, backend="loky")(delayed(train_group)(g, self.form) for g in groups)
 
 
 def enlist(cfg: DictConfig, locks: ExitStack) -> Member | None:
@@ -142,7 +147,7 @@ def enlist(cfg: DictConfig, locks: ExitStack) -> Member | None:
     return Member(cfg, out_dir, log_file)
 
 
-def train_group(group: Sequence[Member]) -> None:
+def train_group(group: Sequence[Member], form: str = "auto") -> None:
     """Train one group (a population, or one run alone) and leave each member's result and visit."""
     handlers = [logging.FileHandler(m.log_file) for m in group]
     root = logging.getLogger()
@@ -150,14 +155,14 @@ def train_group(group: Sequence[Member]) -> None:
         h.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
         root.addHandler(h)
     try:
-        _train_group(group)
+        _train_group(group, form)
     finally:
         for h in handlers:
             root.removeHandler(h)
             h.close()
 
 
-def _train_group(group: Sequence[Member]) -> None:
+def _train_group(group: Sequence[Member], form: str) -> None:
     from normbench.population.train import train_population
 
     first = group[0].cfg
@@ -177,7 +182,7 @@ def _train_group(group: Sequence[Member]) -> None:
     )
     progress = bool(first.runtime.progress) and sys.stderr.isatty()
     try:
-        records = train_population([m.cfg for m in group], progress)
+        records = train_population([m.cfg for m in group], progress, form)
     except ConfigError as exc:
         for m in group:
             log.error("configuration error: %s", exc)
@@ -211,6 +216,7 @@ class PopulationLauncherConf:
     _target_: str = "hydra_plugins.normbench_population_launcher.population_launcher.PopulationLauncher"
     max_members: int = 64
     n_jobs: int = 1
+    form: str = "auto"
 
 
 def register_launcher() -> None:

@@ -3,12 +3,40 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
+
+from normbench.evaluate import channel_sums
+
+
+@contextmanager
+def input_sums(
+    model: nn.Module, names: Sequence[str], sums: dict[str, Tensor], counts: dict[str, int]
+) -> Iterator[None]:
+    """While in the block, each forward of ``model`` stores the per-channel sum and sum of squares of
+    the input of its submodules ``names`` in ``sums`` (2, C) and their count in ``counts``."""
+    modules = dict(model.named_modules())
+
+    def hook(name: str):
+        def accumulate(module: nn.Module, args: tuple[Tensor, ...]) -> None:
+            total, total_sq, n = channel_sums(args[0])
+            counts[name] = counts.get(name, 0) + n  # a module called twice in one forward counts twice
+            sums[name] = torch.stack([total, total_sq]) + sums.get(name, 0)
+
+        return accumulate
+
+    handles = [modules[name].register_forward_pre_hook(hook(name)) for name in names]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
 
 
 @dataclass
@@ -19,6 +47,7 @@ class Population:
     base: nn.Module
     params: dict[str, Tensor]
     buffers: dict[str, Tensor]
+    form = "vmap"
 
     @classmethod
     def stack(cls, models: Sequence[nn.Module]) -> Population:
@@ -28,6 +57,45 @@ class Population:
     @property
     def size(self) -> int:
         return next(iter(self.params.values())).shape[0]
+
+    @property
+    def leaves(self) -> list[Tensor]:
+        """The tensors that gradients are taken of."""
+        return list(self.params.values())
+
+    def member_grads(self, grads: Sequence[Tensor]) -> list[Tensor]:
+        """Gradients of :attr:`leaves` shaped like :attr:`params` (K, ...)."""
+        return list(grads)
+
+    def with_buffers(self, buffers: dict[str, Tensor]) -> Population:
+        """The same members with other buffers (e.g. re-estimated running statistics)."""
+        return Population(self.base, self.params, buffers)
+
+    def losses(self, x: Tensor, target: Tensor) -> Tensor:
+        """Each member's mean cross-entropy (K,) on its own batch ``x`` (K, N, ...), ``target`` (K, N);
+        a training-mode forward moves the buffers."""
+
+        def member(p: dict[str, Tensor], b: dict[str, Tensor], inputs: Tensor, t: Tensor) -> Tensor:
+            return F.cross_entropy(functional_call(self.base, (p, b), (inputs,)), t)
+
+        return vmap(member)(self.params, self.buffers, x, target)
+
+    def layer_sums(
+        self, inputs: Tensor, names: Sequence[str], buffers: dict[str, Tensor]
+    ) -> tuple[dict[str, Tensor], dict[str, int]]:
+        """Per member (K, 2, C): the sum and sum of squares (float64) of each layer ``names``' input over
+        the batch's samples and positions, in a training-mode forward of ``inputs`` (K, N, ...) on
+        ``buffers``; and how many values per channel each layer's sums hold."""
+        counts: dict[str, int] = {}
+
+        def member_sums(p: dict, b: dict, x: Tensor) -> dict[str, Tensor]:
+            sums: dict[str, Tensor] = {}
+            with input_sums(self.base, names, sums, counts):
+                functional_call(self.base, (p, b), (x,))
+            return sums
+
+        sums = vmap(member_sums)(self.params, buffers, inputs)
+        return sums, counts
 
     def forward(
         self, x: Tensor, shared_input: bool = False, buffers: dict[str, Tensor] | None = None

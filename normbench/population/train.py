@@ -25,16 +25,15 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor, nn
-from torch.func import functional_call, vmap
 from tqdm import tqdm
 
 from normbench.config import ConfigError
 from normbench.population.evaluate import PopulationMembers
 from normbench.population.optim import PopulationOptimizer
 from normbench.population.stacked import Population
+from normbench.population.wide import stack_population
 from normbench.run import (
     augmentation,
     batch_iterator,
@@ -71,26 +70,25 @@ def fit_population(
     data: Dataset,
     runtime: Runtime,
     progress: bool = False,
+    form: str = "auto",
 ) -> list[FitResult]:
     """Train ``models`` (one per config of a group, built by :func:`normbench.run.prepare_model`) as
-    one population, leave each trained model's parameters and buffers in it, and return each member's
-    :class:`~normbench.train.FitResult` as its separate :func:`normbench.train.fit` would."""
+    one population (``form``: see :func:`~normbench.population.wide.stack_population`), leave each
+    trained model's parameters and buffers in it, and return each member's
+    :class:`~normbench.train.FitResult` as its separate :func:`normbench.train.fit` would, with the
+    population's form."""
     plans = [training_plan(cfg, len(data.x_train)) for cfg in cfgs]
     total, eval_every, per_epoch = plans[0].total, plans[0].eval_every, plans[0].steps_per_epoch
     device = data.x_train.device
-    pop = Population.stack(models)
+    pop = stack_population(models, form)
+    log.info("population of %d members: %s form", pop.size, pop.form)
     k = pop.size
     first = cfgs[0]
     x, y = data.x_train, data.y_train
-
-    def member_loss(p: dict[str, Tensor], b: dict[str, Tensor], inputs: Tensor, target: Tensor) -> Tensor:
-        return F.cross_entropy(functional_call(pop.base, (p, b), (inputs,)), target)
-
-    losses_of = vmap(member_loss)
     probe = torch.arange(k * first.batch_size, device=device).view(k, -1) % len(x)
     with runtime.autocast():  # on copies of the buffers: the probe leaves no trace
-        loss = losses_of(pop.params, {n: b.clone() for n, b in pop.buffers.items()}, x[probe], y[probe])
-    pop.match_gradient_layout(torch.autograd.grad(loss.sum(), list(pop.params.values())))
+        loss = pop.with_buffers({n: b.clone() for n, b in pop.buffers.items()}).losses(x[probe], y[probe])
+    pop.match_gradient_layout(torch.autograd.grad(loss.sum(), pop.leaves))
     lr_table = _lr_table([p.lr for p in plans], total, first.optim.schedule, first.optim.warmup_steps, device)
     optimizer = PopulationOptimizer(
         first.optim.name,
@@ -108,7 +106,12 @@ def fit_population(
     histories: list[list[dict]] = [[] for _ in range(k)]
     bar = tqdm(total=total, unit="step", disable=not progress, file=sys.stderr, leave=False)
     start = time.perf_counter()
-    params = list(pop.params.values())
+    leaves = pop.leaves
+    # members frozen at divergence keep their buffers. A wide population shares 0-dim buffers (step
+    # counters: one view with stride 0), which go on counting; each member's value is held apart.
+    shared = {n: b for n, b in pop.buffers.items() if b.dim() == 1 and b.stride(0) == 0}
+    own_buffers = {n: b for n, b in pop.buffers.items() if n not in shared}
+    held = {n: b.clone() for n, b in shared.items()}
     # on the CPU the host knows for free whether every member is alive; a GPU is not waited for
     all_alive = device.type == "cpu"
     for step in range(total):
@@ -117,17 +120,19 @@ def fit_population(
         if transforms[0] is not None:  # each member's augmentation from its own stream
             inputs = torch.stack([t(member_x) for t, member_x in zip(transforms, inputs, strict=True)])
         # members frozen before this step keep their buffers; none is, when the host knows all are alive
-        before = None if all_alive else {name: b.clone() for name, b in pop.buffers.items()}
+        before = None if all_alive else {name: b.clone() for name, b in own_buffers.items()}
         with runtime.autocast():
-            losses = losses_of(pop.params, pop.buffers, inputs, y[idx])
-        grads = torch.autograd.grad(losses.sum(), params)
+            losses = pop.losses(inputs, y[idx])
+        grads = pop.member_grads(torch.autograd.grad(losses.sum(), leaves))
         finite = torch.isfinite(losses.detach())
         with torch.no_grad():
             if before is not None:
-                for name, b in pop.buffers.items():
+                for name, b in own_buffers.items():
                     frozen = (~alive).view(-1, *([1] * (b.dim() - 1)))
                     b.copy_(torch.where(frozen, before[name], b))
             diverged_at = torch.where(alive & ~finite, step, diverged_at)
+            for name, b in shared.items():  # a member's value after its last forward
+                held[name] = torch.where(alive, b, held[name])
             alive = alive & finite
             all_alive = device.type == "cpu" and bool(alive.all())
             optimizer.step(grads, lr_table[step], alive, all_alive)
@@ -144,13 +149,14 @@ def fit_population(
         bar.update()
     bar.close()
     elapsed = time.perf_counter() - start
+    pop.buffers.update(held)
     pop.unstack_into(models)
     results = []
     for history, first_bad in zip(histories, diverged_at.tolist(), strict=True):
         if first_bad >= 0:
-            results.append(FitResult("diverged", first_bad, first_bad, history, elapsed))
+            results.append(FitResult("diverged", first_bad, first_bad, history, elapsed, pop.form))
         else:
-            results.append(FitResult("completed", total, None, history, elapsed))
+            results.append(FitResult("completed", total, None, history, elapsed, pop.form))
     return results
 
 
@@ -195,9 +201,12 @@ def _history_point(
     )
 
 
-def train_population(cfgs: Sequence[DictConfig], progress: bool = False) -> list[dict[str, Any]]:
+def train_population(
+    cfgs: Sequence[DictConfig], progress: bool = False, form: str = "auto"
+) -> list[dict[str, Any]]:
     """Train a group and return each member's record, as :func:`normbench.run.execute` would write it
-    for that member's run alone (plus ``env.population``: the group's size). A ConfigError of any
+    for that member's run alone (plus ``env.population``: the group's size, and
+    ``env.population_form``: ``wide`` or ``vmap``, see :func:`~normbench.population.wide.stack_population`). A ConfigError of any
     member propagates before training; any other exception (building, training or evaluating the
     group) becomes a ``failed`` record for every member, with what training produced kept."""
     runtime = setup_runtime(cfgs[0])
@@ -209,7 +218,7 @@ def train_population(cfgs: Sequence[DictConfig], progress: bool = False) -> list
     try:
         models = [prepare_model(cfg, data, runtime) for cfg in cfgs]
         data = data.to(runtime.device, runtime.memory_format)
-        results = fit_population(cfgs, models, data, runtime, progress)
+        results = fit_population(cfgs, models, data, runtime, progress, form)
     except (ConfigError, KeyboardInterrupt):
         raise
     except BaseException as exc:  # a fault of the group is a result of each member
@@ -221,9 +230,10 @@ def train_population(cfgs: Sequence[DictConfig], progress: bool = False) -> list
         plan = training_plan(cfg, len(data.x_train))
         record.update(planned_steps=plan.total, steps_per_epoch=plan.steps_per_epoch, lr=plan.lr)
         record_training(record, result)
+        record["env"]["population_form"] = result.population
     try:
         with runtime.autocast():  # every member at once; diverged members' values are dropped
-            metrics = members_final_metrics(PopulationMembers(Population.stack(models)), data, cfgs)
+            metrics = members_final_metrics(PopulationMembers(stack_population(models, form)), data, cfgs)
         for cfg, record, model, values in zip(cfgs, records, models, metrics, strict=True):
             record_metrics(cfg, record, model, values if record["status"] == "completed" else {})
     except (KeyboardInterrupt, ConfigError):

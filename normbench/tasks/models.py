@@ -57,6 +57,10 @@ class NormLayers:
 class MLP(nn.Module):
     """``in → [Linear → norm → ReLU] × depth → Linear``; norms see (N, width) features."""
 
+    # forward only composes the children and channel-wise ops: K copies run side by side as one wide
+    # model (normbench.population.wide)
+    population_form = "wide"
+
     def __init__(self, in_features: int, width: int, depth: int, num_classes: int, norms: NormLayers):
         super().__init__()
         layers: list[nn.Module] = [nn.Flatten()]
@@ -76,6 +80,10 @@ def _conv(dims: int, c_in: int, c_out: int, k: int, stride: int = 1) -> nn.Modul
 
 class ResidualBlock(nn.Module):
     """``conv → norm → ReLU → conv → norm`` plus the shortcut (a 1×1 conv + norm when shapes change)."""
+
+    # forward only composes the children and channel-wise ops: K copies run side by side as one wide
+    # model (normbench.population.wide)
+    population_form = "wide"
 
     def __init__(self, dims: int, c_in: int, c_out: int, k: int, stride: int, norms: NormLayers):
         super().__init__()
@@ -100,6 +108,10 @@ class ConvNet(nn.Module):
     a stem and ``(depth - 1) // 2`` two-conv blocks (depth 9: stem + 4 blocks). ``downsample`` lists the
     block indices with stride 2 (channels double there).
     """
+
+    # forward only composes the children and channel-wise ops: K copies run side by side as one wide
+    # model (normbench.population.wide)
+    population_form = "wide"
 
     def __init__(
         self,

@@ -1,0 +1,269 @@
+"""A population as one wide model: K members of one architecture side by side in one set of tensors.
+
+Activations hold the members in channel blocks: where one member sees (N, C, *spatial), the wide model
+sees (N, K·C, *spatial), member k in channels [k·C, (k+1)·C), each with its own N samples. Then
+
+- a convolution is one grouped convolution (groups = K × its own groups, weights concatenated);
+- a Linear is one batched matmul (``torch.baddbmm``) over weights stacked (K, out, in);
+- a norm is its plugin's wide form over K·C channels (the registry's ``population="wide"`` and
+  ``widen``: BatchNorm and every per-channel formula as it is, GroupNorm with K·G groups, LayerNorm as
+  GroupNorm with K groups), on its native kernel;
+- ReLU, Flatten and the like, and containers whose ``forward`` only composes their children
+  (``nn.Sequential``, and classes that set ``population_form = "wide"``) are unchanged.
+
+A step costs about one model K times wider instead of K models. Models with a part that has no wide form
+(a Transformer's attention, a plugin with ``population="vmap"``, a weight-standardized layer) train
+under ``vmap`` instead (:class:`~normbench.population.stacked.Population`); :func:`widen` says why.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+from torch.nn.utils import parametrize
+
+from normbench.norms import iter_specs
+from normbench.norms._base import wide_copy
+from normbench.population.stacked import Population, input_sums
+
+# parameter-free modules that act on each element or only reshape trailing dimensions
+_ELEMENTWISE = (nn.ReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.Identity)
+
+
+class NoWideForm(Exception):
+    """A part of the model has no wide form; the message names it."""
+
+
+class WideLinear(nn.Module):
+    """K ``nn.Linear`` layers side by side: (N, K·in) → (N, K·out) in one ``torch.baddbmm``.
+
+    ``weight`` is (K, out, in) and ``bias`` (K, out): member k's layer is ``weight[k]``, ``bias[k]``.
+    """
+
+    def __init__(self, weight: Tensor, bias: Tensor | None) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(weight)
+        self.bias = None if bias is None else nn.Parameter(bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        k, out, width = self.weight.shape
+        members = x.reshape(x.shape[0], k, width).transpose(0, 1)  # (K, N, in)
+        if self.bias is None:
+            y = torch.bmm(members, self.weight.transpose(1, 2))
+        else:
+            y = torch.baddbmm(self.bias.unsqueeze(1), members, self.weight.transpose(1, 2))
+        return y.transpose(0, 1).reshape(x.shape[0], k * out)
+
+    def extra_repr(self) -> str:
+        k, out, width = self.weight.shape
+        return f"members={k}, in_features={width}, out_features={out}, bias={self.bias is not None}"
+
+
+def _norm_specs() -> dict[type, object]:
+    return {s.factory: s for s in iter_specs() if inspect.isclass(s.factory)}
+
+
+def _stacked(tensors: Sequence[Tensor], name: str) -> Tensor:
+    """The members' tensors concatenated along dim 0, or, for 0-dim ones (step counters), the shared
+    value, which must be the same in every member."""
+    if tensors[0].dim() == 0:
+        if any(not torch.equal(t, tensors[0]) for t in tensors[1:]):
+            raise NoWideForm(f"{name}: a 0-dim buffer differs between members, so it cannot be shared")
+        return tensors[0].detach().clone()
+    return torch.cat([t.detach() for t in tensors])
+
+
+def _fill(wide: nn.Module, members: Sequence[nn.Module], where: str) -> nn.Module:
+    """Give ``wide``'s own parameters and buffers the members' tensors, concatenated."""
+    for name, p in list(wide._parameters.items()):
+        if p is not None:
+            value = _stacked([m._parameters[name] for m in members], f"{where}.{name}")
+            wide._parameters[name] = nn.Parameter(value, requires_grad=p.requires_grad)
+    for name, b in list(wide._buffers.items()):
+        if b is not None:
+            wide._buffers[name] = _stacked([m._buffers[name] for m in members], f"{where}.{name}")
+    return wide
+
+
+def _widen_conv(members: Sequence[nn.Module], where: str) -> nn.Module:
+    first, k = members[0], len(members)
+    if first.padding_mode != "zeros":
+        raise NoWideForm(f"{where}: padding_mode={first.padding_mode!r} (only 'zeros' is widened)")
+    wide = type(first)(
+        k * first.in_channels,
+        k * first.out_channels,
+        first.kernel_size,
+        stride=first.stride,
+        padding=first.padding,
+        dilation=first.dilation,
+        groups=k * first.groups,
+        bias=first.bias is not None,
+        device="meta",
+    )
+    return _fill(wide, members, where)
+
+
+def _widen_module(members: Sequence[nn.Module], where: str, specs: dict[type, object]) -> nn.Module:
+    first, k = members[0], len(members)
+    if parametrize.is_parametrized(first):  # checked first: each such module has a class of its own
+        name = type(first).__bases__[0].__name__
+        raise NoWideForm(f"{where}: a parametrized {name} (e.g. weight standardization)")
+    kind = type(first)
+    if any(type(m) is not kind for m in members):
+        raise NoWideForm(f"{where}: members differ in structure")
+    if kind in specs:
+        spec = specs[kind]
+        if spec.population != "wide":
+            raise NoWideForm(f"norm={spec.name} has no wide form (population={spec.population!r})")
+        return _fill((spec.widen or wide_copy)(first, k), members, where)
+    if kind is nn.Linear:
+        return WideLinear(
+            torch.stack([m.weight.detach() for m in members]),
+            None if first.bias is None else torch.stack([m.bias.detach() for m in members]),
+        )
+    if kind in (nn.Conv1d, nn.Conv2d, nn.Conv3d):
+        return _widen_conv(members, where)
+    if isinstance(first, _ELEMENTWISE) or (isinstance(first, nn.Flatten) and first.start_dim == 1):
+        return first
+    if kind is nn.Sequential or getattr(kind, "population_form", None) == "wide":
+        if first._parameters or any(b is not None for b in first._buffers.values()):
+            raise NoWideForm(f"{where}: {kind.__name__} holds tensors of its own")
+        wide = nn.Module.__new__(kind)  # first's attributes, its dicts (hooks, tensors) copied
+        wide.__dict__ = {k: v.copy() if isinstance(v, dict) else v for k, v in first.__dict__.items()}
+        wide._modules = {}
+        for name in first._modules:
+            children = [m._modules[name] for m in members]
+            wide._modules[name] = _widen_module(children, f"{where}.{name}".lstrip("."), specs)
+        return wide
+    raise NoWideForm(f"{where or 'the model'}: {kind.__name__} has no wide form")
+
+
+def to_wide(x: Tensor) -> Tensor:
+    """Members' inputs (K, N, C, *) as one wide input (N, K·C, *)."""
+    k, n = x.shape[:2]
+    return x.transpose(0, 1).reshape(n, k * x.shape[2], *x.shape[3:])
+
+
+class WidePopulation(Population):
+    """K models as one wide model (see the module docstring).
+
+    ``base`` is the wide model; ``params`` and ``buffers`` map each of the members' names to a view
+    (K, *its shape) of the wide tensors (0-dim buffers, which the members share, expanded), so that
+    in-place updates of member k's slice ([k]) change the wide model, as the stacked tensors of a
+    vmap population do.
+    """
+
+    form = "wide"
+
+    def __init__(self, wide: nn.Module, shapes: dict[str, torch.Size], size: int) -> None:
+        self.members, self.shapes = size, shapes
+        self._owns_buffers = True
+        super().__init__(wide, {}, {})
+        self._make_views()
+
+    def _make_views(self) -> None:
+        k, shapes = self.members, self.shapes
+        self.params = {n: _member_view(t, shapes[n], k) for n, t in self.base.named_parameters()}
+        self.buffers = {n: _member_view(t, shapes[n], k) for n, t in self.base.named_buffers()}
+
+    @classmethod
+    def stack(cls, models: Sequence[nn.Module]) -> WidePopulation:  # type: ignore[override]
+        wide = _widen_module(models, "", _norm_specs())
+        shapes = {name: t.shape for name, t in models[0].state_dict().items()}
+        missing = set(shapes) ^ set(_state(wide))
+        if missing:
+            raise NoWideForm(f"the wide model's tensors differ from a member's: {sorted(missing)}")
+        return cls(wide, shapes, len(models))
+
+    @property
+    def size(self) -> int:
+        return self.members
+
+    @property
+    def leaves(self) -> list[Tensor]:
+        return list(self.base.parameters())
+
+    def member_grads(self, grads: Sequence[Tensor]) -> list[Tensor]:
+        # a batched matmul's weight gradient comes transposed: one copy into the parameter's layout
+        # costs less than the optimizer's updates over mismatched strides
+        return [g.contiguous().view(p.shape) for g, p in zip(grads, self.params.values(), strict=True)]
+
+    def forward(
+        self, x: Tensor, shared_input: bool = False, buffers: dict[str, Tensor] | None = None
+    ) -> Tensor:
+        k = self.members
+        if shared_input:
+            x = x.unsqueeze(0).expand(k, *x.shape)
+        wide_in = to_wide(x)
+        if buffers is None and not self._owns_buffers:
+            buffers = self.buffers
+        if buffers is None:
+            y = self.base(wide_in)
+        else:
+            own = dict(self.base.named_buffers())
+            wide_buffers = {
+                n: b[0] if own[n].dim() == 0 else b.view(own[n].shape) for n, b in buffers.items()
+            }
+            y = functional_call(self.base, wide_buffers, (wide_in,))
+        return y.view(y.shape[0], k, -1).transpose(0, 1)
+
+    def with_buffers(self, buffers: dict[str, Tensor]) -> WidePopulation:
+        twin = copy.copy(self)
+        twin.buffers, twin._owns_buffers = buffers, False
+        return twin
+
+    def losses(self, x: Tensor, target: Tensor) -> Tensor:
+        logits = self.forward(x)
+        each = F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none")
+        return each.view(target.shape).mean(1)
+
+    def match_gradient_layout(self, grads: Sequence[Tensor]) -> None:
+        """A no-op: the wide weights keep the members' layout, so every matmul runs with the
+        transposition flags of the member's own ``F.linear`` (storing them as their gradients come
+        changes the kernels' summation order, and float32 training amplifies that past 1e-5 within
+        120 steps); :meth:`member_grads` copies transposed gradients instead."""
+
+    def layer_sums(
+        self, inputs: Tensor, names: Sequence[str], buffers: dict[str, Tensor]
+    ) -> tuple[dict[str, Tensor], dict[str, int]]:
+        sums: dict[str, Tensor] = {}
+        counts: dict[str, int] = {}
+        with input_sums(self.base, names, sums, counts):
+            self.forward(inputs, buffers=buffers)
+        k = self.members
+        return {n: t.view(2, k, -1).transpose(0, 1) for n, t in sums.items()}, counts
+
+
+def _state(module: nn.Module) -> dict[str, Tensor]:
+    return {**dict(module.named_parameters()), **dict(module.named_buffers())}
+
+
+def _member_view(t: Tensor, shape: torch.Size, k: int) -> Tensor:
+    """``t``, a wide tensor, as (K, *shape): member k's tensor at [k]."""
+    if t.dim() == 0:
+        return t.expand(k)
+    return t if t.shape == (k, *shape) else t.unflatten(0, (k, shape[0]))
+
+
+POPULATION_FORMS = ("auto", "wide", "vmap")
+
+
+def stack_population(models: Sequence[nn.Module], form: str = "auto") -> Population:
+    """``models`` as one population: wide where every part of the model has a wide form (``auto``;
+    ``wide`` insists and raises :class:`NoWideForm` naming the part that has none), else under vmap."""
+    if form not in POPULATION_FORMS:
+        raise ValueError(f"population form {form!r}: allowed are {', '.join(POPULATION_FORMS)}")
+    if form == "vmap":
+        return Population.stack(models)
+    try:
+        return WidePopulation.stack(models)
+    except NoWideForm:
+        if form == "wide":
+            raise
+        return Population.stack(models)
