@@ -145,6 +145,7 @@ class RuntimeConfig:
     precision: Precision = Precision.fp32  # autocast dtype of forward passes; not fp32 joins the identity
     channels_last: bool = False  # 4-D activations stored channels-last (2-D tasks)
     compile: bool = False  # train a torch.compile-d model
+    cuda_graph: bool | None = None  # capture the training step as a CUDA graph (None: where it can)
 
 
 @dataclass

@@ -5,6 +5,9 @@ data, the model and every evaluation. ``runtime.precision`` runs forward passes 
 ``torch.autocast`` in bfloat16 or float16 (float16 with a gradient scaler); parameters, optimizer
 state and the norms' statistics stay float32. ``runtime.channels_last`` stores 4-D activations
 channels-last (2-D tasks only); ``runtime.compile`` trains a ``torch.compile``-d model.
+``runtime.cuda_graph`` captures a population's training step as one CUDA graph and replays it
+(:mod:`normbench.capture`): ``null`` (the default) wherever it can (CUDA, SGD, no augmentation),
+``true`` to insist (refused where it cannot), ``false`` never.
 
 Of these only the precision changes the numbers beyond float reassociation, so only a precision other
 than fp32 joins a run's identity (``normbench.config.NON_IDENTITY_KEYS`` and ``LATER_KEYS``): every
@@ -59,6 +62,7 @@ class Runtime:
     precision: str = "fp32"
     channels_last: bool = False
     compile: bool = False
+    cuda_graph: bool | None = None
     # training steps between divergence checks (each makes the host wait for the device); 0: 1 on the
     # CPU, where the check costs nothing, and 64 on a GPU
     check_interval: int = 0
@@ -69,9 +73,15 @@ class Runtime:
         precision = str(getattr(runtime.precision, "value", runtime.precision))
         if precision not in PRECISIONS:
             raise ConfigError(f"runtime.precision={precision}: must be one of {', '.join(PRECISIONS)}")
-        return cls(
-            resolve_device(runtime.device), precision, bool(runtime.channels_last), bool(runtime.compile)
-        )
+        device = resolve_device(runtime.device)
+        graph = runtime.get("cuda_graph")
+        if graph is not None and not isinstance(graph, bool):
+            raise ConfigError(f"runtime.cuda_graph={graph}: must be true, false or null (where it can)")
+        if graph and device.type != "cuda":
+            raise ConfigError(
+                f"runtime.cuda_graph=true: needs a CUDA device (runtime.device={runtime.device})"
+            )
+        return cls(device, precision, bool(runtime.channels_last), bool(runtime.compile), graph)
 
     @property
     def check_every(self) -> int:

@@ -88,6 +88,7 @@ class FitResult:
     history: list[dict] = field(default_factory=list)
     train_time_s: float = 0.0
     population: str | None = None  # the form of the population that trained it (None: a run alone)
+    captured: bool = False  # whether its steps replayed a CUDA graph (runtime.cuda_graph)
 
 
 def on_device(batches: Iterator[Tensor], device: torch.device, chunk: int = 256) -> Iterator[Tensor]:

@@ -4,16 +4,23 @@ Both sides train the same configs (K seeds × learning rates of one task/norm/ba
 steps, with normbench's own loops (:func:`normbench.train.fit` per run; one
 :func:`normbench.population.train.fit_population` per population form: ``wide``, one model K times
 wider, and ``vmap``, K models under ``torch.func.vmap``), each finishing with its test evaluation; the
-rounds interleave them in one process. Reports model-steps/s (K × steps / seconds, median over
-rounds) and each form's ratio to separate runs, to reports/bench/population[_cuda].md.
+rounds interleave them in one process. A form may end in ``:graph`` (CUDA only): its step captured as
+one CUDA graph and replayed (``runtime.cuda_graph``); the others run eagerly. ``auto`` is the form a
+population sweep picks (wide where the norm and model have one). Reports model-steps/s (K × steps /
+seconds, median over rounds) and each form's ratio to separate runs, to
+reports/bench/population[_cuda].md. With ``--members 1`` a population is one run: ``auto:graph``
+against the separate (eager) run is the captured single run, and ``--norms`` compares plugins within
+the same training step.
 
     python scripts/bench_population.py                       # CPU: K=16, MLP and CNN, batch 2 and 32
-    python scripts/bench_population.py --device cuda --members 128 512 --steps 300
+    python scripts/bench_population.py --device cuda --members 32 128 512 --forms vmap wide wide:graph
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import itertools
 import platform
 import statistics
 import time
@@ -26,7 +33,7 @@ import normbench
 from normbench.config import ConfigError
 from normbench.population.train import fit_population
 from normbench.run import fit_run, prepare_data, prepare_model
-from normbench.runtime import Runtime, resolve_device
+from normbench.runtime import Runtime, resolve_device, use_deterministic_kernels
 
 LRS = (0.0125, 0.05, 0.2, 0.8)
 
@@ -64,6 +71,8 @@ def separate(cfgs, cpu_data, data, runtime) -> float:
 
 
 def population(cfgs, cpu_data, data, runtime, form: str) -> float:
+    form, _, graph = form.partition(":")
+    runtime = dataclasses.replace(runtime, cuda_graph=graph == "graph")
     sync(runtime)
     start = time.perf_counter()
     models = [prepare_model(cfg, cpu_data, runtime) for cfg in cfgs]
@@ -80,7 +89,7 @@ def sync(runtime: Runtime) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=["mnist1d_mlp", "mnist1d_cnn"])
-    parser.add_argument("--norm", default="batchnorm")
+    parser.add_argument("--norms", nargs="+", default=["batchnorm"])
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[2, 32])
     parser.add_argument("--members", nargs="+", type=int, default=[16])
     parser.add_argument("--steps", type=count, default=100)
@@ -91,38 +100,39 @@ def main() -> None:
         default=0,
         help="time only this many separate runs and scale to K (0: all K); for large K on a GPU",
     )
-    parser.add_argument("--forms", nargs="+", choices=("wide", "vmap"), default=["wide", "vmap"])
+    forms = [f"{f}{g}" for f in ("auto", "wide", "vmap") for g in ("", ":graph")]
+    parser.add_argument("--forms", nargs="+", choices=forms, default=["wide", "vmap"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     runtime = Runtime(resolve_device(args.device))
+    if runtime.device.type != "cuda" and any(f.endswith(":graph") for f in args.forms):
+        parser.error(f"--forms {' '.join(args.forms)}: ':graph' needs --device cuda")
     torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    use_deterministic_kernels(runtime.device)  # as runs do
     out = args.out or Path("reports/bench") / (
         "population_cuda.md" if runtime.device.type == "cuda" else "population.md"
     )
     rows = []
-    for task in args.tasks:
-        for bs in args.batch_sizes:
-            for k in args.members:
-                cfgs = configs(task, args.norm, bs, k, args.steps, args.device)
-                data = prepare_data(cfgs[0], runtime)
-                on_device = data.to(runtime.device)
-                n_sep = args.separate_members or k
-                times: dict[str, list[float]] = {name: [] for name in ("separate", *args.forms)}
-                for _ in range(args.rounds):
-                    times["separate"].append(separate(cfgs[:n_sep], data, on_device, runtime) * k / n_sep)
-                    for form in args.forms:
-                        times[form].append(population(cfgs, data, on_device, runtime, form))
-                rate = {name: k * args.steps / statistics.median(t) for name, t in times.items()}
-                rows.append((task, bs, k, rate))
-                print(
-                    f"{task} batch {bs} K={k}: "
-                    + ", ".join(f"{name} {r:.0f}" for name, r in rate.items())
-                    + " model-steps/s; "
-                    + ", ".join(f"{f} {rate[f] / rate['separate']:.2f}x" for f in args.forms),
-                    flush=True,
-                )
+    for task, norm, bs, k in itertools.product(args.tasks, args.norms, args.batch_sizes, args.members):
+        cfgs = configs(task, norm, bs, k, args.steps, args.device)
+        data = prepare_data(cfgs[0], runtime)
+        on_device = data.to(runtime.device)
+        n_sep = args.separate_members or k
+        times: dict[str, list[float]] = {name: [] for name in ("separate", *args.forms)}
+        for _ in range(args.rounds):
+            times["separate"].append(separate(cfgs[:n_sep], data, on_device, runtime) * k / n_sep)
+            for form in args.forms:
+                times[form].append(population(cfgs, data, on_device, runtime, form))
+        rate = {name: k * args.steps / statistics.median(t) for name, t in times.items()}
+        rows.append((task, norm, bs, k, rate))
+        print(
+            f"{task} {norm} batch {bs} K={k}: "
+            + ", ".join(f"{name} {r:.0f}" for name, r in rate.items())
+            + " model-steps/s; "
+            + ", ".join(f"{f} {rate[f] / rate['separate']:.2f}x" for f in args.forms),
+            flush=True,
+        )
     device = (
         torch.cuda.get_device_name(runtime.device)
         if runtime.device.type == "cuda"
@@ -132,7 +142,7 @@ def main() -> None:
         f"# Population training vs separate runs ({runtime.device.type})",
         "",
         f"normbench {normbench.__version__}, torch {torch.__version__}, {device}, {torch.get_num_threads()} thread(s); "
-        f"norm={args.norm}, {args.steps} steps per run (cosine lr, SGD momentum 0.9), learning rates "
+        f"{args.steps} steps per run (cosine lr, SGD momentum 0.9), learning rates "
         f"{', '.join(map(str, LRS))} over seeds; median of {args.rounds} interleaved rounds, model building "
         "and the final test evaluation included on both sides.",
         "",
@@ -146,15 +156,15 @@ def main() -> None:
         "",
         "Model-steps/s, and each population form's speed-up over separate runs:",
         "",
-        "| task | batch | members K | separate | "
+        "| task | norm | batch | members K | separate | "
         + " | ".join(f"{f} population | {f} speed-up" for f in args.forms)
         + " |",
-        "|---|---:|---:|---:|" + "---:|---:|" * len(args.forms),
+        "|---|---|---:|---:|---:|" + "---:|---:|" * len(args.forms),
         *(
-            f"| {t} | {b} | {k} | {r['separate']:,.0f} | "
+            f"| {t} | {n} | {b} | {k} | {r['separate']:,.0f} | "
             + " | ".join(f"{r[f]:,.0f} | {r[f] / r['separate']:.2f}×" for f in args.forms)
             + " |"
-            for t, b, k, r in rows
+            for t, n, b, k, r in rows
         ),
     ]
     if args.separate_members:

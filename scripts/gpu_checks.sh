@@ -6,17 +6,18 @@
 #
 #   bash scripts/gpu_checks.sh [OUT_DIR [STEP...]]   # default reports/bench; files written as each step ends
 #
-# STEPs (default: all, in this order): bench_norms check_cuda profile_norm bench_train e2e convert. The
-# step timeouts add up to more than one 10-minute device call: a call that was cut short can be followed
-# by one that names the steps still missing.
+# STEPs (default: all, in this order): population bench_norms check_cuda profile_norm bench_train e2e
+# convert. A call that was cut short can be followed by one that names the steps still missing.
 #
-# Writes cuda_check.md (fp32 + bf16 correctness), norms_cuda.md (plugins vs BatchNorm2d), train_cuda.md
+# Writes capture_check_cuda.md (a population's captured CUDA-graph step vs its eager step),
+# population_cuda.md (populations, wide and vmap, eager and captured, vs separate runs, K = 32-512),
+# step_norms_cuda.md (every plugin inside one run's training step, eager and captured), cuda_check.md (fp32 + bf16 correctness), norms_cuda.md (plugins vs BatchNorm2d), train_cuda.md
 # (normbench's loop vs a minimal loop), train_cifar10_resnet20_cuda_{fp32,bf16}.md (images/s at batch 128), convert_torchvision_cuda.md (real torchvision models), e2e_cuda.md
 # (normbench-run on the GPU with bf16/fp16, channels_last and torch.compile), profile_cuda.txt (host time
 # per piece of the Triton path) and gpu_log.txt.
 set -uo pipefail
 out="${1:-reports/bench}"
-steps=(bench_norms check_cuda profile_norm bench_train e2e convert)
+steps=(population bench_norms check_cuda profile_norm bench_train e2e convert)
 chosen=" ${*:2} "
 for name in ${*:2}; do
   if [[ " ${steps[*]} " != *" $name "* ]]; then
@@ -43,6 +44,14 @@ step() {  # step GROUP SECONDS NAME COMMAND...: a step that fails or runs out of
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >> "$log" 2>&1
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" >> "$log" 2>&1
 
+step population 60 check_capture python3 scripts/check_capture.py --out "$out/capture_check_cuda.md"
+step population 200 bench_population python3 scripts/bench_population.py --device cuda --members 32 128 512 \
+  --steps 200 --rounds 1 --separate-members 4 --forms vmap wide wide:graph --out "$out/population_cuda.md"
+# one run (a population of one) per plugin in the same CNN training step, eager and captured
+step population 90 step_norms python3 scripts/bench_population.py --device cuda --tasks mnist1d_cnn --batch-sizes 32 \
+  --members 1 --steps 300 --rounds 1 --forms auto auto:graph --norms $(python3 -c \
+  'from normbench import available_norms; print(" ".join(n for n in available_norms() if n != "sync_batchnorm"))') \
+  --out "$out/step_norms_cuda.md"
 step bench_norms 200 bench_norms python3 scripts/bench_norms.py --device cuda --rounds 10 --inner 20 --out "$out/norms_cuda.md"
 step check_cuda 150 check_cuda python3 scripts/check_cuda.py --out "$out/cuda_check.md"
 # host time of each piece of the Triton path and of the plugins slowest at small shapes

@@ -13,6 +13,7 @@ computation in float64 to 1e-9, where rounding stays far below any amplification
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -247,3 +248,29 @@ def test_a_diverged_member_keeps_the_parameters_and_running_statistics_it_had_wh
             assert torch.equal(value, initial[name]), name
     assert int(models[1].net[2].num_batches_tracked) == 1
     assert not torch.equal(models[0].net[1].weight, short[0].net[1].weight)  # the healthy one trained on
+
+
+@pytest.mark.parametrize(
+    "overrides, setting, captured, refusal",
+    [
+        ((), None, True, None),
+        (("optim=adamw",), None, False, None),
+        (("optim=adamw",), True, None, "optim.name=adamw: only SGD's step is captured"),
+        (("task=cifar10_resnet20",), True, None, "task.augment=crop_flip: augmentation draws from host"),
+        ((), False, False, None),
+    ],
+)
+def test_which_steps_are_captured_as_cuda_graphs(overrides, setting, captured, refusal):
+    """The decision, made on a CUDA device object (no GPU needed to make it)."""
+    from normbench.config import ConfigError
+    from normbench.population.train import _captures
+
+    cfg = compose_cfg(*overrides)
+    runtime = Runtime(torch.device("cuda"), cuda_graph=setting)
+    augments = cfg.task.augment != "none"
+    if refusal is None:
+        assert _captures(runtime, cfg, augments) is captured
+    else:
+        with pytest.raises(ConfigError, match=f"runtime.cuda_graph=true: {re.escape(refusal)}"):
+            _captures(runtime, cfg, augments)
+    assert _captures(Runtime(), cfg, augments) is False  # never on the CPU

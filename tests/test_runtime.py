@@ -179,6 +179,6 @@ def test_gpu_checks_script_runs_the_named_steps_only(tmp_path):
     assert refused.returncode == 2
     assert refused.stderr.strip() == (
         "gpu_checks.sh: unknown step 'cifar' "
-        "(steps: bench_norms check_cuda profile_norm bench_train e2e convert)"
+        "(steps: population bench_norms check_cuda profile_norm bench_train e2e convert)"
     )
     assert not fresh.exists() and "bench_norms" not in calls.read_text()

@@ -40,6 +40,11 @@ class PopulationOptimizer:
         self.state: list[dict[str, Tensor]] = [{} for _ in self.params]
         self.steps = 0
 
+    @property
+    def tensors(self) -> list[Tensor]:
+        """The optimizer's state tensors (momentum buffers, moments)."""
+        return [t for state in self.state for t in state.values()]
+
     @torch.no_grad()
     def step(self, grads: Sequence[Tensor], lr: Tensor, alive: Tensor, all_alive: bool = False) -> None:
         """One step of every member at its learning rate ``lr`` (K,). Members not ``alive`` step with

@@ -59,6 +59,11 @@ class Population:
         return next(iter(self.params.values())).shape[0]
 
     @property
+    def storage(self) -> list[Tensor]:
+        """Every tensor that holds the members' parameters and buffers (what a step changes)."""
+        return [*self.params.values(), *self.buffers.values()]
+
+    @property
     def leaves(self) -> list[Tensor]:
         """The tensors that gradients are taken of."""
         return list(self.params.values())

@@ -29,6 +29,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from normbench.capture import capture_step
 from normbench.config import ConfigError
 from normbench.population.evaluate import PopulationMembers
 from normbench.population.optim import PopulationOptimizer
@@ -99,13 +100,16 @@ def fit_population(
     streams = [batch_iterator(cfg, data, torch.Generator().manual_seed(cfg.seed)) for cfg in cfgs]
     batches = stacked_batches(streams, device, 1 if device.type == "cpu" else 256)
     transforms = [augmentation(cfg, device) for cfg in cfgs]
+    captured = _captures(runtime, first, transforms[0] is not None)
     alive = torch.ones(k, dtype=torch.bool, device=device)
     diverged_at = torch.full((k,), -1, dtype=torch.long, device=device)
     loss_sum = torch.zeros(k, device=device)
+    # what a step reads: copied in before each step, so that a captured step finds them in place
+    idx_now = torch.zeros(k, first.batch_size, dtype=torch.long, device=device)
+    lr_now = torch.zeros(k, dtype=torch.float64, device=device)
+    step_now = torch.zeros((), dtype=torch.long, device=device)
     since = 0
     histories: list[list[dict]] = [[] for _ in range(k)]
-    bar = tqdm(total=total, unit="step", disable=not progress, file=sys.stderr, leave=False)
-    start = time.perf_counter()
     leaves = pop.leaves
     # members frozen at divergence keep their buffers. A wide population shares 0-dim buffers (step
     # counters: one view with stride 0), which go on counting; each member's value is held apart.
@@ -114,15 +118,17 @@ def fit_population(
     held = {n: b.clone() for n, b in shared.items()}
     # on the CPU the host knows for free whether every member is alive; a GPU is not waited for
     all_alive = device.type == "cpu"
-    for step in range(total):
-        idx = next(batches)
-        inputs = x[idx]
+
+    def train_step() -> None:
+        """One step of every member, in place (capturable: no host synchronisation on a GPU)."""
+        nonlocal all_alive
+        inputs = x[idx_now]
         if transforms[0] is not None:  # each member's augmentation from its own stream
             inputs = torch.stack([t(member_x) for t, member_x in zip(transforms, inputs, strict=True)])
         # members frozen before this step keep their buffers; none is, when the host knows all are alive
         before = None if all_alive else {name: b.clone() for name, b in own_buffers.items()}
         with runtime.autocast():
-            losses = pop.losses(inputs, y[idx])
+            losses = pop.losses(inputs, y[idx_now])
         grads = pop.member_grads(torch.autograd.grad(losses.sum(), leaves))
         finite = torch.isfinite(losses.detach())
         with torch.no_grad():
@@ -130,13 +136,31 @@ def fit_population(
                 for name, b in own_buffers.items():
                     frozen = (~alive).view(-1, *([1] * (b.dim() - 1)))
                     b.copy_(torch.where(frozen, before[name], b))
-            diverged_at = torch.where(alive & ~finite, step, diverged_at)
+            diverged_at.copy_(torch.where(alive & ~finite, step_now, diverged_at))
             for name, b in shared.items():  # a member's value after its last forward
-                held[name] = torch.where(alive, b, held[name])
-            alive = alive & finite
+                held[name].copy_(torch.where(alive, b, held[name]))
+            alive.logical_and_(finite)
             all_alive = device.type == "cpu" and bool(alive.all())
-            optimizer.step(grads, lr_table[step], alive, all_alive)
-            loss_sum += torch.where(alive, losses.detach(), 0.0)
+            optimizer.step(grads, lr_now, alive, all_alive)
+            loss_sum.add_(torch.where(alive, losses.detach(), 0.0))
+            step_now.add_(1)
+
+    run_step = train_step
+    bar = tqdm(total=total, unit="step", disable=not progress, file=sys.stderr, leave=False)
+    start = time.perf_counter()
+    for step in range(total):
+        idx_now.copy_(next(batches))
+        lr_now.copy_(lr_table[step])
+        run_step()
+        if captured and step == 0:  # the first step made the optimizer's state; the rest replay
+            state = [*pop.storage, *optimizer.tensors, alive, diverged_at, loss_sum, step_now, *held.values()]
+            try:
+                run_step = capture_step(train_step, state)
+            except RuntimeError as exc:  # an operation that cannot be captured: eager, unless insisted on
+                if runtime.cuda_graph:
+                    raise
+                log.warning("the training step could not be captured as a CUDA graph, runs eagerly: %s", exc)
+                captured = False
         since += 1
         done = step + 1
         if done % eval_every == 0 or done == total:
@@ -154,10 +178,26 @@ def fit_population(
     results = []
     for history, first_bad in zip(histories, diverged_at.tolist(), strict=True):
         if first_bad >= 0:
-            results.append(FitResult("diverged", first_bad, first_bad, history, elapsed, pop.form))
+            results.append(FitResult("diverged", first_bad, first_bad, history, elapsed, pop.form, captured))
         else:
-            results.append(FitResult("completed", total, None, history, elapsed, pop.form))
+            results.append(FitResult("completed", total, None, history, elapsed, pop.form, captured))
     return results
+
+
+def _captures(runtime: Runtime, cfg: DictConfig, augments: bool) -> bool:
+    """Whether the training step is captured as a CUDA graph (``runtime.cuda_graph``: ``None`` = where it
+    can be); ConfigError for ``true`` where it cannot."""
+    why = None
+    optim, augment = (getattr(v, "value", v) for v in (cfg.optim.name, cfg.task.augment))
+    if runtime.device.type != "cuda":
+        why = f"needs a CUDA device (runtime.device={runtime.device})"
+    elif optim != "sgd":
+        why = f"optim.name={optim}: only SGD's step is captured (AdamW's bias correction counts on the host)"
+    elif augments:
+        why = f"task.augment={augment}: augmentation draws from host generators each step"
+    if why is not None and runtime.cuda_graph:
+        raise ConfigError(f"runtime.cuda_graph=true: {why}")
+    return why is None and runtime.cuda_graph is not False
 
 
 def _lr_table(peaks: Sequence[float], total: int, schedule: str, warmup: int, device: torch.device) -> Tensor:

@@ -186,6 +186,10 @@ class WidePopulation(Population):
         return self.members
 
     @property
+    def storage(self) -> list[Tensor]:
+        return [*self.base.parameters(), *self.base.buffers()]
+
+    @property
     def leaves(self) -> list[Tensor]:
         return list(self.base.parameters())
 
