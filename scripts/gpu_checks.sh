@@ -44,7 +44,7 @@ step() {  # step GROUP SECONDS NAME COMMAND...: a step that fails or runs out of
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >> "$log" 2>&1
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" >> "$log" 2>&1
 
-step population 60 check_capture python3 scripts/check_capture.py --out "$out/capture_check_cuda.md"
+step population 90 check_capture python3 scripts/check_capture.py --out "$out/capture_check_cuda.md"
 step population 200 bench_population python3 scripts/bench_population.py --device cuda --members 32 128 512 \
   --steps 200 --rounds 1 --separate-members 4 --forms vmap wide wide:graph --out "$out/population_cuda.md"
 # one run (a population of one) per plugin in the same CNN training step, eager and captured

@@ -270,7 +270,7 @@ def train_population(
         plan = training_plan(cfg, len(data.x_train))
         record.update(planned_steps=plan.total, steps_per_epoch=plan.steps_per_epoch, lr=plan.lr)
         record_training(record, result)
-        record["env"]["population_form"] = result.population
+        record["env"].update(population_form=result.population, cuda_graph=result.captured)
     try:
         with runtime.autocast():  # every member at once; diverged members' values are dropped
             metrics = members_final_metrics(PopulationMembers(stack_population(models, form)), data, cfgs)
