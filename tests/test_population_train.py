@@ -267,10 +267,9 @@ def test_which_steps_are_captured_as_cuda_graphs(overrides, setting, captured, r
 
     cfg = compose_cfg(*overrides)
     runtime = Runtime(torch.device("cuda"), cuda_graph=setting)
-    augments = cfg.task.augment != "none"
     if refusal is None:
-        assert _captures(runtime, cfg, augments) is captured
+        assert _captures(runtime, cfg) is captured
     else:
         with pytest.raises(ConfigError, match=f"runtime.cuda_graph=true: {re.escape(refusal)}"):
-            _captures(runtime, cfg, augments)
-    assert _captures(Runtime(), cfg, augments) is False  # never on the CPU
+            _captures(runtime, cfg)
+    assert _captures(Runtime(), cfg) is False  # never on the CPU

@@ -29,7 +29,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from normbench.capture import capture_step
+from normbench.capture import capture_step, training_stream
 from normbench.config import ConfigError
 from normbench.population.evaluate import PopulationMembers
 from normbench.population.optim import PopulationOptimizer
@@ -78,6 +78,20 @@ def fit_population(
     trained model's parameters and buffers in it, and return each member's
     :class:`~normbench.train.FitResult` as its separate :func:`normbench.train.fit` would, with the
     population's form."""
+    captured = _captures(runtime, cfgs[0])
+    with training_stream(data.x_train.device, captured):
+        return _fit_population(cfgs, models, data, runtime, progress, form, captured)
+
+
+def _fit_population(
+    cfgs: Sequence[DictConfig],
+    models: Sequence[nn.Module],
+    data: Dataset,
+    runtime: Runtime,
+    progress: bool,
+    form: str,
+    captured: bool,
+) -> list[FitResult]:
     plans = [training_plan(cfg, len(data.x_train)) for cfg in cfgs]
     total, eval_every, per_epoch = plans[0].total, plans[0].eval_every, plans[0].steps_per_epoch
     device = data.x_train.device
@@ -100,7 +114,6 @@ def fit_population(
     streams = [batch_iterator(cfg, data, torch.Generator().manual_seed(cfg.seed)) for cfg in cfgs]
     batches = stacked_batches(streams, device, 1 if device.type == "cpu" else 256)
     transforms = [augmentation(cfg, device) for cfg in cfgs]
-    captured = _captures(runtime, first, transforms[0] is not None)
     alive = torch.ones(k, dtype=torch.bool, device=device)
     diverged_at = torch.full((k,), -1, dtype=torch.long, device=device)
     loss_sum = torch.zeros(k, device=device)
@@ -184,7 +197,7 @@ def fit_population(
     return results
 
 
-def _captures(runtime: Runtime, cfg: DictConfig, augments: bool) -> bool:
+def _captures(runtime: Runtime, cfg: DictConfig) -> bool:
     """Whether the training step is captured as a CUDA graph (``runtime.cuda_graph``: ``None`` = where it
     can be); ConfigError for ``true`` where it cannot."""
     why = None
@@ -193,7 +206,7 @@ def _captures(runtime: Runtime, cfg: DictConfig, augments: bool) -> bool:
         why = f"needs a CUDA device (runtime.device={runtime.device})"
     elif optim != "sgd":
         why = f"optim.name={optim}: only SGD's step is captured (AdamW's bias correction counts on the host)"
-    elif augments:
+    elif augment != "none":
         why = f"task.augment={augment}: augmentation draws from host generators each step"
     if why is not None and runtime.cuda_graph:
         raise ConfigError(f"runtime.cuda_graph=true: {why}")
