@@ -45,8 +45,12 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >> "$log" 2
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" >> "$log" 2>&1
 
 step population 90 check_capture python3 scripts/check_capture.py --out "$out/capture_check_cuda.md"
-step population 200 bench_population python3 scripts/bench_population.py --device cuda --members 32 128 512 \
-  --steps 200 --rounds 1 --separate-members 4 --forms vmap wide wide:graph --out "$out/population_cuda.md"
+# populations at K = 128 and 512 (captured wide step) and one run alone (a population of one, captured)
+# against separate eager runs; 1,000+ steps so that building 512 models does not dominate
+step population 150 bench_population python3 scripts/bench_population.py --device cuda --members 128 512 \
+  --steps 1000 --rounds 1 --separate-members 2 --forms wide:graph --out "$out/population_cuda.md"
+step population 90 bench_single python3 scripts/bench_population.py --device cuda --members 1 --steps 2000 \
+  --rounds 1 --forms auto:graph --out "$out/single_run_cuda.md"
 # one run (a population of one) per plugin in the same CNN training step, eager and captured
 step population 90 step_norms python3 scripts/bench_population.py --device cuda --tasks mnist1d_cnn --batch-sizes 32 \
   --members 1 --steps 300 --rounds 1 --forms auto auto:graph --norms $(python3 -c \
