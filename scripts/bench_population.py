@@ -87,57 +87,8 @@ def sync(runtime: Runtime) -> None:
         torch.cuda.synchronize(runtime.device)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", nargs="+", default=["mnist1d_mlp", "mnist1d_cnn"])
-    parser.add_argument("--norms", nargs="+", default=["batchnorm"])
-    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[2, 32])
-    parser.add_argument("--members", nargs="+", type=int, default=[16])
-    parser.add_argument("--steps", type=count, default=100)
-    parser.add_argument("--rounds", type=count, default=3)
-    parser.add_argument(
-        "--separate-members",
-        type=int,
-        default=0,
-        help="time only this many separate runs and scale to K (0: all K); for large K on a GPU",
-    )
-    forms = [f"{f}{g}" for f in ("auto", "wide", "vmap") for g in ("", ":graph")]
-    parser.add_argument("--forms", nargs="+", choices=forms, default=["wide", "vmap"])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
-    runtime = Runtime(resolve_device(args.device))
-    if runtime.device.type != "cuda" and any(f.endswith(":graph") for f in args.forms):
-        parser.error(f"--forms {' '.join(args.forms)}: ':graph' needs --device cuda")
-    torch.set_num_threads(1)
-    use_deterministic_kernels(runtime.device)  # as runs do
-    out = args.out or Path("reports/bench") / (
-        "population_cuda.md" if runtime.device.type == "cuda" else "population.md"
-    )
-    rows = []
-    for task, norm, bs, k in itertools.product(args.tasks, args.norms, args.batch_sizes, args.members):
-        cfgs = configs(task, norm, bs, k, args.steps, args.device)
-        data = prepare_data(cfgs[0], runtime)
-        on_device = data.to(runtime.device)
-        n_sep = args.separate_members or k
-        times: dict[str, list[tuple[float, float]]] = {name: [] for name in ("separate", *args.forms)}
-        for _ in range(args.rounds):
-            wall, loops = separate(cfgs[:n_sep], data, on_device, runtime)
-            times["separate"].append((wall * k / n_sep, loops * k / n_sep))
-            for form in args.forms:
-                times[form].append(population(cfgs, data, on_device, runtime, form))
-        rate = {name: k * args.steps / statistics.median(w for w, _ in t) for name, t in times.items()}
-        loop = {name: k * args.steps / statistics.median(x for _, x in t) for name, t in times.items()}
-        rows.append((task, norm, bs, k, rate, loop))
-        print(
-            f"{task} {norm} batch {bs} K={k}: "
-            + ", ".join(f"{name} {r:.0f}" for name, r in rate.items())
-            + " model-steps/s; "
-            + ", ".join(f"{f} {rate[f] / rate['separate']:.2f}x" for f in args.forms)
-            + "; training loops alone: "
-            + ", ".join(f"{name} {r:.0f}" for name, r in loop.items()),
-            flush=True,
-        )
+def write_report(out: Path, args: argparse.Namespace, runtime: Runtime, rows: list) -> None:
+    """The table of ``rows``, written after every row: a benchmark cut short keeps the rows it finished."""
     device = (
         torch.cuda.get_device_name(runtime.device)
         if runtime.device.type == "cuda"
@@ -177,6 +128,61 @@ def main() -> None:
         lines += ["", f"Separate runs: {args.separate_members} timed, scaled to K."]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", nargs="+", default=["mnist1d_mlp", "mnist1d_cnn"])
+    parser.add_argument("--norms", nargs="+", default=["batchnorm"])
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[2, 32])
+    parser.add_argument("--members", nargs="+", type=int, default=[16])
+    parser.add_argument("--steps", type=count, default=100)
+    parser.add_argument("--rounds", type=count, default=3)
+    parser.add_argument(
+        "--separate-members",
+        type=int,
+        default=0,
+        help="time only this many separate runs and scale to K (0: all K); for large K on a GPU",
+    )
+    forms = [f"{f}{g}" for f in ("auto", "wide", "vmap") for g in ("", ":graph")]
+    parser.add_argument("--forms", nargs="+", choices=forms, default=["wide", "vmap"])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    runtime = Runtime(resolve_device(args.device))
+    if runtime.device.type != "cuda" and any(f.endswith(":graph") for f in args.forms):
+        parser.error(f"--forms {' '.join(args.forms)}: ':graph' needs --device cuda")
+    torch.set_num_threads(1)
+    use_deterministic_kernels(runtime.device)  # as runs do
+    out = args.out or Path("reports/bench") / (
+        "population_cuda.md" if runtime.device.type == "cuda" else "population.md"
+    )
+    rows: list = []
+
+    for task, norm, bs, k in itertools.product(args.tasks, args.norms, args.batch_sizes, args.members):
+        cfgs = configs(task, norm, bs, k, args.steps, args.device)
+        data = prepare_data(cfgs[0], runtime)
+        on_device = data.to(runtime.device)
+        n_sep = args.separate_members or k
+        times: dict[str, list[tuple[float, float]]] = {name: [] for name in ("separate", *args.forms)}
+        for _ in range(args.rounds):
+            wall, loops = separate(cfgs[:n_sep], data, on_device, runtime)
+            times["separate"].append((wall * k / n_sep, loops * k / n_sep))
+            for form in args.forms:
+                times[form].append(population(cfgs, data, on_device, runtime, form))
+        rate = {name: k * args.steps / statistics.median(w for w, _ in t) for name, t in times.items()}
+        loop = {name: k * args.steps / statistics.median(x for _, x in t) for name, t in times.items()}
+        rows.append((task, norm, bs, k, rate, loop))
+        print(
+            f"{task} {norm} batch {bs} K={k}: "
+            + ", ".join(f"{name} {r:.0f}" for name, r in rate.items())
+            + " model-steps/s; "
+            + ", ".join(f"{f} {rate[f] / rate['separate']:.2f}x" for f in args.forms)
+            + "; training loops alone: "
+            + ", ".join(f"{name} {r:.0f}" for name, r in loop.items()),
+            flush=True,
+        )
+        write_report(out, args, runtime, rows)
     print(f"wrote {out}")
 
 

@@ -236,5 +236,8 @@ def test_the_population_benchmark_writes_one_row_per_setting(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     rows = [line for line in out.read_text().splitlines() if line.startswith("| mnist1d_mlp |")]
-    assert [r.split("|")[2:4] for r in rows] == [[" 2 ", " 2 "], [" 4 ", " 2 "]]
+    assert [r.split("|")[2:5] for r in rows] == [[" batchnorm ", " 2 ", " 2 "], [" batchnorm ", " 4 ", " 2 "]]
+    header = next(line for line in out.read_text().splitlines() if line.startswith("| task |"))
+    assert "| wide | wide speed-up | wide loop | vmap | vmap speed-up | vmap loop |" in header
+    assert all(len(r.split("|")) == len(header.split("|")) for r in rows)
     assert "Reproduce: `python scripts/bench_population.py --tasks mnist1d_mlp" in out.read_text()

@@ -188,3 +188,20 @@ class _OldStyle(nn.Module):
 def test_true_still_means_vmap_for_third_party_plugins():
     with registered_plugin("oldstyleplugin", _OldStyle, population=True) as name:
         assert norm_spec(name).population == "vmap"
+
+
+def test_a_wide_linear_under_bfloat16_autocast_matches_its_members_and_keeps_float32_gradients():
+    make, shape = ARCHS["mlp"]
+    models = _models(lambda: make("layernorm"))
+    pop = stack_population(copy.deepcopy(models), "wide")
+    x, y = torch.randn(K, *shape), torch.randint(0, 10, (K, shape[0]))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = pop.losses(x, y)
+        ref = torch.stack([nn.functional.cross_entropy(m(x[i]), y[i]) for i, m in enumerate(models)])
+    torch.testing.assert_close(losses.float(), ref.float(), rtol=2e-2, atol=2e-2)
+    grads = pop.member_grads(torch.autograd.grad(losses.sum(), pop.leaves))
+    ref.sum().backward()
+    for (name, p), g in zip(pop.params.items(), grads, strict=True):
+        assert g.dtype == p.dtype == torch.float32, name
+        for i, m in enumerate(models):
+            torch.testing.assert_close(g[i], m.get_parameter(name).grad, rtol=5e-2, atol=5e-2)

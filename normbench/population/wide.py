@@ -40,6 +40,35 @@ class NoWideForm(Exception):
     """A part of the model has no wide form; the message names it."""
 
 
+class _StackedLinear(torch.autograd.Function):
+    """``x[k] @ weight[k].T + bias[k]`` for each member k, with ``F.linear``'s backward per member: the
+    weight's gradient ``g.T @ x`` comes in the weight's own layout (autograd's backward of the batched
+    matmul would give it transposed, and a copy or a strided optimizer step per step)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        device = x.device.type
+        if torch.is_autocast_enabled(device):  # the autocast dtype, as F.linear would take it
+            dtype = torch.get_autocast_dtype(device)
+            x, weight = x.to(dtype), weight.to(dtype)
+            bias = None if bias is None else bias.to(dtype)
+        with torch.autocast(device, enabled=False):
+            wt = weight.transpose(1, 2)
+            y = torch.bmm(x, wt) if bias is None else torch.baddbmm(bias.unsqueeze(1), x, wt)
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return y
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        x, weight = ctx.saved_tensors
+        g = g.to(x.dtype)
+        gx = torch.bmm(g, weight) if ctx.needs_input_grad[0] else None
+        gw = torch.bmm(g.transpose(1, 2), x) if ctx.needs_input_grad[1] else None
+        gb = g.sum(1) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return gx, gw, gb
+
+
 class WideLinear(nn.Module):
     """K ``nn.Linear`` layers side by side: (N, K·in) → (N, K·out) in one ``torch.baddbmm``.
 
@@ -54,10 +83,7 @@ class WideLinear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         k, out, width = self.weight.shape
         members = x.reshape(x.shape[0], k, width).transpose(0, 1)  # (K, N, in)
-        if self.bias is None:
-            y = torch.bmm(members, self.weight.transpose(1, 2))
-        else:
-            y = torch.baddbmm(self.bias.unsqueeze(1), members, self.weight.transpose(1, 2))
+        y = _StackedLinear.apply(members, self.weight, self.bias)
         return y.transpose(0, 1).reshape(x.shape[0], k * out)
 
     def extra_repr(self) -> str:
@@ -194,9 +220,7 @@ class WidePopulation(Population):
         return list(self.base.parameters())
 
     def member_grads(self, grads: Sequence[Tensor]) -> list[Tensor]:
-        # a batched matmul's weight gradient comes transposed: one copy into the parameter's layout
-        # costs less than the optimizer's updates over mismatched strides
-        return [g.contiguous().view(p.shape) for g, p in zip(grads, self.params.values(), strict=True)]
+        return [g.view(p.shape) for g, p in zip(grads, self.params.values(), strict=True)]
 
     def forward(
         self, x: Tensor, shared_input: bool = False, buffers: dict[str, Tensor] | None = None
@@ -231,7 +255,7 @@ class WidePopulation(Population):
         """A no-op: the wide weights keep the members' layout, so every matmul runs with the
         transposition flags of the member's own ``F.linear`` (storing them as their gradients come
         changes the kernels' summation order, and float32 training amplifies that past 1e-5 within
-        120 steps); :meth:`member_grads` copies transposed gradients instead."""
+        120 steps); :class:`WideLinear`'s backward gives the weights' gradients in that layout."""
 
     def layer_sums(
         self, inputs: Tensor, names: Sequence[str], buffers: dict[str, Tensor]
