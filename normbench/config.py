@@ -243,15 +243,17 @@ def _at_least(low: float) -> Callable[[Any], bool]:
 
 # key -> (test, what is allowed). Every numeric setting that could otherwise fail mid-run, be silently
 # reinterpreted (a negative sample count as "all but"), or train on a nonsense value (lr = nan).
+MAX_THREADS = 256  # torch's thread pools crash (segfault) on some 10^5 threads
 VALUE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "batch_size": (_at_least(1), "an integer >= 1"),
     "seed": (lambda v: _finite(v) and 0 <= v < 2**62, "an integer in [0, 2^62)"),
-    "optim.lr": (lambda v: _finite(v) and v > 0, "a finite number > 0"),
+    # ranges a float32 model can use: a learning rate or scale past them overflows float32 at once
+    "optim.lr": (lambda v: _finite(v) and 0 < v <= 1e6, "a number in (0, 1e6]"),
     "optim.momentum": (lambda v: _finite(v) and 0 <= v < 1, "a number in [0, 1)"),
-    "optim.weight_decay": (_at_least(0), "a finite number >= 0"),
+    "optim.weight_decay": (lambda v: _finite(v) and 0 <= v <= 1e6, "a number in [0, 1e6]"),
     "optim.base_batch_size": (_at_least(1), "an integer >= 1"),
     "optim.warmup_steps": (_at_least(0), "an integer >= 0"),
-    "task.model.init_scale": (lambda v: _finite(v) and v > 0, "a finite number > 0"),
+    "task.model.init_scale": (lambda v: _finite(v) and 1e-30 <= v <= 1e30, "a number in [1e-30, 1e30]"),
     "task.model.latent": (_at_least(1), "an integer >= 1"),
     "train.epochs": (_at_least(1), "an integer >= 1"),
     "train.steps": (_at_least(1), "an integer >= 1"),
@@ -267,13 +269,13 @@ VALUE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "eval.precise_bn_samples": (_at_least(1), "an integer >= 1 (capped at the training set)"),
     "eval.precise_bn_batch_size": (_at_least(0), "an integer >= 1, or 0 for the run's batch size"),
     "eval.minibatch_samples": (_at_least(1), "an integer >= 1 (capped at the training set)"),
-    "runtime.threads": (_at_least(1), "an integer >= 1"),
+    "runtime.threads": (lambda v: _at_least(1)(v) and v <= MAX_THREADS, f"an integer in [1, {MAX_THREADS}]"),
     "task.model.width": (_at_least(1), "an integer >= 1"),
     "task.model.depth": (_at_least(1), "an integer >= 1"),
     "task.model.kernel_size": (_at_least(1), "an integer >= 1"),
     "task.model.heads": (_at_least(1), "an integer >= 1"),
     # options every plugin that has them means the same by (torch's names)
-    "norm.eps": (lambda v: _finite(v) and v > 0, "a finite number > 0"),
+    "norm.eps": (lambda v: _finite(v) and 1e-30 <= v <= 1e6, "a number in [1e-30, 1e6]"),
     "norm.momentum": (lambda v: v is None or (_finite(v) and 0 <= v <= 1), "a number in [0, 1] or null"),
 }
 

@@ -171,6 +171,8 @@ def read_json_file(path: Path, max_bytes: int = MAX_RECORD_BYTES) -> Any:
             return json.loads(f.read(max_bytes + 1), parse_constant=no_constant)
     except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise InvalidRecord(f"{path}: cannot read run record ({type(exc).__name__}: {exc})") from None
+    except RecursionError:  # nesting deeper than the parser's recursion limit
+        raise InvalidRecord(f"{path}: cannot read run record (JSON nested too deeply)") from None
 
 
 def _is_int(value: Any) -> bool:
@@ -187,9 +189,11 @@ def _is_number(value: Any) -> bool:
 
 def metric_problem(name: str, value: Any) -> str | None:
     """Why ``value`` is not a valid metric ``name`` (None if it is): finite numbers, booleans for
-    flags; errors (``*error*``) are fractions in [0, 1], the generalization gap in [-1, 1], losses ≥ 0."""
+    flags; errors (``*error*``) are fractions in [0, 1], the generalization gap in [-1, 1], losses ≥ 0
+    (numbers, never booleans: ``true`` is no error rate)."""
+    numeric = name == "generalization_gap" or "error" in name or "loss" in name
     if isinstance(value, bool):
-        return None
+        return f"metric {name}={json.dumps(value)} is a boolean, not a number" if numeric else None
     if not _is_number(value):
         return f"metric {name}={value!r} is not a finite number"
     if name == "generalization_gap":

@@ -106,6 +106,11 @@ class ResumingSweeper(Sweeper):
         self.config: DictConfig | None = None
 
     def setup(self, *, hydra_context: Any, task_function: Any, config: DictConfig) -> None:
+        n_jobs = OmegaConf.select(config, "hydra.launcher.n_jobs", default=None)
+        if n_jobs is not None and (not isinstance(n_jobs, int) or isinstance(n_jobs, bool) or n_jobs == 0):
+            raise ConfigError(
+                f"hydra.launcher.n_jobs={n_jobs}: must be an integer >= 1 (or, for joblib, -N: all cores but N-1)"
+            )
         self._grid.setup(hydra_context=hydra_context, task_function=task_function, config=config)
         self.config = config
         self.hydra_context = hydra_context

@@ -146,6 +146,8 @@ BAD_RECORDS = {
     "batch_size_400_digits": lambda r: {**r, "config": {**r["config"], "batch_size": int("9" * 400)}},
     "error_above_one": lambda r: {**r, "metrics": {**r["metrics"], "test_error": 1.5}},
     "unknown_status": lambda r: {**r, "status": "done"},
+    "error_boolean": lambda r: {**r, "metrics": {**r["metrics"], "test_error": True}},
+    "history_loss_boolean": lambda r: {**r, "history": [{**r["history"][0], "train_loss": False}]},
 }
 BAD_TEXTS = {  # JSON literals Python's json accepts but a record must not hold
     "nan": '"test_error": NaN',
@@ -178,6 +180,12 @@ def test_report_skips_each_bad_file_once_with_its_reason(tmp_path, good_record, 
     (sweep / "huge").mkdir()
     with open(sweep / "huge" / RESULT_FILE, "wb") as f:
         f.truncate(17 * 2**20)
+    (sweep / "nested").mkdir()  # ~200 KB of [[[...]]]: deeper than the parser's recursion limit
+    (sweep / "nested" / RESULT_FILE).write_text("[" * 100_000 + "]" * 100_000)
+    (sweep / "dangling").mkdir()
+    (sweep / "dangling" / RESULT_FILE).symlink_to(tmp_path / "nowhere.json")
+    (sweep / "selfloop").mkdir()
+    (sweep / "selfloop" / RESULT_FILE).symlink_to(RESULT_FILE)
     proc = subprocess.run(
         [str(Path(sys.executable).parent / "normbench-report"), str(sweep), "--out", str(tmp_path / "out")],
         capture_output=True,
@@ -185,7 +193,7 @@ def test_report_skips_each_bad_file_once_with_its_reason(tmp_path, good_record, 
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
-    bad = [*BAD_RECORDS, *BAD_TEXTS, "devzero", "fifo", "huge"]
+    bad = [*BAD_RECORDS, *BAD_TEXTS, "devzero", "fifo", "huge", "nested", "dangling", "selfloop"]
     for name in bad:  # one warning per file, naming it
         assert proc.stderr.count(str(sweep / name / RESULT_FILE)) == 1, name
     reasons = {
@@ -202,6 +210,11 @@ def test_report_skips_each_bad_file_once_with_its_reason(tmp_path, good_record, 
         "devzero": "not a regular file",
         "fifo": "not a regular file",
         "huge": "bytes, more than the",
+        "error_boolean": "metric test_error=true is a boolean, not a number",
+        "history_loss_boolean": "history: metric train_loss=false is a boolean, not a number",
+        "nested": "JSON nested too deeply",
+        "dangling": "No such file or directory",
+        "selfloop": "Too many levels of symbolic links",
     }
     for name, reason in reasons.items():
         line = next(line for line in proc.stderr.splitlines() if f"/{name}/" in line)
@@ -321,3 +334,16 @@ def test_evonorm_b0_running_variance_gets_precise_bn(tmp_path):
     record = execute(cfg, tmp_path)
     assert {"test_error_precise_bn", "running_var_rel_l2"} <= set(record["metrics"])
     assert "running_mean_rel_l2" not in record["metrics"]
+
+
+def test_a_hostile_result_file_in_a_finished_sweep_is_retrained_not_a_crash(tmp_path):
+    """A deeply nested JSON file in place of one run's result.json: the rerun trains that run again
+    (the file holds no result) and skips the others."""
+    args = ("-m", "norm=identity", "seed=0,1", *STEPS, f"sweep.root={tmp_path}")
+    assert normbench_run(*args, cwd=tmp_path).returncode == 0
+    victim, other = sorted((tmp_path / "default").glob(f"*/{RESULT_FILE}"))
+    victim.write_text("[" * 100_000 + "]" * 100_000)
+    proc = normbench_run(*args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "2 runs: 1 completed, 0 diverged, 0 failed, 1 skipped" in proc.stdout
+    assert load_run(victim)["status"] == "completed" and load_run(other)["status"] == "completed"

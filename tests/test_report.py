@@ -256,3 +256,14 @@ def test_benchmark_scripts_refuse_a_bad_count_or_revision_before_any_work(tmp_pa
         f"not a commit of this repository ({ROOT})" if option == "--baseline" else "must be an integer >= 1"
     )
     assert proc.stderr.strip().splitlines()[-1] == f"{script}.py: error: argument {option}: {value}: {reason}"
+
+
+@pytest.mark.parametrize("value", ["-3", "0", "two"])
+def test_report_refuses_a_reference_batch_that_is_no_batch_size(tmp_path, value):
+    out = tmp_path / "out"
+    command = [str(Path(sys.executable).parent / "normbench-report"), str(tmp_path), "--out", str(out)]
+    proc = subprocess.run([*command, "--reference-batch", value], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2 and not out.exists()
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"normbench-report: error: argument --reference-batch: {value}: must be a batch size, an integer >= 1"
+    )

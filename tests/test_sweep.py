@@ -97,9 +97,10 @@ def test_submitit_local_launcher(tmp_path):
     [
         ("norm=batchnorm,foo", "norm=foo: unknown norm"),
         ("batch_size=8,abc", "batch_size=abc: Value 'abc' of type 'str' could not be converted to Integer"),
-        ("optim.lr=0.05,-1", "optim.lr=-1.0: must be a finite number > 0 (sweep job optim.lr=-1 "),
-        ("optim.lr=0.05,nan", "optim.lr=nan: must be a finite number > 0 (sweep job optim.lr=nan "),
+        ("optim.lr=0.05,-1", "optim.lr=-1.0: must be a number in (0, 1e6] (sweep job optim.lr=-1 "),
+        ("optim.lr=0.05,nan", "optim.lr=nan: must be a number in (0, 1e6] (sweep job optim.lr=nan "),
         ("eval.precise_bn_samples=10,0", "eval.precise_bn_samples=0: must be an integer >= 1"),
+        ("hydra.launcher.n_jobs=0", "hydra.launcher.n_jobs=0: must be an integer >= 1 (or, for joblib"),
     ],
 )
 def test_bad_value_anywhere_in_the_grid_stops_the_sweep_before_any_job(tmp_path, override, message):

@@ -77,12 +77,19 @@ def _row(record: dict[str, Any], path: Path, with_history: bool) -> dict[str, An
 
 
 def find_records(dirs: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """Every entry named ``result.json`` under ``dirs``, symbolic links included even when broken (so
+    that reading them can say why they are skipped); linked folders are not entered."""
     paths: set[Path] = set()
     for d in dirs:
         root = Path(d)
         if not root.exists():
             raise FileNotFoundError(f"sweep folder {root} does not exist")
-        paths.update(root.rglob(RESULT_FILE) if root.is_dir() else [root])
+        if not root.is_dir():
+            paths.add(root)
+            continue
+        for folder, subdirs, files in os.walk(root):
+            if RESULT_FILE in files or RESULT_FILE in subdirs:
+                paths.add(Path(folder) / RESULT_FILE)
     return sorted(paths)
 
 
