@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -48,19 +49,28 @@ BAD_OUTCOMES = ("failed", "config_error", "unfinished")
 HASH_SUBDIR = "${normbench_hash:}"  # conf/config.yaml: job folders named by the config hash
 
 
+# Which sweep a job belongs to: set by the sweeper before it launches anything; jobs (in its process or
+# in the worker processes it starts) stamp their visit markers with it, so that two sweeps sharing a
+# folder each count only their own jobs' visits.
+SWEEP_TOKEN = "NORMBENCH_SWEEP_TOKEN"
+
+
 def mark_visit(out_dir: Path, outcome: str, log_file: str | None = None, error: str | None = None) -> None:
     """Record what this invocation did with a job folder (read by :class:`ResumingSweeper`)."""
     visit = {"outcome": outcome, "time": time.time(), "log": log_file, "error": error}
-    write_json_atomic(out_dir / VISIT_FILE, visit)
+    write_json_atomic(out_dir / VISIT_FILE, {**visit, "sweep": os.environ.get(SWEEP_TOKEN)})
 
 
-def read_visit(folder: Path, since: float) -> dict[str, Any] | None:
-    """The visit marker a job left in ``folder`` at or after ``since`` (None if there is none)."""
+def read_visit(folder: Path, since: float, sweep: str | None = None) -> dict[str, Any] | None:
+    """The visit marker a job of the sweep ``sweep`` left in ``folder`` at or after ``since`` (None if
+    there is none: another sweep's visit is none of this one's)."""
     try:
         visit = read_json_file(folder / VISIT_FILE)
     except ValueError:
         return None
     if not isinstance(visit, dict) or visit.get("outcome") not in OUTCOMES:
+        return None
+    if sweep is not None and visit.get("sweep") != sweep:
         return None
     return visit if visit.get("time", 0) >= since else None
 
@@ -176,6 +186,7 @@ class ResumingSweeper(Sweeper):
     def sweep(self, arguments: list[str]) -> list[JobReturn]:
         assert self.config is not None
         started = time.time()
+        token = os.environ[SWEEP_TOKEN] = f"{os.getpid()}-{time.time_ns()}"
         sweep_dir = Path(self.config.hydra.sweep.dir)
         name = self.config.hydra.sweep.dir
         jobs = self._jobs(arguments)
@@ -199,7 +210,7 @@ class ResumingSweeper(Sweeper):
                 break
         visits = [{"outcome": "skipped", "dir": str(j.folder)} for j in skipped]
         for i, job in enumerate(pending):
-            visits.append(self._outcome(job, returns[i] if i < len(returns) else None, started))
+            visits.append(self._outcome(job, returns[i] if i < len(returns) else None, started, token))
         summary = summarize(name, visits)
         print(summary, flush=True)
         (sweep_dir / "summary.txt").write_text(summary + "\n")
@@ -208,11 +219,11 @@ class ResumingSweeper(Sweeper):
         return returns
 
     @staticmethod
-    def _outcome(job: Job, ret: JobReturn | None, since: float) -> dict[str, Any]:
+    def _outcome(job: Job, ret: JobReturn | None, since: float, sweep: str | None = None) -> dict[str, Any]:
         folder = job.folder
         if folder is None and ret is not None and ret.working_dir:
             folder = Path(ret.working_dir)
-        visit = read_visit(folder, since) if folder is not None else None
+        visit = read_visit(folder, since, sweep) if folder is not None else None
         if visit is not None:
             return {**visit, "dir": str(folder)}
         if ret is not None and ret.status == JobStatus.FAILED:

@@ -163,6 +163,9 @@ def test_parallel_groups_a_grown_grid_and_a_folder_held_elsewhere(tmp_path):
     assert first.returncode == 0, first.stderr
     assert "4 runs: 4 completed" in first.stdout
     old = records(tmp_path / "sw" / "default")
+    for folder in old:  # the workers log into each member's own log file
+        log = (tmp_path / "sw" / "default" / folder / "normbench.log").read_text()
+        assert "population of 2 members" in log and "completed: " in log, log
     held = compose_cfg("norm=groupnorm", "seed=2", *STEPS)
     from normbench.run import run_identity
 
@@ -187,6 +190,12 @@ def test_bad_launcher_options_are_one_line_errors(tmp_path):
     )
     assert proc.returncode != 0
     assert "hydra.launcher.max_members=0: must be an integer >= 1" in proc.stderr
+    assert not list(tmp_path.glob("multirun/**/result.json"))
+    proc = normbench_run(
+        "-m", "seed=0,1", *STEPS, "hydra/launcher=population", "hydra.launcher.form=fast", cwd=tmp_path
+    )
+    assert proc.returncode != 0
+    assert "hydra.launcher.form=fast: allowed are auto, wide, vmap" in proc.stderr
     assert not list(tmp_path.glob("multirun/**/result.json"))
 
 

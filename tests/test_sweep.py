@@ -132,3 +132,19 @@ def test_hash_ignores_paths_and_runtime_settings():
     identity = run_identity(compose_cfg(*QUICK))[0]
     assert "runtime" not in identity and "sweep" not in identity
     assert json.dumps(identity, sort_keys=True)  # plain JSON: enums as strings
+
+
+def test_a_sweep_counts_only_its_own_jobs_visits(tmp_path, monkeypatch):
+    """Two sweeps sharing a folder: the visit marker another sweep's job left there (it trained the
+    run) is not this sweep's: here the run counts as finished elsewhere, skipped."""
+    from normbench.run import execute, run_identity
+    from normbench.sweep import SWEEP_TOKEN, Job, ResumingSweeper, mark_visit
+
+    cfg = compose_cfg("norm=identity", *STEPS)
+    folder = tmp_path / "run"
+    execute(cfg, folder)
+    monkeypatch.setenv(SWEEP_TOKEN, "sweep-a")
+    mark_visit(folder, "completed")
+    job = Job([], folder, run_identity(cfg)[1], False)
+    assert ResumingSweeper._outcome(job, None, 0.0, "sweep-a")["outcome"] == "completed"
+    assert ResumingSweeper._outcome(job, None, 0.0, "sweep-b")["outcome"] == "skipped"

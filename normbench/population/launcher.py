@@ -151,6 +151,8 @@ def train_group(group: Sequence[Member], form: str = "auto") -> None:
     """Train one group (a population, or one run alone) and leave each member's result and visit."""
     handlers = [logging.FileHandler(m.log_file) for m in group]
     root = logging.getLogger()
+    level = root.level  # a joblib worker's root logger starts at WARNING: the members' logs need INFO
+    root.setLevel(min(level, logging.INFO) if level else logging.INFO)
     for h in handlers:
         h.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
         root.addHandler(h)
@@ -160,6 +162,7 @@ def train_group(group: Sequence[Member], form: str = "auto") -> None:
         for h in handlers:
             root.removeHandler(h)
             h.close()
+        root.setLevel(level)
 
 
 def _train_group(group: Sequence[Member], form: str) -> None:
