@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import io
 import pickle
+import re
+import socket
 import sys
 import tarfile
 import types
@@ -36,7 +38,7 @@ def _raw_binary(folder: Path, files, label_bytes: int) -> tuple[np.ndarray, np.n
 
 @pytest.mark.parametrize("name, version", [("cifar10", 0), ("cifar100", 0)])
 def test_binary_version_is_read_record_by_record(tmp_path, name, version):
-    write_fixture(tmp_path, name, 37, 11)
+    write_fixture(tmp_path, name, 40, 11)
     spec = cifar.SPECS[name]
     v = spec.versions[version]
     data = load_cifar(name, tmp_path)
@@ -48,7 +50,7 @@ def test_binary_version_is_read_record_by_record(tmp_path, name, version):
     np.testing.assert_allclose(data.x_train.numpy(), (pixels - mean) / std, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(data.x_test.numpy(), (test_x / 255.0 - mean) / std, rtol=1e-5, atol=1e-5)
     assert data.y_train.tolist() == raw_y.tolist() and data.y_test.tolist() == test_y.tolist()
-    assert data.x_train.shape == (37, 3, 32, 32) and data.num_classes == spec.num_classes
+    assert data.x_train.shape == (40, 3, 32, 32) and data.num_classes == spec.num_classes
     assert data.x_train.dtype == torch.float32 and data.y_train.dtype == torch.long
 
 
@@ -276,3 +278,113 @@ def test_cifar_study_preset_runs_on_the_fixture_and_selects_on_validation(fixtur
     assert report.count("No claim of this section has runs in all of its cells.") == 3
     selection = pd.read_csv(tmp_path / "out" / "selection.csv")
     assert len(selection) == 8 and selection["chosen"].sum() == 4  # 2 norms x 2 batch sizes, 2 lrs each
+
+
+def _python_batch(path, data, labels) -> None:
+    path.write_bytes(pickle.dumps({b"data": data, b"labels": labels, b"batch_label": b"x"}))
+
+
+def _empty(folder):
+    (folder / "data_batch_2.bin").write_bytes(b"")
+
+
+def _cut_at_a_record(folder):
+    blob = (folder / "data_batch_3.bin").read_bytes()
+    (folder / "data_batch_3.bin").write_bytes(blob[: 3073 * 2])
+
+
+def _label_out_of_range(folder):
+    blob = bytearray((folder / "test_batch.bin").read_bytes())
+    blob[3073] = 10  # the second record's label: CIFAR-10 has classes 0..9
+    (folder / "test_batch.bin").write_bytes(bytes(blob))
+
+
+@pytest.mark.parametrize(
+    "corrupt, file, message",
+    [
+        (_empty, "data_batch_2.bin", "data_batch_2.bin: holds no records"),
+        (_cut_at_a_record, "cifar-10-batches-bin", "data_batch_3.bin: 2,"),
+        (_label_out_of_range, "test_batch.bin", "labels must be in [0, 10), found "),
+    ],
+)
+def test_a_damaged_binary_file_is_refused_naming_the_file(tmp_path, corrupt, file, message):
+    write_fixture(tmp_path, "cifar10", 40, 10)
+    corrupt(tmp_path / "cifar-10-batches-bin")
+    with pytest.raises(ValueError) as exc:
+        load_cifar("cifar10", tmp_path)
+    assert file in str(exc.value) and message in str(exc.value)
+
+
+@pytest.mark.parametrize(
+    "data, labels, message",
+    [
+        (
+            np.full((8, 3072), 300, dtype=np.int64),
+            list(range(8)),
+            "pixel values must be in [0, 255], found 300..300",
+        ),
+        (
+            np.zeros((8, 3072), dtype=np.uint8),
+            [0, 1, 2, -1, 4, 5, 6, 7],
+            "labels must be in [0, 10), found -1..7",
+        ),
+        (np.zeros((8, 3072), dtype=np.uint8), list(range(7)), "7 labels for 8 images"),
+        (
+            np.zeros((8, 3000), dtype=np.uint8),
+            list(range(8)),
+            "24000 pixel values are not whole 3072-pixel images",
+        ),
+        (np.zeros((8, 3072), dtype=np.float32), list(range(8)), "pixels and labels must be integers"),
+    ],
+)
+def test_a_damaged_python_file_is_refused_naming_the_file(tmp_path, data, labels, message):
+    write_fixture(tmp_path, "cifar10", 40, 10, binary=False)
+    _python_batch(tmp_path / "cifar-10-batches-py" / "test_batch", data, labels)
+    with pytest.raises(ValueError) as exc:
+        load_cifar("cifar10", tmp_path)
+    assert "test_batch: " in str(exc.value) and message in str(exc.value)
+
+
+def test_a_damaged_file_is_one_line_before_any_training(tmp_path):
+    write_fixture(tmp_path / "data", "cifar10", 40, 10)
+    _empty(tmp_path / "data" / "cifar-10-batches-bin")
+    proc = normbench_run(
+        "task=cifar10_resnet20", f"data.root={tmp_path / 'data'}", *QUICK, "hydra.run.dir=out", cwd=tmp_path
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"normbench-run: error: task.dataset=cifar10: {tmp_path / 'data' / 'cifar-10-batches-bin' / 'data_batch_2.bin'}: holds no records"
+    ]
+    assert not (tmp_path / "out" / "result.json").exists()
+
+
+def test_a_download_that_never_answers_times_out_and_leaves_nothing(tmp_path, monkeypatch):
+    """A server on the loopback that accepts the connection and never answers: the download fails
+    within the timeout, naming the URL, and no temporary folder stays under the data root."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    url = f"http://127.0.0.1:{server.getsockname()[1]}/cifar-10-binary.tar.gz"
+    spec = cifar.SPECS["cifar10"]
+    monkeypatch.setitem(
+        cifar.SPECS, "cifar10", cifar.CifarSpec(spec.name, 10, spec.versions, url, spec.md5, 1)
+    )
+    monkeypatch.setattr(cifar, "DOWNLOAD_TIMEOUT_S", 0.5)
+    root = tmp_path / "root"
+    try:
+        with pytest.raises(OSError, match=f"downloading CIFAR-10 from {re.escape(url)} failed: .*timed out"):
+            load_cifar("cifar10", root, fetch=True)
+    finally:
+        server.close()
+    assert list(root.iterdir()) == []
+
+
+def test_a_download_without_a_network_says_so_in_one_line(tmp_path, monkeypatch):
+    url = "http://127.0.0.1:9/cifar-10-binary.tar.gz"  # the discard port: nothing listens there
+    spec = cifar.SPECS["cifar10"]
+    monkeypatch.setitem(
+        cifar.SPECS, "cifar10", cifar.CifarSpec(spec.name, 10, spec.versions, url, spec.md5, 1)
+    )
+    with pytest.raises(OSError, match=f"downloading CIFAR-10 from {re.escape(url)} failed: .*refused"):
+        load_cifar("cifar10", tmp_path / "root", fetch=True)
+    assert list((tmp_path / "root").iterdir()) == []

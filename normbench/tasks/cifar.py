@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 PIXELS = 3 * 32 * 32
+DOWNLOAD_TIMEOUT_S = 60.0  # a connection silent this long (connecting, or between reads) fails the download
 
 
 @dataclass(frozen=True)
@@ -127,8 +128,14 @@ def _read_python(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
         batch = RestrictedUnpickler(f, encoding="bytes").load()
     if not isinstance(batch, dict) or b"data" not in batch or label_key not in batch:
         raise ValueError(f"{path}: not a CIFAR python-version batch (no {label_key!r} and b'data')")
-    data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, PIXELS)
-    return data, np.asarray(batch[label_key], dtype=np.int64)
+    data, labels = np.asarray(batch[b"data"]), np.asarray(batch[label_key])
+    if data.dtype.kind not in "ui" or labels.dtype.kind not in "ui":
+        raise ValueError(f"{path}: pixels and labels must be integers, not {data.dtype} and {labels.dtype}")
+    if data.size % PIXELS:
+        raise ValueError(f"{path}: {data.size} pixel values are not whole {PIXELS}-pixel images")
+    if data.size and not 0 <= data.min() <= data.max() <= 255:  # uint8 would wrap them silently
+        raise ValueError(f"{path}: pixel values must be in [0, 255], found {data.min()}..{data.max()}")
+    return data.astype(np.uint8).reshape(-1, PIXELS), labels.astype(np.int64)
 
 
 def _read_binary(path: Path, label_bytes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -140,13 +147,39 @@ def _read_binary(path: Path, label_bytes: int) -> tuple[np.ndarray, np.ndarray]:
     return records[:, label_bytes:], records[:, label_bytes - 1].astype(np.int64)  # the last label byte
 
 
-def _read(folder: Path, version: CifarVersion, files: tuple[str, ...]) -> tuple[Tensor, Tensor]:
+def _checked(path: Path, x: np.ndarray, y: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """``path``'s images and labels, if they can be a CIFAR file's: records there, as many labels as
+    images, every label a class."""
+    if len(x) == 0:
+        raise ValueError(f"{path}: holds no records")
+    if y.shape != (len(x),):
+        raise ValueError(f"{path}: {y.size} labels for {len(x)} images")
+    if not 0 <= y.min() <= y.max() < num_classes:
+        raise ValueError(f"{path}: labels must be in [0, {num_classes}), found {y.min()}..{y.max()}")
+    return x, y
+
+
+def _read(
+    folder: Path, version: CifarVersion, files: tuple[str, ...], num_classes: int
+) -> tuple[Tensor, Tensor]:
     parts = [
-        _read_binary(folder / f, version.label_bytes)
-        if version.binary
-        else _read_python(folder / f, version.label_key)
+        _checked(
+            folder / f,
+            *(
+                _read_binary(folder / f, version.label_bytes)
+                if version.binary
+                else _read_python(folder / f, version.label_key)
+            ),
+            num_classes,
+        )
         for f in files
     ]
+    sizes = {f: len(p[0]) for f, p in zip(files, parts, strict=True)}
+    if len(set(sizes.values())) > 1:  # the official files of a split hold equal numbers of records
+        counts = ", ".join(f"{f}: {n}" for f, n in sizes.items())
+        raise ValueError(
+            f"{folder}: its files hold different numbers of records ({counts}): one was cut or replaced"
+        )
     x = np.concatenate([p[0] for p in parts]).reshape(-1, 3, 32, 32)
     y = np.concatenate([p[1] for p in parts])
     return torch.from_numpy(x.copy()), torch.from_numpy(y)
@@ -162,12 +195,20 @@ def find_version(root: Path, spec: CifarSpec) -> tuple[Path, CifarVersion] | Non
 
 def download(spec: CifarSpec, root: Path) -> None:
     """Fetch ``spec``'s official archive into ``root``, verify its MD5, extract it. Nothing is left
-    under ``root`` if the checksum or the archive is bad."""
+    under ``root`` if the download fails (no answer within ``DOWNLOAD_TIMEOUT_S``, no network), the
+    checksum or the archive is bad."""
     root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=root) as tmp:
         archive = Path(tmp) / Path(spec.url).name
-        with urllib.request.urlopen(spec.url) as response, archive.open("wb") as out:
-            shutil.copyfileobj(response, out)
+        try:
+            with (
+                urllib.request.urlopen(spec.url, timeout=DOWNLOAD_TIMEOUT_S) as response,
+                archive.open("wb") as out,
+            ):
+                shutil.copyfileobj(response, out)
+        except (OSError, ValueError) as exc:  # URLError, timeouts, refused or reset connections
+            reason = getattr(exc, "reason", None) or exc
+            raise OSError(f"downloading {spec.name} from {spec.url} failed: {reason}") from None
         digest = hashlib.md5(archive.read_bytes()).hexdigest()
         if digest != spec.md5:
             raise ValueError(
@@ -200,8 +241,8 @@ def load_cifar(name: str, root: str | Path | None = None, fetch: bool = False):
             f"({spec.size_mb} MB), or data.root / $NORMBENCH_DATA to where it is"
         )
     folder, version = found
-    x_train, y_train = _read(folder, version, version.train)
-    x_test, y_test = _read(folder, version, version.test)
+    x_train, y_train = _read(folder, version, version.train, spec.num_classes)
+    x_test, y_test = _read(folder, version, version.test, spec.num_classes)
     pixels = x_train.to(torch.float32) / 255
     mean = pixels.mean(dim=(0, 2, 3), keepdim=True)
     std = pixels.std(dim=(0, 2, 3), keepdim=True)
@@ -239,7 +280,8 @@ def write_fixture(
     root: Path, name: str, n_train: int, n_test: int, seed: int = 0, binary: bool = True
 ) -> None:
     """A small dataset in CIFAR's own on-disk format (for tests and offline demos): random images whose
-    class is readable from the mean brightness of one colour channel."""
+    class is readable from the mean brightness of one colour channel. Like the official files, the
+    files of a split hold equal numbers of records: ``n_train`` is rounded up to a multiple of them."""
     spec = SPECS[name]
     version = next(v for v in spec.versions if v.binary == binary)
     folder = root / version.folder
@@ -253,8 +295,8 @@ def write_fixture(
         return x.clip(0, 255).astype(np.uint8).reshape(n, PIXELS), y
 
     for files, count in ((version.train, n_train), (version.test, n_test)):
-        per_file = [count // len(files) + (i < count % len(files)) for i in range(len(files))]
-        for f, k in zip(files, per_file, strict=True):
+        for f in files:
+            k = -(-count // len(files))
             x, y = batch(k)
             if binary:
                 labels = np.stack([y // 5, y] if version.label_bytes == 2 else [y], axis=1).astype(np.uint8)
