@@ -6,6 +6,7 @@ import difflib
 import logging
 import os
 import shutil
+import signal
 import sys
 from contextlib import ExitStack
 from pathlib import Path
@@ -173,11 +174,28 @@ def _key_hint(full_key: str) -> str:
     return f"; did you mean {f'{parent}.' if parent else ''}{close[0]}?" if close else ""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised wherever the process is, as Ctrl-C raises KeyboardInterrupt: the same clean
+    stop (a sweep writes its summary; run locks go with the process)."""
+
+    signum = signal.SIGTERM
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 def run() -> None:
     """``normbench-run``: train one run (or a sweep with ``-m``). Configuration errors print one line
-    and exit 2 (set HYDRA_FULL_ERROR=1 for Hydra's own report)."""
+    and exit 2 (set HYDRA_FULL_ERROR=1 for Hydra's own report); SIGINT and SIGTERM stop it with one
+    line and exit 130 or 143, keeping every finished run (the same command resumes the rest)."""
     full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing; we print one line
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    # joblib's resource tracker (a process of its own) warns about the semaphores of workers that a
+    # signal stopped; the stop is reported in one line here instead
+    filters = [f for f in os.environ.get("PYTHONWARNINGS", "").split(",") if f]
+    os.environ["PYTHONWARNINGS"] = ",".join([*filters, "ignore:resource_tracker:UserWarning"])
     try:
         _main()
     except (HydraException, OmegaConfBaseException, ConfigError) as exc:
@@ -185,6 +203,16 @@ def run() -> None:
             raise
         print(f"normbench-run: error: {_one_line(exc)}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        print(
+            f"normbench-run: stopped by {signal.Signals(signum).name}: finished runs are kept, "
+            "the same command resumes the rest",
+            file=sys.stderr,
+        )
+        sys.exit(128 + signum)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def report(argv: list[str] | None = None) -> None:

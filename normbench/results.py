@@ -99,14 +99,14 @@ def finite_or_none(value: Any) -> Any:
     return value
 
 
-def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
-    """Write ``data`` as JSON so readers see the old file or the complete new one, never a part.
-    Non-finite floats are written as null; the file gets the mode a plain ``open`` would give."""
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` so readers see the old file or the complete new one, never a part; the file gets
+    the mode a plain ``open`` would give."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(finite_or_none(data), f, indent=2, sort_keys=False, allow_nan=False, default=str)
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, FILE_MODE)
@@ -114,6 +114,12 @@ def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
+    """Write ``data`` as JSON atomically (:func:`write_text_atomic`); non-finite floats as null."""
+    text = json.dumps(finite_or_none(data), indent=2, sort_keys=False, allow_nan=False, default=str)
+    write_text_atomic(path, text)
 
 
 def remove_stale_temporaries(folder: Path) -> list[Path]:

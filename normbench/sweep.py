@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
 from normbench.config import ConfigError, check_values
-from normbench.results import is_locked, read_json_file, write_json_atomic
+from normbench.results import is_locked, read_json_file, write_json_atomic, write_text_atomic
 from normbench.run import previous_result, run_identity
 
 log = logging.getLogger(__name__)
@@ -44,8 +44,9 @@ OUTCOMES = (
     "config_error",
     "running_elsewhere",
     "unfinished",
+    "interrupted",
 )
-BAD_OUTCOMES = ("failed", "config_error", "unfinished")
+BAD_OUTCOMES = ("failed", "config_error", "unfinished", "interrupted")
 HASH_SUBDIR = "${normbench_hash:}"  # conf/config.yaml: job folders named by the config hash
 
 
@@ -58,7 +59,10 @@ SWEEP_TOKEN = "NORMBENCH_SWEEP_TOKEN"
 def mark_visit(out_dir: Path, outcome: str, log_file: str | None = None, error: str | None = None) -> None:
     """Record what this invocation did with a job folder (read by :class:`ResumingSweeper`)."""
     visit = {"outcome": outcome, "time": time.time(), "log": log_file, "error": error}
-    write_json_atomic(out_dir / VISIT_FILE, {**visit, "sweep": os.environ.get(SWEEP_TOKEN)})
+    try:
+        write_json_atomic(out_dir / VISIT_FILE, {**visit, "sweep": os.environ.get(SWEEP_TOKEN)})
+    except OSError as exc:  # a full or read-only disk: the run's own result is what counts
+        log.error("could not write %s (%s): %s", out_dir / VISIT_FILE, outcome, exc.strerror or exc)
 
 
 def read_visit(folder: Path, since: float, sweep: str | None = None) -> dict[str, Any] | None:
@@ -88,9 +92,18 @@ def summarize(name: str, visits: list[dict[str, Any]]) -> str:
             )
         elif v["outcome"] == "config_error":
             lines.append(f"  configuration error ({v['dir']}): {v.get('error')}")
-        elif v["outcome"] in ("unfinished", "running_elsewhere"):
+        elif v["outcome"] in ("unfinished", "running_elsewhere", "interrupted"):
             lines.append(f"  {v['outcome'].replace('_', ' ')}: {v['dir']}")
     return "\n".join(lines)
+
+
+def write_summary(sweep_dir: Path, summary: str) -> None:
+    """``summary.txt``, or one line saying why it could not be written (a read-only or full disk must
+    not turn the end of a sweep into a traceback)."""
+    try:
+        write_text_atomic(sweep_dir / "summary.txt", summary + "\n")
+    except OSError as exc:
+        log.error("could not write %s: %s", sweep_dir / "summary.txt", exc.strerror or exc)
 
 
 @dataclass
@@ -199,21 +212,30 @@ class ResumingSweeper(Sweeper):
             log.info("%s: %d of %d runs already finished, skipped", name, len(jobs) - len(pending), len(jobs))
         returns: list[JobReturn] = []
         size = self.max_batch_size or max(1, len(pending))
-        crashed = None
+        crashed: BaseException | None = None
         for start in range(0, len(pending), size):
             batch = [j.overrides for j in pending[start : start + size]]
             try:
                 returns += list(self.launcher.launch(batch, initial_job_idx=start))
+            except KeyboardInterrupt as exc:  # SIGINT or SIGTERM: summarize, then stop with it
+                crashed = exc
+                break
             except Exception as exc:  # e.g. a worker process killed: summarize what did finish
                 log.error("the launcher stopped: %s: %s", type(exc).__name__, exc)
                 crashed = exc
                 break
+        interrupted = isinstance(crashed, KeyboardInterrupt)
         visits = [{"outcome": "skipped", "dir": str(j.folder)} for j in skipped]
         for i, job in enumerate(pending):
-            visits.append(self._outcome(job, returns[i] if i < len(returns) else None, started, token))
+            visit = self._outcome(job, returns[i] if i < len(returns) else None, started, token)
+            if interrupted and visit["outcome"] == "unfinished":
+                visit["outcome"] = "interrupted"
+            visits.append(visit)
         summary = summarize(name, visits)
         print(summary, flush=True)
-        (sweep_dir / "summary.txt").write_text(summary + "\n")
+        write_summary(sweep_dir, summary)
+        if interrupted:
+            raise crashed
         if crashed is not None or any(v["outcome"] in BAD_OUTCOMES for v in visits):
             raise SystemExit(1)
         return returns
