@@ -35,9 +35,42 @@ FAULTS = {
         "the same, and no worker process outlives the sweep",
         "test_a_signal_stops_a_sweep_with_its_summary_and_the_rerun_resumes",
     ),
+    "kill -9 of a parallel population sweep (n_jobs=2)": (
+        "its workers end within a second; a rerun started at once trains every run once",
+        "test_kill_9_of_a_parallel_population_sweep_leaves_no_trainer_and_the_rerun_trains_each_run_once",
+    ),
     "full disk while writing visit.json after result.json": (
         "one logged line; the record stays whole and counts",
         "test_a_full_disk_for_the_visit_marker_keeps_the_record",
+    ),
+    # faults injected by tests in other files
+    "hostile result.json files (nested 200 KB deep, booleans for errors, NaN, dangling or looping links, FIFOs, /dev/zero, 17 MB)": (
+        "each skipped with one warning naming the file and why; the report builds from the rest",
+        "test_integrity.py::test_report_skips_each_bad_file_once_with_its_reason",
+    ),
+    "a nested JSON file in place of a finished sweep's result.json": (
+        "that run trains again on rerun, the others are skipped",
+        "test_integrity.py::test_a_hostile_result_file_in_a_finished_sweep_is_retrained_not_a_crash",
+    ),
+    "damaged CIFAR files (empty, cut at a record, labels out of range, 300 as a pixel, counts that differ)": (
+        "one line naming the file and what is wrong, exit 2, before any training",
+        "test_cifar.py::test_a_damaged_binary_file_is_refused_naming_the_file",
+    ),
+    "a download server that accepts and never answers": (
+        "fails after the timeout naming the URL; nothing left under the data root",
+        "test_cifar.py::test_a_download_that_never_answers_times_out_and_leaves_nothing",
+    ),
+    "kill -9 of a population process": (
+        "only the population that was training is lost; the rerun trains it",
+        "test_population_launcher.py::test_kill_9_of_a_population_process_loses_only_its_unfinished_group",
+    ),
+    "two sweeps sharing a folder": (
+        "each summary counts only its own jobs' visits",
+        "test_sweep.py::test_a_sweep_counts_only_its_own_jobs_visits",
+    ),
+    "values a float32 model cannot use (lr 1e308, 10^5 threads, eps 0, n_jobs 0)": (
+        "one line naming the value and the allowed range, exit 2, nothing written",
+        "test_run.py::test_bad_values_are_refused_before_any_work",
     ),
 }
 
@@ -167,3 +200,40 @@ def test_a_full_disk_for_the_visit_marker_keeps_the_record(tmp_path, monkeypatch
         f"could not write {tmp_path / sweep.VISIT_FILE} (completed): No space left on device" in caplog.text
     )
     assert load_run(tmp_path) == record
+
+
+def test_kill_9_of_a_parallel_population_sweep_leaves_no_trainer_and_the_rerun_trains_each_run_once(tmp_path):
+    """hydra/launcher=population with n_jobs=2: the workers hold their runs' locks and end with the
+    sweep's process, so a rerun started at once never trains a run beside an orphan."""
+    long = ("train.budget=steps", "train.steps=200000", "train.history_points=2000")  # a population is fast
+    grid = ["-m", "seed=0,1", "norm=identity,layernorm", *long, "sweep.root=sw"]
+    grid += ["hydra/launcher=population", "hydra.launcher.n_jobs=2"]
+    proc = _start(grid, tmp_path)
+    sweep_dir = tmp_path / "sw" / "default"
+
+    def training() -> bool:
+        logs = list(sweep_dir.glob("*/normbench.log"))
+        return len(logs) == 4 and all("step 100 (epoch" in p.read_text() for p in logs)
+
+    _wait_for(training)
+    os.kill(proc.pid, signal.SIGKILL)  # the sweep's process alone; its workers are left to themselves
+    proc.wait(timeout=10)
+    _wait_for(lambda: _workers(proc.pid) == [], timeout=10)
+    assert not list(sweep_dir.glob(f"*/{RESULT_FILE}"))
+    short = [*grid[:3], "train.budget=steps", "train.steps=30", "train.history_points=1", *grid[6:]]
+    again = _start(short, tmp_path)
+    out, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err
+    assert "4 runs: 4 completed, 0 diverged, 0 failed, 0 skipped" in out
+    assert len(list(sweep_dir.glob(f"*/{RESULT_FILE}"))) == 4
+
+
+def test_the_committed_reliability_table_is_this_suites():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from reliability_table import OUT, table
+
+    assert OUT.read_text() == table(FAULTS), "run python scripts/reliability_table.py"
+    for _, test in FAULTS.values():  # every test named exists
+        file, _, name = test.rpartition("::")
+        source = (Path(__file__).parent / (file or Path(__file__).name)).read_text()
+        assert f"def {name}(" in source, test

@@ -14,7 +14,10 @@ Resume and isolation are the single-run rules: a job whose folder holds a final 
 is skipped; every folder is locked (:func:`normbench.results.run_lock`) from enlistment until the
 group's results are written, so no folder has two writers; each member writes its own
 ``result.json`` atomically and leaves its visit marker, which the ``normbench`` sweeper's summary
-counts.
+counts. With ``n_jobs > 1`` the process that trains a group holds its folders' locks: the launcher
+hands them to the worker (a member whose folder another process took in between is left to it), and a
+worker ends itself when the launcher's process is gone, so a killed sweep leaves no trainer behind
+and a rerun never trains a run beside one.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
+import time
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -75,7 +80,10 @@ class PopulationLauncher(Launcher):
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         returns: list[JobReturn] = []
-        with ExitStack() as locks:  # every enlisted folder stays locked until its results are written
+        # every enlisted folder stays locked until its results are written (or its group is handed to a
+        # worker process, which then holds it)
+        self._held: dict[Path, ExitStack] = {}
+        with ExitStack() as locks:
             for i, overrides in enumerate(job_overrides):
                 idx = initial_job_idx + i
                 log.info("\t#%d : %s", idx, " ".join(filter_overrides(overrides)))
@@ -86,7 +94,7 @@ class PopulationLauncher(Launcher):
                 returns.append(
                     run_job(
                         hydra_context=self.hydra_context,
-                        task_function=lambda task_cfg: enlist(task_cfg, locks),
+                        task_function=lambda task_cfg: enlist(task_cfg, locks, self._held),
                         config=cfg,
                         job_dir_key="hydra.sweep.dir",
                         job_subdir_key="hydra.sweep.subdir",
@@ -124,12 +132,17 @@ class PopulationLauncher(Launcher):
         for group in groups:  # jobs × torch threads within the machine's cores
             for m in group:
                 m.cfg.runtime.threads = min(m.cfg.runtime.threads, max(1, cores // self.n_jobs))
-        Parallel(n_jobs=self.n_jobs, backend="loky")(delayed(train_group)(g, self.form) for g in groups)
+                self._held.pop(m.out_dir).close()  # the worker that trains the group takes the lock
+        parent = os.getpid()
+        Parallel(n_jobs=self.n_jobs, backend="loky")(
+            delayed(train_group_in_worker)(g, self.form, parent) for g in groups
+        )
 
 
-def enlist(cfg: DictConfig, locks: ExitStack) -> Member | None:
+def enlist(cfg: DictConfig, locks: ExitStack, held: dict[Path, ExitStack]) -> Member | None:
     """Inside the job's Hydra context: the job as a member to train, or None when it is refused
-    (configuration error), already finished, or held by another live process."""
+    (configuration error), already finished, or held by another live process. The member's folder
+    lock goes into ``held`` (and, to be released with them, into ``locks``)."""
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
     log_file = str(out_dir / f"{hc.job.name}.log")
@@ -139,12 +152,48 @@ def enlist(cfg: DictConfig, locks: ExitStack) -> Member | None:
         log.error("configuration error: %s", exc)
         mark_visit(out_dir, "config_error", log_file, error=str(exc))
         return None
-    why = claim_folder(cfg, out_dir, locks)
+    own = locks.enter_context(ExitStack())
+    why = claim_folder(cfg, out_dir, own)
     if why is not None:
         if why == "skipped":
             mark_visit(out_dir, "skipped", log_file)
         return None
+    held[out_dir] = own
     return Member(cfg, out_dir, log_file)
+
+
+_WATCHED_PARENT: list[int] = []
+
+
+def _exit_with(parent: int) -> None:
+    """End this worker process (``os._exit``) within half a second of its launcher's process ending:
+    a ``kill -9`` of the sweep must not leave it training, and writing, behind a rerun's back."""
+    if _WATCHED_PARENT:  # a reused worker: its watch runs already
+        return
+    _WATCHED_PARENT.append(parent)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="normbench-parent-watch", daemon=True).start()
+
+
+def train_group_in_worker(group: Sequence[Member], form: str, parent: int) -> None:
+    """:func:`train_group` in a worker process: it takes its members' folder locks itself (a member
+    whose folder another process took meanwhile is left to it) and ends with the launcher's process."""
+    _exit_with(parent)
+    with ExitStack() as locks:
+        mine = []
+        for m in group:
+            why = claim_folder(m.cfg, m.out_dir, locks)
+            if why is None:
+                mine.append(m)
+            else:
+                mark_visit(m.out_dir, why, m.log_file)
+        if mine:
+            train_group(mine, form)
 
 
 def train_group(group: Sequence[Member], form: str = "auto") -> None:
