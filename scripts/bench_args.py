@@ -8,16 +8,9 @@ import subprocess
 
 from worktree import ROOT
 
+from normbench.argtypes import positive_int
 
-def count(text: str) -> int:
-    """An integer >= 1 (rounds, calls, steps)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text}: must be an integer >= 1")
-    return value
+count = positive_int()  # rounds, calls, steps
 
 
 def git_commit(rev: str) -> str:

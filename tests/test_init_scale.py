@@ -31,5 +31,7 @@ def test_weights_scaled_biases_and_norms_kept(task: str) -> None:
 def test_init_scale_must_be_positive() -> None:
     from normbench.config import ConfigError, check_values
 
-    with pytest.raises(ConfigError, match=r"task\.model\.init_scale=0\.0.*> 0"):
+    with pytest.raises(
+        ConfigError, match=r"task\.model\.init_scale=0\.0: must be a number in \[1e-30, 1e30\]"
+    ):
         check_values(compose_cfg("task.model.init_scale=0.0"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -255,6 +256,12 @@ def test_protocol_is_read_from_the_records(study_dir):
         ("sections:\n  - {title: x, tables: {}}\n", "unknown key 'tables'"),
         ("sections:\n  - title: x\n    claims:\n      - {name: a}\n", "needs a name and plus and/or minus"),
         ("titel: x\n", "unknown key 'titel'"),
+        # another file given as --study: its type or the YAML error's place, never its content
+        (
+            "secret line one\nsecret line two\n",
+            r"study description .*study.yaml: expected a mapping, got str$",
+        ),
+        ("[1, 2\nsecret: : x\n", r"study description .*study.yaml: not YAML \(line 2, column 7\): .*$"),
     ],
 )
 def test_a_bad_description_is_refused_before_anything_is_written(tmp_path, capsys, bad, message):
@@ -265,7 +272,8 @@ def test_a_bad_description_is_refused_before_anything_is_written(tmp_path, capsy
         report_main([str(tmp_path), "--out", str(tmp_path / "out"), "--study", str(tmp_path / "study.yaml")])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert message in err and len(err.strip().splitlines()) == 1
+    assert re.search(message, err.strip()) and len(err.strip().splitlines()) == 1
+    assert "secret" not in err
     assert not (tmp_path / "out").exists()
 
 

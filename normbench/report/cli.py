@@ -7,17 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
+from normbench.argtypes import positive_int
 from normbench.report.build import build_report
-
-
-def _batch_size(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text}: must be a batch size, an integer >= 1")
-    return value
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -29,7 +20,10 @@ def main(argv: list[str] | None = None) -> None:
         "--out", required=True, help="output folder for runs.csv, summary.csv, figures/, report.md"
     )
     parser.add_argument(
-        "--reference-batch", type=_batch_size, default=32, help="batch size the change is measured against"
+        "--reference-batch",
+        type=positive_int("a batch size, an integer >= 1"),
+        default=32,
+        help="batch size the change is measured against",
     )
     parser.add_argument("--title", default="normbench report")
     parser.add_argument("--notes", type=Path, help="a markdown file appended to the report under 'Notes'")

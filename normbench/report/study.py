@@ -95,8 +95,8 @@ class Study:
 
 
 def _check_keys(entry: Mapping[str, Any], allowed: set[str], where: str) -> None:
-    if not isinstance(entry, Mapping):
-        raise StudyError(f"{where}: expected a mapping, got {entry!r}")
+    if not isinstance(entry, Mapping):  # the type, not the content: a wrong file would fill the line
+        raise StudyError(f"{where}: expected a mapping, got {type(entry).__name__}")
     unknown = sorted(set(entry) - allowed)
     if unknown:
         raise StudyError(f"{where}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}")
@@ -107,9 +107,14 @@ def load_study(path: str | Path) -> Study:
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise StudyError(f"study description {path}: {exc}") from exc
-    _check_keys(raw, STUDY_KEYS, str(path))
+    except OSError as exc:
+        raise StudyError(f"study description {path}: {exc.strerror or exc}") from None
+    except (yaml.YAMLError, ValueError) as exc:  # ValueError: not text (UnicodeDecodeError)
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise StudyError(f"study description {path}: not YAML{where}: {problem}") from None
+    _check_keys(raw, STUDY_KEYS, f"study description {path}")
     sections = []
     for i, entry in enumerate(raw.get("sections") or []):
         where = f"{path}: sections[{i}]"
