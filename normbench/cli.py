@@ -123,7 +123,10 @@ def _main(cfg: DictConfig) -> None:
     except KeyboardInterrupt:
         raise
     except BaseException as exc:  # e.g. the record could not be written: never stop the sweep
-        log.exception("run failed outside training: %s", exc)
+        if isinstance(exc, OSError):  # a full or read-only disk: the file and the reason say it all
+            log.error("run failed outside training: %s: %s", exc.filename or out_dir, exc.strerror or exc)
+        else:
+            log.exception("run failed outside training: %s", exc)
         outcome = "failed"
         if rank == 0:
             mark_visit(out_dir, outcome, log_file, error=f"{type(exc).__name__}: {exc}")
@@ -203,6 +206,10 @@ def run() -> None:
             raise
         print(f"normbench-run: error: {_one_line(exc)}", file=sys.stderr)
         sys.exit(2)
+    except OSError as exc:  # e.g. an output folder on a read-only or full disk
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"normbench-run: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt as exc:
         signum = getattr(exc, "signum", signal.SIGINT)
         print(

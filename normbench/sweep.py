@@ -206,8 +206,16 @@ class ResumingSweeper(Sweeper):
         skipped, pending = [], []
         for job in jobs:
             (pending if job.force or not job.finished() else skipped).append(job)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        try:
+            sweep_dir.mkdir(parents=True, exist_ok=True)
+            OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        except OSError as exc:  # a read-only or full disk: a finished sweep can still report
+            if pending:
+                raise ConfigError(
+                    f"hydra.sweep.dir={sweep_dir}: cannot write there ({exc.strerror or exc}); "
+                    f"{len(pending)} of {len(jobs)} runs are still to train"
+                ) from None
+            log.warning("could not write %s: %s", sweep_dir / "multirun.yaml", exc.strerror or exc)
         if len(pending) < len(jobs):
             log.info("%s: %d of %d runs already finished, skipped", name, len(jobs) - len(pending), len(jobs))
         returns: list[JobReturn] = []

@@ -39,6 +39,19 @@ FAULTS = {
         "its workers end within a second; a rerun started at once trains every run once",
         "test_kill_9_of_a_parallel_population_sweep_leaves_no_trainer_and_the_rerun_trains_each_run_once",
     ),
+    "a read-only sweep folder": (
+        "a finished sweep still resumes and prints its summary (one line says summary.txt could not be "
+        "written); one with runs to train stops with one line, exit 2",
+        "test_a_read_only_sweep_folder_is_one_line_and_a_finished_sweep_still_reports",
+    ),
+    "a read-only output folder for a run": (
+        "one line naming the folder and the reason, exit 1",
+        "test_a_read_only_sweep_folder_is_one_line_and_a_finished_sweep_still_reports",
+    ),
+    "full disk while writing result.json": (
+        "one logged line naming the file, exit 1, no partial record; the next run writes it",
+        "test_a_full_disk_for_the_record_is_one_line_and_leaves_no_partial_file",
+    ),
     "full disk while writing visit.json after result.json": (
         "one logged line; the record stays whole and counts",
         "test_a_full_disk_for_the_visit_marker_keeps_the_record",
@@ -75,11 +88,18 @@ FAULTS = {
 }
 
 
-def _start(args: list[str], cwd: Path) -> subprocess.Popen:
+FAULT_SITE = Path(__file__).parent / "faults"  # its sitecustomize.py injects NORMBENCH_FAULT
+
+
+def _start(args: list[str], cwd: Path, fault: str | None = None) -> subprocess.Popen:
     exe = str(Path(sys.executable).parent / "normbench-run")
+    env = {**os.environ}
+    if fault:
+        env.update(PYTHONPATH=str(FAULT_SITE), NORMBENCH_FAULT=fault)
     return subprocess.Popen(
         [exe, *args],
         cwd=cwd,
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -237,3 +257,42 @@ def test_the_committed_reliability_table_is_this_suites():
         file, _, name = test.rpartition("::")
         source = (Path(__file__).parent / (file or Path(__file__).name)).read_text()
         assert f"def {name}(" in source, test
+
+
+def test_a_read_only_sweep_folder_is_one_line_and_a_finished_sweep_still_reports(tmp_path):
+    grid = ["-m", "seed=0,1", "train.budget=steps", "train.steps=5", "sweep.root=sw"]
+    assert _start(grid, tmp_path).wait(timeout=300) == 0
+    sweep_dir = tmp_path / "sw" / "default"
+    stamps = {p: p.stat().st_mtime_ns for p in sweep_dir.rglob("*") if p.is_file()}
+    finished = _start(grid, tmp_path, fault=f"erofs:{tmp_path / 'sw'}")
+    out, err = finished.communicate(timeout=300)
+    assert finished.returncode == 0 and err == "", err
+    assert "2 runs: 0 completed, 0 diverged, 0 failed, 2 skipped" in out
+    assert f"could not write {Path('sw/default/summary.txt')}: Read-only file system" in out
+    grown = _start([*grid[:2], "seed=0,1,2", *grid[2:]], tmp_path, fault=f"erofs:{tmp_path / 'sw'}")
+    _, err = grown.communicate(timeout=300)
+    assert grown.returncode == 2
+    assert err.strip().splitlines() == [
+        "normbench-run: error: hydra.sweep.dir=sw/default: cannot write there (Read-only file system); "
+        "1 of 3 runs are still to train"
+    ]
+    assert {p: p.stat().st_mtime_ns for p in sweep_dir.rglob("*") if p.is_file()} == stamps
+    one = _start(
+        ["train.budget=steps", "train.steps=5", "hydra.run.dir=ro/run"],
+        tmp_path,
+        fault=f"erofs:{tmp_path / 'ro'}",
+    )
+    _, err = one.communicate(timeout=300)
+    assert one.returncode == 1
+    assert err.strip().splitlines() == ["normbench-run: error: ro/run: Read-only file system"]
+
+
+def test_a_full_disk_for_the_record_is_one_line_and_leaves_no_partial_file(tmp_path):
+    args = ["train.budget=steps", "train.steps=5", "hydra.run.dir=run"]
+    proc = _start(args, tmp_path, fault=f"enospc:{tmp_path / 'run' / RESULT_FILE}")
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in out + err
+    assert "run failed outside training: " in out and "No space left on device" in out
+    assert not (tmp_path / "run" / RESULT_FILE).exists() and not list((tmp_path / "run").glob(".*.tmp"))
+    assert _start(args, tmp_path).wait(timeout=300) == 0
+    assert load_run(tmp_path / "run")["status"] == "completed"
