@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -38,6 +39,10 @@ FAULTS = {
     "kill -9 of a parallel population sweep (n_jobs=2)": (
         "its workers end within a second; a rerun started at once trains every run once",
         "test_kill_9_of_a_parallel_population_sweep_leaves_no_trainer_and_the_rerun_trains_each_run_once",
+    ),
+    "kill -9 at a random moment (seeded) of a run, a joblib sweep, a population sweep with and without n_jobs": (
+        "every finished record unchanged, no partial file; the same command trains each unfinished run once",
+        "test_kill_9_at_a_random_moment_loses_only_unfinished_runs",
     ),
     "a read-only sweep folder": (
         "a finished sweep still resumes and prints its summary (one line says summary.txt could not be "
@@ -296,3 +301,42 @@ def test_a_full_disk_for_the_record_is_one_line_and_leaves_no_partial_file(tmp_p
     assert not (tmp_path / "run" / RESULT_FILE).exists() and not list((tmp_path / "run").glob(".*.tmp"))
     assert _start(args, tmp_path).wait(timeout=300) == 0
     assert load_run(tmp_path / "run")["status"] == "completed"
+
+
+KILL_MODES = {
+    "run": ["train.budget=steps", "train.steps=3000", "hydra.run.dir=sw/default/run"],
+    "joblib": ["-m", "train.steps=20,300", "seed=0,1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
+    "population": ["-m", "train.steps=20,300", "seed=0,1", "hydra/launcher=population"],
+    "population_n_jobs": [
+        "-m",
+        "train.steps=20,300",
+        "seed=0,1",
+        "hydra/launcher=population",
+        "hydra.launcher.n_jobs=2",
+    ],
+}
+
+
+@pytest.mark.parametrize("mode", list(KILL_MODES))
+def test_kill_9_at_a_random_moment_loses_only_unfinished_runs(tmp_path, mode):
+    """The whole process group killed at a moment drawn (seeded) within its first seconds of training."""
+    args = [*KILL_MODES[mode], "train.budget=steps", "train.history_points=1", "sweep.root=sw"]
+    proc = _start(args, tmp_path)
+    sweep_dir = tmp_path / "sw" / "default"
+    _wait_for(lambda: any(sweep_dir.glob("*/.lock")) or proc.poll() is not None)
+    time.sleep(random.Random(f"{mode}").uniform(0.0, 3.0))
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sweep_dir.glob(f"*/{RESULT_FILE}")}
+    for path in before:
+        load_run(path)  # whole, valid records only
+    again = _start(args, tmp_path)
+    out, err = again.communicate(timeout=600)
+    assert again.returncode == 0, err
+    after = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sweep_dir.glob(f"*/{RESULT_FILE}")}
+    assert {p: after[p] for p in before} == before  # nothing finished was changed
+    assert len(after) == (1 if mode == "run" else 4)
+    assert all(load_run(p)["status"] == "completed" for p in after)
+    assert not list(sweep_dir.glob("*/.*.tmp"))
+    if mode != "run":
+        assert f"4 runs: {4 - len(before)} completed, 0 diverged, 0 failed, {len(before)} skipped" in out
