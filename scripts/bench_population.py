@@ -30,6 +30,8 @@ import torch
 from bench_args import count
 
 import normbench
+from normbench import available_norms
+from normbench.cli import CONF_DIR
 from normbench.config import ConfigError
 from normbench.population.train import fit_population
 from normbench.run import fit_run, prepare_data, prepare_model
@@ -40,8 +42,6 @@ LRS = (0.0125, 0.05, 0.2, 0.8)
 
 def configs(task: str, norm: str, batch_size: int, members: int, steps: int, device: str) -> list:
     from hydra import compose, initialize_config_dir
-
-    from normbench.cli import CONF_DIR
 
     base = [
         f"task={task}",
@@ -132,10 +132,11 @@ def write_report(out: Path, args: argparse.Namespace, runtime: Runtime, rows: li
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", nargs="+", default=["mnist1d_mlp", "mnist1d_cnn"])
-    parser.add_argument("--norms", nargs="+", default=["batchnorm"])
-    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[2, 32])
-    parser.add_argument("--members", nargs="+", type=int, default=[16])
+    tasks = sorted(p.stem for p in (CONF_DIR / "task").glob("*.yaml"))
+    parser.add_argument("--tasks", nargs="+", choices=tasks, default=["mnist1d_mlp", "mnist1d_cnn"])
+    parser.add_argument("--norms", nargs="+", choices=available_norms(), default=["batchnorm"])
+    parser.add_argument("--batch-sizes", nargs="+", type=count, default=[2, 32])
+    parser.add_argument("--members", nargs="+", type=count, default=[16])
     parser.add_argument("--steps", type=count, default=100)
     parser.add_argument("--rounds", type=count, default=3)
     parser.add_argument(

@@ -243,6 +243,9 @@ def test_report_benchmark_refuses_a_bad_baseline_before_any_work(tmp_path):
         ("bench_norms", "--inner", "-3"),
         ("bench_train", "--steps", "0"),
         ("bench_population", "--rounds", "1.5"),
+        ("bench_population", "--members", "0"),
+        ("bench_population", "--batch-sizes", "-2"),
+        ("check_capture", "--steps", "0"),
         ("bench_gan", "--rounds", "0"),
     ],
 )
