@@ -329,7 +329,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=count, default=31)
     parser.add_argument("--inner", type=count, default=5)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=count, default=1)
     parser.add_argument("--device", default="cpu", help="cpu, or cuda: the GPU table (fp32 and bf16)")
     parser.add_argument("--out", type=Path, default=None, help="default reports/bench/norms[_cuda].md")
     parser.add_argument("--from-json", type=Path, default=None, help="re-render norms_cuda.md from its .json")

@@ -34,6 +34,7 @@ from bench_args import count
 from hydra import compose, initialize_config_dir
 
 import normbench
+from normbench import available_norms
 from normbench.cli import CONF_DIR
 from normbench.distributed import World, all_finite, shard
 from normbench.evaluate import error_and_loss
@@ -234,11 +235,13 @@ def bench_pipeline(args, cfg, runtime) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--task", default="mnist1d_mlp")
-    parser.add_argument("--norm", default="batchnorm")
+    parser.add_argument(
+        "--task", default="mnist1d_mlp", choices=sorted(p.stem for p in (CONF_DIR / "task").glob("*.yaml"))
+    )
+    parser.add_argument("--norm", default="batchnorm", choices=available_norms())
     parser.add_argument("--steps", type=count, default=300)
     parser.add_argument("--rounds", type=count, default=7)
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[2, 128])
+    parser.add_argument("--batch-sizes", type=count, nargs="+", default=[2, 128])
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--data-root", default="", help="where CIFAR is (default: data.root's default)")

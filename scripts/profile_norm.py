@@ -13,10 +13,11 @@ from collections.abc import Callable
 from contextlib import nullcontext
 
 import torch
+from bench_args import count
 from bench_norms import BENCH_OPTIONS
 from torch.profiler import ProfilerActivity, profile
 
-from normbench import build_norm
+from normbench import available_norms, build_norm
 from normbench.norms import _triton
 from normbench.norms._planes import affine_family
 
@@ -98,11 +99,14 @@ def components(x: torch.Tensor) -> dict[str, Callable[[], object]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("norms", nargs="*")
-    parser.add_argument("--shape", type=int, nargs="+", default=[32, 64, 32, 32])
+    parser.add_argument("norms", nargs="*", metavar="NORM", help="default: every plugin")
+    parser.add_argument("--shape", type=count, nargs="+", default=[32, 64, 32, 32])
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--table", action="store_true", help="also print torch.profiler's table per plugin")
     args = parser.parse_args()
+    unknown = [n for n in args.norms if n not in available_norms()]
+    if unknown:
+        parser.error(f"unknown norm {unknown[0]!r} (available: {', '.join(available_norms())})")
     shape, device = tuple(args.shape), torch.device("cuda")
     x = torch.randn(shape, device=device)
     for name, fn in components(x).items():

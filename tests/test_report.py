@@ -246,6 +246,8 @@ def test_report_benchmark_refuses_a_bad_baseline_before_any_work(tmp_path):
         ("bench_population", "--members", "0"),
         ("bench_population", "--batch-sizes", "-2"),
         ("check_capture", "--steps", "0"),
+        ("bench_norms", "--threads", "0"),
+        ("bench_train", "--batch-sizes", "0"),
         ("bench_gan", "--rounds", "0"),
     ],
 )
