@@ -1,7 +1,8 @@
 """normbench: compare normalization layers in PyTorch.
 
 Public API: :func:`build_norm`, :func:`register_norm`, :func:`available_norms`, :func:`norm_spec`,
-the :class:`ChannelLast` adapter for (N, L, C) token tensors, and :func:`convert_norms` for any model. They are imported on first access, so
+the :class:`ChannelLast` adapter for (N, L, C) token tensors, :func:`convert_norms` for any model and
+:func:`diagnose` for any model's batch statistics. They are imported on first access, so
 ``normbench.report`` (pandas and matplotlib only) loads without torch.
 """
 
@@ -19,18 +20,23 @@ __all__ = [
     "available_norms",
     "build_norm",
     "convert_norms",
+    "diagnose",
     "norm_spec",
     "register_norm",
 ]
 
 if TYPE_CHECKING:
     from normbench.convert import convert_norms
+    from normbench.diagnosis import diagnose
     from normbench.norms import ChannelLast, NormSpec, available_norms, build_norm, norm_spec, register_norm
 
 
+_FUNCTIONS = {"convert_norms": "normbench.convert", "diagnose": "normbench.diagnosis"}
+
+
 def __getattr__(name: str) -> Any:
-    if name == "convert_norms":
-        return importlib.import_module("normbench.convert").convert_norms
+    if name in _FUNCTIONS:
+        return getattr(importlib.import_module(_FUNCTIONS[name]), name)
     if name in __all__:
         return getattr(importlib.import_module("normbench.norms"), name)
     raise AttributeError(f"module 'normbench' has no attribute {name!r}")

@@ -1,0 +1,314 @@
+"""Diagnose the batch statistics of any model: :func:`diagnose` and ``normbench-diagnose``.
+
+BatchNorm trains on mini-batch statistics and evaluates with running averages of them (EMA), an
+approximation of the population statistics that can be stale or biased (Wu & Johnson 2021, "Rethinking
+'Batch' in BatchNorm"). For any ``nn.Module`` whose norms keep running statistics (torch's BatchNorm
+and its subclasses such as timm's norm-act layers, SyncBatchNorm, normbench's plugins), this module
+measures the model's error and loss in eval mode
+
+- with its EMA statistics (as it is),
+- with PreciseBN statistics: every layer's mean and variance re-estimated exactly over
+  ``precise_samples`` training samples, weights frozen (fvcore's ``update_bn_stats``, pooled by the law
+  of total variance rather than averaged batch by batch),
+- with mini-batch statistics at each of ``batch_sizes`` (the train-test inconsistency that grows as
+  the normalization batch shrinks),
+
+and, per layer, how far the EMA statistics are from PreciseBN's and whether the layer has a single value
+per channel to normalize at batch 1. The model is never changed: every measurement runs on a copy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from normbench.argtypes import positive_int
+from normbench.evaluate import _has_tensor, channel_sums, pooled_stats, relative_l2, stat_modules
+
+Batches = Iterable[tuple[Tensor, Tensor]]
+
+
+@dataclass
+class Diagnosis:
+    """What :func:`diagnose` found: ``results`` (one row per statistics source, batch size and split:
+    error and loss), ``layers`` (one row per layer with running statistics: the EMA's relative L2
+    distance to PreciseBN's mean and variance, and whether the layer sees one value per channel at
+    batch 1) and a short ``verdict``."""
+
+    results: pd.DataFrame
+    layers: pd.DataFrame
+    verdict: str
+
+    def __str__(self) -> str:
+        return "\n\n".join(
+            [self.verdict, self.results.to_string(index=False), self.layers.to_string(index=False)]
+        )
+
+
+def _samples(batches: Batches, limit: int | None, device: torch.device) -> tuple[Tensor, Tensor]:
+    """The first ``limit`` samples (all, for None) of a loader of (inputs, targets) batches."""
+    xs, ys, count = [], [], 0
+    for x, y in batches:
+        xs.append(x)
+        ys.append(y)
+        count += len(x)
+        if limit is not None and count >= limit:
+            break
+    if not xs:
+        raise ValueError("diagnose: a loader gave no batches")
+    x, y = torch.cat(xs), torch.cat(ys)
+    return x[:limit].to(device), y[:limit].to(device)
+
+
+@torch.no_grad()
+def _error_and_loss(
+    model: nn.Module, x: Tensor, y: Tensor, batch_size: int, loss_fn: Callable[..., Tensor]
+) -> tuple[float, float]:
+    wrong, loss = 0, 0.0
+    for start in range(0, len(x), batch_size):
+        out = model(x[start : start + batch_size])
+        target = y[start : start + batch_size]
+        wrong += int((out.argmax(1) != target).sum())
+        loss += float(loss_fn(out, target, reduction="sum"))
+    return wrong / len(x), loss / len(x)
+
+
+@torch.no_grad()
+def precise_statistics(model: nn.Module, x: Tensor, batch_size: int) -> nn.Module:
+    """A copy of ``model`` whose layers' running statistics are their inputs' exact population mean
+    and (unbiased) variance over the samples ``x``, from training-mode forwards at ``batch_size``
+    (the weights untouched; a last batch of one sample is left out, as it has no batch statistics)."""
+    twin = copy.deepcopy(model).train()
+    layers = stat_modules(twin)
+    sums: dict[str, list] = {name: [0, 0.0, 0.0] for name in layers}
+
+    def hook(name: str):
+        def accumulate(module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
+            total, total_sq, n = channel_sums(inputs[0])
+            acc = sums[name]
+            acc[0], acc[1], acc[2] = acc[0] + n, acc[1] + total, acc[2] + total_sq
+
+        return accumulate
+
+    handles = [m.register_forward_pre_hook(hook(name)) for name, m in layers.items()]
+    try:
+        for start in range(0, len(x), batch_size):
+            if len(x[start : start + batch_size]) > 1:
+                twin(x[start : start + batch_size])
+    finally:
+        for h in handles:
+            h.remove()
+    for name, m in layers.items():
+        mean, var = pooled_stats(*sums[name])
+        if _has_tensor(m, "running_mean"):
+            m.running_mean.copy_(mean)
+        m.running_var.copy_(var)
+    return twin.eval()
+
+
+@torch.no_grad()
+def _one_value_per_channel(model: nn.Module, x: Tensor) -> dict[str, bool]:
+    """Per layer with running statistics: does it see one value per channel for one sample in
+    training mode (so its batch statistics are undefined)?"""
+    twin = copy.deepcopy(model).train()
+    layers = stat_modules(twin)
+    seen: dict[str, bool] = {}
+    handles = [
+        m.register_forward_pre_hook(
+            lambda module, inputs, name=name: seen.__setitem__(
+                name, inputs[0][0].numel() == inputs[0].shape[1]
+            )
+        )
+        for name, m in layers.items()
+    ]
+    try:
+        twin.eval()(x[:1])  # eval mode reaches every layer without failing on batch statistics
+    finally:
+        for h in handles:
+            h.remove()
+    return {name: seen.get(name, False) for name in layers}
+
+
+def diagnose(
+    model: nn.Module,
+    train_loader: Batches,
+    test_loader: Batches | None = None,
+    *,
+    batch_sizes: Sequence[int] = (2, 8, 32, 128),
+    precise_samples: int = 4096,
+    precise_batch_size: int = 32,
+    eval_batch_size: int = 256,
+    loss_fn: Callable[..., Tensor] = F.cross_entropy,
+    device: str | torch.device | None = None,
+) -> Diagnosis:
+    """The batch statistics of ``model``'s norms, measured on classification batches.
+
+    Args:
+        model: any module; its norms with running statistics are found by type (torch's BatchNorm and
+            subclasses, normbench plugins flagged ``running_stats``). Never changed.
+        train_loader: (inputs, targets) batches of training data: PreciseBN's statistics come from its
+            first ``precise_samples`` samples, in the order it gives them.
+        test_loader: the data the errors are measured on (default: the same training samples).
+        batch_sizes: batch sizes of the mini-batch-statistics evaluation.
+        precise_batch_size: the batch size of PreciseBN's training-mode forwards (the training batch
+            size: a layer's input depends on the batch statistics of the layers before it).
+        loss_fn: ``loss_fn(outputs, targets, reduction="sum")``; errors are top-1 over dim 1.
+        device: where to run (default: the model's).
+
+    Returns:
+        :class:`Diagnosis`.
+    """
+    for b in (*batch_sizes, precise_batch_size):
+        if isinstance(b, bool) or not isinstance(b, int) or b < 1:
+            raise ValueError(f"diagnose: batch sizes must be integers >= 1, got {b!r}")
+    if isinstance(precise_samples, bool) or not isinstance(precise_samples, int) or precise_samples < 2:
+        raise ValueError(f"diagnose: precise_samples must be an integer >= 2, got {precise_samples!r}")
+    first = next(iter(model.parameters()), None)
+    device = torch.device(device) if device is not None else (first.device if first is not None else "cpu")
+    work = copy.deepcopy(model).to(device).eval()
+    layers = stat_modules(work)
+    if not layers:
+        raise ValueError(
+            f"diagnose: {type(model).__name__} has no norm layer with running statistics (BatchNorm and "
+            "the like); there is nothing to diagnose"
+        )
+    x_train, _ = _samples(train_loader, precise_samples, device)
+    x_test, y_test = (
+        _samples(test_loader, None, device)
+        if test_loader is not None
+        else _samples(train_loader, precise_samples, device)
+    )
+    split = "test" if test_loader is not None else "train"
+    precise = precise_statistics(work, x_train, precise_batch_size)
+    at_one = _one_value_per_channel(work, x_test)
+    rows = []
+    for source, net in (("EMA", work), ("PreciseBN", precise)):
+        error, loss = _error_and_loss(net, x_test, y_test, eval_batch_size, loss_fn)
+        rows.append({"statistics": source, "batch_size": None, "split": split, "error": error, "loss": loss})
+    gen = torch.Generator().manual_seed(0)
+    order = torch.randperm(len(x_test), generator=gen).to(device)
+    for b in batch_sizes:
+        twin = copy.deepcopy(work).train()
+        batches = [idx for idx in order.split(b) if len(idx) > 1 or b == 1]
+        if b == 1 and any(at_one.values()):  # undefined batch statistics: no number to give
+            rows.append(
+                {"statistics": "mini-batch", "batch_size": b, "split": split, "error": None, "loss": None}
+            )
+            continue
+        wrong, loss = 0, 0.0
+        with torch.no_grad():
+            for idx in batches:
+                out = twin(x_test[idx])
+                wrong += int((out.argmax(1) != y_test[idx]).sum())
+                loss += float(loss_fn(out, y_test[idx], reduction="sum"))
+        n = sum(len(idx) for idx in batches)
+        rows.append(
+            {
+                "statistics": "mini-batch",
+                "batch_size": b,
+                "split": split,
+                "error": wrong / n,
+                "loss": loss / n,
+            }
+        )
+    results = pd.DataFrame(rows).astype({"batch_size": "Int64"})  # an integer column with gaps
+    ema, precise_layers = stat_modules(work), stat_modules(precise)
+    layer_rows = []
+    for name, m in ema.items():
+        row = {"layer": name, "type": type(m).__name__}
+        for stat in ("running_mean", "running_var"):
+            if _has_tensor(m, stat):
+                row[f"{stat}_rel_l2"] = relative_l2(getattr(m, stat), getattr(precise_layers[name], stat))
+        row["one_value_per_channel_at_batch_1"] = at_one[name]
+        layer_rows.append(row)
+    layer_frame = pd.DataFrame(layer_rows)
+    return Diagnosis(results, layer_frame, _verdict(results, layer_frame, split))
+
+
+def _verdict(results: pd.DataFrame, layers: pd.DataFrame, split: str) -> str:
+    ema, precise = (results[results.statistics == s].iloc[0] for s in ("EMA", "PreciseBN"))
+    lines = [
+        f"{split} error: {ema.error:.2%} with the EMA statistics, {precise.error:.2%} with PreciseBN's "
+        f"({100 * (ema.error - precise.error):+.2f} pp for the EMA)."
+    ]
+    minibatch = results[(results.statistics == "mini-batch") & results.error.notna()]
+    if len(minibatch):
+        worst = minibatch.loc[minibatch.error.idxmax()]
+        lines.append(
+            f"With mini-batch statistics: {', '.join(f'{r.error:.2%} at batch {r.batch_size}' for r in minibatch.itertuples())}"
+            f" (worst: batch {int(worst.batch_size)}, {100 * (worst.error - precise.error):+.2f} pp against PreciseBN)."
+        )
+    if "running_var_rel_l2" in layers:
+        drift = layers.loc[layers.running_var_rel_l2.idxmax()]
+        lines.append(
+            f"Largest drift of the running variance from PreciseBN's: {drift.layer} "
+            f"({drift.running_var_rel_l2:.1%} relative L2)."
+        )
+    broken = list(layers.layer[layers.one_value_per_channel_at_batch_1])
+    if broken:
+        lines.append(
+            f"{len(broken)} layer(s) see one value per channel at batch 1, so their batch statistics are "
+            f"undefined there: {', '.join(broken)}."
+        )
+    return "\n".join(lines)
+
+
+def _load(path: str) -> object:
+    module, _, attr = path.partition(":")
+    if not attr:
+        raise ValueError(f"{path}: expected MODULE:NAME (e.g. my_package.models:resnet18)")
+    try:
+        target = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"{path}: cannot import it ({exc})") from None
+    return target() if callable(target) and not isinstance(target, nn.Module) else target
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``normbench-diagnose --model MODULE:NAME --data MODULE:NAME``: NAME is a module or a function
+    returning one (for --model), and a function returning (train_loader, test_loader) (for --data)."""
+    parser = argparse.ArgumentParser(prog="normbench-diagnose", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--model", required=True, help="MODULE:NAME of an nn.Module or a function returning one"
+    )
+    parser.add_argument(
+        "--data", required=True, help="MODULE:NAME of a function returning (train, test) loaders"
+    )
+    parser.add_argument("--checkpoint", help="a state dict to load into the model first (weights only)")
+    parser.add_argument("--batch-sizes", nargs="+", type=positive_int(), default=[2, 8, 32, 128])
+    parser.add_argument("--precise-samples", type=positive_int(), default=4096)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--csv", help="write the results table here")
+    args = parser.parse_args(argv)
+    try:
+        model = _load(args.model)
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"{args.model}: gave a {type(model).__name__}, not an nn.Module")
+        if args.checkpoint:
+            model.load_state_dict(torch.load(args.checkpoint, map_location="cpu", weights_only=True))
+        loaders = _load(args.data)
+        if not (isinstance(loaders, tuple) and len(loaders) == 2):
+            raise ValueError(f"{args.data}: must give (train_loader, test_loader)")
+        found = diagnose(
+            model,
+            loaders[0],
+            loaders[1],
+            batch_sizes=args.batch_sizes,
+            precise_samples=args.precise_samples,
+            device=args.device,
+        )
+    except (ValueError, OSError, RuntimeError) as exc:
+        print(f"normbench-diagnose: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(found)
+    if args.csv:
+        found.results.to_csv(args.csv, index=False)

@@ -1,0 +1,155 @@
+"""normbench.diagnose: any model's batch statistics, checked against independent computations, and the
+promise that the model is never changed."""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from normbench import diagnose
+from normbench.diagnosis import precise_statistics
+from normbench.evaluate import error_and_loss
+
+
+def _cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv1d(1, 8, 5, padding=2),
+        nn.BatchNorm1d(8),
+        nn.ReLU(),
+        nn.Conv1d(8, 8, 5, padding=2),
+        nn.BatchNorm1d(8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool1d(1),
+        nn.Flatten(),
+        nn.Linear(8, 4),
+    )
+
+
+def _data(n: int = 96, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 1, 20, generator=gen) * 3 + 1, torch.randint(0, 4, (n,), generator=gen)
+
+
+def _trained(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> nn.Module:
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    for idx in torch.arange(len(x)).split(16):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+        opt.step()
+    return model.eval()
+
+
+def test_precise_statistics_are_the_population_statistics_of_each_layer_input():
+    """One batch of every sample: each layer's input is that of one training-mode forward, and its
+    mean and unbiased variance per channel come straight from torch.var_mean."""
+    model, (x, _) = _cnn(), _data()
+    inputs = {}
+    hooks = [
+        m.register_forward_pre_hook(lambda mod, args, i=i: inputs.__setitem__(i, args[0].detach()))
+        for i, m in enumerate(model)
+        if isinstance(m, nn.BatchNorm1d)
+    ]
+    with torch.no_grad():
+        copy.deepcopy(model).train()(x)  # the hooks are copied with the model
+    for h in hooks:
+        h.remove()
+    precise = precise_statistics(model, x, batch_size=len(x))
+    for i, seen in inputs.items():
+        var, mean = torch.var_mean(seen.transpose(0, 1).reshape(seen.shape[1], -1).double(), dim=1)
+        torch.testing.assert_close(precise[i].running_mean, mean.float(), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(precise[i].running_var, var.float(), rtol=1e-5, atol=1e-6)
+
+
+def test_diagnose_measures_and_never_changes_the_model():
+    x, y = _data()
+    model = _trained(_cnn(), x, y)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    modes = [m.training for m in model.modules()]
+    loader = DataLoader(TensorDataset(x, y), batch_size=16)
+    found = diagnose(model, loader, loader, batch_sizes=(1, 4, len(x)), precise_samples=len(x))
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert [m.training for m in model.modules()] == modes
+    ema_error, ema_loss = error_and_loss(model, x, y)
+    ema = found.results[found.results.statistics == "EMA"].iloc[0]
+    assert ema.error == pytest.approx(ema_error) and ema.loss == pytest.approx(ema_loss, rel=1e-5)
+    # mini-batch statistics over one batch of every sample = one training-mode forward
+    full = found.results[
+        (found.results.statistics == "mini-batch") & (found.results.batch_size == len(x))
+    ].iloc[0]
+    with torch.no_grad():
+        out = copy.deepcopy(model).train()(x)
+    assert full.error == pytest.approx(float((out.argmax(1) != y).float().mean()))
+    assert list(found.layers.layer) == ["1", "4"] and not found.layers.one_value_per_channel_at_batch_1.any()
+    assert "test error: " in found.verdict and "with PreciseBN's" in found.verdict
+    assert list(found.results.statistics) == ["EMA", "PreciseBN", "mini-batch", "mini-batch", "mini-batch"]
+
+
+def test_layers_with_one_value_per_channel_at_batch_1_are_named():
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+    x, y = torch.randn(64, 6), torch.randint(0, 3, (64,))
+    found = diagnose(mlp, [(x, y)], batch_sizes=(1, 8), precise_samples=64)
+    assert list(found.layers.one_value_per_channel_at_batch_1) == [True]
+    at_one = found.results[found.results.batch_size == 1].iloc[0]
+    assert at_one.error != at_one.error  # NaN: no batch statistics to give a number with
+    assert "1 layer(s) see one value per channel at batch 1" in found.verdict and "1." in found.verdict
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"batch_sizes": (0,)}, "batch sizes must be integers >= 1, got 0"),
+        ({"precise_samples": 1}, "precise_samples must be an integer >= 2, got 1"),
+    ],
+)
+def test_bad_arguments_are_refused(kwargs, message):
+    x, y = _data()
+    with pytest.raises(ValueError, match=message):
+        diagnose(_cnn(), [(x, y)], **kwargs)
+
+
+def test_a_model_without_running_statistics_is_refused_by_name():
+    x, y = _data()
+    with pytest.raises(ValueError, match="Sequential has no norm layer with running statistics"):
+        diagnose(nn.Sequential(nn.Flatten(), nn.Linear(20, 4)), [(x, y)])
+
+
+def test_the_command_line_diagnoses_a_model_given_by_import_path(tmp_path):
+    (tmp_path / "mymodels.py").write_text(
+        "import torch\n"
+        "from torch import nn\n"
+        "def model():\n"
+        "    torch.manual_seed(0)\n"
+        "    return nn.Sequential(nn.Conv1d(1, 4, 3), nn.BatchNorm1d(4), nn.ReLU(), nn.Flatten(), nn.Linear(72, 3))\n"
+        "def data():\n"
+        "    x, y = torch.randn(64, 1, 20), torch.randint(0, 3, (64,))\n"
+        "    return [(x[:32], y[:32]), (x[32:], y[32:])], [(x, y)]\n"
+    )
+    exe = str(Path(sys.executable).parent / "normbench-diagnose")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    command = [exe, "--model", "mymodels:model", "--data", "mymodels:data", "--batch-sizes", "2", "8"]
+    proc = subprocess.run(
+        [*command, "--csv", str(tmp_path / "r.csv")], env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "test error: " in proc.stdout and "mini-batch" in proc.stdout
+    assert (tmp_path / "r.csv").read_text().startswith("statistics,batch_size,split,error,loss")
+    bad = subprocess.run(
+        [exe, "--model", "mymodels:nothing", "--data", "mymodels:data"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == [
+        "normbench-diagnose: error: mymodels:nothing: cannot import it (module 'mymodels' has no attribute 'nothing')"
+    ]
