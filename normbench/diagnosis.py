@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from normbench.argtypes import positive_int
-from normbench.evaluate import _has_tensor, channel_sums, pooled_stats, relative_l2, stat_modules
+from normbench.evaluate import _has_tensor, pooled_statistics, relative_l2, stat_modules
 
 Batches = Iterable[tuple[Tensor, Tensor]]
 
@@ -82,37 +82,12 @@ def _error_and_loss(
     return wrong / len(x), loss / len(x)
 
 
-@torch.no_grad()
 def precise_statistics(model: nn.Module, x: Tensor, batch_size: int) -> nn.Module:
     """A copy of ``model`` whose layers' running statistics are their inputs' exact population mean
     and (unbiased) variance over the samples ``x``, from training-mode forwards at ``batch_size``
     (the weights untouched; a last batch of one sample is left out, as it has no batch statistics)."""
-    twin = copy.deepcopy(model).train()
-    layers = stat_modules(twin)
-    sums: dict[str, list] = {name: [0, 0.0, 0.0] for name in layers}
-
-    def hook(name: str):
-        def accumulate(module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
-            total, total_sq, n = channel_sums(inputs[0])
-            acc = sums[name]
-            acc[0], acc[1], acc[2] = acc[0] + n, acc[1] + total, acc[2] + total_sq
-
-        return accumulate
-
-    handles = [m.register_forward_pre_hook(hook(name)) for name, m in layers.items()]
-    try:
-        for start in range(0, len(x), batch_size):
-            if len(x[start : start + batch_size]) > 1:
-                twin(x[start : start + batch_size])
-    finally:
-        for h in handles:
-            h.remove()
-    for name, m in layers.items():
-        mean, var = pooled_stats(*sums[name])
-        if _has_tensor(m, "running_mean"):
-            m.running_mean.copy_(mean)
-        m.running_var.copy_(var)
-    return twin.eval()
+    batches = (x[start : start + batch_size] for start in range(0, len(x), batch_size))
+    return pooled_statistics(model, (b for b in batches if len(b) > 1))
 
 
 @torch.no_grad()

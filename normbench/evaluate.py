@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import inspect
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Protocol
 
@@ -105,6 +105,14 @@ def precise_bn(
     variance are pooled exactly over ``num_samples`` training samples (law of total variance; the
     variance stored unbiased like torch's), not averaged batch by batch.
     """
+    order = precise_bn_order(len(x), num_samples, gen).split(batch_size)
+    return pooled_statistics(model, (x[idx] for idx in order if len(idx) > 1 or batch_size == 1))
+
+
+@torch.no_grad()
+def pooled_statistics(model: nn.Module, batches: Iterable[Tensor]) -> nn.Module:
+    """A copy of ``model`` (in eval mode) whose layers' running statistics are their inputs' mean and
+    unbiased variance pooled exactly over training-mode forwards of ``batches``."""
     twin = copy.deepcopy(model).train()
     layers = stat_modules(twin)
     sums: dict[str, list] = {}
@@ -121,9 +129,8 @@ def precise_bn(
 
     handles = [m.register_forward_pre_hook(hook(name)) for name, m in layers.items()]
     try:
-        for idx in precise_bn_order(len(x), num_samples, gen).split(batch_size):
-            if len(idx) > 1 or batch_size == 1:
-                twin(x[idx])
+        for batch in batches:
+            twin(batch)
     finally:
         for h in handles:
             h.remove()
