@@ -333,7 +333,27 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu, or cuda: the GPU table (fp32 and bf16)")
     parser.add_argument("--out", type=Path, default=None, help="default reports/bench/norms[_cuda].md")
     parser.add_argument("--from-json", type=Path, default=None, help="re-render norms_cuda.md from its .json")
+    parser.add_argument(
+        "--in-step",
+        action="store_true",
+        help="every plugin inside one MNIST-1D CNN training step (batch 32; on CUDA also captured as a "
+        "CUDA graph) against the same step with batchnorm, to reports/bench/step_norms[_cuda].md",
+    )
     args = parser.parse_args()
+    if args.in_step:  # one run per plugin as a population of one: bench_population's machinery
+        import bench_population
+
+        cuda = torch.device(args.device).type == "cuda"
+        out = (
+            args.out
+            or Path(__file__).parents[1] / "reports/bench" / f"step_norms{'_cuda' if cuda else ''}.md"
+        )
+        norms = [n for n in available_norms() if n != "sync_batchnorm"]
+        forms = ["auto", "auto:graph"] if cuda else ["auto"]
+        step = ["--tasks", "mnist1d_cnn", "--batch-sizes", "32", "--members", "1", "--steps", "300"]
+        where = ["--device", args.device, "--rounds", str(args.rounds), "--out", str(out)]
+        bench_population.main([*step, *where, "--forms", *forms, "--norms", *norms])
+        return
     device = torch.device(args.device)
     bench_dir = Path(__file__).parents[1] / "reports/bench"
     if args.from_json:  # re-render the CUDA table from its saved rows (no GPU needed)

@@ -130,7 +130,7 @@ def write_report(out: Path, args: argparse.Namespace, runtime: Runtime, rows: li
     out.write_text("\n".join(lines) + "\n")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     tasks = sorted(p.stem for p in (CONF_DIR / "task").glob("*.yaml"))
     parser.add_argument("--tasks", nargs="+", choices=tasks, default=["mnist1d_mlp", "mnist1d_cnn"])
@@ -149,7 +149,7 @@ def main() -> None:
     parser.add_argument("--forms", nargs="+", choices=forms, default=["wide", "vmap"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     runtime = Runtime(resolve_device(args.device))
     if runtime.device.type != "cuda" and any(f.endswith(":graph") for f in args.forms):
         parser.error(f"--forms {' '.join(args.forms)}: ':graph' needs --device cuda")

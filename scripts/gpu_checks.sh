@@ -52,9 +52,7 @@ step population 150 bench_population python3 scripts/bench_population.py --devic
 step population 90 bench_single python3 scripts/bench_population.py --device cuda --members 1 --steps 2000 \
   --rounds 1 --forms auto:graph --out "$out/single_run_cuda.md"
 # one run (a population of one) per plugin in the same CNN training step, eager and captured
-step population 90 step_norms python3 scripts/bench_population.py --device cuda --tasks mnist1d_cnn --batch-sizes 32 \
-  --members 1 --steps 300 --rounds 1 --forms auto auto:graph --norms $(python3 -c \
-  'from normbench import available_norms; print(" ".join(n for n in available_norms() if n != "sync_batchnorm"))') \
+step population 90 step_norms python3 scripts/bench_norms.py --device cuda --in-step --rounds 1 \
   --out "$out/step_norms_cuda.md"
 step bench_norms 200 bench_norms python3 scripts/bench_norms.py --device cuda --rounds 10 --inner 20 --out "$out/norms_cuda.md"
 step check_cuda 150 check_cuda python3 scripts/check_cuda.py --out "$out/cuda_check.md"
