@@ -92,9 +92,9 @@ def precise_statistics(model: nn.Module, x: Tensor, batch_size: int) -> nn.Modul
 
 @torch.no_grad()
 def _one_value_per_channel(model: nn.Module, x: Tensor) -> dict[str, bool]:
-    """Per layer with running statistics: does it see one value per channel for one sample in
-    training mode (so its batch statistics are undefined)?"""
-    twin = copy.deepcopy(model).train()
+    """Per layer with running statistics: does one sample give it a single value per channel (so that
+    at batch 1 its batch statistics are undefined)?"""
+    twin = copy.deepcopy(model).eval()
     layers = stat_modules(twin)
     seen: dict[str, bool] = {}
     handles = [
@@ -106,7 +106,7 @@ def _one_value_per_channel(model: nn.Module, x: Tensor) -> dict[str, bool]:
         for name, m in layers.items()
     ]
     try:
-        twin.eval()(x[:1])  # eval mode reaches every layer without failing on batch statistics
+        twin(x[:1])  # in eval mode: every layer is reached, none fails on batch statistics
     finally:
         for h in handles:
             h.remove()
@@ -156,12 +156,8 @@ def diagnose(
             f"diagnose: {type(model).__name__} has no norm layer with running statistics (BatchNorm and "
             "the like); there is nothing to diagnose"
         )
-    x_train, _ = _samples(train_loader, precise_samples, device)
-    x_test, y_test = (
-        _samples(test_loader, None, device)
-        if test_loader is not None
-        else _samples(train_loader, precise_samples, device)
-    )
+    x_train, y_train = _samples(train_loader, precise_samples, device)
+    x_test, y_test = (x_train, y_train) if test_loader is None else _samples(test_loader, None, device)
     split = "test" if test_loader is not None else "train"
     precise = precise_statistics(work, x_train, precise_batch_size)
     at_one = _one_value_per_channel(work, x_test)

@@ -13,7 +13,8 @@ sees (N, K·C, *spatial), member k in channels [k·C, (k+1)·C), each with its o
 
 A step costs about one model K times wider instead of K models. Models with a part that has no wide form
 (a Transformer's attention, a plugin with ``population="vmap"``, a weight-standardized layer) train
-under ``vmap`` instead (:class:`~normbench.population.stacked.Population`); :func:`widen` says why.
+under ``vmap`` instead (:class:`~normbench.population.stacked.Population`): :func:`stack_population`
+falls back to it, and with ``form="wide"`` raises :class:`NoWideForm` naming the part.
 """
 
 from __future__ import annotations
@@ -188,15 +189,13 @@ class WidePopulation(Population):
     form = "wide"
 
     def __init__(self, wide: nn.Module, shapes: dict[str, torch.Size], size: int) -> None:
-        self.members, self.shapes = size, shapes
+        self.members = size
         self._owns_buffers = True
-        super().__init__(wide, {}, {})
-        self._make_views()
-
-    def _make_views(self) -> None:
-        k, shapes = self.members, self.shapes
-        self.params = {n: _member_view(t, shapes[n], k) for n, t in self.base.named_parameters()}
-        self.buffers = {n: _member_view(t, shapes[n], k) for n, t in self.base.named_buffers()}
+        super().__init__(
+            wide,
+            {n: _member_view(t, shapes[n], size) for n, t in wide.named_parameters()},
+            {n: _member_view(t, shapes[n], size) for n, t in wide.named_buffers()},
+        )
 
     @classmethod
     def stack(cls, models: Sequence[nn.Module]) -> WidePopulation:  # type: ignore[override]
