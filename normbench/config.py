@@ -123,7 +123,8 @@ class DataConfig:
     classes_per_batch: int = 2
     val_size: float = 0.1  # held out of training, stratified: a fraction < 1, a count >= 1, or 0 for none
     split_seed: int = 0  # fixes the validation split, independently of the run's seed
-    mnist1d_samples: int = 5000  # MNIST-1D generated size (80% train, 20% test); larger: less test noise
+    mnist1d_samples: int = 5000  # MNIST-1D generated size (80% train, 20% test)
+    mnist1d_test_samples: int = 0  # MNIST-1D test set topped up to this size by new draws; 0: the 20%
     root: str = ""  # datasets on disk (CIFAR): "" = $NORMBENCH_DATA, else ~/.cache/normbench
     download: bool = False  # fetch a missing dataset (official archive, checksum verified)
 
@@ -195,6 +196,7 @@ LATER_KEYS = {
     "data.val_size": 0,  # runs before the validation split trained on the whole training set
     "data.split_seed": 0,
     "data.mnist1d_samples": 5000,
+    "data.mnist1d_test_samples": 0,
     "runtime.precision": "fp32",  # every fp32 run keeps the hash it had before the setting existed
 }
 
@@ -266,6 +268,7 @@ VALUE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     ),
     "data.split_seed": (lambda v: _finite(v) and 0 <= v < 2**62, "an integer in [0, 2^62)"),
     "data.mnist1d_samples": (_at_least(100), "an integer >= 100"),
+    "data.mnist1d_test_samples": (_at_least(0), "0 or an integer >= the 20% test split"),
     "eval.precise_bn_samples": (_at_least(1), "an integer >= 1 (capped at the training set)"),
     "eval.precise_bn_batch_size": (_at_least(0), "an integer >= 1, or 0 for the run's batch size"),
     "eval.minibatch_samples": (_at_least(1), "an integer >= 1 (capped at the training set)"),

@@ -193,7 +193,13 @@ def prepare_data(cfg: DictConfig, runtime: Runtime = CPU_FP32) -> Dataset:
     setting the task cannot give (a batch larger than the training set, a class-grouped batch the
     classes cannot fill, an image-only setting on 1-D inputs) raises ConfigError."""
     try:
-        data = load_dataset(cfg.task.dataset, cfg.data.root, cfg.data.download, cfg.data.mnist1d_samples)
+        data = load_dataset(
+            cfg.task.dataset,
+            cfg.data.root,
+            cfg.data.download,
+            cfg.data.mnist1d_samples,
+            cfg.data.mnist1d_test_samples,
+        )
     except (OSError, ValueError) as exc:  # unknown, missing (without data.download), bad download
         raise ConfigError(f"task.dataset={cfg.task.dataset}: {exc}") from None
     try:

@@ -73,6 +73,31 @@ def test_larger_mnist1d_is_generated_offline_with_the_same_proportions():
     assert (len(data.y_train), len(data.y_test)) == (4800, 1200)
 
 
+def test_a_larger_mnist1d_test_set_adds_new_draws_and_leaves_training_alone():
+    base = load_dataset("mnist1d", mnist1d_samples=1000)
+    larger = load_dataset("mnist1d", mnist1d_samples=1000, mnist1d_test_samples=1030)
+    assert torch.equal(base.x_train, larger.x_train) and torch.equal(base.y_train, larger.y_train)
+    assert torch.equal(base.x_test, larger.x_test[:200]) and len(larger.y_test) == 1030
+    extra = larger.x_test[200:].flatten(1)
+    # new samples, not copies of training or test ones, on the scale of the training inputs
+    assert torch.cdist(extra, torch.cat([base.x_train, base.x_test]).flatten(1)).min() > 0.1
+    assert abs(float(extra.std()) - float(base.x_train.std())) < 0.1
+    assert set(larger.y_test[200:].tolist()) == set(range(10))
+
+
+def test_a_test_set_smaller_than_the_split_is_refused(tmp_path):
+    with pytest.raises(ConfigError) as exc:
+        execute(compose_cfg("data.mnist1d_test_samples=999", *QUICK), tmp_path)
+    assert "data.mnist1d_test_samples=999: must be 0 or at least the 1000 test samples" in str(exc.value)
+
+
+def test_the_test_set_size_joins_the_identity_only_when_set():
+    identity, _ = run_identity(compose_cfg())
+    assert "mnist1d_test_samples" not in identity["data"]
+    identity, _ = run_identity(compose_cfg("data.mnist1d_test_samples=4000"))
+    assert identity["data"]["mnist1d_test_samples"] == 4000
+
+
 @pytest.mark.parametrize(
     "override, message",
     [

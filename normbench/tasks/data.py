@@ -84,27 +84,43 @@ class Dataset:
         )
 
 
-@cache
-def _mnist1d(num_samples: int = 5000) -> Dataset:
-    # make_dataset generates the data from templates with its own fixed seed (42): offline and
-    # identical everywhere. get_dataset would try to download a pickle, so it is never used.
+MNIST1D_EXTRA_TEST_SEED = 43  # make_dataset's own seed is 42: the extra test samples are new draws
+
+
+def _mnist1d_raw(num_samples: int, seed: int, train_split: float) -> dict:
+    # make_dataset generates the data from templates with args.seed: offline and identical everywhere.
+    # get_dataset would try to download a pickle, so it is never used.
     from mnist1d.data import get_dataset_args, make_dataset
 
     args = get_dataset_args()
-    args.num_samples = num_samples  # 80% train, 20% test (args.train_split)
-    raw = make_dataset(args)
+    args.num_samples, args.seed, args.train_split = num_samples, seed, train_split
+    return make_dataset(args)
+
+
+@cache
+def _mnist1d(num_samples: int = 5000, test_samples: int = 0) -> Dataset:
+    """``num_samples`` generated, 80% train and 20% test (make_dataset's split); with ``test_samples``
+    larger than that test split, the test set is topped up to ``test_samples`` with samples generated
+    from another seed (so the training set, and every run trained on it, stays the same). Each
+    generation is standardised by make_dataset with its own mean and std, which over thousands of
+    samples agree to about 1e-3."""
+    raw = _mnist1d_raw(num_samples, 42, 0.8)
 
     def x(a: np.ndarray) -> Tensor:
         return torch.as_tensor(a, dtype=torch.float32).unsqueeze(1)  # (N, 1, 40)
 
-    return Dataset(
-        "mnist1d",
-        x(raw["x"]),
-        torch.as_tensor(raw["y"], dtype=torch.long),
-        x(raw["x_test"]),
-        torch.as_tensor(raw["y_test"], dtype=torch.long),
-        10,
-    )
+    x_test, y_test = x(raw["x_test"]), torch.as_tensor(raw["y_test"], dtype=torch.long)
+    extra = test_samples - len(y_test)
+    if test_samples and extra < 0:
+        raise ValueError(
+            f"data.mnist1d_test_samples={test_samples}: must be 0 or at least the {len(y_test)} test "
+            f"samples of data.mnist1d_samples={num_samples}"
+        )
+    if extra > 0:
+        more = _mnist1d_raw(-(-extra // 10) * 10, MNIST1D_EXTRA_TEST_SEED, 0.0)  # whole classes, shuffled
+        x_test = torch.cat([x_test, x(more["x_test"][:extra])])
+        y_test = torch.cat([y_test, torch.as_tensor(more["y_test"][:extra], dtype=torch.long)])
+    return Dataset("mnist1d", x(raw["x"]), torch.as_tensor(raw["y"], dtype=torch.long), x_test, y_test, 10)
 
 
 @cache
@@ -138,20 +154,27 @@ def _cifar(name: str, root: str, fetch: bool) -> Dataset:
     return load_cifar(name, root or None, fetch)
 
 
-# name -> loader(root, download, mnist1d_samples): each takes what applies to it
-DATASETS: dict[str, Callable[[str, bool, int], Dataset]] = {
-    "mnist1d": lambda root, fetch, samples: _mnist1d(samples),
-    "digits": lambda root, fetch, samples: _digits(),
-    "cifar10": lambda root, fetch, samples: _cifar("cifar10", root, fetch),
-    "cifar100": lambda root, fetch, samples: _cifar("cifar100", root, fetch),
+# name -> loader(root, download, mnist1d_samples, mnist1d_test_samples): each takes what applies to it
+DATASETS: dict[str, Callable[[str, bool, int, int], Dataset]] = {
+    "mnist1d": lambda root, fetch, samples, test_samples: _mnist1d(samples, test_samples),
+    "digits": lambda root, fetch, samples, test_samples: _digits(),
+    "cifar10": lambda root, fetch, samples, test_samples: _cifar("cifar10", root, fetch),
+    "cifar100": lambda root, fetch, samples, test_samples: _cifar("cifar100", root, fetch),
 }
 
 
-def load_dataset(name: str, root: str = "", download: bool = False, mnist1d_samples: int = 5000) -> Dataset:
+def load_dataset(
+    name: str,
+    root: str = "",
+    download: bool = False,
+    mnist1d_samples: int = 5000,
+    mnist1d_test_samples: int = 0,
+) -> Dataset:
     """The dataset ``name`` (one of :data:`DATASETS`), cached per process; datasets read from disk
     (CIFAR) come from ``root`` (default: :func:`normbench.tasks.cifar.default_root`), fetched first
-    when missing and ``download``; MNIST-1D is generated with ``mnist1d_samples`` samples. Tensors are
+    when missing and ``download``; MNIST-1D is generated with ``mnist1d_samples`` samples, its test set topped up to
+    ``mnist1d_test_samples`` (0: no more than its 20%). Tensors are
     read-only by convention: callers index them and never write into them."""
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}")
-    return DATASETS[name](root, download, mnist1d_samples)
+    return DATASETS[name](root, download, mnist1d_samples, mnist1d_test_samples)
