@@ -92,5 +92,46 @@ def test_an_interval_that_excludes_zero_is_not_enough_after_holm():
     assert together.p_holm == pytest.approx(min(1.0, 40 * alone.p)) and together.p_holm >= 0.05
     assert not together.established
     assert sentence(together).endswith(
-        "not established after the Holm adjustment over all claims (adjusted p >= 0.05)."
+        "not established after the Holm adjustment over its family (adjusted p >= 0.05)."
     )
+
+
+def test_tost_is_the_larger_of_two_one_sided_t_tests_against_the_margin():
+    gn = [0.250, 0.262, 0.241, 0.255, 0.248]
+    bn = [0.252, 0.259, 0.246, 0.251, 0.250]
+    runs = _runs({("groupnorm", 32): gn, ("batchnorm", 32): bn})
+    contrast = Contrast("GN - BN at 32", ((GN32, 1), (BN32, -1)))
+    result = evaluate(runs, contrast, "test_error", margin=0.01, equivalence=True)
+    d = np.subtract(gn, bn)
+    se = d.std(ddof=1) / math.sqrt(len(d))
+    p_low = student_t.sf((d.mean() + 0.01) / se, len(d) - 1)  # H0: mean <= -margin
+    p_high = student_t.cdf((d.mean() - 0.01) / se, len(d) - 1)  # H0: mean >= +margin
+    assert result.p_tost == pytest.approx(max(p_low, p_high))
+    assert result.p_tost < 0.05 and result.equivalent and result.established
+    assert "equivalent within ±1 pp (established)" in sentence(result)
+    tight = evaluate(runs, contrast, "test_error", margin=0.001, equivalence=True)
+    assert not tight.established and "equivalence within ±0.1 pp not established" in sentence(tight)
+
+
+def test_a_non_significant_difference_is_called_small_only_by_its_tost():
+    runs = _runs({("batchnorm", 32): [0.20, 0.30, 0.10], ("groupnorm", 32): [0.25, 0.15, 0.21]})
+    result = evaluate(runs, Contrast("BN - GN", ((BN32, 1), (GN32, -1))), "test_error", margin=0.01)
+    text = sentence(result)
+    assert "not established (the interval includes 0); within ±1 pp: not shown either (TOST p = " in text
+    assert "absent" not in text and "no difference" not in text
+
+
+@pytest.mark.parametrize(
+    "values, reason",
+    [
+        ({("batchnorm", 2): [0.60, 0.62], ("batchnorm", 32): [0.20, 0.21]}, "fewer than 3 paired seeds"),
+        (
+            {("batchnorm", 2): [0.60, 0.61, 0.62], ("batchnorm", 32): [0.20, 0.21, 0.22]},
+            "an interval of zero width",
+        ),
+    ],
+)
+def test_two_seeds_or_a_zero_width_interval_establish_nothing(values, reason):
+    result = evaluate(_runs(values), Contrast("BN(2) - BN(32)", ((BN2, 1), (BN32, -1))), "test_error")
+    assert result.excludes_zero and not result.established
+    assert sentence(result).endswith(f"not established ({reason}).")

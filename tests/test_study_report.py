@@ -362,3 +362,92 @@ def test_later_keys_are_filled_with_their_old_value_only_where_some_run_sets_the
     assert filled["task.model.init_scale"].tolist() == [4.0, 1.0]  # the run that predates the key ran at 1.0
     assert "task.model.g_norm" not in filled  # a key no run sets gets no column
     assert filled["optim.lr"].tolist() == [0.1, 0.2]
+
+
+FAMILIES = """
+title: Families
+select: [optim.lr]
+does_not_train_at: 0.5
+equivalence_margin: 0.05
+degenerate:
+  - where: {norm: groupnorm, batch_size: 2}
+    reason: a toy reason.
+sections:
+  - title: Primary
+    claims:
+      - name: "{norm}(2) − {norm}(32)"
+        for_each: {norm: [batchnorm, groupnorm]}
+        where: {norm: "{norm}"}
+        plus: [{batch_size: 2}]
+        minus: [{batch_size: 32}]
+      - name: "groupnorm − batchnorm at 32"
+        where: {batch_size: 32}
+        plus: [{norm: groupnorm}]
+        minus: [{norm: batchnorm}]
+      - name: "groupnorm agrees with batchnorm at 32"
+        equivalence: true
+        where: {batch_size: 32}
+        plus: [{norm: groupnorm}]
+        minus: [{norm: batchnorm}]
+  - title: Explore
+    family: exploratory
+    claims:
+      - name: "batchnorm(32) − groupnorm(2)"
+        plus: [{norm: batchnorm, batch_size: 32}]
+        minus: [{norm: groupnorm, batch_size: 2}]
+      - name: "explore: batchnorm(32) − groupnorm(32)"
+        where: {batch_size: 32}
+        plus: [{norm: batchnorm}]
+        minus: [{norm: groupnorm}]
+"""
+
+
+def test_holm_is_within_the_primary_family_and_untrained_or_degenerate_cells_are_not_tested(study_dir):
+    (study_dir / "families.yaml").write_text(FAMILIES)
+    text = build_report(
+        [study_dir / "sweeps"], study_dir / "out", study=study_dir / "families.yaml"
+    ).read_text()
+    e = {k: np.array(v) for k, v in ERRORS.items()}
+    difference = e["groupnorm", 32] - e["batchnorm", 32]
+    p_diff = ttest_1samp(difference, 0).pvalue
+    p_tost = max(
+        ttest_1samp(difference, -0.05, alternative="greater").pvalue,
+        ttest_1samp(difference, 0.05, alternative="less").pvalue,
+    )
+    adjusted = holm([p_diff, p_tost])  # the family: the two primary claims with trained cells
+    assert f"Holm-adjusted p = {adjusted[0]:.3g}" in _line(text, "groupnorm − batchnorm at 32")
+    agree = _line(text, "groupnorm agrees with batchnorm at 32")
+    assert f"TOST p = {p_tost:.3g} against ±5 pp" in agree
+    assert ("equivalent within ±5 pp (established)" in agree) == (adjusted[1] < 0.05)
+    assert "Findings" in text and "primary claims are established" in text
+    bn = _line(text, "batchnorm(2) − batchnorm(32)")
+    assert bn.endswith(
+        f"not tested (cell norm=batchnorm, batch_size=2 does not train: mean test_error {e['batchnorm', 2].mean() * 100:.1f} >= 50%)."
+    )
+    for name in ("groupnorm(2) − groupnorm(32)", "batchnorm(32) − groupnorm(2)"):
+        assert "not tested (degenerate cell " in _line(text, name) and "a toy reason." in _line(text, name)
+    explore = _line(text, "explore: batchnorm(32) − groupnorm(32)")
+    assert "Holm" not in explore and "over 3 paired seeds" in explore
+    assert "Degenerate cells (norm=groupnorm, batch_size=2): a toy reason." in text
+    assert "did not train: claims on it are reported as not tested" in text
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ("equivalence_margin: -1", "equivalence_margin=-1: must be a positive number"),
+        ("degenerate: [{where: {norm: batchnorm}}]", "degenerate[0] needs where (the cells) and reason"),
+    ],
+)
+def test_bad_statistics_settings_are_refused(tmp_path, extra, message):
+    path = tmp_path / "s.yaml"
+    path.write_text(STUDY + extra + "\n")
+    with pytest.raises(StudyError, match=re.escape(message)):
+        load_study(path)
+
+
+def test_a_bad_family_names_what_is_allowed(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(FAMILIES.replace("family: exploratory", "family: secondary"))
+    with pytest.raises(StudyError, match=re.escape("family='secondary'; allowed: primary, exploratory")):
+        load_study(path)

@@ -6,8 +6,12 @@ A contrast is a weighted sum of cells, evaluated seed by seed: ``BN(2) − BN(32
 initialization stream and batch order wherever shapes allow, so cell differences are measured on
 matched runs, as Bouthillier et al. 2021 recommend). Only seeds present in every cell of the contrast
 count. The interval is the Student t interval of the per-seed values (``scipy.stats.ttest_1samp``);
-a claim is *established* only when its interval excludes 0 and, where it was made with others, its
-Holm-adjusted p-value is below 0.05 (so that the family of claims keeps a 5% error rate).
+a claim is *established* only when it has at least 3 paired seeds, an interval of non-zero width that
+excludes 0 and, where it was made in a family of claims, a Holm-adjusted p-value below 0.05 (so that
+the family keeps a 5% error rate). A claim that two cells *agree* is an equivalence claim: two
+one-sided t tests (TOST, Schuirmann 1987) against a stated margin, established when both reject, that
+is when the 90% interval lies inside ±margin. A difference that is not established is only that;
+without a TOST it says nothing about the difference being small.
 
 A cell's selector may name its own ``metric`` (e.g. ``{"norm": "batchnorm", "metric":
 "test_error_precise_bn"}``), so one contrast can compare two evaluations of the same runs. With
@@ -18,6 +22,7 @@ and dropping it would favour the settings that sometimes blow up); otherwise onl
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -27,8 +32,9 @@ from scipy import stats
 from normbench.config import LATER_KEYS
 
 Selector = Mapping[str, object]  # column -> value, e.g. {"norm": "batchnorm", "batch_size": 2}
-METRIC = "metric"
-ALPHA = 0.05  # a selector key naming the cell's metric instead of a column
+METRIC = "metric"  # a selector key naming the cell's metric instead of a column
+ALPHA = 0.05
+MIN_SEEDS = 3  # an interval from fewer paired seeds is reported, never established
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,17 +51,39 @@ class ContrastResult:
     low: float  # 95% interval
     high: float
     p: float  # two-sided, H0: mean 0
-    p_holm: float = float("nan")  # Holm-adjusted over the contrasts reported together
+    p_holm: float = float("nan")  # Holm-adjusted over the family's claims; NaN: not adjusted
+    margin: float = float("nan")  # equivalence margin of the TOST; NaN: none tested
+    p_tost: float = float("nan")  # TOST p-value: the larger of the two one-sided tests' p
+    equivalence: bool = False  # the claim is that the cells agree within ±margin
+    family: str = "primary"  # "primary" (Holm within it) or "exploratory" (unadjusted)
+    excluded: str = ""  # why the claim was not tested (a cell that does not train, a degenerate one)
 
     @property
-    def established(self) -> bool:
-        return (
-            self.excludes_zero and not self.p_holm >= ALPHA
-        )  # NaN p_holm: not adjusted, the interval decides
+    def test_p(self) -> float:
+        """The p-value of what the claim asserts: TOST's for an equivalence, else the t test's."""
+        return self.p_tost if self.equivalence else self.p
+
+    @property
+    def usable(self) -> bool:
+        """Enough seeds and a real interval: fewer than MIN_SEEDS, or zero width, decide nothing."""
+        return not self.excluded and self.n >= MIN_SEEDS and self.high > self.low
 
     @property
     def excludes_zero(self) -> bool:
         return self.n >= 2 and (self.low > 0 or self.high < 0)
+
+    @property
+    def equivalent(self) -> bool:
+        """Both one-sided tests reject at ALPHA (unadjusted; an equivalence claim's own test)."""
+        return self.usable and self.p_tost < ALPHA
+
+    @property
+    def established(self) -> bool:
+        """The claim holds: usable, its test rejects, and (NaN p_holm: not adjusted) so does Holm's."""
+        if not self.usable:
+            return False
+        rejects = self.equivalent if self.equivalence else self.excludes_zero
+        return rejects and not self.p_holm >= ALPHA
 
 
 def cell_rows(runs: pd.DataFrame, selector: Selector) -> pd.DataFrame:
@@ -110,19 +138,37 @@ def evaluate(
     metric: str,
     confidence: float = 0.95,
     diverged_as: float | None = None,
+    margin: float | None = None,
+    equivalence: bool = False,
 ) -> ContrastResult:
+    """The contrast over the seeds its cells share: mean, t interval, two-sided p and, with a
+    ``margin``, the TOST p-value of equivalence within ±margin."""
     values = per_seed(runs, contrast, metric, diverged_as=diverged_as).to_numpy(dtype=float)
     n = len(values)
+    extra = {"margin": math.nan if margin is None else float(margin), "equivalence": equivalence}
     if n < 2:
-        mean = float(values.mean()) if n else float("nan")
-        return ContrastResult(contrast.name, n, mean, float("nan"), float("nan"), float("nan"))
+        mean = float(values.mean()) if n else math.nan
+        return ContrastResult(contrast.name, n, mean, math.nan, math.nan, math.nan, **extra)
     if np.allclose(values, values[0]):  # no spread: t is undefined; the interval is the value itself
         p = 0.0 if values[0] != 0 else 1.0
-        return ContrastResult(contrast.name, n, float(values[0]), float(values[0]), float(values[0]), p)
+        v = float(values[0])
+        return ContrastResult(contrast.name, n, v, v, v, p, **extra)
     test = stats.ttest_1samp(values, 0.0)
     interval = test.confidence_interval(confidence)
+    p_tost = math.nan
+    if margin is not None:
+        above = stats.ttest_1samp(values, -margin, alternative="greater").pvalue
+        below = stats.ttest_1samp(values, margin, alternative="less").pvalue
+        p_tost = float(max(above, below))
     return ContrastResult(
-        contrast.name, n, float(values.mean()), float(interval.low), float(interval.high), float(test.pvalue)
+        contrast.name,
+        n,
+        float(values.mean()),
+        float(interval.low),
+        float(interval.high),
+        float(test.pvalue),
+        p_tost=p_tost,
+        **extra,
     )
 
 
@@ -149,22 +195,56 @@ def evaluate_all(
 
 
 def with_holm(results: Sequence[ContrastResult]) -> list[ContrastResult]:
-    """``results`` with ``p_holm`` adjusted over all of them (the claims a report makes together)."""
-    adjusted = holm([r.p for r in results])
+    """``results`` with ``p_holm`` adjusted over all of them (the claims a report makes together), each
+    by the p-value of what it asserts (:attr:`ContrastResult.test_p`)."""
+    adjusted = holm([r.test_p for r in results])
     return [dataclasses.replace(r, p_holm=p_adj) for r, p_adj in zip(results, adjusted, strict=True)]
 
 
+def _pp(value: float, unit: float) -> str:
+    return f"{value * unit:+.1f}"
+
+
 def sentence(result: ContrastResult, unit: float = 100.0, what: str = "pp") -> str:
-    """One line stating the contrast, its interval and its verdict, from the numbers alone."""
+    """One line stating the contrast, its interval and its verdict, from the numbers alone. A difference
+    that is not established is called that, never "absent"; only a TOST can say a difference is small."""
+    name = result.name
+    if result.excluded:
+        return f"{name}: not tested ({result.excluded})."
     if result.n < 2:
-        return f"{result.name}: not established ({result.n} paired seed(s); an interval needs 2 or more)."
-    if result.established:
-        verdict = "established"
+        return f"{name}: not established ({result.n} paired seed(s); an interval needs 2 or more)."
+    estimate = (
+        f"{_pp(result.mean, unit)} {what}, 95% CI [{_pp(result.low, unit)}, {_pp(result.high, unit)}] "
+        f"over {result.n} paired seeds"
+    )
+    adjusted = result.family == "primary" and not math.isnan(result.p_holm)
+    if result.equivalence:
+        estimate += f", TOST p = {result.p_tost:.3g} against ±{result.margin * unit:g} {what}"
+    elif adjusted:
+        estimate += f", Holm-adjusted p = {result.p_holm:.3g}"
+    if not result.usable:
+        reason = (
+            f"fewer than {MIN_SEEDS} paired seeds" if result.n < MIN_SEEDS else "an interval of zero width"
+        )
+        return f"{name}: {estimate}: not established ({reason})."
+    if result.equivalence:
+        verdict = (
+            f"equivalent within ±{result.margin * unit:g} {what} (established)"
+            if result.established
+            else f"equivalence within ±{result.margin * unit:g} {what} not established"
+        )
+        if result.equivalent and not result.established:
+            verdict += f" after the Holm adjustment (adjusted p = {result.p_holm:.3g})"
+    elif result.established:
+        verdict = "established" if adjusted else "interval excludes 0 (exploratory, unadjusted)"
     elif result.excludes_zero:
-        verdict = f"not established after the Holm adjustment over all claims (adjusted p >= {ALPHA:g})"
+        verdict = f"not established after the Holm adjustment over its family (adjusted p >= {ALPHA:g})"
     else:
         verdict = "not established (the interval includes 0)"
-    return (
-        f"{result.name}: {result.mean * unit:+.1f} {what}, 95% CI [{result.low * unit:+.1f}, "
-        f"{result.high * unit:+.1f}] over {result.n} paired seeds, Holm-adjusted p = {result.p_holm:.3g}: {verdict}."
-    )
+        if not math.isnan(result.p_tost):
+            verdict += f"; within ±{result.margin * unit:g} {what}: " + (
+                f"yes by TOST (p = {result.p_tost:.3g}, unadjusted)"
+                if result.equivalent
+                else f"not shown either (TOST p = {result.p_tost:.3g})"
+            )
+    return f"{name}: {estimate}: {verdict}."

@@ -7,6 +7,7 @@ in the description, so a study of other norms or tasks is a new YAML file, not n
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import string
@@ -22,7 +23,9 @@ from scipy import stats
 
 from normbench.report import figures
 from normbench.report.contrasts import (
+    ALPHA,
     METRIC,
+    MIN_SEEDS,
     Contrast,
     ContrastResult,
     cell_rows,
@@ -42,10 +45,27 @@ STUDY_KEYS = {
     "sections",
     "sweeps",
     "smoke",
+    "equivalence_margin",
+    "does_not_train_at",
+    "degenerate",
 }
 SWEEP_KEYS = {"preset", "smoke", "large"}
-SECTION_KEYS = {"title", "question", "where", "selected", "metric", "unit", "table", "candidates", "claims"}
-CLAIM_KEYS = {"name", "for_each", "where", "plus", "minus"}
+SECTION_KEYS = {
+    "title",
+    "question",
+    "where",
+    "selected",
+    "metric",
+    "unit",
+    "table",
+    "candidates",
+    "claims",
+    "family",
+    "curve",
+}
+CLAIM_KEYS = {"name", "for_each", "where", "plus", "minus", "family", "equivalence"}
+FAMILIES = ("primary", "exploratory")
+DEGENERATE_KEYS = {"where", "reason"}
 TABLE_KEYS = {"rows", "columns", "where", "metrics"}
 DERIVED_KEYS = {"history", "at_most"}
 
@@ -66,6 +86,8 @@ class Claim:
     metric: str
     unit: Unit
     selected: bool
+    family: str = "primary"  # Holm within the primary family; exploratory claims are not adjusted
+    equivalence: bool = False  # the claim is that the cells agree within the study's margin
 
 
 @dataclass
@@ -79,6 +101,8 @@ class Section:
     table: dict[str, Any] = field(default_factory=dict)
     candidates: dict[str, Any] = field(default_factory=dict)
     claims: list[dict[str, Any]] = field(default_factory=list)
+    family: str = "primary"
+    curve: dict[str, Any] = field(default_factory=dict)  # the practitioner's table and figure
 
 
 @dataclass
@@ -92,6 +116,9 @@ class Study:
     sections: list[Section]
     sweeps: list[dict[str, Any]] = field(default_factory=list)  # preset, and its smoke / large grids
     smoke: list[str] = field(default_factory=list)  # overrides of every smoke sweep (e.g. a short budget)
+    equivalence_margin: float | None = None  # TOST margin (in the metric's units) for "agree" claims
+    does_not_train_at: float | None = None  # a cell whose mean metric is at least this did not train
+    degenerate: list[dict[str, Any]] = field(default_factory=list)  # cells named with a reason
 
 
 def _check_keys(entry: Mapping[str, Any], allowed: set[str], where: str) -> None:
@@ -125,6 +152,14 @@ def load_study(path: str | Path) -> Study:
             _check_keys(claim, CLAIM_KEYS, f"{where}.claims[{j}]")
             if "name" not in claim or not (claim.get("plus") or claim.get("minus")):
                 raise StudyError(f"{where}.claims[{j}]: needs a name and plus and/or minus cells")
+            _check_family(claim.get("family", "primary"), f"{where}.claims[{j}]")
+            if claim.get("equivalence") and raw.get("equivalence_margin") is None:
+                raise StudyError(
+                    f"{where}.claims[{j}]: an equivalence claim needs the study's equivalence_margin"
+                )
+        _check_family(entry.get("family", "primary"), where)
+        if "curve" in entry:
+            _check_keys(entry["curve"], CURVE_KEYS, f"{where}.curve")
         for kind in ("table", "candidates"):
             if kind in entry:
                 _check_keys(entry[kind], TABLE_KEYS, f"{where}.{kind}")
@@ -133,6 +168,14 @@ def load_study(path: str | Path) -> Study:
         sections.append(Section(**fields, unit=unit))
     for name, spec in (raw.get("derived") or {}).items():
         _check_keys(spec, DERIVED_KEYS, f"{path}: derived.{name}")
+    for i, entry in enumerate(raw.get("degenerate") or []):
+        _check_keys(entry, DEGENERATE_KEYS, f"{path}: degenerate[{i}]")
+        if not entry.get("where") or not entry.get("reason"):
+            raise StudyError(f"{path}: degenerate[{i}] needs where (the cells) and reason")
+    for key in ("equivalence_margin", "does_not_train_at"):
+        value = raw.get(key)
+        if value is not None and not (isinstance(value, (int, float)) and 0 < value < math.inf):
+            raise StudyError(f"{path}: {key}={value!r}: must be a positive number (in the metric's units)")
     for i, sweep in enumerate(raw.get("sweeps") or []):
         _check_keys(sweep, SWEEP_KEYS, f"{path}: sweeps[{i}]")
         if "preset" not in sweep:
@@ -147,7 +190,15 @@ def load_study(path: str | Path) -> Study:
         sections=sections,
         sweeps=list(raw.get("sweeps") or []),
         smoke=list(raw.get("smoke") or []),
+        equivalence_margin=raw.get("equivalence_margin"),
+        does_not_train_at=raw.get("does_not_train_at"),
+        degenerate=list(raw.get("degenerate") or []),
     )
+
+
+def _check_family(family: Any, where: str) -> None:
+    if family not in FAMILIES:
+        raise StudyError(f"{where}: family={family!r}; allowed: {', '.join(FAMILIES)}")
 
 
 # --- the sweeps that produce a study's runs ------------------------------------------------------------
@@ -261,7 +312,9 @@ def expand(section: Section, study: Study) -> list[Claim]:
                     selector = {**common, **{k: _fill(v, names) for k, v in cell.items()}}
                     terms.append((selector, sign))
             contrast = Contrast(_fill(spec["name"], names), tuple(terms))
-            claims.append(Claim(contrast, metric, section.unit, section.selected))
+            family = spec.get("family", section.family)
+            equivalence = bool(spec.get("equivalence", False))
+            claims.append(Claim(contrast, metric, section.unit, section.selected, family, equivalence))
     return claims
 
 
@@ -272,21 +325,67 @@ def _has_runs(runs: pd.DataFrame, claim: Claim) -> bool:
         return False
 
 
+def _cell_text(selector: Mapping[str, Any], common: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={_label(v)}" for k, v in selector.items() if k not in common or common[k] != v)
+
+
+def exclusion(study: Study, frame: pd.DataFrame, claim: Claim, common: Mapping[str, Any]) -> str:
+    """Why ``claim`` cannot be tested, or "": one of its cells is degenerate (the description names it,
+    with the reason) or does not train (its mean metric at or above ``does_not_train_at``)."""
+    for selector, _ in claim.contrast.terms:
+        cell = cell_rows(frame, selector)
+        for entry in study.degenerate:
+            try:
+                inside = len(cell_rows(cell, entry["where"])) == len(cell)
+            except KeyError:  # a column these runs lack: the entry names other cells
+                inside = False
+            if inside:
+                return f"degenerate cell {_cell_text(selector, common)}: {entry['reason']}"
+        if study.does_not_train_at is None:
+            continue
+        column = str(selector.get(METRIC, claim.metric))
+        usable = cell[cell["status"].isin(["completed", "diverged"])]
+        values = usable[column].astype(float)
+        if study.diverged_as is not None:
+            values = values.where(usable["status"] == "completed", study.diverged_as)
+        if len(values.dropna()) and values.mean() >= study.does_not_train_at:
+            scale = claim.unit.scale
+            return (
+                f"cell {_cell_text(selector, common)} does not train: mean {column} "
+                f"{values.mean() * scale:.1f} >= {study.does_not_train_at * scale:g}"
+                f"{'%' if scale == 100 else ''}"
+            )
+    return ""
+
+
 def evaluate_claims(
     study: Study, runs: pd.DataFrame, selected: pd.DataFrame
 ) -> list[tuple[Section, list[tuple[Claim, ContrastResult]]]]:
     """Every claim with runs in all of its cells, evaluated on the selected runs (or on all runs where
-    the section says ``selected: false``), p-values Holm-adjusted over all of them together."""
+    the section says ``selected: false``); p-values Holm-adjusted within the primary family, claims
+    with a degenerate or untrained cell left out of it (and reported as not tested)."""
     planned = []
     for section in study.sections:
         for claim in expand(section, study):
             frame = selected if claim.selected else runs
-            if _has_runs(frame, claim):
-                result = evaluate(frame, claim.contrast, claim.metric, diverged_as=study.diverged_as)
-                planned.append((section, claim, result))
-    adjusted = with_holm([r for _, _, r in planned])
+            if not _has_runs(frame, claim):
+                continue
+            result = evaluate(
+                frame,
+                claim.contrast,
+                claim.metric,
+                diverged_as=study.diverged_as,
+                margin=study.equivalence_margin,
+                equivalence=claim.equivalence,
+            )
+            why = exclusion(study, frame, claim, section.where)
+            planned.append((section, claim, dataclasses.replace(result, family=claim.family, excluded=why)))
+    in_family = [i for i, (_, _, r) in enumerate(planned) if r.family == "primary" and not r.excluded]
+    adjusted = with_holm([planned[i][2] for i in in_family])
+    for i, result in zip(in_family, adjusted, strict=True):
+        planned[i] = (*planned[i][:2], result)
     grouped: dict[int, list[tuple[Claim, ContrastResult]]] = {}
-    for (section, claim, _), result in zip(planned, adjusted, strict=True):
+    for section, claim, result in planned:
         grouped.setdefault(id(section), []).append((claim, result))
     return [(s, grouped.get(id(s), [])) for s in study.sections]
 
@@ -420,25 +519,58 @@ def protocol(runs: pd.DataFrame, study: Study) -> str:
         lines.append(f"- A diverged run counts as {study.diverged_as:g} in tables and contrasts.")
     lines += [
         "- Every claim is a paired contrast over seeds (the same seed gives the same initialization "
-        "stream and batch order), with a Student t 95% interval (scipy.stats) and a p-value "
-        "Holm-adjusted over all claims of this report; it is *established* only where the interval "
-        "excludes 0 and the adjusted p is below 0.05.",
-        "",
+        f"stream and batch order), with a Student t 95% interval (scipy.stats). A **primary** claim is "
+        "*established* only where the interval excludes 0 and its p-value, Holm-adjusted within the "
+        f"primary family, is below {ALPHA:g}; **exploratory** claims are not adjusted and are labelled so. "
+        f"An interval from fewer than {MIN_SEEDS} seeds, or of zero width, establishes nothing.",
     ]
-    return "\n".join(lines)
+    if study.equivalence_margin is not None:
+        margin = study.equivalence_margin * 100
+        lines.append(
+            f"- A difference that is not established is not called small: that takes two one-sided t tests "
+            f"(TOST) against ±{margin:g} pp, shown beside it where the study tests it."
+        )
+    if study.does_not_train_at is not None:
+        lines.append(
+            f"- A cell whose mean {study.metric} is at or above {study.does_not_train_at * 100:g}% did not "
+            "train: claims on it are reported as not tested, outside every family."
+        )
+    for entry in study.degenerate:
+        where = ", ".join(f"{k}={v}" for k, v in entry["where"].items())
+        lines.append(
+            f"- Degenerate cells ({where}): {entry['reason'].strip()} Claims on them are not tested."
+        )
+    return "\n".join([*lines, ""])
 
 
 def claims_summary(evaluated: Sequence[tuple[Section, list[tuple[Claim, ContrastResult]]]]) -> str:
     results = [(c, r) for _, claims in evaluated for c, r in claims]
-    established = [(c, r) for c, r in results if r.established]
+    primary = [(c, r) for c, r in results if r.family == "primary" and not r.excluded]
+    established = [(c, r) for c, r in primary if r.established]
     lines = [
         "## Findings",
         "",
-        f"{len(established)} of {len(results)} claims are established (95% interval excludes 0, "
-        "Holm-adjusted p < 0.05):",
+        f"{len(established)} of {len(primary)} primary claims are established (95% interval excludes 0 — "
+        "or, for an equivalence, TOST rejects — with the Holm-adjusted p below 0.05):",
         "",
     ]
     lines += [f"- {sentence(r, c.unit.scale, c.unit.name)}" for c, r in established]
+    exploratory = [
+        (c, r) for c, r in results if r.family == "exploratory" and not r.excluded and r.established
+    ]
+    if exploratory:
+        lines += [
+            "",
+            f"Exploratory (not adjusted for multiplicity; {len(exploratory)} of "
+            f"{sum(r.family == 'exploratory' and not r.excluded for _, r in results)} with an interval that "
+            "excludes 0):",
+            "",
+            *(f"- {sentence(r, c.unit.scale, c.unit.name)}" for c, r in exploratory),
+        ]
+    excluded = [(c, r) for c, r in results if r.excluded]
+    if excluded:
+        lines += ["", f"Not tested ({len(excluded)} claims):", ""]
+        lines += [f"- {sentence(r, c.unit.scale, c.unit.name)}" for c, r in excluded]
     return "\n".join([*lines, ""])
 
 
@@ -479,10 +611,13 @@ def render_section(
     stem = out / "figures" / f"claims_{slug((section.title,))}"
     figures.forest([r for _, r in claims], stem, scale=claims[0][0].unit.scale, xlabel=claims[0][0].unit.name)
     n_est = sum(r.established for _, r in claims)
+    family = "primary" if all(r.family == "primary" for _, r in claims) else "exploratory or mixed"
     lines += [
         image(stem.with_suffix(".png"), out, section.title),
         "",
-        f"{n_est} of {len(claims)} claims established:",
+        f"{n_est} of {len(claims)} claims established ({family} family):"
+        if family == "primary"
+        else f"{n_est} of {len(claims)} claims with an interval that excludes 0 (exploratory, unadjusted):",
         "",
         *(f"- {sentence(r, c.unit.scale, c.unit.name)}" for c, r in claims),
         "",
