@@ -8,14 +8,15 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy.stats import t as student_t
 from scipy.stats import ttest_1samp
 
 from normbench.report.build import build_report
 from normbench.report.cli import main as report_main
-from normbench.report.contrasts import holm
-from normbench.report.study import StudyError, expand, first_epoch_at_most, load_study, mean_interval
+from normbench.report.contrasts import holm, mean_interval
+from normbench.report.study import StudyError, expand, first_epoch_at_most, load_study
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -451,3 +452,52 @@ def test_a_bad_family_names_what_is_allowed(tmp_path):
     path.write_text(FAMILIES.replace("family: exploratory", "family: secondary"))
     with pytest.raises(StudyError, match=re.escape("family='secondary'; allowed: primary, exploratory")):
         load_study(path)
+
+
+CURVE = """
+title: Curve
+select: [optim.lr]
+degenerate:
+  - where: {norm: batchnorm, batch_size: 2}
+    reason: a toy reason.
+sections:
+  - title: Which norm at my batch size
+    family: exploratory
+    curve: {panels: task, lines: norm}
+"""
+
+
+def test_the_curve_table_picks_the_best_norm_on_validation_and_prices_the_others(study_dir):
+    (study_dir / "curve.yaml").write_text(
+        CURVE.replace("  - where: {norm: batchnorm, batch_size: 2}\n", "  - where: {norm: layernorm}\n")
+    )
+    out = study_dir / "out"
+    text = build_report([study_dir / "sweeps"], out, study=study_dir / "curve.yaml").read_text()
+    e = {k: np.array(v) for k, v in ERRORS.items()}
+    frame = pd.read_csv(out / "curve_Which-norm-at-my-batch-size.csv")
+    best = frame[frame["best"]].set_index("batch_size")["norm"].to_dict()
+    assert best == {2: "groupnorm", 32: "batchnorm"}  # lowest validation error (= test error + 0 here)
+    bn2 = frame[(frame["norm"] == "batchnorm") & (frame["batch_size"] == 2)].iloc[0]
+    cost = _interval(e["batchnorm", 2] - e["groupnorm", 2])
+    assert (bn2["cost"], bn2["cost_low"], bn2["cost_high"]) == pytest.approx(cost, rel=1e-5)
+    assert (bn2["mean"], bn2["low"], bn2["high"]) == pytest.approx(_interval(e["batchnorm", 2]), rel=1e-5)
+    gn2 = _interval(e["groupnorm", 2])
+    row = next(line for line in text.splitlines() if re.match(r"\|\s+2 \|", line))
+    assert f"**{gn2[0] * 100:.1f} [{gn2[1] * 100:.1f}, {gn2[2] * 100:.1f}]** · best" in row
+    assert f" · {cost[0] * 100:+.1f} [{cost[1] * 100:+.1f}, {cost[2] * 100:+.1f}]" in row
+    assert row.rstrip(" |").endswith("groupnorm")
+    assert (out / "figures" / "curve_Which-norm-at-my-batch-size.png").stat().st_size > 10_000
+
+
+def test_a_degenerate_cell_is_never_the_best_and_is_marked(study_dir):
+    (study_dir / "curve.yaml").write_text(
+        CURVE.replace("{norm: batchnorm, batch_size: 2}", "{norm: groupnorm, batch_size: 2}")
+    )
+    out = study_dir / "out"
+    text = build_report([study_dir / "sweeps"], out, study=study_dir / "curve.yaml").read_text()
+    frame = pd.read_csv(out / "curve_Which-norm-at-my-batch-size.csv", keep_default_na=False)
+    at2 = frame[frame["batch_size"] == 2].set_index("norm")
+    assert at2.loc["groupnorm", "degenerate"] == "a toy reason." and not at2.loc["groupnorm", "best"]
+    assert at2.loc["batchnorm", "best"]  # the only norm left, though its error is higher
+    row = next(line for line in text.splitlines() if re.match(r"\|\s+2 \|", line))
+    assert " †" in row

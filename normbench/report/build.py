@@ -200,7 +200,8 @@ def publish(staging: Path, out: Path) -> None:
         os.replace(figures_dir, old)
     os.replace(staging / "figures", figures_dir)
     shutil.rmtree(old, ignore_errors=True)
-    for name in (*OUTPUT_TABLES, "report.md"):
+    curves = {p.name for folder in (staging, out) for p in folder.glob(CURVE_TABLES)}
+    for name in (*OUTPUT_TABLES, *sorted(curves), "report.md"):
         if (staging / name).exists():
             os.replace(staging / name, out / name)
         else:
@@ -208,6 +209,7 @@ def publish(staging: Path, out: Path) -> None:
 
 
 OUTPUT_TABLES = ("runs.csv", "runs.parquet", "summary.csv", "selection.csv")
+CURVE_TABLES = "curve_*.csv"  # one per curve section of a study (normbench.report.curve)
 
 
 def selection_section(table: pd.DataFrame, keys: Sequence[str], cells: list[str], out: Path) -> str:

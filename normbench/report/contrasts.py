@@ -172,6 +172,18 @@ def evaluate(
     )
 
 
+def mean_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """Mean and Student t interval (scipy.stats) of independent values; the interval is NaN below 2."""
+    values = np.asarray(values, dtype=float)
+    mean = float(values.mean()) if len(values) else math.nan
+    if len(values) < 2:
+        return mean, math.nan, math.nan
+    if np.allclose(values, values[0]):
+        return mean, mean, mean
+    low, high = stats.t.interval(confidence, len(values) - 1, loc=mean, scale=stats.sem(values))
+    return mean, float(low), float(high)
+
+
 def holm(pvalues: Sequence[float]) -> list[float]:
     """Holm's step-down adjustment (Holm 1979) of the p-values of claims made together: the k-th
     smallest is multiplied by (m − k + 1), then made monotone; NaN stays NaN and does not count."""

@@ -94,19 +94,24 @@ def metric_vs_batch(
     title: str = "",
     reference_batch: int | None = None,
     scale: float = 100.0,
+    direct_labels: bool = False,
 ) -> list[Path]:
-    """One panel per task, one line per norm (``value`` × ``scale``: errors in percent), a band over seeds."""
+    """One panel per task, one line per norm (``value`` × ``scale``: errors in percent), a band over
+    seeds; ``direct_labels`` names each line at its right end instead of in a legend."""
     tasks = sorted(summary["task"].unique())
     fig, axes = panels(len(tasks))
     for ax, task in zip(axes, tasks, strict=True):
         part = summary[summary["task"] == task]
+        ends: list[tuple[float, float, str]] = []
         for norm, rows in part.groupby("norm", sort=True):
             rows = rows.sort_values("batch_size")
             rows = rows[rows[value].notna()]
             if rows.empty:
                 continue
             color = norm_color(norm)
-            ax.plot(rows["batch_size"], rows[value] * scale, marker="o", ms=3.5, color=color, label=norm)
+            label = None if direct_labels else norm
+            ax.plot(rows["batch_size"], rows[value] * scale, marker="o", ms=3.5, color=color, label=label)
+            ends.append((float(rows["batch_size"].iloc[-1]), float(rows[value].iloc[-1] * scale), norm))
             if band:
                 ax.fill_between(
                     rows["batch_size"],
@@ -130,7 +135,30 @@ def metric_vs_batch(
         log2_axis(ax, sorted(part["batch_size"].unique()))
         ax.set_title(task)
         ax.set_ylabel(ylabel)
+        if direct_labels:
+            _label_ends(ax, ends)
     return finish(fig, axes, path_stem, title)
+
+
+def _label_ends(ax: plt.Axes, ends: Sequence[tuple[float, float, str]]) -> None:
+    """Each line's name just right of its last point, nudged apart so that no two labels overlap."""
+    low, high = ax.get_ylim()
+    gap = 0.045 * (high - low)
+    placed: list[float] = []
+    for x, y, name in sorted(ends, key=lambda end: end[1]):
+        y_text = max(y, placed[-1] + gap) if placed else y
+        placed.append(y_text)
+        ax.annotate(
+            name,
+            xy=(x, y),
+            xytext=(x * 1.12, y_text),
+            fontsize=7.5,
+            color=norm_color(name),
+            va="center",
+            annotation_clip=False,
+        )
+    if ends:
+        ax.set_xlim(right=max(x for x, _, _ in ends) * 2.2)  # room for the labels
 
 
 def mean_curves(runs: pd.DataFrame, key: str = "test_error") -> pd.Series:

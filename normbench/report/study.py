@@ -16,10 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import yaml
-from scipy import stats
 
 from normbench.report import figures
 from normbench.report.contrasts import (
@@ -30,9 +28,11 @@ from normbench.report.contrasts import (
     ContrastResult,
     cell_rows,
     evaluate,
+    mean_interval,
     sentence,
     with_holm,
 )
+from normbench.report.curve import CURVE_KEYS, degenerate_reason, render_curve
 from normbench.report.markdown import image, md_table, slug
 
 STUDY_KEYS = {
@@ -334,13 +334,9 @@ def exclusion(study: Study, frame: pd.DataFrame, claim: Claim, common: Mapping[s
     with the reason) or does not train (its mean metric at or above ``does_not_train_at``)."""
     for selector, _ in claim.contrast.terms:
         cell = cell_rows(frame, selector)
-        for entry in study.degenerate:
-            try:
-                inside = len(cell_rows(cell, entry["where"])) == len(cell)
-            except KeyError:  # a column these runs lack: the entry names other cells
-                inside = False
-            if inside:
-                return f"degenerate cell {_cell_text(selector, common)}: {entry['reason']}"
+        reason = degenerate_reason(study.degenerate, cell)
+        if reason:
+            return f"degenerate cell {_cell_text(selector, common)}: {reason}"
         if study.does_not_train_at is None:
             continue
         column = str(selector.get(METRIC, claim.metric))
@@ -395,18 +391,6 @@ def evaluate_claims(
 
 def _as_list(value: Any) -> list[str]:
     return [value] if isinstance(value, str) else list(value or [])
-
-
-def mean_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
-    """Mean and Student t interval (scipy.stats) of independent values; the interval is NaN below 2."""
-    values = np.asarray(values, dtype=float)
-    mean = float(values.mean()) if len(values) else math.nan
-    if len(values) < 2:
-        return mean, math.nan, math.nan
-    if np.allclose(values, values[0]):
-        return mean, mean, mean
-    low, high = stats.t.interval(confidence, len(values) - 1, loc=mean, scale=stats.sem(values))
-    return mean, float(low), float(high)
 
 
 def _label(value: Any) -> Any:
@@ -586,6 +570,17 @@ def render_section(
     frame = selected if section.selected else runs
     metric = section.metric or study.metric
     lines = [f"## {section.title}", "", section.question.strip(), ""]
+    if section.curve:
+        part = cell_rows(frame, section.where)
+        lines += render_curve(
+            part,
+            section.curve,
+            metric,
+            study.diverged_as,
+            study.degenerate,
+            out,
+            f"curve_{slug((section.title,))}",
+        )
     if section.table:
         table = cell_table(frame, section.table, section.where, metric, section.unit, study.diverged_as)
         if not table.empty:
@@ -607,7 +602,8 @@ def render_section(
                 "",
             ]
     if not claims:
-        return "\n".join([*lines, "No claim of this section has runs in all of its cells.", ""])
+        missing = ["No claim of this section has runs in all of its cells.", ""] if section.claims else []
+        return "\n".join([*lines, *missing])
     stem = out / "figures" / f"claims_{slug((section.title,))}"
     figures.forest([r for _, r in claims], stem, scale=claims[0][0].unit.scale, xlabel=claims[0][0].unit.name)
     n_est = sum(r.established for _, r in claims)
