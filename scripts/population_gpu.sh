@@ -25,7 +25,7 @@ start=$(date +%s)
 {
   echo "# The small-batch study as populations on one GPU ($gpu)"
   echo
-  echo "Every sweep of conf/study/small_batch.yaml with hydra/launcher=population, runtime.device=cuda,"
+  echo "Every sweep of conf/study/small_batch_v1.yaml with hydra/launcher=population, runtime.device=cuda,"
   echo "hydra.launcher.max_members=512, into a temporary folder (command: bash scripts/population_gpu.sh)."
   echo
   echo '```'
@@ -35,7 +35,7 @@ while IFS=$'\t' read -r -a sweep; do
   (cd "$runs" && timeout 600 python3 -m normbench "experiment=${sweep[0]}" hydra/launcher=population \
     hydra.launcher.max_members=512 runtime.device=cuda runtime.progress=false sweep.root=sweeps "${sweep[@]:1}") \
     2>> "$out/population_gpu_log.txt" | grep "normbench sweep" >> "$study"
-done < <(python3 -m normbench.report.study conf/study/small_batch.yaml full)
+done < <(python3 -m normbench.report.study conf/study/small_batch_v1.yaml full)
 elapsed=$(( $(date +%s) - start ))
 printf '```\n\nWall time: %d min %02d s.\n' $((elapsed / 60)) $((elapsed % 60)) >> "$study"
 cat "$study"

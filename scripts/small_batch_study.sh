@@ -1,26 +1,30 @@
 #!/usr/bin/env bash
-# A study: the sweeps its description lists (conf/study/small_batch.yaml by default; resumable), then
-# its report with the description's claims.
+# A study: the sweeps its description lists (conf/study/small_batch.yaml by default; resumable), the
+# rounds that bracket its selected learning rates, then its report with the description's claims.
 #
-#   scripts/small_batch_study.sh            # full study into reports/small_batch/ (about an hour, 2 cores)
+#   scripts/small_batch_study.sh            # the batch-size curve into reports/small_batch/
 #   scripts/small_batch_study.sh --smoke    # reduced grid, same code, into reports/small_batch_smoke/
-#   scripts/small_batch_study.sh --large    # 10 seeds, batch sizes 2-128 for every norm, into
-#                                           # reports/small_batch_large/ (for a GPU: add -- runtime.device=cuda)
+#   scripts/small_batch_study.sh --large    # the description's large grid, into reports/small_batch_large/
+#                                           # (for a GPU: add -- runtime.device=cuda)
 #   scripts/small_batch_study.sh --study conf/study/sequence_gan.yaml  # another study, into reports/sequence_gan/
+#   scripts/small_batch_study.sh --task NAME  # the study's first sweep (its curve) on task NAME (any
+#                                           # conf/task/ entry), into reports/<study>_NAME/
 #   scripts/small_batch_study.sh --out DIR  # another folder
-#   scripts/small_batch_study.sh --population  # each sweep's runs that differ only in seed/lr/... trained
-#                                           # as vectorized populations (hydra/launcher=population)
+#   scripts/small_batch_study.sh --separate # one process per run (default: runs that differ only in
+#                                           # seed/lr/... train together as populations)
 #   scripts/small_batch_study.sh -- KEY=VALUE ...  # Hydra overrides added to every sweep
 #
 # Rerunning resumes: finished runs (their result.json under DIR/sweeps/) are skipped without being
-# launched. Each invocation that trains something appends its wall time to DIR/timings.md, which the
+# launched. Where the description has a `bracket` rule, cells whose best learning rate sits at an edge
+# of their grid are rerun one grid step further (python -m normbench.report.bracket) until none is. Each invocation that trains something appends its wall time to DIR/timings.md, which the
 # report includes; the sweeps run from inside DIR, so no file records an absolute path.
 set -euo pipefail
 
-usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; }
 smoke=0
-population=0
+population=1
 large=0
+task=""
 study=""
 out=""
 overrides=()
@@ -30,12 +34,14 @@ while [ $# -gt 0 ]; do
     --smoke) smoke=1 ;;
     --large) large=1 ;;
     --population) population=1 ;;
+    --separate) population=0 ;;
+    --task) [ $# -ge 2 ] || { echo "small_batch_study.sh: --task needs a name (conf/task/*.yaml)" >&2; exit 2; }; task="$2"; shift ;;
     --study) [ $# -ge 2 ] || { echo "small_batch_study.sh: --study needs a file" >&2; exit 2; }; study="$2"; shift ;;
     --) shift; overrides=("$@"); break ;;
     --out) [ $# -ge 2 ] || { echo "small_batch_study.sh: --out needs a folder" >&2; exit 2; }; out="$2"; shift ;;
     --jobs) [ $# -ge 2 ] || { echo "small_batch_study.sh: --jobs needs a number" >&2; exit 2; }; jobs="$2"; shift ;;
     -h|--help) usage; exit 0 ;;
-    *) echo "small_batch_study.sh: unknown argument '$1' (allowed: --smoke, --large, --population, --study FILE, --out DIR, --jobs N, -- OVERRIDES)" >&2; exit 2 ;;
+    *) echo "small_batch_study.sh: unknown argument '$1' (allowed: --smoke, --large, --separate, --task NAME, --study FILE, --out DIR, --jobs N, -- OVERRIDES)" >&2; exit 2 ;;
   esac
   shift
 done
@@ -45,6 +51,10 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 study="${study:-$root/conf/study/small_batch.yaml}"
 [ -f "$study" ] || { echo "small_batch_study.sh: --study $study: no such file (the studies: $root/conf/study/*.yaml)" >&2; exit 2; }
 study="$(cd "$(dirname "$study")" && pwd)/$(basename "$study")"
+if [ -n "$task" ] && [ ! -f "$root/conf/task/$task.yaml" ]; then
+  echo "small_batch_study.sh: --task $task: no such task (available: $(cd "$root/conf/task" && ls *.yaml | sed 's/\.yaml$//' | paste -sd, -))" >&2
+  exit 2
+fi
 command -v normbench-run >/dev/null || { echo "small_batch_study.sh: normbench-run not found; run 'make setup' and use .venv/bin on PATH (or 'make study')" >&2; exit 2; }
 # the sweeps of the study description and their overrides in this mode, one per line (tab-separated)
 mode=full
@@ -52,8 +62,13 @@ mode=full
 [ "$large" = 0 ] || mode=large
 python="$(dirname "$(command -v normbench-run)")/python"
 sweeps="$("$python" -m normbench.report.study "$study" "$mode")" || exit 2
+if [ -n "$task" ]; then  # the first sweep (the curve) on another task
+  sweeps="$(head -n 1 <<< "$sweeps")"
+  overrides=("task=$task" ${overrides[@]+"${overrides[@]}"})
+fi
 if [ -z "$out" ]; then
   out="$root/reports/$(basename "$study" .yaml)"
+  [ -z "$task" ] || out="${out}_$task"
   [ "$smoke" = 0 ] || out="${out}_smoke"
   [ "$large" = 0 ] || out="${out}_large"
 fi
@@ -67,13 +82,31 @@ start=$(date +%s)
 status=0
 summaries="$(mktemp)"
 trap 'rm -f "$summaries"' EXIT
-while IFS=$'\t' read -r -a sweep; do
-  preset="${sweep[0]:-}"
-  [ -n "$preset" ] || continue
-  echo "== $preset" >&2
-  (cd "$out" && normbench-run "experiment=$preset" "hydra/launcher=$launcher" "hydra.launcher.n_jobs=$jobs" \
-    sweep.root=sweeps "${sweep[@]:1}" ${overrides[@]+"${overrides[@]}"}) < /dev/null | tee -a "$summaries" || status=$?
-done <<< "$sweeps"
+run_sweeps() {  # one sweep per line of $1: the preset, then its overrides (tab-separated)
+  while IFS=$'\t' read -r -a sweep; do
+    preset="${sweep[0]:-}"
+    [ -n "$preset" ] || continue
+    echo "== $preset ${sweep[*]:1}" >&2
+    (cd "$out" && normbench-run "experiment=$preset" "hydra/launcher=$launcher" "hydra.launcher.n_jobs=$jobs" \
+      sweep.root=sweeps "${sweep[@]:1}" ${overrides[@]+"${overrides[@]}"}) < /dev/null | tee -a "$summaries" || status=$?
+  done <<< "$1"
+}
+run_sweeps "$sweeps"
+# bracketing: each round extends the cells whose choice sits at an edge; a round proposes only values
+# not tried yet, so it ends (MAX_ROUNDS guards against a description whose bounds are far apart)
+last=""
+for round in $(seq 1 "${MAX_ROUNDS:-12}"); do
+  more="$("$python" -m normbench.report.bracket "$study" "$out/sweeps" "$mode")" || exit 2
+  [ -n "$more" ] || break
+  if [ "$more" = "$last" ]; then
+    echo "small_batch_study.sh: bracketing round $round asks for the runs of the last round again (they did not finish; see above); stopping" >&2
+    status=1
+    break
+  fi
+  last="$more"
+  echo "== bracketing round $round: $(wc -l <<< "$more") cell(s) at an edge of their grid" >&2
+  run_sweeps "$more"
+done
 elapsed=$(( $(date +%s) - start ))
 counts=$(sed -n 's/.*runs: \([0-9]*\) completed, \([0-9]*\) diverged, \([0-9]*\) failed, \([0-9]*\) skipped.*/\1 \2 \3 \4/p' "$summaries" \
   | awk '{c+=$1; d+=$2; f+=$3; s+=$4} END {print c, d, f, s}')

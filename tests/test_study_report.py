@@ -286,7 +286,7 @@ def test_the_cifar_study_expands_to_its_claims():
 
 
 def test_the_committed_study_expands_to_its_claims():
-    study = load_study(ROOT / "conf/study/small_batch.yaml")
+    study = load_study(ROOT / "conf/study/small_batch_v1.yaml")
     claims = [c for s in study.sections for c in expand(s, study)]
     names = [c.contrast.name for c in claims]
     assert len(names) == len(set(names))  # every claim has its own name
@@ -327,7 +327,7 @@ def test_study_script_refuses_bad_arguments_before_any_work(tmp_path, args, mess
 def test_the_sweeps_of_a_study_in_each_mode():
     from normbench.report.study import sweep_commands
 
-    study = load_study(ROOT / "conf/study/small_batch.yaml")
+    study = load_study(ROOT / "conf/study/small_batch_v1.yaml")
     full = sweep_commands(study)
     assert [p for p, _ in full] == [
         "small_batch_mlp",

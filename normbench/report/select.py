@@ -76,6 +76,25 @@ def select_on_validation(runs: pd.DataFrame, keys: Sequence[str]) -> tuple[pd.Da
     return picked, table
 
 
+def leave_one_seed_out(runs: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+    """How stable each cell's choice is: per cell, ``stable`` is True when choosing on every subset of
+    its seeds with one seed left out gives the same value(s) of ``keys`` as choosing on all of them;
+    ``changed`` counts the left-out seeds that change it."""
+    full = candidates(runs, keys)
+    cells = [c for c in cell_columns(runs) if c not in keys]
+    chosen = full[full["chosen"]].set_index(cells)[list(keys)]
+    changed = pd.Series(0, index=chosen.index)
+    for seed in sorted(runs["seed"].unique()):
+        rest = runs[runs["seed"] != seed]
+        if rest.empty:
+            continue
+        table = candidates(rest, keys)
+        again = table[table["chosen"]].set_index(cells)[list(keys)].reindex(chosen.index)
+        differs = (again.astype(str) != chosen.astype(str)).any(axis=1)
+        changed += differs.astype(int)
+    return pd.DataFrame({"changed": changed, "stable": changed == 0}).reset_index()
+
+
 def _joined(df: pd.DataFrame) -> pd.Series:
     """Each row's values as one string (missing values as 'nan' on both sides of a comparison)."""
     as_text = df.apply(lambda column: column.map(str))  # str() of every value, NA and nullable types too

@@ -20,6 +20,7 @@ import pandas as pd
 import yaml
 
 from normbench.report import figures
+from normbench.report.bracket import Bracket, bracket_status
 from normbench.report.contrasts import (
     ALPHA,
     METRIC,
@@ -34,6 +35,7 @@ from normbench.report.contrasts import (
 )
 from normbench.report.curve import CURVE_KEYS, degenerate_reason, render_curve
 from normbench.report.markdown import image, md_table, slug
+from normbench.report.select import leave_one_seed_out
 
 STUDY_KEYS = {
     "title",
@@ -48,8 +50,9 @@ STUDY_KEYS = {
     "equivalence_margin",
     "does_not_train_at",
     "degenerate",
+    "bracket",
 }
-SWEEP_KEYS = {"preset", "smoke", "large"}
+SWEEP_KEYS = {"preset", "smoke", "large", "folder"}  # folder: the sweep.name it writes (default: preset)
 SECTION_KEYS = {
     "title",
     "question",
@@ -119,6 +122,7 @@ class Study:
     equivalence_margin: float | None = None  # TOST margin (in the metric's units) for "agree" claims
     does_not_train_at: float | None = None  # a cell whose mean metric is at least this did not train
     degenerate: list[dict[str, Any]] = field(default_factory=list)  # cells named with a reason
+    bracket: Bracket | None = None  # the rule that extends a selected key's grid past its edges
 
 
 def _check_keys(entry: Mapping[str, Any], allowed: set[str], where: str) -> None:
@@ -180,6 +184,14 @@ def load_study(path: str | Path) -> Study:
         _check_keys(sweep, SWEEP_KEYS, f"{path}: sweeps[{i}]")
         if "preset" not in sweep:
             raise StudyError(f"{path}: sweeps[{i}] needs a preset (a file of conf/experiment/)")
+    bracket = None
+    if raw.get("bracket") is not None:
+        try:
+            bracket = Bracket.from_spec(raw["bracket"], f"{path}: bracket")
+        except ValueError as exc:
+            raise StudyError(str(exc)) from None
+        if bracket.key not in (raw.get("select") or []):
+            raise StudyError(f"{path}: bracket.key={bracket.key}: must be one of the selected keys (select)")
     return Study(
         title=raw.get("title", path.stem),
         select=list(raw.get("select") or []),
@@ -193,6 +205,7 @@ def load_study(path: str | Path) -> Study:
         equivalence_margin=raw.get("equivalence_margin"),
         does_not_train_at=raw.get("does_not_train_at"),
         degenerate=list(raw.get("degenerate") or []),
+        bracket=bracket,
     )
 
 
@@ -216,12 +229,15 @@ def sweep_params(grid: Mapping[str, Any]) -> str:
 
 def sweep_commands(study: Study, mode: str = "full") -> list[tuple[str, list[str]]]:
     """Per sweep of the study, its preset and the overrides of ``mode`` (full: none; smoke: the sweep's
-    smoke grid and the study's smoke overrides; large: the sweep's large grid, if it has one)."""
+    smoke grid and the study's smoke overrides; large: the sweep's large grid, if it has one). A sweep
+    whose grid for ``mode`` is ``false`` is left out of that mode."""
     if mode not in ("full", "smoke", "large"):
         raise StudyError(f"mode={mode!r}; allowed: full, smoke, large")
     commands = []
     for sweep in study.sweeps:
         extra: list[str] = []
+        if mode != "full" and sweep.get(mode) is False:
+            continue  # the sweep has no part in this mode (e.g. extra seeds in a smoke run)
         if mode != "full" and sweep.get(mode):
             extra.append(sweep_params(sweep[mode]))
         if mode == "smoke":
@@ -527,6 +543,37 @@ def protocol(runs: pd.DataFrame, study: Study) -> str:
     return "\n".join([*lines, ""])
 
 
+def selection_check(runs: pd.DataFrame, study: Study) -> str:
+    """The bracketing state of every cell and the leave-one-seed-out stability of its choice."""
+    if not study.select or "val_error" not in runs or runs["val_error"].isna().all():
+        return ""
+    lines = ["## How the learning rates were chosen", ""]
+    if study.bracket is not None:
+        b = study.bracket
+        status = bracket_status(runs, b, study.does_not_train_at, study.degenerate)
+        counts = status["state"].value_counts()
+        lines.append(
+            f"`{b.key}` is bracketed: a cell whose best validation error sits at an edge of its grid is "
+            f"extended by a factor of {b.factor:g} in that direction and rerun, within [{b.low:g}, {b.high:g}]. "
+            f"Of {len(status)} cells, {counts.get('interior', 0)} chose an interior value, "
+            f"{counts.get('at a bound', 0)} sit at a bound, {counts.get('extend', 0)} await another round, "
+            f"{counts.get('does not train', 0)} did not train at any value and "
+            f"{counts.get('degenerate', 0)} are degenerate."
+        )
+        edge = status[status["state"].isin(["at a bound", "extend"])]
+        if not edge.empty:
+            shown = [c for c in ("task", "norm", "batch_size") if c in edge] + ["chosen", "state"]
+            lines += ["", "Cells not bracketed on both sides:", "", md_table(edge[shown]), ""]
+    stability = leave_one_seed_out(runs, study.select)
+    lines += [
+        "",
+        f"Leave-one-seed-out check: {int(stability['stable'].sum())} of {len(stability)} cells choose the same "
+        f"value with any one seed left out of the choice (the others: {int((~stability['stable']).sum())}).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def claims_summary(evaluated: Sequence[tuple[Section, list[tuple[Claim, ContrastResult]]]]) -> str:
     results = [(c, r) for _, claims in evaluated for c, r in claims]
     primary = [(c, r) for c, r in results if r.family == "primary" and not r.excluded]
@@ -628,7 +675,7 @@ def study_report(
     runs = add_derived(runs, study.derived)
     selected = add_derived(selected, study.derived)
     evaluated = evaluate_claims(study, runs, selected)
-    parts = [protocol(runs, study), claims_summary(evaluated)]
+    parts = [protocol(runs, study), selection_check(runs, study), claims_summary(evaluated)]
     parts += [render_section(s, c, runs, selected, candidates, study, out) for s, c in evaluated]
     return "\n".join(parts)
 

@@ -1,0 +1,142 @@
+"""Bracketed learning rates: which cells are extended, to which value, and the sweeps that do it."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from normbench.report.bracket import Bracket, bracket_status, main, next_round, plan
+from normbench.report.select import leave_one_seed_out
+
+BRACKET = Bracket("optim.lr", 2.0, 0.01, 0.4)
+
+
+def _runs(val: dict[tuple[str, int, float], list[float]]) -> pd.DataFrame:
+    """Runs of task 'toy' with the given validation errors per (norm, batch size, lr) and seed."""
+    rows = [
+        {
+            "task": "toy",
+            "norm": norm,
+            "batch_size": bs,
+            "optim.lr": lr,
+            "seed": seed,
+            "status": "completed",
+            "val_error": v,
+            "test_error": v,
+        }
+        for (norm, bs, lr), values in val.items()
+        for seed, v in enumerate(values)
+    ]
+    return pd.DataFrame(rows)
+
+
+VAL = {
+    ("batchnorm", 2, 0.025): [0.30, 0.31, 0.29],  # low edge wins: extend to 0.0125
+    ("batchnorm", 2, 0.05): [0.35, 0.36, 0.34],
+    ("batchnorm", 32, 0.1): [0.30, 0.30, 0.31],  # interior
+    ("batchnorm", 32, 0.2): [0.20, 0.21, 0.22],
+    ("batchnorm", 32, 0.4): [0.25, 0.25, 0.26],
+    ("groupnorm", 2, 0.2): [0.40, 0.41, 0.40],
+    ("groupnorm", 2, 0.4): [0.30, 0.31, 0.30],  # high edge at the bound 0.4: stays
+    ("identity", 2, 0.2): [0.90, 0.91, 0.90],  # never trains
+    ("identity", 2, 0.4): [0.89, 0.90, 0.90],
+}
+
+
+def test_each_cell_is_extended_beyond_its_edge_until_a_bound():
+    status = bracket_status(_runs(VAL), BRACKET, does_not_train_at=0.85).set_index(["norm", "batch_size"])
+    assert status.loc[("batchnorm", 2), "state"] == "extend"
+    assert status.loc[("batchnorm", 2), "next"] == 0.0125
+    assert status.loc[("batchnorm", 32), "state"] == "interior"
+    assert status.loc[("groupnorm", 2), "state"] == "at a bound"  # 0.8 would pass the bound 0.4
+    assert status.loc[("identity", 2), "state"] == "does not train"
+    assert status["next"].notna().sum() == 1
+
+
+def test_a_degenerate_cell_is_not_extended():
+    entries = [{"where": {"norm": "batchnorm", "batch_size": 2}, "reason": "sign collapse."}]
+    status = bracket_status(_runs(VAL), BRACKET, degenerate=entries).set_index(["norm", "batch_size"])
+    assert status.loc[("batchnorm", 2), "state"] == "degenerate"
+
+
+def test_the_next_round_reruns_the_cell_with_its_seeds_at_the_new_value():
+    status = bracket_status(_runs(VAL), BRACKET, does_not_train_at=0.85)
+    assert next_round(status, BRACKET, ["task", "norm", "batch_size"]) == [
+        ["task=toy", "norm=batchnorm", "batch_size=2", "optim.lr=0.0125", "seed=0,1,2"]
+    ]
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ({"key": "optim.lr", "factor": 1, "bounds": [0.1, 1]}, "needs key and a factor > 1"),
+        ({"key": "optim.lr", "factor": 2, "bounds": [1, 0.1]}, "bounds=[1, 0.1]: must be [low, high]"),
+        ({"key": "optim.lr", "factor": 2, "bounds": [0.1, 1], "step": 3}, "unknown key 'step'"),
+    ],
+)
+def test_bad_brackets_are_refused_with_the_entry(spec, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        Bracket.from_spec(spec, "study.yaml: bracket")
+
+
+def test_leave_one_seed_out_flags_a_choice_one_seed_decides():
+    val = {
+        ("batchnorm", 32, 0.1): [0.20, 0.20, 0.30],
+        ("batchnorm", 32, 0.2): [0.22, 0.22, 0.20],  # mean 0.2133 vs 0.2333: 0.2 wins only with seed 2
+    }
+    check = leave_one_seed_out(_runs(val), ["optim.lr"])
+    assert check["changed"].tolist() == [1] and not check["stable"].iloc[0]
+    assert leave_one_seed_out(_runs(VAL), ["optim.lr"])["stable"].all()
+
+
+STUDY = """
+title: Bracketed
+select: [optim.lr]
+does_not_train_at: 0.85
+bracket: {key: optim.lr, factor: 2, bounds: [0.01, 0.4]}
+sweeps:
+  - preset: toy_preset
+    folder: toy
+    smoke: {norm: batchnorm}
+smoke: [train.epochs=1]
+sections: []
+"""
+
+
+def _write(folder, runs: pd.DataFrame) -> None:
+    for i, row in enumerate(runs.to_dict("records")):
+        record = {
+            "schema_version": 2,
+            "status": "completed",
+            "config_hash": f"{i:016x}",
+            "config": {
+                "task": {"name": row["task"]},
+                "norm": {"name": row["norm"]},
+                "batch_size": row["batch_size"],
+                "seed": row["seed"],
+                "optim": {"lr": row["optim.lr"]},
+            },
+            "metrics": {"val_error": row["val_error"], "test_error": row["test_error"]},
+            "history": [],
+        }
+        (folder / record["config_hash"]).mkdir(parents=True)
+        (folder / record["config_hash"] / "result.json").write_text(json.dumps(record))
+
+
+def test_the_plan_names_the_preset_and_keeps_the_modes_other_overrides(tmp_path, capsys):
+    _write(tmp_path / "sweeps" / "toy", _runs(VAL))
+    (tmp_path / "study.yaml").write_text(STUDY)
+    sweeps = plan(tmp_path / "study.yaml", tmp_path / "sweeps", "smoke")
+    assert sweeps == [
+        (
+            "toy_preset",
+            ["train.epochs=1", "task=toy", "norm=batchnorm", "batch_size=2", "optim.lr=0.0125", "seed=0,1,2"],
+        )
+    ]
+    main([str(tmp_path / "study.yaml"), str(tmp_path / "sweeps")])
+    assert capsys.readouterr().out == "\t".join(["toy_preset", *sweeps[0][1][1:]]) + "\n"
+    with pytest.raises(SystemExit) as exc:
+        main([str(tmp_path / "study.yaml")])
+    assert exc.value.code == 2 and "usage: python -m normbench.report.bracket" in capsys.readouterr().err
