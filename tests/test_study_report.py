@@ -303,12 +303,52 @@ def test_the_committed_study_expands_to_its_claims():
     assert scale.contrast.terms[0][0]["task.model.init_scale"] == 4.0 and not scale.selected
 
 
+def _sweeper_params(preset: str) -> dict[str, list[str]]:
+    from hydra import compose, initialize_config_dir
+
+    from normbench.cli import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=[f"experiment={preset}"], return_hydra_config=True)
+    params = {k: str(v).split(",") for k, v in cfg.hydra.sweeper.params.items()}
+    params.setdefault("task", [cfg.task.name])
+    return params
+
+
+def test_the_curve_study_declares_a_small_primary_family_with_ten_seeds_in_its_cells():
+    study = load_study(ROOT / "conf/study/small_batch.yaml")
+    claims = [c for s in study.sections for c in expand(s, study)]
+    primary = [c for c in claims if c.family == "primary"]
+    assert 0 < len(primary) <= 12 and len({c.contrast.name for c in claims}) == len(claims)
+    grids = [_sweeper_params(sweep["preset"]) for sweep in study.sweeps]
+    for claim in primary:
+        for cell, _ in claim.contrast.terms:
+            seeds = {
+                seed
+                for grid in grids
+                if cell["task"] in grid["task"]
+                and cell["norm"] in grid["norm"]
+                and str(cell["batch_size"]) in grid["batch_size"]
+                for seed in grid["seed"]
+            }
+            assert len(seeds) == 10, (claim.contrast.name, cell)
+            assert not any(  # no degenerate cell in the primary family
+                all(cell.get(k) == v for k, v in entry["where"].items()) for entry in study.degenerate
+            )
+    for grid in grids:  # every lr grid is three points a factor 2 apart, inside the bracket's bounds
+        lrs = sorted(float(v) for v in grid["optim.lr"])
+        assert len(lrs) == 3 and lrs[1] == 2 * lrs[0] and lrs[2] == 2 * lrs[1]
+        assert study.bracket.low <= lrs[0] and lrs[-1] <= study.bracket.high
+        assert len(grid["seed"]) >= 5
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--bogus"], "unknown argument '--bogus' (allowed: --smoke, --large"),
         (["--smoke", "--large"], "--smoke and --large exclude each other"),
         (["--jobs", "0"], "--jobs must be a positive integer, got '0'"),
+        (["--task", "mnist2d"], "--task mnist2d: no such task (available: cifar100_resnet20,"),
     ],
 )
 def test_study_script_refuses_bad_arguments_before_any_work(tmp_path, args, message):

@@ -44,10 +44,14 @@ class Bracket:
         """Checked: a key, a factor > 1, bounds [low, high] with 0 < low < high; ValueError names the entry."""
         unknown = sorted(set(spec) - BRACKET_KEYS)
         if unknown:
-            raise ValueError(f"{where}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(BRACKET_KEYS))}")
+            raise ValueError(
+                f"{where}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(BRACKET_KEYS))}"
+            )
         factor, bounds = spec.get("factor"), spec.get("bounds")
         if not spec.get("key") or not isinstance(factor, (int, float)) or not factor > 1:
-            raise ValueError(f"{where}: needs key and a factor > 1, got key={spec.get('key')!r}, factor={factor!r}")
+            raise ValueError(
+                f"{where}: needs key and a factor > 1, got key={spec.get('key')!r}, factor={factor!r}"
+            )
         if not (isinstance(bounds, list) and len(bounds) == 2 and 0 < bounds[0] < bounds[1] < math.inf):
             raise ValueError(f"{where}: bounds={bounds!r}: must be [low, high] with 0 < low < high")
         return cls(str(spec["key"]), float(factor), float(bounds[0]), float(bounds[1]))
@@ -139,9 +143,7 @@ def plan(study_path: str | Path, sweeps_dir: str | Path, mode: str = "full") -> 
     study = load_study(study_path)
     if study.bracket is None:
         return []
-    presets = {}
-    for sweep, (preset, extra) in zip(study.sweeps, sweep_commands(study, "full"), strict=True):
-        presets[sweep.get("folder", preset)] = preset
+    presets = {sweep.get("folder", sweep["preset"]): sweep["preset"] for sweep in study.sweeps}
     mode_extra = {p: e for p, e in sweep_commands(study, mode)}
     folders = [Path(sweeps_dir) / name for name in presets if (Path(sweeps_dir) / name).is_dir()]
     runs = runs_frame(read_records(folders)[0]) if folders else pd.DataFrame()

@@ -355,7 +355,7 @@ def exclusion(study: Study, frame: pd.DataFrame, claim: Claim, common: Mapping[s
             return f"degenerate cell {_cell_text(selector, common)}: {reason}"
         if study.does_not_train_at is None:
             continue
-        column = str(selector.get(METRIC, claim.metric))
+        column = study.metric  # whether the runs trained, whatever evaluation the claim compares
         usable = cell[cell["status"].isin(["completed", "diverged"])]
         values = usable[column].astype(float)
         if study.diverged_as is not None:
@@ -495,8 +495,12 @@ def protocol(runs: pd.DataFrame, study: Study) -> str:
     for task, part in runs.groupby("task", sort=True):
         budgets = []
         for bs, rows in part.groupby("batch_size", sort=True):
+            by_steps = "train.budget" in rows and (rows["train.budget"] == "steps").all()
             epochs = sorted(rows["train.epochs"].dropna().unique()) if "train.epochs" in rows else []
             steps = sorted(rows["steps"].dropna().astype(int).unique())
+            if by_steps:
+                budgets.append(f"batch {bs}: {steps[-1] if steps else '?'} steps")
+                continue
             text = f"batch {bs}: {'/'.join(f'{e:g}' for e in epochs)} epochs"
             budgets.append(text + (f" ({steps[-1]} steps)" if steps else ""))
         seeds = part.groupby([c for c in ("norm", "batch_size") if c in part])["seed"].nunique()
@@ -593,14 +597,13 @@ def claims_summary(evaluated: Sequence[tuple[Section, list[tuple[Claim, Contrast
         lines += [
             "",
             f"Exploratory (not adjusted for multiplicity; {len(exploratory)} of "
-            f"{sum(r.family == 'exploratory' and not r.excluded for _, r in results)} with an interval that "
-            "excludes 0):",
+            f"{sum(r.family == 'exploratory' and not r.excluded for _, r in results)} hold by their own test):",
             "",
             *(f"- {sentence(r, c.unit.scale, c.unit.name)}" for c, r in exploratory),
         ]
     excluded = [(c, r) for c, r in results if r.excluded]
     if excluded:
-        lines += ["", f"Not tested ({len(excluded)} claims):", ""]
+        lines += ["", f"Not tested ({len(excluded)} claim{'s' * (len(excluded) != 1)}):", ""]
         lines += [f"- {sentence(r, c.unit.scale, c.unit.name)}" for c, r in excluded]
     return "\n".join([*lines, ""])
 
@@ -660,7 +663,7 @@ def render_section(
         "",
         f"{n_est} of {len(claims)} claims established ({family} family):"
         if family == "primary"
-        else f"{n_est} of {len(claims)} claims with an interval that excludes 0 (exploratory, unadjusted):",
+        else f"{n_est} of {len(claims)} claims hold by their own test (exploratory, unadjusted):",
         "",
         *(f"- {sentence(r, c.unit.scale, c.unit.name)}" for c, r in claims),
         "",
@@ -671,12 +674,18 @@ def render_section(
 def study_report(
     study: Study, runs: pd.DataFrame, selected: pd.DataFrame, candidates: pd.DataFrame | None, out: Path
 ) -> str:
-    """The protocol, the findings and one section per entry of the description, as markdown."""
+    """The curve sections (the practitioner's table and figure) first, then the protocol, the choice of
+    learning rates, the findings and the other sections in the description's order, as markdown."""
     runs = add_derived(runs, study.derived)
     selected = add_derived(selected, study.derived)
     evaluated = evaluate_claims(study, runs, selected)
-    parts = [protocol(runs, study), selection_check(runs, study), claims_summary(evaluated)]
-    parts += [render_section(s, c, runs, selected, candidates, study, out) for s, c in evaluated]
+    evaluated = sorted(evaluated, key=lambda entry: not entry[0].curve)  # stable: curves, then the rest
+    curves = [e for e in evaluated if e[0].curve]
+    parts = [render_section(s, c, runs, selected, candidates, study, out) for s, c in curves]
+    parts += [protocol(runs, study), selection_check(runs, study), claims_summary(evaluated)]
+    parts += [
+        render_section(s, c, runs, selected, candidates, study, out) for s, c in evaluated[len(curves) :]
+    ]
     return "\n".join(parts)
 
 
