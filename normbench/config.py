@@ -197,6 +197,7 @@ LATER_KEYS = {
     "data.split_seed": 0,
     "data.mnist1d_samples": 5000,
     "data.mnist1d_test_samples": 0,
+    "norm.positions": 0,  # batchnorm pooled over positions, as before the option existed
     "runtime.precision": "fp32",  # every fp32 run keeps the hash it had before the setting existed
 }
 

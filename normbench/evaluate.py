@@ -82,9 +82,14 @@ def precise_bn_order(num_train: int, num_samples: int, gen: torch.Generator) -> 
     return torch.randperm(num_train, generator=gen)[: min(num_samples, num_train)]
 
 
-def channel_sums(x: Tensor) -> tuple[Tensor, Tensor, int]:
-    """Per-channel sum and sum of squares (float64) of a norm's input (N, C, ...), and its count."""
-    v = x.detach().transpose(0, 1).reshape(x.shape[1], -1).double()
+def channel_sums(x: Tensor, module: nn.Module | None = None) -> tuple[Tensor, Tensor, int]:
+    """Per-channel sum and sum of squares (float64) of a norm's input (N, C, ...), and its count; per
+    channel and position where ``module`` keeps its statistics so (BatchNorm with ``positions``)."""
+    x = x.detach()
+    if getattr(module, "positions", 0):
+        v = x.reshape(len(x), -1).T.double()
+    else:
+        v = x.transpose(0, 1).reshape(x.shape[1], -1).double()
     return v.sum(1), (v * v).sum(1), v.shape[1]
 
 
@@ -119,7 +124,7 @@ def pooled_statistics(model: nn.Module, batches: Iterable[Tensor]) -> nn.Module:
 
     def hook(name: str):
         def accumulate(module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
-            total, total_sq, n = channel_sums(inputs[0])
+            total, total_sq, n = channel_sums(inputs[0], module)
             acc = sums.setdefault(name, [0, 0.0, 0.0])
             acc[0] += n
             acc[1] = acc[1] + total

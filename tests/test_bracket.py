@@ -61,6 +61,17 @@ def test_a_degenerate_cell_is_not_extended():
     assert status.loc[("batchnorm", 2), "state"] == "degenerate"
 
 
+def test_a_later_key_at_its_old_value_is_left_to_the_default():
+    runs = _runs(VAL).assign(**{"norm.positions": 0})
+    runs.loc[runs["norm"] == "groupnorm", "norm.positions"] = 0  # filled in for a plugin without the option
+    status = bracket_status(runs, BRACKET)
+    assert next_round(status, BRACKET, ["task", "norm", "batch_size", "norm.positions"])[0][:3] == [
+        "task=toy",
+        "norm=batchnorm",
+        "batch_size=2",
+    ]
+
+
 def test_the_next_round_reruns_the_cell_with_its_seeds_at_the_new_value():
     status = bracket_status(_runs(VAL), BRACKET, does_not_train_at=0.85)
     assert next_round(status, BRACKET, ["task", "norm", "batch_size"]) == [

@@ -179,3 +179,29 @@ def test_channel_last_adapter_token_and_sequence_layouts():
     torch.testing.assert_close(inn(x), expected, rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="layout must be 'token' or 'sequence', got 'nlc'"):
         ChannelLast(ln.norm, layout="nlc")
+
+
+def test_batchnorm_without_pooling_normalizes_each_position_over_the_batch_alone():
+    torch.manual_seed(0)
+    bn = build_norm("batchnorm", 3, positions=6, momentum=0.5)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-1, 1)
+    x = torch.randn(4, 3, 2, 3) * 2 + 1
+    mean, var = x.mean(0, keepdim=True), x.var(0, unbiased=False, keepdim=True)
+    gamma, beta = bn.weight.view(1, 3, 1, 1), bn.bias.view(1, 3, 1, 1)
+    torch.testing.assert_close(bn(x), (x - mean) / torch.sqrt(var + 1e-5) * gamma + beta)
+    # running statistics per (channel, position), the unbiased variance, as torch's BatchNorm1d keeps them
+    torch.testing.assert_close(bn.running_mean, 0.5 * mean.flatten())
+    torch.testing.assert_close(bn.running_var, 0.5 + 0.5 * x.var(0, unbiased=True).flatten())
+    bn.eval()
+    expected = (x - bn.running_mean.view(1, 3, 2, 3)) / torch.sqrt(bn.running_var.view(1, 3, 2, 3) + 1e-5)
+    torch.testing.assert_close(bn(x), expected * gamma + beta)
+
+
+def test_batchnorm_positions_must_match_the_input():
+    bn = build_norm("batchnorm", 3, positions=40)
+    with pytest.raises(ValueError, match=r"positions=40\): the input has 20 positions per channel"):
+        bn(torch.randn(2, 3, 20))
+    with pytest.raises(ValueError, match=r"positions must be 0 .* got -1"):
+        build_norm("batchnorm", 3, positions=-1)

@@ -123,3 +123,14 @@ def test_class_grouped_sampler_batches(tmp_path):
         tmp_path,
     )
     assert record["status"] == "completed"
+
+
+def test_precise_bn_of_a_per_position_batchnorm_pools_each_position_over_the_samples():
+    from normbench.evaluate import pooled_statistics
+
+    torch.manual_seed(0)
+    x = torch.randn(12, 2, 5) * 3 + 1
+    model = nn.Sequential(build_norm("batchnorm", 2, positions=5))
+    twin = pooled_statistics(model, x.split(4))
+    torch.testing.assert_close(twin[0].running_mean, x.mean(0).flatten())
+    torch.testing.assert_close(twin[0].running_var, x.var(0, unbiased=True).flatten())

@@ -34,7 +34,9 @@ def _wide_cases():
         for label, shape in SHAPES.items():
             if len(shape) == 2 and norm_spec(name).min_spatial_positions > 1:
                 continue
-            yield pytest.param(name, shape, id=f"{name}-{label}")
+            yield pytest.param(name, shape, OPTIONS.get(name, {}), id=f"{name}-{label}")
+    # BatchNorm with statistics per (channel, position): buffers of C·P values per member
+    yield pytest.param("batchnorm", SHAPES["images"], {"positions": 25}, id="batchnorm-positions")
 
 
 def test_the_core_norms_have_wide_forms():
@@ -43,11 +45,11 @@ def test_the_core_norms_have_wide_forms():
     assert {"ghost_batchnorm", "frn", "evonorm_b0", "evonorm_s0"} <= wide
 
 
-@pytest.mark.parametrize("name, shape", list(_wide_cases()))
-def test_wide_form_of_three_equals_three_separate_modules(name, shape):
+@pytest.mark.parametrize("name, shape, options", list(_wide_cases()))
+def test_wide_form_of_three_equals_three_separate_modules(name, shape, options):
     assert torch.Size(SHAPES["large"]).numel() >= FUSED_MIN_ELEMENTS  # the CPU's fused paths too
     torch.manual_seed(0)
-    members = [build_norm(name, shape[1], **OPTIONS.get(name, {})).double() for _ in range(K)]
+    members = [build_norm(name, shape[1], **options).double() for _ in range(K)]
     for m in members:  # each member its own parameters and statistics
         with torch.no_grad():
             for t in (*m.parameters(), *(b for b in m.buffers() if b.is_floating_point())):

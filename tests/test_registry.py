@@ -76,6 +76,7 @@ def test_spec_lists_options_with_defaults():
         "momentum": 0.1,
         "affine": True,
         "track_running_stats": True,
+        "positions": 0,
     }
     assert spec.batch_dependent and spec.running_stats
     assert not norm_spec("layernorm").batch_dependent

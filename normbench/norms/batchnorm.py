@@ -32,12 +32,21 @@ class BatchNorm(ChannelNorm):
     Identical to ``torch.nn.BatchNorm{1,2,3}d`` (same buffers: ``running_mean``, ``running_var``,
     ``num_batches_tracked``), but one module accepts every rank.
 
+    With ``positions=P`` (an ablation, not the paper's layer) the statistics are not pooled over
+    positions: each (channel, position) pair of an input with exactly P positions per channel is
+    normalized over the batch alone, as if every position were a feature of an MLP, with running
+    statistics per channel and position (buffers of C·P values); γ and β stay per channel. It tests
+    why conv nets tolerate small batches: with pooling, a channel's statistics come from N·P values;
+    without it, from N.
+
     Args:
         num_channels: C.
         eps: added to the variance.
         momentum: EMA rate of the running statistics, or ``None`` for a cumulative average.
         affine: learnable per-channel ``weight`` (γ) and ``bias`` (β).
         track_running_stats: keep running statistics for eval mode.
+        positions: 0 (pool over positions: BatchNorm), or the number of positions P of every input,
+            each normalized on its own (see above).
 
     Shape:
         Input (N, C, *) with 0-3 spatial dims; output the same shape.
@@ -50,15 +59,21 @@ class BatchNorm(ChannelNorm):
         momentum: float | None = 0.1,
         affine: bool = True,
         track_running_stats: bool = True,
+        positions: int = 0,
     ) -> None:
         super().__init__(num_channels, eps, affine)
         if momentum is not None and not 0.0 <= momentum <= 1.0:
             raise ValueError(f"BatchNorm: momentum must be in [0, 1] or None, got {momentum!r}")
+        if isinstance(positions, bool) or not isinstance(positions, int) or positions < 0:
+            raise ValueError(
+                f"BatchNorm: positions must be 0 (pooled) or a number of positions >= 1, got {positions!r}"
+            )
         self.momentum = momentum
         self.track_running_stats = track_running_stats
+        self.positions = positions
         if track_running_stats:
-            self.register_buffer("running_mean", torch.zeros(num_channels))
-            self.register_buffer("running_var", torch.ones(num_channels))
+            self.register_buffer("running_mean", torch.zeros(num_channels * max(positions, 1)))
+            self.register_buffer("running_var", torch.ones(num_channels * max(positions, 1)))
             self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
         else:
             self.register_buffer("running_mean", None)
@@ -90,19 +105,21 @@ class BatchNorm(ChannelNorm):
         update = self.training and self.track_running_stats
         factor = self.step_rate() if update else 0.0
         use_batch_stats = self.training or not self.track_running_stats
-        return F.batch_norm(
-            x,
-            self.running_mean if not self.training or update else None,
-            self.running_var if not self.training or update else None,
-            self.weight,
-            self.bias,
-            use_batch_stats,
-            factor,
-            self.eps,
-        )
+        running = (self.running_mean, self.running_var) if not self.training or update else (None, None)
+        if not self.positions:
+            return F.batch_norm(x, *running, self.weight, self.bias, use_batch_stats, factor, self.eps)
+        if x.shape[2:].numel() != self.positions:
+            raise ValueError(
+                f"BatchNorm(positions={self.positions}): the input has {x.shape[2:].numel()} positions per "
+                f"channel (shape {tuple(x.shape)}); positions must match every input's"
+            )
+        y = F.batch_norm(x.reshape(len(x), -1), *running, None, None, use_batch_stats, factor, self.eps)
+        y = y.reshape(x.shape)
+        if self.weight is not None:
+            shape = (1, -1) + (1,) * (x.dim() - 2)
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y
 
     def extra_repr(self) -> str:
-        return (
-            f"{super().extra_repr()}, momentum={self.momentum}, "
-            f"track_running_stats={self.track_running_stats}"
-        )
+        text = f"{super().extra_repr()}, momentum={self.momentum}, track_running_stats={self.track_running_stats}"
+        return text + (f", positions={self.positions}" if self.positions else "")

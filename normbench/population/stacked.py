@@ -25,7 +25,7 @@ def input_sums(
 
     def hook(name: str):
         def accumulate(module: nn.Module, args: tuple[Tensor, ...]) -> None:
-            total, total_sq, n = channel_sums(args[0])
+            total, total_sq, n = channel_sums(args[0], module)
             counts[name] = counts.get(name, 0) + n  # a module called twice in one forward counts twice
             sums[name] = torch.stack([total, total_sq]) + sums.get(name, 0)
 

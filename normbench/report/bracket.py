@@ -24,6 +24,7 @@ from typing import Any
 
 import pandas as pd
 
+from normbench.config import LATER_KEYS
 from normbench.report.curve import degenerate_reason
 from normbench.report.load import read_records, runs_frame
 from normbench.report.select import candidates
@@ -127,7 +128,12 @@ def next_round(status: pd.DataFrame, bracket: Bracket, fixed: list[str]) -> list
     precedence over its ``hydra.sweeper.params``."""
     commands = []
     for row in status[status["state"] == "extend"].to_dict("records"):
-        overrides = [f"{c}={_value(row[c])}" for c in fixed if c in row and not pd.isna(row[c])]
+        overrides = [
+            f"{c}={_value(row[c])}"
+            for c in fixed
+            # a later key at its old value is the default (and a key other plugins may not have)
+            if c in row and not pd.isna(row[c]) and LATER_KEYS.get(c, ...) != row[c]
+        ]
         overrides.append(f"{bracket.key}={_value(row['next'])}")
         overrides.append("seed=" + ",".join(map(str, row["seeds"])))
         commands.append(overrides)
