@@ -109,7 +109,7 @@ for round in $(seq 1 "${MAX_ROUNDS:-12}"); do
 done
 elapsed=$(( $(date +%s) - start ))
 counts=$(sed -n 's/.*runs: \([0-9]*\) completed, \([0-9]*\) diverged, \([0-9]*\) failed, \([0-9]*\) skipped.*/\1 \2 \3 \4/p' "$summaries" \
-  | awk '{c+=$1; d+=$2; f+=$3; s+=$4} END {print c, d, f, s}')
+  | awk '{c+=$1; d+=$2; f+=$3; s+=$4} END {print c+0, d+0, f+0, s+0}')
 read -r n_completed n_diverged n_failed n_skipped <<< "$counts"
 trained="$n_completed completed, $n_diverged diverged, $n_failed failed, $n_skipped skipped"
 if [ $((n_completed + n_diverged + n_failed)) -gt 0 ]; then

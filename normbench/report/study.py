@@ -52,7 +52,7 @@ STUDY_KEYS = {
     "degenerate",
     "bracket",
 }
-SWEEP_KEYS = {"preset", "smoke", "large", "folder"}  # folder: the sweep.name it writes (default: preset)
+SWEEP_KEYS = {"preset", "full", "smoke", "large", "folder"}  # folder: the sweep.name it writes (default: preset)
 SECTION_KEYS = {
     "title",
     "question",
@@ -230,13 +230,13 @@ def sweep_params(grid: Mapping[str, Any]) -> str:
 def sweep_commands(study: Study, mode: str = "full") -> list[tuple[str, list[str]]]:
     """Per sweep of the study, its preset and the overrides of ``mode`` (full: none; smoke: the sweep's
     smoke grid and the study's smoke overrides; large: the sweep's large grid, if it has one). A sweep
-    whose grid for ``mode`` is ``false`` is left out of that mode."""
+    whose entry for ``mode`` is ``false`` is left out of that mode."""
     if mode not in ("full", "smoke", "large"):
         raise StudyError(f"mode={mode!r}; allowed: full, smoke, large")
     commands = []
     for sweep in study.sweeps:
         extra: list[str] = []
-        if mode != "full" and sweep.get(mode) is False:
+        if sweep.get(mode) is False:
             continue  # the sweep has no part in this mode (e.g. extra seeds in a smoke run)
         if mode != "full" and sweep.get(mode):
             extra.append(sweep_params(sweep[mode]))
