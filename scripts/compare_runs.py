@@ -1,10 +1,14 @@
 """How closely two trainings of the same configs agree: e.g. a study trained as populations against the
 same study trained run by run. Runs are paired by config hash; for each pair the relative difference of
 the test loss and the difference of the test error, then the paired mean difference of the test error
-with its Student t 95% interval (scipy.stats), overall and per learning rate.
+with its Student t 95% interval (scipy.stats), overall and per learning rate. With ``--study``, every
+claim of that study description whose cells both trainings hold (a restricted to b's configs), with
+each training's own learning-rate selection: both estimates, both verdicts, and whether they agree.
 
-    python scripts/compare_runs.py reports/small_batch_population/sweeps reports/small_batch/sweeps \\
+    python scripts/compare_runs.py reports/small_batch_population/sweeps reports/small_batch_v1/sweeps \\
         --out reports/small_batch_population/agreement.md
+    python scripts/compare_runs.py reports/small_batch/sweeps reports/small_batch_separate/sweeps \\
+        --study conf/study/small_batch.yaml --out reports/small_batch_separate/agreement.md
 """
 
 from __future__ import annotations
@@ -24,11 +28,47 @@ def interval(diff: pd.Series) -> str:
     return f"{100 * diff.mean():+.2f} pp [{100 * ci.low:+.2f}, {100 * ci.high:+.2f}], p = {p:.2g}"
 
 
+def _claims(runs: pd.DataFrame, study) -> dict[str, tuple]:
+    from normbench.report.select import select_on_validation
+    from normbench.report.study import evaluate_claims
+
+    selected, _ = select_on_validation(runs, study.select) if study.select else (runs, None)
+    return {r.name: (c, r) for _, claims in evaluate_claims(study, runs, selected) for c, r in claims}
+
+
+def claim_agreement(a: pd.DataFrame, b: pd.DataFrame, path: Path) -> list[str]:
+    """The study's claims on each training: estimate, interval and verdict side by side."""
+    from normbench.report.contrasts import sentence
+    from normbench.report.study import load_study
+
+    study = load_study(path)
+    ours, theirs = _claims(a, study), _claims(b, study)
+    names = [n for n in ours if n in theirs]
+    lines = [
+        "",
+        f"## The claims of {path} on both trainings",
+        "",
+        "Each training chooses its own learning rates on its validation split; a's runs are those with a",
+        f"config in b. {sum(ours[n][1].established == theirs[n][1].established for n in names)} of "
+        f"{len(names)} verdicts agree.",
+        "",
+        "| claim | a | b | same verdict |",
+        "|---|---|---|---|",
+    ]
+    for name in names:
+        (claim, ra), (_, rb) = ours[name], theirs[name]
+        a_text, b_text = (sentence(r, claim.unit.scale, claim.unit.name)[len(name) + 2 :] for r in (ra, rb))
+        same = "yes" if ra.established == rb.established else "no"
+        lines.append(f"| {name} | {a_text} | {b_text} | {same} |")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("a", type=Path, help="sweep folder(s) root of the first training (e.g. populations)")
     parser.add_argument("b", type=Path, help="sweep folder(s) root of the second (e.g. run by run)")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--study", type=Path, help="a study description: compare its claims too")
     args = parser.parse_args()
     a, b = load_runs(args.a), load_runs(args.b)
     pairs = a.merge(b, on="config_hash", suffixes=("_a", "_b"))
@@ -57,6 +97,8 @@ def main() -> None:
             f"| {lr} | {len(group)} | {(group.rel_loss <= 1e-5).sum()} | {group.rel_loss.median():.1e} "
             f"| {interval(group.d_error)} |"
         )
+    if args.study:
+        lines += claim_agreement(a[a["config_hash"].isin(b["config_hash"])], b, args.study)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
