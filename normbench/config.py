@@ -77,6 +77,8 @@ class ModelConfig:
     small_input: bool = True  # arch=torchvision: 3x3 stride-1 first conv and no max-pool for 32x32 inputs
     cell: str = "lstm"  # arch=rnn: lstm or gru
     shared_stats: bool = False  # arch=rnn: one set of norm statistics for all time steps
+    embed: int = 0  # arch=rnn: each step's input mapped to this many features (linear + tanh) first; 0: none
+    norm_gain: float = 1.0  # arch=rnn: initial γ of the recurrent norms (Cooijmans et al. 2017 use 0.1)
     init_scale: float = 1.0  # multiplies every initial weight outside the norm layers (biases untouched)
     g_norm: str = ""  # arch=gan: the generator's norm ("" = the run's norm)
     d_norm: str = ""  # arch=gan: the discriminator's norm ("" = the run's norm)
@@ -186,6 +188,8 @@ LATER_KEYS = {
     "task.model.small_input": True,
     "task.model.cell": "lstm",
     "task.model.shared_stats": False,
+    "task.model.embed": 0,
+    "task.model.norm_gain": 1.0,
     "task.model.init_scale": 1.0,
     "task.model.g_norm": "",
     "task.model.d_norm": "",
@@ -258,6 +262,8 @@ VALUE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "optim.warmup_steps": (_at_least(0), "an integer >= 0"),
     "task.model.init_scale": (lambda v: _finite(v) and 1e-30 <= v <= 1e30, "a number in [1e-30, 1e30]"),
     "task.model.latent": (_at_least(1), "an integer >= 1"),
+    "task.model.embed": (_at_least(0), "0 (none) or an integer >= 1"),
+    "task.model.norm_gain": (lambda v: _finite(v) and 0 < v <= 1e6, "a number in (0, 1e6]"),
     "train.epochs": (_at_least(1), "an integer >= 1"),
     "train.steps": (_at_least(1), "an integer >= 1"),
     "train.history_points": (_at_least(1), "an integer >= 1"),

@@ -7,7 +7,7 @@ import pytest
 import torch
 from helpers import QUICK, compose_cfg
 
-from normbench.run import ConfigError, execute
+from normbench.run import ConfigError, execute, run_identity
 from normbench.tasks import NormLayers
 from normbench.tasks.recurrent import NormRNN
 
@@ -95,3 +95,29 @@ def test_bad_recurrent_combinations_are_refused(overrides, message, tmp_path):
 def test_online_learning_with_a_batch_independent_norm(tmp_path):
     record = execute(compose_cfg("task=digits_lstm", "batch_size=1", "norm=layernorm", *QUICK), tmp_path)
     assert record["status"] == "completed", record.get("error")
+
+
+def test_an_embedded_scalar_input_reaches_layernorm_with_more_than_its_sign():
+    torch.manual_seed(0)
+    plain = NormRNN(1, 4, 8, 10, NormLayers("layernorm"))
+    embedded = NormRNN(1, 4, 8, 10, NormLayers("layernorm"), embed=8)
+    x = torch.tensor([[0.5], [2.0]])  # two inputs of the same sign
+    for model, sign_only in ((plain, True), (embedded, False)):
+        gx = model.norm_x(model.w_x(model.embed(x)), 0)
+        # LN(w x) = sign(x) (w - mean w) / std w, up to eps: the same for both inputs without the embedding
+        assert (float((gx[0] - gx[1]).abs().max()) < 1e-3) is sign_only
+    assert isinstance(embedded.embed[0], torch.nn.Linear) and embedded.w_x.in_features == 8
+
+
+def test_the_recurrent_norms_start_at_the_given_gain():
+    model = NormRNN(8, 4, 16, 10, NormLayers("batchnorm"), norm_gain=0.1)
+    for position in (model.norm_x, model.norm_h, model.norm_c):
+        for step in position.steps:
+            assert torch.equal(step.weight, torch.full_like(step.weight, 0.1))
+
+
+def test_embed_and_gain_join_the_identity_only_when_set():
+    identity, _ = run_identity(compose_cfg("task=seq_lstm", "task.model.embed=0", "task.model.norm_gain=1.0"))
+    assert "embed" not in identity["task"]["model"] and "norm_gain" not in identity["task"]["model"]
+    identity, _ = run_identity(compose_cfg("task=digits_lstm", "task.model.norm_gain=0.1"))
+    assert identity["task"]["model"]["norm_gain"] == 0.1

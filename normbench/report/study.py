@@ -52,7 +52,13 @@ STUDY_KEYS = {
     "degenerate",
     "bracket",
 }
-SWEEP_KEYS = {"preset", "full", "smoke", "large", "folder"}  # folder: the sweep.name it writes (default: preset)
+SWEEP_KEYS = {
+    "preset",
+    "full",
+    "smoke",
+    "large",
+    "folder",
+}  # folder: the sweep.name it writes (default: preset)
 SECTION_KEYS = {
     "title",
     "question",

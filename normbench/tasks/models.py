@@ -267,10 +267,13 @@ def build_model(
     small_input: bool = True,
     cell: str = "lstm",
     shared_stats: bool = False,
+    embed: int = 0,
+    norm_gain: float = 1.0,
 ) -> nn.Module:
     """The model ``arch`` for inputs of ``input_shape`` (C, *spatial) with norms from ``norms``.
-    ``name`` and ``small_input`` are for ``arch='torchvision'``, ``cell`` and ``shared_stats`` for
-    ``arch='rnn'`` (:class:`normbench.tasks.recurrent.NormRNN`, ``width`` hidden units)."""
+    ``name`` and ``small_input`` are for ``arch='torchvision'``; ``cell``, ``shared_stats``, ``embed``
+    and ``norm_gain`` for ``arch='rnn'`` (:class:`normbench.tasks.recurrent.NormRNN`, ``width`` hidden
+    units)."""
     if arch == "mlp":
         return MLP(int(torch.tensor(input_shape).prod()), width, depth, num_classes, norms)
     if arch == "cifar_resnet":
@@ -281,7 +284,7 @@ def build_model(
         from normbench.tasks.recurrent import NormRNN
 
         features, steps = (input_shape[2], input_shape[1]) if len(input_shape) == 3 else input_shape
-        return NormRNN(features, steps, width, num_classes, norms, cell, shared_stats)
+        return NormRNN(features, steps, width, num_classes, norms, cell, shared_stats, embed, norm_gain)
     if arch in ("cnn1d", "cnn2d", "resnet2d"):
         dims = 1 if arch == "cnn1d" else 2
         if len(input_shape) != dims + 1:

@@ -8,7 +8,11 @@ Placement, as in Layer-Normalized LSTM (Ba, Kiros & Hinton 2016) and Recurrent B
     GRU:   (r, z) = N_x(W_x x_t)[:2H] + N_h(W_h h_{t-1})[:2H] + b,
            n = tanh(N_x(W_x x_t)[2H:] + b_n + σ(r) ⊙ N_h(W_h h_{t-1})[2H:]),   h_t = (1 − σ(z)) ⊙ n + σ(z) ⊙ h_{t-1}
 
-each N a registry norm on (N, features) tensors. A norm that keeps running statistics gets one module
+each N a registry norm on (N, features) tensors. With ``embed=E`` each step's input is first mapped to E
+features, x_t -> tanh(W_e x_t + b_e): a scalar input then reaches N_x through a non-linear map, so
+normalizing W_x x_t over its units no longer reduces it to sign(x_t) (what LayerNorm does to the
+projection of one value). ``norm_gain`` is the initial γ of every recurrent norm (Cooijmans et al. 2017
+start BatchNorm's at 0.1, keeping the gates away from saturation). A norm that keeps running statistics gets one module
 per time step (its own statistics, Cooijmans et al.) whose affine parameters are shared across steps;
 evaluated on a sequence longer than any seen in training, the steps beyond use the last step's
 statistics. ``shared_stats=True`` uses one module for every step. Norms without running statistics
@@ -57,6 +61,8 @@ class NormRNN(nn.Module):
         norms: NormLayers,
         cell: str = "lstm",
         shared_stats: bool = False,
+        embed: int = 0,
+        norm_gain: float = 1.0,
     ):
         super().__init__()
         if cell not in CELLS:
@@ -64,7 +70,8 @@ class NormRNN(nn.Module):
         self.cell, self.hidden = cell, hidden
         gates = CELLS[cell] * hidden
         per_step = norms.spec.running_stats and not shared_stats
-        self.w_x = nn.Linear(features, gates, bias=False)
+        self.embed = nn.Sequential(nn.Linear(features, embed), nn.Tanh()) if embed else nn.Identity()
+        self.w_x = nn.Linear(embed or features, gates, bias=False)
         self.w_h = nn.Linear(hidden, gates, bias=False)
         self.bias = nn.Parameter(torch.zeros(gates))
         self.norm_x = StepNorms(norms, gates, steps, per_step)
@@ -74,6 +81,12 @@ class NormRNN(nn.Module):
         if cell == "lstm":
             with torch.no_grad():
                 self.bias[hidden : 2 * hidden].fill_(1.0)  # forget-gate bias 1 (Jozefowicz et al. 2015)
+        if norm_gain != 1.0:
+            with torch.no_grad():
+                for position in (self.norm_x, self.norm_h, self.norm_c):
+                    weight = getattr(position.steps[0], "weight", None) if position is not None else None
+                    if isinstance(weight, nn.Parameter):  # shared by every step's module
+                        weight.fill_(norm_gain)
 
     def forward(self, x: Tensor) -> Tensor:
         # (N, C, L) signals as L steps of C features; (N, 1, rows, cols) images row by row
@@ -83,7 +96,7 @@ class NormRNN(nn.Module):
         c = sequence.new_zeros(n, self.hidden)
         # all steps' input projections in one matmul; unbind (not indexing) so that the backward
         # stacks the steps' gradients once instead of scattering each into a full-size zero tensor
-        inputs = self.w_x(sequence.transpose(1, 2)).unbind(1)
+        inputs = self.w_x(self.embed(sequence.transpose(1, 2))).unbind(1)
         for t in range(len(inputs)):
             gx, gh = self.norm_x(inputs[t], t), self.norm_h(self.w_h(h), t)
             if self.cell == "lstm":
