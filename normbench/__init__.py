@@ -2,7 +2,7 @@
 
 Public API: :func:`build_norm`, :func:`register_norm`, :func:`available_norms`, :func:`norm_spec`,
 the :class:`ChannelLast` adapter for (N, L, C) token tensors, :func:`convert_norms` for any model and
-:func:`diagnose` for any model's batch statistics. They are imported on first access, so
+:func:`diagnose` for any model's batch statistics, and :func:`load_model` for a run's saved weights. They are imported on first access, so
 ``normbench.report`` (pandas and matplotlib only) loads without torch.
 """
 
@@ -21,6 +21,7 @@ __all__ = [
     "build_norm",
     "convert_norms",
     "diagnose",
+    "load_model",
     "norm_spec",
     "register_norm",
 ]
@@ -29,9 +30,14 @@ if TYPE_CHECKING:
     from normbench.convert import convert_norms
     from normbench.diagnosis import diagnose
     from normbench.norms import ChannelLast, NormSpec, available_norms, build_norm, norm_spec, register_norm
+    from normbench.run import load_model
 
 
-_FUNCTIONS = {"convert_norms": "normbench.convert", "diagnose": "normbench.diagnosis"}
+_FUNCTIONS = {
+    "convert_norms": "normbench.convert",
+    "diagnose": "normbench.diagnosis",
+    "load_model": "normbench.run",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -117,6 +117,8 @@ class TrainConfig:
     steps: int = "${task.steps}"  # type: ignore[assignment]
     history_points: int = 10  # evaluations recorded in `history` over the run (at least one per run)
     max_train_error_diverged: float = 0.85  # final train error at or above this counts as diverged
+    checkpoint_every: int = 0  # save the training state every N steps (checkpoint.pt); 0: never
+    save_model: bool = False  # keep the final weights (model.pt; normbench.load_model rebuilds the model)
 
 
 @dataclass
@@ -179,6 +181,8 @@ NON_IDENTITY_KEYS = (
     *(f"runtime.{f.name}" for f in dataclasses.fields(RuntimeConfig) if f.name != "precision"),
     "data.root",
     "data.download",
+    "train.checkpoint_every",
+    "train.save_model",
 )
 # Keys added after records existed, left out of the identity while at this value: the earlier runs
 # behaved exactly so, and keep their hashes.
@@ -267,6 +271,7 @@ VALUE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.epochs": (_at_least(1), "an integer >= 1"),
     "train.steps": (_at_least(1), "an integer >= 1"),
     "train.history_points": (_at_least(1), "an integer >= 1"),
+    "train.checkpoint_every": (_at_least(0), "0 (never) or a number of steps >= 1"),
     "train.max_train_error_diverged": (lambda v: _finite(v) and 0 < v <= 1, "a fraction in (0, 1]"),
     "data.classes_per_batch": (_at_least(1), "an integer >= 1"),
     "data.val_size": (

@@ -21,7 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 import normbench
-from normbench.config import LATER_KEYS, NON_IDENTITY_KEYS, ConfigError, check_values
+from normbench.checkpoint import CHECKPOINT_FILE, MODEL_FILE, Checkpoint, save_weights
+from normbench.config import LATER_KEYS, NON_IDENTITY_KEYS, Config, ConfigError, check_values
 from normbench.distributed import World, all_finite, finish, parallel, shard, world_from_env
 from normbench.evaluate import Members, OneModel, eval_mode
 from normbench.norms import available_norms, norm_spec
@@ -38,7 +39,7 @@ from normbench.results import (
     write_json_atomic,
 )
 
-__all__ = ["ConfigError", "execute", "previous_result", "run_identity"]
+__all__ = ["ConfigError", "execute", "load_model", "previous_result", "run_identity"]
 from normbench.runtime import CPU_FP32, Runtime, use_deterministic_kernels
 from normbench.samplers import check_class_grouped, class_grouped_batches, iid_batches
 from normbench.tasks import ModelConfigError, NormLayers, build_model, load_dataset
@@ -153,6 +154,20 @@ def build_gan(
 
 def model_from_config(cfg: DictConfig, data: Dataset) -> nn.Module:
     return model_and_norms(cfg, data)[0]
+
+
+def load_model(run_dir: str | os.PathLike[str], device: str | torch.device = "cpu") -> nn.Module:
+    """The model a run trained, in eval mode: rebuilt from the config in its ``result.json`` and loaded
+    with the weights ``train.save_model=true`` kept in ``model.pt`` (read with ``weights_only=True``)."""
+    run_dir = Path(run_dir)
+    weights = run_dir / MODEL_FILE
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights}: no saved weights (train the run with train.save_model=true)")
+    record = load_run(run_dir / RESULT_FILE)
+    cfg = OmegaConf.merge(OmegaConf.structured(Config), record["config"])
+    model = model_from_config(cfg, prepare_data(cfg))
+    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    return model.to(device).eval()
 
 
 def _same_shape(module: nn.Module, inputs: tuple[Tensor, ...], output: Any) -> None:
@@ -322,6 +337,8 @@ def execute(cfg: DictConfig, out_dir: Path, progress: bool = False) -> dict[str,
     seal(record, start)
     if world.is_main:
         write_json_atomic(out_dir / RESULT_FILE, record)
+        if record["status"] in ("completed", "diverged"):  # final: a rerun skips it, nothing to resume
+            (out_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
     return record
 
 
@@ -336,6 +353,12 @@ def _train_and_evaluate(
     cfg: DictConfig, record: dict[str, Any], world: World, runtime: Runtime, progress: bool, out_dir: Path
 ) -> None:
     data, model = prepare(cfg, runtime)
+    for key in ("checkpoint_every", "save_model"):
+        if cfg.train[key] and (isinstance(model, GAN) or world.size > 1):
+            raise ConfigError(
+                f"train.{key}={str(cfg.train[key]).lower()}: not supported "
+                f"{'for GAN tasks' if isinstance(model, GAN) else 'under torchrun'} yet"
+            )
     if isinstance(model, GAN):
         if world.size > 1:
             raise ConfigError(
@@ -356,7 +379,14 @@ def _train_and_evaluate(
     trained = parallel(model, world)
     if runtime.compile:
         trained = torch.compile(trained)
-    result = fit_run(cfg, trained, data, runtime, world, eval_model=model, progress=progress)
+    checkpoint = (
+        Checkpoint(out_dir / CHECKPOINT_FILE, cfg.train.checkpoint_every, record["config_hash"])
+        if cfg.train.checkpoint_every
+        else None
+    )
+    result = fit_run(
+        cfg, trained, data, runtime, world, eval_model=model, progress=progress, checkpoint=checkpoint
+    )
     record_training(record, result)
     # DistributedDataParallel's reducer holds the process group: let it go while every process is still
     # here (destroyed after a peer has exited, gloo's threads can wait forever)
@@ -364,6 +394,8 @@ def _train_and_evaluate(
     finish(world)  # evaluation is process 0's alone, with no collective left to wait on
     if world.is_main:
         record_evaluation(cfg, record, model, data, runtime)
+        if cfg.train.save_model and record["status"] == "completed":
+            save_weights(model, out_dir / MODEL_FILE)
 
 
 def fit_run(
@@ -374,10 +406,11 @@ def fit_run(
     world: World = World(),  # noqa: B008 - a frozen value: one process
     eval_model: nn.Module | None = None,
     progress: bool = False,
+    checkpoint: Checkpoint | None = None,
 ) -> FitResult:
     """Train ``model`` (possibly wrapped for ``world``) as the run ``cfg`` trains it: its plan,
     optimizer, schedule, batches (this process's share) and augmentation; ``eval_model`` (default
-    ``model``) is what the history evaluates, on process 0 only."""
+    ``model``) is what the history evaluates, on process 0 only; ``checkpoint``: see :func:`fit`."""
     plan = training_plan(cfg, len(data.x_train))
     optimizer = make_optimizer(
         cfg.optim.name, model.parameters(), plan.lr, cfg.optim.momentum, cfg.optim.weight_decay
@@ -397,6 +430,7 @@ def fit_run(
         evaluate=world.is_main,
         runtime=runtime,
         transform=augmentation(cfg, data.x_train.device),
+        checkpoint=checkpoint,
     )
 
 

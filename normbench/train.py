@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from normbench.checkpoint import Checkpoint, random_state, restore_random_state
 from normbench.evaluate import error_and_loss
 from normbench.runtime import CPU_FP32, Runtime
 from normbench.tasks.data import Dataset
@@ -119,6 +120,7 @@ def fit(
     evaluate: bool = True,
     runtime: Runtime = CPU_FP32,
     transform: Callable[[Tensor], Tensor] | None = None,
+    checkpoint: Checkpoint | None = None,
 ) -> FitResult:
     """Train for ``total_steps`` optimizer steps; every ``eval_every`` steps (and at the end) append the
     mean training loss since the last point and the test (and validation) error of ``eval_model``
@@ -131,6 +133,8 @@ def fit(
     is still reported at its first non-finite step, and is not evaluated). With ``evaluate=False``
     (torchrun processes other than 0) no history is kept and nothing is logged. ``transform`` maps
     each training batch's inputs (data augmentation); evaluations see the inputs as they are.
+    With ``checkpoint``, the training state is saved every ``checkpoint.every`` steps and a saved state
+    is resumed from (:mod:`normbench.checkpoint`).
     """
     model.train()
     x, y = data.x_train, data.y_train
@@ -140,11 +144,27 @@ def fit(
     loss_sum = torch.zeros((), device=x.device)
     check_every = runtime.check_every
     scaler = runtime.grad_scaler()
+    generators = [g for g in (getattr(transform, "keywords", {}).get("gen"),) if g is not None]
+    first = 0
+    saved = checkpoint.load() if checkpoint is not None else None
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        if scaler is not None:
+            scaler.load_state_dict(saved["scaler"])
+        restore_random_state(saved["random"], generators)
+        first, history, since = saved["step"], saved["history"], saved["since"]
+        loss_sum = saved["loss_sum"].to(x.device)
+        for _ in range(first):  # the sampler's stream is the seed's: replay its draws
+            next(batches)
+        log.info("resumed from %s at step %d of %d", checkpoint.path, first, total_steps)
     batches = on_device(batches, x.device)
-    bar = tqdm(total=total_steps, unit="step", disable=not progress, file=sys.stderr, leave=False)
+    bar = tqdm(
+        total=total_steps, initial=first, unit="step", disable=not progress, file=sys.stderr, leave=False
+    )
     start = time.perf_counter()
     try:
-        for step in range(total_steps):
+        for step in range(first, total_steps):
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step)
             idx = next(batches)
@@ -154,7 +174,8 @@ def fit(
             losses.append(loss.detach())
             done = step + 1
             due = evaluate and (done % eval_every == 0 or done == total_steps)
-            if len(losses) >= check_every or due or done == total_steps:
+            save = checkpoint is not None and checkpoint.due(done, total_steps)
+            if len(losses) >= check_every or due or save or done == total_steps:
                 window = torch.stack(losses) if len(losses) > 1 else losses[0]
                 if not is_finite(window):
                     offset = int((~torch.isfinite(window.reshape(-1))).nonzero()[0])
@@ -197,6 +218,19 @@ def fit(
                 bar.set_postfix(loss=f"{point['train_loss']:.3f}", test_err=f"{test_error:.3f}")
                 loss_sum.zero_()
                 since = 0
+            if save:
+                checkpoint.save(
+                    {
+                        "step": done,
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scaler": scaler.state_dict() if scaler is not None else {},
+                        "random": random_state(generators),
+                        "history": history,
+                        "loss_sum": loss_sum,
+                        "since": since,
+                    }
+                )
             bar.update()
     finally:
         bar.close()

@@ -1,0 +1,108 @@
+"""Mid-run checkpoints: a run's training state saved every N steps (``train.checkpoint_every``), so that a
+killed run, rerun with the same command, continues where it stopped and writes the record an
+uninterrupted run writes (on the CPU bit for bit, times aside).
+
+The state is the model's and the optimizer's ``state_dict`` (with the norms' running statistics), the
+step, the history so far and the loss accumulated since its last point, the gradient scaler's state,
+and every random stream the loop draws from after it starts (torch's global generators and the
+augmentation's own). The batch sampler is not saved: its stream is a function of the seed, so a
+resumed run replays it up to the step (index draws only, no training). The file is written atomically
+(a killed save leaves the previous checkpoint) and read with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from normbench.results import FILE_MODE
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Where a run keeps its training state, how often it saves it, and the config it belongs to."""
+
+    path: Path
+    every: int
+    config_hash: str
+
+    def due(self, done: int, total: int) -> bool:
+        return done % self.every == 0 and done < total
+
+    def save(self, state: dict[str, Any]) -> None:
+        self.save_file({**state, "config_hash": self.config_hash})
+
+    def save_file(self, obj: Any) -> None:
+        """``torch.save(obj)`` at ``path`` so that readers see the old file or the complete new one."""
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(obj, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, FILE_MODE)
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def load(self) -> dict[str, Any] | None:
+        """The saved state, or None (no file; one line when it is unreadable or of another config)."""
+        if not self.path.exists():
+            return None
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # a file from elsewhere, or cut short by a full disk: train from step 0
+            log.warning("%s: unreadable checkpoint (%s); training from step 0", self.path, exc)
+            return None
+        if not isinstance(state, dict) or state.get("config_hash") != self.config_hash:
+            log.warning("%s: a checkpoint of another config; training from step 0", self.path)
+            return None
+        return state
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+MODEL_FILE = "model.pt"
+
+
+def save_weights(model: torch.nn.Module, path: Path) -> None:
+    """``model``'s ``state_dict`` at ``path``, written atomically (``train.save_model=true``)."""
+    Checkpoint(path, 1, "").save_file(model.state_dict())
+
+
+def random_state(generators: list[torch.Generator]) -> dict[str, Any]:
+    """torch's global random streams and ``generators``' states."""
+    state: dict[str, Any] = {"cpu": torch.get_rng_state(), "own": [g.get_state() for g in generators]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_random_state(state: dict[str, Any], generators: list[torch.Generator]) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    for gen, saved in zip(generators, state["own"], strict=True):
+        gen.set_state(saved)
+
+
+__all__ = [
+    "CHECKPOINT_FILE",
+    "MODEL_FILE",
+    "Checkpoint",
+    "random_state",
+    "restore_random_state",
+    "save_weights",
+]

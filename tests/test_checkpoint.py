@@ -1,0 +1,135 @@
+"""Checkpoints and resume mid-run: a killed run, rerun with the same command, ends with the record of an
+uninterrupted run; saved weights rebuild the model that made the record."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import compose_cfg
+
+from normbench import load_model
+from normbench.checkpoint import CHECKPOINT_FILE, Checkpoint
+from normbench.population.grouping import why_not_population
+
+STEPS = (
+    "task=mnist1d_mlp",
+    "batch_size=16",
+    "train.budget=steps",
+    "train.steps=2500",
+    "train.history_points=5",
+)
+
+
+def _command(folder: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "normbench",
+        *STEPS,
+        f"hydra.run.dir={folder}",
+        "runtime.progress=false",
+        *extra,
+    ]
+
+
+def _result(folder: Path) -> dict:
+    record = json.loads((folder / "result.json").read_text())
+    return {k: record[k] for k in ("status", "config_hash", "metrics", "history", "steps", "layers")}
+
+
+def test_a_killed_run_resumes_from_its_checkpoint_and_ends_as_an_uninterrupted_run(tmp_path):
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    subprocess.run(_command(whole), env=env, check=True, capture_output=True, timeout=600)
+    proc = subprocess.Popen(_command(killed, "train.checkpoint_every=40"), env=env, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (killed / CHECKPOINT_FILE).exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL and not (killed / "result.json").exists()
+    saved = torch.load(killed / CHECKPOINT_FILE, weights_only=True)
+    assert 0 < saved["step"] < 2500
+    rerun = subprocess.run(
+        _command(killed, "train.checkpoint_every=40"), env=env, capture_output=True, text=True, timeout=600
+    )
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    log = (killed / "normbench.log").read_text()
+    assert "resumed from" in log and "at step" in log
+    assert _result(killed) == _result(whole)  # every metric and history value, exactly
+    assert not (killed / CHECKPOINT_FILE).exists()  # a final record leaves nothing to resume
+
+
+def test_a_checkpoint_of_another_config_or_unreadable_is_not_resumed(tmp_path, caplog):
+    path = tmp_path / CHECKPOINT_FILE
+    Checkpoint(path, 10, "aaaa").save({"step": 5})
+    assert Checkpoint(path, 10, "aaaa").load()["step"] == 5
+    assert Checkpoint(path, 10, "bbbb").load() is None and "a checkpoint of another config" in caplog.text
+    path.write_bytes(b"not a checkpoint")
+    assert Checkpoint(path, 10, "aaaa").load() is None and "unreadable checkpoint" in caplog.text
+
+
+def test_saved_weights_rebuild_the_model_that_made_the_record(tmp_path):
+    folder = tmp_path / "run"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "normbench",
+            "task=mnist1d_cnn",
+            "train.budget=steps",
+            "train.steps=60",
+            "train.save_model=true",
+            f"hydra.run.dir={folder}",
+            "runtime.progress=false",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    from normbench.tasks import load_dataset
+
+    model = load_model(folder)
+    data = load_dataset("mnist1d")
+    with torch.no_grad():
+        error = (model(data.x_test).argmax(1) != data.y_test).float().mean().item()
+    assert error == pytest.approx(
+        json.loads((folder / "result.json").read_text())["metrics"]["test_error"], abs=1e-6
+    )
+    with pytest.raises(FileNotFoundError, match=r"train\.save_model=true"):
+        load_model(tmp_path)
+
+
+def test_a_checkpointing_run_trains_alone_in_a_population_sweep_and_says_why():
+    reason = why_not_population(compose_cfg("train.checkpoint_every=100"))
+    assert reason.startswith("train.checkpoint_every: populations do not checkpoint yet")
+    assert why_not_population(compose_cfg()) is None
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            ("task=gan_digits", "optim=dcgan", "train.checkpoint_every=10"),
+            "train.checkpoint_every=10: not supported for GAN tasks yet",
+        ),
+        (
+            ("train.checkpoint_every=-5",),
+            "train.checkpoint_every=-5: must be 0 (never) or a number of steps >= 1",
+        ),
+    ],
+)
+def test_checkpoints_that_cannot_work_are_refused_before_training(overrides, message, tmp_path):
+    from normbench.run import ConfigError, execute
+
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        execute(compose_cfg(*overrides, "train.budget=steps", "train.steps=4"), tmp_path)
+    assert not (tmp_path / "result.json").exists()
