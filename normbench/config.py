@@ -19,6 +19,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from normbench.norms import NormSpec, iter_specs
+from normbench.trackers import logger_problem
 
 
 class Budget(str, Enum):
@@ -171,6 +172,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    logger: str = "none"  # experiment tracker: none, csv, tensorboard (normbench.trackers)
 
 
 # Settings that say where or how a run executes, not what it computes: left out of the config hash.
@@ -183,6 +185,7 @@ NON_IDENTITY_KEYS = (
     "data.download",
     "train.checkpoint_every",
     "train.save_model",
+    "logger",
 )
 # Keys added after records existed, left out of the identity while at this value: the earlier runs
 # behaved exactly so, and keep their hashes.
@@ -313,6 +316,9 @@ def check_values(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if not ok(value):
             raise ConfigError(f"{key}={_show(value)}: must be {allowed}")
+    problem = logger_problem(str(OmegaConf.select(cfg, "logger", default="none")))
+    if problem:
+        raise ConfigError(problem)
     from normbench.runtime import device_problem  # runtime needs ConfigError from here
 
     problem = device_problem(OmegaConf.select(cfg, "runtime.device", default="auto"))

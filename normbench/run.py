@@ -47,6 +47,7 @@ from normbench.tasks.cifar import crop_flip
 from normbench.tasks.data import Dataset
 from normbench.tasks.gan import GAN
 from normbench.tasks.models import scale_initial_weights
+from normbench.trackers import log_record, open_tracker
 from normbench.train import FitResult, fit, lr_schedule, make_optimizer, training_plan
 from normbench.train_gan import train_gan
 
@@ -384,18 +385,33 @@ def _train_and_evaluate(
         if cfg.train.checkpoint_every
         else None
     )
-    result = fit_run(
-        cfg, trained, data, runtime, world, eval_model=model, progress=progress, checkpoint=checkpoint
-    )
-    record_training(record, result)
-    # DistributedDataParallel's reducer holds the process group: let it go while every process is still
-    # here (destroyed after a peer has exited, gloo's threads can wait forever)
-    del trained
-    finish(world)  # evaluation is process 0's alone, with no collective left to wait on
-    if world.is_main:
-        record_evaluation(cfg, record, model, data, runtime)
-        if cfg.train.save_model and record["status"] == "completed":
-            save_weights(model, out_dir / MODEL_FILE)
+    tracker = open_tracker(cfg.logger, out_dir, record["config"]) if world.is_main else None
+    try:
+        result = fit_run(
+            cfg,
+            trained,
+            data,
+            runtime,
+            world,
+            eval_model=model,
+            progress=progress,
+            checkpoint=checkpoint,
+            on_point=None if tracker is None else lambda point: tracker.log(point["step"], point),
+        )
+        record_training(record, result)
+        # DistributedDataParallel's reducer holds the process group: let it go while every process is
+        # still here (destroyed after a peer has exited, gloo's threads can wait forever)
+        del trained
+        finish(world)  # evaluation is process 0's alone, with no collective left to wait on
+        if world.is_main:
+            record_evaluation(cfg, record, model, data, runtime)
+            if cfg.train.save_model and record["status"] == "completed":
+                save_weights(model, out_dir / MODEL_FILE)
+            if tracker is not None:
+                log_record(tracker, record, history=False)  # the history was streamed as it trained
+    finally:
+        if tracker is not None:
+            tracker.close()
 
 
 def fit_run(
@@ -407,6 +423,7 @@ def fit_run(
     eval_model: nn.Module | None = None,
     progress: bool = False,
     checkpoint: Checkpoint | None = None,
+    on_point: Callable[[dict], None] | None = None,
 ) -> FitResult:
     """Train ``model`` (possibly wrapped for ``world``) as the run ``cfg`` trains it: its plan,
     optimizer, schedule, batches (this process's share) and augmentation; ``eval_model`` (default
@@ -431,6 +448,7 @@ def fit_run(
         runtime=runtime,
         transform=augmentation(cfg, data.x_train.device),
         checkpoint=checkpoint,
+        on_point=on_point,
     )
 
 

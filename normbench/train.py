@@ -121,6 +121,7 @@ def fit(
     runtime: Runtime = CPU_FP32,
     transform: Callable[[Tensor], Tensor] | None = None,
     checkpoint: Checkpoint | None = None,
+    on_point: Callable[[dict], None] | None = None,
 ) -> FitResult:
     """Train for ``total_steps`` optimizer steps; every ``eval_every`` steps (and at the end) append the
     mean training loss since the last point and the test (and validation) error of ``eval_model``
@@ -134,7 +135,7 @@ def fit(
     (torchrun processes other than 0) no history is kept and nothing is logged. ``transform`` maps
     each training batch's inputs (data augmentation); evaluations see the inputs as they are.
     With ``checkpoint``, the training state is saved every ``checkpoint.every`` steps and a saved state
-    is resumed from (:mod:`normbench.checkpoint`).
+    is resumed from (:mod:`normbench.checkpoint`). ``on_point`` is called with each history point.
     """
     model.train()
     x, y = data.x_train, data.y_train
@@ -207,6 +208,8 @@ def fit(
                 if data.x_val is not None:
                     point["val_error"] = val_error
                 history.append(point)
+                if on_point is not None:
+                    on_point(point)
                 log.info(
                     "step %d/%d (epoch %.2f): train_loss %.4f test_error %.4f",
                     done,

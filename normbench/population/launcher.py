@@ -45,6 +45,7 @@ from normbench.population.wide import POPULATION_FORMS
 from normbench.results import RESULT_FILE, write_json_atomic
 from normbench.run import claim_folder, execute
 from normbench.sweep import mark_visit
+from normbench.trackers import log_record, open_tracker
 
 log = logging.getLogger(__name__)
 
@@ -243,9 +244,21 @@ def _train_group(group: Sequence[Member], form: str) -> None:
     for m, record in zip(group, records, strict=True):
         try:
             write_json_atomic(m.out_dir / RESULT_FILE, record)
+            track_member(m.cfg, m.out_dir, record)
         except OSError as exc:
             record = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
         _outcome(m, record)
+
+
+def track_member(cfg: DictConfig, out_dir: Path, record: dict[str, Any]) -> None:
+    """A member's record to the run's tracker (``logger``), its history replayed: members of a
+    population log when the group ends."""
+    tracker = open_tracker(cfg.logger, out_dir, record["config"])
+    if tracker is not None:
+        try:
+            log_record(tracker, record)
+        finally:
+            tracker.close()
 
 
 def _separate(m: Member) -> dict[str, Any]:

@@ -1,0 +1,116 @@
+"""Experiment trackers (``logger=csv|tensorboard|none``): a run's losses, metrics and its norms' reported
+statistics, streamed as it trains (a population's members: each its history when the group ends).
+
+A tracker writes into the run's own folder, which is named by the config hash, so a resumed or
+relaunched run logs into the same run: ``metrics.csv`` (``step,name,value`` rows, appended) or
+``tensorboard/`` (event files; ``tensorboard --logdir multirun/SWEEP`` shows every run of a sweep, one
+per config hash). Nothing needs a server. TensorBoard is an optional extra; asking for a tracker
+whose package is missing is refused before any work with the ``pip install`` to run.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+LOGGERS = ("none", "csv", "tensorboard")
+# logger -> (module it needs, what to install)
+EXTRAS = {"tensorboard": ("tensorboard", "pip install 'normbench[tensorboard]'")}
+
+
+def logger_problem(kind: str) -> str | None:
+    """Why ``logger=kind`` cannot work here (an unknown name, a missing package), or None."""
+    if kind not in LOGGERS:
+        return f"logger={kind}: unknown; allowed: {', '.join(LOGGERS)}"
+    if kind in EXTRAS and importlib.util.find_spec(EXTRAS[kind][0]) is None:
+        module, install = EXTRAS[kind]
+        return f"logger={kind}: the {module} package is not installed; run: {install}"
+    return None
+
+
+class Tracker(Protocol):
+    def log(self, step: int, values: Mapping[str, Any]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def _scalars(values: Mapping[str, Any]) -> dict[str, float]:
+    """The finite numbers of ``values`` (booleans and strings are not metrics; the step is the axis)."""
+    return {
+        k: float(v)
+        for k, v in values.items()
+        if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    }
+
+
+class CsvTracker:
+    """``run_dir/metrics.csv``: one ``step,name,value`` row per value, appended."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / "metrics.csv"
+        new = not self.path.exists()
+        self.file = self.path.open("a", newline="")
+        self.writer = csv.writer(self.file, lineterminator="\n")
+        if new:
+            self.writer.writerow(["step", "name", "value"])
+
+    def log(self, step: int, values: Mapping[str, Any]) -> None:
+        for name, value in _scalars(values).items():
+            self.writer.writerow([step, name, repr(value)])
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class TensorBoardTracker:
+    """Event files in ``run_dir/tensorboard`` (torch.utils.tensorboard), the config as text."""
+
+    def __init__(self, run_dir: Path, config: Mapping[str, Any]) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+        self.writer.add_text("config", f"```\n{json.dumps(config, indent=2, default=str)}\n```")
+
+    def log(self, step: int, values: Mapping[str, Any]) -> None:
+        for name, value in _scalars(values).items():
+            self.writer.add_scalar(name, value, step)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def open_tracker(kind: str, run_dir: Path, config: Mapping[str, Any]) -> Tracker | None:
+    """The tracker ``kind`` of the run in ``run_dir`` (None for ``none``)."""
+    problem = logger_problem(kind)
+    if problem:
+        raise ValueError(problem)
+    if kind == "csv":
+        return CsvTracker(run_dir)
+    if kind == "tensorboard":
+        return TensorBoardTracker(run_dir, config)
+    return None
+
+
+def layer_values(layers: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """A record's per-layer norm statistics as flat ``layers/NAME/KEY`` values."""
+    return {f"layers/{name}/{key}": v for name, values in layers.items() for key, v in values.items()}
+
+
+def log_record(tracker: Tracker, record: Mapping[str, Any], history: bool = True) -> None:
+    """A finished run's record: its history points (unless they were streamed), then its final
+    metrics and its norms' statistics at its last step."""
+    if history:
+        for point in record.get("history") or []:
+            tracker.log(int(point["step"]), point)
+    last = int(record.get("steps") or 0)
+    tracker.log(last, {f"final/{k}": v for k, v in (record.get("metrics") or {}).items()})
+    tracker.log(last, layer_values(record.get("layers") or {}))
+
+
+__all__ = ["EXTRAS", "LOGGERS", "Tracker", "log_record", "logger_problem", "open_tracker"]

@@ -1,0 +1,77 @@
+"""Experiment trackers: what a run streams (CSV rows, TensorBoard events) equals its record; population
+members log their own runs; a missing extra or an unknown tracker is refused before any work."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+from helpers import QUICK, compose_cfg, normbench_run
+
+import normbench.trackers as trackers
+from normbench.population.launcher import Member, train_group
+from normbench.run import ConfigError, execute
+
+
+def _csv_rows(path) -> dict[tuple[int, str], float]:
+    with path.open() as f:
+        return {(int(r["step"]), r["name"]): float(r["value"]) for r in csv.DictReader(f)}
+
+
+def _expected(record: dict) -> dict[tuple[int, str], float]:
+    rows = {(p["step"], k): float(v) for p in record["history"] for k, v in p.items() if k != "step"}
+    rows |= {
+        (record["steps"], f"final/{k}"): float(v)
+        for k, v in record["metrics"].items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
+    return rows
+
+
+def test_a_csv_tracker_holds_the_runs_history_and_final_metrics(tmp_path):
+    record = execute(compose_cfg(*QUICK, "logger=csv"), tmp_path)
+    assert _csv_rows(tmp_path / "metrics.csv") == pytest.approx(_expected(record))
+
+
+def test_tensorboard_events_hold_the_history(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    record = execute(compose_cfg(*QUICK, "logger=tensorboard"), tmp_path)
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    logged = {e.step: e.value for e in events.Scalars("test_error")}
+    assert logged == pytest.approx({p["step"]: p["test_error"] for p in record["history"]})
+    assert events.Scalars("final/test_error")[0].value == pytest.approx(record["metrics"]["test_error"])
+
+
+def test_each_population_member_logs_its_own_run(tmp_path):
+    members = [
+        Member(compose_cfg(*QUICK, "logger=csv", f"seed={s}"), tmp_path / str(s), str(tmp_path / f"{s}.log"))
+        for s in (0, 1)
+    ]
+    train_group(members)
+    for m in members:
+        record = json.loads((m.out_dir / "result.json").read_text())
+        assert record["env"]["population"] == 2
+        assert _csv_rows(m.out_dir / "metrics.csv") == pytest.approx(_expected(record))
+
+
+def test_a_missing_tracker_package_is_refused_with_the_install_line(tmp_path, monkeypatch):
+    real = trackers.importlib.util.find_spec
+    monkeypatch.setattr(
+        trackers.importlib.util, "find_spec", lambda name: None if name == "tensorboard" else real(name)
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"logger=tensorboard: the tensorboard package is not installed; run: pip install 'normbench\[tensorboard\]'",
+    ):
+        execute(compose_cfg(*QUICK, "logger=tensorboard"), tmp_path)
+    assert not (tmp_path / "result.json").exists()
+
+
+def test_an_unknown_tracker_exits_2_naming_the_allowed_ones(tmp_path):
+    result = normbench_run("logger=wandb", *QUICK, "hydra.run.dir=run", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "logger=wandb: unknown; allowed: none, csv, tensorboard" in result.stderr
+    assert not (tmp_path / "run" / "result.json").exists()
