@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import math
 import os
 import shutil
 import signal
@@ -22,7 +23,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 from normbench.config import ConfigError, register_configs
 from normbench.population.launcher import register_launcher
 from normbench.results import LOCK_FILE
-from normbench.run import claim_folder, execute, run_identity
+from normbench.run import claim_folder, execute, previous_result, run_identity
 from normbench.sweep import mark_visit, register_sweeper
 
 log = logging.getLogger("normbench")
@@ -77,16 +78,38 @@ def remove_if_unused(out_dir: Path) -> None:
         parent = parent.parent
 
 
-def train_job(cfg: DictConfig, out_dir: Path, multirun: bool, distributed: bool) -> tuple[str, str | None]:
+def objective(record: dict | None) -> float | None:
+    """What a hyper-parameter search (``hydra/sweeper=optuna``) optimizes: the validation counterpart
+    of the run's main metric (``val_error`` for ``test_error``; the test set chooses nothing). A
+    diverged run gives its worst value (1 for an error, +-inf otherwise); None where there is none
+    (a failed run, a task without a validation metric), which Optuna records as a failed trial."""
+    if not record:
+        return None
+    main = record.get("main_metric") or {"name": "test_error", "lower_is_better": True}
+    name = str(main["name"])
+    if record.get("status") == "diverged":
+        return 1.0 if name.endswith("error") else (math.inf if main["lower_is_better"] else -math.inf)
+    value = (
+        (record.get("metrics") or {}).get(name.replace("test_", "val_", 1))
+        if name.startswith("test_")
+        else None
+    )
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def train_job(
+    cfg: DictConfig, out_dir: Path, multirun: bool, distributed: bool
+) -> tuple[str, str | None, float | None]:
     """Run the job in ``out_dir`` unless a final result is there or another process holds it; returns
-    what happened (``completed``, ``diverged``, ``failed``, ``skipped`` or ``running_elsewhere``) and
-    the run's error message, if any."""
+    what happened (``completed``, ``diverged``, ``failed``, ``skipped`` or ``running_elsewhere``), the
+    run's error message, if any, and its :func:`objective` (a skipped run's from its record)."""
     progress = cfg.runtime.progress and sys.stderr.isatty() and not multirun
     # torchrun: every process runs this same job in the same folder, so no lock
     with ExitStack() as locks:
         why = claim_folder(cfg, out_dir, locks, lock=not distributed)
         if why is not None:
-            return why, None
+            done = previous_result(out_dir, run_identity(cfg)[1]) if why == "skipped" else None
+            return why, None, objective(done)
         record = execute(cfg, out_dir, progress)
     metrics, metric = record["metrics"], cfg.task.metric
     log.info(
@@ -97,11 +120,12 @@ def train_job(cfg: DictConfig, out_dir: Path, multirun: bool, distributed: bool)
         record["steps"],
         out_dir,
     )
-    return record["status"], record.get("error")
+    return record["status"], record.get("error"), objective(record)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
-def _main(cfg: DictConfig) -> None:
+def _main(cfg: DictConfig) -> float | None:
+    """One job; returns its :func:`objective` (what ``hydra/sweeper=optuna`` optimizes)."""
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
@@ -111,12 +135,12 @@ def _main(cfg: DictConfig) -> None:
         logging.getLogger().setLevel(logging.WARNING)
     cap_threads_for_parallel_jobs(cfg, hc)
     try:
-        outcome, error = train_job(cfg, out_dir, multirun, int(os.environ.get("WORLD_SIZE", "1")) > 1)
+        outcome, error, value = train_job(cfg, out_dir, multirun, int(os.environ.get("WORLD_SIZE", "1")) > 1)
     except ConfigError as exc:
         if multirun:  # sys.exit here would abort the whole sweep: the sweeper exits non-zero at the end
             log.error("configuration error: %s", exc)
             mark_visit(out_dir, "config_error", log_file, error=str(exc))
-            return
+            return None
         remove_if_unused(out_dir)
         print(f"normbench-run: error: {exc}", file=sys.stderr)
         sys.exit(2)
@@ -132,16 +156,27 @@ def _main(cfg: DictConfig) -> None:
             mark_visit(out_dir, outcome, log_file, error=f"{type(exc).__name__}: {exc}")
         if not multirun:
             sys.exit(1)
-        return
+        return None
     if rank == 0 and outcome != "running_elsewhere":
         mark_visit(out_dir, outcome, log_file, error=error)
     if not multirun and outcome == "failed":
         sys.exit(1)
+    return value
 
 
 def _one_line(exc: BaseException) -> str:
     """Hydra's and OmegaConf's multi-line messages as one line that names the bad value, with a
     "did you mean" where a near miss exists."""
+    chain = [exc]
+    while chain[-1].__cause__ is not None and len(chain) < 20:
+        chain.append(chain[-1].__cause__)
+    text = " ".join(str(e) for e in chain)
+    if "ResumingSweeperConf" in text:  # e.g. hparams_search=... without hydra/sweeper=optuna
+        key = text.split("Key '", 1)[1].split("'", 1)[0] if "Key '" in text else "?"
+        return (
+            f"hydra.sweeper.{key}: not a setting of normbench's sweeper; choose the sweeper it belongs to on "
+            "the command line, e.g. hydra/sweeper=optuna (pip install 'normbench[optuna]')"
+        )
     if isinstance(exc, MissingConfigException) and exc.missing_cfg_file:
         group, _, choice = exc.missing_cfg_file.rpartition("/")
         options = list(exc.options or [])

@@ -37,7 +37,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
 from hydra.plugins.launcher import Launcher
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from normbench.config import ConfigError, check_values
 from normbench.population.grouping import member_values, partition, why_not_population
@@ -73,6 +73,12 @@ class PopulationLauncher(Launcher):
         self.hydra_context: Any = None
 
     def setup(self, *, hydra_context: Any, task_function: Any, config: DictConfig) -> None:
+        sweeper = str(OmegaConf.select(config, "hydra.sweeper._target_", default="") or "")
+        if "optuna" in sweeper.lower():
+            raise ConfigError(
+                "hydra/launcher=population with hydra/sweeper=optuna: a trial's value is known only when "
+                "its population ends; use hydra/launcher=basic or joblib for an Optuna search"
+            )
         self.config, self.hydra_context = config, hydra_context
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
