@@ -272,3 +272,19 @@ def test_report_refuses_a_reference_batch_that_is_no_batch_size(tmp_path, value)
     assert proc.stderr.strip().splitlines()[-1] == (
         f"normbench-report: error: argument --reference-batch: {value}: must be a batch size, an integer >= 1"
     )
+
+
+def test_the_html_report_is_one_file_with_every_figure_embedded(tmp_path):
+    import base64
+    import re
+
+    from normbench.report.build import build_report
+
+    md = build_report([Path(__file__).resolve().parents[1] / "reports/example/sweeps"], tmp_path, html=True)
+    page = (tmp_path / "report.html").read_text()
+    linked = re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", md.read_text())
+    embedded = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    assert linked and len(embedded) == len(linked)
+    assert [base64.b64decode(e) for e in embedded] == [(tmp_path / p).read_bytes() for p in linked]
+    tables = re.findall(r"^\|(?:\s*:?-+:?\s*\|)+\s*$", md.read_text(), re.M)  # a separator row per table
+    assert 'src="figures/' not in page and page.count("<table>") == len(tables) > 0

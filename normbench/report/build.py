@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from normbench.report import figures
+from normbench.report.html import render_html
 from normbench.report.load import read_records, runs_frame
 from normbench.report.markdown import facet_title, image, md_table, norm_by_batch, slug
 from normbench.report.metric import Metric, metric_groups
@@ -201,7 +202,7 @@ def publish(staging: Path, out: Path) -> None:
     os.replace(staging / "figures", figures_dir)
     shutil.rmtree(old, ignore_errors=True)
     curves = {p.name for folder in (staging, out) for p in folder.glob(CURVE_TABLES)}
-    for name in (*OUTPUT_TABLES, *sorted(curves), "report.md"):
+    for name in (*OUTPUT_TABLES, *sorted(curves), "report.html", "report.md"):
         if (staging / name).exists():
             os.replace(staging / name, out / name)
         else:
@@ -251,6 +252,7 @@ def build_report(
     notes: str = "",
     select: Sequence[str] = (),
     study: str | os.PathLike[str] | None = None,
+    html: bool = False,
 ) -> Path:
     """Read every run under ``dirs`` and write runs.csv (and runs.parquet with pyarrow), summary.csv,
     figures/ and report.md under ``out``. Returns the path of report.md.
@@ -262,6 +264,8 @@ def build_report(
     ``study`` (a description such as ``conf/study/small_batch.yaml``, :mod:`normbench.report.study`):
     its title, selection keys and reference batch replace the arguments', and the report opens with its
     protocol, findings and claim sections.
+
+    ``html``: also report.html, the same report as one file with its figures embedded.
 
     The report is built in a temporary folder inside ``out`` and moved into place only when complete,
     so a failure leaves the previous report as it was. Invalid record files are skipped with one
@@ -282,6 +286,8 @@ def build_report(
     staging = Path(tempfile.mkdtemp(prefix=".report-", dir=out))
     try:
         _write_report(runs, skipped, dirs, staging, reference_batch, title, notes, select, described)
+        if html:
+            (staging / "report.html").write_text(render_html(staging / "report.md"))
         publish(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

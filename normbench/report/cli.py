@@ -39,12 +39,15 @@ def main(argv: list[str] | None = None) -> None:
         type=Path,
         help="a study description (e.g. conf/study/small_batch.yaml): its claims, selection and title",
     )
+    parser.add_argument(
+        "--html", action="store_true", help="also report.html: the report as one file, figures embedded"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
         notes = args.notes.read_text() if args.notes else ""
         path = build_report(
-            args.dirs, args.out, args.reference_batch, args.title, notes, args.select, args.study
+            args.dirs, args.out, args.reference_batch, args.title, notes, args.select, args.study, args.html
         )
     except (OSError, ValueError) as exc:
         print(f"normbench-report: error: {exc}", file=sys.stderr)
