@@ -33,7 +33,9 @@ KNOWN = [
     "frozen_batchnorm",
     "sync_batchnorm",
 ]
-_TAB20_ORDER = [0, 2, 4, 6, 14, 1, 3, 5, 8, 10, 12, 16, 18, 7, 9, 11, 13, 15, 17, 19]
+# the five core norms, then ghost BN in light blue (a BN variant) and batchrenorm in a dark hue of its
+# own (the curve study draws it beside groupnorm), then the rest
+_TAB20_ORDER = [0, 2, 4, 6, 14, 1, 8, 5, 3, 10, 12, 16, 18, 7, 9, 11, 13, 15, 17, 19]
 
 
 def norm_color(name: str) -> tuple[float, float, float]:

@@ -565,15 +565,20 @@ def selection_check(runs: pd.DataFrame, study: Study) -> str:
         lines.append(
             f"`{b.key}` is bracketed: a cell whose best validation error sits at an edge of its grid is "
             f"extended by a factor of {b.factor:g} in that direction and rerun, within [{b.low:g}, {b.high:g}]. "
-            f"Of {len(status)} cells, {counts.get('interior', 0)} chose an interior value, "
-            f"{counts.get('at a bound', 0)} sit at a bound, {counts.get('extend', 0)} await another round, "
-            f"{counts.get('does not train', 0)} did not train at any value and "
-            f"{counts.get('degenerate', 0)} are degenerate."
+            f"Of {len(status)} cells: interior choice {counts.get('interior', 0)}, at a bound "
+            f"{counts.get('at a bound', 0)}, awaiting another round {counts.get('extend', 0)}, not trained at "
+            f"any value {counts.get('does not train', 0)}, degenerate {counts.get('degenerate', 0)}."
         )
         edge = status[status["state"].isin(["at a bound", "extend"])]
         if not edge.empty:
             shown = [c for c in ("task", "norm", "batch_size") if c in edge] + ["chosen", "state"]
-            lines += ["", "Cells not bracketed on both sides:", "", md_table(edge[shown]), ""]
+            lines += [
+                "",
+                "Cells not bracketed on both sides:",
+                "",
+                md_table(edge[shown].set_index(shown[0])),
+                "",
+            ]
     stability = leave_one_seed_out(runs, study.select)
     lines += [
         "",
