@@ -385,7 +385,11 @@ def _train_and_evaluate(
         if cfg.train.checkpoint_every
         else None
     )
-    tracker = open_tracker(cfg.logger, out_dir, record["config"]) if world.is_main else None
+    tracker = (
+        open_tracker(cfg.logger, out_dir, record["config"], record["config_hash"], cfg.sweep.name)
+        if world.is_main
+        else None
+    )
     try:
         result = fit_run(
             cfg,

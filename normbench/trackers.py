@@ -1,11 +1,14 @@
-"""Experiment trackers (``logger=csv|tensorboard|none``): a run's losses, metrics and its norms' reported
-statistics, streamed as it trains (a population's members: each its history when the group ends).
+"""Experiment trackers (``logger=csv|tensorboard|mlflow|none``): a run's losses, metrics and its norms'
+reported statistics, streamed as it trains (a population's members: each its history when the group
+ends).
 
-A tracker writes into the run's own folder, which is named by the config hash, so a resumed or
-relaunched run logs into the same run: ``metrics.csv`` (``step,name,value`` rows, appended) or
-``tensorboard/`` (event files; ``tensorboard --logdir multirun/SWEEP`` shows every run of a sweep, one
-per config hash). Nothing needs a server. TensorBoard is an optional extra; asking for a tracker
-whose package is missing is refused before any work with the ``pip install`` to run.
+A run is identified by its config hash, so a resumed or relaunched run logs into the same run:
+``metrics.csv`` (``step,name,value`` rows, appended) and ``tensorboard/`` (event files; ``tensorboard
+--logdir multirun/SWEEP`` shows every run of a sweep) live in the run's folder, which is named by the
+hash; MLflow, which chooses its own run ids, finds the run again by its ``normbench.config_hash`` tag
+(experiment: the sweep's name; store: ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` in the
+working directory). Nothing needs a server. TensorBoard and MLflow are optional extras; asking for a
+tracker whose package is missing is refused before any work with the ``pip install`` to run.
 """
 
 from __future__ import annotations
@@ -14,13 +17,19 @@ import csv
 import importlib.util
 import json
 import math
+import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-LOGGERS = ("none", "csv", "tensorboard")
+LOGGERS = ("none", "csv", "tensorboard", "mlflow")
 # logger -> (module it needs, what to install)
-EXTRAS = {"tensorboard": ("tensorboard", "pip install 'normbench[tensorboard]'")}
+EXTRAS = {
+    "tensorboard": ("tensorboard", "pip install 'normbench[tensorboard]'"),
+    "mlflow": ("mlflow", "pip install 'normbench[mlflow]'"),
+}
+HASH_TAG = "normbench.config_hash"
 
 
 def logger_problem(kind: str) -> str | None:
@@ -85,7 +94,54 @@ class TensorBoardTracker:
         self.writer.close()
 
 
-def open_tracker(kind: str, run_dir: Path, config: Mapping[str, Any]) -> Tracker | None:
+def _flat(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    flat: dict[str, str] = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = str(value)
+    return flat
+
+
+class MlflowTracker:
+    """One MLflow run per config hash (found again by its tag), the config as its parameters."""
+
+    def __init__(self, config: Mapping[str, Any], config_hash: str, experiment: str) -> None:
+        import mlflow
+        from mlflow.entities import Param
+
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+        self.client = mlflow.MlflowClient(tracking_uri=uri)
+        found = self.client.get_experiment_by_name(experiment)
+        experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
+        runs = self.client.search_runs(
+            [experiment_id], filter_string=f"tags.`{HASH_TAG}` = '{config_hash}'", max_results=1
+        )
+        if runs:
+            self.run_id = runs[0].info.run_id
+        else:
+            run = self.client.create_run(experiment_id, tags={HASH_TAG: config_hash}, run_name=config_hash)
+            self.run_id = run.info.run_id
+            params = [Param(k, v[:6000]) for k, v in _flat(config).items()]
+            for i in range(0, len(params), 100):  # MLflow's limit per batch
+                self.client.log_batch(self.run_id, params=params[i : i + 100])
+
+    def log(self, step: int, values: Mapping[str, Any]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, v, now, step) for k, v in _scalars(values).items()]
+        for i in range(0, len(metrics), 1000):
+            self.client.log_batch(self.run_id, metrics=metrics[i : i + 1000])
+
+    def close(self) -> None:
+        self.client.set_terminated(self.run_id)
+
+
+def open_tracker(
+    kind: str, run_dir: Path, config: Mapping[str, Any], config_hash: str = "", experiment: str = "normbench"
+) -> Tracker | None:
     """The tracker ``kind`` of the run in ``run_dir`` (None for ``none``)."""
     problem = logger_problem(kind)
     if problem:
@@ -94,6 +150,8 @@ def open_tracker(kind: str, run_dir: Path, config: Mapping[str, Any]) -> Tracker
         return CsvTracker(run_dir)
     if kind == "tensorboard":
         return TensorBoardTracker(run_dir, config)
+    if kind == "mlflow":
+        return MlflowTracker(config, config_hash or run_dir.name, experiment)
     return None
 
 

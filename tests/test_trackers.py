@@ -73,5 +73,26 @@ def test_a_missing_tracker_package_is_refused_with_the_install_line(tmp_path, mo
 def test_an_unknown_tracker_exits_2_naming_the_allowed_ones(tmp_path):
     result = normbench_run("logger=wandb", *QUICK, "hydra.run.dir=run", cwd=tmp_path)
     assert result.returncode == 2
-    assert "logger=wandb: unknown; allowed: none, csv, tensorboard" in result.stderr
+    assert "logger=wandb: unknown; allowed: none, csv, tensorboard, mlflow" in result.stderr
     assert not (tmp_path / "run" / "result.json").exists()
+
+
+def test_mlflow_keeps_one_run_per_config_hash_found_again_by_its_tag(tmp_path, monkeypatch):
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    cfg = compose_cfg(*QUICK, "logger=mlflow", "sweep.name=demo")
+    record = execute(cfg, tmp_path / "run")
+    again = execute(
+        compose_cfg(*QUICK, "logger=mlflow", "sweep.name=demo", "runtime.force=true"), tmp_path / "run"
+    )
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("demo")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1 and runs[0].data.tags["normbench.config_hash"] == record["config_hash"]
+    logged = client.get_metric_history(runs[0].info.run_id, "test_error")
+    expected = [(p["step"], p["test_error"]) for p in record["history"] + again["history"]]
+    got = sorted((m.step, m.value) for m in logged)
+    assert [s for s, _ in got] == [s for s, _ in sorted(expected)]
+    assert [v for _, v in got] == pytest.approx([v for _, v in sorted(expected)])
+    assert runs[0].data.params["norm.name"] == "batchnorm"

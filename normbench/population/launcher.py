@@ -259,7 +259,7 @@ def _train_group(group: Sequence[Member], form: str) -> None:
 def track_member(cfg: DictConfig, out_dir: Path, record: dict[str, Any]) -> None:
     """A member's record to the run's tracker (``logger``), its history replayed: members of a
     population log when the group ends."""
-    tracker = open_tracker(cfg.logger, out_dir, record["config"])
+    tracker = open_tracker(cfg.logger, out_dir, record["config"], record["config_hash"], cfg.sweep.name)
     if tracker is not None:
         try:
             log_record(tracker, record)
