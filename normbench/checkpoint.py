@@ -44,6 +44,7 @@ class Checkpoint:
 
     def save_file(self, obj: Any) -> None:
         """``torch.save(obj)`` at ``path`` so that readers see the old file or the complete new one."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
         try:
             with os.fdopen(fd, "wb") as f:

@@ -17,7 +17,6 @@ from helpers import compose_cfg
 
 from normbench import load_model
 from normbench.checkpoint import CHECKPOINT_FILE, Checkpoint
-from normbench.population.grouping import why_not_population
 
 STEPS = (
     "task=mnist1d_mlp",
@@ -108,10 +107,47 @@ def test_saved_weights_rebuild_the_model_that_made_the_record(tmp_path):
         load_model(tmp_path)
 
 
-def test_a_checkpointing_run_trains_alone_in_a_population_sweep_and_says_why():
-    reason = why_not_population(compose_cfg("train.checkpoint_every=100"))
-    assert reason.startswith("train.checkpoint_every: populations do not checkpoint yet")
-    assert why_not_population(compose_cfg()) is None
+def test_a_killed_population_resumes_from_its_members_checkpoints_and_ends_as_an_uninterrupted_one(tmp_path):
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
+    grid = ["-m", "norm=batchnorm", "seed=0,1", "optim.lr=0.05,0.1", "hydra/launcher=population", *STEPS[1:]]
+
+    def sweep(root: str, *extra: str) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "normbench",
+            *grid,
+            f"sweep.root={root}",
+            "runtime.progress=false",
+            *extra,
+        ]
+
+    subprocess.run(sweep("whole"), cwd=tmp_path, env=env, check=True, capture_output=True, timeout=600)
+    proc = subprocess.Popen(
+        sweep("killed", "train.checkpoint_every=40"), cwd=tmp_path, env=env, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 300
+    while len(list(tmp_path.glob(f"killed/*/*/{CHECKPOINT_FILE}"))) < 4 and proc.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    time.sleep(1)  # the population's worker process ends with the sweep's (its watchdog)
+    assert not list(tmp_path.glob("killed/*/*/result.json"))
+    rerun = subprocess.run(
+        sweep("killed", "train.checkpoint_every=40"),
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "population resumed from its members' checkpoints at step" in rerun.stderr + rerun.stdout
+    whole = {p.parent.name: _result(p.parent) for p in tmp_path.glob("whole/*/*/result.json")}
+    killed = {p.parent.name: _result(p.parent) for p in tmp_path.glob("killed/*/*/result.json")}
+    assert len(whole) == 4 and killed == whole  # every member's metrics and history, exactly
+    assert not list(tmp_path.glob(f"killed/*/*/{CHECKPOINT_FILE}"))
 
 
 @pytest.mark.parametrize(
@@ -133,3 +169,22 @@ def test_checkpoints_that_cannot_work_are_refused_before_training(overrides, mes
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         execute(compose_cfg(*overrides, "train.budget=steps", "train.steps=4"), tmp_path)
     assert not (tmp_path / "result.json").exists()
+
+
+def test_population_members_save_their_own_weights(tmp_path):
+    from normbench.population.launcher import Member, train_group
+    from normbench.tasks import load_dataset
+
+    quick = ("train.budget=steps", "train.steps=30", "train.history_points=2", "train.save_model=true")
+    members = [
+        Member(compose_cfg(*quick, f"seed={s}"), tmp_path / str(s), str(tmp_path / f"{s}.log"))
+        for s in (0, 1)
+    ]
+    train_group(members)
+    data = load_dataset("mnist1d")
+    for m in members:
+        record = json.loads((m.out_dir / "result.json").read_text())
+        assert record["env"]["population"] == 2
+        with torch.no_grad():
+            error = (load_model(m.out_dir)(data.x_test).argmax(1) != data.y_test).float().mean().item()
+        assert error == pytest.approx(record["metrics"]["test_error"], abs=1e-6)

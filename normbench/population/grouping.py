@@ -56,12 +56,6 @@ def why_not_population(cfg: DictConfig) -> str | None:
     for key in ("compile", "channels_last"):
         if cfg.runtime[key]:
             return f"runtime.{key}=true: not supported inside populations"
-    if OmegaConf.select(cfg, "train.checkpoint_every", default=0):
-        return "train.checkpoint_every: populations do not checkpoint yet (the run trains alone, and checkpoints)"
-    if OmegaConf.select(cfg, "train.save_model", default=False):
-        return (
-            "train.save_model=true: populations do not save their members' weights yet (the run trains alone)"
-        )
     return None
 
 

@@ -39,6 +39,7 @@ from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrid
 from hydra.plugins.launcher import Launcher
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from normbench.checkpoint import CHECKPOINT_FILE
 from normbench.config import ConfigError, check_values
 from normbench.population.grouping import member_values, partition, why_not_population
 from normbench.population.wide import POPULATION_FORMS
@@ -241,7 +242,7 @@ def _train_group(group: Sequence[Member], form: str) -> None:
     )
     progress = bool(first.runtime.progress) and sys.stderr.isatty()
     try:
-        records = train_population([m.cfg for m in group], progress, form)
+        records = train_population([m.cfg for m in group], progress, form, [m.out_dir for m in group])
     except ConfigError as exc:
         for m in group:
             log.error("configuration error: %s", exc)
@@ -250,6 +251,8 @@ def _train_group(group: Sequence[Member], form: str) -> None:
     for m, record in zip(group, records, strict=True):
         try:
             write_json_atomic(m.out_dir / RESULT_FILE, record)
+            if record["status"] in ("completed", "diverged"):  # final: nothing left to resume
+                (m.out_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
             track_member(m.cfg, m.out_dir, record)
         except OSError as exc:
             record = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}

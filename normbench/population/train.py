@@ -22,6 +22,7 @@ import logging
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,6 +31,14 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from normbench.capture import capture_step, training_stream
+from normbench.checkpoint import (
+    CHECKPOINT_FILE,
+    MODEL_FILE,
+    Checkpoint,
+    random_state,
+    restore_random_state,
+    save_weights,
+)
 from normbench.config import ConfigError
 from normbench.population.evaluate import PopulationMembers
 from normbench.population.optim import PopulationOptimizer
@@ -72,15 +81,18 @@ def fit_population(
     runtime: Runtime,
     progress: bool = False,
     form: str = "auto",
+    checkpoints: Sequence[Checkpoint] | None = None,
 ) -> list[FitResult]:
     """Train ``models`` (one per config of a group, built by :func:`normbench.run.prepare_model`) as
     one population (``form``: see :func:`~normbench.population.wide.stack_population`), leave each
     trained model's parameters and buffers in it, and return each member's
     :class:`~normbench.train.FitResult` as its separate :func:`normbench.train.fit` would, with the
-    population's form."""
+    population's form. ``checkpoints`` (one per member, in order): every member's share of the
+    training state is saved to its own every ``checkpoint.every`` steps, and a group whose members all
+    hold a checkpoint of the same step and group resumes from it (:mod:`normbench.checkpoint`)."""
     captured = _captures(runtime, cfgs[0])
     with training_stream(data.x_train.device, captured):
-        return _fit_population(cfgs, models, data, runtime, progress, form, captured)
+        return _fit_population(cfgs, models, data, runtime, progress, form, captured, checkpoints)
 
 
 def _fit_population(
@@ -91,6 +103,7 @@ def _fit_population(
     progress: bool,
     form: str,
     captured: bool,
+    checkpoints: Sequence[Checkpoint] | None = None,
 ) -> list[FitResult]:
     plans = [training_plan(cfg, len(data.x_train)) for cfg in cfgs]
     total, eval_every, per_epoch = plans[0].total, plans[0].eval_every, plans[0].steps_per_epoch
@@ -129,8 +142,26 @@ def _fit_population(
     shared = {n: b for n, b in pop.buffers.items() if b.dim() == 1 and b.stride(0) == 0}
     own_buffers = {n: b for n, b in pop.buffers.items() if n not in shared}
     held = {n: b.clone() for n, b in shared.items()}
+    gens = [t.keywords["gen"] if t is not None else None for t in transforms]
+    group = "|".join(c.config_hash for c in checkpoints) if checkpoints else ""
+    first = 0
+    saved = [c.load() for c in checkpoints] if checkpoints else []
+    if (
+        saved
+        and all(m is not None and m["group"] == group for m in saved)
+        and len({m["step"] for m in saved}) == 1
+    ):
+        first, since = saved[0]["step"], saved[0]["since"]
+        _restore_members(saved, pop, optimizer, alive, diverged_at, loss_sum, held, histories, gens)
+        step_now.fill_(first)
+        for stream in streams:  # each sampler's stream is its seed's: replay its draws
+            for _ in range(first):
+                next(stream)
+        log.info("population resumed from its members' checkpoints at step %d of %d", first, total)
+    elif any(m is not None for m in saved):
+        log.warning("the members' checkpoints are not of this group at one step; training from step 0")
     # on the CPU the host knows for free whether every member is alive; a GPU is not waited for
-    all_alive = device.type == "cpu"
+    all_alive = device.type == "cpu" and bool(alive.all())
 
     def train_step() -> None:
         """One step of every member, in place (capturable: no host synchronisation on a GPU)."""
@@ -159,13 +190,13 @@ def _fit_population(
             step_now.add_(1)
 
     run_step = train_step
-    bar = tqdm(total=total, unit="step", disable=not progress, file=sys.stderr, leave=False)
+    bar = tqdm(total=total, initial=first, unit="step", disable=not progress, file=sys.stderr, leave=False)
     start = time.perf_counter()
-    for step in range(total):
+    for step in range(first, total):
         idx_now.copy_(next(batches))
         lr_now.copy_(lr_table[step])
         run_step()
-        if captured and step == 0:  # the first step made the optimizer's state; the rest replay
+        if captured and step == first:  # the first step made the optimizer's state; the rest replay
             state = [*pop.storage, *optimizer.tensors, alive, diverged_at, loss_sum, step_now, *held.values()]
             try:
                 run_step = capture_step(train_step, state)
@@ -183,6 +214,11 @@ def _fit_population(
             loss_sum.zero_()
             since = 0
             bar.set_postfix(alive=f"{int(alive.sum())}/{k}")
+        if checkpoints and checkpoints[0].due(done, total):
+            state = {"step": done, "group": group, "since": since, "optimizer_steps": optimizer.steps}
+            _save_members(
+                checkpoints, state, pop, optimizer, alive, diverged_at, loss_sum, held, histories, gens
+            )
         bar.update()
     bar.close()
     elapsed = time.perf_counter() - start
@@ -195,6 +231,82 @@ def _fit_population(
         else:
             results.append(FitResult("completed", total, None, history, elapsed, pop.form, captured))
     return results
+
+
+def _save_members(
+    checkpoints: Sequence[Checkpoint],
+    state: dict[str, Any],
+    pop: Population,
+    optimizer: PopulationOptimizer,
+    alive: Tensor,
+    diverged_at: Tensor,
+    loss_sum: Tensor,
+    held: dict[str, Tensor],
+    histories: list[list[dict]],
+    gens: Sequence[torch.Generator | None],
+) -> None:
+    """Each member's share of the population's training state, into its own checkpoint."""
+    for i, checkpoint in enumerate(checkpoints):
+        checkpoint.save(
+            {
+                **state,
+                "params": {n: p[i].detach().clone() for n, p in pop.params.items()},
+                "buffers": {n: b[i].clone() for n, b in pop.buffers.items()},
+                "optimizer": [{key: t[i].clone() for key, t in s.items()} for s in optimizer.state],
+                "alive": alive[i].clone(),
+                "diverged_at": diverged_at[i].clone(),
+                "loss_sum": loss_sum[i].clone(),
+                "held": {n: h[i].clone() for n, h in held.items()},
+                "history": histories[i],
+                "random": random_state([g for g in (gens[i],) if g is not None]),
+            }
+        )
+
+
+@torch.no_grad()
+def _restore_members(
+    saved: Sequence[dict[str, Any]],
+    pop: Population,
+    optimizer: PopulationOptimizer,
+    alive: Tensor,
+    diverged_at: Tensor,
+    loss_sum: Tensor,
+    held: dict[str, Tensor],
+    histories: list[list[dict]],
+    gens: Sequence[torch.Generator | None],
+) -> None:
+    """The population's state from its members' checkpoints (see :func:`_save_members`)."""
+
+    def stacked(key: str, name: str | None = None, like: Tensor | None = None) -> Tensor:
+        parts = [m[key] if name is None else m[key][name] for m in saved]
+        return torch.stack(parts).to(like.device if like is not None else alive.device)
+
+    for name, p in pop.params.items():
+        p.copy_(stacked("params", name, p))
+    for name, b in pop.buffers.items():
+        if b.dim() == 1 and b.stride(0) == 0:  # one counter the members share (a wide population's)
+            b[0].copy_(saved[0]["buffers"][name])
+        else:
+            b.copy_(stacked("buffers", name, b))
+    optimizer.steps = saved[0]["optimizer_steps"]
+    optimizer.state = [
+        {
+            key: torch.stack([m["optimizer"][j][key] for m in saved]).to(p.device)
+            for key in saved[0]["optimizer"][j]
+        }
+        for j, p in enumerate(optimizer.params)
+    ]
+    alive.copy_(stacked("alive"))
+    diverged_at.copy_(stacked("diverged_at"))
+    loss_sum.copy_(stacked("loss_sum"))
+    for name, h in held.items():
+        h.copy_(stacked("held", name, h))
+    for history, member in zip(histories, saved, strict=True):
+        history[:] = member["history"]
+    restore_random_state(saved[0]["random"], [])
+    for gen, member in zip(gens, saved, strict=True):
+        if gen is not None:
+            gen.set_state(member["random"]["own"][0])
 
 
 def _captures(runtime: Runtime, cfg: DictConfig) -> bool:
@@ -255,7 +367,7 @@ def _history_point(
 
 
 def train_population(
-    cfgs: Sequence[DictConfig], progress: bool = False, form: str = "auto"
+    cfgs: Sequence[DictConfig], progress: bool = False, form: str = "auto", out_dirs: Sequence[Path] = ()
 ) -> list[dict[str, Any]]:
     """Train a group and return each member's record, as :func:`normbench.run.execute` would write it
     for that member's run alone (plus ``env.population``: the group's size, and
@@ -271,7 +383,16 @@ def train_population(
     try:
         models = [prepare_model(cfg, data, runtime) for cfg in cfgs]
         data = data.to(runtime.device, runtime.memory_format)
-        results = fit_population(cfgs, models, data, runtime, progress, form)
+        every = cfgs[0].train.checkpoint_every
+        checkpoints = (
+            [
+                Checkpoint(d / CHECKPOINT_FILE, every, r["config_hash"])
+                for d, r in zip(out_dirs, records, strict=True)
+            ]
+            if every and out_dirs
+            else None
+        )
+        results = fit_population(cfgs, models, data, runtime, progress, form, checkpoints)
     except (ConfigError, KeyboardInterrupt):
         raise
     except BaseException as exc:  # a fault of the group is a result of each member
@@ -289,6 +410,9 @@ def train_population(
             metrics = members_final_metrics(PopulationMembers(stack_population(models, form)), data, cfgs)
         for cfg, record, model, values in zip(cfgs, records, models, metrics, strict=True):
             record_metrics(cfg, record, model, values if record["status"] == "completed" else {})
+        for cfg, record, model, out_dir in zip(cfgs, records, models, out_dirs, strict=False):
+            if cfg.train.save_model and record["status"] == "completed":
+                save_weights(model, out_dir / MODEL_FILE)
     except (KeyboardInterrupt, ConfigError):
         raise
     except BaseException as exc:  # the evaluation failed: what training produced is kept
