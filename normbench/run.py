@@ -355,11 +355,8 @@ def _train_and_evaluate(
 ) -> None:
     data, model = prepare(cfg, runtime)
     for key in ("checkpoint_every", "save_model"):
-        if cfg.train[key] and (isinstance(model, GAN) or world.size > 1):
-            raise ConfigError(
-                f"train.{key}={str(cfg.train[key]).lower()}: not supported "
-                f"{'for GAN tasks' if isinstance(model, GAN) else 'under torchrun'} yet"
-            )
+        if cfg.train[key] and world.size > 1:
+            raise ConfigError(f"train.{key}={str(cfg.train[key]).lower()}: not supported under torchrun yet")
     if isinstance(model, GAN):
         if world.size > 1:
             raise ConfigError(

@@ -20,6 +20,14 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
+from normbench.checkpoint import (
+    CHECKPOINT_FILE,
+    MODEL_FILE,
+    Checkpoint,
+    random_state,
+    restore_random_state,
+    save_weights,
+)
 from normbench.norms import norm_spec
 from normbench.runtime import Runtime
 from normbench.samplers import iid_batches
@@ -111,7 +119,20 @@ def train_gan(
     start = time.perf_counter()
     batches = iid_batches(len(data.x_train), bs, gen)
     d_loss = g_loss = torch.zeros(())
-    for step in tqdm(range(1, total + 1), disable=not progress, desc="training", unit="step"):
+    every = cfg.train.checkpoint_every
+    checkpoint = Checkpoint(out_dir / CHECKPOINT_FILE, every, record["config_hash"]) if every else None
+    first = 0
+    saved = checkpoint.load() if checkpoint is not None else None
+    if saved is not None:
+        gan.load_state_dict(saved["model"])
+        for net, optimizer in opt.items():
+            optimizer.load_state_dict(saved["optimizer"][net])
+        restore_random_state(saved["random"], [noise])
+        first, history = saved["step"], saved["history"]
+        for _ in range(first):  # the sampler's stream is the seed's: replay its draws
+            next(batches)
+        log.info("resumed from %s at step %d of %d", checkpoint.path, first, total)
+    for step in tqdm(range(first + 1, total + 1), disable=not progress, desc="training", unit="step"):
         for optimizer in opt.values():
             for group in optimizer.param_groups:
                 group["lr"] = schedule(step - 1)
@@ -142,6 +163,16 @@ def train_gan(
                 point["g_loss"],
                 point["fd"],
             )
+        if checkpoint is not None and checkpoint.due(step, total):
+            checkpoint.save(
+                {
+                    "step": step,
+                    "model": gan.state_dict(),
+                    "optimizer": {net: optimizer.state_dict() for net, optimizer in opt.items()},
+                    "random": random_state([noise]),
+                    "history": history,
+                }
+            )
     steps = diverged_at or total
     record.update(
         status=status,
@@ -167,6 +198,8 @@ def train_gan(
         with torch.no_grad():
             gan.generator.eval()
             grid = gan.sample(64, torch.Generator().manual_seed(eval_noise_seed), runtime.device)
+        if cfg.train.save_model:
+            save_weights(gan, out_dir / MODEL_FILE)
         save_sample_grid(
             grid,
             out_dir / SAMPLES_FILE,

@@ -154,10 +154,6 @@ def test_a_killed_population_resumes_from_its_members_checkpoints_and_ends_as_an
     "overrides, message",
     [
         (
-            ("task=gan_digits", "optim=dcgan", "train.checkpoint_every=10"),
-            "train.checkpoint_every=10: not supported for GAN tasks yet",
-        ),
-        (
             ("train.checkpoint_every=-5",),
             "train.checkpoint_every=-5: must be 0 (never) or a number of steps >= 1",
         ),
@@ -188,3 +184,29 @@ def test_population_members_save_their_own_weights(tmp_path):
         with torch.no_grad():
             error = (load_model(m.out_dir)(data.x_test).argmax(1) != data.y_test).float().mean().item()
         assert error == pytest.approx(record["metrics"]["test_error"], abs=1e-6)
+
+
+def test_a_gan_run_interrupted_after_a_checkpoint_resumes_to_the_uninterrupted_record(tmp_path, monkeypatch):
+    from normbench.checkpoint import Checkpoint as Saver
+    from normbench.run import execute
+
+    quick = ("task=gan_digits", "optim=dcgan", "batch_size=16", "train.budget=steps", "train.steps=30")
+    quick += ("train.history_points=3", "seed=3")
+    whole = execute(compose_cfg(*quick), tmp_path / "whole")
+    save = Saver.save
+
+    def save_then_stop(self, state):  # the process dies right after its first checkpoint
+        save(self, state)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Saver, "save", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        execute(compose_cfg(*quick, "train.checkpoint_every=10"), tmp_path / "cut")
+    monkeypatch.setattr(Saver, "save", save)
+    assert not (tmp_path / "cut" / "result.json").exists()
+    resumed = execute(
+        compose_cfg(*quick, "train.checkpoint_every=10", "train.save_model=true"), tmp_path / "cut"
+    )
+    keys = ("status", "config_hash", "metrics", "history", "steps")
+    assert {k: resumed[k] for k in keys} == {k: whole[k] for k in keys}
+    assert (tmp_path / "cut" / "model.pt").is_file() and not (tmp_path / "cut" / CHECKPOINT_FILE).exists()
