@@ -47,7 +47,7 @@ from normbench.tasks.cifar import crop_flip
 from normbench.tasks.data import Dataset
 from normbench.tasks.gan import GAN
 from normbench.tasks.models import scale_initial_weights
-from normbench.trackers import log_record, open_tracker
+from normbench.trackers import layer_values, log_record, open_tracker
 from normbench.train import FitResult, fit, lr_schedule, make_optimizer, training_plan
 from normbench.train_gan import train_gan
 
@@ -397,7 +397,10 @@ def _train_and_evaluate(
             eval_model=model,
             progress=progress,
             checkpoint=checkpoint,
-            on_point=None if tracker is None else lambda point: tracker.log(point["step"], point),
+            # each history point with the norms' own per-layer reports (normbench.trackers)
+            on_point=None
+            if tracker is None
+            else lambda point: tracker.log(point["step"], {**point, **layer_values(layer_metrics(model))}),
         )
         record_training(record, result)
         # DistributedDataParallel's reducer holds the process group: let it go while every process is

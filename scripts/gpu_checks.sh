@@ -11,7 +11,7 @@
 #
 # Writes capture_check_cuda.md (a population's captured CUDA-graph step vs its eager step),
 # population_cuda.md (populations, wide and vmap, eager and captured, vs separate runs, K = 32-512),
-# step_norms_cuda.md (every plugin inside one run's training step, eager and captured), cuda_check.md (fp32 + bf16 correctness), norms_cuda.md (plugins vs BatchNorm2d), train_cuda.md
+# step_norms_cuda.md (every plugin inside one run's training step, eager and captured), cuda_check.md (fp32 + bf16 correctness), diagnose_cuda.md (normbench.diagnose on CUDA vs the CPU), norms_cuda.md (plugins vs BatchNorm2d), train_cuda.md
 # (normbench's loop vs a minimal loop), train_cifar10_resnet20_cuda_{fp32,bf16}.md (images/s at batch 128), convert_torchvision_cuda.md (real torchvision models), e2e_cuda.md
 # (normbench-run on the GPU with bf16/fp16, channels_last and torch.compile), profile_cuda.txt (host time
 # per piece of the Triton path) and gpu_log.txt.
@@ -56,6 +56,7 @@ step population 90 step_norms python3 scripts/bench_norms.py --device cuda --in-
   --out "$out/step_norms_cuda.md"
 step bench_norms 200 bench_norms python3 scripts/bench_norms.py --device cuda --rounds 10 --inner 20 --out "$out/norms_cuda.md"
 step check_cuda 150 check_cuda python3 scripts/check_cuda.py --out "$out/cuda_check.md"
+step check_cuda 60 check_diagnose python3 scripts/check_diagnose_cuda.py --out "$out/diagnose_cuda.md"
 # host time of each piece of the Triton path and of the plugins slowest at small shapes
 step profile_norm 60 profile_norm bash -c 'python3 scripts/profile_norm.py rmsnorm batchrenorm ghost_batchnorm switchnorm evonorm_b0 > "$0"' \
   "$out/profile_cuda.txt"

@@ -96,3 +96,12 @@ def test_mlflow_keeps_one_run_per_config_hash_found_again_by_its_tag(tmp_path, m
     assert [s for s, _ in got] == [s for s, _ in sorted(expected)]
     assert [v for _, v in got] == pytest.approx([v for _, v in sorted(expected)])
     assert runs[0].data.params["norm.name"] == "batchnorm"
+
+
+def test_the_norms_per_layer_reports_are_streamed_with_each_point(tmp_path):
+    record = execute(compose_cfg(*QUICK, "logger=csv", "norm=switchnorm", "task=mnist1d_cnn"), tmp_path)
+    rows = _csv_rows(tmp_path / "metrics.csv")
+    layer_keys = {name for step, name in rows if name.startswith("layers/")}
+    assert layer_keys  # SwitchNorm reports its mixture weights per layer
+    for point in record["history"]:
+        assert {name for step, name in rows if step == point["step"] and name.startswith("layers/")} == layer_keys
