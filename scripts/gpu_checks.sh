@@ -28,11 +28,7 @@ done
 selected() { [ "$chosen" = "  " ] || [[ "$chosen" == *" $1 "* ]]; }
 mkdir -p "$out"
 log="$out/gpu_log.txt"
-export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD"
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH="/tmp/site:$PWD"
-fi
+source scripts/gpu_env.sh
 step() {  # step GROUP SECONDS NAME COMMAND...: a step that fails or runs out of time is logged, the rest go on
   local limit="$2" name="$3"
   selected "$1" || return 0

@@ -10,11 +10,7 @@
 set -uo pipefail
 out="${1:-reports/bench}"
 mkdir -p "$out"
-export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD"
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH="/tmp/site:$PWD"
-fi
+source scripts/gpu_env.sh
 timeout 240 python3 scripts/bench_population.py --device cuda --members 128 512 --steps 200 --rounds 1 \
   --separate-members 4 --out "$out/population_cuda.md"
 

@@ -10,11 +10,7 @@
 set -uo pipefail
 out="${1:-reports/small_batch_large}"
 mkdir -p "$out"
-export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD"
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH="/tmp/site:$PWD"
-fi
+source scripts/gpu_env.sh
 # the console scripts small_batch_study.sh calls, for a tree that is not pip-installed
 bin="$(mktemp -d)"
 printf '#!/bin/sh\nexec python3 "$@"\n' > "$bin/python"

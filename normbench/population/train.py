@@ -22,6 +22,7 @@ import logging
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +144,7 @@ def _fit_population(
     own_buffers = {n: b for n, b in pop.buffers.items() if n not in shared}
     held = {n: b.clone() for n, b in shared.items()}
     gens = [t.keywords["gen"] if t is not None else None for t in transforms]
+    loop = _LoopState(pop, optimizer, alive, diverged_at, loss_sum, held, histories, gens)
     group = "|".join(c.config_hash for c in checkpoints) if checkpoints else ""
     first = 0
     saved = [c.load() for c in checkpoints] if checkpoints else []
@@ -152,7 +154,7 @@ def _fit_population(
         and len({m["step"] for m in saved}) == 1
     ):
         first, since = saved[0]["step"], saved[0]["since"]
-        _restore_members(saved, pop, optimizer, alive, diverged_at, loss_sum, held, histories, gens)
+        loop.restore(saved)
         step_now.fill_(first)
         for stream in streams:  # each sampler's stream is its seed's: replay its draws
             for _ in range(first):
@@ -215,9 +217,9 @@ def _fit_population(
             since = 0
             bar.set_postfix(alive=f"{int(alive.sum())}/{k}")
         if checkpoints and checkpoints[0].due(done, total):
-            state = {"step": done, "group": group, "since": since, "optimizer_steps": optimizer.steps}
-            _save_members(
-                checkpoints, state, pop, optimizer, alive, diverged_at, loss_sum, held, histories, gens
+            loop.save(
+                checkpoints,
+                {"step": done, "group": group, "since": since, "optimizer_steps": optimizer.steps},
             )
         bar.update()
     bar.close()
@@ -233,80 +235,70 @@ def _fit_population(
     return results
 
 
-def _save_members(
-    checkpoints: Sequence[Checkpoint],
-    state: dict[str, Any],
-    pop: Population,
-    optimizer: PopulationOptimizer,
-    alive: Tensor,
-    diverged_at: Tensor,
-    loss_sum: Tensor,
-    held: dict[str, Tensor],
-    histories: list[list[dict]],
-    gens: Sequence[torch.Generator | None],
-) -> None:
-    """Each member's share of the population's training state, into its own checkpoint."""
-    for i, checkpoint in enumerate(checkpoints):
-        checkpoint.save(
+@dataclass
+class _LoopState:
+    """What the population's training loop carries from step to step, and its members' checkpoints hold."""
+
+    pop: Population
+    optimizer: PopulationOptimizer
+    alive: Tensor
+    diverged_at: Tensor
+    loss_sum: Tensor
+    held: dict[str, Tensor]
+    histories: list[list[dict]]
+    gens: Sequence[torch.Generator | None]
+
+    def save(self, checkpoints: Sequence[Checkpoint], common: dict[str, Any]) -> None:
+        """Each member's share of the state, into its own checkpoint."""
+        for i, checkpoint in enumerate(checkpoints):
+            checkpoint.save(
+                {
+                    **common,
+                    "params": {n: p[i].detach().clone() for n, p in self.pop.params.items()},
+                    "buffers": {n: b[i].clone() for n, b in self.pop.buffers.items()},
+                    "optimizer": [{key: t[i].clone() for key, t in s.items()} for s in self.optimizer.state],
+                    "alive": self.alive[i].clone(),
+                    "diverged_at": self.diverged_at[i].clone(),
+                    "loss_sum": self.loss_sum[i].clone(),
+                    "held": {n: h[i].clone() for n, h in self.held.items()},
+                    "history": self.histories[i],
+                    "random": random_state([g for g in (self.gens[i],) if g is not None]),
+                }
+            )
+
+    @torch.no_grad()
+    def restore(self, saved: Sequence[dict[str, Any]]) -> None:
+        """The state from the members' checkpoints (:meth:`save`), in place."""
+        device = self.alive.device
+
+        def stacked(key: str, name: str | None = None) -> Tensor:
+            return torch.stack([m[key] if name is None else m[key][name] for m in saved]).to(device)
+
+        for name, p in self.pop.params.items():
+            p.copy_(stacked("params", name))
+        for name, b in self.pop.buffers.items():
+            if b.dim() == 1 and b.stride(0) == 0:  # one counter the members share (a wide population's)
+                b[0].copy_(saved[0]["buffers"][name])
+            else:
+                b.copy_(stacked("buffers", name))
+        self.optimizer.steps = saved[0]["optimizer_steps"]
+        self.optimizer.state = [
             {
-                **state,
-                "params": {n: p[i].detach().clone() for n, p in pop.params.items()},
-                "buffers": {n: b[i].clone() for n, b in pop.buffers.items()},
-                "optimizer": [{key: t[i].clone() for key, t in s.items()} for s in optimizer.state],
-                "alive": alive[i].clone(),
-                "diverged_at": diverged_at[i].clone(),
-                "loss_sum": loss_sum[i].clone(),
-                "held": {n: h[i].clone() for n, h in held.items()},
-                "history": histories[i],
-                "random": random_state([g for g in (gens[i],) if g is not None]),
+                key: torch.stack([m["optimizer"][j][key] for m in saved]).to(device)
+                for key in saved[0]["optimizer"][j]
             }
-        )
-
-
-@torch.no_grad()
-def _restore_members(
-    saved: Sequence[dict[str, Any]],
-    pop: Population,
-    optimizer: PopulationOptimizer,
-    alive: Tensor,
-    diverged_at: Tensor,
-    loss_sum: Tensor,
-    held: dict[str, Tensor],
-    histories: list[list[dict]],
-    gens: Sequence[torch.Generator | None],
-) -> None:
-    """The population's state from its members' checkpoints (see :func:`_save_members`)."""
-
-    def stacked(key: str, name: str | None = None, like: Tensor | None = None) -> Tensor:
-        parts = [m[key] if name is None else m[key][name] for m in saved]
-        return torch.stack(parts).to(like.device if like is not None else alive.device)
-
-    for name, p in pop.params.items():
-        p.copy_(stacked("params", name, p))
-    for name, b in pop.buffers.items():
-        if b.dim() == 1 and b.stride(0) == 0:  # one counter the members share (a wide population's)
-            b[0].copy_(saved[0]["buffers"][name])
-        else:
-            b.copy_(stacked("buffers", name, b))
-    optimizer.steps = saved[0]["optimizer_steps"]
-    optimizer.state = [
-        {
-            key: torch.stack([m["optimizer"][j][key] for m in saved]).to(p.device)
-            for key in saved[0]["optimizer"][j]
-        }
-        for j, p in enumerate(optimizer.params)
-    ]
-    alive.copy_(stacked("alive"))
-    diverged_at.copy_(stacked("diverged_at"))
-    loss_sum.copy_(stacked("loss_sum"))
-    for name, h in held.items():
-        h.copy_(stacked("held", name, h))
-    for history, member in zip(histories, saved, strict=True):
-        history[:] = member["history"]
-    restore_random_state(saved[0]["random"], [])
-    for gen, member in zip(gens, saved, strict=True):
-        if gen is not None:
-            gen.set_state(member["random"]["own"][0])
+            for j in range(len(self.optimizer.params))
+        ]
+        for name in ("alive", "diverged_at", "loss_sum"):
+            getattr(self, name).copy_(stacked(name))
+        for name, h in self.held.items():
+            h.copy_(stacked("held", name))
+        for history, member in zip(self.histories, saved, strict=True):
+            history[:] = member["history"]
+        restore_random_state(saved[0]["random"], [])
+        for gen, member in zip(self.gens, saved, strict=True):
+            if gen is not None:
+                gen.set_state(member["random"]["own"][0])
 
 
 def _captures(runtime: Runtime, cfg: DictConfig) -> bool:
