@@ -159,7 +159,10 @@ def test_gpu_checks_script_runs_the_named_steps_only(tmp_path):
     proc = subprocess.run([*script, "check_cuda", "e2e"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     launched = [line.split()[1] for line in calls.read_text().splitlines() if line.startswith("python3 ")]
-    assert [w for w in launched if w.startswith("scripts/")] == ["scripts/check_cuda.py"]
+    assert [w for w in launched if w.startswith("scripts/")] == [
+        "scripts/check_cuda.py",
+        "scripts/check_diagnose_cuda.py",
+    ]
     assert (
         calls.read_text().count("python3 -m normbench ") == 5
     )  # the five normbench-run jobs of the e2e step
