@@ -42,7 +42,7 @@ def _wide_cases():
 def test_the_core_norms_have_wide_forms():
     wide = {n for n in available_norms() if norm_spec(n).population == "wide"}
     assert {"batchnorm", "layernorm", "groupnorm", "instancenorm", "identity", "batchrenorm"} <= wide
-    assert {"ghost_batchnorm", "frn", "evonorm_b0", "evonorm_s0"} <= wide
+    assert {"ghost_batchnorm", "frn", "evonorm_b0", "evonorm_s0", "rmsnorm"} <= wide
 
 
 @pytest.mark.parametrize("name, shape, options", list(_wide_cases()))
@@ -147,8 +147,8 @@ def test_shared_inputs_and_other_buffers_evaluate_every_member():
     "make, reason",
     [
         (
-            lambda: MLP(40, 16, 2, 10, NormLayers("rmsnorm")),
-            "norm=rmsnorm has no wide form (population='vmap')",
+            lambda: ConvNet(1, 1, 8, 3, 10, NormLayers("switchnorm"), False, 5),
+            "norm=switchnorm has no wide form (population='vmap')",
         ),
         (lambda: MLP(40, 16, 2, 10, NormLayers("ws_groupnorm")), "a parametrized Linear"),
         (

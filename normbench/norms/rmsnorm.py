@@ -51,10 +51,36 @@ def _channel_first_rms_norm(x: Tensor, w: Tensor, eps: float) -> Tensor:
     return x * torch.rsqrt(x.square().mean(dim=tuple(range(1, x.dim())), keepdim=True) + eps) * w
 
 
+class _WideRMSNorm(nn.Module):
+    """K RMSNorms side by side on (N, K·C, *): each member's root mean square over its own block of C
+    channels and every position (:func:`_channel_first_rms_norm`), then the K·C gains and biases."""
+
+    def __init__(self, member: RMSNorm, k: int) -> None:
+        super().__init__()
+        self.members, self.eps, self.num_channels = k, member.eps, member.num_channels * k
+        for name in ("weight", "bias"):
+            tensor = getattr(member, name)
+            setattr(self, name, None if tensor is None else nn.Parameter(tensor.detach().repeat(k)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, tail = len(x), [1] * (x.dim() - 2)
+        blocks = x.reshape(n * self.members, self.num_channels // self.members, *x.shape[2:])
+        y = _channel_first_rms_norm(blocks, blocks.new_ones(1, blocks.shape[1], *tail), self.eps).reshape(
+            x.shape
+        )
+        if self.weight is not None:
+            y = y * self.weight.view(1, -1, *tail)
+        if self.bias is not None:
+            y = y + self.bias.view(1, -1, *tail)
+        return like_input(y, x)
+
+
 @register_norm(
     "rmsnorm",
     aliases=("rms",),
     paper="Zhang & Sennrich 2019, Root Mean Square Layer Normalization, arXiv:1910.07467",
+    population="wide",
+    widen=lambda member, k: _WideRMSNorm(member, k),
 )
 class RMSNorm(ChannelNorm):
     r"""RMSNorm: per-sample rescaling by the root mean square over C and all positions, no centring.
