@@ -82,6 +82,20 @@ start=$(date +%s)
 status=0
 summaries="$(mktemp)"
 trap 'rm -f "$summaries"' EXIT
+record_timings() {  # one line in $out/timings.md for an invocation that trained something ($1: how it ended)
+  elapsed=$(( $(date +%s) - start ))
+  counts=$(sed -n 's/.*runs: \([0-9]*\) completed, \([0-9]*\) diverged, \([0-9]*\) failed, \([0-9]*\) skipped.*/\1 \2 \3 \4/p' "$summaries" \
+    | awk '{c+=$1; d+=$2; f+=$3; s+=$4} END {print c+0, d+0, f+0, s+0}')
+  read -r n_completed n_diverged n_failed n_skipped <<< "$counts"
+  trained="$n_completed completed, $n_diverged diverged, $n_failed failed, $n_skipped skipped"
+  if [ $((n_completed + n_diverged + n_failed)) -gt 0 ]; then
+    [ -f "$out/timings.md" ] || printf '| date (UTC) | grid | wall time | runs this invocation |\n|---|---|---:|---|\n' > "$out/timings.md"
+    printf '| %s | %s%s | %d min %02d s | %s |\n' "$(date -u +%Y-%m-%dT%H:%MZ)" "$([ "$smoke" = 1 ] && echo smoke || { [ "$large" = 1 ] && echo large || echo full; })$([ "$population" = 1 ] && echo ', populations')" \
+      "$1" $((elapsed / 60)) $((elapsed % 60)) "$trained" >> "$out/timings.md"
+  fi
+}
+# Ctrl-C or SIGTERM: the runs that finished are kept (the next invocation resumes); the time is recorded
+trap 'record_timings ", stopped by a signal"; rm -f "$summaries"; exit 143' INT TERM
 run_sweeps() {  # one sweep per line of $1: the preset, then its overrides (tab-separated)
   while IFS=$'\t' read -r -a sweep; do
     preset="${sweep[0]:-}"
@@ -107,16 +121,7 @@ for round in $(seq 1 "${MAX_ROUNDS:-12}"); do
   echo "== bracketing round $round: $(wc -l <<< "$more") cell(s) at an edge of their grid" >&2
   run_sweeps "$more"
 done
-elapsed=$(( $(date +%s) - start ))
-counts=$(sed -n 's/.*runs: \([0-9]*\) completed, \([0-9]*\) diverged, \([0-9]*\) failed, \([0-9]*\) skipped.*/\1 \2 \3 \4/p' "$summaries" \
-  | awk '{c+=$1; d+=$2; f+=$3; s+=$4} END {print c+0, d+0, f+0, s+0}')
-read -r n_completed n_diverged n_failed n_skipped <<< "$counts"
-trained="$n_completed completed, $n_diverged diverged, $n_failed failed, $n_skipped skipped"
-if [ $((n_completed + n_diverged + n_failed)) -gt 0 ]; then
-  [ -f "$out/timings.md" ] || printf '| date (UTC) | grid | wall time | runs this invocation |\n|---|---|---:|---|\n' > "$out/timings.md"
-  printf '| %s | %s | %d min %02d s | %s |\n' "$(date -u +%Y-%m-%dT%H:%MZ)" "$([ "$smoke" = 1 ] && echo smoke || { [ "$large" = 1 ] && echo large || echo full; })$([ "$population" = 1 ] && echo ', populations')" \
-    $((elapsed / 60)) $((elapsed % 60)) "$trained" >> "$out/timings.md"
-fi
+record_timings ""
 echo "sweeps took $((elapsed / 60)) min $((elapsed % 60)) s ($trained)" >&2
 
 # from inside the folder, so the report and runs.csv name the runs by relative paths
