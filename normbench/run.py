@@ -22,9 +22,10 @@ from torch import Tensor, nn
 
 import normbench
 from normbench.checkpoint import CHECKPOINT_FILE, MODEL_FILE, Checkpoint, save_weights
-from normbench.config import LATER_KEYS, NON_IDENTITY_KEYS, Config, ConfigError, check_values
+from normbench.config import NON_IDENTITY_KEYS, Config, ConfigError, check_values
 from normbench.distributed import World, all_finite, finish, parallel, shard, world_from_env
 from normbench.evaluate import Members, OneModel, eval_mode
+from normbench.identity import LATER_KEYS
 from normbench.norms import available_norms, norm_spec
 from normbench.results import (
     FINAL_STATUSES,

@@ -288,3 +288,12 @@ def test_the_html_report_is_one_file_with_every_figure_embedded(tmp_path):
     assert [base64.b64decode(e) for e in embedded] == [(tmp_path / p).read_bytes() for p in linked]
     tables = re.findall(r"^\|(?:\s*:?-+:?\s*\|)+\s*$", md.read_text(), re.M)  # a separator row per table
     assert 'src="figures/' not in page and page.count("<table>") == len(tables) > 0
+
+
+def test_the_report_reads_records_without_importing_torch_or_hydra():
+    code = (
+        "import sys, normbench.report, normbench.report.build, normbench.report.study, normbench.report.bracket\n"
+        "print(sorted(m for m in ('torch', 'hydra') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

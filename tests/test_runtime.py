@@ -10,7 +10,8 @@ import pytest
 import torch
 from helpers import QUICK, ROOT, compose_cfg, normbench_run
 
-from normbench.config import LATER_KEYS, NON_IDENTITY_KEYS
+from normbench.config import NON_IDENTITY_KEYS
+from normbench.identity import LATER_KEYS
 from normbench.norms import build_norm
 from normbench.results import config_hash, identity_config
 from normbench.run import ConfigError, execute, run_identity

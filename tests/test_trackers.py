@@ -104,4 +104,6 @@ def test_the_norms_per_layer_reports_are_streamed_with_each_point(tmp_path):
     layer_keys = {name for step, name in rows if name.startswith("layers/")}
     assert layer_keys  # SwitchNorm reports its mixture weights per layer
     for point in record["history"]:
-        assert {name for step, name in rows if step == point["step"] and name.startswith("layers/")} == layer_keys
+        assert {
+            name for step, name in rows if step == point["step"] and name.startswith("layers/")
+        } == layer_keys

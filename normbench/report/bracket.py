@@ -24,7 +24,7 @@ from typing import Any
 
 import pandas as pd
 
-from normbench.config import LATER_KEYS
+from normbench.identity import LATER_KEYS
 from normbench.report.curve import degenerate_reason
 from normbench.report.load import read_records, runs_frame
 from normbench.report.select import candidates

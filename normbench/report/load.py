@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 from tqdm import tqdm
 
-from normbench.config import LATER_KEYS
+from normbench.identity import LATER_KEYS
 from normbench.results import RESULT_FILE, InvalidRecord, load_run
 
 log = logging.getLogger(__name__)
@@ -129,7 +129,7 @@ def runs_frame(records: list[tuple[Path, dict[str, Any]]], with_history: bool = 
 
 def with_later_defaults(df: pd.DataFrame) -> pd.DataFrame:
     """A record leaves out a key added after records existed while the key is at its old value
-    (``config.LATER_KEYS``: its hash must not change). Where some runs set such a key, the others'
+    (``normbench.identity.LATER_KEYS``: its hash must not change). Where some runs set such a key, the others'
     missing value is that old value, filled in so that cells compare like with like."""
     for key, value in LATER_KEYS.items():
         if key in df:
