@@ -358,7 +358,7 @@ def exclusion(study: Study, frame: pd.DataFrame, claim: Claim, common: Mapping[s
         cell = cell_rows(frame, selector)
         reason = degenerate_reason(study.degenerate, cell)
         if reason:
-            return f"degenerate cell {_cell_text(selector, common)}: {reason}"
+            return f"degenerate cell {_cell_text(selector, common)}, see the protocol"
         if study.does_not_train_at is None:
             continue
         column = study.metric  # whether the runs trained, whatever evaluation the claim compares
