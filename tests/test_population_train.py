@@ -119,10 +119,10 @@ def test_either_form_gives_the_separate_runs_records(tmp_path, form):
 
 
 def test_insisting_on_the_wide_form_fails_a_group_without_one_with_the_reason():
-    cfgs = [compose_cfg("norm=rmsnorm", *STEPS, *m) for m in MEMBERS]
+    cfgs = [compose_cfg("norm=switchnorm", "task=mnist1d_cnn", *STEPS, *m) for m in MEMBERS]
     records = train_population(cfgs, form="wide")
     assert {r["status"] for r in records} == {"failed"}
-    assert records[0]["error"] == "NoWideForm: norm=rmsnorm has no wide form (population='vmap')"
+    assert records[0]["error"] == "NoWideForm: norm=switchnorm has no wide form (population='vmap')"
 
 
 def test_adamw_members_too(tmp_path):
