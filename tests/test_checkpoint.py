@@ -27,16 +27,12 @@ STEPS = (
 )
 
 
+def _normbench(*args: str) -> list[str]:
+    return [sys.executable, "-m", "normbench", *args, "runtime.progress=false"]
+
+
 def _command(folder: Path, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "normbench",
-        *STEPS,
-        f"hydra.run.dir={folder}",
-        "runtime.progress=false",
-        *extra,
-    ]
+    return _normbench(*STEPS, f"hydra.run.dir={folder}", *extra)
 
 
 def _result(folder: Path) -> dict:
@@ -78,22 +74,8 @@ def test_a_checkpoint_of_another_config_or_unreadable_is_not_resumed(tmp_path, c
 
 def test_saved_weights_rebuild_the_model_that_made_the_record(tmp_path):
     folder = tmp_path / "run"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "normbench",
-            "task=mnist1d_cnn",
-            "train.budget=steps",
-            "train.steps=60",
-            "train.save_model=true",
-            f"hydra.run.dir={folder}",
-            "runtime.progress=false",
-        ],
-        check=True,
-        capture_output=True,
-        timeout=600,
-    )
+    run = _normbench("task=mnist1d_cnn", "train.budget=steps", "train.steps=60", "train.save_model=true")
+    subprocess.run([*run, f"hydra.run.dir={folder}"], check=True, capture_output=True, timeout=600)
     from normbench.tasks import load_dataset
 
     model = load_model(folder)
@@ -112,15 +94,7 @@ def test_a_killed_population_resumes_from_its_members_checkpoints_and_ends_as_an
     grid = ["-m", "norm=batchnorm", "seed=0,1", "optim.lr=0.05,0.1", "hydra/launcher=population", *STEPS[1:]]
 
     def sweep(root: str, *extra: str) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "normbench",
-            *grid,
-            f"sweep.root={root}",
-            "runtime.progress=false",
-            *extra,
-        ]
+        return _normbench(*grid, f"sweep.root={root}", *extra)
 
     subprocess.run(sweep("whole"), cwd=tmp_path, env=env, check=True, capture_output=True, timeout=600)
     proc = subprocess.Popen(
