@@ -230,6 +230,9 @@ def run() -> None:
     full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing; we print one line
     previous = signal.signal(signal.SIGTERM, _terminate)
+    # Ctrl-C stops a run even where it was started with SIGINT ignored (a background job of a script,
+    # some test runners' workers): Python keeps an inherited SIG_IGN, and the run would go on
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     # joblib's resource tracker (a process of its own) warns about the semaphores of workers that a
     # signal stopped; the stop is reported in one line here instead
     filters = [f for f in os.environ.get("PYTHONWARNINGS", "").split(",") if f]
@@ -255,6 +258,7 @@ def run() -> None:
         sys.exit(128 + signum)
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
 
 
 def report(argv: list[str] | None = None) -> None:

@@ -28,6 +28,10 @@ FAULTS = {
         "one line, exit 130 or 143; no record, the run lock released; the same command trains it",
         "test_a_signal_stops_a_run_cleanly_and_the_rerun_trains_it",
     ),
+    "SIGINT on a run started with SIGINT ignored (a script's background job)": (
+        "the same clean stop, exit 130: the run restores Python's handler",
+        "test_ctrl_c_stops_a_run_started_with_sigint_ignored",
+    ),
     "SIGTERM on a sweep (basic launcher)": (
         "one line, exit 143; summary.txt lists the interrupted run; the rerun skips the finished one",
         "test_a_signal_stops_a_sweep_with_its_summary_and_the_rerun_resumes",
@@ -340,3 +344,23 @@ def test_kill_9_at_a_random_moment_loses_only_unfinished_runs(tmp_path, mode):
     assert not list(sweep_dir.glob("*/.*.tmp"))
     if mode != "run":
         assert f"4 runs: {4 - len(before)} completed, 0 diverged, 0 failed, {len(before)} skipped" in out
+
+
+def test_ctrl_c_stops_a_run_started_with_sigint_ignored(tmp_path):
+    """A background job of a script inherits SIGINT ignored; normbench-run still stops on it."""
+    ignoring = lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)  # noqa: E731 - a preexec_fn
+    exe = Path(sys.executable).with_name("normbench-run")
+    proc = subprocess.Popen(
+        [str(exe), *LONG, "hydra.run.dir=out"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=ignoring,
+    )
+    log = tmp_path / "out" / "normbench.log"
+    _wait_for(lambda: log.exists() and "step 100/4000" in log.read_text())
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGINT and not (tmp_path / "out" / RESULT_FILE).exists()
