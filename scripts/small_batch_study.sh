@@ -106,6 +106,15 @@ run_sweeps() {  # one sweep per line of $1: the preset, then its overrides (tab-
   done <<< "$1"
 }
 run_sweeps "$sweeps"
+run_round() {  # a bracketing round's sweeps (one small population each), $jobs at a time
+  local running=0 line
+  while IFS= read -r line; do
+    run_sweeps "$line" &
+    running=$((running + 1))
+    if [ "$running" -ge "$jobs" ]; then wait -n; running=$((running - 1)); fi
+  done <<< "$1"
+  wait
+}
 # bracketing: each round extends the cells whose choice sits at an edge; a round proposes only values
 # not tried yet, so it ends (MAX_ROUNDS guards against a description whose bounds are far apart)
 last=""
@@ -119,7 +128,7 @@ for round in $(seq 1 "${MAX_ROUNDS:-12}"); do
   fi
   last="$more"
   echo "== bracketing round $round: $(wc -l <<< "$more") cell(s) at an edge of their grid" >&2
-  run_sweeps "$more"
+  run_round "$more"
 done
 record_timings ""
 echo "sweeps took $((elapsed / 60)) min $((elapsed % 60)) s ($trained)" >&2
