@@ -28,6 +28,22 @@ log = logging.getLogger(__name__)
 CHECKPOINT_FILE = "checkpoint.pt"
 
 
+def save_atomic(obj: Any, path: Path) -> None:
+    """``torch.save(obj)`` at ``path`` so that readers see the old file or the complete new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, FILE_MODE)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 @dataclass(frozen=True)
 class Checkpoint:
     """Where a run keeps its training state, how often it saves it, and the config it belongs to."""
@@ -40,22 +56,7 @@ class Checkpoint:
         return done % self.every == 0 and done < total
 
     def save(self, state: dict[str, Any]) -> None:
-        self.save_file({**state, "config_hash": self.config_hash})
-
-    def save_file(self, obj: Any) -> None:
-        """``torch.save(obj)`` at ``path`` so that readers see the old file or the complete new one."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(obj, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, FILE_MODE)
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        save_atomic({**state, "config_hash": self.config_hash}, self.path)
 
     def load(self) -> dict[str, Any] | None:
         """The saved state, or None (no file; one line when it is unreadable or of another config)."""
@@ -80,7 +81,7 @@ MODEL_FILE = "model.pt"
 
 def save_weights(model: torch.nn.Module, path: Path) -> None:
     """``model``'s ``state_dict`` at ``path``, written atomically (``train.save_model=true``)."""
-    Checkpoint(path, 1, "").save_file(model.state_dict())
+    save_atomic(model.state_dict(), path)
 
 
 def random_state(generators: list[torch.Generator]) -> dict[str, Any]:
