@@ -72,9 +72,6 @@ class Checkpoint:
             return None
         return state
 
-    def remove(self) -> None:
-        self.path.unlink(missing_ok=True)
-
 
 MODEL_FILE = "model.pt"
 
