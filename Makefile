@@ -6,10 +6,10 @@ TORCH ?= torch==2.13.0
 
 .PHONY: setup test lint study smoke
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml reports/constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev]" -c reports/constraints.txt
 	touch $@
 
 setup: $(VENV)/.installed

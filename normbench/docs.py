@@ -1,16 +1,21 @@
-"""The documentation's plugin reference (``docs/norms.md``), generated from the registry so it cannot
-drift from the code: ``python -m normbench.docs [--check]`` writes it (or, with ``--check``, exits 1
-when the committed page differs)."""
+"""The documentation's generated pages, so they cannot drift from their source: the plugin reference
+(``docs/norms.md``) from the registry and the site's home page (``docs/index.md``) from the README.
+``python -m normbench.docs [--check]`` writes them (or, with ``--check``, exits 1 when a committed page
+differs)."""
 
 from __future__ import annotations
 
 import inspect
+import re
 import sys
 from pathlib import Path
 
 from normbench.norms import iter_specs
 
-PAGE = Path(__file__).resolve().parents[1] / "docs" / "norms.md"
+ROOT = Path(__file__).resolve().parents[1]
+PAGE = ROOT / "docs" / "norms.md"
+HOME = ROOT / "docs" / "index.md"
+README = ROOT / "README.md"
 
 
 def _yes(flag: bool) -> str:
@@ -43,16 +48,33 @@ def norms_page() -> str:
     return "\n".join(lines) + "\n"
 
 
+def home_page(readme: str) -> str:
+    """The site's home page: the README with its relative links made relative to ``docs/``."""
+
+    def relink(match: re.Match[str]) -> str:
+        target = match.group(1)
+        if target.startswith(("http:", "https:", "mailto:", "#")):
+            return match.group(0)
+        return f"]({target.removeprefix('docs/') if target.startswith('docs/') else '../' + target})"
+
+    return re.sub(r"\]\(([^)\s]+)\)", relink, readme)
+
+
+def pages() -> dict[Path, str]:
+    """Every generated page and its text."""
+    return {PAGE: norms_page(), HOME: home_page(README.read_text())}
+
+
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
-    text = norms_page()
-    if args == ["--check"]:
-        if not PAGE.exists() or PAGE.read_text() != text:
-            print(f"{PAGE} is out of date: run python -m normbench.docs", file=sys.stderr)
-            raise SystemExit(1)
-        return
-    PAGE.write_text(text)
-    print(PAGE)
+    for path, text in pages().items():
+        if args == ["--check"]:
+            if not path.exists() or path.read_text() != text:
+                print(f"{path} is out of date: run python -m normbench.docs", file=sys.stderr)
+                raise SystemExit(1)
+            continue
+        path.write_text(text)
+        print(path)
 
 
 if __name__ == "__main__":

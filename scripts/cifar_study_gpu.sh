@@ -22,6 +22,7 @@ if [ "${NORMBENCH_SYNTHETIC:-0}" = 1 ]; then
   data=("data.root=$synthetic")
 fi
 gpu="$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"
+python3 -m normbench.evidence unpack "$out"  # resume from committed records
 start=$(date +%s)
 (cd "$out" && python3 -m normbench experiment=cifar_study runtime.device=cuda hydra/launcher=joblib \
   "hydra.launcher.n_jobs=$jobs" sweep.root=sweeps ${data[@]+"${data[@]}"}) || true
@@ -29,5 +30,6 @@ elapsed=$(( $(date +%s) - start ))
 [ -f "$out/timings.md" ] || printf '| date (UTC) | GPU | data | wall time |\n|---|---|---|---:|\n' > "$out/timings.md"
 printf '| %s | %s | %s | %d min %02d s |\n' "$(date -u +%Y-%m-%dT%H:%MZ)" "$gpu" \
   "$([ ${#data[@]} -gt 0 ] && echo synthetic || echo CIFAR-10)" $((elapsed / 60)) $((elapsed % 60)) >> "$out/timings.md"
-(cd "$out" && python3 -c "from normbench.cli import report; report()" sweeps --out . \
+python3 -m normbench.evidence pack "$out"
+(cd "$out" && python3 -c "from normbench.cli import report; report()" records.jsonl --out . \
   --study "$root/conf/study/cifar.yaml" --notes timings.md)

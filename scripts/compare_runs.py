@@ -5,9 +5,9 @@ with its Student t 95% interval (scipy.stats), overall and per learning rate. Wi
 claim of that study description whose cells both trainings hold (a restricted to b's configs), with
 each training's own learning-rate selection: both estimates, both verdicts, and whether they agree.
 
-    python scripts/compare_runs.py reports/small_batch_population/sweeps reports/small_batch_v1/sweeps \\
+    python scripts/compare_runs.py reports/small_batch_population/records.jsonl reports/small_batch_v1/records.jsonl \\
         --out reports/small_batch_population/agreement.md
-    python scripts/compare_runs.py reports/small_batch/sweeps reports/small_batch_separate/sweeps \\
+    python scripts/compare_runs.py reports/small_batch/records.jsonl reports/small_batch_separate/records.jsonl \\
         --study conf/study/small_batch.yaml --out reports/small_batch_separate/agreement.md
 """
 

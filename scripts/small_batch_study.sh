@@ -14,13 +14,16 @@
 #                                           # seed/lr/... train together as populations)
 #   scripts/small_batch_study.sh -- KEY=VALUE ...  # Hydra overrides added to every sweep
 #
-# Rerunning resumes: finished runs (their result.json under DIR/sweeps/) are skipped without being
-# launched. Where the description has a `bracket` rule, cells whose best learning rate sits at an edge
-# of their grid are rerun one grid step further (python -m normbench.report.bracket) until none is. Each invocation that trains something appends its wall time to DIR/timings.md, which the
-# report includes; the sweeps run from inside DIR, so no file records an absolute path.
+# Rerunning resumes: DIR/records.jsonl (the committed evidence, one line per run) is unpacked into the run
+# folders under DIR/sweeps/ (not version-controlled) and finished runs are skipped without being launched;
+# at the end (or on Ctrl-C) every record under DIR/sweeps/ is packed back into DIR/records.jsonl, from
+# which the report is built. Where the description has a `bracket` rule, cells whose best learning rate
+# sits at an edge of their grid are rerun one grid step further (python -m normbench.report.bracket)
+# until none is. Each invocation that trains something appends its wall time to DIR/timings.md, which
+# the report includes; the sweeps run from inside DIR, so no file records an absolute path.
 set -euo pipefail
 
-usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; }
 smoke=0
 population=1
 large=0
@@ -95,7 +98,8 @@ record_timings() {  # one line in $out/timings.md for an invocation that trained
   fi
 }
 # Ctrl-C or SIGTERM: the runs that finished are kept (the next invocation resumes); the time is recorded
-trap 'record_timings ", stopped by a signal"; rm -f "$summaries"; exit 143' INT TERM
+trap 'record_timings ", stopped by a signal"; "$python" -m normbench.evidence pack "$out"; rm -f "$summaries"; exit 143' INT TERM
+"$python" -m normbench.evidence unpack "$out" || exit 2
 run_sweeps() {  # one sweep per line of $1: the preset, then its overrides (tab-separated)
   while IFS=$'\t' read -r -a sweep; do
     preset="${sweep[0]:-}"
@@ -131,10 +135,11 @@ for round in $(seq 1 "${MAX_ROUNDS:-12}"); do
   run_round "$more"
 done
 record_timings ""
+"$python" -m normbench.evidence pack "$out" || exit 2
 echo "sweeps took $((elapsed / 60)) min $((elapsed % 60)) s ($trained)" >&2
 
 # from inside the folder, so the report and runs.csv name the runs by relative paths
 notes=()
 [ -f "$out/timings.md" ] && notes=(--notes timings.md)
-(cd "$out" && normbench-report sweeps --out . --study "$study" "${notes[@]}")
+(cd "$out" && normbench-report records.jsonl --out . --study "$study" "${notes[@]}")
 exit "$status"

@@ -36,6 +36,7 @@ fi
 wait "$pid"
 status=$?
 # the report of whatever has finished (small_batch_study.sh writes it too when it ends by itself)
-(cd "$out" && PATH="$bin:$PATH" timeout 60 normbench-report sweeps --out . --study "$study") >> "$out/gpu_log.txt" 2>&1
+python3 -m normbench.evidence pack "$out" >> "$out/gpu_log.txt" 2>&1
+(cd "$out" && PATH="$bin:$PATH" timeout 60 normbench-report records.jsonl --out . --study "$study") >> "$out/gpu_log.txt" 2>&1
 tail -n 5 "$out/gpu_log.txt"
 exit "$status"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from normbench.docs import PAGE, main, norms_page
+from normbench.docs import HOME, PAGE, home_page, main, norms_page
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -19,6 +19,13 @@ def test_the_plugin_reference_is_generated_from_the_registry():
     main(["--check"])
     for name in ("batchnorm", "groupnorm", "switchnorm"):
         assert f"\n## {name}\n" in PAGE.read_text()
+
+
+def test_the_home_page_is_the_readme_with_links_from_docs():
+    assert HOME.read_text() == home_page((ROOT / "README.md").read_text())  # else: python -m normbench.docs
+    assert home_page("[a](docs/runs.md) [b](reports/x.md#y) [c](https://e.org) [d](#top)") == (
+        "[a](runs.md) [b](../reports/x.md#y) [c](https://e.org) [d](#top)"
+    )
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)

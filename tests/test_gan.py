@@ -170,4 +170,4 @@ def test_a_gan_sweep_reports_its_own_main_metric(tmp_path, monkeypatch):
     summary = pd.read_csv(tmp_path / "out2" / "summary.csv")
     pairs = set(zip(summary["task"], summary["metric"], strict=True))
     assert pairs == {("digits_cnn", "test_error"), ("gan_digits", "fd")}
-    assert (tmp_path / "out2" / "figures" / "fd_vs_batch_all.png").exists()
+    assert (tmp_path / "out2" / "figures" / "fd_vs_batch_all.svg").exists()

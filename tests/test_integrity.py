@@ -40,7 +40,7 @@ STEPS = ("train.budget=steps", "train.steps=3", "train.history_points=1")
 def test_committed_sweeps_loaded_together_never_mix_budgets_in_a_cell():
     """reports/example (4 epochs, seeds 0-1) and the study (15 epochs, seeds 0-4) share task, norm,
     batch size and lr; their runs differ in train.epochs, so they are different cells."""
-    runs = load_runs(ROOT / "reports/example/sweeps", ROOT / "reports/small_batch_v1/sweeps")
+    runs = load_runs(ROOT / "reports/example/records.jsonl", ROOT / "reports/small_batch_v1/records.jsonl")
     assert "experiment" not in runs.columns  # no column from command-line strings
     assert "train.epochs" in cell_columns(runs) and "seed" not in cell_columns(runs)
     summary = summarize(runs)

@@ -10,7 +10,6 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-import matplotlib.image as mpimg
 import pandas as pd
 import pytest
 from helpers import ROOT, normbench_run
@@ -80,12 +79,12 @@ def test_report_from_real_sweep(small_sweep, tmp_path):
     assert "8 runs (8 completed, 0 diverged, 0 failed)" in text
     assert re.search(r"\|\s+batchnorm \|\s+\d+\.\d ± \d+\.\d \|\s+\d+\.\d ± \d+\.\d \|", text)
     assert re.search(r"\|\s+groupnorm \|\s+\+0\.0 \|\s+[+-]\d+\.\d \|", text)  # Δ vs batch 8, 8 first
-    images = sorted(out.glob("figures/*.png"))
+    images = sorted(out.glob("figures/*"))
     assert {p.name.split("_")[0] for p in images} == {"error", "delta", "curves"}
-    for png in images:
-        assert png.name in text  # every figure is embedded in report.md
-        assert mpimg.imread(png).shape[0] > 100
-        ET.parse(png.with_suffix(".svg"))  # well-formed SVG
+    for svg in images:  # each figure once, as SVG
+        assert svg.suffix == ".svg" and svg.name in text  # every figure is embedded in report.md
+        root = ET.parse(svg).getroot()  # well-formed
+        assert float(root.get("height").removesuffix("pt")) > 100 and root.findall(".//{*}path")
 
 
 def test_same_inputs_give_byte_identical_tables(small_sweep, tmp_path):
@@ -280,10 +279,12 @@ def test_the_html_report_is_one_file_with_every_figure_embedded(tmp_path):
 
     from normbench.report.build import build_report
 
-    md = build_report([Path(__file__).resolve().parents[1] / "reports/example/sweeps"], tmp_path, html=True)
+    md = build_report(
+        [Path(__file__).resolve().parents[1] / "reports/example/records.jsonl"], tmp_path, html=True
+    )
     page = (tmp_path / "report.html").read_text()
-    linked = re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", md.read_text())
-    embedded = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    linked = re.findall(r"!\[[^\]]*\]\(([^)]+\.svg)\)", md.read_text())
+    embedded = re.findall(r'src="data:image/svg\+xml;base64,([^"]+)"', page)
     assert linked and len(embedded) == len(linked)
     assert [base64.b64decode(e) for e in embedded] == [(tmp_path / p).read_bytes() for p in linked]
     tables = re.findall(r"^\|(?:\s*:?-+:?\s*\|)+\s*$", md.read_text(), re.M)  # a separator row per table

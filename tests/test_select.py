@@ -95,7 +95,7 @@ def test_report_tabulates_the_test_error_of_the_choice(sweep, tmp_path):
     summary = pd.read_csv(tmp_path / "out" / "summary.csv")
     bn32 = summary[(summary["norm"] == "batchnorm") & (summary["batch_size"] == 32)]
     assert len(bn32) == 1 and bn32["mean"].item() == pytest.approx(0.9 - 0.20)
-    assert sorted(p.suffix for p in (tmp_path / "out" / "figures").glob("selection_*")) == [".png", ".svg"]
+    assert sorted(p.suffix for p in (tmp_path / "out" / "figures").glob("selection_*")) == [".svg"]
 
 
 def test_without_a_validation_metric_nothing_is_selected_and_nothing_written(sweep, tmp_path):

@@ -214,7 +214,7 @@ def test_tables_show_mean_and_t_interval(study_dir):
     assert (
         "test_error_precise_bn" in stats and f"{mean * 100:.1f} [{low * 100:.1f}, {high * 100:.1f}]" in stats
     )
-    assert (study_dir / "out" / "figures" / "claims_Batch.png").stat().st_size > 0
+    assert (study_dir / "out" / "figures" / "claims_Batch.svg").stat().st_size > 0
 
 
 def test_epochs_to_target_from_history():
@@ -526,7 +526,7 @@ def test_the_curve_table_picks_the_best_norm_on_validation_and_prices_the_others
     assert f"**{gn2[0] * 100:.1f} [{gn2[1] * 100:.1f}, {gn2[2] * 100:.1f}]** · best" in row
     assert f" · {cost[0] * 100:+.1f} [{cost[1] * 100:+.1f}, {cost[2] * 100:+.1f}]" in row
     assert row.rstrip(" |").endswith("groupnorm")
-    assert (out / "figures" / "curve_Which-norm-at-my-batch-size.png").stat().st_size > 10_000
+    assert (out / "figures" / "curve_Which-norm-at-my-batch-size.svg").stat().st_size > 10_000
 
 
 def test_a_degenerate_cell_is_never_the_best_and_is_marked(study_dir):

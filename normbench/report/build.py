@@ -8,6 +8,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Sequence
+from importlib.metadata import version
 from pathlib import Path
 
 import pandas as pd
@@ -58,7 +59,7 @@ def general_sections(
         prefix = "" if metric == TEST_ERROR else f"{metric.name}_"
         stem = fig_dir / f"{prefix or 'error_'}vs_batch_{name}"
         figures.metric_vs_batch(part, stem, ylabel=metric.label, title=title, scale=metric.scale)
-        lines += [image(stem.with_suffix(".png"), out, f"{metric.label} vs batch size"), ""]
+        lines += [image(stem.with_suffix(figures.FIGURE_SUFFIX), out, f"{metric.label} vs batch size"), ""]
         delta_stem = fig_dir / f"{prefix}delta_vs_batch{reference_batch}_{name}"
         figures.metric_vs_batch(
             part.assign(mean=part["delta_vs_ref"]),
@@ -69,7 +70,10 @@ def general_sections(
             reference_batch=reference_batch,
             scale=metric.scale,
         )
-        lines += [image(delta_stem.with_suffix(".png"), out, f"change vs batch {reference_batch}"), ""]
+        lines += [
+            image(delta_stem.with_suffix(figures.FIGURE_SUFFIX), out, f"change vs batch {reference_batch}"),
+            "",
+        ]
         for task, cells in part.groupby("task", sort=True, dropna=False):
             lines += [f"### {task}{f' ({title})' if title else ''}", ""]
             unit = " (%)" if metric.scale == 100 else ""
@@ -103,7 +107,10 @@ def general_sections(
                     key=metric.name,
                     scale=metric.scale,
                 )
-                lines += [image(curve_stem.with_suffix(".png"), out, f"learning curves {task}"), ""]
+                lines += [
+                    image(curve_stem.with_suffix(figures.FIGURE_SUFFIX), out, f"learning curves {task}"),
+                    "",
+                ]
     return "\n".join(lines)
 
 
@@ -240,7 +247,10 @@ def selection_section(table: pd.DataFrame, keys: Sequence[str], cells: list[str]
         if len(keys) == 1 and pd.api.types.is_numeric_dtype(table[keys[0]]):
             stem = out / "figures" / f"selection_{slug((task, keys[0]))}"
             figures.selection_curves(table[table["task"] == task], keys[0], stem, title=task)
-            lines += [image(stem.with_suffix(".png"), out, f"validation error vs {keys[0]}"), ""]
+            lines += [
+                image(stem.with_suffix(figures.FIGURE_SUFFIX), out, f"validation error vs {keys[0]}"),
+                "",
+            ]
     return "\n".join(lines)
 
 
@@ -294,6 +304,15 @@ def build_report(
     return out / "report.md"
 
 
+REPORT_LIBRARIES = ("numpy", "pandas", "scipy", "matplotlib")  # what computes and draws the numbers
+
+
+def built_with() -> str:
+    """The versions of the libraries a report's numbers and figures come from (``reports/constraints.txt``
+    pins them for the committed reports)."""
+    return ", ".join(f"{name} {version(name)}" for name in REPORT_LIBRARIES)
+
+
 def _write_report(
     runs: pd.DataFrame,
     skipped: Sequence[str],
@@ -332,7 +351,8 @@ def _write_report(
         "",
         f"{len(all_runs)} runs ({', '.join(f'{counts.get(s, 0)} {s}' for s in ('completed', 'diverged', 'failed'))}) "
         f"from {', '.join(f'`{d}`' for d in dirs)}{chosen}. Main metric: {tasks_by_metric}. Errors are fractions in the CSV files and percent here; "
-        "bands in the figures span the seeds (min to max). Data: [runs.csv](runs.csv), [summary.csv](summary.csv).",
+        "bands in the figures span the seeds (min to max). Data: [runs.csv](runs.csv), [summary.csv](summary.csv). "
+        f"Built with {built_with()}.",
         "",
     ]
     body = []

@@ -15,7 +15,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="normbench-report", description="Build tables, figures and report.md from sweep folders."
     )
-    parser.add_argument("dirs", nargs="+", help="sweep folders (searched recursively for result.json)")
+    parser.add_argument(
+        "dirs",
+        nargs="+",
+        help="sweep folders (searched recursively for result.json) or a study's records.jsonl",
+    )
     parser.add_argument(
         "--out", required=True, help="output folder for runs.csv, summary.csv, figures/, report.md"
     )

@@ -152,7 +152,7 @@ def render_curve(
         direct_labels=True,
     )
     text = [
-        image(stem.with_suffix(".png"), out, f"{metric} against batch size"),
+        image(stem.with_suffix(figures.FIGURE_SUFFIX), out, f"{metric} against batch size"),
         "",
         f"{metric} (%), mean [95% interval] over seeds at each {lines}'s own selected settings; after the "
         f"dot, its cost against the {lines} the validation error prefers at that batch size (paired over "

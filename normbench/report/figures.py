@@ -50,13 +50,15 @@ def _style() -> None:
     )
 
 
-def save(fig: plt.Figure, path_stem: Path) -> list[Path]:
-    """Write ``<stem>.png`` and ``<stem>.svg`` (no timestamps, so reruns give the same SVG)."""
-    paths = [path_stem.with_suffix(".png"), path_stem.with_suffix(".svg")]
-    fig.savefig(paths[0], bbox_inches="tight", metadata={"Software": None})
-    fig.savefig(paths[1], bbox_inches="tight", metadata={"Date": None, "Creator": None})
+FIGURE_SUFFIX = ".svg"  # vector: sharp in a paper and on GitHub, diffable, and no larger than a PNG here
+
+
+def save(fig: plt.Figure, path_stem: Path) -> Path:
+    """Write ``<stem>.svg`` once (no date or creator, a fixed hash salt: reruns give the same bytes)."""
+    path = path_stem.with_suffix(FIGURE_SUFFIX)
+    fig.savefig(path, bbox_inches="tight", metadata={"Date": None, "Creator": None})
     plt.close(fig)
-    return paths
+    return path
 
 
 def panels(
@@ -70,7 +72,7 @@ def panels(
 
 def finish(
     fig: plt.Figure, axes: list[plt.Axes], path_stem: Path, title: str = "", legend_size: int = 8
-) -> list[Path]:
+) -> Path:
     """Legend on the last panel (if anything is labelled), title, layout, then PNG + SVG."""
     if axes[-1].get_legend_handles_labels()[0]:
         axes[-1].legend(fontsize=legend_size, frameon=False, loc="best")
@@ -97,7 +99,7 @@ def metric_vs_batch(
     reference_batch: int | None = None,
     scale: float = 100.0,
     direct_labels: bool = False,
-) -> list[Path]:
+) -> Path:
     """One panel per task, one line per norm (``value`` × ``scale``: errors in percent), a band over
     seeds; ``direct_labels`` names each line at its right end instead of in a legend."""
     tasks = sorted(summary["task"].unique())
@@ -179,7 +181,7 @@ def mean_curves(runs: pd.DataFrame, key: str = "test_error") -> pd.Series:
 
 def learning_curves(
     runs: pd.DataFrame, path_stem: Path, title: str = "", key: str = "test_error", scale: float = 100.0
-) -> list[Path]:
+) -> Path:
     """``key`` over training (:func:`mean_curves`; test error in percent by default) per cell: a panel
     per batch size, a line per norm."""
     batch_sizes = sorted(runs["batch_size"].unique())
@@ -195,7 +197,7 @@ def learning_curves(
     return finish(fig, axes, path_stem, title, legend_size=7)
 
 
-def selection_curves(table: pd.DataFrame, key: str, path_stem: Path, title: str = "") -> list[Path]:
+def selection_curves(table: pd.DataFrame, key: str, path_stem: Path, title: str = "") -> Path:
     """Mean validation error (%) against the selected ``key`` (log axis), one panel per norm, one line
     per cell (batch size and any other varying setting); each cell's choice starred. ``table`` is
     :func:`normbench.report.select.candidates` for one task."""
@@ -237,7 +239,7 @@ def selection_curves(table: pd.DataFrame, key: str, path_stem: Path, title: str 
     return finish(fig, axes, path_stem, title, legend_size=6)
 
 
-def forest(results: Sequence, path_stem: Path, scale: float = 100.0, xlabel: str = "pp") -> list[Path]:
+def forest(results: Sequence, path_stem: Path, scale: float = 100.0, xlabel: str = "pp") -> Path:
     """One row per claim: its mean and 95% interval (``ContrastResult``s), filled where established."""
     _style()
     fig, ax = plt.subplots(figsize=(7.5, 0.32 * len(results) + 1.1))

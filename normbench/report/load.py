@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 from tqdm import tqdm
 
+from normbench.evidence import read_records_file
 from normbench.identity import LATER_KEYS
 from normbench.results import RESULT_FILE, InvalidRecord, load_run
 
@@ -96,10 +97,22 @@ def find_records(dirs: Iterable[str | os.PathLike[str]]) -> list[Path]:
 def read_records(
     dirs: Iterable[str | os.PathLike[str]], progress: bool | None = None
 ) -> tuple[list[tuple[Path, dict[str, Any]]], list[str]]:
-    """Every valid record under ``dirs`` with its path, and one message per file skipped (naming the
-    file and why: not a regular file, too large, not JSON, wrong types or ranges)."""
+    """Every valid record under ``dirs`` (run folders, searched recursively, or a study's
+    ``records.jsonl``) with its path, and one message per file or line skipped (naming it and why: not a
+    regular file, too large, not JSON, wrong types or ranges)."""
     records, skipped = [], []
-    paths = find_records(dirs)
+    dirs = list(dirs)
+    for d in dirs:  # a study's committed records file (normbench.evidence) stands for its run folders
+        if Path(d).suffix == ".jsonl":
+            if not Path(d).exists():
+                raise FileNotFoundError(f"records file {d} does not exist")
+            try:
+                found, problems = read_records_file(d)
+            except InvalidRecord as exc:
+                found, problems = [], [f"skipped records file {exc}"]
+            records += found
+            skipped += problems
+    paths = find_records(d for d in dirs if Path(d).suffix != ".jsonl")
     for path in tqdm(
         paths, desc="reading runs", unit="run", disable=None if progress is None else not progress
     ):

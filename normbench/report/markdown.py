@@ -30,9 +30,12 @@ def md_table(table: pd.DataFrame) -> str:
     missing cell prints as —."""
     if isinstance(table.index, pd.MultiIndex):
         return (
-            table.reset_index().fillna("—").to_markdown(index=False, stralign="right", disable_numparse=True)
+            table.reset_index()
+            .astype(object)
+            .fillna("—")
+            .to_markdown(index=False, stralign="right", disable_numparse=True)
         )
-    return table.fillna("—").to_markdown(stralign="right", disable_numparse=True)
+    return table.astype(object).fillna("—").to_markdown(stralign="right", disable_numparse=True)
 
 
 def image(path: Path, base: Path, alt: str) -> str:

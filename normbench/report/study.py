@@ -670,7 +670,7 @@ def render_section(
     n_est = sum(r.established for _, r in claims)
     family = "primary" if all(r.family == "primary" for _, r in claims) else "exploratory or mixed"
     lines += [
-        image(stem.with_suffix(".png"), out, section.title),
+        image(stem.with_suffix(figures.FIGURE_SUFFIX), out, section.title),
         "",
         f"{n_est} of {len(claims)} claims established ({family} family):"
         if family == "primary"

@@ -1,0 +1,190 @@
+"""A study's committed evidence (records.jsonl): packing, unpacking, resuming from it, reading it, and
+the committed reports rebuilt from it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from contextlib import ExitStack
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from helpers import QUICK, ROOT, compose_cfg
+
+from normbench.evidence import RECORDS_FILE, pack, parse_records_file, unpack
+from normbench.report import load_runs
+from normbench.report.build import build_report
+from normbench.results import RESULT_FILE, InvalidRecord, load_run, write_json_atomic
+from normbench.run import claim_folder, execute
+
+EXAMPLE = ROOT / "reports/example" / RECORDS_FILE
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_unpack_writes_each_record_as_its_run_wrote_it_and_pack_gives_the_same_file_back(tmp_path):
+    study = tmp_path / "study"
+    study.mkdir()
+    shutil.copy(EXAMPLE, study / RECORDS_FILE)
+    entries = _lines(EXAMPLE)
+    assert unpack(study) == len(entries) == 32
+    for entry in entries:
+        written = study / entry["run"] / RESULT_FILE
+        assert load_run(written) == entry["record"]
+        again = tmp_path / "again.json"
+        write_json_atomic(again, entry["record"])  # how a run writes its record
+        assert written.read_bytes() == again.read_bytes()
+    (study / RECORDS_FILE).unlink()
+    assert pack(study) == 32
+    assert (study / RECORDS_FILE).read_bytes() == EXAMPLE.read_bytes()  # sorted, compact: the same bytes
+    assert unpack(study) == 0  # every folder already holds its record
+
+
+def test_a_sweep_resumes_from_unpacked_records_without_training(tmp_path):
+    cfg = compose_cfg("norm=groupnorm", *QUICK)
+    run_dir = tmp_path / "study" / "sweeps" / "toy" / "run"
+    record = execute(cfg, run_dir)
+    pack(tmp_path / "study")
+    shutil.rmtree(tmp_path / "study" / "sweeps")  # a fresh clone: the records file only
+    assert claim_folder(cfg, run_dir, ExitStack()) is None  # nothing there: it would train
+    assert unpack(tmp_path / "study") == 1
+    assert claim_folder(cfg, run_dir, ExitStack()) == "skipped"
+    assert load_run(run_dir) == json.loads(json.dumps(record))
+
+
+def test_pack_keeps_runs_only_the_file_holds_and_a_retrained_folder_replaces_its_line(tmp_path):
+    study = tmp_path / "study"
+    study.mkdir()
+    entries = _lines(EXAMPLE)
+    (study / RECORDS_FILE).write_text("".join(json.dumps(e) + "\n" for e in entries[:5]))
+    first, new = entries[0], entries[5]
+    retrained = dict(first["record"], wall_time_s=123.0)
+    write_json_atomic(study / first["run"] / RESULT_FILE, retrained)
+    write_json_atomic(study / new["run"] / RESULT_FILE, new["record"])
+    assert pack(study) == 6
+    packed = {e["run"]: e["record"] for e in _lines(study / RECORDS_FILE)}
+    assert packed[first["run"]]["wall_time_s"] == 123.0
+    assert packed[new["run"]] == new["record"]
+    assert [e["run"] for e in _lines(study / RECORDS_FILE)] == sorted(packed)
+
+
+def test_unpack_never_replaces_a_record_trained_since(tmp_path):
+    study = tmp_path / "study"
+    study.mkdir()
+    shutil.copy(EXAMPLE, study / RECORDS_FILE)
+    entry = _lines(EXAMPLE)[0]
+    newer = dict(entry["record"], wall_time_s=7.0)
+    write_json_atomic(study / entry["run"] / RESULT_FILE, newer)
+    assert unpack(study) == 31
+    assert load_run(study / entry["run"])["wall_time_s"] == 7.0
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        ('{"run": "../outside", "record": RECORD}', "run '../outside' is not a plain relative folder"),
+        ('{"run": "/abs/path", "record": RECORD}', "run '/abs/path' is not a plain relative folder"),
+        ('{"run": "a/./b", "record": RECORD}', "run 'a/./b' is not a plain relative folder"),
+        ('{"run": "", "record": RECORD}', "run '' is not a folder name"),
+        ('{"run": "x", "record": RECORD, "extra": 1}', 'exactly the keys "run" and "record"'),
+        ('{"run": "x", "record": {"status": "completed"}}', "run record lacks schema_version"),
+        ('{"run": "x", "record": RECORD', "not a JSON line"),
+        ('{"run": "x", "record": NaN}', "NaN is not a JSON number"),
+    ],
+)
+def test_a_bad_line_is_named_and_unpack_writes_nothing(tmp_path, line, reason):
+    study = tmp_path / "study"
+    study.mkdir()
+    good = EXAMPLE.read_text().splitlines()[0]
+    record = json.dumps(json.loads(good)["record"])
+    (study / RECORDS_FILE).write_text(good + "\n" + line.replace("RECORD", record) + "\n")
+    runs, problems = parse_records_file(study / RECORDS_FILE)
+    assert len(runs) == 1 and len(problems) == 1
+    assert problems[0].startswith(f"{study / RECORDS_FILE}:2: ") and reason in problems[0]
+    with pytest.raises(InvalidRecord, match=":2: "):
+        unpack(study)
+    assert sorted(p.name for p in study.iterdir()) == [RECORDS_FILE]  # not even the good line's folder
+    before = (study / RECORDS_FILE).read_bytes()
+    with pytest.raises(InvalidRecord):
+        pack(study)  # a file that cannot be read back is never overwritten
+    assert (study / RECORDS_FILE).read_bytes() == before
+    # the report reads the good line and names the bad one
+    records_frame = load_runs(study / RECORDS_FILE)
+    assert len(records_frame) == 1
+
+
+def test_the_command_line_says_what_is_wrong_in_one_line(tmp_path):
+    study = tmp_path / "study"
+    study.mkdir()
+    (study / RECORDS_FILE).write_text('{"run": "../x", "record": {}}\n')
+    for args, message in (
+        (["unpack", str(study)], f"{study / RECORDS_FILE}:1: run '../x' is not a plain relative folder"),
+        (["pack", str(tmp_path / "missing")], f"{tmp_path / 'missing'}: no such folder"),
+    ):
+        result = subprocess.run(
+            [sys.executable, "-m", "normbench.evidence", *args], capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 2
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith(f"normbench.evidence: {message}")
+
+
+def test_the_report_reads_a_records_file_as_it_reads_the_run_folders(tmp_path, monkeypatch):
+    study = tmp_path / "study"
+    study.mkdir()
+    shutil.copy(EXAMPLE, study / RECORDS_FILE)
+    unpack(study)
+    monkeypatch.chdir(study)
+    from_file = load_runs(RECORDS_FILE)
+    from_folders = load_runs("sweeps")
+    pd.testing.assert_frame_equal(from_file, from_folders)
+    assert from_file["path"].str.startswith("sweeps/example/").all()
+    with pytest.raises(FileNotFoundError, match=r"records file nothing\.jsonl does not exist"):
+        load_runs("nothing.jsonl")
+
+
+COMMITTED = {  # the folder under reports/ (or the root, for the example), its records, its options
+    "example": (ROOT, "reports/example/records.jsonl", {"title": "Example sweep"}),
+    "small_batch": (ROOT / "reports/small_batch", RECORDS_FILE, {"study": "small_batch"}),
+    "small_batch_v1": (ROOT / "reports/small_batch_v1", RECORDS_FILE, {"study": "small_batch_v1"}),
+    "small_batch_population": (
+        ROOT / "reports/small_batch_population",
+        RECORDS_FILE,
+        {"study": "small_batch_v1"},
+    ),
+    "sequence_gan": (ROOT / "reports/sequence_gan", RECORDS_FILE, {"study": "sequence_gan"}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(COMMITTED))
+def test_a_committed_report_rebuilds_from_its_records_unchanged(name, tmp_path, monkeypatch):
+    """scripts/rebuild_reports.sh's output is what is committed: every table and sentence of each report
+    is a function of its records file and its study description (figures are not compared: their bytes
+    depend on matplotlib's version)."""
+    cwd, records, options = COMMITTED[name]
+    committed = ROOT / "reports" / name
+    monkeypatch.chdir(cwd)
+    if "study" in options:
+        options = {**options, "study": ROOT / "conf/study" / f"{options['study']}.yaml"}
+    if (committed / "timings.md").exists():
+        options["notes"] = (committed / "timings.md").read_text()
+    build_report([records], tmp_path, **options)
+    compared = [
+        p.name for p in committed.iterdir() if p.suffix in (".md", ".csv") and (tmp_path / p.name).exists()
+    ]
+    assert {"report.md", "runs.csv", "summary.csv"} <= set(compared)
+    for file in compared:
+        assert (tmp_path / file).read_text() == (committed / file).read_text(), f"reports/{name}/{file}"
+
+
+def test_no_run_folder_is_version_controlled():
+    tracked = subprocess.run(
+        ["git", "ls-files", "reports"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert tracked and not [p for p in tracked if p.endswith(RESULT_FILE) or "/sweeps/" in p]
+    assert len(tracked) < 150
