@@ -6,6 +6,7 @@ import difflib
 import logging
 import math
 import os
+import re
 import shutil
 import signal
 import sys
@@ -223,6 +224,19 @@ def _terminate(signum: int, frame: Any) -> None:
     raise Terminated()
 
 
+def _refuse_study_override(args: list[str]) -> None:
+    """``study=NAME``: Hydra lists conf/study/ as a config group, but its files describe studies for
+    scripts/small_batch_study.sh, not runs."""
+    for arg in args:
+        match = re.match(r"[+~]*study(?:@[^=]*)?=(.*)", arg)
+        if match:
+            name = match.group(1) or "NAME"
+            raise ConfigError(
+                f"{arg}: conf/study/ holds study descriptions, not run settings; run a study with "
+                f"scripts/small_batch_study.sh --study conf/study/{name}.yaml (make study for the default)"
+            )
+
+
 def run() -> None:
     """``normbench-run``: train one run (or a sweep with ``-m``). Configuration errors print one line
     and exit 2 (set HYDRA_FULL_ERROR=1 for Hydra's own report); SIGINT and SIGTERM stop it with one
@@ -238,6 +252,7 @@ def run() -> None:
     filters = [f for f in os.environ.get("PYTHONWARNINGS", "").split(",") if f]
     os.environ["PYTHONWARNINGS"] = ",".join([*filters, "ignore:resource_tracker:UserWarning"])
     try:
+        _refuse_study_override(sys.argv[1:])
         _main()
     except (HydraException, OmegaConfBaseException, ConfigError) as exc:
         if full_error:

@@ -215,7 +215,7 @@ def convert_norms(
     if conversions:
         log.info("convert_norms: %d layers to %s", len(conversions), spec.name)
     else:
-        log.info(
+        log.warning(
             "convert_norms: nothing to convert in %s: it has no channel-first normalization layer "
             "(a plain nn.LayerNorm over the last dimension of token tensors is left as it is)",
             type(model).__name__,

@@ -150,6 +150,12 @@ def test_configuration_errors_stop_before_training(overrides, message, tmp_path)
     assert not (tmp_path / RESULT_FILE).exists()
 
 
+def test_help_says_the_study_group_is_for_the_study_script(tmp_path):
+    proc = normbench_run("--help", cwd=tmp_path)
+    assert proc.returncode == 0 and "study: cifar, sequence_gan, small_batch" in proc.stdout
+    assert "The study group is not selectable" in proc.stdout and "small_batch_study.sh" in proc.stdout
+
+
 def test_cli_config_error_is_one_line_and_nonzero(tmp_path):
     proc = normbench_run("norm=groupnorm", "norm.num_groups=48", cwd=tmp_path)
     assert proc.returncode == 2
@@ -180,6 +186,12 @@ def test_cli_config_error_is_one_line_and_nonzero(tmp_path):
         ("train.budget=hours", "train.budget=hours: Invalid value 'hours', expected one of [epochs, steps]"),
         ("optim.lr=nan", "optim.lr=nan: must be a number in (0, 1e6]"),
         ("eval.precise_bn_samples=-3", "eval.precise_bn_samples=-3: must be an integer >= 1"),
+        (
+            "study=small_batch",
+            "study=small_batch: conf/study/ holds study descriptions, not run settings; "
+            "run a study with scripts/small_batch_study.sh --study conf/study/small_batch.yaml",
+        ),
+        ("+study=x", "+study=x: conf/study/ holds study descriptions"),
     ],
 )
 def test_bad_overrides_are_refused_in_one_line(override, message, tmp_path):

@@ -217,7 +217,9 @@ def torchvision_classifier(
     except ImportError as exc:
         raise ModelConfigError(
             f"task.model.arch=torchvision needs torchvision, which does not import here ({exc}); "
-            "install it with: pip install 'normbench[vision]'"
+            f"install the torchvision build that matches torch {torch.__version__} (e.g. for the CPU build: "
+            "pip install torchvision --index-url https://download.pytorch.org/whl/cpu); "
+            "'pip install normbench[vision]' from PyPI can replace a CPU torch with a multi-GB CUDA build"
         ) from None
     from normbench.convert import convert_norms
 
