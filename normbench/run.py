@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 import normbench
 from normbench.checkpoint import CHECKPOINT_FILE, MODEL_FILE, Checkpoint, save_weights
-from normbench.config import NON_IDENTITY_KEYS, Config, ConfigError, check_values
+from normbench.config import ConfigError, check_values
 from normbench.distributed import World, all_finite, finish, parallel, shard, world_from_env
 from normbench.evaluate import Members, OneModel, eval_mode
 from normbench.identity import LATER_KEYS
@@ -39,6 +39,7 @@ from normbench.results import (
     run_lock,
     write_json_atomic,
 )
+from normbench.schema import NON_IDENTITY_KEYS, Config
 
 __all__ = ["ConfigError", "execute", "load_model", "previous_result", "run_identity"]
 from normbench.runtime import CPU_FP32, Runtime, use_deterministic_kernels

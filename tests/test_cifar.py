@@ -199,7 +199,9 @@ def test_bad_cifar_settings_are_refused_before_any_work(fixture_root, tmp_path, 
 
 def test_torchvision_task_without_torchvision_says_how_to_install(fixture_root, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "torchvision", None)  # import fails, as on these machines
-    with pytest.raises(ConfigError, match=r"needs torchvision.*build that matches torch \d.*download\.pytorch\.org/whl/cpu"):
+    with pytest.raises(
+        ConfigError, match=r"needs torchvision.*build that matches torch \d.*download\.pytorch\.org/whl/cpu"
+    ):
         execute(compose_cfg("task=torchvision", f"data.root={fixture_root}", *QUICK), tmp_path / "run")
 
 

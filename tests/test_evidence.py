@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -19,6 +20,7 @@ from normbench.report import load_runs
 from normbench.report.build import build_report
 from normbench.results import RESULT_FILE, InvalidRecord, load_run, write_json_atomic
 from normbench.run import claim_folder, execute
+from normbench.schema import added, later_keys
 
 EXAMPLE = ROOT / "reports/example" / RECORDS_FILE
 
@@ -180,6 +182,46 @@ def test_a_committed_report_rebuilds_from_its_records_unchanged(name, tmp_path, 
     assert {"report.md", "runs.csv", "summary.csv"} <= set(compared)
     for file in compared:
         assert (tmp_path / file).read_text() == (committed / file).read_text(), f"reports/{name}/{file}"
+
+
+def test_every_committed_record_keeps_its_config_hash_under_todays_schema():
+    """A key added to the schema without ``added(before=...)`` would join every identity and change
+    every committed hash: each record's config, completed by today's defaults, hashes as recorded."""
+    from omegaconf import OmegaConf
+
+    from normbench.identity import LATER_KEYS
+    from normbench.results import config_hash, identity_config
+    from normbench.schema import NON_IDENTITY_KEYS, Config
+
+    schema, checked = OmegaConf.structured(Config), 0
+    for path in sorted((ROOT / "reports").glob(f"*/{RECORDS_FILE}")):
+        runs, problems = parse_records_file(path)
+        assert not problems
+        for record in runs.values():
+            cfg = OmegaConf.merge(schema, record["config"])
+            assert config_hash(identity_config(cfg, NON_IDENTITY_KEYS, LATER_KEYS)) == record["config_hash"]
+            checked += 1
+    assert checked > 2000
+
+
+@dataclass
+class Inner:
+    old: int = 1
+    new: float = field(default=0.1, metadata=added(before=0))
+
+
+@dataclass
+class Outer:
+    inner: Inner = field(default_factory=Inner)
+    flag: bool = field(default=True, metadata=added(before=False))
+
+
+def test_later_keys_come_from_the_schema_marks():
+    from normbench.identity import LATER_KEYS
+
+    assert later_keys(Outer) == {"inner.new": 0, "flag": False}
+    assert LATER_KEYS["data.val_size"] == 0 and LATER_KEYS["task.model.embed"] == 0
+    assert LATER_KEYS["norm.positions"] == 0  # a plugin option, listed in normbench.identity
 
 
 def test_no_run_folder_is_version_controlled():

@@ -10,12 +10,12 @@ import pytest
 import torch
 from helpers import QUICK, ROOT, compose_cfg, normbench_run
 
-from normbench.config import NON_IDENTITY_KEYS
 from normbench.identity import LATER_KEYS
 from normbench.norms import build_norm
 from normbench.results import config_hash, identity_config
 from normbench.run import ConfigError, execute, run_identity
 from normbench.runtime import Runtime, device_problem, resolve_device
+from normbench.schema import NON_IDENTITY_KEYS
 from normbench.tasks import load_dataset
 from normbench.train import fit
 
