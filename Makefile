@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 # The CPU build of torch; GPU users: `make setup TORCH="torch"` (or install torch into $(VENV) first).
 TORCH ?= torch==2.13.0
 
-.PHONY: setup test lint study smoke
+.PHONY: setup test lint docs study smoke
 
 $(VENV)/.installed: pyproject.toml reports/constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -20,6 +20,10 @@ test: setup  # two workers: most tests wait on subprocesses (Hydra jobs), and CI
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+docs: setup  # the documentation site into site/; --strict: a dead link or a page outside the nav fails
+	$(PY) -m normbench.docs --check
+	$(VENV)/bin/mkdocs build --strict --quiet -d site
 
 # e.g. make study STUDY_ARGS="--out /tmp/fresh_study" to train every run anew elsewhere, or
 # STUDY_ARGS="--study conf/study/sequence_gan.yaml" for the recurrent and GAN study

@@ -17,7 +17,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from normbench.norms import NormSpec, iter_specs
-from normbench.schema import Config
+from normbench.runtime import device_problem
+from normbench.schema import Config, ConfigError
 from normbench.trackers import logger_problem
 
 
@@ -49,10 +50,6 @@ def register_configs() -> None:
     cs.store(group="schema", name="config", node=Config)
     for spec in iter_specs():
         cs.store(group="norm", name=spec.name, node=norm_node(spec))
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot give a result; raised before any training, never recorded."""
 
 
 def _finite(v: Any) -> bool:
@@ -127,8 +124,6 @@ def check_values(cfg: DictConfig) -> None:
     problem = logger_problem(str(OmegaConf.select(cfg, "logger", default="none")))
     if problem:
         raise ConfigError(problem)
-    from normbench.runtime import device_problem  # runtime needs ConfigError from here
-
     problem = device_problem(OmegaConf.select(cfg, "runtime.device", default="auto"))
     if problem:
         raise ConfigError(problem)

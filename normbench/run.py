@@ -20,7 +20,6 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-import normbench
 from normbench.checkpoint import CHECKPOINT_FILE, MODEL_FILE, Checkpoint, save_weights
 from normbench.config import ConfigError, check_values
 from normbench.distributed import World, all_finite, finish, parallel, shard, world_from_env
@@ -40,13 +39,14 @@ from normbench.results import (
     write_json_atomic,
 )
 from normbench.schema import NON_IDENTITY_KEYS, Config
+from normbench.version import __version__
 
 __all__ = ["ConfigError", "execute", "load_model", "previous_result", "run_identity"]
 from normbench.runtime import CPU_FP32, Runtime, use_deterministic_kernels
 from normbench.samplers import check_class_grouped, class_grouped_batches, iid_batches
 from normbench.tasks import ModelConfigError, NormLayers, build_model, load_dataset
 from normbench.tasks.cifar import crop_flip
-from normbench.tasks.data import Dataset
+from normbench.tasks.dataset import Dataset
 from normbench.tasks.gan import GAN
 from normbench.tasks.models import scale_initial_weights
 from normbench.trackers import layer_values, log_record, open_tracker
@@ -285,7 +285,7 @@ def batch_iterator(cfg: DictConfig, data: Dataset, gen: torch.Generator):
 
 def environment(threads: int, runtime: Runtime) -> dict[str, Any]:
     return {
-        "normbench": normbench.__version__,
+        "normbench": __version__,
         "torch": torch.__version__,
         "python": platform.python_version(),
         "threads": threads,

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from normbench.config import ConfigError
+from normbench.schema import ConfigError
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")

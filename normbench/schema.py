@@ -18,6 +18,10 @@ from typing import Any
 from omegaconf import MISSING
 
 
+class ConfigError(ValueError):
+    """A configuration that cannot give a result; raised before any training, never recorded."""
+
+
 def added(before: Any) -> dict[str, Any]:
     """Field metadata of a key added after records existed; ``before``: the value earlier runs had."""
     return {"identity_before": before}

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from normbench.checkpoint import Checkpoint, random_state, restore_random_state
 from normbench.evaluate import error_and_loss
 from normbench.runtime import CPU_FP32, Runtime
-from normbench.tasks.data import Dataset
+from normbench.tasks.dataset import Dataset
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ from normbench.norms import norm_spec
 from normbench.runtime import Runtime
 from normbench.samplers import iid_batches
 from normbench.tasks.cifar import default_root
-from normbench.tasks.data import Dataset
+from normbench.tasks.dataset import Dataset
 from normbench.tasks.gan import (
     GAN,
     adversarial_step,

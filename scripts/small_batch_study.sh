@@ -18,7 +18,7 @@
 # folders under DIR/sweeps/ (not version-controlled) and finished runs are skipped without being launched;
 # at the end (or on Ctrl-C) every record under DIR/sweeps/ is packed back into DIR/records.jsonl, from
 # which the report is built. Where the description has a `bracket` rule, cells whose best learning rate
-# sits at an edge of their grid are rerun one grid step further (python -m normbench.report.bracket)
+# sits at an edge of their grid are rerun one grid step further (python -m normbench.report.rounds)
 # until none is. Each invocation that trains something appends its wall time to DIR/timings.md, which
 # the report includes; the sweeps run from inside DIR, so no file records an absolute path.
 set -euo pipefail
@@ -123,7 +123,7 @@ run_round() {  # a bracketing round's sweeps (one small population each), $jobs 
 # not tried yet, so it ends (MAX_ROUNDS guards against a description whose bounds are far apart)
 last=""
 for round in $(seq 1 "${MAX_ROUNDS:-12}"); do
-  more="$("$python" -m normbench.report.bracket "$study" "$out/sweeps" "$mode")" || exit 2
+  more="$("$python" -m normbench.report.rounds "$study" "$out/sweeps" "$mode")" || exit 2
   [ -n "$more" ] || break
   if [ "$more" = "$last" ]; then
     echo "small_batch_study.sh: bracketing round $round asks for the runs of the last round again (they did not finish; see above); stopping" >&2

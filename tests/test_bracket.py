@@ -7,7 +7,8 @@ import json
 import pandas as pd
 import pytest
 
-from normbench.report.bracket import Bracket, bracket_status, main, next_round, plan
+from normbench.report.bracket import Bracket, bracket_status, next_round
+from normbench.report.rounds import main, plan
 from normbench.report.select import leave_one_seed_out
 
 BRACKET = Bracket("optim.lr", 2.0, 0.01, 0.4)
@@ -150,4 +151,4 @@ def test_the_plan_names_the_preset_and_keeps_the_modes_other_overrides(tmp_path,
     assert capsys.readouterr().out == "\t".join(["toy_preset", *sweeps[0][1][1:]]) + "\n"
     with pytest.raises(SystemExit) as exc:
         main([str(tmp_path / "study.yaml")])
-    assert exc.value.code == 2 and "usage: python -m normbench.report.bracket" in capsys.readouterr().err
+    assert exc.value.code == 2 and "usage: python -m normbench.report.rounds" in capsys.readouterr().err

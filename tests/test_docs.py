@@ -39,3 +39,20 @@ def test_every_relative_link_points_at_a_file(page):
 def test_the_site_lists_every_page():
     nav = (ROOT / "mkdocs.yml").read_text()
     assert all(p.name in nav for p in PAGES if p.parent.name == "docs")
+
+
+def test_site_links_outside_docs_point_into_the_repository():
+    import importlib.util
+    from types import SimpleNamespace
+
+    spec = importlib.util.spec_from_file_location("mkdocs_hooks", ROOT / "scripts" / "mkdocs_hooks.py")
+    hooks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hooks)
+    page = SimpleNamespace(file=SimpleNamespace(src_uri="study.md"))
+    text = (
+        "[a](../reports/x.md#h) ![f](../reports/f.svg) [b](runs.md#y) [c](https://e.org) [d](../examples/p/)"
+    )
+    assert hooks.on_page_markdown(text, page, {"repo_url": "https://github.com/o/r/"}, None) == (
+        "[a](https://github.com/o/r/blob/main/reports/x.md#h) ![f](https://github.com/o/r/raw/main/reports/f.svg) "
+        "[b](runs.md#y) [c](https://e.org) [d](https://github.com/o/r/tree/main/examples/p)"
+    )

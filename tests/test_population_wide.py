@@ -19,7 +19,8 @@ from normbench.norms._kernels import FUSED_MIN_ELEMENTS
 from normbench.norms.registry import register_norm
 from normbench.population.stacked import Population
 from normbench.population.wide import NoWideForm, WidePopulation, stack_population
-from normbench.tasks.models import MLP, ConvNet, NormLayers, SequenceTransformer
+from normbench.tasks.models import MLP, ConvNet, SequenceTransformer
+from normbench.tasks.norm_layers import NormLayers
 
 pytestmark = pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")
 OPTIONS = {"ghost_batchnorm": {"ghost_batch_size": 4}, "batchrenorm": {"warmup_steps": 0}}

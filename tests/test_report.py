@@ -293,7 +293,7 @@ def test_the_html_report_is_one_file_with_every_figure_embedded(tmp_path):
 
 def test_the_report_reads_records_without_importing_torch_or_hydra():
     code = (
-        "import sys, normbench.report, normbench.report.build, normbench.report.study, normbench.report.bracket\n"
+        "import sys, normbench.report, normbench.report.build, normbench.report.study, normbench.report.rounds\n"
         "print(sorted(m for m in ('torch', 'hydra') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

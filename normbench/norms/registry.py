@@ -19,6 +19,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from importlib.metadata import entry_points
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar
 
@@ -153,11 +154,11 @@ class _Registry:
             if self._loaded:
                 return
             self._loaded = True
-            import normbench.norms as builtin
-
-            for mod in pkgutil.iter_modules(builtin.__path__):
+            # the built-in plugins: every public module beside this one (found by path, so that the
+            # registry never imports the package that imports it)
+            for mod in pkgutil.iter_modules([str(Path(__file__).parent)]):
                 if mod.name != "registry" and not mod.name.startswith("_"):
-                    importlib.import_module(f"{builtin.__name__}.{mod.name}")
+                    importlib.import_module(f"{__package__}.{mod.name}")
             for ep in entry_points(group=ENTRY_POINT_GROUP):
                 try:
                     ep.load()

@@ -59,7 +59,7 @@ from normbench.run import (
     setup_runtime,
 )
 from normbench.runtime import Runtime
-from normbench.tasks.data import Dataset
+from normbench.tasks.dataset import Dataset
 from normbench.train import FitResult, lr_schedule, training_plan
 
 log = logging.getLogger(__name__)

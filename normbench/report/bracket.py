@@ -8,27 +8,22 @@ at any value tried (mean validation error at or above the study's ``does_not_tra
 cells are not extended: their choice carries no information. The choice itself is
 :func:`normbench.report.select.candidates` (validation split, a diverged run counts as error 1).
 
-``python -m normbench.report.bracket STUDY SWEEPS_DIR [full|smoke|large]`` prints the next round, one
-sweep per line (the preset and its overrides, tab-separated) as ``python -m normbench.report.study``
-does; an empty output means every cell is bracketed or at a bound.
+:mod:`normbench.report.rounds` turns the rule into the sweeps of the next round.
 """
 
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from normbench.identity import LATER_KEYS
 from normbench.report.curve import degenerate_reason
-from normbench.report.load import read_records, runs_frame
 from normbench.report.select import candidates
-from normbench.report.tables import cell_columns, facet_columns
+from normbench.report.tables import cell_columns
 
 BRACKET_KEYS = {"key", "factor", "bounds"}
 
@@ -85,7 +80,7 @@ def bracket_status(
         if len(tried) == 1:
             edge = 0  # one value: nothing to bracket (a grid the study does not select on)
         step = bracket.beyond(chosen, edge) if edge else None
-        reason = degenerate_reason(degenerate, _cell_runs(runs, cell))
+        reason = degenerate_reason(degenerate, cell_runs(runs, cell))
         if reason:
             state = "degenerate"
         elif does_not_train_at is not None and best >= does_not_train_at:
@@ -103,13 +98,13 @@ def bracket_status(
                 "edge": edge,
                 "next": step if state == "extend" else math.nan,
                 "state": state,
-                "seeds": sorted(_cell_runs(runs, cell)["seed"].unique().tolist()),
+                "seeds": sorted(cell_runs(runs, cell)["seed"].unique().tolist()),
             }
         )
     return pd.DataFrame(rows)
 
 
-def _cell_runs(runs: pd.DataFrame, cell: Mapping[str, Any]) -> pd.DataFrame:
+def cell_runs(runs: pd.DataFrame, cell: Mapping[str, Any]) -> pd.DataFrame:
     keep = pd.Series(True, index=runs.index)
     for column, value in cell.items():
         keep &= runs[column].isna() if pd.isna(value) else runs[column] == value
@@ -138,57 +133,3 @@ def next_round(status: pd.DataFrame, bracket: Bracket, fixed: list[str]) -> list
         overrides.append("seed=" + ",".join(map(str, row["seeds"])))
         commands.append(overrides)
     return commands
-
-
-def plan(study_path: str | Path, sweeps_dir: str | Path, mode: str = "full") -> list[tuple[str, list[str]]]:
-    """The sweeps of the next bracketing round (empty when there is none). Cells are formed over every
-    sweep of the study together (a cell's seeds may come from several presets); each extension runs
-    with the preset of the cell's first folder, with the mode's overrides other than its grid."""
-    from normbench.report.study import load_study, sweep_commands
-
-    study = load_study(study_path)
-    if study.bracket is None:
-        return []
-    presets = {sweep.get("folder", sweep["preset"]): sweep["preset"] for sweep in study.sweeps}
-    mode_extra = {p: e for p, e in sweep_commands(study, mode)}
-    folders = [Path(sweeps_dir) / name for name in presets if (Path(sweeps_dir) / name).is_dir()]
-    runs = runs_frame(read_records(folders)[0]) if folders else pd.DataFrame()
-    if runs.empty or study.bracket.key not in runs:
-        return []
-    runs["folder"] = runs["path"].map(lambda p: Path(p).parent.name)
-    status = bracket_status(runs, study.bracket, study.does_not_train_at, study.degenerate)
-    # the columns that make a cell beyond task, norm and batch size: those that vary for one task and
-    # norm (a swept option); columns that follow the task or the norm come with it
-    fixed = ["task", "norm", "batch_size", *(c for c in facet_columns(runs) if c != study.bracket.key)]
-    cells = [c for c in cell_columns(runs) if c != study.bracket.key]
-    commands = []
-    for row, overrides in zip(
-        status[status["state"] == "extend"].to_dict("records"),
-        next_round(status, study.bracket, fixed),
-        strict=True,
-    ):
-        preset = presets[_cell_runs(runs, {c: row[c] for c in cells})["folder"].min()]
-        if preset not in mode_extra:
-            continue  # a sweep this mode leaves out
-        extra = [e for e in mode_extra[preset] if not e.startswith("hydra.sweeper.params=")]
-        commands.append((preset, [*extra, *overrides]))
-    return commands
-
-
-def main(argv: list[str] | None = None) -> None:
-    args = sys.argv[1:] if argv is None else argv
-    from normbench.report.study import StudyError
-
-    try:
-        if len(args) not in (2, 3):
-            raise ValueError("usage: python -m normbench.report.bracket STUDY SWEEPS_DIR [full|smoke|large]")
-        lines = ["\t".join([preset, *extra]) for preset, extra in plan(*args)]
-    except (ValueError, StudyError) as exc:
-        print(f"bracket: error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-    if lines:
-        print("\n".join(lines))
-
-
-if __name__ == "__main__":
-    main()

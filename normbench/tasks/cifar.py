@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from normbench.tasks.dataset import Dataset
+
 PIXELS = 3 * 32 * 32
 DOWNLOAD_TIMEOUT_S = 60.0  # a connection silent this long (connecting, or between reads) fails the download
 
@@ -224,9 +226,8 @@ def download(spec: CifarSpec, root: Path) -> None:
 
 
 def load_cifar(name: str, root: str | Path | None = None, fetch: bool = False):
-    """CIFAR ``name`` ('cifar10' or 'cifar100') as a :class:`normbench.tasks.data.Dataset`: inputs
+    """CIFAR ``name`` ('cifar10' or 'cifar100') as a :class:`normbench.tasks.dataset.Dataset`: inputs
     normalized per channel with the training set's statistics, (N, 3, 32, 32) float32."""
-    from normbench.tasks.data import Dataset
 
     spec = SPECS[name]
     root = Path(root).expanduser() if root else default_root()

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from normbench.tasks.models import NormLayers
+from normbench.tasks.norm_layers import NormLayers
 
 FEATURES = 32  # width of the classifier's feature layer (the Fréchet distance's space)
 

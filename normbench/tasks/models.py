@@ -10,13 +10,13 @@ activation (``layer → norm → ReLU``), as in ResNet and Wu & He 2018; residua
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from normbench.norms import ChannelLast, build_norm, norm_spec
+from normbench.norms import ChannelLast
+from normbench.tasks.norm_layers import NormLayers
+from normbench.tasks.recurrent import NormRNN
 
 ARCHS = ("mlp", "cnn1d", "cnn2d", "resnet2d", "cifar_resnet", "transformer", "rnn", "torchvision")
 
@@ -24,34 +24,6 @@ ARCHS = ("mlp", "cnn1d", "cnn2d", "resnet2d", "cifar_resnet", "transformer", "rn
 class ModelConfigError(ValueError):
     """A model setting that cannot work (unknown torchvision model, missing torchvision, bad depth):
     refused before any training, with this message alone."""
-
-
-class NormLayers:
-    """Builds the norm of a model from a registry name and options, and places it.
-
-    The one interface between plugins and models: ``block(layer, C)`` returns
-    ``[layer, norm, activation]``, letting the plugin adapt the preceding layer once
-    (``spec.adapt_layer``, e.g. weight standardization) and dropping the activation when the plugin
-    includes its own (``spec.replaces_activation``, e.g. EvoNorm).
-    """
-
-    def __init__(self, name: str, options: Mapping[str, Any] | None = None) -> None:
-        self.spec = norm_spec(name)
-        self.options = dict(options or {})
-        self.built: list[nn.Module] = []  # every norm layer made, in order
-
-    def __call__(self, num_channels: int) -> nn.Module:
-        norm = build_norm(self.spec.name, num_channels, **self.options)
-        self.built.append(norm)
-        return norm
-
-    def block(self, layer: nn.Module, num_channels: int, activation: bool = True) -> list[nn.Module]:
-        if self.spec.adapt_layer is not None:
-            layer = self.spec.adapt_layer(layer)
-        mods = [layer, self(num_channels)]
-        if activation and not self.spec.replaces_activation:
-            mods.append(nn.ReLU())
-        return mods
 
 
 class MLP(nn.Module):
@@ -283,8 +255,6 @@ def build_model(
     if arch == "torchvision":
         return torchvision_classifier(name, input_shape, num_classes, norms, small_input)
     if arch == "rnn":
-        from normbench.tasks.recurrent import NormRNN
-
         features, steps = (input_shape[2], input_shape[1]) if len(input_shape) == 3 else input_shape
         return NormRNN(features, steps, width, num_classes, norms, cell, shared_stats, embed, norm_gain)
     if arch in ("cnn1d", "cnn2d", "resnet2d"):

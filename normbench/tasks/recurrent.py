@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from normbench.tasks.models import NormLayers
+from normbench.tasks.norm_layers import NormLayers
 
 CELLS = {"lstm": 4, "gru": 3}  # gates per cell
 

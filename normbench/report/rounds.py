@@ -1,0 +1,69 @@
+"""The next bracketing round of a study: the sweeps that extend every cell whose best learning rate
+sits at an edge of its grid (:mod:`normbench.report.bracket` holds the rule).
+
+``python -m normbench.report.rounds STUDY SWEEPS_DIR [full|smoke|large]`` prints the next round, one
+sweep per line (the preset and its overrides, tab-separated) as ``python -m normbench.report.study``
+does; an empty output means every cell is bracketed or at a bound.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from normbench.report.bracket import bracket_status, cell_runs, next_round
+from normbench.report.load import read_records, runs_frame
+from normbench.report.study import StudyError, load_study, sweep_commands
+from normbench.report.tables import cell_columns, facet_columns
+
+
+def plan(study_path: str | Path, sweeps_dir: str | Path, mode: str = "full") -> list[tuple[str, list[str]]]:
+    """The sweeps of the next bracketing round (empty when there is none). Cells are formed over every
+    sweep of the study together (a cell's seeds may come from several presets); each extension runs
+    with the preset of the cell's first folder, with the mode's overrides other than its grid."""
+    study = load_study(study_path)
+    if study.bracket is None:
+        return []
+    presets = {sweep.get("folder", sweep["preset"]): sweep["preset"] for sweep in study.sweeps}
+    mode_extra = {p: e for p, e in sweep_commands(study, mode)}
+    folders = [Path(sweeps_dir) / name for name in presets if (Path(sweeps_dir) / name).is_dir()]
+    runs = runs_frame(read_records(folders)[0]) if folders else pd.DataFrame()
+    if runs.empty or study.bracket.key not in runs:
+        return []
+    runs["folder"] = runs["path"].map(lambda p: Path(p).parent.name)
+    status = bracket_status(runs, study.bracket, study.does_not_train_at, study.degenerate)
+    # the columns that make a cell beyond task, norm and batch size: those that vary for one task and
+    # norm (a swept option); columns that follow the task or the norm come with it
+    fixed = ["task", "norm", "batch_size", *(c for c in facet_columns(runs) if c != study.bracket.key)]
+    cells = [c for c in cell_columns(runs) if c != study.bracket.key]
+    commands = []
+    for row, overrides in zip(
+        status[status["state"] == "extend"].to_dict("records"),
+        next_round(status, study.bracket, fixed),
+        strict=True,
+    ):
+        preset = presets[cell_runs(runs, {c: row[c] for c in cells})["folder"].min()]
+        if preset not in mode_extra:
+            continue  # a sweep this mode leaves out
+        extra = [e for e in mode_extra[preset] if not e.startswith("hydra.sweeper.params=")]
+        commands.append((preset, [*extra, *overrides]))
+    return commands
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        if len(args) not in (2, 3):
+            raise ValueError("usage: python -m normbench.report.rounds STUDY SWEEPS_DIR [full|smoke|large]")
+        lines = ["\t".join([preset, *extra]) for preset, extra in plan(*args)]
+    except (ValueError, StudyError) as exc:
+        print(f"rounds: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if lines:
+        print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
