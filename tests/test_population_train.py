@@ -98,6 +98,8 @@ def _compare(tmp_path, *common: str, members=MEMBERS, steps=STEPS, form="auto") 
         ("digits_cnn", "groupnorm", 8, LOW_LR, ()),  # resnet2d: residual blocks
         # transformer, norms on (N, L, C) tokens
         ("seq_transformer", "rmsnorm", 8, MEMBERS, ("task.model.width=32", "task.model.depth=1")),
+        # the recurrent net under vmap: per-step norms sharing one γ/β (tied parameters)
+        ("seq_lstm", "layernorm", 8, MEMBERS, ("task.model.width=16",)),
     ],
 )
 def test_members_get_the_records_of_their_separate_runs(tmp_path, task, norm, batch, members, model):
@@ -106,7 +108,7 @@ def test_members_get_the_records_of_their_separate_runs(tmp_path, task, norm, ba
     )
     assert all(r["status"] == "completed" for r in records)
     # one model K times wider where every layer has a wide form; vmap for the rest
-    wide = norm not in ("switchnorm", "rmsnorm") and task != "seq_transformer"
+    wide = norm not in ("switchnorm", "rmsnorm") and task not in ("seq_transformer", "seq_lstm")
     assert {r["env"]["population_form"] for r in records} == {"wide" if wide else "vmap"}
 
 
@@ -191,7 +193,10 @@ def test_members_start_from_their_own_initialization_and_data_order():
     assert torch.equal(w[0], prepare_model(cfgs[0], data).net[1].weight)
 
 
-@pytest.mark.parametrize("task, norm, batch", [("mnist1d_mlp", "batchnorm", 32)])
+@pytest.mark.parametrize(
+    "task, norm, batch",
+    [("mnist1d_mlp", "batchnorm", 32), ("digits_lstm", "batchnorm", 8)],  # the LSTM: per-step statistics
+)
 def test_in_float64_every_member_follows_its_separate_run_to_1e_9(task, norm, batch):
     """Where float32 rounding is amplified past 1e-5 (these settings at 100 steps and the higher learning
     rates), float64 shows that what remains is rounding, not a different computation: 1e-16 differences

@@ -32,9 +32,9 @@ MEMBER_KEYS = (
 # neither what a run computes nor how: rerun and display switches
 _IGNORED = ("hydra", "sweep", "runtime.force", "runtime.progress", "data.root", "data.download")
 # Architectures whose forward runs under vmap over stacked parameters with the results of separate
-# models (tests/test_population_train.py trains each one both ways); the rest (rnn, gan, torchvision)
-# train their runs one by one.
-POPULATION_ARCHS = ("mlp", "cnn1d", "cnn2d", "resnet2d", "cifar_resnet", "transformer")
+# models (tests/test_population_train.py trains each one both ways); the rest (gan, torchvision) train
+# their runs one by one.
+POPULATION_ARCHS = ("mlp", "cnn1d", "cnn2d", "resnet2d", "cifar_resnet", "transformer", "rnn")
 
 
 def group_key(cfg: DictConfig) -> str:

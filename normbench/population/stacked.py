@@ -39,6 +39,20 @@ def input_sums(
             h.remove()
 
 
+def _meta_twin(model: nn.Module) -> nn.Module:
+    """``model`` on the meta device with the parameters it shares still shared (e.g. the recurrent
+    net's one γ/β for every step): ``.to()`` converts each module's parameters separately, and
+    ``functional_call`` fills a tied parameter from its first name only where the tie survives."""
+    twin = copy.deepcopy(model).to("meta")
+    first: dict[int, str] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        owner = first.setdefault(id(param), name)
+        if owner != name:
+            module, _, attr = name.rpartition(".")
+            setattr(twin.get_submodule(module), attr, twin.get_parameter(owner))
+    return twin
+
+
 @dataclass
 class Population:
     """K models of one architecture as stacked parameters (K, ...) and buffers, and a stateless
@@ -52,7 +66,7 @@ class Population:
     @classmethod
     def stack(cls, models: Sequence[nn.Module]) -> Population:
         params, buffers = stack_module_state(list(models))
-        return cls(copy.deepcopy(models[0]).to("meta"), params, buffers)
+        return cls(_meta_twin(models[0]), params, buffers)
 
     @property
     def size(self) -> int:
@@ -130,6 +144,6 @@ class Population:
     def unstack_into(self, models: Sequence[nn.Module]) -> None:
         """Copy member k's parameters and buffers into ``models[k]``."""
         with torch.no_grad():
-            for k, model in enumerate(models):
-                state = {**self.params, **self.buffers}
-                model.load_state_dict({name: t[k] for name, t in state.items()}, strict=True)
+            for k, model in enumerate(models):  # by name, so a parameter two modules share is copied once
+                for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+                    tensor.copy_((self.params[name] if name in self.params else self.buffers[name])[k])
