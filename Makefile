@@ -23,7 +23,7 @@ lint: setup
 
 docs: setup  # the documentation site into site/; --strict: a dead link or a page outside the nav fails
 	$(PY) -m normbench.docs --check
-	$(VENV)/bin/mkdocs build --strict --quiet -d site
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet -d site
 
 # e.g. make study STUDY_ARGS="--out /tmp/fresh_study" to train every run anew elsewhere, or
 # STUDY_ARGS="--study conf/study/sequence_gan.yaml" for the recurrent and GAN study
