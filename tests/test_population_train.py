@@ -95,6 +95,8 @@ def _compare(tmp_path, *common: str, members=MEMBERS, steps=STEPS, form="auto") 
         ("mnist1d_mlp", "groupnorm", 4, MEMBERS, ()),
         # cnn1d; a plugin's extra_metrics; running statistics
         ("mnist1d_cnn", "switchnorm", 16, LOW_LR, ("task.model.width=16",)),
+        # weight standardization: the wide convs carry the members' parametrization
+        ("mnist1d_cnn", "ws_groupnorm", 8, LOW_LR, ("task.model.width=16",)),
         ("digits_cnn", "groupnorm", 8, LOW_LR, ()),  # resnet2d: residual blocks
         # transformer, norms on (N, L, C) tokens
         ("seq_transformer", "rmsnorm", 8, MEMBERS, ("task.model.width=32", "task.model.depth=1")),
@@ -108,7 +110,7 @@ def test_members_get_the_records_of_their_separate_runs(tmp_path, task, norm, ba
     )
     assert all(r["status"] == "completed" for r in records)
     # one model K times wider where every layer has a wide form; vmap for the rest
-    wide = norm not in ("switchnorm", "rmsnorm") and task not in ("seq_transformer", "seq_lstm")
+    wide = task not in ("seq_transformer", "seq_lstm")
     assert {r["env"]["population_form"] for r in records} == {"wide" if wide else "vmap"}
 
 

@@ -43,7 +43,16 @@ def _wide_cases():
 def test_the_core_norms_have_wide_forms():
     wide = {n for n in available_norms() if norm_spec(n).population == "wide"}
     assert {"batchnorm", "layernorm", "groupnorm", "instancenorm", "identity", "batchrenorm"} <= wide
-    assert {"ghost_batchnorm", "frn", "evonorm_b0", "evonorm_s0", "rmsnorm"} <= wide
+    assert {
+        "ghost_batchnorm",
+        "frn",
+        "evonorm_b0",
+        "evonorm_s0",
+        "rmsnorm",
+        "switchnorm",
+        "sync_batchnorm",
+    } <= wide
+    assert "ws_groupnorm" in wide
 
 
 @pytest.mark.parametrize("name, shape, options", list(_wide_cases()))
@@ -102,7 +111,7 @@ ARCHS = {
 
 
 @pytest.mark.parametrize("arch", list(ARCHS))
-@pytest.mark.parametrize("norm", ["batchnorm", "groupnorm", "layernorm"])
+@pytest.mark.parametrize("norm", ["batchnorm", "groupnorm", "layernorm", "ws_groupnorm"])
 def test_a_wide_model_computes_what_its_members_compute(arch, norm):
     make, shape = ARCHS[arch]
     models = _models(lambda: make(norm).double())
@@ -144,14 +153,24 @@ def test_shared_inputs_and_other_buffers_evaluate_every_member():
         torch.testing.assert_close(out[i], m.eval()(x), rtol=1e-10, atol=1e-12)
 
 
+def _with_spectral_norm(model: nn.Module) -> nn.Module:
+    """A parametrization that couples a weight's output channels (its largest singular value)."""
+    nn.utils.parametrizations.spectral_norm(model.net[1])
+    return model
+
+
+class _VmapOnly(nn.BatchNorm1d):
+    """A plugin that runs under vmap only."""
+
+
 @pytest.mark.parametrize(
     "make, reason",
     [
         (
-            lambda: ConvNet(1, 1, 8, 3, 10, NormLayers("switchnorm"), False, 5),
-            "norm=switchnorm has no wide form (population='vmap')",
+            lambda: ConvNet(1, 1, 8, 3, 10, NormLayers("vmaponly"), False, 5),
+            "norm=vmaponly has no wide form (population='vmap')",
         ),
-        (lambda: MLP(40, 16, 2, 10, NormLayers("ws_groupnorm")), "a parametrized Linear"),
+        (lambda: _with_spectral_norm(MLP(40, 16, 2, 10, NormLayers("groupnorm"))), "a parametrized Linear"),
         (
             lambda: SequenceTransformer(1, 8, 8, 1, 2, 10, NormLayers("layernorm"), "token"),
             "SequenceTransformer",
@@ -159,11 +178,12 @@ def test_shared_inputs_and_other_buffers_evaluate_every_member():
     ],
 )
 def test_models_without_a_wide_form_fall_back_to_vmap_and_say_why(make, reason):
-    models = _models(make, 2)
-    assert stack_population(models).form == "vmap"
-    assert isinstance(stack_population(models, "vmap"), Population)
-    with pytest.raises(NoWideForm, match=reason.replace("(", r"\(").replace(")", r"\)")):
-        stack_population(models, "wide")
+    with registered_plugin("vmaponly", _VmapOnly, population="vmap"):  # every built-in has a wide form
+        models = _models(make, 2)
+        assert stack_population(models).form == "vmap"
+        assert isinstance(stack_population(models, "vmap"), Population)
+        with pytest.raises(NoWideForm, match=reason.replace("(", r"\(").replace(")", r"\)")):
+            stack_population(models, "wide")
 
 
 def test_an_unknown_form_is_refused_with_the_allowed_ones():

@@ -78,6 +78,8 @@ class SwitchNormFused(torch.autograd.Function):
     batch_dependent=True,
     running_stats=True,
     min_spatial_positions=2,
+    population="wide",
+    widen=lambda member, k: _WideSwitchNorm(member, k),  # defined below the class it extends
 )
 class SwitchNorm(ChannelNorm):
     r"""Switchable Normalization: a learned softmax mixture of instance, layer and batch statistics.
@@ -141,3 +143,42 @@ class SwitchNorm(ChannelNorm):
             for kind, w in (("mean", wm), ("var", wv))
             for i, src in enumerate(SOURCES)
         }
+
+
+class _WideSwitchNorm(SwitchNorm):
+    """K SwitchNorms side by side on (N, K·C, *), the population's wide form: each member's instance,
+    layer and batch statistics over its own C channels, mixed by its own softmax weights, and its own
+    running statistics (the formula of :class:`SwitchNorm`, on a (N, K, C, positions) view). A
+    SwitchNorm itself, so that evaluation finds its running statistics (PreciseBN)."""
+
+    def __init__(self, member: SwitchNorm, k: int) -> None:
+        super().__init__(member.num_channels * k, member.eps, member.momentum, member.weight is not None)
+        self.members = k
+        self.mean_logits = nn.Parameter(member.mean_logits.detach().repeat(k))
+        self.var_logits = nn.Parameter(member.var_logits.detach().repeat(k))
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.check_input(x)
+        k = self.members
+        blocks = x.reshape(len(x), k, self.num_channels // k, -1)  # (N, K, C, positions)
+        var_in, mean_in = torch.var_mean(blocks, dim=3, correction=0)
+        mean_ln, var_ln = pooled(mean_in, var_in, 2)
+        if self.training:
+            mean_bn, var_bn = pooled(mean_in, var_in, 0)
+        else:
+            mean_bn, var_bn = self.running_mean.view(1, k, -1), self.running_var.view(1, k, -1)
+        wm = torch.softmax(self.mean_logits.view(k, 3), 1).T[..., None]  # (source, K, 1)
+        wv = torch.softmax(self.var_logits.view(k, 3), 1).T[..., None]
+        mean = wm[0] * mean_in + wm[1] * mean_ln + wm[2] * mean_bn
+        var = wv[0] * var_in + wv[1] * var_ln + wv[2] * var_bn
+        weight, bias = (None if t is None else t.view(k, -1) for t in (self.weight, self.bias))
+        scale, shift = standardizing(mean, var, self.eps, weight, bias)
+        if self.training:
+            with torch.no_grad():
+                n = blocks.shape[0] * blocks.shape[3]
+                move_towards(self.running_mean, mean_bn.flatten(), self.momentum)
+                move_towards(self.running_var, var_bn.flatten() * n / max(n - 1, 1), self.momentum)
+        return like_input((blocks * scale[..., None] + shift[..., None]).reshape(x.shape), x)
+
+    def extra_metrics(self) -> dict[str, float]:
+        return {}  # the members report their own mixtures

@@ -17,6 +17,7 @@ from normbench.norms.registry import register_norm
     paper="Ioffe & Szegedy 2015 (arXiv:1502.03167); cross-process statistics as in Peng et al. 2018, MegDet (arXiv:1711.07240)",
     batch_dependent=True,
     running_stats=True,
+    population="wide",  # a population trains in one process, where it is BatchNorm over K·C channels
 )
 class SyncBatchNorm(BatchNorm):
     r"""BatchNorm whose training statistics are all-reduced over the default process group.

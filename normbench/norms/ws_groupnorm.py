@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from normbench.norms._base import wide_copy
 from normbench.norms.groupnorm import GroupNorm
 from normbench.norms.registry import register_norm
 
@@ -13,6 +14,8 @@ from normbench.norms.registry import register_norm
 class StandardizedWeight(nn.Module):
     r"""The parametrization :math:`\hat W_o = (W_o - \mathrm{E}[W_o]) / \sqrt{\mathrm{Var}[W_o] + \epsilon}`,
     statistics per output channel over its fan-in (biased variance)."""
+
+    per_output_channel = True  # each output channel's weights alone: a population may widen the layer
 
     def __init__(self, eps: float = 1e-5) -> None:
         super().__init__()
@@ -42,6 +45,8 @@ def standardize_weight(layer: nn.Module) -> nn.Module:
     aliases=("wsgn", "gnws"),
     paper="Qiao et al. 2019, Micro-Batch Training with Batch-Channel Normalization and Weight Standardization, arXiv:1903.10520",
     adapt_layer=standardize_weight,
+    population="wide",  # GroupNorm's, and the standardized layer widened with its parametrization
+    widen=lambda member, k: wide_copy(member, k, "num_groups"),
 )
 class WSGroupNorm(GroupNorm):
     r"""GroupNorm whose preceding conv/linear layer uses Weight Standardization (GN+WS).

@@ -136,11 +136,53 @@ def _widen_conv(members: Sequence[nn.Module], where: str) -> nn.Module:
     return _fill(wide, members, where)
 
 
+class _PerMemberRows(nn.Module):
+    """A per-output-channel parametrization applied to a :class:`WideLinear`'s (K, out, in) weight: the
+    K·out rows are the members' output channels."""
+
+    def __init__(self, parametrization: nn.Module) -> None:
+        super().__init__()
+        self.parametrization = parametrization
+
+    def forward(self, weight: Tensor) -> Tensor:
+        return self.parametrization(weight.flatten(0, 1)).view_as(weight)
+
+
+def _unparametrized(module: nn.Module) -> nn.Module:
+    """A plain twin of a parametrized layer whose weight is its learned tensor (``original``): a
+    shallow view built without touching the parametrized class, which torch shares between copies."""
+    twin = nn.Module.__new__(type(module).__bases__[0])
+    twin.__dict__ = {k: v.copy() if isinstance(v, dict) else v for k, v in module.__dict__.items()}
+    twin._parameters["weight"] = module.parametrizations.weight.original
+    del twin._modules["parametrizations"]
+    return twin
+
+
+def _widen_parametrized(members: Sequence[nn.Module], where: str, specs: dict[type, object]) -> nn.Module:
+    """A parametrized linear or conv layer (weight standardization): the wide layer of the members'
+    unparametrized tensors, with their parametrization on its weight. Only parametrizations that act
+    on each output channel alone (``per_output_channel = True``) have this form: on the wide layer's
+    weight each output channel is one member's."""
+    first = members[0]
+    name = type(first).__bases__[0].__name__
+    chains = dict(first.parametrizations.items())
+    if set(chains) != {"weight"} or not all(
+        getattr(p, "per_output_channel", False) for p in chains["weight"]
+    ):
+        raise NoWideForm(f"{where}: a parametrized {name} whose parametrization is not per output channel")
+    wide = _widen_module([_unparametrized(m) for m in members], where, specs)
+    for parametrization in chains["weight"]:
+        p = copy.deepcopy(parametrization)
+        parametrize.register_parametrization(
+            wide, "weight", _PerMemberRows(p) if isinstance(wide, WideLinear) else p
+        )
+    return wide
+
+
 def _widen_module(members: Sequence[nn.Module], where: str, specs: dict[type, object]) -> nn.Module:
     first, k = members[0], len(members)
     if parametrize.is_parametrized(first):  # checked first: each such module has a class of its own
-        name = type(first).__bases__[0].__name__
-        raise NoWideForm(f"{where}: a parametrized {name} (e.g. weight standardization)")
+        return _widen_parametrized(members, where, specs)
     kind = type(first)
     if any(type(m) is not kind for m in members):
         raise NoWideForm(f"{where}: members differ in structure")
