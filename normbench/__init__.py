@@ -29,14 +29,14 @@ __all__ = [
 if TYPE_CHECKING:
     from normbench.convert import convert_norms
     from normbench.diagnosis import diagnose
+    from normbench.experiment.build import load_model
     from normbench.norms import ChannelLast, NormSpec, available_norms, build_norm, norm_spec, register_norm
-    from normbench.run import load_model
 
 
 _FUNCTIONS = {
     "convert_norms": "normbench.convert",
     "diagnose": "normbench.diagnosis",
-    "load_model": "normbench.run",
+    "load_model": "normbench.experiment.build",
 }
 
 

@@ -22,9 +22,10 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from normbench.config import ConfigError, register_configs
+from normbench.experiment.identity import claim_folder, previous_result, run_identity
+from normbench.experiment.run import execute
 from normbench.population.launcher import register_launcher
 from normbench.results import LOCK_FILE
-from normbench.run import claim_folder, execute, previous_result, run_identity
 from normbench.sweep import mark_visit, register_sweeper
 
 log = logging.getLogger("normbench")

@@ -6,6 +6,7 @@ differs)."""
 from __future__ import annotations
 
 import inspect
+import json
 import re
 import sys
 from pathlib import Path
@@ -18,18 +19,50 @@ HOME = ROOT / "docs" / "index.md"
 README = ROOT / "README.md"
 
 
+SPEED_SOURCES = (ROOT / "reports" / "bench" / "norms.md", ROOT / "reports" / "bench" / "norms_cuda.json")
+
+
+def committed_speeds() -> dict[str, str]:
+    """Per plugin, its forward+backward time against ``torch.nn.BatchNorm2d`` on the same images, from
+    the committed benchmarks: the CPU table (reports/bench/norms.md) and the GPU rows
+    (reports/bench/norms_cuda.json, fp32), one phrase each."""
+    cpu_md, gpu_json = SPEED_SOURCES
+    cpu: dict[str, str] = {}
+    for line in cpu_md.read_text().splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 8 and cells[0].startswith("images") and cells[1] == "forward+backward":
+            cpu[cells[2]] = f"{cells[6]} on CPU {cells[0].removeprefix('images ')}"
+    gpu: dict[str, list[str]] = {}
+    for row in json.loads(gpu_json.read_text())["rows"]:
+        if row["precision"] == "fp32":
+            shape = ", ".join(map(str, row["shape"]))
+            gpu.setdefault(row["norm"], []).append(f"{row['vs_bn2d']:.2f}x at ({shape})")
+    return {
+        name: "; ".join(
+            [
+                *([cpu[name]] if name in cpu else []),
+                *([f"on an H200 {', '.join(gpu[name])}"] if name in gpu else []),
+            ]
+        )
+        for name in sorted(set(cpu) | set(gpu))
+    }
+
+
 def _yes(flag: bool) -> str:
     return "yes" if flag else "no"
 
 
 def norms_page() -> str:
     """Markdown: a summary table of every built-in plugin, then each one's docstring (formula, paper,
-    arguments, shapes) and options."""
+    arguments, shapes), options and speed in the committed benchmarks."""
     specs = [s for s in iter_specs() if s.source.startswith("normbench.")]
+    speeds = committed_speeds()
     lines = [
         "# Norm plugins",
         "",
-        "Generated from the registry by `python -m normbench.docs` (a test keeps it current).",
+        "Generated from the registry by `python -m normbench.docs` (a test keeps it current); each plugin's",
+        "speed comes from the committed benchmarks ([CPU](../reports/bench/norms.md),",
+        "[H200](../reports/bench/norms_cuda.md)).",
         "",
         "| name | aliases | batch dependent | running stats | population | paper |",
         "|---|---|---|---|---|---|",
@@ -44,7 +77,10 @@ def norms_page() -> str:
     for s in specs:
         doc = inspect.cleandoc(inspect.getdoc(s.factory) or s.summary)
         options = ", ".join(f"`{k}={v!r}`" for k, v in s.options.items()) or "none"
-        lines += ["", f"## {s.name}", "", f"Options: {options}.", "", "```text", doc, "```"]
+        speed = speeds.get(s.name, "not in the committed benchmarks")
+        lines += ["", f"## {s.name}", "", f"Options: {options}.", ""]
+        lines += [f"Forward+backward time against `torch.nn.BatchNorm2d` on the same images: {speed}.", ""]
+        lines += ["```text", doc, "```"]
     return "\n".join(lines) + "\n"
 
 

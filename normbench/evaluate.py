@@ -175,7 +175,7 @@ def mean_distances(pairs: dict[tuple[str, str], tuple[Tensor, Tensor]]) -> dict[
 
 
 class Members(Protocol):
-    """K trained models evaluated together: what :func:`normbench.run.final_metrics` needs. Each
+    """K trained models evaluated together: what :func:`normbench.experiment.record.final_metrics` needs. Each
     method returns one value per member; :class:`OneModel` is K = 1, a population
     (:class:`normbench.population.evaluate.PopulationMembers`) evaluates its members vectorized."""
 

@@ -10,7 +10,7 @@ channels-last (2-D tasks only); ``runtime.compile`` trains a ``torch.compile``-d
 ``true`` to insist (refused where it cannot), ``false`` never.
 
 Of these only the precision changes the numbers beyond float reassociation, so only a precision other
-than fp32 joins a run's identity (``normbench.schema.NON_IDENTITY_KEYS`` and ``normbench.identity.LATER_KEYS``): every
+than fp32 joins a run's identity (``normbench.schema.NON_IDENTITY_KEYS`` and ``normbench.experiment.identity.LATER_KEYS``): every
 fp32 run keeps the hash it had before these settings existed.
 """
 

@@ -29,8 +29,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
 from normbench.config import ConfigError, check_values
+from normbench.experiment.identity import previous_result, run_identity
 from normbench.results import is_locked, read_json_file, write_json_atomic, write_text_atomic
-from normbench.run import previous_result, run_identity
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,6 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 from omegaconf import DictConfig
@@ -28,6 +27,7 @@ from normbench.checkpoint import (
     restore_random_state,
     save_weights,
 )
+from normbench.experiment.record import RunRecord, record_plan
 from normbench.norms import norm_spec
 from normbench.runtime import Runtime
 from normbench.samplers import iid_batches
@@ -64,7 +64,7 @@ def to_unit_range(data: Dataset) -> Dataset:
 
 def train_gan(
     cfg: DictConfig,
-    record: dict[str, Any],
+    record: RunRecord,
     data: Dataset,
     gan: GAN,
     runtime: Runtime,
@@ -106,7 +106,7 @@ def train_gan(
     eval_noise_seed = cfg.seed + 40_000  # the same evaluation noise at every history point
     mixed = cfg.task.model.d_batches == "mixed"
     g_norm, d_norm = cfg.task.model.g_norm or cfg.norm.name, cfg.task.model.d_norm or cfg.norm.name
-    record.update(planned_steps=total, steps_per_epoch=steps_per_epoch, lr=lr)
+    record_plan(record, total, steps_per_epoch, lr)
 
     def measure(n: int) -> dict[str, float]:
         gan.generator.eval()
@@ -120,7 +120,7 @@ def train_gan(
     batches = iid_batches(len(data.x_train), bs, gen)
     d_loss = g_loss = torch.zeros(())
     every = cfg.train.checkpoint_every
-    checkpoint = Checkpoint(out_dir / CHECKPOINT_FILE, every, record["config_hash"]) if every else None
+    checkpoint = Checkpoint(out_dir / CHECKPOINT_FILE, every, record.config_hash) if every else None
     first = 0
     saved = checkpoint.load() if checkpoint is not None else None
     if saved is not None:
@@ -174,20 +174,15 @@ def train_gan(
                 }
             )
     steps = diverged_at or total
-    record.update(
-        status=status,
-        steps=steps,
-        history=history,
-        diverged_at_step=diverged_at,
-        time_per_step_s=(time.perf_counter() - start) / max(1, steps),
-    )
+    record.status, record.steps, record.history, record.diverged_at_step = status, steps, history, diverged_at
+    record.time_per_step_s = (time.perf_counter() - start) / max(1, steps)
     metrics: dict[str, float | bool] = {"fd_classifier_test_error": real_error, "fd_real": fd_real}
-    record["fd_classifier"] = digest
+    record.fd_classifier = digest
     if status == "completed":
         final = measure(FINAL_SAMPLES)
         if not math.isfinite(final["fd"]):  # finite losses, non-finite samples: nothing to measure
-            record.update(status="diverged", diverged_at_step=steps, error="non-finite generated samples")
-            record["metrics"] = metrics
+            record.status, record.diverged_at_step = "diverged", steps
+            record.error, record.metrics = "non-finite generated samples", metrics
             return
         metrics |= {"d_loss": float(d_loss), "g_loss": float(g_loss), **final}
         metrics["mode_collapsed"] = bool(metrics["classes_covered"] <= data.num_classes / 2)
@@ -205,7 +200,7 @@ def train_gan(
             out_dir / SAMPLES_FILE,
             f"{cfg.task.name}, G: {g_norm}, D: {d_norm}, batch {bs}, seed {cfg.seed}",
         )
-    record["metrics"] = metrics
+    record.metrics = metrics
 
 
 def batch_stats_fd(

@@ -21,7 +21,7 @@ from hydra import compose, initialize_config_dir
 
 import normbench
 from normbench.cli import CONF_DIR
-from normbench.run import model_from_config
+from normbench.experiment.build import model_from_config
 from normbench.tasks import load_dataset
 from normbench.tasks.gan import feature_classifier, gaussian, sample_metrics
 from normbench.train_gan import FINAL_SAMPLES, to_unit_range

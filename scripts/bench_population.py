@@ -33,8 +33,9 @@ import normbench
 from normbench import available_norms
 from normbench.cli import CONF_DIR
 from normbench.config import ConfigError
+from normbench.experiment.build import prepare_data, prepare_model
+from normbench.experiment.run import fit_run
 from normbench.population.train import fit_population
-from normbench.run import fit_run, prepare_data, prepare_model
 from normbench.runtime import Runtime, resolve_device, use_deterministic_kernels
 
 LRS = (0.0125, 0.05, 0.2, 0.8)

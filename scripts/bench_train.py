@@ -38,7 +38,7 @@ from normbench import available_norms
 from normbench.cli import CONF_DIR
 from normbench.distributed import World, all_finite, shard
 from normbench.evaluate import error_and_loss
-from normbench.run import model_from_config
+from normbench.experiment.build import model_from_config
 from normbench.runtime import Runtime, resolve_device
 from normbench.samplers import iid_batches
 from normbench.tasks import load_dataset
@@ -65,7 +65,9 @@ def minimal_loop(model, data, batch_size, steps, lr, seed, runtime) -> float:
 
 def normbench_loop(model, data, batch_size, steps, lr, seed, runtime) -> float:
     gen = torch.Generator().manual_seed(seed)
-    world = World()  # as normbench.run.execute drives fit: sharded batches, agreed divergence check
+    world = (
+        World()
+    )  # as normbench.experiment.run.execute drives fit: sharded batches, agreed divergence check
     batches = shard(iid_batches(len(data.x_train), batch_size, gen), world)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
     start = time.perf_counter()

@@ -21,8 +21,8 @@ import torch
 from bench_args import count
 from bench_population import configs
 
+from normbench.experiment.build import prepare_data, prepare_model
 from normbench.population.train import fit_population
-from normbench.run import prepare_data, prepare_model
 from normbench.runtime import Runtime, resolve_device, use_deterministic_kernels
 
 TOLERANCE = 1e-6

@@ -134,7 +134,8 @@ def test_a_killed_population_resumes_from_its_members_checkpoints_and_ends_as_an
     ],
 )
 def test_checkpoints_that_cannot_work_are_refused_before_training(overrides, message, tmp_path):
-    from normbench.run import ConfigError, execute
+    from normbench.config import ConfigError
+    from normbench.experiment.run import execute
 
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         execute(compose_cfg(*overrides, "train.budget=steps", "train.steps=4"), tmp_path)
@@ -162,7 +163,7 @@ def test_population_members_save_their_own_weights(tmp_path):
 
 def test_a_gan_run_interrupted_after_a_checkpoint_resumes_to_the_uninterrupted_record(tmp_path, monkeypatch):
     from normbench.checkpoint import Checkpoint as Saver
-    from normbench.run import execute
+    from normbench.experiment.run import execute
 
     quick = ("task=gan_digits", "optim=dcgan", "batch_size=16", "train.budget=steps", "train.steps=30")
     quick += ("train.history_points=3", "seed=3")

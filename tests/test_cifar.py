@@ -19,7 +19,9 @@ import torch
 from helpers import QUICK, compose_cfg, normbench_run
 from torch import nn
 
-from normbench.run import ConfigError, execute, run_identity
+from normbench.config import ConfigError
+from normbench.experiment.identity import run_identity
+from normbench.experiment.run import execute
 from normbench.tasks import NormLayers, build_model, cifar
 from normbench.tasks.cifar import RestrictedUnpickler, crop_flip, load_cifar, write_fixture
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from normbench import build_norm
 from normbench.evaluate import error_and_loss, minibatch_error, precise_bn, stats_distance
-from normbench.run import execute
+from normbench.experiment.run import execute
 
 
 def bn_model(c: int = 4) -> nn.Sequential:

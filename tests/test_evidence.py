@@ -16,10 +16,11 @@ import pytest
 from helpers import QUICK, ROOT, compose_cfg
 
 from normbench.evidence import RECORDS_FILE, pack, parse_records_file, unpack
+from normbench.experiment.identity import claim_folder
+from normbench.experiment.run import execute
 from normbench.report import load_runs
 from normbench.report.build import build_report
 from normbench.results import RESULT_FILE, InvalidRecord, load_run, write_json_atomic
-from normbench.run import claim_folder, execute
 from normbench.schema import added, later_keys
 
 EXAMPLE = ROOT / "reports/example" / RECORDS_FILE
@@ -189,7 +190,7 @@ def test_every_committed_record_keeps_its_config_hash_under_todays_schema():
     every committed hash: each record's config, completed by today's defaults, hashes as recorded."""
     from omegaconf import OmegaConf
 
-    from normbench.identity import LATER_KEYS
+    from normbench.experiment.identity import LATER_KEYS
     from normbench.results import config_hash, identity_config
     from normbench.schema import NON_IDENTITY_KEYS, Config
 
@@ -217,11 +218,11 @@ class Outer:
 
 
 def test_later_keys_come_from_the_schema_marks():
-    from normbench.identity import LATER_KEYS
+    from normbench.experiment.identity import LATER_KEYS
 
     assert later_keys(Outer) == {"inner.new": 0, "flag": False}
     assert LATER_KEYS["data.val_size"] == 0 and LATER_KEYS["task.model.embed"] == 0
-    assert LATER_KEYS["norm.positions"] == 0  # a plugin option, listed in normbench.identity
+    assert LATER_KEYS["norm.positions"] == 0  # a plugin option, listed in normbench.experiment.identity
 
 
 def test_no_run_folder_is_version_controlled():

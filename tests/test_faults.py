@@ -181,7 +181,7 @@ def test_a_signal_stops_a_sweep_with_its_summary_and_the_rerun_resumes(tmp_path,
     proc = _start(grid, tmp_path)
     sweep_dir = tmp_path / "sw" / "default"
     short = compose_cfg("train.budget=steps", "train.steps=20", "train.history_points=40")
-    from normbench.run import run_identity
+    from normbench.experiment.identity import run_identity
 
     finished = sweep_dir / run_identity(short)[1] / RESULT_FILE
     _wait_for(finished.exists)
@@ -216,7 +216,7 @@ def test_a_signal_stops_a_sweep_with_its_summary_and_the_rerun_resumes(tmp_path,
 
 def test_a_full_disk_for_the_visit_marker_keeps_the_record(tmp_path, monkeypatch, caplog):
     import normbench.sweep as sweep
-    from normbench.run import execute
+    from normbench.experiment.run import execute
 
     record = execute(compose_cfg("train.budget=steps", "train.steps=4"), tmp_path)
 

@@ -12,8 +12,8 @@ import scipy.linalg
 import torch
 
 from normbench.config import ConfigError
+from normbench.experiment.run import execute
 from normbench.norms import build_norm
-from normbench.run import execute
 from normbench.tasks.gan import covered_classes, feature_classifier, frechet_distance
 from tests.helpers import compose_cfg, normbench_run
 
@@ -74,7 +74,7 @@ def test_gan_runs_record_their_measures_and_a_sample_grid(tmp_path, monkeypatch,
 
 
 def test_generator_and_discriminator_norms_are_chosen_separately(tmp_path, monkeypatch):
-    from normbench.run import model_and_norms
+    from normbench.experiment.build import model_and_norms
     from normbench.tasks import load_dataset
 
     data = load_dataset("digits")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from normbench.run import model_and_norms
+from normbench.experiment.build import model_and_norms
 from normbench.tasks import load_dataset
 from tests.helpers import compose_cfg
 

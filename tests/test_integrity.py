@@ -18,6 +18,7 @@ import torch
 from helpers import QUICK, ROOT, compose_cfg, normbench_run, registered_plugin
 from torch import nn
 
+from normbench.experiment.run import execute
 from normbench.report import load_runs
 from normbench.report.build import build_report
 from normbench.report.tables import cell_columns, summarize
@@ -29,7 +30,6 @@ from normbench.results import (
     run_lock,
     write_json_atomic,
 )
-from normbench.run import execute
 
 STEPS = ("train.budget=steps", "train.steps=3", "train.history_points=1")
 
@@ -102,7 +102,7 @@ def test_a_broken_plugin_gives_a_failed_record(tmp_path, broken_plugin, fault, m
 
 
 def test_failure_during_evaluation_keeps_the_trained_run(tmp_path, monkeypatch):
-    from normbench import run
+    from normbench.experiment import record as run
 
     def broken(*args):
         raise KeyError("precise_bn")
@@ -314,7 +314,7 @@ def test_evonorm_b0_running_variance_gets_precise_bn(tmp_path):
     """EvoNorm-B0 keeps a running variance and no running mean; the registry's running_stats flag,
     not torch's attribute pair, decides which layers PreciseBN re-estimates."""
     from normbench.evaluate import precise_bn, stat_modules
-    from normbench.run import model_and_norms
+    from normbench.experiment.build import model_and_norms
     from normbench.tasks import load_dataset
 
     cfg = compose_cfg("task=mnist1d_cnn", "norm=evonorm_b0", "batch_size=8", *QUICK)

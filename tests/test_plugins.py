@@ -12,8 +12,9 @@ from reference import batchrenorm as brn_reference
 from torch import nn
 
 from normbench import ChannelLast, available_norms, build_norm, norm_spec
+from normbench.config import ConfigError
+from normbench.experiment.run import execute
 from normbench.norms.frozen_batchnorm import FrozenBatchNorm
-from normbench.run import ConfigError, execute
 from normbench.tasks import NormLayers
 
 

@@ -16,11 +16,11 @@ import pytest
 from helpers import compose_cfg, normbench_run, registered_plugin
 from test_population_train import assert_same_record
 
+from normbench.experiment.run import execute
 from normbench.norms.layernorm import LayerNorm
 from normbench.population.grouping import MEMBER_KEYS, group_key, partition, why_not_population
 from normbench.population.launcher import Member, train_group
 from normbench.results import load_run, run_lock
-from normbench.run import execute
 
 pytestmark = pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")
 STEPS = ("train.budget=steps", "train.steps=30", "train.history_points=2")
@@ -166,7 +166,7 @@ def test_parallel_groups_a_grown_grid_and_a_folder_held_elsewhere(tmp_path):
         log = (tmp_path / "sw" / "default" / folder / "normbench.log").read_text()
         assert "population of 2 members" in log and "completed: " in log, log
     held = compose_cfg("norm=groupnorm", "seed=2", *STEPS)
-    from normbench.run import run_identity
+    from normbench.experiment.identity import run_identity
 
     held_dir = tmp_path / "sw" / "default" / run_identity(held)[1]
     with run_lock(held_dir) as acquired:  # another live process trains this one

@@ -19,8 +19,9 @@ import pytest
 import torch
 from helpers import compose_cfg
 
+from normbench.experiment.build import prepare_model
+from normbench.experiment.run import execute
 from normbench.population.train import train_population
-from normbench.run import execute, prepare_model
 from normbench.runtime import Runtime
 
 pytestmark = pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")
@@ -123,10 +124,11 @@ def test_either_form_gives_the_separate_runs_records(tmp_path, form):
 
 
 def test_insisting_on_the_wide_form_fails_a_group_without_one_with_the_reason():
-    cfgs = [compose_cfg("norm=switchnorm", "task=mnist1d_cnn", *STEPS, *m) for m in MEMBERS]
+    transformer = ("task=seq_transformer", "task.model.width=32", "task.model.depth=1", "batch_size=8")
+    cfgs = [compose_cfg("norm=layernorm", *transformer, *STEPS, *m) for m in MEMBERS]
     records = train_population(cfgs, form="wide")
     assert {r["status"] for r in records} == {"failed"}
-    assert records[0]["error"] == "NoWideForm: norm=switchnorm has no wide form (population='vmap')"
+    assert records[0]["error"] == "NoWideForm: the model: SequenceTransformer has no wide form"
 
 
 def test_adamw_members_too(tmp_path):
@@ -184,8 +186,8 @@ def test_an_exception_in_training_fails_every_member_with_its_message(monkeypatc
 
 
 def test_members_start_from_their_own_initialization_and_data_order():
+    from normbench.experiment.build import prepare_data, prepare_model
     from normbench.population.train import Population
-    from normbench.run import prepare_data, prepare_model
 
     cfgs = [compose_cfg("seed=0"), compose_cfg("seed=1"), compose_cfg("seed=0", "optim.lr=0.2")]
     data = prepare_data(cfgs[0])
@@ -205,8 +207,9 @@ def test_in_float64_every_member_follows_its_separate_run_to_1e_9(task, norm, ba
     stay below 1e-9 after 100 steps."""
     import dataclasses
 
+    from normbench.experiment.build import prepare_data, prepare_model
+    from normbench.experiment.run import fit_run
     from normbench.population.train import fit_population
-    from normbench.run import fit_run, prepare_data, prepare_model
     from normbench.runtime import Runtime
 
     steps = ("train.budget=steps", "train.steps=100", "train.history_points=4")
@@ -229,8 +232,8 @@ def test_a_diverged_member_keeps_the_parameters_and_running_statistics_it_had_wh
     """A member whose first loss is already non-finite (initial weights scaled by 1e30, so BatchNorm's
     variance overflows) keeps its initial parameters exactly and the buffers of that one forward, as
     its separate run stops there; the healthy member trains on."""
+    from normbench.experiment.build import prepare_data
     from normbench.population.train import fit_population
-    from normbench.run import prepare_data
 
     common = ("train.budget=steps", "train.history_points=2", "batch_size=16")
 

@@ -168,7 +168,7 @@ def test_report_cli_errors_name_the_folder(tmp_path, capsys):
 def test_report_states_what_the_layers_report_such_as_channels_per_group(tmp_path):
     from helpers import QUICK, compose_cfg
 
-    from normbench.run import execute
+    from normbench.experiment.run import execute
 
     record = execute(compose_cfg("task=digits_cnn", "norm=groupnorm", *QUICK), tmp_path / "sweep" / "run")
     assert set(v["channels_per_group"] for v in record["layers"].values()) == {2.0}  # 32 channels, 16 groups

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 from helpers import QUICK, compose_cfg, normbench_run
 
-import normbench.run as run
+import normbench.experiment.record as record_module
+from normbench.config import ConfigError
+from normbench.experiment.run import execute
 from normbench.results import RESULT_FILE, InvalidRecord, load_run
-from normbench.run import ConfigError, execute
 from normbench.tasks import load_dataset
 
 TASKS = ["mnist1d_mlp", "mnist1d_cnn", "mnist1d_resnet", "digits_cnn", "seq_transformer"]
@@ -97,12 +98,12 @@ def test_non_finite_loss_is_recorded_as_diverged(tmp_path):
 
 def test_non_finite_final_metrics_are_recorded_as_diverged(tmp_path, monkeypatch):
     """Finite training losses but a model whose outputs overflow at evaluation: a record, not a crash."""
-    real = run.final_metrics
+    real = record_module.final_metrics
 
     def overflowing(*args):
         return {**real(*args), "test_loss": float("nan"), "train_loss": float("inf")}
 
-    monkeypatch.setattr(run, "final_metrics", overflowing)
+    monkeypatch.setattr(record_module, "final_metrics", overflowing)
     record = execute(compose_cfg("norm=identity", *QUICK), tmp_path)
     assert record["status"] == "diverged" and "test_error" in record["metrics"]
     assert "test_loss" not in record["metrics"] and "train_loss" not in record["metrics"]
@@ -333,3 +334,24 @@ def test_training_plan_of_both_budgets():
         compose_cfg("batch_size=16", "train.budget=steps", "train.steps=25", "train.history_points=4"), 100
     )
     assert (steps.total, steps.eval_every) == (25, 7)  # ceil(25 / 4)
+
+
+def test_every_path_writes_the_typed_records_fields_in_order(tmp_path):
+    """The single run's record is RunRecord.to_json(): its keys are the dataclass's fields in order,
+    the optional ones present only once set (a completed run has no error and no diverged step)."""
+    from dataclasses import fields
+
+    from normbench.experiment.record import RunRecord
+
+    order = [f.name for f in fields(RunRecord)]
+    record = execute(compose_cfg("norm=batchnorm", *QUICK), tmp_path)
+    assert list(record) == [k for k in order if k in record]
+    assert load_run(tmp_path) == record
+    assert {"error", "diverged_at_step", "fd_classifier"}.isdisjoint(record)
+    assert {"planned_steps", "steps_per_epoch", "lr", "time_per_step_s", "layers", "finished_at"} <= set(
+        record
+    )
+    assert RunRecord(config_hash="h", config={}, main_metric={}, env={}).to_json() == {
+        "schema_version": 2, "status": "failed", "config_hash": "h", "config": {}, "metrics": {},
+        "main_metric": {}, "history": [], "steps": 0, "env": {},
+    }  # fmt: skip

@@ -10,10 +10,11 @@ import pytest
 import torch
 from helpers import QUICK, ROOT, compose_cfg, normbench_run
 
-from normbench.identity import LATER_KEYS
+from normbench.config import ConfigError
+from normbench.experiment.identity import LATER_KEYS, run_identity
+from normbench.experiment.run import execute
 from normbench.norms import build_norm
 from normbench.results import config_hash, identity_config
-from normbench.run import ConfigError, execute, run_identity
 from normbench.runtime import Runtime, device_problem, resolve_device
 from normbench.schema import NON_IDENTITY_KEYS
 from normbench.tasks import load_dataset

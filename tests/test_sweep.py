@@ -124,7 +124,7 @@ def test_experiment_preset_defines_a_grid():
 
 
 def test_hash_ignores_paths_and_runtime_settings():
-    from normbench.run import run_identity
+    from normbench.experiment.identity import run_identity
 
     base = run_identity(compose_cfg(*QUICK))[1]
     assert run_identity(compose_cfg(*QUICK, "sweep.root=/elsewhere", "runtime.threads=2"))[1] == base
@@ -137,7 +137,8 @@ def test_hash_ignores_paths_and_runtime_settings():
 def test_a_sweep_counts_only_its_own_jobs_visits(tmp_path, monkeypatch):
     """Two sweeps sharing a folder: the visit marker another sweep's job left there (it trained the
     run) is not this sweep's: here the run counts as finished elsewhere, skipped."""
-    from normbench.run import execute, run_identity
+    from normbench.experiment.identity import run_identity
+    from normbench.experiment.run import execute
     from normbench.sweep import SWEEP_TOKEN, Job, ResumingSweeper, mark_visit
 
     cfg = compose_cfg("norm=identity", *STEPS)

@@ -10,8 +10,9 @@ import pytest
 from helpers import QUICK, compose_cfg, normbench_run
 
 import normbench.trackers as trackers
+from normbench.config import ConfigError
+from normbench.experiment.run import execute
 from normbench.population.launcher import Member, train_group
-from normbench.run import ConfigError, execute
 
 
 def _csv_rows(path) -> dict[tuple[int, str], float]:

@@ -6,7 +6,9 @@ import pytest
 import torch
 from helpers import QUICK, compose_cfg
 
-from normbench.run import ConfigError, execute, run_identity
+from normbench.config import ConfigError
+from normbench.experiment.identity import run_identity
+from normbench.experiment.run import execute
 from normbench.tasks import load_dataset
 
 

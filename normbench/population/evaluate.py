@@ -1,5 +1,5 @@
 """A population's final evaluations, vectorized: :class:`PopulationMembers` is the
-:class:`normbench.evaluate.Members` that :func:`normbench.run.members_final_metrics` evaluates, with
+:class:`normbench.evaluate.Members` that :func:`normbench.experiment.record.members_final_metrics` evaluates, with
 every member's forward passes in one ``vmap``. It follows the single-model functions of
 :mod:`normbench.evaluate` step for step (same chunks, batches, sample orders and pooling helpers), so
 each member gets its separate run's numbers up to float reassociation."""

@@ -41,10 +41,11 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from normbench.checkpoint import CHECKPOINT_FILE
 from normbench.config import ConfigError, check_values
+from normbench.experiment.identity import claim_folder
+from normbench.experiment.run import execute
 from normbench.population.grouping import member_values, partition, why_not_population
 from normbench.population.wide import POPULATION_FORMS
 from normbench.results import RESULT_FILE, write_json_atomic
-from normbench.run import claim_folder, execute
 from normbench.sweep import mark_visit
 from normbench.trackers import log_record, open_tracker
 

@@ -10,7 +10,7 @@ learning-rate schedule by its own peak, and steps with its own optimizer hyper-p
 
 A member whose loss turns non-finite is frozen at that step — its parameters, optimizer state and
 buffers stop changing — and recorded ``diverged`` there, while the others go on. The history's test and
-validation errors and the final evaluations (:func:`normbench.run.members_final_metrics`: errors,
+validation errors and the final evaluations (:func:`normbench.experiment.record.members_final_metrics`: errors,
 mini-batch statistics, PreciseBN) are evaluated for all members at once
 (:class:`~normbench.population.evaluate.PopulationMembers`); only the layers' own metrics are read
 from each member's module.
@@ -41,23 +41,26 @@ from normbench.checkpoint import (
     save_weights,
 )
 from normbench.config import ConfigError
+from normbench.experiment.build import (
+    augmentation,
+    batch_iterator,
+    prepare_data,
+    prepare_model,
+    setup_runtime,
+)
+from normbench.experiment.identity import run_identity
+from normbench.experiment.record import (
+    members_final_metrics,
+    new_record,
+    record_metrics,
+    record_plan,
+    record_training,
+    seal,
+)
 from normbench.population.evaluate import PopulationMembers
 from normbench.population.optim import PopulationOptimizer
 from normbench.population.stacked import Population
 from normbench.population.wide import stack_population
-from normbench.run import (
-    augmentation,
-    batch_iterator,
-    members_final_metrics,
-    new_record,
-    prepare_data,
-    prepare_model,
-    record_metrics,
-    record_training,
-    run_identity,
-    seal,
-    setup_runtime,
-)
 from normbench.runtime import Runtime
 from normbench.tasks.dataset import Dataset
 from normbench.train import FitResult, lr_schedule, training_plan
@@ -84,7 +87,7 @@ def fit_population(
     form: str = "auto",
     checkpoints: Sequence[Checkpoint] | None = None,
 ) -> list[FitResult]:
-    """Train ``models`` (one per config of a group, built by :func:`normbench.run.prepare_model`) as
+    """Train ``models`` (one per config of a group, built by :func:`normbench.experiment.build.prepare_model`) as
     one population (``form``: see :func:`~normbench.population.wide.stack_population`), leave each
     trained model's parameters and buffers in it, and return each member's
     :class:`~normbench.train.FitResult` as its separate :func:`normbench.train.fit` would, with the
@@ -361,7 +364,7 @@ def _history_point(
 def train_population(
     cfgs: Sequence[DictConfig], progress: bool = False, form: str = "auto", out_dirs: Sequence[Path] = ()
 ) -> list[dict[str, Any]]:
-    """Train a group and return each member's record, as :func:`normbench.run.execute` would write it
+    """Train a group and return each member's record, as :func:`normbench.experiment.run.execute` would write it
     for that member's run alone (plus ``env.population``: the group's size, and
     ``env.population_form``: ``wide`` or ``vmap``, see :func:`~normbench.population.wide.stack_population`). A ConfigError of any
     member propagates before training; any other exception (building, training or evaluating the
@@ -369,7 +372,7 @@ def train_population(
     runtime = setup_runtime(cfgs[0])
     records = [new_record(cfg, *run_identity(cfg), runtime) for cfg in cfgs]
     for record in records:
-        record["env"]["population"] = len(cfgs)
+        record.env["population"] = len(cfgs)
     start = time.perf_counter()
     data = prepare_data(cfgs[0], runtime)
     try:
@@ -378,7 +381,7 @@ def train_population(
         every = cfgs[0].train.checkpoint_every
         checkpoints = (
             [
-                Checkpoint(d / CHECKPOINT_FILE, every, r["config_hash"])
+                Checkpoint(d / CHECKPOINT_FILE, every, r.config_hash)
                 for d, r in zip(out_dirs, records, strict=True)
             ]
             if every and out_dirs
@@ -390,25 +393,26 @@ def train_population(
     except BaseException as exc:  # a fault of the group is a result of each member
         log.exception("population of %d failed: %s", len(cfgs), exc)
         for record in records:
-            record.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+            record.fail(exc)
         return [seal(record, start) for record in records]
     for cfg, record, result in zip(cfgs, records, results, strict=True):
         plan = training_plan(cfg, len(data.x_train))
-        record.update(planned_steps=plan.total, steps_per_epoch=plan.steps_per_epoch, lr=plan.lr)
+        record_plan(record, plan.total, plan.steps_per_epoch, plan.lr)
         record_training(record, result)
-        record["env"].update(population_form=result.population, cuda_graph=result.captured)
+        record.env.update(population_form=result.population, cuda_graph=result.captured)
     try:
         with runtime.autocast():  # every member at once; diverged members' values are dropped
             metrics = members_final_metrics(PopulationMembers(stack_population(models, form)), data, cfgs)
         for cfg, record, model, values in zip(cfgs, records, models, metrics, strict=True):
-            record_metrics(cfg, record, model, values if record["status"] == "completed" else {})
+            record_metrics(cfg, record, model, values if record.status == "completed" else {})
         for cfg, record, model, out_dir in zip(cfgs, records, models, out_dirs, strict=False):
-            if cfg.train.save_model and record["status"] == "completed":
+            if cfg.train.save_model and record.status == "completed":
                 save_weights(model, out_dir / MODEL_FILE)
     except (KeyboardInterrupt, ConfigError):
         raise
     except BaseException as exc:  # the evaluation failed: what training produced is kept
         log.exception("evaluation failed: %s", exc)
         for record in records:
-            record.update(status="failed", error=f"{type(exc).__name__}: {exc}", metrics={})
+            record.fail(exc)
+            record.metrics = {}
     return [seal(record, start) for record in records]

@@ -20,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 
-from normbench.identity import LATER_KEYS
+from normbench.experiment.identity import LATER_KEYS
 from normbench.report.curve import degenerate_reason
 from normbench.report.select import candidates
 from normbench.report.tables import cell_columns

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from normbench.identity import LATER_KEYS
+from normbench.experiment.identity import LATER_KEYS
 
 Selector = Mapping[str, object]  # column -> value, e.g. {"norm": "batchnorm", "batch_size": 2}
 METRIC = "metric"  # a selector key naming the cell's metric instead of a column

@@ -19,7 +19,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from normbench.evidence import read_records_file
-from normbench.identity import LATER_KEYS
+from normbench.experiment.identity import LATER_KEYS
 from normbench.results import RESULT_FILE, InvalidRecord, load_run
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ def runs_frame(records: list[tuple[Path, dict[str, Any]]], with_history: bool = 
 
 def with_later_defaults(df: pd.DataFrame) -> pd.DataFrame:
     """A record leaves out a key added after records existed while the key is at its old value
-    (``normbench.identity.LATER_KEYS``: its hash must not change). Where some runs set such a key, the others'
+    (``normbench.experiment.identity.LATER_KEYS``: its hash must not change). Where some runs set such a key, the others'
     missing value is that old value, filled in so that cells compare like with like."""
     for key, value in LATER_KEYS.items():
         if key in df:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from normbench.identity import LATER_KEYS
+from normbench.experiment.identity import LATER_KEYS
 
 
 @dataclass(frozen=True)

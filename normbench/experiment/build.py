@@ -1,0 +1,228 @@
+"""What a run is built from: its runtime, its data split and its model with the configured norms, each
+checked before any training (a setting that cannot work raises ConfigError)."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from collections.abc import Callable, Mapping
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+
+from normbench.checkpoint import MODEL_FILE
+from normbench.config import ConfigError
+from normbench.evaluate import eval_mode
+from normbench.norms import available_norms, norm_spec
+from normbench.results import (
+    RESULT_FILE,
+    load_run,
+)
+from normbench.runtime import CPU_FP32, Runtime, use_deterministic_kernels
+from normbench.samplers import check_class_grouped, class_grouped_batches, iid_batches
+from normbench.schema import Config
+from normbench.tasks import ModelConfigError, NormLayers, build_model, load_dataset
+from normbench.tasks.cifar import crop_flip
+from normbench.tasks.dataset import Dataset
+from normbench.tasks.gan import GAN
+from normbench.tasks.models import scale_initial_weights
+
+log = logging.getLogger(__name__)
+
+
+def setup_runtime(cfg: DictConfig) -> Runtime:
+    """The run's device and arithmetic (ConfigError if this machine cannot give them), threads,
+    deterministic kernels and the seed."""
+    runtime = Runtime.from_config(cfg.runtime)
+    torch.set_num_threads(cfg.runtime.threads)
+    use_deterministic_kernels(runtime.device)
+    torch.manual_seed(cfg.seed)
+    return runtime
+
+
+class PluginError(RuntimeError):
+    """A norm plugin broke its contract (e.g. returned a tensor of another shape): a failed run."""
+
+
+def model_and_norms(cfg: DictConfig, data: Dataset) -> tuple[nn.Module, list[nn.Module]]:
+    """The task's model with the configured norm (``cfg.norm``: ``name`` plus the plugin's options),
+    and the norm layers the registry built for it."""
+    norm_options = {k: v for k, v in OmegaConf.to_container(cfg.norm, resolve=True).items() if k != "name"}
+    model_kwargs = OmegaConf.to_container(cfg.task.model, resolve=True)
+    arch = model_kwargs.pop("arch")
+    init_scale = model_kwargs.pop("init_scale", 1.0)
+    gan_keys = {
+        k: model_kwargs.pop(k) for k in ("g_norm", "d_norm", "d_batches", "latent") if k in model_kwargs
+    }
+    if arch == "gan":
+        model, built = build_gan(
+            cfg, data, norm_options, gan_keys["g_norm"], gan_keys["d_norm"], gan_keys["latent"]
+        )
+    else:
+        norms = NormLayers(cfg.norm.name, norm_options)
+        model = build_model(arch, data.input_shape, data.num_classes, norms, **model_kwargs)
+        built = norms.built
+    if init_scale != 1.0:
+        scale_initial_weights(model, init_scale, built)
+    return model, built
+
+
+def build_gan(
+    cfg: DictConfig, data: Dataset, norm_options: Mapping[str, Any], g_norm: str, d_norm: str, latent: int
+) -> tuple[GAN, list[nn.Module]]:
+    """The GAN of ``arch=gan``: each network's norm is ``task.model.g_norm`` / ``d_norm`` ("" = the run's
+    norm), with the run's norm options where it is the run's norm and the plugin's defaults otherwise."""
+    nets = {}
+    for key, name in (("g_norm", g_norm), ("d_norm", d_norm)):
+        name = name or cfg.norm.name
+        try:
+            norm_spec(name)
+        except KeyError:
+            raise ModelConfigError(
+                f"task.model.{key}={name}: not a registered norm; available: {', '.join(available_norms())}"
+            ) from None
+        same = norm_spec(name).name == norm_spec(cfg.norm.name).name
+        nets[key] = NormLayers(name, norm_options if same else {})
+    gan = GAN(data.input_shape, latent, cfg.task.model.width, nets["g_norm"], nets["d_norm"])
+    return gan, nets["g_norm"].built + nets["d_norm"].built
+
+
+def model_from_config(cfg: DictConfig, data: Dataset) -> nn.Module:
+    return model_and_norms(cfg, data)[0]
+
+
+def load_model(run_dir: str | os.PathLike[str], device: str | torch.device = "cpu") -> nn.Module:
+    """The model a run trained, in eval mode: rebuilt from the config in its ``result.json`` and loaded
+    with the weights ``train.save_model=true`` kept in ``model.pt`` (read with ``weights_only=True``)."""
+    run_dir = Path(run_dir)
+    weights = run_dir / MODEL_FILE
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights}: no saved weights (train the run with train.save_model=true)")
+    record = load_run(run_dir / RESULT_FILE)
+    cfg = OmegaConf.merge(OmegaConf.structured(Config), record["config"])
+    model = model_from_config(cfg, prepare_data(cfg))
+    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    return model.to(device).eval()
+
+
+def _same_shape(module: nn.Module, inputs: tuple[Tensor, ...], output: Any) -> None:
+    if not isinstance(output, Tensor) or output.shape != inputs[0].shape:
+        got = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
+        raise PluginError(
+            f"norm plugin {type(module).__name__} returned {got} for an input of shape {tuple(inputs[0].shape)}"
+        )
+
+
+def dry_forward(model: nn.Module, norms: list[nn.Module], x: Tensor) -> None:
+    """One eval-mode forward without gradients (state untouched) that checks every norm layer returns
+    the shape it was given: shape problems surface before training."""
+    handles = [m.register_forward_hook(_same_shape) for m in norms]
+    try:
+        with torch.no_grad(), eval_mode(model):
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def one_sample_step(model: nn.Module, x: Tensor, cfg: DictConfig) -> None:
+    """A training-mode forward of one sample on a copy: a batch-dependent norm that sees one value per
+    channel at batch size 1 (features, gate pre-activations) cannot train there."""
+    try:
+        with torch.no_grad():
+            copy.deepcopy(model).train()(x)
+    except ValueError as exc:
+        raise ConfigError(
+            f"batch_size=1: norm={cfg.norm.name} normalizes over the samples of a batch, which one sample "
+            f"cannot give in task={cfg.task.name} ({exc}); use a batch-independent norm such as layernorm"
+        ) from None
+
+
+def prepare_data(cfg: DictConfig, runtime: Runtime = CPU_FP32) -> Dataset:
+    """The run's data split (train/validation/test, on the CPU), after the checks that need it: a
+    setting the task cannot give (a batch larger than the training set, a class-grouped batch the
+    classes cannot fill, an image-only setting on 1-D inputs) raises ConfigError."""
+    try:
+        data = load_dataset(
+            cfg.task.dataset,
+            cfg.data.root,
+            cfg.data.download,
+            cfg.data.mnist1d_samples,
+            cfg.data.mnist1d_test_samples,
+        )
+    except (OSError, ValueError) as exc:  # unknown, missing (without data.download), bad download
+        raise ConfigError(f"task.dataset={cfg.task.dataset}: {exc}") from None
+    try:
+        data = data.split(cfg.data.val_size, cfg.data.split_seed)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    image_only = {  # settings that need (C, H, W) inputs -> what the error says they are for
+        f"task.augment={getattr(cfg.task.augment, 'value', cfg.task.augment)}": (
+            cfg.task.augment != "none",
+            "image tasks",
+        ),
+        "runtime.channels_last=true": (runtime.channels_last, "tasks with 2-D inputs"),
+    }
+    for setting, (asked, allowed) in image_only.items():
+        if asked and len(data.input_shape) != 3:
+            raise ConfigError(
+                f"{setting}: only for {allowed} (C, H, W); task={cfg.task.name} has inputs of shape "
+                f"{data.input_shape}"
+            )
+    n_train, bs = len(data.x_train), cfg.batch_size
+    if not 1 <= bs <= n_train:
+        raise ConfigError(f"batch_size={bs}: must be between 1 and the training set size {n_train}")
+    if cfg.data.sampler == "class_grouped":
+        why = check_class_grouped(bs, cfg.data.classes_per_batch, data.num_classes)
+        if why:
+            raise ConfigError(why)
+    return data
+
+
+def prepare_model(cfg: DictConfig, data: Dataset, runtime: Runtime = CPU_FP32) -> nn.Module:
+    """The run's model, initialised from ``cfg.seed`` on the CPU (so a seed gives the same initial
+    weights on every device), checked by a dry forward, then moved to ``runtime.device``. A norm that
+    cannot build the task raises ConfigError; any other exception (a broken plugin) propagates."""
+    bs = cfg.batch_size
+    try:
+        torch.manual_seed(cfg.seed)
+        model, norms = model_and_norms(cfg, data)
+        dry_forward(model, norms, data.x_train[:2])
+        if bs == 1 and norm_spec(cfg.norm.name).batch_dependent:
+            one_sample_step(model, data.x_train[:1], cfg)
+    except ConfigError:
+        raise
+    except ModelConfigError as exc:
+        raise ConfigError(str(exc)) from None
+    except (ValueError, TypeError, KeyError) as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) else str(exc)
+        raise ConfigError(f"norm={cfg.norm.name} cannot build task={cfg.task.name}: {msg}") from None
+    return model.to(runtime.device, memory_format=runtime.memory_format)
+
+
+def prepare(cfg: DictConfig, runtime: Runtime = CPU_FP32) -> tuple[Dataset, nn.Module]:
+    """Load the data and build the model, both on ``runtime.device``. A configuration that cannot work
+    on the task raises ConfigError; any other exception (a broken plugin) propagates and becomes a
+    failed record."""
+    data = prepare_data(cfg, runtime)
+    model = prepare_model(cfg, data, runtime)
+    return data.to(runtime.device, runtime.memory_format), model
+
+
+def batch_iterator(cfg: DictConfig, data: Dataset, gen: torch.Generator):
+    if cfg.data.sampler == "class_grouped":
+        return class_grouped_batches(data.y_train, cfg.batch_size, cfg.data.classes_per_batch, gen)
+    return iid_batches(len(data.x_train), cfg.batch_size, gen)
+
+
+def augmentation(cfg: DictConfig, device: torch.device) -> Callable[[Tensor], Tensor] | None:
+    """The run's training-batch augmentation (None for ``task.augment=none``), drawing from its own
+    stream seeded by the run's seed, on ``device``."""
+    if cfg.task.augment != "crop_flip":
+        return None
+    return partial(crop_flip, gen=torch.Generator(device).manual_seed(cfg.seed + 20_000))

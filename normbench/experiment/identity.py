@@ -1,0 +1,76 @@
+"""A run's identity: the resolved config without where/how keys, its hash, and the folder a run claims
+(or skips, when a final record of the same config is there). No torch, no Hydra: the report reads it."""
+
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from normbench.results import (
+    FINAL_STATUSES,
+    RESULT_FILE,
+    InvalidRecord,
+    config_hash,
+    identity_config,
+    load_run,
+    remove_stale_temporaries,
+    run_lock,
+)
+from normbench.schema import NON_IDENTITY_KEYS, later_keys
+
+log = logging.getLogger(__name__)
+
+# Keys added after records existed, left out of the identity while at this value: the earlier runs
+# behaved exactly so, and keep their hashes. The schema's marks (normbench.schema.added) give them; a
+# plugin's options are not in the schema (plugins import torch), so theirs are listed here.
+PLUGIN_LATER_KEYS = {
+    "norm.positions": 0,  # batchnorm pooled over positions, as before the option existed
+}
+LATER_KEYS = {**later_keys(), **PLUGIN_LATER_KEYS}
+
+
+def run_identity(cfg: DictConfig) -> tuple[dict[str, Any], str]:
+    """The resolved config that defines the run and its hash. The same config on several torchrun
+    processes is a different experiment, so their number joins the identity."""
+    identity = identity_config(cfg, NON_IDENTITY_KEYS, LATER_KEYS)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1:
+        identity["world_size"] = world_size
+    return identity, config_hash(identity)
+
+
+def previous_result(out_dir: Path, digest: str) -> dict[str, Any] | None:
+    """The record in ``out_dir`` if it is a final result (completed/diverged) of the same config."""
+    try:
+        record = load_run(out_dir / RESULT_FILE)
+    except InvalidRecord:
+        return None
+    if record["config_hash"] == digest and record["status"] in FINAL_STATUSES:
+        return record
+    return None
+
+
+def claim_folder(cfg: DictConfig, out_dir: Path, locks: ExitStack, lock: bool = True) -> str | None:
+    """Take ``out_dir`` to train the run ``cfg`` in: None when it is this process's to train (its run
+    lock now held on ``locks``, stale temporaries removed), otherwise why not: ``skipped`` (a final
+    result of this config is there, unless ``runtime.force``) or ``running_elsewhere`` (another live
+    process holds the lock). ``lock=False`` (torchrun, where every process trains the same folder)
+    checks for a result only."""
+    digest = run_identity(cfg)[1]
+    if not cfg.runtime.force and previous_result(out_dir, digest) is not None:
+        log.info("skipped: %s already holds a result of this config", out_dir)
+        return "skipped"
+    if not lock:
+        return None
+    if not locks.enter_context(run_lock(out_dir)):
+        log.warning("skipped: another live process is training %s", out_dir)
+        return "running_elsewhere"
+    if not cfg.runtime.force and previous_result(out_dir, digest) is not None:
+        return "skipped"  # finished by the process that held the lock a moment ago
+    remove_stale_temporaries(out_dir)
+    return None
