@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -108,7 +109,10 @@ def test_tost_is_the_larger_of_two_one_sided_t_tests_against_the_margin():
     p_high = student_t.cdf((d.mean() - 0.01) / se, len(d) - 1)  # H0: mean >= +margin
     assert result.p_tost == pytest.approx(max(p_low, p_high))
     assert result.p_tost < 0.05 and result.equivalent and result.established
-    assert "equivalent within ±1 pp (established)" in sentence(result)
+    # alone, outside a primary family's Holm adjustment, it is labelled exploratory
+    assert "equivalent within ±1 pp (exploratory, unadjusted)" in sentence(result)
+    primary = dataclasses.replace(result, family="primary", p_holm=result.p_tost)
+    assert "equivalent within ±1 pp (established)" in sentence(primary)
     tight = evaluate(runs, contrast, "test_error", margin=0.001, equivalence=True)
     assert not tight.established and "equivalence within ±0.1 pp not established" in sentence(tight)
 

@@ -241,7 +241,8 @@ def sentence(result: ContrastResult, unit: float = 100.0, what: str = "pp") -> s
         return f"{name}: {estimate}: not established ({reason})."
     if result.equivalence:
         verdict = (
-            f"equivalent within ±{result.margin * unit:g} {what} (established)"
+            f"equivalent within ±{result.margin * unit:g} {what} "
+            + ("(established)" if adjusted else "(exploratory, unadjusted)")
             if result.established
             else f"equivalence within ±{result.margin * unit:g} {what} not established"
         )
