@@ -46,6 +46,11 @@ class StepNorms(nn.Module):
                 self.steps.append(twin)
 
     def forward(self, x: Tensor, t: int) -> Tensor:
+        if len(x) == 1:
+            # a step's slice of the input projections is strided, and at batch size 1 under vmap (a
+            # population of online learners) ``contiguous()`` sees nothing to do while torch's group_norm
+            # (LayerNorm's kernel) refuses the strided memory; a copy gives it contiguous memory
+            x = x.clone(memory_format=torch.contiguous_format)
         return self.steps[min(t, len(self.steps) - 1)](x)
 
 
