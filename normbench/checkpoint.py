@@ -13,15 +13,13 @@ resumed run replays it up to the step (index draws only, no training). The file 
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from normbench.results import FILE_MODE
+from normbench.results import atomic_file
 
 log = logging.getLogger(__name__)
 
@@ -30,18 +28,8 @@ CHECKPOINT_FILE = "checkpoint.pt"
 
 def save_atomic(obj: Any, path: Path) -> None:
     """``torch.save(obj)`` at ``path`` so that readers see the old file or the complete new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, "wb") as f:
+        torch.save(obj, f)
 
 
 @dataclass(frozen=True)

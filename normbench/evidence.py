@@ -29,6 +29,7 @@ from typing import Any
 from normbench.results import (
     RESULT_FILE,
     InvalidRecord,
+    find_records,
     finite_or_none,
     load_run,
     record_problem,
@@ -132,12 +133,9 @@ def pack(study_dir: str | os.PathLike[str]) -> int:
     study_dir = Path(study_dir)
     target = study_dir / RECORDS_FILE
     runs = _all_or_nothing(target) if target.exists() else {}
-    for folder, _, files in os.walk(study_dir):
-        if RESULT_FILE not in files:
-            continue
-        run = Path(folder).relative_to(study_dir).as_posix()
+    for path in find_records([study_dir]):
         try:
-            runs[run] = load_run(Path(folder) / RESULT_FILE)
+            runs[path.parent.relative_to(study_dir).as_posix()] = load_run(path)
         except InvalidRecord as exc:
             log.warning("not packed: %s", exc)
     text = "".join(_line(run, runs[run]) for run in sorted(runs))

@@ -10,11 +10,11 @@ import math
 import os
 import stat
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from omegaconf import Container, DictConfig, OmegaConf
 
@@ -99,14 +99,16 @@ def finite_or_none(value: Any) -> Any:
     return value
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` so readers see the old file or the complete new one, never a part; the file gets
-    the mode a plain ``open`` would give."""
+@contextmanager
+def atomic_file(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
+    """A temporary file beside ``path``, opened with ``mode``, that replaces ``path`` once the block
+    ends without an exception (and is deleted if it raises): readers see the old file or the complete
+    new one, never a part. The file gets the mode a plain ``open`` would give."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, mode) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, FILE_MODE)
@@ -114,6 +116,29 @@ def write_text_atomic(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` atomically (:func:`atomic_file`)."""
+    with atomic_file(path) as f:
+        f.write(text)
+
+
+def find_records(dirs: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """Every entry named ``result.json`` under ``dirs``, symbolic links included even when broken (so
+    that reading them can say why they are skipped); linked folders are not entered."""
+    paths: set[Path] = set()
+    for d in dirs:
+        root = Path(d)
+        if not root.exists():
+            raise FileNotFoundError(f"sweep folder {root} does not exist")
+        if not root.is_dir():
+            paths.add(root)
+            continue
+        for folder, subdirs, files in os.walk(root):
+            if RESULT_FILE in files or RESULT_FILE in subdirs:
+                paths.add(Path(folder) / RESULT_FILE)
+    return sorted(paths)
 
 
 def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:

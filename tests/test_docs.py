@@ -56,3 +56,25 @@ def test_site_links_outside_docs_point_into_the_repository():
         "[a](https://github.com/o/r/blob/main/reports/x.md#h) ![f](https://github.com/o/r/raw/main/reports/f.svg) "
         "[b](runs.md#y) [c](https://e.org) [d](https://github.com/o/r/tree/main/examples/p)"
     )
+
+
+def test_each_plugins_speed_comes_from_the_committed_benchmarks():
+    import json
+
+    from normbench.docs import committed_speeds
+
+    speeds = committed_speeds()
+    rows = json.loads((ROOT / "reports/bench/norms_cuda.json").read_text())["rows"]
+    gpu = [r for r in rows if r["norm"] == "batchrenorm" and r["precision"] == "fp32"]
+    assert gpu and all(
+        f"{r['vs_bn2d']:.2f}x at ({', '.join(map(str, r['shape']))})" in speeds["batchrenorm"] for r in gpu
+    )
+    cpu = [
+        line
+        for line in (ROOT / "reports/bench/norms.md").read_text().splitlines()
+        if line.startswith("| images") and "| forward+backward | groupnorm |" in line
+    ]
+    assert len(cpu) == 1 and speeds["groupnorm"].startswith(
+        f"{cpu[0].split(' | ')[6]} on CPU (32, 64, 32, 32)"
+    )
+    assert "## batchrenorm\n\nOptions:" in PAGE.read_text() and speeds["batchrenorm"] in PAGE.read_text()

@@ -77,6 +77,11 @@ def test_report_from_real_sweep(small_sweep, tmp_path):
         assert cell.delta_vs_ref == pytest.approx(cell.mean - ref, abs=1e-6)
     text = (out / "report.md").read_text()
     assert "8 runs (8 completed, 0 diverged, 0 failed)" in text
+    from importlib.metadata import version
+
+    assert (
+        f"Built with numpy {version('numpy')}, pandas {version('pandas')}, scipy {version('scipy')}" in text
+    )
     assert re.search(r"\|\s+batchnorm \|\s+\d+\.\d ± \d+\.\d \|\s+\d+\.\d ± \d+\.\d \|", text)
     assert re.search(r"\|\s+groupnorm \|\s+\+0\.0 \|\s+[+-]\d+\.\d \|", text)  # Δ vs batch 8, 8 first
     images = sorted(out.glob("figures/*"))
@@ -294,6 +299,7 @@ def test_the_html_report_is_one_file_with_every_figure_embedded(tmp_path):
 def test_the_report_reads_records_without_importing_torch_or_hydra():
     code = (
         "import sys, normbench.report, normbench.report.build, normbench.report.study, normbench.report.rounds\n"
+        "import normbench.evidence, normbench.experiment.identity\n"
         "print(sorted(m for m in ('torch', 'hydra') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

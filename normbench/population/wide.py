@@ -148,11 +148,18 @@ class _PerMemberRows(nn.Module):
         return self.parametrization(weight.flatten(0, 1)).view_as(weight)
 
 
+def _shallow_copy(module: nn.Module, kind: type) -> nn.Module:
+    """A ``kind`` with ``module``'s attributes, its dicts (hooks, tensors, submodules) copied so that
+    the copy's can be changed alone; the tensors themselves are shared."""
+    twin = nn.Module.__new__(kind)
+    twin.__dict__ = {k: v.copy() if isinstance(v, dict) else v for k, v in module.__dict__.items()}
+    return twin
+
+
 def _unparametrized(module: nn.Module) -> nn.Module:
     """A plain twin of a parametrized layer whose weight is its learned tensor (``original``): a
     shallow view built without touching the parametrized class, which torch shares between copies."""
-    twin = nn.Module.__new__(type(module).__bases__[0])
-    twin.__dict__ = {k: v.copy() if isinstance(v, dict) else v for k, v in module.__dict__.items()}
+    twin = _shallow_copy(module, type(module).__bases__[0])
     twin._parameters["weight"] = module.parametrizations.weight.original
     del twin._modules["parametrizations"]
     return twin
@@ -203,8 +210,7 @@ def _widen_module(members: Sequence[nn.Module], where: str, specs: dict[type, ob
     if kind is nn.Sequential or getattr(kind, "population_form", None) == "wide":
         if first._parameters or any(b is not None for b in first._buffers.values()):
             raise NoWideForm(f"{where}: {kind.__name__} holds tensors of its own")
-        wide = nn.Module.__new__(kind)  # first's attributes, its dicts (hooks, tensors) copied
-        wide.__dict__ = {k: v.copy() if isinstance(v, dict) else v for k, v in first.__dict__.items()}
+        wide = _shallow_copy(first, kind)
         wide._modules = {}
         for name in first._modules:
             children = [m._modules[name] for m in members]

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from normbench.evidence import read_records_file
 from normbench.experiment.identity import LATER_KEYS
-from normbench.results import RESULT_FILE, InvalidRecord, load_run
+from normbench.results import InvalidRecord, find_records, load_run
 
 log = logging.getLogger(__name__)
 
@@ -75,23 +75,6 @@ def _row(record: dict[str, Any], path: Path, with_history: bool) -> dict[str, An
         row["history"] = record.get("history", [])
         row["layers"] = record.get("layers", {})
     return row
-
-
-def find_records(dirs: Iterable[str | os.PathLike[str]]) -> list[Path]:
-    """Every entry named ``result.json`` under ``dirs``, symbolic links included even when broken (so
-    that reading them can say why they are skipped); linked folders are not entered."""
-    paths: set[Path] = set()
-    for d in dirs:
-        root = Path(d)
-        if not root.exists():
-            raise FileNotFoundError(f"sweep folder {root} does not exist")
-        if not root.is_dir():
-            paths.add(root)
-            continue
-        for folder, subdirs, files in os.walk(root):
-            if RESULT_FILE in files or RESULT_FILE in subdirs:
-                paths.add(Path(folder) / RESULT_FILE)
-    return sorted(paths)
 
 
 def read_records(
