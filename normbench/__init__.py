@@ -1,7 +1,7 @@
 """normbench: compare normalization layers in PyTorch.
 
-Public API: :func:`build_norm`, :func:`register_norm`, :func:`available_norms`, :func:`norm_spec`,
-the :class:`ChannelLast` adapter for (N, L, C) token tensors, :func:`convert_norms` for any model and
+Public API: :func:`build_norm`, :func:`register_norm`, :func:`available_norms`, :func:`norm_spec`;
+:class:`Task`, :func:`register_task` and :func:`available_tasks` for tasks; the :class:`ChannelLast` adapter for (N, L, C) token tensors, :func:`convert_norms` for any model and
 :func:`diagnose` for any model's batch statistics, and :func:`load_model` for a run's saved weights. They are imported on first access, so
 ``normbench.report`` (pandas and matplotlib only) loads without torch.
 """
@@ -16,14 +16,17 @@ from normbench.version import __version__
 __all__ = [
     "ChannelLast",
     "NormSpec",
+    "Task",
     "__version__",
     "available_norms",
+    "available_tasks",
     "build_norm",
     "convert_norms",
     "diagnose",
     "load_model",
     "norm_spec",
     "register_norm",
+    "register_task",
 ]
 
 if TYPE_CHECKING:
@@ -31,12 +34,16 @@ if TYPE_CHECKING:
     from normbench.diagnosis import diagnose
     from normbench.experiment.build import load_model
     from normbench.norms import ChannelLast, NormSpec, available_norms, build_norm, norm_spec, register_norm
+    from normbench.tasks.registry import Task, available_tasks, register_task
 
 
 _FUNCTIONS = {
     "convert_norms": "normbench.convert",
     "diagnose": "normbench.diagnosis",
     "load_model": "normbench.experiment.build",
+    "Task": "normbench.tasks.registry",
+    "available_tasks": "normbench.tasks.registry",
+    "register_task": "normbench.tasks.registry",
 }
 
 

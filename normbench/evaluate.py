@@ -9,10 +9,11 @@ from contextlib import contextmanager
 from typing import Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from normbench.norms import iter_specs
+from normbench.tasks.classification import LOGITS
+from normbench.tasks.registry import Task
 
 
 @contextmanager
@@ -28,15 +29,18 @@ def eval_mode(model: nn.Module, training: bool = False) -> Iterator[nn.Module]:
 
 
 @torch.no_grad()
-def error_and_loss(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1000) -> tuple[float, float]:
-    """Classification error (fraction) and mean cross-entropy in eval mode (running statistics)."""
+def error_and_loss(
+    model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1000, task: Task = LOGITS
+) -> tuple[float, float]:
+    """The mean error and loss of ``task`` (default: class logits, so the classification error and
+    cross-entropy) over ``x``, ``y`` in eval mode (running statistics)."""
     with eval_mode(model):
-        wrong, loss = 0, 0.0
+        wrong, loss = 0.0, 0.0
         for start in range(0, len(x), batch_size):
-            logits = model(x[start : start + batch_size])
-            target = y[start : start + batch_size]
-            wrong += int((logits.argmax(1) != target).sum())
-            loss += float(F.cross_entropy(logits, target, reduction="sum"))
+            inputs, target = x[start : start + batch_size], y[start : start + batch_size]
+            outputs = model(inputs)
+            wrong += float(task.sample_errors(outputs, inputs, target).double().sum())
+            loss += float(task.sample_losses(outputs, inputs, target).double().sum())
     return wrong / len(x), loss / len(x)
 
 
@@ -67,13 +71,15 @@ def minibatches(order: Tensor, batch_size: int) -> list[Tensor]:
 
 
 @torch.no_grad()
-def minibatch_error(model: nn.Module, x: Tensor, y: Tensor, batch_size: int, order: Tensor) -> float:
-    """Error with mini-batch statistics: a training-mode forward over the batches ``order`` cuts into
-    (:func:`minibatches`), on a copy so no running statistic moves."""
+def minibatch_error(
+    model: nn.Module, x: Tensor, y: Tensor, batch_size: int, order: Tensor, task: Task = LOGITS
+) -> float:
+    """``task``'s mean error with mini-batch statistics: a training-mode forward over the batches
+    ``order`` cuts into (:func:`minibatches`), on a copy so no running statistic moves."""
     twin = copy.deepcopy(model).train()
-    wrong = 0
+    wrong = 0.0
     for idx in minibatches(order, batch_size):
-        wrong += int((twin(x[idx]).argmax(1) != y[idx]).sum())
+        wrong += float(task.sample_errors(twin(x[idx]), x[idx], y[idx]).double().sum())
     return wrong / len(order)
 
 
@@ -197,18 +203,18 @@ class Members(Protocol):
 
 
 class OneModel:
-    """One model as :class:`Members` (K = 1), through the functions above."""
+    """One model of ``task`` as :class:`Members` (K = 1), through the functions above."""
 
     size = 1
 
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
+    def __init__(self, model: nn.Module, task: Task = LOGITS) -> None:
+        self.model, self.task = model, task
 
     def error_and_loss(self, x: Tensor, y: Tensor) -> list[tuple[float, float]]:
-        return [error_and_loss(self.model, x, y)]
+        return [error_and_loss(self.model, x, y, task=self.task)]
 
     def minibatch_error(self, x: Tensor, y: Tensor, batch_size: int, orders: Sequence[Tensor]) -> list[float]:
-        return [minibatch_error(self.model, x, y, batch_size, orders[0])]
+        return [minibatch_error(self.model, x, y, batch_size, orders[0], self.task)]
 
     def has_stat_modules(self) -> bool:
         return bool(stat_modules(self.model))
@@ -216,7 +222,7 @@ class OneModel:
     def precise_bn(
         self, x: Tensor, batch_size: int, num_samples: int, gens: Sequence[torch.Generator]
     ) -> OneModel:
-        return OneModel(precise_bn(self.model, x, batch_size, num_samples, gens[0]))
+        return OneModel(precise_bn(self.model, x, batch_size, num_samples, gens[0]), self.task)
 
     def stats_distance(self, reference: OneModel) -> list[dict[str, float]]:  # type: ignore[override]
         return [stats_distance(self.model, reference.model)]

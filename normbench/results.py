@@ -218,19 +218,21 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, float) and math.isfinite(value)
 
 
-def metric_problem(name: str, value: Any) -> str | None:
+def metric_problem(name: str, value: Any, fractions: bool = True) -> str | None:
     """Why ``value`` is not a valid metric ``name`` (None if it is): finite numbers, booleans for
-    flags; errors (``*error*``) are fractions in [0, 1], the generalization gap in [-1, 1], losses ≥ 0
+    flags; errors (``*error*``) are fractions in [0, 1] (≥ 0 for a task whose errors are not
+    fractions: ``fractions=False``), the generalization gap in [-1, 1] (any number then), losses ≥ 0
     (numbers, never booleans: ``true`` is no error rate)."""
     numeric = name == "generalization_gap" or "error" in name or "loss" in name
     if isinstance(value, bool):
         return f"metric {name}={json.dumps(value)} is a boolean, not a number" if numeric else None
     if not _is_number(value):
         return f"metric {name}={value!r} is not a finite number"
+    top = 1.0 if fractions else math.inf
     if name == "generalization_gap":
-        bounds: tuple[float, float] = (-1.0, 1.0)
+        bounds: tuple[float, float] = (-top, top)
     elif "error" in name:
-        bounds = (0.0, 1.0)
+        bounds = (0.0, top)
     elif "loss" in name:
         bounds = (0.0, math.inf)
     else:
@@ -269,17 +271,19 @@ def record_problem(record: Any) -> str | None:
     metrics = record["metrics"]
     if not isinstance(metrics, dict):
         return "metrics is not an object"
-    for name, value in metrics.items():
-        why = metric_problem(name, value)
-        if why:
-            return why
     main = record.get("main_metric", {"name": "test_error", "lower_is_better": True})
     if not (
         isinstance(main, dict)
         and isinstance(main.get("name"), str)
         and isinstance(main.get("lower_is_better"), bool)
+        and isinstance(main.get("error_is_fraction", True), bool)
     ):
-        return "main_metric is not an object with a name and lower_is_better"
+        return "main_metric is not an object with a name, lower_is_better (and error_is_fraction)"
+    fractions = main.get("error_is_fraction", True)
+    for name, value in metrics.items():
+        why = metric_problem(name, value, fractions)
+        if why:
+            return why
     if record["status"] == "completed" and main["name"] not in metrics:
         return f"a completed run without its main metric {main['name']}"
     history = record.get("history", [])
@@ -287,7 +291,7 @@ def record_problem(record: Any) -> str | None:
         return "history is not a list of objects"
     for point in history:
         for name, value in point.items():
-            why = None if value is None else metric_problem(name, value)
+            why = None if value is None else metric_problem(name, value, fractions)
             if why:
                 return f"history: {why}"
     for key in ("steps", "planned_steps", "steps_per_epoch"):

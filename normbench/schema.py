@@ -70,10 +70,21 @@ class OptimName(str, Enum):
 
 
 @dataclass
-class ModelConfig:
-    arch: str = MISSING
+class CommonModelConfig:
+    """Settings of every task's model."""
+
+    arch: str = MISSING  # the architecture; it also chooses the task (normbench.tasks.registry)
     width: int = 64
     depth: int = 3
+    # multiplies every initial weight outside the norm layers (biases untouched)
+    init_scale: float = field(default=1.0, metadata=added(before=1.0))
+
+
+@dataclass
+class ClassifierConfig(CommonModelConfig):
+    """The classification task's model settings (arch mlp, cnn1d, cnn2d, resnet2d, cifar_resnet,
+    transformer, torchvision)."""
+
     residual: bool = False
     kernel_size: int = 3
     downsample: list[int] = field(default_factory=list)
@@ -83,24 +94,42 @@ class ModelConfig:
     name: str = field(default="", metadata=added(before=""))
     # arch=torchvision: 3x3 stride-1 first conv and no max-pool for 32x32 inputs
     small_input: bool = field(default=True, metadata=added(before=True))
-    # arch=rnn: lstm or gru
+
+
+@dataclass
+class RecurrentConfig(CommonModelConfig):
+    """The sequence task's model settings (arch rnn: normbench.tasks.recurrent.NormRNN, width units)."""
+
+    # lstm or gru
     cell: str = field(default="lstm", metadata=added(before="lstm"))
-    # arch=rnn: one set of norm statistics for all time steps
+    # one set of norm statistics for all time steps
     shared_stats: bool = field(default=False, metadata=added(before=False))
-    # arch=rnn: each step's input mapped to this many features (linear + tanh) first; 0: none
+    # each step's input mapped to this many features (linear + tanh) first; 0: none
     embed: int = field(default=0, metadata=added(before=0))
-    # arch=rnn: initial γ of the recurrent norms (Cooijmans et al. 2017 use 0.1)
+    # initial γ of the recurrent norms (Cooijmans et al. 2017 use 0.1)
     norm_gain: float = field(default=1.0, metadata=added(before=1.0))
-    # multiplies every initial weight outside the norm layers (biases untouched)
-    init_scale: float = field(default=1.0, metadata=added(before=1.0))
-    # arch=gan: the generator's norm ("" = the run's norm)
+
+
+@dataclass
+class GanConfig(CommonModelConfig):
+    """The GAN task's model settings (arch gan: normbench.tasks.gan.GAN)."""
+
+    # the generator's norm ("" = the run's norm)
     g_norm: str = field(default="", metadata=added(before=""))
-    # arch=gan: the discriminator's norm ("" = the run's norm)
+    # the discriminator's norm ("" = the run's norm)
     d_norm: str = field(default="", metadata=added(before=""))
-    # arch=gan: real and fake through D as two batches or one
+    # real and fake through D as two batches or one
     d_batches: DBatches = field(default=DBatches.separate, metadata=added(before="separate"))
-    # arch=gan: size of the generator's input noise
+    # size of the generator's input noise
     latent: int = field(default=32, metadata=added(before=32))
+
+
+@dataclass
+class ModelConfig(ClassifierConfig, RecurrentConfig, GanConfig):
+    """``task.model``: the built-in tasks' settings in one section, as the committed runs' configs (and
+    config hashes) hold them; each task reads its own dataclass of them
+    (:meth:`normbench.tasks.registry.Task.options`) and refuses another task's setting. A task
+    plugin's own settings go in ``task.options``."""
 
 
 @dataclass
@@ -116,6 +145,8 @@ class TaskConfig:
     metric: str = field(default="test_error", metadata=added(before="test_error"))
     # the main metric's direction
     lower_is_better: bool = field(default=True, metadata=added(before=True))
+    # a task plugin's own settings (its options_type); the built-in tasks' are in task.model
+    options: dict[str, Any] = field(default_factory=dict, metadata=added(before={}))
 
 
 @dataclass

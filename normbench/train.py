@@ -10,7 +10,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor, nn
 from tqdm import tqdm
@@ -18,7 +17,9 @@ from tqdm import tqdm
 from normbench.checkpoint import Checkpoint, random_state, restore_random_state
 from normbench.evaluate import error_and_loss
 from normbench.runtime import CPU_FP32, Runtime
+from normbench.tasks.classification import LOGITS
 from normbench.tasks.dataset import Dataset
+from normbench.tasks.registry import Task
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +123,7 @@ def fit(
     transform: Callable[[Tensor], Tensor] | None = None,
     checkpoint: Checkpoint | None = None,
     on_point: Callable[[dict], None] | None = None,
+    task: Task = LOGITS,
 ) -> FitResult:
     """Train for ``total_steps`` optimizer steps; every ``eval_every`` steps (and at the end) append the
     mean training loss since the last point and the test (and validation) error of ``eval_model``
@@ -136,6 +138,7 @@ def fit(
     each training batch's inputs (data augmentation); evaluations see the inputs as they are.
     With ``checkpoint``, the training state is saved every ``checkpoint.every`` steps and a saved state
     is resumed from (:mod:`normbench.checkpoint`). ``on_point`` is called with each history point.
+    Each step minimizes ``task.loss`` of its batch; the history's errors are ``task``'s.
     """
     model.train()
     x, y = data.x_train, data.y_train
@@ -171,7 +174,7 @@ def fit(
             idx = next(batches)
             inputs = x[idx] if transform is None else transform(x[idx])  # augmentation, on the batch
             with runtime.autocast():
-                loss = F.cross_entropy(model(inputs), y[idx])
+                loss = task.loss(model(inputs), inputs, y[idx])
             losses.append(loss.detach())
             done = step + 1
             due = evaluate and (done % eval_every == 0 or done == total_steps)
@@ -196,9 +199,9 @@ def fit(
             since += 1
             if due:
                 with runtime.autocast():
-                    test_error, _ = error_and_loss(eval_model or model, data.x_test, data.y_test)
+                    test_error, _ = error_and_loss(eval_model or model, data.x_test, data.y_test, task=task)
                     if data.x_val is not None:
-                        val_error, _ = error_and_loss(eval_model or model, data.x_val, data.y_val)
+                        val_error, _ = error_and_loss(eval_model or model, data.x_val, data.y_val, task=task)
                 point = {
                     "step": done,
                     "epoch": round(done / steps_per_epoch, 4),

@@ -47,3 +47,33 @@ def registered_plugin(name: str, factory: type, **spec: object) -> Iterator[str]
     finally:
         REGISTRY._specs.pop(name, None)
         REGISTRY._keys.pop(name, None)
+
+
+def installed_env(package: Path, target: Path) -> dict[str, str]:
+    """The environment of a process that sees ``package`` installed (``pip install --no-deps --target
+    target``) next to normbench, as a user's separate package would be."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--target",
+            str(target),
+            str(package),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(target), os.environ.get("PYTHONPATH", "")])}
+
+
+def run_python(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+    """``python ARGS`` in a subprocess with ``env``, from ``cwd``."""
+    return subprocess.run(
+        [sys.executable, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=600
+    )

@@ -22,7 +22,8 @@ from torch import nn
 from normbench.config import ConfigError
 from normbench.experiment.identity import run_identity
 from normbench.experiment.run import execute
-from normbench.tasks import NormLayers, build_model, cifar
+from normbench.schema import ClassifierConfig
+from normbench.tasks import NormLayers, build_classifier, cifar
 from normbench.tasks.cifar import RestrictedUnpickler, crop_flip, load_cifar, write_fixture
 
 
@@ -157,7 +158,9 @@ def test_cifar_tasks_train_on_their_on_disk_format(fixture_root, tmp_path, task,
 
 def test_cifar_resnet_has_the_papers_layers():
     norms = NormLayers("batchnorm")
-    model = build_model("cifar_resnet", (3, 32, 32), 10, norms, width=16, depth=56)
+    model = build_classifier(
+        ClassifierConfig(arch="cifar_resnet", width=16, depth=56), (3, 32, 32), 10, norms
+    )
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)]
     assert len(convs) == 55  # 6n + 1 3x3 convs + the head = 56 layers, n = 9
     assert [c.out_channels for c in convs[::18]] == [16, 16, 32, 64]
@@ -235,7 +238,9 @@ def fake_torchvision(monkeypatch):
 
 def test_torchvision_task_converts_the_models_norms(fixture_root, tmp_path, fake_torchvision):
     norms = NormLayers("groupnorm", {"num_groups": 4})
-    model = build_model("torchvision", (3, 32, 32), 10, norms, name="resnet18", small_input=True)
+    model = build_classifier(
+        ClassifierConfig(arch="torchvision", name="resnet18", small_input=True), (3, 32, 32), 10, norms
+    )
     assert model.conv1.kernel_size == (3, 3) and model.conv1.stride == (1, 1)
     assert isinstance(model.maxpool, nn.Identity)
     assert len(norms.built) == 2 and not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())

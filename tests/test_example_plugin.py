@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import installed_env, run_python
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "normbench-plugin-example"
@@ -15,35 +13,11 @@ EXAMPLE = ROOT / "examples" / "normbench-plugin-example"
 
 @pytest.fixture(scope="module")
 def plugin_env(tmp_path_factory) -> dict[str, str]:
-    target = tmp_path_factory.mktemp("site")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--no-deps",
-            "--target",
-            str(target),
-            str(EXAMPLE),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(target), os.environ.get("PYTHONPATH", "")])}
-
-
-def run(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=600
-    )
+    return installed_env(EXAMPLE, tmp_path_factory.mktemp("site"))
 
 
 def test_plugin_is_listed_and_built(plugin_env, tmp_path):
-    proc = run(
+    proc = run_python(
         ["-c", "import normbench, torch; print(normbench.available_norms()); "
                "print(normbench.norm_spec('scale-norm').source); "
                "print(normbench.build_norm('scalenorm', 4)(torch.ones(2, 4)).norm(dim=1).tolist())"],
@@ -58,7 +32,7 @@ def test_plugin_is_listed_and_built(plugin_env, tmp_path):
 
 
 def test_conformance_suite_accepts_the_plugin(plugin_env):
-    proc = run(
+    proc = run_python(
         [
             "-m",
             "pytest",
@@ -77,7 +51,7 @@ def test_conformance_suite_accepts_the_plugin(plugin_env):
 
 
 def test_training_run_with_the_plugin(plugin_env, tmp_path):
-    proc = run(
+    proc = run_python(
         [
             "-m",
             "normbench",

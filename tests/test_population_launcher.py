@@ -60,7 +60,7 @@ def test_every_member_key_may_vary_inside_a_group():
 @pytest.mark.parametrize(
     "overrides, reason",
     [
-        (("task=gan_digits",), "task=gan_digits: arch=gan has no population path"),
+        (("task=gan_digits",), "task=gan_digits: the gan task trains with its own loop, one run at a time"),
         (("runtime.precision=fp16",), "runtime.precision=fp16: one gradient scaler"),
         (("runtime.compile=true",), "runtime.compile=true: not supported inside populations"),
     ],

@@ -141,7 +141,8 @@ def test_exception_during_training_is_recorded_as_failed(tmp_path):
         (["task.dataset=imagenet"], "unknown dataset 'imagenet'; available: mnist1d, digits"),
         (
             ["task.model.arch=vgg"],
-            "unknown model arch 'vgg'; available: mlp, cnn1d, cnn2d, resnet2d, cifar_resnet, transformer, rnn, torchvision",
+            "task.model.arch=vgg: no registered task builds it; archs: cifar_resnet, cnn1d, cnn2d, gan, mlp, "
+            "resnet2d, rnn, torchvision, transformer",
         ),
     ],
 )

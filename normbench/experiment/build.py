@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from normbench.checkpoint import MODEL_FILE
 from normbench.config import ConfigError
 from normbench.evaluate import eval_mode
-from normbench.norms import available_norms, norm_spec
+from normbench.norms import norm_spec
 from normbench.results import (
     RESULT_FILE,
     load_run,
@@ -26,11 +26,10 @@ from normbench.results import (
 from normbench.runtime import CPU_FP32, Runtime, use_deterministic_kernels
 from normbench.samplers import check_class_grouped, class_grouped_batches, iid_batches
 from normbench.schema import Config
-from normbench.tasks import ModelConfigError, NormLayers, build_model, load_dataset
 from normbench.tasks.cifar import crop_flip
 from normbench.tasks.dataset import Dataset
-from normbench.tasks.gan import GAN
-from normbench.tasks.models import scale_initial_weights
+from normbench.tasks.models import ModelConfigError, scale_initial_weights
+from normbench.tasks.registry import task_for
 
 log = logging.getLogger(__name__)
 
@@ -50,46 +49,13 @@ class PluginError(RuntimeError):
 
 
 def model_and_norms(cfg: DictConfig, data: Dataset) -> tuple[nn.Module, list[nn.Module]]:
-    """The task's model with the configured norm (``cfg.norm``: ``name`` plus the plugin's options),
-    and the norm layers the registry built for it."""
-    norm_options = {k: v for k, v in OmegaConf.to_container(cfg.norm, resolve=True).items() if k != "name"}
-    model_kwargs = OmegaConf.to_container(cfg.task.model, resolve=True)
-    arch = model_kwargs.pop("arch")
-    init_scale = model_kwargs.pop("init_scale", 1.0)
-    gan_keys = {
-        k: model_kwargs.pop(k) for k in ("g_norm", "d_norm", "d_batches", "latent") if k in model_kwargs
-    }
-    if arch == "gan":
-        model, built = build_gan(
-            cfg, data, norm_options, gan_keys["g_norm"], gan_keys["d_norm"], gan_keys["latent"]
-        )
-    else:
-        norms = NormLayers(cfg.norm.name, norm_options)
-        model = build_model(arch, data.input_shape, data.num_classes, norms, **model_kwargs)
-        built = norms.built
+    """The model of the run's task (:func:`normbench.tasks.registry.task_for`) with the configured norm,
+    and the norm layers the registry built for it; initial weights scaled by ``task.model.init_scale``."""
+    model, built = task_for(cfg).build_model(cfg, data)
+    init_scale = cfg.task.model.get("init_scale", 1.0)
     if init_scale != 1.0:
         scale_initial_weights(model, init_scale, built)
     return model, built
-
-
-def build_gan(
-    cfg: DictConfig, data: Dataset, norm_options: Mapping[str, Any], g_norm: str, d_norm: str, latent: int
-) -> tuple[GAN, list[nn.Module]]:
-    """The GAN of ``arch=gan``: each network's norm is ``task.model.g_norm`` / ``d_norm`` ("" = the run's
-    norm), with the run's norm options where it is the run's norm and the plugin's defaults otherwise."""
-    nets = {}
-    for key, name in (("g_norm", g_norm), ("d_norm", d_norm)):
-        name = name or cfg.norm.name
-        try:
-            norm_spec(name)
-        except KeyError:
-            raise ModelConfigError(
-                f"task.model.{key}={name}: not a registered norm; available: {', '.join(available_norms())}"
-            ) from None
-        same = norm_spec(name).name == norm_spec(cfg.norm.name).name
-        nets[key] = NormLayers(name, norm_options if same else {})
-    gan = GAN(data.input_shape, latent, cfg.task.model.width, nets["g_norm"], nets["d_norm"])
-    return gan, nets["g_norm"].built + nets["d_norm"].built
 
 
 def model_from_config(cfg: DictConfig, data: Dataset) -> nn.Module:
@@ -148,13 +114,7 @@ def prepare_data(cfg: DictConfig, runtime: Runtime = CPU_FP32) -> Dataset:
     setting the task cannot give (a batch larger than the training set, a class-grouped batch the
     classes cannot fill, an image-only setting on 1-D inputs) raises ConfigError."""
     try:
-        data = load_dataset(
-            cfg.task.dataset,
-            cfg.data.root,
-            cfg.data.download,
-            cfg.data.mnist1d_samples,
-            cfg.data.mnist1d_test_samples,
-        )
+        data = task_for(cfg).load_data(cfg)
     except (OSError, ValueError) as exc:  # unknown, missing (without data.download), bad download
         raise ConfigError(f"task.dataset={cfg.task.dataset}: {exc}") from None
     try:

@@ -23,6 +23,7 @@ from normbench.results import (
 )
 from normbench.runtime import CPU_FP32, Runtime
 from normbench.tasks.dataset import Dataset
+from normbench.tasks.registry import task_for
 from normbench.train import FitResult
 from normbench.version import __version__
 
@@ -86,9 +87,18 @@ def new_record(
     return RunRecord(
         config_hash=digest,
         config=identity,
-        main_metric={"name": cfg.task.metric, "lower_is_better": bool(cfg.task.lower_is_better)},
+        main_metric=main_metric(cfg),
         env=environment(cfg.runtime.threads, runtime),
     )
+
+
+def main_metric(cfg: DictConfig) -> dict[str, Any]:
+    """What reports rank the run by: the task's main metric and its direction, and (only where it is
+    False) whether the task's errors are fractions in [0, 1]."""
+    metric = {"name": cfg.task.metric, "lower_is_better": bool(cfg.task.lower_is_better)}
+    if not task_for(cfg).error_is_fraction:
+        metric["error_is_fraction"] = False
+    return metric
 
 
 def seal(record: RunRecord, start: float) -> dict[str, Any]:
@@ -154,7 +164,7 @@ def final_metrics(model: nn.Module, data: Dataset, cfg: DictConfig) -> dict[str,
     with mini-batch statistics (i.i.d. and class-sorted test batches), plus the distance of the running
     statistics to PreciseBN's. ``diverged`` marks a final training error at chance level under every
     evaluation."""
-    return members_final_metrics(OneModel(model), data, [cfg])[0]
+    return members_final_metrics(OneModel(model, task_for(cfg)), data, [cfg])[0]
 
 
 def members_final_metrics(

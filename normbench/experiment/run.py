@@ -34,10 +34,9 @@ from normbench.results import (
 )
 from normbench.runtime import CPU_FP32, Runtime
 from normbench.tasks.dataset import Dataset
-from normbench.tasks.gan import GAN
+from normbench.tasks.registry import Task, task_for
 from normbench.trackers import layer_values, log_record, open_tracker
 from normbench.train import FitResult, fit, lr_schedule, make_optimizer, training_plan
-from normbench.train_gan import train_gan
 
 log = logging.getLogger(__name__)
 
@@ -51,13 +50,15 @@ def execute(cfg: DictConfig, out_dir: Path, progress: bool = False) -> dict[str,
     with its message. Under torchrun only process 0 evaluates and writes.
     """
     check_values(cfg)
+    task = task_for(cfg)
+    task.check(cfg)
     identity, digest = run_identity(cfg)
     runtime = setup_runtime(cfg)
     world = world_from_env()
     record = new_record(cfg, identity, digest, runtime)
     start = time.perf_counter()
     try:
-        _train_and_evaluate(cfg, record, world, runtime, progress, out_dir)
+        _train_and_evaluate(cfg, task, record, world, runtime, progress, out_dir)
     except ConfigError:
         finish(world)
         raise
@@ -76,23 +77,24 @@ def execute(cfg: DictConfig, out_dir: Path, progress: bool = False) -> dict[str,
 
 
 def _train_and_evaluate(
-    cfg: DictConfig, record: RunRecord, world: World, runtime: Runtime, progress: bool, out_dir: Path
+    cfg: DictConfig,
+    task: Task,
+    record: RunRecord,
+    world: World,
+    runtime: Runtime,
+    progress: bool,
+    out_dir: Path,
 ) -> None:
     data, model = prepare(cfg, runtime)
     for key in ("checkpoint_every", "save_model"):
         if cfg.train[key] and world.size > 1:
             raise ConfigError(f"train.{key}={str(cfg.train[key]).lower()}: not supported under torchrun yet")
-    if isinstance(model, GAN):
+    if task.own_training:
         if world.size > 1:
             raise ConfigError(
-                f"task={cfg.task.name}: GAN runs train in one process (got {world.size} under torchrun)"
+                f"task={cfg.task.name}: the {task.name} task trains in one process (got {world.size} under torchrun)"
             )
-        if cfg.runtime.precision == "fp16":
-            raise ConfigError(
-                f"runtime.precision=fp16: task={cfg.task.name} has no gradient scaler for its two networks; "
-                "use bf16 or fp32"
-            )
-        train_gan(cfg, record, data, model, runtime, out_dir, progress)
+        task.train(cfg, record, data, model, runtime, out_dir, progress)
         return
     bs = cfg.batch_size
     if bs < world.size:
@@ -178,4 +180,5 @@ def fit_run(
         transform=augmentation(cfg, data.x_train.device),
         checkpoint=checkpoint,
         on_point=on_point,
+        task=task_for(cfg),
     )

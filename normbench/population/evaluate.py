@@ -9,9 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
-from torch.func import vmap
 
 from normbench.evaluate import (
     eval_mode,
@@ -22,40 +20,49 @@ from normbench.evaluate import (
     stat_modules,
 )
 from normbench.population.stacked import Population
+from normbench.tasks.classification import LOGITS
+from normbench.tasks.registry import Task
 
 
 class PopulationMembers:
     """The members of ``pop`` as :class:`normbench.evaluate.Members`."""
 
-    def __init__(self, pop: Population) -> None:
-        self.pop = pop
+    def __init__(self, pop: Population, task: Task = LOGITS) -> None:
+        self.pop, self.task = pop, task
         self.size = pop.size
+
+    def _per_member(self, measure, outputs: Tensor, inputs: Tensor, target: Tensor) -> Tensor:
+        """``measure`` (the task's sample errors or losses) of every member's ``outputs`` (K, N, ...)
+        for ``inputs`` and ``target`` (K, N, ...), summed over each member's samples (K,)."""
+        each = measure(outputs.flatten(0, 1), inputs.flatten(0, 1), target.flatten(0, 1))
+        return each.view(outputs.shape[:2]).double().sum(1)
 
     @torch.no_grad()
     def error_and_loss(self, x: Tensor, y: Tensor, batch_size: int = 1000) -> list[tuple[float, float]]:
         """As :func:`normbench.evaluate.error_and_loss`, for every member."""
-        wrong = torch.zeros(self.size, dtype=torch.long, device=x.device)
-        losses = [0.0] * self.size
+        wrong = torch.zeros(self.size, dtype=torch.float64, device=x.device)
+        losses = torch.zeros(self.size, dtype=torch.float64, device=x.device)
+        k = self.size
         with eval_mode(self.pop.base):
             for start in range(0, len(x), batch_size):
-                logits = self.pop.forward(x[start : start + batch_size], shared_input=True)
-                target = y[start : start + batch_size]
-                wrong += (logits.argmax(-1) != target).sum(-1)
-                summed = vmap(lambda out, t=target: F.cross_entropy(out, t, reduction="sum"))(logits)
-                losses = [a + b for a, b in zip(losses, summed.tolist(), strict=True)]
-        return [(w / len(x), loss / len(x)) for w, loss in zip(wrong.tolist(), losses, strict=True)]
+                inputs, target = x[start : start + batch_size], y[start : start + batch_size]
+                outputs = self.pop.forward(inputs, shared_input=True)
+                inputs, target = inputs.expand(k, *inputs.shape), target.expand(k, *target.shape)
+                wrong += self._per_member(self.task.sample_errors, outputs, inputs, target)
+                losses += self._per_member(self.task.sample_losses, outputs, inputs, target)
+        return [(w / len(x), loss / len(x)) for w, loss in zip(wrong.tolist(), losses.tolist(), strict=True)]
 
     @torch.no_grad()
     def minibatch_error(self, x: Tensor, y: Tensor, batch_size: int, orders: Sequence[Tensor]) -> list[float]:
         """As :func:`normbench.evaluate.minibatch_error`: training-mode forwards over each member's own
         order, on copies of the buffers."""
         buffers = {name: b.clone() for name, b in self.pop.buffers.items()}
-        wrong = torch.zeros(self.size, dtype=torch.long, device=x.device)
+        wrong = torch.zeros(self.size, dtype=torch.float64, device=x.device)
         stacked = torch.stack(list(orders)).to(x.device)
         with eval_mode(self.pop.base, training=True):
             for idx in minibatches(stacked, batch_size):
-                logits = self.pop.forward(x[idx], buffers=buffers)
-                wrong += (logits.argmax(-1) != y[idx]).sum(-1)
+                outputs = self.pop.forward(x[idx], buffers=buffers)
+                wrong += self._per_member(self.task.sample_errors, outputs, x[idx], y[idx])
         return [w / stacked.shape[1] for w in wrong.tolist()]
 
     def has_stat_modules(self) -> bool:
@@ -85,7 +92,7 @@ class PopulationMembers:
             if f"{name}.running_mean" in buffers:
                 buffers[f"{name}.running_mean"].copy_(mean)
             buffers[f"{name}.running_var"].copy_(var)
-        return PopulationMembers(self.pop.with_buffers(buffers))
+        return PopulationMembers(self.pop.with_buffers(buffers), self.task)
 
     def stats_distance(self, reference: PopulationMembers) -> list[dict[str, float]]:  # type: ignore[override]
         keys = [

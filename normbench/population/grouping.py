@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from normbench.norms import norm_spec
 from normbench.results import identity_config
+from normbench.tasks.registry import task_for
 
 MEMBER_KEYS = (
     "seed",
@@ -31,10 +32,6 @@ MEMBER_KEYS = (
 )
 # neither what a run computes nor how: rerun and display switches
 _IGNORED = ("hydra", "sweep", "runtime.force", "runtime.progress", "data.root", "data.download")
-# Architectures whose forward runs under vmap over stacked parameters with the results of separate
-# models (tests/test_population_train.py trains each one both ways); the rest (gan, torchvision) train
-# their runs one by one.
-POPULATION_ARCHS = ("mlp", "cnn1d", "cnn2d", "resnet2d", "cifar_resnet", "transformer", "rnn")
 
 
 def group_key(cfg: DictConfig) -> str:
@@ -47,9 +44,9 @@ def why_not_population(cfg: DictConfig) -> str | None:
     spec = norm_spec(cfg.norm.name)
     if not spec.population:
         return f"norm={spec.name} is not population-capable (its registry spec says population=False)"
-    arch = cfg.task.model.arch
-    if arch not in POPULATION_ARCHS:
-        return f"task={cfg.task.name}: arch={arch} has no population path (allowed: {', '.join(POPULATION_ARCHS)})"
+    why = task_for(cfg).why_not_population(cfg)
+    if why:
+        return why
     precision = getattr(cfg.runtime.precision, "value", cfg.runtime.precision)
     if precision == "fp16":
         return "runtime.precision=fp16: one gradient scaler would skip every member's step on one member's overflow"

@@ -8,11 +8,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from normbench.evaluate import channel_sums
+from normbench.tasks.classification import LOGITS
+from normbench.tasks.registry import Task
 
 
 @contextmanager
@@ -90,12 +91,12 @@ class Population:
         """The same members with other buffers (e.g. re-estimated running statistics)."""
         return Population(self.base, self.params, buffers)
 
-    def losses(self, x: Tensor, target: Tensor) -> Tensor:
-        """Each member's mean cross-entropy (K,) on its own batch ``x`` (K, N, ...), ``target`` (K, N);
-        a training-mode forward moves the buffers."""
+    def losses(self, x: Tensor, target: Tensor, task: Task = LOGITS) -> Tensor:
+        """Each member's ``task.loss`` (K,) on its own batch ``x`` (K, N, ...), ``target`` (K, N); a
+        training-mode forward moves the buffers."""
 
         def member(p: dict[str, Tensor], b: dict[str, Tensor], inputs: Tensor, t: Tensor) -> Tensor:
-            return F.cross_entropy(functional_call(self.base, (p, b), (inputs,)), t)
+            return task.loss(functional_call(self.base, (p, b), (inputs,)), inputs, t)
 
         return vmap(member)(self.params, self.buffers, x, target)
 

@@ -63,6 +63,7 @@ from normbench.population.stacked import Population
 from normbench.population.wide import stack_population
 from normbench.runtime import Runtime
 from normbench.tasks.dataset import Dataset
+from normbench.tasks.registry import Task, task_for
 from normbench.train import FitResult, lr_schedule, training_plan
 
 log = logging.getLogger(__name__)
@@ -116,10 +117,13 @@ def _fit_population(
     log.info("population of %d members: %s form", pop.size, pop.form)
     k = pop.size
     first = cfgs[0]
+    task = task_for(first)
     x, y = data.x_train, data.y_train
     probe = torch.arange(k * first.batch_size, device=device).view(k, -1) % len(x)
     with runtime.autocast():  # on copies of the buffers: the probe leaves no trace
-        loss = pop.with_buffers({n: b.clone() for n, b in pop.buffers.items()}).losses(x[probe], y[probe])
+        loss = pop.with_buffers({n: b.clone() for n, b in pop.buffers.items()}).losses(
+            x[probe], y[probe], task
+        )
     pop.match_gradient_layout(torch.autograd.grad(loss.sum(), pop.leaves))
     lr_table = _lr_table([p.lr for p in plans], total, first.optim.schedule, first.optim.warmup_steps, device)
     optimizer = PopulationOptimizer(
@@ -177,7 +181,7 @@ def _fit_population(
         # members frozen before this step keep their buffers; none is, when the host knows all are alive
         before = None if all_alive else {name: b.clone() for name, b in own_buffers.items()}
         with runtime.autocast():
-            losses = pop.losses(inputs, y[idx_now])
+            losses = pop.losses(inputs, y[idx_now], task)
         grads = pop.member_grads(torch.autograd.grad(losses.sum(), leaves))
         finite = torch.isfinite(losses.detach())
         with torch.no_grad():
@@ -214,7 +218,15 @@ def _fit_population(
         done = step + 1
         if done % eval_every == 0 or done == total:
             _history_point(
-                pop, data, runtime, histories, alive, [v / since for v in loss_sum.tolist()], done, per_epoch
+                pop,
+                task,
+                data,
+                runtime,
+                histories,
+                alive,
+                [v / since for v in loss_sum.tolist()],
+                done,
+                per_epoch,
             )
             loss_sum.zero_()
             since = 0
@@ -331,6 +343,7 @@ def _lr_table(peaks: Sequence[float], total: int, schedule: str, warmup: int, de
 
 def _history_point(
     pop: Population,
+    task: Task,
     data: Dataset,
     runtime: Runtime,
     histories: Sequence[list[dict]],
@@ -340,7 +353,7 @@ def _history_point(
     per_epoch: int,
 ) -> None:
     """Append a history point (as :func:`normbench.train.fit` writes it) to every member still alive."""
-    evaluated = PopulationMembers(pop)
+    evaluated = PopulationMembers(pop, task)
     with runtime.autocast():
         test = [error for error, _ in evaluated.error_and_loss(data.x_test, data.y_test)]
         val = None if data.x_val is None else [e for e, _ in evaluated.error_and_loss(data.x_val, data.y_val)]
@@ -402,7 +415,8 @@ def train_population(
         record.env.update(population_form=result.population, cuda_graph=result.captured)
     try:
         with runtime.autocast():  # every member at once; diverged members' values are dropped
-            metrics = members_final_metrics(PopulationMembers(stack_population(models, form)), data, cfgs)
+            members = PopulationMembers(stack_population(models, form), task_for(cfgs[0]))
+            metrics = members_final_metrics(members, data, cfgs)
         for cfg, record, model, values in zip(cfgs, records, models, metrics, strict=True):
             record_metrics(cfg, record, model, values if record.status == "completed" else {})
         for cfg, record, model, out_dir in zip(cfgs, records, models, out_dirs, strict=False):

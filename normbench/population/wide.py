@@ -24,7 +24,6 @@ import inspect
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 from torch.nn.utils import parametrize
@@ -32,6 +31,8 @@ from torch.nn.utils import parametrize
 from normbench.norms import iter_specs
 from normbench.norms._base import wide_copy
 from normbench.population.stacked import Population, input_sums
+from normbench.tasks.classification import LOGITS
+from normbench.tasks.registry import Task
 
 # parameter-free modules that act on each element or only reshape trailing dimensions
 _ELEMENTWISE = (nn.ReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.Identity)
@@ -293,10 +294,10 @@ class WidePopulation(Population):
         twin.buffers, twin._owns_buffers = buffers, False
         return twin
 
-    def losses(self, x: Tensor, target: Tensor) -> Tensor:
-        logits = self.forward(x)
-        each = F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none")
-        return each.view(target.shape).mean(1)
+    def losses(self, x: Tensor, target: Tensor, task: Task = LOGITS) -> Tensor:
+        outputs = self.forward(x)
+        each = task.sample_losses(outputs.flatten(0, 1), x.flatten(0, 1), target.flatten(0, 1))
+        return each.view(target.shape[:2]).mean(1)
 
     def match_gradient_layout(self, grads: Sequence[Tensor]) -> None:
         """A no-op: the wide weights keep the members' layout, so every matmul runs with the

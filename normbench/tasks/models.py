@@ -1,4 +1,4 @@
-"""Models for the tasks. Every norm comes from the registry through :class:`NormLayers`.
+"""The classification task's models. Every norm comes from the registry through :class:`NormLayers`.
 
 Placement, the same in every model: each hidden conv/linear layer is followed by its norm and then the
 activation (``layer → norm → ReLU``), as in ResNet and Wu & He 2018; residual blocks are
@@ -10,15 +10,15 @@ activation (``layer → norm → ReLU``), as in ResNet and Wu & He 2018; residua
 from __future__ import annotations
 
 import difflib
+import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
 from normbench.norms import ChannelLast
+from normbench.schema import ClassifierConfig
 from normbench.tasks.norm_layers import NormLayers
-from normbench.tasks.recurrent import NormRNN
-
-ARCHS = ("mlp", "cnn1d", "cnn2d", "resnet2d", "cifar_resnet", "transformer", "rnn", "torchvision")
 
 
 class ModelConfigError(ValueError):
@@ -224,47 +224,44 @@ def scale_initial_weights(model: nn.Module, scale: float, norm_layers: list[nn.M
                 param.mul_(scale)
 
 
-def build_model(
-    arch: str,
-    input_shape: tuple[int, ...],
-    num_classes: int,
-    norms: NormLayers,
-    *,
-    width: int = 64,
-    depth: int = 3,
-    residual: bool = False,
-    kernel_size: int = 3,
-    downsample: tuple[int, ...] = (),
-    heads: int = 4,
-    token_layout: str = "token",
-    name: str = "",
-    small_input: bool = True,
-    cell: str = "lstm",
-    shared_stats: bool = False,
-    embed: int = 0,
-    norm_gain: float = 1.0,
-) -> nn.Module:
-    """The model ``arch`` for inputs of ``input_shape`` (C, *spatial) with norms from ``norms``.
-    ``name`` and ``small_input`` are for ``arch='torchvision'``; ``cell``, ``shared_stats``, ``embed``
-    and ``norm_gain`` for ``arch='rnn'`` (:class:`normbench.tasks.recurrent.NormRNN`, ``width`` hidden
-    units)."""
-    if arch == "mlp":
-        return MLP(int(torch.tensor(input_shape).prod()), width, depth, num_classes, norms)
-    if arch == "cifar_resnet":
-        return cifar_resnet(input_shape[0], depth, num_classes, norms, width)
-    if arch == "torchvision":
-        return torchvision_classifier(name, input_shape, num_classes, norms, small_input)
-    if arch == "rnn":
-        features, steps = (input_shape[2], input_shape[1]) if len(input_shape) == 3 else input_shape
-        return NormRNN(features, steps, width, num_classes, norms, cell, shared_stats, embed, norm_gain)
-    if arch in ("cnn1d", "cnn2d", "resnet2d"):
-        dims = 1 if arch == "cnn1d" else 2
-        if len(input_shape) != dims + 1:
-            raise ValueError(f"{arch} needs inputs with {dims} spatial dims, got shape {input_shape}")
-        return ConvNet(
-            dims, input_shape[0], width, depth, num_classes, norms, residual, kernel_size, tuple(downsample)
+def _conv_net(o: ClassifierConfig, shape: tuple[int, ...], classes: int, norms: NormLayers) -> nn.Module:
+    dims = 1 if o.arch == "cnn1d" else 2
+    if len(shape) != dims + 1:
+        raise ModelConfigError(
+            f"task.model.arch={o.arch}: needs inputs with {dims} spatial dims, got shape {shape}"
         )
-    if arch == "transformer":
-        c, length = input_shape
-        return SequenceTransformer(c, length, width, depth, heads, num_classes, norms, token_layout)
-    raise ValueError(f"unknown model arch {arch!r}; available: {', '.join(ARCHS)}")
+    return ConvNet(
+        dims, shape[0], o.width, o.depth, classes, norms, o.residual, o.kernel_size, tuple(o.downsample)
+    )
+
+
+def _transformer(o: ClassifierConfig, shape: tuple[int, ...], classes: int, norms: NormLayers) -> nn.Module:
+    if len(shape) != 2:
+        raise ModelConfigError(f"task.model.arch=transformer: needs (C, L) signals, got shape {shape}")
+    return SequenceTransformer(shape[0], shape[1], o.width, o.depth, o.heads, classes, norms, o.token_layout)
+
+
+# task.model.arch -> builder(settings, input shape (C, *spatial), classes, norms)
+CLASSIFIERS: dict[str, Callable[[ClassifierConfig, tuple[int, ...], int, NormLayers], nn.Module]] = {
+    "mlp": lambda o, shape, classes, norms: MLP(math.prod(shape), o.width, o.depth, classes, norms),
+    "cnn1d": _conv_net,
+    "cnn2d": _conv_net,
+    "resnet2d": _conv_net,
+    "cifar_resnet": lambda o, shape, classes, norms: cifar_resnet(shape[0], o.depth, classes, norms, o.width),
+    "transformer": _transformer,
+    "torchvision": lambda o, shape, classes, norms: torchvision_classifier(
+        o.name, shape, classes, norms, o.small_input
+    ),
+}
+
+
+def build_classifier(
+    settings: ClassifierConfig, input_shape: tuple[int, ...], num_classes: int, norms: NormLayers
+) -> nn.Module:
+    """The classifier ``settings.arch`` (one of :data:`CLASSIFIERS`) for inputs of ``input_shape``
+    (C, *spatial), with norms from ``norms``."""
+    if settings.arch not in CLASSIFIERS:
+        raise ModelConfigError(
+            f"task.model.arch={settings.arch}: not a classifier; available: {', '.join(CLASSIFIERS)}"
+        )
+    return CLASSIFIERS[settings.arch](settings, tuple(input_shape), num_classes, norms)

@@ -1,0 +1,52 @@
+"""An autoencoder task: each input is reconstructed through a narrow code, and a sample's error and loss
+are its mean squared reconstruction error.
+
+The model is ``Flatten → [Linear → norm → ReLU] → Linear(code) → [Linear → norm → ReLU] → Linear``
+(the reconstruction, flat) with ``task.model.width`` hidden units and the run's norm from normbench's registry, so
+every norm plugin, sweep, population (one wide model: every part has a wide form) and report works
+on it. Its own setting, ``task.options.code``,
+is read into :class:`AutoencoderOptions`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+from normbench.tasks.registry import Task, norm_layers, register_task
+
+
+@dataclass
+class AutoencoderOptions:
+    code: int = 8  # width of the bottleneck
+
+
+@register_task("autoencoder")
+class Autoencoder(Task):
+    archs = ("autoencoder",)
+    options_type = AutoencoderOptions
+    error_is_fraction = False  # squared errors: any value >= 0
+
+    def build_model(self, cfg, data) -> tuple[nn.Module, list[nn.Module]]:
+        options: AutoencoderOptions = self.options(cfg)
+        if options.code < 1:
+            raise ValueError(f"task.options.code={options.code}: must be an integer >= 1")
+        norms = norm_layers(cfg)
+        size, width = math.prod(data.input_shape), cfg.task.model.width
+        model = nn.Sequential(
+            nn.Flatten(),
+            *norms.block(nn.Linear(size, width), width),
+            nn.Linear(width, options.code),
+            *norms.block(nn.Linear(options.code, width), width),
+            nn.Linear(width, size),
+        )
+        return model, norms.built
+
+    def sample_losses(self, outputs: Tensor, inputs: Tensor, labels: Tensor) -> Tensor:
+        """The mean squared error of each sample's reconstruction (outputs are flat: (N, C·L))."""
+        return (outputs - inputs.flatten(1)).pow(2).mean(1)
+
+    def sample_errors(self, outputs: Tensor, inputs: Tensor, labels: Tensor) -> Tensor:
+        return self.sample_losses(outputs, inputs, labels)

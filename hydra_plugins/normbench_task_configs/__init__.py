@@ -1,0 +1,1 @@
+"""Task plugins' presets on Hydra's config search path (see :mod:`.task_configs`)."""

@@ -1,0 +1,67 @@
+"""The GAN task (``task.model.arch=gan``, settings :class:`normbench.schema.GanConfig`): a DCGAN whose
+generator and discriminator norms come from the registry (:mod:`normbench.tasks.gan`), trained by its
+own adversarial loop (:func:`normbench.train_gan.train_gan`) and measured by the Fréchet distance of
+what it generates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from omegaconf import DictConfig
+from torch import nn
+
+from normbench.norms import available_norms, norm_spec
+from normbench.schema import ConfigError, GanConfig
+from normbench.tasks.dataset import Dataset
+from normbench.tasks.gan import GAN
+from normbench.tasks.models import ModelConfigError
+from normbench.tasks.registry import Task, norm_layers, register_task
+
+if TYPE_CHECKING:
+    from normbench.experiment.record import RunRecord
+    from normbench.runtime import Runtime
+
+
+@register_task("gan")
+class Adversarial(Task):
+    archs = ("gan",)
+    options_type = GanConfig
+    own_training = True
+
+    def check(self, cfg: DictConfig) -> None:
+        if cfg.runtime.precision == "fp16":
+            raise ConfigError(
+                f"runtime.precision=fp16: task={cfg.task.name} has no gradient scaler for its two networks; "
+                "use bf16 or fp32"
+            )
+
+    def build_model(self, cfg: DictConfig, data: Dataset) -> tuple[nn.Module, list[nn.Module]]:
+        """Each network's norm is ``task.model.g_norm`` / ``d_norm`` ("" = the run's norm), with the run's
+        norm options where it is the run's norm and the plugin's defaults otherwise."""
+        o: GanConfig = self.options(cfg)
+        nets = {}
+        for key, name in (("g_norm", o.g_norm), ("d_norm", o.d_norm)):
+            try:
+                norm_spec(name or cfg.norm.name)
+            except KeyError:
+                raise ModelConfigError(
+                    f"task.model.{key}={name}: not a registered norm; available: {', '.join(available_norms())}"
+                ) from None
+            nets[key] = norm_layers(cfg, name)
+        gan = GAN(data.input_shape, o.latent, o.width, nets["g_norm"], nets["d_norm"])
+        return gan, nets["g_norm"].built + nets["d_norm"].built
+
+    def train(
+        self,
+        cfg: DictConfig,
+        record: RunRecord,
+        data: Dataset,
+        model: nn.Module,
+        runtime: Runtime,
+        out_dir: Path,
+        progress: bool,
+    ) -> None:
+        from normbench.train_gan import train_gan
+
+        train_gan(cfg, record, data, model, runtime, out_dir, progress)

@@ -1,0 +1,290 @@
+"""The registry of tasks: what a run trains (its data, its model, the loss and error of a batch) behind
+one interface, as :mod:`normbench.norms.registry` holds the norms.
+
+A task is a :class:`Task` subclass registered under a name with :func:`register_task`. A run's task
+is the registered task that builds its ``task.model.arch`` (each task names the archs it builds).
+Built-in tasks: classification, sequence (recurrent nets) and gan; third-party packages add theirs
+through the ``normbench.tasks`` entry-point group, loaded on the first use of the registry.
+
+The loops, the populations and the evaluations call the task and never ask which one it is: a
+training step minimizes :meth:`Task.loss` of a batch, every evaluation averages
+:meth:`Task.sample_errors` and :meth:`Task.sample_losses`, and a task with its own training loop
+(the GAN's two networks) gives it as :meth:`Task.train`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+import logging
+import re
+import threading
+from collections.abc import Callable, Mapping
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from torch import Tensor, nn
+
+from normbench.schema import CommonModelConfig, ConfigError, ModelConfig
+from normbench.tasks.data import load_dataset
+from normbench.tasks.dataset import Dataset
+from normbench.tasks.norm_layers import NormLayers
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from normbench.experiment.record import RunRecord
+    from normbench.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "normbench.tasks"
+# the built-in tasks' modules, imported by name on the registry's first use
+BUILTIN_MODULES = (
+    "normbench.tasks.classification",
+    "normbench.tasks.sequence",
+    "normbench.tasks.adversarial",
+)
+
+
+class Task:
+    """What a run trains, behind the one interface the loops, populations and evaluations call.
+
+    Subclasses set :attr:`archs` (the ``task.model.arch`` values they build) and :attr:`options_type` (a dataclass of their own settings, read by :meth:`options`), and
+    implement :meth:`build_model`, :meth:`sample_losses` and :meth:`sample_errors`. A batch is
+    ``(inputs, labels)`` as the task's :class:`~normbench.tasks.dataset.Dataset` holds them; what a
+    model returns for it is the task's business (logits, a reconstruction, ...). The *error* of a
+    sample is the task's own measure, lower is better (classification: 0 or 1; a reconstruction:
+    its squared error, with :attr:`error_is_fraction` False): reports call its mean ``test_error``,
+    ``val_error`` and so on.
+    """
+
+    name: ClassVar[str] = ""  # set by register_task
+    archs: ClassVar[tuple[str, ...]] = ()
+    options_type: ClassVar[type | None] = None
+    # own training loop, instead of minimizing loss() with the run's optimizer (see train())
+    own_training: ClassVar[bool] = False
+    # a sample's error is 0 or 1, so mean errors are fractions in [0, 1] (records are checked so)
+    error_is_fraction: ClassVar[bool] = True
+
+    def options(self, cfg: DictConfig) -> Any:
+        """This task's settings of the run ``cfg`` as its :attr:`options_type`: read from
+        ``task.model`` when that is a :class:`~normbench.schema.CommonModelConfig` (the built-in tasks),
+        else from ``task.options``. ConfigError names a key it does not have, or a setting of another
+        task's model."""
+        section = cfg.task.get("options")  # absent from a config composed without the schema
+        given = {} if not section else OmegaConf.to_container(section, resolve=True, enum_to_str=True)
+        kind = self.options_type
+        if kind is not None and issubclass(kind, CommonModelConfig):
+            if given:
+                raise ConfigError(
+                    f"task.options.{next(iter(given))}: task kind {self.name!r} takes its settings in task.model"
+                )
+            return _model_options(self, cfg, kind)
+        return read_options(self, "task.options", given)
+
+    def check(self, cfg: DictConfig) -> None:
+        """Refuse (ConfigError) a setting of ``cfg`` this task cannot train, before anything is built."""
+
+    def load_data(self, cfg: DictConfig) -> Dataset:
+        """The run's dataset, before the validation split (``task.dataset`` from
+        :func:`normbench.tasks.data.load_dataset`). Errors: ValueError or OSError, with the reason."""
+        return load_dataset(
+            cfg.task.dataset,
+            cfg.data.root,
+            cfg.data.download,
+            cfg.data.mnist1d_samples,
+            cfg.data.mnist1d_test_samples,
+        )
+
+    def build_model(self, cfg: DictConfig, data: Dataset) -> tuple[nn.Module, list[nn.Module]]:
+        """The model of the run ``cfg`` for ``data``, and every norm layer it holds (in the order
+        built). Norms come from the registry through :func:`norm_layers`."""
+        raise NotImplementedError
+
+    def sample_losses(self, outputs: Tensor, inputs: Tensor, labels: Tensor) -> Tensor:
+        """The training loss of each sample (N,) of a batch, given the model's ``outputs``."""
+        raise NotImplementedError
+
+    def sample_errors(self, outputs: Tensor, inputs: Tensor, labels: Tensor) -> Tensor:
+        """The error of each sample (N,), a float or bool tensor."""
+        raise NotImplementedError
+
+    def loss(self, outputs: Tensor, inputs: Tensor, labels: Tensor) -> Tensor:
+        """The loss one training step minimizes: the batch's mean :meth:`sample_losses`."""
+        return self.sample_losses(outputs, inputs, labels).mean()
+
+    def why_not_population(self, cfg: DictConfig) -> str | None:
+        """Why the run ``cfg`` of this task cannot train inside a population, or None."""
+        if self.own_training:
+            return f"task={cfg.task.name}: the {self.name} task trains with its own loop, one run at a time"
+        return None
+
+    def train(
+        self,
+        cfg: DictConfig,
+        record: RunRecord,
+        data: Dataset,
+        model: nn.Module,
+        runtime: Runtime,
+        out_dir: Path,
+        progress: bool,
+    ) -> None:
+        """For :attr:`own_training` tasks: train ``model`` and fill ``record`` (status, history,
+        metrics); called instead of the shared loop (:func:`normbench.experiment.run.execute`)."""
+        raise NotImplementedError(f"task {self.name!r} has no training loop of its own")
+
+
+def norm_layers(cfg: DictConfig, name: str = "") -> NormLayers:
+    """The registry's norms for the run ``cfg``: ``name`` (default ``norm.name``) with the run's norm
+    options when it is the run's norm, the plugin's defaults otherwise."""
+    from normbench.norms import norm_spec
+
+    options = {k: v for k, v in OmegaConf.to_container(cfg.norm, resolve=True).items() if k != "name"}
+    if not name or norm_spec(name).name == norm_spec(cfg.norm.name).name:
+        return NormLayers(cfg.norm.name, options)
+    return NormLayers(name)
+
+
+def _model_options(task: Task, cfg: DictConfig, kind: type) -> Any:
+    """``task.model`` read into ``kind``; a value of a field outside ``kind`` other than its default (the
+    schema fills every built-in task's fields) raises ConfigError."""
+    model = OmegaConf.to_container(cfg.task.model, resolve=True, enum_to_str=True)
+    own = {f.name for f in dataclasses.fields(kind)}
+    defaults = OmegaConf.to_container(OmegaConf.structured(ModelConfig), enum_to_str=True)
+    for key, value in model.items():
+        if key not in own and key in defaults and value != defaults[key]:
+            raise ConfigError(
+                f"task.model.{key}={value}: not a setting of task kind {task.name!r} "
+                f"(arch={model['arch']}); its settings: {', '.join(sorted(own))}"
+            )
+    return kind(**{k: v for k, v in model.items() if k in own})
+
+
+def read_options(task: Task, where: str, given: Mapping[str, Any]) -> Any:
+    """``given`` read into ``task.options_type`` (None when the task has none): a key it lacks raises
+    ConfigError naming ``where.key`` and the keys it has."""
+    kind = task.options_type
+    if kind is None:
+        if given:
+            raise ConfigError(f"{where}: task kind {task.name!r} takes no options (got {', '.join(given)})")
+        return None
+    names = [f.name for f in dataclasses.fields(kind)]
+    unknown = sorted(set(given) - set(names))
+    if unknown:
+        raise ConfigError(
+            f"{where}.{unknown[0]}: not a setting of task kind {task.name!r}; its settings: {', '.join(names)}"
+        )
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(kind), given))
+    except OmegaConfBaseException as exc:  # a value of the wrong type
+        key = getattr(exc, "full_key", "") or ""
+        shown = f"{where}.{key}={given.get(key)}" if key in given else where
+        raise ConfigError(f"{shown}: {str(exc).splitlines()[0]}") from None
+
+
+T = TypeVar("T", bound=type[Task])
+
+
+class _Registry:
+    def __init__(self) -> None:
+        self._tasks: dict[str, Task] = {}
+        self._loaded = False
+        self._loading = threading.RLock()
+        self.plugin_errors: dict[str, str] = {}
+
+    def add(self, task: Task, override: bool) -> None:
+        if task.name in self._tasks and not override:
+            owner = type(self._tasks[task.name])
+            raise ValueError(
+                f"task kind {task.name!r} is already registered by {owner.__module__}.{owner.__qualname__}; "
+                "pass override=True to replace it"
+            )
+        for other in self._tasks.values():
+            taken = set(task.archs) & set(other.archs)
+            if taken and other.name != task.name:
+                raise ValueError(
+                    f"task kind {task.name!r}: arch {sorted(taken)[0]!r} is already built by task kind "
+                    f"{other.name!r} (a run's arch must resolve to one task)"
+                )
+        self._tasks[task.name] = task
+
+    def tasks(self) -> dict[str, Task]:
+        if not self._loaded:
+            with self._loading:
+                if not self._loaded:
+                    self._loaded = True
+                    for module in BUILTIN_MODULES:
+                        importlib.import_module(module)
+                    for ep in entry_points(group=ENTRY_POINT_GROUP):
+                        try:
+                            ep.load()
+                        except Exception as exc:  # a broken third-party task must not break the rest
+                            self.plugin_errors[ep.name] = f"{type(exc).__name__}: {exc}"
+                            log.warning("normbench: task entry point %r failed to load: %s", ep.name, exc)
+        return self._tasks
+
+
+REGISTRY = _Registry()
+
+
+def register_task(name: str, *, override: bool = False) -> Callable[[T], T]:
+    """Register a :class:`Task` subclass under ``name`` (decorator); one instance serves every run.
+
+    Example::
+
+        @register_task("autoencoder")
+        class Autoencoder(Task):
+            options_type = AutoencoderOptions
+            def build_model(self, cfg, data): ...
+            def sample_losses(self, outputs, inputs, labels): ...
+            def sample_errors(self, outputs, inputs, labels): ...
+    """
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+        raise ValueError(
+            f"task kind {name!r} must be lower case letters, digits and '_' (e.g. 'autoencoder')"
+        )
+
+    def decorator(cls: T) -> T:
+        if not (isinstance(cls, type) and issubclass(cls, Task)):
+            raise TypeError(f"register_task({name!r}) decorates a Task subclass, got {cls!r}")
+        cls.name = name
+        REGISTRY.add(cls(), override)
+        return cls
+
+    return decorator
+
+
+def available_tasks() -> list[str]:
+    """The registered task kinds, sorted."""
+    return sorted(REGISTRY.tasks())
+
+
+def get_task(kind: str) -> Task:
+    """The task registered as ``kind`` (KeyError naming the registered kinds and the closest one)."""
+    tasks = REGISTRY.tasks()
+    if kind in tasks:
+        return tasks[kind]
+    close = difflib.get_close_matches(kind, list(tasks), n=1, cutoff=0.6)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    broken = (
+        f" (task plugins that failed to load: {', '.join(sorted(REGISTRY.plugin_errors))})"
+        if REGISTRY.plugin_errors
+        else ""
+    )
+    raise KeyError(f"unknown task kind {kind!r}.{hint} Registered: {', '.join(sorted(tasks))}{broken}")
+
+
+def task_for(cfg: DictConfig) -> Task:
+    """The task of the run ``cfg``: the registered task that builds ``task.model.arch`` (ConfigError
+    naming the value and the archs registered tasks build)."""
+    arch = cfg.task.model.arch
+    builders = {a: t for t in REGISTRY.tasks().values() for a in t.archs}
+    if arch not in builders:
+        raise ConfigError(
+            f"task.model.arch={arch}: no registered task builds it; archs: {', '.join(sorted(builders))}"
+        )
+    return builders[arch]

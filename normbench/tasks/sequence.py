@@ -1,0 +1,31 @@
+"""The sequence task: a recurrent net (:class:`normbench.tasks.recurrent.NormRNN`, ``task.model.arch=rnn``)
+reads each input as a sequence of time steps and classifies it from its last state. It trains and is
+measured as classification is (cross-entropy, arg-max error); its settings are
+:class:`normbench.schema.RecurrentConfig`."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+from torch import nn
+
+from normbench.schema import RecurrentConfig
+from normbench.tasks.classification import LogitsTask
+from normbench.tasks.dataset import Dataset
+from normbench.tasks.recurrent import NormRNN
+from normbench.tasks.registry import norm_layers, register_task
+
+
+@register_task("sequence")
+class Sequence(LogitsTask):
+    archs = ("rnn",)
+    options_type = RecurrentConfig
+
+    def build_model(self, cfg: DictConfig, data: Dataset) -> tuple[nn.Module, list[nn.Module]]:
+        o: RecurrentConfig = self.options(cfg)
+        norms = norm_layers(cfg)
+        shape = data.input_shape  # (C, L): L steps of C features; (C, H, W) images: H rows of W pixels
+        features, steps = (shape[2], shape[1]) if len(shape) == 3 else shape
+        model = NormRNN(
+            features, steps, o.width, data.num_classes, norms, o.cell, o.shared_stats, o.embed, o.norm_gain
+        )
+        return model, norms.built

@@ -1,0 +1,135 @@
+"""The task registry: every run resolves to one registered task, which owns its settings; a task added
+from outside normbench (the example package's autoencoder, loaded here from its source) trains alone
+and in populations through the same loops, its errors computed by its own formula."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import pytest
+import torch
+from helpers import QUICK, ROOT, compose_cfg
+from torch import nn
+
+from normbench.config import ConfigError
+from normbench.experiment.build import load_model, prepare_data
+from normbench.experiment.run import execute
+from normbench.population.train import train_population
+from normbench.tasks.registry import REGISTRY, Task, available_tasks, get_task, register_task, task_for
+
+EXAMPLE_SRC = ROOT / "examples" / "normbench-task-example" / "src"
+AUTOENCODER = ("task.name=mnist1d_autoencoder", "task.model.arch=autoencoder", "+task.options.code=4")
+
+
+@pytest.fixture
+def isolated_tasks():
+    """The registry's tasks as they are, restored after the test."""
+    saved = dict(REGISTRY.tasks())
+    yield REGISTRY
+    REGISTRY._tasks.clear()
+    REGISTRY._tasks.update(saved)
+
+
+@pytest.fixture
+def example_task(isolated_tasks, monkeypatch):
+    monkeypatch.syspath_prepend(str(EXAMPLE_SRC))
+    sys.modules.pop("normbench_task_example.autoencoder", None)
+    module = importlib.import_module("normbench_task_example.autoencoder")
+    yield module
+    sys.modules.pop("normbench_task_example.autoencoder", None)
+
+
+@pytest.mark.parametrize(
+    "preset, kind",
+    [("mnist1d_mlp", "classification"), ("cifar10_resnet20", "classification"), ("seq_transformer", "classification"),
+     ("torchvision", "classification"), ("seq_lstm", "sequence"), ("digits_lstm", "sequence"),
+     ("gan_digits", "gan"), ("gan_mnist1d", "gan")],
+)  # fmt: skip
+def test_every_preset_resolves_to_its_task(preset, kind):
+    assert task_for(compose_cfg(f"task={preset}")).name == kind
+    assert {"classification", "sequence", "gan"} <= set(available_tasks())
+
+
+def test_an_arch_no_task_builds_is_refused_naming_it(tmp_path):
+    with pytest.raises(
+        ConfigError, match=r"task\.model\.arch=mystery: no registered task builds it; archs: .*mlp"
+    ):
+        execute(compose_cfg("task.model.arch=mystery", *QUICK), tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (("task=mnist1d_mlp", "task.model.cell=gru"), r"task\.model\.cell=gru: not a setting of task kind 'classification' \(arch=mlp\)"),
+        (("task=seq_lstm", "task.model.residual=true"), r"task\.model\.residual=True: not a setting of task kind 'sequence'"),
+        (("task=gan_digits", "task.model.heads=2"), r"task\.model\.heads=2: not a setting of task kind 'gan'"),
+        (("task=mnist1d_mlp", "+task.options.code=4"), r"task\.options\.code: task kind 'classification' takes its settings in task\.model"),
+    ],
+)  # fmt: skip
+def test_a_setting_of_another_task_is_refused_before_training(tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        execute(compose_cfg(*overrides, *QUICK), tmp_path / "run")
+
+
+def test_a_plugin_tasks_unknown_or_mistyped_option_is_refused(example_task, tmp_path):
+    with pytest.raises(
+        ConfigError,
+        match=r"task\.options\.width: not a setting of task kind 'autoencoder'; its settings: code",
+    ):
+        execute(compose_cfg("task.model.arch=autoencoder", "+task.options.width=4", *QUICK), tmp_path / "a")
+    with pytest.raises(
+        ConfigError,
+        match=r"task\.options\.code=many: Value 'many' of type 'str' could not be converted to Integer",
+    ):
+        execute(compose_cfg("task.model.arch=autoencoder", "+task.options.code=many", *QUICK), tmp_path / "b")
+
+
+def test_registration_refuses_taken_names_and_archs_and_bad_names(isolated_tasks):
+    class Another(Task):
+        archs = ("another",)
+
+    with pytest.raises(ValueError, match="task kind 'classification' is already registered"):
+        register_task("classification")(Another)
+    with pytest.raises(ValueError, match="arch 'mlp' is already built by task kind 'classification'"):
+        register_task("mine", override=True)(type("Mine", (Task,), {"archs": ("mlp",)}))
+    with pytest.raises(ValueError, match="task kind 'My-Task' must be lower case"):
+        register_task("My-Task")(Another)
+    with pytest.raises(TypeError, match="decorates a Task subclass"):
+        register_task("plain")(nn.Module)
+    with pytest.raises(KeyError, match=r"unknown task kind 'clasification'\. Did you mean 'classification'"):
+        get_task("clasification")
+
+
+def _mse(model: nn.Module, x: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float(((model(x) - x.flatten(1)) ** 2).mean())
+
+
+def test_the_example_task_trains_and_its_error_is_its_own_formula(example_task, tmp_path):
+    cfg = compose_cfg(*AUTOENCODER, "norm=batchnorm", "train.save_model=true", *QUICK)
+    assert task_for(cfg).name == "autoencoder"
+    record = execute(cfg, tmp_path / "run")
+    assert record["status"] == "completed", record.get("error")
+    model = load_model(tmp_path / "run")  # rebuilt through the task registry from the record
+    assert model[4].out_features == 4  # task.options.code: Flatten, Linear, norm, ReLU, the code
+    data = prepare_data(cfg)
+    # the record's errors are the mean squared reconstruction errors, in eval mode (running statistics)
+    assert record["metrics"]["test_error"] == pytest.approx(_mse(model, data.x_test), rel=1e-5)
+    assert record["metrics"]["val_error"] == pytest.approx(_mse(model, data.x_val), rel=1e-5)
+    assert record["metrics"]["test_loss"] == pytest.approx(record["metrics"]["test_error"], rel=1e-12)
+    assert 0 < record["metrics"]["test_error_precise_bn"] < 10  # BatchNorm's extra evaluations ran
+    assert record["history"][-1]["test_error"] == pytest.approx(record["metrics"]["test_error"], rel=1e-5)
+
+
+def test_the_example_task_trains_in_a_population_to_its_separate_runs(example_task, tmp_path):
+    cfgs = [compose_cfg(*AUTOENCODER, "norm=groupnorm", "batch_size=8", f"seed={s}", *QUICK) for s in (0, 1)]
+    together = train_population(cfgs)
+    assert {r["env"]["population_form"] for r in together} == {"wide"}
+    for i, (cfg, pop) in enumerate(zip(cfgs, together, strict=True)):
+        alone = execute(cfg, tmp_path / str(i))
+        assert pop["status"] == alone["status"] == "completed"
+        for key in ("test_error", "train_error", "val_error", "test_loss"):
+            assert pop["metrics"][key] == pytest.approx(alone["metrics"][key], rel=1e-5), key
+    assert together[0]["metrics"]["test_error"] != together[1]["metrics"]["test_error"]  # own seeds
