@@ -34,6 +34,7 @@ def isolated_tasks():
 @pytest.fixture
 def example_task(isolated_tasks, monkeypatch):
     monkeypatch.syspath_prepend(str(EXAMPLE_SRC))
+    isolated_tasks._tasks.pop("autoencoder", None)  # registered already where the example is installed
     sys.modules.pop("normbench_task_example.autoencoder", None)
     module = importlib.import_module("normbench_task_example.autoencoder")
     yield module
