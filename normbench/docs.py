@@ -1,5 +1,6 @@
 """The documentation's generated pages, so they cannot drift from their source: the plugin reference
-(``docs/norms.md``) from the registry and the site's home page (``docs/index.md``) from the README.
+(``docs/norms.md``) from the registry, the README's recommendation table from the default study's report
+and the site's home page (``docs/index.md``) from the README.
 ``python -m normbench.docs [--check]`` writes them (or, with ``--check``, exits 1 when a committed page
 differs)."""
 
@@ -17,6 +18,9 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGE = ROOT / "docs" / "norms.md"
 HOME = ROOT / "docs" / "index.md"
 README = ROOT / "README.md"
+STUDY_REPORT = ROOT / "reports" / "small_batch" / "report.md"
+TABLE_START = "<!-- recommendation table: copied from reports/small_batch/report.md by python -m normbench.docs -->"
+TABLE_END = "<!-- end of the recommendation table -->"
 
 
 SPEED_SOURCES = (ROOT / "reports" / "bench" / "norms.md", ROOT / "reports" / "bench" / "norms_cuda.json")
@@ -96,9 +100,25 @@ def home_page(readme: str) -> str:
     return re.sub(r"\]\(([^)\s]+)\)", relink, readme)
 
 
+def recommendation_table(report: str) -> str:
+    """The report's practitioner table (its legend and one table per task), as the report writes it
+    under its first figure."""
+    section = report.split("\n## Which norm at my batch size\n", 1)[1].split("\n## ", 1)[0]
+    start = section.index("\ntest_error (%)")
+    return section[start:].strip().replace("`curve_", "`reports/small_batch/curve_")
+
+
+def readme_with_table(readme: str, report: str) -> str:
+    """``readme`` with the block between its table markers replaced by :func:`recommendation_table`."""
+    head, rest = readme.split(TABLE_START, 1)
+    _, tail = rest.split(TABLE_END, 1)
+    return f"{head}{TABLE_START}\n{recommendation_table(report)}\n{TABLE_END}{tail}"
+
+
 def pages() -> dict[Path, str]:
     """Every generated page and its text."""
-    return {PAGE: norms_page(), HOME: home_page(README.read_text())}
+    readme = readme_with_table(README.read_text(), STUDY_REPORT.read_text())
+    return {README: readme, PAGE: norms_page(), HOME: home_page(readme)}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -142,4 +142,8 @@ echo "sweeps took $((elapsed / 60)) min $((elapsed % 60)) s ($trained)" >&2
 notes=()
 [ -f "$out/timings.md" ] && notes=(--notes timings.md)
 (cd "$out" && normbench-report records.jsonl --out . --study "$study" "${notes[@]}")
+# the default study's table is copied into the README and the docs' home page
+if [ "$(cd "$out" && pwd)" = "$(cd "$(dirname "$0")/.." && pwd)/reports/small_batch" ]; then
+  "$python" -m normbench.docs >/dev/null || exit 2
+fi
 exit "$status"

@@ -10,6 +10,7 @@ if not torch.cuda.is_available():  # the Triton kernels run on the CPU through T
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from normbench import norm_spec
+from normbench.norms.registry import REGISTRY
 
 C = 6
 SHAPES = {
@@ -40,3 +41,13 @@ def gen() -> torch.Generator:
 
 # One intra-op thread: tiny tensors gain nothing from more, and parallel CI jobs would contend.
 torch.set_num_threads(1)
+
+
+@pytest.fixture
+def isolated_registry(monkeypatch):
+    """Let a test register or discover plugins, then restore the registry as it was."""
+    REGISTRY.ensure_loaded()
+    saved = (dict(REGISTRY._specs), dict(REGISTRY._keys), dict(REGISTRY.plugin_errors))
+    yield REGISTRY
+    REGISTRY._specs, REGISTRY._keys, REGISTRY.plugin_errors = saved
+    REGISTRY._loaded = True

@@ -7,8 +7,10 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
-from normbench.docs import HOME, PAGE, home_page, main, norms_page
+from normbench import build_norm, norm_spec
+from normbench.docs import HOME, PAGE, STUDY_REPORT, home_page, main, norms_page, readme_with_table
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -26,6 +28,34 @@ def test_the_home_page_is_the_readme_with_links_from_docs():
     assert home_page("[a](docs/runs.md) [b](reports/x.md#y) [c](https://e.org) [d](#top)") == (
         "[a](runs.md) [b](../reports/x.md#y) [c](https://e.org) [d](#top)"
     )
+
+
+def test_the_readme_holds_the_default_studys_table_as_its_report_writes_it():
+    readme = (ROOT / "README.md").read_text()
+    assert readme == readme_with_table(readme, STUDY_REPORT.read_text())  # else: python -m normbench.docs
+    table = readme.split("<!-- recommendation table", 1)[1].split("<!-- end of the recommendation table", 1)[
+        0
+    ]
+    report = STUDY_REPORT.read_text()
+    rows = [line for line in table.splitlines() if line.startswith("|")]
+    assert len(rows) >= 2 * (2 + 7) and all(row in report for row in rows)  # 2 tasks x 7 batch sizes
+    fake = "# S\n\n## Which norm at my batch size\n\nintro\n\ntest_error (%) legend `curve_x.csv`.\n\n| a |\n\n## Protocol\n"
+    marked = "x\n<!-- recommendation table: copied from reports/small_batch/report.md by python -m normbench.docs -->\nold\n<!-- end of the recommendation table -->\ny"
+    assert readme_with_table(marked, fake).split("\n")[2:5] == [
+        "test_error (%) legend `reports/small_batch/curve_x.csv`.",
+        "",
+        "| a |",
+    ]
+
+
+def test_the_readmes_registry_example_runs(isolated_registry):
+    readme = (ROOT / "README.md").read_text()
+    code = re.search(r"## The registry in 10 lines\n\n```python\n(.*?)```", readme, re.S).group(1)
+    assert len(code.strip().splitlines()) <= 10
+    exec(compile(code, "README.md", "exec"), {})
+    assert norm_spec("centernorm").paper == "a formula of your own"
+    y = build_norm("centernorm", 3)(torch.randn(2, 3, 4))
+    torch.testing.assert_close(y.mean(dim=1), torch.zeros(2, 4), atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)

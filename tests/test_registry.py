@@ -16,16 +16,6 @@ from normbench.norms.registry import REGISTRY
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def isolated_registry(monkeypatch):
-    """Let a test register or discover plugins, then restore the registry as it was."""
-    REGISTRY.ensure_loaded()
-    saved = (dict(REGISTRY._specs), dict(REGISTRY._keys), dict(REGISTRY.plugin_errors))
-    yield REGISTRY
-    REGISTRY._specs, REGISTRY._keys, REGISTRY.plugin_errors = saved
-    REGISTRY._loaded = True
-
-
 def test_core_plugins_are_listed_sorted():
     names = available_norms()
     assert names == sorted(names)
