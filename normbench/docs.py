@@ -19,7 +19,9 @@ PAGE = ROOT / "docs" / "norms.md"
 HOME = ROOT / "docs" / "index.md"
 README = ROOT / "README.md"
 STUDY_REPORT = ROOT / "reports" / "small_batch" / "report.md"
-TABLE_START = "<!-- recommendation table: copied from reports/small_batch/report.md by python -m normbench.docs -->"
+TABLE_START = (
+    "<!-- recommendation table: copied from reports/small_batch/report.md by python -m normbench.docs -->"
+)
 TABLE_END = "<!-- end of the recommendation table -->"
 
 

@@ -184,6 +184,9 @@ class DataConfig:
     mnist1d_samples: int = field(default=5000, metadata=added(before=5000))
     # MNIST-1D test set topped up to this size by new draws; 0: the 20%
     mnist1d_test_samples: int = field(default=0, metadata=added(before=0))
+    # MNIST-1D validation set of this many new draws (its own seed; the training set unchanged); 0: none,
+    # else data.val_size must be 0
+    mnist1d_val_samples: int = field(default=0, metadata=added(before=0))
     root: str = ""  # datasets on disk (CIFAR): "" = $NORMBENCH_DATA, else ~/.cache/normbench
     download: bool = False  # fetch a missing dataset (official archive, checksum verified)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from helpers import QUICK, compose_cfg
@@ -85,6 +87,27 @@ def test_a_larger_mnist1d_test_set_adds_new_draws_and_leaves_training_alone():
     assert torch.cdist(extra, torch.cat([base.x_train, base.x_test]).flatten(1)).min() > 0.1
     assert abs(float(extra.std()) - float(base.x_train.std())) < 0.1
     assert set(larger.y_test[200:].tolist()) == set(range(10))
+
+
+def test_a_validation_set_of_new_draws_leaves_training_and_test_alone(tmp_path):
+    base = load_dataset("mnist1d", mnist1d_samples=1000, mnist1d_test_samples=1030)
+    drawn = load_dataset("mnist1d", mnist1d_samples=1000, mnist1d_test_samples=1030, mnist1d_val_samples=505)
+    for name in ("x_train", "y_train", "x_test", "y_test"):
+        assert torch.equal(getattr(base, name), getattr(drawn, name)), name
+    assert base.x_val is None and len(drawn.y_val) == len(drawn.x_val) == 505
+    seen = torch.cat([base.x_train, base.x_test]).flatten(1)  # the extra test draws included
+    assert torch.cdist(drawn.x_val.flatten(1), seen).min() > 0.1  # new samples, from their own seed
+    assert set(drawn.y_val.tolist()) == set(range(10))
+    record = execute(compose_cfg("data.val_size=0", "data.mnist1d_val_samples=300", *QUICK), tmp_path / "run")
+    assert record["status"] == "completed" and 0 <= record["metrics"]["val_error"] <= 1
+    assert record["config"]["data"]["mnist1d_val_samples"] == 300
+    for override, message in [
+        ("data.val_size=0.1", "data.val_size=0.1: the validation set is data.mnist1d_val_samples' own draws"),
+        ("task=digits_cnn", "data.mnist1d_val_samples=300: only for MNIST-1D, not digits"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            execute(compose_cfg("data.mnist1d_val_samples=300", override, *QUICK), tmp_path / "no")
+    assert not (tmp_path / "no").exists()
 
 
 def test_a_test_set_smaller_than_the_split_is_refused(tmp_path):

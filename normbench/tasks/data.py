@@ -13,6 +13,7 @@ from normbench.tasks.cifar import load_cifar
 from normbench.tasks.dataset import Dataset
 
 MNIST1D_EXTRA_TEST_SEED = 43  # make_dataset's own seed is 42: the extra test samples are new draws
+MNIST1D_VAL_SEED = 44  # and the validation samples of data.mnist1d_val_samples others again
 
 
 def _mnist1d_raw(num_samples: int, seed: int, train_split: float) -> dict:
@@ -25,19 +26,28 @@ def _mnist1d_raw(num_samples: int, seed: int, train_split: float) -> dict:
     return make_dataset(args)
 
 
+def _draws(count: int, seed: int) -> dict:
+    """``count`` new MNIST-1D samples from ``seed``, whole classes, shuffled (make_dataset's test split)."""
+    return _mnist1d_raw(-(-count // 10) * 10, seed, 0.0)
+
+
 @cache
-def _mnist1d(num_samples: int = 5000, test_samples: int = 0) -> Dataset:
+def _mnist1d(num_samples: int = 5000, test_samples: int = 0, val_samples: int = 0) -> Dataset:
     """``num_samples`` generated, 80% train and 20% test (make_dataset's split); with ``test_samples``
     larger than that test split, the test set is topped up to ``test_samples`` with samples generated
-    from another seed (so the training set, and every run trained on it, stays the same). Each
-    generation is standardised by make_dataset with its own mean and std, which over thousands of
-    samples agree to about 1e-3."""
+    from another seed (so the training set, and every run trained on it, stays the same); with
+    ``val_samples``, a validation set of that many samples generated from a third seed (the training set
+    again unchanged). Each generation is standardised by make_dataset with its own mean and std, which
+    over thousands of samples agree to about 1e-3."""
     raw = _mnist1d_raw(num_samples, 42, 0.8)
 
     def x(a: np.ndarray) -> Tensor:
         return torch.as_tensor(a, dtype=torch.float32).unsqueeze(1)  # (N, 1, 40)
 
-    x_test, y_test = x(raw["x_test"]), torch.as_tensor(raw["y_test"], dtype=torch.long)
+    def y(a: np.ndarray) -> Tensor:
+        return torch.as_tensor(a, dtype=torch.long)
+
+    x_test, y_test = x(raw["x_test"]), y(raw["y_test"])
     extra = test_samples - len(y_test)
     if test_samples and extra < 0:
         raise ValueError(
@@ -45,10 +55,20 @@ def _mnist1d(num_samples: int = 5000, test_samples: int = 0) -> Dataset:
             f"samples of data.mnist1d_samples={num_samples}"
         )
     if extra > 0:
-        more = _mnist1d_raw(-(-extra // 10) * 10, MNIST1D_EXTRA_TEST_SEED, 0.0)  # whole classes, shuffled
+        more = _draws(extra, MNIST1D_EXTRA_TEST_SEED)
         x_test = torch.cat([x_test, x(more["x_test"][:extra])])
-        y_test = torch.cat([y_test, torch.as_tensor(more["y_test"][:extra], dtype=torch.long)])
-    return Dataset("mnist1d", x(raw["x"]), torch.as_tensor(raw["y"], dtype=torch.long), x_test, y_test, 10)
+        y_test = torch.cat([y_test, y(more["y_test"][:extra])])
+    val = _draws(val_samples, MNIST1D_VAL_SEED) if val_samples else None
+    return Dataset(
+        "mnist1d",
+        x(raw["x"]),
+        y(raw["y"]),
+        x_test,
+        y_test,
+        10,
+        x_val=None if val is None else x(val["x_test"][:val_samples]),
+        y_val=None if val is None else y(val["y_test"][:val_samples]),
+    )
 
 
 @cache
@@ -80,12 +100,15 @@ def _cifar(name: str, root: str, fetch: bool) -> Dataset:
     return load_cifar(name, root or None, fetch)
 
 
-# name -> loader(root, download, mnist1d_samples, mnist1d_test_samples): each takes what applies to it
-DATASETS: dict[str, Callable[[str, bool, int, int], Dataset]] = {
-    "mnist1d": lambda root, fetch, samples, test_samples: _mnist1d(samples, test_samples),
-    "digits": lambda root, fetch, samples, test_samples: _digits(),
-    "cifar10": lambda root, fetch, samples, test_samples: _cifar("cifar10", root, fetch),
-    "cifar100": lambda root, fetch, samples, test_samples: _cifar("cifar100", root, fetch),
+# name -> loader(root, download, mnist1d_samples, mnist1d_test_samples, mnist1d_val_samples): each
+# takes what applies to it
+DATASETS: dict[str, Callable[[str, bool, int, int, int], Dataset]] = {
+    "mnist1d": lambda root, fetch, samples, test_samples, val_samples: _mnist1d(
+        samples, test_samples, val_samples
+    ),
+    "digits": lambda root, fetch, samples, test_samples, val_samples: _digits(),
+    "cifar10": lambda root, fetch, samples, test_samples, val_samples: _cifar("cifar10", root, fetch),
+    "cifar100": lambda root, fetch, samples, test_samples, val_samples: _cifar("cifar100", root, fetch),
 }
 
 
@@ -95,12 +118,16 @@ def load_dataset(
     download: bool = False,
     mnist1d_samples: int = 5000,
     mnist1d_test_samples: int = 0,
+    mnist1d_val_samples: int = 0,
 ) -> Dataset:
     """The dataset ``name`` (one of :data:`DATASETS`), cached per process; datasets read from disk
-    (CIFAR) come from ``root`` (default: :func:`normbench.tasks.cifar.default_root`), fetched first
-    when missing and ``download``; MNIST-1D is generated with ``mnist1d_samples`` samples, its test set topped up to
-    ``mnist1d_test_samples`` (0: no more than its 20%). Tensors are
-    read-only by convention: callers index them and never write into them."""
+        (CIFAR) come from ``root`` (default: :func:`normbench.tasks.cifar.default_root`), fetched first
+        when missing and ``download``; MNIST-1D is generated with ``mnist1d_samples`` samples, its test set topped up to
+        ``mnist1d_test_samples`` (0: no more than its 20%), and ``mnist1d_val_samples`` new samples as its
+    validation set (0: none; then ``Dataset.split`` holds one out of training). Tensors are
+        read-only by convention: callers index them and never write into them."""
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}")
-    return DATASETS[name](root, download, mnist1d_samples, mnist1d_test_samples)
+    if mnist1d_val_samples and name != "mnist1d":
+        raise ValueError(f"data.mnist1d_val_samples={mnist1d_val_samples}: only for MNIST-1D, not {name}")
+    return DATASETS[name](root, download, mnist1d_samples, mnist1d_test_samples, mnist1d_val_samples)

@@ -47,9 +47,15 @@ class Dataset:
         """A validation set held out of the training set: ``val_size`` as a fraction (< 1) or a count
         (>= 1) of it, stratified (each class gives its share, the rounding spread by largest
         remainders so that the total is exact), chosen by ``seed`` alone. The same ``(val_size,
-        seed)`` always holds out the same samples; 0 returns ``self``."""
+        seed)`` always holds out the same samples; 0 returns ``self``. A dataset with a validation set of
+        its own (``data.mnist1d_val_samples``) takes none."""
         if val_size == 0:
             return self
+        if self.x_val is not None:
+            raise ValueError(
+                f"data.val_size={val_size:g}: the validation set is data.mnist1d_val_samples' own draws; "
+                "set data.val_size=0 with it"
+            )
         n = len(self.y_train)
         target = round(val_size * n) if val_size < 1 else int(val_size)
         if not 0 < target < n:

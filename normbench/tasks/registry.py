@@ -98,6 +98,7 @@ class Task:
             cfg.data.download,
             cfg.data.mnist1d_samples,
             cfg.data.mnist1d_test_samples,
+            cfg.data.get("mnist1d_val_samples", 0),
         )
 
     def build_model(self, cfg: DictConfig, data: Dataset) -> tuple[nn.Module, list[nn.Module]]:
