@@ -7,7 +7,8 @@ state and the norms' statistics stay float32. ``runtime.channels_last`` stores 4
 channels-last (2-D tasks only); ``runtime.compile`` trains a ``torch.compile``-d model.
 ``runtime.cuda_graph`` captures a population's training step as one CUDA graph and replays it
 (:mod:`normbench.capture`): ``null`` (the default) wherever it can (CUDA, SGD, no augmentation),
-``true`` to insist (refused where it cannot), ``false`` never.
+``true`` to insist (refused where it cannot), ``false`` never. ``runtime.kernels`` chooses the norms'
+accelerated forms (:mod:`normbench.accel`): ``auto``, ``torch`` (the formulas alone) or one family.
 
 Of these only the precision changes the numbers beyond float reassociation, so only a precision other
 than fp32 joins a run's identity (``normbench.schema.NON_IDENTITY_KEYS`` and ``normbench.experiment.identity.LATER_KEYS``): every
@@ -24,6 +25,7 @@ from typing import Any
 
 import torch
 
+from normbench.accel import check_setting
 from normbench.schema import ConfigError
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -63,6 +65,7 @@ class Runtime:
     channels_last: bool = False
     compile: bool = False
     cuda_graph: bool | None = None
+    kernels: str = "auto"  # normbench.accel.KERNEL_SETTINGS
     # training steps between divergence checks (each makes the host wait for the device); 0: 1 on the
     # CPU, where the check costs nothing, and 64 on a GPU
     check_interval: int = 0
@@ -81,7 +84,12 @@ class Runtime:
             raise ConfigError(
                 f"runtime.cuda_graph=true: needs a CUDA device (runtime.device={runtime.device})"
             )
-        return cls(device, precision, bool(runtime.channels_last), bool(runtime.compile), graph)
+        kernels = str(getattr(runtime.get("kernels", "auto"), "value", runtime.get("kernels", "auto")))
+        try:
+            check_setting(kernels)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        return cls(device, precision, bool(runtime.channels_last), bool(runtime.compile), graph, kernels)
 
     @property
     def check_every(self) -> int:
@@ -112,6 +120,7 @@ class Runtime:
             "precision": self.precision,
             "channels_last": self.channels_last,
             "compile": self.compile,
+            "kernels": self.kernels,
         }
         if self.device.type == "cuda":
             described["gpu"] = torch.cuda.get_device_name(self.device)

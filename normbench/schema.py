@@ -64,6 +64,14 @@ class Precision(str, Enum):
     fp16 = "fp16"
 
 
+class Kernels(str, Enum):
+    auto = "auto"
+    torch = "torch"
+    fused = "fused"
+    triton = "triton"
+    compiled = "compiled"
+
+
 class OptimName(str, Enum):
     sgd = "sgd"
     adamw = "adamw"
@@ -210,6 +218,9 @@ class RuntimeConfig:
     channels_last: bool = False  # 4-D activations stored channels-last (2-D tasks)
     compile: bool = False  # train a torch.compile-d model
     cuda_graph: bool | None = None  # capture the training step as a CUDA graph (None: where it can)
+    # the norms' accelerated forms (normbench.accel): every one where it applies, the formulas alone
+    # (torch), or one family; the same numbers either way, so not part of a run's identity
+    kernels: Kernels = Kernels.auto
 
 
 @dataclass

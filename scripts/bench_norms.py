@@ -27,7 +27,7 @@ from bench_args import count
 from torch import nn
 
 import normbench
-import normbench.norms._planes as planes
+import normbench.accel.planes as planes
 from normbench import available_norms, build_norm, norm_spec
 
 SHAPES = {
@@ -172,7 +172,7 @@ CUDA_SHAPES = ((32, 64, 32, 32), (64, 256, 56, 56))
 
 
 def with_triton(flag: bool, fn: Callable[[], object]) -> Callable[[], object]:
-    """``fn`` with the plugins' Triton path (normbench.norms._planes) on at every size, or off (their
+    """``fn`` with the plugins' Triton path (normbench.accel.planes) on at every size, or off (their
     torch formulas, the elementwise ones through torch.compile)."""
     native_below = planes.NATIVE_BELOW
 
@@ -253,7 +253,7 @@ def bench_cuda(rounds: int, inner: int, device: torch.device) -> list[dict]:
 
 def keeps_torch_kernel(row: dict) -> bool:
     """Whether the plugin keeps its native torch kernel at this size (``native_kernel`` below
-    normbench.norms._planes.NATIVE_BELOW elements) rather than its Triton path."""
+    normbench.accel.planes.NATIVE_BELOW elements) rather than its Triton path."""
     module = build_norm(row["norm"], row["shape"][1], **BENCH_OPTIONS.get(row["norm"], {}))
     return module.native_kernel and math.prod(row["shape"]) < planes.NATIVE_BELOW
 
@@ -267,7 +267,7 @@ def cuda_markdown(saved: dict) -> str:
         f"shuffled each round) of {saved['inner']} calls timed with CUDA events; `vs BN2d` is the median of "
         "the per-round ratios to `torch.nn.BatchNorm2d` on the same input in the same precision (bf16: "
         "bfloat16 input under `torch.autocast`). Each plugin ran through its Triton path "
-        "(`normbench.norms._planes`, at every size) and through its torch formulas (the elementwise ones "
+        "(`normbench.accel.planes`, at every size) and through its torch formulas (the elementwise ones "
         "through torch.compile; a plugin without a Triton path ran the same module twice); `default` says "
         "which of the two the plugin runs at this size: `torch` where it keeps its native torch kernel "
         f"(below {planes.NATIVE_BELOW:,} elements), else `Triton` (the same module as `torch` for a plugin "

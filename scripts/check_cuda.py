@@ -2,10 +2,10 @@
 
 For each plugin: three training steps and an eval forward on (8, 16, 6, 6) images (and (8, 16)
 features where the plugin takes them), comparing outputs, input and parameter gradients and buffers;
-device and dtype must be preserved. On CUDA the plugins run their Triton path where they have one
-(normbench.norms._planes, "triton", the default), else their composite formulas (the fused Functions
-are CPU-only), the elementwise ones through torch.compile: all three are checked ("triton",
-"compiled" with Triton off, "eager" with both off), in float32 and under bfloat16 autocast with a bfloat16 input (output and input gradient
+device and dtype must be preserved. On CUDA the plugins run their Triton kernels where they have one
+(normbench.accel, "triton": ``runtime.kernels=auto``, at every size), else their formulas (the fused
+Functions are CPU-only), the elementwise ones through torch.compile: all three are checked ("triton",
+"compiled": ``runtime.kernels=compiled``, "eager": ``runtime.kernels=torch``), in float32 and under bfloat16 autocast with a bfloat16 input (output and input gradient
 must stay bfloat16; the root-mean-square relative error within 2e-2, bfloat16 keeping 8
 significant bits). Needs only torch (no Hydra).
 Writes a markdown table.
@@ -26,27 +26,27 @@ from pathlib import Path
 
 import torch
 
-import normbench.norms._kernels as kernels
-import normbench.norms._planes as planes
+import normbench.accel.planes as planes
 from normbench import available_norms, build_norm, norm_spec
-from normbench.norms import _triton
+from normbench.accel import _triton, choose_kernels
 from normbench.norms.frozen_batchnorm import FrozenBatchNorm
 
 # ghost batches of 3, 3 and 2 (the kernels' smaller last group); r and d in force from the first step
 OPTIONS = {"ghost_batchnorm": {"ghost_batch_size": 3}, "batchrenorm": {"warmup_steps": 0}}
 TOLERANCE = {"fp32": 1e-3, "bf16": 2e-2}
 PATHS = ("triton", "compiled", "eager")
+SETTINGS = {"triton": "auto", "compiled": "compiled", "eager": "torch"}  # path -> runtime.kernels
 
 
-def check(name: str, shape: tuple[int, ...], device: torch.device, precision: str) -> float:
-    """Largest relative difference (CUDA float32 or bf16 autocast vs CPU float64) over outputs,
-    gradients, buffers."""
+def check(name: str, shape: tuple[int, ...], device: torch.device, precision: str, path: str) -> float:
+    """Largest relative difference (CUDA float32 or bf16 autocast on ``path`` vs the CPU formula in
+    float64) over outputs, gradients, buffers."""
     torch.manual_seed(0)
-    cpu = build_norm(name, shape[1], **OPTIONS.get(name, {})).double()
+    cpu = choose_kernels(build_norm(name, shape[1], **OPTIONS.get(name, {})).double(), "torch")
     with torch.no_grad():
         for p in cpu.parameters():
             p.copy_(torch.rand_like(p) + 0.5)
-    gpu = copy.deepcopy(cpu).to(device=device, dtype=torch.float32)
+    gpu = choose_kernels(copy.deepcopy(cpu).to(device=device, dtype=torch.float32), SETTINGS[path])
     worst = 0.0
     low = torch.bfloat16 if precision == "bf16" else torch.float32
     autocast = torch.autocast(device.type, dtype=low) if precision == "bf16" else nullcontext()
@@ -127,19 +127,18 @@ def main() -> None:
                 if math.prod(shape[2:]) < norm_spec(name).min_spatial_positions:
                     continue
                 for path in args.paths:
-                    kernels.COMPILE_ON_GPU = path != "eager"
-                    # the Triton path at every size: these inputs are below NATIVE_BELOW
+                    # the Triton kernels at every size: these inputs are below NATIVE_BELOW
                     planes.TRITON_DEVICES, planes.NATIVE_BELOW = (
-                        ({device.type}, 0) if path == "triton" else (set(), native_below)
+                        ({device.type}, 0) if path == "triton" else (devices, native_below)
                     )
                     try:
-                        worst = check(name, shape, device, precision)
+                        worst = check(name, shape, device, precision, path)
                         verdict = "ok" if worst < TOLERANCE[precision] else "MISMATCH"
                     except Exception as exc:  # a failure is a row, not the end of the check
                         worst, verdict = math.nan, f"ERROR {type(exc).__name__}: {str(exc)[:120]}"
                     rows.append(f"| {precision} | {name} | {shape} | {path} | {worst:.1e} | {verdict} |")
                     print(rows[-1], flush=True)
-    kernels.COMPILE_ON_GPU, planes.TRITON_DEVICES, planes.NATIVE_BELOW = True, devices, native_below
+    planes.TRITON_DEVICES, planes.NATIVE_BELOW = devices, native_below
     bn = build_norm("batchnorm", 16).to(device)
     bn(torch.randn(8, 16, 4, 4, device=device))
     frozen = FrozenBatchNorm.from_batchnorm(bn)
@@ -166,7 +165,7 @@ def main() -> None:
             "largest value (absolute where that is below 1) in float32, the root-mean-square relative error "
             "in bfloat16 (where a threshold flips within rounding, one element's gradient differs "
             "wholesale). `triton` (the default on CUDA) runs the plugins' Triton path "
-            "(`normbench.norms._planes`, at every size) where they have one, `compiled` their composite formulas with "
+            "(`normbench.accel`, at every size) where they have one, `compiled` their composite formulas with "
             "the elementwise ones through torch.compile, `eager` the composite formulas op by op; a "
             f"plugin with neither shows the same module for each path. Tolerances {TOLERANCE}. "
             f"Reproduce: `{reproduce}`{'' if device.type == 'cpu' else ' on a CUDA machine'}.",

@@ -1,6 +1,6 @@
 """Compile every Triton kernel the plugins launch on CUDA, for a GPU architecture, without a GPU.
 
-Each plugin's forward and backward run on CPU tensors through its CUDA path (normbench.norms._planes)
+Each plugin's forward and backward run on CPU tensors through its CUDA path (normbench.accel.planes)
 with the kernel launches recorded instead of run: every plugin, with and without affine parameters,
 in training and eval mode, for each storage dtype (bf16 and fp16 under autocast). Triton then
 compiles each recorded kernel and specialization for the target down to a cubin (ptxas ships with
@@ -28,7 +28,8 @@ from collections.abc import Callable
 import torch
 
 from normbench import available_norms, build_norm
-from normbench.norms import _planes, _triton
+from normbench.accel import _triton
+from normbench.accel import planes as _planes
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp64": torch.float64}
 TRITON_TYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.float64: "fp64"}

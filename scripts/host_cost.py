@@ -40,7 +40,8 @@ from worktree import ROOT, checkout
 
 import normbench
 from normbench import available_norms, build_norm
-from normbench.norms import _planes, _triton
+from normbench.accel import _triton
+from normbench.accel import planes as _planes
 
 SHAPE = (16, 8, 2, 2)  # two ghost batches of 8; tiny, so that CPU arithmetic is negligible
 GPU_SHAPE, GPU_PRECISION = [32, 64, 32, 32], "fp32"  # the norms_cuda.json rows compared with

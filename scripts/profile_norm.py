@@ -1,5 +1,5 @@
 """Where the time of plugins' forward+backward goes on a GPU: the host cost of each piece of the
-Triton path (normbench.norms._planes), then per plugin its host time and torch.profiler's table (host
+Triton path (normbench.accel.planes), then per plugin its host time and torch.profiler's table (host
 and device time per op). At small shapes a norm is launch-bound; this says which launches to remove.
 
     python scripts/profile_norm.py ghost_batchnorm switchnorm --shape 32 64 32 32 [--bf16]
@@ -18,8 +18,8 @@ from bench_norms import BENCH_OPTIONS
 from torch.profiler import ProfilerActivity, profile
 
 from normbench import available_norms, build_norm
-from normbench.norms import _triton
-from normbench.norms._planes import affine_family
+from normbench.accel import _triton
+from normbench.accel.planes import affine_family
 
 
 def host_us(fn: Callable[[], object], calls: int = 300) -> float:
@@ -36,11 +36,11 @@ def host_us(fn: Callable[[], object], calls: int = 300) -> float:
 
 def slow_launch(fn: Callable[[], object]) -> None:
     """``fn`` with Triton's standard launch (no cached launcher)."""
-    _triton.FAST_LAUNCH = False
+    fast, _triton.FAST_LAUNCH = _triton.FAST_LAUNCH, False
     try:
         fn()
     finally:
-        _triton.FAST_LAUNCH = True
+        _triton.FAST_LAUNCH = fast
 
 
 def recorded_launches(fn: Callable[[], object]) -> list[tuple]:

@@ -10,6 +10,7 @@ if not torch.cuda.is_available():  # the Triton kernels run on the CPU through T
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from normbench import norm_spec
+from normbench.accel import kernels, kernels_setting
 from normbench.norms.registry import REGISTRY
 
 C = 6
@@ -32,6 +33,14 @@ def randomize_affine(module: torch.nn.Module, seed: int = 0) -> None:
     with torch.no_grad():
         for p in module.parameters():
             p.copy_(torch.rand(p.shape, generator=gen, dtype=p.dtype) + 0.5)
+
+
+@pytest.fixture(autouse=True)
+def default_kernels():
+    """Every test starts with runtime.kernels=auto, and a run that set another leaves it behind."""
+    assert kernels_setting() == "auto", "a test left another kernels setting behind"
+    with kernels("auto"):
+        yield
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import torch
 from conftest import SHAPES, C, fits, randomize_affine
 from reference import REFERENCES
 
-import normbench.norms._kernels as kernels
+import normbench.accel.cpu as fused_kernels
 from normbench import available_norms, build_norm, norm_spec
 
 NORMS = available_norms()
@@ -33,9 +33,9 @@ def inputs(shape, dtype=torch.float64, seed=0):
 
 @pytest.fixture(params=["composite", "fused"])
 def kernel_path(request, monkeypatch):
-    """The built-ins run their composite formula under autograd on small inputs and fused Functions
-    (hand-written backward) on large ones: check both on the small test tensors."""
-    monkeypatch.setattr(kernels, "FUSED_MIN_ELEMENTS", 10**12 if request.param == "composite" else 0)
+    """The built-ins run their formula under autograd on small inputs and their fused forms
+    (normbench.accel, hand-written backward) on large ones: check both on the small test tensors."""
+    monkeypatch.setattr(fused_kernels, "FUSED_MIN_ELEMENTS", 10**12 if request.param == "composite" else 0)
     return request.param
 
 

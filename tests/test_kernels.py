@@ -1,8 +1,9 @@
-"""The group statistics and fused kernels behind the plugins (normbench.norms._kernels).
+"""The group statistics behind the plugins' formulas (normbench.norms._stats) and the ``fused`` family of
+their accelerated forms (normbench.accel): the same numbers as each plugin's formula.
 
-The conformance suite's tensors are small enough for the composite path; here the fused Functions
-run on them too, with the block size shrunk until every tensor spans several blocks with a ragged
-last one, and must give the composite formulas' numbers.
+The conformance suite's tensors are small enough for the formulas; here the fused Functions run on them
+too (``runtime.kernels=fused``, no size threshold), with the block size shrunk until every tensor spans
+several blocks with a ragged last one, and must give the formulas' numbers.
 """
 
 from __future__ import annotations
@@ -11,9 +12,12 @@ import pytest
 import torch
 from conftest import SHAPES, C, fits, randomize_affine
 
-import normbench.norms._kernels as kernels
+import normbench.accel.cpu as fused_kernels
+import normbench.norms._stats as stats
 from normbench import available_norms, build_norm, norm_spec
-from normbench.norms._kernels import group_dot, group_moments, group_view, pull_back
+from normbench.accel import kernels, registered_kernels
+from normbench.accel.cpu import pull_back
+from normbench.norms._stats import group_dot, group_moments, group_view
 
 BUILT_IN = [n for n in available_norms() if norm_spec(n).source.startswith("normbench.")]
 
@@ -31,7 +35,7 @@ def run_step(name: str, x: torch.Tensor, training: bool) -> tuple[torch.Tensor, 
 @pytest.mark.parametrize("kind", ["features", "1d", "2d"])
 @pytest.mark.parametrize("name", BUILT_IN)
 def test_fused_kernels_over_many_blocks_equal_the_composite_formulas(name, kind, monkeypatch):
-    """The fused Functions (hand-written backward, blocked loops) against the same formulas under
+    """The fused Functions (hand-written backward, blocked loops) against the plugin's formula under
     autograd: outputs, every gradient and the running statistics after a step."""
     shape = SHAPES[kind]
     if not fits(name, shape):
@@ -39,12 +43,13 @@ def test_fused_kernels_over_many_blocks_equal_the_composite_formulas(name, kind,
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(shape, generator=gen, dtype=torch.float64) * 2 + 1
     for training in (True, False):
-        monkeypatch.setattr(kernels, "FUSED_MIN_ELEMENTS", 10**12)
-        composite = run_step(name, x, training)
-        monkeypatch.setattr(kernels, "FUSED_MIN_ELEMENTS", 0)
+        with kernels("torch"):
+            composite = run_step(name, x, training)
+        monkeypatch.setattr(fused_kernels, "FUSED_MIN_ELEMENTS", 0)
         # 3 samples per block, the last with fewer
-        monkeypatch.setattr(kernels, "BLOCK", 3 * C * x[0, 0].numel())
-        fused = run_step(name, x, training)
+        monkeypatch.setattr(stats, "BLOCK", 3 * C * x[0, 0].numel())
+        with kernels("fused"):
+            fused = run_step(name, x, training)
         monkeypatch.undo()
         assert len(composite) == len(fused)
         for a, b in zip(composite, fused, strict=True):
@@ -56,7 +61,7 @@ def test_group_moments_and_dot_over_each_group(samples, channels, monkeypatch):
     """Groups of ``samples`` consecutive samples × ``channels`` consecutive channels × all positions."""
     gen = torch.Generator().manual_seed(0)
     x, y = torch.randn(2, 9, 6, 5, generator=gen, dtype=torch.float64) * 2 + 1
-    monkeypatch.setattr(kernels, "BLOCK", 2 * samples * 6 * 5)  # two groups of samples per block
+    monkeypatch.setattr(stats, "BLOCK", 2 * samples * 6 * 5)  # two groups of samples per block
     mean, var = group_moments(group_view(x, samples, channels))
     dot = group_dot(group_view(x, samples, channels), group_view(y, samples, channels))
     assert mean.shape == var.shape == dot.shape == (9 // samples, 6 // channels)
@@ -77,7 +82,7 @@ def test_group_moments_are_accurate_far_from_zero(monkeypatch):
     gen = torch.Generator().manual_seed(0)
     x = (torch.randn(3, 4, 50, generator=gen, dtype=torch.float64) * 0.1 + 1e3).float()
     truth = x.double().var(2, correction=0)
-    monkeypatch.setattr(kernels, "BLOCK", 2 * 4 * 50)
+    monkeypatch.setattr(stats, "BLOCK", 2 * 4 * 50)
     mean, var = group_moments(group_view(x))
     torch.testing.assert_close(mean.double(), x.double().mean(2), rtol=1e-6, atol=0)
     torch.testing.assert_close(var.double(), truth, rtol=1e-3, atol=0)
@@ -111,3 +116,21 @@ def test_pull_back_matches_autograd_and_sums_broadcast_outputs():
     assert g_none is None and not any(o.requires_grad for o in outputs)
     for got, want in zip((g_mean, g_var, g_weight), expected, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_every_fused_kernel_runs_in_the_comparison_above(monkeypatch):
+    """Each registered ``fused`` form is taken by its plugin's module on those inputs (so the test above
+    compares it, not the formula with itself), and by no module built under ``runtime.kernels=torch``."""
+    monkeypatch.setattr(fused_kernels, "FUSED_MIN_ELEMENTS", 0)
+    fused = {k.plugin for k in registered_kernels() if k.family == "fused"}
+    assert {p.__name__ for p in fused} == {
+        "FilterResponseNorm", "RMSNorm", "EvoNormB0", "EvoNormS0", "GhostBatchNorm", "SwitchNorm"
+    }  # fmt: skip
+    x = torch.randn(SHAPES["2d"], dtype=torch.float64)
+    for name in BUILT_IN:
+        with kernels("fused"):
+            module = build_norm(name, C).double()
+        taken = [k for k in module.kernels if k.applies(module, x)]
+        assert [k.family for k in taken] == (["fused"] if type(module) in fused else []), name
+        with kernels("torch"):
+            assert build_norm(name, C).kernels == ()

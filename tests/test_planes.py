@@ -1,4 +1,4 @@
-"""The plugins' Triton path (normbench.norms._planes) equals their torch formulas: run on the CPU
+"""The plugins' Triton path (normbench.accel.planes) equals their torch formulas: run on the CPU
 through Triton's interpreter (TRITON_INTERPRET=1, set in conftest.py), values, every gradient and the
 running statistics, in float64 to 1e-9 and in bf16 under autocast to bf16 tolerance; and every kernel
 compiles for a GPU."""
@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from normbench import build_norm, norm_spec
-from normbench.norms import _planes, _triton, _triton_switch
+from normbench.accel import _triton, _triton_switch
+from normbench.accel import planes as _planes
 from tests.conftest import randomize_affine
 from tests.helpers import ROOT
 
@@ -436,6 +437,7 @@ def test_a_launch_reuses_a_compiled_kernel_only_for_the_same_specialization(monk
             return compile_and_run
 
     monkeypatch.setattr(_triton, "INTERPRETED", False)
+    monkeypatch.setattr(_triton, "FAST_LAUNCH", True)  # as on the Triton versions where it was measured
     monkeypatch.setattr(_triton, "_compiled", {})
     monkeypatch.setattr(torch._C, "_cuda_getCurrentRawStream", lambda index: 7, raising=False)
     kernel, x = Kernel(), torch.zeros(16)
@@ -453,6 +455,27 @@ def test_a_launch_reuses_a_compiled_kernel_only_for_the_same_specialization(monk
     for n in range(2, 6):
         _triton._launch(kernel, (3,), x, n, 0.5, ACC="f32", BLOCK=4)
     assert len(_triton._compiled) <= 3
+
+
+def test_the_private_launcher_is_taken_only_on_the_measured_triton_versions(monkeypatch):
+    """Anywhere else every launch goes through Triton's public ``kernel[grid](...)``, each time."""
+    version = tuple(int(v) for v in _triton.triton.__version__.split(".")[:2])
+    assert (version in _triton.FAST_LAUNCH_TRITON) == _triton.FAST_LAUNCH
+    launched = []
+
+    class Kernel:
+        arg_names = ("x_ptr", "BLOCK")
+
+        def __getitem__(self, grid):
+            return lambda *args, **constexprs: launched.append((grid, args, constexprs))
+
+    monkeypatch.setattr(_triton, "INTERPRETED", False)
+    monkeypatch.setattr(_triton, "FAST_LAUNCH", False)
+    monkeypatch.setattr(_triton, "_compiled", {})
+    x = torch.zeros(4)
+    for _ in range(3):
+        _triton._launch(Kernel(), (2,), x, BLOCK=4)
+    assert len(launched) == 3 and _triton._compiled == {}
 
 
 @pytest.mark.parametrize("name", ["layernorm", "switchnorm"])

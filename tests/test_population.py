@@ -12,7 +12,7 @@ import torch
 from torch.func import functional_call, stack_module_state, vmap
 
 from normbench import available_norms, build_norm, norm_spec
-from normbench.norms._kernels import FUSED_MIN_ELEMENTS
+from normbench.accel.cpu import FUSED_MIN_ELEMENTS
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:There is a performance drop:UserWarning"

@@ -15,7 +15,7 @@ from helpers import registered_plugin
 from torch import nn
 
 from normbench import available_norms, build_norm, norm_spec
-from normbench.norms._kernels import FUSED_MIN_ELEMENTS
+from normbench.accel.cpu import FUSED_MIN_ELEMENTS
 from normbench.norms.registry import register_norm
 from normbench.population.stacked import Population
 from normbench.population.wide import NoWideForm, WidePopulation, stack_population

@@ -15,6 +15,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
+from normbench.accel import use_kernels
 from normbench.checkpoint import MODEL_FILE
 from normbench.config import ConfigError
 from normbench.evaluate import eval_mode
@@ -35,9 +36,10 @@ log = logging.getLogger(__name__)
 
 
 def setup_runtime(cfg: DictConfig) -> Runtime:
-    """The run's device and arithmetic (ConfigError if this machine cannot give them), threads,
-    deterministic kernels and the seed."""
+    """The run's device and arithmetic (ConfigError if this machine cannot give them), the norms'
+    accelerated forms its modules take, threads, deterministic kernels and the seed."""
     runtime = Runtime.from_config(cfg.runtime)
+    use_kernels(runtime.kernels)
     torch.set_num_threads(cfg.runtime.threads)
     use_deterministic_kernels(runtime.device)
     torch.manual_seed(cfg.seed)

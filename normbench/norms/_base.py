@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
+
+from normbench.accel import allows, kernels_for
+from normbench.accel.compiled import formula
+
+F = TypeVar("F", bound=Callable[..., Tensor])
 
 MAX_SPATIAL_DIMS = 3
 
@@ -37,11 +44,14 @@ class ChannelNorm(nn.Module):
 
     min_spatial_positions = 0
     # Whether the plugin has a native torch kernel that it keeps on inputs below
-    # normbench.norms._planes.NATIVE_BELOW elements instead of its Triton path (on CUDA).
+    # normbench.accel.planes.NATIVE_BELOW elements instead of its Triton path (on CUDA).
     native_kernel = False
 
     def __init__(self, num_channels: int, eps: float = 1e-5, affine: bool = True) -> None:
         super().__init__()
+        # the accelerated forms of this plugin that runtime.kernels chooses, read once (normbench.accel)
+        self.kernels = kernels_for(type(self))
+        self.compiles = allows("compiled")  # its formula through torch.compile on CUDA
         if eps <= 0:
             raise ValueError(f"{type(self).__name__}: eps must be > 0, got {eps!r}")
         self.num_channels = num_channels
@@ -67,6 +77,19 @@ class ChannelNorm(nn.Module):
                 f"per channel to compute its statistics, got input of shape {tuple(x.shape)}; "
                 "(N, C) features have none"
             )
+
+    def accelerated(self, x: Tensor) -> Tensor | None:
+        """The output of the first of this module's :attr:`kernels` that applies to ``x``, or None (the
+        plugin's formula then runs)."""
+        for kernel in self.kernels:
+            if kernel.applies(self, x):
+                return kernel.forward(self, x)
+        return None
+
+    def formula(self, fn: F) -> F:
+        """The plugin's formula function ``fn``, compiled on CUDA when this module takes the
+        ``compiled`` family (:func:`normbench.accel.compiled.formula`)."""
+        return formula(fn, self.compiles)
 
     def extra_repr(self) -> str:
         return f"{self.num_channels}, eps={self.eps}, affine={self.affine}"

@@ -6,9 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from normbench.norms._kernels import group_moments, group_view
-from normbench.norms._planes import RENORM_ACT, affine_family, use_planes
-from normbench.norms._triton import Running
+from normbench.norms._stats import group_moments, group_view
 from normbench.norms.batchnorm import BatchNorm
 from normbench.norms.registry import register_norm
 
@@ -91,8 +89,8 @@ class BatchRenorm(BatchNorm):
         if not self.training:
             return super().forward(x)
         self.check_input(x)
-        if use_planes(x):
-            return self._planes(x)
+        if (y := self.accelerated(x)) is not None:
+            return y
         r_max, d_max = self.limits()
         with torch.no_grad():
             mean_b, var_b = (m.flatten() for m in group_moments(group_view(x, samples=x.shape[0])))
@@ -107,19 +105,6 @@ class BatchRenorm(BatchNorm):
             bias = bias + self.bias
         # one native kernel: (x - mu_B) / sigma_B * (r * gamma) + (d * gamma + beta)
         return F.batch_norm(x, None, None, weight, bias, True, 0.0, self.eps)
-
-    def _planes(self, x: Tensor) -> Tensor:
-        """The same on the Triton kernels: r and d formed inside them, the running statistics moved by the
-        same launch."""
-        running_mean, running_var, batches = self.running_mean, self.running_var, self.num_batches_tracked
-        # what this step's r and d are formed from, as the kernels and the backward need it beside the
-        # update (one dtype: a cat that promotes the step costs several times more host time)
-        frozen = torch.cat((running_mean, running_var, self.schedule()))
-        step = batches.clone()
-        return affine_family(
-            x, self.weight, self.bias, self.eps, samples=x.shape[0], act=RENORM_ACT, t=frozen, aux=step,
-            running=Running(running_mean, running_var, self.momentum, batches.add_(1)),
-        )  # fmt: skip
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, r_max={self.r_max}, d_max={self.d_max}, warmup_steps={self.warmup_steps}"

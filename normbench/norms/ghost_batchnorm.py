@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from normbench.norms._base import like_input, move_towards
-from normbench.norms._kernels import standardizing, use_fused
-from normbench.norms._planes import affine_family, group_affine, use_planes
-from normbench.norms._triton import Running, last_group
+from normbench.norms._stats import last_group, standardizing
 from normbench.norms.batchnorm import BatchNorm
 from normbench.norms.registry import register_norm
 
@@ -62,18 +62,22 @@ class GhostBatchNorm(BatchNorm):
         if not self.training or n <= g:
             return super().forward(x)
         self.check_input(x)
-        if use_planes(x):  # the kernels cut the ghost batches and move the running statistics
-            running = None
-            if self.track_running_stats:
-                batches = self.num_batches_tracked.add_(1)
-                running = Running(self.running_mean, self.running_var, self.momentum, batches)
-            return affine_family(x, self.weight, self.bias, self.eps, samples=g, running=running)
+        if (y := self.accelerated(x)) is not None:
+            return y
+        return self.ghost_batches(x, self._folded)
+
+    def ghost_batches(
+        self, x: Tensor, normalize: Callable[[Tensor, int], tuple[Tensor, Tensor, Tensor]]
+    ) -> Tensor:
+        """``x`` cut into ghost batches, each chunk of equal ghost batches normalized by ``normalize(chunk,
+        m)`` (output and each ghost batch's mean and unbiased variance), and the running statistics
+        moved."""
+        n, g = x.shape[0], self.ghost_batch_size
         last = last_group(n, g)
         full = n if n - last == g else last  # the samples in ghost batches of g
         chunks = [(x[:full], g)] if full else []
         if full < n:  # the last ghost batch is smaller (or g + 1)
             chunks.append((x[full:], n - full))
-        normalize = self._fused if use_fused(x) else self._folded
         parts = [normalize(chunk, m) for chunk, m in chunks]
         if self.track_running_stats:  # towards the average over ghost batches of their mean and unbiased var
             with torch.no_grad():
@@ -83,17 +87,11 @@ class GhostBatchNorm(BatchNorm):
         outs = [y for y, _, _ in parts]
         return like_input(torch.cat(outs) if len(outs) > 1 else outs[0], x)
 
-    def _fused(self, chunk: Tensor, m: int) -> tuple[Tensor, Tensor, Tensor]:
-        """Ghost batches of m samples through :func:`group_affine`, no copies: output, and each ghost
-        batch's mean and unbiased variance, (k, C)."""
-        y, mean, var = group_affine(chunk, self._coefficients, self.weight, self.bias, samples=m)
-        count = chunk[:m].numel() // self.num_channels
-        return y, mean, var * (count / max(count - 1, 1))
-
     def _folded(self, chunk: Tensor, m: int) -> tuple[Tensor, Tensor, Tensor]:
         """The same by one native batch_norm call, the ghost batches folded into channels,
         (k·m, C, *S) -> (m, k·C, *S): on small CPU inputs the copies cost less than a Function's Python
-        (on CUDA, host time of about a dozen small ops, more than the Triton path's launches)."""
+        (on CUDA, host time of about a dozen small ops, more than the Triton path's launches); large CPU
+        inputs take :class:`normbench.accel.cpu.GroupAffine` instead (``fused`` kernels)."""
         k, c, rest = chunk.shape[0] // m, self.num_channels, chunk.shape[2:]
         folded = chunk.reshape(k, m, c, *rest).transpose(0, 1).reshape(m, k * c, *rest)
         weight = None if self.weight is None else self.weight.repeat(k)
@@ -104,7 +102,7 @@ class GhostBatchNorm(BatchNorm):
         y = F.batch_norm(folded, mean, var, weight, bias, True, 1.0, self.eps)
         return y.reshape(m, k, c, *rest).transpose(0, 1).reshape(chunk.shape), mean.view(k, c), var.view(k, c)
 
-    def _coefficients(
+    def coefficients(
         self, mean: Tensor, var: Tensor, weight: Tensor | None, bias: Tensor | None
     ) -> tuple[Tensor, Tensor]:
         """(scale, shift) per ghost batch and channel from its moments, (K, C) each."""

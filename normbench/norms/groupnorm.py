@@ -8,7 +8,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from normbench.norms._base import ChannelNorm, wide_copy
-from normbench.norms._planes import affine_family, use_planes
 from normbench.norms.registry import register_norm
 
 DEFAULT_GROUPS = 32  # Wu & He 2018's default
@@ -80,7 +79,7 @@ class GroupNorm(ChannelNorm):
         Input (N, C, *) with 0-3 spatial dims; output the same shape.
     """
 
-    native_kernel = True  # torch's group_norm below _planes.NATIVE_BELOW elements
+    native_kernel = True  # torch's group_norm below normbench.accel.planes.NATIVE_BELOW elements
 
     def __init__(
         self,
@@ -106,10 +105,8 @@ class GroupNorm(ChannelNorm):
 
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(x)
-        # the same statistics through the Triton kernels, on CUDA
-        if use_planes(x, native=self.native_kernel):
-            channels = self.num_channels // self.num_groups
-            return affine_family(x, self.weight, self.bias, self.eps, channels=channels)
+        if (y := self.accelerated(x)) is not None:
+            return y
         return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
 
     def extra_repr(self) -> str:

@@ -6,7 +6,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from normbench.norms._base import ChannelNorm
-from normbench.norms._planes import affine_family, use_planes
 from normbench.norms.groupnorm import GroupNorm
 from normbench.norms.registry import register_norm
 
@@ -39,14 +38,13 @@ class LayerNorm(ChannelNorm):
         Input (N, C, *) with 0-3 spatial dims; output the same shape.
     """
 
-    native_kernel = True  # torch's group_norm below _planes.NATIVE_BELOW elements
+    native_kernel = True  # torch's group_norm below normbench.accel.planes.NATIVE_BELOW elements
 
     def __init__(self, num_channels: int, eps: float = 1e-5, affine: bool = True) -> None:
         super().__init__(num_channels, eps, affine)
 
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(x)
-        # the same statistics through the Triton kernels, on CUDA
-        if use_planes(x, native=self.native_kernel):
-            return affine_family(x, self.weight, self.bias, self.eps, channels=self.num_channels)
+        if (y := self.accelerated(x)) is not None:
+            return y
         return F.group_norm(x, 1, self.weight, self.bias, self.eps)

@@ -5,48 +5,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 
+from normbench.accel.compiled import formula
 from normbench.norms._base import ChannelNorm, like_input
-from normbench.norms._kernels import compiled_on_gpu, group_dot, group_view, use_fused
-from normbench.norms._planes import affine_family, use_planes
 from normbench.norms.registry import register_norm
 
 
-class _ChannelFirstRMSNorm(torch.autograd.Function):
-    """y = x · r_n · w_c with r_n = (mean_{c,s} x² + eps)^(-1/2), in few memory passes.
-
-    Backward: with t_nc = Σ_s g x, ∂L/∂x = g r w − x r³ (Σ_c w_c t_nc) / M and ∂L/∂w_c = Σ_n r_n t_nc
-    (M = C × positions); one activation-sized tensor allocated in each direction.
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor | None, eps: float) -> Tensor:
-        n, c = x.shape[:2]
-        m = x[0].numel()
-        r = torch.rsqrt(torch.linalg.vector_norm(x.reshape(n, -1), dim=1).square() / m + eps)
-        w = weight if weight is not None else x.new_ones(c)
-        scale = r[:, None] * w[None, :]
-        ctx.save_for_backward(x, r, w)
-        ctx.m, ctx.has_weight = m, weight is not None
-        return x * scale.view(n, c, *[1] * (x.dim() - 2))
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, g: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
-        x, r, w = ctx.saved_tensors
-        n, c = x.shape[:2]
-        tail = [1] * (x.dim() - 2)
-        t = group_dot(group_view(g), group_view(x))  # (n, c)
-        coef = -(r**3) * (t * w).sum(1) / ctx.m  # (n,)
-        gx = torch.mul(g, (r[:, None] * w).view(n, c, *tail)).addcmul_(x, coef.view(n, 1, *tail))
-        gw = (r[:, None] * t).sum(0) if ctx.has_weight and ctx.needs_input_grad[1] else None
-        return gx, gw, None
-
-
-@compiled_on_gpu
 def _channel_first_rms_norm(x: Tensor, w: Tensor, eps: float) -> Tensor:
-    """The formula of :class:`_ChannelFirstRMSNorm` under autograd; ``w`` shaped (1, C, 1, ...)."""
+    """RMSNorm of (N, C, *) inputs over channels and positions, under autograd; ``w`` shaped (1, C, 1, ...)."""
     x = x.to(torch.promote_types(x.dtype, torch.float32))  # statistics in float32 under autocast
     return x * torch.rsqrt(x.square().mean(dim=tuple(range(1, x.dim())), keepdim=True) + eps) * w
 
@@ -58,6 +24,7 @@ class _WideRMSNorm(nn.Module):
     def __init__(self, member: RMSNorm, k: int) -> None:
         super().__init__()
         self.members, self.eps, self.num_channels = k, member.eps, member.num_channels * k
+        self.compiles = member.compiles
         for name in ("weight", "bias"):
             tensor = getattr(member, name)
             setattr(self, name, None if tensor is None else nn.Parameter(tensor.detach().repeat(k)))
@@ -65,9 +32,8 @@ class _WideRMSNorm(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         n, tail = len(x), [1] * (x.dim() - 2)
         blocks = x.reshape(n * self.members, self.num_channels // self.members, *x.shape[2:])
-        y = _channel_first_rms_norm(blocks, blocks.new_ones(1, blocks.shape[1], *tail), self.eps).reshape(
-            x.shape
-        )
+        rms_norm = formula(_channel_first_rms_norm, self.compiles)
+        y = rms_norm(blocks, blocks.new_ones(1, blocks.shape[1], *tail), self.eps).reshape(x.shape)
         if self.weight is not None:
             y = y * self.weight.view(1, -1, *tail)
         if self.bias is not None:
@@ -105,15 +71,15 @@ class RMSNorm(ChannelNorm):
 
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(x)
+        if (y := self.accelerated(x)) is not None:
+            return y
         if x.dim() == 2:
             y = F.rms_norm(x, (self.num_channels,), self.weight, self.eps)
-        elif use_planes(x):
-            return affine_family(
-                x, self.weight, self.bias, self.eps, channels=self.num_channels, center=False
-            )
-        elif use_fused(x):
-            y = _ChannelFirstRMSNorm.apply(x, self.weight, self.eps)
         else:
             w = x.new_ones(self.num_channels) if self.weight is None else self.weight
-            y = _channel_first_rms_norm(x, w.view(1, -1, *[1] * (x.dim() - 2)), self.eps)
+            y = self.formula(_channel_first_rms_norm)(x, w.view(1, -1, *[1] * (x.dim() - 2)), self.eps)
+        return self.biased(y, x)
+
+    def biased(self, y: Tensor, x: Tensor) -> Tensor:
+        """The normalized and scaled ``y`` plus the bias (if any), in ``x``'s dtype and layout."""
         return like_input(y if self.bias is None else y + self.bias.view(1, -1, *[1] * (x.dim() - 2)), x)

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
-from normbench.norms import _triton
 from normbench.norms._base import ChannelNorm, like_input, move_towards
-from normbench.norms._kernels import compiled_on_gpu, pooled, standardizing
-from normbench.norms._planes import group_affine, kernels_backward, use_planes
-from normbench.norms._triton_switch import switch_backward, switch_map, switch_plan, switch_pools
+from normbench.norms._stats import group_affine, pooled, standardizing
 from normbench.norms.registry import register_norm
 
 SOURCES = ("in", "ln", "bn")
 
 
-@compiled_on_gpu  # dozens of small ops: one generated kernel per direction on CUDA
 def _mixture(
     mean_in: Tensor,
     var_in: Tensor,
@@ -38,37 +36,6 @@ def _mixture(
     mean = wm[0] * mean_in + wm[1] * mean_ln + wm[2] * mean_bn
     var = wv[0] * var_in + wv[1] * var_ln + wv[2] * var_bn
     return standardizing(mean, var, eps, weight, bias)
-
-
-class SwitchNormFused(torch.autograd.Function):
-    """SwitchNorm on its Triton kernels (:mod:`normbench.norms._triton_switch`, which derives the
-    backward): three launches per direction, the running statistics moved inside them.
-
-    ``apply(x, weight, bias, mean_logits, var_logits, running_mean, running_var, eps, momentum,
-    training)`` returns y. Once differentiable.
-    """
-
-    @staticmethod
-    def forward(
-        ctx, x, weight, bias, mean_logits, var_logits, running_mean, running_var, eps, momentum, training
-    ):
-        ctx.plan = plan = switch_plan(x.shape, x.dtype, weight is not None, bias is not None)
-        mean, var = _triton.plane_moments(x, plan.block)
-        rows, cols = switch_pools(mean, var, running_mean, running_var, momentum, training, plan)
-        params = (weight, bias, mean_logits, var_logits)
-        ctx.eps, ctx.training = eps, training
-        ctx.save_for_backward(x, mean, var, rows, cols, *params)
-        return switch_map(x, mean, var, rows, cols, params, eps, plan)
-
-    @staticmethod
-    @kernels_backward
-    def backward(ctx, g: Tensor):
-        x, mean, var, rows, cols, *params = ctx.saved_tensors
-        grads = switch_backward(
-            g.contiguous(), x, mean, var, rows, cols, tuple(params), ctx.eps, ctx.training, ctx.plan
-        )
-        needed = ctx.needs_input_grad[:5]
-        return *(grad if need else None for grad, need in zip(grads, needed, strict=True)), *(None,) * 5
 
 
 @register_norm(
@@ -114,26 +81,34 @@ class SwitchNorm(ChannelNorm):
 
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(x)
-        if use_planes(x):
-            return SwitchNormFused.apply(
-                x, self.weight, self.bias, self.mean_logits, self.var_logits, self.running_mean,
-                self.running_var, self.eps, self.momentum, self.training,
-            )  # fmt: skip
-        running = (self.running_mean, self.running_var, self.training, self.eps)  # the mode of this forward
+        if (y := self.accelerated(x)) is not None:
+            return y
+        params = (self.weight, self.bias, self.mean_logits, self.var_logits)
+        y, mean_in, var_in = group_affine(x, self.coefficients(), *params)
+        self.track(x, mean_in, var_in)
+        return like_input(y, x)
+
+    def coefficients(self) -> Callable[..., tuple[Tensor, Tensor]]:
+        """(scale, shift) per sample and channel from the instance moments and the parameters (weight,
+        bias, mean and var logits), in the mode of this forward (dozens of small ops: compiled on CUDA
+        where the ``compiled`` family is chosen)."""
+        running = (self.running_mean, self.running_var, self.training, self.eps)
+        mixture = self.formula(_mixture)
 
         def coefficients(*moments_and_params: Tensor | None) -> tuple[Tensor, Tensor]:
-            return _mixture(*moments_and_params, *running)
+            return mixture(*moments_and_params, *running)
 
-        y, mean_in, var_in = group_affine(
-            x, coefficients, self.weight, self.bias, self.mean_logits, self.var_logits
-        )
+        return coefficients
+
+    @torch.no_grad()
+    def track(self, x: Tensor, mean_in: Tensor, var_in: Tensor) -> None:
+        """In training, move the running statistics towards the batch's, pooled from the instance moments
+        of ``x`` (the variance unbiased)."""
         if self.training:
-            with torch.no_grad():
-                mean_bn, var_bn = pooled(mean_in, var_in, 0)
-                n = x.numel() / x.shape[1]
-                move_towards(self.running_mean, mean_bn.flatten(), self.momentum)
-                move_towards(self.running_var, var_bn.flatten() * n / max(n - 1, 1), self.momentum)
-        return like_input(y, x)
+            mean_bn, var_bn = pooled(mean_in, var_in, 0)
+            n = x.numel() / x.shape[1]
+            move_towards(self.running_mean, mean_bn.flatten(), self.momentum)
+            move_towards(self.running_var, var_bn.flatten() * n / max(n - 1, 1), self.momentum)
 
     def extra_metrics(self) -> dict[str, float]:
         """The learned importance of each statistic: ``mean_in``, ``mean_ln``, ``mean_bn``, ``var_*``."""

@@ -1,5 +1,5 @@
-"""The plugins' path on CUDA: statistics of each (sample, channel) plane and Triton kernels
-(:mod:`normbench.norms._triton`) that normalize with them.
+"""The ``triton`` family: statistics of each (sample, channel) plane and Triton kernels
+(:mod:`normbench.accel._triton`) that normalize with them, on CUDA.
 
 Each plugin's statistics come from its planes' moments — directly (instance statistics), pooled over
 samples (batch and ghost-batch statistics) or over channels (layer and group statistics), with the law
@@ -7,7 +7,7 @@ of total variance. :func:`affine_family` (LayerNorm, GroupNorm, InstanceNorm, gh
 BatchRenorm, RMSNorm, FRN, both EvoNorms) does all of it inside the kernels: two launches per
 direction, eight memory passes as native BatchNorm, no small-tensor op in between; the forward's second
 launch also moves the running statistics, the backward's second sums the parameters' gradients.
-SwitchNorm's mixture has its own kernels (:mod:`normbench.norms._triton_switch`). Every plugin keeps
+SwitchNorm's mixture has its own kernels (:mod:`normbench.accel._triton_switch`). Every plugin keeps
 its torch formula for the CPU, ``torch.compile``, ``vmap`` and channels_last inputs;
 tests/test_planes.py ties the two through Triton's interpreter.
 """
@@ -21,15 +21,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from normbench.norms import _triton
-from normbench.norms._kernels import (
-    GroupAffine,
-    group_moments,
-    group_view,
-    use_fused,
-    vmapped,
-)
-from normbench.norms._triton import (  # noqa: F401  (for the plugins)
+from normbench.accel import _triton
+from normbench.accel._triton import (  # noqa: F401  (for the per-plugin modules)
     B0_ACT,
     B0_EVAL_ACT,
     GATE_ACT,
@@ -37,6 +30,7 @@ from normbench.norms._triton import (  # noqa: F401  (for the plugins)
     RENORM_ACT,
     TLU_ACT,
 )
+from normbench.norms._stats import vmapped
 
 # Devices whose tensors take this path; the tests add "cpu" under Triton's interpreter, the benchmark
 # empties it to time the torch formulas.
@@ -70,6 +64,12 @@ def use_planes(x: Tensor, native: bool = False) -> bool:
     )
 
 
+def on_planes(module: object, x: Tensor) -> bool:
+    """The ``applies`` of the plugins' ``triton`` kernels: :func:`use_planes`, keeping a plugin's native
+    torch kernel (``native_kernel``) on small inputs."""
+    return use_planes(x, native=getattr(module, "native_kernel", False))
+
+
 def kernels_backward(backward: Callable) -> Callable:
     """``once_differentiable`` for a backward made of kernels, without its cost where it does nothing:
     with grad mode off (a plain backward) the gradients come back as they are; under ``create_graph``
@@ -86,7 +86,7 @@ def kernels_backward(backward: Callable) -> Callable:
 class GroupAffineFused(torch.autograd.Function):
     """The affine family in four kernels and no small-tensor ops in between: ``y = (x − μ_g) r_g w_c +
     b_c`` with ``r_g = (σ²_g + eps)^(-1/2)`` over groups of ``samples`` × ``channels`` planes
-    (:func:`normbench.norms._kernels.group_view`); without ``center``, ``μ_g = 0`` and ``σ²_g = E x²``
+    (:func:`normbench.norms._stats.group_view`); without ``center``, ``μ_g = 0`` and ``σ²_g = E x²``
     (RMSNorm, FRN). ``act``: ``TLU_ACT`` gives ``max(y, t_c)`` (FRN), ``GATE_ACT``
     ``x sigmoid(t_c x) r_g w_c + b_c`` (EvoNorm-S0), ``B0_ACT`` ``x w_c / max(a_c, t_c x + s_nc) + b_c``
     with a = 1 / r_g of the batch group and s the instance term (EvoNorm-B0; ``B0_EVAL_ACT`` takes
@@ -96,11 +96,11 @@ class GroupAffineFused(torch.autograd.Function):
     (:meth:`normbench.norms.batchrenorm.BatchRenorm.schedule`), ``aux`` the step. The kernels'
     docstrings hold the backward.
 
-    ``running`` (:class:`normbench.norms._triton.Running`, or None): running statistics that the forward
+    ``running`` (`normbench.accel._triton.Running`, or None): running statistics that the forward
     moves towards the batch (or ghost-batch) statistics, in its second launch.
 
     ``apply(x, weight, bias, t, aux, running, family)`` returns y, ``family`` a
-    :class:`normbench.norms._triton.Family`. Once differentiable.
+    `normbench.accel._triton.Family`. Once differentiable.
     """
 
     @staticmethod
@@ -137,24 +137,3 @@ def affine_family(
     (contiguous) layout."""
     family = _triton.Family(eps, samples, channels, center, act)
     return GroupAffineFused.apply(x, weight, bias, t, aux, running, family)
-
-
-def group_affine(
-    x: Tensor,
-    coefficients: Callable[..., tuple[Tensor, Tensor]],
-    *params: Tensor | None,
-    samples: int = 1,
-    channels: int = 1,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """``y = x · scale + shift`` with ``(scale, shift) = coefficients(mean, var, *params)`` of the
-    moments of each :func:`normbench.norms._kernels.group_view` group (``samples`` × ``channels``):
-    ``(y, mean, var)``, ``y`` shaped as ``x``, the (K, G) moments without gradient. :class:`GroupAffine`
-    for large CPU inputs, the composite formula elsewhere (the plugins check :func:`use_planes` first)."""
-    xv = group_view(x, samples, channels)
-    if use_fused(x):
-        y, mean, var = GroupAffine.apply(xv, coefficients, *params)
-    else:
-        mean, var = group_moments(xv)
-        scale, shift = (t.expand_as(mean)[:, None, :, None] for t in coefficients(mean, var, *params))
-        y, mean, var = xv * scale + shift, mean.detach(), var.detach()
-    return y.view(x.shape), mean, var

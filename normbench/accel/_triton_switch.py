@@ -1,7 +1,7 @@
-"""SwitchNorm's Triton kernels (its path on CUDA, :class:`normbench.norms.switchnorm.SwitchNormFused`).
+"""SwitchNorm's Triton kernels (its path on CUDA, :class:`normbench.accel.switchnorm.SwitchNormFused`).
 
 Each (n, c) plane p of a contiguous (N, C, *spatial) input, with instance moments μᵢₙ, σ²ᵢₙ
-(:func:`normbench.norms._triton.plane_moments`), is normalized with the mixture
+(:func:`normbench.accel._triton.plane_moments`), is normalized with the mixture
 
     μ_p = w₀ μᵢₙ + w₁ μₗₙ(n) + w₂ μ_bn(c),   σ²_p = w'₀ σ²ᵢₙ + w'₁ σ²ₗₙ(n) + w'₂ σ²_bn(c),
     y = (x − μ_p) r_p γ_c + β_c,   r_p = (σ²_p + eps)^(-1/2),   w = softmax(λ), w' = softmax(λ'),
@@ -33,8 +33,8 @@ import torch
 from torch import Tensor
 
 # _triton._launch is looked up per call: one attribute to stub or record every launch
-from normbench.norms import _triton
-from normbench.norms._triton import (
+from normbench.accel import _triton
+from normbench.accel._triton import (
     AVAILABLE,
     _acc,
     _block,
@@ -49,7 +49,7 @@ if AVAILABLE:
     import triton.language as tl
     from triton import jit
 
-    from normbench.norms._triton import _channel_param, _move_towards, _wide
+    from normbench.accel._triton import _channel_param, _move_towards, _wide
 
     @jit
     def _softmax3(ptr, ACC: tl.constexpr):

@@ -1,4 +1,4 @@
-"""Triton kernels of the plugins' path on CUDA (:mod:`normbench.norms._planes`).
+"""Triton kernels of the plugins' path on CUDA (:mod:`normbench.accel.planes`).
 
 Every kernel works on a contiguous (N, C, *spatial) tensor seen as P = N·C planes of S positions and
 computes in float32 (float64 for float64 input), whatever the storage dtype. :func:`plane_moments`
@@ -11,7 +11,7 @@ group's statistics from the planes' moments, so forward and backward take two la
 small-tensor op in between (the backward's second launch also sums the parameters' gradients over the
 samples). Eight memory passes in all, as native BatchNorm.
 
-SwitchNorm's mixture has its own kernels (:mod:`normbench.norms._triton_switch`).
+SwitchNorm's mixture has its own kernels (:mod:`normbench.accel._triton_switch`).
 
 Tests run them on the CPU through Triton's interpreter (``TRITON_INTERPRET=1``).
 """
@@ -26,6 +26,8 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor
+
+from normbench.norms._stats import last_group
 
 try:
     import triton
@@ -388,8 +390,13 @@ if AVAILABLE:
 
 # Triton's generic launch binds and specializes every argument on every call (tens of microseconds
 # of host time per launch, which bound these layers at small sizes); once a kernel is compiled for a
-# specialization, later calls with the same specialization go straight to its launcher.
-FAST_LAUNCH = True
+# specialization, later calls with the same specialization go straight to its launcher. That launcher
+# (CompiledKernel.run with packed_metadata, the raw CUDA stream) is Triton's private API: it is used only
+# on the Triton versions where it was measured and checked on a GPU (reports/bench/profile_cuda.txt,
+# H200, Triton 3.6.0: 32.9 us per group_affine launch against 68.5 us through the public launch), and
+# every other version takes the public launch, kernel[grid](...).
+FAST_LAUNCH_TRITON = ((3, 6),)  # (major, minor) versions whose private launcher was measured
+FAST_LAUNCH = triton is not None and tuple(int(v) for v in triton.__version__.split(".")[:2]) in FAST_LAUNCH_TRITON
 # per key: the compiled specialization and the values of the kernel's constexprs in its order; keys hold
 # sizes, so a workload of many shapes would grow it without end: past MAX_COMPILED it starts over (the
 # next launches go through Triton's generic launch once, which finds its own compiled kernels)
@@ -422,16 +429,19 @@ def _key(kernel, args: tuple, constexprs: dict) -> tuple:
 
 
 def _launch(kernel, grid: tuple[int, ...], *args, **constexprs) -> None:
-    """``kernel[grid](*args, **constexprs)``; the kernel's pointers must be its first parameters and its
-    constexprs its last."""
+    """``kernel[grid](*args, **constexprs)`` (through the private launcher of a compiled
+    specialization where :data:`FAST_LAUNCH`); the kernel's pointers must be its first parameters and
+    its constexprs its last."""
+    if not FAST_LAUNCH or INTERPRETED:
+        kernel[grid](*args, **constexprs)
+        return
     key = _key(kernel, args, constexprs)
-    known = _compiled.get(key) if FAST_LAUNCH and not INTERPRETED else None
+    known = _compiled.get(key)
     if known is None:
         compiled = kernel[grid](*args, **constexprs)
-        if not INTERPRETED:
-            if len(_compiled) >= MAX_COMPILED:
-                _compiled.clear()
-            _compiled[key] = compiled, [constexprs[name] for name in kernel.arg_names[len(args) :]]
+        if len(_compiled) >= MAX_COMPILED:
+            _compiled.clear()
+        _compiled[key] = compiled, [constexprs[name] for name in kernel.arg_names[len(args) :]]
         return
     compiled, values = known
     grid = (*grid, 1, 1)
@@ -474,16 +484,6 @@ def _grid(shape: torch.Size) -> tuple[tuple[int, int], int]:
     s = _positions(shape)
     block = _block(s)
     return (shape[0] * shape[1], -(-s // block)), block
-
-
-def last_group(n: int, samples: int) -> int:
-    """The first sample of the last of the groups of ``samples`` consecutive samples that a batch of ``n``
-    is cut into: a remainder of several samples forms a smaller last group, a remainder of one joins the
-    group before it (one sample has no batch statistics), and ``samples >= n`` makes one group."""
-    rest = n % samples
-    if rest == 0:
-        return max(n - samples, 0)
-    return max(n - rest - (samples if rest == 1 else 0), 0)
 
 
 def split_float(value: float) -> tuple[float, float]:
