@@ -396,7 +396,9 @@ if AVAILABLE:
 # H200, Triton 3.6.0: 32.9 us per group_affine launch against 68.5 us through the public launch), and
 # every other version takes the public launch, kernel[grid](...).
 FAST_LAUNCH_TRITON = ((3, 6),)  # (major, minor) versions whose private launcher was measured
-FAST_LAUNCH = triton is not None and tuple(int(v) for v in triton.__version__.split(".")[:2]) in FAST_LAUNCH_TRITON
+FAST_LAUNCH = (
+    triton is not None and tuple(int(v) for v in triton.__version__.split(".")[:2]) in FAST_LAUNCH_TRITON
+)
 # per key: the compiled specialization and the values of the kernel's constexprs in its order; keys hold
 # sizes, so a workload of many shapes would grow it without end: past MAX_COMPILED it starts over (the
 # next launches go through Triton's generic launch once, which finds its own compiled kernels)
