@@ -5,6 +5,7 @@ and in populations through the same loops, its errors computed by its own formul
 from __future__ import annotations
 
 import importlib
+import math
 import sys
 
 import pytest
@@ -121,6 +122,10 @@ def test_the_example_task_trains_and_its_error_is_its_own_formula(example_task, 
     assert record["metrics"]["val_error"] == pytest.approx(_mse(model, data.x_val), rel=1e-5)
     assert record["metrics"]["test_loss"] == pytest.approx(record["metrics"]["test_error"], rel=1e-12)
     assert 0 < record["metrics"]["test_error_precise_bn"] < 10  # BatchNorm's extra evaluations ran
+    signal = float(data.x_test.flatten(1).pow(2).mean())  # the task's own metric, by its formula
+    assert record["metrics"]["test_snr_db"] == pytest.approx(
+        10 * math.log10(signal / _mse(model, data.x_test)), rel=1e-4
+    )
     assert record["history"][-1]["test_error"] == pytest.approx(record["metrics"]["test_error"], rel=1e-5)
 
 
@@ -131,6 +136,6 @@ def test_the_example_task_trains_in_a_population_to_its_separate_runs(example_ta
     for i, (cfg, pop) in enumerate(zip(cfgs, together, strict=True)):
         alone = execute(cfg, tmp_path / str(i))
         assert pop["status"] == alone["status"] == "completed"
-        for key in ("test_error", "train_error", "val_error", "test_loss"):
+        for key in ("test_error", "train_error", "val_error", "test_loss", "test_snr_db"):
             assert pop["metrics"][key] == pytest.approx(alone["metrics"][key], rel=1e-5), key
     assert together[0]["metrics"]["test_error"] != together[1]["metrics"]["test_error"]  # own seeds

@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from normbench.evaluate import Members, OneModel
+from normbench.evaluate import Members, OneModel, eval_mode
 from normbench.norms import norm_spec
 from normbench.results import (
     SCHEMA_VERSION,
@@ -127,12 +127,19 @@ def record_evaluation(
     ``record``; non-finite final metrics turn a completed run into a diverged one."""
     with runtime.autocast():
         metrics = final_metrics(model, data, cfg) if record.status == "completed" else {}
-    record_metrics(cfg, record, model, metrics)
+        record_metrics(cfg, record, model, metrics, data)
 
 
-def record_metrics(cfg: DictConfig, record: RunRecord, model: nn.Module, metrics: dict[str, Any]) -> None:
-    """``metrics`` (the final metrics, or {} for a diverged run) and the layers' own metrics of
-    ``model`` into ``record``; non-finite values turn a completed run into a diverged one."""
+def record_metrics(
+    cfg: DictConfig, record: RunRecord, model: nn.Module, metrics: dict[str, Any], data: Dataset
+) -> None:
+    """``metrics`` (the final metrics, or {} for a diverged run) with the task's own metrics of the
+    trained ``model`` on ``data`` (:meth:`normbench.tasks.registry.Task.metrics`, for a completed run), and
+    the layers' own metrics of ``model`` into ``record``; non-finite values turn a completed run into a
+    diverged one."""
+    if metrics:
+        with torch.no_grad(), eval_mode(model):
+            metrics.update(task_for(cfg).metrics(model, data))
     record.layers = layer_metrics(model)
     metrics.update(averaged(record.layers, prefix=f"{cfg.norm.name}_"))
     overflowed = sorted(k for k, v in metrics.items() if not math.isfinite(v))

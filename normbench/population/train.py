@@ -418,7 +418,8 @@ def train_population(
             members = PopulationMembers(stack_population(models, form), task_for(cfgs[0]))
             metrics = members_final_metrics(members, data, cfgs)
         for cfg, record, model, values in zip(cfgs, records, models, metrics, strict=True):
-            record_metrics(cfg, record, model, values if record.status == "completed" else {})
+            with runtime.autocast():
+                record_metrics(cfg, record, model, values if record.status == "completed" else {}, data)
         for cfg, record, model, out_dir in zip(cfgs, records, models, out_dirs, strict=False):
             if cfg.train.save_model and record.status == "completed":
                 save_weights(model, out_dir / MODEL_FILE)

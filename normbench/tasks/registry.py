@@ -118,6 +118,11 @@ class Task:
         """The loss one training step minimizes: the batch's mean :meth:`sample_losses`."""
         return self.sample_losses(outputs, inputs, labels).mean()
 
+    def metrics(self, model: nn.Module, data: Dataset) -> dict[str, float]:
+        """The task's own final metrics of the trained ``model`` (in eval mode, without gradients),
+        added to the record's ``metrics`` beside the errors and losses every task gets; none by default."""
+        return {}
+
     def why_not_population(self, cfg: DictConfig) -> str | None:
         """Why the run ``cfg`` of this task cannot train inside a population, or None."""
         if self.own_training:

@@ -5,7 +5,7 @@ The model is ``Flatten → [Linear → norm → ReLU] → Linear(code) → [Line
 (the reconstruction, flat) with ``task.model.width`` hidden units and the run's norm from normbench's registry, so
 every norm plugin, sweep, population (one wide model: every part has a wide form) and report works
 on it. Its own setting, ``task.options.code``,
-is read into :class:`AutoencoderOptions`.
+is read into :class:`AutoencoderOptions`; its own metric, ``test_snr_db``, joins the record.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 
 from normbench.tasks.registry import Task, norm_layers, register_task
@@ -50,3 +51,10 @@ class Autoencoder(Task):
 
     def sample_errors(self, outputs: Tensor, inputs: Tensor, labels: Tensor) -> Tensor:
         return self.sample_losses(outputs, inputs, labels)
+
+    def metrics(self, model: nn.Module, data) -> dict[str, float]:
+        """``test_snr_db``: the test set's signal-to-noise ratio of the reconstructions, in dB
+        (10 log10 of the signals' mean square over the mean squared error)."""
+        x = data.x_test.flatten(1)
+        error = (model(data.x_test) - x).pow(2).mean()
+        return {"test_snr_db": float(10 * torch.log10(x.pow(2).mean() / error))}
