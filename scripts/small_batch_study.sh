@@ -7,8 +7,9 @@
 #   scripts/small_batch_study.sh --large    # the description's large grid, into reports/small_batch_large/
 #                                           # (for a GPU: add -- runtime.device=cuda)
 #   scripts/small_batch_study.sh --study conf/study/sequence_gan.yaml  # another study, into reports/sequence_gan/
-#   scripts/small_batch_study.sh --task NAME  # the study's first sweep (its curve) on task NAME (any
-#                                           # conf/task/ entry), into reports/<study>_NAME/
+#   scripts/small_batch_study.sh --task NAME  # the study's first sweep (its curve) on task NAME (a
+#                                           # conf/task/ entry or an installed task plugin's preset),
+#                                           # into reports/<study>_NAME/
 #   scripts/small_batch_study.sh --out DIR  # another folder
 #   scripts/small_batch_study.sh --separate # one process per run (default: runs that differ only in
 #                                           # seed/lr/... train together as populations)
@@ -23,7 +24,7 @@
 # the report includes; the sweeps run from inside DIR, so no file records an absolute path.
 set -euo pipefail
 
-usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; }
 smoke=0
 population=1
 large=0
@@ -54,11 +55,12 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 study="${study:-$root/conf/study/small_batch.yaml}"
 [ -f "$study" ] || { echo "small_batch_study.sh: --study $study: no such file (the studies: $root/conf/study/*.yaml)" >&2; exit 2; }
 study="$(cd "$(dirname "$study")" && pwd)/$(basename "$study")"
-if [ -n "$task" ] && [ ! -f "$root/conf/task/$task.yaml" ]; then
-  echo "small_batch_study.sh: --task $task: no such task (available: $(cd "$root/conf/task" && ls *.yaml | sed 's/\.yaml$//' | paste -sd, -))" >&2
+command -v normbench-run >/dev/null || { echo "small_batch_study.sh: normbench-run not found; run 'make setup' and use .venv/bin on PATH (or 'make study')" >&2; exit 2; }
+# any task preset normbench-run knows: conf/task/ and the presets of installed task plugins
+if [ -n "$task" ] && ! problem="$(normbench-run "task=$task" --cfg job 2>&1 >/dev/null)"; then
+  echo "small_batch_study.sh: --task $task: ${problem##*error: }" >&2
   exit 2
 fi
-command -v normbench-run >/dev/null || { echo "small_batch_study.sh: normbench-run not found; run 'make setup' and use .venv/bin on PATH (or 'make study')" >&2; exit 2; }
 # the sweeps of the study description and their overrides in this mode, one per line (tab-separated)
 mode=full
 [ "$smoke" = 0 ] || mode=smoke

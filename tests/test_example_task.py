@@ -5,8 +5,12 @@ task's own formula."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from helpers import ROOT, installed_env, run_python
 
@@ -62,3 +66,29 @@ def test_the_example_leaves_the_classification_tasks_as_they_were(task_env, tmp_
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = json.loads(Path(tmp_path / "out" / "result.json").read_text())
     assert record["status"] == "completed" and "error_is_fraction" not in record["main_metric"]
+
+
+def test_the_curve_study_runs_on_the_task_in_its_own_units(task_env, tmp_path):
+    """``--task`` takes an installed plugin's preset; its squared errors are reported as they are (not as
+    percent), each cell's mean being its selected runs' mean test error."""
+    venv_bin = str(Path(sys.executable).parent)
+    env = {**task_env, "PATH": f"{venv_bin}{os.pathsep}{task_env['PATH']}"}
+    out = tmp_path / "curve"
+    script = str(ROOT / "scripts" / "small_batch_study.sh")
+    proc = subprocess.run(
+        ["bash", script, "--task", "mnist1d_autoencoder", "--smoke", "--out", str(out), "--jobs", "1"],
+        env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = (out / "report.md").read_text()
+    assert "test_error (%)" not in report and "(paired over seeds, test_error, exploratory)" in report
+    curve = pd.read_csv(out / "curve_Which-norm-at-my-batch-size.csv")
+    runs = pd.read_csv(out / "runs.csv")
+    chosen = pd.read_csv(out / "selection.csv").query("chosen")
+    assert set(curve["task"]) == {"mnist1d_autoencoder"} and len(curve) == len(chosen) == 4
+    for row in curve.itertuples():
+        lr = chosen.query("norm == @row.norm and batch_size == @row.batch_size")["optim.lr"].item()
+        cell = runs.query("norm == @row.norm and batch_size == @row.batch_size and lr.notna()")
+        cell = cell[cell["optim.lr"] == lr]
+        assert row.mean == pytest.approx(cell["test_error"].mean(), rel=1e-5) and 0.05 < row.mean < 5
+        assert f"{row.mean:.1f} [{row.low:.1f}, {row.high:.1f}]" in report  # unscaled

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -348,19 +350,24 @@ def test_the_curve_study_declares_a_small_primary_family_with_ten_seeds_in_its_c
         (["--bogus"], "unknown argument '--bogus' (allowed: --smoke, --large"),
         (["--smoke", "--large"], "--smoke and --large exclude each other"),
         (["--jobs", "0"], "--jobs must be a positive integer, got '0'"),
-        (["--task", "mnist2d"], "--task mnist2d: no such task (available: cifar100_resnet20,"),
+        (
+            ["--task", "mnist2d"],
+            "--task mnist2d: task=mnist2d: unknown task; did you mean mnist1d_mlp? (available: cifar100_resnet20,",
+        ),
     ],
 )
 def test_study_script_refuses_bad_arguments_before_any_work(tmp_path, args, message):
     import subprocess
 
+    venv_bin = str(Path(sys.executable).parent)  # normbench-run, as make puts .venv/bin on PATH
     result = subprocess.run(
         ["bash", str(ROOT / "scripts/small_batch_study.sh"), "--out", str(tmp_path / "out"), *args],
         capture_output=True,
         text=True,
         timeout=60,
+        env={**os.environ, "PATH": f"{venv_bin}{os.pathsep}{os.environ['PATH']}"},
     )
-    assert result.returncode == 2 and message in result.stderr
+    assert result.returncode == 2 and message in result.stderr, result.stderr
     assert not (tmp_path / "out").exists()
 
 

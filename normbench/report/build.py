@@ -345,12 +345,15 @@ def _write_report(
         f"`{m.name}` ({m.direction}) for {', '.join(sorted(part['task'].unique()))}" for m, part in groups
     )
     counts = all_runs["status"].value_counts()
+    errors_shown = "Errors are fractions in the CSV files and percent here;"
+    if not all(m.fraction for m, _ in groups):
+        errors_shown = "Error rates are fractions in the CSV files and percent here (errors a task does not give as fractions, as they are);"
     chosen = f"; the {len(runs)} of the chosen values are tabulated below" if select else ""
     header = [
         f"# {title}",
         "",
         f"{len(all_runs)} runs ({', '.join(f'{counts.get(s, 0)} {s}' for s in ('completed', 'diverged', 'failed'))}) "
-        f"from {', '.join(f'`{d}`' for d in dirs)}{chosen}. Main metric: {tasks_by_metric}. Errors are fractions in the CSV files and percent here; "
+        f"from {', '.join(f'`{d}`' for d in dirs)}{chosen}. Main metric: {tasks_by_metric}. {errors_shown} "
         "bands in the figures span the seeds (min to max). Data: [runs.csv](runs.csv), [summary.csv](summary.csv). "
         f"Built with {built_with()}.",
         "",

@@ -132,8 +132,11 @@ def render_curve(
     degenerate: Sequence[Mapping[str, Any]],
     out: Path,
     stem_name: str,
+    scale: float = 100.0,
+    unit: str = "pp",
 ) -> list[str]:
-    """Markdown lines: the figure, then per panel the table; ``curve.csv`` (the numbers) beside them."""
+    """Markdown lines: the figure, then per panel the table; ``curve.csv`` (the numbers) beside them.
+    Values are shown times ``scale`` (errors that are fractions: percent), costs in ``unit``."""
     from normbench.report.markdown import image, md_table
 
     panels, lines = spec.get("panels", "task"), spec.get("lines", "norm")
@@ -148,20 +151,21 @@ def render_curve(
         ),
         stem,
         band=("low", "high"),
-        ylabel=f"{metric.replace('_', ' ')} (%)",
+        ylabel=metric.replace("_", " ") + (" (%)" if scale == 100 else ""),
+        scale=scale,
         direct_labels=True,
     )
     text = [
         image(stem.with_suffix(figures.FIGURE_SUFFIX), out, f"{metric} against batch size"),
         "",
-        f"{metric} (%), mean [95% interval] over seeds at each {lines}'s own selected settings; after the "
-        f"dot, its cost against the {lines} the validation error prefers at that batch size (paired over "
-        "seeds, pp, exploratory); † a degenerate cell (see the protocol), circled in the figure. "
+        f"{metric}{' (%)' if scale == 100 else ''}, mean [95% interval] over seeds at each {lines}'s own "
+        f"selected settings; after the dot, its cost against the {lines} the validation error prefers at "
+        f"that batch size (paired over seeds, {unit}, exploratory); † a degenerate cell (see the protocol), circled in the figure. "
         f"The numbers: `{stem_name}.csv`.",
         "",
     ]
     for panel, part in summary.groupby(panels, sort=True):
-        text += [f"**{panel}**", "", md_table(curve_table(part, lines)), ""]
+        text += [f"**{panel}**", "", md_table(curve_table(part, lines, scale)), ""]
     return text
 
 

@@ -71,6 +71,8 @@ def _row(record: dict[str, Any], path: Path, with_history: bool) -> dict[str, An
         **config,
         "path": str(path.parent),
     }
+    if record.get("main_metric", {}).get("error_is_fraction") is False:  # a column only where it says so
+        row["error_is_fraction"] = False
     if with_history:
         row["history"] = record.get("history", [])
         row["layers"] = record.get("layers", {})

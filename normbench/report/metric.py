@@ -1,5 +1,7 @@
 """The main metric a report tabulates: the tasks' own (``task.metric`` and ``task.lower_is_better`` in
-their config), test error unless a task says otherwise. Error rates are fractions shown in percent."""
+their config), test error unless a task says otherwise. Error rates are fractions shown in percent,
+unless the task's records say its errors are not fractions (``main_metric.error_is_fraction``: e.g. a
+squared error), which are shown as they are."""
 
 from __future__ import annotations
 
@@ -14,10 +16,11 @@ from normbench.experiment.identity import LATER_KEYS
 class Metric:
     name: str = "test_error"
     lower_is_better: bool = True
+    fraction: bool = True  # the task's errors are fractions (shown in percent)
 
     @property
     def scale(self) -> float:
-        return 100.0 if self.name.endswith("error") else 1.0
+        return 100.0 if self.name.endswith("error") and self.fraction else 1.0
 
     @property
     def label(self) -> str:
@@ -52,9 +55,10 @@ def metric_groups(runs: pd.DataFrame) -> list[tuple[Metric, pd.DataFrame]]:
         "task.metric": LATER_KEYS["task.metric"],
         "task.lower_is_better": LATER_KEYS["task.lower_is_better"],
     }
+    keys["error_is_fraction"] = True
     filled = runs.assign(**{k: runs[k].fillna(v) if k in runs else v for k, v in keys.items()})
     groups = [
-        (Metric(str(name), bool(lower)), runs.loc[part.index])
-        for (name, lower), part in filled.groupby(list(keys), sort=False)
+        (Metric(str(name), bool(lower), bool(fraction)), runs.loc[part.index])
+        for (name, lower, fraction), part in filled.groupby(list(keys), sort=False)
     ]
     return sorted(groups, key=lambda g: (g[0].name != LATER_KEYS["task.metric"], g[0].name))

@@ -534,16 +534,18 @@ def protocol(runs: pd.DataFrame, study: Study) -> str:
         f"primary family, is below {ALPHA:g}; **exploratory** claims are not adjusted and are labelled so. "
         f"An interval from fewer than {MIN_SEEDS} seeds, or of zero width, establishes nothing.",
     ]
+    unit = study.sections[0].unit if study.sections else Unit()  # errors as fractions: percent
+    percent = unit.scale == 100
     if study.equivalence_margin is not None:
-        margin = study.equivalence_margin * 100
+        margin = f"{study.equivalence_margin * unit.scale:g} {'pp' if percent else f'in {unit.name}'}"
         lines.append(
             f"- A difference that is not established is not called small: that takes two one-sided t tests "
-            f"(TOST) against ±{margin:g} pp, shown beside it where the study tests it."
+            f"(TOST) against ±{margin}, shown beside it where the study tests it."
         )
     if study.does_not_train_at is not None:
         lines.append(
-            f"- A cell whose mean {study.metric} is at or above {study.does_not_train_at * 100:g}% did not "
-            "train: claims on it are reported as not tested, outside every family."
+            f"- A cell whose mean {study.metric} is at or above {study.does_not_train_at * unit.scale:g}"
+            f"{'%' if percent else ''} did not train: claims on it are reported as not tested, outside every family."
         )
     for entry in study.degenerate:
         where = ", ".join(f"{k}={v}" for k, v in entry["where"].items())
@@ -641,6 +643,8 @@ def render_section(
             study.degenerate,
             out,
             f"curve_{slug((section.title,))}",
+            section.unit.scale,
+            section.unit.name,
         )
     if section.table:
         table = cell_table(frame, section.table, section.where, metric, section.unit, study.diverged_as)
@@ -689,6 +693,14 @@ def study_report(
     learning rates, the findings and the other sections in the description's order, as markdown."""
     runs = add_derived(runs, study.derived)
     selected = add_derived(selected, study.derived)
+    if "error_is_fraction" in runs and not runs["error_is_fraction"].fillna(True).astype(bool).all():
+        # a task whose errors are not fractions (e.g. squared errors): values as they are, in its units
+        study = dataclasses.replace(
+            study,
+            sections=[
+                dataclasses.replace(s, unit=Unit(1.0, s.metric or study.metric)) for s in study.sections
+            ],
+        )
     evaluated = evaluate_claims(study, runs, selected)
     evaluated = sorted(evaluated, key=lambda entry: not entry[0].curve)  # stable: curves, then the rest
     curves = [e for e in evaluated if e[0].curve]
