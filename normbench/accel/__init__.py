@@ -51,10 +51,6 @@ class Kernel:
     applies: Callable[[Any, Any], bool]
     forward: Callable[[Any, Any], Any]
 
-    @property
-    def name(self) -> str:
-        return f"{self.plugin.__name__}.{self.family}"
-
 
 _KERNELS: dict[type, list[Kernel]] = {}
 _state = {"setting": "auto", "loaded": False}

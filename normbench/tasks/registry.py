@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import Tensor, nn
 
+from normbench.norms import norm_spec
 from normbench.schema import CommonModelConfig, ConfigError, ModelConfig
 from normbench.tasks.data import load_dataset
 from normbench.tasks.dataset import Dataset
@@ -147,8 +148,6 @@ class Task:
 def norm_layers(cfg: DictConfig, name: str = "") -> NormLayers:
     """The registry's norms for the run ``cfg``: ``name`` (default ``norm.name``) with the run's norm
     options when it is the run's norm, the plugin's defaults otherwise."""
-    from normbench.norms import norm_spec
-
     options = {k: v for k, v in OmegaConf.to_container(cfg.norm, resolve=True).items() if k != "name"}
     if not name or norm_spec(name).name == norm_spec(cfg.norm.name).name:
         return NormLayers(cfg.norm.name, options)
