@@ -1,37 +1,26 @@
-"""Convergence flags from run histories: still falling over the last fifth of training, or not."""
+"""Convergence flags from run histories: a cell still improving over the last fifth of training, by a
+rule that one noisy evaluation cannot trip."""
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
+from scipy import stats
 
-from normbench.report.tables import convergence, still_falling
+from normbench.report.build import convergence_section
+from normbench.report.tables import convergence, late_drop
 
 
 def _history(values: list[float], key: str = "val_error") -> list[dict]:
-    return [{"step": 10 * (i + 1), key: v, "train_loss": 1.0} for i, v in enumerate(values)]
+    return [{"step": 10 * (i + 1), "train_loss": 1.0, key: v} for i, v in enumerate(values)]
 
 
-def test_a_plateau_is_not_falling_and_a_late_drop_is():
-    assert still_falling(_history([0.5, 0.3, 0.25, 0.21, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2])) is False
-    # at the 80% mark (step 80) 0.30; afterwards 0.25: a 17% relative drop
-    assert still_falling(_history([0.9, 0.7, 0.6, 0.5, 0.4, 0.35, 0.32, 0.30, 0.27, 0.25])) is True
-    # no validation split: the training loss decides
-    assert still_falling(_history([2.0, 1.0, 0.5, 0.4, 0.3], key="train_loss")[:5]) is False
-    assert still_falling(_history([0.2, 0.1])) is None  # too short to tell
+def _ending(before: float, after: float, key: str = "val_error") -> list[dict]:
+    """Ten evaluations: 0.9 early, ``before`` at the 80% mark (step 80), ``after`` at the end."""
+    return _history([0.9] * 7 + [before, (before + after) / 2, after], key)
 
 
-def test_a_small_error_drop_within_validation_noise_is_a_plateau():
-    # 1.2% -> 1.0%: a 17% relative drop but 0.2 pp, under one sample in a 400-sample validation set
-    assert (
-        still_falling(_history([0.05, 0.03, 0.02, 0.015, 0.012, 0.012, 0.012, 0.012, 0.011, 0.010])) is False
-    )
-    # 2.0% -> 1.0%: a whole percentage point is progress
-    assert still_falling(_history([0.05, 0.04, 0.03, 0.025, 0.022, 0.021, 0.02, 0.02, 0.015, 0.010])) is True
-
-
-def test_cells_with_mostly_falling_runs_are_flagged():
-    falling = _history([0.9, 0.7, 0.6, 0.5, 0.4, 0.35, 0.32, 0.30, 0.27, 0.25])
-    flat = _history([0.5, 0.3, 0.25, 0.21, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2])
+def _cells(histories: dict[str, list[list[dict]]]) -> pd.DataFrame:
     rows = [
         {
             "task": "t",
@@ -42,9 +31,85 @@ def test_cells_with_mostly_falling_runs_are_flagged():
             "train_error": 0.1,
             "history": h,
         }
-        for norm, hs in (("batchnorm", [flat, flat, falling]), ("groupnorm", [falling, falling, flat]))
+        for norm, hs in histories.items()
         for s, h in enumerate(hs)
     ]
-    table = convergence(pd.DataFrame(rows)).set_index("norm")
-    assert not table.loc["batchnorm", "flagged"] and table.loc["groupnorm", "flagged"]
-    assert table.loc["groupnorm", "still_falling"] == 2 / 3
+    return convergence(pd.DataFrame(rows)).set_index("norm")
+
+
+def test_the_late_drop_is_taken_from_the_mark_to_the_end_not_to_the_lowest_point():
+    # steps 10..100: the last evaluation at or before 80% of 100 is step 80 (0.30); the end is 0.28,
+    # although 0.25 came between
+    assert late_drop(_history([0.9, 0.7, 0.6, 0.5, 0.4, 0.35, 0.32, 0.30, 0.25, 0.28])) == (0.30, 0.28)
+    assert late_drop(_history([2.0, 1.0, 0.5, 0.4, 0.3], key="train_loss")) == (0.4, 0.3)  # mark: step 40 of 50
+    assert late_drop(_history([0.2, 0.1])) is None  # too short to tell
+    assert late_drop([{"step": s, "fd": 1.0} for s in (1, 2, 3)]) is None  # no error or loss: no verdict
+
+
+def test_a_cell_whose_runs_all_still_fall_is_flagged_with_the_t_interval_of_its_drops():
+    drops = [0.04, 0.05, 0.06]
+    table = _cells({"batchnorm": [_ending(0.30, 0.30 - d) for d in drops]})
+    row = table.loc["batchnorm"]
+    low, high = stats.t.interval(0.95, 2, loc=np.mean(drops), scale=stats.sem(drops))
+    assert row["n"] == 3 and row["measure"] == "val_error"
+    assert (
+        np.isclose(row["drop"], 0.05)
+        and np.isclose(row["drop_low"], low)
+        and np.isclose(row["drop_high"], high)
+    )
+    assert row["flagged"]
+
+
+def test_noise_does_not_flag_a_cell():
+    # one run's last evaluation 6 pp lower, the others flat or higher: the interval spans 0
+    noisy = [_ending(0.30, 0.24), _ending(0.30, 0.30), _ending(0.30, 0.31)]
+    # every run lower by 0.3 pp: consistent, but under half a percentage point
+    tiny = [_ending(0.020, 0.017), _ending(0.020, 0.017), _ending(0.021, 0.018)]
+    # a single run: no interval, no verdict
+    table = _cells({"groupnorm": noisy, "layernorm": tiny, "identity": [_ending(0.30, 0.20)]})
+    assert not table["flagged"].any()
+    assert table.loc["groupnorm", "drop_low"] < 0 < table.loc["groupnorm", "drop_high"]
+
+
+def test_without_a_validation_split_the_training_loss_decides_relative_to_its_value():
+    falling = [
+        _ending(1.0, 0.9, "train_loss"),
+        _ending(1.0, 0.88, "train_loss"),
+        _ending(1.0, 0.91, "train_loss"),
+    ]
+    flat = [
+        _ending(1.0, 0.995, "train_loss"),
+        _ending(1.0, 0.99, "train_loss"),
+        _ending(1.0, 0.992, "train_loss"),
+    ]
+    table = _cells({"batchnorm": falling, "groupnorm": flat})
+    assert table.loc["batchnorm", "measure"] == "train_loss"
+    assert table.loc["batchnorm", "flagged"] and not table.loc["groupnorm", "flagged"]  # 0.8% < 2% of 1.0
+
+
+def test_the_report_section_lists_the_flagged_cells_with_their_drop():
+    rows = [
+        {
+            "task": "t",
+            "norm": norm,
+            "batch_size": 32,
+            "seed": s,
+            "status": "completed",
+            "train_error": 0.1,
+            "history": h,
+        }
+        for norm, hs in {
+            "batchnorm": [_ending(0.30, 0.26), _ending(0.30, 0.25), _ending(0.30, 0.24)],
+            "groupnorm": [_ending(0.2, 0.2)] * 3,
+        }.items()
+        for s, h in enumerate(hs)
+    ]
+    text = convergence_section(pd.DataFrame(rows))
+    assert "1 of 2 cells (50%) were still improving" in text
+    rows = [
+        [c.strip() for c in line.strip("|").split("|")]
+        for line in text.splitlines()
+        if line.startswith("| t ")
+    ]
+    low, high = stats.t.interval(0.95, 2, loc=0.05, scale=stats.sem([0.04, 0.05, 0.06]))
+    assert rows == [["t", "batchnorm", "32", "10", "3", f"5.00 pp [{low * 100:.2f}, {high * 100:.2f}]"]]

@@ -138,31 +138,40 @@ def layers_section(runs: pd.DataFrame) -> str:
 
 
 def convergence_section(runs: pd.DataFrame) -> str:
-    """Cells whose runs had not reached a plateau, from their histories."""
+    """Cells whose runs were still improving at the end of training, from their histories."""
     if "history" not in runs:
         return ""
     table = convergence(runs)
-    if table["still_falling"].isna().all():
+    if table.empty or (table["n"] == 0).all():
         return ""
     rule = (
-        f"validation error (training loss where a run has no validation split) still falling by more than "
-        f"{STILL_FALLING:.0%} (and, for the error, more than {STILL_FALLING_ERROR * 100:g} percentage points) "
-        f"over the last {LATE_FRACTION:.0%} of training"
+        f"over the last {LATE_FRACTION:.0%} of training, their validation error (training loss where a run has "
+        f"no validation split) fell on average by more than {STILL_FALLING:.0%} of its value and more than "
+        f"{STILL_FALLING_ERROR * 100:g} percentage points, with a 95% t interval over their runs above 0"
     )
     lines = ["## Convergence", ""]
     flagged = table[table["flagged"]]
     if flagged.empty:
-        return "\n".join([*lines, f"No cell has half or more of its runs with {rule}.", ""])
-    shown = ["task", "norm", "batch_size", *facet_columns(table), "train_error", "still_falling"]
+        return "\n".join(
+            [*lines, f"No cell was still improving at the end of training (the rule: {rule}).", ""]
+        )
+    shown = ["task", "norm", "batch_size", *facet_columns(table), "train_error", "n"]
     view = flagged[shown].assign(
         train_error=(flagged["train_error"] * 100).round(1),
-        still_falling=(flagged["still_falling"] * 100).round(),
+        drop=[
+            f"{m * 100:.2f} pp [{lo * 100:.2f}, {hi * 100:.2f}]"
+            if measure == "val_error"
+            else f"loss {m:.3g} [{lo:.3g}, {hi:.3g}]"
+            for measure, m, lo, hi in flagged[["measure", "drop", "drop_low", "drop_high"]].itertuples(
+                index=False
+            )
+        ],
     )
     view = view.rename(
-        columns={"train_error": "final train error (%)", "still_falling": "runs still falling (%)"}
+        columns={"train_error": "final train error (%)", "n": "runs", "drop": "late drop, 95% CI"}
     )
     lines += [
-        f"{len(flagged)} of {len(table)} cells did not converge: half or more of their runs had {rule}. "
+        f"{len(flagged)} of {len(table)} cells ({len(flagged) / len(table):.0%}) were still improving: {rule}. "
         "Their numbers describe training that was cut short.",
         "",
         view.to_markdown(index=False),

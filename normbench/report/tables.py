@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from normbench.report.contrasts import mean_interval
 from normbench.report.load import config_columns
 
 DISPLAY = ("task", "norm", "batch_size")
@@ -78,16 +79,17 @@ def matches(series: pd.Series, value: object) -> pd.Series:
 
 
 LATE_FRACTION = 0.2  # "the last fifth of training"
-STILL_FALLING = 0.02  # a relative drop over it larger than this: not yet on a plateau
-# ... and, for an error, larger than this absolute drop: half a percentage point is one or two samples
-# of a few-hundred-sample validation set, noise rather than progress
+STILL_FALLING = 0.02  # a mean drop over it larger than this share of the value: not yet on a plateau
+# ... and, for an error, larger than this absolute drop (half a percentage point)
 STILL_FALLING_ERROR = 0.005
 
 
-def still_falling(history: list[dict]) -> bool | None:
-    """Whether a run's validation error (its training loss where it has none) fell by more than
-    STILL_FALLING (relative; for the error also more than STILL_FALLING_ERROR absolute) over the last
-    LATE_FRACTION of its steps; None with too short a history."""
+def late_drop(history: list[dict]) -> tuple[float, float] | None:
+    """A run's validation error (its training loss where it has none) at the last evaluation at or
+    before the final LATE_FRACTION of its steps, and at its end; None with too short a history.
+
+    The end, not the lowest value after the mark: the minimum of several noisy evaluations is biased
+    low, so it would find progress in noise."""
     if not isinstance(history, list) or len(history) < 3:
         return None
     key = "val_error" if all("val_error" in p for p in history) else "train_loss"
@@ -97,24 +99,44 @@ def still_falling(history: list[dict]) -> bool | None:
     mark = [p for p in history if p["step"] <= (1 - LATE_FRACTION) * last]
     if not mark or mark[-1][key] is None or history[-1][key] is None:
         return None
-    before, after = mark[-1][key], min(p[key] for p in history if p["step"] > mark[-1]["step"])
-    floor = STILL_FALLING_ERROR if key == "val_error" else 0.0
-    return bool(after < before * (1 - STILL_FALLING) and before - after > floor)
+    return float(mark[-1][key]), float(history[-1][key])
 
 
 def convergence(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per cell: mean final training error and the share of runs whose validation error (or loss) was
-    still falling over the last fifth of training; ``flagged`` where that share is a half or more."""
+    """Per cell: mean final training error, the mean drop of its runs' validation error (or training
+    loss) over the last LATE_FRACTION of training with its 95% t interval over the runs, and
+    ``flagged`` where the cell was still improving: the mean drop exceeds STILL_FALLING of the value
+    (and, for an error, STILL_FALLING_ERROR) and its interval lies above 0, so that one noisy
+    evaluation of one run cannot flag a cell."""
     done = runs[runs["status"] == "completed"].copy()
     cols = cell_columns(runs)
-    done["still_falling"] = done["history"].map(still_falling) if "history" in done else None
-    table = done.groupby(cols, sort=True, dropna=False).agg(
-        train_error=("train_error", "mean"),
-        still_falling=(
-            "still_falling",
-            lambda s: s.dropna().astype(float).mean() if s.notna().any() else float("nan"),
-        ),
+    pairs = done["history"].map(late_drop) if "history" in done else pd.Series(None, index=done.index)
+    done["before"] = pairs.map(lambda p: p[0] if p else float("nan"))
+    done["drop"] = pairs.map(lambda p: p[0] - p[1] if p else float("nan"))
+    done["measure"] = done["history"].map(lambda h: "val_error" if _validated(h) else "train_loss")
+    rows = []
+    for key, cell in done.groupby(cols, sort=True, dropna=False):
+        drops = cell["drop"].dropna()
+        mean, low, high = mean_interval(drops.to_list())
+        measure = cell["measure"].iloc[0]
+        floor = STILL_FALLING_ERROR if measure == "val_error" else 0.0
+        threshold = max(STILL_FALLING * cell["before"].mean(), floor)
+        rows.append(
+            {
+                **dict(zip(cols, key, strict=True)),
+                "train_error": cell["train_error"].mean(),
+                "n": len(drops),
+                "measure": measure,
+                "drop": mean,
+                "drop_low": low,
+                "drop_high": high,
+                "flagged": bool(len(drops) >= 2 and low > 0 and mean > threshold),
+            }
+        )
+    return pd.DataFrame(
+        rows, columns=[*cols, "train_error", "n", "measure", "drop", "drop_low", "drop_high", "flagged"]
     )
-    table = table.reset_index()
-    table["flagged"] = table["still_falling"] >= 0.5
-    return table
+
+
+def _validated(history: object) -> bool:
+    return isinstance(history, list) and bool(history) and all("val_error" in p for p in history)
