@@ -14,6 +14,7 @@ stay out of version control:
 
     python -m normbench.evidence pack reports/small_batch
     python -m normbench.evidence unpack reports/small_batch
+    python -m normbench.evidence count reports/small_batch --since 1733380000  # runs finished since then
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import json
 import logging
 import os
 import sys
+from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -166,17 +168,45 @@ def unpack(study_dir: str | os.PathLike[str]) -> int:
     return written
 
 
+def finished_since(study_dir: str | os.PathLike[str], since: datetime) -> dict[str, int]:
+    """How many runs under ``study_dir`` finished at or after ``since``, by status (completed, diverged,
+    failed), from their records' ``finished_at``: what an invocation trained, whether or not it ended
+    normally (a sweep stopped by a signal prints no summary)."""
+    counts = dict.fromkeys(("completed", "diverged", "failed"), 0)
+    for path in find_records([Path(study_dir)]):
+        try:
+            record = load_run(path)
+            finished = datetime.fromisoformat(record["finished_at"])
+        except (InvalidRecord, KeyError, TypeError, ValueError):
+            continue
+        if finished >= since and record.get("status") in counts:
+            counts[record["status"]] += 1
+    return counts
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m normbench.evidence",
         description=f"Pack a study's run records into its {RECORDS_FILE}, or unpack them into run folders.",
     )
-    parser.add_argument("action", choices=("pack", "unpack"))
+    parser.add_argument("action", choices=("pack", "unpack", "count"))
     parser.add_argument("study_dir", help="the study's folder, e.g. reports/small_batch")
+    parser.add_argument(
+        "--since", type=float, help="count: runs finished at or after this time (seconds since the epoch)"
+    )
     args = parser.parse_args(argv)
     if not Path(args.study_dir).is_dir():
         print(f"normbench.evidence: {args.study_dir}: no such folder", file=sys.stderr)
         return 2
+    if args.action == "count":
+        if args.since is None:
+            print(
+                "normbench.evidence: count needs --since SECONDS (seconds since the epoch)", file=sys.stderr
+            )
+            return 2
+        counts = finished_since(args.study_dir, datetime.fromtimestamp(args.since, timezone.utc))
+        print(" ".join(str(counts[s]) for s in ("completed", "diverged", "failed")))
+        return 0
     try:
         count = pack(args.study_dir) if args.action == "pack" else unpack(args.study_dir)
     except InvalidRecord as exc:

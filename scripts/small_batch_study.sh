@@ -89,9 +89,11 @@ summaries="$(mktemp)"
 trap 'rm -f "$summaries"' EXIT
 record_timings() {  # one line in $out/timings.md for an invocation that trained something ($1: how it ended)
   elapsed=$(( $(date +%s) - start ))
-  counts=$(sed -n 's/.*runs: \([0-9]*\) completed, \([0-9]*\) diverged, \([0-9]*\) failed, \([0-9]*\) skipped.*/\1 \2 \3 \4/p' "$summaries" \
-    | awk '{c+=$1; d+=$2; f+=$3; s+=$4} END {print c+0, d+0, f+0, s+0}')
-  read -r n_completed n_diverged n_failed n_skipped <<< "$counts"
+  # what trained, from the records finished since the start (a sweep stopped by a signal prints no
+  # summary); the skipped runs, from the sweeps' summaries
+  read -r n_completed n_diverged n_failed <<< "$("$python" -m normbench.evidence count "$out" --since "$start")"
+  n_skipped=$(sed -n 's/.*runs: [0-9]* completed, [0-9]* diverged, [0-9]* failed, \([0-9]*\) skipped.*/\1/p' "$summaries" \
+    | awk '{s+=$1} END {print s+0}')
   trained="$n_completed completed, $n_diverged diverged, $n_failed failed, $n_skipped skipped"
   if [ $((n_completed + n_diverged + n_failed)) -gt 0 ]; then
     [ -f "$out/timings.md" ] || printf '| date (UTC) | grid | wall time | runs this invocation |\n|---|---|---:|---|\n' > "$out/timings.md"
@@ -100,7 +102,7 @@ record_timings() {  # one line in $out/timings.md for an invocation that trained
   fi
 }
 # Ctrl-C or SIGTERM: the runs that finished are kept (the next invocation resumes); the time is recorded
-trap 'record_timings ", stopped by a signal"; "$python" -m normbench.evidence pack "$out"; rm -f "$summaries"; exit 143' INT TERM
+trap 'record_timings ", stopped by a signal (runs in training then were lost; a rerun trains them)"; "$python" -m normbench.evidence pack "$out"; rm -f "$summaries"; exit 143' INT TERM
 "$python" -m normbench.evidence unpack "$out" || exit 2
 run_sweeps() {  # one sweep per line of $1: the preset, then its overrides (tab-separated)
   while IFS=$'\t' read -r -a sweep; do

@@ -10,13 +10,14 @@ import subprocess
 import sys
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from helpers import QUICK, ROOT, compose_cfg
 
-from normbench.evidence import RECORDS_FILE, pack, parse_records_file, unpack
+from normbench.evidence import RECORDS_FILE, finished_since, pack, parse_records_file, unpack
 from normbench.experiment.identity import claim_folder
 from normbench.experiment.run import execute
 from normbench.report import load_runs
@@ -121,6 +122,32 @@ def test_a_bad_line_is_named_and_unpack_writes_nothing(tmp_path, line, reason):
     assert len(records_frame) == 1
 
 
+def test_count_gives_the_runs_finished_since_a_time_by_status_from_their_records(tmp_path):
+    study = tmp_path / "study"
+    entries = _lines(EXAMPLE)[:4]
+    times = [
+        "2026-12-05T10:00:00+00:00",
+        "2026-12-05T11:00:00+00:00",
+        "2026-12-05T12:00:00+00:00",
+        "2026-12-05T09:59:59+00:00",
+    ]
+    statuses = ["completed", "diverged", "completed", "completed"]
+    for entry, finished, status in zip(entries, times, statuses, strict=True):
+        write_json_atomic(
+            study / entry["run"] / RESULT_FILE, {**entry["record"], "finished_at": finished, "status": status}
+        )
+    since = datetime(2026, 12, 5, 10, tzinfo=timezone.utc)
+    assert finished_since(study, since) == {"completed": 2, "diverged": 1, "failed": 0}
+    result = subprocess.run(
+        [sys.executable, "-m", "normbench.evidence", "count", str(study), "--since", str(since.timestamp())],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert result.stdout.split() == ["2", "1", "0"]
+
+
 def test_the_command_line_says_what_is_wrong_in_one_line(tmp_path):
     study = tmp_path / "study"
     study.mkdir()
@@ -128,6 +155,7 @@ def test_the_command_line_says_what_is_wrong_in_one_line(tmp_path):
     for args, message in (
         (["unpack", str(study)], f"{study / RECORDS_FILE}:1: run '../x' is not a plain relative folder"),
         (["pack", str(tmp_path / "missing")], f"{tmp_path / 'missing'}: no such folder"),
+        (["count", str(study)], "count needs --since SECONDS"),
     ):
         result = subprocess.run(
             [sys.executable, "-m", "normbench.evidence", *args], capture_output=True, text=True, timeout=60
