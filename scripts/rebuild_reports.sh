@@ -25,4 +25,6 @@ rm -rf "$out_root/example/figures"  # the example names its records from the pro
 report small_batch --study "$root/conf/study/small_batch.yaml"
 report small_batch_v1 --study "$root/conf/study/small_batch_v1.yaml"
 report small_batch_population --study "$root/conf/study/small_batch_v1.yaml"
-report sequence_gan --study "$root/conf/study/sequence_gan.yaml"
+report sequence_gan_v1 --study "$root/conf/study/sequence_gan_v1.yaml"
+# the recurrent/GAN study's second design, once trained (scripts/small_batch_study.sh --study ...)
+[ ! -f "$root/reports/sequence_gan/records.jsonl" ] || report sequence_gan --study "$root/conf/study/sequence_gan.yaml"

@@ -18,7 +18,7 @@ from scipy.stats import ttest_1samp
 from normbench.report.build import build_report
 from normbench.report.cli import main as report_main
 from normbench.report.contrasts import holm, mean_interval
-from normbench.report.study import StudyError, expand, first_epoch_at_most, load_study
+from normbench.report.study import StudyError, _selection_lines, expand, first_epoch_at_most, load_study
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -245,7 +245,10 @@ def test_speed_section_uses_the_derived_metric(study_dir):
 def test_protocol_is_read_from_the_records(study_dir):
     text = build_report([study_dir / "sweeps"], study_dir / "out", study=study_dir / "study.yaml").read_text()
     assert "- **toy**: 24 runs; batch 2: 3 epochs" in text
-    assert "- `optim.lr` chosen per cell on the validation split from: 0.05, 0.4." in text
+    assert (
+        "- **toy**: `optim.lr` chosen per cell on 10% of the training set held out for validation (`data.val_size`, stratified), from: 0.05, 0.4."
+        in text
+    )
     assert "# Toy study" in text and "24 runs (23 completed, 1 diverged, 0 failed)" in text
 
 
@@ -548,3 +551,22 @@ def test_a_degenerate_cell_is_never_the_best_and_is_marked(study_dir):
     assert at2.loc["batchnorm", "best"]  # the only norm left, though its error is higher
     row = next(line for line in text.splitlines() if re.match(r"\|\s+2 \|", line))
     assert " †" in row
+
+
+def test_the_protocol_says_where_each_task_validated_and_which_selects_nothing():
+    drawn = pd.DataFrame(
+        {
+            "optim.lr": [0.1, 0.2],
+            "val_error": [0.02, 0.03],
+            "data.val_size": 0.0,
+            "data.mnist1d_val_samples": 4000,
+        }
+    )
+    assert _selection_lines("cnn", drawn, ["optim.lr"]) == [
+        "- **cnn**: `optim.lr` chosen per cell on a validation set of 4000 new draws "
+        "(`data.mnist1d_val_samples`), from: 0.1, 0.2."
+    ]
+    gan = pd.DataFrame({"optim.lr": [0.0002], "val_error": [float("nan")], "data.val_size": 0.1})
+    assert _selection_lines("gan", gan, ["optim.lr"]) == [
+        "- **gan**: `optim.lr` not selected (no validation error to select on): 0.0002."
+    ]

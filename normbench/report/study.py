@@ -516,15 +516,8 @@ def protocol(runs: pd.DataFrame, study: Study) -> str:
             if seeds.min() != seeds.max()
             else f"- **{task}**: {len(part)} runs; {'; '.join(budgets)}; {seeds.min()} seeds per cell."
         )
-    for key in study.select:
-        if key in runs:
-            grid = ", ".join(
-                f"{v:g}" if isinstance(v, float) else str(v) for v in sorted(runs[key].dropna().unique())
-            )
-            lines.append(f"- `{key}` chosen per cell on the validation split from: {grid}.")
-    if "data.val_size" in runs:
-        sizes = ", ".join(f"{v:g}" for v in sorted(runs["data.val_size"].dropna().unique()))
-        lines.append(f"- Validation split (`data.val_size`): {sizes} of the training set, stratified.")
+    for task, part in runs.groupby("task", sort=True):
+        lines += _selection_lines(task, part, study.select)
     if study.diverged_as is not None:
         lines.append(f"- A diverged run counts as {study.diverged_as:g} in tables and contrasts.")
     lines += [
@@ -553,6 +546,33 @@ def protocol(runs: pd.DataFrame, study: Study) -> str:
             f"- Degenerate cells ({where}): {entry['reason'].strip()} Claims on them are not tested."
         )
     return "\n".join([*lines, ""])
+
+
+def _selection_lines(task: str, part: pd.DataFrame, keys: Sequence[str]) -> list[str]:
+    """Per selected key, the values a task's runs tried, and where it validated (a held-out share of
+    its training set or a validation set of new draws); a task without a validation error selects
+    nothing, and says so."""
+
+    def listed(values: pd.Series) -> str:
+        return ", ".join(
+            f"{v:g}" if isinstance(v, float) else str(v) for v in sorted(values.dropna().unique())
+        )
+
+    keys = [k for k in keys if k in part]
+    if not keys:
+        return []
+    if "val_error" not in part or part["val_error"].isna().all():
+        return [
+            f"- **{task}**: `{k}` not selected (no validation error to select on): {listed(part[k])}."
+            for k in keys
+        ]
+    drawn = part["data.mnist1d_val_samples"] if "data.mnist1d_val_samples" in part else pd.Series(dtype=float)
+    if len(drawn) and (drawn.fillna(0) > 0).all():
+        where = f"a validation set of {listed(drawn.astype(int))} new draws (`data.mnist1d_val_samples`)"
+    else:
+        shares = ", ".join(f"{v:.0%}" for v in sorted(part["data.val_size"].dropna().unique()))
+        where = f"{shares} of the training set held out for validation (`data.val_size`, stratified)"
+    return [f"- **{task}**: `{k}` chosen per cell on {where}, from: {listed(part[k])}." for k in keys]
 
 
 def selection_check(runs: pd.DataFrame, study: Study) -> str:
