@@ -186,6 +186,7 @@ class Members(Protocol):
     (:class:`normbench.population.evaluate.PopulationMembers`) evaluates its members vectorized."""
 
     size: int
+    task: Task
 
     def error_and_loss(self, x: Tensor, y: Tensor) -> list[tuple[float, float]]: ...
 

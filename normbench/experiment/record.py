@@ -170,7 +170,7 @@ def final_metrics(model: nn.Module, data: Dataset, cfg: DictConfig) -> dict[str,
     the generalization gap, and for batch-dependent norms the same errors with PreciseBN statistics and
     with mini-batch statistics (i.i.d. and class-sorted test batches), plus the distance of the running
     statistics to PreciseBN's. ``diverged`` marks a final training error at chance level under every
-    evaluation."""
+    evaluation (for a task whose errors are fractions; a task with errors in its own units has none)."""
     return members_final_metrics(OneModel(model, task_for(cfg)), data, [cfg])[0]
 
 
@@ -225,7 +225,8 @@ def members_final_metrics(
                     put(f"{split}_loss_precise_bn", [loss for _, loss in pairs])
             for m, distances in zip(metrics, members.stats_distance(precise), strict=True):
                 m.update(distances)
-    for m, c in zip(metrics, cfgs, strict=True):
-        best_train = min(v for k, v in m.items() if k.startswith("train_error"))
-        m["diverged"] = bool(best_train >= c.train.max_train_error_diverged)
+    if members.task.error_is_fraction:  # a threshold on another task's errors would mean nothing
+        for m, c in zip(metrics, cfgs, strict=True):
+            best_train = min(v for k, v in m.items() if k.startswith("train_error"))
+            m["diverged"] = bool(best_train >= c.train.max_train_error_diverged)
     return metrics
