@@ -20,28 +20,37 @@ def _ending(before: float, after: float, key: str = "val_error") -> list[dict]:
     return _history([0.9] * 7 + [before, (before + after) / 2, after], key)
 
 
+def _runs(histories: dict[str, list[list[dict]]]) -> pd.DataFrame:
+    """One completed run per history, the histories of each norm's cell seed by seed."""
+    return pd.DataFrame(
+        [
+            {
+                "task": "t",
+                "norm": norm,
+                "batch_size": 32,
+                "seed": s,
+                "status": "completed",
+                "train_error": 0.1,
+                "history": h,
+            }
+            for norm, hs in histories.items()
+            for s, h in enumerate(hs)
+        ]
+    )
+
+
 def _cells(histories: dict[str, list[list[dict]]]) -> pd.DataFrame:
-    rows = [
-        {
-            "task": "t",
-            "norm": norm,
-            "batch_size": 32,
-            "seed": s,
-            "status": "completed",
-            "train_error": 0.1,
-            "history": h,
-        }
-        for norm, hs in histories.items()
-        for s, h in enumerate(hs)
-    ]
-    return convergence(pd.DataFrame(rows)).set_index("norm")
+    return convergence(_runs(histories)).set_index("norm")
 
 
 def test_the_late_drop_is_taken_from_the_mark_to_the_end_not_to_the_lowest_point():
     # steps 10..100: the last evaluation at or before 80% of 100 is step 80 (0.30); the end is 0.28,
     # although 0.25 came between
     assert late_drop(_history([0.9, 0.7, 0.6, 0.5, 0.4, 0.35, 0.32, 0.30, 0.25, 0.28])) == (0.30, 0.28)
-    assert late_drop(_history([2.0, 1.0, 0.5, 0.4, 0.3], key="train_loss")) == (0.4, 0.3)  # mark: step 40 of 50
+    assert late_drop(_history([2.0, 1.0, 0.5, 0.4, 0.3], key="train_loss")) == (
+        0.4,
+        0.3,
+    )  # mark: step 40 of 50
     assert late_drop(_history([0.2, 0.1])) is None  # too short to tell
     assert late_drop([{"step": s, "fd": 1.0} for s in (1, 2, 3)]) is None  # no error or loss: no verdict
 
@@ -88,23 +97,13 @@ def test_without_a_validation_split_the_training_loss_decides_relative_to_its_va
 
 
 def test_the_report_section_lists_the_flagged_cells_with_their_drop():
-    rows = [
+    runs = _runs(
         {
-            "task": "t",
-            "norm": norm,
-            "batch_size": 32,
-            "seed": s,
-            "status": "completed",
-            "train_error": 0.1,
-            "history": h,
-        }
-        for norm, hs in {
             "batchnorm": [_ending(0.30, 0.26), _ending(0.30, 0.25), _ending(0.30, 0.24)],
             "groupnorm": [_ending(0.2, 0.2)] * 3,
-        }.items()
-        for s, h in enumerate(hs)
-    ]
-    text = convergence_section(pd.DataFrame(rows))
+        }
+    )
+    text = convergence_section(runs)
     assert "1 of 2 cells (50%) were still improving" in text
     rows = [
         [c.strip() for c in line.strip("|").split("|")]
