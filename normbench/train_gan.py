@@ -15,6 +15,7 @@ import math
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
@@ -35,6 +36,7 @@ from normbench.tasks.cifar import default_root
 from normbench.tasks.dataset import Dataset
 from normbench.tasks.gan import (
     GAN,
+    FeatureClassifier,
     adversarial_step,
     feature_classifier,
     gaussian,
@@ -62,16 +64,24 @@ def to_unit_range(data: Dataset) -> Dataset:
     )
 
 
-def train_gan(
-    cfg: DictConfig,
-    record: RunRecord,
-    data: Dataset,
-    gan: GAN,
-    runtime: Runtime,
-    out_dir: Path,
-    progress: bool,
-) -> None:
-    data = to_unit_range(data)
+@dataclasses.dataclass(frozen=True)
+class Reference:
+    """What every run of one dataset is measured against: the fixed feature classifier (and its
+    digest), the test set's feature Gaussian, the classifier's own test error and ``fd_real``, the
+    distance of real training samples (the floor)."""
+
+    classifier: FeatureClassifier
+    digest: str
+    real_stats: tuple[np.ndarray, np.ndarray]
+    real_error: float
+    fd_real: float
+
+    def metrics(self, samples: torch.Tensor, num_classes: int) -> dict[str, float]:
+        return sample_metrics(self.classifier, samples, self.real_stats, num_classes)
+
+
+def reference(cfg: DictConfig, data: Dataset) -> Reference:
+    """The :class:`Reference` of ``data`` (in the generator's range, :func:`to_unit_range`)."""
     classifier, digest = feature_classifier(
         data.x_train,
         data.y_train,
@@ -87,10 +97,38 @@ def train_gan(
     with torch.no_grad():
         real_error = float((classifier(data.x_test.cpu()).argmax(1) != data.y_test.cpu()).float().mean())
         real_stats = gaussian(classifier.features(data.x_test.cpu()))
-        n_real = min(
-            FINAL_SAMPLES, len(data.x_train)
-        )  # the floor: real training samples against the test set
+        n_real = min(FINAL_SAMPLES, len(data.x_train))
         fd_real = sample_metrics(classifier, data.x_train[:n_real], real_stats, data.num_classes)["fd"]
+    return Reference(classifier, digest, real_stats, real_error, fd_real)
+
+
+def eval_noise_seed(cfg: DictConfig) -> int:
+    """The seed of the evaluation noise: the same samples at every history point."""
+    return cfg.seed + 40_000
+
+
+def generated_metrics(
+    gan: GAN, n: int, cfg: DictConfig, ref: Reference, data: Dataset, device
+) -> dict[str, float]:
+    """The measures of ``n`` samples of ``gan``'s generator in eval mode, from the run's evaluation noise."""
+    gan.generator.eval()
+    with torch.no_grad():
+        fake = gan.sample(n, torch.Generator().manual_seed(eval_noise_seed(cfg)), device)
+    gan.generator.train()
+    return ref.metrics(fake, data.num_classes)
+
+
+def train_gan(
+    cfg: DictConfig,
+    record: RunRecord,
+    data: Dataset,
+    gan: GAN,
+    runtime: Runtime,
+    out_dir: Path,
+    progress: bool,
+) -> None:
+    data = to_unit_range(data)
+    ref = reference(cfg, data)
     bs = cfg.batch_size
     plan = training_plan(cfg, len(data.x_train))
     steps_per_epoch, total, eval_every, lr = plan.steps_per_epoch, plan.total, plan.eval_every, plan.lr
@@ -102,18 +140,12 @@ def train_gan(
         for net in ("generator", "discriminator")
     }
     gen = torch.Generator().manual_seed(cfg.seed)
-    noise = torch.Generator().manual_seed(cfg.seed + 30_000)
-    eval_noise_seed = cfg.seed + 40_000  # the same evaluation noise at every history point
+    noise = torch.Generator().manual_seed(noise_seed(cfg))
     mixed = cfg.task.model.d_batches == "mixed"
-    g_norm, d_norm = cfg.task.model.g_norm or cfg.norm.name, cfg.task.model.d_norm or cfg.norm.name
     record_plan(record, total, steps_per_epoch, lr)
 
     def measure(n: int) -> dict[str, float]:
-        gan.generator.eval()
-        with torch.no_grad():
-            fake = gan.sample(n, torch.Generator().manual_seed(eval_noise_seed), runtime.device)
-        gan.generator.train()
-        return sample_metrics(classifier, fake, real_stats, data.num_classes)
+        return generated_metrics(gan, n, cfg, ref, data, runtime.device)
 
     history, status, diverged_at = [], "completed", None
     start = time.perf_counter()
@@ -174,25 +206,60 @@ def train_gan(
                 }
             )
     steps = diverged_at or total
+    time_per_step = (time.perf_counter() - start) / max(1, steps)
+    losses = {"d_loss": float(d_loss), "g_loss": float(g_loss)}
+    finish_gan(
+        cfg,
+        record,
+        gan,
+        ref,
+        data,
+        runtime,
+        out_dir,
+        (status, steps, history, diverged_at, losses),
+        time_per_step,
+    )
+
+
+def noise_seed(cfg: DictConfig) -> int:
+    """The seed of the generator's training noise (the batches' sampler uses the run's seed)."""
+    return cfg.seed + 30_000
+
+
+def finish_gan(
+    cfg: DictConfig,
+    record: RunRecord,
+    gan: GAN,
+    ref: Reference,
+    data: Dataset,
+    runtime: Runtime,
+    out_dir: Path,
+    outcome: tuple[str, int, list[dict], int | None, dict[str, float]],
+    time_per_step: float,
+) -> None:
+    """Fill ``record`` from a trained ``gan`` and how its training went (``outcome``: status, steps,
+    history, the step it diverged at, the last step's losses): the final measures, the sample grid
+    and the saved weights."""
+    status, steps, history, diverged_at, losses = outcome
     record.status, record.steps, record.history, record.diverged_at_step = status, steps, history, diverged_at
-    record.time_per_step_s = (time.perf_counter() - start) / max(1, steps)
-    metrics: dict[str, float | bool] = {"fd_classifier_test_error": real_error, "fd_real": fd_real}
-    record.fd_classifier = digest
+    record.time_per_step_s = time_per_step
+    metrics: dict[str, float | bool] = {"fd_classifier_test_error": ref.real_error, "fd_real": ref.fd_real}
+    record.fd_classifier = ref.digest
     if status == "completed":
-        final = measure(FINAL_SAMPLES)
+        final = generated_metrics(gan, FINAL_SAMPLES, cfg, ref, data, runtime.device)
         if not math.isfinite(final["fd"]):  # finite losses, non-finite samples: nothing to measure
             record.status, record.diverged_at_step = "diverged", steps
             record.error, record.metrics = "non-finite generated samples", metrics
             return
-        metrics |= {"d_loss": float(d_loss), "g_loss": float(g_loss), **final}
+        metrics |= {**losses, **final}
         metrics["mode_collapsed"] = bool(metrics["classes_covered"] <= data.num_classes / 2)
+        g_norm, d_norm = cfg.task.model.g_norm or cfg.norm.name, cfg.task.model.d_norm or cfg.norm.name
+        bs = cfg.batch_size
         if norm_spec(g_norm).batch_dependent:
-            metrics["fd_batch_stats"] = batch_stats_fd(
-                gan, bs, eval_noise_seed, classifier, real_stats, data, runtime
-            )
+            metrics["fd_batch_stats"] = batch_stats_fd(gan, bs, eval_noise_seed(cfg), ref, data, runtime)
         with torch.no_grad():
             gan.generator.eval()
-            grid = gan.sample(64, torch.Generator().manual_seed(eval_noise_seed), runtime.device)
+            grid = gan.sample(64, torch.Generator().manual_seed(eval_noise_seed(cfg)), runtime.device)
         if cfg.train.save_model:
             save_weights(gan, out_dir / MODEL_FILE)
         save_sample_grid(
@@ -203,9 +270,7 @@ def train_gan(
     record.metrics = metrics
 
 
-def batch_stats_fd(
-    gan: GAN, bs: int, seed: int, classifier, real_stats, data: Dataset, runtime: Runtime
-) -> float:
+def batch_stats_fd(gan: GAN, bs: int, seed: int, ref: Reference, data: Dataset, runtime: Runtime) -> float:
     """The Fréchet distance of samples generated in training mode, batch by batch, on a copy (the run's
     running statistics stay as they are)."""
     generator = copy.deepcopy(gan.generator).train()
@@ -213,4 +278,4 @@ def batch_stats_fd(
     with torch.no_grad():
         z = torch.randn(FINAL_SAMPLES // bs * bs, generator.latent, generator=noise).to(runtime.device)
         fake = torch.cat([generator(chunk) for chunk in z.split(bs)])
-    return sample_metrics(classifier, fake, real_stats, data.num_classes)["fd"]
+    return ref.metrics(fake, data.num_classes)["fd"]
