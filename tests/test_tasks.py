@@ -16,6 +16,7 @@ from torch import nn
 from normbench.config import ConfigError
 from normbench.experiment.build import load_model, prepare_data
 from normbench.experiment.run import execute
+from normbench.population.grouping import why_not_population
 from normbench.population.train import train_population
 from normbench.tasks.registry import REGISTRY, Task, available_tasks, get_task, register_task, task_for
 
@@ -102,6 +103,20 @@ def test_registration_refuses_taken_names_and_archs_and_bad_names(isolated_tasks
         register_task("plain")(nn.Module)
     with pytest.raises(KeyError, match=r"unknown task kind 'clasification'\. Did you mean 'classification'"):
         get_task("clasification")
+
+
+def test_a_task_with_its_own_loop_and_no_population_form_trains_alone(isolated_tasks):
+    class OwnLoop(Task):
+        archs = ("ownloop",)
+        own_training = True
+
+    register_task("ownloop")(OwnLoop)
+    cfg = compose_cfg("task.model.arch=ownloop")
+    assert why_not_population(cfg) == (
+        "task=mnist1d_mlp: the ownloop task trains with its own loop, one run at a time"
+    )
+    OwnLoop.population_training = True  # and with one (it then implements train_population)
+    assert why_not_population(cfg) is None
 
 
 def _mse(model: nn.Module, x: torch.Tensor) -> float:

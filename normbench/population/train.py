@@ -125,7 +125,7 @@ def _fit_population(
             x[probe], y[probe], task
         )
     pop.match_gradient_layout(torch.autograd.grad(loss.sum(), pop.leaves))
-    lr_table = _lr_table([p.lr for p in plans], total, first.optim.schedule, first.optim.warmup_steps, device)
+    lrs = lr_table([p.lr for p in plans], total, first.optim.schedule, first.optim.warmup_steps, device)
     optimizer = PopulationOptimizer(
         first.optim.name,
         list(pop.params.values()),
@@ -203,7 +203,7 @@ def _fit_population(
     start = time.perf_counter()
     for step in range(first, total):
         idx_now.copy_(next(batches))
-        lr_now.copy_(lr_table[step])
+        lr_now.copy_(lrs[step])
         run_step()
         if captured and step == first:  # the first step made the optimizer's state; the rest replay
             state = [*pop.storage, *optimizer.tensors, alive, diverged_at, loss_sum, step_now, *held.values()]
@@ -332,7 +332,7 @@ def _captures(runtime: Runtime, cfg: DictConfig) -> bool:
     return why is None and runtime.cuda_graph is not False
 
 
-def _lr_table(peaks: Sequence[float], total: int, schedule: str, warmup: int, device: torch.device) -> Tensor:
+def lr_table(peaks: Sequence[float], total: int, schedule: str, warmup: int, device: torch.device) -> Tensor:
     """(total, K): each member's learning rate at every step, from the same function as a separate
     run (computed once per distinct peak)."""
     columns = {
@@ -400,6 +400,12 @@ def train_population(
             if every and out_dirs
             else None
         )
+        task = task_for(cfgs[0])
+        if task.own_training:  # a task with its own loop has its own population form of it
+            used = task.train_population(cfgs, records, data, models, runtime, out_dirs, progress, form)
+            for record in records:
+                record.env["population_form"] = used
+            return [seal(record, start) for record in records]
         results = fit_population(cfgs, models, data, runtime, progress, form, checkpoints)
     except (ConfigError, KeyboardInterrupt):
         raise

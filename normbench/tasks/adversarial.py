@@ -1,10 +1,12 @@
 """The GAN task (``task.model.arch=gan``, settings :class:`normbench.schema.GanConfig`): a DCGAN whose
 generator and discriminator norms come from the registry (:mod:`normbench.tasks.gan`), trained by its
-own adversarial loop (:func:`normbench.train_gan.train_gan`) and measured by the Fréchet distance of
+own adversarial loop (:func:`normbench.train_gan.train_gan`; in a population,
+:func:`normbench.population.adversarial.train_gan_population`) and measured by the Fréchet distance of
 what it generates."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,6 +30,7 @@ class Adversarial(Task):
     archs = ("gan",)
     options_type = GanConfig
     own_training = True
+    population_training = True
 
     def check(self, cfg: DictConfig) -> None:
         if cfg.runtime.precision == "fp16":
@@ -35,6 +38,13 @@ class Adversarial(Task):
                 f"runtime.precision=fp16: task={cfg.task.name} has no gradient scaler for its two networks; "
                 "use bf16 or fp32"
             )
+
+    def why_not_population(self, cfg: DictConfig) -> str | None:
+        if cfg.train.checkpoint_every:
+            return (
+                f"train.checkpoint_every={cfg.train.checkpoint_every}: GAN populations do not checkpoint yet"
+            )
+        return None
 
     def build_model(self, cfg: DictConfig, data: Dataset) -> tuple[nn.Module, list[nn.Module]]:
         """Each network's norm is ``task.model.g_norm`` / ``d_norm`` ("" = the run's norm), with the run's
@@ -65,3 +75,18 @@ class Adversarial(Task):
         from normbench.train_gan import train_gan
 
         train_gan(cfg, record, data, model, runtime, out_dir, progress)
+
+    def train_population(
+        self,
+        cfgs: Sequence[DictConfig],
+        records: Sequence[RunRecord],
+        data: Dataset,
+        models: Sequence[nn.Module],
+        runtime: Runtime,
+        out_dirs: Sequence[Path],
+        progress: bool,
+        form: str,
+    ) -> str:
+        from normbench.population.adversarial import train_gan_population
+
+        return train_gan_population(cfgs, records, data, models, runtime, out_dirs, progress, form)

@@ -20,7 +20,7 @@ import importlib
 import logging
 import re
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -68,6 +68,8 @@ class Task:
     options_type: ClassVar[type | None] = None
     # own training loop, instead of minimizing loss() with the run's optimizer (see train())
     own_training: ClassVar[bool] = False
+    # ... and a population form of that loop (see train_population())
+    population_training: ClassVar[bool] = False
     # a sample's error is 0 or 1, so mean errors are fractions in [0, 1] (records are checked so)
     error_is_fraction: ClassVar[bool] = True
 
@@ -126,7 +128,7 @@ class Task:
 
     def why_not_population(self, cfg: DictConfig) -> str | None:
         """Why the run ``cfg`` of this task cannot train inside a population, or None."""
-        if self.own_training:
+        if self.own_training and not self.population_training:
             return f"task={cfg.task.name}: the {self.name} task trains with its own loop, one run at a time"
         return None
 
@@ -143,6 +145,23 @@ class Task:
         """For :attr:`own_training` tasks: train ``model`` and fill ``record`` (status, history,
         metrics); called instead of the shared loop (:func:`normbench.experiment.run.execute`)."""
         raise NotImplementedError(f"task {self.name!r} has no training loop of its own")
+
+    def train_population(
+        self,
+        cfgs: Sequence[DictConfig],
+        records: Sequence[RunRecord],
+        data: Dataset,
+        models: Sequence[nn.Module],
+        runtime: Runtime,
+        out_dirs: Sequence[Path],
+        progress: bool,
+        form: str,
+    ) -> str:
+        """For :attr:`own_training` tasks with :attr:`population_training`: train ``models`` (one per
+        config of a population group, see :mod:`normbench.population.grouping`) together, fill each
+        member's record as :meth:`train` would for its run alone, and return the population form used
+        (``wide`` or ``vmap``; ``form`` asks for one, as :func:`normbench.population.wide.stack_population`)."""
+        raise NotImplementedError(f"task {self.name!r} has no population form of its training loop")
 
 
 def norm_layers(cfg: DictConfig, name: str = "") -> NormLayers:
