@@ -155,7 +155,10 @@ def test_configuration_errors_stop_before_training(overrides, message, tmp_path)
 
 def test_help_says_the_study_group_is_for_the_study_script(tmp_path):
     proc = normbench_run("--help", cwd=tmp_path)
-    assert proc.returncode == 0 and "study: cifar, sequence_gan, sequence_gan_v1, small_batch, small_batch_v1" in proc.stdout
+    assert (
+        proc.returncode == 0
+        and "study: cifar, sequence_gan, sequence_gan_v1, small_batch, small_batch_v1" in proc.stdout
+    )
     assert "The study group is not selectable" in proc.stdout and "small_batch_study.sh" in proc.stdout
 
 

@@ -347,6 +347,28 @@ def test_the_curve_study_declares_a_small_primary_family_with_ten_seeds_in_its_c
         assert len(grid["seed"]) >= 5
 
 
+def test_the_recurrent_and_gan_study_declares_its_primary_family_with_ten_seeds_in_its_cells():
+    study = load_study(ROOT / "conf/study/sequence_gan.yaml")
+    claims = [c for s in study.sections for c in expand(s, study)]
+    primary = [c for c in claims if c.family == "primary"]
+    assert len(primary) == 8 and len({c.contrast.name for c in claims}) == len(claims)
+    grids = [_sweeper_params(sweep["preset"]) for sweep in study.sweeps]
+    for claim in primary:
+        for cell, _ in claim.contrast.terms:
+            seeds = {
+                seed
+                for grid in grids
+                if all(str(v) in grid[k] for k, v in cell.items() if k in grid)
+                for seed in grid["seed"]
+            }
+            assert len(seeds) == 10, (claim.contrast.name, cell)
+    for grid in grids:
+        if "optim.lr" in grid:  # the recurrent nets' grids: three points a factor 2 apart, in bounds
+            lrs = sorted(float(v) for v in grid["optim.lr"])
+            assert len(lrs) == 3 and lrs[1] == 2 * lrs[0] and lrs[2] == 2 * lrs[1]
+            assert study.bracket.low <= lrs[0] and lrs[-1] <= study.bracket.high
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
