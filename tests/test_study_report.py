@@ -320,6 +320,13 @@ def _sweeper_params(preset: str) -> dict[str, list[str]]:
     return params
 
 
+def _assert_bracketable(values: list[str], study) -> None:
+    """A learning-rate grid of three points a factor 2 apart, inside the bracket's bounds."""
+    lrs = sorted(float(v) for v in values)
+    assert len(lrs) == 3 and lrs[1] == 2 * lrs[0] and lrs[2] == 2 * lrs[1]
+    assert study.bracket.low <= lrs[0] and lrs[-1] <= study.bracket.high
+
+
 def test_the_curve_study_declares_a_small_primary_family_with_ten_seeds_in_its_cells():
     study = load_study(ROOT / "conf/study/small_batch.yaml")
     claims = [c for s in study.sections for c in expand(s, study)]
@@ -340,10 +347,8 @@ def test_the_curve_study_declares_a_small_primary_family_with_ten_seeds_in_its_c
             assert not any(  # no degenerate cell in the primary family
                 all(cell.get(k) == v for k, v in entry["where"].items()) for entry in study.degenerate
             )
-    for grid in grids:  # every lr grid is three points a factor 2 apart, inside the bracket's bounds
-        lrs = sorted(float(v) for v in grid["optim.lr"])
-        assert len(lrs) == 3 and lrs[1] == 2 * lrs[0] and lrs[2] == 2 * lrs[1]
-        assert study.bracket.low <= lrs[0] and lrs[-1] <= study.bracket.high
+    for grid in grids:
+        _assert_bracketable(grid["optim.lr"], study)
         assert len(grid["seed"]) >= 5
 
 
@@ -363,10 +368,8 @@ def test_the_recurrent_and_gan_study_declares_its_primary_family_with_ten_seeds_
             }
             assert len(seeds) == 10, (claim.contrast.name, cell)
     for grid in grids:
-        if "optim.lr" in grid:  # the recurrent nets' grids: three points a factor 2 apart, in bounds
-            lrs = sorted(float(v) for v in grid["optim.lr"])
-            assert len(lrs) == 3 and lrs[1] == 2 * lrs[0] and lrs[2] == 2 * lrs[1]
-            assert study.bracket.low <= lrs[0] and lrs[-1] <= study.bracket.high
+        if "optim.lr" in grid:  # the recurrent nets' (the GAN keeps DCGAN's)
+            _assert_bracketable(grid["optim.lr"], study)
 
 
 @pytest.mark.parametrize(
