@@ -327,23 +327,33 @@ def _assert_bracketable(values: list[str], study) -> None:
     assert study.bracket.low <= lrs[0] and lrs[-1] <= study.bracket.high
 
 
+def _primary_claims(study) -> tuple[list, list, list[dict[str, list[str]]]]:
+    """The study's claims, its primary ones, and the sweeper grid of each of its sweeps."""
+    claims = [c for s in study.sections for c in expand(s, study)]
+    return (
+        claims,
+        [c for c in claims if c.family == "primary"],
+        [_sweeper_params(s["preset"]) for s in study.sweeps],
+    )
+
+
+def _seeds(cell: dict, grids: list[dict[str, list[str]]]) -> set[str]:
+    """The seeds the study's sweeps train a claim's cell with (a grid matches on the keys it sweeps)."""
+    return {
+        seed
+        for grid in grids
+        if all(str(v) in grid[k] for k, v in cell.items() if k in grid)
+        for seed in grid["seed"]
+    }
+
+
 def test_the_curve_study_declares_a_small_primary_family_with_ten_seeds_in_its_cells():
     study = load_study(ROOT / "conf/study/small_batch.yaml")
-    claims = [c for s in study.sections for c in expand(s, study)]
-    primary = [c for c in claims if c.family == "primary"]
+    claims, primary, grids = _primary_claims(study)
     assert 0 < len(primary) <= 12 and len({c.contrast.name for c in claims}) == len(claims)
-    grids = [_sweeper_params(sweep["preset"]) for sweep in study.sweeps]
     for claim in primary:
         for cell, _ in claim.contrast.terms:
-            seeds = {
-                seed
-                for grid in grids
-                if cell["task"] in grid["task"]
-                and cell["norm"] in grid["norm"]
-                and str(cell["batch_size"]) in grid["batch_size"]
-                for seed in grid["seed"]
-            }
-            assert len(seeds) == 10, (claim.contrast.name, cell)
+            assert len(_seeds(cell, grids)) == 10, (claim.contrast.name, cell)
             assert not any(  # no degenerate cell in the primary family
                 all(cell.get(k) == v for k, v in entry["where"].items()) for entry in study.degenerate
             )
@@ -354,19 +364,11 @@ def test_the_curve_study_declares_a_small_primary_family_with_ten_seeds_in_its_c
 
 def test_the_recurrent_and_gan_study_declares_its_primary_family_with_ten_seeds_in_its_cells():
     study = load_study(ROOT / "conf/study/sequence_gan.yaml")
-    claims = [c for s in study.sections for c in expand(s, study)]
-    primary = [c for c in claims if c.family == "primary"]
+    claims, primary, grids = _primary_claims(study)
     assert len(primary) == 8 and len({c.contrast.name for c in claims}) == len(claims)
-    grids = [_sweeper_params(sweep["preset"]) for sweep in study.sweeps]
     for claim in primary:
         for cell, _ in claim.contrast.terms:
-            seeds = {
-                seed
-                for grid in grids
-                if all(str(v) in grid[k] for k, v in cell.items() if k in grid)
-                for seed in grid["seed"]
-            }
-            assert len(seeds) == 10, (claim.contrast.name, cell)
+            assert len(_seeds(cell, grids)) == 10, (claim.contrast.name, cell)
     for grid in grids:
         if "optim.lr" in grid:  # the recurrent nets' (the GAN keeps DCGAN's)
             _assert_bracketable(grid["optim.lr"], study)
