@@ -101,6 +101,19 @@ def test_same_inputs_give_byte_identical_tables(small_sweep, tmp_path):
         assert a == b
 
 
+def test_a_cell_is_incomplete_below_the_usual_seed_count_of_its_task_not_below_the_fullest():
+    counts = {"batchnorm": 5, "groupnorm": 10, "layernorm": 5, "identity": 3, "batchrenorm": 5}
+    runs = pd.DataFrame(
+        [
+            {"task": "t", "norm": norm, "batch_size": 32, "seed": s, "status": "completed", "test_error": 0.1}
+            for norm, n in counts.items()
+            for s in range(n)
+        ]
+    )
+    summary = summarize(runs).set_index("norm")
+    assert summary["incomplete"].to_dict() == {norm: norm == "identity" for norm in sorted(counts)}
+
+
 def test_missing_seed_is_marked_and_bad_files_are_named(small_sweep, tmp_path, caplog):
     copy = tmp_path / "sweep"
     shutil.copytree(small_sweep, copy)

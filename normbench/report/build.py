@@ -194,7 +194,7 @@ def problems_section(runs: pd.DataFrame, summary: pd.DataFrame, skipped: Sequenc
         )
     if not incomplete.empty:
         lines += [
-            "Cells with fewer completed seeds than the fullest cell of their task (marked * in the tables, "
+            "Cells with fewer completed seeds than most cells of their task (marked * in the tables, "
             "circled in the figures):",
             "",
         ]
