@@ -1,6 +1,6 @@
 """The documentation's generated pages, so they cannot drift from their source: the plugin reference
-(``docs/norms.md``) from the registry, the README's recommendation table from the default study's report
-and the site's home page (``docs/index.md``) from the README.
+(``docs/norms.md``) from the registry, the README's recommendation table from the default study's report, its
+population-against-separate summary from that comparison's file, and the site's home page (``docs/index.md``) from the README.
 ``python -m normbench.docs [--check]`` writes them (or, with ``--check``, exits 1 when a committed page
 differs)."""
 
@@ -23,6 +23,11 @@ TABLE_START = (
     "<!-- recommendation table: copied from reports/small_batch/report.md by python -m normbench.docs -->"
 )
 TABLE_END = "<!-- end of the recommendation table -->"
+AGREEMENT = ROOT / "reports" / "small_batch_separate" / "agreement.md"
+AGREEMENT_START = (
+    "<!-- agreement: copied from reports/small_batch_separate/agreement.md by python -m normbench.docs -->"
+)
+AGREEMENT_END = "<!-- end of the agreement -->"
 
 
 SPEED_SOURCES = (ROOT / "reports" / "bench" / "norms.md", ROOT / "reports" / "bench" / "norms_cuda.json")
@@ -110,16 +115,29 @@ def recommendation_table(report: str) -> str:
     return section[start:].strip().replace("`curve_", "`reports/small_batch/curve_")
 
 
+def agreement_summary(agreement: str) -> str:
+    """How a study's population runs agree with the same runs trained one by one: the summary lines of
+    ``agreement`` (written by ``scripts/compare_runs.py``) and its count of agreeing verdicts."""
+    bullets = [line for line in agreement.splitlines() if line.startswith("- ")]
+    verdicts = re.search(r"\d+ of \d+ verdicts agree\.", agreement)
+    return "\n".join([*bullets, *([f"- {verdicts.group(0)}"] if verdicts else [])])
+
+
+def _replace_block(text: str, start: str, end: str, content: str) -> str:
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{content}\n{end}{tail}"
+
+
 def readme_with_table(readme: str, report: str) -> str:
     """``readme`` with the block between its table markers replaced by :func:`recommendation_table`."""
-    head, rest = readme.split(TABLE_START, 1)
-    _, tail = rest.split(TABLE_END, 1)
-    return f"{head}{TABLE_START}\n{recommendation_table(report)}\n{TABLE_END}{tail}"
+    return _replace_block(readme, TABLE_START, TABLE_END, recommendation_table(report))
 
 
 def pages() -> dict[Path, str]:
     """Every generated page and its text."""
     readme = readme_with_table(README.read_text(), STUDY_REPORT.read_text())
+    readme = _replace_block(readme, AGREEMENT_START, AGREEMENT_END, agreement_summary(AGREEMENT.read_text()))
     return {README: readme, PAGE: norms_page(), HOME: home_page(readme)}
 
 

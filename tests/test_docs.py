@@ -4,13 +4,25 @@ README and the docs pages points at a file that exists."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from normbench import build_norm, norm_spec
-from normbench.docs import HOME, PAGE, STUDY_REPORT, home_page, main, norms_page, readme_with_table
+from normbench.docs import (
+    AGREEMENT,
+    HOME,
+    PAGE,
+    STUDY_REPORT,
+    agreement_summary,
+    home_page,
+    main,
+    norms_page,
+    readme_with_table,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -111,3 +123,24 @@ def test_each_plugins_speed_comes_from_the_committed_benchmarks():
         f"{cpu[0].split(' | ')[6]} on CPU (32, 64, 32, 32)"
     )
     assert "## batchrenorm\n\nOptions:" in PAGE.read_text() and speeds["batchrenorm"] in PAGE.read_text()
+
+
+def test_the_readme_says_how_close_members_are_from_a_comparison_that_regenerates_unchanged(tmp_path):
+    out = tmp_path / "agreement.md"
+    a, b = "reports/small_batch/records.jsonl", "reports/small_batch_separate/records.jsonl"
+    args = [
+        sys.executable,
+        "scripts/compare_runs.py",
+        a,
+        b,
+        "--out",
+        str(out),
+        "--study",
+        "conf/study/small_batch.yaml",
+    ]
+    subprocess.run(args, cwd=ROOT, check=True, capture_output=True, timeout=300)
+    committed = AGREEMENT.read_text()
+    assert out.read_text().replace(str(out), "reports/small_batch_separate/agreement.md") == committed
+    summary = agreement_summary(committed)
+    assert summary in (ROOT / "README.md").read_text()
+    assert re.search(r"^- \d+ of \d+ verdicts agree\.$", summary, re.M) and "paired mean" in summary
