@@ -123,7 +123,7 @@ def train_gan_population(
     noises = [torch.Generator().manual_seed(noise_seed(c)) for c in cfgs]
     latent, mixed = gans[0].generator.latent, first.task.model.d_batches == "mixed"
     alive = torch.ones(k, dtype=torch.bool, device=device)
-    diverged_at: list[int | None] = [None] * k
+    diverged_at = torch.zeros(k, dtype=torch.long, device=device)  # 0: has not diverged
     histories: list[list[dict]] = [[] for _ in cfgs]
     d_loss = g_loss = torch.zeros(k)
     start = time.perf_counter()
@@ -134,16 +134,13 @@ def train_gan_population(
             d_loss, g_loss = adversarial_steps(
                 g, d, data.x_train[idx], z, opt_d, opt_g, lrs[step - 1], alive, mixed
             )
-        now_diverged = alive & ~(torch.isfinite(d_loss) & torch.isfinite(g_loss))
-        for m in now_diverged.nonzero().flatten().tolist():
-            diverged_at[m] = step
-            log.warning(
-                "member %d (seed %d): non-finite GAN loss at step %d: diverged", m, cfgs[m].seed, step
-            )
-        alive &= ~now_diverged
+        finite = torch.isfinite(d_loss) & torch.isfinite(g_loss)  # on the device: no sync per step
+        diverged_at.masked_fill_(alive & ~finite, step)
+        alive &= finite
         if step % eval_every == 0 or step == total:
+            members = alive.nonzero().flatten().tolist()
             g.unstack_into([gan.generator for gan in gans])
-            for m in alive.nonzero().flatten().tolist():
+            for m in members:
                 point = {
                     "step": step,
                     "epoch": step / per_epoch,
@@ -153,14 +150,16 @@ def train_gan_population(
                 histories[m].append(
                     point | generated_metrics(gans[m], HISTORY_SAMPLES, cfgs[m], ref, data, device)
                 )
-        if not alive.any():
-            break
+            if not members:
+                break
     time_per_step = (time.perf_counter() - start) / max(1, step)
     g.unstack_into([gan.generator for gan in gans])
     d.unstack_into([gan.discriminator for gan in gans])
     for m, (cfg, record, gan, out_dir) in enumerate(zip(cfgs, records, gans, out_dirs, strict=True)):
-        status = "completed" if diverged_at[m] is None else "diverged"
+        at = int(diverged_at[m]) or None
+        if at is not None:
+            log.warning("member %d (seed %d): non-finite GAN loss at step %d: diverged", m, cfg.seed, at)
         losses = {"d_loss": float(d_loss[m]), "g_loss": float(g_loss[m])}
-        outcome = (status, diverged_at[m] or total, histories[m], diverged_at[m], losses)
+        outcome = ("completed" if at is None else "diverged", at or total, histories[m], at, losses)
         finish_gan(cfg, record, gan, ref, data, runtime, out_dir, outcome, time_per_step)
     return g.form if g.form == d.form else f"{g.form} (G), {d.form} (D)"
