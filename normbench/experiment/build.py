@@ -12,13 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from normbench.accel import use_kernels
 from normbench.checkpoint import MODEL_FILE
 from normbench.config import ConfigError
 from normbench.evaluate import eval_mode
+from normbench.experiment.identity import record_config
 from normbench.norms import norm_spec
 from normbench.results import (
     RESULT_FILE,
@@ -26,7 +27,6 @@ from normbench.results import (
 )
 from normbench.runtime import CPU_FP32, Runtime, use_deterministic_kernels
 from normbench.samplers import check_class_grouped, class_grouped_batches, iid_batches
-from normbench.schema import Config
 from normbench.tasks.cifar import crop_flip
 from normbench.tasks.dataset import Dataset
 from normbench.tasks.models import ModelConfigError, scale_initial_weights
@@ -72,7 +72,7 @@ def load_model(run_dir: str | os.PathLike[str], device: str | torch.device = "cp
     if not weights.is_file():
         raise FileNotFoundError(f"{weights}: no saved weights (train the run with train.save_model=true)")
     record = load_run(run_dir / RESULT_FILE)
-    cfg = OmegaConf.merge(OmegaConf.structured(Config), record["config"])
+    cfg = record_config(record["config"])
     model = model_from_config(cfg, prepare_data(cfg))
     model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     return model.to(device).eval()

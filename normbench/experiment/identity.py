@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from normbench.results import (
     FINAL_STATUSES,
@@ -21,7 +22,7 @@ from normbench.results import (
     remove_stale_temporaries,
     run_lock,
 )
-from normbench.schema import NON_IDENTITY_KEYS, later_keys
+from normbench.schema import NON_IDENTITY_KEYS, Config, later_keys
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,26 @@ PLUGIN_LATER_KEYS = {
     "norm.positions": 0,  # batchnorm pooled over positions, as before the option existed
 }
 LATER_KEYS = {**later_keys(), **PLUGIN_LATER_KEYS}
+
+
+def record_config(config: Mapping[str, Any]) -> DictConfig:
+    """A record's ``config`` completed by today's schema. A key of :data:`LATER_KEYS` that the record
+    leaves out was at its old value when the run trained (that is why it was left out), which is not
+    always today's default (``data.val_size``: 0 before, 0.1 now), so it is restored to that value."""
+    cfg = OmegaConf.merge(OmegaConf.structured(Config), config)
+    for key, before in LATER_KEYS.items():
+        if not _has(config, key) and OmegaConf.select(cfg, key, default=None) is not None:
+            OmegaConf.update(cfg, key, before, merge=False)
+    return cfg
+
+
+def _has(config: Mapping[str, Any], dotted: str) -> bool:
+    node: Any = config
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+    return True
 
 
 def run_identity(cfg: DictConfig) -> tuple[dict[str, Any], str]:
