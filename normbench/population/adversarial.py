@@ -83,16 +83,6 @@ def adversarial_steps(
     return d_loss.detach(), g_loss.detach()
 
 
-def _optimizer(cfgs: Sequence[DictConfig], pop: Population) -> PopulationOptimizer:
-    device = next(iter(pop.params.values())).device
-    return PopulationOptimizer(
-        cfgs[0].optim.name,
-        list(pop.params.values()),
-        torch.tensor([c.optim.momentum for c in cfgs], dtype=torch.float64, device=device),
-        torch.tensor([c.optim.weight_decay for c in cfgs], dtype=torch.float64, device=device),
-    )
-
-
 def train_gan_population(
     cfgs: Sequence[DictConfig],
     records: Sequence[RunRecord],
@@ -116,7 +106,7 @@ def train_gan_population(
     lrs = lr_table([p.lr for p in plans], total, first.optim.schedule, first.optim.warmup_steps, device)
     g = stack_population([gan.generator for gan in gans], form)
     d = stack_population([gan.discriminator for gan in gans], form)
-    opt_g, opt_d = _optimizer(cfgs, g), _optimizer(cfgs, d)
+    opt_g, opt_d = (PopulationOptimizer.for_members(cfgs, list(p.params.values())) for p in (g, d))
     samplers = [
         iid_batches(len(data.x_train), first.batch_size, torch.Generator().manual_seed(c.seed)) for c in cfgs
     ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from omegaconf import DictConfig
 from torch import Tensor
 
 
@@ -39,6 +40,18 @@ class PopulationOptimizer:
         self.weight_decay = weight_decay.double()
         self.state: list[dict[str, Tensor]] = [{} for _ in self.params]
         self.steps = 0
+
+    @classmethod
+    def for_members(cls, cfgs: Sequence[DictConfig], params: Sequence[Tensor]) -> PopulationOptimizer:
+        """The optimizer of members with configs ``cfgs`` (one ``optim.name``; each its own momentum
+        and weight decay) over their stacked ``params``."""
+        device = params[0].device
+        return cls(
+            cfgs[0].optim.name,
+            params,
+            torch.tensor([c.optim.momentum for c in cfgs], dtype=torch.float64, device=device),
+            torch.tensor([c.optim.weight_decay for c in cfgs], dtype=torch.float64, device=device),
+        )
 
     @property
     def tensors(self) -> list[Tensor]:

@@ -126,12 +126,7 @@ def _fit_population(
         )
     pop.match_gradient_layout(torch.autograd.grad(loss.sum(), pop.leaves))
     lrs = lr_table([p.lr for p in plans], total, first.optim.schedule, first.optim.warmup_steps, device)
-    optimizer = PopulationOptimizer(
-        first.optim.name,
-        list(pop.params.values()),
-        torch.tensor([c.optim.momentum for c in cfgs], dtype=torch.float64, device=device),
-        torch.tensor([c.optim.weight_decay for c in cfgs], dtype=torch.float64, device=device),
-    )
+    optimizer = PopulationOptimizer.for_members(cfgs, list(pop.params.values()))
     streams = [batch_iterator(cfg, data, torch.Generator().manual_seed(cfg.seed)) for cfg in cfgs]
     batches = stacked_batches(streams, device, 1 if device.type == "cpu" else 256)
     transforms = [augmentation(cfg, device) for cfg in cfgs]
