@@ -1,9 +1,10 @@
 """How closely two trainings of the same configs agree: e.g. a study trained as populations against the
 same study trained run by run. Runs are paired by config hash; for each pair the relative difference of
 the test loss and the difference of the test error, then the paired mean difference of the test error
-with its Student t 95% interval (scipy.stats), overall and per learning rate. With ``--study``, every
-claim of that study description whose cells both trainings hold (a restricted to b's configs), with
-each training's own learning-rate selection: both estimates, both verdicts, and whether they agree.
+with its Student t 95% interval (scipy.stats), overall and per task and batch size. With ``--study``,
+every claim of that study description whose cells both trainings hold, with each training's own
+learning-rate selection among the configs both hold: both estimates, both verdicts, and whether they
+agree.
 
     python scripts/compare_runs.py reports/small_batch_population/records.jsonl reports/small_batch_v1/records.jsonl \\
         --out reports/small_batch_population/agreement.md
@@ -23,6 +24,8 @@ from normbench.report import load_runs
 
 
 def interval(diff: pd.Series) -> str:
+    if (diff == 0).all():
+        return "0 in every pair (no interval to compute)"
     ci = stats.ttest_1samp(diff, 0.0).confidence_interval(0.95)
     p = stats.ttest_1samp(diff, 0.0).pvalue
     return f"{100 * diff.mean():+.2f} pp [{100 * ci.low:+.2f}, {100 * ci.high:+.2f}], p = {p:.2g}"
@@ -48,8 +51,8 @@ def claim_agreement(a: pd.DataFrame, b: pd.DataFrame, path: Path) -> list[str]:
         "",
         f"## The claims of {path} on both trainings",
         "",
-        "Each training chooses its own learning rates on its validation split; a's runs are those with a",
-        f"config in b. {sum(ours[n][1].established == theirs[n][1].established for n in names)} of "
+        "Each training chooses its own learning rates on its validation split, among the configs both",
+        f"trainings hold. {sum(ours[n][1].established == theirs[n][1].established for n in names)} of "
         f"{len(names)} verdicts agree.",
         "",
         "| claim | a | b | same verdict |",
@@ -90,16 +93,18 @@ def main() -> None:
         f"- Test error, a − b: median {100 * done.d_error.median():+.2f} pp, largest |a − b| "
         f"{100 * done.d_error.abs().max():.1f} pp; paired mean {interval(done.d_error)}.",
         "",
-        "| optim.lr (at batch 32) | runs | within 1e-5 | median rel. test-loss difference | mean test-error difference a − b, 95% CI |",
-        "|---:|---:|---:|---:|---|",
+        "| task | batch size | runs | within 1e-5 | median rel. test-loss difference "
+        "| mean test-error difference a − b, 95% CI |",
+        "|---|---:|---:|---:|---:|---|",
     ]
-    for lr, group in done.groupby("optim.lr_a"):
+    for (task, batch), group in done.groupby(["task_a", "batch_size_a"]):
         lines.append(
-            f"| {lr} | {len(group)} | {(group.rel_loss <= 1e-5).sum()} | {group.rel_loss.median():.1e} "
+            f"| {task} | {batch} | {len(group)} | {(group.rel_loss <= 1e-5).sum()} | {group.rel_loss.median():.1e} "
             f"| {interval(group.d_error)} |"
         )
     if args.study:
-        lines += claim_agreement(a[a["config_hash"].isin(b["config_hash"])], b, args.study)
+        both = set(a["config_hash"]) & set(b["config_hash"])
+        lines += claim_agreement(a[a["config_hash"].isin(both)], b[b["config_hash"].isin(both)], args.study)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

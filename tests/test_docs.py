@@ -144,3 +144,37 @@ def test_the_readme_says_how_close_members_are_from_a_comparison_that_regenerate
     summary = agreement_summary(committed)
     assert summary in (ROOT / "README.md").read_text()
     assert re.search(r"^- \d+ of \d+ verdicts agree\.$", summary, re.M) and "paired mean" in summary
+
+
+def test_the_agreement_table_counts_what_the_records_hold():
+    """Each row of the per-batch table, recomputed from the two record files by hand: the pairs, how
+    many test losses agree within 1e-5, and the mean test-error difference."""
+    from normbench.report import load_runs
+
+    a = load_runs(ROOT / "reports/small_batch/records.jsonl")
+    b = load_runs(ROOT / "reports/small_batch_separate/records.jsonl")
+    a_by_hash = {h: r for h, r in zip(a.config_hash, a.itertuples(), strict=True)}
+    rows = {}
+    for run in b.itertuples():
+        twin = a_by_hash.get(run.config_hash)
+        if twin is None or run.status != "completed" or twin.status != "completed":
+            continue
+        rel = abs(twin.test_loss - run.test_loss) / run.test_loss
+        rows.setdefault((run.task, run.batch_size), []).append(
+            (rel <= 1e-5, twin.test_error - run.test_error)
+        )
+    table = [
+        line.split(" | ")
+        for line in AGREEMENT.read_text().splitlines()
+        if re.match(r"\| \w+ \| \d+ \| ", line)
+    ]
+    assert len(table) == len(rows) >= 2
+    for cells in table:
+        pairs = rows[(cells[0].removeprefix("| "), int(cells[1]))]
+        assert int(cells[2]) == len(pairs) and int(cells[3]) == sum(same for same, _ in pairs)
+        mean = 100 * sum(d for _, d in pairs) / len(pairs)
+        assert (
+            cells[5].startswith("0 in every pair")
+            if all(d == 0 for _, d in pairs)
+            else cells[5].startswith(f"{mean:+.2f} pp [")
+        )
