@@ -101,8 +101,10 @@ def _compare(tmp_path, *common: str, members=MEMBERS, steps=STEPS, form="auto") 
         ("digits_cnn", "groupnorm", 8, LOW_LR, ()),  # resnet2d: residual blocks
         # transformer, norms on (N, L, C) tokens
         ("seq_transformer", "rmsnorm", 8, MEMBERS, ("task.model.width=32", "task.model.depth=1")),
-        # the recurrent net under vmap: per-step norms sharing one γ/β (tied parameters)
+        # the recurrent net: per-step norms sharing one γ/β (tied parameters), per-step running
+        # statistics, the embedded scalar input
         ("seq_lstm", "layernorm", 8, MEMBERS, ("task.model.width=16",)),
+        ("digits_lstm", "batchnorm", 4, MEMBERS, ("task.model.width=16",)),
         ("digits_lstm", "layernorm", 1, MEMBERS, ("task.model.width=16",)),  # online learners
     ],
 )
@@ -112,7 +114,7 @@ def test_members_get_the_records_of_their_separate_runs(tmp_path, task, norm, ba
     )
     assert all(r["status"] == "completed" for r in records)
     # one model K times wider where every layer has a wide form; vmap for the rest
-    wide = task not in ("seq_transformer", "seq_lstm", "digits_lstm")
+    wide = task != "seq_transformer"
     assert {r["env"]["population_form"] for r in records} == {"wide" if wide else "vmap"}
 
 

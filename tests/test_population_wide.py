@@ -21,6 +21,7 @@ from normbench.population.stacked import Population
 from normbench.population.wide import NoWideForm, WidePopulation, stack_population
 from normbench.tasks.models import MLP, ConvNet, SequenceTransformer
 from normbench.tasks.norm_layers import NormLayers
+from normbench.tasks.recurrent import NormRNN
 
 pytestmark = pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")
 OPTIONS = {"ghost_batchnorm": {"ghost_batch_size": 4}, "batchrenorm": {"warmup_steps": 0}}
@@ -107,6 +108,9 @@ ARCHS = {
     "cnn1d": (lambda norm: ConvNet(1, 1, 8, 3, 10, NormLayers(norm), False, 5), (4, 1, 40)),
     "resnet1d": (lambda norm: ConvNet(1, 1, 8, 5, 10, NormLayers(norm), True, 3, (1,)), (4, 1, 40)),
     "cnn2d": (lambda norm: ConvNet(2, 3, 8, 3, 10, NormLayers(norm), False, 3, (0,)), (4, 3, 8, 8)),
+    # images row by row; per-step norms whose γ/β every step shares
+    "lstm": (lambda norm: NormRNN(6, 5, 8, 10, NormLayers(norm), norm_gain=0.1), (4, 1, 5, 6)),
+    "gru-embedded": (lambda norm: NormRNN(1, 7, 8, 10, NormLayers(norm), cell="gru", embed=4), (4, 1, 7)),
 }
 
 

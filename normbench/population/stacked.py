@@ -40,17 +40,24 @@ def input_sums(
             h.remove()
 
 
-def _meta_twin(model: nn.Module) -> nn.Module:
-    """``model`` on the meta device with the parameters it shares still shared (e.g. the recurrent
-    net's one γ/β for every step): ``.to()`` converts each module's parameters separately, and
-    ``functional_call`` fills a tied parameter from its first name only where the tie survives."""
-    twin = copy.deepcopy(model).to("meta")
+def tie_shared(model: nn.Module, twin: nn.Module) -> None:
+    """Share in ``twin`` (a copy of ``model``'s structure) the parameters ``model`` shares between
+    modules (e.g. the recurrent net's one γ/β for every step), which a copy made module by module
+    holds as separate tensors: each later name gets the tensor of the first."""
     first: dict[int, str] = {}
     for name, param in model.named_parameters(remove_duplicate=False):
         owner = first.setdefault(id(param), name)
         if owner != name:
             module, _, attr = name.rpartition(".")
-            setattr(twin.get_submodule(module), attr, twin.get_parameter(owner))
+            twin.get_submodule(module)._parameters[attr] = twin.get_parameter(owner)
+
+
+def _meta_twin(model: nn.Module) -> nn.Module:
+    """``model`` on the meta device with the parameters it shares still shared: ``.to()`` converts
+    each module's parameters separately, and ``functional_call`` fills a tied parameter from its first
+    name only where the tie survives."""
+    twin = copy.deepcopy(model).to("meta")
+    tie_shared(model, twin)
     return twin
 
 

@@ -9,7 +9,12 @@ sees (N, K·C, *spatial), member k in channels [k·C, (k+1)·C), each with its o
   ``widen``: BatchNorm and every per-channel formula as it is, GroupNorm with K·G groups, LayerNorm as
   GroupNorm with K groups), on its native kernel;
 - ReLU, Flatten and the like, and containers whose ``forward`` only composes their children
-  (``nn.Sequential``, and classes that set ``population_form = "wide"``) are unchanged.
+  (``nn.Sequential``, ``nn.ModuleList``, and classes that set ``population_form = "wide"``) are
+  unchanged. A ``population_form = "wide"`` class may hold per-feature tensors of its own (a bias),
+  concatenated like a layer's, and reads ``self.members`` (K on the wide copy, 1 otherwise) where its
+  ``forward`` splits features per member (the recurrent net's gates);
+- parameters a member shares between modules (the recurrent net's one γ/β for every step) are shared
+  in the wide model too.
 
 A step costs about one model K times wider instead of K models. Models with a part that has no wide form
 (a Transformer's attention, a plugin with ``population="vmap"``, a weight-standardized layer) train
@@ -30,7 +35,7 @@ from torch.nn.utils import parametrize
 
 from normbench.norms import iter_specs
 from normbench.norms._base import wide_copy
-from normbench.population.stacked import Population, input_sums
+from normbench.population.stacked import Population, input_sums, tie_shared
 from normbench.tasks.classification import LOGITS
 from normbench.tasks.registry import Task
 
@@ -208,14 +213,16 @@ def _widen_module(members: Sequence[nn.Module], where: str, specs: dict[type, ob
         return _widen_conv(members, where)
     if isinstance(first, _ELEMENTWISE) or (isinstance(first, nn.Flatten) and first.start_dim == 1):
         return first
-    if kind is nn.Sequential or getattr(kind, "population_form", None) == "wide":
-        if first._parameters or any(b is not None for b in first._buffers.values()):
-            raise NoWideForm(f"{where}: {kind.__name__} holds tensors of its own")
+    declared = getattr(kind, "population_form", None) == "wide"
+    if kind in (nn.Sequential, nn.ModuleList) or declared:
         wide = _shallow_copy(first, kind)
         wide._modules = {}
         for name in first._modules:
             children = [m._modules[name] for m in members]
             wide._modules[name] = _widen_module(children, f"{where}.{name}".lstrip("."), specs)
+        if declared:
+            wide.members = k
+            _fill(wide, members, where)
         return wide
     raise NoWideForm(f"{where or 'the model'}: {kind.__name__} has no wide form")
 
@@ -249,7 +256,8 @@ class WidePopulation(Population):
     @classmethod
     def stack(cls, models: Sequence[nn.Module]) -> WidePopulation:  # type: ignore[override]
         wide = _widen_module(models, "", _norm_specs())
-        shapes = {name: t.shape for name, t in models[0].state_dict().items()}
+        tie_shared(models[0], wide)
+        shapes = {name: t.shape for name, t in _state(models[0]).items()}
         missing = set(shapes) ^ set(_state(wide))
         if missing:
             raise NoWideForm(f"the wide model's tensors differ from a member's: {sorted(missing)}")

@@ -34,6 +34,8 @@ class StepNorms(nn.Module):
     """The norm of one position (input, recurrent or cell) at every time step: per-step modules with
     shared affine parameters, or one module."""
 
+    population_form = "wide"  # forward only picks a child: a wide population widens each step's norm
+
     def __init__(self, norms: NormLayers, features: int, steps: int, per_step: bool):
         super().__init__()
         first = norms(features)
@@ -55,7 +57,14 @@ class StepNorms(nn.Module):
 
 
 class NormRNN(nn.Module):
-    """LSTM or GRU classifier over (N, C, L) inputs read as L steps of C features (see module docstring)."""
+    """LSTM or GRU classifier over (N, C, L) inputs read as L steps of C features (see module docstring).
+
+    As a wide population (:mod:`normbench.population.wide`) ``members`` = K copies run as one model:
+    member k's input channels, gates, hidden and cell units are the k-th block of each feature
+    dimension, so the gates are split per member and every other operation is per feature."""
+
+    population_form = "wide"
+    members = 1
 
     def __init__(
         self,
@@ -94,24 +103,32 @@ class NormRNN(nn.Module):
                         weight.fill_(norm_gain)
 
     def forward(self, x: Tensor) -> Tensor:
-        # (N, C, L) signals as L steps of C features; (N, 1, rows, cols) images row by row
-        sequence = x[:, 0].transpose(1, 2) if x.dim() == 4 else x
-        n = sequence.shape[0]
-        h = sequence.new_zeros(n, self.hidden)
-        c = sequence.new_zeros(n, self.hidden)
+        m, hidden = self.members, self.hidden
+        # (N, C, L) signals as L steps of C features; (N, 1, rows, cols) images row by row (a wide
+        # population's (N, K, rows, cols) as K blocks of cols features)
+        sequence = x.transpose(-1, -2).flatten(1, 2) if x.dim() == 4 else x
+        n, steps = sequence.shape[0], sequence.shape[-1]
+        h = sequence.new_zeros(n, m * hidden)
+        c = sequence.new_zeros(n, m, hidden)
         # all steps' input projections in one matmul; unbind (not indexing) so that the backward
         # stacks the steps' gradients once instead of scattering each into a full-size zero tensor
-        inputs = self.w_x(self.embed(sequence.transpose(1, 2))).unbind(1)
+        projected = self.w_x(self.embed(sequence.transpose(1, 2).flatten(0, 1)))
+        inputs = projected.view(n, steps, -1).unbind(1)
         for t in range(len(inputs)):
             gx, gh = self.norm_x(inputs[t], t), self.norm_h(self.w_h(h), t)
             if self.cell == "lstm":
-                i, f, o, g = (gx + gh + self.bias).chunk(4, dim=1)
+                i, f, o, g = (gx + gh + self.bias).view(n, m, 4, hidden).unbind(2)
                 c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-                h = torch.sigmoid(o) * torch.tanh(self.norm_c(c, t))
+                cell = self.norm_c(c.reshape(n, m * hidden), t).view(n, m, hidden)
+                h = (torch.sigmoid(o) * torch.tanh(cell)).reshape(n, m * hidden)
             else:
-                k = 2 * self.hidden
-                r, z = (gx[:, :k] + gh[:, :k] + self.bias[:k]).chunk(2, dim=1)
-                candidate = torch.tanh(gx[:, k:] + self.bias[k:] + torch.sigmoid(r) * gh[:, k:])
+                gx, gh, bias = (
+                    gx.view(n, m, 3, hidden),
+                    gh.view(n, m, 3, hidden),
+                    self.bias.view(m, 3, hidden),
+                )
+                r, z = (gx[:, :, :2] + gh[:, :, :2] + bias[:, :2]).unbind(2)
+                candidate = torch.tanh(gx[:, :, 2] + bias[:, 2] + torch.sigmoid(r) * gh[:, :, 2])
                 z = torch.sigmoid(z)
-                h = (1 - z) * candidate + z * h
+                h = ((1 - z) * candidate + z * h.view(n, m, hidden)).reshape(n, m * hidden)
         return self.head(h)
