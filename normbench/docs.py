@@ -117,10 +117,13 @@ def recommendation_table(report: str) -> str:
 
 def agreement_summary(agreement: str) -> str:
     """How a study's population runs agree with the same runs trained one by one: the summary lines of
-    ``agreement`` (written by ``scripts/compare_runs.py``) and its count of agreeing verdicts."""
-    bullets = [line for line in agreement.splitlines() if line.startswith("- ")]
-    verdicts = re.search(r"\d+ of \d+ verdicts agree\.", agreement)
-    return "\n".join([*bullets, *([f"- {verdicts.group(0)}"] if verdicts else [])])
+    ``agreement`` (written by ``scripts/compare_runs.py``), its count of agreeing verdicts and the
+    claims whose verdicts differ."""
+    head, _, claims = agreement.partition("\n## ")
+    bullets = [line for line in head.splitlines() if line.startswith("- ")]
+    verdicts = re.search(r"\d+ of \d+ verdicts agree\.", claims)
+    differing = [f"  {line}" for line in claims.splitlines() if line.startswith("- ")]
+    return "\n".join([*bullets, *([f"- {verdicts.group(0)}", *differing] if verdicts else [])])
 
 
 def _replace_block(text: str, start: str, end: str, content: str) -> str:

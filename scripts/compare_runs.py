@@ -15,6 +15,7 @@ agree.
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -39,6 +40,10 @@ def _claims(runs: pd.DataFrame, study) -> dict[str, tuple]:
     return {r.name: (c, r) for _, claims in evaluate_claims(study, runs, selected) for c, r in claims}
 
 
+def _verdict(result) -> tuple[bool, bool]:
+    return result.established, result.equivalent
+
+
 def claim_agreement(a: pd.DataFrame, b: pd.DataFrame, path: Path) -> list[str]:
     """The study's claims on each training: estimate, interval and verdict side by side."""
     from normbench.report.contrasts import sentence
@@ -52,7 +57,8 @@ def claim_agreement(a: pd.DataFrame, b: pd.DataFrame, path: Path) -> list[str]:
         f"## The claims of {path} on both trainings",
         "",
         "Each training chooses its own learning rates on its validation split, among the configs both",
-        f"trainings hold. {sum(ours[n][1].established == theirs[n][1].established for n in names)} of "
+        "A verdict is whether the claim is established and whether its cells are within the margin by",
+        f"two one-sided tests. {sum(_verdict(ours[n][1]) == _verdict(theirs[n][1]) for n in names)} of "
         f"{len(names)} verdicts agree.",
         "",
         "| claim | a | b | same verdict |",
@@ -61,9 +67,28 @@ def claim_agreement(a: pd.DataFrame, b: pd.DataFrame, path: Path) -> list[str]:
     for name in names:
         (claim, ra), (_, rb) = ours[name], theirs[name]
         a_text, b_text = (sentence(r, claim.unit.scale, claim.unit.name)[len(name) + 2 :] for r in (ra, rb))
-        same = "yes" if ra.established == rb.established else "no"
+        same = "yes" if _verdict(ra) == _verdict(rb) else "no"
         lines.append(f"| {name} | {a_text} | {b_text} | {same} |")
-    return lines
+    differ = [n for n in names if _verdict(ours[n][1]) != _verdict(theirs[n][1])]
+    if differ:
+        lines += [
+            "",
+            "Where they differ, the p-value that decides the differing part (TOST's where only the",
+            "equivalence differs, else the claim's own test) in each training, and the estimates' difference:",
+            "",
+        ]
+        for name in differ:
+            ra, rb = ours[name][1], theirs[name][1]
+            decide = (
+                (lambda r: r.p_tost)
+                if ra.established == rb.established
+                else (lambda r: r.p if math.isnan(r.p_holm) else r.p_holm)
+            )
+            lines.append(
+                f"- {name}: p = {decide(ra):.2g} (a), {decide(rb):.2g} (b); a − b = "
+                f"{100 * (ra.mean - rb.mean):+.2f} pp."
+            )
+        return lines
 
 
 def main() -> None:

@@ -9,7 +9,8 @@
 #
 # The cells are those of the primary claims, each at the learning rate(s) the population training chose
 # for it when the cell was added here (the MLP: 2026-12-04; the conv net: 2026-12-05, after its
-# bracketing), with the seeds listed. A rerun skips every run whose record is there.
+# bracketing), with the seeds listed (the conv net's batch-2 cells, a minute per run, 5 of their 10).
+# A rerun skips every run whose record is there.
 set -euo pipefail
 
 jobs="${NORMBENCH_JOBS:-2}"
@@ -36,6 +37,12 @@ curve_mlp norm=batchnorm batch_size=128 optim.lr=0.025 seed=range(10)
 curve_mlp norm=groupnorm batch_size=4 optim.lr=0.025 seed=range(10)
 curve_mlp norm=groupnorm batch_size=128 optim.lr=0.0125 seed=range(10)
 curve_mlp norm=identity batch_size=4,32,128 optim.lr=0.1 seed=range(10)
+curve_cnn norm=batchnorm,groupnorm,identity batch_size=32 optim.lr=0.2 seed=range(10)
+curve_cnn norm=batchnorm batch_size=128 optim.lr=0.1 seed=range(10)
+curve_cnn norm=groupnorm batch_size=128 optim.lr=0.05 seed=range(10)
+curve_cnn norm=batchnorm batch_size=2 optim.lr=0.2 seed=range(5)
+curve_cnn norm=batchrenorm batch_size=2 optim.lr=0.4 seed=range(5)
+curve_cnn norm=groupnorm batch_size=2 optim.lr=0.8 seed=range(5)
 EOF
 )"
 
