@@ -18,7 +18,15 @@ from scipy.stats import ttest_1samp
 from normbench.report.build import build_report
 from normbench.report.cli import main as report_main
 from normbench.report.contrasts import holm, mean_interval
-from normbench.report.study import StudyError, _selection_lines, expand, first_epoch_at_most, load_study
+from normbench.report.study import (
+    StudyError,
+    Unit,
+    _selection_lines,
+    cell_table,
+    expand,
+    first_epoch_at_most,
+    load_study,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -597,3 +605,24 @@ def test_the_protocol_says_where_each_task_validated_and_which_selects_nothing()
     assert _selection_lines("gan", gan, ["optim.lr"]) == [
         "- **gan**: `optim.lr` not selected (no validation error to select on): 0.0002."
     ]
+
+
+def test_a_table_over_settings_no_run_has_yet_is_empty_while_the_others_fill():
+    """A study trained in parts: its GAN table names task.model.d_norm before any GAN ran."""
+    runs = pd.DataFrame(
+        {
+            "task": ["digits_lstm"] * 2,
+            "norm": ["batchnorm", "identity"],
+            "status": ["completed"] * 2,
+            "test_error": [0.1, 0.3],
+        }
+    )
+    gan = {"rows": "task.model.g_norm", "columns": "task.model.d_norm"}
+    where = {"task": "gan_digits", "task.model.d_norm": "batchnorm"}
+    assert cell_table(runs, gan, where, "test_error", Unit(), None).empty
+    table = cell_table(
+        runs, {"rows": "norm", "columns": "task"}, {"task": "digits_lstm"}, "test_error", Unit(), None
+    )
+    assert (
+        table.shape == (2, 1) and table.iloc[0, 0].startswith("10.0") and table.iloc[1, 0].startswith("30.0")
+    )

@@ -430,6 +430,15 @@ def _interval_text(values: pd.Series, unit: Unit, n_diverged: int) -> str:
     return text + (f" ({n_diverged} div.)" if n_diverged else "")
 
 
+def _present_rows(runs: pd.DataFrame, where: Mapping[str, Any]) -> pd.DataFrame:
+    """The runs ``where`` selects; none where it names a setting no run has yet (a study whose
+    sections are partly trained: the GAN's settings before any GAN ran)."""
+    try:
+        return cell_rows(runs, where)
+    except KeyError:
+        return runs.iloc[:0]
+
+
 def cell_table(
     runs: pd.DataFrame,
     spec: Mapping[str, Any],
@@ -440,7 +449,7 @@ def cell_table(
 ) -> pd.DataFrame:
     """Mean [95% interval] of ``metric`` (or of each of ``spec['metrics']``) per row and column cell."""
     rows, columns = _as_list(spec.get("rows")), _as_list(spec.get("columns"))
-    part = cell_rows(runs, {**where, **(spec.get("where") or {})})
+    part = _present_rows(runs, {**where, **(spec.get("where") or {})})
     part = part[part["status"].isin(["completed"] if diverged_as is None else ["completed", "diverged"])]
     metrics = _as_list(spec.get("metrics")) or [metric]
     missing = [c for c in (*rows, *columns, *metrics) if c not in part]
@@ -654,7 +663,7 @@ def render_section(
     metric = section.metric or study.metric
     lines = [f"## {section.title}", "", section.question.strip(), ""]
     if section.curve:
-        part = cell_rows(frame, section.where)
+        part = _present_rows(frame, section.where)
         lines += render_curve(
             part,
             section.curve,
