@@ -88,7 +88,7 @@ def claim_agreement(a: pd.DataFrame, b: pd.DataFrame, path: Path) -> list[str]:
                 f"- {name}: p = {decide(ra):.2g} (a), {decide(rb):.2g} (b); a − b = "
                 f"{100 * (ra.mean - rb.mean):+.2f} pp."
             )
-        return lines
+    return lines
 
 
 def main() -> None:

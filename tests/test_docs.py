@@ -178,3 +178,26 @@ def test_the_agreement_table_counts_what_the_records_hold():
             if all(d == 0 for _, d in pairs)
             else cells[5].startswith(f"{mean:+.2f} pp [")
         )
+
+
+def test_two_identical_trainings_agree_on_every_verdict(tmp_path):
+    """The comparison of a record file with itself: every pair equal, every verdict the same, and no
+    list of differing claims."""
+    out = tmp_path / "agreement.md"
+    b = "reports/small_batch_separate/records.jsonl"
+    args = [
+        sys.executable,
+        "scripts/compare_runs.py",
+        b,
+        b,
+        "--out",
+        str(out),
+        "--study",
+        "conf/study/small_batch.yaml",
+    ]
+    subprocess.run(args, cwd=ROOT, check=True, capture_output=True, timeout=300)
+    text = out.read_text()
+    pairs = int(re.search(r"^- (\d+) configs in both", text, re.M).group(1))
+    assert f"within 1e-5 relative of b's: {pairs} runs" in text
+    n = int(re.search(r"(\d+) of \d+ verdicts agree", text).group(1))
+    assert n > 0 and f"{n} of {n} verdicts agree." in text and "Where they differ" not in text

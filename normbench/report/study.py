@@ -340,11 +340,17 @@ def expand(section: Section, study: Study) -> list[Claim]:
     return claims
 
 
-def _has_runs(runs: pd.DataFrame, claim: Claim) -> bool:
+def _present_rows(runs: pd.DataFrame, where: Mapping[str, Any]) -> pd.DataFrame:
+    """The runs ``where`` selects; none where it names a setting no run has (the cells cannot exist in
+    these records: a study whose sections are partly trained, the GAN's settings before any GAN ran)."""
     try:
-        return all(not cell_rows(runs, selector).empty for selector, _ in claim.contrast.terms)
-    except KeyError:  # a column no run has: the claim's cells cannot exist in these records
-        return False
+        return cell_rows(runs, where)
+    except KeyError:
+        return runs.iloc[:0]
+
+
+def _has_runs(runs: pd.DataFrame, claim: Claim) -> bool:
+    return all(not _present_rows(runs, selector).empty for selector, _ in claim.contrast.terms)
 
 
 def _cell_text(selector: Mapping[str, Any], common: Mapping[str, Any]) -> str:
@@ -428,15 +434,6 @@ def _interval_text(values: pd.Series, unit: Unit, n_diverged: int) -> str:
     if not math.isnan(low):
         text += f" [{low * unit.scale:.1f}, {high * unit.scale:.1f}]"
     return text + (f" ({n_diverged} div.)" if n_diverged else "")
-
-
-def _present_rows(runs: pd.DataFrame, where: Mapping[str, Any]) -> pd.DataFrame:
-    """The runs ``where`` selects; none where it names a setting no run has yet (a study whose
-    sections are partly trained: the GAN's settings before any GAN ran)."""
-    try:
-        return cell_rows(runs, where)
-    except KeyError:
-        return runs.iloc[:0]
 
 
 def cell_table(

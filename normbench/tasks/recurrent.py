@@ -114,6 +114,7 @@ class NormRNN(nn.Module):
         # stacks the steps' gradients once instead of scattering each into a full-size zero tensor
         projected = self.w_x(self.embed(sequence.transpose(1, 2).flatten(0, 1)))
         inputs = projected.view(n, steps, -1).unbind(1)
+        bias = self.bias.view(m, -1, hidden)  # (members, gates, units)
         for t in range(len(inputs)):
             gx, gh = self.norm_x(inputs[t], t), self.norm_h(self.w_h(h), t)
             if self.cell == "lstm":
@@ -122,11 +123,7 @@ class NormRNN(nn.Module):
                 cell = self.norm_c(c.reshape(n, m * hidden), t).view(n, m, hidden)
                 h = (torch.sigmoid(o) * torch.tanh(cell)).reshape(n, m * hidden)
             else:
-                gx, gh, bias = (
-                    gx.view(n, m, 3, hidden),
-                    gh.view(n, m, 3, hidden),
-                    self.bias.view(m, 3, hidden),
-                )
+                gx, gh = gx.view(n, m, 3, hidden), gh.view(n, m, 3, hidden)
                 r, z = (gx[:, :, :2] + gh[:, :, :2] + bias[:, :2]).unbind(2)
                 candidate = torch.tanh(gx[:, :, 2] + bias[:, 2] + torch.sigmoid(r) * gh[:, :, 2])
                 z = torch.sigmoid(z)
