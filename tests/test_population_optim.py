@@ -17,17 +17,19 @@ MOMENTUM = (0.9, 0.0, 0.5)
 WEIGHT_DECAY = (5e-4, 0.0, 1e-2)
 
 
-def _members(name: str, alive_until: tuple[int, ...] = (99, 99, 99)):
+def _members(
+    name: str, alive_until: tuple[int, ...] = (99, 99, 99), weight_decay: tuple[float, ...] = WEIGHT_DECAY
+):
     gen = torch.Generator().manual_seed(0)
     shapes = [(3, 5, 4), (3, 4)]
     stacked = [torch.randn(s, generator=gen) for s in shapes]
     separate = [[p[k].clone().requires_grad_() for p in stacked] for k in range(3)]
-    opts = [make_optimizer(name, separate[k], LR[k], MOMENTUM[k], WEIGHT_DECAY[k]) for k in range(3)]
+    opts = [make_optimizer(name, separate[k], LR[k], MOMENTUM[k], weight_decay[k]) for k in range(3)]
     pop = PopulationOptimizer(
         name,
         stacked,
         torch.tensor(MOMENTUM, dtype=torch.float64),
-        torch.tensor(WEIGHT_DECAY, dtype=torch.float64),
+        torch.tensor(weight_decay, dtype=torch.float64),
     )
     for t in range(25):
         grads = [torch.randn(s, generator=gen) for s in shapes]
@@ -45,9 +47,10 @@ def _members(name: str, alive_until: tuple[int, ...] = (99, 99, 99)):
     return stacked, separate
 
 
+@pytest.mark.parametrize("weight_decay", [WEIGHT_DECAY, (0.0, 0.0, 0.0)], ids=["decay", "no-decay"])
 @pytest.mark.parametrize("name", ["sgd", "adamw"])
-def test_each_member_steps_exactly_as_its_own_torch_optimizer(name):
-    stacked, separate = _members(name)
+def test_each_member_steps_exactly_as_its_own_torch_optimizer(name, weight_decay):
+    stacked, separate = _members(name, weight_decay=weight_decay)
     for i, p in enumerate(stacked):
         for k in range(3):
             assert torch.equal(p[k], separate[k][i].detach()), (name, i, k)

@@ -16,10 +16,19 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 
-def _per_member(values: Tensor, like: Tensor) -> Tensor:
-    """``values`` (K,) shaped to broadcast over stacked tensors like ``like`` (K, ...), in its dtype
-    (factors are computed in double, then rounded once, as torch rounds a Python float)."""
-    return values.view(-1, *([1] * (like.dim() - 1))).to(like.dtype)
+class _PerMember:
+    """(K,) per-member factors, shaped to broadcast over stacked tensors (K, ...) in their dtype: cast
+    once per dtype and rank (computed in double, then rounded once, as torch rounds a Python float)."""
+
+    def __init__(self, values: Tensor) -> None:
+        self.values = values
+        self._shaped: dict[tuple[torch.dtype, int], Tensor] = {}
+
+    def over(self, like: Tensor) -> Tensor:
+        key = (like.dtype, like.dim())
+        if key not in self._shaped:
+            self._shaped[key] = self.values.to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
+        return self._shaped[key]
 
 
 class PopulationOptimizer:
@@ -38,6 +47,9 @@ class PopulationOptimizer:
         self.name, self.params, self.eps = name, list(params), eps
         self.momentum = momentum.double()
         self.weight_decay = weight_decay.double()
+        self._momentum, self._weight_decay = _PerMember(self.momentum), _PerMember(self.weight_decay)
+        # torch skips a zero weight decay; adding 0·p would give the same numbers at one more pass
+        self._decays = bool(self.weight_decay.any())
         self.state: list[dict[str, Tensor]] = [{} for _ in self.params]
         self.steps = 0
 
@@ -66,35 +78,54 @@ class PopulationOptimizer:
         their gradients. ``grads`` are consumed (updated in place)."""
         self.steps += 1
         lr = torch.where(alive, lr.double(), 0.0)
-        update = self._sgd if self.name == "sgd" else self._adamw
+        frozen = None if all_alive else ~alive
+        if self.name == "sgd":
+            factors = (_PerMember(-lr),)
+            update = self._sgd
+        else:
+            beta1, t = self.momentum, self.steps
+            factors = (
+                _PerMember(1 - lr * self.weight_decay),
+                _PerMember(-lr / (1 - beta1**t)),
+                _PerMember(1 - beta1),
+            )
+            update = self._adamw
         for p, g, state in zip(self.params, grads, self.state, strict=True):
-            if not all_alive:  # a diverged member's NaN gradient must not reach its parameters
-                g.masked_fill_(~_per_member(alive, g).bool(), 0.0)
-            update(p, g, state, lr)
+            if frozen is not None:  # a diverged member's NaN gradient must not reach its parameters
+                g.masked_fill_(frozen.view(-1, *([1] * (g.dim() - 1))), 0.0)
+            update(p, g, state, *factors)
 
     # In-place forms of torch's own updates; addcmul/addcdiv with the per-member factor inside round
     # as torch's scalar ``alpha``/``value`` forms do: each member's step is bit for bit its own
     # optimizer's on the CPU.
 
-    def _sgd(self, p: Tensor, g: Tensor, state: dict[str, Tensor], lr: Tensor) -> None:
+    def _sgd(self, p: Tensor, g: Tensor, state: dict[str, Tensor], neg_lr: _PerMember) -> None:
         # torch.optim.SGD: d = g + wd·p; buf = d (first step) else μ·buf + d; p -= lr·buf
-        d = g.addcmul_(p, _per_member(self.weight_decay, p))
+        d = g.addcmul_(p, self._weight_decay.over(p)) if self._decays else g
         if "momentum_buffer" not in state:
             state["momentum_buffer"] = d.clone()
         else:
-            state["momentum_buffer"].mul_(_per_member(self.momentum, p)).add_(d)
-        p.addcmul_(state["momentum_buffer"], _per_member(-lr, p))
+            state["momentum_buffer"].mul_(self._momentum.over(p)).add_(d)
+        p.addcmul_(state["momentum_buffer"], neg_lr.over(p))
 
-    def _adamw(self, p: Tensor, g: Tensor, state: dict[str, Tensor], lr: Tensor) -> None:
+    def _adamw(
+        self,
+        p: Tensor,
+        g: Tensor,
+        state: dict[str, Tensor],
+        decay: _PerMember,
+        neg_step_size: _PerMember,
+        one_minus_beta1: _PerMember,
+    ) -> None:
         # torch.optim.AdamW: p ·= 1 − lr·wd; m = lerp(m, g, 1 − β₁); v = β₂·v + (1 − β₂)·g²;
         # p −= lr / (1 − β₁ᵗ) · m / (√v / √(1 − β₂ᵗ) + ε)   (bias corrections in double, as torch)
-        beta1, beta2, t = self.momentum, 0.999, self.steps
+        beta2, t = 0.999, self.steps
         if not state:
             state.update(exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
         m, v = state["exp_avg"], state["exp_avg_sq"]
-        p.mul_(_per_member(1 - lr * self.weight_decay, p))
-        m.lerp_(g, _per_member(1 - beta1, p))
+        if self._decays:  # a factor of exactly 1 otherwise
+            p.mul_(decay.over(p))
+        m.lerp_(g, one_minus_beta1.over(p))
         v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-        step_size = lr / (1 - beta1**t)
         denom = (v.sqrt() / (1 - beta2**t) ** 0.5).add_(self.eps)
-        p.addcdiv_(m * _per_member(-step_size, p), denom)
+        p.addcdiv_(m * neg_step_size.over(p), denom)
