@@ -182,8 +182,9 @@ def mean_distances(pairs: dict[tuple[str, str], tuple[Tensor, Tensor]]) -> dict[
 
 class Members(Protocol):
     """K trained models evaluated together: what :func:`normbench.experiment.record.final_metrics` needs. Each
-    method returns one value per member; :class:`OneModel` is K = 1, a population
-    (:class:`normbench.population.evaluate.PopulationMembers`) evaluates its members vectorized."""
+    method returns one value per member; :class:`OneModel` is K = 1, :class:`OneByOne` K models in turn,
+    a population (:class:`normbench.population.evaluate.PopulationMembers`) evaluates its members
+    vectorized."""
 
     size: int
     task: Task
@@ -227,3 +228,43 @@ class OneModel:
 
     def stats_distance(self, reference: OneModel) -> list[dict[str, float]]:  # type: ignore[override]
         return [stats_distance(self.model, reference.model)]
+
+
+class OneByOne:
+    """K models of ``task`` as :class:`Members`, each evaluated in turn as :class:`OneModel` (the single
+    run's own functions). A population's members on the CPU: there one model after another is faster
+    than the vectorized population, whose K-wide activations fall out of the caches
+    (``scripts/bench_population_eval.py``)."""
+
+    def __init__(self, models: Sequence[nn.Module], task: Task = LOGITS) -> None:
+        self.models, self.task = list(models), task
+        self.size = len(self.models)
+
+    def _each(self) -> list[OneModel]:
+        return [OneModel(model, self.task) for model in self.models]
+
+    def error_and_loss(self, x: Tensor, y: Tensor) -> list[tuple[float, float]]:
+        return [one.error_and_loss(x, y)[0] for one in self._each()]
+
+    def minibatch_error(self, x: Tensor, y: Tensor, batch_size: int, orders: Sequence[Tensor]) -> list[float]:
+        return [
+            one.minibatch_error(x, y, batch_size, [order])[0]
+            for one, order in zip(self._each(), orders, strict=True)
+        ]
+
+    def has_stat_modules(self) -> bool:
+        return bool(stat_modules(self.models[0]))
+
+    def precise_bn(
+        self, x: Tensor, batch_size: int, num_samples: int, gens: Sequence[torch.Generator]
+    ) -> OneByOne:
+        return OneByOne(
+            [
+                precise_bn(m, x, batch_size, num_samples, gen)
+                for m, gen in zip(self.models, gens, strict=True)
+            ],
+            self.task,
+        )
+
+    def stats_distance(self, reference: OneByOne) -> list[dict[str, float]]:  # type: ignore[override]
+        return [stats_distance(m, r) for m, r in zip(self.models, reference.models, strict=True)]

@@ -41,6 +41,7 @@ from normbench.checkpoint import (
     save_weights,
 )
 from normbench.config import ConfigError
+from normbench.evaluate import Members, OneByOne
 from normbench.experiment.build import (
     augmentation,
     batch_iterator,
@@ -214,6 +215,7 @@ def _fit_population(
         if done % eval_every == 0 or done == total:
             _history_point(
                 pop,
+                models,
                 task,
                 data,
                 runtime,
@@ -336,8 +338,29 @@ def lr_table(peaks: Sequence[float], total: int, schedule: str, warmup: int, dev
     return torch.tensor([columns[p] for p in peaks], dtype=torch.float64, device=device).T.contiguous()
 
 
+def population_members(
+    models: Sequence[nn.Module],
+    task: Task,
+    device: torch.device,
+    pop: Population | None = None,
+    form: str = "auto",
+) -> Members:
+    """The members to evaluate on ``device``: ``models`` after training, or, with ``pop``, the
+    population they train as. On the CPU each model in turn (``pop``'s state copied into them first),
+    through the single run's own functions: there that is about twice as fast as the vectorized
+    population, whose K-wide activations fall out of the caches (``scripts/bench_population_eval.py``,
+    reports/bench/population_eval.md). Elsewhere all members at once, as one population (``pop``, or
+    ``models`` stacked in ``form``)."""
+    if device.type == "cpu":
+        if pop is not None:
+            pop.unstack_into(models)
+        return OneByOne(models, task)
+    return PopulationMembers(pop or stack_population(models, form), task)
+
+
 def _history_point(
     pop: Population,
+    models: Sequence[nn.Module],
     task: Task,
     data: Dataset,
     runtime: Runtime,
@@ -348,7 +371,7 @@ def _history_point(
     per_epoch: int,
 ) -> None:
     """Append a history point (as :func:`normbench.train.fit` writes it) to every member still alive."""
-    evaluated = PopulationMembers(pop, task)
+    evaluated = population_members(models, task, data.x_test.device, pop)
     with runtime.autocast():
         test = [error for error, _ in evaluated.error_and_loss(data.x_test, data.y_test)]
         val = None if data.x_val is None else [e for e, _ in evaluated.error_and_loss(data.x_val, data.y_val)]
@@ -416,7 +439,7 @@ def train_population(
         record.env.update(population_form=result.population, cuda_graph=result.captured)
     try:
         with runtime.autocast():  # every member at once; diverged members' values are dropped
-            members = PopulationMembers(stack_population(models, form), task_for(cfgs[0]))
+            members = population_members(models, task_for(cfgs[0]), runtime.device, form=form)
             metrics = members_final_metrics(members, data, cfgs)
         for cfg, record, model, values in zip(cfgs, records, models, metrics, strict=True):
             with runtime.autocast():
