@@ -35,7 +35,7 @@ from normbench.cli import CONF_DIR
 from normbench.config import ConfigError
 from normbench.experiment.build import prepare_data, prepare_model
 from normbench.experiment.run import fit_run
-from normbench.population.train import fit_population
+from normbench.population.train import fit_population, members_per_population, population_parts
 from normbench.runtime import Runtime, resolve_device, use_deterministic_kernels
 
 LRS = (0.0125, 0.05, 0.2, 0.8)
@@ -72,13 +72,21 @@ def separate(cfgs, cpu_data, data, runtime) -> tuple[float, float]:
     return time.perf_counter() - start, loops
 
 
-def population(cfgs, cpu_data, data, runtime, form: str) -> tuple[float, float]:
+def population(cfgs, cpu_data, data, runtime, form: str, cache_mb: float = 0.0) -> tuple[float, float]:
+    """Seconds to train ``cfgs`` as one population (``form``, ``:graph`` captured), or with
+    ``form`` ending in ``/sized`` as the populations of at most ``cache_mb`` MiB that a population
+    sweep trains them as, one after another; in all and in the training loops alone."""
+    form, sized = form.removesuffix("/sized"), form.endswith("/sized")
     form, _, graph = form.partition(":")
     runtime = dataclasses.replace(runtime, cuda_graph=graph == "graph")
     sync(runtime)
     start = time.perf_counter()
     models = [prepare_model(cfg, cpu_data, runtime) for cfg in cfgs]
-    loop = fit_population(cfgs, models, data, runtime, form=form)[0].train_time_s
+    size = members_per_population(models[0], data.x_train[: cfgs[0].batch_size], cache_mb) if sized else None
+    loop = sum(
+        fit_population(cfgs[part], models[part], data, runtime, form=form)[0].train_time_s
+        for part in population_parts(len(cfgs), size)
+    )
     sync(runtime)
     return time.perf_counter() - start, loop
 
@@ -108,19 +116,19 @@ def write_report(out: Path, args: argparse.Namespace, runtime: Runtime, rows: li
         + " ".join(
             f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
             for k, v in vars(args).items()
-            if k != "out" and v is not None
+            if k not in ("out", "timed") and v is not None
         )
         + "`",
         "",
         "Model-steps/s, and each population form's speed-up over separate runs:",
         "",
         "| task | norm | batch | members K | separate | separate loop | "
-        + " | ".join(f"{f} | {f} speed-up | {f} loop" for f in args.forms)
+        + " | ".join(f"{f} | {f} speed-up | {f} loop" for f in args.timed)
         + " |",
-        "|---|---|---:|---:|---:|---:|" + "---:|---:|---:|" * len(args.forms),
+        "|---|---|---:|---:|---:|---:|" + "---:|---:|---:|" * len(args.timed),
         *(
             f"| {t} | {n} | {b} | {k} | {r['separate']:,.0f} | {lp['separate']:,.0f} | "
-            + " | ".join(f"{r[f]:,.0f} | {r[f] / r['separate']:.2f}× | {lp[f]:,.0f}" for f in args.forms)
+            + " | ".join(f"{r[f]:,.0f} | {r[f] / r['separate']:.2f}× | {lp[f]:,.0f}" for f in args.timed)
             + " |"
             for t, n, b, k, r, lp in rows
         ),
@@ -149,8 +157,18 @@ def main(argv: list[str] | None = None) -> None:
     forms = [f"{f}{g}" for f in ("auto", "wide", "vmap") for g in ("", ":graph")]
     parser.add_argument("--forms", nargs="+", choices=forms, default=["wide", "vmap"])
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--cache-mb",
+        type=float,
+        default=0.0,
+        help="also time each form as the cache-sized populations a sweep trains (hydra.launcher.cache_mb)",
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
+    if args.cache_mb < 0:
+        parser.error(f"--cache-mb {args.cache_mb}: must be >= 0")
+    # what is timed: each form, and with --cache-mb each form as cache-sized populations too
+    args.timed = [*args.forms, *(f"{f}/sized" for f in args.forms if args.cache_mb)]
     runtime = Runtime(resolve_device(args.device))
     if runtime.device.type != "cuda" and any(f.endswith(":graph") for f in args.forms):
         parser.error(f"--forms {' '.join(args.forms)}: ':graph' needs --device cuda")
@@ -166,12 +184,12 @@ def main(argv: list[str] | None = None) -> None:
         data = prepare_data(cfgs[0], runtime)
         on_device = data.to(runtime.device)
         n_sep = args.separate_members or k
-        times: dict[str, list[tuple[float, float]]] = {name: [] for name in ("separate", *args.forms)}
+        times: dict[str, list[tuple[float, float]]] = {name: [] for name in ("separate", *args.timed)}
         for _ in range(args.rounds):
             wall, loops = separate(cfgs[:n_sep], data, on_device, runtime)
             times["separate"].append((wall * k / n_sep, loops * k / n_sep))
-            for form in args.forms:
-                times[form].append(population(cfgs, data, on_device, runtime, form))
+            for form in args.timed:
+                times[form].append(population(cfgs, data, on_device, runtime, form, args.cache_mb))
         rate = {name: k * args.steps / statistics.median(w for w, _ in t) for name, t in times.items()}
         loop = {name: k * args.steps / statistics.median(x for _, x in t) for name, t in times.items()}
         rows.append((task, norm, bs, k, rate, loop))
@@ -179,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{task} {norm} batch {bs} K={k}: "
             + ", ".join(f"{name} {r:.0f}" for name, r in rate.items())
             + " model-steps/s; "
-            + ", ".join(f"{f} {rate[f] / rate['separate']:.2f}x" for f in args.forms)
+            + ", ".join(f"{f} {rate[f] / rate['separate']:.2f}x" for f in args.timed)
             + "; training loops alone: "
             + ", ".join(f"{name} {r:.0f}" for name, r in loop.items()),
             flush=True,

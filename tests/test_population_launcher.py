@@ -199,6 +199,12 @@ def test_bad_launcher_options_are_one_line_errors(tmp_path):
     assert proc.returncode != 0
     assert "hydra.launcher.form=fast: allowed are auto, wide, vmap" in proc.stderr
     assert not list(tmp_path.glob("multirun/**/result.json"))
+    proc = normbench_run(
+        "-m", "seed=0,1", *STEPS, "hydra/launcher=population", "hydra.launcher.cache_mb=-1", cwd=tmp_path
+    )
+    assert proc.returncode != 0
+    assert "hydra.launcher.cache_mb=-1.0: must be a number >= 0 (0: no limit)" in proc.stderr
+    assert not list(tmp_path.glob("multirun/**/result.json"))
 
 
 def test_kill_9_of_a_population_process_loses_only_its_unfinished_group(tmp_path):

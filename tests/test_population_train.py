@@ -19,9 +19,9 @@ import pytest
 import torch
 from helpers import compose_cfg
 
-from normbench.experiment.build import prepare_model
+from normbench.experiment.build import prepare_data, prepare_model, setup_runtime
 from normbench.experiment.run import execute
-from normbench.population.train import train_population
+from normbench.population.train import members_per_population, population_parts, train_population
 from normbench.runtime import Runtime
 
 pytestmark = pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")
@@ -286,3 +286,48 @@ def test_which_steps_are_captured_as_cuda_graphs(overrides, setting, captured, r
         with pytest.raises(ConfigError, match=f"runtime.cuda_graph=true: {re.escape(refusal)}"):
             _captures(runtime, cfg)
     assert _captures(Runtime(), cfg) is False  # never on the CPU
+
+
+@pytest.mark.parametrize(
+    ("n", "size", "parts"),
+    [
+        (20, 9, [7, 7, 6]),
+        (20, None, [20]),
+        (20, 64, [20]),
+        (5, 1, [1] * 5),
+        (16, 8, [8, 8]),
+        (10, 4, [4, 3, 3]),
+    ],
+)
+def test_a_group_splits_into_as_few_nearly_equal_populations_as_the_size_allows(n, size, parts):
+    slices = population_parts(n, size)
+    assert [s.stop - s.start for s in slices] == parts
+    assert [i for s in slices for i in range(n)[s]] == list(range(n))  # consecutive, each run once
+
+
+def test_a_population_holds_as_many_members_as_keep_its_largest_activation_within_the_cache():
+    cfg = compose_cfg("task=mnist1d_cnn", "batch_size=32")  # 32 channels over 40 positions
+    runtime = setup_runtime(cfg)
+    data = prepare_data(cfg, runtime)
+    model = prepare_model(cfg, data, runtime)
+    member = 32 * 32 * 40 * 4  # bytes of one member's conv output at batch 32, float32
+    assert members_per_population(model, data.x_train[:32], 1.5) == int(1.5 * 2**20 // member) == 9
+    assert members_per_population(model, data.x_train[:128], 1.5) == 2
+    assert members_per_population(model, data.x_train[:32], 0.01) == 1  # never below one
+    assert members_per_population(model, data.x_train[:32], 0) is None
+    assert model.training  # measured in eval mode, the model's mode restored
+
+
+def test_a_group_larger_than_the_cache_allows_trains_as_several_populations_with_the_same_records(tmp_path):
+    common = ("task=mnist1d_cnn", "norm=groupnorm", "batch_size=32", *STEPS, *EVAL)
+    cfgs = [compose_cfg(*common, *m) for m in LOW_LR]
+    whole = train_population(cfgs)
+    # 0.35 MiB holds two members' 160 KiB activations: populations of 2 and 1
+    parts = train_population(cfgs, cache_mb=0.35)
+    assert [r["env"]["population"] for r in whole] == [3, 3, 3]
+    assert [r["env"]["population"] for r in parts] == [2, 2, 1]
+    for a, b in zip(parts, whole, strict=True):
+        assert a["status"] == b["status"] == "completed" and a["config_hash"] == b["config_hash"]
+        assert a["metrics"].keys() == b["metrics"].keys()
+        assert all(_close(a["metrics"][k], v) for k, v in b["metrics"].items()), (a["metrics"], b["metrics"])
+        assert all(_close(p[k], q[k]) for p, q in zip(a["history"], b["history"], strict=True) for k in q)

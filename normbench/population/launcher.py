@@ -6,6 +6,9 @@ It composes every job as Hydra's basic launcher does (each job gets its config-h
 (:func:`normbench.population.train.train_population`); runs that cannot join a population train on
 their own, with a notice in the log. Groups run one after another, or ``n_jobs`` at a time in worker
 processes. Options: ``hydra.launcher.max_members`` (largest population, default 64),
+``hydra.launcher.cache_mb`` (on the CPU, a group trains as populations small enough that one
+member-block activation of all members stays within this many MiB, default 1.5; 0: one population per
+group; see :func:`normbench.population.train.members_per_population`),
 ``hydra.launcher.n_jobs`` (parallel groups, default 1), ``hydra.launcher.form`` (``auto``: one wide model
 where every part of the architecture has a wide form, else vmap; ``wide`` or ``vmap`` to insist; see
 :mod:`normbench.population.wide`; each record's ``env.population_form`` says which trained it).
@@ -64,13 +67,17 @@ class Member:
 class PopulationLauncher(Launcher):
     """Trains a multirun's jobs as populations (see the module docstring)."""
 
-    def __init__(self, max_members: int = 64, n_jobs: int = 1, form: str = "auto") -> None:
+    def __init__(
+        self, max_members: int = 64, n_jobs: int = 1, form: str = "auto", cache_mb: float = 1.5
+    ) -> None:
         for key, value in (("max_members", max_members), ("n_jobs", n_jobs)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"hydra.launcher.{key}={value}: must be an integer >= 1")
         if form not in POPULATION_FORMS:
             raise ConfigError(f"hydra.launcher.form={form}: allowed are {', '.join(POPULATION_FORMS)}")
-        self.max_members, self.n_jobs, self.form = max_members, n_jobs, form
+        if isinstance(cache_mb, bool) or not isinstance(cache_mb, int | float) or not cache_mb >= 0:
+            raise ConfigError(f"hydra.launcher.cache_mb={cache_mb}: must be a number >= 0 (0: no limit)")
+        self.max_members, self.n_jobs, self.form, self.cache_mb = max_members, n_jobs, form, float(cache_mb)
         self.config: DictConfig | None = None
         self.hydra_context: Any = None
 
@@ -133,7 +140,7 @@ class PopulationLauncher(Launcher):
     def _train(self, groups: list[list[Member]]) -> None:
         if self.n_jobs == 1 or len(groups) == 1:
             for group in groups:
-                train_group(group, self.form)
+                train_group(group, self.form, self.cache_mb)
             return
         from joblib import Parallel, delayed
 
@@ -144,7 +151,7 @@ class PopulationLauncher(Launcher):
                 self._held.pop(m.out_dir).close()  # the worker that trains the group takes the lock
         parent = os.getpid()
         Parallel(n_jobs=self.n_jobs, backend="loky")(
-            delayed(train_group_in_worker)(g, self.form, parent) for g in groups
+            delayed(train_group_in_worker)(g, self.form, parent, self.cache_mb) for g in groups
         )
 
 
@@ -189,7 +196,7 @@ def _exit_with(parent: int) -> None:
     threading.Thread(target=watch, name="normbench-parent-watch", daemon=True).start()
 
 
-def train_group_in_worker(group: Sequence[Member], form: str, parent: int) -> None:
+def train_group_in_worker(group: Sequence[Member], form: str, parent: int, cache_mb: float = 0.0) -> None:
     """:func:`train_group` in a worker process: it takes its members' folder locks itself (a member
     whose folder another process took meanwhile is left to it) and ends with the launcher's process."""
     _exit_with(parent)
@@ -202,10 +209,10 @@ def train_group_in_worker(group: Sequence[Member], form: str, parent: int) -> No
             else:
                 mark_visit(m.out_dir, why, m.log_file)
         if mine:
-            train_group(mine, form)
+            train_group(mine, form, cache_mb)
 
 
-def train_group(group: Sequence[Member], form: str = "auto") -> None:
+def train_group(group: Sequence[Member], form: str = "auto", cache_mb: float = 0.0) -> None:
     """Train one group (a population, or one run alone) and leave each member's result and visit."""
     handlers = [logging.FileHandler(m.log_file) for m in group]
     root = logging.getLogger()
@@ -215,7 +222,7 @@ def train_group(group: Sequence[Member], form: str = "auto") -> None:
         h.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
         root.addHandler(h)
     try:
-        _train_group(group, form)
+        _train_group(group, form, cache_mb)
     finally:
         for h in handlers:
             root.removeHandler(h)
@@ -223,7 +230,7 @@ def train_group(group: Sequence[Member], form: str = "auto") -> None:
         root.setLevel(level)
 
 
-def _train_group(group: Sequence[Member], form: str) -> None:
+def _train_group(group: Sequence[Member], form: str, cache_mb: float) -> None:
     from normbench.population.train import train_population
 
     first = group[0].cfg
@@ -243,7 +250,9 @@ def _train_group(group: Sequence[Member], form: str) -> None:
     )
     progress = bool(first.runtime.progress) and sys.stderr.isatty()
     try:
-        records = train_population([m.cfg for m in group], progress, form, [m.out_dir for m in group])
+        records = train_population(
+            [m.cfg for m in group], progress, form, [m.out_dir for m in group], cache_mb
+        )
     except ConfigError as exc:
         for m in group:
             log.error("configuration error: %s", exc)
@@ -292,6 +301,7 @@ class PopulationLauncherConf:
     max_members: int = 64
     n_jobs: int = 1
     form: str = "auto"
+    cache_mb: float = 1.5
 
 
 def register_launcher() -> None:

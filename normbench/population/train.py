@@ -18,6 +18,7 @@ from each member's module.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import sys
 import time
@@ -41,7 +42,7 @@ from normbench.checkpoint import (
     save_weights,
 )
 from normbench.config import ConfigError
-from normbench.evaluate import Members, OneByOne
+from normbench.evaluate import Members, OneByOne, eval_mode
 from normbench.experiment.build import (
     augmentation,
     batch_iterator,
@@ -392,14 +393,55 @@ def _history_point(
     )
 
 
+def members_per_population(model: nn.Module, x: Tensor, cache_mb: float) -> int | None:
+    """How many members of ``model`` (on the CPU, batches like ``x``) one population should hold: as
+    many as keep the largest output of any of its layers, for all members together, within ``cache_mb``
+    MiB (None: no limit). A wide population's every layer writes K members' activations as one
+    tensor; once that leaves the core's cache, its memory-bound layers (norms, activations) slow down
+    so much that a population of 16 conv nets at batch 32 trains at 0.8x the speed of two populations
+    of 8 on this repository's 2-core machine, at batch 128 at 0.6x four of 4 (1 MiB of L2 per core;
+    ``scripts/bench_population.py --cache-mb``, reports/bench/population.md)."""
+    if cache_mb <= 0 or x.device.type != "cpu":
+        return None
+    largest = 0
+
+    def measure(module: nn.Module, args: tuple, output: Any) -> None:
+        nonlocal largest
+        if isinstance(output, Tensor):
+            largest = max(largest, output.numel() * output.element_size())
+
+    hooks = [m.register_forward_hook(measure) for m in model.modules() if next(m.children(), None) is None]
+    try:
+        with torch.no_grad(), eval_mode(model):
+            model(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return max(1, int(cache_mb * 2**20 // max(largest, 1)))
+
+
+def population_parts(n: int, size: int | None) -> list[slice]:
+    """``range(n)`` in as few nearly equal consecutive parts of at most ``size`` as there can be."""
+    parts = 1 if size is None else -(-n // size)
+    sizes = [n // parts + (i < n % parts) for i in range(parts)]  # the larger ones first
+    bounds = list(itertools.accumulate(sizes, initial=0))
+    return [slice(a, b) for a, b in itertools.pairwise(bounds)]
+
+
 def train_population(
-    cfgs: Sequence[DictConfig], progress: bool = False, form: str = "auto", out_dirs: Sequence[Path] = ()
+    cfgs: Sequence[DictConfig],
+    progress: bool = False,
+    form: str = "auto",
+    out_dirs: Sequence[Path] = (),
+    cache_mb: float = 0.0,
 ) -> list[dict[str, Any]]:
     """Train a group and return each member's record, as :func:`normbench.experiment.run.execute` would write it
-    for that member's run alone (plus ``env.population``: the group's size, and
+    for that member's run alone (plus ``env.population``: the size of the population it trained in, and
     ``env.population_form``: ``wide`` or ``vmap``, see :func:`~normbench.population.wide.stack_population`). A ConfigError of any
     member propagates before training; any other exception (building, training or evaluating the
-    group) becomes a ``failed`` record for every member, with what training produced kept."""
+    group) becomes a ``failed`` record for every member, with what training produced kept. On the CPU
+    with ``cache_mb`` > 0 the group trains as several populations, one after another, each as large
+    as :func:`members_per_population` allows."""
     runtime = setup_runtime(cfgs[0])
     records = [new_record(cfg, *run_identity(cfg), runtime) for cfg in cfgs]
     for record in records:
@@ -424,7 +466,15 @@ def train_population(
             for record in records:
                 record.env["population_form"] = used
             return [seal(record, start) for record in records]
-        results = fit_population(cfgs, models, data, runtime, progress, form, checkpoints)
+        size = members_per_population(models[0], data.x_train[: cfgs[0].batch_size], cache_mb)
+        results = []
+        for part in population_parts(
+            len(cfgs), size
+        ):  # populations small enough for the cache, one after another
+            for record in records[part]:
+                record.env["population"] = part.stop - part.start
+            parts = checkpoints[part] if checkpoints else None
+            results += fit_population(cfgs[part], models[part], data, runtime, progress, form, parts)
     except (ConfigError, KeyboardInterrupt):
         raise
     except BaseException as exc:  # a fault of the group is a result of each member
