@@ -397,10 +397,11 @@ def members_per_population(model: nn.Module, x: Tensor, cache_mb: float) -> int 
     """How many members of ``model`` (on the CPU, batches like ``x``) one population should hold: as
     many as keep the largest output of any of its layers, for all members together, within ``cache_mb``
     MiB (None: no limit). A wide population's every layer writes K members' activations as one
-    tensor; once that leaves the core's cache, its memory-bound layers (norms, activations) slow down
-    so much that a population of 16 conv nets at batch 32 trains at 0.8x the speed of two populations
-    of 8 on this repository's 2-core machine, at batch 128 at 0.6x four of 4 (1 MiB of L2 per core;
-    ``scripts/bench_population.py --cache-mb``, reports/bench/population.md)."""
+    tensor, and its backward pass reads them all again; once they leave the caches, its memory-bound
+    layers (norms, activations) slow down: 16 conv nets at batch 32, 64 and 128 trained as one
+    population at 0.94x, 0.76x and 0.73x the speed of the same runs one by one, as populations of at
+    most 9, 4 and 2 members at 1.44x, 1.11x and 0.99x (reports/bench/population_cache.md, this
+    repository's 2-core machine with 1 MiB of L2 per core and 32 MiB of L3)."""
     if cache_mb <= 0 or x.device.type != "cpu":
         return None
     largest = 0
