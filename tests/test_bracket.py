@@ -152,3 +152,56 @@ def test_the_plan_names_the_preset_and_keeps_the_modes_other_overrides(tmp_path,
     with pytest.raises(SystemExit) as exc:
         main([str(tmp_path / "study.yaml")])
     assert exc.value.code == 2 and "usage: python -m normbench.report.rounds" in capsys.readouterr().err
+
+
+SHARED = """
+title: Two presets, one folder
+select: [optim.lr]
+does_not_train_at: 0.85
+bracket: {key: optim.lr, factor: 2, bounds: [0.01, 0.4]}
+sweeps:
+  - preset: rnn_mnist1d
+    folder: rnn_curve
+  - preset: rnn_curve
+sections: []
+"""
+
+
+def test_a_cell_extends_with_the_preset_that_trained_it_where_presets_share_a_folder(tmp_path):
+    # rnn_mnist1d writes rnn_curve's folder with settings of its own (seq_lstm, 20 epochs, no 0.2
+    # validation split): its cell at the low edge extends with rnn_mnist1d, not the folder's first preset
+    from helpers import compose_cfg
+
+    from normbench.experiment.identity import run_identity
+
+    folder = tmp_path / "sweeps" / "rnn_curve"
+    for lr, val in ((0.1, 0.2), (0.2, 0.3), (0.4, 0.9)):
+        for seed in range(2):
+            overrides = (
+                "experiment=rnn_mnist1d",
+                "norm=identity",
+                "batch_size=32",
+                f"optim.lr={lr}",
+                f"seed={seed}",
+            )
+            digest = run_identity(compose_cfg(*overrides))[1]
+            record = {
+                "schema_version": 2,
+                "status": "completed",
+                "config_hash": digest,
+                "config": {
+                    "task": {"name": "seq_lstm"},
+                    "norm": {"name": "identity"},
+                    "batch_size": 32,
+                    "seed": seed,
+                    "optim": {"lr": lr},
+                },
+                "metrics": {"val_error": val + seed / 100, "test_error": val},
+                "history": [],
+            }
+            (folder / digest).mkdir(parents=True)
+            (folder / digest / "result.json").write_text(json.dumps(record))
+    (tmp_path / "study.yaml").write_text(SHARED)
+    assert plan(tmp_path / "study.yaml", tmp_path / "sweeps") == [
+        ("rnn_mnist1d", ["task=seq_lstm", "norm=identity", "batch_size=32", "optim.lr=0.05", "seed=0,1"])
+    ]

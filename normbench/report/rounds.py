@@ -19,14 +19,37 @@ from normbench.report.study import StudyError, load_study, sweep_commands
 from normbench.report.tables import cell_columns, facet_columns
 
 
+def _trained_by(preset: str, extra: list[str], overrides: list[str], cell: pd.DataFrame, key: str) -> bool:
+    """Whether ``preset`` with ``extra`` and the round's ``overrides`` gives the config of one of the
+    ``cell``'s runs, at a value of ``key`` and a seed they trained."""
+    from hydra import compose, initialize_config_dir
+
+    from normbench.cli import CONF_DIR
+    from normbench.experiment.identity import run_identity
+
+    trained = cell.iloc[0]
+    args = [f"experiment={preset}", *extra]
+    for override in overrides:
+        name = override.partition("=")[0]
+        value = trained[key] if name == key else int(trained["seed"]) if name == "seed" else None
+        args.append(override if value is None else f"{name}={value}")
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", args)
+    return run_identity(cfg)[1] in set(cell["config_hash"])
+
+
 def plan(study_path: str | Path, sweeps_dir: str | Path, mode: str = "full") -> list[tuple[str, list[str]]]:
     """The sweeps of the next bracketing round (empty when there is none). Cells are formed over every
     sweep of the study together (a cell's seeds may come from several presets); each extension runs
-    with the preset of the cell's first folder, with the mode's overrides other than its grid."""
+    with the preset of the cell's first folder, with the mode's overrides other than its grid. Where
+    several presets write one folder (the study names it ``folder``), the one whose config, with the
+    round's overrides, is that of the cell's runs."""
     study = load_study(study_path)
     if study.bracket is None:
         return []
-    presets = {sweep.get("folder", sweep["preset"]): sweep["preset"] for sweep in study.sweeps}
+    presets: dict[str, list[str]] = {}
+    for sweep in study.sweeps:
+        presets.setdefault(sweep.get("folder", sweep["preset"]), []).append(sweep["preset"])
     mode_extra = {p: e for p, e in sweep_commands(study, mode)}
     folders = [Path(sweeps_dir) / name for name in presets if (Path(sweeps_dir) / name).is_dir()]
     runs = runs_frame(read_records(folders)[0]) if folders else pd.DataFrame()
@@ -44,11 +67,23 @@ def plan(study_path: str | Path, sweeps_dir: str | Path, mode: str = "full") -> 
         next_round(status, study.bracket, fixed),
         strict=True,
     ):
-        preset = presets[cell_runs(runs, {c: row[c] for c in cells})["folder"].min()]
-        if preset not in mode_extra:
-            continue  # a sweep this mode leaves out
-        extra = [e for e in mode_extra[preset] if not e.startswith("hydra.sweeper.params=")]
-        commands.append((preset, [*extra, *overrides]))
+        cell = cell_runs(runs, {c: row[c] for c in cells})
+        first = cell[cell["folder"] == cell["folder"].min()]
+        candidates = [p for p in presets[first["folder"].iloc[0]] if p in mode_extra]  # others: left out
+        extras = {
+            p: [e for e in mode_extra[p] if not e.startswith("hydra.sweeper.params=")] for p in candidates
+        }
+        if len(candidates) > 1:
+            candidates = [
+                p for p in candidates if _trained_by(p, extras[p], overrides, first, study.bracket.key)
+            ]
+            if not candidates:
+                raise StudyError(
+                    f"no preset writing sweeps/{first['folder'].iloc[0]}/ gives the runs of the cell "
+                    f"{' '.join(overrides)}; is the study's 'folder' of each sweep its sweep.name?"
+                )
+        if candidates:
+            commands.append((candidates[0], [*extras[candidates[0]], *overrides]))
     return commands
 
 
