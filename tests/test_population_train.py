@@ -316,6 +316,13 @@ def test_a_population_holds_as_many_members_as_keep_its_largest_activation_withi
     assert members_per_population(model, data.x_train[:32], 0.01) == 1  # never below one
     assert members_per_population(model, data.x_train[:32], 0) is None
     assert model.training  # measured in eval mode, the model's mode restored
+    # a recurrent net's norms see one step at a time: (32, 4 x 32 gates) floats each
+    cfg = compose_cfg("task=seq_lstm", "batch_size=32")
+    data = prepare_data(cfg, runtime)
+    lstm = prepare_model(cfg, data, runtime)
+    assert members_per_population(lstm, data.x_train[:32], 1.5) == int(
+        1.5 * 2**20 // (32 * 4 * cfg.task.model.width * 4)
+    )
 
 
 def test_a_group_larger_than_the_cache_allows_trains_as_several_populations_with_the_same_records(tmp_path):

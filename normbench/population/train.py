@@ -18,6 +18,7 @@ from each member's module.
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import logging
 import sys
@@ -59,6 +60,7 @@ from normbench.experiment.record import (
     record_training,
     seal,
 )
+from normbench.norms import iter_specs
 from normbench.population.evaluate import PopulationMembers
 from normbench.population.optim import PopulationOptimizer
 from normbench.population.stacked import Population
@@ -395,15 +397,18 @@ def _history_point(
 
 def members_per_population(model: nn.Module, x: Tensor, cache_mb: float) -> int | None:
     """How many members of ``model`` (on the CPU, batches like ``x``) one population should hold: as
-    many as keep the largest output of any of its layers, for all members together, within ``cache_mb``
-    MiB (None: no limit). A wide population's every layer writes K members' activations as one
-    tensor, and its backward pass reads them all again; once they leave the caches, its memory-bound
-    layers (norms, activations) slow down: 16 conv nets at batch 32, 64 and 128 trained as one
-    population at 0.94x, 0.76x and 0.73x the speed of the same runs one by one, as populations of at
-    most 9, 4 and 2 members at 1.44x, 1.11x and 0.99x (reports/bench/population_cache.md, this
-    repository's 2-core machine with 1 MiB of L2 per core and 32 MiB of L3)."""
+    many as keep the largest output of any of its norm layers (registry plugins, ``identity``
+    included), for all members together, within ``cache_mb`` MiB (None: no limit, or no norm layer).
+    A wide population's every layer writes K members' activations as one tensor, and its backward
+    pass reads them all again; once they leave the caches, its memory-bound layers (norms,
+    activations) slow down: 16 conv nets at batch 32, 64 and 128 trained as one population at 0.94x,
+    0.76x and 0.73x the speed of the same runs one by one, as populations of at most 9, 4 and 2
+    members at 1.44x, 1.11x and 0.99x (reports/bench/population_cache.md, this repository's 2-core
+    machine with 1 MiB of L2 per core and 32 MiB of L3). A recurrent net's norms see one time step
+    at a time, so its populations stay whole."""
     if cache_mb <= 0 or x.device.type != "cpu":
         return None
+    norms = tuple(s.factory for s in iter_specs() if inspect.isclass(s.factory))
     largest = 0
 
     def measure(module: nn.Module, args: tuple, output: Any) -> None:
@@ -411,14 +416,14 @@ def members_per_population(model: nn.Module, x: Tensor, cache_mb: float) -> int 
         if isinstance(output, Tensor):
             largest = max(largest, output.numel() * output.element_size())
 
-    hooks = [m.register_forward_hook(measure) for m in model.modules() if next(m.children(), None) is None]
+    hooks = [m.register_forward_hook(measure) for m in model.modules() if isinstance(m, norms)]
     try:
         with torch.no_grad(), eval_mode(model):
             model(x)
     finally:
         for hook in hooks:
             hook.remove()
-    return max(1, int(cache_mb * 2**20 // max(largest, 1)))
+    return max(1, int(cache_mb * 2**20 // largest)) if largest else None
 
 
 def population_parts(n: int, size: int | None) -> list[slice]:
