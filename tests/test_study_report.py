@@ -485,6 +485,15 @@ sections:
         where: {batch_size: 32}
         plus: [{norm: batchnorm}]
         minus: [{norm: groupnorm}]
+  - title: Another metric
+    family: exploratory
+    metric: test_loss
+    unit: {scale: 1, name: nats}
+    claims:
+      - name: "loss: batchnorm(32) − groupnorm(32)"
+        where: {batch_size: 32}
+        plus: [{norm: batchnorm}]
+        minus: [{norm: groupnorm}]
 """
 
 
@@ -514,6 +523,9 @@ def test_holm_is_within_the_primary_family_and_untrained_or_degenerate_cells_are
         assert "not tested (degenerate cell " in _line(text, name) and "see the protocol" in _line(text, name)
     explore = _line(text, "explore: batchnorm(32) − groupnorm(32)")
     assert "Holm" not in explore and "over 3 paired seeds" in explore
+    assert "TOST" in explore and "TOST" not in _line(
+        text, "loss: batchnorm(32) − groupnorm(32)"
+    )  # ±5 pp is no loss margin
     assert "Degenerate cells (norm=groupnorm, batch_size=2): a toy reason." in text
     assert "did not train: claims on it are reported as not tested" in text
 
@@ -528,6 +540,14 @@ def test_holm_is_within_the_primary_family_and_untrained_or_degenerate_cells_are
 def test_bad_statistics_settings_are_refused(tmp_path, extra, message):
     path = tmp_path / "s.yaml"
     path.write_text(STUDY + extra + "\n")
+    with pytest.raises(StudyError, match=re.escape(message)):
+        load_study(path)
+
+
+def test_an_equivalence_claim_on_another_metric_than_the_margins_is_refused(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(FAMILIES.replace("  - title: Primary\n", "  - title: Primary\n    metric: test_loss\n"))
+    message = "an equivalence claim on metric=test_loss; the study's equivalence_margin is in units of its metric=test_error"
     with pytest.raises(StudyError, match=re.escape(message)):
         load_study(path)
 

@@ -167,6 +167,12 @@ def load_study(path: str | Path) -> Study:
                 raise StudyError(
                     f"{where}.claims[{j}]: an equivalence claim needs the study's equivalence_margin"
                 )
+            study_metric = raw.get("metric", "test_error")
+            if claim.get("equivalence") and entry.get("metric", study_metric) != study_metric:
+                raise StudyError(
+                    f"{where}.claims[{j}]: an equivalence claim on metric={entry['metric']}; the study's "
+                    f"equivalence_margin is in units of its metric={study_metric}"
+                )
         _check_family(entry.get("family", "primary"), where)
         if "curve" in entry:
             _check_keys(entry["curve"], CURVE_KEYS, f"{where}.curve")
@@ -399,7 +405,8 @@ def evaluate_claims(
                 claim.contrast,
                 claim.metric,
                 diverged_as=study.diverged_as,
-                margin=study.equivalence_margin,
+                # the margin is in the study metric's units: another metric's claims test none
+                margin=study.equivalence_margin if claim.metric == study.metric else None,
                 equivalence=claim.equivalence,
             )
             why = exclusion(study, frame, claim, section.where)
