@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -86,16 +86,24 @@ def _same_shape(module: nn.Module, inputs: tuple[Tensor, ...], output: Any) -> N
         )
 
 
-def dry_forward(model: nn.Module, norms: list[nn.Module], x: Tensor) -> None:
-    """One eval-mode forward without gradients (state untouched) that checks every norm layer returns
-    the shape it was given: shape problems surface before training."""
-    handles = [m.register_forward_hook(_same_shape) for m in norms]
+def hooked_forward(
+    model: nn.Module, modules: Iterable[nn.Module], hook: Callable[..., Any], x: Tensor
+) -> None:
+    """One eval-mode forward of ``x`` without gradients (state untouched), with the forward ``hook`` on
+    each of ``modules`` for its duration."""
+    handles = [m.register_forward_hook(hook) for m in modules]
     try:
         with torch.no_grad(), eval_mode(model):
             model(x)
     finally:
         for h in handles:
             h.remove()
+
+
+def dry_forward(model: nn.Module, norms: list[nn.Module], x: Tensor) -> None:
+    """One eval-mode forward that checks every norm layer returns the shape it was given: shape
+    problems surface before training."""
+    hooked_forward(model, norms, _same_shape, x)
 
 
 def one_sample_step(model: nn.Module, x: Tensor, cfg: DictConfig) -> None:

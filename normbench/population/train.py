@@ -43,10 +43,11 @@ from normbench.checkpoint import (
     save_weights,
 )
 from normbench.config import ConfigError
-from normbench.evaluate import Members, OneByOne, eval_mode
+from normbench.evaluate import Members, OneByOne
 from normbench.experiment.build import (
     augmentation,
     batch_iterator,
+    hooked_forward,
     prepare_data,
     prepare_model,
     setup_runtime,
@@ -416,13 +417,7 @@ def members_per_population(model: nn.Module, x: Tensor, cache_mb: float) -> int 
         if isinstance(output, Tensor):
             largest = max(largest, output.numel() * output.element_size())
 
-    hooks = [m.register_forward_hook(measure) for m in model.modules() if isinstance(m, norms)]
-    try:
-        with torch.no_grad(), eval_mode(model):
-            model(x)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    hooked_forward(model, (m for m in model.modules() if isinstance(m, norms)), measure, x)
     return max(1, int(cache_mb * 2**20 // largest)) if largest else None
 
 
