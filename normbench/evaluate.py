@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import inspect
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Protocol
@@ -11,7 +10,7 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
-from normbench.norms import iter_specs
+from normbench.norms import plugin_classes
 from normbench.tasks.classification import LOGITS
 from normbench.tasks.registry import Task
 
@@ -53,7 +52,7 @@ def stat_modules(model: nn.Module) -> dict[str, nn.Module]:
     torch's own BatchNorm) that hold a ``running_var`` buffer — with ``running_mean`` where the plugin
     has one (EvoNorm-B0 keeps only the variance)."""
     kinds = (
-        *(s.factory for s in iter_specs() if s.running_stats and inspect.isclass(s.factory)),
+        *(cls for cls, s in plugin_classes().items() if s.running_stats),
         nn.modules.batchnorm._BatchNorm,
     )
     return {
@@ -231,8 +230,8 @@ class OneModel:
 
 
 class OneByOne:
-    """K models of ``task`` as :class:`Members`, each evaluated in turn as :class:`OneModel` (the single
-    run's own functions). A population's members on the CPU: there one model after another is faster
+    """K models of ``task`` as :class:`Members`, each evaluated in turn by the single run's own functions
+    (as :class:`OneModel`). A population's members on the CPU: there one model after another is faster
     than the vectorized population, whose K-wide activations fall out of the caches
     (``scripts/bench_population_eval.py``)."""
 
@@ -240,16 +239,13 @@ class OneByOne:
         self.models, self.task = list(models), task
         self.size = len(self.models)
 
-    def _each(self) -> list[OneModel]:
-        return [OneModel(model, self.task) for model in self.models]
-
     def error_and_loss(self, x: Tensor, y: Tensor) -> list[tuple[float, float]]:
-        return [one.error_and_loss(x, y)[0] for one in self._each()]
+        return [error_and_loss(m, x, y, task=self.task) for m in self.models]
 
     def minibatch_error(self, x: Tensor, y: Tensor, batch_size: int, orders: Sequence[Tensor]) -> list[float]:
         return [
-            one.minibatch_error(x, y, batch_size, [order])[0]
-            for one, order in zip(self._each(), orders, strict=True)
+            minibatch_error(m, x, y, batch_size, order, self.task)
+            for m, order in zip(self.models, orders, strict=True)
         ]
 
     def has_stat_modules(self) -> bool:

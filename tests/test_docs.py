@@ -125,20 +125,24 @@ def test_each_plugins_speed_comes_from_the_committed_benchmarks():
     assert "## batchrenorm\n\nOptions:" in PAGE.read_text() and speeds["batchrenorm"] in PAGE.read_text()
 
 
-def test_the_readme_says_how_close_members_are_from_a_comparison_that_regenerates_unchanged(tmp_path):
+def _compare_runs(a: str, b: str, tmp_path: Path) -> Path:
+    """The agreement of record files ``a`` and ``b`` (under the curve study), as scripts/compare_runs.py writes it."""
     out = tmp_path / "agreement.md"
-    a, b = "reports/small_batch/records.jsonl", "reports/small_batch_separate/records.jsonl"
-    args = [
-        sys.executable,
-        "scripts/compare_runs.py",
-        a,
-        b,
-        "--out",
-        str(out),
-        "--study",
-        "conf/study/small_batch.yaml",
-    ]
-    subprocess.run(args, cwd=ROOT, check=True, capture_output=True, timeout=300)
+    args = [sys.executable, "scripts/compare_runs.py", a, b, "--out", str(out)]
+    subprocess.run(
+        [*args, "--study", "conf/study/small_batch.yaml"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    return out
+
+
+def test_the_readme_says_how_close_members_are_from_a_comparison_that_regenerates_unchanged(tmp_path):
+    out = _compare_runs(
+        "reports/small_batch/records.jsonl", "reports/small_batch_separate/records.jsonl", tmp_path
+    )
     committed = AGREEMENT.read_text()
     assert out.read_text().replace(str(out), "reports/small_batch_separate/agreement.md") == committed
     summary = agreement_summary(committed)
@@ -183,20 +187,8 @@ def test_the_agreement_table_counts_what_the_records_hold():
 def test_two_identical_trainings_agree_on_every_verdict(tmp_path):
     """The comparison of a record file with itself: every pair equal, every verdict the same, and no
     list of differing claims."""
-    out = tmp_path / "agreement.md"
     b = "reports/small_batch_separate/records.jsonl"
-    args = [
-        sys.executable,
-        "scripts/compare_runs.py",
-        b,
-        b,
-        "--out",
-        str(out),
-        "--study",
-        "conf/study/small_batch.yaml",
-    ]
-    subprocess.run(args, cwd=ROOT, check=True, capture_output=True, timeout=300)
-    text = out.read_text()
+    text = _compare_runs(b, b, tmp_path).read_text()
     pairs = int(re.search(r"^- (\d+) configs in both", text, re.M).group(1))
     assert f"within 1e-5 relative of b's: {pairs} runs" in text
     n = int(re.search(r"(\d+) of \d+ verdicts agree", text).group(1))

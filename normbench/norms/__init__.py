@@ -7,6 +7,7 @@ from normbench.norms.registry import (
     build_norm,
     iter_specs,
     norm_spec,
+    plugin_classes,
     register_norm,
 )
 
@@ -17,5 +18,6 @@ __all__ = [
     "build_norm",
     "iter_specs",
     "norm_spec",
+    "plugin_classes",
     "register_norm",
 ]

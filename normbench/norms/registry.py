@@ -277,6 +277,11 @@ def iter_specs() -> Iterator[NormSpec]:
     return (specs[n] for n in sorted(specs))
 
 
+def plugin_classes() -> dict[type, NormSpec]:
+    """The spec of every plugin whose factory is a class, by that class (to recognise its modules)."""
+    return {s.factory: s for s in iter_specs() if inspect.isclass(s.factory)}
+
+
 def build_norm(name: str, num_channels: int, **options: Any) -> nn.Module:
     """Build the norm ``name`` for ``num_channels`` channels with the plugin's ``options``.
 

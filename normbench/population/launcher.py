@@ -6,9 +6,9 @@ It composes every job as Hydra's basic launcher does (each job gets its config-h
 (:func:`normbench.population.train.train_population`); runs that cannot join a population train on
 their own, with a notice in the log. Groups run one after another, or ``n_jobs`` at a time in worker
 processes. Options: ``hydra.launcher.max_members`` (largest population, default 64),
-``hydra.launcher.cache_mb`` (on the CPU, a group trains as populations small enough that one
-member-block activation of all members stays within this many MiB, default 1.5; 0: one population per
-group; see :func:`normbench.population.train.members_per_population`),
+``hydra.launcher.cache_mb`` (on the CPU, a group trains as populations small enough that the largest
+output of a norm layer, for all their members together, stays within this many MiB, default 1.5; 0: one
+population per group; see :func:`normbench.population.train.members_per_population`),
 ``hydra.launcher.n_jobs`` (parallel groups, default 1), ``hydra.launcher.form`` (``auto``: one wide model
 where every part of the architecture has a wide form, else vmap; ``wide`` or ``vmap`` to insist; see
 :mod:`normbench.population.wide`; each record's ``env.population_form`` says which trained it).

@@ -18,7 +18,6 @@ from each member's module.
 
 from __future__ import annotations
 
-import inspect
 import itertools
 import logging
 import sys
@@ -61,7 +60,7 @@ from normbench.experiment.record import (
     record_training,
     seal,
 )
-from normbench.norms import iter_specs
+from normbench.norms import plugin_classes
 from normbench.population.evaluate import PopulationMembers
 from normbench.population.optim import PopulationOptimizer
 from normbench.population.stacked import Population
@@ -359,7 +358,7 @@ def population_members(
         if pop is not None:
             pop.unstack_into(models)
         return OneByOne(models, task)
-    return PopulationMembers(pop or stack_population(models, form), task)
+    return PopulationMembers(pop if pop is not None else stack_population(models, form), task)
 
 
 def _history_point(
@@ -409,7 +408,7 @@ def members_per_population(model: nn.Module, x: Tensor, cache_mb: float) -> int 
     at a time, so its populations stay whole."""
     if cache_mb <= 0 or x.device.type != "cpu":
         return None
-    norms = tuple(s.factory for s in iter_specs() if inspect.isclass(s.factory))
+    norms = tuple(plugin_classes())
     largest = 0
 
     def measure(module: nn.Module, args: tuple, output: Any) -> None:
@@ -469,9 +468,8 @@ def train_population(
             return [seal(record, start) for record in records]
         size = members_per_population(models[0], data.x_train[: cfgs[0].batch_size], cache_mb)
         results = []
-        for part in population_parts(
-            len(cfgs), size
-        ):  # populations small enough for the cache, one after another
+        # populations small enough for the cache, one after another
+        for part in population_parts(len(cfgs), size):
             for record in records[part]:
                 record.env["population"] = part.stop - part.start
             parts = checkpoints[part] if checkpoints else None
@@ -489,7 +487,7 @@ def train_population(
         record_training(record, result)
         record.env.update(population_form=result.population, cuda_graph=result.captured)
     try:
-        with runtime.autocast():  # every member at once; diverged members' values are dropped
+        with runtime.autocast():  # diverged members' values are dropped
             members = population_members(models, task_for(cfgs[0]), runtime.device, form=form)
             metrics = members_final_metrics(members, data, cfgs)
         for cfg, record, model, values in zip(cfgs, records, models, metrics, strict=True):

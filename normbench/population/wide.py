@@ -25,7 +25,6 @@ falls back to it, and with ``form="wide"`` raises :class:`NoWideForm` naming the
 from __future__ import annotations
 
 import copy
-import inspect
 from collections.abc import Sequence
 
 import torch
@@ -33,7 +32,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch.nn.utils import parametrize
 
-from normbench.norms import iter_specs
+from normbench.norms import plugin_classes
 from normbench.norms._base import wide_copy
 from normbench.population.stacked import Population, input_sums, tie_shared
 from normbench.tasks.classification import LOGITS
@@ -96,10 +95,6 @@ class WideLinear(nn.Module):
     def extra_repr(self) -> str:
         k, out, width = self.weight.shape
         return f"members={k}, in_features={width}, out_features={out}, bias={self.bias is not None}"
-
-
-def _norm_specs() -> dict[type, object]:
-    return {s.factory: s for s in iter_specs() if inspect.isclass(s.factory)}
 
 
 def _stacked(tensors: Sequence[Tensor], name: str) -> Tensor:
@@ -255,7 +250,7 @@ class WidePopulation(Population):
 
     @classmethod
     def stack(cls, models: Sequence[nn.Module]) -> WidePopulation:  # type: ignore[override]
-        wide = _widen_module(models, "", _norm_specs())
+        wide = _widen_module(models, "", plugin_classes())
         tie_shared(models[0], wide)
         shapes = {name: t.shape for name, t in _state(models[0]).items()}
         missing = set(shapes) ^ set(_state(wide))
