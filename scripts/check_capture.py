@@ -1,7 +1,7 @@
 """A population trained with its step captured as a CUDA graph against the same population trained
 eagerly (needs a CUDA device).
 
-For each task and norm: K members (seeds × learning rates, one of them diverging at lr 1e4, so the
+For each task and norm (with SGD; with AdamW too for each task's first norm): K members (seeds × learning rates, one of them diverging at lr 1e4, so the
 freezing of a diverged member is replayed too) trained twice from the same initial weights, with
 ``runtime.cuda_graph`` true and false; the histories (test errors, training losses), statuses,
 divergence steps and final parameters and buffers must agree. A replay launches the same kernels in
@@ -55,8 +55,13 @@ def main() -> None:
         parser.error(f"--device {args.device}: capturing a CUDA graph needs a CUDA device")
     use_deterministic_kernels(runtime.device)
     rows, failures = [], 0
-    for task, norm in itertools.product(args.tasks, args.norms):
+    cases = [(t, n, "sgd") for t, n in itertools.product(args.tasks, args.norms)]
+    cases += [(t, args.norms[0], "adamw") for t in args.tasks]  # its bias corrections count on the device
+    for task, norm, optim in cases:
         cfgs = configs(task, norm, 16, args.members, args.steps, args.device)
+        for cfg in cfgs:
+            if optim == "adamw":
+                cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay = "adamw", cfg.optim.lr / 100, 1e-2
         cfgs[-1].optim.lr = 1e4  # diverges: frozen, in the graph as out of it
         cpu_data = prepare_data(cfgs[0], runtime)
         data = cpu_data.to(runtime.device)
@@ -80,7 +85,7 @@ def main() -> None:
         failures += not ok
         statuses = " ".join(r.status[0] for r in graphed)
         rows.append(
-            f"| {task} | {norm} | {graphed[0].population} | {statuses} | {history:.2e} | {state:.2e} | "
+            f"| {task} | {norm} | {optim} | {graphed[0].population} | {statuses} | {history:.2e} | {state:.2e} | "
             f"{'yes' if ok else '**no**'} |"
         )
         print(rows[-1], flush=True)
@@ -95,8 +100,8 @@ def main() -> None:
         "",
         "Reproduce: `PYTHONPATH=. python scripts/check_capture.py`",
         "",
-        "| task | norm | form | statuses | history | parameters and buffers | agree |",
-        "|---|---|---|---|---:|---:|---|",
+        "| task | norm | optimizer | form | statuses | history | parameters and buffers | agree |",
+        "|---|---|---|---|---|---:|---:|---|",
         *rows,
         "",
         f"{len(rows) - failures} of {len(rows)} agree.",

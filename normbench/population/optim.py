@@ -1,10 +1,12 @@
 """The optimizers of a population: each member's SGD or AdamW step, with its own learning rate,
-momentum and weight decay, as a few in-place tensor operations over the stacked parameters.
+momentum and weight decay, as a few multi-tensor (``torch._foreach_*``) operations over the stacked
+parameters - one call per operation for all of them, not one per parameter.
 
 The formulas are torch's (``torch.optim.SGD`` and ``torch.optim.AdamW``, single-tensor path, as
 :func:`normbench.train.make_optimizer` configures them); ``tests/test_population_optim.py`` ties each
 member's trajectory to a separate torch optimizer. A member that is not ``alive`` keeps its parameters
-unchanged.
+unchanged. The step count lives on the parameters' device and AdamW's bias corrections are computed
+there, so a step captured as a CUDA graph (:mod:`normbench.capture`) replays with the count going on.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from collections.abc import Sequence
 import torch
 from omegaconf import DictConfig
 from torch import Tensor
+
+BETA2 = 0.999  # AdamW's β₂, as normbench.train.make_optimizer sets it
 
 
 class _PerMember:
@@ -29,6 +33,10 @@ class _PerMember:
         if key not in self._shaped:
             self._shaped[key] = self.values.to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
         return self._shaped[key]
+
+    def each(self, tensors: Sequence[Tensor]) -> list[Tensor]:
+        """The factors over every one of ``tensors``: the second list of a ``torch._foreach_*`` call."""
+        return [self.over(t) for t in tensors]
 
 
 class PopulationOptimizer:
@@ -51,7 +59,7 @@ class PopulationOptimizer:
         # torch skips a zero weight decay; adding 0·p would give the same numbers at one more pass
         self._decays = bool(self.weight_decay.any())
         self.state: list[dict[str, Tensor]] = [{} for _ in self.params]
-        self.steps = 0
+        self.count = torch.zeros((), dtype=torch.float64, device=self.momentum.device)
 
     @classmethod
     def for_members(cls, cfgs: Sequence[DictConfig], params: Sequence[Tensor]) -> PopulationOptimizer:
@@ -66,9 +74,18 @@ class PopulationOptimizer:
         )
 
     @property
+    def steps(self) -> int:
+        """Steps taken (read from the device: for checkpoints, not inside the step loop)."""
+        return int(self.count.item())
+
+    @steps.setter
+    def steps(self, value: int) -> None:
+        self.count.fill_(value)
+
+    @property
     def tensors(self) -> list[Tensor]:
-        """The optimizer's state tensors (momentum buffers, moments)."""
-        return [t for state in self.state for t in state.values()]
+        """The optimizer's state tensors (momentum buffers, moments, the step count)."""
+        return [*(t for state in self.state for t in state.values()), self.count]
 
     @torch.no_grad()
     def step(self, grads: Sequence[Tensor], lr: Tensor, alive: Tensor, all_alive: bool = False) -> None:
@@ -76,56 +93,55 @@ class PopulationOptimizer:
         gradient 0 and learning rate 0, which leaves their parameters exactly as they are (their
         optimizer state is never read again); ``all_alive=True`` (known on the host) skips zeroing
         their gradients. ``grads`` are consumed (updated in place)."""
-        self.steps += 1
+        grads = list(grads)
+        self.count.add_(1)
         lr = torch.where(alive, lr.double(), 0.0)
-        frozen = None if all_alive else ~alive
-        if self.name == "sgd":
-            factors = (_PerMember(-lr),)
-            update = self._sgd
-        else:
-            beta1, t = self.momentum, self.steps
-            factors = (
-                _PerMember(1 - lr * self.weight_decay),
-                _PerMember(-lr / (1 - beta1**t)),
-                _PerMember(1 - beta1),
-            )
-            update = self._adamw
-        for p, g, state in zip(self.params, grads, self.state, strict=True):
-            if frozen is not None:  # a diverged member's NaN gradient must not reach its parameters
+        if not all_alive:  # a diverged member's NaN gradient must not reach its parameters
+            frozen = ~alive
+            for g in grads:
                 g.masked_fill_(frozen.view(-1, *([1] * (g.dim() - 1))), 0.0)
-            update(p, g, state, *factors)
+        if self.name == "sgd":
+            self._sgd(grads, _PerMember(-lr))
+        else:
+            self._adamw(grads, lr)
 
-    # In-place forms of torch's own updates; addcmul/addcdiv with the per-member factor inside round
-    # as torch's scalar ``alpha``/``value`` forms do: each member's step is bit for bit its own
+    # Multi-tensor forms of torch's own updates; addcmul/addcdiv with the per-member factor inside
+    # round as torch's scalar ``alpha``/``value`` forms do: each member's step is bit for bit its own
     # optimizer's on the CPU.
 
-    def _sgd(self, p: Tensor, g: Tensor, state: dict[str, Tensor], neg_lr: _PerMember) -> None:
+    def _sgd(self, grads: list[Tensor], neg_lr: _PerMember) -> None:
         # torch.optim.SGD: d = g + wd·p; buf = d (first step) else μ·buf + d; p -= lr·buf
-        d = g.addcmul_(p, self._weight_decay.over(p)) if self._decays else g
-        if "momentum_buffer" not in state:
-            state["momentum_buffer"] = d.clone()
+        params = self.params
+        if self._decays:
+            torch._foreach_addcmul_(grads, params, self._weight_decay.each(params))
+        if not self.state[0]:
+            for state, d in zip(self.state, grads, strict=True):
+                state["momentum_buffer"] = d.clone()
         else:
-            state["momentum_buffer"].mul_(self._momentum.over(p)).add_(d)
-        p.addcmul_(state["momentum_buffer"], neg_lr.over(p))
+            bufs = [state["momentum_buffer"] for state in self.state]
+            torch._foreach_mul_(bufs, self._momentum.each(params))
+            torch._foreach_add_(bufs, grads)
+        torch._foreach_addcmul_(
+            params, [state["momentum_buffer"] for state in self.state], neg_lr.each(params)
+        )
 
-    def _adamw(
-        self,
-        p: Tensor,
-        g: Tensor,
-        state: dict[str, Tensor],
-        decay: _PerMember,
-        neg_step_size: _PerMember,
-        one_minus_beta1: _PerMember,
-    ) -> None:
+    def _adamw(self, grads: list[Tensor], lr: Tensor) -> None:
         # torch.optim.AdamW: p ·= 1 − lr·wd; m = lerp(m, g, 1 − β₁); v = β₂·v + (1 − β₂)·g²;
         # p −= lr / (1 − β₁ᵗ) · m / (√v / √(1 − β₂ᵗ) + ε)   (bias corrections in double, as torch)
-        beta2, t = 0.999, self.steps
-        if not state:
-            state.update(exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
-        m, v = state["exp_avg"], state["exp_avg_sq"]
+        params, t = self.params, self.count
+        if not self.state[0]:
+            for state, p in zip(self.state, params, strict=True):
+                state.update(exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+        m = [state["exp_avg"] for state in self.state]
+        v = [state["exp_avg_sq"] for state in self.state]
         if self._decays:  # a factor of exactly 1 otherwise
-            p.mul_(decay.over(p))
-        m.lerp_(g, one_minus_beta1.over(p))
-        v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-        denom = (v.sqrt() / (1 - beta2**t) ** 0.5).add_(self.eps)
-        p.addcdiv_(m * neg_step_size.over(p), denom)
+            torch._foreach_mul_(params, _PerMember(1 - lr * self.weight_decay).each(params))
+        torch._foreach_lerp_(m, grads, _PerMember(1 - self.momentum).each(params))
+        torch._foreach_mul_(v, BETA2)
+        torch._foreach_addcmul_(v, grads, grads, value=1 - BETA2)
+        denom = torch._foreach_sqrt(v)
+        # rounded to the parameters' dtype here as the kernel would round it: one dtype for the multi-tensor call
+        torch._foreach_div_(denom, ((1 - BETA2**t) ** 0.5).to(params[0].dtype))
+        torch._foreach_add_(denom, self.eps)
+        step_size = _PerMember(-lr / (1 - self.momentum**t))
+        torch._foreach_addcdiv_(params, torch._foreach_mul(m, step_size.each(params)), denom)

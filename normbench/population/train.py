@@ -320,11 +320,9 @@ def _captures(runtime: Runtime, cfg: DictConfig) -> bool:
     """Whether the training step is captured as a CUDA graph (``runtime.cuda_graph``: ``None`` = where it
     can be); ConfigError for ``true`` where it cannot."""
     why = None
-    optim, augment = (getattr(v, "value", v) for v in (cfg.optim.name, cfg.task.augment))
+    augment = getattr(cfg.task.augment, "value", cfg.task.augment)
     if runtime.device.type != "cuda":
         why = f"needs a CUDA device (runtime.device={runtime.device})"
-    elif optim != "sgd":
-        why = f"optim.name={optim}: only SGD's step is captured (AdamW's bias correction counts on the host)"
     elif augment != "none":
         why = f"task.augment={augment}: augmentation draws from host generators each step"
     if why is not None and runtime.cuda_graph:
