@@ -1,12 +1,15 @@
 """The optimizers of a population: each member's SGD or AdamW step, with its own learning rate,
-momentum and weight decay, as a few multi-tensor (``torch._foreach_*``) operations over the stacked
-parameters - one call per operation for all of them, not one per parameter.
+momentum and weight decay, as a few in-place tensor operations over the stacked parameters.
 
 The formulas are torch's (``torch.optim.SGD`` and ``torch.optim.AdamW``, single-tensor path, as
 :func:`normbench.train.make_optimizer` configures them); ``tests/test_population_optim.py`` ties each
 member's trajectory to a separate torch optimizer. A member that is not ``alive`` keeps its parameters
 unchanged. The step count lives on the parameters' device and AdamW's bias corrections are computed
 there, so a step captured as a CUDA graph (:mod:`normbench.capture`) replays with the count going on.
+
+One set of operations per parameter tensor, not torch's multi-tensor ``_foreach_*`` calls: with
+per-member factors (K, 1, ...) their CUDA fast path does not apply (it needs equal shapes), and on the
+CPU they measured no faster (``scripts/bench_optimizer.py``, reports/bench/population_optimizer.md).
 """
 
 from __future__ import annotations
@@ -33,10 +36,6 @@ class _PerMember:
         if key not in self._shaped:
             self._shaped[key] = self.values.to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
         return self._shaped[key]
-
-    def each(self, tensors: Sequence[Tensor]) -> list[Tensor]:
-        """The factors over every one of ``tensors``: the second list of a ``torch._foreach_*`` call."""
-        return [self.over(t) for t in tensors]
 
 
 class PopulationOptimizer:
@@ -93,55 +92,57 @@ class PopulationOptimizer:
         gradient 0 and learning rate 0, which leaves their parameters exactly as they are (their
         optimizer state is never read again); ``all_alive=True`` (known on the host) skips zeroing
         their gradients. ``grads`` are consumed (updated in place)."""
-        grads = list(grads)
         self.count.add_(1)
         lr = torch.where(alive, lr.double(), 0.0)
-        if not all_alive:  # a diverged member's NaN gradient must not reach its parameters
-            frozen = ~alive
-            for g in grads:
-                g.masked_fill_(frozen.view(-1, *([1] * (g.dim() - 1))), 0.0)
+        frozen = None if all_alive else ~alive
         if self.name == "sgd":
-            self._sgd(grads, _PerMember(-lr))
+            factors = (_PerMember(-lr),)
+            update = self._sgd
         else:
-            self._adamw(grads, lr)
+            t = self.count
+            factors = (
+                _PerMember(1 - lr * self.weight_decay),
+                _PerMember(-lr / (1 - self.momentum**t)),
+                _PerMember(1 - self.momentum),
+                _PerMember((1 - BETA2**t) ** 0.5),  # one value, broadcast over the members
+            )
+            update = self._adamw
+        for p, g, state in zip(self.params, grads, self.state, strict=True):
+            if frozen is not None:  # a diverged member's NaN gradient must not reach its parameters
+                g.masked_fill_(frozen.view(-1, *([1] * (g.dim() - 1))), 0.0)
+            update(p, g, state, *factors)
 
-    # Multi-tensor forms of torch's own updates; addcmul/addcdiv with the per-member factor inside
-    # round as torch's scalar ``alpha``/``value`` forms do: each member's step is bit for bit its own
+    # In-place forms of torch's own updates; addcmul/addcdiv with the per-member factor inside round
+    # as torch's scalar ``alpha``/``value`` forms do: each member's step is bit for bit its own
     # optimizer's on the CPU.
 
-    def _sgd(self, grads: list[Tensor], neg_lr: _PerMember) -> None:
+    def _sgd(self, p: Tensor, g: Tensor, state: dict[str, Tensor], neg_lr: _PerMember) -> None:
         # torch.optim.SGD: d = g + wd·p; buf = d (first step) else μ·buf + d; p -= lr·buf
-        params = self.params
-        if self._decays:
-            torch._foreach_addcmul_(grads, params, self._weight_decay.each(params))
-        if not self.state[0]:
-            for state, d in zip(self.state, grads, strict=True):
-                state["momentum_buffer"] = d.clone()
+        d = g.addcmul_(p, self._weight_decay.over(p)) if self._decays else g
+        if "momentum_buffer" not in state:
+            state["momentum_buffer"] = d.clone()
         else:
-            bufs = [state["momentum_buffer"] for state in self.state]
-            torch._foreach_mul_(bufs, self._momentum.each(params))
-            torch._foreach_add_(bufs, grads)
-        torch._foreach_addcmul_(
-            params, [state["momentum_buffer"] for state in self.state], neg_lr.each(params)
-        )
+            state["momentum_buffer"].mul_(self._momentum.over(p)).add_(d)
+        p.addcmul_(state["momentum_buffer"], neg_lr.over(p))
 
-    def _adamw(self, grads: list[Tensor], lr: Tensor) -> None:
+    def _adamw(
+        self,
+        p: Tensor,
+        g: Tensor,
+        state: dict[str, Tensor],
+        decay: _PerMember,
+        neg_step_size: _PerMember,
+        one_minus_beta1: _PerMember,
+        bias_correction2_sqrt: _PerMember,
+    ) -> None:
         # torch.optim.AdamW: p ·= 1 − lr·wd; m = lerp(m, g, 1 − β₁); v = β₂·v + (1 − β₂)·g²;
         # p −= lr / (1 − β₁ᵗ) · m / (√v / √(1 − β₂ᵗ) + ε)   (bias corrections in double, as torch)
-        params, t = self.params, self.count
-        if not self.state[0]:
-            for state, p in zip(self.state, params, strict=True):
-                state.update(exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
-        m = [state["exp_avg"] for state in self.state]
-        v = [state["exp_avg_sq"] for state in self.state]
+        if not state:
+            state.update(exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+        m, v = state["exp_avg"], state["exp_avg_sq"]
         if self._decays:  # a factor of exactly 1 otherwise
-            torch._foreach_mul_(params, _PerMember(1 - lr * self.weight_decay).each(params))
-        torch._foreach_lerp_(m, grads, _PerMember(1 - self.momentum).each(params))
-        torch._foreach_mul_(v, BETA2)
-        torch._foreach_addcmul_(v, grads, grads, value=1 - BETA2)
-        denom = torch._foreach_sqrt(v)
-        # rounded to the parameters' dtype here as the kernel would round it: one dtype for the multi-tensor call
-        torch._foreach_div_(denom, ((1 - BETA2**t) ** 0.5).to(params[0].dtype))
-        torch._foreach_add_(denom, self.eps)
-        step_size = _PerMember(-lr / (1 - self.momentum**t))
-        torch._foreach_addcdiv_(params, torch._foreach_mul(m, step_size.each(params)), denom)
+            p.mul_(decay.over(p))
+        m.lerp_(g, one_minus_beta1.over(p))
+        v.mul_(BETA2).addcmul_(g, g, value=1 - BETA2)
+        denom = v.sqrt().div_(bias_correction2_sqrt.over(p)).add_(self.eps)
+        p.addcdiv_(m * neg_step_size.over(p), denom)
