@@ -97,7 +97,7 @@ def main() -> None:
     parser.add_argument("--steps", type=count, default=200)
     parser.add_argument("--rounds", type=count, default=5)
     parser.add_argument("--revisions", nargs="+", type=git_commit, metavar="REV", required=True)
-    parser.add_argument("--out", type=Path, default=Path("reports/bench/population_optimizer.md"))
+    parser.add_argument("--out", type=Path, default=ROOT / "reports/bench/population_optimizer.md")
     args = parser.parse_args()
     torch.set_num_threads(1)
     rows = []

@@ -69,10 +69,17 @@ def test_a_noisy_difference_is_not_established():
     assert sentence(result).startswith("BN - GN at 32: -0.3 pp, 95% CI [")
 
 
-def test_several_runs_per_seed_in_a_cell_are_refused():
-    runs = pd.concat([_runs(VALUES), _runs({("batchnorm", 2): [0.5]})])
-    with pytest.raises(ValueError, match="several runs per seed"):
-        per_seed(runs, INTERACTION, "test_error")
+def test_several_runs_per_seed_in_a_cell_are_refused_naming_the_runs_and_how_they_differ():
+    runs = _runs(VALUES).assign(**{"data.test_samples": 4000, "path": "sweeps/new"})
+    old = _runs({("batchnorm", 2): [0.5]}).assign(**{"data.test_samples": 1000, "path": "sweeps/old"})
+    with pytest.raises(ValueError) as refusal:
+        per_seed(pd.concat([runs, old]), INTERACTION, "test_error")
+    assert str(refusal.value) == (
+        "contrast \"BN's loss from 32 to 2 minus GN's\": cell {'norm': 'batchnorm', 'batch_size': 2} has "
+        "several runs per seed (seed 0: 2 runs (sweeps/new, sweeps/old), which differ in "
+        "data.test_samples: 4000, 1000); select on more columns, or move runs of an earlier protocol out "
+        "of the folders"
+    )
 
 
 def test_holm_matches_the_hand_computed_adjustment():

@@ -102,6 +102,21 @@ def cell_rows(runs: pd.DataFrame, selector: Selector) -> pd.DataFrame:
     return runs[keep]
 
 
+def _duplicates(cell: pd.DataFrame, pair_on: str) -> str:
+    """The first repeated ``pair_on`` value of ``cell``: its runs (paths, where known) and the config
+    keys (dotted columns) in which they differ."""
+    value = cell.loc[cell[pair_on].duplicated(), pair_on].iloc[0]
+    runs = cell[cell[pair_on] == value]
+    differ = [
+        f"{c}: {', '.join(map(str, runs[c].tolist()))}"
+        for c in runs.columns
+        if "." in c and runs[c].astype(str).nunique() > 1
+    ]
+    where = f" ({', '.join(map(str, runs['path']))})" if "path" in runs else ""
+    keys = f", which differ in {'; '.join(differ)}" if differ else ", with the same config values"
+    return f" ({pair_on} {value}: {len(runs)} runs{where}{keys})"
+
+
 def per_seed(
     runs: pd.DataFrame,
     contrast: Contrast,
@@ -125,8 +140,9 @@ def per_seed(
         cell = cell.assign(**{column: value}).dropna(subset=[column])
         if cell[pair_on].duplicated().any():
             raise ValueError(
-                f"contrast {contrast.name!r}: cell {dict(selector)} has several runs per {pair_on}; "
-                "select on more columns"
+                f"contrast {contrast.name!r}: cell {dict(selector)} has several runs per {pair_on}"
+                f"{_duplicates(cell, pair_on)}; select on more columns, or move runs of an earlier "
+                "protocol out of the folders"
             )
         columns.append(cell.set_index(pair_on)[column] * weight)
     return pd.concat(columns, axis=1, join="inner").sum(axis=1)
