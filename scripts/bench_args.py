@@ -21,3 +21,12 @@ def git_commit(rev: str) -> str:
     if proc.returncode:
         raise argparse.ArgumentTypeError(f"{rev}: not a commit of this repository ({ROOT})")
     return rev
+
+
+def git_head() -> str:
+    """The checkout's commit, and whether normbench/ has uncommitted changes (for a report's header)."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "normbench"], cwd=ROOT, capture_output=True, text=True
+    )
+    return head.stdout.strip() + (", with uncommitted changes" if dirty.stdout.strip() else "")

@@ -16,13 +16,12 @@ import importlib.util
 import itertools
 import platform
 import statistics
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from bench_args import count, git_commit
+from bench_args import count, git_commit, git_head
 from bench_population import configs
 from worktree import ROOT, checkout
 
@@ -79,14 +78,6 @@ def load_optimizer_class(tree: Path) -> type:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.PopulationOptimizer
-
-
-def git_head() -> str:
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    dirty = subprocess.run(
-        ["git", "status", "--porcelain", "normbench"], cwd=ROOT, capture_output=True, text=True
-    )
-    return head.stdout.strip() + (", with uncommitted changes" if dirty.stdout.strip() else "")
 
 
 def main() -> None:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 from bench_args import count
+from worktree import ROOT
 
 import normbench
 from normbench import available_norms
@@ -174,7 +175,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--forms {' '.join(args.forms)}: ':graph' needs --device cuda")
     torch.set_num_threads(1)
     use_deterministic_kernels(runtime.device)  # as runs do
-    out = args.out or Path("reports/bench") / (
+    out = args.out or ROOT / "reports/bench" / (
         "population_cuda.md" if runtime.device.type == "cuda" else "population.md"
     )
     rows: list = []

@@ -2,16 +2,19 @@
 :class:`normbench.evaluate.Members` that :func:`normbench.experiment.record.members_final_metrics` evaluates, with
 every member's forward passes in one ``vmap``. It follows the single-model functions of
 :mod:`normbench.evaluate` step for step (same chunks, batches, sample orders and pooling helpers), so
-each member gets its separate run's numbers up to float reassociation."""
+each member gets its separate run's numbers up to float reassociation. :class:`MembersByBatchSize`
+(the CPU's) evaluates one model after another except where the batches are small."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from normbench.evaluate import (
+    OneByOne,
     eval_mode,
     mean_distances,
     minibatches,
@@ -20,6 +23,7 @@ from normbench.evaluate import (
     stat_modules,
 )
 from normbench.population.stacked import Population
+from normbench.population.wide import stack_population
 from normbench.tasks.classification import LOGITS
 from normbench.tasks.registry import Task
 
@@ -106,3 +110,59 @@ class PopulationMembers:
             mean_distances({(n, s): (ours[f"{n}.{s}"][k], theirs[f"{n}.{s}"][k]) for n, s in keys})
             for k in range(self.size)
         ]
+
+
+# On the CPU the training-mode passes at the run's batch size (mini-batch errors, PreciseBN's
+# statistics) run on the population for at least VECTORIZED_MEMBERS members at batch sizes up to
+# VECTORIZED_BATCH: there a pass costs per-forward overhead, which the members share (16 members:
+# 1.3-3.7x faster at batch 2-32); with fewer members, or larger batches, K-wide activations leave the
+# caches and one model after another is faster, as for the full-batch evaluations
+# (scripts/bench_population_eval.py, reports/bench/population_eval.md: the MLP with 4 members 0.83-0.99x).
+VECTORIZED_BATCH = 32
+VECTORIZED_MEMBERS = 8
+
+
+class MembersByBatchSize:
+    """``models`` (a population's members, as ``pop`` holds them when given) as
+    :class:`normbench.evaluate.Members` on the CPU: each evaluation one model after another
+    (:class:`normbench.evaluate.OneByOne`), except the training-mode passes of at least
+    :data:`VECTORIZED_MEMBERS` members at batch sizes up to :data:`VECTORIZED_BATCH`, which run on the
+    population (:class:`PopulationMembers`; ``models`` stacked in ``form`` when no ``pop`` is given)."""
+
+    def __init__(
+        self, models: Sequence[nn.Module], task: Task, form: str = "auto", pop: Population | None = None
+    ) -> None:
+        self.one_by_one = OneByOne(models, task)
+        self.models, self.task, self.size, self.form, self._pop = list(models), task, len(models), form, pop
+
+    def _vectorizes(self, batch_size: int) -> bool:
+        return batch_size <= VECTORIZED_BATCH and self.size >= VECTORIZED_MEMBERS
+
+    def _vectorized(self) -> PopulationMembers:
+        if self._pop is None:
+            self._pop = stack_population(self.models, self.form)
+        return PopulationMembers(self._pop, self.task)
+
+    def error_and_loss(self, x: Tensor, y: Tensor) -> list[tuple[float, float]]:
+        return self.one_by_one.error_and_loss(x, y)
+
+    def minibatch_error(self, x: Tensor, y: Tensor, batch_size: int, orders: Sequence[Tensor]) -> list[float]:
+        members = self._vectorized() if self._vectorizes(batch_size) else self.one_by_one
+        return members.minibatch_error(x, y, batch_size, orders)
+
+    def has_stat_modules(self) -> bool:
+        return self.one_by_one.has_stat_modules()
+
+    def precise_bn(
+        self, x: Tensor, batch_size: int, num_samples: int, gens: Sequence[torch.Generator]
+    ) -> MembersByBatchSize:
+        if not self._vectorizes(batch_size):
+            precise = self.one_by_one.precise_bn(x, batch_size, num_samples, gens)
+            return MembersByBatchSize(precise.models, self.task, self.form)
+        pop = self._vectorized().precise_bn(x, batch_size, num_samples, gens).pop
+        models = [copy.deepcopy(m) for m in self.models]
+        pop.unstack_into(models)
+        return MembersByBatchSize(models, self.task, self.form, pop)
+
+    def stats_distance(self, reference: MembersByBatchSize) -> list[dict[str, float]]:  # type: ignore[override]
+        return self.one_by_one.stats_distance(reference.one_by_one)

@@ -42,7 +42,7 @@ from normbench.checkpoint import (
     save_weights,
 )
 from normbench.config import ConfigError
-from normbench.evaluate import Members, OneByOne
+from normbench.evaluate import Members
 from normbench.experiment.build import (
     augmentation,
     batch_iterator,
@@ -61,7 +61,7 @@ from normbench.experiment.record import (
     seal,
 )
 from normbench.norms import plugin_classes
-from normbench.population.evaluate import PopulationMembers
+from normbench.population.evaluate import MembersByBatchSize, PopulationMembers
 from normbench.population.optim import PopulationOptimizer
 from normbench.population.stacked import Population
 from normbench.population.wide import stack_population
@@ -350,12 +350,13 @@ def population_members(
     population they train as. On the CPU each model in turn (``pop``'s state copied into them first),
     through the single run's own functions: there that is about twice as fast as the vectorized
     population, whose K-wide activations fall out of the caches (``scripts/bench_population_eval.py``,
-    reports/bench/population_eval.md). Elsewhere all members at once, as one population (``pop``, or
-    ``models`` stacked in ``form``)."""
+    reports/bench/population_eval.md), except the training-mode passes at small batch sizes
+    (:class:`~normbench.population.evaluate.MembersByBatchSize`). Elsewhere all members at once, as
+    one population (``pop``, or ``models`` stacked in ``form``)."""
     if device.type == "cpu":
         if pop is not None:
             pop.unstack_into(models)
-        return OneByOne(models, task)
+        return MembersByBatchSize(models, task, form, pop)
     return PopulationMembers(pop if pop is not None else stack_population(models, form), task)
 
 
