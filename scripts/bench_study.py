@@ -28,6 +28,7 @@ from worktree import ROOT
 import normbench
 
 LAUNCHERS = {"populations": "population", "separate runs": "joblib"}
+DEFAULT_OUT = ROOT / "reports/bench/study_populations.md"
 
 
 def train(out: Path, preset: str, launcher: str, jobs: int, overrides: list[str]) -> float:
@@ -52,7 +53,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2,3,4", help="a sweep value")
     parser.add_argument("--jobs", type=count, default=os.cpu_count())
     parser.add_argument("--overrides", nargs="*", default=[], help="for both sides, e.g. batch_size=32")
-    parser.add_argument("--out", type=Path, default=ROOT / "reports/bench/study_populations.md")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args()
     rows, totals = [], dict.fromkeys(LAUNCHERS, 0.0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -92,6 +93,7 @@ def main() -> None:
         "Reproduce: `python scripts/bench_study.py --presets "
         f"{' '.join(args.presets)} --norms {' '.join(args.norms)} --seeds {args.seeds} --jobs {args.jobs}"
         + "".join(f" --overrides {' '.join(args.overrides)}" for _ in args.overrides[:1])
+        + ("" if args.out == DEFAULT_OUT else f" --out {args.out}")
         + "`",
         "",
         "| round | runs (cumulative) | separate runs s | populations s | speed-up |",
