@@ -93,7 +93,7 @@ def main() -> None:
         "Reproduce: `python scripts/bench_study.py --presets "
         f"{' '.join(args.presets)} --norms {' '.join(args.norms)} --seeds {args.seeds} --jobs {args.jobs}"
         + "".join(f" --overrides {' '.join(args.overrides)}" for _ in args.overrides[:1])
-        + ("" if args.out == DEFAULT_OUT else f" --out {args.out}")
+        + ("" if args.out == DEFAULT_OUT else f" --out {os.path.relpath(args.out, ROOT)}")
         + "`",
         "",
         "| round | runs (cumulative) | separate runs s | populations s | speed-up |",
