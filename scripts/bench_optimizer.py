@@ -16,12 +16,12 @@ import importlib.util
 import itertools
 import platform
 import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from bench_args import count, git_commit, git_head
+from bench_norms import wall_clock
 from bench_population import configs
 from worktree import ROOT, checkout
 
@@ -66,13 +66,6 @@ def separate_steps(name: str, params: list[torch.Tensor]) -> Callable[[], None]:
     return step
 
 
-def seconds_per_step(step: Callable[[], None], steps: int) -> float:
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return (time.perf_counter() - start) / steps
-
-
 def load_optimizer_class(tree: Path) -> type:
     spec = importlib.util.spec_from_file_location("baseline_optim", tree / "normbench/population/optim.py")
     module = importlib.util.module_from_spec(spec)
@@ -101,11 +94,11 @@ def main() -> None:
                 rev: population_step(cls, name, [p.clone() for p in params]) for rev, cls in classes.items()
             }
             for step in steps.values():  # the first steps create the optimizers' state
-                seconds_per_step(step, 3)
+                wall_clock(step, 3)
             times: dict[str, list[float]] = {key: [] for key in steps}
             for _ in range(args.rounds):
                 for key, step in steps.items():
-                    times[key].append(seconds_per_step(step, args.steps))
+                    times[key].append(wall_clock(step, args.steps))
             t = {key: statistics.median(v) * 1e6 for key, v in times.items()}
             n = sum(p.numel() for p in params) // k
             rows.append(
