@@ -28,6 +28,11 @@ AGREEMENT_START = (
     "<!-- agreement: copied from reports/small_batch_separate/agreement.md by python -m normbench.docs -->"
 )
 AGREEMENT_END = "<!-- end of the agreement -->"
+RETRAIN = ROOT / "reports" / "small_batch_retrain" / "agreement.md"
+RETRAIN_START = (
+    "<!-- retrain: copied from reports/small_batch_retrain/agreement.md by python -m normbench.docs -->"
+)
+RETRAIN_END = "<!-- end of the retrain -->"
 
 
 SPEED_SOURCES = (ROOT / "reports" / "bench" / "norms.md", ROOT / "reports" / "bench" / "norms_cuda.json")
@@ -140,7 +145,11 @@ def readme_with_table(readme: str, report: str) -> str:
 def pages() -> dict[Path, str]:
     """Every generated page and its text."""
     readme = readme_with_table(README.read_text(), STUDY_REPORT.read_text())
-    readme = _replace_block(readme, AGREEMENT_START, AGREEMENT_END, agreement_summary(AGREEMENT.read_text()))
+    for path, start, end in (
+        (AGREEMENT, AGREEMENT_START, AGREEMENT_END),
+        (RETRAIN, RETRAIN_START, RETRAIN_END),
+    ):
+        readme = _replace_block(readme, start, end, agreement_summary(path.read_text()))
     return {README: readme, PAGE: norms_page(), HOME: home_page(readme)}
 
 

@@ -56,7 +56,7 @@ def claim_agreement(a: pd.DataFrame, b: pd.DataFrame, path: Path) -> list[str]:
         "",
         f"## The claims of {path} on both trainings",
         "",
-        "Each training chooses its own learning rates on its validation split, among the configs both",
+        "Each training chooses its own learning rates on its validation split, among the configs both hold.",
         "A verdict is whether the claim is established and whether its cells are within the margin by",
         f"two one-sided tests. {sum(_verdict(ours[n][1]) == _verdict(theirs[n][1]) for n in names)} of "
         f"{len(names)} verdicts agree.",
