@@ -249,7 +249,7 @@ def test_no_run_folder_is_version_controlled():
         ["git", "ls-files", "reports"], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout.split()
     assert tracked and not [p for p in tracked if p.endswith(RESULT_FILE) or "/sweeps/" in p]
-    assert len(tracked) < 150
+    assert len(tracked) < 200  # reports, figures and packed records; one file per run would be thousands
 
 
 def test_a_record_without_a_later_key_reads_back_with_its_old_value_not_todays_default(tmp_path):
