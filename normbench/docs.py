@@ -17,6 +17,7 @@ from normbench.norms import iter_specs
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = ROOT / "docs" / "norms.md"
 HOME = ROOT / "docs" / "index.md"
+STUDY_PAGE = ROOT / "docs" / "study.md"
 README = ROOT / "README.md"
 STUDY_REPORT = ROOT / "reports" / "small_batch" / "report.md"
 TABLE_START = (
@@ -145,12 +146,11 @@ def readme_with_table(readme: str, report: str) -> str:
 def pages() -> dict[Path, str]:
     """Every generated page and its text."""
     readme = readme_with_table(README.read_text(), STUDY_REPORT.read_text())
-    for path, start, end in (
-        (AGREEMENT, AGREEMENT_START, AGREEMENT_END),
-        (RETRAIN, RETRAIN_START, RETRAIN_END),
-    ):
-        readme = _replace_block(readme, start, end, agreement_summary(path.read_text()))
-    return {README: readme, PAGE: norms_page(), HOME: home_page(readme)}
+    readme = _replace_block(readme, AGREEMENT_START, AGREEMENT_END, agreement_summary(AGREEMENT.read_text()))
+    study = _replace_block(
+        STUDY_PAGE.read_text(), RETRAIN_START, RETRAIN_END, agreement_summary(RETRAIN.read_text())
+    )
+    return {README: readme, PAGE: norms_page(), HOME: home_page(readme), STUDY_PAGE: study}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -140,17 +140,19 @@ def _compare_runs(a: str, b: str, tmp_path: Path) -> Path:
     return out
 
 
-@pytest.mark.parametrize("agreement", [AGREEMENT, RETRAIN], ids=["separate", "retrain"])
-def test_the_readme_summarises_comparisons_that_regenerate_unchanged(agreement: Path, tmp_path):
-    """How close population members are to runs trained alone, and how close a fresh clone's training
-    of the whole study comes to the committed one: each comparison regenerates byte for byte from the
-    committed records, and its summary is the README's."""
+@pytest.mark.parametrize(
+    ("agreement", "page"), [(AGREEMENT, "README.md"), (RETRAIN, "docs/study.md")], ids=["separate", "retrain"]
+)
+def test_the_docs_summarise_comparisons_that_regenerate_unchanged(agreement: Path, page: str, tmp_path):
+    """How close population members are to runs trained alone (in the README), and how close a fresh
+    clone's training of the whole study comes to the committed one (on the study's page): each
+    comparison regenerates byte for byte from the committed records, and its summary is the page's."""
     folder = agreement.parent.relative_to(ROOT)
     out = _compare_runs("reports/small_batch/records.jsonl", f"{folder}/records.jsonl", tmp_path)
     committed = agreement.read_text()
     assert out.read_text().replace(str(out), f"{folder}/agreement.md") == committed
     summary = agreement_summary(committed)
-    assert summary in (ROOT / "README.md").read_text()
+    assert summary in (ROOT / page).read_text()
     assert re.search(r"^- \d+ of \d+ verdicts agree\.$", summary, re.M) and "paired mean" in summary
 
 
