@@ -1,7 +1,8 @@
 """How closely two trainings of the same configs agree: e.g. a study trained as populations against the
 same study trained run by run. Runs are paired by config hash; for each pair the relative difference of
-the test loss and the difference of the test error, then the paired mean difference of the test error
-with its Student t 95% interval (scipy.stats), overall and per task and batch size. With ``--study``,
+the test loss (where the task has one) and the difference of the task's main metric (``task.metric``:
+the test error, or e.g. a GAN's Fréchet distance), then the paired mean difference of that metric with
+its Student t 95% interval (scipy.stats), overall per metric and per task and batch size. With ``--study``,
 every claim of that study description whose cells both trainings hold, with each training's own
 learning-rate selection among the configs both hold: both estimates, both verdicts, and whether they
 agree.
@@ -23,13 +24,31 @@ from scipy import stats
 
 from normbench.report import load_runs
 
+ERROR = "test_error"
 
-def interval(diff: pd.Series) -> str:
+
+def unit(metric: str) -> tuple[float, str]:
+    """How a metric's differences are written: errors (fractions) in percentage points, others as they are."""
+    return (100.0, "pp") if metric == ERROR else (1.0, metric)
+
+
+def interval(diff: pd.Series, metric: str = ERROR) -> str:
     if (diff == 0).all():
         return "0 in every pair (no interval to compute)"
-    ci = stats.ttest_1samp(diff, 0.0).confidence_interval(0.95)
-    p = stats.ttest_1samp(diff, 0.0).pvalue
-    return f"{100 * diff.mean():+.2f} pp [{100 * ci.low:+.2f}, {100 * ci.high:+.2f}], p = {p:.2g}"
+    scale, name = unit(metric)
+    test = stats.ttest_1samp(diff, 0.0)
+    ci = test.confidence_interval(0.95)
+    return f"{scale * diff.mean():+.2f} {name} [{scale * ci.low:+.2f}, {scale * ci.high:+.2f}], p = {test.pvalue:.2g}"
+
+
+def metric_differences(done: pd.DataFrame) -> pd.DataFrame:
+    """``done`` (paired completed runs) with ``metric``, each task's main metric, and ``d_metric``, a − b."""
+    # records from before tasks named their metric are classifiers
+    done = done.assign(metric=done["task.metric_a"].fillna(ERROR) if "task.metric_a" in done else ERROR)
+    done["d_metric"] = [
+        getattr(row, f"{row.metric}_a") - getattr(row, f"{row.metric}_b") for row in done.itertuples()
+    ]
+    return done
 
 
 def _claims(runs: pd.DataFrame, study) -> dict[str, tuple]:
@@ -78,7 +97,7 @@ def claim_agreement(a: pd.DataFrame, b: pd.DataFrame, path: Path) -> list[str]:
             "",
         ]
         for name in differ:
-            ra, rb = ours[name][1], theirs[name][1]
+            (claim, ra), rb = ours[name], theirs[name][1]
             decide = (
                 (lambda r: r.p_tost)
                 if ra.established == rb.established
@@ -86,7 +105,7 @@ def claim_agreement(a: pd.DataFrame, b: pd.DataFrame, path: Path) -> list[str]:
             )
             lines.append(
                 f"- {name}: p = {decide(ra):.2g} (a), {decide(rb):.2g} (b); a − b = "
-                f"{100 * (ra.mean - rb.mean):+.2f} pp."
+                f"{claim.unit.scale * (ra.mean - rb.mean):+.2f} {claim.unit.name}."
             )
     return lines
 
@@ -103,7 +122,8 @@ def main() -> None:
     same_status = (pairs.status_a == pairs.status_b).sum()
     done = pairs[(pairs.status_a == "completed") & (pairs.status_b == "completed")].copy()
     done["rel_loss"] = (done.test_loss_a - done.test_loss_b).abs() / done.test_loss_b
-    done["d_error"] = done.test_error_a - done.test_error_b
+    done = metric_differences(done)
+    losses = done.dropna(subset=["rel_loss"])
     lines = [
         f"# Agreement of {args.a} (a) with {args.b} (b)",
         "",
@@ -112,20 +132,36 @@ def main() -> None:
         "",
         f"- {len(pairs)} configs in both ({len(a)} in a, {len(b)} in b); the same status in {same_status}; "
         f"both completed in {len(done)}.",
-        f"- Test loss of a within 1e-5 relative of b's: {(done.rel_loss <= 1e-5).sum()} runs; within 1e-3: "
-        f"{(done.rel_loss <= 1e-3).sum()}; within 1e-2: {(done.rel_loss <= 1e-2).sum()}; median relative "
-        f"difference {done.rel_loss.median():.1e}.",
-        f"- Test error, a − b: median {100 * done.d_error.median():+.2f} pp, largest |a − b| "
-        f"{100 * done.d_error.abs().max():.1f} pp; paired mean {interval(done.d_error)}.",
+        f"- Test loss of a within 1e-5 relative of b's: {(losses.rel_loss <= 1e-5).sum()} runs; within 1e-3: "
+        f"{(losses.rel_loss <= 1e-3).sum()}; within 1e-2: {(losses.rel_loss <= 1e-2).sum()}; median relative "
+        f"difference {losses.rel_loss.median():.1e}"
+        f"{f' (of the {len(losses)} runs whose task has a test loss)' if len(losses) < len(done) else ''}.",
+    ]
+    for metric, runs in done.groupby("metric", sort=False):
+        scale, name = unit(metric)
+        lines.append(
+            f"- {'Test error' if metric == ERROR else metric}, a − b: median {scale * runs.d_metric.median():+.2f} "
+            f"{name}, largest |a − b| {scale * runs.d_metric.abs().max():.1f} {name}; paired mean "
+            f"{interval(runs.d_metric, metric)}{f' ({len(runs)} runs)' if len(runs) < len(done) else ''}."
+        )
+    errors_only = (done.metric == ERROR).all()
+    lines += [
         "",
         "| task | batch size | runs | within 1e-5 | median rel. test-loss difference "
-        "| mean test-error difference a − b, 95% CI |",
+        f"| {'mean test-error difference a − b' if errors_only else 'mean difference a − b of its metric'}, 95% CI |",
         "|---|---:|---:|---:|---:|---|",
     ]
     for (task, batch), group in done.groupby(["task_a", "batch_size_a"]):
+        loss = group.dropna(subset=["rel_loss"])
+        within, median = (
+            ((loss.rel_loss <= 1e-5).sum(), f"{loss.rel_loss.median():.1e}")
+            if len(loss)
+            else ("–", "no test loss")
+        )
+        metric = group.metric.iloc[0]
+        label = "" if errors_only else f"{metric}: "
         lines.append(
-            f"| {task} | {batch} | {len(group)} | {(group.rel_loss <= 1e-5).sum()} | {group.rel_loss.median():.1e} "
-            f"| {interval(group.d_error)} |"
+            f"| {task} | {batch} | {len(group)} | {within} | {median} | {label}{interval(group.d_metric, metric)} |"
         )
     if args.study:
         both = set(a["config_hash"]) & set(b["config_hash"])

@@ -3,6 +3,7 @@ README and the docs pages points at a file that exists."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -199,3 +200,31 @@ def test_two_identical_trainings_agree_on_every_verdict(tmp_path):
     assert f"within 1e-5 relative of b's: {pairs} runs" in text
     n = int(re.search(r"(\d+) of \d+ verdicts agree", text).group(1))
     assert n > 0 and f"{n} of {n} verdicts agree." in text and "Where they differ" not in text
+
+
+def test_a_comparison_reads_each_task_by_its_own_metric(tmp_path):
+    """A GAN has no test loss or test error: its runs are compared on their Fréchet distance (the task's
+    metric), the classifiers' on test error, each in its own line and unit."""
+    lines = (ROOT / "reports/sequence_gan/records.jsonl").read_text().splitlines()
+    gan = [line for line in lines if '"gan_digits"' in line][:3]
+    lstm = [line for line in lines if '"digits_lstm"' in line][:4]
+    (tmp_path / "a.jsonl").write_text("\n".join([*gan, *lstm]) + "\n")
+    shifted = []
+    for line in gan:
+        row = json.loads(line)
+        row["record"]["metrics"]["fd"] += 1.5  # b's Fréchet distances 1.5 lower than a's
+        shifted.append(json.dumps(row))
+    (tmp_path / "b.jsonl").write_text("\n".join([*shifted, *lstm]) + "\n")
+    out = tmp_path / "agreement.md"
+    subprocess.run(
+        [sys.executable, "scripts/compare_runs.py", tmp_path / "a.jsonl", tmp_path / "b.jsonl", "--out", out],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    text = out.read_text()
+    assert "of the 4 runs whose task has a test loss" in text
+    assert "- Test error, a − b: median +0.00 pp, largest |a − b| 0.0 pp; paired mean 0 in every pair" in text
+    assert "- fd, a − b: median -1.50 fd, largest |a − b| 1.5 fd; paired mean -1.50 fd [" in text
+    assert "| gan_digits | 32 | 3 | – | no test loss | fd: -1.50 fd [" in text
