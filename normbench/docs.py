@@ -25,15 +25,20 @@ TABLE_START = (
 )
 TABLE_END = "<!-- end of the recommendation table -->"
 AGREEMENT = ROOT / "reports" / "small_batch_separate" / "agreement.md"
-AGREEMENT_START = (
-    "<!-- agreement: copied from reports/small_batch_separate/agreement.md by python -m normbench.docs -->"
-)
-AGREEMENT_END = "<!-- end of the agreement -->"
 RETRAIN = ROOT / "reports" / "small_batch_retrain" / "agreement.md"
-RETRAIN_START = (
-    "<!-- retrain: copied from reports/small_batch_retrain/agreement.md by python -m normbench.docs -->"
+RETRAIN_SEQUENCE = ROOT / "reports" / "sequence_gan_retrain" / "agreement.md"
+# (agreement written by scripts/compare_runs.py, the page that carries its summary, the block's name)
+COMPARISONS = (
+    (AGREEMENT, README, "agreement"),
+    (RETRAIN, STUDY_PAGE, "retrain"),
+    (RETRAIN_SEQUENCE, STUDY_PAGE, "recurrent retrain"),
 )
-RETRAIN_END = "<!-- end of the retrain -->"
+
+
+def comparison_markers(agreement: Path, name: str) -> tuple[str, str]:
+    """The lines that open and close a page's copy of ``agreement``'s summary."""
+    source = agreement.relative_to(ROOT).as_posix()
+    return f"<!-- {name}: copied from {source} by python -m normbench.docs -->", f"<!-- end of the {name} -->"
 
 
 SPEED_SOURCES = (ROOT / "reports" / "bench" / "norms.md", ROOT / "reports" / "bench" / "norms_cuda.json")
@@ -145,12 +150,15 @@ def readme_with_table(readme: str, report: str) -> str:
 
 def pages() -> dict[Path, str]:
     """Every generated page and its text."""
-    readme = readme_with_table(README.read_text(), STUDY_REPORT.read_text())
-    readme = _replace_block(readme, AGREEMENT_START, AGREEMENT_END, agreement_summary(AGREEMENT.read_text()))
-    study = _replace_block(
-        STUDY_PAGE.read_text(), RETRAIN_START, RETRAIN_END, agreement_summary(RETRAIN.read_text())
-    )
-    return {README: readme, PAGE: norms_page(), HOME: home_page(readme), STUDY_PAGE: study}
+    text = {
+        README: readme_with_table(README.read_text(), STUDY_REPORT.read_text()),
+        STUDY_PAGE: STUDY_PAGE.read_text(),
+    }
+    for agreement, page, name in COMPARISONS:
+        text[page] = _replace_block(
+            text[page], *comparison_markers(agreement, name), agreement_summary(agreement.read_text())
+        )
+    return {**text, PAGE: norms_page(), HOME: home_page(text[README])}
 
 
 def main(argv: list[str] | None = None) -> None:
