@@ -127,12 +127,12 @@ def test_each_plugins_speed_comes_from_the_committed_benchmarks():
     assert "## batchrenorm\n\nOptions:" in PAGE.read_text() and speeds["batchrenorm"] in PAGE.read_text()
 
 
-def _compare_runs(a: str, b: str, tmp_path: Path) -> Path:
-    """The agreement of record files ``a`` and ``b`` (under the curve study), as scripts/compare_runs.py writes it."""
+def _compare_runs(a: str, b: str, tmp_path: Path, study: str | None = "conf/study/small_batch.yaml") -> Path:
+    """The agreement of record files ``a`` and ``b`` (under ``study``), as scripts/compare_runs.py writes it."""
     out = tmp_path / "agreement.md"
     args = [sys.executable, "scripts/compare_runs.py", a, b, "--out", str(out)]
     subprocess.run(
-        [*args, "--study", "conf/study/small_batch.yaml"],
+        [*args, *(["--study", study] if study else [])],
         cwd=ROOT,
         check=True,
         capture_output=True,
@@ -223,18 +223,12 @@ def test_a_comparison_reads_each_task_by_its_own_metric(tmp_path):
     shifted = []
     for line in gan:
         row = json.loads(line)
-        row["record"]["metrics"]["fd"] += 1.5  # b's Fréchet distances 1.5 lower than a's
+        row["record"]["metrics"]["fd"] += 1.5  # b's Fréchet distances 1.5 higher than a's
         shifted.append(json.dumps(row))
     (tmp_path / "b.jsonl").write_text("\n".join([*shifted, *lstm]) + "\n")
-    out = tmp_path / "agreement.md"
-    subprocess.run(
-        [sys.executable, "scripts/compare_runs.py", tmp_path / "a.jsonl", tmp_path / "b.jsonl", "--out", out],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    text = out.read_text()
+    text = _compare_runs(
+        str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl"), tmp_path, study=None
+    ).read_text()
     assert "of the 4 runs whose task has a test loss" in text
     assert "- Test error, a − b: median +0.00 pp, largest |a − b| 0.0 pp; paired mean 0 in every pair" in text
     assert "- fd, a − b: median -1.50 fd, largest |a − b| 1.5 fd; paired mean -1.50 fd [" in text
