@@ -29,7 +29,7 @@ def test_a_module_keeps_the_forms_chosen_when_it_was_built():
 
 
 def test_a_subclass_keeps_its_bases_forms_and_unknown_settings_or_families_are_refused():
-    assert [k.family for k in build_norm("ws_groupnorm", 8).kernels] == ["triton"]  # GroupNorm's
+    assert [k.family for k in build_norm("ws_groupnorm", 8).kernels] == ["triton", "fused"]  # GroupNorm's
     with pytest.raises(
         ValueError, match=r"runtime\.kernels=cuda: must be one of auto, torch, fused, triton, compiled"
     ):

@@ -133,6 +133,8 @@ def _write(folder, runs: pd.DataFrame) -> None:
             "metrics": {"val_error": row["val_error"], "test_error": row["test_error"]},
             "history": [],
         }
+        if "wall_time_s" in row:
+            record["wall_time_s"] = row["wall_time_s"]
         (folder / record["config_hash"]).mkdir(parents=True)
         (folder / record["config_hash"] / "result.json").write_text(json.dumps(record))
 
@@ -152,6 +154,26 @@ def test_the_plan_names_the_preset_and_keeps_the_modes_other_overrides(tmp_path,
     with pytest.raises(SystemExit) as exc:
         main([str(tmp_path / "study.yaml")])
     assert exc.value.code == 2 and "usage: python -m normbench.report.rounds" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("slow", ["batchnorm", "groupnorm"])
+def test_a_round_starts_its_slowest_cells_first(tmp_path, slow):
+    # both cells' best lr is their grid's low edge; the one whose runs took longer is extended first
+    val = {
+        ("batchnorm", 2, 0.025): [0.30, 0.31, 0.29],
+        ("batchnorm", 2, 0.05): [0.35, 0.36, 0.34],
+        ("groupnorm", 2, 0.1): [0.30, 0.31, 0.29],
+        ("groupnorm", 2, 0.2): [0.35, 0.36, 0.34],
+    }
+    runs = _runs(val)
+    runs["wall_time_s"] = runs["norm"].map(lambda norm: 50.0 if norm == slow else 5.0)
+    _write(tmp_path / "sweeps" / "toy", runs)
+    (tmp_path / "study.yaml").write_text(STUDY)
+    norms = [
+        dict(o.split("=") for o in extra)["norm"]
+        for _, extra in plan(tmp_path / "study.yaml", tmp_path / "sweeps")
+    ]
+    assert norms == [slow, *({"batchnorm", "groupnorm"} - {slow})]
 
 
 SHARED = """

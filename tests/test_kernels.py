@@ -119,18 +119,25 @@ def test_pull_back_matches_autograd_and_sums_broadcast_outputs():
 
 
 def test_every_fused_kernel_runs_in_the_comparison_above(monkeypatch):
-    """Each registered ``fused`` form is taken by its plugin's module on those inputs (so the test above
-    compares it, not the formula with itself), and by no module built under ``runtime.kernels=torch``."""
+    """Each registered ``fused`` form is taken by its plugin's module (and its subclasses') on those
+    inputs (so the test above compares it, not the formula with itself), and by no module built under
+    ``runtime.kernels=torch``. GroupNorm's and LayerNorm's are for (N, C) features only."""
     monkeypatch.setattr(fused_kernels, "FUSED_MIN_ELEMENTS", 0)
     fused = {k.plugin for k in registered_kernels() if k.family == "fused"}
     assert {p.__name__ for p in fused} == {
-        "FilterResponseNorm", "RMSNorm", "EvoNormB0", "EvoNormS0", "GhostBatchNorm", "SwitchNorm"
+        "FilterResponseNorm", "RMSNorm", "EvoNormB0", "EvoNormS0", "GhostBatchNorm", "SwitchNorm",
+        "GroupNorm", "LayerNorm",
     }  # fmt: skip
-    x = torch.randn(SHAPES["2d"], dtype=torch.float64)
-    for name in BUILT_IN:
-        with kernels("fused"):
-            module = build_norm(name, C).double()
-        taken = [k for k in module.kernels if k.applies(module, x)]
-        assert [k.family for k in taken] == (["fused"] if type(module) in fused else []), name
-        with kernels("torch"):
-            assert build_norm(name, C).kernels == ()
+    features_only = tuple(p for p in fused if p.__name__ in ("GroupNorm", "LayerNorm"))
+    for kind in ("2d", "features"):
+        x = torch.randn(SHAPES[kind], dtype=torch.float64)
+        for name in BUILT_IN:
+            with kernels("fused"):
+                module = build_norm(name, C).double()
+            taken = [k.family for k in module.kernels if k.applies(module, x)]
+            if kind == "2d":
+                assert taken == (["fused"] if type(module) in fused - set(features_only) else []), name
+            elif isinstance(module, features_only):  # GroupNorm's subclasses (GN+WS) included
+                assert taken == ["fused"], name
+            with kernels("torch"):
+                assert build_norm(name, C).kernels == ()

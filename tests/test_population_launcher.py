@@ -18,7 +18,7 @@ from test_population_train import assert_same_record
 
 from normbench.experiment.run import execute
 from normbench.norms.layernorm import LayerNorm
-from normbench.population.grouping import MEMBER_KEYS, group_key, partition, why_not_population
+from normbench.population.grouping import MEMBER_KEYS, group_key, partition, spread, why_not_population
 from normbench.population.launcher import Member, train_group
 from normbench.results import load_run, run_lock
 
@@ -72,6 +72,21 @@ def test_runs_without_a_population_path_train_alone(overrides, reason):
     cfg = compose_cfg(*overrides)
     assert why_not_population(cfg).startswith(reason)
     assert partition([cfg, compose_cfg(*overrides, "seed=1")], 64) == [[0], [1]]
+
+
+@pytest.mark.parametrize(
+    "groups, workers, spread_out",
+    [
+        ([[0, 1, 2, 3, 4]], 2, [[0, 1, 2], [3, 4]]),  # one population alone would leave a worker idle
+        ([[0, 1], [2, 3, 4], [5]], 2, [[2, 3], [0], [1], [4], [5]]),  # three on two: each halved
+        ([[0, 1], [2, 3, 4]], 2, [[2, 3, 4], [0, 1]]),  # as many as the workers: the largest first
+        ([[0], [1, 2], [3], [4], [5]], 2, [[1, 2], [0], [3], [4], [5]]),  # five of them: enough
+        ([[0, 1, 2]], 1, [[0, 1, 2]]),  # one worker: nothing to spread
+    ],
+)
+def test_few_populations_are_halved_so_that_no_worker_idles(groups, workers, spread_out):
+    assert spread(groups, workers) == spread_out
+    assert sorted(i for g in spread_out for i in g) == sorted(i for g in groups for i in g)
 
 
 def test_max_members_below_one_is_refused():

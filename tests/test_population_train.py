@@ -1,7 +1,8 @@
 """Population training gives each member the record its separate run gives.
 
 Tolerance (CPU, float32, 120 steps): every final metric and every history point within 1e-5 relative
-(1e-5 absolute, for metrics that are themselves small differences) of the separate run's, and the same statuses, steps and divergence steps. Exact
+(1e-5 absolute, for metrics that are themselves small differences; an error rate within one sample of
+its split, :func:`one_sample`) of the separate run's, and the same statuses, steps and divergence steps. Exact
 equality is impossible: vmap computes a member's matmuls and convolutions as batched kernels whose
 sums run in another order, so values differ in the last bits from the first step, and training
 amplifies that. Where training is chaotic it amplifies it without bound — BatchNorm at batch 2 turns
@@ -44,11 +45,27 @@ LOW_LR = [
 ]
 
 
-def _close(a: float, b: float) -> bool:
-    return math.isclose(a, b, rel_tol=RTOL, abs_tol=ATOL)
+def _close(a: float, b: float, flip: float = 0.0) -> bool:
+    return math.isclose(a, b, rel_tol=RTOL, abs_tol=max(ATOL, flip))
 
 
-def assert_same_record(pop: dict, sep: dict, population: int = 3) -> None:
+def one_sample(key: str, sizes: dict[str, int]) -> float:
+    """How much one sample moves the error rate ``key`` (``train_error``, ``test_error``, ...) over the
+    splits of ``sizes``; 0 for any other metric. An error rate is a step function of the weights: a
+    sample whose top two logits nearly tie flips on a difference in the last bits (a recurrent net near
+    chance, one of 3,600 training samples), while every loss stays within 1e-5."""
+    if key == "generalization_gap":
+        return one_sample("train_error", sizes) + one_sample("test_error", sizes)
+    split = key.removesuffix("_error")
+    return 1 / sizes[split] + 1e-12 if key.endswith("_error") and split in sizes else 0.0
+
+
+def assert_same_record(
+    pop: dict, sep: dict, population: int = 3, sizes: dict[str, int] | None = None
+) -> None:
+    """``pop`` (a member's record) is ``sep`` (its separate run's) to the module's tolerance; with
+    ``sizes`` (the splits' sample counts), an error rate may differ by one sample (:func:`one_sample`)."""
+    sizes = sizes or {}
     for key in (
         "status",
         "config_hash",
@@ -65,11 +82,15 @@ def assert_same_record(pop: dict, sep: dict, population: int = 3) -> None:
         if isinstance(value, bool):
             assert pop["metrics"][key] == value, key
         else:
-            assert _close(pop["metrics"][key], value), (key, pop["metrics"][key], value)
+            assert _close(pop["metrics"][key], value, one_sample(key, sizes)), (
+                key,
+                pop["metrics"][key],
+                value,
+            )
     assert [p["step"] for p in pop["history"]] == [p["step"] for p in sep["history"]]
     for a, b in zip(pop["history"], sep["history"], strict=True):
         assert a.keys() == b.keys()
-        assert all(_close(a[k], b[k]) for k in b), (a, b)
+        assert all(_close(a[k], b[k], one_sample(k, sizes)) for k in b), (a, b)
     assert pop["layers"].keys() == sep["layers"].keys()
     assert pop["env"]["population"] == population and "population" not in sep["env"]
 
@@ -77,8 +98,12 @@ def assert_same_record(pop: dict, sep: dict, population: int = 3) -> None:
 def _compare(tmp_path, *common: str, members=MEMBERS, steps=STEPS, form="auto") -> list[dict]:
     cfgs = [compose_cfg(*common, *steps, *EVAL, *m) for m in members]
     records = train_population(cfgs, form=form)
+    data = prepare_data(cfgs[0])
+    sizes = {"train": len(data.x_train), "test": len(data.x_test)}
+    if data.x_val is not None:
+        sizes["val"] = len(data.x_val)
     for i, (cfg, record) in enumerate(zip(cfgs, records, strict=True)):
-        assert_same_record(record, execute(cfg, tmp_path / str(i)))
+        assert_same_record(record, execute(cfg, tmp_path / str(i)), sizes=sizes)
     return records
 
 

@@ -6,6 +6,8 @@ same numbers faster on some inputs, and is registered per plugin class with :fun
 
 - ``fused`` (:mod:`normbench.accel.cpu`): ``torch.autograd.Function`` s with hand-derived backwards and
   blocked loops, for large CPU inputs (where every fresh activation-sized tensor costs page faults);
+  and GroupNorm/LayerNorm on CPU (N, C) features through torch's ``layer_norm`` kernel
+  (:mod:`normbench.accel.group_norms`);
 - ``triton`` (:mod:`normbench.accel.planes`, :mod:`normbench.accel._triton`,
   :mod:`normbench.accel._triton_switch`): Triton kernels on CUDA, two launches per direction;
 - ``compiled`` (:mod:`normbench.accel.compiled`): the plugin's own formula through ``torch.compile`` on

@@ -75,6 +75,25 @@ def partition(cfgs: Sequence[DictConfig], max_members: int) -> list[list[int]]:
     return order
 
 
+def spread(groups: Sequence[list[int]], workers: int) -> list[list[int]]:
+    """``groups`` (from :func:`partition`) arranged for ``workers`` parallel workers. When there are
+    fewer than twice as many groups as workers and their number is not a multiple of ``workers``,
+    every group of two or more members is halved, once, so that no worker idles while one
+    population trains alone (a bracketing round's single cell on two cores; three norms'
+    populations on two); then the largest groups go first, so that none of them starts last.
+    A member trains as it would in a population of any size."""
+    if workers < 1:
+        raise ValueError(f"workers={workers}: must be an integer >= 1")
+    out = [list(g) for g in groups]
+    if len(out) < 2 * workers and len(out) % workers:
+        out = [
+            half
+            for g in out
+            for half in ((g[: (len(g) + 1) // 2], g[(len(g) + 1) // 2 :]) if len(g) > 1 else (g,))
+        ]
+    return sorted(out, key=len, reverse=True)
+
+
 def member_values(cfg: DictConfig) -> dict[str, Any]:
     """The :data:`MEMBER_KEYS` of ``cfg`` (what distinguishes it inside its group)."""
     return {k: OmegaConf.select(cfg, k) for k in MEMBER_KEYS}

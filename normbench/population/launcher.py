@@ -5,7 +5,8 @@ It composes every job as Hydra's basic launcher does (each job gets its config-h
 (:func:`normbench.population.grouping.partition`) and trains each group as one population
 (:func:`normbench.population.train.train_population`); runs that cannot join a population train on
 their own, with a notice in the log. Groups run one after another, or ``n_jobs`` at a time in worker
-processes. Options: ``hydra.launcher.max_members`` (largest population, default 64),
+processes (:func:`~normbench.population.grouping.spread`: with few groups, each is halved so that no
+worker idles; the largest go first). Options: ``hydra.launcher.max_members`` (largest population, default 64),
 ``hydra.launcher.cache_mb`` (on the CPU, a group trains as populations small enough that the largest
 output of a norm layer, for all their members together, stays within this many MiB, default 1.5; 0: one
 population per group; see :func:`normbench.population.train.members_per_population`),
@@ -46,7 +47,7 @@ from normbench.checkpoint import CHECKPOINT_FILE
 from normbench.config import ConfigError, check_values
 from normbench.experiment.identity import claim_folder
 from normbench.experiment.run import execute
-from normbench.population.grouping import member_values, partition, why_not_population
+from normbench.population.grouping import member_values, partition, spread, why_not_population
 from normbench.population.wide import POPULATION_FORMS
 from normbench.results import RESULT_FILE, write_json_atomic
 from normbench.sweep import mark_visit
@@ -122,7 +123,8 @@ class PopulationLauncher(Launcher):
                 for r in returns
                 if r.status == JobStatus.COMPLETED and isinstance(r.return_value, Member)
             ]
-            groups = [[members[i] for i in g] for g in partition([m.cfg for m in members], self.max_members)]
+            parts = spread(partition([m.cfg for m in members], self.max_members), self.n_jobs)
+            groups = [[members[i] for i in g] for g in parts]
             sizes = sorted(
                 (len(g) for g in groups if len(g) > 1 and why_not_population(g[0].cfg) is None), reverse=True
             )

@@ -43,7 +43,7 @@ def plan(study_path: str | Path, sweeps_dir: str | Path, mode: str = "full") -> 
     sweep of the study together (a cell's seeds may come from several presets); each extension runs
     with the preset of the cell's first folder, with the mode's overrides other than its grid. Where
     several presets write one folder (the study names it ``folder``), the one whose config, with the
-    round's overrides, is that of the cell's runs."""
+    round's overrides, is that of the cell's runs. The slowest cells come first."""
     study = load_study(study_path)
     if study.bracket is None:
         return []
@@ -83,8 +83,14 @@ def plan(study_path: str | Path, sweeps_dir: str | Path, mode: str = "full") -> 
                     f"{' '.join(overrides)}; is the study's 'folder' of each sweep its sweep.name?"
                 )
         if candidates:
-            commands.append((candidates[0], [*extras[candidates[0]], *overrides]))
-    return commands
+            cost = cell["wall_time_s"].median() if "wall_time_s" in cell else 0.0
+            commands.append(
+                (0.0 if pd.isna(cost) else float(cost), candidates[0], [*extras[candidates[0]], *overrides])
+            )
+    # the slowest cells first (by their runs' wall time so far), so that a slow one never starts last,
+    # alone, while the round's other workers idle
+    commands.sort(key=lambda c: c[0], reverse=True)
+    return [(preset, extra) for _, preset, extra in commands]
 
 
 def main(argv: list[str] | None = None) -> None:
