@@ -97,6 +97,20 @@ def sync(runtime: Runtime) -> None:
         torch.cuda.synchronize(runtime.device)
 
 
+def default_out(device_type: str) -> Path:
+    return ROOT / "reports/bench" / ("population_cuda.md" if device_type == "cuda" else "population.md")
+
+
+def out_option(out: Path, device_type: str) -> str:
+    """``--out`` as the reproduce line needs it: nothing for the default report, the repository path of
+    another committed report (so that rerunning the line rewrites that report, not the default one),
+    ``FILE`` for a file outside the repository's reports."""
+    out, bench = out.resolve(), (ROOT / "reports/bench").resolve()
+    if out == default_out(device_type).resolve():
+        return ""
+    return f" --out reports/bench/{out.name}" if out.parent == bench else " --out FILE"
+
+
 def write_report(out: Path, args: argparse.Namespace, runtime: Runtime, rows: list) -> None:
     """The table of ``rows``, written after every row: a benchmark cut short keeps the rows it finished."""
     device = (
@@ -119,6 +133,7 @@ def write_report(out: Path, args: argparse.Namespace, runtime: Runtime, rows: li
             for k, v in vars(args).items()
             if k not in ("out", "timed") and v is not None
         )
+        + out_option(out, runtime.device.type)
         + "`",
         "",
         "Model-steps/s, and each population form's speed-up over separate runs:",
@@ -175,9 +190,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--forms {' '.join(args.forms)}: ':graph' needs --device cuda")
     torch.set_num_threads(1)
     use_deterministic_kernels(runtime.device)  # as runs do
-    out = args.out or ROOT / "reports/bench" / (
-        "population_cuda.md" if runtime.device.type == "cuda" else "population.md"
-    )
+    out = args.out or default_out(runtime.device.type)
     rows: list = []
 
     for task, norm, bs, k in itertools.product(args.tasks, args.norms, args.batch_sizes, args.members):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 import shutil
@@ -278,6 +279,24 @@ def test_benchmark_scripts_refuse_a_bad_count_or_revision_before_any_work(tmp_pa
         f"not a commit of this repository ({ROOT})" if option == "--baseline" else "must be an integer >= 1"
     )
     assert proc.stderr.strip().splitlines()[-1] == f"{script}.py: error: argument {option}: {value}: {reason}"
+
+
+def test_a_population_benchmarks_reproduce_line_names_the_report_it_wrote(monkeypatch):
+    """Rerunning the reproduce line of a benchmark written to another report (the recurrent one,
+    reports/bench/population_seq_lstm.md) used to overwrite the default reports/bench/population.md."""
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    bench = importlib.import_module("bench_population")
+    reports = ROOT / "reports/bench"
+    assert bench.out_option(reports / "population.md", "cpu") == ""
+    assert bench.out_option(reports / "population_cuda.md", "cuda") == ""
+    assert bench.out_option(reports / "population.md", "cuda") == " --out reports/bench/population.md"
+    assert (
+        bench.out_option(reports / "population_seq_lstm.md", "cpu")
+        == " --out reports/bench/population_seq_lstm.md"
+    )
+    assert bench.out_option(Path("/tmp/bench.md"), "cpu") == " --out FILE"
+    line = next(x for x in (reports / "population_seq_lstm.md").read_text().splitlines() if "Reproduce" in x)
+    assert line.endswith(" --out reports/bench/population_seq_lstm.md`")
 
 
 @pytest.mark.parametrize("value", ["-3", "0", "two"])
