@@ -81,7 +81,8 @@ def spread(groups: Sequence[list[int]], workers: int) -> list[list[int]]:
     every group of two or more members is halved, once, so that no worker idles while one
     population trains alone (a bracketing round's single cell on two cores; three norms'
     populations on two); then the largest groups go first, so that none of them starts last.
-    A member trains as it would in a population of any size."""
+    A member's record is its separate run's to float rounding, whatever the size of its population
+    (tests/test_population_train.py)."""
     if workers < 1:
         raise ValueError(f"workers={workers}: must be an integer >= 1")
     out = [list(g) for g in groups]
