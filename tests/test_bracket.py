@@ -41,8 +41,8 @@ VAL = {
     ("batchnorm", 32, 0.4): [0.25, 0.25, 0.26],
     ("groupnorm", 2, 0.2): [0.40, 0.41, 0.40],
     ("groupnorm", 2, 0.4): [0.30, 0.31, 0.30],  # high edge at the bound 0.4: stays
-    ("identity", 2, 0.2): [0.90, 0.91, 0.90],  # never trains
-    ("identity", 2, 0.4): [0.89, 0.90, 0.90],
+    ("identity", 2, 0.1): [0.89, 0.90, 0.90],  # has not trained yet, best at the low edge
+    ("identity", 2, 0.2): [0.90, 0.91, 0.90],
 }
 
 
@@ -52,8 +52,20 @@ def test_each_cell_is_extended_beyond_its_edge_until_a_bound():
     assert status.loc[("batchnorm", 2), "next"] == 0.0125
     assert status.loc[("batchnorm", 32), "state"] == "interior"
     assert status.loc[("groupnorm", 2), "state"] == "at a bound"  # 0.8 would pass the bound 0.4
-    assert status.loc[("identity", 2), "state"] == "does not train"
-    assert status["next"].notna().sum() == 1
+    assert status["next"].notna().sum() == 2
+    assert status["trains"].tolist() == [True, True, True, False]
+
+
+def test_a_cell_that_did_not_train_is_extended_like_any_other_and_flagged():
+    status = bracket_status(_runs(VAL), BRACKET, does_not_train_at=0.85).set_index(["norm", "batch_size"])
+    assert status.loc[("identity", 2), ["state", "next", "trains"]].tolist() == ["extend", 0.05, False]
+    # without the study's threshold every cell counts as trained, and so does a cell without a
+    # validation error (a GAN's)
+    assert bracket_status(_runs(VAL), BRACKET)["trains"].all()
+    nan = float("nan")
+    runs = _runs({**VAL, ("gan", 32, 0.0002): [nan, nan, nan]})
+    status = bracket_status(runs, BRACKET, does_not_train_at=0.85).set_index(["norm", "batch_size"])
+    assert status.loc[("gan", 32), "trains"] and not status.loc[("identity", 2), "trains"]
 
 
 def test_a_degenerate_cell_is_not_extended():
@@ -76,7 +88,8 @@ def test_a_later_key_at_its_old_value_is_left_to_the_default():
 def test_the_next_round_reruns_the_cell_with_its_seeds_at_the_new_value():
     status = bracket_status(_runs(VAL), BRACKET, does_not_train_at=0.85)
     assert next_round(status, BRACKET, ["task", "norm", "batch_size"]) == [
-        ["task=toy", "norm=batchnorm", "batch_size=2", "optim.lr=0.0125", "seed=0,1,2"]
+        ["task=toy", "norm=batchnorm", "batch_size=2", "optim.lr=0.0125", "seed=0,1,2"],
+        ["task=toy", "norm=identity", "batch_size=2", "optim.lr=0.05", "seed=0,1,2"],
     ]
 
 
@@ -147,10 +160,16 @@ def test_the_plan_names_the_preset_and_keeps_the_modes_other_overrides(tmp_path,
         (
             "toy_preset",
             ["train.epochs=1", "task=toy", "norm=batchnorm", "batch_size=2", "optim.lr=0.0125", "seed=0,1,2"],
-        )
+        ),
+        (
+            "toy_preset",
+            ["train.epochs=1", "task=toy", "norm=identity", "batch_size=2", "optim.lr=0.05", "seed=0,1,2"],
+        ),
     ]
     main([str(tmp_path / "study.yaml"), str(tmp_path / "sweeps")])
-    assert capsys.readouterr().out == "\t".join(["toy_preset", *sweeps[0][1][1:]]) + "\n"
+    assert capsys.readouterr().out == "".join(
+        "\t".join(["toy_preset", *extra[1:]]) + "\n" for _, extra in sweeps
+    )
     with pytest.raises(SystemExit) as exc:
         main([str(tmp_path / "study.yaml")])
     assert exc.value.code == 2 and "usage: python -m normbench.report.rounds" in capsys.readouterr().err
@@ -227,3 +246,18 @@ def test_a_cell_extends_with_the_preset_that_trained_it_where_presets_share_a_fo
     assert plan(tmp_path / "study.yaml", tmp_path / "sweeps") == [
         ("rnn_mnist1d", ["task=seq_lstm", "norm=identity", "batch_size=32", "optim.lr=0.05", "seed=0,1"])
     ]
+
+
+def test_the_report_counts_each_state_and_lists_the_cells_that_did_not_train(tmp_path):
+    from normbench.report.study import load_study, selection_check
+
+    (tmp_path / "study.yaml").write_text(STUDY)
+    text = selection_check(_runs(VAL), load_study(tmp_path / "study.yaml"))
+    assert (
+        "Of 4 cells: interior choice 1, at a bound 1, awaiting another round 2, degenerate (not extended) 0. "
+        "Of the others, 1 did not train at any value tried (best mean validation error at or above 85%)"
+    ) in text
+    listed = text.split("not trained at any value tried:")[1].split("Leave-one-seed-out")[0]
+    rows = [line.replace(" ", "") for line in listed.splitlines() if line.startswith("|")][2:]
+    assert [row.split("|")[2] for row in rows] == ["batchnorm", "groupnorm", "identity"]
+    assert rows[-1].endswith("|extend|False|")

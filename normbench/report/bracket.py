@@ -3,9 +3,11 @@ an edge of the values it tried gets the next value beyond that edge (one grid st
 until its choice is interior or the next value would pass a bound the study description states.
 
 The rule lives in the description (``bracket: {key: optim.lr, factor: 2, bounds: [lo, hi]}``), so a
-fresh clone that reruns the study extends the same cells to the same values. Cells that did not train
-at any value tried (mean validation error at or above the study's ``does_not_train_at``) and degenerate
-cells are not extended: their choice carries no information. The choice itself is
+fresh clone that reruns the study extends the same cells to the same values. Only the cells the
+description names degenerate (a norm that cannot carry information at that batch size) are left as
+they are. A cell that did not train at any value tried (mean validation error at or above the study's
+``does_not_train_at``) is extended like any other - a marginal cell often trains further out - and
+flagged (``trains`` False) so the report can say so. The choice itself is
 :func:`normbench.report.select.candidates` (validation split, a diverged run counts as error 1).
 
 :mod:`normbench.report.rounds` turns the rule into the sweeps of the next round.
@@ -64,9 +66,9 @@ def bracket_status(
     does_not_train_at: float | None = None,
     degenerate: list[Mapping[str, Any]] | tuple = (),
 ) -> pd.DataFrame:
-    """One row per cell: the values tried, ``chosen``, ``edge`` (-1 low, +1 high, 0 interior) and
-    ``next`` (the value to try, NaN if none) with ``state``: interior, extend, at a bound, does not
-    train, or degenerate."""
+    """One row per cell: the values tried, ``chosen``, ``edge`` (-1 low, +1 high, 0 interior),
+    ``next`` (the value to try, NaN if none), ``state`` (interior, extend, at a bound or degenerate) and
+    ``trains`` (False when its best mean validation error is at or above ``does_not_train_at``)."""
     table = candidates(runs, [bracket.key])
     cells = [c for c in cell_columns(runs) if c != bracket.key]
     rows = []
@@ -83,8 +85,6 @@ def bracket_status(
         reason = degenerate_reason(degenerate, cell_runs(runs, cell))
         if reason:
             state = "degenerate"
-        elif does_not_train_at is not None and best >= does_not_train_at:
-            state = "does not train"
         elif edge == 0:
             state = "interior"
         else:
@@ -98,6 +98,8 @@ def bracket_status(
                 "edge": edge,
                 "next": step if state == "extend" else math.nan,
                 "state": state,
+                # a cell without a validation error (a GAN's) is not judged
+                "trains": not (does_not_train_at is not None and best >= does_not_train_at),
                 "seeds": sorted(cell_runs(runs, cell)["seed"].unique().tolist()),
             }
         )

@@ -508,6 +508,12 @@ def candidates_table(
 # --- rendering -----------------------------------------------------------------------------------------
 
 
+def _untrained_text(study: Study) -> str:
+    """The study's ``does_not_train_at`` in its metric's units (errors as fractions: percent)."""
+    unit = study.sections[0].unit if study.sections else Unit()
+    return f"{study.does_not_train_at * unit.scale:g}{'%' if unit.scale == 100 else ''}"
+
+
 def protocol(runs: pd.DataFrame, study: Study) -> str:
     """What was run, read from the records: tasks, budgets per batch size, seeds, the selection grid."""
     lines = ["## Protocol", ""]
@@ -550,8 +556,8 @@ def protocol(runs: pd.DataFrame, study: Study) -> str:
         )
     if study.does_not_train_at is not None:
         lines.append(
-            f"- A cell whose mean {study.metric} is at or above {study.does_not_train_at * unit.scale:g}"
-            f"{'%' if percent else ''} did not train: claims on it are reported as not tested, outside every family."
+            f"- A cell whose mean {study.metric} is at or above {_untrained_text(study)} did not train: claims "
+            "on it are reported as not tested, outside every family."
         )
     for entry in study.degenerate:
         where = ", ".join(f"{k}={v}" for k, v in entry["where"].items())
@@ -601,15 +607,21 @@ def selection_check(runs: pd.DataFrame, study: Study) -> str:
             f"`{b.key}` is bracketed: a cell whose best validation error sits at an edge of its grid is "
             f"extended by a factor of {b.factor:g} in that direction and rerun, within [{b.low:g}, {b.high:g}]. "
             f"Of {len(status)} cells: interior choice {counts.get('interior', 0)}, at a bound "
-            f"{counts.get('at a bound', 0)}, awaiting another round {counts.get('extend', 0)}, not trained at "
-            f"any value {counts.get('does not train', 0)}, degenerate {counts.get('degenerate', 0)}."
+            f"{counts.get('at a bound', 0)}, awaiting another round {counts.get('extend', 0)}, degenerate (not "
+            f"extended) {counts.get('degenerate', 0)}."
         )
-        edge = status[status["state"].isin(["at a bound", "extend"])]
+        untrained = status[(status["state"] != "degenerate") & ~status["trains"]]
+        if study.does_not_train_at is not None:
+            lines[-1] += (
+                f" Of the others, {len(untrained)} did not train at any value tried (best mean validation "
+                f"error at or above {_untrained_text(study)}); they are extended like the rest."
+            )
+        edge = status[status["state"].isin(["at a bound", "extend"]) | status.index.isin(untrained.index)]
         if not edge.empty:
-            shown = [c for c in ("task", "norm", "batch_size") if c in edge] + ["chosen", "state"]
+            shown = [c for c in ("task", "norm", "batch_size") if c in edge] + ["chosen", "state", "trains"]
             lines += [
                 "",
-                "Cells not bracketed on both sides:",
+                "Cells at an edge of their grid, or not trained at any value tried:",
                 "",
                 md_table(edge[shown].set_index(shown[0])),
                 "",
