@@ -3,7 +3,8 @@
 # rounds that bracket its selected learning rates, then its report with the description's claims.
 #
 #   scripts/small_batch_study.sh            # the batch-size curve into reports/small_batch/
-#   scripts/small_batch_study.sh --smoke    # reduced grid, same code, into reports/small_batch_smoke/
+#   scripts/small_batch_study.sh --smoke    # reduced grid, same code, one bracketing round (MAX_ROUNDS),
+#                                           # into reports/small_batch_smoke/
 #   scripts/small_batch_study.sh --large    # the description's large grid, into reports/small_batch_large/
 #                                           # (for a GPU: add -- runtime.device=cuda)
 #   scripts/small_batch_study.sh --study conf/study/sequence_gan.yaml  # another study, into reports/sequence_gan/
@@ -24,7 +25,7 @@
 # the report includes; the sweeps run from inside DIR, so no file records an absolute path.
 set -euo pipefail
 
-usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; }
 smoke=0
 population=1
 large=0
@@ -126,7 +127,9 @@ run_round() {  # a bracketing round's sweeps (one small population each), $jobs 
 # bracketing: each round extends the cells whose choice sits at an edge; a round proposes only values
 # not tried yet, so it ends (MAX_ROUNDS guards against a description whose bounds are far apart)
 last=""
-for round in $(seq 1 "${MAX_ROUNDS:-12}"); do
+rounds="${MAX_ROUNDS:-12}"
+[ "$smoke" = 0 ] || rounds="${MAX_ROUNDS:-1}"  # the smoke grid: one round runs the rule's code
+for round in $(seq 1 "$rounds"); do
   more="$("$python" -m normbench.report.rounds "$study" "$out/sweeps" "$mode")" || exit 2
   [ -n "$more" ] || break
   if [ "$more" = "$last" ]; then

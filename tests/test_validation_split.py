@@ -140,3 +140,67 @@ def test_bad_validation_sizes_are_refused_before_any_work(override, message, tmp
         execute(compose_cfg(override, *QUICK), tmp_path)
     assert str(exc.value).startswith(message)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_generated_mnist1d_is_cached_on_disk_as_the_very_arrays_make_dataset_returns(tmp_path, monkeypatch):
+    import mnist1d.data
+    import numpy as np
+
+    from normbench.tasks.data import MNIST1D_KEYS, _mnist1d_raw
+
+    monkeypatch.setenv("NORMBENCH_DATA", str(tmp_path))
+    args = mnist1d.data.get_dataset_args()
+    args.num_samples, args.seed, args.train_split = 300, 7, 0.8
+    fresh = mnist1d.data.make_dataset(args)
+    first = _mnist1d_raw(300, 7, 0.8)
+    assert len(list((tmp_path / "mnist1d").glob("*-300-7-0.8.npz"))) == 1
+
+    def no_generation(_):
+        raise AssertionError("generated again although the cache holds it")
+
+    monkeypatch.setattr(mnist1d.data, "make_dataset", no_generation)
+    again = _mnist1d_raw(300, 7, 0.8)
+    for key in MNIST1D_KEYS:
+        assert np.array_equal(first[key], fresh[key]) and np.array_equal(again[key], fresh[key]), key
+        assert again[key].dtype == fresh[key].dtype
+    with pytest.raises(AssertionError, match="generated again"):
+        _mnist1d_raw(300, 8, 0.8)  # other arguments: another file
+
+
+def test_a_damaged_or_unwritable_mnist1d_cache_means_generating_it(tmp_path, monkeypatch):
+    import numpy as np
+
+    from normbench.tasks.data import _mnist1d_raw
+
+    monkeypatch.setenv("NORMBENCH_DATA", str(tmp_path))
+    good = _mnist1d_raw(200, 3, 0.8)
+    (cached,) = (tmp_path / "mnist1d").glob("*.npz")
+    cached.write_bytes(cached.read_bytes()[:100])  # a write cut short
+    assert np.array_equal(_mnist1d_raw(200, 3, 0.8)["x"], good["x"])
+    assert np.array_equal(np.load(cached)["x"], good["x"])  # replaced by a whole file
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    monkeypatch.setenv("NORMBENCH_DATA", str(blocked))
+    assert np.array_equal(_mnist1d_raw(200, 3, 0.8)["y_test"], good["y_test"])
+
+
+def test_the_digits_split_is_cached_too_and_gives_the_same_dataset(tmp_path, monkeypatch):
+    from normbench.tasks import data
+
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setenv("NORMBENCH_DATA", str(tmp_path / "file"))  # no cache: split afresh
+    data._digits.cache_clear()
+    try:
+        before = data._digits()
+        monkeypatch.setenv("NORMBENCH_DATA", str(tmp_path))
+        data._digits.cache_clear()
+        written = data._digits()
+        assert len(list((tmp_path / "digits").glob("scikit-learn-*.npz"))) == 1
+        monkeypatch.setattr(data, "_digits_split", lambda: pytest.fail("split again although cached"))
+        data._digits.cache_clear()
+        read = data._digits()
+    finally:
+        data._digits.cache_clear()
+    for name in ("x_train", "y_train", "x_test", "y_test"):
+        assert torch.equal(getattr(written, name), getattr(before, name)), name
+        assert torch.equal(getattr(read, name), getattr(before, name)), name

@@ -2,28 +2,59 @@
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Callable
 from functools import cache
+from importlib.metadata import version
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from normbench.tasks.cifar import load_cifar
+from normbench.results import atomic_file
+from normbench.tasks.cifar import default_root, load_cifar
 from normbench.tasks.dataset import Dataset
 
 MNIST1D_EXTRA_TEST_SEED = 43  # make_dataset's own seed is 42: the extra test samples are new draws
 MNIST1D_VAL_SEED = 44  # and the validation samples of data.mnist1d_val_samples others again
+MNIST1D_KEYS = ("x", "y", "x_test", "y_test")  # what normbench uses of make_dataset's output
 
 
-def _mnist1d_raw(num_samples: int, seed: int, train_split: float) -> dict:
-    # make_dataset generates the data from templates with args.seed: offline and identical everywhere.
-    # get_dataset would try to download a pickle, so it is never used.
-    from mnist1d.data import get_dataset_args, make_dataset
+def _cached_arrays(name: str, make: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """``make()``'s arrays, read from ``<data root>/<name>.npz`` (the root:
+    :func:`normbench.tasks.cifar.default_root`) where an earlier process wrote them: generating a
+    dataset costs a second or two with its package's import, in every worker process of a sweep, the
+    file milliseconds. ``name`` says everything the arrays depend on (package version, arguments). An
+    unreadable file is made anew and replaced; a root that cannot be written only means no cache."""
+    path = default_root() / f"{name}.npz"
+    try:
+        with np.load(path) as stored:
+            return {key: stored[key] for key in stored.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        pass  # not written yet, or damaged
+    arrays = make()
+    try:
+        with atomic_file(path, "wb") as f:
+            np.savez(f, **arrays)
+    except OSError:
+        pass  # a read-only root: made every time
+    return arrays
 
-    args = get_dataset_args()
-    args.num_samples, args.seed, args.train_split = num_samples, seed, train_split
-    return make_dataset(args)
+
+def _mnist1d_raw(num_samples: int, seed: int, train_split: float) -> dict[str, np.ndarray]:
+    """make_dataset's arrays (those normbench uses) for these arguments, cached on disk."""
+
+    def make() -> dict[str, np.ndarray]:
+        # make_dataset generates the data from templates with args.seed: offline and identical
+        # everywhere. get_dataset would try to download a pickle, so it is never used.
+        from mnist1d.data import get_dataset_args, make_dataset
+
+        args = get_dataset_args()
+        args.num_samples, args.seed, args.train_split = num_samples, seed, train_split
+        generated = make_dataset(args)
+        return {key: generated[key] for key in MNIST1D_KEYS}
+
+    return _cached_arrays(f"mnist1d/{version('mnist1d')}-{num_samples}-{seed}-{train_split:g}", make)
 
 
 def _draws(count: int, seed: int) -> dict:
@@ -71,8 +102,7 @@ def _mnist1d(num_samples: int = 5000, test_samples: int = 0, val_samples: int = 
     )
 
 
-@cache
-def _digits() -> Dataset:
+def _digits_split() -> dict[str, np.ndarray]:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -80,17 +110,23 @@ def _digits() -> Dataset:
     x_tr, x_te, y_tr, y_te = train_test_split(
         raw.images, raw.target, test_size=0.25, stratify=raw.target, random_state=0
     )
-    mean, std = x_tr.mean(), x_tr.std()
+    return {"x_train": x_tr, "x_test": x_te, "y_train": y_tr, "y_test": y_te}
+
+
+@cache
+def _digits() -> Dataset:
+    raw = _cached_arrays(f"digits/scikit-learn-{version('scikit-learn')}", _digits_split)
+    mean, std = raw["x_train"].mean(), raw["x_train"].std()
 
     def x(a: np.ndarray) -> Tensor:
         return torch.as_tensor((a - mean) / std, dtype=torch.float32).unsqueeze(1)  # (N, 1, 8, 8)
 
     return Dataset(
         "digits",
-        x(x_tr),
-        torch.as_tensor(y_tr, dtype=torch.long),
-        x(x_te),
-        torch.as_tensor(y_te, dtype=torch.long),
+        x(raw["x_train"]),
+        torch.as_tensor(raw["y_train"], dtype=torch.long),
+        x(raw["x_test"]),
+        torch.as_tensor(raw["y_test"], dtype=torch.long),
         10,
     )
 
