@@ -7,6 +7,9 @@
 # call cut short is continued by the next.
 #
 #   bash scripts/study_gpu.sh [OUT_DIR]   # default reports/small_batch_large
+#
+# STUDY_GPU_LIMIT (seconds, default 420) bounds the training; STUDY_GPU_DEVICE (default cuda) and
+# STUDY_GPU_OVERRIDES (Hydra overrides, space-separated) let the tests run the same script on a CPU.
 set -uo pipefail
 out="${1:-reports/small_batch_large}"
 mkdir -p "$out"
@@ -23,7 +26,8 @@ study="$PWD/conf/study/small_batch.yaml"
 # several populations at once on the GPU, each up to 512 members, every run on the GPU; the whole
 # process group is stopped at the time limit (finished runs are kept; the next call resumes)
 PATH="$bin:$PATH" NORMBENCH_JOBS="${NORMBENCH_JOBS:-4}" setsid bash scripts/small_batch_study.sh --large --out "$out" \
-  -- runtime.device=cuda runtime.progress=false hydra.launcher.max_members=512 >> "$out/gpu_log.txt" 2>&1 &
+  -- "runtime.device=${STUDY_GPU_DEVICE:-cuda}" runtime.progress=false hydra.launcher.max_members=512 \
+  ${STUDY_GPU_OVERRIDES:-} >> "$out/gpu_log.txt" 2>&1 &
 pid=$!
 limit="${STUDY_GPU_LIMIT:-420}"
 for _ in $(seq "$limit"); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done

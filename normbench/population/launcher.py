@@ -1,7 +1,8 @@
 """``hydra/launcher=population``: a Hydra launcher that trains the jobs of a multirun as populations.
 
 It composes every job as Hydra's basic launcher does (each job gets its config-hash folder, its
-``.hydra/`` files and its log), then, instead of one process per job, partitions the jobs into groups
+``.hydra/`` files and its log; the configs through :class:`~normbench.population.sweep_configs.SweepComposer`,
+which composes each set of group choices once), then, instead of one process per job, partitions the jobs into groups
 (:func:`normbench.population.grouping.partition`) and trains each group as one population
 (:func:`normbench.population.train.train_population`); runs that cannot join a population train on
 their own, with a notice in the log. Groups run one after another, or ``n_jobs`` at a time in worker
@@ -48,6 +49,7 @@ from normbench.config import ConfigError, check_values
 from normbench.experiment.identity import claim_folder
 from normbench.experiment.run import execute
 from normbench.population.grouping import member_values, partition, spread, why_not_population
+from normbench.population.sweep_configs import SweepComposer
 from normbench.population.wide import POPULATION_FORMS
 from normbench.results import RESULT_FILE, write_json_atomic
 from normbench.sweep import mark_visit
@@ -100,11 +102,12 @@ class PopulationLauncher(Launcher):
         # every enlisted folder stays locked until its results are written (or its group is handed to a
         # worker process, which then holds it)
         self._held: dict[Path, ExitStack] = {}
+        composer = SweepComposer(self.hydra_context.config_loader, self.config)
         with ExitStack() as locks:
             for i, overrides in enumerate(job_overrides):
                 idx = initial_job_idx + i
                 log.info("\t#%d : %s", idx, " ".join(filter_overrides(overrides)))
-                cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+                cfg = composer.compose(overrides)
                 with open_dict(cfg):
                     cfg.hydra.job.id = idx
                     cfg.hydra.job.num = idx
