@@ -187,3 +187,47 @@ def test_gpu_checks_script_runs_the_named_steps_only(tmp_path):
         "(steps: population bench_norms check_cuda profile_norm bench_train e2e convert)"
     )
     assert not fresh.exists() and "bench_norms" not in calls.read_text()
+
+
+def test_the_gpu_study_script_stops_at_its_limit_and_reports_what_finished(tmp_path):
+    """scripts/study_gpu.sh on this CPU (its device and a tiny grid given by its test knobs): it stops
+    the whole process group at its time limit (or finishes first), packs every finished run and writes
+    the report of them."""
+    import contextlib
+    import json
+    import sys
+    import time
+    from pathlib import Path
+
+    out = tmp_path / "large"
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "STUDY_GPU_DEVICE": "cpu",
+        "STUDY_GPU_LIMIT": "40",
+        "NORMBENCH_JOBS": "1",
+        "STUDY_GPU_OVERRIDES": "seed=0,1,2 batch_size=32 train.budget=steps train.steps=10 "
+        "train.history_points=2 eval.precise_bn_samples=64 eval.minibatch_samples=64",
+    }
+    proc = subprocess.run(
+        ["bash", "scripts/study_gpu.sh", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=200,
+    )
+    log = (out / "gpu_log.txt").read_text()
+    assert log.startswith("study_gpu.sh on no GPU")
+    stopped = "study_gpu.sh: stopped at the 40 s limit; rerun to resume" in log
+    assert stopped == (proc.returncode != 0), (proc.returncode, log[-2000:])
+    records = [json.loads(line)["record"] for line in (out / "records.jsonl").read_text().splitlines()]
+    assert records and {r["env"]["device"] for r in records} == {"cpu"}
+    assert {r["config"]["train"]["steps"] for r in records} == {10}
+    assert "## How the learning rates were chosen" in (out / "report.md").read_text()
+    time.sleep(1)  # nothing the study started is left running in its folder
+    left = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):  # a process that ended meanwhile
+            left += [pid] if os.readlink(f"/proc/{pid}/cwd").startswith(str(out)) else []
+    assert not left
