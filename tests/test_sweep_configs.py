@@ -78,3 +78,25 @@ def test_a_bad_value_override_fails_as_in_hydra(loader_and_master):
     with pytest.raises(ConfigCompositionException) as ours:
         SweepComposer(loader, master).compose(job)
     assert str(ours.value) == str(hydras.value)
+
+
+def test_the_composition_benchmark_writes_its_table_and_the_command_that_made_it(tmp_path):
+    import re
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+
+    out = tmp_path / "compose.md"
+    subprocess.run(
+        [sys.executable, "scripts/bench_compose.py", "--rounds", "1", "--out", str(out)],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    text = out.read_text()
+    assert f"Reproduce: `python scripts/bench_compose.py --out {out}`" in text
+    assert "120 jobs of `experiment=curve_cnn`" in text
+    hydra_ms, ours_ms, ratio = re.search(r"^\| ([\d.]+) \| ([\d.]+) \| ([\d.]+)x \|$", text, re.M).groups()
+    assert float(ratio) == pytest.approx(float(hydra_ms) / float(ours_ms), rel=0.05)  # one round: its ratio
