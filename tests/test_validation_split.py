@@ -178,6 +178,9 @@ def test_a_damaged_or_unwritable_mnist1d_cache_means_generating_it(tmp_path, mon
     cached.write_bytes(cached.read_bytes()[:100])  # a write cut short
     assert np.array_equal(_mnist1d_raw(200, 3, 0.8)["x"], good["x"])
     assert np.array_equal(np.load(cached)["x"], good["x"])  # replaced by a whole file
+    np.savez(cached, x=good["x"], y=good["y"])  # readable, but another writer's arrays: no x_test
+    assert np.array_equal(_mnist1d_raw(200, 3, 0.8)["x_test"], good["x_test"])
+    assert sorted(np.load(cached).files) == sorted(good)  # replaced by the whole set
     blocked = tmp_path / "file"
     blocked.write_text("not a folder")
     monkeypatch.setenv("NORMBENCH_DATA", str(blocked))

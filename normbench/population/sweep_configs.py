@@ -43,8 +43,9 @@ class SweepComposer:
 
     def compose(self, overrides: Sequence[str]) -> DictConfig:
         parsed = self.parser.parse_overrides(list(overrides))
-        values = [o for o in parsed if self._is_value(o)]
-        groups = tuple(o.input_line for o in parsed if not self._is_value(o))
+        is_value = [self._is_value(o) for o in parsed]
+        values = [o for o, value in zip(parsed, is_value, strict=True) if value]
+        groups = tuple(o.input_line for o, value in zip(parsed, is_value, strict=True) if not value)
         if groups not in self.bases:
             self.bases[groups] = self.loader.load_sweep_config(self.master, list(groups))
         cfg = copy.deepcopy(self.bases[groups])

@@ -18,18 +18,23 @@ from normbench.tasks.dataset import Dataset
 MNIST1D_EXTRA_TEST_SEED = 43  # make_dataset's own seed is 42: the extra test samples are new draws
 MNIST1D_VAL_SEED = 44  # and the validation samples of data.mnist1d_val_samples others again
 MNIST1D_KEYS = ("x", "y", "x_test", "y_test")  # what normbench uses of make_dataset's output
+DIGITS_KEYS = ("x_train", "x_test", "y_train", "y_test")  # the split of scikit-learn's digits
 
 
-def _cached_arrays(name: str, make: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """``make()``'s arrays, read from ``<data root>/<name>.npz`` (the root:
+def _cached_arrays(
+    name: str, keys: tuple[str, ...], make: Callable[[], dict[str, np.ndarray]]
+) -> dict[str, np.ndarray]:
+    """``make()``'s arrays ``keys``, read from ``<data root>/<name>.npz`` (the root:
     :func:`normbench.tasks.cifar.default_root`) where an earlier process wrote them: generating a
     dataset costs a second or two with its package's import, in every worker process of a sweep, the
-    file milliseconds. ``name`` says everything the arrays depend on (package version, arguments). An
-    unreadable file is made anew and replaced; a root that cannot be written only means no cache."""
+    file milliseconds. ``name`` says everything the arrays depend on (package version, arguments). A
+    file that cannot be read or lacks one of ``keys`` is made anew and replaced; a root that cannot be
+    written only means no cache."""
     path = default_root() / f"{name}.npz"
     try:
         with np.load(path) as stored:
-            return {key: stored[key] for key in stored.files}
+            if set(keys) <= set(stored.files):
+                return {key: stored[key] for key in keys}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile):
         pass  # not written yet, or damaged
     arrays = make()
@@ -54,7 +59,8 @@ def _mnist1d_raw(num_samples: int, seed: int, train_split: float) -> dict[str, n
         generated = make_dataset(args)
         return {key: generated[key] for key in MNIST1D_KEYS}
 
-    return _cached_arrays(f"mnist1d/{version('mnist1d')}-{num_samples}-{seed}-{train_split:g}", make)
+    name = f"mnist1d/{version('mnist1d')}-{num_samples}-{seed}-{train_split:g}"
+    return _cached_arrays(name, MNIST1D_KEYS, make)
 
 
 def _draws(count: int, seed: int) -> dict:
@@ -110,12 +116,12 @@ def _digits_split() -> dict[str, np.ndarray]:
     x_tr, x_te, y_tr, y_te = train_test_split(
         raw.images, raw.target, test_size=0.25, stratify=raw.target, random_state=0
     )
-    return {"x_train": x_tr, "x_test": x_te, "y_train": y_tr, "y_test": y_te}
+    return dict(zip(DIGITS_KEYS, (x_tr, x_te, y_tr, y_te), strict=True))
 
 
 @cache
 def _digits() -> Dataset:
-    raw = _cached_arrays(f"digits/scikit-learn-{version('scikit-learn')}", _digits_split)
+    raw = _cached_arrays(f"digits/scikit-learn-{version('scikit-learn')}", DIGITS_KEYS, _digits_split)
     mean, std = raw["x_train"].mean(), raw["x_train"].std()
 
     def x(a: np.ndarray) -> Tensor:
