@@ -25,7 +25,7 @@ MASTER = [
     "experiment=curve_cnn",
     f"norm={','.join(NORMS)}",
     f"batch_size={','.join(map(str, BATCHES))}",
-    "seed=range(10)",
+    f"seed={','.join(map(str, SEEDS))}",
     f"optim.lr={','.join(map(str, LRS))}",
 ]
 JOBS = [
@@ -63,8 +63,8 @@ def main() -> None:
             "",
             f"{len(JOBS)} jobs of `experiment=curve_cnn` ({len(NORMS)} norms x {len(BATCHES)} batch sizes x "
             f"{len(SEEDS)} seeds x {len(LRS)} learning rates), medians over {args.rounds} interleaved rounds in "
-            "one process; SweepComposer composes each set of group choices once (here 2) and applies each "
-            "job's value overrides to a copy.",
+            f"one process; SweepComposer composes each set of group choices once (here {len(composer.bases)}) "
+            "and applies each job's value overrides to a copy.",
             "",
             "Reproduce: `python scripts/bench_compose.py"
             + ("" if args.out == Path("reports/bench/compose.md") else f" --out {args.out}")
