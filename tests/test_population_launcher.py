@@ -273,3 +273,37 @@ def test_the_population_benchmark_writes_one_row_per_setting(tmp_path):
     assert "| wide | wide speed-up | wide loop | vmap | vmap speed-up | vmap loop |" in header
     assert all(len(r.split("|")) == len(header.split("|")) for r in rows)
     assert "Reproduce: `python scripts/bench_population.py --tasks mnist1d_mlp" in out.read_text()
+
+
+def test_the_population_profile_names_each_settings_step_time_and_operators(tmp_path):
+    """scripts/profile_population.py on the CPU: a section per setting whose model-steps/s is K over its
+    eager step time, and an operator table that holds the wide Linear's batched matmul."""
+    from helpers import ROOT
+
+    out = tmp_path / "profile.md"
+    args = [
+        "--device",
+        "cpu",
+        "--tasks",
+        "mnist1d_mlp",
+        "--batch-sizes",
+        "2",
+        "--members",
+        "3",
+        "--steps",
+        "2",
+    ]
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "profile_population.py"), *args, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    text = out.read_text()
+    assert [line for line in text.splitlines() if line.startswith("## ")] == ["## mnist1d_mlp, batch 2"]
+    eager, rate = re.search(r"eager ([\d.]+) ms/step; .*; ([\d,]+) model-steps/s", text).groups()
+    ms = float(eager)  # printed to 3 decimals
+    assert 3e3 / (ms + 5e-4) - 1 <= int(rate.replace(",", "")) <= 3e3 / (ms - 5e-4) + 1
+    assert "| `aten::baddbmm` |" in text
+    assert "Reproduce: `python scripts/profile_population.py --tasks mnist1d_mlp" in text

@@ -184,9 +184,62 @@ def test_gpu_checks_script_runs_the_named_steps_only(tmp_path):
     assert refused.returncode == 2
     assert refused.stderr.strip() == (
         "gpu_checks.sh: unknown step 'cifar' "
-        "(steps: population bench_norms check_cuda profile_norm bench_train e2e convert)"
+        "(steps: population check_cuda e2e bench_norms profile_norm bench_train convert)"
     )
     assert not fresh.exists() and "bench_norms" not in calls.read_text()
+    refused = subprocess.run(
+        [*script[:2], str(fresh)],
+        cwd=ROOT,
+        env={**env, "GPU_CHECKS_BUDGET": "6m"},
+        capture_output=True,
+        text=True,
+    )
+    assert refused.returncode == 2 and not fresh.exists()
+    assert (
+        refused.stderr.strip() == "gpu_checks.sh: GPU_CHECKS_BUDGET=6m is not a whole number of seconds > 0"
+    )
+
+
+def test_gpu_checks_script_keeps_within_its_budget_and_names_what_it_skipped(tmp_path):
+    """Every faked step takes 30 s, so with a budget of 14 s the first command is stopped when the
+    budget is spent (its limit cut to what was left), every later step is skipped, and the log ends
+    with the call that runs the skipped groups."""
+    import time
+
+    bin_dir, out = tmp_path / "bin", tmp_path / "out"
+    bin_dir.mkdir()
+    for program, body in (("python3", '[ "$1" = -c ] || sleep 30'), ("nvidia-smi", "echo faked")):
+        fake = bin_dir / program
+        fake.write_text(f"#!/bin/sh\n{body}\n")
+        fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "GPU_CHECKS_BUDGET": "14"}
+    start = time.monotonic()
+    proc = subprocess.run(
+        ["bash", "scripts/gpu_checks.sh", str(out), "population", "convert"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert time.monotonic() - start < 30  # the first step's 30 s cut to the budget, the others skipped
+    log = (out / "gpu_log.txt").read_text()
+    ran = [line for line in log.splitlines() if line.startswith("== ") and "exit" in line]
+    assert ran == ["== bench_population: exit 124"], log
+    skipped = [line.split(":")[0][3:] for line in log.splitlines() if line.endswith("budget is spent")]
+    assert skipped == [
+        "profile_population",
+        "bench_single",
+        "step_norms",
+        "check_capture",
+        "convert_torchvision",
+    ]
+    expected = (
+        "not run within the 14 s budget: population convert; "
+        f"run them with: bash scripts/gpu_checks.sh {out} population convert"
+    )
+    assert log.splitlines()[-2] == expected and proc.stdout.strip() == expected
 
 
 def test_the_gpu_study_script_stops_at_its_limit_and_reports_what_finished(tmp_path):

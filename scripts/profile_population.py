@@ -1,0 +1,163 @@
+"""Where a population's training step spends its time: each operator's time per step, the step's busy
+time on the device, and on CUDA the captured step's wall time beside it.
+
+For each task and batch size, K members (built as ``bench_population.py`` builds them) train as one
+population of ``--form``, eagerly under ``torch.profiler``, for S and for 2S steps: the difference of
+the two profiles is S training steps alone (model stacking, the capture and the final evaluation
+cancel). The eager and the captured (CUDA) steps are timed the same way. A captured step that takes
+about the eager step's device-busy time is bound by the device's work (fewer passes over memory,
+fewer or better kernels would speed it up); one far above it waits on the host between replays.
+
+    python scripts/profile_population.py --device cuda --members 512 --out reports/bench/profile_population_cuda.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import platform
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from bench_args import count
+from bench_population import configs, sync
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile
+
+import normbench
+from normbench.cli import CONF_DIR
+from normbench.config import ConfigError
+from normbench.experiment.build import prepare_data, prepare_model
+from normbench.population.train import fit_population
+from normbench.runtime import Runtime, resolve_device, use_deterministic_kernels
+
+TOP = 12  # operators listed per setting
+BUSY = "(device busy)"
+
+
+def loop_seconds(cfgs, models, data, runtime: Runtime, form: str) -> float:
+    """Seconds of one population's training loop (``form``, ``:graph`` captured) from ``models``' weights
+    (trained further in place: the time of a step does not depend on its weights)."""
+    form, _, graph = form.partition(":")
+    runtime = replace(runtime, cuda_graph=graph == "graph")
+    sync(runtime)
+    return fit_population(cfgs, models, data, runtime, form=form)[0].train_time_s
+
+
+def operator_times(cfgs, models, data, runtime: Runtime, form: str) -> Counter:
+    """Microseconds of each operator's own time (on the device where there is one) in one population's
+    training, and the device's whole busy time under ``BUSY``."""
+    cuda = runtime.device.type == "cuda"
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
+    with profile(activities=activities) as prof:
+        loop_seconds(cfgs, models, data, runtime, form)
+        sync(runtime)
+    times: Counter = Counter()
+    for event in prof.key_averages():
+        if cuda and event.device_type == DeviceType.CUDA:  # a kernel or a copy: the device's own work
+            times[BUSY] += event.self_device_time_total
+        elif event.device_type == DeviceType.CPU:
+            times[event.key] += event.self_device_time_total if cuda else event.self_cpu_time_total
+    if not cuda:
+        times[BUSY] = sum(times.values())
+    return times
+
+
+def step_times(cfgs, long, models, data, runtime: Runtime, form: str, steps: int) -> tuple[Counter, dict]:
+    """Per training step: each operator's time (µs), and the loop's wall time (ms) eagerly and, on
+    CUDA, captured; each the difference between ``long`` (the configs ``cfgs`` with twice their
+    ``steps``) and ``cfgs``."""
+    loop_seconds(cfgs, models, data, runtime, form)  # a warm-up: first calls' one-off costs
+    short_ops, long_ops = (operator_times(c, models, data, runtime, form) for c in (cfgs, long))
+    per_op = Counter({k: (long_ops[k] - short_ops[k]) / steps for k in long_ops})
+    forms = {"eager": form, **({"captured": f"{form}:graph"} if runtime.device.type == "cuda" else {})}
+    walls = {}
+    for name, timed in forms.items():
+        short, longer = (loop_seconds(c, models, data, runtime, timed) for c in (cfgs, long))
+        walls[name] = (longer - short) / steps * 1e3
+    return per_op, walls
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    tasks = sorted(p.stem for p in (CONF_DIR / "task").glob("*.yaml"))
+    parser.add_argument("--tasks", nargs="+", choices=tasks, default=["mnist1d_mlp", "mnist1d_cnn"])
+    parser.add_argument("--norm", default="batchnorm")
+    parser.add_argument("--batch-sizes", nargs="+", type=count, default=[2, 32])
+    parser.add_argument("--members", type=count, default=512)
+    parser.add_argument("--steps", type=count, default=100, help="S: S and 2S steps are profiled")
+    parser.add_argument("--form", choices=["auto", "wide", "vmap"], default="wide")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    runtime = Runtime(resolve_device(args.device))
+    cuda = runtime.device.type == "cuda"
+    torch.set_num_threads(1)
+    use_deterministic_kernels(runtime.device)
+    device = torch.cuda.get_device_name(runtime.device) if cuda else platform.processor() or "cpu"
+    where = "device" if cuda else "CPU"
+    lines = [
+        f"# Where a population's training step spends its time ({runtime.device.type})",
+        "",
+        f"normbench {normbench.__version__}, torch {torch.__version__}, {device}; K={args.members} members "
+        f"of norm {args.norm} as one {args.form} population (SGD momentum 0.9), per training step: the "
+        f"difference between {2 * args.steps} and {args.steps} steps, so model stacking, the capture and "
+        "the final evaluation are left out. `busy`: the kernels' time on the device per eager step "
+        "(on the CPU: every operator's own time).",
+        "",
+        "Reproduce: `python scripts/profile_population.py "
+        + " ".join(
+            f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+            for k, v in vars(args).items()
+            if k != "out"
+        )
+        + " --out FILE`",
+        "",
+    ]
+    for task, batch in itertools.product(args.tasks, args.batch_sizes):
+        cfgs, long = (
+            configs(task, args.norm, batch, args.members, n, args.device)
+            for n in (args.steps, 2 * args.steps)
+        )
+        data = prepare_data(cfgs[0], runtime)
+        models = [prepare_model(cfg, data, runtime) for cfg in cfgs]
+        per_op, walls = step_times(
+            cfgs, long, models, data.to(runtime.device), runtime, args.form, args.steps
+        )
+        busy = per_op.pop(BUSY) / 1e3
+        summary = ", ".join(f"{name} {ms:.3f} ms/step" for name, ms in walls.items())
+        lines += [
+            f"## {task}, batch {batch}",
+            "",
+            f"{summary}; busy {busy:.3f} ms/step"
+            + (
+                f" (captured / busy: {walls['captured'] / busy:.2f})"
+                if "captured" in walls and busy > 0
+                else ""
+            )
+            + f"; {args.members * 1e3 / walls[next(reversed(walls))]:,.0f} model-steps/s.",
+            "",
+            f"| operator | {where} µs/step | share of busy |",
+            "|---|---:|---:|",
+            *(
+                f"| `{name}` | {us:,.1f} | {us / 1e3 / busy:.0%} |"
+                if busy > 0
+                else f"| `{name}` | {us:,.1f} | |"
+                for name, us in per_op.most_common(TOP)
+                if us > 0
+            ),
+            "",
+        ]
+        print(f"{task} batch {batch}: {summary}; busy {busy:.3f} ms/step", flush=True)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text("\n".join(lines))  # after every setting: a run cut short keeps what it finished
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except ConfigError as exc:
+        raise SystemExit(f"profile_population: error: {exc}") from None
