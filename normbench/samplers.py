@@ -12,12 +12,19 @@ import torch
 from torch import Tensor
 
 
-def iid_batches(num_samples: int, batch_size: int, gen: torch.Generator) -> Iterator[Tensor]:
-    """Reshuffled every epoch, the last incomplete batch dropped."""
+def iid_epochs(num_samples: int, batch_size: int, gen: torch.Generator) -> Iterator[Tensor]:
+    """Each epoch's batches as one (batches, batch_size) tensor: reshuffled every epoch, the last
+    incomplete batch dropped."""
     per_epoch = num_samples // batch_size
     while True:
         perm = torch.randperm(num_samples, generator=gen)
-        yield from perm[: per_epoch * batch_size].view(per_epoch, batch_size)
+        yield perm[: per_epoch * batch_size].view(per_epoch, batch_size)
+
+
+def iid_batches(num_samples: int, batch_size: int, gen: torch.Generator) -> Iterator[Tensor]:
+    """The batches of :func:`iid_epochs`, one by one."""
+    for epoch in iid_epochs(num_samples, batch_size, gen):
+        yield from epoch
 
 
 def class_grouped_batches(

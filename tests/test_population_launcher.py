@@ -307,3 +307,27 @@ def test_the_population_profile_names_each_settings_step_time_and_operators(tmp_
     assert 3e3 / (ms + 5e-4) - 1 <= int(rate.replace(",", "")) <= 3e3 / (ms - 5e-4) + 1
     assert "| `aten::baddbmm` |" in text
     assert "Reproduce: `python scripts/profile_population.py --tasks mnist1d_mlp" in text
+
+
+def test_the_population_host_benchmark_writes_a_row_per_setting_with_its_ratio(tmp_path):
+    from helpers import ROOT
+
+    out = tmp_path / "host.md"
+    args = ["--members", "2", "3", "--batch-sizes", "2", "--steps", "5", "--rounds", "1", "--out", str(out)]
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench_population_host.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = [line.split("|")[1:-1] for line in out.read_text().splitlines() if re.match(r"\| \d", line)]
+    assert [(k.strip(), b.strip()) for k, b, *_ in rows] == [("2", "2"), ("3", "2")]
+    for k, _, stepwise, whole, ratio, stepwise_cap, whole_cap in rows:
+        # the table's µs are rounded to 0.1: each derived column within what that rounding allows
+        (lo1, hi1), (lo2, hi2) = (
+            (v - 0.05, v + 0.05) for v in (float(x.replace(",", "")) for x in (stepwise, whole))
+        )
+        assert lo1 / hi2 - 0.5 <= float(ratio.strip().rstrip("x")) <= hi1 / lo2 + 0.5
+        for cap, lo, hi in ((stepwise_cap, lo1, hi1), (whole_cap, lo2, hi2)):
+            assert int(k) * 1e6 / hi - 1 <= int(cap.replace(",", "")) <= int(k) * 1e6 / max(lo, 1e-9) + 1

@@ -225,6 +225,27 @@ def test_members_start_from_their_own_initialization_and_data_order():
     assert torch.equal(w[0], prepare_model(cfgs[0], data).net[1].weight)
 
 
+@pytest.mark.parametrize("sampler", ["data.sampler=iid", "data.sampler=class_grouped"])
+def test_each_member_draws_its_separate_runs_batches_across_epochs(sampler):
+    """The population's (K, B) batches per step are, row by row, each member's own sampler stream as
+    its separate run draws it (seeded by its seed), into the next epoch: drawn a whole epoch at a time
+    for i.i.d. sampling, step by step for the others."""
+    import itertools
+
+    from normbench.experiment.build import batch_iterator
+    from normbench.population.train import member_batches
+
+    cfgs = [compose_cfg("task=digits_cnn", "batch_size=64", sampler, f"seed={s}") for s in (0, 1, 0, 7)]
+    data = prepare_data(cfgs[0])
+    steps = len(data.x_train) // 64 + 3  # into the second epoch
+    drawn = list(itertools.islice(member_batches(cfgs, data, torch.device("cpu")), steps))
+    for k, cfg in enumerate(cfgs):
+        own = batch_iterator(cfg, data, torch.Generator().manual_seed(cfg.seed))
+        assert all(torch.equal(step[k], next(own)) for step in drawn)
+    assert torch.equal(drawn[0][0], drawn[0][2]) and not torch.equal(drawn[0][0], drawn[0][1])
+    assert drawn[0].shape == (4, 64)
+
+
 @pytest.mark.parametrize(
     "task, norm, batch",
     [("mnist1d_mlp", "batchnorm", 32), ("digits_lstm", "batchnorm", 8)],  # the LSTM: per-step statistics

@@ -66,6 +66,7 @@ from normbench.population.optim import PopulationOptimizer
 from normbench.population.stacked import Population
 from normbench.population.wide import stack_population
 from normbench.runtime import Runtime
+from normbench.samplers import iid_epochs
 from normbench.tasks.dataset import Dataset
 from normbench.tasks.registry import Task, task_for
 from normbench.train import FitResult, lr_schedule, training_plan
@@ -73,11 +74,29 @@ from normbench.train import FitResult, lr_schedule, training_plan
 log = logging.getLogger(__name__)
 
 
-def stacked_batches(
-    streams: Sequence[Iterator[Tensor]], device: torch.device, chunk: int
+def member_batches(cfgs: Sequence[DictConfig], data: Dataset, device: torch.device) -> Iterator[Tensor]:
+    """Every member's next batch indices as one (K, B) tensor per step, on ``device``, each member's from
+    its own sampler stream (seeded by its seed, as its separate run's). Where every member samples
+    i.i.d., each epoch is drawn whole: K permutations stacked and copied at once, so that the host's
+    work per step does not grow with K (:func:`stepwise_batches` took 0.7-1.8 ms per step at K=512 on
+    this repository's machine, 6-57x as long: reports/bench/population_host.md); other samplers' come
+    step by step."""
+    if not all(cfg.data.sampler == "iid" for cfg in cfgs):
+        yield from stepwise_batches(cfgs, data, device)
+    epochs = [
+        iid_epochs(len(data.x_train), cfg.batch_size, torch.Generator().manual_seed(cfg.seed)) for cfg in cfgs
+    ]
+    while True:
+        yield from torch.stack([next(e) for e in epochs], dim=1).to(device)
+
+
+def stepwise_batches(
+    cfgs: Sequence[DictConfig], data: Dataset, device: torch.device, chunk: int | None = None
 ) -> Iterator[Tensor]:
-    """The members' next batch indices as one (K, B) tensor per step, on ``device``, drawn ``chunk``
-    steps at a time (one host-to-device copy per chunk)."""
+    """:func:`member_batches` of any sampler: each member's next batch drawn step by step, ``chunk``
+    steps per host-to-device copy (default: 256 on a GPU, 1 on the CPU)."""
+    streams = [batch_iterator(cfg, data, torch.Generator().manual_seed(cfg.seed)) for cfg in cfgs]
+    chunk = chunk or (1 if device.type == "cpu" else 256)
     while True:
         drawn = torch.stack([torch.stack([next(s) for s in streams]) for _ in range(chunk)])
         yield from drawn.to(device)
@@ -131,8 +150,7 @@ def _fit_population(
     pop.match_gradient_layout(torch.autograd.grad(loss.sum(), pop.leaves))
     lrs = lr_table([p.lr for p in plans], total, first.optim.schedule, first.optim.warmup_steps, device)
     optimizer = PopulationOptimizer.for_members(cfgs, list(pop.params.values()))
-    streams = [batch_iterator(cfg, data, torch.Generator().manual_seed(cfg.seed)) for cfg in cfgs]
-    batches = stacked_batches(streams, device, 1 if device.type == "cpu" else 256)
+    batches = member_batches(cfgs, data, device)
     transforms = [augmentation(cfg, device) for cfg in cfgs]
     alive = torch.ones(k, dtype=torch.bool, device=device)
     diverged_at = torch.full((k,), -1, dtype=torch.long, device=device)
@@ -162,9 +180,8 @@ def _fit_population(
         first, since = saved[0]["step"], saved[0]["since"]
         loop.restore(saved)
         step_now.fill_(first)
-        for stream in streams:  # each sampler's stream is its seed's: replay its draws
-            for _ in range(first):
-                next(stream)
+        for _ in range(first):  # each sampler's stream is its seed's: replay its draws
+            next(batches)
         log.info("population resumed from its members' checkpoints at step %d of %d", first, total)
     elif any(m is not None for m in saved):
         log.warning("the members' checkpoints are not of this group at one step; training from step 0")
