@@ -30,3 +30,13 @@ def git_head() -> str:
         ["git", "status", "--porcelain", "normbench"], cwd=ROOT, capture_output=True, text=True
     )
     return head.stdout.strip() + (", with uncommitted changes" if dirty.stdout.strip() else "")
+
+
+def command_line(args: argparse.Namespace, leave_out: tuple[str, ...] = ("out",)) -> str:
+    """The options of parsed ``args`` as they are written on a command line (``--batch-sizes 2 32``),
+    those named in ``leave_out`` and those left unset (None) left out."""
+    return " ".join(
+        f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+        for k, v in vars(args).items()
+        if k not in leave_out and v is not None
+    )

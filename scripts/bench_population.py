@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import torch
-from bench_args import count
+from bench_args import command_line, count
 from worktree import ROOT
 
 import normbench
@@ -127,12 +127,7 @@ def write_report(out: Path, args: argparse.Namespace, runtime: Runtime, rows: li
         "and the final test evaluation included on both sides (the loop columns: model-steps per second of "
         "the training loops alone, their evaluation points included).",
         "",
-        "Reproduce: `python scripts/bench_population.py "
-        + " ".join(
-            f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-            for k, v in vars(args).items()
-            if k not in ("out", "timed") and v is not None
-        )
+        f"Reproduce: `python scripts/bench_population.py {command_line(args, ('out', 'timed'))}"
         + out_option(out, runtime.device.type)
         + "`",
         "",

@@ -19,7 +19,7 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from bench_args import count
+from bench_args import command_line, count
 from bench_population import configs
 from worktree import ROOT
 
@@ -73,13 +73,7 @@ def main(argv: list[str] | None = None) -> None:
         f"every step, stacked 256 steps at a time as for a GPU (the host-to-device copies left out); `{second}`: each member's epoch drawn whole, K of them stacked once. The same (K, B) "
         "indices either way (tests/test_population_train.py).",
         "",
-        "Reproduce: `python scripts/bench_population_host.py "
-        + " ".join(
-            f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-            for k, v in vars(args).items()
-            if k != "out"
-        )
-        + "`",
+        f"Reproduce: `python scripts/bench_population_host.py {command_line(args)}`",
         "",
         "The caps: K members' steps per second of this work alone, the most a population could reach "
         "with its step taking no time.",

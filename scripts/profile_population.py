@@ -21,7 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from bench_args import count
+from bench_args import command_line, count
 from bench_population import configs, sync
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
@@ -107,13 +107,7 @@ def main(argv: list[str] | None = None) -> None:
         "the final evaluation are left out. `busy`: the kernels' time on the device per eager step "
         "(on the CPU: every operator's own time).",
         "",
-        "Reproduce: `python scripts/profile_population.py "
-        + " ".join(
-            f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-            for k, v in vars(args).items()
-            if k != "out"
-        )
-        + " --out FILE`",
+        f"Reproduce: `python scripts/profile_population.py {command_line(args)} --out FILE`",
         "",
     ]
     for task, batch in itertools.product(args.tasks, args.batch_sizes):
