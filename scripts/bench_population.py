@@ -38,6 +38,7 @@ from normbench.experiment.build import prepare_data, prepare_model
 from normbench.experiment.run import fit_run
 from normbench.population.train import fit_population, members_per_population, population_parts
 from normbench.runtime import Runtime, resolve_device, use_deterministic_kernels
+from normbench.tasks.registry import task_for
 
 LRS = (0.0125, 0.05, 0.2, 0.8)
 
@@ -59,6 +60,17 @@ def configs(task: str, norm: str, batch_size: int, members: int, steps: int, dev
             compose("config", [*base, f"seed={i // len(LRS)}", f"optim.lr={LRS[i % len(LRS)]}"])
             for i in range(members)
         ]
+
+
+def check_tasks(tasks: list[str]) -> None:
+    """ConfigError naming the first of ``tasks`` whose runs train with a loop of their own (the GANs),
+    which :func:`fit_population` does not run."""
+    for task in tasks:
+        if task_for(configs(task, "batchnorm", 2, 1, 1, "cpu")[0]).own_training:
+            raise ConfigError(
+                f"--tasks {task}: trains with a loop of its own, not fit_population's; "
+                "this benchmark does not time it"
+            )
 
 
 def separate(cfgs, cpu_data, data, runtime) -> tuple[float, float]:
@@ -180,6 +192,10 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--cache-mb {args.cache_mb}: must be >= 0")
     # what is timed: each form, and with --cache-mb each form as cache-sized populations too
     args.timed = [*args.forms, *(f"{f}/sized" for f in args.forms if args.cache_mb)]
+    try:
+        check_tasks(args.tasks)
+    except ConfigError as exc:
+        parser.error(str(exc))
     runtime = Runtime(resolve_device(args.device))
     if runtime.device.type != "cuda" and any(f.endswith(":graph") for f in args.forms):
         parser.error(f"--forms {' '.join(args.forms)}: ':graph' needs --device cuda")

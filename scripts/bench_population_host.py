@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> None:
         ),
         "",
     ]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines))
     print(f"wrote {args.out}")
 

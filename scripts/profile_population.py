@@ -22,11 +22,12 @@ from pathlib import Path
 
 import torch
 from bench_args import command_line, count
-from bench_population import configs, sync
+from bench_population import check_tasks, configs, sync
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 import normbench
+from normbench import available_norms
 from normbench.cli import CONF_DIR
 from normbench.config import ConfigError
 from normbench.experiment.build import prepare_data, prepare_model
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     tasks = sorted(p.stem for p in (CONF_DIR / "task").glob("*.yaml"))
     parser.add_argument("--tasks", nargs="+", choices=tasks, default=["mnist1d_mlp", "mnist1d_cnn"])
-    parser.add_argument("--norm", default="batchnorm")
+    parser.add_argument("--norm", choices=available_norms(), default="batchnorm")
     parser.add_argument("--batch-sizes", nargs="+", type=count, default=[2, 32])
     parser.add_argument("--members", type=count, default=512)
     parser.add_argument("--steps", type=count, default=100, help="S: S and 2S steps are profiled")
@@ -92,6 +93,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
+    try:
+        check_tasks(args.tasks)
+    except ConfigError as exc:
+        parser.error(str(exc))
     runtime = Runtime(resolve_device(args.device))
     cuda = runtime.device.type == "cuda"
     torch.set_num_threads(1)

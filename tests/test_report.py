@@ -267,6 +267,8 @@ def test_report_benchmark_refuses_a_bad_baseline_before_any_work(tmp_path):
         ("bench_norms", "--threads", "0"),
         ("bench_train", "--batch-sizes", "0"),
         ("bench_gan", "--rounds", "0"),
+        ("profile_population", "--steps", "0"),
+        ("bench_population_host", "--members", "0"),
     ],
 )
 def test_benchmark_scripts_refuse_a_bad_count_or_revision_before_any_work(tmp_path, script, option, value):
@@ -279,6 +281,26 @@ def test_benchmark_scripts_refuse_a_bad_count_or_revision_before_any_work(tmp_pa
         f"not a commit of this repository ({ROOT})" if option == "--baseline" else "must be an integer >= 1"
     )
     assert proc.stderr.strip().splitlines()[-1] == f"{script}.py: error: argument {option}: {value}: {reason}"
+
+
+@pytest.mark.parametrize("script", ["bench_population", "profile_population"])
+def test_population_benchmarks_refuse_a_task_with_its_own_loop_before_any_work(tmp_path, script):
+    out = tmp_path / "bench.md"
+    command = [
+        sys.executable,
+        f"scripts/{script}.py",
+        "--tasks",
+        "mnist1d_mlp",
+        "gan_digits",
+        "--out",
+        str(out),
+    ]
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2 and not out.exists()
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"{script}.py: error: --tasks gan_digits: trains with a loop of its own, not fit_population's; "
+        "this benchmark does not time it"
+    )
 
 
 def test_a_population_benchmarks_reproduce_line_names_the_report_it_wrote(monkeypatch):
