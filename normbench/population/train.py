@@ -76,13 +76,18 @@ log = logging.getLogger(__name__)
 
 def member_batches(cfgs: Sequence[DictConfig], data: Dataset, device: torch.device) -> Iterator[Tensor]:
     """Every member's next batch indices as one (K, B) tensor per step, on ``device``, each member's from
-    its own sampler stream (seeded by its seed, as its separate run's). Where every member samples
-    i.i.d., each epoch is drawn whole: K permutations stacked and copied at once, so that the host's
-    work per step does not grow with K (:func:`stepwise_batches` took 0.7-1.8 ms per step at K=512 on
-    this repository's machine, 6-57x as long: reports/bench/population_host.md); other samplers' come
-    step by step."""
-    if not all(cfg.data.sampler == "iid" for cfg in cfgs):
-        yield from stepwise_batches(cfgs, data, device)
+    its own sampler stream (seeded by its seed, as its separate run's): :func:`epochwise_batches` where
+    every member samples i.i.d., else :func:`stepwise_batches`."""
+    if all(cfg.data.sampler == "iid" for cfg in cfgs):
+        return epochwise_batches(cfgs, data, device)
+    return stepwise_batches(cfgs, data, device)
+
+
+def epochwise_batches(cfgs: Sequence[DictConfig], data: Dataset, device: torch.device) -> Iterator[Tensor]:
+    """:func:`member_batches` of i.i.d. members, each epoch drawn whole: K permutations stacked and
+    copied at once, so that the host's work per step does not grow with K (:func:`stepwise_batches`
+    took 0.7-1.8 ms per step at K=512 on this repository's machine, 6-57x as long:
+    reports/bench/population_host.md)."""
     epochs = [
         iid_epochs(len(data.x_train), cfg.batch_size, torch.Generator().manual_seed(cfg.seed)) for cfg in cfgs
     ]
