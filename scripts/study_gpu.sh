@@ -8,7 +8,8 @@
 #
 #   bash scripts/study_gpu.sh [OUT_DIR]   # default reports/small_batch_large
 #
-# STUDY_GPU_LIMIT (seconds, default 420) bounds the training; STUDY_GPU_DEVICE (default cuda) and
+# Exit status: 0 when the grid and its report are done, 3 when stopped at the time limit (the next call
+# resumes), else the study's own. STUDY_GPU_LIMIT (seconds, default 420) bounds the training; STUDY_GPU_DEVICE (default cuda) and
 # STUDY_GPU_OVERRIDES (Hydra overrides, space-separated) let the tests run the same script on a CPU.
 set -uo pipefail
 out="${1:-reports/small_batch_large}"
@@ -31,14 +32,17 @@ PATH="$bin:$PATH" NORMBENCH_JOBS="${NORMBENCH_JOBS:-4}" setsid bash scripts/smal
 pid=$!
 limit="${STUDY_GPU_LIMIT:-420}"
 for _ in $(seq "$limit"); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
+stopped=0
 if kill -0 "$pid" 2>/dev/null; then
   kill -TERM -- "-$pid" 2>/dev/null
   sleep 5
   kill -KILL -- "-$pid" 2>/dev/null
   echo "study_gpu.sh: stopped at the ${limit} s limit; rerun to resume" | tee -a "$out/gpu_log.txt"
+  stopped=1
 fi
-wait "$pid"
+wait "$pid" 2>/dev/null
 status=$?
+((stopped)) && status=3  # not the killed study's signal status: resumable, not failed
 # the report of whatever has finished (small_batch_study.sh writes it too when it ends by itself)
 python3 -m normbench.evidence pack "$out" >> "$out/gpu_log.txt" 2>&1
 (cd "$out" && PATH="$bin:$PATH" timeout 60 normbench-report records.jsonl --out . --study "$study") >> "$out/gpu_log.txt" 2>&1
