@@ -8,6 +8,8 @@ import hashlib
 import json
 import math
 import os
+import re
+import socket
 import stat
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
@@ -105,7 +107,8 @@ def atomic_file(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
     ends without an exception (and is deleted if it raises): readers see the old file or the complete
     new one, never a part. The file gets the mode a plain ``open`` would give."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # the writer in the name (.NAME.HOST-PID.RANDOM.tmp): a dead writer's file is known to be stale
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_writer()}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, mode) as f:
             yield f
@@ -147,13 +150,34 @@ def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
     write_text_atomic(path, text)
 
 
-def remove_stale_temporaries(folder: Path) -> list[Path]:
-    """Delete the ``.NAME.*.tmp`` files a killed :func:`write_json_atomic` left in ``folder``.
-    Call it only while holding the folder's :func:`run_lock`: no live writer is then using them."""
-    stale = sorted(folder.glob(".*.tmp")) if folder.is_dir() else []
+def remove_stale_temporaries(folder: Path, held: bool = True) -> list[Path]:
+    """Delete the ``.NAME.*.tmp`` files a killed :func:`atomic_file` left in ``folder``: all of them while
+    holding the folder's :func:`run_lock` (``held``: no live writer is then using them), else only those
+    whose writer was a process of this host that has ended (a finished run's folder, where a process
+    killed while marking its visit left one)."""
+    found = sorted(folder.glob(".*.tmp")) if folder.is_dir() else []
+    stale = found if held else [path for path in found if _dead_writer(path)]
     for path in stale:
         path.unlink(missing_ok=True)
     return stale
+
+
+def _writer() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _dead_writer(temporary: Path) -> bool:
+    """Was ``temporary`` written by a process of this host that is no longer running?"""
+    match = re.search(rf"\.{re.escape(socket.gethostname())}-(\d+)\.[^.]*\.tmp$", temporary.name)
+    if match is None:  # another host's, or written before writers were named
+        return False
+    try:
+        os.kill(int(match[1]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
 
 
 @contextmanager

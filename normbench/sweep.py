@@ -30,7 +30,13 @@ from omegaconf.errors import OmegaConfBaseException
 
 from normbench.config import ConfigError, check_values
 from normbench.experiment.identity import previous_result, run_identity
-from normbench.results import is_locked, read_json_file, write_json_atomic, write_text_atomic
+from normbench.results import (
+    is_locked,
+    read_json_file,
+    remove_stale_temporaries,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +212,8 @@ class ResumingSweeper(Sweeper):
         skipped, pending = [], []
         for job in jobs:
             (pending if job.force or not job.finished() else skipped).append(job)
+        for job in skipped:  # a finished run's folder: what a killed process left half-written there
+            remove_stale_temporaries(job.folder, held=False)
         try:
             sweep_dir.mkdir(parents=True, exist_ok=True)
             OmegaConf.save(self.config, sweep_dir / "multirun.yaml")

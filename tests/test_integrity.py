@@ -283,6 +283,46 @@ def test_stale_temporaries_are_removed_and_a_held_run_is_not_trained_twice(tmp_p
     assert load_run(other)["status"] == "completed" and not list(other.glob("*.tmp"))
 
 
+def test_a_dead_writers_temporary_in_a_finished_run_is_removed_by_the_next_sweep(tmp_path):
+    """A process killed while marking a finished run's visit left its half-written file there (seen
+    after a kill -9 of a population sweep); the sweeper, which skips that run without launching it,
+    removes it - but never the file of a live writer, another host's, or one it cannot attribute."""
+    import socket
+    import subprocess
+
+    ended = subprocess.Popen(["true"])
+    ended.wait()  # a process of this host that has ended
+    args = ("-m", "norm=identity", *STEPS, f"sweep.root={tmp_path}")
+    assert normbench_run(*args, cwd=tmp_path).returncode == 0
+    (folder,) = (tmp_path / "default").glob("*/")
+    host = socket.gethostname()
+    dead = folder / f".visit.json.{host}-{ended.pid}.k2x9q1zz.tmp"
+    kept = [
+        folder / f".visit.json.{host}-{os.getpid()}.a8b7c6d5.tmp",  # alive: this test
+        folder / f".visit.json.{host}x-{ended.pid}.a8b7c6d5.tmp",  # another host
+        folder / ".visit.json.a8b7c6d5.tmp",  # no writer named
+    ]
+    for path in (dead, *kept):
+        path.write_text('{"half')
+    proc = normbench_run(*args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "1 of 1 runs already finished, skipped" in proc.stdout + proc.stderr
+    assert not dead.exists() and all(path.exists() for path in kept)
+    assert load_run(folder)["status"] == "completed"
+
+
+def test_an_atomic_write_names_its_writer_in_its_temporary(tmp_path):
+    import socket
+
+    from normbench.results import atomic_file
+
+    with atomic_file(tmp_path / "x.json") as f:
+        (temporary,) = tmp_path.glob(".x.json.*.tmp")
+        f.write("{}")
+    assert temporary.name.startswith(f".x.json.{socket.gethostname()}-{os.getpid()}.")
+    assert (tmp_path / "x.json").read_text() == "{}" and not temporary.exists()
+
+
 def test_finished_sweep_resumes_without_launching_a_job(tmp_path):
     args = ("-m", "norm=identity,layernorm", "seed=0,1", *STEPS, f"sweep.root={tmp_path}")
     assert normbench_run(*args, cwd=tmp_path).returncode == 0

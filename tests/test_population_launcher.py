@@ -281,18 +281,8 @@ def test_the_population_profile_names_each_settings_step_time_and_operators(tmp_
     from helpers import ROOT
 
     out = tmp_path / "profile.md"
-    args = [
-        "--device",
-        "cpu",
-        "--tasks",
-        "mnist1d_mlp",
-        "--batch-sizes",
-        "2",
-        "--members",
-        "3",
-        "--steps",
-        "2",
-    ]
+    args = ["--device", "cpu", "--tasks", "mnist1d_mlp", "--batch-sizes", "2", "--members", "3"]
+    args += ["--steps", "10"]
     proc = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "profile_population.py"), *args, "--out", str(out)],
         capture_output=True,
@@ -302,9 +292,15 @@ def test_the_population_profile_names_each_settings_step_time_and_operators(tmp_
     assert proc.returncode == 0, proc.stderr
     text = out.read_text()
     assert [line for line in text.splitlines() if line.startswith("## ")] == ["## mnist1d_mlp, batch 2"]
-    eager, rate = re.search(r"eager ([\d.]+) ms/step; .*; ([\d,]+) model-steps/s", text).groups()
-    ms = float(eager)  # printed to 3 decimals
-    assert 3e3 / (ms + 5e-4) - 1 <= int(rate.replace(",", "")) <= 3e3 / (ms - 5e-4) + 1
+    summary = next(line for line in text.splitlines() if line.startswith("eager "))
+    if "not resolved" in summary:  # 10 steps' time within the noise of a loaded machine: said so
+        assert (
+            summary.startswith("eager not resolved (raise --steps); busy ") and "model-steps/s" not in summary
+        )
+    else:  # the rate is K over the step's time, printed to 3 decimals
+        found = re.search(r"eager ([\d.]+) ms/step; .*; ([\d,]+) model-steps/s", summary).groups()
+        ms, rate = (float(v.replace(",", "")) for v in found)
+        assert 3e3 / (ms + 5e-4) - 1 <= rate <= 3e3 / (ms - 5e-4) + 1
     assert "| `aten::baddbmm` |" in text
     assert "Reproduce: `python scripts/profile_population.py --tasks mnist1d_mlp" in text
 

@@ -85,6 +85,7 @@ def claim_folder(cfg: DictConfig, out_dir: Path, locks: ExitStack, lock: bool = 
     digest = run_identity(cfg)[1]
     if not cfg.runtime.force and previous_result(out_dir, digest) is not None:
         log.info("skipped: %s already holds a result of this config", out_dir)
+        remove_stale_temporaries(out_dir, held=False)
         return "skipped"
     if not lock:
         return None
