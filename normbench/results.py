@@ -107,8 +107,8 @@ def atomic_file(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
     ends without an exception (and is deleted if it raises): readers see the old file or the complete
     new one, never a part. The file gets the mode a plain ``open`` would give."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    # the writer in the name (.NAME.HOST-PID.RANDOM.tmp): a dead writer's file is known to be stale
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_writer()}.", suffix=".tmp", dir=path.parent)
+    # the writer in the name (.NAME.@HOST-PID.RANDOM.tmp): a dead writer's file is known to be stale
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.@{_writer()}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, mode) as f:
             yield f
@@ -168,7 +168,8 @@ def _writer() -> str:
 
 def _dead_writer(temporary: Path) -> bool:
     """Was ``temporary`` written by a process of this host that is no longer running?"""
-    match = re.search(rf"\.{re.escape(socket.gethostname())}-(\d+)\.[^.]*\.tmp$", temporary.name)
+    # '@' before the host (no host name holds one): another host whose name ends in this one's is not it
+    match = re.search(rf"\.@{re.escape(socket.gethostname())}-(\d+)\.[^.]*\.tmp$", temporary.name)
     if match is None:  # another host's, or written before writers were named
         return False
     try:

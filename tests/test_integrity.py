@@ -296,10 +296,11 @@ def test_a_dead_writers_temporary_in_a_finished_run_is_removed_by_the_next_sweep
     assert normbench_run(*args, cwd=tmp_path).returncode == 0
     (folder,) = (tmp_path / "default").glob("*/")
     host = socket.gethostname()
-    dead = folder / f".visit.json.{host}-{ended.pid}.k2x9q1zz.tmp"
+    dead = folder / f".visit.json.@{host}-{ended.pid}.k2x9q1zz.tmp"
     kept = [
-        folder / f".visit.json.{host}-{os.getpid()}.a8b7c6d5.tmp",  # alive: this test
-        folder / f".visit.json.{host}x-{ended.pid}.a8b7c6d5.tmp",  # another host
+        folder / f".visit.json.@{host}-{os.getpid()}.a8b7c6d5.tmp",  # alive: this test
+        folder / f".visit.json.@{host}x-{ended.pid}.a8b7c6d5.tmp",  # another host
+        folder / f".visit.json.@x.{host}-{ended.pid}.a8b7c6d5.tmp",  # another host, named ending in ours
         folder / ".visit.json.a8b7c6d5.tmp",  # no writer named
     ]
     for path in (dead, *kept):
@@ -319,7 +320,7 @@ def test_an_atomic_write_names_its_writer_in_its_temporary(tmp_path):
     with atomic_file(tmp_path / "x.json") as f:
         (temporary,) = tmp_path.glob(".x.json.*.tmp")
         f.write("{}")
-    assert temporary.name.startswith(f".x.json.{socket.gethostname()}-{os.getpid()}.")
+    assert temporary.name.startswith(f".x.json.@{socket.gethostname()}-{os.getpid()}.")
     assert (tmp_path / "x.json").read_text() == "{}" and not temporary.exists()
 
 
