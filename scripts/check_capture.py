@@ -18,7 +18,7 @@ import itertools
 from pathlib import Path
 
 import torch
-from bench_args import count
+from bench_args import command_line, count
 from bench_population import configs
 
 from normbench.experiment.build import prepare_data, prepare_model
@@ -89,6 +89,16 @@ def main() -> None:
             f"{'yes' if ok else '**no**'} |"
         )
         print(rows[-1], flush=True)
+        write_report(
+            args, runtime, rows, failures, len(cases)
+        )  # after every row: a check cut short keeps its rows
+    print(f"wrote {args.out}")
+    raise SystemExit(1 if failures else 0)
+
+
+def write_report(
+    args: argparse.Namespace, runtime: Runtime, rows: list[str], failures: int, planned: int
+) -> None:
     gpu = torch.cuda.get_device_name(runtime.device)
     lines = [
         f"# Captured (CUDA graph) vs eager population training ({gpu})",
@@ -98,18 +108,17 @@ def main() -> None:
         f"loss, test error) and of every final parameter and buffer; agreement within {TOLERANCE:g}. "
         "Statuses: c completed, d diverged.",
         "",
-        "Reproduce: `PYTHONPATH=. python scripts/check_capture.py`",
+        f"Reproduce: `PYTHONPATH=. python scripts/check_capture.py {command_line(args)} --out FILE`",
         "",
         "| task | norm | optimizer | form | statuses | history | parameters and buffers | agree |",
         "|---|---|---|---|---|---:|---:|---|",
         *rows,
         "",
-        f"{len(rows) - failures} of {len(rows)} agree.",
+        f"{len(rows) - failures} of {len(rows)} agree"
+        + (f"; {planned - len(rows)} of the {planned} cases not run yet." if planned > len(rows) else "."),
     ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
-    print(f"wrote {args.out}")
-    raise SystemExit(1 if failures else 0)
 
 
 if __name__ == "__main__":
