@@ -196,9 +196,12 @@ def autocast_step(m: nn.Module, x: torch.Tensor, grad: torch.Tensor, autocast) -
     return run
 
 
-def bench_cuda(rounds: int, inner: int, device: torch.device) -> list[dict]:
+def bench_cuda(
+    rounds: int, inner: int, device: torch.device, done: Callable[[list[dict]], None] = lambda rows: None
+) -> list[dict]:
     """Forward+backward of every plugin beside nn.BatchNorm2d on the GPU, in float32 and under bf16
-    autocast (bf16 input), each plugin through its Triton path and through its torch formulas."""
+    autocast (bf16 input), each plugin through its Triton path and through its torch formulas;
+    ``done`` gets the rows so far after each shape and precision."""
     rows = []
     for shape in CUDA_SHAPES:
         for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
@@ -248,6 +251,7 @@ def bench_cuda(rounds: int, inner: int, device: torch.device) -> list[dict]:
                     }
                 )
                 print(rows[-1], flush=True)
+            done(rows)
     return rows
 
 
@@ -361,22 +365,32 @@ def main() -> None:
         text = cuda_markdown(json.loads(args.from_json.read_text()))
     elif device.type == "cuda":
         args.out = args.out or bench_dir / "norms_cuda.md"
-        rows = bench_cuda(args.rounds, args.inner, device)
-        saved = {"rows": rows, "rounds": args.rounds, "inner": args.inner, "torch": torch.__version__}
+        saved = {"rounds": args.rounds, "inner": args.inner, "torch": torch.__version__}
         saved["device"] = torch.cuda.get_device_name(device)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_suffix(".json").write_text(json.dumps(saved, indent=1))
+
+        def save(rows: list[dict]) -> None:  # the table so far: a benchmark cut short keeps its rows
+            saved["rows"] = rows
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.with_suffix(".json").write_text(json.dumps(saved, indent=1))
+            replace_text(args.out, cuda_markdown(saved))
+
+        bench_cuda(args.rounds, args.inner, device, save)
         text = cuda_markdown(saved)
     else:
         args.out = args.out or bench_dir / "norms.md"
         torch.set_num_threads(args.threads)
         rows = bench(args.rounds, args.inner)
         text = to_markdown(rows, args.rounds, args.inner, args.threads)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(args.out)
+    replace_text(args.out, text)
     print(text)
+
+
+def replace_text(path: Path, text: str) -> None:
+    """``path`` replaced by ``text`` whole (a reader never sees a part)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 if __name__ == "__main__":

@@ -94,7 +94,7 @@ run_e2e 30 task=mnist1d_cnn norm=evonorm_b0 runtime.precision=fp16
 run_e2e 60 task=mnist1d_cnn norm=frn runtime.compile=true
 run_e2e 30 task=mnist1d_mlp norm=batchrenorm runtime.precision=bf16
 
-step bench_norms 60 bench_norms python3 scripts/bench_norms.py --device cuda --rounds 5 --inner 10 --out "$out/norms_cuda.md"
+step bench_norms 120 bench_norms python3 scripts/bench_norms.py --device cuda --rounds 5 --inner 10 --out "$out/norms_cuda.md"
 # host time of each piece of the Triton path and of the plugins slowest at small shapes
 step profile_norm 30 profile_norm bash -c 'python3 scripts/profile_norm.py rmsnorm batchrenorm ghost_batchnorm switchnorm evonorm_b0 > "$0"' \
   "$out/profile_cuda.txt"

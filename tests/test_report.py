@@ -377,3 +377,21 @@ def test_the_capture_check_writes_its_rows_so_far_and_the_cases_still_to_run(tmp
         "`PYTHONPATH=. python scripts/check_capture.py --tasks mnist1d_mlp --members 3 --steps 60 --out FILE`"
         in text
     )
+
+
+def test_the_cuda_norm_benchmark_hands_on_its_rows_after_each_shape_and_precision(monkeypatch):
+    """bench_norms.py --device cuda writes its table after each shape and precision (a run stopped at
+    its limit keeps them): run here on CPU tensors with its CUDA timer faked."""
+    from normbench import available_norms
+
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    bench = importlib.import_module("bench_norms")
+    monkeypatch.setattr(bench, "CUDA_SHAPES", [(2, 4, 3, 3), (2, 8, 2, 2)])
+    monkeypatch.setattr(bench, "time_interleaved", lambda cases, *_: {key: [1.0, 1.1] for key in cases})
+    handed: list[list[tuple]] = []
+    bench.bench_cuda(
+        1, 1, bench.torch.device("cpu"), lambda rows: handed.append([tuple(r["shape"]) for r in rows])
+    )
+    n = len(available_norms())
+    assert [len(rows) for rows in handed] == [n, 2 * n, 3 * n, 4 * n]
+    assert handed[-1][: 2 * n] == [(2, 4, 3, 3)] * 2 * n and handed[-1][2 * n :] == [(2, 8, 2, 2)] * 2 * n
