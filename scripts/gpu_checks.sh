@@ -13,8 +13,8 @@
 #
 # Writes population_cuda.md (K=512 populations, wide and captured, vs separate runs),
 # profile_population_cuda.md (the captured step against its kernels' busy time, operator by operator),
-# single_run_cuda.md (one run's captured step), step_norms_cuda.md (every plugin inside one run's
-# training step, eager and captured), capture_check_cuda.md (a population's captured CUDA-graph step vs
+# single_run_cuda.md (one run's captured step), profile_single_cuda.md (its profile), step_norms_cuda.md
+# (every plugin inside one run's training step, eager and captured), capture_check_cuda.md (a population's captured CUDA-graph step vs
 # its eager step), cuda_check.md (fp32 + bf16 correctness), diagnose_cuda.md (normbench.diagnose on
 # CUDA vs the CPU), e2e_cuda.md (normbench-run on the GPU with bf16/fp16, channels_last and
 # torch.compile), norms_cuda.md (plugins vs BatchNorm2d), profile_cuda.txt (host time per piece of the
@@ -64,6 +64,9 @@ step population 60 profile_population python3 scripts/profile_population.py --de
   --steps 100 --out "$out/profile_population_cuda.md"
 step population 40 bench_single python3 scripts/bench_population.py --device cuda --members 1 --steps 1000 \
   --rounds 1 --forms auto:graph --out "$out/single_run_cuda.md"
+# the same for one run alone (its kernels per step are what its captured step replays)
+step population 30 profile_single python3 scripts/profile_population.py --device cuda --members 1 --form auto \
+  --batch-sizes 2 --steps 200 --out "$out/profile_single_cuda.md"
 step population 60 step_norms python3 scripts/bench_norms.py --device cuda --in-step --rounds 1 \
   --out "$out/step_norms_cuda.md"
 step population 45 check_capture python3 scripts/check_capture.py --members 3 --steps 60 --out "$out/capture_check_cuda.md"

@@ -36,6 +36,7 @@ from normbench.runtime import Runtime, resolve_device, use_deterministic_kernels
 
 TOP = 12  # operators listed per setting
 BUSY = "(device busy)"
+LAUNCHES = "(kernels and copies)"
 
 
 def loop_seconds(cfgs, models, data, runtime: Runtime, form: str) -> float:
@@ -49,7 +50,8 @@ def loop_seconds(cfgs, models, data, runtime: Runtime, form: str) -> float:
 
 def operator_times(cfgs, models, data, runtime: Runtime, form: str) -> Counter:
     """Microseconds of each operator's own time (on the device where there is one) in one population's
-    training, and the device's whole busy time under ``BUSY``."""
+    training, the device's whole busy time under ``BUSY`` and, on CUDA, how many kernels and copies it
+    ran under ``LAUNCHES`` (what a captured step replays: each costs a few µs however small)."""
     cuda = runtime.device.type == "cuda"
     activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
     with profile(activities=activities) as prof:
@@ -59,6 +61,7 @@ def operator_times(cfgs, models, data, runtime: Runtime, form: str) -> Counter:
     for event in prof.key_averages():
         if cuda and event.device_type == DeviceType.CUDA:  # a kernel or a copy: the device's own work
             times[BUSY] += event.self_device_time_total
+            times[LAUNCHES] += event.count
         elif event.device_type == DeviceType.CPU:
             times[event.key] += event.self_device_time_total if cuda else event.self_cpu_time_total
     if not cuda:
@@ -126,6 +129,7 @@ def main(argv: list[str] | None = None) -> None:
             cfgs, long, models, data.to(runtime.device), runtime, args.form, args.steps
         )
         busy = per_op.pop(BUSY) / 1e3
+        launches = per_op.pop(LAUNCHES, None)
         # a difference of two timings: too few steps leave it within the timings' noise
         resolved = {name: ms for name, ms in walls.items() if ms > 0}
         summary = ", ".join(
@@ -137,6 +141,7 @@ def main(argv: list[str] | None = None) -> None:
             f"## {task}, batch {batch}",
             "",
             f"{summary}; busy {busy:.3f} ms/step"
+            + (f" in {launches:.0f} kernels and copies" if launches is not None else "")
             + (
                 f" (captured / busy: {resolved['captured'] / busy:.2f})"
                 if "captured" in resolved and busy > 0

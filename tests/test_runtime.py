@@ -231,6 +231,7 @@ def test_gpu_checks_script_keeps_within_its_budget_and_names_what_it_skipped(tmp
     assert skipped == [
         "profile_population",
         "bench_single",
+        "profile_single",
         "step_norms",
         "check_capture",
         "convert_torchvision",
