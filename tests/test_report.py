@@ -379,6 +379,7 @@ def test_the_capture_check_writes_its_rows_so_far_and_the_cases_still_to_run(tmp
     )
 
 
+@pytest.mark.filterwarnings("ignore:CUDA is not available")  # its bf16 autocast, here on CPU tensors
 def test_the_cuda_norm_benchmark_hands_on_its_rows_after_each_shape_and_precision(monkeypatch):
     """bench_norms.py --device cuda writes its table after each shape and precision (a run stopped at
     its limit keeps them): run here on CPU tensors with its CUDA timer faked."""
