@@ -81,9 +81,10 @@ class Runtime:
         if graph is not None and not isinstance(graph, bool):
             raise ConfigError(f"runtime.cuda_graph={graph}: must be true, false or null (where it can)")
         if graph and device.type != "cuda":
-            raise ConfigError(
-                f"runtime.cuda_graph=true: needs a CUDA device (runtime.device={runtime.device})"
+            where = f"runtime.device={runtime.device}" + (
+                "" if str(runtime.device) == str(device) else f", here {device}"
             )
+            raise ConfigError(f"runtime.cuda_graph=true: needs a CUDA device ({where})")
         kernels = str(getattr(runtime.get("kernels", "auto"), "value", runtime.get("kernels", "auto")))
         try:
             check_setting(kernels)

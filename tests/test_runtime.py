@@ -285,3 +285,16 @@ def test_the_gpu_study_script_stops_at_its_limit_and_reports_what_finished(tmp_p
         with contextlib.suppress(OSError):  # a process that ended meanwhile
             left += [pid] if os.readlink(f"/proc/{pid}/cwd").startswith(str(out)) else []
     assert not left
+
+
+@pytest.mark.parametrize(
+    "device, where", [("auto", "runtime.device=auto, here cpu"), ("cpu", "runtime.device=cpu")]
+)
+def test_a_captured_step_on_a_machine_without_cuda_is_one_line_before_any_work(tmp_path, device, where):
+    proc = normbench_run(
+        "runtime.cuda_graph=true", f"runtime.device={device}", "hydra.run.dir=out", cwd=tmp_path
+    )
+    assert proc.returncode == 2 and not (tmp_path / "out").exists()
+    assert (
+        proc.stderr.strip() == f"normbench-run: error: runtime.cuda_graph=true: needs a CUDA device ({where})"
+    )
