@@ -19,7 +19,7 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from bench_args import command_line, count
+from bench_args import command_line, count, git_head
 from bench_population import configs
 from worktree import ROOT
 
@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> None:
     lines = [
         "# The host's work per step in feeding a population its batches",
         "",
-        f"normbench {normbench.__version__}, torch {torch.__version__}, {platform.processor() or 'cpu'}, 1 thread; "
+        f"normbench {normbench.__version__} (commit {git_head()}), torch {torch.__version__}, "
+        f"{platform.processor() or 'cpu'}, 1 thread; "
         f"MNIST-1D ({len(data.x_train):,} training samples), i.i.d. sampling, {args.steps} steps drawn "
         f"(epochs of {len(data.x_train)} // batch steps, each epoch's permutations included), median of "
         f"{args.rounds} interleaved rounds, on the CPU. `{first}`: each member's batch from its own stream "
