@@ -86,7 +86,7 @@ def member_batches(cfgs: Sequence[DictConfig], data: Dataset, device: torch.devi
 def epochwise_batches(cfgs: Sequence[DictConfig], data: Dataset, device: torch.device) -> Iterator[Tensor]:
     """:func:`member_batches` of i.i.d. members, each epoch drawn whole: K permutations stacked and
     copied at once, so that the host's work per step does not grow with K (:func:`stepwise_batches`
-    took 0.7-1.8 ms per step at K=512 on this repository's machine, 6-57x as long:
+    took 0.75-2.15 ms per step at K=512 on this repository's machine, 6-72x as long:
     reports/bench/population_host.md)."""
     epochs = [
         iid_epochs(len(data.x_train), cfg.batch_size, torch.Generator().manual_seed(cfg.seed)) for cfg in cfgs
