@@ -1,6 +1,6 @@
 """The host's work per step in feeding a population its batches: each member's batch drawn step by step
 (:func:`~normbench.population.train.stepwise_batches`, any sampler) against each epoch drawn whole
-(:func:`~normbench.population.train.epochwise_batches`, i.i.d. sampling), both giving the same
+(:func:`~normbench.population.train.member_batches` with i.i.d. sampling), both giving the same
 (K, B) indices per step. On a GPU a captured step is one launch, and this is the host's main work
 between launches, so it bounds the model-steps/s a population can reach.
 
@@ -25,12 +25,12 @@ from worktree import ROOT
 
 import normbench
 from normbench.experiment.build import prepare_data
-from normbench.population.train import epochwise_batches, stepwise_batches
+from normbench.population.train import member_batches, stepwise_batches
 
 # step by step as on a GPU: 256 steps drawn per host-to-device copy (the copy itself left out here)
 DRAWS: dict[str, Callable] = {
     "step by step": partial(stepwise_batches, chunk=256),
-    "epoch at once": epochwise_batches,
+    "epoch at once": member_batches,
 }
 
 

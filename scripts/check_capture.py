@@ -89,9 +89,8 @@ def main() -> None:
             f"{'yes' if ok else '**no**'} |"
         )
         print(rows[-1], flush=True)
-        write_report(
-            args, runtime, rows, failures, len(cases)
-        )  # after every row: a check cut short keeps its rows
+        # after every case: a check cut short keeps what it compared
+        write_report(args, runtime, rows, failures, len(cases))
     print(f"wrote {args.out}")
     raise SystemExit(1 if failures else 0)
 

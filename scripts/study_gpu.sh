@@ -9,8 +9,9 @@
 #   bash scripts/study_gpu.sh [OUT_DIR]   # default reports/small_batch_large
 #
 # Exit status: 0 when the grid and its report are done, 3 when stopped at the time limit (the next call
-# resumes), else the study's own. STUDY_GPU_LIMIT (seconds, default 420) bounds the training; STUDY_GPU_DEVICE (default cuda) and
-# STUDY_GPU_OVERRIDES (Hydra overrides, space-separated) let the tests run the same script on a CPU.
+# resumes), else the study's own. STUDY_GPU_LIMIT (seconds, default 420) bounds the training;
+# STUDY_GPU_DEVICE (default cuda) and STUDY_GPU_OVERRIDES (Hydra overrides, space-separated) let the
+# tests run the same script on a CPU.
 set -uo pipefail
 out="${1:-reports/small_batch_large}"
 mkdir -p "$out"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from normbench.results import (
     load_run,
 )
 from normbench.runtime import CPU_FP32, Runtime, use_deterministic_kernels
-from normbench.samplers import check_class_grouped, class_grouped_batches, iid_batches
+from normbench.samplers import check_class_grouped, class_grouped_batches, iid_batches, iid_epochs
 from normbench.tasks.cifar import crop_flip
 from normbench.tasks.dataset import Dataset
 from normbench.tasks.models import ModelConfigError, scale_initial_weights
@@ -184,10 +184,19 @@ def prepare(cfg: DictConfig, runtime: Runtime = CPU_FP32) -> tuple[Dataset, nn.M
     return data.to(runtime.device, runtime.memory_format), model
 
 
-def batch_iterator(cfg: DictConfig, data: Dataset, gen: torch.Generator):
+def batch_iterator(cfg: DictConfig, data: Dataset, gen: torch.Generator) -> Iterator[Tensor]:
+    """The run's training batches (index tensors), one by one, drawn from ``gen``."""
     if cfg.data.sampler == "class_grouped":
         return class_grouped_batches(data.y_train, cfg.batch_size, cfg.data.classes_per_batch, gen)
     return iid_batches(len(data.x_train), cfg.batch_size, gen)
+
+
+def epoch_iterator(cfg: DictConfig, data: Dataset, gen: torch.Generator) -> Iterator[Tensor] | None:
+    """The same batches as :func:`batch_iterator`, an epoch at a time ((batches, batch_size) tensors),
+    where the sampler draws whole epochs of one length (i.i.d.); None where it does not."""
+    if cfg.data.sampler == "class_grouped":
+        return None
+    return iid_epochs(len(data.x_train), cfg.batch_size, gen)
 
 
 def augmentation(cfg: DictConfig, device: torch.device) -> Callable[[Tensor], Tensor] | None:

@@ -46,6 +46,7 @@ from normbench.evaluate import Members
 from normbench.experiment.build import (
     augmentation,
     batch_iterator,
+    epoch_iterator,
     hooked_forward,
     prepare_data,
     prepare_model,
@@ -66,7 +67,6 @@ from normbench.population.optim import PopulationOptimizer
 from normbench.population.stacked import Population
 from normbench.population.wide import stack_population
 from normbench.runtime import Runtime
-from normbench.samplers import iid_epochs
 from normbench.tasks.dataset import Dataset
 from normbench.tasks.registry import Task, task_for
 from normbench.train import FitResult, lr_schedule, training_plan
@@ -76,22 +76,19 @@ log = logging.getLogger(__name__)
 
 def member_batches(cfgs: Sequence[DictConfig], data: Dataset, device: torch.device) -> Iterator[Tensor]:
     """Every member's next batch indices as one (K, B) tensor per step, on ``device``, each member's from
-    its own sampler stream (seeded by its seed, as its separate run's): :func:`epochwise_batches` where
-    every member samples i.i.d., else :func:`stepwise_batches`."""
-    if all(cfg.data.sampler == "iid" for cfg in cfgs):
-        return epochwise_batches(cfgs, data, device)
-    return stepwise_batches(cfgs, data, device)
+    its own sampler stream (seeded by its seed, as its separate run's). Where every member's sampler
+    draws whole epochs (:func:`~normbench.experiment.build.epoch_iterator`), the K epochs are stacked
+    and copied at once, so that the host's work per step does not grow with K
+    (:func:`stepwise_batches` took 0.75-2.15 ms per step at K=512 on this repository's machine, 6-72x
+    as long: reports/bench/population_host.md); other samplers' come step by step."""
+    epochs = [epoch_iterator(cfg, data, torch.Generator().manual_seed(cfg.seed)) for cfg in cfgs]
+    if any(e is None for e in epochs):
+        return stepwise_batches(cfgs, data, device)
+    return _stacked_epochs(epochs, device)
 
 
-def epochwise_batches(cfgs: Sequence[DictConfig], data: Dataset, device: torch.device) -> Iterator[Tensor]:
-    """:func:`member_batches` of i.i.d. members, each epoch drawn whole: K permutations stacked and
-    copied at once, so that the host's work per step does not grow with K (:func:`stepwise_batches`
-    took 0.75-2.15 ms per step at K=512 on this repository's machine, 6-72x as long:
-    reports/bench/population_host.md)."""
-    epochs = [
-        iid_epochs(len(data.x_train), cfg.batch_size, torch.Generator().manual_seed(cfg.seed)) for cfg in cfgs
-    ]
-    while True:
+def _stacked_epochs(epochs: Sequence[Iterator[Tensor]], device: torch.device) -> Iterator[Tensor]:
+    while True:  # (epoch's batches, K, B) on the device; each step a view of it
         yield from torch.stack([next(e) for e in epochs], dim=1).to(device)
 
 
