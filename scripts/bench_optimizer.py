@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from bench_args import count, git_commit, git_head
+from bench_args import command_line, count, git_commit, git_head
 from bench_norms import wall_clock
 from bench_population import configs
 from worktree import ROOT, checkout
@@ -28,6 +28,7 @@ from worktree import ROOT, checkout
 import normbench
 from normbench.experiment.build import prepare_data, prepare_model
 from normbench.population.optim import PopulationOptimizer
+from normbench.population.stacked import pack
 from normbench.population.wide import stack_population
 from normbench.runtime import Runtime
 from normbench.train import make_optimizer
@@ -44,6 +45,10 @@ def wide_params(task: str, members: int) -> list[torch.Tensor]:
 
 
 def population_step(cls: type, name: str, params: list[torch.Tensor]) -> Callable[[], None]:
+    """One step of ``cls`` over its own copy of ``params``, packed as the training loop packs them (a
+    population of one steps them as one flat tensor)."""
+    params = [p.clone() for p in params]
+    pack(params)
     k = params[0].shape[0]
     momentum, decay = (torch.full((k,), v, dtype=torch.float64) for v in OPTIMIZERS[name])
     opt = cls(name, params, momentum, decay)
@@ -76,7 +81,7 @@ def load_optimizer_class(tree: Path) -> type:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=["mnist1d_mlp", "mnist1d_cnn"])
-    parser.add_argument("--members", nargs="+", type=count, default=[16, 64])
+    parser.add_argument("--members", nargs="+", type=count, default=[1, 16, 64])
     parser.add_argument("--optimizers", nargs="+", choices=sorted(OPTIMIZERS), default=["sgd", "adamw"])
     parser.add_argument("--steps", type=count, default=200)
     parser.add_argument("--rounds", type=count, default=5)
@@ -91,7 +96,7 @@ def main() -> None:
         for task, k, name in itertools.product(args.tasks, args.members, args.optimizers):
             params = wide_params(task, k)
             steps = {"separate": separate_steps(name, params)} | {
-                rev: population_step(cls, name, [p.clone() for p in params]) for rev, cls in classes.items()
+                rev: population_step(cls, name, params) for rev, cls in classes.items()
             }
             for step in steps.values():  # the first steps create the optimizers' state
                 wall_clock(step, 3)
@@ -116,8 +121,7 @@ def main() -> None:
         f"(single-tensor path, as separate runs step); a revision: the PopulationOptimizer at it; this: the "
         f"PopulationOptimizer of the checkout that wrote the file ({git_head()}).",
         "",
-        f"Reproduce: `python scripts/bench_optimizer.py --revisions {' '.join(args.revisions)} "
-        f"--rounds {args.rounds} --steps {args.steps}`",
+        f"Reproduce: `python scripts/bench_optimizer.py {command_line(args)}`",
         "",
         "| task | parameters per member | K | optimizer | separate | " + " | ".join(classes) + " |",
         "|---|---:|---:|---|---:|" + "---:|" * len(classes),

@@ -1,9 +1,10 @@
 """A population trained with its step captured as a CUDA graph against the same population trained
 eagerly (needs a CUDA device).
 
-For each task and norm (with SGD; with AdamW too for each task's first norm): K members (seeds × learning rates, one of them diverging at lr 1e4, so the
-freezing of a diverged member is replayed too) trained twice from the same initial weights, with
-``runtime.cuda_graph`` true and false; the histories (test errors, training losses), statuses,
+For each task, norm (with SGD; with AdamW too for each task's first norm) and population size K: K
+members (seeds × learning rates; of several, the last diverges at lr 1e4, so the freezing of a
+diverged member is replayed too; one alone updates its parameters as one flat tensor) trained twice
+from the same initial weights, with ``runtime.cuda_graph`` true and false; the histories (test errors, training losses), statuses,
 divergence steps and final parameters and buffers must agree. A replay launches the same kernels in
 the same order, so they should agree to the last bit; the table shows the largest differences.
 
@@ -45,7 +46,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=["mnist1d_mlp", "mnist1d_cnn"])
     parser.add_argument("--norms", nargs="+", default=["batchnorm", "groupnorm", "batchrenorm"])
-    parser.add_argument("--members", type=count, default=5)
+    parser.add_argument("--members", nargs="+", type=count, default=[1, 5])
     parser.add_argument("--steps", type=count, default=120)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--out", type=Path, default=Path("reports/bench/capture_check_cuda.md"))
@@ -57,12 +58,14 @@ def main() -> None:
     rows, failures = [], 0
     cases = [(t, n, "sgd") for t, n in itertools.product(args.tasks, args.norms)]
     cases += [(t, args.norms[0], "adamw") for t in args.tasks]  # its bias corrections count on the device
-    for task, norm, optim in cases:
-        cfgs = configs(task, norm, 16, args.members, args.steps, args.device)
+    cases = [(*case, k) for case in cases for k in args.members]
+    for task, norm, optim, k in cases:
+        cfgs = configs(task, norm, 16, k, args.steps, args.device)
         for cfg in cfgs:
             if optim == "adamw":
                 cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay = "adamw", cfg.optim.lr / 100, 1e-2
-        cfgs[-1].optim.lr = 1e4  # diverges: frozen, in the graph as out of it
+        if k > 1:
+            cfgs[-1].optim.lr = 1e4  # diverges: frozen, in the graph as out of it
         cpu_data = prepare_data(cfgs[0], runtime)
         data = cpu_data.to(runtime.device)
         (eager, eager_models), (graphed, graphed_models) = (
@@ -85,7 +88,7 @@ def main() -> None:
         failures += not ok
         statuses = " ".join(r.status[0] for r in graphed)
         rows.append(
-            f"| {task} | {norm} | {optim} | {graphed[0].population} | {statuses} | {history:.2e} | {state:.2e} | "
+            f"| {task} | {norm} | {optim} | {k} | {graphed[0].population} | {statuses} | {history:.2e} | {state:.2e} | "
             f"{'yes' if ok else '**no**'} |"
         )
         print(rows[-1], flush=True)
@@ -102,15 +105,15 @@ def write_report(
     lines = [
         f"# Captured (CUDA graph) vs eager population training ({gpu})",
         "",
-        f"torch {torch.__version__}; {args.members} members (seeds × learning rates, the last at lr 1e4: "
+        f"torch {torch.__version__}; K members (seeds × learning rates; of several, the last at lr 1e4: "
         f"diverges), batch 16, {args.steps} steps; largest absolute differences of the history (training "
         f"loss, test error) and of every final parameter and buffer; agreement within {TOLERANCE:g}. "
         "Statuses: c completed, d diverged.",
         "",
         f"Reproduce: `PYTHONPATH=. python scripts/check_capture.py {command_line(args)} --out FILE`",
         "",
-        "| task | norm | optimizer | form | statuses | history | parameters and buffers | agree |",
-        "|---|---|---|---|---|---:|---:|---|",
+        "| task | norm | optimizer | K | form | statuses | history | parameters and buffers | agree |",
+        "|---|---|---|---:|---|---|---:|---:|---|",
         *rows,
         "",
         f"{len(rows) - failures} of {len(rows)} agree"

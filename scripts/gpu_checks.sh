@@ -69,7 +69,7 @@ step population 30 profile_single python3 scripts/profile_population.py --device
   --batch-sizes 2 --steps 200 --out "$out/profile_single_cuda.md"
 step population 60 step_norms python3 scripts/bench_norms.py --device cuda --in-step --rounds 1 \
   --out "$out/step_norms_cuda.md"
-step population 45 check_capture python3 scripts/check_capture.py --members 3 --steps 60 --out "$out/capture_check_cuda.md"
+step population 60 check_capture python3 scripts/check_capture.py --members 1 3 --steps 60 --out "$out/capture_check_cuda.md"
 step check_cuda 90 check_cuda python3 scripts/check_cuda.py --out "$out/cuda_check.md"
 step check_cuda 20 check_diagnose python3 scripts/check_diagnose_cuda.py --out "$out/diagnose_cuda.md"
 

@@ -9,8 +9,10 @@ import re
 import pytest
 import torch
 from torch import Tensor
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from normbench.population.optim import PopulationOptimizer
+from normbench.population.stacked import pack
 from normbench.train import make_optimizer
 
 LR = (0.1, 0.05, 0.3)
@@ -150,3 +152,116 @@ def test_steps_undone_by_restoring_its_tensors_leave_no_trace(name):
     for g in grads:
         reference.step([g.clone()], lr, alive)
     assert torch.equal(p, q) and opt.steps == reference.steps == len(grads)
+
+
+class _OpCount(TorchDispatchMode):
+    """Counts the operators that do arithmetic (not views) dispatched inside the block."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not func.is_view:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _run_alone(name: str, shapes: list[tuple[int, ...]], steps: int, packed: bool, alive_until: int = 99):
+    """A population of one (parameters (1, *shape), packed into one buffer or not) against its own torch
+    optimizer, both stepped ``steps`` times on the same gradients; NaN gradients once not alive."""
+    gen = torch.Generator().manual_seed(4)
+    params = [torch.randn(1, *s, generator=gen) for s in shapes]
+    if packed:
+        assert pack(params)
+    alone = [p[0].clone().requires_grad_() for p in params]
+    reference = make_optimizer(name, alone, 0.1, 0.9, 1e-2)
+    opt = PopulationOptimizer(name, params, *(torch.tensor([v], dtype=torch.float64) for v in (0.9, 1e-2)))
+    ops = []
+    for t in range(steps):
+        grads = [torch.randn(1, *s, generator=gen) for s in shapes]
+        if t >= alive_until:
+            grads = [torch.full_like(g, float("nan")) for g in grads]
+        else:
+            for q, g in zip(alone, grads, strict=True):
+                q.grad = g[0].clone()
+            for group in reference.param_groups:
+                group["lr"] = 0.1 * (1 - t / steps)
+            reference.step()
+        lr = torch.tensor([0.1 * (1 - t / steps)], dtype=torch.float64)
+        with _OpCount() as counted:
+            opt.step(grads, lr, torch.tensor([t < alive_until]))
+        ops.append(counted.count)
+    return params, alone, opt, ops
+
+
+SHAPES = [(5, 4), (4,), (3, 3, 3), (2,)]
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_a_packed_population_of_one_steps_as_its_own_optimizer_in_operations_that_do_not_grow_with_its_tensors(
+    name,
+):
+    params, alone, _, few = _run_alone(name, SHAPES, 6, packed=True)
+    for p, q in zip(params, alone, strict=True):
+        assert torch.equal(p[0], q.detach())
+    _, _, _, more = _run_alone(name, SHAPES * 4, 6, packed=True)
+    _, _, _, unpacked = _run_alone(name, SHAPES * 4, 6, packed=False)
+    assert few[1:] == more[1:]  # after the first step, which creates the state
+    assert unpacked[-1] > 3 * more[-1]  # one set of operations per tensor when they are not packed
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_a_packed_run_alone_frozen_midway_keeps_its_parameters_through_nan_gradients(name):
+    params, alone, _, _ = _run_alone(name, SHAPES, 8, packed=True, alive_until=4)
+    for p, q in zip(params, alone, strict=True):
+        assert torch.equal(p[0], q.detach())
+
+
+@pytest.mark.parametrize("packed", [True, False], ids=["packed", "one-by-one"])
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_state_loaded_into_a_fresh_optimizer_continues_as_the_uninterrupted_one(name, packed):
+    """What resuming from a checkpoint relies on: ``state`` per parameter, shaped like it, and
+    ``load_state`` of it (with the step count) continue exactly."""
+    params, _, opt, _ = _run_alone(name, SHAPES, 5, packed)
+    state = [{key: t.clone() for key, t in s.items()} for s in opt.state]
+    assert [[t.shape for t in s.values()] for s in state] == [
+        [p.shape] * len(s) for p, s in zip(params, state, strict=True)
+    ]
+    copies = [p.clone() for p in params]
+    if packed:
+        assert pack(copies)
+    twin = PopulationOptimizer(name, copies, opt.momentum, opt.weight_decay)
+    twin.load_state(state)
+    twin.steps = opt.steps
+    gen = torch.Generator().manual_seed(5)
+    for _ in range(3):
+        grads = [torch.randn(p.shape, generator=gen) for p in params]
+        lr, alive = torch.tensor([0.05], dtype=torch.float64), torch.tensor([True])
+        opt.step([g.clone() for g in grads], lr, alive)
+        twin.step([g.clone() for g in grads], lr, alive)
+    assert all(torch.equal(p, q) for p, q in zip(params, copies, strict=True))
+
+
+def test_pack_lays_tensors_out_one_after_another_keeping_their_values_and_identity():
+    tensors = [torch.randn(3, 4), torch.randn(5), torch.randn(2, 2, 2)]
+    values, ids = [t.clone() for t in tensors], [id(t) for t in tensors]
+    assert pack(tensors)
+    assert [id(t) for t in tensors] == ids and all(
+        torch.equal(t, v) for t, v in zip(tensors, values, strict=True)
+    )
+    assert len({t.untyped_storage().data_ptr() for t in tensors}) == 1
+    assert [t.storage_offset() for t in tensors] == [0, 12, 17]
+    tensors[1].add_(1)  # each is still its own tensor
+    assert torch.equal(tensors[0], values[0]) and torch.equal(tensors[1], values[1] + 1)
+
+
+@pytest.mark.parametrize(
+    "tensors",
+    [[torch.zeros(2), torch.zeros(2, dtype=torch.float64)], [torch.zeros(3, 2).T, torch.zeros(2)]],
+    ids=["two dtypes", "not contiguous"],
+)
+def test_pack_leaves_tensors_it_cannot_lay_out_as_one_where_they_are(tensors):
+    pointers = [t.data_ptr() for t in tensors]
+    assert not pack(tensors)
+    assert [t.data_ptr() for t in tensors] == pointers

@@ -368,13 +368,13 @@ def test_the_capture_check_writes_its_rows_so_far_and_the_cases_still_to_run(tmp
     monkeypatch.syspath_prepend(str(ROOT / "scripts"))
     check = importlib.import_module("check_capture")
     monkeypatch.setattr(check.torch.cuda, "get_device_name", lambda device: "GPU")
-    args = argparse.Namespace(tasks=["mnist1d_mlp"], members=3, steps=60, out=tmp_path / "capture.md")
-    rows = ["| mnist1d_mlp | batchnorm | sgd | wide | c c d | 0.00e+00 | 0.00e+00 | yes |"]
+    args = argparse.Namespace(tasks=["mnist1d_mlp"], members=[1, 3], steps=60, out=tmp_path / "capture.md")
+    rows = ["| mnist1d_mlp | batchnorm | sgd | 3 | wide | c c d | 0.00e+00 | 0.00e+00 | yes |"]
     check.write_report(args, check.Runtime(check.torch.device("cpu")), rows, failures=0, planned=8)
     text = args.out.read_text()
     assert rows[0] in text and text.rstrip().endswith("1 of 1 agree; 7 of the 8 cases not run yet.")
     assert (
-        "`PYTHONPATH=. python scripts/check_capture.py --tasks mnist1d_mlp --members 3 --steps 60 --out FILE`"
+        "`PYTHONPATH=. python scripts/check_capture.py --tasks mnist1d_mlp --members 1 3 --steps 60 --out FILE`"
         in text
     )
 

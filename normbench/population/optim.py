@@ -10,6 +10,12 @@ there, so a step captured as a CUDA graph (:mod:`normbench.capture`) replays wit
 One set of operations per parameter tensor, not torch's multi-tensor ``_foreach_*`` calls: with
 per-member factors (K, 1, ...) their CUDA fast path does not apply (it needs equal shapes), and on the
 CPU they measured no faster (``scripts/bench_optimizer.py``, reports/bench/population_optimizer.md).
+A population of one (a run alone, its step captured) whose parameters lie packed in one buffer
+(:meth:`normbench.population.stacked.Population.pack_parameters`) is updated as that one flat tensor:
+the same operations, each once per step instead of once per parameter tensor, which is what a small
+model's captured step costs on a GPU (each kernel a few µs however small). With K > 1 the factors
+would have to be spread over every element first, more passes over memory for fewer launches: a
+trade only a GPU measurement can settle, so populations keep one set per tensor.
 """
 
 from __future__ import annotations
@@ -57,7 +63,10 @@ class PopulationOptimizer:
         self._momentum, self._weight_decay = _PerMember(self.momentum), _PerMember(self.weight_decay)
         # torch skips a zero weight decay; adding 0·p would give the same numbers at one more pass
         self._decays = bool(self.weight_decay.any())
-        self.state: list[dict[str, Tensor]] = [{} for _ in self.params]
+        # what one update runs over: the parameters one by one, or the one flat tensor they tile
+        self._flat = packed(self.params) if len(self.momentum) == 1 else None
+        self._targets = self.params if self._flat is None else [self._flat]
+        self._state: list[dict[str, Tensor]] = [{} for _ in self._targets]
         self.count = torch.zeros((), dtype=torch.float64, device=self.momentum.device)
 
     @classmethod
@@ -84,7 +93,22 @@ class PopulationOptimizer:
     @property
     def tensors(self) -> list[Tensor]:
         """The optimizer's state tensors (momentum buffers, moments, the step count)."""
-        return [*(t for state in self.state for t in state.values()), self.count]
+        return [*(t for state in self._state for t in state.values()), self.count]
+
+    @property
+    def state(self) -> list[dict[str, Tensor]]:
+        """Each parameter's state (K, ...) by name (``momentum_buffer``; ``exp_avg``, ``exp_avg_sq``),
+        views of the flat state where the parameters are updated as one tensor."""
+        if self._flat is None:
+            return self._state
+        return [{key: _part(t, self._flat, p) for key, t in self._state[0].items()} for p in self.params]
+
+    def load_state(self, state: Sequence[dict[str, Tensor]]) -> None:
+        """Set each parameter's state (as :attr:`state` gives it, e.g. from a checkpoint)."""
+        if self._flat is None:
+            self._state = [dict(s) for s in state]
+        else:
+            self._state = [{key: torch.cat([s[key].reshape(-1) for s in state]) for key in state[0]}]
 
     @torch.no_grad()
     def step(self, grads: Sequence[Tensor], lr: Tensor, alive: Tensor, all_alive: bool = False) -> None:
@@ -107,7 +131,9 @@ class PopulationOptimizer:
                 _PerMember((1 - BETA2**t) ** 0.5),  # one value, broadcast over the members
             )
             update = self._adamw
-        for p, g, state in zip(self.params, grads, self.state, strict=True):
+        if self._flat is not None:  # one copy of the gradients instead of a few kernels per parameter
+            grads = [torch.cat([g.reshape(-1) for g in grads])]
+        for p, g, state in zip(self._targets, grads, self._state, strict=True):
             if frozen is not None:  # a diverged member's NaN gradient must not reach its parameters
                 g.masked_fill_(frozen.view(-1, *([1] * (g.dim() - 1))), 0.0)
             update(p, g, state, *factors)
@@ -146,3 +172,24 @@ class PopulationOptimizer:
         v.mul_(BETA2).addcmul_(g, g, value=1 - BETA2)
         denom = v.sqrt().div_(bias_correction2_sqrt.over(p)).add_(self.eps)
         p.addcdiv_(m * neg_step_size.over(p), denom)
+
+
+def packed(params: Sequence[Tensor]) -> Tensor | None:
+    """The one flat tensor that ``params`` tile, each contiguous and right after the one before in
+    the same storage (as :meth:`~normbench.population.stacked.Population.pack_parameters` lays them
+    out), or None."""
+    first = params[0]
+    end = first.storage_offset()
+    for p in params:
+        same = p.untyped_storage().data_ptr() == first.untyped_storage().data_ptr() and p.dtype == first.dtype
+        if not (same and p.is_contiguous() and p.storage_offset() == end):
+            return None
+        end += p.numel()
+    start = first.storage_offset()
+    return first.detach().as_strided((end - start,), (1,), start)
+
+
+def _part(t: Tensor, flat: Tensor, p: Tensor) -> Tensor:
+    """The slice of ``t`` (laid out as ``flat``) that belongs to ``p``, shaped like it."""
+    start = p.storage_offset() - flat.storage_offset()
+    return t[start : start + p.numel()].view(p.shape)

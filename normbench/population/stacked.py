@@ -61,6 +61,20 @@ def _meta_twin(model: nn.Module) -> nn.Module:
     return twin
 
 
+def pack(tensors: Sequence[Tensor]) -> bool:
+    """Rebind ``tensors`` (each contiguous, all of one dtype and device) to consecutive slices of one
+    new buffer, each keeping its values and identity; False, and nothing moves, where they are not."""
+    kinds = {(t.dtype, t.device) for t in tensors}
+    if len(kinds) != 1 or not all(t.is_contiguous() for t in tensors):
+        return False
+    buffer = torch.cat([t.detach().reshape(-1) for t in tensors])
+    start = 0
+    for t in tensors:
+        t.data = buffer[start : start + t.numel()].view_as(t)
+        start += t.numel()
+    return True
+
+
 @dataclass
 class Population:
     """K models of one architecture as stacked parameters (K, ...) and buffers, and a stateless
@@ -148,6 +162,13 @@ class Population:
                         p.shape, g.stride(), dtype=p.dtype, device=p.device
                     )
                     self.params[name].copy_(p).requires_grad_()
+
+    def pack_parameters(self) -> None:
+        """Lay :attr:`leaves` out one after another in one new buffer (each keeps its identity; where
+        they are not all contiguous, of one dtype and on one device, nothing moves), so that the
+        optimizer of a population of one updates them as one flat tensor
+        (:class:`~normbench.population.optim.PopulationOptimizer`)."""
+        pack(self.leaves)
 
     def unstack_into(self, models: Sequence[nn.Module]) -> None:
         """Copy member k's parameters and buffers into ``models[k]``."""

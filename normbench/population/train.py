@@ -150,6 +150,7 @@ def _fit_population(
             x[probe], y[probe], task
         )
     pop.match_gradient_layout(torch.autograd.grad(loss.sum(), pop.leaves))
+    pop.pack_parameters()
     lrs = lr_table([p.lr for p in plans], total, first.optim.schedule, first.optim.warmup_steps, device)
     optimizer = PopulationOptimizer.for_members(cfgs, list(pop.params.values()))
     batches = member_batches(cfgs, data, device)
@@ -202,14 +203,16 @@ def _fit_population(
             losses = pop.losses(inputs, y[idx_now], task)
         grads = pop.member_grads(torch.autograd.grad(losses.sum(), leaves))
         finite = torch.isfinite(losses.detach())
-        with torch.no_grad():
+        with (
+            torch.no_grad()
+        ):  # each where writes in place: a kernel per tensor, which a captured step replays
             if before is not None:
+                frozen = ~alive
                 for name, b in own_buffers.items():
-                    frozen = (~alive).view(-1, *([1] * (b.dim() - 1)))
-                    b.copy_(torch.where(frozen, before[name], b))
-            diverged_at.copy_(torch.where(alive & ~finite, step_now, diverged_at))
+                    torch.where(frozen.view(-1, *([1] * (b.dim() - 1))), before[name], b, out=b)
+            torch.where(alive & ~finite, step_now, diverged_at, out=diverged_at)
             for name, b in shared.items():  # a member's value after its last forward
-                held[name].copy_(torch.where(alive, b, held[name]))
+                torch.where(alive, b, held[name], out=held[name])
             alive.logical_and_(finite)
             all_alive = device.type == "cpu" and bool(alive.all())
             optimizer.step(grads, lr_now, alive, all_alive)
@@ -316,13 +319,15 @@ class _LoopState:
             else:
                 b.copy_(stacked("buffers", name))
         self.optimizer.steps = saved[0]["optimizer_steps"]
-        self.optimizer.state = [
-            {
-                key: torch.stack([m["optimizer"][j][key] for m in saved]).to(device)
-                for key in saved[0]["optimizer"][j]
-            }
-            for j in range(len(self.optimizer.params))
-        ]
+        self.optimizer.load_state(
+            [
+                {
+                    key: torch.stack([m["optimizer"][j][key] for m in saved]).to(device)
+                    for key in saved[0]["optimizer"][j]
+                }
+                for j in range(len(self.optimizer.params))
+            ]
+        )
         for name in ("alive", "diverged_at", "loss_sum"):
             getattr(self, name).copy_(stacked(name))
         for name, h in self.held.items():

@@ -242,11 +242,19 @@ class WidePopulation(Population):
     def __init__(self, wide: nn.Module, shapes: dict[str, torch.Size], size: int) -> None:
         self.members = size
         self._owns_buffers = True
+        self._shapes = shapes
         super().__init__(
             wide,
             {n: _member_view(t, shapes[n], size) for n, t in wide.named_parameters()},
             {n: _member_view(t, shapes[n], size) for n, t in wide.named_buffers()},
         )
+
+    def pack_parameters(self) -> None:
+        super().pack_parameters()
+        # the members' views were made of the tensors' former storage
+        self.params = {
+            n: _member_view(t, self._shapes[n], self.members) for n, t in self.base.named_parameters()
+        }
 
     @classmethod
     def stack(cls, models: Sequence[nn.Module]) -> WidePopulation:  # type: ignore[override]
