@@ -200,6 +200,24 @@ def test_a_diverging_member_is_frozen_and_recorded_while_the_others_go_on(tmp_pa
     assert len(records[1]["history"]) < len(records[0]["history"]) == 3
 
 
+def test_a_population_whose_every_member_diverged_stops_with_the_records_of_separate_runs(
+    tmp_path, monkeypatch
+):
+    from normbench.population.optim import PopulationOptimizer
+
+    steps = []
+    step = PopulationOptimizer.step
+    monkeypatch.setattr(
+        PopulationOptimizer, "step", lambda self, *a, **k: steps.append(1) or step(self, *a, **k)
+    )
+    members = [("seed=0", "optim.lr=30000"), ("seed=1", "optim.lr=10000"), ("seed=2", "optim.lr=3000")]
+    records = _compare(tmp_path, "norm=identity", "batch_size=16", members=members)
+    assert [r["status"] for r in records] == ["diverged"] * 3
+    last = max(r["diverged_at_step"] for r in records)
+    # the population stepped until its last member diverged, not the 120 steps planned
+    assert len(steps) == last + 1 < 120
+
+
 def test_an_exception_in_training_fails_every_member_with_its_message(monkeypatch):
     import normbench.population.train as population
 
