@@ -401,3 +401,19 @@ def test_a_group_larger_than_the_cache_allows_trains_as_several_populations_with
         assert a["metrics"].keys() == b["metrics"].keys()
         assert all(_close(a["metrics"][k], v) for k, v in b["metrics"].items()), (a["metrics"], b["metrics"])
         assert all(_close(p[k], q[k]) for p, q in zip(a["history"], b["history"], strict=True) for k in q)
+
+
+def test_a_population_of_one_without_a_wide_form_trains_as_its_member_would_alone(tmp_path):
+    """The Transformer has no wide form for several members; one member is its own (a copy of it)."""
+    cfg = compose_cfg(
+        "task=seq_transformer",
+        "norm=rmsnorm",
+        "batch_size=8",
+        "task.model.width=32",
+        "task.model.depth=1",
+        *STEPS,
+        *EVAL,
+    )
+    (record,) = train_population([cfg])
+    assert record["env"]["population_form"] == "wide"
+    assert_same_record(record, execute(cfg, tmp_path), population=1)

@@ -192,6 +192,19 @@ def test_models_without_a_wide_form_fall_back_to_vmap_and_say_why(make, reason):
             stack_population(models, "wide")
 
 
+def test_a_population_of_one_is_a_copy_of_its_member_even_without_a_wide_form():
+    """One member is its own wide model: the same modules (the Transformer's attention, a plugin's
+    accelerated forms), its own copy of the tensors, and the member's outputs exactly."""
+    (model,) = _models(lambda: SequenceTransformer(1, 8, 8, 1, 2, 10, NormLayers("layernorm"), "token"), 1)
+    pop = stack_population([model], "wide")
+    assert pop.form == "wide" and [type(m) for m in pop.base.modules()] == [type(m) for m in model.modules()]
+    x = torch.randn(1, 4, 1, 8)
+    assert torch.equal(pop.forward(x)[0], model(x[0]))
+    with torch.no_grad():
+        pop.params["head.weight"].add_(1.0)  # a copy: the member keeps its weights
+    assert not torch.equal(pop.base.head.weight, model.head.weight)
+
+
 def test_an_unknown_form_is_refused_with_the_allowed_ones():
     with pytest.raises(ValueError, match="population form 'fast': allowed are auto, wide, vmap"):
         stack_population(_models(lambda: MLP(4, 4, 1, 2, NormLayers("bn"))), "fast")

@@ -16,6 +16,9 @@ sees (N, K·C, *spatial), member k in channels [k·C, (k+1)·C), each with its o
 - parameters a member shares between modules (the recurrent net's one γ/β for every step) are shared
   in the wide model too.
 
+A population of one is a copy of its member, trivially its own wide form, whatever its parts: a run alone
+trained as one (its step captured on a GPU) runs the kernels and accelerated forms of the run itself.
+
 A step costs about one model K times wider instead of K models. Models with a part that has no wide form
 (a Transformer's attention, a plugin with ``population="vmap"``, a weight-standardized layer) train
 under ``vmap`` instead (:class:`~normbench.population.stacked.Population`): :func:`stack_population`
@@ -258,8 +261,11 @@ class WidePopulation(Population):
 
     @classmethod
     def stack(cls, models: Sequence[nn.Module]) -> WidePopulation:  # type: ignore[override]
-        wide = _widen_module(models, "", plugin_classes())
-        tie_shared(models[0], wide)
+        if len(models) == 1:  # one member is its own wide model: its modules, kernels and accelerated forms
+            wide = copy.deepcopy(models[0])
+        else:
+            wide = _widen_module(models, "", plugin_classes())
+            tie_shared(models[0], wide)
         shapes = {name: t.shape for name, t in _state(models[0]).items()}
         missing = set(shapes) ^ set(_state(wide))
         if missing:
