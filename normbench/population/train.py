@@ -203,9 +203,8 @@ def _fit_population(
             losses = pop.losses(inputs, y[idx_now], task)
         grads = pop.member_grads(torch.autograd.grad(losses.sum(), leaves))
         finite = torch.isfinite(losses.detach())
-        with (
-            torch.no_grad()
-        ):  # each where writes in place: a kernel per tensor, which a captured step replays
+        # each where writes in place: one kernel per tensor, which a captured step replays every step
+        with torch.no_grad():
             if before is not None:
                 frozen = ~alive
                 for name, b in own_buffers.items():
