@@ -417,3 +417,29 @@ def test_a_population_of_one_without_a_wide_form_trains_as_its_member_would_alon
     (record,) = train_population([cfg])
     assert record["env"]["population_form"] == "wide"
     assert_same_record(record, execute(cfg, tmp_path), population=1)
+
+
+@pytest.mark.parametrize("optim", ["sgd", "adamw"])
+def test_a_population_of_one_resumed_from_its_checkpoint_ends_as_the_uninterrupted_one(tmp_path, optim):
+    """A run alone steps its parameters as one flat tensor; its checkpoint holds each parameter's
+    optimizer state, and resuming from it (step 80 of 120) ends bit for bit where training on did."""
+    from normbench.checkpoint import Checkpoint
+    from normbench.population.train import fit_population
+
+    cfg = compose_cfg(
+        "norm=batchnorm",
+        "batch_size=16",
+        f"optim.name={optim}",
+        "train.budget=steps",
+        "train.steps=120",
+        "train.history_points=3",
+    )
+    data = prepare_data(cfg)
+    checkpoint = Checkpoint(tmp_path / "checkpoint.pt", 40, "h")
+    models = [prepare_model(cfg, data) for _ in range(2)]
+    (whole,) = fit_population([cfg], models[:1], data, Runtime(), checkpoints=[checkpoint])
+    assert checkpoint.load()["step"] == 80
+    (resumed,) = fit_population([cfg], models[1:], data, Runtime(), checkpoints=[checkpoint])
+    assert resumed.history[-1] == whole.history[-1]
+    for a, b in zip(models[0].state_dict().values(), models[1].state_dict().values(), strict=True):
+        assert torch.equal(a, b)
