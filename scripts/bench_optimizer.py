@@ -26,6 +26,7 @@ from bench_population import configs
 from worktree import ROOT, checkout
 
 import normbench
+from normbench.cli import CONF_DIR
 from normbench.experiment.build import prepare_data, prepare_model
 from normbench.population.optim import PopulationOptimizer
 from normbench.population.stacked import pack
@@ -80,7 +81,8 @@ def load_optimizer_class(tree: Path) -> type:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", nargs="+", default=["mnist1d_mlp", "mnist1d_cnn"])
+    tasks = sorted(p.stem for p in (CONF_DIR / "task").glob("*.yaml"))
+    parser.add_argument("--tasks", nargs="+", choices=tasks, default=["mnist1d_mlp", "mnist1d_cnn"])
     parser.add_argument("--members", nargs="+", type=count, default=[1, 16, 64])
     parser.add_argument("--optimizers", nargs="+", choices=sorted(OPTIMIZERS), default=["sgd", "adamw"])
     parser.add_argument("--steps", type=count, default=200)

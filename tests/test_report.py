@@ -269,6 +269,7 @@ def test_report_benchmark_refuses_a_bad_baseline_before_any_work(tmp_path):
         ("bench_gan", "--rounds", "0"),
         ("profile_population", "--steps", "0"),
         ("bench_population_host", "--members", "0"),
+        ("bench_optimizer", "--members", "0"),
     ],
 )
 def test_benchmark_scripts_refuse_a_bad_count_or_revision_before_any_work(tmp_path, script, option, value):
@@ -281,6 +282,19 @@ def test_benchmark_scripts_refuse_a_bad_count_or_revision_before_any_work(tmp_pa
         f"not a commit of this repository ({ROOT})" if option == "--baseline" else "must be an integer >= 1"
     )
     assert proc.stderr.strip().splitlines()[-1] == f"{script}.py: error: argument {option}: {value}: {reason}"
+
+
+@pytest.mark.parametrize("script", ["bench_population", "profile_population", "bench_optimizer"])
+def test_population_benchmarks_refuse_an_unknown_task_naming_it_before_any_work(tmp_path, script):
+    out = tmp_path / "bench.md"
+    command = [sys.executable, f"scripts/{script}.py", "--tasks", "mnist1d_mlpp", "--out", str(out)]
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2 and not out.exists()
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(
+        f"{script}.py: error: argument --tasks: invalid choice: 'mnist1d_mlpp' (choose from"
+    )
+    assert "'mnist1d_mlp'" in last
 
 
 @pytest.mark.parametrize("script", ["bench_population", "profile_population"])
