@@ -46,8 +46,10 @@ class Checkpoint:
     def save(self, state: dict[str, Any]) -> None:
         save_atomic({**state, "config_hash": self.config_hash}, self.path)
 
-    def load(self) -> dict[str, Any] | None:
-        """The saved state, or None (no file; one line when it is unreadable or of another config)."""
+    def load(self, holds: str | None = None) -> dict[str, Any] | None:
+        """The saved state, or None (no file; one line when it is unreadable, of another config or,
+        with ``holds`` - a key every state of the reading loop has - written by the other training
+        loop: a run killed as a population's member and rerun alone, or the other way round)."""
         if not self.path.exists():
             return None
         try:
@@ -57,6 +59,12 @@ class Checkpoint:
             return None
         if not isinstance(state, dict) or state.get("config_hash") != self.config_hash:
             log.warning("%s: a checkpoint of another config; training from step 0", self.path)
+            return None
+        if holds is not None and holds not in state:
+            other = "a population's member" if "group" in state else "a run alone"
+            log.warning(
+                "%s: a checkpoint of this config trained as %s; training from step 0", self.path, other
+            )
             return None
         return state
 

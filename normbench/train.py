@@ -150,7 +150,7 @@ def fit(
     scaler = runtime.grad_scaler()
     generators = [g for g in (getattr(transform, "keywords", {}).get("gen"),) if g is not None]
     first = 0
-    saved = checkpoint.load() if checkpoint is not None else None
+    saved = checkpoint.load(holds="model") if checkpoint is not None else None
     if saved is not None:
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])

@@ -185,3 +185,39 @@ def test_a_gan_run_interrupted_after_a_checkpoint_resumes_to_the_uninterrupted_r
     keys = ("status", "config_hash", "metrics", "history", "steps")
     assert {k: resumed[k] for k in keys} == {k: whole[k] for k in keys}
     assert (tmp_path / "cut" / "model.pt").is_file() and not (tmp_path / "cut" / CHECKPOINT_FILE).exists()
+
+
+@pytest.mark.parametrize("first", ["population", "alone"])
+def test_a_checkpoint_of_the_other_training_loop_is_set_aside_and_the_rerun_trains_from_step_0(
+    tmp_path, caplog, first
+):
+    """A run killed as a population's member and rerun alone (another launcher), or the other way round,
+    finds a checkpoint of its config that its loop cannot read: it used to fail on a missing key; now
+    it says so in one line and trains from step 0, to the record of a run that found none."""
+    from normbench.experiment.build import prepare_data, prepare_model
+    from normbench.experiment.identity import run_identity
+    from normbench.experiment.run import execute, fit_run
+    from normbench.population.train import fit_population, train_population
+    from normbench.runtime import Runtime
+
+    cfg = compose_cfg(*STEPS[:3], "train.steps=120", "train.history_points=3", "train.checkpoint_every=40")
+    data = prepare_data(cfg)
+    folder = tmp_path / "killed"
+    folder.mkdir()
+    checkpoint = Checkpoint(folder / CHECKPOINT_FILE, 40, run_identity(cfg)[1])
+    if first == "population":
+        fit_population([cfg], [prepare_model(cfg, data)], data, Runtime(), checkpoints=[checkpoint])
+    else:
+        fit_run(cfg, prepare_model(cfg, data), data, checkpoint=checkpoint)
+    assert checkpoint.load()["step"] == 80  # what a kill at step 80-119 leaves
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    if first == "population":  # rerun alone
+        rerun, reference = execute(cfg, folder), execute(cfg, fresh)
+        other = "a population's member"
+    else:
+        (rerun,), (reference,) = (train_population([cfg], out_dirs=[d]) for d in (folder, fresh))
+        other = "a run alone"
+    assert rerun["status"] == "completed"
+    assert f"a checkpoint of this config trained as {other}; training from step 0" in caplog.text
+    assert rerun["history"] == reference["history"] and rerun["metrics"] == reference["metrics"]

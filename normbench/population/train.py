@@ -174,7 +174,7 @@ def _fit_population(
     loop = _LoopState(pop, optimizer, alive, diverged_at, loss_sum, held, histories, gens)
     group = "|".join(c.config_hash for c in checkpoints) if checkpoints else ""
     first = 0
-    saved = [c.load() for c in checkpoints] if checkpoints else []
+    saved = [c.load(holds="group") for c in checkpoints] if checkpoints else []
     if (
         saved
         and all(m is not None and m["group"] == group for m in saved)
