@@ -5,7 +5,8 @@ data, the model and every evaluation. ``runtime.precision`` runs forward passes 
 ``torch.autocast`` in bfloat16 or float16 (float16 with a gradient scaler); parameters, optimizer
 state and the norms' statistics stay float32. ``runtime.channels_last`` stores 4-D activations
 channels-last (2-D tasks only); ``runtime.compile`` trains a ``torch.compile``-d model.
-``runtime.cuda_graph`` captures a population's training step as one CUDA graph and replays it
+``runtime.cuda_graph`` captures a population's training step (a run alone's on one GPU: a population of
+one) as one CUDA graph and replays it
 (:mod:`normbench.capture`): ``null`` (the default) wherever it can (CUDA, no augmentation),
 ``true`` to insist (refused where it cannot), ``false`` never. ``runtime.kernels`` chooses the norms'
 accelerated forms (:mod:`normbench.accel`): ``auto``, ``torch`` (the formulas alone) or one family.

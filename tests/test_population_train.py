@@ -339,16 +339,75 @@ def test_a_diverged_member_keeps_the_parameters_and_running_statistics_it_had_wh
 def test_which_steps_are_captured_as_cuda_graphs(overrides, setting, captured, refusal):
     """The decision, made on a CUDA device object (no GPU needed to make it)."""
     from normbench.config import ConfigError
-    from normbench.population.train import _captures
+    from normbench.population.train import captures
 
     cfg = compose_cfg(*overrides)
     runtime = Runtime(torch.device("cuda"), cuda_graph=setting)
     if refusal is None:
-        assert _captures(runtime, cfg) is captured
+        assert captures(runtime, cfg) is captured
     else:
         with pytest.raises(ConfigError, match=f"runtime.cuda_graph=true: {re.escape(refusal)}"):
-            _captures(runtime, cfg)
-    assert _captures(Runtime(), cfg) is False  # never on the CPU
+            captures(runtime, cfg)
+    assert captures(Runtime(), cfg) is False  # never on the CPU
+
+
+@pytest.mark.parametrize(
+    "overrides, setting, processes, refusal",
+    [
+        ((), None, 1, None),
+        (
+            ("runtime.channels_last=true",),
+            True,
+            1,
+            "runtime.channels_last=true: not supported inside populations",
+        ),
+        (("runtime.precision=fp16",), True, 1, "runtime.precision=fp16: one gradient scaler"),
+        (
+            ("task=gan_digits",),
+            True,
+            1,
+            "task=gan_digits trains with a loop of its own, which is not captured",
+        ),
+        (("task=cifar10_resnet20",), True, 1, "task.augment=crop_flip: augmentation draws from host"),
+        ((), True, 2, "torchrun's 2 processes: each would replay a step without the others"),
+    ],
+)
+def test_which_runs_alone_train_as_a_population_of_one_with_their_step_captured(
+    overrides, setting, processes, refusal
+):
+    """On one CUDA device (decided on a device object: no GPU needed), a run alone whose step a
+    population can capture trains so; where it cannot, it trains in its own loop unless
+    ``runtime.cuda_graph=true`` insists, which is refused naming why."""
+    from normbench.config import ConfigError
+    from normbench.population.train import trains_captured_alone
+
+    cfg = compose_cfg(*overrides)
+    if refusal is None:
+        assert trains_captured_alone(cfg, Runtime(torch.device("cuda"), cuda_graph=setting), processes)
+    else:
+        with pytest.raises(ConfigError, match=f"runtime.cuda_graph=true: {re.escape(refusal)}"):
+            trains_captured_alone(cfg, Runtime(torch.device("cuda"), cuda_graph=True), processes)
+        assert not trains_captured_alone(cfg, Runtime(torch.device("cuda")), processes)  # null: its own loop
+    assert not trains_captured_alone(cfg, Runtime(torch.device("cuda"), cuda_graph=False), processes)
+    assert not trains_captured_alone(cfg, Runtime(), processes)  # never on the CPU
+
+
+def test_cuda_graph_true_for_a_population_of_a_task_with_its_own_loop_is_refused_before_any_work(
+    monkeypatch,
+):
+    """The GANs' populations train in their own loop, which is not captured: ``runtime.cuda_graph=true``
+    is refused naming why (faked CUDA runtime: the refusal comes before any data is made)."""
+    import normbench.population.train as population
+    from normbench.config import ConfigError
+
+    monkeypatch.setattr(
+        population, "setup_runtime", lambda cfg: Runtime(torch.device("cuda"), cuda_graph=True)
+    )
+    monkeypatch.setattr(population, "prepare_data", lambda *a: pytest.fail("work started"))
+    cfgs = [compose_cfg("task=gan_digits", f"seed={s}") for s in (0, 1)]
+    message = "runtime.cuda_graph=true: task=gan_digits trains with a loop of its own, which is not captured"
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        train_population(cfgs)
 
 
 @pytest.mark.parametrize(

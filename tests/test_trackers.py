@@ -108,3 +108,17 @@ def test_the_norms_per_layer_reports_are_streamed_with_each_point(tmp_path):
         assert {
             name for step, name in rows if step == point["step"] and name.startswith("layers/")
         } == layer_keys
+
+
+def test_a_run_alone_trained_as_a_population_of_one_writes_and_logs_its_own_record(tmp_path, monkeypatch):
+    """On a GPU a run alone trains as a population of one (its step captured): made to here on the CPU,
+    it writes its result.json, logs its history to its tracker and leaves no checkpoint behind."""
+    import normbench.experiment.run as run
+
+    monkeypatch.setattr(run, "trains_captured_alone", lambda cfg, runtime, processes: True)
+    cfg = compose_cfg(*QUICK, "logger=csv", "train.checkpoint_every=5")
+    record = execute(cfg, tmp_path)
+    assert record["env"]["population"] == 1 and record["status"] == "completed"
+    assert json.loads((tmp_path / "result.json").read_text()) == record
+    assert _csv_rows(tmp_path / "metrics.csv") == pytest.approx(_expected(record))
+    assert not (tmp_path / "checkpoint.pt").exists()

@@ -28,6 +28,7 @@ from normbench.experiment.record import (
     record_training,
     seal,
 )
+from normbench.population.train import train_population, trains_captured_alone
 from normbench.results import (
     RESULT_FILE,
     write_json_atomic,
@@ -55,6 +56,10 @@ def execute(cfg: DictConfig, out_dir: Path, progress: bool = False) -> dict[str,
     identity, digest = run_identity(cfg)
     runtime = setup_runtime(cfg)
     world = world_from_env()
+    if trains_captured_alone(cfg, runtime, world.size):  # on a GPU: its step one CUDA graph
+        (written,) = train_population([cfg], progress, out_dirs=[out_dir])
+        write_record(cfg, out_dir, written)
+        return written
     record = new_record(cfg, identity, digest, runtime)
     start = time.perf_counter()
     try:
@@ -74,6 +79,21 @@ def execute(cfg: DictConfig, out_dir: Path, progress: bool = False) -> dict[str,
         if record.final:
             (out_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
     return written
+
+
+def write_record(cfg: DictConfig, out_dir: Path, record: dict[str, Any]) -> None:
+    """The record of a run trained as a population's member: its ``result.json`` in ``out_dir``, its
+    checkpoint removed once the record is final, and its tracker (``logger``) with the history
+    replayed (a member logs when its population ends)."""
+    write_json_atomic(out_dir / RESULT_FILE, record)
+    if record["status"] in ("completed", "diverged"):  # final: nothing left to resume
+        (out_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
+    tracker = open_tracker(cfg.logger, out_dir, record["config"], record["config_hash"], cfg.sweep.name)
+    if tracker is not None:
+        try:
+            log_record(tracker, record)
+        finally:
+            tracker.close()
 
 
 def _train_and_evaluate(

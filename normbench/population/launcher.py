@@ -44,16 +44,13 @@ from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrid
 from hydra.plugins.launcher import Launcher
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from normbench.checkpoint import CHECKPOINT_FILE
 from normbench.config import ConfigError, check_values
 from normbench.experiment.identity import claim_folder
-from normbench.experiment.run import execute
+from normbench.experiment.run import execute, write_record
 from normbench.population.grouping import member_values, partition, spread, why_not_population
 from normbench.population.sweep_configs import SweepComposer
 from normbench.population.wide import POPULATION_FORMS
-from normbench.results import RESULT_FILE, write_json_atomic
 from normbench.sweep import mark_visit
-from normbench.trackers import log_record, open_tracker
 
 log = logging.getLogger(__name__)
 
@@ -265,24 +262,10 @@ def _train_group(group: Sequence[Member], form: str, cache_mb: float) -> None:
         return
     for m, record in zip(group, records, strict=True):
         try:
-            write_json_atomic(m.out_dir / RESULT_FILE, record)
-            if record["status"] in ("completed", "diverged"):  # final: nothing left to resume
-                (m.out_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
-            track_member(m.cfg, m.out_dir, record)
+            write_record(m.cfg, m.out_dir, record)
         except OSError as exc:
             record = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
         _outcome(m, record)
-
-
-def track_member(cfg: DictConfig, out_dir: Path, record: dict[str, Any]) -> None:
-    """A member's record to the run's tracker (``logger``), its history replayed: members of a
-    population log when the group ends."""
-    tracker = open_tracker(cfg.logger, out_dir, record["config"], record["config_hash"], cfg.sweep.name)
-    if tracker is not None:
-        try:
-            log_record(tracker, record)
-        finally:
-            tracker.close()
 
 
 def _separate(m: Member) -> dict[str, Any]:

@@ -63,6 +63,7 @@ from normbench.experiment.record import (
 )
 from normbench.norms import plugin_classes
 from normbench.population.evaluate import MembersByBatchSize, PopulationMembers
+from normbench.population.grouping import why_not_population
 from normbench.population.optim import PopulationOptimizer
 from normbench.population.stacked import Population
 from normbench.population.wide import stack_population
@@ -120,7 +121,7 @@ def fit_population(
     population's form. ``checkpoints`` (one per member, in order): every member's share of the
     training state is saved to its own every ``checkpoint.every`` steps, and a group whose members all
     hold a checkpoint of the same step and group resumes from it (:mod:`normbench.checkpoint`)."""
-    captured = _captures(runtime, cfgs[0])
+    captured = captures(runtime, cfgs[0])
     with training_stream(data.x_train.device, captured):
         return _fit_population(cfgs, models, data, runtime, progress, form, captured, checkpoints)
 
@@ -344,7 +345,32 @@ class _LoopState:
                 gen.set_state(member["random"]["own"][0])
 
 
-def _captures(runtime: Runtime, cfg: DictConfig) -> bool:
+def trains_captured_alone(cfg: DictConfig, runtime: Runtime, processes: int = 1) -> bool:
+    """Whether the run ``cfg`` alone trains as a population of one, its step captured as a CUDA graph
+    (:func:`normbench.experiment.run.execute`): on one CUDA process, for a run that a population can
+    train (:func:`~normbench.population.grouping.why_not_population`), where :func:`captures` says so.
+    ConfigError naming why for ``runtime.cuda_graph=true`` where it cannot."""
+    if runtime.device.type != "cuda" or runtime.cuda_graph is False:
+        return False  # true without CUDA is refused with the runtime (normbench.runtime)
+    if processes > 1:
+        why = f"torchrun's {processes} processes: each would replay a step without the others"
+    else:
+        why = _own_loop(cfg) or why_not_population(cfg)
+    if why is not None:
+        if runtime.cuda_graph:
+            raise ConfigError(f"runtime.cuda_graph=true: {why}")
+        return False
+    return captures(runtime, cfg)
+
+
+def _own_loop(cfg: DictConfig) -> str | None:
+    """Why the run's step is not captured when its task trains in a loop of its own (the GANs)."""
+    if task_for(cfg).own_training:
+        return f"task={cfg.task.name} trains with a loop of its own, which is not captured"
+    return None
+
+
+def captures(runtime: Runtime, cfg: DictConfig) -> bool:
     """Whether the training step is captured as a CUDA graph (``runtime.cuda_graph``: ``None`` = where it
     can be); ConfigError for ``true`` where it cannot."""
     why = None
@@ -470,6 +496,8 @@ def train_population(
     with ``cache_mb`` > 0 the group trains as several populations, one after another, each as large
     as :func:`members_per_population` allows."""
     runtime = setup_runtime(cfgs[0])
+    if runtime.cuda_graph and (why := _own_loop(cfgs[0])):
+        raise ConfigError(f"runtime.cuda_graph=true: {why}")
     records = [new_record(cfg, *run_identity(cfg), runtime) for cfg in cfgs]
     for record in records:
         record.env["population"] = len(cfgs)
