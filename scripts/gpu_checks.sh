@@ -86,7 +86,7 @@ run_e2e() {  # run_e2e SECONDS OVERRIDE...
   python3 - "$dir/result.json" "$*" >> "$e2e" 2>> "$log" <<'EOF'
 import json, sys
 r = json.load(open(sys.argv[1]))
-env = {k: r["env"].get(k) for k in ("gpu", "precision", "channels_last", "compile")}
+env = {k: r["env"].get(k) for k in ("gpu", "precision", "channels_last", "compile", "population", "cuda_graph")}
 print(f"| {sys.argv[2]} | {r['status']} | {r['metrics'].get('test_error')} | {r['steps']} "
       f"| {r.get('time_per_step_s', 0):.5f} | {env} |")
 EOF
