@@ -502,3 +502,24 @@ def test_a_population_of_one_resumed_from_its_checkpoint_ends_as_the_uninterrupt
     assert resumed.history[-1] == whole.history[-1]
     for a, b in zip(models[0].state_dict().values(), models[1].state_dict().values(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_a_population_reads_whether_any_member_is_alive_every_check_interval_steps(monkeypatch):
+    """As on a GPU (where reading the members' state makes the host wait): every ``check_every`` steps,
+    so a population whose members all diverged stops at the first such step after the last one did."""
+    from normbench.population.optim import PopulationOptimizer
+    from normbench.population.train import fit_population
+
+    steps = []
+    step = PopulationOptimizer.step
+    monkeypatch.setattr(
+        PopulationOptimizer, "step", lambda self, *a, **k: steps.append(1) or step(self, *a, **k)
+    )
+    cfgs = [
+        compose_cfg("norm=identity", "batch_size=16", *STEPS, f"seed={s}", "optim.lr=30000") for s in (0, 1)
+    ]
+    data = prepare_data(cfgs[0])
+    results = fit_population(cfgs, [prepare_model(c, data) for c in cfgs], data, Runtime(check_interval=16))
+    last = max(r.diverged_at_step for r in results)
+    assert [r.status for r in results] == ["diverged"] * 2 and last < 16
+    assert len(steps) == 16

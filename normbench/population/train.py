@@ -237,9 +237,9 @@ def _fit_population(
                 captured = False
         since += 1
         done = step + 1
-        # every member frozen: the steps left would change nothing (read for free on the CPU, at the
-        # evaluations' synchronisation on a GPU)
-        if not all_alive and (device.type == "cpu" or done % eval_every == 0) and not bool(alive.any()):
+        # every member frozen: the steps left would change nothing (read for free on the CPU; on a GPU
+        # every Runtime.check_every steps, as a run's own loop reads its losses)
+        if not all_alive and done % runtime.check_every == 0 and not bool(alive.any()):
             log.info("every member diverged by step %d of %d: the population stops", done, total)
             break
         if done % eval_every == 0 or done == total:
