@@ -19,6 +19,7 @@ from contextlib import contextmanager
 
 import torch
 from torch import Tensor
+from torch.utils._python_dispatch import TorchDispatchMode
 
 
 @contextmanager
@@ -58,3 +59,18 @@ def capture_step(step: Callable[[], None], state: Sequence[Tensor], warmup: int 
     with torch.cuda.graph(graph, stream=stream):
         step()
     return graph.replay
+
+
+class OperatorCount(TorchDispatchMode):
+    """Counts the operators that compute (not views) dispatched inside the block: on a GPU each is about
+    one kernel, so their number per training step is about what its captured graph replays (each a few
+    µs however small), counted on any device (``scripts/profile_population.py``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not func.is_view:
+            self.count += 1
+        return func(*args, **(kwargs or {}))

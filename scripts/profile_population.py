@@ -28,6 +28,7 @@ from torch.profiler import ProfilerActivity, profile
 
 import normbench
 from normbench import available_norms
+from normbench.capture import OperatorCount
 from normbench.cli import CONF_DIR
 from normbench.config import ConfigError
 from normbench.experiment.build import prepare_data, prepare_model
@@ -37,6 +38,7 @@ from normbench.runtime import Runtime, resolve_device, use_deterministic_kernels
 TOP = 12  # operators listed per setting
 BUSY = "(device busy)"
 LAUNCHES = "(kernels and copies)"
+OPERATORS = "(operators)"
 
 
 def loop_seconds(cfgs, models, data, runtime: Runtime, form: str) -> float:
@@ -69,6 +71,13 @@ def operator_times(cfgs, models, data, runtime: Runtime, form: str) -> Counter:
     return times
 
 
+def operator_count(cfgs, models, data, runtime: Runtime, form: str) -> int:
+    """How many operators one population's eager training dispatches (:class:`OperatorCount`)."""
+    with OperatorCount() as counted:
+        loop_seconds(cfgs, models, data, runtime, form.partition(":")[0])
+    return counted.count
+
+
 def step_times(cfgs, long, models, data, runtime: Runtime, form: str, steps: int) -> tuple[Counter, dict]:
     """Per training step: each operator's time (µs), and the loop's wall time (ms) eagerly and, on
     CUDA, captured; each the difference between ``long`` (the configs ``cfgs`` with twice their
@@ -76,6 +85,8 @@ def step_times(cfgs, long, models, data, runtime: Runtime, form: str, steps: int
     loop_seconds(cfgs, models, data, runtime, form)  # a warm-up: first calls' one-off costs
     short_ops, long_ops = (operator_times(c, models, data, runtime, form) for c in (cfgs, long))
     per_op = Counter({k: (long_ops[k] - short_ops[k]) / steps for k in long_ops})
+    short_n, long_n = (operator_count(c, models, data, runtime, form) for c in (cfgs, long))
+    per_op[OPERATORS] = (long_n - short_n) / steps
     forms = {"eager": form, **({"captured": f"{form}:graph"} if runtime.device.type == "cuda" else {})}
     walls = {}
     for name, timed in forms.items():
@@ -130,6 +141,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         busy = per_op.pop(BUSY) / 1e3
         launches = per_op.pop(LAUNCHES, None)
+        operators = per_op.pop(OPERATORS)
         # a difference of two timings: too few steps leave it within the timings' noise
         resolved = {name: ms for name, ms in walls.items() if ms > 0}
         summary = ", ".join(
@@ -142,6 +154,7 @@ def main(argv: list[str] | None = None) -> None:
             "",
             f"{summary}; busy {busy:.3f} ms/step"
             + (f" in {launches:.0f} kernels and copies" if launches is not None else "")
+            + f"; {operators:.0f} operators dispatched per eager step"
             + (
                 f" (captured / busy: {resolved['captured'] / busy:.2f})"
                 if "captured" in resolved and busy > 0

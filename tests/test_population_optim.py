@@ -9,8 +9,8 @@ import re
 import pytest
 import torch
 from torch import Tensor
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from normbench.capture import OperatorCount
 from normbench.population.optim import PopulationOptimizer
 from normbench.population.stacked import pack
 from normbench.train import make_optimizer
@@ -154,19 +154,6 @@ def test_steps_undone_by_restoring_its_tensors_leave_no_trace(name):
     assert torch.equal(p, q) and opt.steps == reference.steps == len(grads)
 
 
-class _OpCount(TorchDispatchMode):
-    """Counts the operators that do arithmetic (not views) dispatched inside the block."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if not func.is_view:
-            self.count += 1
-        return func(*args, **(kwargs or {}))
-
-
 def _run_alone(name: str, shapes: list[tuple[int, ...]], steps: int, packed: bool, alive_until: int = 99):
     """A population of one (parameters (1, *shape), packed into one buffer or not) against its own torch
     optimizer, both stepped ``steps`` times on the same gradients; NaN gradients once not alive."""
@@ -189,7 +176,7 @@ def _run_alone(name: str, shapes: list[tuple[int, ...]], steps: int, packed: boo
                 group["lr"] = 0.1 * (1 - t / steps)
             reference.step()
         lr = torch.tensor([0.1 * (1 - t / steps)], dtype=torch.float64)
-        with _OpCount() as counted:
+        with OperatorCount() as counted:
             opt.step(grads, lr, torch.tensor([t < alive_until]))
         ops.append(counted.count)
     return params, alone, opt, ops
