@@ -48,7 +48,9 @@ def execute(cfg: DictConfig, out_dir: Path, progress: bool = False) -> dict[str,
     Raises ConfigError, before any training and writing nothing, for a configuration that cannot
     run. Everything after that is recorded: a non-finite training loss or final metric gives status
     ``diverged``; any exception (building the model, the optimizer, training, evaluation) ``failed``
-    with its message. Under torchrun only process 0 evaluates and writes.
+    with its message. Under torchrun only process 0 evaluates and writes. On one CUDA device, a run
+    that a population could train trains as a population of one, its step captured as a CUDA graph
+    (:func:`~normbench.population.train.trains_captured_alone`; ``env.population`` is 1).
     """
     check_values(cfg)
     task = task_for(cfg)
