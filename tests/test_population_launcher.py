@@ -303,7 +303,7 @@ def test_the_population_profile_names_each_settings_step_time_and_operators(tmp_
         assert 3e3 / (ms + 5e-4) - 1 <= rate <= 3e3 / (ms - 5e-4) + 1
     assert "| `aten::baddbmm` |" in text
     # counted, not timed: the difference of two whole counts over 10 steps, the same every step
-    operators = int(re.search(r"; (\d+) operators dispatched per eager step", summary).group(1))
+    operators = int(re.search(r"busy [\d.]+ ms/step in (\d+) operators dispatched", summary).group(1))
     assert operators > 0
     assert "Reproduce: `python scripts/profile_population.py --tasks mnist1d_mlp" in text
 
