@@ -16,7 +16,6 @@ import platform
 from pathlib import Path
 
 import torch
-import torchvision
 from torch import nn
 
 import normbench
@@ -44,6 +43,8 @@ def build(name: str) -> nn.Module:
         import timm
 
         return timm.create_model(name[5:], pretrained=False, num_classes=10)
+    import torchvision
+
     return torchvision.models.get_model(name, weights=None, num_classes=10)
 
 
@@ -89,6 +90,10 @@ def main() -> None:
         "--out", type=Path, default=Path(__file__).parents[1] / "reports/bench/convert_torchvision.md"
     )
     args = parser.parse_args()
+    try:
+        import torchvision
+    except ImportError as exc:
+        raise SystemExit(f"check_convert_torchvision: needs torchvision beside this torch ({exc})") from None
     device_name = (
         torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "CPU"
     )

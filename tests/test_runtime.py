@@ -10,7 +10,7 @@ import pytest
 import torch
 from helpers import QUICK, ROOT, compose_cfg, normbench_run
 
-from normbench.config import ConfigError
+from normbench.config import ConfigError, check_values
 from normbench.experiment.identity import LATER_KEYS, run_identity
 from normbench.experiment.run import execute
 from normbench.norms import build_norm
@@ -18,6 +18,7 @@ from normbench.results import config_hash, identity_config
 from normbench.runtime import Runtime, device_problem, resolve_device
 from normbench.schema import NON_IDENTITY_KEYS
 from normbench.tasks import load_dataset
+from normbench.tasks.registry import task_for
 from normbench.train import fit
 
 
@@ -298,3 +299,67 @@ def test_a_captured_step_on_a_machine_without_cuda_is_one_line_before_any_work(t
     assert (
         proc.stderr.strip() == f"normbench-run: error: runtime.cuda_graph=true: needs a CUDA device ({where})"
     )
+
+
+def _gpu_checks_calls(tmp_path) -> list[list[str]]:
+    """The arguments of every ``python3`` call that ``bash scripts/gpu_checks.sh`` makes (python3 faked:
+    each call is recorded and nothing runs)."""
+    bin_dir, calls = tmp_path / "bin", tmp_path / "calls"
+    bin_dir.mkdir()
+    record = f'#!/bin/sh\nfor a in "$@"; do printf \'%s\\037\' "$a"; done >> "{calls}"; echo >> "{calls}"\n'
+    for program in ("python3", "nvidia-smi"):
+        (bin_dir / program).write_text(record)
+        (bin_dir / program).chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    proc = subprocess.run(
+        ["bash", "scripts/gpu_checks.sh", str(tmp_path / "out")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return [line.split("\037")[:-1] for line in calls.read_text().splitlines()]
+
+
+def test_every_call_of_the_gpu_checks_is_accepted_here(tmp_path, monkeypatch):
+    """A flag, choice or override refused on the GPU machine would cost a loan its step. Every
+    ``scripts/*.py`` call that gpu_checks.sh makes is parsed by the script's own argument parser
+    (stopped right after parsing: nothing runs), and every ``normbench-run`` job's configuration passes
+    the checks a run makes before any work (a CUDA device faked: the checks need none)."""
+    import argparse
+    import runpy
+
+    class Parsed(Exception):
+        pass
+
+    parse_args = argparse.ArgumentParser.parse_args
+
+    def parse_then_stop(self, args=None, namespace=None):
+        raise Parsed(parse_args(self, args, namespace))
+
+    calls = _gpu_checks_calls(tmp_path)
+    scripts = [argv for argv in calls if argv[0].startswith("scripts/")]
+    runs = [argv[2:] for argv in calls if argv[:2] == ["-m", "normbench"]]
+    assert {argv[0] for argv in scripts} >= {
+        "scripts/bench_population.py",
+        "scripts/profile_population.py",
+        "scripts/check_capture.py",
+        "scripts/bench_norms.py",
+        "scripts/check_cuda.py",
+    }
+    assert len(runs) == 5
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    for argv in scripts:
+        monkeypatch.setattr("sys.argv", argv)
+        with pytest.raises(Parsed) as parsed:
+            runpy.run_path(str(ROOT / argv[0]), run_name="__main__")
+        assert getattr(parsed.value.args[0], "device", "cuda") == "cuda", argv
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    for overrides in runs:
+        cfg = compose_cfg(*(o for o in overrides if not o.startswith("hydra.")))
+        check_values(cfg)
+        task_for(cfg).check(cfg)
+        assert cfg.runtime.device == "cuda", overrides
