@@ -14,6 +14,7 @@ the capture, the warm-up and the capture itself - runs on one side stream: :func
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
@@ -61,16 +62,63 @@ def capture_step(step: Callable[[], None], state: Sequence[Tensor], warmup: int 
     return graph.replay
 
 
+def _span(t: Tensor) -> int:
+    """Bytes of memory ``t`` covers: its size where it is dense, less where it is broadcast (stride 0)."""
+    if t.numel() == 0:
+        return 0
+    return (
+        1 + sum((n - 1) * st for n, st in zip(t.shape, t.stride(), strict=True) if st > 0)
+    ) * t.element_size()
+
+
+def _tensors(value: object) -> list[Tensor]:
+    items = value if isinstance(value, list | tuple) else (value,)
+    return [t for t in items if isinstance(t, Tensor)]
+
+
+def moved_bytes(func: torch._ops.OpOverload, args: tuple, kwargs: dict, out: object) -> int:
+    """The bytes an operator reads and writes, from its schema: each tensor argument read once (one it
+    updates in place read and written, an ``out=`` tensor written), each new tensor it returns written
+    once (not one that shares an argument's memory: an operator that returns only such is a view). An
+    estimate from above where an operator reads part of a tensor (indexing is charged the whole of what
+    it indexes) and from below where it reads a tensor more than once (a matmul's tiles)."""
+    schema = func._schema
+    given = {**dict(zip((a.name for a in schema.arguments), args, strict=False)), **kwargs}
+    read = written = 0
+    memory = set()
+    for arg in schema.arguments:
+        tensors = _tensors(given.get(arg.name))
+        memory.update(t.untyped_storage().data_ptr() for t in tensors)
+        size = sum(_span(t) for t in tensors)
+        if arg.alias_info is not None and arg.alias_info.is_write:
+            written += size
+            read += 0 if arg.is_out else size
+        else:
+            read += size
+    returned = [t for value in (out if isinstance(out, tuple) else (out,)) for t in _tensors(value)]
+    fresh = [t for t in returned if t.untyped_storage().data_ptr() not in memory]
+    if returned and not fresh and not written:  # a view its schema does not mark (``_unsafe_view``)
+        return 0
+    return read + written + sum(_span(t) for t in fresh)
+
+
 class OperatorCount(TorchDispatchMode):
-    """Counts the operators that compute (not views) dispatched inside the block: on a GPU each is about
-    one kernel, so their number per training step is about what its captured graph replays (each a few
-    µs however small), counted on any device (``scripts/profile_population.py``)."""
+    """Counts the operators that compute (not views) dispatched inside the block, and the bytes each
+    kind reads and writes (:func:`moved_bytes`, by operator name as profiles list them: ``aten::bmm``).
+    On a GPU each operator is about one kernel, so their number per training step is about what its
+    captured graph replays (each a few µs however small), and a small model's step is bound by memory:
+    its bytes over its kernels' time say how near it runs to the card's bandwidth. Counted on any device
+    (``scripts/profile_population.py``)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.count = 0
+        self.bytes: Counter[str] = Counter()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
         if not func.is_view:
             self.count += 1
-        return func(*args, **(kwargs or {}))
+            self.bytes[func._schema.name] += moved_bytes(func, args, kwargs, out)
+        return out

@@ -12,7 +12,8 @@
 # skipped and named at the end of the log with the call that runs them.
 #
 # Writes population_cuda.md (K=512 populations, wide and captured, vs separate runs),
-# profile_population_cuda.md (the captured step against its kernels' busy time, operator by operator),
+# profile_population_cuda.md (the captured step against its kernels' busy time, operator by operator, and
+# the bytes each operator moves: how near the step runs to the card's bandwidth),
 # single_run_cuda.md (one run's captured step), profile_single_cuda.md (its profile), step_norms_cuda.md
 # (every plugin inside one run's training step, eager and captured), capture_check_cuda.md (a population's captured CUDA-graph step vs
 # its eager step), cuda_check.md (fp32 + bf16 correctness), diagnose_cuda.md (normbench.diagnose on
@@ -60,7 +61,7 @@ timeout 30 python3 -c "import torch, triton; print('torch', torch.__version__, '
 # their step's time goes, one run alone with its step captured, every plugin inside a captured step
 step population 100 bench_population python3 scripts/bench_population.py --device cuda --members 512 \
   --steps 500 --rounds 1 --separate-members 2 --forms wide:graph --out "$out/population_cuda.md"
-step population 60 profile_population python3 scripts/profile_population.py --device cuda --members 512 \
+step population 90 profile_population python3 scripts/profile_population.py --device cuda --members 512 \
   --steps 100 --out "$out/profile_population_cuda.md"
 step population 40 bench_single python3 scripts/bench_population.py --device cuda --members 1 --steps 1000 \
   --rounds 1 --forms auto:graph --out "$out/single_run_cuda.md"

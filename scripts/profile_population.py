@@ -8,16 +8,24 @@ cancel). The eager and the captured (CUDA) steps are timed the same way. A captu
 about the eager step's device-busy time is bound by the device's work (fewer passes over memory,
 fewer or better kernels would speed it up); one far above it waits on the host between replays.
 
+Each operator's bytes read and written per step (:class:`normbench.capture.OperatorCount`, counted in
+one eager step, the third: the difference of a 3-step and a 2-step run, the first two steps making the
+optimizer's state) over its time with what it calls give the bandwidth it reaches: a small model's
+step is bound by memory, so an operator far below the card's bandwidth (about 3,350 GB/s on an H100
+SXM, 4,800 on an H200) is one whose kernel could do better, and the step's bytes over the card's bandwidth are the least time
+a step of these operators can take.
+
     python scripts/profile_population.py --device cuda --members 512 --out reports/bench/profile_population_cuda.md
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import itertools
 import platform
 from collections import Counter
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -50,50 +58,79 @@ def loop_seconds(cfgs, models, data, runtime: Runtime, form: str) -> float:
     return fit_population(cfgs, models, data, runtime, form=form)[0].train_time_s
 
 
-def operator_times(cfgs, models, data, runtime: Runtime, form: str) -> Counter:
+def operator_times(cfgs, models, data, runtime: Runtime, form: str) -> tuple[Counter, Counter]:
     """Microseconds of each operator's own time (on the device where there is one) in one population's
     training, the device's whole busy time under ``BUSY`` and, on CUDA, how many kernels and copies it
-    ran under ``LAUNCHES`` (what a captured step replays: each costs a few µs however small)."""
+    ran under ``LAUNCHES`` (what a captured step replays: each costs a few µs however small); and each
+    operator's time with what it calls (a convolution's work is done by the backend operator it calls)."""
     cuda = runtime.device.type == "cuda"
     activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
     with profile(activities=activities) as prof:
         loop_seconds(cfgs, models, data, runtime, form)
         sync(runtime)
-    times: Counter = Counter()
+    own: Counter = Counter()
+    inclusive: Counter = Counter()
     for event in prof.key_averages():
         if cuda and event.device_type == DeviceType.CUDA:  # a kernel or a copy: the device's own work
-            times[BUSY] += event.self_device_time_total
-            times[LAUNCHES] += event.count
+            own[BUSY] += event.self_device_time_total
+            own[LAUNCHES] += event.count
         elif event.device_type == DeviceType.CPU:
-            times[event.key] += event.self_device_time_total if cuda else event.self_cpu_time_total
+            own[event.key] += event.self_device_time_total if cuda else event.self_cpu_time_total
+            inclusive[event.key] += event.device_time_total if cuda else event.cpu_time_total
     if not cuda:
-        times[BUSY] = sum(times.values())
-    return times
+        own[BUSY] = sum(own.values())
+    return own, inclusive
 
 
-def operator_count(cfgs, models, data, runtime: Runtime, form: str) -> int:
-    """How many operators one population's eager training dispatches (:class:`OperatorCount`)."""
+def with_steps(cfgs, steps: int) -> list:
+    """Copies of ``cfgs`` that train ``steps`` steps."""
+    copies = [copy.deepcopy(cfg) for cfg in cfgs]
+    for cfg in copies:
+        cfg.train.steps = steps
+    return copies
+
+
+def operators_and_bytes(cfgs, models, data, runtime: Runtime, form: str) -> tuple[int, Counter]:
+    """How many operators one population's eager training dispatches, and the bytes each kind of
+    operator reads and writes (:class:`OperatorCount`)."""
     with OperatorCount() as counted:
         loop_seconds(cfgs, models, data, runtime, form.partition(":")[0])
-    return counted.count
+    return counted.count, counted.bytes
 
 
-def step_times(cfgs, long, models, data, runtime: Runtime, form: str, steps: int) -> tuple[Counter, dict]:
-    """Per training step: each operator's time (µs), and the loop's wall time (ms) eagerly and, on
-    CUDA, captured; each the difference between ``long`` (the configs ``cfgs`` with twice their
-    ``steps``) and ``cfgs``."""
+@dataclass
+class StepProfile:
+    """One training step's profile: each operator's own time and its time with what it calls (µs),
+    the bytes each operator reads and writes, and the loop's wall time per step (ms) by form."""
+
+    own: Counter
+    inclusive: Counter
+    moved: Counter
+    walls: dict[str, float]
+
+
+def step_profile(cfgs, long, models, data, runtime: Runtime, form: str, steps: int) -> StepProfile:
+    """The profile of one training step: times are the difference between ``long`` (the configs
+    ``cfgs`` with twice their ``steps``) and ``cfgs``, eager and, on CUDA, captured; counts are of the
+    third step (the same every step once the first two made the optimizer's state), between 3 steps
+    and 2."""
     loop_seconds(cfgs, models, data, runtime, form)  # a warm-up: first calls' one-off costs
-    short_ops, long_ops = (operator_times(c, models, data, runtime, form) for c in (cfgs, long))
-    per_op = Counter({k: (long_ops[k] - short_ops[k]) / steps for k in long_ops})
-    if runtime.device.type != "cuda":  # a GPU's profile counts its kernels (LAUNCHES) at no extra run
-        short_n, long_n = (operator_count(c, models, data, runtime, form) for c in (cfgs, long))
-        per_op[OPERATORS] = (long_n - short_n) / steps
+    (short_own, short_all), (long_own, long_all) = (
+        operator_times(c, models, data, runtime, form) for c in (cfgs, long)
+    )
+    own = Counter({k: (long_own[k] - short_own[k]) / steps for k in long_own})
+    inclusive = Counter({k: (long_all[k] - short_all[k]) / steps for k in long_all})
+    (fewer, fewer_bytes), (more, more_bytes) = (
+        operators_and_bytes(with_steps(cfgs, n), models, data, runtime, form) for n in (2, 3)
+    )
+    own[OPERATORS] = more - fewer
+    moved = Counter({k: more_bytes[k] - fewer_bytes[k] for k in more_bytes})
     forms = {"eager": form, **({"captured": f"{form}:graph"} if runtime.device.type == "cuda" else {})}
     walls = {}
     for name, timed in forms.items():
         short, longer = (loop_seconds(c, models, data, runtime, timed) for c in (cfgs, long))
         walls[name] = (longer - short) / steps * 1e3
-    return per_op, walls
+    return StepProfile(own, inclusive, moved, walls)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -137,12 +174,12 @@ def main(argv: list[str] | None = None) -> None:
         )
         data = prepare_data(cfgs[0], runtime)
         models = [prepare_model(cfg, data, runtime) for cfg in cfgs]
-        per_op, walls = step_times(
-            cfgs, long, models, data.to(runtime.device), runtime, args.form, args.steps
-        )
+        step = step_profile(cfgs, long, models, data.to(runtime.device), runtime, args.form, args.steps)
+        per_op, moved, walls = step.own, step.moved, step.walls
         busy = per_op.pop(BUSY) / 1e3
         launches = per_op.pop(LAUNCHES, None)
-        operators = per_op.pop(OPERATORS, None)
+        operators = per_op.pop(OPERATORS)
+        megabytes = sum(moved.values()) / 1e6
         # a difference of two timings: too few steps leave it within the timings' noise
         resolved = {name: ms for name, ms in walls.items() if ms > 0}
         summary = ", ".join(
@@ -155,7 +192,6 @@ def main(argv: list[str] | None = None) -> None:
             "",
             f"{summary}; busy {busy:.3f} ms/step"
             + (f" in {launches:.0f} kernels and copies" if launches is not None else "")
-            + (f" in {operators:.0f} operators dispatched" if operators is not None else "")
             + (
                 f" (captured / busy: {resolved['captured'] / busy:.2f})"
                 if "captured" in resolved and busy > 0
@@ -166,11 +202,26 @@ def main(argv: list[str] | None = None) -> None:
             f"| operator | {where} µs/step | share of busy |",
             "|---|---:|---:|",
             *(
-                f"| `{name}` | {us:,.1f} | {us / 1e3 / busy:.0%} |"
-                if busy > 0
-                else f"| `{name}` | {us:,.1f} | |"
+                f"| `{name}` | {us:,.1f} | {f'{us / 1e3 / busy:.0%}' if busy > 0 else ''} |"
                 for name, us in per_op.most_common(TOP)
                 if us > 0
+            ),
+            "",
+            f"Per step: {operators:.0f} operators dispatched, reading and writing {megabytes:,.1f} MB"
+            + (f" ({megabytes / busy:,.1f} GB/s over the busy time)." if busy > 0 else ".")
+            + " The operators that move the most, each with the time of what it calls:",
+            "",
+            f"| operator | MB/step | {where} µs/step | GB/s |",
+            "|---|---:|---:|---:|",
+            *(
+                f"| `{name}` | {size / 1e6:,.2f} | "
+                + (
+                    f"{step.inclusive[name]:,.1f} | {size / step.inclusive[name] / 1e3:,.1f} |"
+                    if step.inclusive[name] > 0  # else within the timings' noise
+                    else " | |"
+                )
+                for name, size in moved.most_common(TOP)
+                if size > 0
             ),
             "",
         ]

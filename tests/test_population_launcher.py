@@ -301,10 +301,23 @@ def test_the_population_profile_names_each_settings_step_time_and_operators(tmp_
         found = re.search(r"eager ([\d.]+) ms/step; .*; ([\d,]+) model-steps/s", summary).groups()
         ms, rate = (float(v.replace(",", "")) for v in found)
         assert 3e3 / (ms + 5e-4) - 1 <= rate <= 3e3 / (ms - 5e-4) + 1
-    assert "| `aten::baddbmm` |" in text
-    # counted, not timed: the difference of two whole counts over 10 steps, the same every step
-    operators = int(re.search(r"busy [\d.]+ ms/step in (\d+) operators dispatched", summary).group(1))
+    assert "| `aten::baddbmm` |" in text.split("Per step: ")[0]  # the time table
+    # counted, not timed: one step's operators and bytes, the difference of two whole counts
+    found = re.search(r"Per step: (\d+) operators dispatched, reading and writing ([\d.,]+) MB", text)
+    operators, megabytes = int(found.group(1)), float(found.group(2).replace(",", ""))
     assert operators > 0
+    moved = {
+        row.split("|")[1].strip(" `"): float(row.split("|")[2])
+        for row in text.split("Per step: ")[1].splitlines()
+        if row.startswith("| `")
+    }
+    # the wide Linear's forward reads each member's input, weights and bias and writes its output
+    in_out = (40 * 256 + 256 * 256 * 2 + 256 * 10) + (256 * 3 + 10) + 2 * (40 + 3 * 256 + 256 * 3 + 10)
+    assert moved["aten::baddbmm"] == round(3 * in_out * 4 / 1e6, 2)
+    # the optimizer alone passes over the parameters 11 times
+    params = 40 * 256 + 256 * 256 * 2 + 256 * 10 + 256 * 3 + 10 + 2 * 3 * 256
+    assert megabytes > 11 * 3 * params * 4 / 1e6
+    assert list(moved.values()) == sorted(moved.values(), reverse=True)
     assert "Reproduce: `python scripts/profile_population.py --tasks mnist1d_mlp" in text
 
 
