@@ -6,7 +6,9 @@ steps, with normbench's own loops (:func:`normbench.train.fit` per run; one
 wider, and ``vmap``, K models under ``torch.func.vmap``), each finishing with its test evaluation; the
 rounds interleave them in one process. A form may end in ``:graph`` (CUDA only): its step captured as
 one CUDA graph and replayed (``runtime.cuda_graph``); the others run eagerly. ``auto`` is the form a
-population sweep picks (wide where the norm and model have one). Reports model-steps/s (K × steps /
+population sweep picks (wide where the norm and model have one). ``minimal`` is the reference: the same
+K MLPs with BatchNorm as a wide model written by hand in a few lines (``minimal_wide.py``; ``–`` for
+other tasks and norms). Reports model-steps/s (K × steps /
 seconds, median over rounds) and each form's ratio to separate runs, to
 reports/bench/population[_cuda].md. With ``--members 1`` a population is one run: ``auto:graph``
 against the separate (eager) run is the captured single run, and ``--norms`` compares plugins within
@@ -14,6 +16,7 @@ the same training step.
 
     python scripts/bench_population.py                       # CPU: K=16, MLP and CNN, batch 2 and 32
     python scripts/bench_population.py --device cuda --members 32 128 512 --forms vmap wide wide:graph
+    python scripts/bench_population.py --device cuda --members 512 --forms wide:graph minimal:graph
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from pathlib import Path
 
 import torch
 from bench_args import command_line, count
+from minimal_wide import has_minimal_form, train_minimal
 from worktree import ROOT
 
 import normbench
@@ -91,6 +95,8 @@ def population(cfgs, cpu_data, data, runtime, form: str, cache_mb: float = 0.0) 
     sweep trains them as, one after another; in all and in the training loops alone."""
     form, sized = form.removesuffix("/sized"), form.endswith("/sized")
     form, _, graph = form.partition(":")
+    if form == "minimal":
+        return train_minimal(cfgs, data, runtime, graph == "graph")
     runtime = dataclasses.replace(runtime, cuda_graph=graph == "graph")
     sync(runtime)
     start = time.perf_counter()
@@ -151,13 +157,23 @@ def write_report(out: Path, args: argparse.Namespace, runtime: Runtime, rows: li
         "|---|---|---:|---:|---:|---:|" + "---:|---:|---:|" * len(args.timed),
         *(
             f"| {t} | {n} | {b} | {k} | {r['separate']:,.0f} | {lp['separate']:,.0f} | "
-            + " | ".join(f"{r[f]:,.0f} | {r[f] / r['separate']:.2f}× | {lp[f]:,.0f}" for f in args.timed)
+            + " | ".join(
+                f"{r[f]:,.0f} | {r[f] / r['separate']:.2f}× | {lp[f]:,.0f}" if f in r else "– | – | –"
+                for f in args.timed
+            )
             + " |"
             for t, n, b, k, r, lp in rows
         ),
     ]
     if args.separate_members:
         lines += ["", f"Separate runs: {args.separate_members} timed, scaled to K."]
+    if any(f.startswith("minimal") for f in args.timed):
+        lines += [
+            "",
+            "minimal: the same K MLPs written by hand as one wide model in a few lines (scripts/minimal_wide.py: "
+            "batched matmuls, torch's BatchNorm over the members' features, one foreach SGD at one learning "
+            "rate without schedule); – where the task is not an MLP with BatchNorm.",
+        ]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
 
@@ -177,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
         default=0,
         help="time only this many separate runs and scale to K (0: all K); for large K on a GPU",
     )
-    forms = [f"{f}{g}" for f in ("auto", "wide", "vmap") for g in ("", ":graph")]
+    forms = [f"{f}{g}" for f in ("auto", "wide", "vmap", "minimal") for g in ("", ":graph")]
     parser.add_argument("--forms", nargs="+", choices=forms, default=["wide", "vmap"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
@@ -191,7 +207,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.cache_mb < 0:
         parser.error(f"--cache-mb {args.cache_mb}: must be >= 0")
     # what is timed: each form, and with --cache-mb each form as cache-sized populations too
-    args.timed = [*args.forms, *(f"{f}/sized" for f in args.forms if args.cache_mb)]
+    args.timed = [
+        *args.forms,
+        *(f"{f}/sized" for f in args.forms if args.cache_mb and not f.startswith("minimal")),
+    ]
     try:
         check_tasks(args.tasks)
     except ConfigError as exc:
@@ -214,15 +233,22 @@ def main(argv: list[str] | None = None) -> None:
             wall, loops = separate(cfgs[:n_sep], data, on_device, runtime)
             times["separate"].append((wall * k / n_sep, loops * k / n_sep))
             for form in args.timed:
-                times[form].append(population(cfgs, data, on_device, runtime, form, args.cache_mb))
-        rate = {name: k * args.steps / statistics.median(w for w, _ in t) for name, t in times.items()}
-        loop = {name: k * args.steps / statistics.median(x for _, x in t) for name, t in times.items()}
+                if form.startswith("minimal") and not has_minimal_form(cfgs[0]):
+                    continue  # written by hand for the MLP with BatchNorm only
+                try:
+                    times[form].append(population(cfgs, data, on_device, runtime, form, args.cache_mb))
+                except RuntimeError as exc:  # the reference is not normbench: its failure costs no row
+                    if not form.startswith("minimal"):
+                        raise
+                    print(f"{task} batch {bs} K={k}: {form} failed: {exc}", flush=True)
+        rate = {name: k * args.steps / statistics.median(w for w, _ in t) for name, t in times.items() if t}
+        loop = {name: k * args.steps / statistics.median(x for _, x in t) for name, t in times.items() if t}
         rows.append((task, norm, bs, k, rate, loop))
         print(
             f"{task} {norm} batch {bs} K={k}: "
             + ", ".join(f"{name} {r:.0f}" for name, r in rate.items())
             + " model-steps/s; "
-            + ", ".join(f"{f} {rate[f] / rate['separate']:.2f}x" for f in args.timed)
+            + ", ".join(f"{f} {rate[f] / rate['separate']:.2f}x" for f in args.timed if f in rate)
             + "; training loops alone: "
             + ", ".join(f"{name} {r:.0f}" for name, r in loop.items()),
             flush=True,

@@ -11,7 +11,8 @@
 # included): each command's time limit is cut to what is left, and the steps that no longer fit are
 # skipped and named at the end of the log with the call that runs them.
 #
-# Writes population_cuda.md (K=512 populations, wide and captured, vs separate runs),
+# Writes population_cuda.md (K=512 populations, wide and captured, vs separate runs and a wide MLP written
+# by hand, scripts/minimal_wide.py),
 # profile_population_cuda.md (the captured step against its kernels' busy time, operator by operator, and
 # the bytes each operator moves: how near the step runs to the card's bandwidth),
 # single_run_cuda.md (one run's captured step), profile_single_cuda.md (its profile), step_norms_cuda.md
@@ -60,7 +61,7 @@ timeout 30 python3 -c "import torch, triton; print('torch', torch.__version__, '
 # What #29's targets need first: K=512 populations (captured wide step) against separate eager runs, where
 # their step's time goes, one run alone with its step captured, every plugin inside a captured step
 step population 100 bench_population python3 scripts/bench_population.py --device cuda --members 512 \
-  --steps 500 --rounds 1 --separate-members 2 --forms wide:graph --out "$out/population_cuda.md"
+  --steps 500 --rounds 1 --separate-members 2 --forms wide:graph minimal:graph --out "$out/population_cuda.md"
 step population 90 profile_population python3 scripts/profile_population.py --device cuda --members 512 \
   --steps 100 --out "$out/profile_population_cuda.md"
 step population 40 bench_single python3 scripts/bench_population.py --device cuda --members 1 --steps 1000 \

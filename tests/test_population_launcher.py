@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from helpers import compose_cfg, normbench_run, registered_plugin
 from test_population_train import assert_same_record
 
@@ -273,6 +274,70 @@ def test_the_population_benchmark_writes_one_row_per_setting(tmp_path):
     assert "| wide | wide speed-up | wide loop | vmap | vmap speed-up | vmap loop |" in header
     assert all(len(r.split("|")) == len(header.split("|")) for r in rows)
     assert "Reproduce: `python scripts/bench_population.py --tasks mnist1d_mlp" in out.read_text()
+
+
+def test_the_hand_written_reference_has_a_column_where_it_exists_and_dashes_elsewhere(tmp_path):
+    from helpers import ROOT
+
+    out = tmp_path / "population.md"
+    args = ["--tasks", "mnist1d_mlp", "mnist1d_cnn", "--batch-sizes", "2", "--members", "2", "--steps", "3"]
+    args += ["--rounds", "1", "--forms", "wide", "minimal", "--cache-mb", "1", "--out", str(out)]
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench_population.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = out.read_text().splitlines()
+    header = next(line for line in lines if line.startswith("| task |")).split("|")
+    # the reference is not trained as cache-sized populations: no minimal/sized column
+    assert [h.strip() for h in header if h.strip().startswith("minimal")] == [
+        "minimal",
+        "minimal speed-up",
+        "minimal loop",
+    ]
+    rows = {line.split("|")[1].strip(): line.split("|") for line in lines if line.startswith("| mnist1d_")}
+    cells = {task: row[header.index(" minimal ")].strip() for task, row in rows.items()}
+    assert cells["mnist1d_cnn"] == "–"  # written by hand for the MLP only
+    assert float(cells["mnist1d_mlp"].replace(",", "")) > 0
+
+
+def test_the_hand_written_reference_is_k_separate_mlps(monkeypatch):
+    """scripts/minimal_wide.py's wide MLP computes, for each member, what an nn.Sequential of the same
+    Linear, BatchNorm1d and ReLU layers computes on that member's batch (training mode)."""
+    from helpers import ROOT
+
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    from minimal_wide import HandWideMLP
+
+    k, dims = 3, [5, 6, 6, 4]
+    wide = HandWideMLP(k, dims, torch.device("cpu"), torch.Generator().manual_seed(0)).double()
+    with torch.no_grad():
+        for b in wide.biases:
+            b.normal_()
+        for norm in wide.norms:
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.normal_()
+    x = torch.randn(k, 7, 5, dtype=torch.float64)
+    out = wide(x)
+    for member in range(k):
+        layers = []
+        for i, (w, b) in enumerate(zip(wide.weights, wide.biases, strict=True)):
+            linear = torch.nn.Linear(*w.shape[1:]).double()
+            linear.weight.data, linear.bias.data = w[member].T.detach(), b[member, 0].detach()
+            layers.append(linear)
+            if i < len(wide.norms):
+                norm = torch.nn.BatchNorm1d(dims[i + 1]).double()
+                width = slice(member * dims[i + 1], (member + 1) * dims[i + 1])
+                norm.weight.data, norm.bias.data = (
+                    wide.norms[i].weight[width].detach(),
+                    wide.norms[i].bias[width].detach(),
+                )
+                layers += [norm, torch.nn.ReLU()]
+        torch.testing.assert_close(
+            out[member], torch.nn.Sequential(*layers)(x[member]), rtol=1e-12, atol=1e-12
+        )
 
 
 def test_the_population_profile_names_each_settings_step_time_and_operators(tmp_path):
