@@ -108,7 +108,8 @@ class OperatorCount(TorchDispatchMode):
     On a GPU each operator is about one kernel, so their number per training step is about what its
     captured graph replays (each a few µs however small), and a small model's step is bound by memory:
     its bytes over its kernels' time say how near it runs to the card's bandwidth. Counted on any device
-    (``scripts/profile_population.py``)."""
+    (``scripts/profile_population.py``); kernels launched around PyTorch's dispatcher (the Triton
+    kernels of :mod:`normbench.accel`) are not seen."""
 
     def __init__(self) -> None:
         super().__init__()

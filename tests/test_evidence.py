@@ -261,4 +261,9 @@ def test_a_record_without_a_later_key_reads_back_with_its_old_value_not_todays_d
     assert "val_size" not in record["config"]["data"]  # at its old value (0): out of the identity
     assert record_config(record["config"]).data.val_size == 0  # not the schema's default, 0.1
     assert compose_cfg().data.val_size == 0.1
+    # the schema is built once and each record completed on a copy: one record's values stay its own
+    changed = record_config({**record["config"], "seed": 7, "data": {"val_size": 0.25}})
+    changed.batch_size = 3
+    again = record_config(record["config"])
+    assert (changed.seed, changed.data.val_size, again.seed, again.data.val_size) == (7, 0.25, 0, 0)
     load_model(tmp_path / "run")  # rebuilt from its record: a 0.1 split beside the drawn one is refused

@@ -7,6 +7,7 @@ import logging
 import os
 from collections.abc import Mapping
 from contextlib import ExitStack
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +40,17 @@ def record_config(config: Mapping[str, Any]) -> DictConfig:
     """A record's ``config`` completed by today's schema. A key of :data:`LATER_KEYS` that the record
     leaves out was at its old value when the run trained (that is why it was left out), which is not
     always today's default (``data.val_size``: 0 before, 0.1 now), so it is restored to that value."""
-    cfg = OmegaConf.merge(OmegaConf.structured(Config), config)
+    cfg = OmegaConf.merge(_schema(), config)  # merge copies the schema: the cached one stays as it is
     for key, before in LATER_KEYS.items():
         if not _has(config, key) and OmegaConf.select(cfg, key, default=None) is not None:
             OmegaConf.update(cfg, key, before, merge=False)
     return cfg
+
+
+@cache
+def _schema() -> DictConfig:
+    """Today's schema with its defaults, built once (a third of the time of completing a record)."""
+    return OmegaConf.structured(Config)
 
 
 def _has(config: Mapping[str, Any], dotted: str) -> bool:
