@@ -248,25 +248,23 @@ def test_kill_9_of_a_population_process_loses_only_its_unfinished_group(tmp_path
     assert not list(sweep_dir.glob("*/.*.tmp"))
 
 
-def test_the_population_benchmark_writes_one_row_per_setting(tmp_path):
+def _benchmark(script: str, *args: str) -> subprocess.CompletedProcess:
+    """``python scripts/SCRIPT.py ARGS`` in a subprocess, as a user runs it."""
     from helpers import ROOT
 
-    out = tmp_path / "population.md"
-    args = ["--tasks", "mnist1d_mlp", "--batch-sizes", "2", "4", "--members", "2", "--steps", "2"]
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "scripts" / "bench_population.py"),
-            *args,
-            "--rounds",
-            "1",
-            "--out",
-            str(out),
-        ],
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / f"{script}.py"), *args],
         capture_output=True,
         text=True,
         timeout=300,
     )
+
+
+def test_the_population_benchmark_writes_one_row_per_setting(tmp_path):
+
+    out = tmp_path / "population.md"
+    args = ["--tasks", "mnist1d_mlp", "--batch-sizes", "2", "4", "--members", "2", "--steps", "2"]
+    proc = _benchmark("bench_population", *args, "--rounds", "1", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     rows = [line for line in out.read_text().splitlines() if line.startswith("| mnist1d_mlp |")]
     assert [r.split("|")[2:5] for r in rows] == [[" batchnorm ", " 2 ", " 2 "], [" batchnorm ", " 4 ", " 2 "]]
@@ -277,17 +275,11 @@ def test_the_population_benchmark_writes_one_row_per_setting(tmp_path):
 
 
 def test_the_hand_written_reference_has_a_column_where_it_exists_and_dashes_elsewhere(tmp_path):
-    from helpers import ROOT
 
     out = tmp_path / "population.md"
     args = ["--tasks", "mnist1d_mlp", "mnist1d_cnn", "--batch-sizes", "2", "--members", "2", "--steps", "3"]
     args += ["--rounds", "1", "--forms", "wide", "minimal", "--cache-mb", "1", "--out", str(out)]
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "bench_population.py"), *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = _benchmark("bench_population", *args)
     assert proc.returncode == 0, proc.stderr
     lines = out.read_text().splitlines()
     header = next(line for line in lines if line.startswith("| task |")).split("|")
@@ -343,17 +335,11 @@ def test_the_hand_written_reference_is_k_separate_mlps(monkeypatch):
 def test_the_population_profile_names_each_settings_step_time_and_operators(tmp_path):
     """scripts/profile_population.py on the CPU: a section per setting whose model-steps/s is K over its
     eager step time, and an operator table that holds the wide Linear's batched matmul."""
-    from helpers import ROOT
 
     out = tmp_path / "profile.md"
     args = ["--device", "cpu", "--tasks", "mnist1d_mlp", "--batch-sizes", "2", "--members", "3"]
     args += ["--steps", "10"]
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "profile_population.py"), *args, "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = _benchmark("profile_population", *args, "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     text = out.read_text()
     assert [line for line in text.splitlines() if line.startswith("## ")] == ["## mnist1d_mlp, batch 2"]
@@ -387,16 +373,10 @@ def test_the_population_profile_names_each_settings_step_time_and_operators(tmp_
 
 
 def test_the_population_host_benchmark_writes_a_row_per_setting_with_its_ratio(tmp_path):
-    from helpers import ROOT
 
     out = tmp_path / "host.md"
     args = ["--members", "2", "3", "--batch-sizes", "2", "--steps", "5", "--rounds", "1", "--out", str(out)]
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "bench_population_host.py"), *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = _benchmark("bench_population_host", *args)
     assert proc.returncode == 0, proc.stderr
     rows = [line.split("|")[1:-1] for line in out.read_text().splitlines() if re.match(r"\| \d", line)]
     assert [(k.strip(), b.strip()) for k, b, *_ in rows] == [("2", "2"), ("3", "2")]
