@@ -10,10 +10,10 @@ fewer or better kernels would speed it up); one far above it waits on the host b
 
 Each operator's bytes read and written per step (:class:`normbench.capture.OperatorCount`, counted in
 one eager step, the third: the difference of a 3-step and a 2-step run, the first two steps making the
-optimizer's state) over its time with what it calls give the bandwidth it reaches: a small model's
-step is bound by memory, so an operator far below the card's bandwidth (about 3,350 GB/s on an H100
-SXM, 4,800 on an H200) is one whose kernel could do better, and the step's bytes over the card's bandwidth are the least time
-a step of these operators can take.
+optimizer's state) over its time with what it calls give the bandwidth it reaches. A small model's
+step is bound by memory: an operator far below the card's bandwidth (about 3,350 GB/s on an H100 SXM,
+4,800 on an H200) is one whose kernel could do better, and the step's bytes over the card's bandwidth
+are the least time a step of these operators can take.
 
     python scripts/profile_population.py --device cuda --members 512 --out reports/bench/profile_population_cuda.md
 """
@@ -46,7 +46,6 @@ from normbench.runtime import Runtime, resolve_device, use_deterministic_kernels
 TOP = 12  # operators listed per setting
 BUSY = "(device busy)"
 LAUNCHES = "(kernels and copies)"
-OPERATORS = "(operators)"
 
 
 def loop_seconds(cfgs, models, data, runtime: Runtime, form: str) -> float:
@@ -101,11 +100,13 @@ def operators_and_bytes(cfgs, models, data, runtime: Runtime, form: str) -> tupl
 @dataclass
 class StepProfile:
     """One training step's profile: each operator's own time and its time with what it calls (µs),
-    the bytes each operator reads and writes, and the loop's wall time per step (ms) by form."""
+    the bytes each operator reads and writes, how many operators it dispatches, and the loop's wall
+    time per step (ms) by form."""
 
     own: Counter
     inclusive: Counter
     moved: Counter
+    operators: int
     walls: dict[str, float]
 
 
@@ -123,14 +124,13 @@ def step_profile(cfgs, long, models, data, runtime: Runtime, form: str, steps: i
     (fewer, fewer_bytes), (more, more_bytes) = (
         operators_and_bytes(with_steps(cfgs, n), models, data, runtime, form) for n in (2, 3)
     )
-    own[OPERATORS] = more - fewer
     moved = Counter({k: more_bytes[k] - fewer_bytes[k] for k in more_bytes})
     forms = {"eager": form, **({"captured": f"{form}:graph"} if runtime.device.type == "cuda" else {})}
     walls = {}
     for name, timed in forms.items():
         short, longer = (loop_seconds(c, models, data, runtime, timed) for c in (cfgs, long))
         walls[name] = (longer - short) / steps * 1e3
-    return StepProfile(own, inclusive, moved, walls)
+    return StepProfile(own, inclusive, moved, more - fewer, walls)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -175,10 +175,9 @@ def main(argv: list[str] | None = None) -> None:
         data = prepare_data(cfgs[0], runtime)
         models = [prepare_model(cfg, data, runtime) for cfg in cfgs]
         step = step_profile(cfgs, long, models, data.to(runtime.device), runtime, args.form, args.steps)
-        per_op, moved, walls = step.own, step.moved, step.walls
+        per_op, moved, walls, operators = step.own, step.moved, step.walls, step.operators
         busy = per_op.pop(BUSY) / 1e3
         launches = per_op.pop(LAUNCHES, None)
-        operators = per_op.pop(OPERATORS)
         megabytes = sum(moved.values()) / 1e6
         # a difference of two timings: too few steps leave it within the timings' noise
         resolved = {name: ms for name, ms in walls.items() if ms > 0}
