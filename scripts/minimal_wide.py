@@ -1,7 +1,7 @@
 """A wide MLP population written by hand in a few lines: the reference that normbench's own wide
 population is timed against (``scripts/bench_population.py --forms minimal minimal:graph``).
 
-It is the probe that measured what one GPU can do for #29 (K batched-matmul MLPs reached 175k
+It is written like the probe that measured what one GPU can do for #29 (K batched-matmul MLPs reached 175k
 model-steps/s eagerly on an H100): each Linear one ``torch.baddbmm`` over the members' stacked weights,
 each BatchNorm torch's own over the members' features side by side (running statistics included), one
 ``torch.optim.SGD`` (foreach) over all members, and with ``graph`` the whole step captured as one CUDA
