@@ -334,7 +334,8 @@ def test_the_hand_written_reference_is_k_separate_mlps(monkeypatch):
 
 def test_the_population_profile_names_each_settings_step_time_and_operators(tmp_path):
     """scripts/profile_population.py on the CPU: a section per setting whose model-steps/s is K over its
-    eager step time, and an operator table that holds the wide Linear's batched matmul."""
+    eager step time, a table of the operators' times, and one step's operators and bytes: the wide
+    Linear's forward and the optimizer's update as their formulas give them."""
 
     out = tmp_path / "profile.md"
     args = ["--device", "cpu", "--tasks", "mnist1d_mlp", "--batch-sizes", "2", "--members", "3"]
@@ -352,7 +353,11 @@ def test_the_population_profile_names_each_settings_step_time_and_operators(tmp_
         found = re.search(r"eager ([\d.]+) ms/step; .*; ([\d,]+) model-steps/s", summary).groups()
         ms, rate = (float(v.replace(",", "")) for v in found)
         assert 3e3 / (ms + 5e-4) - 1 <= rate <= 3e3 / (ms - 5e-4) + 1
-    assert "| `aten::baddbmm` |" in text.split("Per step: ")[0]  # the time table
+    # the time table: at most 12 operators, most time first (which ones is a timing on this machine,
+    # where a loaded CPU can push even the batched matmuls out of the difference of two profiles)
+    timed = [row.split("|") for row in text.split("Per step: ")[0].splitlines() if row.startswith("| `")]
+    times = [float(row[2].replace(",", "")) for row in timed]
+    assert 0 < len(times) <= 12 and times == sorted(times, reverse=True) and min(times) > 0
     # counted, not timed: one step's operators and bytes, the difference of two whole counts
     found = re.search(r"Per step: (\d+) operators dispatched, reading and writing ([\d.,]+) MB", text)
     operators, megabytes = int(found.group(1)), float(found.group(2).replace(",", ""))
