@@ -192,26 +192,25 @@ def _one_line(exc: BaseException) -> str:
         key = getattr(cause, "full_key", None) or ""
         message = str(cause).splitlines()[0]
         if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and key:
-            return f"{key}: unknown key{_key_hint(key)}"
+            return _unknown_key(key, cause.parent_node)
         value = getattr(cause, "value", None)
         return f"{key}={value}: {message}" if key else message
     return " ".join(str(exc).split("\n")[0].split())
 
 
-def _key_hint(full_key: str) -> str:
-    """ "; did you mean X?" for an unknown dotted key, from the keys of the composed config."""
-    from hydra import compose, initialize_config_dir
-
-    parent, _, leaf = full_key.rpartition(".")
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose(config_name="config")
-        node = OmegaConf.select(cfg, parent) if parent else cfg
-        keys = [str(k) for k in node] if isinstance(node, DictConfig) else []
-    except Exception:
-        return ""
+def _unknown_key(full_key: str, parent: Any) -> str:
+    """An unknown dotted key with the keys allowed where it was set, from the node of the config being
+    composed (``norm=layernorm`` has other keys than the default norm), and a "did you mean"."""
+    path, _, leaf = full_key.rpartition(".")
+    if not isinstance(parent, DictConfig):
+        return f"{full_key}: unknown key"
+    keys = [str(k) for k in parent if k != "hydra"]
     close = difflib.get_close_matches(leaf, keys, n=1, cutoff=0.5)
-    return f"; did you mean {f'{parent}.' if parent else ''}{close[0]}?" if close else ""
+    hint = f"; did you mean {f'{path}.' if path else ''}{close[0]}?" if close else ""
+    choice = parent.get("name") if path and "." not in path else None  # the group's choice
+    choice = getattr(choice, "value", choice)  # an enum's name (optim.name)
+    where = f" for {path}={choice}" if isinstance(choice, str) else ""
+    return f"{full_key}: unknown key{where}{hint} (allowed: {', '.join(keys)})"
 
 
 class Terminated(KeyboardInterrupt):

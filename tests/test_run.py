@@ -185,9 +185,25 @@ def test_cli_config_error_is_one_line_and_nonzero(tmp_path):
         ("optim=rmsprop", "optim=rmsprop: unknown optim (available: adamw, dcgan, sgd)"),
         ("optim.lr=abc", "optim.lr=abc: Value 'abc' of type 'str' could not be converted to Float"),
         ("batch_size=2.5", "batch_size=2.5: Value '2.5' of type 'float' could not be converted to Integer"),
-        ("norm.nope=1", "norm.nope: unknown key"),
-        ("batch_sise=8", "batch_sise: unknown key; did you mean batch_size?"),
-        ("optim.lrr=0.1", "optim.lrr: unknown key; did you mean optim.lr?"),
+        (
+            "norm.scale=1",
+            "norm.scale: unknown key for norm=batchnorm (allowed: name, eps, momentum, affine, "
+            "track_running_stats, positions)",
+        ),
+        ("batch_sise=8", "batch_sise: unknown key; did you mean batch_size? (allowed: task, norm, optim, "),
+        (
+            "optim.lrr=0.1",
+            "optim.lrr: unknown key for optim=sgd; did you mean optim.lr? (allowed: name, lr, ",
+        ),
+        # the keys of the norm the command line chose, not of the default one
+        (
+            "norm=layernorm norm.positions=2",
+            "norm.positions: unknown key for norm=layernorm (allowed: name, eps, affine)",
+        ),
+        (
+            "norm=groupnorm norm.groups=8",
+            "norm.groups: unknown key for norm=groupnorm; did you mean norm.num_groups?",
+        ),
         ("+foo=1", "foo: unknown key (allowed: batch_size, data, eval, "),
         ("train.budget=hours", "train.budget=hours: Invalid value 'hours', expected one of [epochs, steps]"),
         (
@@ -205,7 +221,7 @@ def test_cli_config_error_is_one_line_and_nonzero(tmp_path):
     ],
 )
 def test_bad_overrides_are_refused_in_one_line(override, message, tmp_path):
-    proc = normbench_run(override, cwd=tmp_path)
+    proc = normbench_run(*override.split(), cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.splitlines() == [proc.stderr.strip()]  # exactly one line
     assert proc.stderr.startswith(f"normbench-run: error: {message}")
