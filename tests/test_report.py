@@ -346,6 +346,29 @@ def test_report_refuses_a_reference_batch_that_is_no_batch_size(tmp_path, value)
     )
 
 
+def test_a_reference_batch_the_runs_lack_is_refused_and_without_one_32_or_the_largest_is_used(tmp_path):
+    """A change against a batch size nobody trained would be a table of dashes: refused, naming the
+    batch sizes there are; left out, it is 32 (Wu & He 2018's) or, where the runs stop below, their
+    largest."""
+    from normbench.report.build import build_report
+
+    example = Path(__file__).resolve().parents[1] / "reports/example/records.jsonl"
+    lines = example.read_text().splitlines()
+    small = tmp_path / "small.jsonl"  # the example without its batch-32 runs
+    small.write_text("".join(f"{x}\n" for x in lines if json.loads(x)["record"]["config"]["batch_size"] < 32))
+    command = [str(Path(sys.executable).parent / "normbench-report"), "--out", str(tmp_path / "out")]
+    proc = subprocess.run([*command, str(example), "--reference-batch", "7"], capture_output=True, text=True)
+    assert proc.returncode == 2 and not (tmp_path / "out").exists()
+    assert proc.stderr.strip() == (
+        "normbench-report: error: --reference-batch 7: not a batch size of these runs (theirs: 4, 8, 16, 32)"
+    )
+    for records, expected in ((example, 32), (small, 16)):
+        summary = pd.read_csv(build_report([records], tmp_path / records.stem).with_name("summary.csv"))
+        at_reference = summary[summary["batch_size"] == expected]
+        assert len(at_reference) and (at_reference["delta_vs_ref"] == 0).all()
+        assert summary["delta_vs_ref"].notna().all()
+
+
 def test_the_html_report_is_one_file_with_every_figure_embedded(tmp_path):
     import base64
     import re

@@ -266,7 +266,7 @@ def selection_section(table: pd.DataFrame, keys: Sequence[str], cells: list[str]
 def build_report(
     dirs: Sequence[str | os.PathLike[str]],
     out: str | os.PathLike[str],
-    reference_batch: int = 32,
+    reference_batch: int | None = None,
     title: str = "normbench report",
     notes: str = "",
     select: Sequence[str] = (),
@@ -286,6 +286,9 @@ def build_report(
 
     ``html``: also report.html, the same report as one file with its figures embedded.
 
+    ``reference_batch``: the batch size each cell's change is measured against; one the runs do not
+    have is refused. Left out: 32 (Wu & He 2018's) where the runs have it, else their largest.
+
     The report is built in a temporary folder inside ``out`` and moved into place only when complete,
     so a failure leaves the previous report as it was. Invalid record files are skipped with one
     warning each and listed in the report."""
@@ -301,6 +304,8 @@ def build_report(
         raise ValueError(f"no valid run records (result.json) found under {', '.join(map(str, dirs))}")
     if select:
         check_keys(runs, select)  # before anything is written
+    if described is None:
+        reference_batch = choose_reference_batch(runs["batch_size"], reference_batch)
     out.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".report-", dir=out))
     try:
@@ -311,6 +316,20 @@ def build_report(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out / "report.md"
+
+
+def choose_reference_batch(batch_sizes: pd.Series, requested: int | None) -> int:
+    """``requested`` if the runs have that batch size (a ValueError names it and theirs if not); without
+    one, 32 where the runs have it, else their largest. A study's own reference batch is not checked:
+    its report is built while its grid is still training (dashes mark the cells without one)."""
+    have = sorted(int(b) for b in batch_sizes.dropna().unique())
+    if requested is None:
+        return 32 if 32 in have or not have else have[-1]
+    if requested not in have:
+        raise ValueError(
+            f"--reference-batch {requested}: not a batch size of these runs (theirs: {', '.join(map(str, have))})"
+        )
+    return requested
 
 
 REPORT_LIBRARIES = ("numpy", "pandas", "scipy", "matplotlib")  # what computes and draws the numbers

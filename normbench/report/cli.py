@@ -26,8 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--reference-batch",
         type=positive_int("a batch size, an integer >= 1"),
-        default=32,
-        help="batch size the change is measured against",
+        help="batch size the change is measured against (default: 32 where the runs have it, else their largest)",
     )
     parser.add_argument("--title", default="normbench report")
     parser.add_argument("--notes", type=Path, help="a markdown file appended to the report under 'Notes'")
