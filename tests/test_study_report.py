@@ -544,6 +544,91 @@ def test_bad_statistics_settings_are_refused(tmp_path, extra, message):
         load_study(path)
 
 
+@pytest.mark.parametrize(
+    "extra, message",
+    [  # one of each kind a description's values hold (normbench.report.study.KINDS)
+        ("reference_batch: 7.5", "study description {path}: reference_batch=7.5: must be an integer >= 1"),
+        ("reference_batch: true", "study description {path}: reference_batch=True: must be an integer >= 1"),
+        ("metric: 7", "study description {path}: metric=7: must be a string"),
+        ("select: optim.lr", "study description {path}: select='optim.lr': must be a list of strings"),
+        ("diverged_as: .inf", "study description {path}: diverged_as=inf: must be a number"),
+        ("does_not_train_at: 0", "study description {path}: does_not_train_at=0: must be a positive number"),
+        ("smoke: 5", "study description {path}: smoke=5: must be a list of strings"),
+        ("bracket: 5", "study description {path}: bracket=5: must be a mapping"),
+        ("sweeps: [{preset: x, smoke: true}]", "{path}: sweeps[0]: smoke=True: must be a mapping or false"),
+        (
+            "degenerate: [{where: {norm: x}, reason: [1]}]",
+            "{path}: degenerate[0]: reason=[1]: must be a string",
+        ),
+        (
+            "derived: {a: {history: x, at_most: {toy: high}}}",
+            "{path}: derived.a.at_most.toy='high': must be a number",
+        ),
+        (
+            "derived: {a: {history: x}}",
+            "{path}: derived.a needs history (a history key) and at_most (per task)",
+        ),
+    ],
+)
+def test_a_value_of_the_wrong_kind_is_named_with_the_kind_allowed(tmp_path, extra, message):
+    path = tmp_path / "s.yaml"
+    path.write_text(f"{extra}\n")
+    with pytest.raises(StudyError) as info:
+        load_study(path)
+    assert str(info.value) == message.format(path=path)
+
+
+@pytest.mark.parametrize(
+    "section, message",
+    [
+        ("{title: x, unit: 5}", "sections[0]: unit=5: must be a mapping"),
+        ("{title: x, unit: {scale: 0}}", "sections[0].unit: scale=0: must be a positive number"),
+        ("{title: x, unit: {size: 1}}", "sections[0].unit: unknown key 'size'; allowed: name, scale"),
+        ("{title: x, selected: 'no'}", "sections[0]: selected='no': must be true or false"),
+        ("{title: x, claims: 3}", "sections[0]: claims=3: must be a list"),
+        ("{title: [x]}", "sections[0]: title=['x']: must be a string"),
+        (
+            "{title: x, claims: [{name: a, plus: {norm: x}}]}",
+            "claims[0]: plus={'norm': 'x'}: must be a list of mappings",
+        ),
+        # a string would be looped over letter by letter
+        (
+            "{title: x, claims: [{name: a, plus: [{}], for_each: {n: ab}}]}",
+            "claims[0]: for_each={'n': 'ab'}: must be a mapping of lists",
+        ),
+    ],
+)
+def test_a_section_value_of_the_wrong_kind_is_named_with_the_kind_allowed(tmp_path, section, message):
+    path = tmp_path / "s.yaml"
+    path.write_text(f"sections:\n  - {section}\n")
+    with pytest.raises(StudyError) as info:
+        load_study(path)
+    assert str(info.value).startswith(f"{path}: ") and str(info.value).endswith(message)
+
+
+def test_a_key_set_to_null_is_left_out(tmp_path):
+    path = tmp_path / "nulls.yaml"
+    path.write_text(
+        "title: null\nreference_batch: null\nsections:\n  - {title: x, where: null, unit: null}\n"
+    )
+    study = load_study(path)
+    assert (study.title, study.reference_batch) == ("nulls", 32)
+    assert study.sections[0].where == {} and study.sections[0].unit == Unit()
+
+
+def test_a_claim_on_a_metric_the_runs_lack_is_one_line_and_leaves_no_folder(study_dir, capsys):
+    (study_dir / "study.yaml").write_text(STUDY.replace("metric: test_error\n", "metric: test_eror\n", 1))
+    out = study_dir / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        report_main([str(study_dir / "sweeps"), "--out", str(out), "--study", str(study_dir / "study.yaml")])
+    assert exit_info.value.code == 2 and not out.exists()
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(
+        "normbench-report: error: section 'Batch': contrast '(BN(2) − BN(32)) − (GN(2) − GN(32))': "
+        "no metric 'test_eror' in the runs; theirs: test_error, "
+    )
+
+
 def test_an_equivalence_claim_on_another_metric_than_the_margins_is_refused(tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text(FAMILIES.replace("  - title: Primary\n", "  - title: Primary\n    metric: test_loss\n"))

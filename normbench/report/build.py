@@ -306,6 +306,7 @@ def build_report(
         check_keys(runs, select)  # before anything is written
     if described is None:
         reference_batch = choose_reference_batch(runs["batch_size"], reference_batch)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".report-", dir=out))
     try:
@@ -315,6 +316,8 @@ def build_report(
         publish(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if created and not any(out.iterdir()):  # a failed first report leaves no empty folder
+            out.rmdir()
     return out / "report.md"
 
 

@@ -11,7 +11,7 @@ import dataclasses
 import itertools
 import math
 import string
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,46 +37,75 @@ from normbench.report.curve import CURVE_KEYS, degenerate_reason, render_curve
 from normbench.report.markdown import image, md_table, slug
 from normbench.report.select import leave_one_seed_out
 
+# Each entry's keys and what each holds (a kind of :data:`KINDS`); a key set to null is left out.
 STUDY_KEYS = {
-    "title",
-    "select",
-    "reference_batch",
-    "metric",
-    "diverged_as",
-    "derived",
-    "sections",
-    "sweeps",
-    "smoke",
-    "equivalence_margin",
-    "does_not_train_at",
-    "degenerate",
-    "bracket",
+    "title": "a string",
+    "select": "a list of strings",
+    "reference_batch": "an integer >= 1",
+    "metric": "a string",
+    "diverged_as": "a number",
+    "derived": "a mapping",
+    "sections": "a list",
+    "sweeps": "a list",
+    "smoke": "a list of strings",
+    "equivalence_margin": "a positive number",
+    "does_not_train_at": "a positive number",
+    "degenerate": "a list",
+    "bracket": "a mapping",
 }
 SWEEP_KEYS = {
-    "preset",
-    "full",
-    "smoke",
-    "large",
-    "folder",
-}  # folder: the sweep.name it writes (default: preset)
-SECTION_KEYS = {
-    "title",
-    "question",
-    "where",
-    "selected",
-    "metric",
-    "unit",
-    "table",
-    "candidates",
-    "claims",
-    "family",
-    "curve",
+    "preset": "a string",
+    "full": "a mapping or false",
+    "smoke": "a mapping or false",
+    "large": "a mapping or false",
+    "folder": "a string",  # the sweep.name it writes (default: preset)
 }
-CLAIM_KEYS = {"name", "for_each", "where", "plus", "minus", "family", "equivalence"}
+SECTION_KEYS = {
+    "title": "a string",
+    "question": "a string",
+    "where": "a mapping",
+    "selected": "true or false",
+    "metric": "a string",
+    "unit": "a mapping",
+    "table": "a mapping",
+    "candidates": "a mapping",
+    "claims": "a list",
+    "family": "a string",
+    "curve": "a mapping",
+}
+CLAIM_KEYS = {
+    "name": "a string",
+    "for_each": "a mapping of lists",
+    "where": "a mapping",
+    "plus": "a list of mappings",
+    "minus": "a list of mappings",
+    "family": "a string",
+    "equivalence": "true or false",
+}
+UNIT_KEYS = {"scale": "a positive number", "name": "a string"}
+DEGENERATE_KEYS = {"where": "a mapping", "reason": "a string"}
+DERIVED_KEYS = {"history": "a string", "at_most": "a mapping"}
 FAMILIES = ("primary", "exploratory")
-DEGENERATE_KEYS = {"where", "reason"}
 TABLE_KEYS = {"rows", "columns", "where", "metrics"}
-DERIVED_KEYS = {"history", "at_most"}
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+KINDS = {
+    "a string": lambda v: isinstance(v, str),
+    "a mapping": lambda v: isinstance(v, Mapping),
+    "a list": lambda v: isinstance(v, list),
+    "a list of strings": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+    "a list of mappings": lambda v: isinstance(v, list) and all(isinstance(x, Mapping) for x in v),
+    "a mapping of lists": lambda v: isinstance(v, Mapping) and all(isinstance(x, list) for x in v.values()),
+    "a mapping or false": lambda v: v is False or isinstance(v, Mapping),
+    "an integer >= 1": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+    "a number": _number,
+    "a positive number": lambda v: _number(v) and v > 0,
+    "true or false": lambda v: isinstance(v, bool),
+}
 
 
 class StudyError(ValueError):
@@ -131,12 +160,20 @@ class Study:
     bracket: Bracket | None = None  # the rule that extends a selected key's grid past its edges
 
 
-def _check_keys(entry: Mapping[str, Any], allowed: set[str], where: str) -> None:
+def _check_keys(entry: Any, allowed: Iterable[str], where: str) -> None:
     if not isinstance(entry, Mapping):  # the type, not the content: a wrong file would fill the line
         raise StudyError(f"{where}: expected a mapping, got {type(entry).__name__}")
-    unknown = sorted(set(entry) - allowed)
+    unknown = sorted(set(entry) - set(allowed))
     if unknown:
         raise StudyError(f"{where}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}")
+
+
+def _check_entry(entry: Any, kinds: Mapping[str, str], where: str) -> None:
+    """``entry`` is a mapping of known keys, each holding its kind (null: left out)."""
+    _check_keys(entry, kinds, where)
+    for key, value in entry.items():
+        if value is not None and not KINDS[kinds[key]](value):
+            raise StudyError(f"{where}: {key}={value!r}: must be {kinds[key]}")
 
 
 def load_study(path: str | Path) -> Study:
@@ -151,16 +188,18 @@ def load_study(path: str | Path) -> Study:
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         problem = getattr(exc, "problem", None) or type(exc).__name__
         raise StudyError(f"study description {path}: not YAML{where}: {problem}") from None
-    _check_keys(raw, STUDY_KEYS, f"study description {path}")
+    _check_entry(raw, STUDY_KEYS, f"study description {path}")
+    raw = {key: value for key, value in raw.items() if value is not None}
     sections = []
     for i, entry in enumerate(raw.get("sections") or []):
         where = f"{path}: sections[{i}]"
-        _check_keys(entry, SECTION_KEYS, where)
-        if "title" not in entry:
+        _check_entry(entry, SECTION_KEYS, where)
+        entry = {key: value for key, value in entry.items() if value is not None}
+        if not entry.get("title"):
             raise StudyError(f"{where}: needs a title")
         for j, claim in enumerate(entry.get("claims") or []):
-            _check_keys(claim, CLAIM_KEYS, f"{where}.claims[{j}]")
-            if "name" not in claim or not (claim.get("plus") or claim.get("minus")):
+            _check_entry(claim, CLAIM_KEYS, f"{where}.claims[{j}]")
+            if not claim.get("name") or not (claim.get("plus") or claim.get("minus")):
                 raise StudyError(f"{where}.claims[{j}]: needs a name and plus and/or minus cells")
             _check_family(claim.get("family", "primary"), f"{where}.claims[{j}]")
             if claim.get("equivalence") and raw.get("equivalence_margin") is None:
@@ -179,22 +218,25 @@ def load_study(path: str | Path) -> Study:
         for kind in ("table", "candidates"):
             if kind in entry:
                 _check_keys(entry[kind], TABLE_KEYS, f"{where}.{kind}")
-        unit = Unit(**entry["unit"]) if "unit" in entry else Unit()
+        if "unit" in entry:
+            _check_entry(entry["unit"], UNIT_KEYS, f"{where}.unit")
+        unit = Unit(**{k: v for k, v in entry.get("unit", {}).items() if v is not None})
         fields = {k: v for k, v in entry.items() if k != "unit"}
         sections.append(Section(**fields, unit=unit))
     for name, spec in (raw.get("derived") or {}).items():
-        _check_keys(spec, DERIVED_KEYS, f"{path}: derived.{name}")
+        _check_entry(spec, DERIVED_KEYS, f"{path}: derived.{name}")
+        if not spec.get("history") or not spec.get("at_most"):
+            raise StudyError(f"{path}: derived.{name} needs history (a history key) and at_most (per task)")
+        for task, target in spec["at_most"].items():
+            if not _number(target):
+                raise StudyError(f"{path}: derived.{name}.at_most.{task}={target!r}: must be a number")
     for i, entry in enumerate(raw.get("degenerate") or []):
-        _check_keys(entry, DEGENERATE_KEYS, f"{path}: degenerate[{i}]")
+        _check_entry(entry, DEGENERATE_KEYS, f"{path}: degenerate[{i}]")
         if not entry.get("where") or not entry.get("reason"):
             raise StudyError(f"{path}: degenerate[{i}] needs where (the cells) and reason")
-    for key in ("equivalence_margin", "does_not_train_at"):
-        value = raw.get(key)
-        if value is not None and not (isinstance(value, (int, float)) and 0 < value < math.inf):
-            raise StudyError(f"{path}: {key}={value!r}: must be a positive number (in the metric's units)")
     for i, sweep in enumerate(raw.get("sweeps") or []):
-        _check_keys(sweep, SWEEP_KEYS, f"{path}: sweeps[{i}]")
-        if "preset" not in sweep:
+        _check_entry(sweep, SWEEP_KEYS, f"{path}: sweeps[{i}]")
+        if not sweep.get("preset"):
             raise StudyError(f"{path}: sweeps[{i}] needs a preset (a file of conf/experiment/)")
     bracket = None
     if raw.get("bracket") is not None:
@@ -205,7 +247,7 @@ def load_study(path: str | Path) -> Study:
         if bracket.key not in (raw.get("select") or []):
             raise StudyError(f"{path}: bracket.key={bracket.key}: must be one of the selected keys (select)")
     return Study(
-        title=raw.get("title", path.stem),
+        title=raw.get("title") or path.stem,
         select=list(raw.get("select") or []),
         reference_batch=int(raw.get("reference_batch", 32)),
         metric=raw.get("metric", "test_error"),
@@ -400,15 +442,21 @@ def evaluate_claims(
             frame = selected if claim.selected else runs
             if not _has_runs(frame, claim):
                 continue
-            result = evaluate(
-                frame,
-                claim.contrast,
-                claim.metric,
-                diverged_as=study.diverged_as,
-                # the margin is in the study metric's units: another metric's claims test none
-                margin=study.equivalence_margin if claim.metric == study.metric else None,
-                equivalence=claim.equivalence,
-            )
+            try:
+                result = evaluate(
+                    frame,
+                    claim.contrast,
+                    claim.metric,
+                    diverged_as=study.diverged_as,
+                    # the margin is in the study metric's units: another metric's claims test none
+                    margin=study.equivalence_margin if claim.metric == study.metric else None,
+                    equivalence=claim.equivalence,
+                )
+            except KeyError as exc:  # a metric the runs do not have
+                numeric = [c for c in frame.columns if "." not in c and pd.api.types.is_float_dtype(frame[c])]
+                raise StudyError(
+                    f"section {section.title!r}: {exc.args[0]}; theirs: {', '.join(numeric)}"
+                ) from None
             why = exclusion(study, frame, claim, section.where)
             planned.append((section, claim, dataclasses.replace(result, family=claim.family, excluded=why)))
     in_family = [i for i, (_, _, r) in enumerate(planned) if r.family == "primary" and not r.excluded]
