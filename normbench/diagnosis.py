@@ -25,6 +25,7 @@ import importlib
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -33,6 +34,8 @@ from torch import Tensor, nn
 
 from normbench.argtypes import positive_int
 from normbench.evaluate import _has_tensor, pooled_statistics, relative_l2, stat_modules
+from normbench.results import write_text_atomic
+from normbench.runtime import resolve_device
 
 Batches = Iterable[tuple[Tensor, Tensor]]
 
@@ -113,12 +116,15 @@ def _one_value_per_channel(model: nn.Module, x: Tensor) -> dict[str, bool]:
     return {name: seen.get(name, False) for name in layers}
 
 
+DEFAULT_BATCH_SIZES = (2, 8, 32, 128)
+
+
 def diagnose(
     model: nn.Module,
     train_loader: Batches,
     test_loader: Batches | None = None,
     *,
-    batch_sizes: Sequence[int] = (2, 8, 32, 128),
+    batch_sizes: Sequence[int] | None = None,
     precise_samples: int = 4096,
     precise_batch_size: int = 32,
     eval_batch_size: int = 256,
@@ -133,7 +139,9 @@ def diagnose(
         train_loader: (inputs, targets) batches of training data: PreciseBN's statistics come from its
             first ``precise_samples`` samples, in the order it gives them.
         test_loader: the data the errors are measured on (default: the same training samples).
-        batch_sizes: batch sizes of the mini-batch-statistics evaluation.
+        batch_sizes: batch sizes of the mini-batch-statistics evaluation, each evaluated on the full
+            batches of that size the test samples make (default: those of 2, 8, 32 and 128 they hold);
+            one above the number of test samples is refused.
         precise_batch_size: the batch size of PreciseBN's training-mode forwards (the training batch
             size: a layer's input depends on the batch statistics of the layers before it).
         loss_fn: ``loss_fn(outputs, targets, reduction="sum")``; errors are top-1 over dim 1.
@@ -142,7 +150,7 @@ def diagnose(
     Returns:
         :class:`Diagnosis`.
     """
-    for b in (*batch_sizes, precise_batch_size):
+    for b in (*(batch_sizes or ()), precise_batch_size):
         if isinstance(b, bool) or not isinstance(b, int) or b < 1:
             raise ValueError(f"diagnose: batch sizes must be integers >= 1, got {b!r}")
     if isinstance(precise_samples, bool) or not isinstance(precise_samples, int) or precise_samples < 2:
@@ -159,6 +167,12 @@ def diagnose(
     x_train, y_train = _samples(train_loader, precise_samples, device)
     x_test, y_test = (x_train, y_train) if test_loader is None else _samples(test_loader, None, device)
     split = "test" if test_loader is not None else "train"
+    if batch_sizes is None:
+        batch_sizes = [b for b in DEFAULT_BATCH_SIZES if b <= len(x_test)]
+    elif max(batch_sizes, default=0) > len(x_test):
+        raise ValueError(
+            f"diagnose: batch size {max(batch_sizes)} is more than the {len(x_test)} {split} samples"
+        )
     precise = precise_statistics(work, x_train, precise_batch_size)
     at_one = _one_value_per_channel(work, x_test)
     rows = []
@@ -169,7 +183,7 @@ def diagnose(
     order = torch.randperm(len(x_test), generator=gen).to(device)
     for b in batch_sizes:
         twin = copy.deepcopy(work).train()
-        batches = [idx for idx in order.split(b) if len(idx) > 1 or b == 1]
+        batches = [idx for idx in order.split(b) if len(idx) == b]  # a smaller last batch is another size
         if b == 1 and any(at_one.values()):  # undefined batch statistics: no number to give
             rows.append(
                 {"statistics": "mini-batch", "batch_size": b, "split": split, "error": None, "loss": None}
@@ -247,7 +261,12 @@ def _load(path: str) -> object:
 def main(argv: list[str] | None = None) -> None:
     """``normbench-diagnose --model MODULE:NAME --data MODULE:NAME``: NAME is a module or a function
     returning one (for --model), and a function returning (train_loader, test_loader) (for --data)."""
-    parser = argparse.ArgumentParser(prog="normbench-diagnose", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="normbench-diagnose",
+        description="The test error of a model's norms with their running (EMA) statistics, with "
+        "PreciseBN's and with mini-batch statistics at each batch size, and how far each layer's EMA "
+        "is from PreciseBN's.",
+    )
     parser.add_argument(
         "--model", required=True, help="MODULE:NAME of an nn.Module or a function returning one"
     )
@@ -255,17 +274,25 @@ def main(argv: list[str] | None = None) -> None:
         "--data", required=True, help="MODULE:NAME of a function returning (train, test) loaders"
     )
     parser.add_argument("--checkpoint", help="a state dict to load into the model first (weights only)")
-    parser.add_argument("--batch-sizes", nargs="+", type=positive_int(), default=[2, 8, 32, 128])
+    parser.add_argument(
+        "--batch-sizes",
+        nargs="+",
+        type=positive_int(),
+        help=f"default: those of {', '.join(map(str, DEFAULT_BATCH_SIZES))} the test samples hold",
+    )
     parser.add_argument("--precise-samples", type=positive_int(), default=4096)
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--csv", help="write the results table here")
+    parser.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the model's)")
+    parser.add_argument("--csv", type=Path, help="write the results table here")
     args = parser.parse_args(argv)
     try:
+        device = None if args.device is None else resolve_device(args.device, "--device")
+        if args.csv is not None and not args.csv.parent.is_dir():
+            raise ValueError(f"--csv {args.csv}: no folder {args.csv.parent} to write it in")
         model = _load(args.model)
         if not isinstance(model, nn.Module):
             raise ValueError(f"{args.model}: gave a {type(model).__name__}, not an nn.Module")
         if args.checkpoint:
-            model.load_state_dict(torch.load(args.checkpoint, map_location="cpu", weights_only=True))
+            _load_checkpoint(model, args.checkpoint)
         loaders = _load(args.data)
         if not (isinstance(loaders, tuple) and len(loaders) == 2):
             raise ValueError(f"{args.data}: must give (train_loader, test_loader)")
@@ -275,11 +302,28 @@ def main(argv: list[str] | None = None) -> None:
             loaders[1],
             batch_sizes=args.batch_sizes,
             precise_samples=args.precise_samples,
-            device=args.device,
+            device=device,
         )
+        if args.csv is not None:
+            write_text_atomic(args.csv, found.results.to_csv(index=False))
     except (ValueError, OSError, RuntimeError) as exc:
         print(f"normbench-diagnose: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     print(found)
-    if args.csv:
-        found.results.to_csv(args.csv, index=False)
+
+
+def _load_checkpoint(model: nn.Module, path: str) -> None:
+    """Load the state dict at ``path`` into ``model``; ValueError in one line when it cannot."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as exc:
+        raise ValueError(f"--checkpoint {path}: {exc.strerror or exc}") from None
+    except Exception as exc:  # torch.load's unpickling errors are many kinds, and several lines long
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"--checkpoint {path}: not a state dict that torch.load reads ({first})") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"--checkpoint {path}: holds a {type(state).__name__}, not a state dict")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:  # its message lists every missing and unexpected key, a line each
+        raise ValueError(f"--checkpoint {path}: {' '.join(str(exc).split())}") from None

@@ -33,25 +33,26 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
-def device_problem(spec: str) -> str | None:
-    """Why ``runtime.device=spec`` cannot run on this machine, or None."""
+def device_problem(spec: str, setting: str = "runtime.device") -> str | None:
+    """Why ``runtime.device=spec`` (or another ``setting``) cannot run on this machine, or None."""
     allowed = "auto, cpu, cuda or cuda:N"
     if not isinstance(spec, str) or not _DEVICE.fullmatch(spec):
-        return f"runtime.device={spec}: must be one of {allowed}"
+        return f"{setting}={spec}: must be one of {allowed}"
     if not spec.startswith("cuda"):
         return None
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if count == 0:
-        return f"runtime.device={spec}: this machine has no CUDA device (allowed here: auto, cpu)"
+        return f"{setting}={spec}: this machine has no CUDA device (allowed here: auto, cpu)"
     index = int(spec.partition(":")[2] or 0)
     if index >= count:
-        return f"runtime.device={spec}: this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1})"
+        return f"{setting}={spec}: this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1})"
     return None
 
 
-def resolve_device(spec: str) -> torch.device:
-    """The device ``runtime.device`` names; raises ConfigError for one this machine does not have."""
-    problem = device_problem(spec)
+def resolve_device(spec: str, setting: str = "runtime.device") -> torch.device:
+    """The device ``spec`` names (``auto``: CUDA where there is one); raises ConfigError, naming
+    ``setting``, for one this machine does not have."""
+    problem = device_problem(spec, setting)
     if problem:
         raise ConfigError(problem)
     if spec == "auto":

@@ -93,6 +93,26 @@ def test_diagnose_measures_and_never_changes_the_model():
     assert list(found.results.statistics) == ["EMA", "PreciseBN", "mini-batch", "mini-batch", "mini-batch"]
 
 
+def test_mini_batch_statistics_use_full_batches_only_and_no_batch_above_the_samples():
+    """At batch b the test samples, in one fixed random order, are cut into batches of b; a smaller last
+    batch would be normalized at another size, so it is left out. A batch size above the samples is
+    refused; by default the sizes of (2, 8, 32, 128) the samples hold are used."""
+    x, y = _data()  # 96 samples: two full batches of 40, 16 left out
+    model = _trained(_cnn(), x, y)
+    loader = [(x, y)]
+    found = diagnose(model, loader, loader, batch_sizes=(40,), precise_samples=len(x))
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:80]
+    with torch.no_grad():
+        twin = copy.deepcopy(model).train()
+        out = torch.cat([twin(x[idx]) for idx in order.split(40)])
+    expected = float((out.argmax(1) != y[order]).float().mean())
+    assert found.results.query("batch_size == 40").error.item() == pytest.approx(expected)
+    default = diagnose(model, loader, loader, precise_samples=len(x))
+    assert list(default.results.batch_size.dropna()) == [2, 8, 32]
+    with pytest.raises(ValueError, match=r"^diagnose: batch size 128 is more than the 96 test samples$"):
+        diagnose(model, loader, loader, batch_sizes=(2, 128))
+
+
 def test_layers_with_one_value_per_channel_at_batch_1_are_named():
     torch.manual_seed(0)
     mlp = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
@@ -153,3 +173,53 @@ def test_the_command_line_diagnoses_a_model_given_by_import_path(tmp_path):
     assert bad.stderr.strip().splitlines() == [
         "normbench-diagnose: error: mymodels:nothing: cannot import it (module 'mymodels' has no attribute 'nothing')"
     ]
+
+
+def test_the_command_line_refuses_a_bad_device_checkpoint_or_csv_folder_in_one_line(
+    tmp_path, monkeypatch, capsys
+):
+    from normbench.diagnosis import main
+
+    (tmp_path / "models_here.py").write_text(
+        "from torch import nn\n"
+        "def model():\n"
+        "    return nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 2))\n"
+        "def data():\n"
+        "    import torch\n"
+        "    x, y = torch.randn(16, 4), torch.randint(0, 2, (16,))\n"
+        "    return [(x, y)], [(x, y)]\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    torch.save(nn.Linear(3, 3).state_dict(), tmp_path / "other.pt")
+    torch.save([1, 2], tmp_path / "list.pt")
+    (tmp_path / "text.pt").write_text("not a checkpoint")
+    cases = {
+        ("--device", "tpu"): "--device=tpu: must be one of auto, cpu, cuda or cuda:N",
+        (
+            "--checkpoint",
+            str(tmp_path / "none.pt"),
+        ): f"--checkpoint {tmp_path / 'none.pt'}: No such file or directory",
+        (
+            "--checkpoint",
+            str(tmp_path / "list.pt"),
+        ): f"--checkpoint {tmp_path / 'list.pt'}: holds a list, not a state dict",
+        (
+            "--checkpoint",
+            str(tmp_path / "text.pt"),
+        ): f"--checkpoint {tmp_path / 'text.pt'}: not a state dict that torch.load reads (",
+        (
+            "--checkpoint",
+            str(tmp_path / "other.pt"),
+        ): f"--checkpoint {tmp_path / 'other.pt'}: Error(s) in loading state_dict for Sequential: Missing key(s)",
+        (
+            "--csv",
+            str(tmp_path / "no" / "r.csv"),
+        ): f"--csv {tmp_path / 'no' / 'r.csv'}: no folder {tmp_path / 'no'} to write it in",
+    }
+    if not torch.cuda.is_available():
+        cases["--device", "cuda"] = "--device=cuda: this machine has no CUDA device (allowed here: auto, cpu)"
+    for args, message in cases.items():
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--model", "models_here:model", "--data", "models_here:data", *args])
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert exit_info.value.code == 2 and line.startswith(f"normbench-diagnose: error: {message}"), line
