@@ -51,6 +51,7 @@ OUTCOMES = (
     "running_elsewhere",
     "unfinished",
     "interrupted",
+    "repeated",  # a grid point whose config an earlier one of the same grid has (seed=0,0)
 )
 BAD_OUTCOMES = ("failed", "config_error", "unfinished", "interrupted")
 HASH_SUBDIR = "${normbench_hash:}"  # conf/config.yaml: job folders named by the config hash
@@ -209,6 +210,14 @@ class ResumingSweeper(Sweeper):
         sweep_dir = Path(self.config.hydra.sweep.dir)
         name = self.config.hydra.sweep.dir
         jobs = self._jobs(arguments)
+        jobs, repeated = _first_of_each_folder(jobs)
+        if repeated:
+            log.warning(
+                "%s: %d grid point(s) repeat an earlier one's config (e.g. %s); each config trains once",
+                name,
+                len(repeated),
+                " ".join(repeated[0].overrides),
+            )
         skipped, pending = [], []
         for job in jobs:
             (pending if job.force or not job.finished() else skipped).append(job)
@@ -242,6 +251,7 @@ class ResumingSweeper(Sweeper):
                 break
         interrupted = isinstance(crashed, KeyboardInterrupt)
         visits = [{"outcome": "skipped", "dir": str(j.folder)} for j in skipped]
+        visits += [{"outcome": "repeated", "dir": str(j.folder)} for j in repeated]
         for i, job in enumerate(pending):
             visit = self._outcome(job, returns[i] if i < len(returns) else None, started, token)
             if interrupted and visit["outcome"] == "unfinished":
@@ -272,6 +282,21 @@ class ResumingSweeper(Sweeper):
         if job.finished():  # another process finished it while this sweep ran
             return {"outcome": "skipped", "dir": str(folder)}
         return {"outcome": "unfinished", "dir": str(folder)}
+
+
+def _first_of_each_folder(jobs: list[Job]) -> tuple[list[Job], list[Job]]:
+    """The jobs, each run folder's first only, and the rest: two grid points of one config would train
+    it twice into one folder (at once, under a parallel launcher or in one population)."""
+    seen: set[Path] = set()
+    first, repeated = [], []
+    for job in jobs:
+        if job.folder is not None and job.folder in seen:
+            repeated.append(job)
+        else:
+            first.append(job)
+            if job.folder is not None:
+                seen.add(job.folder)
+    return first, repeated
 
 
 @dataclass

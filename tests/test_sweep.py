@@ -56,6 +56,17 @@ def test_rerun_skips_results_reruns_unfinished_and_force_reruns(tmp_path):
     assert len(records(tmp_path / "default")) == 4
 
 
+@pytest.mark.parametrize("launcher", ["joblib", "population"])
+def test_a_grid_point_repeating_an_earlier_ones_config_trains_once(tmp_path, launcher):
+    """seed=0,0: one config, one folder; trained twice it would be trained at once into the same folder
+    (by two parallel jobs, or as two members of one population)."""
+    proc = sweep(tmp_path, "seed=0,0,1", "runtime.threads=1", launcher=launcher)
+    assert proc.returncode == 0, proc.stderr
+    assert "3 runs: 2 completed, 0 diverged, 0 failed, 0 skipped, 0 config error, 1 repeated" in proc.stdout
+    assert "1 grid point(s) repeat an earlier one's config (e.g. seed=0 " in proc.stdout
+    assert sorted(r["config"]["seed"] for r in records(tmp_path / "default").values()) == [0, 1]
+
+
 def test_grown_grid_adds_runs_without_touching_old_ones(tmp_path):
     assert sweep(tmp_path, "norm=layernorm", "seed=0", launcher="basic").returncode == 0
     old = records(tmp_path / "default")
