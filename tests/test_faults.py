@@ -74,6 +74,10 @@ FAULTS = {
         "that run trains again on rerun, the others are skipped",
         "test_integrity.py::test_a_hostile_result_file_in_a_finished_sweep_is_retrained_not_a_crash",
     ),
+    "a grid point repeating an earlier one's config (seed=0,0) under joblib or the population launcher": (
+        "the config trains once into its folder, the repeat counted as repeated in the summary",
+        "test_sweep.py::test_a_grid_point_repeating_an_earlier_ones_config_trains_once",
+    ),
     "damaged CIFAR files (empty, cut at a record, labels out of range, 300 as a pixel, counts that differ)": (
         "one line naming the file and what is wrong, exit 2, before any training",
         "test_cifar.py::test_a_damaged_binary_file_is_refused_naming_the_file",
