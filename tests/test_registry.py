@@ -59,6 +59,46 @@ def test_bad_num_channels(bad):
         build_norm("batchnorm", bad)
 
 
+@pytest.mark.parametrize(
+    "name, option, value, message",
+    [  # a value of another type than the option's annotation, for every kind it checks
+        ("batchnorm", "affine", "no", "batchnorm: affine='no': must be bool, got str"),  # "no" is true
+        ("rmsnorm", "eps", "1e-5", "rmsnorm: eps='1e-5': must be float, got str"),
+        ("batchnorm", "momentum", "0.1", "batchnorm: momentum='0.1': must be float or None, got str"),
+        ("groupnorm", "num_groups", 2.0, "groupnorm: num_groups=2.0: must be int or None, got float"),
+        ("batchnorm", "positions", True, "batchnorm: positions=True: must be int, got bool"),
+    ],
+)
+def test_an_option_of_the_wrong_type_is_a_type_error_naming_it(name, option, value, message):
+    with pytest.raises(TypeError) as info:
+        build_norm(name, 8, **{option: value})
+    assert str(info.value) == message
+
+
+def test_an_option_of_its_type_builds():
+    import numpy as np
+
+    assert build_norm("groupnorm", 8, num_groups=np.int64(2)).num_groups == 2  # any integral number
+    assert build_norm("batchnorm", 8, eps=1, momentum=None).momentum is None  # an int is a float
+    assert build_norm("instancenorm", 8, affine=False).weight is None
+
+
+@pytest.mark.parametrize(
+    "name, options, message",
+    [
+        ("batchnorm", {"eps": float("nan")}, "BatchNorm: eps must be a finite number > 0, got nan"),
+        ("layernorm", {"eps": float("inf")}, "LayerNorm: eps must be a finite number > 0, got inf"),
+        ("switchnorm", {"momentum": -1.0}, "SwitchNorm: momentum must be in [0, 1], got -1.0"),
+        ("evonorm_b0", {"momentum": 1.5}, "EvoNormB0: momentum must be in [0, 1], got 1.5"),
+        ("ghost_batchnorm", {"momentum": 2.0}, "GhostBatchNorm: momentum must be in [0, 1] or None, got 2.0"),
+    ],
+)
+def test_an_option_out_of_range_is_a_value_error_naming_it(name, options, message):
+    with pytest.raises(ValueError) as info:
+        build_norm(name, 8, **options)
+    assert str(info.value) == message
+
+
 def test_spec_lists_options_with_defaults():
     spec = norm_spec("batchnorm")
     assert dict(spec.options) == {

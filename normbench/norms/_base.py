@@ -35,6 +35,10 @@ def move_towards(running: Tensor, batch_stat: Tensor, rate: float) -> None:
     running.lerp_(batch_stat.to(running.dtype), rate)
 
 
+def _finite_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 class ChannelNorm(nn.Module):
     """Base of the built-in norms: ``num_channels``, ``eps``, optional per-channel ``weight``/``bias``.
 
@@ -52,8 +56,10 @@ class ChannelNorm(nn.Module):
         # the accelerated forms of this plugin that runtime.kernels chooses, read once (normbench.accel)
         self.kernels = kernels_for(type(self))
         self.compiles = allows("compiled")  # its formula through torch.compile on CUDA
-        if eps <= 0:
-            raise ValueError(f"{type(self).__name__}: eps must be > 0, got {eps!r}")
+        if not _finite_number(eps) or eps <= 0:
+            raise ValueError(f"{type(self).__name__}: eps must be a finite number > 0, got {eps!r}")
+        if not isinstance(affine, bool):  # a string such as "no" would be true
+            raise ValueError(f"{type(self).__name__}: affine must be True or False, got {affine!r}")
         self.num_channels = num_channels
         self.eps = eps
         self.affine = affine
@@ -63,6 +69,15 @@ class ChannelNorm(nn.Module):
         else:
             self.register_parameter("weight", None)
             self.register_parameter("bias", None)
+
+    def check_momentum(self, momentum: float | None, none_allowed: bool = False) -> None:
+        """Raise ValueError unless ``momentum``, the EMA rate of running statistics, is in [0, 1] (or
+        None, a cumulative average, where ``none_allowed``)."""
+        if momentum is None and none_allowed:
+            return
+        if not _finite_number(momentum) or not 0 <= momentum <= 1:
+            allowed = "in [0, 1] or None" if none_allowed else "in [0, 1]"
+            raise ValueError(f"{type(self).__name__}: momentum must be {allowed}, got {momentum!r}")
 
     def check_input(self, x: Tensor) -> None:
         """Raise ValueError unless ``x`` is (N, C, *spatial) with this C and 0-3 spatial dims."""

@@ -62,8 +62,7 @@ class BatchNorm(ChannelNorm):
         positions: int = 0,
     ) -> None:
         super().__init__(num_channels, eps, affine)
-        if momentum is not None and not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"BatchNorm: momentum must be in [0, 1] or None, got {momentum!r}")
+        self.check_momentum(momentum, none_allowed=True)
         if isinstance(positions, bool) or not isinstance(positions, int) or positions < 0:
             raise ValueError(
                 f"BatchNorm: positions must be 0 (pooled) or a number of positions >= 1, got {positions!r}"

@@ -67,6 +67,7 @@ class EvoNormB0(ChannelNorm):
         self, num_channels: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True
     ) -> None:
         super().__init__(num_channels, eps, affine)
+        self.check_momentum(momentum)
         self.momentum = momentum
         self.v = nn.Parameter(torch.ones(num_channels))
         self.register_buffer("running_var", torch.ones(num_channels))

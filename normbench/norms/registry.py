@@ -13,6 +13,7 @@ import difflib
 import importlib
 import inspect
 import logging
+import numbers
 import pkgutil
 import re
 import threading
@@ -20,8 +21,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
-from types import MappingProxyType
-from typing import Any, TypeVar
+from types import MappingProxyType, NoneType, UnionType
+from typing import Any, TypeVar, Union, get_args, get_origin
 
 from torch import nn
 
@@ -282,12 +283,33 @@ def plugin_classes() -> dict[type, NormSpec]:
     return {s.factory: s for s in iter_specs() if inspect.isclass(s.factory)}
 
 
+# The annotations an option's value is checked against (a string "no" would be a true affine=);
+# options annotated otherwise (or not at all) are left to the plugin.
+_CHECKED_TYPES: dict[Any, Callable[[Any], bool]] = {
+    bool: lambda v: isinstance(v, bool),
+    int: lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool),
+    float: lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool),
+    str: lambda v: isinstance(v, str),
+    NoneType: lambda v: v is None,
+}
+
+
+def option_type_problem(annotation: Any, value: Any) -> str | None:
+    """What ``value`` must be for an option annotated ``annotation`` (``bool``, ``float | None``...), or
+    None where it is that (or the annotation is not one this checks)."""
+    kinds = get_args(annotation) if get_origin(annotation) in (Union, UnionType) else (annotation,)
+    if not all(kind in _CHECKED_TYPES for kind in kinds) or any(_CHECKED_TYPES[k](value) for k in kinds):
+        return None
+    return " or ".join("None" if kind is NoneType else kind.__name__ for kind in kinds)
+
+
 def build_norm(name: str, num_channels: int, **options: Any) -> nn.Module:
     """Build the norm ``name`` for ``num_channels`` channels with the plugin's ``options``.
 
     Raises:
         KeyError: unknown name (the message lists the available norms and the closest one).
-        TypeError: an option the plugin does not accept (the message lists the accepted ones).
+        TypeError: an option the plugin does not accept (the message lists the accepted ones), or a
+            value that is not of the option's annotated type (bool, int, float, str, or X | None).
         ValueError: ``num_channels`` is not a positive integer, or the plugin rejects the options.
     """
     spec = norm_spec(name)
@@ -299,4 +321,8 @@ def build_norm(name: str, num_channels: int, **options: Any) -> nn.Module:
         raise TypeError(
             f"{spec.name}: unknown option(s) {', '.join(map(repr, unknown))}; accepted options: {accepted}"
         )
+    for key, value in options.items():
+        allowed = option_type_problem(spec.option_types.get(key, Any), value)
+        if allowed:
+            raise TypeError(f"{spec.name}: {key}={value!r}: must be {allowed}, got {type(value).__name__}")
     return spec.factory(num_channels, **options)

@@ -73,6 +73,7 @@ class SwitchNorm(ChannelNorm):
         self, num_channels: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True
     ) -> None:
         super().__init__(num_channels, eps, affine)
+        self.check_momentum(momentum)
         self.momentum = momentum
         self.mean_logits = nn.Parameter(torch.zeros(3))
         self.var_logits = nn.Parameter(torch.zeros(3))
