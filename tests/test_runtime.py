@@ -259,7 +259,7 @@ def test_the_gpu_study_script_stops_at_its_limit_and_reports_what_finished(tmp_p
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
         "STUDY_GPU_DEVICE": "cpu",
-        "STUDY_GPU_LIMIT": "40",
+        "STUDY_GPU_LIMIT": "30",
         "NORMBENCH_JOBS": "1",
         "STUDY_GPU_OVERRIDES": "seed=0,1,2 batch_size=32 train.budget=steps train.steps=10 "
         "train.history_points=2 eval.precise_bn_samples=64 eval.minibatch_samples=64",
@@ -274,7 +274,7 @@ def test_the_gpu_study_script_stops_at_its_limit_and_reports_what_finished(tmp_p
     )
     log = (out / "gpu_log.txt").read_text()
     assert log.startswith("study_gpu.sh on no GPU")
-    stopped = "study_gpu.sh: stopped at the 40 s limit; rerun to resume" in log
+    stopped = "study_gpu.sh: stopped at the 30 s limit; rerun to resume" in log
     assert proc.returncode == (3 if stopped else 0), (proc.returncode, log[-2000:])
     records = [json.loads(line)["record"] for line in (out / "records.jsonl").read_text().splitlines()]
     assert records and {r["env"]["device"] for r in records} == {"cpu"}
