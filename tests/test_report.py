@@ -253,6 +253,19 @@ def test_report_benchmark_refuses_a_bad_baseline_before_any_work(tmp_path):
     )
 
 
+def _run_script(argv: list[str], monkeypatch, capsys) -> tuple[int, str]:
+    """``python scripts/X.py ARGS`` (``argv``) run in this process until it exits: its exit status and
+    stderr. torch is imported here already, and a fresh process's start would be most of such a test."""
+    import runpy
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    monkeypatch.setattr("sys.argv", argv)
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(argv[0], run_name="__main__")
+    return exit_info.value.code, capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("script", "option", "value"),
     [
@@ -272,25 +285,36 @@ def test_report_benchmark_refuses_a_bad_baseline_before_any_work(tmp_path):
         ("bench_optimizer", "--members", "0"),
     ],
 )
-def test_benchmark_scripts_refuse_a_bad_count_or_revision_before_any_work(tmp_path, script, option, value):
-    """A zero count used to end a finished benchmark in a traceback (no median of nothing)."""
+def test_benchmark_scripts_refuse_a_bad_count_or_revision_before_any_work(
+    tmp_path, monkeypatch, capsys, script, option, value
+):
+    """A zero count used to end a finished benchmark in a traceback (no median of nothing). Each script
+    runs in this process, as ``python scripts/SCRIPT.py`` would run it (torch is imported already: a
+    fresh process's start would be most of the test); host_cost.py, which sets TRITON_INTERPRET for
+    the process, in its own."""
     out = tmp_path / "bench.md"
-    command = [sys.executable, f"scripts/{script}.py", option, value, "--out", str(out)]
-    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
-    assert proc.returncode == 2 and not out.exists()
+    argv = [f"scripts/{script}.py", option, value, "--out", str(out)]
+    if script == "host_cost":
+        proc = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True)
+        status, stderr = proc.returncode, proc.stderr
+    else:
+        status, stderr = _run_script(argv, monkeypatch, capsys)
+    assert status == 2 and not out.exists()
     reason = (
         f"not a commit of this repository ({ROOT})" if option == "--baseline" else "must be an integer >= 1"
     )
-    assert proc.stderr.strip().splitlines()[-1] == f"{script}.py: error: argument {option}: {value}: {reason}"
+    assert stderr.strip().splitlines()[-1] == f"{script}.py: error: argument {option}: {value}: {reason}"
 
 
 @pytest.mark.parametrize("script", ["bench_population", "profile_population", "bench_optimizer"])
-def test_population_benchmarks_refuse_an_unknown_task_naming_it_before_any_work(tmp_path, script):
+def test_population_benchmarks_refuse_an_unknown_task_naming_it_before_any_work(
+    tmp_path, monkeypatch, capsys, script
+):
     out = tmp_path / "bench.md"
-    command = [sys.executable, f"scripts/{script}.py", "--tasks", "mnist1d_mlpp", "--out", str(out)]
-    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
-    assert proc.returncode == 2 and not out.exists()
-    last = proc.stderr.strip().splitlines()[-1]
+    argv = [f"scripts/{script}.py", "--tasks", "mnist1d_mlpp", "--out", str(out)]
+    status, stderr = _run_script(argv, monkeypatch, capsys)
+    assert status == 2 and not out.exists()
+    last = stderr.strip().splitlines()[-1]
     assert last.startswith(
         f"{script}.py: error: argument --tasks: invalid choice: 'mnist1d_mlpp' (choose from"
     )
@@ -298,20 +322,14 @@ def test_population_benchmarks_refuse_an_unknown_task_naming_it_before_any_work(
 
 
 @pytest.mark.parametrize("script", ["bench_population", "profile_population"])
-def test_population_benchmarks_refuse_a_task_with_its_own_loop_before_any_work(tmp_path, script):
+def test_population_benchmarks_refuse_a_task_with_its_own_loop_before_any_work(
+    tmp_path, monkeypatch, capsys, script
+):
     out = tmp_path / "bench.md"
-    command = [
-        sys.executable,
-        f"scripts/{script}.py",
-        "--tasks",
-        "mnist1d_mlp",
-        "gan_digits",
-        "--out",
-        str(out),
-    ]
-    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
-    assert proc.returncode == 2 and not out.exists()
-    assert proc.stderr.strip().splitlines()[-1] == (
+    argv = [f"scripts/{script}.py", "--tasks", "mnist1d_mlp", "gan_digits", "--out", str(out)]
+    status, stderr = _run_script(argv, monkeypatch, capsys)
+    assert status == 2 and not out.exists()
+    assert stderr.strip().splitlines()[-1] == (
         f"{script}.py: error: --tasks gan_digits: trains with a loop of its own, not fit_population's; "
         "this benchmark does not time it"
     )
