@@ -60,7 +60,12 @@ class Diagnosis:
 def _samples(batches: Batches, limit: int | None, device: torch.device) -> tuple[Tensor, Tensor]:
     """The first ``limit`` samples (all, for None) of a loader of (inputs, targets) batches."""
     xs, ys, count = [], [], 0
-    for x, y in batches:
+    for batch in batches:
+        if not (isinstance(batch, (tuple, list)) and len(batch) == 2 and all(map(torch.is_tensor, batch))):
+            raise ValueError(
+                f"diagnose: a loader's batches must be (inputs, targets) tensors, got {_kind(batch)}"
+            )
+        x, y = batch
         xs.append(x)
         ys.append(y)
         count += len(x)
@@ -68,8 +73,16 @@ def _samples(batches: Batches, limit: int | None, device: torch.device) -> tuple
             break
     if not xs:
         raise ValueError("diagnose: a loader gave no batches")
-    x, y = torch.cat(xs), torch.cat(ys)
-    return x[:limit].to(device), y[:limit].to(device)
+    x, y = torch.cat(xs)[:limit], torch.cat(ys)[:limit]
+    if x.is_floating_point() and not torch.isfinite(x).all():  # every error would be argmax of NaN
+        raise ValueError(f"diagnose: {int((~torch.isfinite(x)).sum())} input values are NaN or infinite")
+    return x.to(device), y.to(device)
+
+
+def _kind(batch: object) -> str:
+    if isinstance(batch, (tuple, list)):
+        return f"a {type(batch).__name__} of {len(batch)}: {', '.join(type(b).__name__ for b in batch)}"
+    return f"a {type(batch).__name__}"
 
 
 @torch.no_grad()
@@ -232,7 +245,7 @@ def _verdict(results: pd.DataFrame, layers: pd.DataFrame, split: str) -> str:
             f"With mini-batch statistics: {', '.join(f'{r.error:.2%} at batch {r.batch_size}' for r in minibatch.itertuples())}"
             f" (worst: batch {int(worst.batch_size)}, {100 * (worst.error - precise.error):+.2f} pp against PreciseBN)."
         )
-    if "running_var_rel_l2" in layers:
+    if "running_var_rel_l2" in layers and layers.running_var_rel_l2.notna().any():
         drift = layers.loc[layers.running_var_rel_l2.idxmax()]
         lines.append(
             f"Largest drift of the running variance from PreciseBN's: {drift.layer} "

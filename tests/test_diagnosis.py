@@ -137,6 +137,27 @@ def test_bad_arguments_are_refused(kwargs, message):
         diagnose(_cnn(), [(x, y)], **kwargs)
 
 
+@pytest.mark.parametrize(
+    "batch, message",
+    [
+        ("tensor", "a loader's batches must be (inputs, targets) tensors, got a Tensor"),
+        (
+            "triple",
+            "a loader's batches must be (inputs, targets) tensors, got a tuple of 3: Tensor, Tensor, Tensor",
+        ),
+        ("nan", "1 input values are NaN or infinite"),  # every error would be the argmax of NaN
+    ],
+)
+def test_batches_that_are_not_input_target_pairs_of_finite_inputs_are_refused(batch, message):
+    x, y = _data()
+    with_nan = x.clone()
+    with_nan[5, 0, 7] = float("nan")
+    bad = {"tensor": x, "triple": (x, y, y), "nan": (with_nan, y)}
+    with pytest.raises(ValueError) as info:
+        diagnose(_cnn(), [bad[batch]])
+    assert str(info.value) == f"diagnose: {message}"
+
+
 def test_a_model_without_running_statistics_is_refused_by_name():
     x, y = _data()
     with pytest.raises(ValueError, match="Sequential has no norm layer with running statistics"):
