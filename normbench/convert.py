@@ -144,7 +144,17 @@ def convert_norms(
     Raises:
         KeyError: unknown norm name (with a "did you mean").
         ValueError: a hook the model's structure does not allow, or options the plugin refuses.
+        TypeError: ``model`` is not a module, ``include``/``exclude`` not callable, or an option the
+            plugin does not take or of another type than its annotation.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"convert_norms: model must be an nn.Module, got {type(model).__name__}")
+    for name, predicate in (("include", include), ("exclude", exclude)):
+        if predicate is not None and not callable(predicate):
+            raise TypeError(
+                f"convert_norms: {name} must be a predicate (qualified_name, module) -> bool, "
+                f"got {type(predicate).__name__}"
+            )
     spec = norm_spec(norm)
     plan = []
     for name, module in model.named_modules():

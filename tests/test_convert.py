@@ -253,6 +253,28 @@ def test_every_plugin_and_torch_norm_is_recognized_as_a_source():
     assert norm_channels(nn.LayerNorm(8)) is None and norm_channels(LayerNorm2d(8)) == 8
 
 
+@pytest.mark.parametrize(
+    "args, kwargs, message",
+    [
+        ((5, "groupnorm"), {}, "convert_norms: model must be an nn.Module, got int"),
+        (
+            (nn.Sequential(nn.BatchNorm2d(4)), "groupnorm"),
+            {"include": "0"},
+            "convert_norms: include must be a predicate (qualified_name, module) -> bool, got str",
+        ),
+        (
+            (nn.Sequential(nn.BatchNorm2d(4)), "groupnorm"),
+            {"num_groups": "2"},
+            "groupnorm: num_groups='2': must be",
+        ),
+    ],
+)
+def test_a_misused_call_is_a_type_error_naming_the_argument(args, kwargs, message):
+    with pytest.raises(TypeError) as info:
+        convert_norms(*args, **kwargs)
+    assert str(info.value).startswith(message)
+
+
 def test_unknown_norm_names_the_closest():
     with pytest.raises(KeyError, match="Did you mean 'groupnorm'"):
         convert_norms(_model("resnet18_like"), "grupnorm")
