@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from normbench import available_norms, build_norm, norm_spec, register_norm
 from normbench.norms.registry import REGISTRY
@@ -97,6 +98,23 @@ def test_an_option_out_of_range_is_a_value_error_naming_it(name, options, messag
     with pytest.raises(ValueError) as info:
         build_norm(name, 8, **options)
     assert str(info.value) == message
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"aliases": "cn"}, "aliases='cn' must be a list of names, e.g. ['gn']"),  # would be 'c' and 'n'
+        ({"batch_dependent": "yes"}, "batch_dependent='yes' must be True or False"),
+        ({"min_spatial_positions": -1}, "min_spatial_positions=-1 must be an integer >= 0"),
+        ({"adapt_layer": 5}, "adapt_layer=5 must be a function or None"),
+    ],
+)
+def test_a_registration_setting_of_the_wrong_kind_is_refused_naming_it(settings, message):
+    with pytest.raises(ValueError) as info:
+        register_norm("misregistered", paper="-", **settings)(nn.Identity)
+    assert str(info.value) == f"norm 'misregistered': {message}"
+    with pytest.raises(KeyError):
+        build_norm("misregistered", 4)
 
 
 def test_spec_lists_options_with_defaults():

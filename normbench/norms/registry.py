@@ -226,6 +226,28 @@ def register_norm(
             f"norm name {name!r} must be lower case letters, digits and '_' (e.g. 'ghost_batchnorm')"
         )
 
+    flags = {
+        "batch_dependent": batch_dependent,
+        "running_stats": running_stats,
+        "replaces_activation": replaces_activation,
+        "override": override,
+    }
+    for flag, value in flags.items():
+        if not isinstance(value, bool):
+            raise ValueError(f"norm {name!r}: {flag}={value!r} must be True or False")
+    if isinstance(aliases, str) or not all(isinstance(a, str) and a for a in aliases):
+        raise ValueError(f"norm {name!r}: aliases={aliases!r} must be a list of names, e.g. ['gn']")
+    if (
+        isinstance(min_spatial_positions, bool)
+        or not isinstance(min_spatial_positions, int)
+        or min_spatial_positions < 0
+    ):
+        raise ValueError(
+            f"norm {name!r}: min_spatial_positions={min_spatial_positions!r} must be an integer >= 0"
+        )
+    for hook, value in (("adapt_layer", adapt_layer), ("widen", widen)):
+        if value is not None and not callable(value):
+            raise ValueError(f"norm {name!r}: {hook}={value!r} must be a function or None")
     if population is True:
         population = "vmap"
     if population not in POPULATION_FORMS:
