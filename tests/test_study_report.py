@@ -568,6 +568,30 @@ def test_bad_statistics_settings_are_refused(tmp_path, extra, message):
             "derived: {a: {history: x}}",
             "{path}: derived.a needs history (a history key) and at_most (per task)",
         ),
+        # a section's and a claim's values
+        ("sections: [{title: x, unit: 5}]", "{path}: sections[0]: unit=5: must be a mapping"),
+        (
+            "sections: [{title: x, unit: {scale: 0}}]",
+            "{path}: sections[0].unit: scale=0: must be a positive number",
+        ),
+        (
+            "sections: [{title: x, unit: {size: 1}}]",
+            "{path}: sections[0].unit: unknown key 'size'; allowed: name, scale",
+        ),
+        (
+            "sections: [{title: x, selected: 'no'}]",
+            "{path}: sections[0]: selected='no': must be true or false",
+        ),
+        ("sections: [{title: x, claims: 3}]", "{path}: sections[0]: claims=3: must be a list"),
+        ("sections: [{title: [x]}]", "{path}: sections[0]: title=['x']: must be a string"),
+        (
+            "sections: [{title: x, claims: [{name: a, plus: {norm: x}}]}]",
+            "{path}: sections[0].claims[0]: plus={{'norm': 'x'}}: must be a list of mappings",
+        ),
+        (  # a string would be looped over letter by letter
+            "sections: [{title: x, claims: [{name: a, plus: [{}], for_each: {n: ab}}]}]",
+            "{path}: sections[0].claims[0]: for_each={{'n': 'ab'}}: must be a mapping of lists",
+        ),
     ],
 )
 def test_a_value_of_the_wrong_kind_is_named_with_the_kind_allowed(tmp_path, extra, message):
@@ -576,34 +600,6 @@ def test_a_value_of_the_wrong_kind_is_named_with_the_kind_allowed(tmp_path, extr
     with pytest.raises(StudyError) as info:
         load_study(path)
     assert str(info.value) == message.format(path=path)
-
-
-@pytest.mark.parametrize(
-    "section, message",
-    [
-        ("{title: x, unit: 5}", "sections[0]: unit=5: must be a mapping"),
-        ("{title: x, unit: {scale: 0}}", "sections[0].unit: scale=0: must be a positive number"),
-        ("{title: x, unit: {size: 1}}", "sections[0].unit: unknown key 'size'; allowed: name, scale"),
-        ("{title: x, selected: 'no'}", "sections[0]: selected='no': must be true or false"),
-        ("{title: x, claims: 3}", "sections[0]: claims=3: must be a list"),
-        ("{title: [x]}", "sections[0]: title=['x']: must be a string"),
-        (
-            "{title: x, claims: [{name: a, plus: {norm: x}}]}",
-            "claims[0]: plus={'norm': 'x'}: must be a list of mappings",
-        ),
-        # a string would be looped over letter by letter
-        (
-            "{title: x, claims: [{name: a, plus: [{}], for_each: {n: ab}}]}",
-            "claims[0]: for_each={'n': 'ab'}: must be a mapping of lists",
-        ),
-    ],
-)
-def test_a_section_value_of_the_wrong_kind_is_named_with_the_kind_allowed(tmp_path, section, message):
-    path = tmp_path / "s.yaml"
-    path.write_text(f"sections:\n  - {section}\n")
-    with pytest.raises(StudyError) as info:
-        load_study(path)
-    assert str(info.value).startswith(f"{path}: ") and str(info.value).endswith(message)
 
 
 def test_a_key_set_to_null_is_left_out(tmp_path):
