@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from normbench.norms import NormSpec, iter_specs
 from normbench.runtime import device_problem
-from normbench.schema import Config, ConfigError
+from normbench.schema import Config, ConfigError, is_finite_number
 from normbench.trackers import logger_problem
 
 
@@ -52,12 +52,8 @@ def register_configs() -> None:
         cs.store(group="norm", name=spec.name, node=norm_node(spec))
 
 
-def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def _at_least(low: float) -> Callable[[Any], bool]:
-    return lambda v: _finite(v) and v >= low
+    return lambda v: is_finite_number(v) and v >= low
 
 
 # key -> (test, what is allowed). Every numeric setting that could otherwise fail mid-run, be silently
@@ -65,28 +61,31 @@ def _at_least(low: float) -> Callable[[Any], bool]:
 MAX_THREADS = 256  # torch's thread pools crash (segfault) on some 10^5 threads
 VALUE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "batch_size": (_at_least(1), "an integer >= 1"),
-    "seed": (lambda v: _finite(v) and 0 <= v < 2**62, "an integer in [0, 2^62)"),
+    "seed": (lambda v: is_finite_number(v) and 0 <= v < 2**62, "an integer in [0, 2^62)"),
     # ranges a float32 model can use: a learning rate or scale past them overflows float32 at once
-    "optim.lr": (lambda v: _finite(v) and 0 < v <= 1e6, "a number in (0, 1e6]"),
-    "optim.momentum": (lambda v: _finite(v) and 0 <= v < 1, "a number in [0, 1)"),
-    "optim.weight_decay": (lambda v: _finite(v) and 0 <= v <= 1e6, "a number in [0, 1e6]"),
+    "optim.lr": (lambda v: is_finite_number(v) and 0 < v <= 1e6, "a number in (0, 1e6]"),
+    "optim.momentum": (lambda v: is_finite_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "optim.weight_decay": (lambda v: is_finite_number(v) and 0 <= v <= 1e6, "a number in [0, 1e6]"),
     "optim.base_batch_size": (_at_least(1), "an integer >= 1"),
     "optim.warmup_steps": (_at_least(0), "an integer >= 0"),
-    "task.model.init_scale": (lambda v: _finite(v) and 1e-30 <= v <= 1e30, "a number in [1e-30, 1e30]"),
+    "task.model.init_scale": (
+        lambda v: is_finite_number(v) and 1e-30 <= v <= 1e30,
+        "a number in [1e-30, 1e30]",
+    ),
     "task.model.latent": (_at_least(1), "an integer >= 1"),
     "task.model.embed": (_at_least(0), "0 (none) or an integer >= 1"),
-    "task.model.norm_gain": (lambda v: _finite(v) and 0 < v <= 1e6, "a number in (0, 1e6]"),
+    "task.model.norm_gain": (lambda v: is_finite_number(v) and 0 < v <= 1e6, "a number in (0, 1e6]"),
     "train.epochs": (_at_least(1), "an integer >= 1"),
     "train.steps": (_at_least(1), "an integer >= 1"),
     "train.history_points": (_at_least(1), "an integer >= 1"),
     "train.checkpoint_every": (_at_least(0), "0 (never) or a number of steps >= 1"),
-    "train.max_train_error_diverged": (lambda v: _finite(v) and 0 < v <= 1, "a fraction in (0, 1]"),
+    "train.max_train_error_diverged": (lambda v: is_finite_number(v) and 0 < v <= 1, "a fraction in (0, 1]"),
     "data.classes_per_batch": (_at_least(1), "an integer >= 1"),
     "data.val_size": (
-        lambda v: _finite(v) and (0 <= v < 1 or (v >= 1 and float(v).is_integer())),
+        lambda v: is_finite_number(v) and (0 <= v < 1 or (v >= 1 and float(v).is_integer())),
         "a fraction in [0, 1) or a whole number of samples",
     ),
-    "data.split_seed": (lambda v: _finite(v) and 0 <= v < 2**62, "an integer in [0, 2^62)"),
+    "data.split_seed": (lambda v: is_finite_number(v) and 0 <= v < 2**62, "an integer in [0, 2^62)"),
     "data.mnist1d_samples": (_at_least(100), "an integer >= 100"),
     "data.mnist1d_test_samples": (_at_least(0), "0 or an integer >= the 20% test split"),
     "data.mnist1d_val_samples": (_at_least(0), "0 or an integer >= 1"),
@@ -99,8 +98,11 @@ VALUE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "task.model.kernel_size": (_at_least(1), "an integer >= 1"),
     "task.model.heads": (_at_least(1), "an integer >= 1"),
     # options every plugin that has them means the same by (torch's names)
-    "norm.eps": (lambda v: _finite(v) and 1e-30 <= v <= 1e6, "a number in [1e-30, 1e6]"),
-    "norm.momentum": (lambda v: v is None or (_finite(v) and 0 <= v <= 1), "a number in [0, 1] or null"),
+    "norm.eps": (lambda v: is_finite_number(v) and 1e-30 <= v <= 1e6, "a number in [1e-30, 1e6]"),
+    "norm.momentum": (
+        lambda v: v is None or (is_finite_number(v) and 0 <= v <= 1),
+        "a number in [0, 1] or null",
+    ),
 }
 
 

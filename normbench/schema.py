@@ -10,6 +10,7 @@ a test recomputes every committed record's hash).
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from enum import Enum
@@ -20,6 +21,11 @@ from omegaconf import MISSING
 
 class ConfigError(ValueError):
     """A configuration that cannot give a result; raised before any training, never recorded."""
+
+
+def is_finite_number(value: Any) -> bool:
+    """An int or float (not a bool, which Python counts as an int) that is neither NaN nor infinite."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def added(before: Any) -> dict[str, Any]:

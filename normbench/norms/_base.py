@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from normbench.accel import allows, kernels_for
 from normbench.accel.compiled import formula
+from normbench.schema import is_finite_number
 
 F = TypeVar("F", bound=Callable[..., Tensor])
 
@@ -35,10 +36,6 @@ def move_towards(running: Tensor, batch_stat: Tensor, rate: float) -> None:
     running.lerp_(batch_stat.to(running.dtype), rate)
 
 
-def _finite_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 class ChannelNorm(nn.Module):
     """Base of the built-in norms: ``num_channels``, ``eps``, optional per-channel ``weight``/``bias``.
 
@@ -56,7 +53,7 @@ class ChannelNorm(nn.Module):
         # the accelerated forms of this plugin that runtime.kernels chooses, read once (normbench.accel)
         self.kernels = kernels_for(type(self))
         self.compiles = allows("compiled")  # its formula through torch.compile on CUDA
-        if not _finite_number(eps) or eps <= 0:
+        if not is_finite_number(eps) or eps <= 0:
             raise ValueError(f"{type(self).__name__}: eps must be a finite number > 0, got {eps!r}")
         if not isinstance(affine, bool):  # a string such as "no" would be true
             raise ValueError(f"{type(self).__name__}: affine must be True or False, got {affine!r}")
@@ -75,7 +72,7 @@ class ChannelNorm(nn.Module):
         None, a cumulative average, where ``none_allowed``)."""
         if momentum is None and none_allowed:
             return
-        if not _finite_number(momentum) or not 0 <= momentum <= 1:
+        if not is_finite_number(momentum) or not 0 <= momentum <= 1:
             allowed = "in [0, 1] or None" if none_allowed else "in [0, 1]"
             raise ValueError(f"{type(self).__name__}: momentum must be {allowed}, got {momentum!r}")
 

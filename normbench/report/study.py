@@ -36,6 +36,7 @@ from normbench.report.contrasts import (
 from normbench.report.curve import CURVE_KEYS, degenerate_reason, render_curve
 from normbench.report.markdown import image, md_table, slug
 from normbench.report.select import leave_one_seed_out
+from normbench.schema import is_finite_number
 
 # Each entry's keys and what each holds (a kind of :data:`KINDS`); a key set to null is left out.
 STUDY_KEYS = {
@@ -89,10 +90,6 @@ FAMILIES = ("primary", "exploratory")
 TABLE_KEYS = {"rows", "columns", "where", "metrics"}
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 KINDS = {
     "a string": lambda v: isinstance(v, str),
     "a mapping": lambda v: isinstance(v, Mapping),
@@ -102,8 +99,8 @@ KINDS = {
     "a mapping of lists": lambda v: isinstance(v, Mapping) and all(isinstance(x, list) for x in v.values()),
     "a mapping or false": lambda v: v is False or isinstance(v, Mapping),
     "an integer >= 1": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
-    "a number": _number,
-    "a positive number": lambda v: _number(v) and v > 0,
+    "a number": is_finite_number,
+    "a positive number": lambda v: is_finite_number(v) and v > 0,
     "true or false": lambda v: isinstance(v, bool),
 }
 
@@ -228,7 +225,7 @@ def load_study(path: str | Path) -> Study:
         if not spec.get("history") or not spec.get("at_most"):
             raise StudyError(f"{path}: derived.{name} needs history (a history key) and at_most (per task)")
         for task, target in spec["at_most"].items():
-            if not _number(target):
+            if not is_finite_number(target):
                 raise StudyError(f"{path}: derived.{name}.at_most.{task}={target!r}: must be a number")
     for i, entry in enumerate(raw.get("degenerate") or []):
         _check_entry(entry, DEGENERATE_KEYS, f"{path}: degenerate[{i}]")
