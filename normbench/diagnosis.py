@@ -158,7 +158,7 @@ def diagnose(
         precise_batch_size: the batch size of PreciseBN's training-mode forwards (the training batch
             size: a layer's input depends on the batch statistics of the layers before it).
         loss_fn: ``loss_fn(outputs, targets, reduction="sum")``; errors are top-1 over dim 1.
-        device: where to run (default: the model's).
+        device: where to run: a torch.device, or auto, cpu, cuda or cuda:N (default: the model's).
 
     Returns:
         :class:`Diagnosis`.
@@ -169,6 +169,8 @@ def diagnose(
     if isinstance(precise_samples, bool) or not isinstance(precise_samples, int) or precise_samples < 2:
         raise ValueError(f"diagnose: precise_samples must be an integer >= 2, got {precise_samples!r}")
     first = next(iter(model.parameters()), None)
+    if isinstance(device, str):  # checked as runtime.device is: one this machine lacks is one line
+        device = resolve_device(device, "device")
     device = torch.device(device) if device is not None else (first.device if first is not None else "cpu")
     work = copy.deepcopy(model).to(device).eval()
     layers = stat_modules(work)

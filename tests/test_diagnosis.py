@@ -129,6 +129,7 @@ def test_layers_with_one_value_per_channel_at_batch_1_are_named():
     [
         ({"batch_sizes": (0,)}, "batch sizes must be integers >= 1, got 0"),
         ({"precise_samples": 1}, "precise_samples must be an integer >= 2, got 1"),
+        ({"device": "tpu"}, "device=tpu: must be one of auto, cpu, cuda or cuda:N"),
     ],
 )
 def test_bad_arguments_are_refused(kwargs, message):
