@@ -246,7 +246,7 @@ def load_study(path: str | Path) -> Study:
     return Study(
         title=raw.get("title") or path.stem,
         select=list(raw.get("select") or []),
-        reference_batch=int(raw.get("reference_batch", 32)),
+        reference_batch=raw.get("reference_batch", 32),  # an integer >= 1: checked above
         metric=raw.get("metric", "test_error"),
         diverged_as=raw.get("diverged_as"),
         derived=dict(raw.get("derived") or {}),
