@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
             *(
                 f"| `{name}` | {us:,.1f} | {f'{us / 1e3 / busy:.0%}' if busy > 0 else ''} |"
                 for name, us in per_op.most_common(TOP)
-                if us > 0
+                if round(us, 1) > 0  # else within the timings' noise, or printed as 0.0
             ),
             "",
             f"Per step: {operators:.0f} operators dispatched, reading and writing {megabytes:,.1f} MB"
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"| `{name}` | {size / 1e6:,.2f} | "
                 + (
                     f"{step.inclusive[name]:,.1f} | {size / step.inclusive[name] / 1e3:,.1f} |"
-                    if step.inclusive[name] > 0  # else within the timings' noise
+                    if round(step.inclusive[name], 1) > 0  # else within the timings' noise
                     else " | |"
                 )
                 for name, size in moved.most_common(TOP)
