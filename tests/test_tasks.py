@@ -18,6 +18,7 @@ from normbench.experiment.build import load_model, prepare_data
 from normbench.experiment.run import execute
 from normbench.population.grouping import why_not_population
 from normbench.population.train import train_population
+from normbench.tasks.classification import LogitsTask
 from normbench.tasks.registry import REGISTRY, Task, available_tasks, get_task, register_task, task_for
 
 EXAMPLE_SRC = ROOT / "examples" / "normbench-task-example" / "src"
@@ -89,26 +90,64 @@ def test_a_plugin_tasks_unknown_or_mistyped_option_is_refused(example_task, tmp_
         execute(compose_cfg("task.model.arch=autoencoder", "+task.options.code=many", *QUICK), tmp_path / "b")
 
 
+class Complete(LogitsTask):
+    """A task class with every method registration asks for (none is called here)."""
+
+    archs = ("another",)
+
+    def build_model(self, cfg, data):
+        raise AssertionError("not built in these tests")
+
+
 def test_registration_refuses_taken_names_and_archs_and_bad_names(isolated_tasks):
-    class Another(Task):
-        archs = ("another",)
+    class Another(Complete):
+        pass
 
     with pytest.raises(ValueError, match="task kind 'classification' is already registered"):
         register_task("classification")(Another)
     with pytest.raises(ValueError, match="arch 'mlp' is already built by task kind 'classification'"):
-        register_task("mine", override=True)(type("Mine", (Task,), {"archs": ("mlp",)}))
+        register_task("mine", override=True)(type("Mine", (Complete,), {"archs": ("mlp",)}))
     with pytest.raises(ValueError, match="task kind 'My-Task' must be lower case"):
         register_task("My-Task")(Another)
     with pytest.raises(TypeError, match="decorates a Task subclass"):
         register_task("plain")(nn.Module)
     with pytest.raises(KeyError, match=r"unknown task kind 'clasification'\. Did you mean 'classification'"):
         get_task("clasification")
+    with pytest.raises(ValueError, match="task kind 3 must be lower case"):
+        register_task(3)
+    plain = type("Plain", (Task,), {"archs": ("mine",), "build_model": Complete.build_model})
+    with pytest.raises(TypeError, match=r"Plain.sample_losses is not implemented"):
+        register_task("mine")(plain)  # a Task without the classification's losses and errors
+
+
+@pytest.mark.parametrize(
+    "attributes, message",
+    [
+        ({"archs": "mine"}, "Bad.archs must be a non-empty tuple of the task.model.arch names it builds, got 'mine'"),
+        ({"archs": ()}, "Bad.archs must be a non-empty tuple of the task.model.arch names it builds, got \\(\\)"),
+        ({"archs": ("mine", 3)}, r"Bad.archs must be .*, got \('mine', 3\)"),
+        ({"options_type": dict}, "Bad.options_type must be a dataclass or None, got <class 'dict'>"),
+        ({"own_training": "yes"}, "Bad.own_training must be True or False, got 'yes'"),
+        ({"error_is_fraction": 0}, "Bad.error_is_fraction must be True or False, got 0"),
+        ({"build_model": Task.build_model}, r"Bad.build_model is not implemented \(a task without own_training implements build_model, sample_losses, sample_errors\)"),
+        ({"own_training": True}, r"Bad.train is not implemented \(a task with own_training implements build_model, train\)"),
+        ({"own_training": True, "population_training": True, "train": lambda *a: None}, r"Bad.train_population is not implemented"),
+    ],
+)  # fmt: skip
+def test_registration_refuses_a_class_missing_what_its_training_calls(isolated_tasks, attributes, message):
+    bad = type("Bad", (Complete,), {"archs": ("mine",), **attributes})
+    with pytest.raises(TypeError, match=rf"^register_task\('mine'\): {message}"):
+        register_task("mine")(bad)
+    assert "mine" not in available_tasks()
 
 
 def test_a_task_with_its_own_loop_and_no_population_form_trains_alone(isolated_tasks):
-    class OwnLoop(Task):
+    class OwnLoop(Complete):
         archs = ("ownloop",)
         own_training = True
+
+        def train(self, *args):
+            raise AssertionError("not trained here")
 
     register_task("ownloop")(OwnLoop)
     cfg = compose_cfg("task.model.arch=ownloop")

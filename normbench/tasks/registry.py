@@ -267,7 +267,7 @@ def register_task(name: str, *, override: bool = False) -> Callable[[T], T]:
             def sample_losses(self, outputs, inputs, labels): ...
             def sample_errors(self, outputs, inputs, labels): ...
     """
-    if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+    if not (isinstance(name, str) and re.fullmatch(r"[a-z][a-z0-9_]*", name)):
         raise ValueError(
             f"task kind {name!r} must be lower case letters, digits and '_' (e.g. 'autoencoder')"
         )
@@ -275,11 +275,38 @@ def register_task(name: str, *, override: bool = False) -> Callable[[T], T]:
     def decorator(cls: T) -> T:
         if not (isinstance(cls, type) and issubclass(cls, Task)):
             raise TypeError(f"register_task({name!r}) decorates a Task subclass, got {cls!r}")
+        problem = _definition_problem(cls)
+        if problem:
+            raise TypeError(f"register_task({name!r}): {cls.__qualname__}.{problem}")
         cls.name = name
         REGISTRY.add(cls(), override)
         return cls
 
     return decorator
+
+
+def _definition_problem(cls: type[Task]) -> str | None:
+    """What keeps the Task subclass ``cls`` from training a run, or None: the class attributes the
+    registry and the loops read, and the methods its kind of training calls."""
+    archs = cls.archs
+    if not (isinstance(archs, (tuple, list)) and archs and all(isinstance(a, str) and a for a in archs)):
+        return f"archs must be a non-empty tuple of the task.model.arch names it builds, got {archs!r}"
+    kind = cls.options_type
+    if kind is not None and not (isinstance(kind, type) and dataclasses.is_dataclass(kind)):
+        return f"options_type must be a dataclass or None, got {kind!r}"
+    for flag in ("own_training", "population_training", "error_is_fraction"):
+        if not isinstance(getattr(cls, flag), bool):
+            return f"{flag} must be True or False, got {getattr(cls, flag)!r}"
+    needed = ["build_model"]
+    if cls.own_training:
+        needed += ["train", "train_population"] if cls.population_training else ["train"]
+    else:
+        needed += ["sample_losses", "sample_errors"]
+    missing = [method for method in needed if getattr(cls, method) is getattr(Task, method)]
+    if missing:
+        which = "with" if cls.own_training else "without"
+        return f"{missing[0]} is not implemented (a task {which} own_training implements {', '.join(needed)})"
+    return None
 
 
 def available_tasks() -> list[str]:
