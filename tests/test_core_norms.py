@@ -179,6 +179,13 @@ def test_channel_last_adapter_token_and_sequence_layouts():
     torch.testing.assert_close(inn(x), expected, rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="layout must be 'token' or 'sequence', got 'nlc'"):
         ChannelLast(ln.norm, layout="nlc")
+    with pytest.raises(TypeError, match=r"ChannelLast wraps a norm module .*, got 'layernorm'"):
+        ChannelLast("layernorm")
+    for layout in ("token", "sequence"):  # the shape the caller passed, not the one the norm saw
+        with pytest.raises(
+            ValueError, match=rf"^ChannelLast: expected \(N, L, {C}\) input, got shape \(3, 7, 5\)$"
+        ):
+            ChannelLast(ln.norm, layout=layout)(x[..., :5])
 
 
 def test_batchnorm_without_pooling_normalizes_each_position_over_the_batch_alone():

@@ -25,6 +25,10 @@ class ChannelLast(nn.Module):
 
     def __init__(self, norm: nn.Module, layout: Layout = "token") -> None:
         super().__init__()
+        if not isinstance(norm, nn.Module):
+            raise TypeError(
+                f"ChannelLast wraps a norm module (e.g. build_norm('layernorm', C)), got {norm!r}"
+            )
         if layout not in ("token", "sequence"):
             raise ValueError(f"layout must be 'token' or 'sequence', got {layout!r}")
         self.norm = norm
@@ -33,6 +37,9 @@ class ChannelLast(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 3:
             raise ValueError(f"ChannelLast: expected (N, L, C) input, got shape {tuple(x.shape)}")
+        channels = getattr(self.norm, "num_channels", None)  # the registry's norms say theirs
+        if isinstance(channels, int) and x.shape[-1] != channels:
+            raise ValueError(f"ChannelLast: expected (N, L, {channels}) input, got shape {tuple(x.shape)}")
         if self.layout == "token":
             n, length, c = x.shape
             return self.norm(x.reshape(n * length, c)).reshape(n, length, c)
