@@ -77,6 +77,25 @@ def save_weights(model: torch.nn.Module, path: Path) -> None:
     save_atomic(model.state_dict(), path)
 
 
+def load_weights(model: torch.nn.Module, path: str | Path, label: str = "") -> None:
+    """Load the ``state_dict`` saved at ``path`` into ``model``; ValueError in one line, starting with
+    ``label`` (default: the path), when the file cannot be read or does not fit the model."""
+    label = label or str(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as exc:
+        raise ValueError(f"{label}: {exc.strerror or exc}") from None
+    except Exception as exc:  # torch.load's unpickling errors are many kinds, and several lines long
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{label}: not a state dict that torch.load reads ({first})") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{label}: holds a {type(state).__name__}, not a state dict")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:  # its message lists every missing and unexpected key, a line each
+        raise ValueError(f"{label}: {' '.join(str(exc).split())}") from None
+
+
 def random_state(generators: list[torch.Generator]) -> dict[str, Any]:
     """torch's global random streams and ``generators``' states."""
     state: dict[str, Any] = {"cpu": torch.get_rng_state(), "own": [g.get_state() for g in generators]}
@@ -97,6 +116,7 @@ __all__ = [
     "CHECKPOINT_FILE",
     "MODEL_FILE",
     "Checkpoint",
+    "load_weights",
     "random_state",
     "restore_random_state",
     "save_weights",

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from normbench.argtypes import positive_int
+from normbench.checkpoint import load_weights
 from normbench.evaluate import _has_tensor, pooled_statistics, relative_l2, stat_modules
 from normbench.results import write_text_atomic
 from normbench.runtime import resolve_device
@@ -307,7 +308,7 @@ def main(argv: list[str] | None = None) -> None:
         if not isinstance(model, nn.Module):
             raise ValueError(f"{args.model}: gave a {type(model).__name__}, not an nn.Module")
         if args.checkpoint:
-            _load_checkpoint(model, args.checkpoint)
+            load_weights(model, args.checkpoint, f"--checkpoint {args.checkpoint}")
         loaders = _load(args.data)
         if not (isinstance(loaders, tuple) and len(loaders) == 2):
             raise ValueError(f"{args.data}: must give (train_loader, test_loader)")
@@ -325,20 +326,3 @@ def main(argv: list[str] | None = None) -> None:
         print(f"normbench-diagnose: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     print(found)
-
-
-def _load_checkpoint(model: nn.Module, path: str) -> None:
-    """Load the state dict at ``path`` into ``model``; ValueError in one line when it cannot."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except OSError as exc:
-        raise ValueError(f"--checkpoint {path}: {exc.strerror or exc}") from None
-    except Exception as exc:  # torch.load's unpickling errors are many kinds, and several lines long
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"--checkpoint {path}: not a state dict that torch.load reads ({first})") from None
-    if not isinstance(state, dict):
-        raise ValueError(f"--checkpoint {path}: holds a {type(state).__name__}, not a state dict")
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:  # its message lists every missing and unexpected key, a line each
-        raise ValueError(f"--checkpoint {path}: {' '.join(str(exc).split())}") from None

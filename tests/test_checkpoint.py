@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,7 +17,8 @@ import torch
 from helpers import compose_cfg
 
 from normbench import load_model
-from normbench.checkpoint import CHECKPOINT_FILE, Checkpoint
+from normbench.checkpoint import CHECKPOINT_FILE, MODEL_FILE, Checkpoint
+from normbench.config import ConfigError
 
 STEPS = (
     "task=mnist1d_mlp",
@@ -87,6 +89,25 @@ def test_saved_weights_rebuild_the_model_that_made_the_record(tmp_path):
     )
     with pytest.raises(FileNotFoundError, match=r"train\.save_model=true"):
         load_model(tmp_path)
+    with pytest.raises(TypeError, match=r"load_model takes a run's folder \(a str or path\), got 3"):
+        load_model(3)
+    with pytest.raises(ConfigError, match=r"^device=gpu: "):
+        load_model(folder, device="gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match=r"^device=cuda: "):
+            load_model(folder, device="cuda")
+    weights = folder / MODEL_FILE
+    state = torch.load(weights, weights_only=True)
+    first = next(iter(state))
+    for bad, message in [
+        (b"cut short", r"not a state dict that torch\.load reads \("),
+        ({**state, first: torch.zeros(3)}, rf"Error\(s\) in loading state_dict for ConvNet: size mismatch for {re.escape(first)}: copying a param with shape torch\.Size\(\[3\]\)"),
+        ([1, 2], r"holds a list, not a state dict"),
+    ]:  # fmt: skip
+        weights.write_bytes(bad) if isinstance(bad, bytes) else torch.save(bad, weights)
+        with pytest.raises(ValueError, match=rf"^{re.escape(str(weights))}: {message}") as exc:
+            load_model(folder)
+        assert "\n" not in str(exc.value)  # one line, not torch's several
 
 
 def test_a_killed_population_resumes_from_its_members_checkpoints_and_ends_as_an_uninterrupted_one(tmp_path):

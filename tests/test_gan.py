@@ -55,6 +55,12 @@ def test_the_classifier_is_trained_once_and_then_loaded(tmp_path):
         torch.testing.assert_close(p, q)
     _, digest3 = feature_classifier(x, y, 10, {"dataset": "other"}, tmp_path)
     assert digest3 != digest
+    path.write_bytes(b"cut short")  # a cache file a full disk or another tool left: trained again
+    third, _ = feature_classifier(x, y, 10, {"dataset": "toy"}, tmp_path)
+    for p, q in zip(first.parameters(), third.parameters(), strict=True):
+        torch.testing.assert_close(p, q)
+    assert feature_classifier(x, y, 10, {"dataset": "toy"}, tmp_path)[0].state_dict().keys()  # readable
+    assert path.read_bytes() != b"cut short"
 
 
 @pytest.mark.parametrize("task", ["gan_digits", "gan_mnist1d"])

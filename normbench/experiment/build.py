@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from normbench.accel import use_kernels
-from normbench.checkpoint import MODEL_FILE
+from normbench.checkpoint import MODEL_FILE, load_weights
 from normbench.config import ConfigError
 from normbench.evaluate import eval_mode
 from normbench.experiment.identity import record_config
@@ -25,7 +25,7 @@ from normbench.results import (
     RESULT_FILE,
     load_run,
 )
-from normbench.runtime import CPU_FP32, Runtime, use_deterministic_kernels
+from normbench.runtime import CPU_FP32, Runtime, resolve_device, use_deterministic_kernels
 from normbench.samplers import check_class_grouped, class_grouped_batches, iid_batches, iid_epochs
 from normbench.tasks.cifar import crop_flip
 from normbench.tasks.dataset import Dataset
@@ -67,6 +67,9 @@ def model_from_config(cfg: DictConfig, data: Dataset) -> nn.Module:
 def load_model(run_dir: str | os.PathLike[str], device: str | torch.device = "cpu") -> nn.Module:
     """The model a run trained, in eval mode: rebuilt from the config in its ``result.json`` and loaded
     with the weights ``train.save_model=true`` kept in ``model.pt`` (read with ``weights_only=True``)."""
+    if not isinstance(run_dir, (str, os.PathLike)):
+        raise TypeError(f"load_model takes a run's folder (a str or path), got {run_dir!r}")
+    device = device if isinstance(device, torch.device) else resolve_device(device, "device")
     run_dir = Path(run_dir)
     weights = run_dir / MODEL_FILE
     if not weights.is_file():
@@ -74,7 +77,7 @@ def load_model(run_dir: str | os.PathLike[str], device: str | torch.device = "cp
     record = load_run(run_dir / RESULT_FILE)
     cfg = record_config(record["config"])
     model = model_from_config(cfg, prepare_data(cfg))
-    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    load_weights(model, weights)
     return model.to(device).eval()
 
 

@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from normbench.checkpoint import load_weights, save_atomic
 from normbench.tasks.norm_layers import NormLayers
+
+log = logging.getLogger(__name__)
 
 FEATURES = 32  # width of the classifier's feature layer (the Fréchet distance's space)
 
@@ -159,14 +161,13 @@ def feature_classifier(
     path = cache / "feature_classifier" / f"{digest}.pt"
     model = FeatureClassifier(x[0].numel(), num_classes)
     if path.is_file():
-        model.load_state_dict(torch.load(path, weights_only=True))
-        return model.eval(), digest
+        try:
+            load_weights(model, path)
+            return model.eval(), digest
+        except ValueError as exc:  # a cache file cut short or from elsewhere: train it again
+            log.warning("%s; training the feature classifier again", exc)
     model = train_classifier(x.cpu(), y.cpu(), num_classes)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    torch.save(model.state_dict(), tmp)
-    os.replace(tmp, path)  # concurrent runs write the same bytes; the last rename wins
+    save_atomic(model.state_dict(), path)  # concurrent runs write the same bytes; the last rename wins
     return model, digest
 
 
