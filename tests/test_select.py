@@ -87,6 +87,29 @@ def test_each_cell_picks_its_lowest_mean_validation_error(sweep):
         assert cell["test_error"].mean() == pytest.approx(expected_test)
 
 
+def test_the_api_takes_one_key_as_a_string_and_folders_as_a_list(sweep):
+    """As pandas' groupby takes "a" for ["a"]: a string key is one key, not its letters; a list of
+    folders is the folders; what is neither is one TypeError naming it."""
+    runs = load_runs(sweep)
+    pd.testing.assert_frame_equal(load_runs([sweep]), runs)
+    pd.testing.assert_frame_equal(load_runs([sweep], sweep), runs)  # a folder twice: each run once
+    pd.testing.assert_frame_equal(candidates(runs, "optim.lr"), candidates(runs, ["optim.lr"]))
+    picked, _ = select_on_validation(runs, "optim.lr")
+    assert set(picked["optim.lr"]) == {"selected"} and len(picked) == 12
+    with pytest.raises(TypeError, match=r"^load_runs takes folders or records files \(str or path\), got 3$"):
+        load_runs(3)
+    with pytest.raises(TypeError, match=r"^load_runs needs at least one folder or records file$"):
+        load_runs()
+    with pytest.raises(TypeError, match=r"^keys must be one or more config keys as strings .*, got \[\]$"):
+        candidates(runs, [])
+    with pytest.raises(TypeError, match=r"got \[0\.1\]$"):
+        select_on_validation(runs, [0.1])
+    with pytest.raises(
+        TypeError, match=r"^runs must be a DataFrame \(normbench.report.load_runs\), got list$"
+    ):
+        select_on_validation([sweep], "optim.lr")
+
+
 def test_report_tabulates_the_test_error_of_the_choice(sweep, tmp_path):
     report = build_report([sweep], tmp_path / "out", select=["optim.lr"]).read_text()
     assert "## Selected on the validation split" in report and "The test set chose nothing" in report

@@ -138,7 +138,8 @@ def with_later_defaults(df: pd.DataFrame) -> pd.DataFrame:
 def load_runs(
     *dirs: str | os.PathLike[str], with_history: bool = False, progress: bool | None = None
 ) -> pd.DataFrame:
-    """One row per run found under ``dirs`` (searched recursively for ``result.json``).
+    """One row per run found under ``dirs`` (searched recursively for ``result.json``), each a folder or
+    a study's ``records.jsonl``, given as arguments or as lists of them.
 
     Columns: task, norm, batch_size, seed, status, the metrics, steps, lr, wall_time_s, config_hash,
     then every config value as a dotted column (``optim.lr``, ``train.budget``, ...), finished_at,
@@ -146,7 +147,18 @@ def load_runs(
     When several folders hold the same config hash, one row is kept: completed before diverged before
     failed, then the newest. Rows are sorted, so the same inputs give the same frame.
     """
-    records, skipped = read_records(dirs, progress)
+    records, skipped = read_records(_paths(dirs), progress)
     for message in skipped:
         log.warning(message)
     return runs_frame(records, with_history)
+
+
+def _paths(given: Iterable[object]) -> list[str | os.PathLike[str]]:
+    """The folders and files of :func:`load_runs`' arguments, a list or tuple of them taken apart."""
+    paths = [p for arg in given for p in (arg if isinstance(arg, (list, tuple)) else [arg])]
+    for path in paths:
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"load_runs takes folders or records files (str or path), got {path!r}")
+    if not paths:
+        raise TypeError("load_runs needs at least one folder or records file")
+    return paths

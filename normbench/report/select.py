@@ -21,6 +21,17 @@ CRITERION = "val_error"
 SELECTED = "selected"  # what a selected key's column holds in the runs the report tabulates
 
 
+def as_keys(runs: pd.DataFrame, keys: str | Sequence[str]) -> list[str]:
+    """``keys`` as a list (one key may be given as a string, as in ``DataFrame.groupby``); TypeError
+    when ``runs`` is not a frame or a key not a string."""
+    if not isinstance(runs, pd.DataFrame):
+        raise TypeError(f"runs must be a DataFrame (normbench.report.load_runs), got {type(runs).__name__}")
+    keys = [keys] if isinstance(keys, str) else list(keys)
+    if not keys or not all(isinstance(key, str) for key in keys):
+        raise TypeError(f"keys must be one or more config keys as strings (e.g. 'optim.lr'), got {keys!r}")
+    return keys
+
+
 def check_keys(runs: pd.DataFrame, keys: Sequence[str]) -> None:
     """ValueError naming a key that is not a config column, or not swept, or records without the
     validation metric."""
@@ -38,9 +49,10 @@ def check_keys(runs: pd.DataFrame, keys: Sequence[str]) -> None:
         )
 
 
-def candidates(runs: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+def candidates(runs: pd.DataFrame, keys: str | Sequence[str]) -> pd.DataFrame:
     """One row per (cell, value of ``keys``): ``val_mean`` (diverged runs counted as 1), ``n`` runs,
     ``n_diverged``, and ``chosen`` marking each cell's lowest ``val_mean``."""
+    keys = as_keys(runs, keys)
     check_keys(runs, keys)
     cells = [c for c in cell_columns(runs) if c not in keys]
     usable = runs[runs["status"].isin(["completed", "diverged"])].copy()
@@ -63,9 +75,10 @@ def candidates(runs: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
     return table
 
 
-def select_on_validation(runs: pd.DataFrame, keys: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def select_on_validation(runs: pd.DataFrame, keys: str | Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The runs of each cell's chosen value of ``keys`` — with those columns set to ``"selected"``, so
     that cells no longer split on them — and the candidates table (:func:`candidates`)."""
+    keys = as_keys(runs, keys)
     table = candidates(runs, keys)
     cells = [c for c in cell_columns(runs) if c not in keys]
     cols = [*cells, *keys]
@@ -76,10 +89,11 @@ def select_on_validation(runs: pd.DataFrame, keys: Sequence[str]) -> tuple[pd.Da
     return picked, table
 
 
-def leave_one_seed_out(runs: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+def leave_one_seed_out(runs: pd.DataFrame, keys: str | Sequence[str]) -> pd.DataFrame:
     """How stable each cell's choice is: per cell, ``stable`` is True when choosing on every subset of
     its seeds with one seed left out gives the same value(s) of ``keys`` as choosing on all of them;
     ``changed`` counts the left-out seeds that change it."""
+    keys = as_keys(runs, keys)
     full = candidates(runs, keys)
     cells = [c for c in cell_columns(runs) if c not in keys]
     chosen = full[full["chosen"]].set_index(cells)[list(keys)]
