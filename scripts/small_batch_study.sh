@@ -79,7 +79,7 @@ if [ -z "$out" ]; then
   [ "$large" = 0 ] || out="${out}_large"
 fi
 
-mkdir -p "$out"
+mkdir -p "$out" 2> /dev/null || { echo "small_batch_study.sh: --out $out: cannot make that folder (a file, or no permission)" >&2; exit 2; }
 out="$(cd "$out" && pwd)"
 
 launcher=joblib  # one process per run, $jobs at a time

@@ -389,6 +389,10 @@ def test_the_recurrent_and_gan_study_declares_its_primary_family_with_ten_seeds_
         (["--smoke", "--large"], "--smoke and --large exclude each other"),
         (["--jobs", "0"], "--jobs must be a positive integer, got '0'"),
         (
+            ["--out", "/dev/null/study"],
+            "--out /dev/null/study: cannot make that folder (a file, or no permission)",
+        ),
+        (
             ["--task", "mnist2d"],
             "--task mnist2d: task=mnist2d: unknown task; did you mean mnist1d_mlp? (available: cifar100_resnet20,",
         ),
