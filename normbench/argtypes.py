@@ -20,3 +20,14 @@ def positive_int(what: str = "an integer >= 1") -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def known_device(text: str) -> str:
+    """An argparse type for a device this machine has (auto, cpu, cuda or cuda:N), given as the torch
+    device it names (``auto``: cuda where there is one, else cpu)."""
+    from normbench.runtime import device_problem, resolve_device  # torch, only where a device is asked
+
+    problem = device_problem(text, "--device")
+    if problem:
+        raise argparse.ArgumentTypeError(problem.removeprefix("--device="))
+    return str(resolve_device(text))

@@ -36,6 +36,7 @@ from worktree import ROOT
 
 import normbench
 from normbench import available_norms
+from normbench.argtypes import known_device
 from normbench.cli import CONF_DIR
 from normbench.config import ConfigError
 from normbench.experiment.build import prepare_data, prepare_model
@@ -195,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     forms = [f"{f}{g}" for f in ("auto", "wide", "vmap", "minimal") for g in ("", ":graph")]
     parser.add_argument("--forms", nargs="+", choices=forms, default=["wide", "vmap"])
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", type=known_device, default="cpu")
     parser.add_argument(
         "--cache-mb",
         type=float,

@@ -35,6 +35,7 @@ from hydra import compose, initialize_config_dir
 
 import normbench
 from normbench import available_norms
+from normbench.argtypes import known_device
 from normbench.cli import CONF_DIR
 from normbench.distributed import World, all_finite, shard
 from normbench.evaluate import error_and_loss
@@ -244,7 +245,7 @@ def main() -> None:
     parser.add_argument("--steps", type=count, default=300)
     parser.add_argument("--rounds", type=count, default=7)
     parser.add_argument("--batch-sizes", type=count, nargs="+", default=[2, 128])
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--device", type=known_device, default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--data-root", default="", help="where CIFAR is (default: data.root's default)")
     parser.add_argument("--out", type=Path, default=None, help="default reports/bench/train[_TASK][_cuda].md")

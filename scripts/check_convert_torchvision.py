@@ -20,6 +20,7 @@ from torch import nn
 
 import normbench
 from normbench import convert_norms
+from normbench.argtypes import known_device
 from normbench.convert import norm_channels
 
 MODELS = ("resnet18", "resnet50", "mobilenet_v3_small", "convnext_tiny", "vit_b_16")
@@ -85,7 +86,7 @@ def check(name: str, target: str, options: dict, device: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", type=known_device, default="cpu")
     parser.add_argument(
         "--out", type=Path, default=Path(__file__).parents[1] / "reports/bench/convert_torchvision.md"
     )

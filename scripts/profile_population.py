@@ -36,6 +36,7 @@ from torch.profiler import ProfilerActivity, profile
 
 import normbench
 from normbench import available_norms
+from normbench.argtypes import known_device
 from normbench.capture import OperatorCount
 from normbench.cli import CONF_DIR
 from normbench.config import ConfigError
@@ -142,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--members", type=count, default=512)
     parser.add_argument("--steps", type=count, default=100, help="S: S and 2S steps are profiled")
     parser.add_argument("--form", choices=["auto", "wide", "vmap"], default="wide")
-    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--device", type=known_device, default="cuda")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     try:

@@ -306,6 +306,31 @@ def test_benchmark_scripts_refuse_a_bad_count_or_revision_before_any_work(
     assert stderr.strip().splitlines()[-1] == f"{script}.py: error: argument {option}: {value}: {reason}"
 
 
+DEVICE_SCRIPTS = ["bench_norms", "bench_population", "bench_population_eval", "bench_train", "check_capture",
+                  "check_cuda", "profile_population", "check_convert_torchvision"]  # fmt: skip
+
+
+@pytest.mark.parametrize("script", DEVICE_SCRIPTS)
+@pytest.mark.parametrize(
+    "value, reason",
+    [("gpu", "must be one of auto, cpu, cuda or cuda:N"), ("cuda:99", "this machine has ")],
+)
+def test_scripts_refuse_a_device_this_machine_lacks_in_one_line(
+    tmp_path, monkeypatch, capsys, script, value, reason
+):
+    """torch's 'Torch not compiled with CUDA enabled' assertion or a traceback before, after imports."""
+    out = tmp_path / "bench.md"
+    status, stderr = _run_script(
+        [f"scripts/{script}.py", "--device", value, "--out", str(out)], monkeypatch, capsys
+    )
+    assert status == 2 and not out.exists()
+    assert (
+        stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"{script}.py: error: argument --device: {value}: {reason}")
+    )
+
+
 @pytest.mark.parametrize("script", ["bench_population", "profile_population", "bench_optimizer"])
 def test_population_benchmarks_refuse_an_unknown_task_naming_it_before_any_work(
     tmp_path, monkeypatch, capsys, script
@@ -326,7 +351,16 @@ def test_population_benchmarks_refuse_a_task_with_its_own_loop_before_any_work(
     tmp_path, monkeypatch, capsys, script
 ):
     out = tmp_path / "bench.md"
-    argv = [f"scripts/{script}.py", "--tasks", "mnist1d_mlp", "gan_digits", "--out", str(out)]
+    argv = [
+        f"scripts/{script}.py",
+        "--tasks",
+        "mnist1d_mlp",
+        "gan_digits",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+    ]
     status, stderr = _run_script(argv, monkeypatch, capsys)
     assert status == 2 and not out.exists()
     assert stderr.strip().splitlines()[-1] == (

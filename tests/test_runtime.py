@@ -351,13 +351,13 @@ def test_every_call_of_the_gpu_checks_is_accepted_here(tmp_path, monkeypatch):
     assert len(runs) == 5
     monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
     monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # --device cuda is checked when parsed
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     for argv in scripts:
         monkeypatch.setattr("sys.argv", argv)
         with pytest.raises(Parsed) as parsed:
             runpy.run_path(str(ROOT / argv[0]), run_name="__main__")
         assert getattr(parsed.value.args[0], "device", "cuda") == "cuda", argv
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     for overrides in runs:
         cfg = compose_cfg(*(o for o in overrides if not o.startswith("hydra.")))
         check_values(cfg)
