@@ -139,6 +139,10 @@ def test_exception_during_training_is_recorded_as_failed(tmp_path):
         (["data.sampler=class_grouped", "data.classes_per_batch=3"], "batch_size=32 is not divisible"),
         (["runtime.threads=0"], "runtime.threads=0"),
         (["task.dataset=imagenet"], "unknown dataset 'imagenet'; available: mnist1d, digits"),
+        (  # torch's AssertionError in MultiheadAttention, a failed run after the data loaded, before
+            ["task=seq_transformer", "task.model.heads=3"],
+            r"task\.model\.heads=3: must divide task\.model\.width=64 \(each head",
+        ),
         (
             ["task.model.arch=vgg"],
             # every built-in arch (an installed task plugin may add its own)

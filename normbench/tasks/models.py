@@ -238,6 +238,11 @@ def _conv_net(o: ClassifierConfig, shape: tuple[int, ...], classes: int, norms: 
 def _transformer(o: ClassifierConfig, shape: tuple[int, ...], classes: int, norms: NormLayers) -> nn.Module:
     if len(shape) != 2:
         raise ModelConfigError(f"task.model.arch=transformer: needs (C, L) signals, got shape {shape}")
+    if o.width % o.heads:
+        raise ModelConfigError(
+            f"task.model.heads={o.heads}: must divide task.model.width={o.width} (each head attends over "
+            "width / heads channels)"
+        )
     return SequenceTransformer(shape[0], shape[1], o.width, o.depth, o.heads, classes, norms, o.token_layout)
 
 
