@@ -101,8 +101,9 @@ class ClassifierConfig(CommonModelConfig):
 
     residual: bool = False
     kernel_size: int = 3
+    # conv nets: the stages after the stem (plain: conv layers 0..depth-2; residual: blocks) with stride 2
     downsample: list[int] = field(default_factory=list)
-    heads: int = 4
+    heads: int = 4  # transformer: attention heads, dividing width
     token_layout: str = "token"
     # arch=torchvision: the torchvision classifier (torchvision.models.list_models())
     name: str = field(default="", metadata=added(before=""))

@@ -139,6 +139,15 @@ def test_exception_during_training_is_recorded_as_failed(tmp_path):
         (["data.sampler=class_grouped", "data.classes_per_batch=3"], "batch_size=32 is not divisible"),
         (["runtime.threads=0"], "runtime.threads=0"),
         (["task.dataset=imagenet"], "unknown dataset 'imagenet'; available: mnist1d, digits"),
+        (  # an index past the net's layers was ignored: a net without the downsampling asked for
+            ["task=mnist1d_cnn", "task.model.downsample=[1,2]"],
+            r"task\.model\.downsample=\[1, 2\]: 2 is not a stage of this net \(depth=3, residual=False: "
+            r"layers 0\.\.1 after the stem\)",
+        ),
+        (
+            ["task=mnist1d_resnet", "task.model.downsample=[-1]"],
+            r"task\.model\.downsample=\[-1\]: -1 is not a stage of this net \(depth=9, residual=True: blocks 0\.\.3",
+        ),
         (  # torch's AssertionError in MultiheadAttention, a failed run after the data loaded, before
             ["task=seq_transformer", "task.model.heads=3"],
             r"task\.model\.heads=3: must divide task\.model\.width=64 \(each head",

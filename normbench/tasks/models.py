@@ -230,6 +230,14 @@ def _conv_net(o: ClassifierConfig, shape: tuple[int, ...], classes: int, norms: 
         raise ModelConfigError(
             f"task.model.arch={o.arch}: needs inputs with {dims} spatial dims, got shape {shape}"
         )
+    stages = (o.depth - 1) // 2 if o.residual else o.depth - 1  # what downsample indexes, after the stem
+    outside = [i for i in o.downsample if not 0 <= i < stages]
+    if outside:
+        what = f"blocks 0..{stages - 1}" if o.residual else f"layers 0..{stages - 1}"
+        raise ModelConfigError(
+            f"task.model.downsample={list(o.downsample)}: {outside[0]} is not a stage of this net "
+            f"(depth={o.depth}, residual={o.residual}: {what if stages else 'none'} after the stem)"
+        )
     return ConvNet(
         dims, shape[0], o.width, o.depth, classes, norms, o.residual, o.kernel_size, tuple(o.downsample)
     )
