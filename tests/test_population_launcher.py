@@ -175,6 +175,20 @@ def test_a_population_sweep_writes_the_records_of_the_basic_launcher(tmp_path):
     assert all(after[f]["finished_at"] == r["finished_at"] for f, r in ours.items())
 
 
+def test_a_member_its_task_refuses_is_a_config_error_and_the_others_train(tmp_path):
+    """The task's own checks (Task.check) run on each member before its group forms, as a run alone
+    runs them before training: here an MLP given a kernel size."""
+    proc = normbench_run("-m", "task.model.kernel_size=3,5", *STEPS, "sweep.root=sw", "hydra/launcher=population", cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    assert "2 runs: 1 completed, 0 diverged, 0 failed, 0 skipped, 1 config error" in proc.stdout
+    assert re.search(
+        r"configuration error \(sw/default/\w+\): task\.model\.kernel_size=5: arch=mlp does not use it",
+        proc.stdout,
+    )
+    (record,) = records(tmp_path / "sw" / "default").values()
+    assert record["status"] == "completed" and record["config"]["task"]["model"]["kernel_size"] == 3
+
+
 def test_parallel_groups_a_grown_grid_and_a_folder_held_elsewhere(tmp_path):
     args = ("-m", "norm=groupnorm,identity", "seed=0,1", *STEPS, "sweep.root=sw", "hydra/launcher=population")
     first = normbench_run(*args, "hydra.launcher.n_jobs=2", cwd=tmp_path)

@@ -148,6 +148,15 @@ def test_exception_during_training_is_recorded_as_failed(tmp_path):
             ["task=mnist1d_resnet", "task.model.downsample=[-1]"],
             r"task\.model\.downsample=\[-1\]: -1 is not a stage of this net \(depth=9, residual=True: blocks 0\.\.3",
         ),
+        (  # a setting its arch does not read: one model trained under several config hashes
+            ["task=mnist1d_mlp", "task.model.kernel_size=5"],
+            r"task\.model\.kernel_size=5: arch=mlp does not use it \(its settings: width, depth, init_scale\)",
+        ),
+        (
+            ["task=mnist1d_cnn", "task.model.token_layout=sequence"],
+            r"task\.model\.token_layout=sequence: arch=cnn1d does not use it \(its settings: width, depth, "
+            r"residual, kernel_size, downsample, init_scale\)",
+        ),
         (  # torch's AssertionError in MultiheadAttention, a failed run after the data loaded, before
             ["task=seq_transformer", "task.model.heads=3"],
             r"task\.model\.heads=3: must divide task\.model\.width=64 \(each head",

@@ -69,6 +69,7 @@ def test_an_arch_no_task_builds_is_refused_naming_it(tmp_path):
         (("task=mnist1d_mlp", "task.model.cell=gru"), r"task\.model\.cell=gru: not a setting of task kind 'classification' \(arch=mlp\)"),
         (("task=seq_lstm", "task.model.residual=true"), r"task\.model\.residual=True: not a setting of task kind 'sequence'"),
         (("task=gan_digits", "task.model.heads=2"), r"task\.model\.heads=2: not a setting of task kind 'gan'"),
+        (("task=gan_digits", "task.model.depth=5"), r"task\.model\.depth=5: arch=gan does not use it \(its settings: width, latent, g_norm, d_norm, d_batches, init_scale\)"),
         (("task=mnist1d_mlp", "+task.options.code=4"), r"task\.options\.code: task kind 'classification' takes its settings in task\.model"),
     ],
 )  # fmt: skip

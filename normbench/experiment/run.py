@@ -42,6 +42,15 @@ from normbench.train import FitResult, fit, lr_schedule, make_optimizer, trainin
 log = logging.getLogger(__name__)
 
 
+def check_run(cfg: DictConfig) -> Task:
+    """The run ``cfg``'s task, once the config's values and the task's own rules accept it (ConfigError
+    naming the setting otherwise): what every path checks before it trains a run, alone or in a population."""
+    check_values(cfg)
+    task = task_for(cfg)
+    task.check(cfg)
+    return task
+
+
 def execute(cfg: DictConfig, out_dir: Path, progress: bool = False) -> dict[str, Any]:
     """Train and evaluate the run ``cfg`` and write ``out_dir/result.json``; return the record.
 
@@ -52,9 +61,7 @@ def execute(cfg: DictConfig, out_dir: Path, progress: bool = False) -> dict[str,
     that a population could train trains as a population of one, its step captured as a CUDA graph
     (:func:`~normbench.population.train.trains_captured_alone`; ``env.population`` is 1).
     """
-    check_values(cfg)
-    task = task_for(cfg)
-    task.check(cfg)
+    task = check_run(cfg)
     identity, digest = run_identity(cfg)
     runtime = setup_runtime(cfg)
     world = world_from_env()

@@ -44,9 +44,9 @@ from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrid
 from hydra.plugins.launcher import Launcher
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from normbench.config import ConfigError, check_values
+from normbench.config import ConfigError
 from normbench.experiment.identity import claim_folder
-from normbench.experiment.run import execute, write_record
+from normbench.experiment.run import check_run, execute, write_record
 from normbench.population.grouping import member_values, partition, spread, why_not_population
 from normbench.population.sweep_configs import SweepComposer
 from normbench.population.wide import POPULATION_FORMS
@@ -165,7 +165,7 @@ def enlist(cfg: DictConfig, locks: ExitStack, held: dict[Path, ExitStack]) -> Me
     out_dir = Path(hc.runtime.output_dir)
     log_file = str(out_dir / f"{hc.job.name}.log")
     try:
-        check_values(cfg)
+        check_run(cfg)
     except ConfigError as exc:
         log.error("configuration error: %s", exc)
         mark_visit(out_dir, "config_error", log_file, error=str(exc))

@@ -18,7 +18,7 @@ from normbench.schema import ConfigError, GanConfig
 from normbench.tasks.dataset import Dataset
 from normbench.tasks.gan import GAN
 from normbench.tasks.models import ModelConfigError
-from normbench.tasks.registry import Task, norm_layers, register_task
+from normbench.tasks.registry import Task, norm_layers, refuse_unread, register_task
 
 if TYPE_CHECKING:
     from normbench.experiment.record import RunRecord
@@ -33,6 +33,7 @@ class Adversarial(Task):
     population_training = True
 
     def check(self, cfg: DictConfig) -> None:
+        refuse_unread(self.options(cfg), ("width", "latent", "g_norm", "d_norm", "d_batches"))  # no depth
         if cfg.runtime.precision == "fp16":
             raise ConfigError(
                 f"runtime.precision=fp16: task={cfg.task.name} has no gradient scaler for its two networks; "

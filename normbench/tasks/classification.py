@@ -12,8 +12,8 @@ from torch import Tensor, nn
 
 from normbench.schema import ClassifierConfig
 from normbench.tasks.dataset import Dataset
-from normbench.tasks.models import CLASSIFIERS, build_classifier
-from normbench.tasks.registry import Task, norm_layers, register_task
+from normbench.tasks.models import ARCH_SETTINGS, CLASSIFIERS, build_classifier
+from normbench.tasks.registry import Task, norm_layers, refuse_unread, register_task
 
 
 class LogitsTask(Task):
@@ -36,6 +36,12 @@ LOGITS = LogitsTask()  # the measure of a model that returns class logits, whate
 class Classification(LogitsTask):
     archs = tuple(CLASSIFIERS)
     options_type = ClassifierConfig
+
+    def check(self, cfg: DictConfig) -> None:
+        """A setting the arch does not read is refused (an MLP's kernel size, swept, would train one
+        model under several config hashes)."""
+        settings = self.options(cfg)
+        refuse_unread(settings, ARCH_SETTINGS[settings.arch])
 
     def build_model(self, cfg: DictConfig, data: Dataset) -> tuple[nn.Module, list[nn.Module]]:
         norms = norm_layers(cfg)

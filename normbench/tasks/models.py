@@ -268,6 +268,19 @@ CLASSIFIERS: dict[str, Callable[[ClassifierConfig, tuple[int, ...], int, NormLay
 }
 
 
+_CONV = ("width", "depth", "residual", "kernel_size", "downsample")
+# task.model.arch -> the ClassifierConfig settings its builder reads (besides arch and init_scale)
+ARCH_SETTINGS: dict[str, tuple[str, ...]] = {
+    "mlp": ("width", "depth"),
+    "cnn1d": _CONV,
+    "cnn2d": _CONV,
+    "resnet2d": _CONV,
+    "cifar_resnet": ("width", "depth"),
+    "transformer": ("width", "depth", "heads", "token_layout"),
+    "torchvision": ("name", "small_input"),
+}
+
+
 def build_classifier(
     settings: ClassifierConfig, input_shape: tuple[int, ...], num_classes: int, norms: NormLayers
 ) -> nn.Module:

@@ -164,6 +164,21 @@ class Task:
         raise NotImplementedError(f"task {self.name!r} has no population form of its training loop")
 
 
+def refuse_unread(settings: Any, reads: Sequence[str]) -> None:
+    """ConfigError naming a field of the model settings ``settings`` (a CommonModelConfig dataclass)
+    outside ``reads`` (what its arch's builder reads; arch and init_scale always are) that is set away
+    from its default: such a setting changes the config hash and nothing else."""
+    reads = [*reads, "init_scale"]
+    defaults = type(settings)(arch=settings.arch)
+    for field in dataclasses.fields(settings):
+        value = getattr(settings, field.name)
+        if field.name not in (*reads, "arch") and value != getattr(defaults, field.name):
+            raise ConfigError(
+                f"task.model.{field.name}={value}: arch={settings.arch} does not use it "
+                f"(its settings: {', '.join(reads)})"
+            )
+
+
 def norm_layers(cfg: DictConfig, name: str = "") -> NormLayers:
     """The registry's norms for the run ``cfg``: ``name`` (default ``norm.name``) with the run's norm
     options when it is the run's norm, the plugin's defaults otherwise."""
