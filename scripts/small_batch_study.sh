@@ -111,7 +111,8 @@ run_sweeps() {  # one sweep per line of $1: the preset, then its overrides (tab-
     [ -n "$preset" ] || continue
     echo "== $preset ${sweep[*]:1}" >&2
     (cd "$out" && normbench-run "experiment=$preset" "hydra/launcher=$launcher" "hydra.launcher.n_jobs=$jobs" \
-      sweep.root=sweeps "${sweep[@]:1}" ${overrides[@]+"${overrides[@]}"}) < /dev/null | tee -a "$summaries" || status=$?
+      sweep.root=sweeps "${sweep[@]:1}" ${overrides[@]+"${overrides[@]}"}) < /dev/null \
+      | (trap '' INT TERM; exec tee -a "$summaries") || status=$?  # tee outlives a Ctrl-C: the sweep's summary gets out
   done <<< "$1"
 }
 run_sweeps "$sweeps"
