@@ -38,6 +38,23 @@ def normbench_run(*args: str, cwd: Path, env: dict | None = None, timeout: int =
     )
 
 
+def normbench_run_here(*args: str, cwd: Path, monkeypatch, capsys) -> tuple[int, str]:
+    """``normbench-run ARGS`` in this process from ``cwd``, for a command refused before any job
+    trains: its exit status and what it wrote to stderr (a fresh process's start would be most of such
+    a test; the command's environment and signal handlers are restored after it)."""
+    from normbench.cli import run
+
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr("sys.argv", ["normbench-run", *args])
+    for name in ("HYDRA_FULL_ERROR", "PYTHONWARNINGS"):  # run() sets both for its own process
+        monkeypatch.setenv(name, "0" if name == "HYDRA_FULL_ERROR" else os.environ.get(name, ""))
+    try:
+        run()
+    except SystemExit as exc:
+        return exc.code, capsys.readouterr().err
+    return 0, capsys.readouterr().err
+
+
 @contextmanager
 def registered_plugin(name: str, factory: type, **spec: object) -> Iterator[str]:
     """``factory`` registered as the norm ``name`` (with registry ``spec`` keywords) for the block."""

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import QUICK, compose_cfg, normbench_run
+from helpers import QUICK, compose_cfg, normbench_run, normbench_run_here
 
 import normbench.experiment.record as record_module
 from normbench.config import ConfigError
@@ -242,11 +242,15 @@ def test_cli_config_error_is_one_line_and_nonzero(tmp_path):
         ("+study=x", "+study=x: conf/study/ holds study descriptions"),
     ],
 )
-def test_bad_overrides_are_refused_in_one_line(override, message, tmp_path):
-    proc = normbench_run(*override.split(), cwd=tmp_path)
-    assert proc.returncode == 2
-    assert proc.stderr.splitlines() == [proc.stderr.strip()]  # exactly one line
-    assert proc.stderr.startswith(f"normbench-run: error: {message}")
+def test_bad_overrides_are_refused_in_one_line(override, message, tmp_path, monkeypatch, capsys):
+    """In this process, as the console script runs it (test_cli_config_error_is_one_line_and_nonzero
+    runs one in its own)."""
+    status, stderr = normbench_run_here(
+        *override.split(), cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys
+    )
+    assert status == 2
+    assert stderr.splitlines() == [stderr.strip()]  # exactly one line
+    assert stderr.startswith(f"normbench-run: error: {message}")
     assert list(tmp_path.iterdir()) == []  # no empty outputs/DATE/TIME folder either
 
 
