@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import QUICK, compose_cfg, normbench_run
+from helpers import QUICK, compose_cfg, normbench_run, normbench_run_here
 from torch import nn
 
 from normbench.config import ConfigError
@@ -177,10 +177,11 @@ def test_where_the_data_lives_is_not_part_of_the_identity(fixture_root):
     assert "augment" not in plain["task"] and "name" not in plain["task"]["model"]
 
 
-def test_missing_data_is_one_line_naming_the_path_and_the_flag(tmp_path):
-    proc = normbench_run("task=cifar10_resnet20", f"data.root={tmp_path / 'none'}", *QUICK, cwd=tmp_path)
-    assert proc.returncode == 2, proc.stderr
-    line = proc.stderr.strip()
+def test_missing_data_is_one_line_naming_the_path_and_the_flag(tmp_path, monkeypatch, capsys):
+    args = ("task=cifar10_resnet20", f"data.root={tmp_path / 'none'}", *QUICK)
+    status, stderr = normbench_run_here(*args, cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys)
+    assert status == 2, stderr
+    line = stderr.strip()
     assert len(line.splitlines()) == 1
     assert f"no CIFAR-10 under {tmp_path / 'none'}" in line and "data.download=true" in line
     assert list(tmp_path.iterdir()) == []  # no output folder, and the data root was not created

@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 import scipy.linalg
 import torch
+from helpers import compose_cfg, normbench_run_here
 
 from normbench.config import ConfigError
 from normbench.experiment.run import execute
 from normbench.norms import build_norm
 from normbench.tasks.gan import covered_classes, feature_classifier, frechet_distance
-from tests.helpers import compose_cfg, normbench_run
 
 QUICK = ("optim=dcgan", "train.budget=steps", "train.steps=6", "train.history_points=2")
 
@@ -141,9 +141,10 @@ def test_batch_size_one_trains_with_a_batch_independent_norm(tmp_path, monkeypat
     assert record["status"] == "completed" and "fd_batch_stats" not in record["metrics"]
 
 
-def test_an_unknown_d_batches_mode_names_the_allowed_ones(tmp_path):
-    proc = normbench_run("task=gan_digits", "task.model.d_batches=both", cwd=tmp_path)
-    assert proc.returncode != 0 and "expected one of [separate, mixed]" in proc.stderr
+def test_an_unknown_d_batches_mode_names_the_allowed_ones(tmp_path, monkeypatch, capsys):
+    args = ("task=gan_digits", "task.model.d_batches=both")
+    status, stderr = normbench_run_here(*args, cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys)
+    assert status == 2 and "expected one of [separate, mixed]" in stderr
     assert not list(tmp_path.rglob("result.json"))
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import compose_cfg, normbench_run, registered_plugin
+from helpers import compose_cfg, normbench_run, normbench_run_here, registered_plugin
 from test_population_train import assert_same_record
 
 from normbench.experiment.run import execute
@@ -216,24 +216,18 @@ def test_parallel_groups_a_grown_grid_and_a_folder_held_elsewhere(tmp_path):
     assert all(new[f]["finished_at"] == r["finished_at"] for f, r in old.items())
 
 
-def test_bad_launcher_options_are_one_line_errors(tmp_path):
-    proc = normbench_run(
-        "-m", "seed=0,1", *STEPS, "hydra/launcher=population", "hydra.launcher.max_members=0", cwd=tmp_path
-    )
-    assert proc.returncode != 0
-    assert "hydra.launcher.max_members=0: must be an integer >= 1" in proc.stderr
-    assert not list(tmp_path.glob("multirun/**/result.json"))
-    proc = normbench_run(
-        "-m", "seed=0,1", *STEPS, "hydra/launcher=population", "hydra.launcher.form=fast", cwd=tmp_path
-    )
-    assert proc.returncode != 0
-    assert "hydra.launcher.form=fast: allowed are auto, wide, vmap" in proc.stderr
-    assert not list(tmp_path.glob("multirun/**/result.json"))
-    proc = normbench_run(
-        "-m", "seed=0,1", *STEPS, "hydra/launcher=population", "hydra.launcher.cache_mb=-1", cwd=tmp_path
-    )
-    assert proc.returncode != 0
-    assert "hydra.launcher.cache_mb=-1.0: must be a number >= 0 (0: no limit)" in proc.stderr
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        ("max_members=0", "hydra.launcher.max_members=0: must be an integer >= 1"),
+        ("form=fast", "hydra.launcher.form=fast: allowed are auto, wide, vmap"),
+        ("cache_mb=-1", "hydra.launcher.cache_mb=-1.0: must be a number >= 0 (0: no limit)"),
+    ],
+)
+def test_bad_launcher_options_are_one_line_errors(tmp_path, monkeypatch, capsys, option, message):
+    args = ("-m", "seed=0,1", *STEPS, "hydra/launcher=population", f"hydra.launcher.{option}")
+    status, stderr = normbench_run_here(*args, cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys)
+    assert status == 2 and stderr == f"normbench-run: error: {message}\n"
     assert not list(tmp_path.glob("multirun/**/result.json"))
 
 

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 import torch
-from helpers import QUICK, ROOT, compose_cfg, normbench_run
+from helpers import QUICK, ROOT, compose_cfg, normbench_run, normbench_run_here
 
 from normbench.config import ConfigError, check_values
 from normbench.experiment.identity import LATER_KEYS, run_identity
@@ -40,11 +40,13 @@ def test_device_names_are_checked_against_this_machine(monkeypatch):
     )
 
 
-def test_a_device_this_machine_lacks_is_one_line_exit_2_and_nothing_written(tmp_path):
-    proc = normbench_run("runtime.device=cuda:99", *QUICK, cwd=tmp_path)
-    assert proc.returncode == 2
-    assert proc.stderr.strip().startswith("normbench-run: error: runtime.device=cuda:99: this machine has")
-    assert len(proc.stderr.strip().splitlines()) == 1
+def test_a_device_this_machine_lacks_is_one_line_exit_2_and_nothing_written(tmp_path, monkeypatch, capsys):
+    status, stderr = normbench_run_here(
+        "runtime.device=cuda:99", *QUICK, cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys
+    )
+    assert status == 2
+    assert stderr.strip().startswith("normbench-run: error: runtime.device=cuda:99: this machine has")
+    assert len(stderr.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
 
 

@@ -7,7 +7,7 @@ import csv
 import json
 
 import pytest
-from helpers import QUICK, compose_cfg, normbench_run
+from helpers import QUICK, compose_cfg, normbench_run_here
 
 import normbench.trackers as trackers
 from normbench.config import ConfigError
@@ -71,10 +71,12 @@ def test_a_missing_tracker_package_is_refused_with_the_install_line(tmp_path, mo
     assert not (tmp_path / "result.json").exists()
 
 
-def test_an_unknown_tracker_exits_2_naming_the_allowed_ones(tmp_path):
-    result = normbench_run("logger=wandb", *QUICK, "hydra.run.dir=run", cwd=tmp_path)
-    assert result.returncode == 2
-    assert "logger=wandb: unknown; allowed: none, csv, tensorboard, mlflow" in result.stderr
+def test_an_unknown_tracker_exits_2_naming_the_allowed_ones(tmp_path, monkeypatch, capsys):
+    status, stderr = normbench_run_here(
+        "logger=wandb", *QUICK, "hydra.run.dir=run", cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys
+    )
+    assert status == 2
+    assert "logger=wandb: unknown; allowed: none, csv, tensorboard, mlflow" in stderr
     assert not (tmp_path / "run" / "result.json").exists()
 
 
