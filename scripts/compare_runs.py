@@ -23,6 +23,8 @@ import pandas as pd
 from scipy import stats
 
 from normbench.report import load_runs
+from normbench.report.study import Study, StudyError, load_study
+from normbench.results import write_text_atomic
 
 ERROR = "test_error"
 
@@ -63,12 +65,10 @@ def _verdict(result) -> tuple[bool, bool]:
     return result.established, result.equivalent
 
 
-def claim_agreement(a: pd.DataFrame, b: pd.DataFrame, path: Path) -> list[str]:
+def claim_agreement(a: pd.DataFrame, b: pd.DataFrame, study: Study, path: Path) -> list[str]:
     """The study's claims on each training: estimate, interval and verdict side by side."""
     from normbench.report.contrasts import sentence
-    from normbench.report.study import load_study
 
-    study = load_study(path)
     ours, theirs = _claims(a, study), _claims(b, study)
     names = [n for n in ours if n in theirs]
     lines = [
@@ -117,8 +117,18 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--study", type=Path, help="a study description: compare its claims too")
     args = parser.parse_args()
-    a, b = load_runs(args.a), load_runs(args.b)
+    try:  # every input read, and the report's folder there, before anything is computed
+        study = load_study(args.study) if args.study else None
+        a, b = load_runs(args.a), load_runs(args.b)
+    except (OSError, StudyError) as exc:
+        parser.error(str(exc))
+    if not args.out.parent.is_dir():
+        parser.error(f"--out {args.out}: the folder {args.out.parent} does not exist")
     pairs = a.merge(b, on="config_hash", suffixes=("_a", "_b"))
+    if pairs.empty:
+        parser.error(
+            f"{args.a} ({len(a)} runs) and {args.b} ({len(b)} runs) hold no config in common: nothing to pair"
+        )
     same_status = (pairs.status_a == pairs.status_b).sum()
     done = pairs[(pairs.status_a == "completed") & (pairs.status_b == "completed")].copy()
     done["rel_loss"] = (done.test_loss_a - done.test_loss_b).abs() / done.test_loss_b
@@ -163,11 +173,12 @@ def main() -> None:
         lines.append(
             f"| {task} | {batch} | {len(group)} | {within} | {median} | {label}{interval(group.d_metric, metric)} |"
         )
-    if args.study:
+    if study is not None:
         both = set(a["config_hash"]) & set(b["config_hash"])
-        lines += claim_agreement(a[a["config_hash"].isin(both)], b[b["config_hash"].isin(both)], args.study)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
+        lines += claim_agreement(
+            a[a["config_hash"].isin(both)], b[b["config_hash"].isin(both)], study, args.study
+        )
+    write_text_atomic(args.out, "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

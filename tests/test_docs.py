@@ -141,6 +141,34 @@ def _compare_runs(a: str, b: str, tmp_path: Path, study: str | None = "conf/stud
     return out
 
 
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["missing", "reports/example/records.jsonl"], r"sweep folder missing does not exist"),
+        (["reports/example/records.jsonl", "reports/small_batch/records.jsonl"],
+         r"reports/example/records\.jsonl \(\d+ runs\) and reports/small_batch/records\.jsonl \(\d+ runs\) hold no config in common: nothing to pair"),
+        (["reports/example/records.jsonl"] * 2 + ["--study", "conf/study/nope.yaml"],
+         r"study description conf/study/nope\.yaml: No such file or directory"),
+    ],
+)  # fmt: skip
+def test_compare_runs_refuses_what_it_cannot_pair_before_writing(
+    args, message, tmp_path, monkeypatch, capsys
+):
+    """A missing input or study was a traceback (the study's only after the comparison); two trainings
+    without a common config wrote a report of nan medians."""
+    import runpy
+
+    out = tmp_path / "agreement.md"
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr("sys.argv", ["scripts/compare_runs.py", *args, "--out", str(out)])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path("scripts/compare_runs.py", run_name="__main__")
+    assert exit_info.value.code == 2 and not out.exists()
+    assert re.fullmatch(
+        f"compare_runs.py: error: {message}", capsys.readouterr().err.strip().splitlines()[-1]
+    )
+
+
 AGREEMENTS = sorted((ROOT / "reports").glob("*/agreement.md"))
 
 
