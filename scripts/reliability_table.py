@@ -7,6 +7,7 @@ the table, so it cannot go stale.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -30,6 +31,7 @@ def table(faults: dict[str, tuple[str, str]]) -> str:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()  # no options; --help
     sys.path.insert(0, str(ROOT / "tests"))
     from test_faults import FAULTS
 
