@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.errors import ConfigCompositionException
+from hydra.experimental.callback import Callback
 from hydra.plugins.sweeper import Sweeper
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
@@ -308,3 +310,37 @@ class ResumingSweeperConf:
 
 def register_sweeper() -> None:
     ConfigStore.instance().store(group="hydra/sweeper", name="normbench", node=ResumingSweeperConf)
+
+
+def optuna_problem(sweeper: DictConfig) -> str | None:
+    """Why the ``hydra/sweeper=optuna`` settings ``sweeper`` cannot run a search, or None: what the
+    Optuna sweeper would otherwise find only as a traceback (a direction at the study's creation, zero
+    trials when it asks for the best one)."""
+    for key in ("n_trials", "n_jobs"):
+        value = sweeper.get(key)
+        if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            return f"hydra.sweeper.{key}={value}: must be an integer >= 1"
+    rate = sweeper.get("max_failure_rate", 0.0)
+    if not (isinstance(rate, (int, float)) and 0 <= rate <= 1):
+        return f"hydra.sweeper.max_failure_rate={rate}: must be a fraction in [0, 1]"
+    direction = sweeper.get("direction")
+    if getattr(direction, "name", direction) not in ("minimize", "maximize"):
+        return (
+            f"hydra.sweeper.direction={direction}: must be minimize or maximize (a run's objective is one "
+            "value: its validation error)"
+        )
+    return None
+
+
+class SweeperSettings(Callback):
+    """Checks the settings of a sweeper from outside normbench before it starts (``hydra.callbacks`` in
+    conf/config.yaml): one line from ``normbench-run`` and exit status 2, as for any configuration
+    error, instead of the sweeper's traceback. (Hydra turns a callback's exceptions into warnings and
+    goes on; SystemExit it lets through.)"""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweeper = config.hydra.sweeper
+        problem = optuna_problem(sweeper) if "optuna" in str(sweeper.get("_target_", "")).lower() else None
+        if problem:
+            print(f"normbench-run: error: {problem}", file=sys.stderr)
+            raise SystemExit(2)

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import yaml
-from helpers import normbench_run
+from helpers import normbench_run, normbench_run_here
 
 from normbench.cli import objective
 
@@ -52,3 +53,28 @@ def test_what_cannot_combine_with_optuna_is_refused_in_one_line(tmp_path):
     assert forgotten.returncode == 2
     assert "hydra.sweeper.direction: not a setting of normbench's sweeper" in forgotten.stderr
     assert "hydra/sweeper=optuna" in forgotten.stderr
+
+
+@pytest.mark.parametrize(
+    "setting, message",
+    [  # each a traceback of the Optuna sweeper before (the first two after the search had run)
+        ("n_trials=0", "hydra.sweeper.n_trials=0: must be an integer >= 1"),
+        ("n_jobs=-1", "hydra.sweeper.n_jobs=-1: must be an integer >= 1"),
+        (
+            "direction=up",
+            "hydra.sweeper.direction=up: must be minimize or maximize (a run's objective is one value",
+        ),
+        (
+            "direction=[minimize,minimize]",
+            "hydra.sweeper.direction=['minimize', 'minimize']: must be minimize or",
+        ),
+        ("max_failure_rate=2", "hydra.sweeper.max_failure_rate=2.0: must be a fraction in [0, 1]"),
+    ],
+)
+def test_optuna_settings_that_cannot_search_are_refused_before_it_starts(
+    setting, message, tmp_path, monkeypatch, capsys
+):
+    args = (*SEARCH, f"hydra.sweeper.{setting}")
+    status, stderr = normbench_run_here(*args, cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys)
+    assert status == 2 and stderr.startswith(f"normbench-run: error: {message}") and stderr.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []  # no study folder, no trial
