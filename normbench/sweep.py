@@ -39,6 +39,7 @@ from normbench.results import (
     write_json_atomic,
     write_text_atomic,
 )
+from normbench.schema import is_finite_number
 
 log = logging.getLogger(__name__)
 
@@ -321,7 +322,7 @@ def optuna_problem(sweeper: DictConfig) -> str | None:
         if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
             return f"hydra.sweeper.{key}={value}: must be an integer >= 1"
     rate = sweeper.get("max_failure_rate", 0.0)
-    if not (isinstance(rate, (int, float)) and 0 <= rate <= 1):
+    if not (is_finite_number(rate) and 0 <= rate <= 1):
         return f"hydra.sweeper.max_failure_rate={rate}: must be a fraction in [0, 1]"
     direction = sweeper.get("direction")
     if getattr(direction, "name", direction) not in ("minimize", "maximize"):

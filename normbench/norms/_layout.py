@@ -37,13 +37,18 @@ class ChannelLast(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 3:
             raise ValueError(f"ChannelLast: expected (N, L, C) input, got shape {tuple(x.shape)}")
-        channels = getattr(self.norm, "num_channels", None)  # the registry's norms say theirs
-        if isinstance(channels, int) and x.shape[-1] != channels:
-            raise ValueError(f"ChannelLast: expected (N, L, {channels}) input, got shape {tuple(x.shape)}")
-        if self.layout == "token":
-            n, length, c = x.shape
-            return self.norm(x.reshape(n * length, c)).reshape(n, length, c)
-        return self.norm(x.transpose(1, 2)).transpose(1, 2)
+        try:
+            if self.layout == "token":
+                n, length, c = x.shape
+                return self.norm(x.reshape(n * length, c)).reshape(n, length, c)
+            return self.norm(x.transpose(1, 2)).transpose(1, 2)
+        except (ValueError, RuntimeError):  # checked here, not on every step: the norm saw another shape
+            channels = getattr(self.norm, "num_channels", None)  # the registry's norms say theirs
+            if isinstance(channels, int) and x.shape[-1] != channels:
+                raise ValueError(
+                    f"ChannelLast: expected (N, L, {channels}) input, got shape {tuple(x.shape)}"
+                ) from None
+            raise
 
     def extra_repr(self) -> str:
         return f"layout={self.layout!r}"

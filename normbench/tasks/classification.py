@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from normbench.schema import ClassifierConfig
 from normbench.tasks.dataset import Dataset
-from normbench.tasks.models import ARCH_SETTINGS, CLASSIFIERS, build_classifier
+from normbench.tasks.models import CLASSIFIERS, build_classifier
 from normbench.tasks.registry import Task, norm_layers, refuse_unread, register_task
 
 
@@ -41,7 +41,7 @@ class Classification(LogitsTask):
         """A setting the arch does not read is refused (an MLP's kernel size, swept, would train one
         model under several config hashes)."""
         settings = self.options(cfg)
-        refuse_unread(settings, ARCH_SETTINGS[settings.arch])
+        refuse_unread(settings, CLASSIFIERS[settings.arch].reads)
 
     def build_model(self, cfg: DictConfig, data: Dataset) -> tuple[nn.Module, list[nn.Module]]:
         norms = norm_layers(cfg)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import math
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -254,30 +255,33 @@ def _transformer(o: ClassifierConfig, shape: tuple[int, ...], classes: int, norm
     return SequenceTransformer(shape[0], shape[1], o.width, o.depth, o.heads, classes, norms, o.token_layout)
 
 
-# task.model.arch -> builder(settings, input shape (C, *spatial), classes, norms)
-CLASSIFIERS: dict[str, Callable[[ClassifierConfig, tuple[int, ...], int, NormLayers], nn.Module]] = {
-    "mlp": lambda o, shape, classes, norms: MLP(math.prod(shape), o.width, o.depth, classes, norms),
-    "cnn1d": _conv_net,
-    "cnn2d": _conv_net,
-    "resnet2d": _conv_net,
-    "cifar_resnet": lambda o, shape, classes, norms: cifar_resnet(shape[0], o.depth, classes, norms, o.width),
-    "transformer": _transformer,
-    "torchvision": lambda o, shape, classes, norms: torchvision_classifier(
-        o.name, shape, classes, norms, o.small_input
-    ),
-}
+class Classifier(NamedTuple):
+    """An arch's builder(settings, input shape (C, *spatial), classes, norms), and the ClassifierConfig
+    settings it reads besides arch and init_scale (the classification task refuses the others)."""
+
+    build: Callable[[ClassifierConfig, tuple[int, ...], int, NormLayers], nn.Module]
+    reads: tuple[str, ...]
 
 
 _CONV = ("width", "depth", "residual", "kernel_size", "downsample")
-# task.model.arch -> the ClassifierConfig settings its builder reads (besides arch and init_scale)
-ARCH_SETTINGS: dict[str, tuple[str, ...]] = {
-    "mlp": ("width", "depth"),
-    "cnn1d": _CONV,
-    "cnn2d": _CONV,
-    "resnet2d": _CONV,
-    "cifar_resnet": ("width", "depth"),
-    "transformer": ("width", "depth", "heads", "token_layout"),
-    "torchvision": ("name", "small_input"),
+# task.model.arch -> its Classifier
+CLASSIFIERS: dict[str, Classifier] = {
+    "mlp": Classifier(
+        lambda o, shape, classes, norms: MLP(math.prod(shape), o.width, o.depth, classes, norms),
+        ("width", "depth"),
+    ),
+    "cnn1d": Classifier(_conv_net, _CONV),
+    "cnn2d": Classifier(_conv_net, _CONV),
+    "resnet2d": Classifier(_conv_net, _CONV),
+    "cifar_resnet": Classifier(
+        lambda o, shape, classes, norms: cifar_resnet(shape[0], o.depth, classes, norms, o.width),
+        ("width", "depth"),
+    ),
+    "transformer": Classifier(_transformer, ("width", "depth", "heads", "token_layout")),
+    "torchvision": Classifier(
+        lambda o, shape, classes, norms: torchvision_classifier(o.name, shape, classes, norms, o.small_input),
+        ("name", "small_input"),
+    ),
 }
 
 
@@ -290,4 +294,4 @@ def build_classifier(
         raise ModelConfigError(
             f"task.model.arch={settings.arch}: not a classifier; available: {', '.join(CLASSIFIERS)}"
         )
-    return CLASSIFIERS[settings.arch](settings, tuple(input_shape), num_classes, norms)
+    return CLASSIFIERS[settings.arch].build(settings, tuple(input_shape), num_classes, norms)
