@@ -203,12 +203,16 @@ def test_bad_cifar_settings_are_refused_before_any_work(fixture_root, tmp_path, 
     assert not (tmp_path / "run").exists()
 
 
-def test_torchvision_task_without_torchvision_says_how_to_install(fixture_root, tmp_path, monkeypatch):
+# no CIFAR-10 here: a setting the model refuses is said before the data is looked for (or downloaded)
+NO_DATA = ("data.root=/nonexistent/cifar", "data.download=false")
+
+
+def test_torchvision_task_without_torchvision_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "torchvision", None)  # import fails, as on these machines
     with pytest.raises(
         ConfigError, match=r"needs torchvision.*build that matches torch \d.*download\.pytorch\.org/whl/cpu"
     ):
-        execute(compose_cfg("task=torchvision", f"data.root={fixture_root}", *QUICK), tmp_path / "run")
+        execute(compose_cfg("task=torchvision", *NO_DATA, *QUICK), tmp_path / "run")
 
 
 class _TinyTorchvisionResNet(nn.Module):
@@ -254,14 +258,13 @@ def test_torchvision_task_converts_the_models_norms(fixture_root, tmp_path, fake
     assert record["status"] == "completed", record.get("error")
 
 
-def test_unknown_torchvision_model_lists_close_matches(fixture_root, tmp_path, fake_torchvision):
+def test_unknown_torchvision_model_lists_close_matches(tmp_path, fake_torchvision):
     with pytest.raises(
         ConfigError, match=r"task.model.name=resnet19: not a torchvision classifier; did you mean resnet18"
     ):
-        execute(
-            compose_cfg("task=torchvision", "task.model.name=resnet19", f"data.root={fixture_root}", *QUICK),
-            tmp_path / "run",
-        )
+        execute(compose_cfg("task=torchvision", "task.model.name=resnet19", *NO_DATA, *QUICK), tmp_path / "run")
+    with pytest.raises(ConfigError, match=r"cifar10.*/nonexistent/cifar"):  # the data is looked for next
+        execute(compose_cfg("task=torchvision", *NO_DATA, *QUICK), tmp_path / "run")
 
 
 def test_cifar_study_preset_runs_on_the_fixture_and_selects_on_validation(fixture_root, tmp_path):

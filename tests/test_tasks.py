@@ -70,6 +70,8 @@ def test_an_arch_no_task_builds_is_refused_naming_it(tmp_path):
         (("task=seq_lstm", "task.model.residual=true"), r"task\.model\.residual=True: not a setting of task kind 'sequence'"),
         (("task=gan_digits", "task.model.heads=2"), r"task\.model\.heads=2: not a setting of task kind 'gan'"),
         (("task=gan_digits", "task.model.depth=5"), r"task\.model\.depth=5: arch=gan does not use it \(its settings: width, latent, g_norm, d_norm, d_batches, init_scale\)"),
+        (("task=gan_digits", "task.model.kernel_size=5"), r"task\.model\.kernel_size=5: not a setting of task kind 'gan' \(arch=gan\); its settings: width, latent, g_norm, d_norm, d_batches, init_scale$"),
+        (("task=seq_lstm", "task.model.depth=2"), r"task\.model\.depth=2: arch=rnn does not use it \(its settings: width, cell, shared_stats, embed, norm_gain, init_scale\)"),
         (("task=mnist1d_mlp", "+task.options.code=4"), r"task\.options\.code: task kind 'classification' takes its settings in task\.model"),
     ],
 )  # fmt: skip

@@ -18,7 +18,7 @@ from normbench.schema import ConfigError, GanConfig
 from normbench.tasks.dataset import Dataset
 from normbench.tasks.gan import GAN
 from normbench.tasks.models import ModelConfigError
-from normbench.tasks.registry import Task, norm_layers, refuse_unread, register_task
+from normbench.tasks.registry import Task, norm_layers, register_task
 
 if TYPE_CHECKING:
     from normbench.experiment.record import RunRecord
@@ -32,8 +32,11 @@ class Adversarial(Task):
     own_training = True
     population_training = True
 
+    def model_reads(self, arch: str) -> tuple[str, ...]:
+        return ("width", "latent", "g_norm", "d_norm", "d_batches")  # no depth: the image size sets it
+
     def check(self, cfg: DictConfig) -> None:
-        refuse_unread(self.options(cfg), ("width", "latent", "g_norm", "d_norm", "d_batches"))  # no depth
+        super().check(cfg)
         if cfg.runtime.precision == "fp16":
             raise ConfigError(
                 f"runtime.precision=fp16: task={cfg.task.name} has no gradient scaler for its two networks; "

@@ -10,10 +10,10 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from normbench.schema import ClassifierConfig
+from normbench.schema import ClassifierConfig, ConfigError
 from normbench.tasks.dataset import Dataset
-from normbench.tasks.models import CLASSIFIERS, build_classifier
-from normbench.tasks.registry import Task, norm_layers, refuse_unread, register_task
+from normbench.tasks.models import CLASSIFIERS, ModelConfigError, build_classifier
+from normbench.tasks.registry import Task, norm_layers, register_task
 
 
 class LogitsTask(Task):
@@ -37,11 +37,16 @@ class Classification(LogitsTask):
     archs = tuple(CLASSIFIERS)
     options_type = ClassifierConfig
 
+    def model_reads(self, arch: str) -> tuple[str, ...]:
+        return CLASSIFIERS[arch].reads
+
     def check(self, cfg: DictConfig) -> None:
-        """A setting the arch does not read is refused (an MLP's kernel size, swept, would train one
-        model under several config hashes)."""
+        """The arch's settings, before any data loads (a torchvision model's name, a transformer's heads)."""
         settings = self.options(cfg)
-        refuse_unread(settings, CLASSIFIERS[settings.arch].reads)
+        try:
+            CLASSIFIERS[settings.arch].check(settings)
+        except ModelConfigError as exc:
+            raise ConfigError(str(exc)) from None
 
     def build_model(self, cfg: DictConfig, data: Dataset) -> tuple[nn.Module, list[nn.Module]]:
         norms = norm_layers(cfg)

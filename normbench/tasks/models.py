@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 import math
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -179,12 +179,9 @@ def cifar_resnet(
     return ConvNet(2, in_channels, width, depth - 1, num_classes, norms, True, 3, (n, 2 * n))
 
 
-def torchvision_classifier(
-    name: str, input_shape: tuple[int, ...], num_classes: int, norms: NormLayers, small_input: bool
-) -> nn.Module:
-    """A torchvision classifier (``weights=None``, ``num_classes`` outputs) whose norms are replaced by
-    ``norms``' plugin through :func:`normbench.convert_norms`. ``small_input`` adapts a ResNet-style
-    stem to 32×32 images: a 3×3 stride-1 first conv and no max-pool."""
+def torchvision_models(name: str) -> Any:
+    """``torchvision.models`` once torchvision imports and ``name`` is one of its classifiers
+    (ModelConfigError naming what is wrong otherwise)."""
     try:
         import torchvision
     except ImportError as exc:
@@ -194,14 +191,23 @@ def torchvision_classifier(
             "pip install torchvision --index-url https://download.pytorch.org/whl/cpu); "
             "'pip install normbench[vision]' from PyPI can replace a CPU torch with a multi-GB CUDA build"
         ) from None
-    from normbench.convert import convert_norms
-
     available = torchvision.models.list_models(module=torchvision.models)
     if name not in available:
         close = difflib.get_close_matches(name, available, n=4, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else f" (e.g. {', '.join(available[:5])})"
         raise ModelConfigError(f"task.model.name={name}: not a torchvision classifier{hint}")
-    model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+    return torchvision.models
+
+
+def torchvision_classifier(
+    name: str, input_shape: tuple[int, ...], num_classes: int, norms: NormLayers, small_input: bool
+) -> nn.Module:
+    """A torchvision classifier (``weights=None``, ``num_classes`` outputs) whose norms are replaced by
+    ``norms``' plugin through :func:`normbench.convert_norms`. ``small_input`` adapts a ResNet-style
+    stem to 32×32 images: a 3×3 stride-1 first conv and no max-pool."""
+    from normbench.convert import convert_norms
+
+    model = torchvision_models(name).get_model(name, weights=None, num_classes=num_classes)
     if small_input and isinstance(getattr(model, "conv1", None), nn.Conv2d):
         old = model.conv1
         model.conv1 = nn.Conv2d(input_shape[0], old.out_channels, 3, 1, 1, bias=old.bias is not None)
@@ -225,12 +231,7 @@ def scale_initial_weights(model: nn.Module, scale: float, norm_layers: list[nn.M
                 param.mul_(scale)
 
 
-def _conv_net(o: ClassifierConfig, shape: tuple[int, ...], classes: int, norms: NormLayers) -> nn.Module:
-    dims = 1 if o.arch == "cnn1d" else 2
-    if len(shape) != dims + 1:
-        raise ModelConfigError(
-            f"task.model.arch={o.arch}: needs inputs with {dims} spatial dims, got shape {shape}"
-        )
+def _conv_settings(o: ClassifierConfig) -> None:
     stages = (o.depth - 1) // 2 if o.residual else o.depth - 1  # what downsample indexes, after the stem
     outside = [i for i in o.downsample if not 0 <= i < stages]
     if outside:
@@ -239,28 +240,49 @@ def _conv_net(o: ClassifierConfig, shape: tuple[int, ...], classes: int, norms: 
             f"task.model.downsample={list(o.downsample)}: {outside[0]} is not a stage of this net "
             f"(depth={o.depth}, residual={o.residual}: {what if stages else 'none'} after the stem)"
         )
+
+
+def _conv_net(o: ClassifierConfig, shape: tuple[int, ...], classes: int, norms: NormLayers) -> nn.Module:
+    dims = 1 if o.arch == "cnn1d" else 2
+    if len(shape) != dims + 1:
+        raise ModelConfigError(
+            f"task.model.arch={o.arch}: needs inputs with {dims} spatial dims, got shape {shape}"
+        )
     return ConvNet(
         dims, shape[0], o.width, o.depth, classes, norms, o.residual, o.kernel_size, tuple(o.downsample)
     )
 
 
-def _transformer(o: ClassifierConfig, shape: tuple[int, ...], classes: int, norms: NormLayers) -> nn.Module:
-    if len(shape) != 2:
-        raise ModelConfigError(f"task.model.arch=transformer: needs (C, L) signals, got shape {shape}")
+def _transformer_settings(o: ClassifierConfig) -> None:
     if o.width % o.heads:
         raise ModelConfigError(
             f"task.model.heads={o.heads}: must divide task.model.width={o.width} (each head attends over "
             "width / heads channels)"
         )
+
+
+def _transformer(o: ClassifierConfig, shape: tuple[int, ...], classes: int, norms: NormLayers) -> nn.Module:
+    if len(shape) != 2:
+        raise ModelConfigError(f"task.model.arch=transformer: needs (C, L) signals, got shape {shape}")
     return SequenceTransformer(shape[0], shape[1], o.width, o.depth, o.heads, classes, norms, o.token_layout)
 
 
+def _torchvision_settings(o: ClassifierConfig) -> None:
+    torchvision_models(o.name)
+
+
+def _any_settings(o: ClassifierConfig) -> None:
+    """Every value of the settings an arch reads builds it (the schema checks their types)."""
+
+
 class Classifier(NamedTuple):
-    """An arch's builder(settings, input shape (C, *spatial), classes, norms), and the ClassifierConfig
-    settings it reads besides arch and init_scale (the classification task refuses the others)."""
+    """An arch's builder(settings, input shape (C, *spatial), classes, norms), the ClassifierConfig
+    settings it reads besides arch and init_scale (the classification task refuses the others), and the
+    check of those settings that needs no data (ModelConfigError; run before any data loads)."""
 
     build: Callable[[ClassifierConfig, tuple[int, ...], int, NormLayers], nn.Module]
     reads: tuple[str, ...]
+    check: Callable[[ClassifierConfig], None] = _any_settings
 
 
 _CONV = ("width", "depth", "residual", "kernel_size", "downsample")
@@ -270,17 +292,20 @@ CLASSIFIERS: dict[str, Classifier] = {
         lambda o, shape, classes, norms: MLP(math.prod(shape), o.width, o.depth, classes, norms),
         ("width", "depth"),
     ),
-    "cnn1d": Classifier(_conv_net, _CONV),
-    "cnn2d": Classifier(_conv_net, _CONV),
-    "resnet2d": Classifier(_conv_net, _CONV),
+    "cnn1d": Classifier(_conv_net, _CONV, _conv_settings),
+    "cnn2d": Classifier(_conv_net, _CONV, _conv_settings),
+    "resnet2d": Classifier(_conv_net, _CONV, _conv_settings),
     "cifar_resnet": Classifier(
         lambda o, shape, classes, norms: cifar_resnet(shape[0], o.depth, classes, norms, o.width),
         ("width", "depth"),
     ),
-    "transformer": Classifier(_transformer, ("width", "depth", "heads", "token_layout")),
+    "transformer": Classifier(
+        _transformer, ("width", "depth", "heads", "token_layout"), _transformer_settings
+    ),
     "torchvision": Classifier(
         lambda o, shape, classes, norms: torchvision_classifier(o.name, shape, classes, norms, o.small_input),
         ("name", "small_input"),
+        _torchvision_settings,
     ),
 }
 
@@ -294,4 +319,6 @@ def build_classifier(
         raise ModelConfigError(
             f"task.model.arch={settings.arch}: not a classifier; available: {', '.join(CLASSIFIERS)}"
         )
-    return CLASSIFIERS[settings.arch].build(settings, tuple(input_shape), num_classes, norms)
+    classifier = CLASSIFIERS[settings.arch]
+    classifier.check(settings)
+    return classifier.build(settings, tuple(input_shape), num_classes, norms)

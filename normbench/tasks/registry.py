@@ -89,8 +89,19 @@ class Task:
             return _model_options(self, cfg, kind)
         return read_options(self, "task.options", given)
 
+    def model_reads(self, arch: str) -> tuple[str, ...]:
+        """The ``task.model`` settings the model of ``arch`` is built from (besides ``arch``; the run
+        applies ``init_scale``), for tasks whose :attr:`options_type` is a
+        :class:`~normbench.schema.CommonModelConfig`: another one set away from its default is refused
+        (it would change the config hash and nothing else). Every field of the dataclass by default."""
+        return tuple(
+            f.name for f in dataclasses.fields(self.options_type) if f.name not in ("arch", "init_scale")
+        )
+
     def check(self, cfg: DictConfig) -> None:
-        """Refuse (ConfigError) a setting of ``cfg`` this task cannot train, before anything is built."""
+        """Refuse (ConfigError) a setting of ``cfg`` this task cannot train, before anything is built.
+        The base class reads the task's settings (:meth:`options`), so an unknown one is refused here."""
+        self.options(cfg)
 
     def load_data(self, cfg: DictConfig) -> Dataset:
         """The run's dataset, before the validation split (``task.dataset`` from
@@ -164,21 +175,6 @@ class Task:
         raise NotImplementedError(f"task {self.name!r} has no population form of its training loop")
 
 
-def refuse_unread(settings: Any, reads: Sequence[str]) -> None:
-    """ConfigError naming a field of the model settings ``settings`` (a CommonModelConfig dataclass)
-    outside ``reads`` (what its arch's builder reads; arch and init_scale always are) that is set away
-    from its default: such a setting changes the config hash and nothing else."""
-    reads = [*reads, "init_scale"]
-    defaults = type(settings)(arch=settings.arch)
-    for field in dataclasses.fields(settings):
-        value = getattr(settings, field.name)
-        if field.name not in (*reads, "arch") and value != getattr(defaults, field.name):
-            raise ConfigError(
-                f"task.model.{field.name}={value}: arch={settings.arch} does not use it "
-                f"(its settings: {', '.join(reads)})"
-            )
-
-
 def norm_layers(cfg: DictConfig, name: str = "") -> NormLayers:
     """The registry's norms for the run ``cfg``: ``name`` (default ``norm.name``) with the run's norm
     options when it is the run's norm, the plugin's defaults otherwise."""
@@ -189,17 +185,24 @@ def norm_layers(cfg: DictConfig, name: str = "") -> NormLayers:
 
 
 def _model_options(task: Task, cfg: DictConfig, kind: type) -> Any:
-    """``task.model`` read into ``kind``; a value of a field outside ``kind`` other than its default (the
-    schema fills every built-in task's fields) raises ConfigError."""
+    """``task.model`` read into ``kind``. A setting the arch's model is not built from (one of another
+    task's model, or of this task's that :meth:`Task.model_reads` leaves out) set away from its default
+    (the schema fills every built-in task's fields) raises ConfigError naming the settings it reads."""
     model = OmegaConf.to_container(cfg.task.model, resolve=True, enum_to_str=True)
     own = {f.name for f in dataclasses.fields(kind)}
+    reads = (*task.model_reads(model["arch"]), "init_scale")
     defaults = OmegaConf.to_container(OmegaConf.structured(ModelConfig), enum_to_str=True)
     for key, value in model.items():
-        if key not in own and key in defaults and value != defaults[key]:
+        if key in (*reads, "arch") or key not in defaults or value == defaults[key]:
+            continue
+        if key in own:
             raise ConfigError(
-                f"task.model.{key}={value}: not a setting of task kind {task.name!r} "
-                f"(arch={model['arch']}); its settings: {', '.join(sorted(own))}"
+                f"task.model.{key}={value}: arch={model['arch']} does not use it (its settings: {', '.join(reads)})"
             )
+        raise ConfigError(
+            f"task.model.{key}={value}: not a setting of task kind {task.name!r} "
+            f"(arch={model['arch']}); its settings: {', '.join(reads)}"
+        )
     return kind(**{k: v for k, v in model.items() if k in own})
 
 

@@ -20,6 +20,9 @@ class Sequence(LogitsTask):
     archs = ("rnn",)
     options_type = RecurrentConfig
 
+    def model_reads(self, arch: str) -> tuple[str, ...]:
+        return ("width", "cell", "shared_stats", "embed", "norm_gain")  # one recurrent layer: no depth
+
     def build_model(self, cfg: DictConfig, data: Dataset) -> tuple[nn.Module, list[nn.Module]]:
         o: RecurrentConfig = self.options(cfg)
         norms = norm_layers(cfg)
