@@ -262,7 +262,9 @@ def test_unknown_torchvision_model_lists_close_matches(tmp_path, fake_torchvisio
     with pytest.raises(
         ConfigError, match=r"task.model.name=resnet19: not a torchvision classifier; did you mean resnet18"
     ):
-        execute(compose_cfg("task=torchvision", "task.model.name=resnet19", *NO_DATA, *QUICK), tmp_path / "run")
+        execute(
+            compose_cfg("task=torchvision", "task.model.name=resnet19", *NO_DATA, *QUICK), tmp_path / "run"
+        )
     with pytest.raises(ConfigError, match=r"cifar10.*/nonexistent/cifar"):  # the data is looked for next
         execute(compose_cfg("task=torchvision", *NO_DATA, *QUICK), tmp_path / "run")
 
