@@ -4,7 +4,9 @@ arguments are parsed (one line naming it, exit 2), before any work."""
 from __future__ import annotations
 
 import argparse
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 
 
 def positive_int(what: str = "an integer >= 1") -> Callable[[str], int]:
@@ -31,3 +33,44 @@ def known_device(text: str) -> str:
     if problem:
         raise argparse.ArgumentTypeError(problem.removeprefix("--device="))
     return str(resolve_device(text))
+
+
+def writable_file(text: str) -> Path:
+    """An argparse type for a file to write at the end (a benchmark's table): not a folder, and its
+    folder (made if missing) takes a file now, so that a long run does not end in a path it cannot write."""
+    path = _given(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: is a folder; give the file to write")
+    _probe(text, path.parent)
+    return path
+
+
+def writable_folder(text: str) -> Path:
+    """An argparse type for a folder to write into at the end (a report's): not a file, and the folder,
+    or the nearest one above it that exists (it is not made here), takes a file now."""
+    path = _given(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: is a file; give a folder")
+    _probe(text, next(p for p in (path, *path.parents) if p.exists()))
+    return path
+
+
+def _given(text: str) -> Path:
+    if not text.strip():  # Path("") is the current folder
+        raise argparse.ArgumentTypeError(f"{text!r}: an empty path")
+    return Path(text)
+
+
+def _probe(text: str, folder: Path) -> None:
+    """ArgumentTypeError unless a file can be written in ``folder`` (made if missing) now."""
+    blocking = next((p for p in reversed(folder.parents) if p.exists() and not p.is_dir()), None)
+    if blocking is not None or (folder.exists() and not folder.is_dir()):
+        raise argparse.ArgumentTypeError(f"{text}: {blocking or folder} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".normbench-", suffix=".probe"):
+            pass
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(
+            f"{text}: cannot write in {folder} ({exc.strerror or exc})"
+        ) from None

@@ -25,14 +25,13 @@ import importlib
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from normbench.argtypes import positive_int
+from normbench.argtypes import positive_int, writable_file
 from normbench.checkpoint import load_weights
 from normbench.evaluate import _has_tensor, pooled_statistics, relative_l2, stat_modules
 from normbench.results import write_text_atomic
@@ -298,12 +297,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--precise-samples", type=positive_int(), default=4096)
     parser.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the model's)")
-    parser.add_argument("--csv", type=Path, help="write the results table here")
+    parser.add_argument("--csv", type=writable_file, help="write the results table here")
     args = parser.parse_args(argv)
     try:
         device = None if args.device is None else resolve_device(args.device, "--device")
-        if args.csv is not None and not args.csv.parent.is_dir():
-            raise ValueError(f"--csv {args.csv}: no folder {args.csv.parent} to write it in")
         model = _load(args.model)
         if not isinstance(model, nn.Module):
             raise ValueError(f"{args.model}: gave a {type(model).__name__}, not an nn.Module")

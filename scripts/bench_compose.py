@@ -16,6 +16,7 @@ from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.types import RunMode
 
+from normbench.argtypes import writable_file
 from normbench.cli import CONF_DIR
 from normbench.population.sweep_configs import SweepComposer
 
@@ -40,7 +41,7 @@ JOBS = [
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--out", type=Path, default=Path("reports/bench/compose.md"))
+    parser.add_argument("--out", type=writable_file, default=Path("reports/bench/compose.md"))
     args = parser.parse_args()
     hydra_ms, ours_ms = [], []
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

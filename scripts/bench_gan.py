@@ -20,6 +20,7 @@ from bench_args import count
 from hydra import compose, initialize_config_dir
 
 import normbench
+from normbench.argtypes import writable_file
 from normbench.cli import CONF_DIR
 from normbench.experiment.build import model_from_config
 from normbench.tasks import load_dataset
@@ -33,7 +34,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="gan_digits")
     parser.add_argument("--rounds", type=count, default=10)
-    parser.add_argument("--out", type=Path, default=ROOT / "reports/bench/gan_fd.md")
+    parser.add_argument("--out", type=writable_file, default=ROOT / "reports/bench/gan_fd.md")
     args = parser.parse_args()
     torch.set_num_threads(1)
     with initialize_config_dir(str(CONF_DIR), version_base=None):

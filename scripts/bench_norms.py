@@ -29,7 +29,7 @@ from torch import nn
 import normbench
 import normbench.accel.planes as planes
 from normbench import available_norms, build_norm, norm_spec
-from normbench.argtypes import known_device
+from normbench.argtypes import known_device, writable_file
 
 SHAPES = {
     "images (32, 64, 32, 32)": (32, 64, 32, 32),
@@ -338,7 +338,9 @@ def main() -> None:
     parser.add_argument(
         "--device", type=known_device, default="cpu", help="cpu, or cuda: the GPU table (fp32 and bf16)"
     )
-    parser.add_argument("--out", type=Path, default=None, help="default reports/bench/norms[_cuda].md")
+    parser.add_argument(
+        "--out", type=writable_file, default=None, help="default reports/bench/norms[_cuda].md"
+    )
     parser.add_argument("--from-json", type=Path, default=None, help="re-render norms_cuda.md from its .json")
     parser.add_argument(
         "--in-step",

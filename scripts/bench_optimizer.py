@@ -26,6 +26,7 @@ from bench_population import configs
 from worktree import ROOT, checkout
 
 import normbench
+from normbench.argtypes import writable_file
 from normbench.cli import CONF_DIR
 from normbench.experiment.build import prepare_data, prepare_model
 from normbench.population.optim import PopulationOptimizer
@@ -88,7 +89,7 @@ def main() -> None:
     parser.add_argument("--steps", type=count, default=200)
     parser.add_argument("--rounds", type=count, default=5)
     parser.add_argument("--revisions", nargs="+", type=git_commit, metavar="REV", required=True)
-    parser.add_argument("--out", type=Path, default=ROOT / "reports/bench/population_optimizer.md")
+    parser.add_argument("--out", type=writable_file, default=ROOT / "reports/bench/population_optimizer.md")
     args = parser.parse_args()
     torch.set_num_threads(1)
     rows = []

@@ -36,7 +36,7 @@ from worktree import ROOT
 
 import normbench
 from normbench import available_norms
-from normbench.argtypes import known_device
+from normbench.argtypes import known_device, writable_file
 from normbench.cli import CONF_DIR
 from normbench.config import ConfigError
 from normbench.experiment.build import prepare_data, prepare_model
@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
         default=0.0,
         help="also time each form as the cache-sized populations a sweep trains (hydra.launcher.cache_mb)",
     )
-    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--out", type=writable_file, default=None)
     args = parser.parse_args(argv)
     if args.cache_mb < 0:
         parser.error(f"--cache-mb {args.cache_mb}: must be >= 0")

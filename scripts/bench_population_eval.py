@@ -19,7 +19,6 @@ import itertools
 import platform
 import statistics
 import time
-from pathlib import Path
 
 import torch
 from bench_args import count
@@ -27,7 +26,7 @@ from bench_population import configs, sync
 from worktree import ROOT
 
 import normbench
-from normbench.argtypes import known_device
+from normbench.argtypes import known_device, writable_file
 from normbench.cli import CONF_DIR
 from normbench.evaluate import OneByOne
 from normbench.experiment.build import prepare_data, prepare_model
@@ -84,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-sizes", nargs="+", type=count, default=[2, 4, 8, 16, 32, 128])
     parser.add_argument("--pass-tasks", nargs="+", choices=tasks, default=["mnist1d_mlp", "mnist1d_cnn"])
     parser.add_argument("--device", type=known_device, default="cpu")
-    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--out", type=writable_file, default=None)
     parser.add_argument("--note", default="", help="what else ran on the machine, for the report")
     args = parser.parse_args(argv)
     runtime = Runtime(resolve_device(args.device))

@@ -16,7 +16,6 @@ import statistics
 import time
 from collections.abc import Callable
 from functools import partial
-from pathlib import Path
 
 import torch
 from bench_args import command_line, count, git_head
@@ -24,6 +23,7 @@ from bench_population import configs
 from worktree import ROOT
 
 import normbench
+from normbench.argtypes import writable_file
 from normbench.experiment.build import prepare_data
 from normbench.population.train import member_batches, stepwise_batches
 
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-sizes", nargs="+", type=count, default=[2, 32])
     parser.add_argument("--steps", type=count, default=2000)
     parser.add_argument("--rounds", type=count, default=3)
-    parser.add_argument("--out", type=Path, default=ROOT / "reports/bench/population_host.md")
+    parser.add_argument("--out", type=writable_file, default=ROOT / "reports/bench/population_host.md")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     rows = []

@@ -26,6 +26,7 @@ from bench_args import count, git_head
 from worktree import ROOT
 
 import normbench
+from normbench.argtypes import writable_file
 
 LAUNCHERS = {"populations": "population", "separate runs": "joblib"}
 DEFAULT_OUT = ROOT / "reports/bench/study_populations.md"
@@ -53,7 +54,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2,3,4", help="a sweep value")
     parser.add_argument("--jobs", type=count, default=os.cpu_count())
     parser.add_argument("--overrides", nargs="*", default=[], help="for both sides, e.g. batch_size=32")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--out", type=writable_file, default=DEFAULT_OUT)
     args = parser.parse_args()
     rows, totals = [], dict.fromkeys(LAUNCHERS, 0.0)
     with tempfile.TemporaryDirectory() as tmp:

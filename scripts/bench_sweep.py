@@ -29,6 +29,7 @@ from bench_args import count, git_commit
 from worktree import ROOT, checkout
 
 import normbench
+from normbench.argtypes import writable_file
 
 GRID = ["norm=batchnorm,groupnorm,layernorm,identity", "batch_size=16,32", "seed=0,1"]
 
@@ -128,7 +129,9 @@ def main() -> None:
     parser.add_argument(
         "--baseline", type=git_commit, metavar="REV", help="also time the report at this git revision"
     )
-    parser.add_argument("--out", type=Path, default=Path(__file__).parents[1] / "reports/bench/sweep.md")
+    parser.add_argument(
+        "--out", type=writable_file, default=Path(__file__).parents[1] / "reports/bench/sweep.md"
+    )
     args = parser.parse_args()
     lines = [
         "# Sweep and report speed",

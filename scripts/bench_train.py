@@ -35,7 +35,7 @@ from hydra import compose, initialize_config_dir
 
 import normbench
 from normbench import available_norms
-from normbench.argtypes import known_device
+from normbench.argtypes import known_device, writable_file
 from normbench.cli import CONF_DIR
 from normbench.distributed import World, all_finite, shard
 from normbench.evaluate import error_and_loss
@@ -248,7 +248,9 @@ def main() -> None:
     parser.add_argument("--device", type=known_device, default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--data-root", default="", help="where CIFAR is (default: data.root's default)")
-    parser.add_argument("--out", type=Path, default=None, help="default reports/bench/train[_TASK][_cuda].md")
+    parser.add_argument(
+        "--out", type=writable_file, default=None, help="default reports/bench/train[_TASK][_cuda].md"
+    )
     args = parser.parse_args()
     runtime = Runtime(resolve_device(args.device), args.precision)
     on_gpu = runtime.device.type == "cuda"

@@ -22,7 +22,7 @@ import torch
 from bench_args import command_line, count
 from bench_population import configs
 
-from normbench.argtypes import known_device
+from normbench.argtypes import known_device, writable_file
 from normbench.experiment.build import prepare_data, prepare_model
 from normbench.population.train import fit_population
 from normbench.runtime import Runtime, resolve_device, use_deterministic_kernels
@@ -50,7 +50,7 @@ def main() -> None:
     parser.add_argument("--members", nargs="+", type=count, default=[1, 5])
     parser.add_argument("--steps", type=count, default=120)
     parser.add_argument("--device", type=known_device, default="cuda")
-    parser.add_argument("--out", type=Path, default=Path("reports/bench/capture_check_cuda.md"))
+    parser.add_argument("--out", type=writable_file, default=Path("reports/bench/capture_check_cuda.md"))
     args = parser.parse_args()
     runtime = Runtime(resolve_device(args.device))
     if runtime.device.type != "cuda":

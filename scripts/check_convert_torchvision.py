@@ -20,7 +20,7 @@ from torch import nn
 
 import normbench
 from normbench import convert_norms
-from normbench.argtypes import known_device
+from normbench.argtypes import known_device, writable_file
 from normbench.convert import norm_channels
 
 MODELS = ("resnet18", "resnet50", "mobilenet_v3_small", "convnext_tiny", "vit_b_16")
@@ -88,7 +88,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", type=known_device, default="cpu")
     parser.add_argument(
-        "--out", type=Path, default=Path(__file__).parents[1] / "reports/bench/convert_torchvision.md"
+        "--out",
+        type=writable_file,
+        default=Path(__file__).parents[1] / "reports/bench/convert_torchvision.md",
     )
     args = parser.parse_args()
     try:

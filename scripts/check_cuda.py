@@ -22,14 +22,13 @@ import argparse
 import copy
 import math
 from contextlib import nullcontext
-from pathlib import Path
 
 import torch
 
 import normbench.accel.planes as planes
 from normbench import available_norms, build_norm, norm_spec
 from normbench.accel import _triton, choose_kernels
-from normbench.argtypes import known_device
+from normbench.argtypes import known_device, writable_file
 from normbench.norms.frozen_batchnorm import FrozenBatchNorm
 
 # ghost batches of 3, 3 and 2 (the kernels' smaller last group); r and d in force from the first step
@@ -104,7 +103,7 @@ def cpu_problem(paths: list[str] | None) -> str | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=writable_file, required=True)
     parser.add_argument(
         "--device", type=known_device, default="cuda", help="cpu runs the same comparison without a GPU"
     )

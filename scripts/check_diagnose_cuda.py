@@ -9,13 +9,13 @@ back unchanged. Writes a markdown table (GPU check of issue #32; run by scripts/
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from normbench import diagnose
+from normbench.argtypes import writable_file
 from normbench.tasks import load_dataset
 
 
@@ -45,7 +45,7 @@ def trained_model(data) -> nn.Module:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=writable_file, required=True)
     args = parser.parse_args()
     data = load_dataset("digits")
     model = trained_model(data)

@@ -22,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 from scipy import stats
 
+from normbench.argtypes import writable_file
 from normbench.report import load_runs
 from normbench.report.study import Study, StudyError, load_study
 from normbench.results import write_text_atomic
@@ -114,7 +115,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("a", type=Path, help="sweep folder(s) root of the first training (e.g. populations)")
     parser.add_argument("b", type=Path, help="sweep folder(s) root of the second (e.g. run by run)")
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=writable_file, required=True)
     parser.add_argument("--study", type=Path, help="a study description: compare its claims too")
     args = parser.parse_args()
     try:  # every input read, and the report's folder there, before anything is computed
@@ -122,8 +123,6 @@ def main() -> None:
         a, b = load_runs(args.a), load_runs(args.b)
     except (OSError, StudyError) as exc:
         parser.error(str(exc))
-    if not args.out.parent.is_dir():
-        parser.error(f"--out {args.out}: the folder {args.out.parent} does not exist")
     pairs = a.merge(b, on="config_hash", suffixes=("_a", "_b"))
     if pairs.empty:
         parser.error(

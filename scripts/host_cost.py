@@ -42,6 +42,7 @@ import normbench
 from normbench import available_norms, build_norm
 from normbench.accel import _triton
 from normbench.accel import planes as _planes
+from normbench.argtypes import writable_file
 
 SHAPE = (16, 8, 2, 2)  # two ghost batches of 8; tiny, so that CPU arithmetic is negligible
 GPU_SHAPE, GPU_PRECISION = [32, 64, 32, 32], "fp32"  # the norms_cuda.json rows compared with
@@ -194,12 +195,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=count, default=15)
     parser.add_argument("--inner", type=count, default=200)
-    parser.add_argument("--out", type=Path, default=Path("reports/bench/host_cost_cpu.md"))
+    parser.add_argument("--out", type=writable_file, default=Path("reports/bench/host_cost_cpu.md"))
     parser.add_argument(
         "--baseline", type=git_commit, metavar="REV", help="also measure the code of this git revision"
     )
     parser.add_argument("--gpu", type=Path, metavar="JSON", help="norms_cuda.json to compare with")
-    parser.add_argument("--json", type=Path, help=argparse.SUPPRESS)  # rows only (for --baseline)
+    parser.add_argument("--json", type=writable_file, help=argparse.SUPPRESS)  # rows only (for --baseline)
     args = parser.parse_args()
     if not _triton.AVAILABLE:
         parser.error("triton is not installed (pip install triton, or the dev extra)")

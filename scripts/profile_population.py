@@ -26,7 +26,6 @@ import itertools
 import platform
 from collections import Counter
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import torch
 from bench_args import command_line, count
@@ -36,7 +35,7 @@ from torch.profiler import ProfilerActivity, profile
 
 import normbench
 from normbench import available_norms
-from normbench.argtypes import known_device
+from normbench.argtypes import known_device, writable_file
 from normbench.capture import OperatorCount
 from normbench.cli import CONF_DIR
 from normbench.config import ConfigError
@@ -144,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=count, default=100, help="S: S and 2S steps are profiled")
     parser.add_argument("--form", choices=["auto", "wide", "vmap"], default="wide")
     parser.add_argument("--device", type=known_device, default="cuda")
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=writable_file, required=True)
     args = parser.parse_args(argv)
     try:
         check_tasks(args.tasks)

@@ -233,15 +233,17 @@ def test_the_command_line_refuses_a_bad_device_checkpoint_or_csv_folder_in_one_l
             "--checkpoint",
             str(tmp_path / "other.pt"),
         ): f"--checkpoint {tmp_path / 'other.pt'}: Error(s) in loading state_dict for Sequential: Missing key(s)",
-        (
+        (  # refused when parsed, before the model and data load: the results would be lost at the end
             "--csv",
-            str(tmp_path / "no" / "r.csv"),
-        ): f"--csv {tmp_path / 'no' / 'r.csv'}: no folder {tmp_path / 'no'} to write it in",
+            str(tmp_path / "text.pt" / "r.csv"),
+        ): f"argument --csv: {tmp_path / 'text.pt' / 'r.csv'}: {tmp_path / 'text.pt'} is a file, not a folder",
+        ("--csv", str(tmp_path)): f"argument --csv: {tmp_path}: is a folder; give the file to write",
     }
     if not torch.cuda.is_available():
         cases["--device", "cuda"] = "--device=cuda: this machine has no CUDA device (allowed here: auto, cpu)"
     for args, message in cases.items():
         with pytest.raises(SystemExit) as exit_info:
             main(["--model", "models_here:model", "--data", "models_here:data", *args])
-        (line,) = capsys.readouterr().err.strip().splitlines()
+        *usage, line = capsys.readouterr().err.strip().splitlines()  # argparse's usage before its errors
+        assert not usage or args[0] == "--csv"
         assert exit_info.value.code == 2 and line.startswith(f"normbench-diagnose: error: {message}"), line

@@ -331,6 +331,26 @@ def test_scripts_refuse_a_device_this_machine_lacks_in_one_line(
     )
 
 
+OUT_SCRIPTS = [*DEVICE_SCRIPTS, "bench_compose", "bench_gan", "bench_optimizer", "bench_population_host",
+               "bench_study", "bench_sweep", "check_diagnose_cuda"]  # fmt: skip
+
+
+@pytest.mark.parametrize("script", OUT_SCRIPTS)
+def test_scripts_refuse_an_out_file_they_could_not_write_before_any_work(
+    tmp_path, monkeypatch, capsys, script
+):
+    """A benchmark measured for minutes (a GPU loan's) and then lost in a traceback at its last line:
+    an --out under a file, or a folder, is refused when the arguments are parsed."""
+    blocking = tmp_path / "results.md"
+    blocking.write_text("earlier results\n")
+    for out, reason in [(blocking / "bench.md", f"{blocking} is a file, not a folder"),
+                        (tmp_path, "is a folder; give the file to write")]:  # fmt: skip
+        status, stderr = _run_script([f"scripts/{script}.py", "--out", str(out)], monkeypatch, capsys)
+        assert status == 2, stderr
+        assert stderr.strip().splitlines()[-1] == f"{script}.py: error: argument --out: {out}: {reason}"
+    assert blocking.read_text() == "earlier results\n" and sorted(tmp_path.iterdir()) == [blocking]
+
+
 @pytest.mark.parametrize("script", ["bench_population", "profile_population", "bench_optimizer"])
 def test_population_benchmarks_refuse_an_unknown_task_naming_it_before_any_work(
     tmp_path, monkeypatch, capsys, script
@@ -396,6 +416,27 @@ def test_report_refuses_a_reference_batch_that_is_no_batch_size(tmp_path, value)
     assert proc.stderr.strip().splitlines()[-1] == (
         f"normbench-report: error: argument --reference-batch: {value}: must be a batch size, an integer >= 1"
     )
+
+
+def test_report_refuses_an_out_folder_it_could_not_write_in_one_line(tmp_path, capsys):
+    """Was errno's text naming nothing (``[Errno 17] File exists``) after the records were read, and
+    ``--out ''`` wrote the report into the current folder."""
+    from normbench.report.cli import main
+
+    taken = tmp_path / "taken.md"
+    taken.write_text("a user's file\n")
+    example = str(ROOT / "reports/example/records.jsonl")
+    for out, reason in [(taken, "is a file; give a folder"),
+                        (taken / "report", f"{taken} is a file, not a folder"),
+                        ("", "an empty path")]:  # fmt: skip
+        with pytest.raises(SystemExit) as exit_info:
+            main([example, "--out", str(out)])
+        shown = repr(out) if out == "" else out
+        assert exit_info.value.code == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1] == (
+            f"normbench-report: error: argument --out: {shown}: {reason}"
+        )
+    assert taken.read_text() == "a user's file\n" and sorted(tmp_path.iterdir()) == [taken]
 
 
 def test_a_reference_batch_the_runs_lack_is_refused_and_without_one_32_or_the_largest_is_used(tmp_path):

@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from normbench.argtypes import positive_int
+from normbench.argtypes import positive_int, writable_folder
 from normbench.report.build import build_report
 
 
@@ -21,7 +21,10 @@ def main(argv: list[str] | None = None) -> None:
         help="sweep folders (searched recursively for result.json) or a study's records.jsonl",
     )
     parser.add_argument(
-        "--out", required=True, help="output folder for runs.csv, summary.csv, figures/, report.md"
+        "--out",
+        type=writable_folder,
+        required=True,
+        help="output folder for runs.csv, summary.csv, figures/, report.md",
     )
     parser.add_argument(
         "--reference-batch",
