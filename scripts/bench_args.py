@@ -9,8 +9,21 @@ import subprocess
 from worktree import ROOT
 
 from normbench.argtypes import positive_int
+from normbench.cli import CONF_DIR
 
 count = positive_int()  # rounds, calls, steps
+
+
+def presets(group: str) -> list[str]:
+    """The options of the config group ``group`` (``task``, ``experiment``): the names Hydra accepts."""
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def seed_list(text: str) -> str:
+    """A sweep's seeds as Hydra takes them, ``0,1,2``: integers >= 0, comma-separated."""
+    if not all(part.strip().isdigit() for part in text.split(",")):
+        raise argparse.ArgumentTypeError(f"{text}: must be seeds, integers >= 0 separated by commas (0,1,2)")
+    return text
 
 
 def git_commit(rev: str) -> str:

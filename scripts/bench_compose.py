@@ -12,6 +12,7 @@ import statistics
 import time
 from pathlib import Path
 
+from bench_args import count
 from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.types import RunMode
@@ -40,7 +41,7 @@ JOBS = [
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=count, default=5)
     parser.add_argument("--out", type=writable_file, default=Path("reports/bench/compose.md"))
     args = parser.parse_args()
     hydra_ms, ours_ms = [], []

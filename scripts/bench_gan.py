@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import torch
-from bench_args import count
+from bench_args import count, presets
 from hydra import compose, initialize_config_dir
 
 import normbench
@@ -32,7 +32,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--task", default="gan_digits")
+    parser.add_argument(
+        "--task", choices=[t for t in presets("task") if t.startswith("gan_")], default="gan_digits"
+    )
     parser.add_argument("--rounds", type=count, default=10)
     parser.add_argument("--out", type=writable_file, default=ROOT / "reports/bench/gan_fd.md")
     args = parser.parse_args()

@@ -20,14 +20,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from bench_args import command_line, count, git_commit, git_head
+from bench_args import command_line, count, git_commit, git_head, presets
 from bench_norms import wall_clock
 from bench_population import configs
 from worktree import ROOT, checkout
 
 import normbench
 from normbench.argtypes import writable_file
-from normbench.cli import CONF_DIR
 from normbench.experiment.build import prepare_data, prepare_model
 from normbench.population.optim import PopulationOptimizer
 from normbench.population.stacked import pack
@@ -82,7 +81,7 @@ def load_optimizer_class(tree: Path) -> type:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    tasks = sorted(p.stem for p in (CONF_DIR / "task").glob("*.yaml"))
+    tasks = presets("task")
     parser.add_argument("--tasks", nargs="+", choices=tasks, default=["mnist1d_mlp", "mnist1d_cnn"])
     parser.add_argument("--members", nargs="+", type=count, default=[1, 16, 64])
     parser.add_argument("--optimizers", nargs="+", choices=sorted(OPTIMIZERS), default=["sgd", "adamw"])

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 import torch
-from bench_args import command_line, count
+from bench_args import command_line, count, presets
 from minimal_wide import has_minimal_form, train_minimal
 from worktree import ROOT
 
@@ -181,7 +181,7 @@ def write_report(out: Path, args: argparse.Namespace, runtime: Runtime, rows: li
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    tasks = sorted(p.stem for p in (CONF_DIR / "task").glob("*.yaml"))
+    tasks = presets("task")
     parser.add_argument("--tasks", nargs="+", choices=tasks, default=["mnist1d_mlp", "mnist1d_cnn"])
     parser.add_argument("--norms", nargs="+", choices=available_norms(), default=["batchnorm"])
     parser.add_argument("--batch-sizes", nargs="+", type=count, default=[2, 32])

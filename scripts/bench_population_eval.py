@@ -21,13 +21,12 @@ import statistics
 import time
 
 import torch
-from bench_args import count
+from bench_args import count, presets
 from bench_population import configs, sync
 from worktree import ROOT
 
 import normbench
 from normbench.argtypes import known_device, writable_file
-from normbench.cli import CONF_DIR
 from normbench.evaluate import OneByOne
 from normbench.experiment.build import prepare_data, prepare_model
 from normbench.population.evaluate import PopulationMembers
@@ -74,7 +73,7 @@ def passes_once(way: str, models: list, task, data, batch_size: int, runtime: Ru
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    tasks = sorted(p.stem for p in (CONF_DIR / "task").glob("*.yaml"))
+    tasks = presets("task")
     default_tasks = ["mnist1d_mlp", "mnist1d_cnn", "mnist1d_resnet", "digits_cnn", "digits_lstm", "seq_lstm"]
     parser.add_argument("--tasks", nargs="+", choices=tasks, default=default_tasks)
     parser.add_argument("--members", nargs="+", type=count, default=[16])

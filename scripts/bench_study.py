@@ -22,10 +22,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_args import count, git_head
+from bench_args import count, git_head, presets, seed_list
 from worktree import ROOT
 
 import normbench
+from normbench import available_norms
 from normbench.argtypes import writable_file
 
 LAUNCHERS = {"populations": "population", "separate runs": "joblib"}
@@ -33,7 +34,7 @@ DEFAULT_OUT = ROOT / "reports/bench/study_populations.md"
 
 
 def train(out: Path, preset: str, launcher: str, jobs: int, overrides: list[str]) -> float:
-    """Seconds of one sweep, through normbench-run in ``out`` (exit status checked)."""
+    """Seconds of one sweep, through normbench-run in ``out``; its failure ends the benchmark."""
     command = [
         str(Path(sys.executable).with_name("normbench-run")),
         f"experiment={preset}",
@@ -43,15 +44,27 @@ def train(out: Path, preset: str, launcher: str, jobs: int, overrides: list[str]
         *overrides,
     ]
     start = time.perf_counter()
-    subprocess.run(command, cwd=out, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    proc = subprocess.run(command, cwd=out, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    if proc.returncode:  # its own error is on stderr above (a bad --overrides value: at once)
+        raise SystemExit(
+            f"bench_study.py: {' '.join(command[1:])}: exit status {proc.returncode}; nothing written"
+        )
     return time.perf_counter() - start
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--presets", nargs="+", default=["curve_mlp", "curve_cnn"])
-    parser.add_argument("--norms", nargs="+", default=["batchnorm", "groupnorm"], help="one round each")
-    parser.add_argument("--seeds", default="0,1,2,3,4", help="a sweep value")
+    parser.add_argument(
+        "--presets", nargs="+", choices=presets("experiment"), default=["curve_mlp", "curve_cnn"]
+    )
+    parser.add_argument(
+        "--norms",
+        nargs="+",
+        choices=available_norms(),
+        default=["batchnorm", "groupnorm"],
+        help="one round each",
+    )
+    parser.add_argument("--seeds", type=seed_list, default="0,1,2,3,4", help="a sweep value")
     parser.add_argument("--jobs", type=count, default=os.cpu_count())
     parser.add_argument("--overrides", nargs="*", default=[], help="for both sides, e.g. batch_size=32")
     parser.add_argument("--out", type=writable_file, default=DEFAULT_OUT)

@@ -19,9 +19,10 @@ import itertools
 from pathlib import Path
 
 import torch
-from bench_args import command_line, count
+from bench_args import command_line, count, presets
 from bench_population import configs
 
+from normbench import available_norms
 from normbench.argtypes import known_device, writable_file
 from normbench.experiment.build import prepare_data, prepare_model
 from normbench.population.train import fit_population
@@ -45,8 +46,10 @@ def largest_difference(a, b) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", nargs="+", default=["mnist1d_mlp", "mnist1d_cnn"])
-    parser.add_argument("--norms", nargs="+", default=["batchnorm", "groupnorm", "batchrenorm"])
+    parser.add_argument("--tasks", nargs="+", choices=presets("task"), default=["mnist1d_mlp", "mnist1d_cnn"])
+    parser.add_argument(
+        "--norms", nargs="+", choices=available_norms(), default=["batchnorm", "groupnorm", "batchrenorm"]
+    )
     parser.add_argument("--members", nargs="+", type=count, default=[1, 5])
     parser.add_argument("--steps", type=count, default=120)
     parser.add_argument("--device", type=known_device, default="cuda")

@@ -28,7 +28,7 @@ from collections import Counter
 from dataclasses import dataclass, replace
 
 import torch
-from bench_args import command_line, count
+from bench_args import command_line, count, presets
 from bench_population import check_tasks, configs, sync
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
@@ -37,7 +37,6 @@ import normbench
 from normbench import available_norms
 from normbench.argtypes import known_device, writable_file
 from normbench.capture import OperatorCount
-from normbench.cli import CONF_DIR
 from normbench.config import ConfigError
 from normbench.experiment.build import prepare_data, prepare_model
 from normbench.population.train import fit_population
@@ -135,7 +134,7 @@ def step_profile(cfgs, long, models, data, runtime: Runtime, form: str, steps: i
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    tasks = sorted(p.stem for p in (CONF_DIR / "task").glob("*.yaml"))
+    tasks = presets("task")
     parser.add_argument("--tasks", nargs="+", choices=tasks, default=["mnist1d_mlp", "mnist1d_cnn"])
     parser.add_argument("--norm", choices=available_norms(), default="batchnorm")
     parser.add_argument("--batch-sizes", nargs="+", type=count, default=[2, 32])

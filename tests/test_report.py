@@ -283,6 +283,7 @@ def _run_script(argv: list[str], monkeypatch, capsys) -> tuple[int, str]:
         ("profile_population", "--steps", "0"),
         ("bench_population_host", "--members", "0"),
         ("bench_optimizer", "--members", "0"),
+        ("bench_compose", "--rounds", "0"),
     ],
 )
 def test_benchmark_scripts_refuse_a_bad_count_or_revision_before_any_work(
@@ -329,6 +330,43 @@ def test_scripts_refuse_a_device_this_machine_lacks_in_one_line(
         .splitlines()[-1]
         .startswith(f"{script}.py: error: argument --device: {value}: {reason}")
     )
+
+
+@pytest.mark.parametrize(
+    ("script", "option", "value", "reason"),
+    [
+        ("bench_gan", "--task", "gan_cifar", "invalid choice: 'gan_cifar' (choose from 'gan_digits', 'gan_mnist1d')"),
+        ("bench_study", "--presets", "curve_mpl", "invalid choice: 'curve_mpl' (choose from 'cifar_study', "),
+        ("bench_study", "--norms", "batchnrom", "invalid choice: 'batchnrom' (choose from 'batchnorm', "),
+        ("bench_study", "--seeds", "0,-1", "0,-1: must be seeds, integers >= 0 separated by commas (0,1,2)"),
+        ("check_capture", "--tasks", "mnist1d", "invalid choice: 'mnist1d' (choose from 'cifar100_resnet20', "),
+        ("check_capture", "--norms", "bn", "invalid choice: 'bn' (choose from 'batchnorm', "),
+    ],
+)  # fmt: skip
+def test_benchmark_scripts_refuse_an_unknown_name_before_any_work(
+    tmp_path, monkeypatch, capsys, script, option, value, reason
+):
+    """Each was Hydra's or a subprocess's traceback once the benchmark had started (bench_study.py's
+    after its first sweep's start-up)."""
+    out = tmp_path / "bench.md"
+    status, stderr = _run_script(
+        [f"scripts/{script}.py", option, value, "--out", str(out)], monkeypatch, capsys
+    )
+    assert status == 2 and not out.exists()
+    assert stderr.strip().splitlines()[-1].startswith(f"{script}.py: error: argument {option}: {reason}")
+
+
+def test_the_study_benchmark_ends_in_one_line_when_a_sweep_fails(tmp_path, monkeypatch, capsys):
+    """A bad --overrides value: normbench-run's own line, then the benchmark's (a traceback before)."""
+    out = tmp_path / "bench.md"
+    argv = ["scripts/bench_study.py", "--presets", "curve_mlp", "--norms", "batchnorm", "--jobs", "1",
+            "--overrides", "batch_size=-1", "--out", str(out)]  # fmt: skip
+    status, _ = _run_script(argv, monkeypatch, capsys)
+    assert status == (
+        "bench_study.py: experiment=curve_mlp hydra/launcher=population hydra.launcher.n_jobs=1 "
+        "sweep.root=sweeps norm=batchnorm seed=0,1,2,3,4 batch_size=-1: exit status 2; nothing written"
+    )
+    assert not out.exists()
 
 
 OUT_SCRIPTS = [*DEVICE_SCRIPTS, "bench_compose", "bench_gan", "bench_optimizer", "bench_population_host",
