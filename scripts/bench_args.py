@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
+from pathlib import Path
+from typing import Any
 
 from worktree import ROOT
 
@@ -24,6 +27,26 @@ def seed_list(text: str) -> str:
     if not all(part.strip().isdigit() for part in text.split(",")):
         raise argparse.ArgumentTypeError(f"{text}: must be seeds, integers >= 0 separated by commas (0,1,2)")
     return text
+
+
+def norms_json(text: str) -> dict[str, Any]:
+    """A norms_cuda.json as ``bench_norms.py --device cuda`` saves it, read: its rows and their setting."""
+    try:
+        saved = json.loads(Path(text).read_text())
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"{text}: {exc.strerror or exc}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise argparse.ArgumentTypeError(f"{text}: not JSON ({exc})") from None
+    keys = ("device", "torch", "rounds", "inner", "rows")
+    if (
+        not isinstance(saved, dict)
+        or not all(k in saved for k in keys)
+        or not isinstance(saved["rows"], list)
+    ):
+        raise argparse.ArgumentTypeError(
+            f"{text}: not the JSON bench_norms.py --device cuda saves (an object with {', '.join(keys)})"
+        )
+    return saved
 
 
 def git_commit(rev: str) -> str:

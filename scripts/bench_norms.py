@@ -23,7 +23,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from bench_args import count
+from bench_args import count, norms_json
 from torch import nn
 
 import normbench
@@ -341,7 +341,9 @@ def main() -> None:
     parser.add_argument(
         "--out", type=writable_file, default=None, help="default reports/bench/norms[_cuda].md"
     )
-    parser.add_argument("--from-json", type=Path, default=None, help="re-render norms_cuda.md from its .json")
+    parser.add_argument(
+        "--from-json", type=norms_json, default=None, help="re-render norms_cuda.md from its .json"
+    )
     parser.add_argument(
         "--in-step",
         action="store_true",
@@ -367,7 +369,7 @@ def main() -> None:
     bench_dir = Path(__file__).parents[1] / "reports/bench"
     if args.from_json:  # re-render the CUDA table from its saved rows (no GPU needed)
         args.out = args.out or bench_dir / "norms_cuda.md"
-        text = cuda_markdown(json.loads(args.from_json.read_text()))
+        text = cuda_markdown(args.from_json)
     elif device.type == "cuda":
         args.out = args.out or bench_dir / "norms_cuda.md"
         saved = {"rounds": args.rounds, "inner": args.inner, "torch": torch.__version__}

@@ -33,7 +33,7 @@ import sys
 from pathlib import Path
 
 import torch
-from bench_args import count, git_commit
+from bench_args import count, git_commit, norms_json
 from bench_norms import BENCH_OPTIONS, fwd_bwd, median_ratio, time_interleaved
 from scipy import stats
 from worktree import ROOT, checkout
@@ -126,10 +126,9 @@ def revision() -> str:
     return (head or "unknown") + (" with uncommitted changes" if dirty.stdout.strip() else "")
 
 
-def gpu_ratios(path: Path) -> tuple[dict[str, float], dict]:
-    """The Triton path's ratio to BatchNorm2d per plugin at GPU_SHAPE in GPU_PRECISION, and the file's
-    metadata."""
-    saved = json.loads(path.read_text())
+def gpu_ratios(saved: dict) -> tuple[dict[str, float], dict]:
+    """The Triton path's ratio to BatchNorm2d per plugin at GPU_SHAPE in GPU_PRECISION (of the saved
+    norms_cuda.json ``saved``), and the file's metadata."""
     rows = [r for r in saved["rows"] if r["shape"] == GPU_SHAPE and r["precision"] == GPU_PRECISION]
     return {r["norm"]: r["vs_bn2d"] for r in rows}, saved
 
@@ -199,7 +198,7 @@ def main() -> None:
     parser.add_argument(
         "--baseline", type=git_commit, metavar="REV", help="also measure the code of this git revision"
     )
-    parser.add_argument("--gpu", type=Path, metavar="JSON", help="norms_cuda.json to compare with")
+    parser.add_argument("--gpu", type=norms_json, metavar="JSON", help="norms_cuda.json to compare with")
     parser.add_argument("--json", type=writable_file, help=argparse.SUPPRESS)  # rows only (for --baseline)
     args = parser.parse_args()
     if not _triton.AVAILABLE:

@@ -107,6 +107,10 @@ def main() -> None:
     unknown = [n for n in args.norms if n not in available_norms()]
     if unknown:
         parser.error(f"unknown norm {unknown[0]!r} (available: {', '.join(available_norms())})")
+    if len(args.shape) != 4:
+        parser.error(f"--shape {' '.join(map(str, args.shape))}: must be 4 sizes, N C H W")
+    if not torch.cuda.is_available():
+        parser.error("profiles the CUDA launches: this machine has no CUDA device")
     shape, device = tuple(args.shape), torch.device("cuda")
     x = torch.randn(shape, device=device)
     for name, fn in components(x).items():

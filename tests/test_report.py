@@ -333,27 +333,40 @@ def test_scripts_refuse_a_device_this_machine_lacks_in_one_line(
 
 
 @pytest.mark.parametrize(
-    ("script", "option", "value", "reason"),
+    ("script", "args", "message"),
     [
-        ("bench_gan", "--task", "gan_cifar", "invalid choice: 'gan_cifar' (choose from 'gan_digits', 'gan_mnist1d')"),
-        ("bench_study", "--presets", "curve_mpl", "invalid choice: 'curve_mpl' (choose from 'cifar_study', "),
-        ("bench_study", "--norms", "batchnrom", "invalid choice: 'batchnrom' (choose from 'batchnorm', "),
-        ("bench_study", "--seeds", "0,-1", "0,-1: must be seeds, integers >= 0 separated by commas (0,1,2)"),
-        ("check_capture", "--tasks", "mnist1d", "invalid choice: 'mnist1d' (choose from 'cifar100_resnet20', "),
-        ("check_capture", "--norms", "bn", "invalid choice: 'bn' (choose from 'batchnorm', "),
+        ("bench_gan", ["--task", "gan_cifar"], "argument --task: invalid choice: 'gan_cifar' (choose from 'gan_digits', 'gan_mnist1d')"),
+        ("bench_study", ["--presets", "curve_mpl"], "argument --presets: invalid choice: 'curve_mpl' (choose from 'cifar_study', "),
+        ("bench_study", ["--norms", "batchnrom"], "argument --norms: invalid choice: 'batchnrom' (choose from 'batchnorm', "),
+        ("bench_study", ["--seeds", "0,-1"], "argument --seeds: 0,-1: must be seeds, integers >= 0 separated by commas (0,1,2)"),
+        ("check_capture", ["--tasks", "mnist1d"], "argument --tasks: invalid choice: 'mnist1d' (choose from 'cifar100_resnet20', "),
+        ("check_capture", ["--norms", "bn"], "argument --norms: invalid choice: 'bn' (choose from 'batchnorm', "),
+        ("bench_norms", ["--from-json", "no-such.json"], "argument --from-json: no-such.json: No such file or directory"),
+        ("bench_norms", ["--from-json", "reports/bench/norms.md"], "argument --from-json: reports/bench/norms.md: not JSON (Expecting value"),
+        ("bench_norms", ["--from-json", "reports/example/records.jsonl"], "argument --from-json: reports/example/records.jsonl: not JSON (Extra data"),
+        ("profile_norm", ["--shape", "2", "8"], "--shape 2 8: must be 4 sizes, N C H W"),
     ],
 )  # fmt: skip
-def test_benchmark_scripts_refuse_an_unknown_name_before_any_work(
-    tmp_path, monkeypatch, capsys, script, option, value, reason
+def test_benchmark_scripts_refuse_an_unknown_name_or_file_before_any_work(
+    tmp_path, monkeypatch, capsys, script, args, message
 ):
-    """Each was Hydra's or a subprocess's traceback once the benchmark had started (bench_study.py's
-    after its first sweep's start-up)."""
+    """Each was a traceback once the benchmark had started or ended (Hydra's, a subprocess's after its
+    first sweep's start-up, json's after the measurement)."""
     out = tmp_path / "bench.md"
-    status, stderr = _run_script(
-        [f"scripts/{script}.py", option, value, "--out", str(out)], monkeypatch, capsys
-    )
+    argv = [f"scripts/{script}.py", *args, *([] if script == "profile_norm" else ["--out", str(out)])]
+    status, stderr = _run_script(argv, monkeypatch, capsys)
     assert status == 2 and not out.exists()
-    assert stderr.strip().splitlines()[-1].startswith(f"{script}.py: error: argument {option}: {reason}")
+    assert stderr.strip().splitlines()[-1].startswith(f"{script}.py: error: {message}")
+
+
+def test_a_saved_table_of_another_shape_is_refused_naming_what_it_needs(tmp_path, monkeypatch, capsys):
+    saved = tmp_path / "rows.json"
+    saved.write_text('{"rows": []}')
+    status, stderr = _run_script(["scripts/bench_norms.py", "--from-json", str(saved)], monkeypatch, capsys)
+    assert status == 2 and stderr.strip().splitlines()[-1] == (
+        f"bench_norms.py: error: argument --from-json: {saved}: not the JSON bench_norms.py --device cuda "
+        "saves (an object with device, torch, rounds, inner, rows)"
+    )
 
 
 def test_the_study_benchmark_ends_in_one_line_when_a_sweep_fails(tmp_path, monkeypatch, capsys):
