@@ -163,6 +163,13 @@ def diagnose(
     Returns:
         :class:`Diagnosis`.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"diagnose: model must be an nn.Module, got {type(model).__name__}")
+    for label, loader in (("train_loader", train_loader), ("test_loader", test_loader)):
+        if not isinstance(loader, Iterable) and (loader is not None or label == "train_loader"):
+            raise TypeError(
+                f"diagnose: {label} must give (inputs, targets) batches (e.g. a DataLoader), got {type(loader).__name__}"
+            )
     for b in (*(batch_sizes or ()), precise_batch_size):
         if isinstance(b, bool) or not isinstance(b, int) or b < 1:
             raise ValueError(f"diagnose: batch sizes must be integers >= 1, got {b!r}")

@@ -186,6 +186,11 @@ def test_channel_last_adapter_token_and_sequence_layouts():
             ValueError, match=rf"^ChannelLast: expected \(N, L, {C}\) input, got shape \(3, 7, 5\)$"
         ):
             ChannelLast(ln.norm, layout=layout)(x[..., :5])
+    for torch_norm in (nn.LayerNorm(C), nn.BatchNorm1d(C), nn.GroupNorm(2, C)):  # torch's say theirs too
+        with pytest.raises(
+            ValueError, match=rf"^ChannelLast: expected \(N, L, {C}\) input, got shape \(3, 7, 5\)$"
+        ):
+            ChannelLast(torch_norm.double())(x[..., :5])
 
 
 def test_batchnorm_without_pooling_normalizes_each_position_over_the_batch_alone():

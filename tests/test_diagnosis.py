@@ -138,6 +138,20 @@ def test_bad_arguments_are_refused(kwargs, message):
         diagnose(_cnn(), [(x, y)], **kwargs)
 
 
+def test_a_model_or_loader_of_another_kind_is_a_type_error_naming_it():
+    """They were AttributeError ('int' object has no attribute 'parameters') and 'NoneType' object is
+    not iterable, naming neither argument."""
+    x, y = _data()
+    with pytest.raises(TypeError, match=r"^diagnose: model must be an nn\.Module, got str$"):
+        diagnose("resnet18", [(x, y)])
+    with pytest.raises(
+        TypeError, match=r"^diagnose: train_loader must give \(inputs, targets\) batches .*got NoneType$"
+    ):
+        diagnose(_cnn(), None)
+    with pytest.raises(TypeError, match=r"^diagnose: test_loader must give .*got int$"):
+        diagnose(_cnn(), [(x, y)], 5)
+
+
 @pytest.mark.parametrize(
     "batch, message",
     [

@@ -117,6 +117,18 @@ def test_a_registration_setting_of_the_wrong_kind_is_refused_naming_it(settings,
         build_norm("misregistered", 4)
 
 
+def test_registering_what_builds_no_norm_is_a_type_error_naming_it():
+    with pytest.raises(
+        TypeError,
+        match=r"^register_norm\('centernorm'\) decorates a norm class or a function that returns one, got 3$",
+    ):
+        register_norm("centernorm", paper="-")(3)
+    with pytest.raises(ValueError, match=r"^norm name 3 must be lower case letters"):
+        register_norm(3)
+    with pytest.raises(KeyError):
+        build_norm("centernorm", 4)
+
+
 def test_spec_lists_options_with_defaults():
     spec = norm_spec("batchnorm")
     assert dict(spec.options) == {

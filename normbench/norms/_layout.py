@@ -43,8 +43,8 @@ class ChannelLast(nn.Module):
                 return self.norm(x.reshape(n * length, c)).reshape(n, length, c)
             return self.norm(x.transpose(1, 2)).transpose(1, 2)
         except (ValueError, RuntimeError):  # checked here, not on every step: the norm saw another shape
-            channels = getattr(self.norm, "num_channels", None)  # the registry's norms say theirs
-            if isinstance(channels, int) and x.shape[-1] != channels:
+            channels = _channels(self.norm)
+            if channels is not None and x.shape[-1] != channels:
                 raise ValueError(
                     f"ChannelLast: expected (N, L, {channels}) input, got shape {tuple(x.shape)}"
                 ) from None
@@ -52,3 +52,14 @@ class ChannelLast(nn.Module):
 
     def extra_repr(self) -> str:
         return f"layout={self.layout!r}"
+
+
+def _channels(norm: nn.Module) -> int | None:
+    """The channels ``norm`` takes, where it says (the registry's norms, torch's BatchNorm, GroupNorm and a
+    LayerNorm over one axis), else None."""
+    for attribute in ("num_channels", "num_features"):
+        value = getattr(norm, attribute, None)
+        if isinstance(value, int):
+            return value
+    shape = getattr(norm, "normalized_shape", None)
+    return shape[0] if isinstance(shape, tuple) and len(shape) == 1 else None

@@ -221,7 +221,7 @@ def register_norm(
             '''Subtract the per-sample mean over channels.'''
             def __init__(self, num_channels: int, eps: float = 1e-5): ...
     """
-    if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+    if not isinstance(name, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", name):
         raise ValueError(
             f"norm name {name!r} must be lower case letters, digits and '_' (e.g. 'ghost_batchnorm')"
         )
@@ -258,6 +258,10 @@ def register_norm(
         raise ValueError(f"norm {name!r}: widen is given but population={population!r} (needs 'wide')")
 
     def decorator(factory: F) -> F:
+        if not callable(factory):
+            raise TypeError(
+                f"register_norm({name!r}) decorates a norm class or a function that returns one, got {factory!r}"
+            )
         options, types = _signature_options(factory)
         doc = inspect.getdoc(factory) or ""
         line = summary or (doc.strip().splitlines()[0] if doc.strip() else name)
