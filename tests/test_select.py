@@ -110,6 +110,39 @@ def test_the_api_takes_one_key_as_a_string_and_folders_as_a_list(sweep):
         select_on_validation([sweep], "optim.lr")
 
 
+def test_build_report_takes_what_load_runs_takes_and_names_what_it_cannot_use(sweep, tmp_path):
+    """A folder as a string was read letter by letter ('sweep folder /'), a key as a string split into
+    letters, a reference batch "32" was 'not a batch size of these runs (theirs: ..., 32)', and an --out
+    that is a file was errno's 'File exists'."""
+    build_report([sweep], tmp_path / "lists", select=["optim.lr"])
+    build_report(str(sweep), tmp_path / "strings", select="optim.lr")
+    for name in ("summary.csv", "selection.csv"):
+        pd.testing.assert_frame_equal(
+            pd.read_csv(tmp_path / "strings" / name), pd.read_csv(tmp_path / "lists" / name)
+        )
+    taken = tmp_path / "taken"
+    taken.write_text("a user's file\n")
+    with pytest.raises(NotADirectoryError, match=rf"^{taken}: is a file; the report needs a folder$"):
+        build_report(sweep, taken)
+    assert taken.read_text() == "a user's file\n"
+    with pytest.raises(
+        TypeError, match=r"^reference_batch must be a batch size \(an integer\) or None, got '32'$"
+    ):
+        build_report(sweep, tmp_path / "typed", reference_batch="32")
+    with pytest.raises(
+        TypeError, match=r"^build_report takes folders or records files \(str or path\), got None$"
+    ):
+        build_report(None, tmp_path / "none")
+    assert not (tmp_path / "typed").exists() and not (tmp_path / "none").exists()
+
+
+def test_the_seed_is_not_a_setting_to_choose_on_validation(sweep):
+    with pytest.raises(
+        ValueError, match=r"^--select seed: the seeds are the repeats of each cell; .*no interval$"
+    ):
+        candidates(load_runs(sweep), ["optim.lr", "seed"])
+
+
 def test_report_tabulates_the_test_error_of_the_choice(sweep, tmp_path):
     report = build_report([sweep], tmp_path / "out", select=["optim.lr"]).read_text()
     assert "## Selected on the validation split" in report and "The test set chose nothing" in report

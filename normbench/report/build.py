@@ -15,10 +15,10 @@ import pandas as pd
 
 from normbench.report import figures
 from normbench.report.html import render_html
-from normbench.report.load import read_records, runs_frame
+from normbench.report.load import read_records, record_paths, runs_frame
 from normbench.report.markdown import facet_title, image, md_table, norm_by_batch, slug
 from normbench.report.metric import Metric, metric_groups
-from normbench.report.select import CRITERION, check_keys, select_on_validation
+from normbench.report.select import CRITERION, as_keys, check_keys, select_on_validation
 from normbench.report.study import Study, load_study, study_report
 from normbench.report.tables import (
     LATE_FRACTION,
@@ -264,12 +264,12 @@ def selection_section(table: pd.DataFrame, keys: Sequence[str], cells: list[str]
 
 
 def build_report(
-    dirs: Sequence[str | os.PathLike[str]],
+    dirs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     out: str | os.PathLike[str],
     reference_batch: int | None = None,
     title: str = "normbench report",
     notes: str = "",
-    select: Sequence[str] = (),
+    select: str | Sequence[str] = (),
     study: str | os.PathLike[str] | None = None,
     html: bool = False,
 ) -> Path:
@@ -292,7 +292,9 @@ def build_report(
     The report is built in a temporary folder inside ``out`` and moved into place only when complete,
     so a failure leaves the previous report as it was. Invalid record files are skipped with one
     warning each and listed in the report."""
-    out = Path(out)
+    dirs, out = record_paths([dirs], "build_report"), Path(out)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{out}: is a file; the report needs a folder")
     described = load_study(study) if study is not None else None  # before anything is read or written
     if described is not None:
         title, select, reference_batch = described.title, described.select, described.reference_batch
@@ -303,6 +305,7 @@ def build_report(
     if runs.empty:
         raise ValueError(f"no valid run records (result.json) found under {', '.join(map(str, dirs))}")
     if select:
+        select = as_keys(runs, select)
         check_keys(runs, select)  # before anything is written
     if described is None:
         reference_batch = choose_reference_batch(runs["batch_size"], reference_batch)
@@ -325,6 +328,8 @@ def choose_reference_batch(batch_sizes: pd.Series, requested: int | None) -> int
     """``requested`` if the runs have that batch size (a ValueError names it and theirs if not); without
     one, 32 where the runs have it, else their largest. A study's own reference batch is not checked:
     its report is built while its grid is still training (dashes mark the cells without one)."""
+    if requested is not None and (isinstance(requested, bool) or not isinstance(requested, int)):
+        raise TypeError(f"reference_batch must be a batch size (an integer) or None, got {requested!r}")
     have = sorted(int(b) for b in batch_sizes.dropna().unique())
     if requested is None:
         return 32 if 32 in have or not have else have[-1]

@@ -147,18 +147,23 @@ def load_runs(
     When several folders hold the same config hash, one row is kept: completed before diverged before
     failed, then the newest. Rows are sorted, so the same inputs give the same frame.
     """
-    records, skipped = read_records(_paths(dirs), progress)
+    records, skipped = read_records(record_paths(dirs), progress)
     for message in skipped:
         log.warning(message)
     return runs_frame(records, with_history)
 
 
-def _paths(given: Iterable[object]) -> list[str | os.PathLike[str]]:
-    """The folders and files of :func:`load_runs`' arguments, a list or tuple of them taken apart."""
-    paths = [p for arg in given for p in (arg if isinstance(arg, (list, tuple)) else [arg])]
+def record_paths(given: Iterable[object], caller: str = "load_runs") -> list[str | os.PathLike[str]]:
+    """The folders and records files ``given`` to ``caller``: each a str or path, or a list (any
+    iterable) of them, as ``glob`` gives; TypeError naming what is neither, or nothing given."""
+    paths = [
+        p
+        for arg in given
+        for p in ([arg] if isinstance(arg, (str, os.PathLike)) or not isinstance(arg, Iterable) else arg)
+    ]
     for path in paths:
         if not isinstance(path, (str, os.PathLike)):
-            raise TypeError(f"load_runs takes folders or records files (str or path), got {path!r}")
+            raise TypeError(f"{caller} takes folders or records files (str or path), got {path!r}")
     if not paths:
-        raise TypeError("load_runs needs at least one folder or records file")
+        raise TypeError(f"{caller} needs at least one folder or records file")
     return paths

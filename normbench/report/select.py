@@ -37,6 +37,11 @@ def check_keys(runs: pd.DataFrame, keys: Sequence[str]) -> None:
     validation metric."""
     columns = set(config_columns(runs))
     swept = sorted(c for c in columns if c != "seed" and runs[c].astype(str).nunique(dropna=False) > 1)
+    if "seed" in keys:  # the seed is the repeat every contrast pairs, not a setting
+        raise ValueError(
+            "--select seed: the seeds are the repeats of each cell; choosing one on validation leaves one "
+            "lucky run per cell and no interval"
+        )
     for key in keys:
         if key not in columns:
             raise ValueError(
