@@ -157,6 +157,14 @@ def test_exception_during_training_is_recorded_as_failed(tmp_path):
             r"task\.model\.token_layout=sequence: arch=cnn1d does not use it \(its settings: width, depth, "
             r"residual, kernel_size, downsample, init_scale\)",
         ),
+        (  # failed runs after the data loaded: a block's sum of two lengths; the RNN's error named the norm
+            ["task=mnist1d_resnet", "task.model.kernel_size=4"],
+            r"task\.model\.kernel_size=4: a residual net needs an odd kernel \(each conv pads kernel_size // 2",
+        ),
+        (
+            ["task=seq_lstm", "task.model.cell=rnn"],
+            r"^task\.model\.cell=rnn: not a recurrent cell; available: lstm, gru$",
+        ),
         (  # torch's AssertionError in MultiheadAttention, a failed run after the data loaded, before
             ["task=seq_transformer", "task.model.heads=3"],
             r"task\.model\.heads=3: must divide task\.model\.width=64 \(each head",

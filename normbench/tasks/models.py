@@ -232,6 +232,11 @@ def scale_initial_weights(model: nn.Module, scale: float, norm_layers: list[nn.M
 
 
 def _conv_settings(o: ClassifierConfig) -> None:
+    if o.residual and o.kernel_size % 2 == 0:
+        raise ModelConfigError(
+            f"task.model.kernel_size={o.kernel_size}: a residual net needs an odd kernel (each conv pads "
+            "kernel_size // 2, which keeps a length only for odd kernels, and a block adds its input to its output)"
+        )
     stages = (o.depth - 1) // 2 if o.residual else o.depth - 1  # what downsample indexes, after the stem
     outside = [i for i in o.downsample if not 0 <= i < stages]
     if outside:

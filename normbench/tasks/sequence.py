@@ -8,10 +8,10 @@ from __future__ import annotations
 from omegaconf import DictConfig
 from torch import nn
 
-from normbench.schema import RecurrentConfig
+from normbench.schema import ConfigError, RecurrentConfig
 from normbench.tasks.classification import LogitsTask
 from normbench.tasks.dataset import Dataset
-from normbench.tasks.recurrent import NormRNN
+from normbench.tasks.recurrent import CELLS, NormRNN
 from normbench.tasks.registry import norm_layers, register_task
 
 
@@ -22,6 +22,11 @@ class Sequence(LogitsTask):
 
     def model_reads(self, arch: str) -> tuple[str, ...]:
         return ("width", "cell", "shared_stats", "embed", "norm_gain")  # one recurrent layer: no depth
+
+    def check(self, cfg: DictConfig) -> None:
+        cell = self.options(cfg).cell
+        if cell not in CELLS:  # the model's own ValueError came after the data, blamed on the norm
+            raise ConfigError(f"task.model.cell={cell}: not a recurrent cell; available: {', '.join(CELLS)}")
 
     def build_model(self, cfg: DictConfig, data: Dataset) -> tuple[nn.Module, list[nn.Module]]:
         o: RecurrentConfig = self.options(cfg)
