@@ -4,9 +4,10 @@ arguments are parsed (one line naming it, exit 2), before any work."""
 from __future__ import annotations
 
 import argparse
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+from normbench.results import write_problem
 
 
 def positive_int(what: str = "an integer >= 1") -> Callable[[str], int]:
@@ -68,9 +69,10 @@ def _probe(text: str, folder: Path) -> None:
         raise argparse.ArgumentTypeError(f"{text}: {blocking or folder} is a file, not a folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".normbench-", suffix=".probe"):
-            pass
     except OSError as exc:
         raise argparse.ArgumentTypeError(
             f"{text}: cannot write in {folder} ({exc.strerror or exc})"
         ) from None
+    why = write_problem(folder)
+    if why:
+        raise argparse.ArgumentTypeError(f"{text}: cannot write in {folder} ({why})")

@@ -121,6 +121,17 @@ def atomic_file(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
         raise
 
 
+def write_problem(folder: Path) -> str | None:
+    """Why no file can be written in ``folder`` now (it is not made), or None: a probe file is written
+    there and removed (permissions alone do not say it: a read-only mount, root, /proc)."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".normbench-", suffix=".probe"):
+            pass
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """Write ``text`` atomically (:func:`atomic_file`)."""
     with atomic_file(path) as f:

@@ -8,7 +8,8 @@ A run is identified by its config hash, so a resumed or relaunched run logs into
 hash; MLflow, which chooses its own run ids, finds the run again by its ``normbench.config_hash`` tag
 (experiment: the sweep's name; store: ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` in the
 working directory). Nothing needs a server. TensorBoard and MLflow are optional extras; asking for a
-tracker whose package is missing is refused before any work with the ``pip install`` to run.
+tracker whose package is missing is refused before any work with the ``pip install`` to run, and so is
+an MLflow store that cannot keep runs (a scheme MLflow lacks, a database file it cannot write).
 """
 
 from __future__ import annotations
@@ -20,8 +21,11 @@ import math
 import os
 import time
 from collections.abc import Mapping
+from functools import cache
 from pathlib import Path
 from typing import Any, Protocol
+
+from normbench.results import write_problem
 
 LOGGERS = ("none", "csv", "tensorboard", "mlflow")
 # logger -> (module it needs, what to install)
@@ -39,6 +43,39 @@ def logger_problem(kind: str) -> str | None:
     if kind in EXTRAS and importlib.util.find_spec(EXTRAS[kind][0]) is None:
         module, install = EXTRAS[kind]
         return f"logger={kind}: the {module} package is not installed; run: {install}"
+    if kind == "mlflow":
+        uri = os.environ.get("MLFLOW_TRACKING_URI")
+        why = _mlflow_store_problem(uri or default_mlflow_uri())
+        if why:
+            store = f"MLFLOW_TRACKING_URI={uri}" if uri else f"its store {default_mlflow_uri()}"
+            return f"logger=mlflow: {store}: {why}"
+    return None
+
+
+def default_mlflow_uri() -> str:
+    """MLflow's store without ``$MLFLOW_TRACKING_URI``: mlflow.db in the working directory."""
+    return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+@cache
+def _mlflow_store_problem(uri: str) -> str | None:
+    """Why MLflow cannot keep runs at ``uri``, found before any run (each run failed on it before, a
+    database it cannot open after about 100 s of retries), or None. A server's reachability is left to
+    the runs."""
+    if uri.startswith("sqlite:///"):
+        database = Path(uri.removeprefix("sqlite:///"))
+        if database.name == ":memory:":
+            return None
+        if not database.parent.is_dir():
+            return f"no folder {database.parent} for its database"
+        why = write_problem(database.parent)
+        return f"cannot write its database in {database.parent} ({why})" if why else None
+    import mlflow
+
+    try:
+        mlflow.MlflowClient(tracking_uri=uri)  # a scheme MLflow lacks, its retired file store: at once
+    except Exception as exc:
+        return str(exc).strip().splitlines()[0]
     return None
 
 
@@ -111,7 +148,7 @@ class MlflowTracker:
         import mlflow
         from mlflow.entities import Param
 
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or default_mlflow_uri()
         self.client = mlflow.MlflowClient(tracking_uri=uri)
         found = self.client.get_experiment_by_name(experiment)
         experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)

@@ -71,6 +71,34 @@ def test_a_missing_tracker_package_is_refused_with_the_install_line(tmp_path, mo
     assert not (tmp_path / "result.json").exists()
 
 
+@pytest.mark.parametrize(
+    "store, why",
+    [
+        ("bogus://x", "Model registry functionality is unavailable; got unsupported URI 'bogus://x'"),
+        ("sqlite:///{tmp}/no/mlflow.db", "no folder {tmp}/no for its database"),
+        ("sqlite:////proc/mlflow.db", "cannot write its database in /proc (No such file or directory)"),
+    ],
+)
+def test_an_mlflow_store_that_cannot_keep_runs_is_refused_before_any_work(
+    tmp_path, monkeypatch, capsys, store, why
+):
+    """Each run failed on it after its data and model were built; an unopenable database only after
+    MLflow's ~100 s of retries, in every run of a sweep."""
+    uri = store.format(tmp=tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    status, stderr = normbench_run_here(
+        "logger=mlflow", *QUICK, "hydra.run.dir=run", cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys
+    )
+    assert status == 2 and not (tmp_path / "run").exists()
+    assert (
+        stderr.strip()
+        .splitlines()[-1]
+        .startswith(
+            f"normbench-run: error: logger=mlflow: MLFLOW_TRACKING_URI={uri}: {why.format(tmp=tmp_path)}"
+        )
+    )
+
+
 def test_an_unknown_tracker_exits_2_naming_the_allowed_ones(tmp_path, monkeypatch, capsys):
     status, stderr = normbench_run_here(
         "logger=wandb", *QUICK, "hydra.run.dir=run", cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys
