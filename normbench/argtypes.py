@@ -36,6 +36,16 @@ def known_device(text: str) -> str:
     return str(resolve_device(text))
 
 
+def text_file(text: str) -> str:
+    """An argparse type for a text file to read (a report's notes): its contents."""
+    try:
+        return _given(text).read_text()
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"{text}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"{text}: not text ({exc.reason} at byte {exc.start})") from None
+
+
 def writable_file(text: str) -> Path:
     """An argparse type for a file to write at the end (a benchmark's table): not a folder, and its
     folder (made if missing) takes a file now, so that a long run does not end in a path it cannot write."""

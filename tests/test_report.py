@@ -469,24 +469,29 @@ def test_report_refuses_a_reference_batch_that_is_no_batch_size(tmp_path, value)
     )
 
 
-def test_report_refuses_an_out_folder_it_could_not_write_in_one_line(tmp_path, capsys):
-    """Was errno's text naming nothing (``[Errno 17] File exists``) after the records were read, and
-    ``--out ''`` wrote the report into the current folder."""
+def test_report_refuses_an_out_folder_or_notes_it_cannot_use_in_one_line(tmp_path, capsys):
+    """Was errno's text naming no option (``[Errno 17] File exists``, ``[Errno 2] No such file or
+    directory: 'none.md'``), and ``--out ''`` wrote the report into the current folder."""
     from normbench.report.cli import main
 
     taken = tmp_path / "taken.md"
     taken.write_text("a user's file\n")
     example = str(ROOT / "reports/example/records.jsonl")
-    for out, reason in [(taken, "is a file; give a folder"),
-                        (taken / "report", f"{taken} is a file, not a folder"),
-                        ("", "an empty path")]:  # fmt: skip
+    (tmp_path / "notes.md").write_bytes(b"\xff\xfe")
+    for option, value, reason in [("--out", taken, "is a file; give a folder"),
+                                  ("--out", taken / "report", f"{taken} is a file, not a folder"),
+                                  ("--out", "", "an empty path"),
+                                  ("--notes", tmp_path / "none.md", "No such file or directory"),
+                                  ("--notes", tmp_path / "notes.md", "not text (invalid start byte at byte 0)")]:  # fmt: skip
+        arguments = [example, "--out", str(tmp_path / "report"), option, str(value)]
         with pytest.raises(SystemExit) as exit_info:
-            main([example, "--out", str(out)])
-        shown = repr(out) if out == "" else out
+            main(arguments)
+        shown = repr(value) if value == "" else value
         assert exit_info.value.code == 2
         assert capsys.readouterr().err.strip().splitlines()[-1] == (
-            f"normbench-report: error: argument --out: {shown}: {reason}"
+            f"normbench-report: error: argument {option}: {shown}: {reason}"
         )
+    (tmp_path / "notes.md").unlink()
     assert taken.read_text() == "a user's file\n" and sorted(tmp_path.iterdir()) == [taken]
 
 

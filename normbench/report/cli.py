@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from normbench.argtypes import positive_int, writable_folder
+from normbench.argtypes import positive_int, text_file, writable_folder
 from normbench.report.build import build_report
 
 
@@ -32,7 +32,9 @@ def main(argv: list[str] | None = None) -> None:
         help="batch size the change is measured against (default: 32 where the runs have it, else their largest)",
     )
     parser.add_argument("--title", default="normbench report")
-    parser.add_argument("--notes", type=Path, help="a markdown file appended to the report under 'Notes'")
+    parser.add_argument(
+        "--notes", type=text_file, help="a markdown file appended to the report under 'Notes'"
+    )
     parser.add_argument(
         "--select",
         nargs="+",
@@ -51,9 +53,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
-        notes = args.notes.read_text() if args.notes else ""
         path = build_report(
-            args.dirs, args.out, args.reference_batch, args.title, notes, args.select, args.study, args.html
+            args.dirs,
+            args.out,
+            args.reference_batch,
+            args.title,
+            args.notes or "",
+            args.select,
+            args.study,
+            args.html,
         )
     except (OSError, ValueError) as exc:
         print(f"normbench-report: error: {exc}", file=sys.stderr)
