@@ -44,10 +44,11 @@ def logger_problem(kind: str) -> str | None:
         module, install = EXTRAS[kind]
         return f"logger={kind}: the {module} package is not installed; run: {install}"
     if kind == "mlflow":
-        uri = os.environ.get("MLFLOW_TRACKING_URI")
-        why = _mlflow_store_problem(uri or default_mlflow_uri())
+        given = os.environ.get("MLFLOW_TRACKING_URI")
+        uri = given or default_mlflow_uri()
+        why = _mlflow_store_problem(uri)
         if why:
-            store = f"MLFLOW_TRACKING_URI={uri}" if uri else f"its store {default_mlflow_uri()}"
+            store = f"MLFLOW_TRACKING_URI={uri}" if given else f"its store {uri}"
             return f"logger=mlflow: {store}: {why}"
     return None
 
@@ -59,9 +60,11 @@ def default_mlflow_uri() -> str:
 
 @cache
 def _mlflow_store_problem(uri: str) -> str | None:
-    """Why MLflow cannot keep runs at ``uri``, found before any run (each run failed on it before, a
-    database it cannot open after about 100 s of retries), or None. A server's reachability is left to
-    the runs."""
+    """Why MLflow cannot keep runs at ``uri``, or None; asked once per process, before any run. A sqlite
+    database: its folder must exist and take a file (MLflow would retry opening it for about 100 s in
+    every run). Any other store: MLflow's client is made for it, which refuses an unknown scheme or its
+    retired file store at once (and connects to a database server, with MLflow's own retries); an HTTP
+    server's reachability is left to the runs."""
     if uri.startswith("sqlite:///"):
         database = Path(uri.removeprefix("sqlite:///"))
         if database.name == ":memory:":
