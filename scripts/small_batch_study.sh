@@ -105,21 +105,24 @@ record_timings() {  # one line in $out/timings.md for an invocation that trained
 # Ctrl-C or SIGTERM: the runs that finished are kept (the next invocation resumes); the time is recorded
 trap 'record_timings ", stopped by a signal (runs in training then were lost; a rerun trains them)"; "$python" -m normbench.evidence pack "$out"; rm -f "$summaries"; exit 143' INT TERM
 "$python" -m normbench.evidence unpack "$out" || exit 2
-run_sweeps() {  # one sweep per line of $1: the preset, then its overrides (tab-separated)
+run_sweeps() {  # one sweep per line of $1: the preset, then its overrides (tab-separated); $2: its jobs
   while IFS=$'\t' read -r -a sweep; do
     preset="${sweep[0]:-}"
     [ -n "$preset" ] || continue
     echo "== $preset ${sweep[*]:1}" >&2
-    (cd "$out" && normbench-run "experiment=$preset" "hydra/launcher=$launcher" "hydra.launcher.n_jobs=$jobs" \
+    (cd "$out" && normbench-run "experiment=$preset" "hydra/launcher=$launcher" "hydra.launcher.n_jobs=${2:-$jobs}" \
       sweep.root=sweeps "${sweep[@]:1}" ${overrides[@]+"${overrides[@]}"}) < /dev/null \
       | (trap '' INT TERM; exec tee -a "$summaries") || status=$?  # tee outlives a Ctrl-C: the sweep's summary gets out
   done <<< "$1"
 }
 run_sweeps "$sweeps"
 run_round() {  # a bracketing round's sweeps (one small population each), $jobs at a time
-  local running=0 line
+  # several at once, each population trains in its sweep's own process: no worker to start for a few
+  # members, and $jobs processes on $jobs cores (a lone sweep's launcher spreads it over $jobs workers)
+  local running=0 line per_sweep=$jobs
+  [ "$population" = 0 ] || [ "$(wc -l <<< "$1")" -lt 2 ] || per_sweep=1
   while IFS= read -r line; do
-    run_sweeps "$line" &
+    run_sweeps "$line" "$per_sweep" &
     running=$((running + 1))
     if [ "$running" -ge "$jobs" ]; then wait -n; running=$((running - 1)); fi
   done <<< "$1"
