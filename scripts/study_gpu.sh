@@ -36,7 +36,8 @@ for _ in $(seq "$limit"); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
 stopped=0
 if kill -0 "$pid" 2>/dev/null; then
   kill -TERM -- "-$pid" 2>/dev/null
-  sleep 5
+  # up to 5 s for the group to save and exit (what is left then is killed)
+  for _ in $(seq 50); do kill -0 -- "-$pid" 2>/dev/null || break; sleep 0.1; done
   kill -KILL -- "-$pid" 2>/dev/null
   echo "study_gpu.sh: stopped at the ${limit} s limit; rerun to resume" | tee -a "$out/gpu_log.txt"
   stopped=1

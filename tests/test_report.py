@@ -509,7 +509,7 @@ def test_a_reference_batch_the_runs_lack_is_refused_and_without_one_32_or_the_la
     proc = subprocess.run([*command, str(example), "--reference-batch", "7"], capture_output=True, text=True)
     assert proc.returncode == 2 and not (tmp_path / "out").exists()
     assert proc.stderr.strip() == (
-        "normbench-report: error: --reference-batch 7: not a batch size of these runs (theirs: 4, 8, 16, 32)"
+        "normbench-report: error: reference batch 7: not a batch size of these runs (theirs: 4, 8, 16, 32)"
     )
     for records, expected in ((example, 32), (small, 16)):
         summary = pd.read_csv(build_report([records], tmp_path / records.stem).with_name("summary.csv"))

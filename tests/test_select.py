@@ -138,7 +138,7 @@ def test_build_report_takes_what_load_runs_takes_and_names_what_it_cannot_use(sw
 
 def test_the_seed_is_not_a_setting_to_choose_on_validation(sweep):
     with pytest.raises(
-        ValueError, match=r"^--select seed: the seeds are the repeats of each cell; .*no interval$"
+        ValueError, match=r"^selection key seed: the seeds are the repeats of each cell; .*no interval$"
     ):
         candidates(load_runs(sweep), ["optim.lr", "seed"])
 
@@ -183,6 +183,6 @@ def test_without_a_validation_metric_nothing_is_selected_and_nothing_written(swe
 
 def test_unknown_key_names_what_was_swept(sweep, tmp_path):
     with pytest.raises(
-        ValueError, match=r"--select optim.lrr: not a config key of these runs \(swept here: .*optim.lr"
+        ValueError, match=r"^selection key optim.lrr: not a config key of these runs \(swept here: .*optim.lr"
     ):
         build_report([sweep], tmp_path / "out", select=["optim.lrr"])

@@ -335,7 +335,7 @@ def choose_reference_batch(batch_sizes: pd.Series, requested: int | None) -> int
         return 32 if 32 in have or not have else have[-1]
     if requested not in have:
         raise ValueError(
-            f"--reference-batch {requested}: not a batch size of these runs (theirs: {', '.join(map(str, have))})"
+            f"reference batch {requested}: not a batch size of these runs (theirs: {', '.join(map(str, have))})"
         )
     return requested
 

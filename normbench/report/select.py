@@ -39,17 +39,17 @@ def check_keys(runs: pd.DataFrame, keys: Sequence[str]) -> None:
     swept = sorted(c for c in columns if c != "seed" and runs[c].astype(str).nunique(dropna=False) > 1)
     if "seed" in keys:  # the seed is the repeat every contrast pairs, not a setting
         raise ValueError(
-            "--select seed: the seeds are the repeats of each cell; choosing one on validation leaves one "
+            "selection key seed: the seeds are the repeats of each cell; choosing one on validation leaves one "
             "lucky run per cell and no interval"
         )
     for key in keys:
         if key not in columns:
             raise ValueError(
-                f"--select {key}: not a config key of these runs (swept here: {', '.join(swept) or 'none'})"
+                f"selection key {key}: not a config key of these runs (swept here: {', '.join(swept) or 'none'})"
             )
     if CRITERION not in runs or runs[CRITERION].isna().all():
         raise ValueError(
-            f"--select {' '.join(keys)}: these runs have no {CRITERION} (they were trained without a "
+            f"selection keys {' '.join(keys)}: these runs have no {CRITERION} (they were trained without a "
             "validation split, data.val_size=0); the test set chooses nothing, so there is nothing to select on"
         )
 
@@ -74,7 +74,7 @@ def candidates(runs: pd.DataFrame, keys: str | Sequence[str]) -> pd.DataFrame:
         else:
             first = cell.iloc[0]
             raise ValueError(
-                f"--select {' '.join(keys)}: the cell {first['task']}, {first['norm']}, batch {first['batch_size']} "
+                f"selection keys {' '.join(keys)}: the cell {first['task']}, {first['norm']}, batch {first['batch_size']} "
                 f"has {len(cell)} candidates but no {CRITERION} to choose between them"
             )
     return table
