@@ -19,13 +19,8 @@ from normbench.norms.registry import REGISTRY
 ROOT = Path(__file__).resolve().parents[1]
 # a few steps, and the PreciseBN and mini-batch evaluations on a few hundred training samples (their
 # defaults, 10,000 and 2,000, were most of such a run's time)
-QUICK = (
-    "train.budget=steps",
-    "train.steps=4",
-    "train.history_points=2",
-    "eval.precise_bn_samples=256",
-    "eval.minibatch_samples=256",
-)
+QUICK_EVAL = ("eval.precise_bn_samples=256", "eval.minibatch_samples=256")
+QUICK = ("train.budget=steps", "train.steps=4", "train.history_points=2", *QUICK_EVAL)
 
 
 def compose_cfg(*overrides: str) -> DictConfig:

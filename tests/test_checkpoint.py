@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import compose_cfg
+from helpers import QUICK_EVAL, compose_cfg
 
 from normbench import load_model
 from normbench.checkpoint import CHECKPOINT_FILE, MODEL_FILE, Checkpoint
@@ -26,6 +26,7 @@ STEPS = (
     "train.budget=steps",
     "train.steps=2500",
     "train.history_points=5",
+    *QUICK_EVAL,
 )
 
 

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import ROOT, installed_env, run_python
+from helpers import QUICK_EVAL, ROOT, installed_env, run_python
 
 EXAMPLE = ROOT / "examples" / "normbench-task-example"
-STEPS = ("train.budget=steps", "train.steps=6", "train.history_points=2")
+STEPS = ("train.budget=steps", "train.steps=6", "train.history_points=2", *QUICK_EVAL)
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import compose_cfg
+from helpers import QUICK_EVAL, compose_cfg
 
 from normbench.results import RESULT_FILE, load_run, run_lock
 
@@ -110,7 +110,7 @@ def _start(args: list[str], cwd: Path, fault: str | None = None) -> subprocess.P
     if fault:
         env.update(PYTHONPATH=str(FAULT_SITE), NORMBENCH_FAULT=fault)
     return subprocess.Popen(
-        [exe, *args],
+        [exe, *args, *QUICK_EVAL],
         cwd=cwd,
         env=env,
         stdout=subprocess.PIPE,
@@ -184,7 +184,7 @@ def test_a_signal_stops_a_sweep_with_its_summary_and_the_rerun_resumes(tmp_path,
     ]
     proc = _start(grid, tmp_path)
     sweep_dir = tmp_path / "sw" / "default"
-    short = compose_cfg("train.budget=steps", "train.steps=20", "train.history_points=40")
+    short = compose_cfg("train.budget=steps", "train.steps=20", "train.history_points=40", *QUICK_EVAL)
     from normbench.experiment.identity import run_identity
 
     finished = sweep_dir / run_identity(short)[1] / RESULT_FILE

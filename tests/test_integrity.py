@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from helpers import QUICK, ROOT, compose_cfg, normbench_run, registered_plugin
+from helpers import QUICK, QUICK_EVAL, ROOT, compose_cfg, normbench_run, registered_plugin
 from torch import nn
 
 from normbench.experiment.run import execute
@@ -31,7 +31,7 @@ from normbench.results import (
     write_json_atomic,
 )
 
-STEPS = ("train.budget=steps", "train.steps=3", "train.history_points=1")
+STEPS = ("train.budget=steps", "train.steps=3", "train.history_points=1", *QUICK_EVAL)
 
 
 # -- one identity ------------------------------------------------------------------------------------

@@ -7,11 +7,11 @@ import json
 
 import pytest
 import yaml
-from helpers import normbench_run, normbench_run_here
+from helpers import QUICK_EVAL, normbench_run, normbench_run_here
 
 from normbench.cli import objective
 
-QUICK = ("train.budget=steps", "train.steps=20", "train.history_points=2")
+QUICK = ("train.budget=steps", "train.steps=20", "train.history_points=2", *QUICK_EVAL)
 SEARCH = ("-m", "hydra/sweeper=optuna", "hparams_search=lr_batchnorm", "hydra.sweeper.n_trials=3", *QUICK)
 
 

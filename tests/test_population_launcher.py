@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import compose_cfg, normbench_run, normbench_run_here, registered_plugin
+from helpers import QUICK_EVAL, compose_cfg, normbench_run, normbench_run_here, registered_plugin
 from test_population_train import assert_same_record
 
 from normbench.experiment.run import execute
@@ -24,7 +24,7 @@ from normbench.population.launcher import Member, train_group
 from normbench.results import load_run, run_lock
 
 pytestmark = pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")
-STEPS = ("train.budget=steps", "train.steps=30", "train.history_points=2")
+STEPS = ("train.budget=steps", "train.steps=30", "train.history_points=2", *QUICK_EVAL)
 
 
 def records(sweep_dir: Path) -> dict[str, dict]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import ROOT, normbench_run
+from helpers import QUICK_EVAL, ROOT, normbench_run
 
 from normbench.report import figures, load_runs
 from normbench.report.build import build_report
@@ -32,6 +32,7 @@ def small_sweep(tmp_path_factory) -> Path:
         "train.budget=steps",
         "train.steps=6",
         "train.history_points=3",
+        *QUICK_EVAL,
         f"sweep.root={root}",
         "hydra/launcher=joblib",
         cwd=root,

@@ -80,8 +80,9 @@ def test_record_fields_budget_and_lr_scaling(tmp_path):
 def test_same_config_and_seed_give_identical_metrics(tmp_path):
     cfg = compose_cfg("task=mnist1d_cnn", "batch_size=16", *QUICK)
     a = execute(cfg, tmp_path / "a")
-    b = execute(cfg, tmp_path / "b")
+    b = execute(cfg, str(tmp_path / "b"))  # a folder as a string, as API callers give it
     assert a["metrics"] == b["metrics"] and a["history"] == b["history"]
+    assert b["status"] == "completed" and load_run(tmp_path / "b") == b
     c = execute(compose_cfg("task=mnist1d_cnn", "batch_size=16", "seed=1", *QUICK), tmp_path / "c")
     assert c["metrics"] != a["metrics"]
 

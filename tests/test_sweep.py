@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import QUICK, compose_cfg, normbench_run
+from helpers import QUICK, QUICK_EVAL, compose_cfg, normbench_run
 
 from normbench.results import load_run
 
-STEPS = ("train.budget=steps", "train.steps=3", "train.history_points=1")
+STEPS = ("train.budget=steps", "train.steps=3", "train.history_points=1", *QUICK_EVAL)
 
 
 def sweep(tmp: Path, *args: str, launcher: str = "joblib"):
@@ -115,7 +115,7 @@ def test_submitit_local_launcher(tmp_path):
     ],
 )
 def test_bad_value_anywhere_in_the_grid_stops_the_sweep_before_any_job(tmp_path, override, message):
-    proc = sweep(tmp_path, override)
+    proc = normbench_run("-m", override, f"sweep.root={tmp_path}", "hydra/launcher=joblib", cwd=tmp_path)
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1
     assert proc.stderr.startswith(f"normbench-run: error: {message}")

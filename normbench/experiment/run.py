@@ -4,6 +4,7 @@ of Hydra's runtime."""
 from __future__ import annotations
 
 import logging
+import os
 import time
 import traceback
 from collections.abc import Callable
@@ -51,7 +52,7 @@ def check_run(cfg: DictConfig) -> Task:
     return task
 
 
-def execute(cfg: DictConfig, out_dir: Path, progress: bool = False) -> dict[str, Any]:
+def execute(cfg: DictConfig, out_dir: str | os.PathLike[str], progress: bool = False) -> dict[str, Any]:
     """Train and evaluate the run ``cfg`` and write ``out_dir/result.json``; return the record.
 
     Raises ConfigError, before any training and writing nothing, for a configuration that cannot
@@ -61,6 +62,7 @@ def execute(cfg: DictConfig, out_dir: Path, progress: bool = False) -> dict[str,
     that a population could train trains as a population of one, its step captured as a CUDA graph
     (:func:`~normbench.population.train.trains_captured_alone`; ``env.population`` is 1).
     """
+    out_dir = Path(out_dir)
     task = check_run(cfg)
     identity, digest = run_identity(cfg)
     runtime = setup_runtime(cfg)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -485,7 +486,7 @@ def train_population(
     cfgs: Sequence[DictConfig],
     progress: bool = False,
     form: str = "auto",
-    out_dirs: Sequence[Path] = (),
+    out_dirs: Sequence[str | os.PathLike[str]] = (),
     cache_mb: float = 0.0,
 ) -> list[dict[str, Any]]:
     """Train a group and return each member's record, as :func:`normbench.experiment.run.execute` would write it
@@ -495,6 +496,7 @@ def train_population(
     group) becomes a ``failed`` record for every member, with what training produced kept. On the CPU
     with ``cache_mb`` > 0 the group trains as several populations, one after another, each as large
     as :func:`members_per_population` allows."""
+    out_dirs = [Path(d) for d in out_dirs]
     runtime = setup_runtime(cfgs[0])
     if runtime.cuda_graph and (why := _own_loop(cfgs[0])):
         raise ConfigError(f"runtime.cuda_graph=true: {why}")
