@@ -116,13 +116,14 @@ run_sweeps() {  # one sweep per line of $1: the preset, then its overrides (tab-
   done <<< "$1"
 }
 run_sweeps "$sweeps"
-run_round() {  # a bracketing round's sweeps (one small population each), $jobs at a time
-  # several at once, each population trains in its sweep's own process: no worker to start for a few
-  # members, and $jobs processes on $jobs cores (a lone sweep's launcher spreads it over $jobs workers)
+run_round() {  # a bracketing round's sweeps (one small population each), $jobs at a time, slowest first
+  # as populations, the slowest cell's launcher spreads it over $jobs workers (no core idles if it
+  # ends last) and each later one trains in its sweep's own process: no workers to start for a few
+  # members, and no more trainers than cores
   local running=0 line per_sweep=$jobs
-  [ "$population" = 0 ] || [ "$(wc -l <<< "$1")" -lt 2 ] || per_sweep=1
   while IFS= read -r line; do
     run_sweeps "$line" "$per_sweep" &
+    [ "$population" = 0 ] || per_sweep=1
     running=$((running + 1))
     if [ "$running" -ge "$jobs" ]; then wait -n; running=$((running - 1)); fi
   done <<< "$1"
