@@ -134,7 +134,15 @@ def test_exception_during_training_is_recorded_as_failed(tmp_path):
             ["batch_size=4001", "data.val_size=0"],
             "batch_size=4001: must be between 1 and the training set size 4000",
         ),
-        (["batch_size=3601"], "batch_size=3601: must be between 1 and the training set size 3600"),
+        (  # the default validation split holds 400 of the 4,000 training samples out
+            ["batch_size=3601"],
+            r"^batch_size=3601: must be between 1 and the training set size 3600 \(what data\.val_size=0\.1 "
+            r"leaves of 4000\)$",
+        ),
+        (
+            ["data.val_size=0.999"],
+            r"^batch_size=32: must be between 1 and the training set size 4 \(what data\.val_size=0\.999 leaves",
+        ),
         (["norm=groupnorm", "norm.num_groups=48"], "num_channels=256 is not divisible by num_groups=48"),
         (["norm=instancenorm"], r"instancenorm cannot build task=mnist1d_mlp.*\(2, 256\)"),
         (["data.sampler=class_grouped", "data.classes_per_batch=3"], "batch_size=32 is not divisible"),
@@ -165,6 +173,10 @@ def test_exception_during_training_is_recorded_as_failed(tmp_path):
         (
             ["task=seq_lstm", "task.model.cell=rnn"],
             r"^task\.model\.cell=rnn: not a recurrent cell; available: lstm, gru$",
+        ),
+        (  # the error named the norm ("norm=batchnorm cannot build task=seq_transformer: layout must be")
+            ["task=seq_transformer", "task.model.token_layout=channel"],
+            r"^task\.model\.token_layout=channel: must be one of token, sequence \(",
         ),
         (  # torch's AssertionError in MultiheadAttention, a failed run after the data loaded, before
             ["task=seq_transformer", "task.model.heads=3"],

@@ -7,6 +7,7 @@ from typing import Literal
 from torch import Tensor, nn
 
 Layout = Literal["token", "sequence"]
+LAYOUTS: tuple[Layout, ...] = ("token", "sequence")
 
 
 class ChannelLast(nn.Module):
@@ -29,7 +30,7 @@ class ChannelLast(nn.Module):
             raise TypeError(
                 f"ChannelLast wraps a norm module (e.g. build_norm('layernorm', C)), got {norm!r}"
             )
-        if layout not in ("token", "sequence"):
+        if layout not in LAYOUTS:
             raise ValueError(f"layout must be 'token' or 'sequence', got {layout!r}")
         self.norm = norm
         self.layout = layout

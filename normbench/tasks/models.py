@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from normbench.norms import ChannelLast
+from normbench.norms._layout import LAYOUTS
 from normbench.schema import ClassifierConfig
 from normbench.tasks.norm_layers import NormLayers
 
@@ -259,6 +260,11 @@ def _conv_net(o: ClassifierConfig, shape: tuple[int, ...], classes: int, norms: 
 
 
 def _transformer_settings(o: ClassifierConfig) -> None:
+    if o.token_layout not in LAYOUTS:
+        raise ModelConfigError(
+            f"task.model.token_layout={o.token_layout}: must be one of {', '.join(LAYOUTS)} (norm "
+            "statistics per token, or per channel over the sequence)"
+        )
     if o.width % o.heads:
         raise ModelConfigError(
             f"task.model.heads={o.heads}: must divide task.model.width={o.width} (each head attends over "
