@@ -80,6 +80,44 @@ def test_a_setting_of_another_task_is_refused_before_training(tmp_path, override
         execute(compose_cfg(*overrides, *QUICK), tmp_path / "run")
 
 
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ("task=mnist1d_mlp", "norm=identity"),  # no PreciseBN or mini-batch evaluations
+        ("task=mnist1d_cnn", "norm=batchnorm", "data.val_size=0"),
+        ("task=mnist1d_mlp", "norm=layernorm", "data.val_size=0", "data.mnist1d_val_samples=200"),
+        ("task=digits_lstm", "norm=layernorm"),
+        ("task=gan_digits", "optim=dcgan", "norm=identity", "batch_size=16"),
+        (*AUTOENCODER, "norm=identity"),
+    ],
+)
+def test_the_metrics_a_task_names_are_what_its_runs_record(example_task, tmp_path, overrides):
+    """``Task.metric_names`` (what ``task.metric`` may name) against a trained run's record."""
+    cfg = compose_cfg(*overrides, *QUICK)
+    names = task_for(cfg).metric_names(cfg)
+    record = execute(cfg, tmp_path / "run")
+    assert record["status"] == "completed", record.get("error")
+    assert names and names <= set(record["metrics"]), names - set(record["metrics"])
+    assert all(isinstance(record["metrics"][n], float) for n in names)  # a number a report can tabulate
+    assert ("val_error" in names) == ("val_error" in record["metrics"])
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (("task.metric=accuracy",), r"^task\.metric=accuracy: not a metric every run of task=mnist1d_mlp records \(they record: generalization_gap, test_error, test_loss, train_error, train_loss, val_error, val_loss\)$"),
+        (("task.metric=val_error", "data.val_size=0"), r"^task\.metric=val_error: not a metric every run of task=mnist1d_mlp records \(they record: generalization_gap, test_error, test_loss, train_error, train_loss\)$"),
+        (("task=gan_digits", "optim=dcgan", "task.metric=fdd"), r"^task\.metric=fdd: not a metric every run of task=gan_digits records \(they record: class_share_max, .*fd, fd_classifier_test_error, fd_real, g_loss\)$"),
+        ((*AUTOENCODER, "task.metric=snr_db"), r"^task\.metric=snr_db: .* records \(they record: .*test_loss, test_snr_db, train_error"),
+    ],
+)  # fmt: skip
+def test_a_main_metric_no_run_records_is_refused_before_training(example_task, tmp_path, overrides, message):
+    """A sweep under it trained every run, and the report then left every record out."""
+    with pytest.raises(ConfigError, match=message):
+        execute(compose_cfg(*overrides, *QUICK), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_plugin_tasks_unknown_or_mistyped_option_is_refused(example_task, tmp_path):
     with pytest.raises(
         ConfigError,

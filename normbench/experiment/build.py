@@ -149,8 +149,12 @@ def prepare_data(cfg: DictConfig, runtime: Runtime = CPU_FP32) -> Dataset:
             )
     n_train, bs = len(data.x_train), cfg.batch_size
     if not 1 <= bs <= n_train:
-        held = len(data.x_val) if data.x_val is not None else 0
-        left = f" (what data.val_size={cfg.data.val_size} leaves of {n_train + held})" if held else ""
+        split = cfg.data.val_size and data.y_val is not None  # held out of the training set
+        left = (
+            f" (what data.val_size={cfg.data.val_size} leaves of {n_train + len(data.y_val)})"
+            if split
+            else ""
+        )
         raise ConfigError(f"batch_size={bs}: must be between 1 and the training set size {n_train}{left}")
     if cfg.data.sampler == "class_grouped":
         why = check_class_grouped(bs, cfg.data.classes_per_batch, data.num_classes)

@@ -49,6 +49,12 @@ def check_run(cfg: DictConfig) -> Task:
     check_values(cfg)
     task = task_for(cfg)
     task.check(cfg)
+    recorded = task.metric_names(cfg)
+    if recorded is not None and cfg.task.metric not in recorded:
+        raise ConfigError(
+            f"task.metric={cfg.task.metric}: not a metric every run of task={cfg.task.name} records "
+            f"(they record: {', '.join(sorted(recorded))})"
+        )
     return task
 
 

@@ -43,6 +43,21 @@ class Adversarial(Task):
                 "use bf16 or fp32"
             )
 
+    def metric_names(self, cfg: DictConfig) -> frozenset[str]:
+        """What every completed run records (:func:`normbench.train_gan.finish_gan`; besides these,
+        the flag ``mode_collapsed`` and, for a batch-dependent generator norm, ``fd_batch_stats``)."""
+        return frozenset(
+            {
+                "fd",
+                "fd_real",
+                "fd_classifier_test_error",
+                "class_share_max",
+                "classes_covered",
+                "d_loss",
+                "g_loss",
+            }
+        )
+
     def why_not_population(self, cfg: DictConfig) -> str | None:
         if cfg.train.checkpoint_every:
             return (

@@ -137,6 +137,16 @@ class Task:
         added to the record's ``metrics`` beside the errors and losses every task gets; none by default."""
         return {}
 
+    def metric_names(self, cfg: DictConfig) -> frozenset[str] | None:
+        """The metrics every run ``cfg`` of this task records, one of which ``task.metric`` must name
+        (checked before training: a main metric no run records would leave every record out of the
+        report); None where they are known only once trained - the base's answer for a task with its
+        own training loop or its own :meth:`metrics`, unless it overrides this to name them (e.g.
+        ``shared_metrics(cfg) | {"test_snr_db"}``). The base: :func:`shared_metrics`."""
+        if self.own_training or type(self).metrics is not Task.metrics:
+            return None
+        return shared_metrics(cfg)
+
     def why_not_population(self, cfg: DictConfig) -> str | None:
         """Why the run ``cfg`` of this task cannot train inside a population, or None."""
         if self.own_training and not self.population_training:
@@ -271,6 +281,17 @@ class _Registry:
 
 
 REGISTRY = _Registry()
+
+
+def shared_metrics(cfg: DictConfig) -> frozenset[str]:
+    """The metrics every run ``cfg`` of a task on the shared training loop records, whatever its norm:
+    the errors and losses on the test and training sets, and on the validation set where there is
+    one (``data.val_size``, or MNIST-1D's ``data.mnist1d_val_samples``), and the generalization gap.
+    (The PreciseBN and mini-batch evaluations are recorded for batch-dependent norms only.)"""
+    splits = ["test", "train"]
+    if cfg.data.val_size or cfg.data.get("mnist1d_val_samples", 0):
+        splits.append("val")
+    return frozenset({f"{s}_{kind}" for s in splits for kind in ("error", "loss")} | {"generalization_gap"})
 
 
 def register_task(name: str, *, override: bool = False) -> Callable[[T], T]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from normbench.tasks.registry import Task, norm_layers, register_task
+from normbench.tasks.registry import Task, norm_layers, register_task, shared_metrics
 
 
 @dataclass
@@ -51,6 +51,10 @@ class Autoencoder(Task):
 
     def sample_errors(self, outputs: Tensor, inputs: Tensor, labels: Tensor) -> Tensor:
         return self.sample_losses(outputs, inputs, labels)
+
+    def metric_names(self, cfg) -> frozenset[str]:
+        """Every run's metrics, which ``task.metric`` may name: the shared ones and its own."""
+        return shared_metrics(cfg) | {"test_snr_db"}
 
     def metrics(self, model: nn.Module, data) -> dict[str, float]:
         """``test_snr_db``: the test set's signal-to-noise ratio of the reconstructions, in dB
