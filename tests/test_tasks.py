@@ -129,6 +129,9 @@ def test_a_plugin_tasks_unknown_or_mistyped_option_is_refused(example_task, tmp_
         match=r"task\.options\.code=many: Value 'many' of type 'str' could not be converted to Integer",
     ):
         execute(compose_cfg("task.model.arch=autoencoder", "+task.options.code=many", *QUICK), tmp_path / "b")
+    with pytest.raises(ConfigError, match=r"^task\.options\.code=0: must be an integer >= 1$"):
+        execute(compose_cfg("task.model.arch=autoencoder", "+task.options.code=0", *QUICK), tmp_path / "c")
+    assert not (tmp_path / "c").exists()
 
 
 class Complete(LogitsTask):

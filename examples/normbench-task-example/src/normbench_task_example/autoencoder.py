@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from normbench.config import ConfigError
 from normbench.tasks.registry import Task, norm_layers, register_task, shared_metrics
 
 
@@ -30,10 +31,14 @@ class Autoencoder(Task):
     options_type = AutoencoderOptions
     error_is_fraction = False  # squared errors: any value >= 0
 
+    def check(self, cfg) -> None:
+        """Refuse a setting before any data loads (the base reads the options: an unknown one is refused)."""
+        super().check(cfg)
+        if self.options(cfg).code < 1:
+            raise ConfigError(f"task.options.code={self.options(cfg).code}: must be an integer >= 1")
+
     def build_model(self, cfg, data) -> tuple[nn.Module, list[nn.Module]]:
         options: AutoencoderOptions = self.options(cfg)
-        if options.code < 1:
-            raise ValueError(f"task.options.code={options.code}: must be an integer >= 1")
         norms = norm_layers(cfg)
         size, width = math.prod(data.input_shape), cfg.task.model.width
         model = nn.Sequential(
