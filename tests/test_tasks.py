@@ -19,7 +19,15 @@ from normbench.experiment.run import execute
 from normbench.population.grouping import why_not_population
 from normbench.population.train import train_population
 from normbench.tasks.classification import LogitsTask
-from normbench.tasks.registry import REGISTRY, Task, available_tasks, get_task, register_task, task_for
+from normbench.tasks.registry import (
+    REGISTRY,
+    Task,
+    available_tasks,
+    get_task,
+    register_task,
+    shared_metrics,
+    task_for,
+)
 
 EXAMPLE_SRC = ROOT / "examples" / "normbench-task-example" / "src"
 AUTOENCODER = ("task.name=mnist1d_autoencoder", "task.model.arch=autoencoder", "+task.options.code=4")
@@ -141,6 +149,24 @@ class Complete(LogitsTask):
 
     def build_model(self, cfg, data):
         raise AssertionError("not built in these tests")
+
+
+def test_a_task_with_its_own_data_or_metrics_names_its_metrics_or_goes_unchecked():
+    """Its own load_data may bring a validation set, its own metrics names only it knows."""
+
+    class OwnData(Complete):
+        def load_data(self, cfg):
+            raise AssertionError("not loaded here")
+
+    class OwnMetrics(Complete):
+        def metrics(self, model, data):
+            return {"mine": 0.0}
+
+    cfg = compose_cfg("data.val_size=0", *QUICK)
+    assert Complete().metric_names(cfg) == shared_metrics(cfg) == {
+        "test_error", "test_loss", "train_error", "train_loss", "generalization_gap"
+    }  # fmt: skip
+    assert OwnData().metric_names(cfg) is None and OwnMetrics().metric_names(cfg) is None
 
 
 def test_registration_refuses_taken_names_and_archs_and_bad_names(isolated_tasks):

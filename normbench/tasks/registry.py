@@ -141,11 +141,11 @@ class Task:
         """The metrics every run ``cfg`` of this task records, one of which ``task.metric`` must name
         (checked before training: a main metric no run records would leave every record out of the
         report); None where they are known only once trained - the base's answer for a task with its
-        own training loop or its own :meth:`metrics`, unless it overrides this to name them (e.g.
-        ``shared_metrics(cfg) | {"test_snr_db"}``). The base: :func:`shared_metrics`."""
-        if self.own_training or type(self).metrics is not Task.metrics:
-            return None
-        return shared_metrics(cfg)
+        own training loop, :meth:`metrics` or :meth:`load_data` (which may bring a validation set),
+        unless it overrides this to name them (e.g. ``shared_metrics(cfg) | {"test_snr_db"}``). The
+        base: :func:`shared_metrics`."""
+        own = type(self).metrics is not Task.metrics or type(self).load_data is not Task.load_data
+        return None if self.own_training or own else shared_metrics(cfg)
 
     def why_not_population(self, cfg: DictConfig) -> str | None:
         """Why the run ``cfg`` of this task cannot train inside a population, or None."""
