@@ -97,6 +97,10 @@ VALUE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "task.model.depth": (_at_least(1), "an integer >= 1"),
     "task.model.kernel_size": (_at_least(1), "an integer >= 1"),
     "task.model.heads": (_at_least(1), "an integer >= 1"),
+    # ${sweep.root}/${sweep.name} is the sweep's folder: an empty root is the filesystem's root ("/default"),
+    # an empty name the root itself, which MLflow refuses as an experiment name after the runs trained
+    "sweep.root": (lambda v: isinstance(v, str) and v.strip() != "", "a folder (not empty)"),
+    "sweep.name": (lambda v: isinstance(v, str) and v.strip() != "", "a name (not empty)"),
     # options every plugin that has them means the same by (torch's names)
     "norm.eps": (lambda v: is_finite_number(v) and 1e-30 <= v <= 1e6, "a number in [1e-30, 1e6]"),
     "norm.momentum": (

@@ -261,6 +261,13 @@ def test_cli_config_error_is_one_line_and_nonzero(tmp_path):
             "run a study with scripts/small_batch_study.sh --study conf/study/small_batch.yaml",
         ),
         ("+study=x", "+study=x: conf/study/ holds study descriptions"),
+        # the sweep's folder is ${sweep.root}/${sweep.name}: "/default" at the filesystem's root, or the
+        # root itself (MLflow refused the empty experiment name once the runs had trained)
+        (
+            "-m seed=0,1 sweep.root=",
+            "sweep.root=: must be a folder (not empty) (sweep job seed=0 sweep.root=)",
+        ),
+        ("-m seed=0,1 sweep.name=", "sweep.name=: must be a name (not empty) (sweep job seed=0 sweep.name=)"),
     ],
 )
 def test_bad_overrides_are_refused_in_one_line(override, message, tmp_path, monkeypatch, capsys):

@@ -58,6 +58,28 @@ def test_each_population_member_logs_its_own_run(tmp_path):
         assert _csv_rows(m.out_dir / "metrics.csv") == pytest.approx(_expected(record))
 
 
+def test_a_tracker_failing_after_a_population_trained_loses_no_members_record(tmp_path, monkeypatch, caplog):
+    """Members log when their population ends: a tracker that fails then (a server gone meanwhile)
+    stopped the launcher, and the members after the first lost their records."""
+
+    class Gone(trackers.CsvTracker):
+        def log(self, step, values):
+            raise RuntimeError("the tracking server went away")
+
+    monkeypatch.setattr(trackers, "CsvTracker", Gone)
+    members = [
+        Member(compose_cfg(*QUICK, "logger=csv", f"seed={s}"), tmp_path / str(s), str(tmp_path / f"{s}.log"))
+        for s in (0, 1)
+    ]
+    train_group(members)
+    for m in members:
+        assert json.loads((m.out_dir / "result.json").read_text())["status"] == "completed"
+        assert (
+            f"logger=csv could not log the run in {m.out_dir} (its record is kept): RuntimeError: the tracking server went away"
+            in caplog.text
+        )
+
+
 def test_a_missing_tracker_package_is_refused_with_the_install_line(tmp_path, monkeypatch):
     real = trackers.importlib.util.find_spec
     monkeypatch.setattr(
