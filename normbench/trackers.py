@@ -9,7 +9,9 @@ hash; MLflow, which chooses its own run ids, finds the run again by its ``normbe
 (experiment: the sweep's name; store: ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` in the
 working directory). Nothing needs a server. TensorBoard and MLflow are optional extras; asking for a
 tracker whose package is missing is refused before any work with the ``pip install`` to run, and so is
-an MLflow store that cannot keep runs (a scheme MLflow lacks, a database file it cannot write).
+an MLflow store that cannot keep runs (a scheme MLflow lacks, a database file it cannot write). A
+tracker is a copy of what ``result.json`` records: one that fails later (a server gone meanwhile) is an
+error in the run's log, logs nothing more, and costs the run nothing.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import logging
 import math
 import os
 import time
@@ -34,6 +37,7 @@ EXTRAS = {
     "mlflow": ("mlflow", "pip install 'normbench[mlflow]'"),
 }
 HASH_TAG = "normbench.config_hash"
+log = logging.getLogger(__name__)
 
 
 def logger_problem(kind: str) -> str | None:
@@ -179,19 +183,52 @@ class MlflowTracker:
         self.client.set_terminated(self.run_id)
 
 
+class Kept:
+    """A tracker whose failure costs its run nothing: the first exception it raises is logged as an
+    error naming the run's folder, and it logs nothing after (the record in result.json is the run's)."""
+
+    def __init__(self, kind: str, run_dir: Path, open_: Any) -> None:
+        self.kind, self.run_dir = kind, run_dir
+        self.tracker: Tracker | None = self._guarded(open_)
+
+    def _guarded(self, call: Any, *args: Any) -> Any:
+        try:
+            return call(*args)
+        except Exception as exc:
+            log.error(
+                "logger=%s could not log the run in %s (its record is kept): %s: %s",
+                self.kind,
+                self.run_dir,
+                type(exc).__name__,
+                exc,
+            )
+            self.tracker = None
+            return None
+
+    def log(self, step: int, values: Mapping[str, Any]) -> None:
+        if self.tracker is not None:
+            self._guarded(self.tracker.log, step, values)
+
+    def close(self) -> None:
+        if self.tracker is not None:
+            self._guarded(self.tracker.close)
+
+
 def open_tracker(
     kind: str, run_dir: Path, config: Mapping[str, Any], config_hash: str = "", experiment: str = "normbench"
 ) -> Tracker | None:
-    """The tracker ``kind`` of the run in ``run_dir`` (None for ``none``)."""
+    """The tracker ``kind`` of the run in ``run_dir`` (None for ``none``), :class:`Kept`: a failure of
+    it, from opening on, is an error in the log and not the run's. A ``kind`` that cannot work here
+    (:func:`logger_problem`) is a ValueError, as it is before any work."""
     problem = logger_problem(kind)
     if problem:
         raise ValueError(problem)
     if kind == "csv":
-        return CsvTracker(run_dir)
+        return Kept(kind, run_dir, lambda: CsvTracker(run_dir))
     if kind == "tensorboard":
-        return TensorBoardTracker(run_dir, config)
+        return Kept(kind, run_dir, lambda: TensorBoardTracker(run_dir, config))
     if kind == "mlflow":
-        return MlflowTracker(config, config_hash or run_dir.name, experiment)
+        return Kept(kind, run_dir, lambda: MlflowTracker(config, config_hash or run_dir.name, experiment))
     return None
 
 

@@ -80,6 +80,36 @@ def test_a_tracker_failing_after_a_population_trained_loses_no_members_record(tm
         )
 
 
+@pytest.mark.parametrize("fails_in", ["__init__", "log", "close"])
+def test_a_tracker_failing_during_a_run_costs_the_run_nothing(tmp_path, monkeypatch, caplog, fails_in):
+    """A run alone streams its history as it trains: a tracker that fails at its opening, at a point or at
+    its end marked the trained run failed (a rerun trained it again); now the run completes with the
+    record of a run without a tracker, and the error is in its log, once."""
+
+    class Gone(trackers.CsvTracker):
+        def __getattribute__(self, name):
+            if name != fails_in:
+                return super().__getattribute__(name)
+
+            def gone(*args):
+                raise RuntimeError("the tracking server went away")
+
+            return gone
+
+    def opened(run_dir):
+        if fails_in == "__init__":
+            raise RuntimeError("the tracking server went away")
+        return Gone(run_dir)
+
+    monkeypatch.setattr(trackers, "CsvTracker", opened)
+    (tmp_path / "run").mkdir()  # Hydra makes a run's folder before the run
+    record = execute(compose_cfg(*QUICK, "logger=csv"), tmp_path / "run")
+    alone = execute(compose_cfg(*QUICK), tmp_path / "alone")
+    assert record["status"] == "completed" and record["metrics"] == alone["metrics"]
+    message = f"logger=csv could not log the run in {tmp_path / 'run'} (its record is kept): RuntimeError: the tracking server went away"
+    assert caplog.text.count(message) == 1
+
+
 def test_a_missing_tracker_package_is_refused_with_the_install_line(tmp_path, monkeypatch):
     real = trackers.importlib.util.find_spec
     monkeypatch.setattr(

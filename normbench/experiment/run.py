@@ -101,27 +101,17 @@ def execute(cfg: DictConfig, out_dir: str | os.PathLike[str], progress: bool = F
 def write_record(cfg: DictConfig, out_dir: Path, record: dict[str, Any]) -> None:
     """The record of a run trained as a population's member: its ``result.json`` in ``out_dir``, its
     checkpoint removed once the record is final, and its tracker (``logger``) with the history
-    replayed (a member logs when its population ends). The record is what the run gives: a tracker that
-    fails now (an MLflow server gone since the run started) is logged as an error, and neither this
-    record nor the other members' is lost to it."""
+    replayed (a member logs when its population ends; a tracker that fails then is an error in the
+    log, :class:`normbench.trackers.Kept`)."""
     write_json_atomic(out_dir / RESULT_FILE, record)
     if record["status"] in ("completed", "diverged"):  # final: nothing left to resume
         (out_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
-    try:
-        tracker = open_tracker(cfg.logger, out_dir, record["config"], record["config_hash"], cfg.sweep.name)
-        if tracker is not None:
-            try:
-                log_record(tracker, record)
-            finally:
-                tracker.close()
-    except Exception as exc:
-        log.error(
-            "logger=%s could not log the run in %s (its record is kept): %s: %s",
-            cfg.logger,
-            out_dir,
-            type(exc).__name__,
-            exc,
-        )
+    tracker = open_tracker(cfg.logger, out_dir, record["config"], record["config_hash"], cfg.sweep.name)
+    if tracker is not None:
+        try:
+            log_record(tracker, record)
+        finally:
+            tracker.close()
 
 
 def _train_and_evaluate(
