@@ -66,6 +66,11 @@ def _samples(batches: Batches, limit: int | None, device: torch.device) -> tuple
                 f"diagnose: a loader's batches must be (inputs, targets) tensors, got {_kind(batch)}"
             )
         x, y = batch
+        if x.dim() == 0 or len(x) != len(y):  # zip-like pairing would drop or misalign samples
+            raise ValueError(
+                f"diagnose: a batch's inputs {tuple(x.shape)} and targets {tuple(y.shape)} must have one "
+                "target per input (the same first dimension)"
+            )
         xs.append(x)
         ys.append(y)
         count += len(x)
@@ -79,23 +84,48 @@ def _samples(batches: Batches, limit: int | None, device: torch.device) -> tuple
     return x.to(device), y.to(device)
 
 
+def _class_indices(y: Tensor, label: str) -> None:
+    """Targets the errors are counted on are class indices, one per sample: compared with outputs of
+    another shape they would broadcast into a wrong error without any failure."""
+    if y.dim() != 1 or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise ValueError(
+            f"diagnose: {label}'s targets must be class indices, one integer per input (shape (N,)), "
+            f"got shape {tuple(y.shape)} of {y.dtype}"
+        )
+
+
 def _kind(batch: object) -> str:
     if isinstance(batch, (tuple, list)):
         return f"a {type(batch).__name__} of {len(batch)}: {', '.join(type(b).__name__ for b in batch)}"
     return f"a {type(batch).__name__}"
 
 
+def _scored(out: object, target: Tensor, loss_fn: Callable[..., Tensor]) -> tuple[int, float]:
+    """The wrong top-1 predictions among ``out``'s rows and their summed loss."""
+    if not (torch.is_tensor(out) and out.dim() == 2 and len(out) == len(target)):
+        kind = f"shape {tuple(out.shape)}" if torch.is_tensor(out) else f"a {type(out).__name__}"
+        raise ValueError(
+            f"diagnose: the model must return a (batch, classes) tensor of scores for {len(target)} "
+            f"inputs, got {kind}"
+        )
+    if len(target) and not (int(target.min()) >= 0 and int(target.max()) < out.shape[1]):
+        raise ValueError(
+            f"diagnose: targets must be class indices in [0, {out.shape[1]}) for the model's "
+            f"{out.shape[1]} outputs, got {int(target.min())} to {int(target.max())}"
+        )
+    return int((out.argmax(1) != target).sum()), float(loss_fn(out, target, reduction="sum"))
+
+
 @torch.no_grad()
 def _error_and_loss(
-    model: nn.Module, x: Tensor, y: Tensor, batch_size: int, loss_fn: Callable[..., Tensor]
+    model: nn.Module, x: Tensor, y: Tensor, batches: Iterable[Tensor], loss_fn: Callable[..., Tensor]
 ) -> tuple[float, float]:
-    wrong, loss = 0, 0.0
-    for start in range(0, len(x), batch_size):
-        out = model(x[start : start + batch_size])
-        target = y[start : start + batch_size]
-        wrong += int((out.argmax(1) != target).sum())
-        loss += float(loss_fn(out, target, reduction="sum"))
-    return wrong / len(x), loss / len(x)
+    """Error and mean loss of ``model`` over the samples of ``batches`` (index tensors into x, y)."""
+    wrong, loss, n = 0, 0.0, 0
+    for idx in batches:
+        batch_wrong, batch_loss = _scored(model(x[idx]), y[idx], loss_fn)
+        wrong, loss, n = wrong + batch_wrong, loss + batch_loss, n + len(idx)
+    return wrong / n, loss / n
 
 
 def precise_statistics(model: nn.Module, x: Tensor, batch_size: int) -> nn.Module:
@@ -170,7 +200,11 @@ def diagnose(
             raise TypeError(
                 f"diagnose: {label} must give (inputs, targets) batches (e.g. a DataLoader), got {type(loader).__name__}"
             )
-    for b in (*(batch_sizes or ()), precise_batch_size):
+    if batch_sizes is not None and not isinstance(batch_sizes, Sequence):
+        raise TypeError(
+            f"diagnose: batch_sizes must be a sequence of batch sizes, e.g. (2, 8), got {batch_sizes!r}"
+        )
+    for b in (*(batch_sizes or ()), precise_batch_size, eval_batch_size):
         if isinstance(b, bool) or not isinstance(b, int) or b < 1:
             raise ValueError(f"diagnose: batch sizes must be integers >= 1, got {b!r}")
     if isinstance(precise_samples, bool) or not isinstance(precise_samples, int) or precise_samples < 2:
@@ -189,6 +223,10 @@ def diagnose(
     x_train, y_train = _samples(train_loader, precise_samples, device)
     x_test, y_test = (x_train, y_train) if test_loader is None else _samples(test_loader, None, device)
     split = "test" if test_loader is not None else "train"
+    _class_indices(y_test, "test_loader" if test_loader is not None else "train_loader")
+    dtype = next((p.dtype for p in work.parameters() if p.is_floating_point()), None)
+    if dtype is not None:  # a half-precision model is measured on inputs of its own precision
+        x_train, x_test = (x if not x.is_floating_point() else x.to(dtype) for x in (x_train, x_test))
     if batch_sizes is None:
         batch_sizes = [b for b in DEFAULT_BATCH_SIZES if b <= len(x_test)]
     elif max(batch_sizes, default=0) > len(x_test):
@@ -198,34 +236,20 @@ def diagnose(
     precise = precise_statistics(work, x_train, precise_batch_size)
     at_one = _one_value_per_channel(work, x_test)
     rows = []
+    in_order = torch.arange(len(x_test), device=device).split(eval_batch_size)
     for source, net in (("EMA", work), ("PreciseBN", precise)):
-        error, loss = _error_and_loss(net, x_test, y_test, eval_batch_size, loss_fn)
+        error, loss = _error_and_loss(net, x_test, y_test, in_order, loss_fn)
         rows.append({"statistics": source, "batch_size": None, "split": split, "error": error, "loss": loss})
     gen = torch.Generator().manual_seed(0)
     order = torch.randperm(len(x_test), generator=gen).to(device)
     for b in batch_sizes:
-        twin = copy.deepcopy(work).train()
-        batches = [idx for idx in order.split(b) if len(idx) == b]  # a smaller last batch is another size
         if b == 1 and any(at_one.values()):  # undefined batch statistics: no number to give
-            rows.append(
-                {"statistics": "mini-batch", "batch_size": b, "split": split, "error": None, "loss": None}
-            )
-            continue
-        wrong, loss = 0, 0.0
-        with torch.no_grad():
-            for idx in batches:
-                out = twin(x_test[idx])
-                wrong += int((out.argmax(1) != y_test[idx]).sum())
-                loss += float(loss_fn(out, y_test[idx], reduction="sum"))
-        n = sum(len(idx) for idx in batches)
+            error = loss = None
+        else:  # a smaller last batch would be another size
+            batches = [idx for idx in order.split(b) if len(idx) == b]
+            error, loss = _error_and_loss(copy.deepcopy(work).train(), x_test, y_test, batches, loss_fn)
         rows.append(
-            {
-                "statistics": "mini-batch",
-                "batch_size": b,
-                "split": split,
-                "error": wrong / n,
-                "loss": loss / n,
-            }
+            {"statistics": "mini-batch", "batch_size": b, "split": split, "error": error, "loss": loss}
         )
     results = pd.DataFrame(rows).astype({"batch_size": "Int64"})  # an integer column with gaps
     ema, precise_layers = stat_modules(work), stat_modules(precise)

@@ -173,6 +173,77 @@ def test_batches_that_are_not_input_target_pairs_of_finite_inputs_are_refused(ba
     assert str(info.value) == f"diagnose: {message}"
 
 
+class _Pair(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        out = self.model(x)
+        return out, out
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        # each was measured: pairs cut to the shorter side, or targets broadcast against the predictions
+        ("short targets", "a batch's inputs (96, 1, 20) and targets (10,) must have one target per input"),
+        (
+            "column targets",
+            "test_loader's targets must be class indices, one integer per input (shape (N,)), "
+            "got shape (96, 1) of torch.int64",
+        ),
+        (
+            "one-hot targets",
+            "test_loader's targets must be class indices, one integer per input (shape (N,)), "
+            "got shape (96, 4) of torch.int64",
+        ),
+        (
+            "float targets",
+            "test_loader's targets must be class indices, one integer per input (shape (N,)), "
+            "got shape (96,) of torch.float32",
+        ),
+        # each was torch's or Python's own error from inside the measurement
+        (
+            "label 4 of 4 classes",
+            "targets must be class indices in [0, 4) for the model's 4 outputs, got 0 to 4",
+        ),
+        (
+            "tuple output",
+            "the model must return a (batch, classes) tensor of scores for 96 inputs, got a tuple",
+        ),
+        ("eval_batch_size=0", "batch sizes must be integers >= 1, got 0"),
+        ("batch_sizes=8", "batch_sizes must be a sequence of batch sizes, e.g. (2, 8), got 8"),
+    ],
+)
+def test_targets_outputs_and_sizes_that_would_mismeasure_are_refused_naming_them(case, message):
+    x, y = _data()
+    model = _cnn()
+    test = {
+        "short targets": (x, y[:10]),
+        "column targets": (x, y[:, None]),
+        "one-hot targets": (x, nn.functional.one_hot(y, 4)),
+        "float targets": (x, y.float()),
+        "label 4 of 4 classes": (x, y.clone().index_fill_(0, torch.tensor([3]), 4)),
+    }.get(case, (x, y))
+    kwargs = {"eval_batch_size=0": {"eval_batch_size": 0}, "batch_sizes=8": {"batch_sizes": 8}}.get(case, {})
+    error = TypeError if case == "batch_sizes=8" else ValueError
+    with pytest.raises(error) as info:
+        diagnose(_Pair(model) if case == "tuple output" else model, [(x, y)], [test], **kwargs)
+    assert str(info.value).startswith(f"diagnose: {message}"), str(info.value)
+
+
+def test_a_half_precision_model_is_measured_on_inputs_of_its_precision():
+    """It was torch's dtype mismatch from inside the first forward."""
+    x, y = _data()
+    model = _trained(_cnn(), x, y).to(torch.bfloat16)
+    found = diagnose(model, [(x, y)], [(x, y)], batch_sizes=(len(x),), precise_samples=len(x))
+    with torch.no_grad():
+        expected = float((model(x.to(torch.bfloat16)).argmax(1) != y).float().mean())
+    assert found.results[found.results.statistics == "EMA"].error.item() == pytest.approx(expected)
+    assert model.state_dict()["1.running_mean"].dtype == torch.bfloat16  # still the caller's
+
+
 def test_a_model_without_running_statistics_is_refused_by_name():
     x, y = _data()
     with pytest.raises(ValueError, match="Sequential has no norm layer with running statistics"):
