@@ -15,6 +15,7 @@ import pandas as pd
 
 from normbench.report import figures
 from normbench.report.html import render_html
+from normbench.report.identical import identical_section
 from normbench.report.load import read_records, record_paths, runs_frame
 from normbench.report.markdown import facet_title, image, md_table, norm_by_batch, slug
 from normbench.report.metric import Metric, metric_groups
@@ -402,6 +403,7 @@ def _write_report(
         body.append("# All cells\n")
     for (metric, part), part_summary in zip(groups, summaries, strict=True):
         body.append(general_sections(part, part_summary, out, reference_batch, metric))
+    body.append(identical_section(all_runs))
     body.append(layers_section(runs))
     body.append(convergence_section(runs))
     body.append(problems_section(runs, summary, skipped))
