@@ -396,6 +396,11 @@ def test_the_recurrent_and_gan_study_declares_its_primary_family_with_ten_seeds_
             ["--task", "mnist2d"],
             "--task mnist2d: task=mnist2d: unknown task; did you mean mnist1d_mlp? (available: cifar100_resnet20,",
         ),
+        # it trained nothing, then the report failed on an empty records file it had written
+        (
+            ["--study", "conf/study/cifar.yaml", "--smoke"],
+            "cifar.yaml: lists no sweeps to train (no `sweeps:`): it describes a report only",
+        ),
     ],
 )
 def test_study_script_refuses_bad_arguments_before_any_work(tmp_path, args, message):
@@ -440,6 +445,29 @@ def test_the_sweeps_of_a_study_in_each_mode():
     assert large["small_batch_b2"] == []  # no large grid: the sweep as it is
     with pytest.raises(StudyError, match="mode='tiny'; allowed: full, smoke, large"):
         sweep_commands(study, "tiny")
+
+
+def test_the_sweep_list_of_a_study_that_trains_nothing_in_a_mode_is_an_error(tmp_path, capsys):
+    from normbench.report.study import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(ROOT / "conf/study/cifar.yaml")])
+    assert exit_info.value.code == 2
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith("cifar.yaml: lists no sweeps to train (no `sweeps:`): it describes a report only")
+    )
+    text = (ROOT / "conf/study/small_batch_v1.yaml").read_text()
+    no_smoke = tmp_path / "no_smoke.yaml"  # every sweep set to `smoke: false`
+    no_smoke.write_text(re.sub(r"^([ \t]+)smoke: .*$", r"\1smoke: false", text, flags=re.M))
+    main([str(no_smoke), "full"])
+    assert capsys.readouterr().out.startswith("small_batch_mlp")
+    with pytest.raises(SystemExit):
+        main([str(no_smoke), "smoke"])
+    assert (
+        capsys.readouterr().err.strip() == f"study: error: {no_smoke}: every sweep is left out of smoke mode"
+    )
 
 
 def test_later_keys_are_filled_with_their_old_value_only_where_some_run_sets_them():

@@ -303,20 +303,22 @@ def main(argv: list[str] | None = None) -> None:
     import sys
 
     args = sys.argv[1:] if argv is None else argv
+    if not args:
+        print("usage: python -m normbench.report.study FILE [full|smoke|large]", file=sys.stderr)
+        raise SystemExit(2)
     try:
-        study = load_study(args[0])
-        lines = ["\t".join([preset, *extra]) for preset, extra in sweep_commands(study, *args[1:2])]
-    except (IndexError, StudyError) as exc:
-        print(
-            f"study: error: {exc or 'usage: python -m normbench.report.study FILE [full|smoke|large]'}",
-            file=sys.stderr,
-        )
+        study, mode = load_study(args[0]), (args[1:2] or ["full"])[0]
+        lines = ["\t".join([preset, *extra]) for preset, extra in sweep_commands(study, mode)]
+        if not lines:  # the script would train nothing, then fail to report on no records
+            raise StudyError(
+                f"{args[0]}: every sweep is left out of {mode} mode"
+                if study.sweeps
+                else f"{args[0]}: lists no sweeps to train (no `sweeps:`): it describes a report only"
+            )
+    except StudyError as exc:
+        print(f"study: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     print("\n".join(lines))
-
-
-if __name__ == "__main__":
-    main()
 
 
 # --- derived metrics -------------------------------------------------------------------------------
@@ -803,3 +805,7 @@ def study_report(
 
 
 __all__ = ["METRIC", "Study", "StudyError", "evaluate_claims", "expand", "load_study", "study_report"]
+
+
+if __name__ == "__main__":
+    main()
