@@ -138,10 +138,11 @@ def precise_statistics(model: nn.Module, x: Tensor, batch_size: int) -> nn.Modul
 
 @torch.no_grad()
 def _one_value_per_channel(model: nn.Module, x: Tensor) -> dict[str, bool]:
-    """Per layer with running statistics: does one sample give it a single value per channel (so that
-    at batch 1 its batch statistics are undefined)?"""
+    """Per layer with running statistics, and per BatchNorm without them: does one sample give it a
+    single value per channel (so that at batch 1 its batch statistics are undefined)?"""
     twin = copy.deepcopy(model).eval()
-    layers = stat_modules(twin)
+    batch_norms = {n: m for n, m in twin.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    layers = {**batch_norms, **stat_modules(twin)}
     seen: dict[str, bool] = {}
     handles = [
         m.register_forward_pre_hook(
@@ -152,7 +153,9 @@ def _one_value_per_channel(model: nn.Module, x: Tensor) -> dict[str, bool]:
         for name, m in layers.items()
     ]
     try:
-        twin(x[:1])  # in eval mode: every layer is reached, none fails on batch statistics
+        # in eval mode every layer is reached; two samples, since a norm without running statistics
+        # (BatchNorm with track_running_stats=False) normalizes over the batch even there
+        twin(x[:2])
     finally:
         for h in handles:
             h.remove()

@@ -244,6 +244,27 @@ def test_a_half_precision_model_is_measured_on_inputs_of_its_precision():
     assert model.state_dict()["1.running_mean"].dtype == torch.bfloat16  # still the caller's
 
 
+def test_a_batchnorm_without_running_statistics_beside_one_with_them_is_diagnosed():
+    """The layer without them normalizes over the batch in eval mode too: the batch-1 probe of one
+    sample was torch's "Expected more than 1 value per channel"; its batch-1 row is undefined."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(6, 8),
+        nn.BatchNorm1d(8, track_running_stats=False),
+        nn.Linear(8, 8),
+        nn.BatchNorm1d(8),
+        nn.Linear(8, 3),
+    )
+    x, y = torch.randn(48, 6), torch.randint(0, 3, (48,))
+    found = diagnose(model, [(x, y)], [(x, y)], batch_sizes=(1, 8), precise_samples=48)
+    assert list(found.layers.layer) == ["3"]  # the layer with running statistics
+    at_one = found.results[found.results.batch_size == 1].iloc[0]
+    assert at_one.error != at_one.error  # NaN
+    with torch.no_grad():
+        expected = float((model.eval()(x).argmax(1) != y).float().mean())  # one eval batch of all 48
+    assert found.results[found.results.statistics == "EMA"].error.item() == pytest.approx(expected)
+
+
 def test_a_model_without_running_statistics_is_refused_by_name():
     x, y = _data()
     with pytest.raises(ValueError, match="Sequential has no norm layer with running statistics"):
