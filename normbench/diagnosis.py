@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from normbench.argtypes import positive_int, writable_file
 from normbench.checkpoint import load_weights
 from normbench.evaluate import _has_tensor, pooled_statistics, relative_l2, stat_modules
+from normbench.norms import plugin_classes
 from normbench.results import write_text_atomic
 from normbench.runtime import resolve_device
 
@@ -139,10 +140,12 @@ def precise_statistics(model: nn.Module, x: Tensor, batch_size: int) -> nn.Modul
 @torch.no_grad()
 def _one_value_per_channel(model: nn.Module, x: Tensor) -> dict[str, bool]:
     """Per layer with running statistics, and per BatchNorm without them: does one sample give it a
-    single value per channel (so that at batch 1 its batch statistics are undefined)?"""
+    single value per channel (so that at batch 1 its batch statistics are undefined)? False for a
+    layer that never uses batch statistics (frozen)."""
     twin = copy.deepcopy(model).eval()
     batch_norms = {n: m for n, m in twin.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
-    layers = {**batch_norms, **stat_modules(twin)}
+    every = {**batch_norms, **stat_modules(twin)}
+    layers = {n: m for n, m in every.items() if _uses_batch_statistics(m)}
     seen: dict[str, bool] = {}
     handles = [
         m.register_forward_pre_hook(
@@ -159,7 +162,7 @@ def _one_value_per_channel(model: nn.Module, x: Tensor) -> dict[str, bool]:
     finally:
         for h in handles:
             h.remove()
-    return {name: seen.get(name, False) for name in layers}
+    return {name: seen.get(name, False) for name in every}
 
 
 DEFAULT_BATCH_SIZES = (2, 8, 32, 128)
@@ -263,9 +266,18 @@ def diagnose(
             if _has_tensor(m, stat):
                 row[f"{stat}_rel_l2"] = relative_l2(getattr(m, stat), getattr(precise_layers[name], stat))
         row["one_value_per_channel_at_batch_1"] = at_one[name]
+        row["batch_statistics_in_training"] = _uses_batch_statistics(m)
         layer_rows.append(row)
     layer_frame = pd.DataFrame(layer_rows)
     return Diagnosis(results, layer_frame, _verdict(results, layer_frame, split))
+
+
+def _uses_batch_statistics(module: nn.Module) -> bool:
+    """Whether ``module`` normalizes with batch statistics in training mode: a plugin as its registry
+    entry says (``frozen_batchnorm`` does not), torch's BatchNorm always."""
+    specs = plugin_classes()
+    spec = next((specs[cls] for cls in type(module).__mro__ if cls in specs), None)
+    return True if spec is None else spec.batch_dependent
 
 
 def _verdict(results: pd.DataFrame, layers: pd.DataFrame, split: str) -> str:
@@ -286,6 +298,12 @@ def _verdict(results: pd.DataFrame, layers: pd.DataFrame, split: str) -> str:
         lines.append(
             f"Largest drift of the running variance from PreciseBN's: {drift.layer} "
             f"({drift.running_var_rel_l2:.1%} relative L2)."
+        )
+    frozen = list(layers.layer[~layers.batch_statistics_in_training])
+    if frozen:
+        lines.append(
+            f"{len(frozen)} layer(s) normalize with their running statistics in training too (frozen), so "
+            f"the mini-batch rows do not change how they normalize: {', '.join(frozen)}."
         )
     broken = list(layers.layer[layers.one_value_per_channel_at_batch_1])
     if broken:

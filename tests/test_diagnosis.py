@@ -265,6 +265,29 @@ def test_a_batchnorm_without_running_statistics_beside_one_with_them_is_diagnose
     assert found.results[found.results.statistics == "EMA"].error.item() == pytest.approx(expected)
 
 
+def test_frozen_layers_are_named_and_keep_their_statistics_in_the_mini_batch_rows():
+    """A frozen BatchNorm (detectron2's kind) normalizes with its running statistics in training mode
+    too: with only such layers every mini-batch row is the EMA row, and batch 1 is defined."""
+    from normbench import build_norm
+
+    torch.manual_seed(0)
+    frozen = nn.Sequential(nn.Linear(6, 8), build_norm("frozen_batchnorm", 8), nn.ReLU(), nn.Linear(8, 3))
+    x, y = torch.randn(48, 6), torch.randint(0, 3, (48,))
+    found = diagnose(frozen, [(x, y)], [(x, y)], batch_sizes=(1, 8), precise_samples=48)
+    ema = found.results[found.results.statistics == "EMA"].iloc[0]
+    for row in found.results[found.results.statistics == "mini-batch"].itertuples():
+        assert (row.error, row.loss) == pytest.approx((ema.error, ema.loss))
+    assert found.layers[
+        ["layer", "batch_statistics_in_training", "one_value_per_channel_at_batch_1"]
+    ].to_dict("records") == [
+        {"layer": "1", "batch_statistics_in_training": False, "one_value_per_channel_at_batch_1": False}
+    ]
+    assert "1 layer(s) normalize with their running statistics in training too (frozen)" in found.verdict
+    assert "undefined" not in found.verdict
+    plain = diagnose(_cnn(), [_data()], batch_sizes=(8,))
+    assert plain.layers.batch_statistics_in_training.all() and "frozen" not in plain.verdict
+
+
 def test_a_model_without_running_statistics_is_refused_by_name():
     x, y = _data()
     with pytest.raises(ValueError, match="Sequential has no norm layer with running statistics"):
