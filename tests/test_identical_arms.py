@@ -85,3 +85,14 @@ def test_the_section_names_each_pair_of_arms_with_its_batch_sizes():
     assert text.splitlines()[-1] == (
         "- t: ghost_batchnorm (norm.ghost_batch_size=16) and batchnorm at batch 4, 16 (12 pairs of runs)."
     )
+
+
+def test_arms_whose_runs_all_end_alike_whatever_the_seed_are_not_called_identical():
+    """Two nets that did not train (every run the uniform prediction: loss ln 10, error 0.9) match pair
+    for pair without having computed the same thing; a cell counts only where its runs differ."""
+    collapsed = {
+        (norm, None, 2, seed, lr): (2.302585, 0.9)
+        for norm, seed, lr in itertools.product(("batchnorm", "identity"), range(3), (0.1, 0.2))
+    }
+    assert not identical_arms(_runs(collapsed)).size
+    assert len(identical_arms(_runs({**collapsed, **_grid()}))) == 1  # the grid's own cell still counts

@@ -42,7 +42,8 @@ def _results(df: pd.DataFrame) -> list[str]:
 def identical_arms(runs: pd.DataFrame) -> pd.DataFrame:
     """Per task, pair of arms and batch size where every pair of their completed runs that share every
     other config value (seed, learning rate, data, ...) has every loss and error within ``RTOL``
-    relative: task, arm_a, arm_b, batch_size, pairs."""
+    relative, and the runs differ from each other by more than that: task, arm_a, arm_b, batch_size,
+    pairs."""
     columns = ["task", "arm_a", "arm_b", "batch_size", "pairs"]
     done = runs[runs["status"] == "completed"]
     if done.empty:
@@ -61,10 +62,16 @@ def identical_arms(runs: pd.DataFrame) -> pd.DataFrame:
     both = ~(np.isnan(a) | np.isnan(b))
     close = np.abs(a - b) <= RTOL * np.maximum(np.abs(a), np.abs(b))
     pairs = pairs.assign(same=(close | ~both).all(axis=1) & both.any(axis=1))
-    cells = pairs.groupby(["task_a", "arm_a", "arm_b", "batch_size_a"]).agg(
-        pairs=("same", "size"), same=("same", "all")
-    )
-    found = cells[cells["same"]].reset_index()
+    cell = ["task_a", "arm_a", "arm_b", "batch_size_a"]
+    cells = pairs.groupby(cell).agg(pairs=("same", "size"), same=("same", "all"))
+    # Runs that end alike whatever their seed (collapsed to one output, as nets that did not train
+    # do) would match any other such arm: a cell counts only where its runs differ from each other
+    # by more than the tolerance, so the matching is pair by pair.
+    values = pairs.groupby(cell)[[f"{c}_a" for c in results]]
+    spread = (values.max() - values.min()).to_numpy(float)
+    scale = values.agg(lambda v: v.abs().max()).to_numpy(float)
+    cells = cells.assign(varied=(spread > RTOL * scale).any(axis=1))
+    found = cells[cells["same"] & cells["varied"]].reset_index()
     found = found.rename(columns={"task_a": "task", "batch_size_a": "batch_size"})
     return found[columns].reset_index(drop=True)
 
