@@ -130,9 +130,13 @@ def test_the_test_set_size_joins_the_identity_only_when_set():
         ("data.val_size=-0.1", "data.val_size=-0.1: must be a fraction in [0, 1)"),
         (
             "data.val_size=5000",
-            "data.val_size=5000: must hold out at least one sample and leave training samples",
+            "data.val_size=5000: must hold out at least two samples and leave training samples",
         ),
-        ("data.val_size=0.0001", "data.val_size=0.0001: must hold out at least one sample"),
+        ("data.val_size=0.0001", "data.val_size=0.0001: must hold out at least two samples"),
+        # a count of one trained the whole run, then failed on the validation set's batch statistics
+        ("data.val_size=1", "data.val_size=1: must hold out at least two samples"),
+        ("data.val_size=0.0003", "data.val_size=0.0003: must hold out at least two samples"),  # rounds to 1
+        ("data.mnist1d_val_samples=1", "data.mnist1d_val_samples=1: must be 0 or an integer >= 2"),
     ],
 )
 def test_bad_validation_sizes_are_refused_before_any_work(override, message, tmp_path):

@@ -58,9 +58,9 @@ class Dataset:
             )
         n = len(self.y_train)
         target = round(val_size * n) if val_size < 1 else int(val_size)
-        if not 0 < target < n:
+        if not 1 < target < n:  # one sample would leave the validation set's batch statistics undefined
             raise ValueError(
-                f"data.val_size={val_size:g}: must hold out at least one sample and leave training samples "
+                f"data.val_size={val_size:g}: must hold out at least two samples and leave training samples "
                 f"(the training set has {n})"
             )
         counts = torch.bincount(self.y_train, minlength=self.num_classes).double()
