@@ -88,7 +88,10 @@ VALUE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.split_seed": (lambda v: is_finite_number(v) and 0 <= v < 2**62, "an integer in [0, 2^62)"),
     "data.mnist1d_samples": (_at_least(100), "an integer >= 100"),
     "data.mnist1d_test_samples": (_at_least(0), "0 or an integer >= the 20% test split"),
-    "data.mnist1d_val_samples": (lambda v: is_finite_number(v) and (v == 0 or v >= 2), "0 or an integer >= 2"),
+    "data.mnist1d_val_samples": (
+        lambda v: is_finite_number(v) and (v == 0 or v >= 2),
+        "0 or an integer >= 2",
+    ),
     "eval.precise_bn_samples": (_at_least(1), "an integer >= 1 (capped at the training set)"),
     "eval.precise_bn_batch_size": (_at_least(0), "an integer >= 1, or 0 for the run's batch size"),
     "eval.minibatch_samples": (_at_least(1), "an integer >= 1 (capped at the training set)"),
