@@ -92,9 +92,13 @@ VALUE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
         lambda v: is_finite_number(v) and (v == 0 or v >= 2),
         "0 or an integer >= 2",
     ),
-    "eval.precise_bn_samples": (_at_least(1), "an integer >= 1 (capped at the training set)"),
-    "eval.precise_bn_batch_size": (_at_least(0), "an integer >= 1, or 0 for the run's batch size"),
-    "eval.minibatch_samples": (_at_least(1), "an integer >= 1 (capped at the training set)"),
+    # batch statistics need two samples: one trained the whole run, then failed evaluating it
+    "eval.precise_bn_samples": (_at_least(2), "an integer >= 2 (capped at the training set)"),
+    "eval.precise_bn_batch_size": (
+        lambda v: is_finite_number(v) and (v == 0 or v >= 2),
+        "an integer >= 2, or 0 for the run's batch size",
+    ),
+    "eval.minibatch_samples": (_at_least(2), "an integer >= 2 (capped at the training set)"),
     "runtime.threads": (lambda v: _at_least(1)(v) and v <= MAX_THREADS, f"an integer in [1, {MAX_THREADS}]"),
     "task.model.width": (_at_least(1), "an integer >= 1"),
     "task.model.depth": (_at_least(1), "an integer >= 1"),

@@ -191,7 +191,7 @@ class TrainConfig:
 class DataConfig:
     sampler: Sampler = Sampler.iid
     classes_per_batch: int = 2
-    # held out of training, stratified: a fraction < 1, a count >= 1, or 0 for none
+    # held out of training, stratified: a fraction < 1, a count >= 2, or 0 for none
     val_size: float = field(default=0.1, metadata=added(before=0))
     # fixes the validation split, independently of the run's seed
     split_seed: int = field(default=0, metadata=added(before=0))

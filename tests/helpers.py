@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import textwrap
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -97,3 +98,37 @@ def run_python(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Co
     return subprocess.run(
         [sys.executable, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=600
     )
+
+
+def write_distribution(root: Path, name: str, entry_points: str, modules: dict[str, str]) -> None:
+    """A distribution ``name`` installed in ``root`` (a folder on the path): its modules and its
+    ``normbench.norms`` entry points, laid out as a third-party plugin package installs them."""
+    dist = root / f"{name}-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(f"[normbench.norms]\n{entry_points}\n")
+    for mod, src in modules.items():
+        (root / f"{mod}.py").write_text(textwrap.dedent(src))
+
+
+EXPLODING_NORM = '''
+    from torch import nn
+    from normbench import register_norm
+
+    @register_norm("explodingnorm", paper="test plugin", batch_dependent=False)
+    class ExplodingNorm(nn.Module):
+        """Raise in every forward."""
+
+        def __init__(self, num_channels: int) -> None:
+            super().__init__()
+
+        def forward(self, x):
+            raise RuntimeError("plugin exploded")
+'''
+
+
+def exploding_plugin_env(root: Path) -> dict[str, str]:
+    """The environment of a process that sees the norm ``explodingnorm`` (from a package installed in
+    ``root``): its every forward raises, so a run of it fails though its configuration passes."""
+    write_distribution(root, "nb_exploding", "exploding = nb_exploding", {"nb_exploding": EXPLODING_NORM})
+    return {"PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}

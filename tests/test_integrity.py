@@ -15,7 +15,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from helpers import QUICK, QUICK_EVAL, ROOT, compose_cfg, normbench_run, registered_plugin
+from helpers import (
+    QUICK,
+    QUICK_EVAL,
+    ROOT,
+    compose_cfg,
+    exploding_plugin_env,
+    normbench_run,
+    registered_plugin,
+)
 from torch import nn
 
 from normbench.experiment.run import execute
@@ -121,18 +129,18 @@ def test_non_finite_values_never_break_the_writer(tmp_path):
 
 def test_failed_jobs_still_give_the_summary_and_a_nonzero_exit(tmp_path):
     proc = normbench_run(
-        # PreciseBN at batch 1 on (N, C) features fails in the evaluation; batch 0 (the run's 32) does not
+        # explodingnorm (a plugin package's) raises in its forward; batchnorm trains
         "-m",
-        "norm=batchnorm",
-        "eval.precise_bn_batch_size=1,0",
+        "norm=batchnorm,explodingnorm",
         *STEPS,
         f"sweep.root={tmp_path}",
         cwd=tmp_path,
+        env=exploding_plugin_env(tmp_path / "site"),
     )
     assert proc.returncode == 1
     summary = (tmp_path / "default" / "summary.txt").read_text()
     assert "2 runs: 1 completed, 0 diverged, 1 failed, 0 skipped" in summary
-    assert "Expected more than 1 value per channel" in summary  # the summary names the failure
+    assert "RuntimeError: plugin exploded" in summary  # the summary names the failure
     assert summary.strip() in proc.stdout
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import re
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import write_distribution
 from torch import nn
 
 from normbench import available_norms, build_norm, norm_spec, register_norm
@@ -176,19 +176,10 @@ class _Scale(torch.nn.Module):
         return x * self.s
 
 
-def _write_distribution(root: Path, name: str, entry_points: str, modules: dict[str, str]) -> None:
-    dist = root / f"{name}-1.0.dist-info"
-    dist.mkdir(parents=True)
-    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text(f"[normbench.norms]\n{entry_points}\n")
-    for mod, src in modules.items():
-        (root / f"{mod}.py").write_text(textwrap.dedent(src))
-
-
 def test_entry_point_plugins_are_discovered_and_broken_ones_reported(
     isolated_registry, tmp_path, monkeypatch, caplog
 ):
-    _write_distribution(
+    write_distribution(
         tmp_path,
         "nb_fake_plugins",
         "centering = nb_fake_center\nbroken = nb_fake_broken",

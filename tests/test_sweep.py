@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import QUICK, QUICK_EVAL, compose_cfg, normbench_run
+from helpers import QUICK, QUICK_EVAL, compose_cfg, exploding_plugin_env, normbench_run
 
 from normbench.results import load_run
 
@@ -79,18 +79,29 @@ def test_grown_grid_adds_runs_without_touching_old_ones(tmp_path):
 
 
 def test_failed_and_misconfigured_jobs_do_not_stop_the_others(tmp_path):
-    # batchnorm: PreciseBN at batch 1 fails in the evaluation; instancenorm cannot take (N, C) features
-    proc = sweep(tmp_path, "norm=batchnorm,instancenorm", "batch_size=8", "eval.precise_bn_batch_size=1,0")
+    # explodingnorm (a plugin package's) raises in its forward; instancenorm cannot take (N, C) features
+    env = exploding_plugin_env(tmp_path / "site")
+    proc = normbench_run(
+        "-m",
+        "norm=batchnorm,explodingnorm,instancenorm",
+        "batch_size=8",
+        *STEPS,
+        f"sweep.root={tmp_path}",
+        "hydra/launcher=joblib",
+        cwd=tmp_path,
+        env=env,
+    )
     assert proc.returncode == 1  # configuration errors make the sweep exit non-zero, after the others ran
-    assert "4 runs: 1 completed, 0 diverged, 1 failed, 0 skipped, 2 config error" in proc.stdout
+    assert "3 runs: 1 completed, 0 diverged, 1 failed, 0 skipped, 1 config error" in proc.stdout
     found = records(tmp_path / "default")
-    statuses = sorted((r["config"]["eval"]["precise_bn_batch_size"], r["status"]) for r in found.values())
-    assert statuses == [(0, "completed"), (1, "failed")]
+    statuses = sorted((r["config"]["norm"]["name"], r["status"]) for r in found.values())
+    assert statuses == [("batchnorm", "completed"), ("explodingnorm", "failed")]
     failed = next(folder for folder, r in found.items() if r["status"] == "failed")
+    assert found[failed]["error"] == "RuntimeError: plugin exploded"
     assert f"failed, log: {tmp_path / 'default' / failed / 'normbench.log'}" in proc.stdout
     assert "Traceback" in (tmp_path / "default" / failed / "normbench.log").read_text()
     assert (
-        proc.stdout.count("  configuration error (") == 2
+        proc.stdout.count("  configuration error (") == 1
         and "needs at least 2 spatial positions" in proc.stdout
     )
 
@@ -110,7 +121,7 @@ def test_submitit_local_launcher(tmp_path):
         ("batch_size=8,abc", "batch_size=abc: Value 'abc' of type 'str' could not be converted to Integer"),
         ("optim.lr=0.05,-1", "optim.lr=-1.0: must be a number in (0, 1e6] (sweep job optim.lr=-1 "),
         ("optim.lr=0.05,nan", "optim.lr=nan: must be a number in (0, 1e6] (sweep job optim.lr=nan "),
-        ("eval.precise_bn_samples=10,0", "eval.precise_bn_samples=0: must be an integer >= 1"),
+        ("eval.precise_bn_samples=10,0", "eval.precise_bn_samples=0: must be an integer >= 2"),
         ("hydra.launcher.n_jobs=0", "hydra.launcher.n_jobs=0: must be an integer >= 1 (or, for joblib"),
     ],
 )
