@@ -5,9 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import SHAPES, C, randomize_affine
+from helpers import QUICK, compose_cfg
 from reference import ghost_batches, ghostbatchnorm, reference_running_stats
 
 from normbench import build_norm
+from normbench.experiment.run import execute
+from normbench.norms.ghost_batchnorm import GhostBatchNorm
+from normbench.schema import ConfigError
 
 
 def batches(shape, n=3, seed=0):
@@ -56,3 +60,28 @@ def test_state_dict_is_batchnorms():
 def test_bad_ghost_batch_size():
     with pytest.raises(ValueError, match="ghost_batch_size must be >= 1, got 0"):
         build_norm("ghost_batchnorm", C, ghost_batch_size=0)
+
+
+def test_a_ghost_batch_of_one_sample_without_positions_names_the_option():
+    """It was torch's "Expected more than 1 value per channel when training", which names no option;
+    with positions one sample has statistics of its own and trains."""
+    gbn = GhostBatchNorm(4, ghost_batch_size=1).train()
+    with pytest.raises(ValueError) as exc:
+        gbn(torch.randn(6, 4))
+    assert str(exc.value) == (
+        "GhostBatchNorm: ghost_batch_size=1 normalizes each sample alone, which has one value per channel "
+        "in input of shape (6, 4); use ghost_batch_size >= 2"
+    )
+    x = torch.randn(6, 4, 5)
+    y = gbn(x)
+    expected = (x - x.mean(2, keepdim=True)) / (x.var(2, unbiased=False, keepdim=True) + gbn.eps).sqrt()
+    torch.testing.assert_close(y, expected)  # each sample over its own positions (γ = 1, β = 0)
+
+
+def test_a_run_whose_norm_cannot_normalize_its_training_batch_is_refused_before_any_work(tmp_path):
+    with pytest.raises(ConfigError) as exc:
+        execute(compose_cfg("norm=ghost_batchnorm", "norm.ghost_batch_size=1", *QUICK), tmp_path)
+    assert str(exc.value).startswith(
+        "norm=ghost_batchnorm cannot train task=mnist1d_mlp at batch_size=32: GhostBatchNorm: ghost_batch_size=1"
+    )
+    assert list(tmp_path.iterdir()) == []

@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import QUICK, compose_cfg, normbench_run, normbench_run_here
+import torch
+from helpers import QUICK, compose_cfg, normbench_run, normbench_run_here, registered_plugin
 
 import normbench.experiment.record as record_module
 from normbench.config import ConfigError
@@ -113,12 +114,28 @@ def test_non_finite_final_metrics_are_recorded_as_diverged(tmp_path, monkeypatch
     assert load_run(tmp_path)["status"] == "diverged"
 
 
+class _FailsAtTheSecondStep(torch.nn.Module):
+    """The identity, until its second training-mode forward raises (the checks before training run on
+    copies and in eval mode)."""
+
+    def __init__(self, num_channels: int) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += self.training
+        if self.calls > 1:
+            raise RuntimeError("exploded at the second step")
+        return x
+
+
 def test_exception_during_training_is_recorded_as_failed(tmp_path):
-    # ghost batches of one sample have no batch statistics on (N, C) features: the first step raises
-    cfg = compose_cfg("norm=ghost_batchnorm", "norm.ghost_batch_size=1", "batch_size=8", *QUICK)
-    record = execute(cfg, tmp_path)
+    with registered_plugin("secondstepfails", _FailsAtTheSecondStep, batch_dependent=False) as name:
+        cfg = compose_cfg(*QUICK)
+        cfg.norm = {"name": name}
+        record = execute(cfg, tmp_path)
     assert record["status"] == "failed"
-    assert "Expected more than 1 value per channel" in record["error"]
+    assert record["error"] == "RuntimeError: exploded at the second step"
     assert record["metrics"] == {}
 
 
@@ -254,7 +271,7 @@ def test_cli_config_error_is_one_line_and_nonzero(tmp_path):
             "runtime.kernels=cuda: Invalid value 'cuda', expected one of [auto, torch, fused, triton, compiled]",
         ),
         ("optim.lr=nan", "optim.lr=nan: must be a number in (0, 1e6]"),
-        ("eval.precise_bn_samples=-3", "eval.precise_bn_samples=-3: must be an integer >= 1"),
+        ("eval.precise_bn_samples=-3", "eval.precise_bn_samples=-3: must be an integer >= 2"),
         (
             "study=small_batch",
             "study=small_batch: conf/study/ holds study descriptions, not run settings; "

@@ -109,16 +109,22 @@ def dry_forward(model: nn.Module, norms: list[nn.Module], x: Tensor) -> None:
     hooked_forward(model, norms, _same_shape, x)
 
 
-def one_sample_step(model: nn.Module, x: Tensor, cfg: DictConfig) -> None:
-    """A training-mode forward of one sample on a copy: a batch-dependent norm that sees one value per
-    channel at batch size 1 (features, gate pre-activations) cannot train there."""
+def training_forward(model: nn.Module, x: Tensor, cfg: DictConfig) -> None:
+    """A training-mode forward of one batch ``x`` of the run's size on a copy (the global random state
+    as it was): a batch-dependent norm that cannot normalize it - one value per channel at batch size 1
+    (features, gate pre-activations), a ghost batch of one sample - cannot train there."""
     try:
-        with torch.no_grad():
+        with torch.no_grad(), torch.random.fork_rng():
             copy.deepcopy(model).train()(x)
     except ValueError as exc:
+        if len(x) == 1:
+            raise ConfigError(
+                f"batch_size=1: norm={cfg.norm.name} normalizes over the samples of a batch, which one "
+                f"sample cannot give in task={cfg.task.name} ({exc}); use a batch-independent norm such "
+                "as layernorm"
+            ) from None
         raise ConfigError(
-            f"batch_size=1: norm={cfg.norm.name} normalizes over the samples of a batch, which one sample "
-            f"cannot give in task={cfg.task.name} ({exc}); use a batch-independent norm such as layernorm"
+            f"norm={cfg.norm.name} cannot train task={cfg.task.name} at batch_size={cfg.batch_size}: {exc}"
         ) from None
 
 
@@ -172,8 +178,8 @@ def prepare_model(cfg: DictConfig, data: Dataset, runtime: Runtime = CPU_FP32) -
         torch.manual_seed(cfg.seed)
         model, norms = model_and_norms(cfg, data)
         dry_forward(model, norms, data.x_train[:2])
-        if bs == 1 and norm_spec(cfg.norm.name).batch_dependent:
-            one_sample_step(model, data.x_train[:1], cfg)
+        if norm_spec(cfg.norm.name).batch_dependent:
+            training_forward(model, data.x_train[:bs], cfg)
     except ConfigError:
         raise
     except ModelConfigError as exc:

@@ -62,6 +62,11 @@ class GhostBatchNorm(BatchNorm):
         if not self.training or n <= g:
             return super().forward(x)
         self.check_input(x)
+        if g == 1 and x[0, 0].numel() == 1:  # torch's own error would not name the option
+            raise ValueError(
+                f"GhostBatchNorm: ghost_batch_size=1 normalizes each sample alone, which has one value "
+                f"per channel in input of shape {tuple(x.shape)}; use ghost_batch_size >= 2"
+            )
         if (y := self.accelerated(x)) is not None:
             return y
         return self.ghost_batches(x, self._folded)
