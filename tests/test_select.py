@@ -133,7 +133,12 @@ def test_build_report_takes_what_load_runs_takes_and_names_what_it_cannot_use(sw
         TypeError, match=r"^build_report takes folders or records files \(str or path\), got None$"
     ):
         build_report(None, tmp_path / "none")
-    assert not (tmp_path / "typed").exists() and not (tmp_path / "none").exists()
+    # notes as a list failed after every figure was drawn; html="no" wrote an HTML report
+    with pytest.raises(TypeError, match=r"^build_report: notes must be text \(markdown\), got list$"):
+        build_report(sweep, tmp_path / "notes", notes=["a finding"])
+    with pytest.raises(TypeError, match=r"^build_report: html must be True or False, got 'no'$"):
+        build_report(sweep, tmp_path / "html", html="no")
+    assert not any((tmp_path / name).exists() for name in ("typed", "none", "notes", "html"))
 
 
 def test_the_seed_is_not_a_setting_to_choose_on_validation(sweep):

@@ -294,6 +294,11 @@ def build_report(
     so a failure leaves the previous report as it was. Invalid record files are skipped with one
     warning each and listed in the report."""
     dirs, out = record_paths([dirs], "build_report"), Path(out)
+    for name, value in (("title", title), ("notes", notes)):
+        if not isinstance(value, str):  # a list of notes failed after every figure was drawn
+            raise TypeError(f"build_report: {name} must be text (markdown), got {type(value).__name__}")
+    if not isinstance(html, bool):
+        raise TypeError(f"build_report: html must be True or False, got {html!r}")
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"{out}: is a file; the report needs a folder")
     described = load_study(study) if study is not None else None  # before anything is read or written
