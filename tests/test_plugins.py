@@ -85,6 +85,44 @@ def test_batchrenorm_limits_follow_edits_step_ramps_and_dtype():
     assert brn.float().limits().dtype == torch.float32
 
 
+def test_batchrenorm_ramp_scaled_to_the_run_equals_the_ramp_given_in_the_runs_steps():
+    """ramp_reference_steps=N: the steps describe a run of N steps. On a run of N/10 steps the limits
+    are step for step those of the ramp written in its own steps; before its length is known a
+    training forward refuses, naming the option (the unscaled ramp would be used silently)."""
+    scaled = build_norm(
+        "batchrenorm", C, warmup_steps=20, r_max_steps=60, d_max_steps=40, ramp_reference_steps=100
+    ).double()
+    with pytest.raises(ValueError, match=r"^BatchRenorm: ramp_reference_steps=100 scales the ramp"):
+        scaled(x64(8, C, 3))
+    scaled.set_training_steps(10)
+    given = build_norm("batchrenorm", C, warmup_steps=2, r_max_steps=6, d_max_steps=4).double()
+    for step in range(8):
+        x = x64(8, C, 3, seed=step) * (step + 1)
+        assert scaled.limits().tolist() == given.limits().tolist()
+        torch.testing.assert_close(scaled(x), given(x), rtol=0, atol=0)
+    scaled.set_training_steps(1000)  # from what was given, not from the last scaling
+    assert (scaled.warmup_steps, scaled.r_max_steps, scaled.d_max_steps) == (200, 600, 400)
+    with pytest.raises(ValueError, match=r"ramp_reference_steps must be 0 .* got -1"):
+        build_norm("batchrenorm", C, ramp_reference_steps=-1)
+
+
+def test_a_runs_batchrenorm_ramp_follows_its_length_and_old_runs_keep_their_identity(tmp_path):
+    from normbench.experiment.identity import run_identity
+
+    cfg = compose_cfg("norm=batchrenorm", "norm.ramp_reference_steps=40000", *QUICK)  # a 4-step run
+    record = execute(cfg, tmp_path)
+    assert record["status"] == "completed"
+    from normbench.experiment.build import prepare_data, prepare_model
+
+    layers = [
+        m for m in prepare_model(cfg, prepare_data(cfg)).modules() if hasattr(m, "ramp_reference_steps")
+    ]
+    assert layers and {(m.warmup_steps, m.r_max_steps, m.d_max_steps) for m in layers} == {(0, 4, 2)}
+    plain = compose_cfg("norm=batchrenorm", *QUICK)
+    assert "ramp_reference_steps" not in run_identity(plain)[0]["norm"]  # the hash runs had before it
+    assert run_identity(cfg)[0]["norm"]["ramp_reference_steps"] == 40000
+
+
 def test_batchrenorm_compiles_to_one_graph_for_every_step():
     """The schedule reads the step counter as a tensor: torch.compile neither breaks the graph on it nor
     recompiles as it counts."""

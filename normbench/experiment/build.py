@@ -31,6 +31,7 @@ from normbench.tasks.cifar import crop_flip
 from normbench.tasks.dataset import Dataset
 from normbench.tasks.models import ModelConfigError, scale_initial_weights
 from normbench.tasks.registry import task_for
+from normbench.train import training_plan
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +53,17 @@ class PluginError(RuntimeError):
 
 def model_and_norms(cfg: DictConfig, data: Dataset) -> tuple[nn.Module, list[nn.Module]]:
     """The model of the run's task (:func:`normbench.tasks.registry.task_for`) with the configured norm,
-    and the norm layers the registry built for it; initial weights scaled by ``task.model.init_scale``."""
+    and the norm layers the registry built for it; initial weights scaled by ``task.model.init_scale``.
+    A norm whose schedule follows the run's length (``set_training_steps``) is given it."""
     model, built = task_for(cfg).build_model(cfg, data)
     init_scale = cfg.task.model.get("init_scale", 1.0)
     if init_scale != 1.0:
         scale_initial_weights(model, init_scale, built)
+    timed = [m for m in built if hasattr(m, "set_training_steps")]
+    if timed:
+        total = training_plan(cfg, len(data.x_train)).total
+        for m in timed:
+            m.set_training_steps(total)
     return model, built
 
 

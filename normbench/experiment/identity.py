@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 # plugin's options are not in the schema (plugins import torch), so theirs are listed here.
 PLUGIN_LATER_KEYS = {
     "norm.positions": 0,  # batchnorm pooled over positions, as before the option existed
+    "norm.ramp_reference_steps": 0,  # batchrenorm's ramp in steps as given, as before the option existed
 }
 LATER_KEYS = {**later_keys(), **PLUGIN_LATER_KEYS}
 

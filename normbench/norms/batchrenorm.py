@@ -36,6 +36,11 @@ class BatchRenorm(BatchNorm):
     (paper: 5k, 40k, 25k steps, r_max 3, d_max 5). With r_max = 1 and d_max = 0 it equals BatchNorm.
     Eval mode uses the running statistics.
 
+    A run shorter than the warm-up is BatchNorm throughout. ``ramp_reference_steps`` = N > 0 says the
+    three steps describe a run of N steps and scales them to the run's own length, given by
+    :meth:`set_training_steps` (``normbench-run`` calls it when it builds the model): with N = 40000,
+    a 4,000-step run plays the paper's ramp at a tenth of its steps.
+
     Shape:
         Input (N, C, *) with 0-3 spatial dims; output the same shape.
     """
@@ -48,6 +53,7 @@ class BatchRenorm(BatchNorm):
         warmup_steps: int = 5000,
         r_max_steps: int = 40000,
         d_max_steps: int = 25000,
+        ramp_reference_steps: int = 0,
         eps: float = 1e-5,
         momentum: float | None = 0.1,
         affine: bool = True,
@@ -55,9 +61,27 @@ class BatchRenorm(BatchNorm):
         super().__init__(num_channels, eps, momentum, affine, track_running_stats=True)
         if r_max < 1 or d_max < 0:
             raise ValueError(f"BatchRenorm: need r_max >= 1 and d_max >= 0, got r_max={r_max}, d_max={d_max}")
+        if ramp_reference_steps < 0:
+            raise ValueError(
+                f"BatchRenorm: ramp_reference_steps must be 0 (steps as given) or a run's length in steps, "
+                f"got {ramp_reference_steps}"
+            )
         self.r_max, self.d_max = r_max, d_max
         self.warmup_steps, self.r_max_steps, self.d_max_steps = warmup_steps, r_max_steps, d_max_steps
+        self.ramp_reference_steps = ramp_reference_steps
+        self._given_steps = (warmup_steps, r_max_steps, d_max_steps)
+        self._awaits_length = ramp_reference_steps > 0
         self._schedules: dict[tuple, Tensor] = {}
+
+    def set_training_steps(self, total: int) -> None:
+        """The run's length in steps: with ``ramp_reference_steps`` = N > 0 the warm-up and ramp end steps
+        become the given ones times ``total / N`` (rounded); otherwise nothing changes."""
+        if self.ramp_reference_steps:
+            scale = total / self.ramp_reference_steps
+            self.warmup_steps, self.r_max_steps, self.d_max_steps = (
+                round(s * scale) for s in self._given_steps
+            )
+            self._awaits_length = False
 
     def limits(self) -> Tensor:
         """(r_max, d_max) in force at the current step, a (2,) tensor computed on the step counter's
@@ -89,6 +113,11 @@ class BatchRenorm(BatchNorm):
         if not self.training:
             return super().forward(x)
         self.check_input(x)
+        if self._awaits_length:  # its ramp would silently be the unscaled one
+            raise ValueError(
+                f"BatchRenorm: ramp_reference_steps={self.ramp_reference_steps} scales the ramp to the run's "
+                "length: call set_training_steps(total_steps) before training (normbench-run does)"
+            )
         if (y := self.accelerated(x)) is not None:
             return y
         r_max, d_max = self.limits()
