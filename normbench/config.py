@@ -56,6 +56,11 @@ def _at_least(low: float) -> Callable[[Any], bool]:
     return lambda v: is_finite_number(v) and v >= low
 
 
+def _off_or_at_least(low: float) -> Callable[[Any], bool]:
+    """0 (a sentinel: none, or the run's own value) or a number >= ``low``."""
+    return lambda v: is_finite_number(v) and (v == 0 or v >= low)
+
+
 # key -> (test, what is allowed). Every numeric setting that could otherwise fail mid-run, be silently
 # reinterpreted (a negative sample count as "all but"), or train on a nonsense value (lr = nan).
 MAX_THREADS = 256  # torch's thread pools crash (segfault) on some 10^5 threads
@@ -88,16 +93,10 @@ VALUE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.split_seed": (lambda v: is_finite_number(v) and 0 <= v < 2**62, "an integer in [0, 2^62)"),
     "data.mnist1d_samples": (_at_least(100), "an integer >= 100"),
     "data.mnist1d_test_samples": (_at_least(0), "0 or an integer >= the 20% test split"),
-    "data.mnist1d_val_samples": (
-        lambda v: is_finite_number(v) and (v == 0 or v >= 2),
-        "0 or an integer >= 2",
-    ),
+    "data.mnist1d_val_samples": (_off_or_at_least(2), "0 or an integer >= 2"),
     # batch statistics need two samples: one trained the whole run, then failed evaluating it
     "eval.precise_bn_samples": (_at_least(2), "an integer >= 2 (capped at the training set)"),
-    "eval.precise_bn_batch_size": (
-        lambda v: is_finite_number(v) and (v == 0 or v >= 2),
-        "an integer >= 2, or 0 for the run's batch size",
-    ),
+    "eval.precise_bn_batch_size": (_off_or_at_least(2), "an integer >= 2, or 0 for the run's batch size"),
     "eval.minibatch_samples": (_at_least(2), "an integer >= 2 (capped at the training set)"),
     "runtime.threads": (lambda v: _at_least(1)(v) and v <= MAX_THREADS, f"an integer in [1, {MAX_THREADS}]"),
     "task.model.width": (_at_least(1), "an integer >= 1"),

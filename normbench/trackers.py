@@ -216,7 +216,7 @@ class Kept:
 
 def open_tracker(
     kind: str, run_dir: Path, config: Mapping[str, Any], config_hash: str = "", experiment: str = "normbench"
-) -> Tracker | None:
+) -> Kept | None:
     """The tracker ``kind`` of the run in ``run_dir`` (None for ``none``), :class:`Kept`: a failure of
     it, from opening on, is an error in the log and not the run's. A ``kind`` that cannot work here
     (:func:`logger_problem`) is a ValueError, as it is before any work."""
