@@ -152,6 +152,28 @@ def test_eval_mode_is_deterministic_and_stateless(name):
         assert torch.equal(v, before[k]), f"{name}: eval forward changed {k}"
 
 
+@pytest.mark.parametrize("kind", SHAPE_IDS)
+@pytest.mark.parametrize("name", NORMS)
+def test_an_empty_batch_gives_an_empty_output_and_leaves_the_running_statistics(name, kind, kernel_path):
+    """As torch's norms treat a batch of no samples (a detection head's batch of no boxes): an empty
+    output of its shape that backpropagates, in both modes, and no floating buffer moved (statistics of
+    nothing would be NaN)."""
+    shape = (0, *SHAPES[kind][1:])
+    if not fits(name, shape):
+        return
+    module = make(name)
+    before = {k: v.clone() for k, v in module.state_dict().items() if v.is_floating_point()}
+    for mode in (True, False):
+        module.train(mode)
+        x = inputs(shape).requires_grad_()
+        y = module(x)
+        assert y.shape == shape and y.dtype == x.dtype
+        y.sum().backward()
+        assert x.grad.shape == shape
+    for k, v in before.items():
+        assert torch.equal(module.state_dict()[k], v), f"{name}: an empty batch changed {k}"
+
+
 @pytest.mark.parametrize("name", NORMS)
 def test_spec_metadata_is_complete(name):
     spec = norm_spec(name)

@@ -23,9 +23,9 @@ FUSED_MIN_ELEMENTS = 1 << 17
 
 
 def use_fused(module: object, x: Tensor) -> bool:
-    """Where a fused Function pays: CPU inputs of at least :data:`FUSED_MIN_ELEMENTS`, outside vmap (the
-    ``applies`` of every ``fused`` kernel; ``module`` is the plugin that asks)."""
-    return x.device.type == "cpu" and x.numel() >= FUSED_MIN_ELEMENTS and not vmapped(x)
+    """Where a fused Function pays: non-empty CPU inputs of at least :data:`FUSED_MIN_ELEMENTS`, outside
+    vmap (the ``applies`` of every ``fused`` kernel; ``module`` is the plugin that asks)."""
+    return x.device.type == "cpu" and x.numel() >= max(FUSED_MIN_ELEMENTS, 1) and not vmapped(x)
 
 
 def pull_back(

@@ -86,9 +86,20 @@ class ChannelNorm(nn.Module):
         if self.min_spatial_positions and math.prod(x.shape[2:]) < self.min_spatial_positions:
             raise ValueError(
                 f"{type(self).__name__}: needs at least {self.min_spatial_positions} spatial positions "
-                f"per channel to compute its statistics, got input of shape {tuple(x.shape)}; "
-                "(N, C) features have none"
+                f"per channel to compute its statistics, got input of shape {tuple(x.shape)}"
+                + ("; (N, C) features have none" if x.dim() == 2 else "")
             )
+
+    def empty_output(self, x: Tensor) -> Tensor:
+        """The output for an input without values (a batch of no samples, as a detection head's batch of
+        no boxes, or of no positions): empty, of ``x``'s shape, through the affine parameters so that they
+        get (zero) gradients, and the running statistics untouched, as torch's norms treat it. Plugins
+        whose statistics would divide by the empty count return it instead of their formula."""
+        y = x.clone()
+        if self.weight is not None:
+            shape = (1, -1) + (1,) * (x.dim() - 2)
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return like_input(y, x)
 
     def accelerated(self, x: Tensor) -> Tensor | None:
         """The output of the first of this module's :attr:`kernels` that applies to ``x``, or None (the

@@ -118,6 +118,8 @@ class BatchRenorm(BatchNorm):
                 f"BatchRenorm: ramp_reference_steps={self.ramp_reference_steps} scales the ramp to the run's "
                 "length: call set_training_steps(total_steps) before training (normbench-run does)"
             )
+        if x.numel() == 0:
+            return self.empty_output(x)
         if (y := self.accelerated(x)) is not None:
             return y
         r_max, d_max = self.limits()

@@ -74,6 +74,8 @@ class EvoNormB0(ChannelNorm):
 
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(x)
+        if x.numel() == 0:
+            return self.empty_output(x)
         if (y := self.accelerated(x)) is not None:
             return y
         mean_in, var_in = group_moments(group_view(x))
@@ -130,6 +132,8 @@ class EvoNormS0(ChannelNorm):
 
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(x)
+        if x.numel() == 0:
+            return self.empty_output(x)
         if (y := self.accelerated(x)) is not None:
             return y
         channels = self.num_channels // self.num_groups

@@ -42,6 +42,8 @@ class InstanceNorm(ChannelNorm):
 
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(x)
+        if x.numel() == 0:
+            return self.empty_output(x)
         if (y := self.accelerated(x)) is not None:
             return y
         if x.is_cuda and x.dtype == torch.float32:

@@ -82,6 +82,8 @@ class SwitchNorm(ChannelNorm):
 
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(x)
+        if x.numel() == 0:
+            return self.empty_output(x)
         if (y := self.accelerated(x)) is not None:
             return y
         params = (self.weight, self.bias, self.mean_logits, self.var_logits)
