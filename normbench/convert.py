@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from normbench.norms import NormSpec, build_norm, iter_specs, norm_spec
+from normbench.norms.registry import option_type_problem
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +27,9 @@ AFFINE = ("weight", "bias")
 # Copied only between norms that both keep population statistics of their input (the registry's
 # running_stats flag, or torch's BatchNorm tracking them): then they mean the same thing.
 RUNNING = ("running_mean", "running_var", "num_batches_tracked")
-# Options carried over from the source layer when the target takes them and the caller did not set them.
-CARRIED_OPTIONS = ("eps", "momentum")
+# Options carried over from the source layer when the target takes them and the caller did not set them
+# (track_running_stats=False: BatchNorm normalizing with batch statistics in eval mode too).
+CARRIED_OPTIONS = ("eps", "momentum", "track_running_stats")
 NORM_ACT_CHILDREN = ["drop", "act"]  # timm's BatchNormAct2d / GroupNormAct: norm, then drop, then act
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.LeakyReLU, nn.ELU, nn.Mish, nn.Tanh)
 
@@ -78,11 +80,22 @@ def _keeps_running_stats(module: nn.Module) -> bool:
     return spec is not None and spec.running_stats
 
 
-def _carried(source: nn.Module, spec: NormSpec, options: dict[str, Any]) -> dict[str, Any]:
+def _carried(layer: str, source: nn.Module, spec: NormSpec, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` and the :data:`CARRIED_OPTIONS` of ``source`` that ``spec`` takes and they do not set;
+    ValueError where a value would be dropped for the target's default, changing what the layer does
+    (torch's ``momentum=None``, a cumulative average, into a plugin whose momentum is a rate only)."""
     carried = dict(options)
     for name in CARRIED_OPTIONS:
-        if name in spec.options and name not in options and isinstance(getattr(source, name, None), float):
-            carried[name] = getattr(source, name)
+        if name not in spec.options or name in options or not hasattr(source, name):
+            continue
+        value = getattr(source, name)
+        if option_type_problem(spec.option_types.get(name, Any), value) is None:
+            carried[name] = value
+        else:
+            raise ValueError(
+                f"convert_norms: {layer} has {name}={value!r}, which {spec.name} does not take; pass "
+                f"{name}=... for the new layers"
+            )
     return carried
 
 
@@ -96,6 +109,27 @@ def _copy_state(source: nn.Module, target: nn.Module, running: bool) -> tuple[st
                 b.copy_(a)
                 copied.append(name)
     return tuple(copied)
+
+
+def _replacement(
+    name: str, module: nn.Module, channels: int, spec: NormSpec, options: dict[str, Any]
+) -> tuple[nn.Module, tuple[str, ...]]:
+    """The plugin layer that replaces ``module`` (on its device, dtype and mode, with its state where it
+    means the same), and the names of the tensors copied into it."""
+    carried = _carried(name, module, spec, options)
+    try:
+        new = build_norm(spec.name, channels, **carried)
+    except ValueError as e:  # e.g. channels that the options' groups do not divide: name the layer
+        raise ValueError(f"convert_norms: {name} ({type(module).__name__}, {channels} channels): {e}") from e
+    tensors = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
+    ref = next((t for t in tensors if t.is_floating_point()), None)
+    if ref is not None:
+        new = new.to(device=ref.device, dtype=ref.dtype)
+    copied = _copy_state(module, new, _keeps_running_stats(module) and spec.running_stats)
+    new.train(module.training)
+    if module._modules:  # a norm-act layer: the new norm, then its own dropout and activation
+        new = nn.Sequential(new, module.drop, module.act).train(module.training)
+    return new, copied
 
 
 def _placement(model: nn.Module, name: str) -> tuple[nn.Module, str]:
@@ -125,11 +159,15 @@ def convert_norms(
     """Replace every channel-first normalization layer of ``model`` (in place) with the registry plugin
     ``norm`` built with ``options``, and return what was converted (also logged).
 
-    Each new layer gets the old one's device, dtype and train/eval mode; its ``eps`` and ``momentum``
-    unless ``options`` sets them (and the plugin takes them); the old affine ``weight``/``bias``; and the
-    running statistics where both norms keep population statistics of their input (BatchNorm into
-    frozen_batchnorm, batchrenorm or sync_batchnorm carries them exactly). ``include``/``exclude`` are
-    predicates ``(qualified_name, module) -> bool`` choosing which layers to convert.
+    Each new layer gets the old one's device, dtype and train/eval mode; its ``eps``, ``momentum`` and
+    ``track_running_stats`` unless ``options`` sets them (where the plugin takes them; a value it does not
+    take, such as torch's ``momentum=None`` into a plugin whose momentum is a rate, is a ValueError); the
+    old affine ``weight``/``bias``; and the running statistics where both norms keep population
+    statistics of their input (BatchNorm into frozen_batchnorm, batchrenorm or sync_batchnorm carries
+    them exactly). A layer held in several places (shared) becomes one new layer held in the same
+    places. Every new layer is built before the model is changed, so an option that one layer cannot
+    take (groups that do not divide its channels) leaves the model as it was. ``include``/``exclude``
+    are predicates ``(qualified_name, module) -> bool`` choosing which layers to convert.
 
     Plugin hooks: for a plugin with an ``adapt_layer`` hook (ws_groupnorm) the conv/linear layer
     registered just before the norm in the same parent (``conv1`` before ``bn1``, the previous element
@@ -156,8 +194,15 @@ def convert_norms(
                 f"got {type(predicate).__name__}"
             )
     spec = norm_spec(norm)
+    if norm_channels(model) is not None:
+        raise ValueError(
+            f"convert_norms: the model is itself a normalization layer ({type(model).__name__}); "
+            f"convert_norms replaces the layers inside a model (build_norm({spec.name!r}, "
+            f"{norm_channels(model)}) builds one)"
+        )
     plan = []
-    for name, module in model.named_modules():
+    built: dict[int, nn.Module] = {}  # one new layer per old one, however many places hold it
+    for name, module in model.named_modules(remove_duplicate=False):
         channels = norm_channels(module)
         if channels is None or not name:
             continue
@@ -193,19 +238,12 @@ def convert_norms(
                     "pass keep_activation=True to keep it, exclude the layer, or choose another norm"
                 )
             activation = after[0]
-        plan.append((name, module, channels, parent, parent_name, child, adapt, activation))
+        if id(module) not in built:  # every new layer is built before the model is changed
+            built[id(module)] = _replacement(name, module, channels, spec, options)
+        plan.append((name, module, parent, parent_name, child, adapt, activation))
     conversions = []
-    for name, module, channels, parent, parent_name, child, adapt, activation in plan:
-        new = build_norm(spec.name, channels, **_carried(module, spec, options))
-        tensors = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
-        ref = next((t for t in tensors if t.is_floating_point()), None)
-        if ref is not None:
-            new = new.to(device=ref.device, dtype=ref.dtype)
-        running = _keeps_running_stats(module) and spec.running_stats
-        copied = _copy_state(module, new, running)
-        new.train(module.training)
-        if module._modules:  # a norm-act layer: the new norm, then its own dropout and activation
-            new = nn.Sequential(new, module.drop, module.act).train(module.training)
+    for name, module, parent, parent_name, child, adapt, activation in plan:
+        new, copied = built[id(module)]
         setattr(parent, child, new)
         if adapt is not None:
             setattr(parent, adapt, spec.adapt_layer(parent._modules[adapt]))

@@ -306,3 +306,49 @@ def test_timm_norm_act_layers_keep_their_activation_or_give_it_to_the_plugin():
     odd[1].extra = nn.ReLU()
     with pytest.raises(ValueError, match=r"1 \(BatchNormAct2d\) holds submodules \['drop', 'act', 'extra'\]"):
         convert_norms(odd, "groupnorm", num_groups=4)
+
+
+def test_a_shared_layer_becomes_one_new_layer_in_every_place_that_held_it():
+    shared = nn.BatchNorm2d(4)
+    model = nn.Module()
+    model.a, model.b = shared, shared  # e.g. one norm applied to two branches
+    done = convert_norms(model, "groupnorm", num_groups=2)
+    assert [c.name for c in done] == ["a", "b"]
+    assert isinstance(model.a, norm_spec("groupnorm").factory) and model.a is model.b
+
+
+def test_a_layer_the_options_do_not_fit_is_named_and_the_model_is_left_as_it_was():
+    model = nn.Sequential(
+        nn.Conv2d(3, 64, 3), nn.BatchNorm2d(64), nn.ReLU(), nn.Conv2d(64, 48, 3), nn.BatchNorm2d(48)
+    )
+    with pytest.raises(ValueError) as info:
+        convert_norms(model, "groupnorm", num_groups=32)
+    assert str(info.value).startswith("convert_norms: 4 (BatchNorm2d, 48 channels): ")
+    assert "48" in str(info.value) and "32" in str(info.value)
+    assert [type(m) for m in model] == [nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.Conv2d, nn.BatchNorm2d]
+
+
+def test_batch_statistics_in_eval_and_a_cumulative_average_carry_over_or_are_refused():
+    x = torch.randn(4, 3, 6, 6)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8, track_running_stats=False)).eval()
+    expected = model(x)  # normalized with the batch's own statistics, in eval mode too
+    convert_norms(model, "batchnorm")
+    assert model[1].track_running_stats is False
+    torch.testing.assert_close(model(x), expected)
+    cumulative = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8, momentum=None))
+    convert_norms(cumulative, "batchrenorm")
+    assert cumulative[1].momentum is None
+    cumulative = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8, momentum=None))
+    with pytest.raises(
+        ValueError, match=r"^convert_norms: 1 has momentum=None, which switchnorm does not take"
+    ):
+        convert_norms(cumulative, "switchnorm")
+    assert type(cumulative[1]) is nn.BatchNorm2d
+    assert convert_norms(cumulative, "switchnorm", momentum=0.1)  # the caller's value
+
+
+def test_a_model_that_is_itself_a_norm_is_refused_with_what_to_call():
+    with pytest.raises(
+        ValueError, match=r"itself a normalization layer \(BatchNorm2d\).*build_norm\('groupnorm', 4\)"
+    ):
+        convert_norms(nn.BatchNorm2d(4), "groupnorm")
