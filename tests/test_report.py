@@ -496,6 +496,21 @@ def test_report_refuses_an_out_folder_or_notes_it_cannot_use_in_one_line(tmp_pat
     assert taken.read_text() == "a user's file\n" and sorted(tmp_path.iterdir()) == [taken]
 
 
+def test_a_folder_of_packed_records_names_the_file_to_give(tmp_path):
+    """A study's report folder holds records.jsonl and no result.json: the error said only that nothing
+    was found there."""
+    folder = tmp_path / "study"
+    folder.mkdir()
+    (folder / "records.jsonl").write_text((ROOT / "reports/example/records.jsonl").read_text())
+    with pytest.raises(ValueError) as info:
+        build_report([folder], tmp_path / "out")
+    assert str(info.value) == (
+        f"no valid run records (result.json) found under {folder} (a study's packed records are read from "
+        f"the file itself: {folder / 'records.jsonl'})"
+    )
+    assert build_report([folder / "records.jsonl"], tmp_path / "out").is_file()
+
+
 def test_a_reference_batch_the_runs_lack_is_refused_and_without_one_32_or_the_largest_is_used(tmp_path):
     """A change against a batch size nobody trained would be a table of dashes: refused, naming the
     batch sizes there are; left out, it is 32 (Wu & He 2018's) or, where the runs stop below, their

@@ -191,3 +191,20 @@ def test_unknown_key_names_what_was_swept(sweep, tmp_path):
         ValueError, match=r"^selection key optim.lrr: not a config key of these runs \(swept here: .*optim.lr"
     ):
         build_report([sweep], tmp_path / "out", select=["optim.lrr"])
+
+
+@pytest.mark.parametrize("axis", ["batch_size", "norm", "task"])
+def test_the_reports_axes_are_not_settings_to_choose_and_nothing_is_written(sweep, tmp_path, axis):
+    """``--select batch_size`` was a KeyError after the selection table was drawn; ``--select norm``
+    tabulated each norm as its own 'selected' row, split by the norm's own options."""
+    with pytest.raises(
+        ValueError, match=rf"^selection key {axis}: task, norm, batch_size are what the report"
+    ):
+        build_report([sweep], tmp_path / "out", select=["optim.lr", axis])
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_key_given_twice_is_named(sweep, tmp_path):
+    with pytest.raises(ValueError, match=r"^selection key optim.lr: given more than once$"):
+        build_report([sweep], tmp_path / "out", select=["optim.lr", "optim.lr"])  # was pandas' insert error
+    assert not (tmp_path / "out").exists()

@@ -309,7 +309,9 @@ def build_report(
         log.warning(message)
     runs = runs_frame(records, with_history=True)
     if runs.empty:
-        raise ValueError(f"no valid run records (result.json) found under {', '.join(map(str, dirs))}")
+        packed = [str(Path(d, "records.jsonl")) for d in dirs if Path(d, "records.jsonl").is_file()]
+        hint = f" (a study's packed records are read from the file itself: {', '.join(packed)})" if packed else ""
+        raise ValueError(f"no valid run records (result.json) found under {', '.join(map(str, dirs))}{hint}")
     if select:
         select = as_keys(runs, select)
         check_keys(runs, select)  # before anything is written

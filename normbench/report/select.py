@@ -19,6 +19,7 @@ from normbench.report.tables import cell_columns
 
 CRITERION = "val_error"
 SELECTED = "selected"  # what a selected key's column holds in the runs the report tabulates
+AXES = ("task", "norm", "batch_size")  # the report's rows, columns and panels: never chosen per cell
 
 
 def as_keys(runs: pd.DataFrame, keys: str | Sequence[str]) -> list[str]:
@@ -42,6 +43,13 @@ def check_keys(runs: pd.DataFrame, keys: Sequence[str]) -> None:
             "selection key seed: the seeds are the repeats of each cell; choosing one on validation leaves one "
             "lucky run per cell and no interval"
         )
+    if axes := [key for key in keys if key in AXES]:
+        raise ValueError(
+            f"selection key {axes[0]}: {', '.join(AXES)} are what the report compares (each norm's error "
+            "against the batch size, per task); select settings within a cell, such as optim.lr"
+        )
+    if repeated := sorted({key for key in keys if keys.count(key) > 1}):
+        raise ValueError(f"selection key {repeated[0]}: given more than once")
     for key in keys:
         if key not in columns:
             raise ValueError(
