@@ -310,7 +310,11 @@ def build_report(
     runs = runs_frame(records, with_history=True)
     if runs.empty:
         packed = [str(Path(d, "records.jsonl")) for d in dirs if Path(d, "records.jsonl").is_file()]
-        hint = f" (a study's packed records are read from the file itself: {', '.join(packed)})" if packed else ""
+        hint = (
+            f" (a study's packed records are read from the file itself: {', '.join(packed)})"
+            if packed
+            else ""
+        )
         raise ValueError(f"no valid run records (result.json) found under {', '.join(map(str, dirs))}{hint}")
     if select:
         select = as_keys(runs, select)
