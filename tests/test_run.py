@@ -199,6 +199,16 @@ def test_exception_during_training_is_recorded_as_failed(tmp_path):
             ["task=seq_transformer", "task.model.heads=3"],
             r"task\.model\.heads=3: must divide task\.model\.width=64 \(each head",
         ),
+        (  # the run was all warm-up: its learning rate never reached optim.lr, its cosine never applied
+            ["train.budget=steps", "train.steps=50", "optim.warmup_steps=50"],
+            r"^optim\.warmup_steps=50: must be fewer than the run's 50 training steps \(batch_size=32, "
+            r"train\.budget=steps\); the run would end before its warm-up does$",
+        ),
+        (  # an epoch budget: the steps depend on the batch size (3600 // 128 = 28 per epoch, 10 epochs)
+            ["batch_size=128", "optim.warmup_steps=300"],
+            r"^optim\.warmup_steps=300: must be fewer than the run's 280 training steps \(batch_size=128, "
+            r"train\.budget=epochs\)",
+        ),
         (
             ["task.model.arch=vgg"],
             # every built-in arch (an installed task plugin may add its own)

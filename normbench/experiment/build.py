@@ -138,7 +138,8 @@ def training_forward(model: nn.Module, x: Tensor, cfg: DictConfig) -> None:
 def prepare_data(cfg: DictConfig, runtime: Runtime = CPU_FP32) -> Dataset:
     """The run's data split (train/validation/test, on the CPU), after the checks that need it: a
     setting the task cannot give (a batch larger than the training set, a class-grouped batch the
-    classes cannot fill, an image-only setting on 1-D inputs) raises ConfigError."""
+    classes cannot fill, an image-only setting on 1-D inputs, a warm-up as long as the run) raises
+    ConfigError."""
     try:
         data = task_for(cfg).load_data(cfg)
     except (OSError, ValueError) as exc:  # unknown, missing (without data.download), bad download
@@ -173,6 +174,13 @@ def prepare_data(cfg: DictConfig, runtime: Runtime = CPU_FP32) -> Dataset:
         why = check_class_grouped(bs, cfg.data.classes_per_batch, data.num_classes)
         if why:
             raise ConfigError(why)
+    total = training_plan(cfg, n_train).total
+    if cfg.optim.warmup_steps >= total > 0:  # the whole run would be warm-up, the schedule never applied
+        raise ConfigError(
+            f"optim.warmup_steps={cfg.optim.warmup_steps}: must be fewer than the run's {total} training "
+            f"steps (batch_size={bs}, train.budget={getattr(cfg.train.budget, 'value', cfg.train.budget)}); "
+            "the run would end before its warm-up does"
+        )
     return data
 
 
