@@ -88,6 +88,11 @@ def test_saved_weights_rebuild_the_model_that_made_the_record(tmp_path):
     assert error == pytest.approx(
         json.loads((folder / "result.json").read_text())["metrics"]["test_error"], abs=1e-6
     )
+    result = folder / "result.json"
+    record = json.loads(result.read_text())
+    record["config"]["optim"]["warmup_steps"] = 60  # a run trained before a rule that now refuses it
+    result.write_text(json.dumps(record))
+    assert torch.equal(load_model(folder)(data.x_test[:4]), model(data.x_test[:4]))  # no new run's checks
     with pytest.raises(FileNotFoundError, match=r"train\.save_model=true"):
         load_model(tmp_path)
     with pytest.raises(TypeError, match=r"load_model takes a run's folder \(a str or path\), got 3"):

@@ -83,7 +83,7 @@ def load_model(run_dir: str | os.PathLike[str], device: str | torch.device = "cp
         raise FileNotFoundError(f"{weights}: no saved weights (train the run with train.save_model=true)")
     record = load_run(run_dir / RESULT_FILE)
     cfg = record_config(record["config"])
-    model = model_from_config(cfg, prepare_data(cfg))
+    model = model_from_config(cfg, split_data(cfg))  # the run's model, not a new run's checks
     load_weights(model, weights)
     return model.to(device).eval()
 
@@ -135,19 +135,24 @@ def training_forward(model: nn.Module, x: Tensor, cfg: DictConfig) -> None:
         ) from None
 
 
-def prepare_data(cfg: DictConfig, runtime: Runtime = CPU_FP32) -> Dataset:
-    """The run's data split (train/validation/test, on the CPU), after the checks that need it: a
-    setting the task cannot give (a batch larger than the training set, a class-grouped batch the
-    classes cannot fill, an image-only setting on 1-D inputs, a warm-up as long as the run) raises
-    ConfigError."""
+def split_data(cfg: DictConfig) -> Dataset:
+    """The run's data split (train/validation/test, on the CPU); ConfigError where the dataset or the
+    split cannot be had."""
     try:
         data = task_for(cfg).load_data(cfg)
     except (OSError, ValueError) as exc:  # unknown, missing (without data.download), bad download
         raise ConfigError(f"task.dataset={cfg.task.dataset}: {exc}") from None
     try:
-        data = data.split(cfg.data.val_size, cfg.data.split_seed)
+        return data.split(cfg.data.val_size, cfg.data.split_seed)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def prepare_data(cfg: DictConfig, runtime: Runtime = CPU_FP32) -> Dataset:
+    """The run's data split (:func:`split_data`), after the checks of training on it: a setting the
+    task cannot give (a batch larger than the training set, a class-grouped batch the classes cannot
+    fill, an image-only setting on 1-D inputs, a warm-up as long as the run) raises ConfigError."""
+    data = split_data(cfg)
     image_only = {  # settings that need (C, H, W) inputs -> what the error says they are for
         f"task.augment={getattr(cfg.task.augment, 'value', cfg.task.augment)}": (
             cfg.task.augment != "none",
