@@ -11,7 +11,7 @@ from normbench.accel import register_kernel
 from normbench.accel.cpu import use_fused
 from normbench.accel.planes import TLU_ACT, affine_family, on_planes
 from normbench.norms._base import like_input
-from normbench.norms._stats import group_dot, group_sum, group_view
+from normbench.norms._stats import at_least_float32, group_dot, group_sum, group_view
 from normbench.norms.frn import FilterResponseNorm
 
 
@@ -28,7 +28,9 @@ class _FilterResponseNormTLU(torch.autograd.Function):
         s = x[0, 0].numel()
         tail = [1] * (x.dim() - 2)
         eps = eps0 + eps_l.abs() if eps_l is not None else eps0
-        r = torch.rsqrt(torch.linalg.vector_norm(x.reshape(n, c, -1), dim=2).square() / s + eps)
+        r = torch.rsqrt(
+            torch.linalg.vector_norm(x.reshape(n, c, -1), dim=2, dtype=at_least_float32(x)).square() / s + eps
+        )
         w = weight if weight is not None else x.new_ones(c)
         b = bias if bias is not None else x.new_zeros(c)
         # one fresh activation-sized tensor, the rest in place: on CPU each fresh one costs page faults

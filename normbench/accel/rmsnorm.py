@@ -10,7 +10,7 @@ from torch.autograd.function import once_differentiable
 from normbench.accel import register_kernel
 from normbench.accel.cpu import use_fused
 from normbench.accel.planes import affine_family, on_planes
-from normbench.norms._stats import group_dot, group_view
+from normbench.norms._stats import at_least_float32, group_dot, group_view
 from normbench.norms.rmsnorm import RMSNorm
 
 
@@ -25,7 +25,9 @@ class _ChannelFirstRMSNorm(torch.autograd.Function):
     def forward(ctx, x: Tensor, weight: Tensor | None, eps: float) -> Tensor:
         n, c = x.shape[:2]
         m = x[0].numel()
-        r = torch.rsqrt(torch.linalg.vector_norm(x.reshape(n, -1), dim=1).square() / m + eps)
+        r = torch.rsqrt(
+            torch.linalg.vector_norm(x.reshape(n, -1), dim=1, dtype=at_least_float32(x)).square() / m + eps
+        )
         w = weight if weight is not None else x.new_ones(c)
         scale = r[:, None] * w[None, :]
         ctx.save_for_backward(x, r, w)

@@ -21,6 +21,12 @@ def vmapped(x: Tensor) -> bool:
     return torch._C._functorch.is_batchedtensor(x)
 
 
+def at_least_float32(x: Tensor) -> torch.dtype:
+    """The dtype statistics of ``x`` are kept in: float32 for half-precision inputs (as torch's norms and
+    autocast keep them; a float16 square overflows past 256), else ``x``'s own."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
 def group_view(x: Tensor, samples: int = 1, channels: int = 1) -> Tensor:
     """``x`` (N, C, *) as a (K, M, G, P) tensor whose statistics groups are its (k, g) slices: ``samples``
     consecutive samples (M) × ``channels`` consecutive channels and every position (P).
@@ -39,16 +45,16 @@ def blocks(*tensors: Tensor) -> zip:
 
 
 def group_moments(xv: Tensor) -> tuple[Tensor, Tensor]:
-    """Mean and biased variance of each group of a :func:`group_view`, as (K, G) tensors.
+    """Mean and biased variance of each group of a :func:`group_view`, as (K, G) tensors, in float32 for
+    half-precision inputs.
 
     Two centred passes, so as accurate as Welford (``torch.var_mean`` is about 25x slower on CPU), the
     second blocked. Differentiable; the fused Functions below call it without autograd and carry the
     gradient themselves (:func:`add_moment_grads`).
     """
-    if xv.device.type != "cpu":  # one native Welford kernel, in float32 at least (as under autocast)
-        var, mean = torch.var_mean(
-            xv.to(torch.promote_types(xv.dtype, torch.float32)), dim=(1, 3), correction=0
-        )
+    xv = xv.to(at_least_float32(xv))  # half-precision moments of activations past 256 were inf
+    if xv.device.type != "cpu":  # one native Welford kernel
+        var, mean = torch.var_mean(xv, dim=(1, 3), correction=0)
         return mean, var
     count = xv.shape[1] * xv.shape[3]
     mean = group_sum(xv) / count
