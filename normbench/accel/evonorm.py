@@ -14,7 +14,7 @@ from normbench.accel._triton import Running
 from normbench.accel.cpu import add_moment_grads, pull_back, use_fused
 from normbench.accel.planes import B0_ACT, B0_EVAL_ACT, GATE_ACT, affine_family, on_planes
 from normbench.norms._base import like_input
-from normbench.norms._stats import blocks, group_moments, group_view, position_dot
+from normbench.norms._stats import at_least_float32, blocks, group_moments, group_view, position_dot
 from normbench.norms.evonorm import EvoNormB0, EvoNormS0, affine_terms
 
 
@@ -161,6 +161,6 @@ def evonorm_s0_triton(m: EvoNormS0, x: Tensor) -> Tensor:
 @register_kernel(EvoNormS0, "fused", use_fused)
 def evonorm_s0_fused(m: EvoNormS0, x: Tensor) -> Tensor:
     with torch.autocast(x.device.type, enabled=False):  # statistics in float32, as timm does
-        x32 = x.to(torch.promote_types(x.dtype, torch.float32))
+        x32 = x.to(at_least_float32(x))
         y = _EvoNormS0.apply(x32, m.v, m.weight, m.bias, m.num_channels // m.num_groups, m.eps)
     return like_input(y, x)

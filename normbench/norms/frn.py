@@ -8,12 +8,13 @@ import torch
 from torch import Tensor, nn
 
 from normbench.norms._base import ChannelNorm, like_input
+from normbench.norms._stats import at_least_float32
 from normbench.norms.registry import register_norm
 
 
 def _frn_tlu(x: Tensor, w: Tensor, b: Tensor, tau: Tensor, eps: Tensor | float) -> Tensor:
     """FRN + TLU under autograd; parameters shaped (1, C, 1, ...)."""
-    x = x.to(torch.promote_types(x.dtype, torch.float32))  # statistics in float32 under autocast
+    x = x.to(at_least_float32(x))  # statistics in float32 under autocast and in float16
     nu2 = x.square().mean(dim=tuple(range(2, x.dim())), keepdim=True)
     y = x * torch.rsqrt(nu2 + eps) * w + b
     return torch.where(y > tau, y, tau)  # the TLU; its gradient goes to tau where y <= tau

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from normbench.norms._base import like_input, move_towards
-from normbench.norms._stats import last_group, standardizing
+from normbench.norms._stats import at_least_float32, last_group, standardizing
 from normbench.norms.batchnorm import BatchNorm
 from normbench.norms.registry import register_norm
 
@@ -102,7 +102,7 @@ class GhostBatchNorm(BatchNorm):
         weight = None if self.weight is None else self.weight.repeat(k)
         bias = None if self.bias is None else self.bias.repeat(k)
         # momentum 1: these buffers receive each ghost batch's mean and unbiased variance
-        stats = torch.promote_types(chunk.dtype, torch.float32)  # float32 statistics under autocast
+        stats = at_least_float32(chunk)  # float32 statistics under autocast
         mean, var = chunk.new_zeros(k * c, dtype=stats), chunk.new_ones(k * c, dtype=stats)
         y = F.batch_norm(folded, mean, var, weight, bias, True, 1.0, self.eps)
         return y.reshape(m, k, c, *rest).transpose(0, 1).reshape(chunk.shape), mean.view(k, c), var.view(k, c)

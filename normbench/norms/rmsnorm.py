@@ -8,12 +8,13 @@ from torch import Tensor, nn
 
 from normbench.accel.compiled import formula
 from normbench.norms._base import ChannelNorm, like_input
+from normbench.norms._stats import at_least_float32
 from normbench.norms.registry import register_norm
 
 
 def _channel_first_rms_norm(x: Tensor, w: Tensor, eps: float) -> Tensor:
     """RMSNorm of (N, C, *) inputs over channels and positions, under autograd; ``w`` shaped (1, C, 1, ...)."""
-    x = x.to(torch.promote_types(x.dtype, torch.float32))  # statistics in float32 under autocast
+    x = x.to(at_least_float32(x))  # statistics in float32 under autocast and in float16
     return x * torch.rsqrt(x.square().mean(dim=tuple(range(1, x.dim())), keepdim=True) + eps) * w
 
 

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from normbench.norms._base import ChannelNorm, like_input, move_towards
-from normbench.norms._stats import group_affine, pooled, standardizing
+from normbench.norms._stats import at_least_float32, group_affine, pooled, standardizing
 from normbench.norms.registry import register_norm
 
 SOURCES = ("in", "ln", "bn")
@@ -139,7 +139,7 @@ class _WideSwitchNorm(SwitchNorm):
         self.check_input(x)
         k = self.members
         blocks = x.reshape(len(x), k, self.num_channels // k, -1)  # (N, K, C, positions)
-        var_in, mean_in = torch.var_mean(blocks, dim=3, correction=0)
+        var_in, mean_in = torch.var_mean(blocks.to(at_least_float32(blocks)), dim=3, correction=0)
         mean_ln, var_ln = pooled(mean_in, var_in, 2)
         if self.training:
             mean_bn, var_bn = pooled(mean_in, var_in, 0)

@@ -7,6 +7,7 @@ import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
 from torch import Tensor
 
+from normbench.norms._stats import at_least_float32
 from normbench.norms.batchnorm import BatchNorm
 from normbench.norms.registry import register_norm
 
@@ -51,7 +52,7 @@ class SyncBatchNorm(BatchNorm):
             return super().forward(x)
         self.check_input(x)
         c = self.num_channels
-        flat = x.transpose(0, 1).reshape(c, -1).to(torch.promote_types(x.dtype, torch.float32))
+        flat = x.transpose(0, 1).reshape(c, -1).to(at_least_float32(x))
         n_local = flat.shape[1]
         local_mean = flat.sum(1) / max(n_local, 1)
         local_m2 = (flat - local_mean[:, None]).square().sum(1)
