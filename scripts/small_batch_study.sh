@@ -34,16 +34,19 @@ study=""
 out=""
 overrides=()
 jobs="${NORMBENCH_JOBS:-2}"
+once() {  # once OPTION VALUE_SO_FAR: an option given twice would silently keep its last value
+  [ -z "$2" ] || { echo "small_batch_study.sh: $1 given twice ('$2' first); give it once" >&2; exit 2; }
+}
 while [ $# -gt 0 ]; do
   case "$1" in
     --smoke) smoke=1 ;;
     --large) large=1 ;;
     --population) population=1 ;;
     --separate) population=0 ;;
-    --task) [ $# -ge 2 ] || { echo "small_batch_study.sh: --task needs a name (conf/task/*.yaml)" >&2; exit 2; }; task="$2"; shift ;;
-    --study) [ $# -ge 2 ] || { echo "small_batch_study.sh: --study needs a file" >&2; exit 2; }; study="$2"; shift ;;
+    --task) once --task "$task"; [ $# -ge 2 ] || { echo "small_batch_study.sh: --task needs a name (conf/task/*.yaml)" >&2; exit 2; }; task="$2"; shift ;;
+    --study) once --study "$study"; [ $# -ge 2 ] || { echo "small_batch_study.sh: --study needs a file" >&2; exit 2; }; study="$2"; shift ;;
     --) shift; overrides=("$@"); break ;;
-    --out) [ $# -ge 2 ] || { echo "small_batch_study.sh: --out needs a folder" >&2; exit 2; }; out="$2"; shift ;;
+    --out) once --out "$out"; [ $# -ge 2 ] || { echo "small_batch_study.sh: --out needs a folder" >&2; exit 2; }; out="$2"; shift ;;
     --jobs) [ $# -ge 2 ] || { echo "small_batch_study.sh: --jobs needs a number" >&2; exit 2; }; jobs="$2"; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "small_batch_study.sh: unknown argument '$1' (allowed: --smoke, --large, --separate, --task NAME, --study FILE, --out DIR, --jobs N, -- OVERRIDES)" >&2; exit 2 ;;

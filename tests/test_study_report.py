@@ -401,14 +401,18 @@ def test_the_recurrent_and_gan_study_declares_its_primary_family_with_ten_seeds_
             ["--study", "conf/study/cifar.yaml", "--smoke"],
             "cifar.yaml: lists no sweeps to train (no `sweeps:`): it describes a report only",
         ),
+        # the last one was taken: a user asking for two curves got one, saying nothing
+        (["--task", "mnist1d_mlp", "--task", "mnist1d_cnn"], "--task given twice ('mnist1d_mlp' first)"),
+        (["--out", str(Path("/tmp") / "a"), "--out", "b"], "--out given twice ('/tmp/a' first)"),
     ],
 )
 def test_study_script_refuses_bad_arguments_before_any_work(tmp_path, args, message):
     import subprocess
 
     venv_bin = str(Path(sys.executable).parent)  # normbench-run, as make puts .venv/bin on PATH
+    own_out = [] if args[0] == "--out" else ["--out", str(tmp_path / "out")]
     result = subprocess.run(
-        ["bash", str(ROOT / "scripts/small_batch_study.sh"), "--out", str(tmp_path / "out"), *args],
+        ["bash", str(ROOT / "scripts/small_batch_study.sh"), *own_out, *args],
         capture_output=True,
         text=True,
         timeout=60,
