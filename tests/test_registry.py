@@ -167,6 +167,22 @@ def test_factory_function_can_be_registered(isolated_registry):
     assert build_norm("halfscale", 4)(torch.ones(2, 4)).sum() == 4.0
 
 
+def test_a_factory_taking_keyword_arguments_gets_the_options_it_does_not_name(isolated_registry):
+    """A wrapper such as ``lambda c, **kw: timm_norm(c, **kw)`` registered, then refused every option
+    it passes on: its **kwargs were not in the options read from its signature."""
+
+    @register_norm("scaled", paper="test")
+    def scaled(num_channels: int, scale: float = 1.0, **more: float) -> torch.nn.Module:
+        return _Scale(scale * more.get("factor", 1.0))
+
+    spec = norm_spec("scaled")
+    assert spec.open_options and dict(spec.options) == {"scale": 1.0}
+    assert build_norm("scaled", 4, scale=2.0, factor=3.0).s == 6.0
+    with pytest.raises(TypeError, match=r"^scaled: scale='2': must be float"):
+        build_norm("scaled", 4, scale="2")  # the named options keep their checks
+    assert not norm_spec("groupnorm").open_options
+
+
 class _Scale(torch.nn.Module):
     def __init__(self, s: float) -> None:
         super().__init__()

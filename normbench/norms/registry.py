@@ -71,6 +71,8 @@ class NormSpec:
             ``None`` means :func:`normbench.norms._base.wide_copy` (a copy with ``num_channels`` times
             k: right for any per-channel formula).
         source: where it was registered from (module name, or ``entry point NAME``).
+        open_options: the factory also takes ``**kwargs``: :func:`build_norm` passes it options beyond
+            :attr:`options` as they are (unchecked; Hydra configs hold the named ones only).
     """
 
     name: str
@@ -88,6 +90,7 @@ class NormSpec:
     population: str | bool = "vmap"
     widen: Callable[[nn.Module, int], nn.Module] | None = None
     source: str = ""
+    open_options: bool = False
 
 
 def normalize_name(name: str) -> str:
@@ -95,12 +98,18 @@ def normalize_name(name: str) -> str:
     return name.lower().replace("-", "").replace("_", "").replace(" ", "")
 
 
-def _signature_options(factory: Callable[..., nn.Module]) -> tuple[dict[str, Any], dict[str, Any]]:
+def _factory_parameters(factory: Callable[..., nn.Module]) -> tuple[Callable, list[inspect.Parameter]]:
     target = factory.__init__ if inspect.isclass(factory) else factory
-    sig = inspect.signature(target)
-    params = list(sig.parameters.values())
-    if inspect.isclass(factory):
-        params = params[1:]  # self
+    params = list(inspect.signature(target).parameters.values())
+    return target, params[1:] if inspect.isclass(factory) else params  # a class's self left out
+
+
+def _takes_more_options(factory: Callable[..., nn.Module]) -> bool:
+    return any(p.kind == p.VAR_KEYWORD for p in _factory_parameters(factory)[1])
+
+
+def _signature_options(factory: Callable[..., nn.Module]) -> tuple[dict[str, Any], dict[str, Any]]:
+    target, params = _factory_parameters(factory)
     if not params or params[0].kind not in (
         params[0].POSITIONAL_ONLY,
         params[0].POSITIONAL_OR_KEYWORD,
@@ -281,6 +290,7 @@ def register_norm(
             population=population,
             widen=widen,
             source=getattr(factory, "__module__", "?"),
+            open_options=_takes_more_options(factory),
         )
         REGISTRY.add(spec, override)
         return factory
@@ -342,7 +352,7 @@ def build_norm(name: str, num_channels: int, **options: Any) -> nn.Module:
     if isinstance(num_channels, bool) or not isinstance(num_channels, int) or num_channels <= 0:
         raise ValueError(f"{spec.name}: num_channels must be a positive int, got {num_channels!r}")
     unknown = sorted(set(options) - set(spec.options))
-    if unknown:
+    if unknown and not spec.open_options:
         accepted = ", ".join(f"{k}={v!r}" for k, v in spec.options.items()) or "none"
         raise TypeError(
             f"{spec.name}: unknown option(s) {', '.join(map(repr, unknown))}; accepted options: {accepted}"
