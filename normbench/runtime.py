@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -130,13 +131,20 @@ class Runtime:
         return described
 
 
-def use_deterministic_kernels(device: torch.device) -> None:
+def use_deterministic_kernels(device: torch.device, compiles: bool = False) -> None:
     """Deterministic kernels: strict on CPU; on CUDA cuBLAS needs a fixed workspace, and the few ops
-    without a deterministic CUDA kernel warn instead of failing the run."""
+    without a deterministic CUDA kernel warn instead of failing the run. ``compiles``: the process may
+    run ``torch.compile`` (always assumed on CUDA, where the ``compiled`` kernels may)."""
+    warn_only = device.type == "cuda"
     if device.type == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.backends.cudnn.benchmark = False
-    torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
+    if compiles or warn_only or "torch._inductor.config" in sys.modules:
+        torch.use_deterministic_algorithms(True, warn_only=warn_only)
+    else:
+        # the same switch without torch.use_deterministic_algorithms' import of inductor's config (to
+        # set its flag), which imports torch._dynamo: 1.2 s of every run's process that never compiles
+        torch._C._set_deterministic_algorithms(True, warn_only=warn_only)
 
 
 CPU_FP32 = Runtime()  # where a run executes unless told otherwise

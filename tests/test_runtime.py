@@ -365,3 +365,28 @@ def test_every_call_of_the_gpu_checks_is_accepted_here(tmp_path, monkeypatch):
         check_values(cfg)
         task_for(cfg).check(cfg)
         assert cfg.runtime.device == "cuda", overrides
+
+
+@pytest.mark.parametrize("compiles", [False, True])
+def test_deterministic_kernels_without_the_compilers_import_where_nothing_compiles(compiles):
+    """torch.use_deterministic_algorithms imports inductor's config (and torch._dynamo with it) to set
+    inductor's flag: 1.2 s of every run's process. A CPU run that never compiles sets the kernels'
+    switch alone; one that may compile sets inductor's flag too."""
+    import sys
+
+    last = (
+        "sys.modules['torch._inductor.config'].deterministic"
+        if compiles
+        else "'torch._dynamo' in sys.modules"
+    )
+    probe = "\n".join(
+        [
+            "import sys, torch",
+            "from normbench.runtime import use_deterministic_kernels",
+            f"use_deterministic_kernels(torch.device('cpu'), compiles={compiles})",
+            "print(torch.are_deterministic_algorithms_enabled(), "
+            f"torch.is_deterministic_algorithms_warn_only_enabled(), {last})",
+        ]
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["True", "False", "True" if compiles else "False"]

@@ -42,7 +42,7 @@ def setup_runtime(cfg: DictConfig) -> Runtime:
     runtime = Runtime.from_config(cfg.runtime)
     use_kernels(runtime.kernels)
     torch.set_num_threads(cfg.runtime.threads)
-    use_deterministic_kernels(runtime.device)
+    use_deterministic_kernels(runtime.device, compiles=runtime.compile)
     torch.manual_seed(cfg.seed)
     return runtime
 

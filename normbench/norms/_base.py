@@ -95,10 +95,11 @@ class ChannelNorm(nn.Module):
         no boxes, or of no positions): empty, of ``x``'s shape, through the affine parameters so that they
         get (zero) gradients, and the running statistics untouched, as torch's norms treat it. Plugins
         whose statistics would divide by the empty count return it instead of their formula."""
-        y = x.clone()
+        y, shape = x.clone(), (1, -1) + (1,) * (x.dim() - 2)
         if self.weight is not None:
-            shape = (1, -1) + (1,) * (x.dim() - 2)
-            y = y * self.weight.view(shape) + self.bias.view(shape)
+            y = y * self.weight.view(shape)
+        if self.bias is not None:
+            y = y + self.bias.view(shape)
         return like_input(y, x)
 
     def accelerated(self, x: Tensor) -> Tensor | None:
