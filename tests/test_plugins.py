@@ -10,6 +10,7 @@ from conftest import C, randomize_affine
 from helpers import QUICK, compose_cfg
 from reference import batchrenorm as brn_reference
 from torch import nn
+from torch.nn.utils import parametrize
 
 from normbench import ChannelLast, available_norms, build_norm, norm_spec
 from normbench.config import ConfigError
@@ -28,6 +29,12 @@ def test_every_plugin_trains_where_it_applies_and_errors_clearly_elsewhere(norm,
     cfg = compose_cfg(f"task={task}", f"norm={norm}", "batch_size=8", *QUICK)
     if task != "mnist1d_cnn" and norm_spec(norm).min_spatial_positions > 1:
         with pytest.raises(ConfigError, match=rf"norm={norm} cannot build task={task}: .*shape \(\d+, \d+\)"):
+            execute(cfg, tmp_path)
+        return
+    if task == "seq_transformer" and norm_spec(norm).adapt_layer is not None:  # pre-norms: no layer before
+        with pytest.raises(
+            ConfigError, match=rf"norm={norm} cannot build task={task}: {norm} adapts the conv"
+        ):
             execute(cfg, tmp_path)
         return
     record = execute(cfg, tmp_path)
@@ -180,6 +187,25 @@ def test_ws_groupnorm_standardizes_the_preceding_layer_once():
     torch.testing.assert_close(w.mean(1), torch.zeros(8, dtype=torch.float64), atol=1e-6, rtol=0)
     conv(torch.randn(2, 3, 5, 5)).sum().backward()
     assert conv.parametrizations.weight.original.grad is not None
+
+
+def test_a_norm_whose_layer_is_not_adapted_is_refused_not_trained_as_its_plain_norm():
+    """The recurrent cell's and the Transformer's norms follow no layer that NormLayers adapts:
+    ws_groupnorm there trained as plain GroupNorm under its own name."""
+    layers = NormLayers("ws_groupnorm", {"num_groups": 4})
+    with pytest.raises(
+        ValueError, match=r"^ws_groupnorm adapts the conv/linear layer before each of its norms"
+    ):
+        layers(8)
+    fc = layers.adapt(nn.Linear(3, 8))  # a layer a model adapts itself (the GAN's first, before a reshape)
+    assert (
+        len(fc.parametrizations.weight) == 1 and type(layers(8, after_adapted=True)).__name__ == "WSGroupNorm"
+    )
+    assert type(NormLayers("groupnorm")(8)).__name__ == "GroupNorm"  # a plugin without the hook: any place
+    from normbench.tasks.gan import Generator
+
+    generator = Generator((1, 8, 8), 4, 4, NormLayers("ws_groupnorm", {"num_groups": 2}))
+    assert parametrize.is_parametrized(generator.fc, "weight")  # before its first norm, through a reshape
 
 
 def test_switchnorm_records_its_mixture(tmp_path):

@@ -114,8 +114,15 @@ ARCHS = {
 }
 
 
-@pytest.mark.parametrize("arch", list(ARCHS))
-@pytest.mark.parametrize("norm", ["batchnorm", "groupnorm", "layernorm", "ws_groupnorm"])
+@pytest.mark.parametrize(
+    ("arch", "norm"),
+    [
+        (arch, norm)
+        for norm in ["batchnorm", "groupnorm", "layernorm", "ws_groupnorm"]
+        for arch in ARCHS
+        if not (norm == "ws_groupnorm" and arch in ("lstm", "gru-embedded"))  # refused: no layer to adapt
+    ],
+)
 def test_a_wide_model_computes_what_its_members_compute(arch, norm):
     make, shape = ARCHS[arch]
     models = _models(lambda: make(norm).double())

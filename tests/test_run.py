@@ -209,6 +209,10 @@ def test_exception_during_training_is_recorded_as_failed(tmp_path):
             r"^optim\.warmup_steps=300: must be fewer than the run's 280 training steps \(batch_size=128, "
             r"train\.budget=epochs\)",
         ),
+        (  # trained as plain GroupNorm: the cell's norms follow no layer to standardize
+            ["task=seq_lstm", "norm=ws_groupnorm"],
+            r"^norm=ws_groupnorm cannot build task=seq_lstm: ws_groupnorm adapts the conv/linear layer before",
+        ),
         (
             ["task.model.arch=vgg"],
             # every built-in arch (an installed task plugin may add its own)

@@ -52,8 +52,9 @@ class Generator(nn.Module):
             )
         convt = nn.ConvTranspose1d if dims == 1 else nn.ConvTranspose2d
         self.start = (2 * width, *(s // 4 for s in sides))
-        self.fc = nn.Linear(latent, math.prod(self.start))
-        self.norm0 = nn.Sequential(norms(2 * width), *_act(norms, False))  # fc's output as a feature map
+        self.fc = norms.adapt(nn.Linear(latent, math.prod(self.start)))
+        # the fc's output as a feature map
+        self.norm0 = nn.Sequential(norms(2 * width, after_adapted=True), *_act(norms, False))
         self.body = nn.Sequential(
             *norms.block(convt(2 * width, width, 4, 2, 1), width, activation=False),
             *_act(norms, False),

@@ -25,15 +25,27 @@ class NormLayers:
         self.options = dict(options or {})
         self.built: list[nn.Module] = []  # every norm layer made, in order
 
-    def __call__(self, num_channels: int) -> nn.Module:
+    def __call__(self, num_channels: int, after_adapted: bool = False) -> nn.Module:
+        """A norm of ``num_channels``. A plugin that adapts the layer before each norm (``adapt_layer``:
+        ws_groupnorm's weight standardization) needs that layer adapted first (:meth:`block`, or
+        :meth:`adapt` and ``after_adapted=True``); a norm placed after none would silently be the plugin
+        without its adaptation, and raises ValueError."""
+        if self.spec.adapt_layer is not None and not after_adapted:
+            raise ValueError(
+                f"{self.spec.name} adapts the conv/linear layer before each of its norms "
+                f"({self.spec.adapt_layer.__name__}), and this model places a norm after no such layer "
+                "(a recurrent cell's, a Transformer's pre-norm): it would train without its adaptation"
+            )
         norm = build_norm(self.spec.name, num_channels, **self.options)
         self.built.append(norm)
         return norm
 
+    def adapt(self, layer: nn.Module) -> nn.Module:
+        """``layer`` as the plugin adapts the layer before its norm (itself for most plugins)."""
+        return layer if self.spec.adapt_layer is None else self.spec.adapt_layer(layer)
+
     def block(self, layer: nn.Module, num_channels: int, activation: bool = True) -> list[nn.Module]:
-        if self.spec.adapt_layer is not None:
-            layer = self.spec.adapt_layer(layer)
-        mods = [layer, self(num_channels)]
+        mods = [self.adapt(layer), self(num_channels, after_adapted=True)]
         if activation and not self.spec.replaces_activation:
             mods.append(nn.ReLU())
         return mods
