@@ -113,6 +113,21 @@ def test_batchrenorm_ramp_scaled_to_the_run_equals_the_ramp_given_in_the_runs_st
         build_norm("batchrenorm", C, ramp_reference_steps=-1)
 
 
+def test_a_warm_up_that_outlasts_the_run_is_a_warning_once_per_setting(caplog):
+    """The committed study's BatchRenorm trained as BatchNorm at batch 16-128 with nothing said while
+    it ran (its 5,000-step warm-up outlasted those runs); the report names it afterwards."""
+    layers = [build_norm("batchrenorm", C, warmup_steps=1234) for _ in range(3)]
+    with caplog.at_level("WARNING", logger="normbench.norms.batchrenorm"):
+        for layer in layers:
+            layer.set_training_steps(1000)
+        build_norm("batchrenorm", C, warmup_steps=1234).set_training_steps(1235)  # warms up, then renorms
+    assert [r.getMessage() for r in caplog.records] == [
+        "BatchRenorm: its warm-up (warmup_steps=1234) outlasts the run's 1000 training steps, so it trains "
+        "as BatchNorm (r_max 1, d_max 0 throughout); norm.ramp_reference_steps scales its ramp to the run's "
+        "length"
+    ]
+
+
 def test_a_runs_batchrenorm_ramp_follows_its_length_and_old_runs_keep_their_identity(tmp_path):
     from normbench.experiment.identity import run_identity
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -9,6 +11,9 @@ from torch import Tensor
 from normbench.norms._stats import group_moments, group_view
 from normbench.norms.batchnorm import BatchNorm
 from normbench.norms.registry import register_norm
+
+log = logging.getLogger(__name__)
+_told: set[tuple[int, int]] = set()  # (warm-up, run length) pairs already warned of in this process
 
 
 @register_norm(
@@ -75,13 +80,23 @@ class BatchRenorm(BatchNorm):
 
     def set_training_steps(self, total: int) -> None:
         """The run's length in steps: with ``ramp_reference_steps`` = N > 0 the warm-up and ramp end steps
-        become the given ones times ``total / N`` (rounded); otherwise nothing changes."""
+        become the given ones times ``total / N`` (rounded); otherwise nothing changes. A warm-up that
+        outlasts the run (so that it trains as BatchNorm) is logged as a warning, once per setting."""
         if self.ramp_reference_steps:
             scale = total / self.ramp_reference_steps
             self.warmup_steps, self.r_max_steps, self.d_max_steps = (
                 round(s * scale) for s in self._given_steps
             )
             self._awaits_length = False
+        if self.warmup_steps >= total and (self.warmup_steps, total) not in _told:
+            _told.add((self.warmup_steps, total))
+            log.warning(
+                "BatchRenorm: its warm-up (warmup_steps=%d) outlasts the run's %d training steps, so it "
+                "trains as BatchNorm (r_max 1, d_max 0 throughout); norm.ramp_reference_steps scales its "
+                "ramp to the run's length",
+                self.warmup_steps,
+                total,
+            )
 
     def limits(self) -> Tensor:
         """(r_max, d_max) in force at the current step, a (2,) tensor computed on the step counter's
