@@ -88,6 +88,8 @@ def _carried(layer: str, source: nn.Module, spec: NormSpec, options: dict[str, A
     for name in CARRIED_OPTIONS:
         if name not in spec.options or name in options or not hasattr(source, name):
             continue
+        if name == "track_running_stats" and isinstance(source, nn.modules.instancenorm._InstanceNorm):
+            continue  # InstanceNorm's (False by default) says which statistics IN uses, not BatchNorm
         value = getattr(source, name)
         if option_type_problem(spec.option_types.get(name, Any), value) is None:
             carried[name] = value
@@ -159,8 +161,8 @@ def convert_norms(
     """Replace every channel-first normalization layer of ``model`` (in place) with the registry plugin
     ``norm`` built with ``options``, and return what was converted (also logged).
 
-    Each new layer gets the old one's device, dtype and train/eval mode; its ``eps``, ``momentum`` and
-    ``track_running_stats`` unless ``options`` sets them (where the plugin takes them; a value it does not
+    Each new layer gets the old one's device, dtype and train/eval mode; its ``eps``, ``momentum`` and a
+    BatchNorm's ``track_running_stats`` unless ``options`` sets them (where the plugin takes them; a value it does not
     take, such as torch's ``momentum=None`` into a plugin whose momentum is a rate, is a ValueError); the
     old affine ``weight``/``bias``; and the running statistics where both norms keep population
     statistics of their input (BatchNorm into frozen_batchnorm, batchrenorm or sync_batchnorm carries

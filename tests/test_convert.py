@@ -335,6 +335,9 @@ def test_batch_statistics_in_eval_and_a_cumulative_average_carry_over_or_are_ref
     convert_norms(model, "batchnorm")
     assert model[1].track_running_stats is False
     torch.testing.assert_close(model(x), expected)
+    instance = nn.Sequential(nn.Conv2d(3, 8, 3), nn.InstanceNorm2d(8))  # track_running_stats=False
+    convert_norms(instance, "batchnorm")
+    assert instance[1].track_running_stats is True  # IN's flag is about IN's statistics
     cumulative = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8, momentum=None))
     convert_norms(cumulative, "batchrenorm")
     assert cumulative[1].momentum is None
