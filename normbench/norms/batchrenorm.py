@@ -41,10 +41,11 @@ class BatchRenorm(BatchNorm):
     (paper: 5k, 40k, 25k steps, r_max 3, d_max 5). With r_max = 1 and d_max = 0 it equals BatchNorm.
     Eval mode uses the running statistics.
 
-    A run shorter than the warm-up is BatchNorm throughout. ``ramp_reference_steps`` = N > 0 says the
-    three steps describe a run of N steps and scales them to the run's own length, given by
-    :meth:`set_training_steps` (``normbench-run`` calls it when it builds the model): with N = 40000,
-    a 4,000-step run plays the paper's ramp at a tenth of its steps.
+    A run shorter than the warm-up is BatchNorm throughout (a warning says so when the run's length is
+    given). ``ramp_reference_steps`` = N > 0 says the three steps describe a run of N steps and scales
+    them to the run's own length, given by :meth:`set_training_steps` (``normbench-run`` calls it when
+    it builds the model): with N = 40000, a 4,000-step run plays the paper's ramp at a tenth of its
+    steps.
 
     Shape:
         Input (N, C, *) with 0-3 spatial dims; output the same shape.
