@@ -162,10 +162,10 @@ def convert_norms(
     ``norm`` built with ``options``, and return what was converted (also logged).
 
     Each new layer gets the old one's device, dtype and train/eval mode; its ``eps``, ``momentum`` and a
-    BatchNorm's ``track_running_stats`` unless ``options`` sets them (where the plugin takes them; a value it does not
-    take, such as torch's ``momentum=None`` into a plugin whose momentum is a rate, is a ValueError); the
-    old affine ``weight``/``bias``; and the running statistics where both norms keep population
-    statistics of their input (BatchNorm into frozen_batchnorm, batchrenorm or sync_batchnorm carries
+    BatchNorm's ``track_running_stats`` unless ``options`` sets them (where the plugin takes them; a
+    value it does not take, such as torch's ``momentum=None`` into a plugin whose momentum is a rate, is
+    a ValueError); the old affine ``weight``/``bias``; and the running statistics where both norms keep
+    population statistics of their input (BatchNorm into frozen_batchnorm, batchrenorm or sync_batchnorm carries
     them exactly). A layer held in several places (shared) becomes one new layer held in the same
     places. Every new layer is built before the model is changed, so an option that one layer cannot
     take (groups that do not divide its channels) leaves the model as it was. ``include``/``exclude``
