@@ -77,7 +77,7 @@ def _keeps_running_stats(module: nn.Module) -> bool:
     if isinstance(module, nn.modules.batchnorm._BatchNorm):
         return module.track_running_stats
     spec = _plugin_spec(module)
-    return spec is not None and spec.running_stats
+    return spec is not None and spec.running_stats and getattr(module, "track_running_stats", True)
 
 
 def _carried(layer: str, source: nn.Module, spec: NormSpec, options: dict[str, Any]) -> dict[str, Any]:
@@ -118,6 +118,12 @@ def _replacement(
 ) -> tuple[nn.Module, tuple[str, ...]]:
     """The plugin layer that replaces ``module`` (on its device, dtype and mode, with its state where it
     means the same), and the names of the tensors copied into it."""
+    if spec.running_stats and not spec.batch_dependent and not _keeps_running_stats(module):
+        raise ValueError(
+            f"convert_norms: {name} ({type(module).__name__}) keeps no running statistics, and {spec.name} "
+            "normalizes with running statistics it never updates: the new layer would use its initial ones "
+            "(mean 0, variance 1); exclude it or choose a norm that computes its own statistics"
+        )
     carried = _carried(name, module, spec, options)
     try:
         new = build_norm(spec.name, channels, **carried)
@@ -183,7 +189,8 @@ def convert_norms(
 
     Raises:
         KeyError: unknown norm name (with a "did you mean").
-        ValueError: a hook the model's structure does not allow, or options the plugin refuses.
+        ValueError: a hook the model's structure does not allow, options the plugin refuses, or a layer
+            without running statistics into a plugin that only uses them (frozen_batchnorm).
         TypeError: ``model`` is not a module, ``include``/``exclude`` not callable, or an option the
             plugin does not take or of another type than its annotation.
     """

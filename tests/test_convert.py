@@ -181,6 +181,24 @@ def test_batchnorm_statistics_carry_over_exactly_where_they_mean_the_same():
     assert all(c.copied == ("weight", "bias") for c in done)  # GN keeps no statistics: affine only
 
 
+@pytest.mark.parametrize(
+    "layer",
+    [
+        nn.BatchNorm2d(4, track_running_stats=False),
+        build_norm("batchnorm", 4, track_running_stats=False),
+        nn.GroupNorm(2, 4),
+    ],
+    ids=["torch_bn_no_stats", "normbench_bn_no_stats", "groupnorm"],
+)
+def test_a_layer_without_running_statistics_is_not_frozen_into_initial_ones(layer):
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), layer, nn.ReLU())
+    with pytest.raises(ValueError, match=r"convert_norms: 1 \(\w+\) keeps no running statistics.*mean 0"):
+        convert_norms(model, "frozen_batchnorm")
+    assert model[1] is layer  # nothing changed
+    done = convert_norms(model, "batchrenorm")  # a norm that computes its own statistics still converts
+    assert done[0].copied == ("weight", "bias")
+
+
 def test_eps_momentum_device_dtype_and_mode_are_kept():
     model = _model("mobilenet_like").double().train()
     done = convert_norms(model, "batchnorm")

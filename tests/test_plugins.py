@@ -235,6 +235,11 @@ def test_switchnorm_records_its_mixture(tmp_path):
     )
 
 
+def test_frozen_batchnorm_refuses_a_batchnorm_without_running_statistics():
+    with pytest.raises(ValueError, match="BatchNorm2d keeps no running statistics"):
+        FrozenBatchNorm.from_batchnorm(nn.BatchNorm2d(C, track_running_stats=False))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_frozen_batchnorm_conversion_keeps_values_device_and_dtype(dtype):
     bn = nn.BatchNorm2d(C).to(dtype)

@@ -54,7 +54,16 @@ class FrozenBatchNorm(ChannelNorm):
 
     @classmethod
     def from_batchnorm(cls, bn: nn.Module) -> FrozenBatchNorm:
-        """A frozen copy of a BatchNorm (normbench's or torch's) on the same device and dtype."""
+        """A frozen copy of a BatchNorm (normbench's or torch's) on the same device and dtype.
+
+        Raises:
+            ValueError: ``bn`` keeps no running statistics (torch's ``track_running_stats=False``).
+        """
+        if getattr(bn, "running_mean", None) is None or getattr(bn, "running_var", None) is None:
+            raise ValueError(
+                f"FrozenBatchNorm.from_batchnorm: {type(bn).__name__} keeps no running statistics "
+                "(track_running_stats=False), so there are none to freeze"
+            )
         frozen = cls(bn.num_features if hasattr(bn, "num_features") else bn.num_channels, bn.eps)
         ref = bn.running_mean
         frozen = frozen.to(device=ref.device, dtype=ref.dtype)
