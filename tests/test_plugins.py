@@ -27,6 +27,12 @@ def x64(*shape, seed=0):
 @pytest.mark.parametrize("norm", available_norms())
 def test_every_plugin_trains_where_it_applies_and_errors_clearly_elsewhere(norm, task, tmp_path):
     cfg = compose_cfg(f"task={task}", f"norm={norm}", "batch_size=8", *QUICK)
+    spec = norm_spec(norm)
+    if spec.running_stats and not spec.batch_dependent:  # statistics no run updates: mean 0, variance 1
+        with pytest.raises(ConfigError, match=rf"norm={norm}: .*training never updates.*mean 0, variance 1"):
+            execute(cfg, tmp_path)
+        assert not list(tmp_path.iterdir())
+        return
     if task != "mnist1d_cnn" and norm_spec(norm).min_spatial_positions > 1:
         with pytest.raises(ConfigError, match=rf"norm={norm} cannot build task={task}: .*shape \(\d+, \d+\)"):
             execute(cfg, tmp_path)

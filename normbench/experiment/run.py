@@ -29,6 +29,7 @@ from normbench.experiment.record import (
     record_training,
     seal,
 )
+from normbench.norms import norm_spec
 from normbench.population.train import train_population, trains_captured_alone
 from normbench.results import (
     RESULT_FILE,
@@ -47,6 +48,13 @@ def check_run(cfg: DictConfig) -> Task:
     """The run ``cfg``'s task, once the config's values and the task's own rules accept it (ConfigError
     naming the setting otherwise): what every path checks before it trains a run, alone or in a population."""
     check_values(cfg)
+    spec = norm_spec(cfg.norm.name)
+    if spec.running_stats and not spec.batch_dependent:
+        raise ConfigError(
+            f"norm={spec.name}: normalizes with running statistics that training never updates, so a run "
+            "trained from scratch keeps their initial values (mean 0, variance 1), a fixed scale; it is for "
+            "the BatchNorms of a trained model (normbench.convert_norms); norm=identity trains without a norm"
+        )
     task = task_for(cfg)
     task.check(cfg)
     recorded = task.metric_names(cfg)

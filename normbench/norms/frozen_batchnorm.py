@@ -27,7 +27,8 @@ class FrozenBatchNorm(ChannelNorm):
     optimizer and training mode leave them alone; the state dict loads from and into BatchNorm's
     (``num_batches_tracked`` is accepted and ignored). :meth:`from_batchnorm` and :meth:`to_batchnorm`
     convert a trained layer and back, keeping device, dtype and values. The input still receives
-    gradients.
+    gradients. A run trained from scratch would keep the initial statistics (mean 0, variance 1), so
+    ``normbench-run`` refuses it; the layer is for a trained model's BatchNorms (``convert_norms``).
 
     Shape:
         Input (N, C, *) with 0-3 spatial dims; output the same shape.
