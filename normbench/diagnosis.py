@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib
+import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -351,11 +352,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the model's)")
     parser.add_argument("--csv", type=writable_file, help="write the results table here")
     args = parser.parse_args(argv)
+    if os.getcwd() not in sys.path:  # the user's my_model.py beside them, as `python -m` finds it
+        sys.path.insert(0, os.getcwd())
     try:
         device = None if args.device is None else resolve_device(args.device, "--device")
         model = _load(args.model)
         if not isinstance(model, nn.Module):
-            raise ValueError(f"{args.model}: gave a {type(model).__name__}, not an nn.Module")
+            raise ValueError(f"{args.model}: gave {type(model).__name__!r}, not an nn.Module")
         if args.checkpoint:
             load_weights(model, args.checkpoint, f"--checkpoint {args.checkpoint}")
         loaders = _load(args.data)

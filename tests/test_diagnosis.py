@@ -306,16 +306,15 @@ def test_the_command_line_diagnoses_a_model_given_by_import_path(tmp_path):
         "    return [(x[:32], y[:32]), (x[32:], y[32:])], [(x, y)]\n"
     )
     exe = str(Path(sys.executable).parent / "normbench-diagnose")
-    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # found in the working directory
     command = [exe, "--model", "mymodels:model", "--data", "mymodels:data", "--batch-sizes", "2", "8"]
-    proc = subprocess.run(
-        [*command, "--csv", str(tmp_path / "r.csv")], env=env, capture_output=True, text=True
-    )
+    proc = subprocess.run([*command, "--csv", "r.csv"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "test error: " in proc.stdout and "mini-batch" in proc.stdout
     assert (tmp_path / "r.csv").read_text().startswith("statistics,batch_size,split,error,loss")
     bad = subprocess.run(
         [exe, "--model", "mymodels:nothing", "--data", "mymodels:data"],
+        cwd=tmp_path,
         env=env,
         capture_output=True,
         text=True,
