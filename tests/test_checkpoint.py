@@ -93,8 +93,24 @@ def test_saved_weights_rebuild_the_model_that_made_the_record(tmp_path):
     record["config"]["optim"]["warmup_steps"] = 60  # a run trained before a rule that now refuses it
     result.write_text(json.dumps(record))
     assert torch.equal(load_model(folder)(data.x_test[:4]), model(data.x_test[:4]))  # no new run's checks
-    with pytest.raises(FileNotFoundError, match=r"train\.save_model=true"):
-        load_model(tmp_path)
+    with pytest.raises(FileNotFoundError, match=rf"^{re.escape(str(tmp_path))}: holds no result\.json"):
+        load_model(tmp_path)  # the folder above the run
+    with pytest.raises(FileNotFoundError, match=r"result\.json: is a file; give a run's folder"):
+        load_model(result)
+    with pytest.raises(FileNotFoundError, match=r"/nothing: does not exist; give a run's folder"):
+        load_model(tmp_path / "nothing")
+    for status, save_model, why in [
+        ("completed", False, r"train the run with train\.save_model=true"),
+        ("diverged", True, r"the run's status is diverged; the weights of completed runs alone are kept"),
+        ("completed", True, r"the run kept them; the file was removed or moved since"),
+    ]:
+        other = tmp_path / f"{status}_{save_model}"
+        other.mkdir()
+        changed = {**record, "status": status}
+        changed["config"]["train"]["save_model"] = save_model
+        (other / "result.json").write_text(json.dumps(changed))
+        with pytest.raises(FileNotFoundError, match=rf"model\.pt: no saved weights \({why}\)$"):
+            load_model(other)
     with pytest.raises(TypeError, match=r"load_model takes a run's folder \(a str or path\), got 3"):
         load_model(3)
     with pytest.raises(ConfigError, match=r"^device=gpu: "):

@@ -73,15 +73,31 @@ def model_from_config(cfg: DictConfig, data: Dataset) -> nn.Module:
 
 def load_model(run_dir: str | os.PathLike[str], device: str | torch.device = "cpu") -> nn.Module:
     """The model a run trained, in eval mode: rebuilt from the config in its ``result.json`` and loaded
-    with the weights ``train.save_model=true`` kept in ``model.pt`` (read with ``weights_only=True``)."""
+    with the weights ``train.save_model=true`` kept in ``model.pt`` (read with ``weights_only=True``).
+
+    Raises:
+        FileNotFoundError: ``run_dir`` is not a run's folder, or its run kept no weights (saying why:
+            not asked to, or not completed).
+        ValueError: ``model.pt`` is not a state dict of the run's model."""
     if not isinstance(run_dir, (str, os.PathLike)):
         raise TypeError(f"load_model takes a run's folder (a str or path), got {run_dir!r}")
     device = device if isinstance(device, torch.device) else resolve_device(device, "device")
     run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        what = "is a file" if run_dir.exists() else "does not exist"
+        raise FileNotFoundError(f"{run_dir}: {what}; give a run's folder (the one holding {RESULT_FILE})")
+    if not (run_dir / RESULT_FILE).exists():
+        raise FileNotFoundError(f"{run_dir}: holds no {RESULT_FILE}, so it is not a run's folder")
+    record = load_run(run_dir / RESULT_FILE)
     weights = run_dir / MODEL_FILE
     if not weights.is_file():
-        raise FileNotFoundError(f"{weights}: no saved weights (train the run with train.save_model=true)")
-    record = load_run(run_dir / RESULT_FILE)
+        if record["status"] != "completed":
+            why = f"the run's status is {record['status']}; the weights of completed runs alone are kept"
+        elif not record["config"]["train"].get("save_model"):
+            why = "train the run with train.save_model=true"
+        else:
+            why = "the run kept them; the file was removed or moved since"
+        raise FileNotFoundError(f"{weights}: no saved weights ({why})")
     cfg = record_config(record["config"])
     model = model_from_config(cfg, split_data(cfg))  # the run's model, not a new run's checks
     load_weights(model, weights)
