@@ -25,6 +25,13 @@ def positive_int(what: str = "an integer >= 1") -> Callable[[str], int]:
     return parse
 
 
+def one_line(text: str) -> str:
+    """An argparse type for a heading (a report's title): text on one line, not blank."""
+    if not text.strip() or "\n" in text or "\r" in text:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be one line of text (not empty)")
+    return text.strip()
+
+
 def known_device(text: str) -> str:
     """An argparse type for a device this machine has (auto, cpu, cuda or cuda:N), given as the torch
     device it names (``auto``: cuda where there is one, else cpu)."""

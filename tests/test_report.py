@@ -470,7 +470,7 @@ def test_report_refuses_a_reference_batch_that_is_no_batch_size(tmp_path, value)
     )
 
 
-def test_report_refuses_an_out_folder_or_notes_it_cannot_use_in_one_line(tmp_path, capsys):
+def test_report_refuses_an_out_folder_notes_or_title_it_cannot_use_in_one_line(tmp_path, capsys):
     """Was errno's text naming no option (``[Errno 17] File exists``, ``[Errno 2] No such file or
     directory: 'none.md'``), and ``--out ''`` wrote the report into the current folder."""
     from normbench.report.cli import main
@@ -483,11 +483,13 @@ def test_report_refuses_an_out_folder_or_notes_it_cannot_use_in_one_line(tmp_pat
                                   ("--out", taken / "report", f"{taken} is a file, not a folder"),
                                   ("--out", "", "an empty path"),
                                   ("--notes", tmp_path / "none.md", "No such file or directory"),
-                                  ("--notes", tmp_path / "notes.md", "not text (invalid start byte at byte 0)")]:  # fmt: skip
+                                  ("--notes", tmp_path / "notes.md", "not text (invalid start byte at byte 0)"),
+                                  ("--title", " ", "must be one line of text (not empty)"),  # was '# ' alone
+                                  ("--title", "a\n## b", "must be one line of text (not empty)")]:  # fmt: skip
         arguments = [example, "--out", str(tmp_path / "report"), option, str(value)]
         with pytest.raises(SystemExit) as exit_info:
             main(arguments)
-        shown = repr(value) if value == "" else value
+        shown = repr(value) if value == "" or option == "--title" else value
         assert exit_info.value.code == 2
         assert capsys.readouterr().err.strip().splitlines()[-1] == (
             f"normbench-report: error: argument {option}: {shown}: {reason}"

@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from normbench.argtypes import positive_int, text_file, writable_folder
+from normbench.argtypes import one_line, positive_int, text_file, writable_folder
 from normbench.report.build import build_report
 
 
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
         type=positive_int("a batch size, an integer >= 1"),
         help="batch size the change is measured against (default: 32 where the runs have it, else their largest)",
     )
-    parser.add_argument("--title", default="normbench report")
+    parser.add_argument("--title", type=one_line, default="normbench report")
     parser.add_argument(
         "--notes", type=text_file, help="a markdown file appended to the report under 'Notes'"
     )
