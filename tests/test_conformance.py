@@ -11,7 +11,7 @@ import pickle
 import pytest
 import torch
 from conftest import SHAPES, C, fits, randomize_affine
-from reference import REFERENCES
+from reference import REFERENCES, reference_running_stats
 
 import normbench.accel.cpu as fused_kernels
 from normbench import available_norms, build_norm, norm_spec
@@ -20,8 +20,8 @@ NORMS = available_norms()
 SHAPE_IDS = list(SHAPES)
 
 
-def make(name: str, dtype: torch.dtype = torch.float64) -> torch.nn.Module:
-    module = build_norm(name, C).to(dtype)
+def make(name: str, dtype: torch.dtype = torch.float64, **options) -> torch.nn.Module:
+    module = build_norm(name, C, **options).to(dtype)
     randomize_affine(module)
     return module
 
@@ -183,3 +183,86 @@ def test_spec_metadata_is_complete(name):
     module = build_norm(name, C)
     has_buffers = any(b is not None and b.is_floating_point() for b in module.buffers())
     assert has_buffers == spec.running_stats, f"{name}: running_stats claim vs buffers"
+
+
+# The built-ins' options away from their defaults (each option of each built-in in one case at least),
+# against the same reference formulas: the fused kernels have a branch for several of them.
+OPTION_CASES = [
+    ("batchnorm", {"affine": False, "momentum": None, "eps": 0.1}),
+    ("batchnorm", {"track_running_stats": False}),
+    ("batchnorm", {"positions": 9, "momentum": 0.5}),  # SHAPES["2d"] has 9 positions
+    ("batchrenorm", {"warmup_steps": 0, "r_max": 1.5, "d_max": 0.5, "r_max_steps": 2, "d_max_steps": 2}),
+    ("batchrenorm", {"momentum": 0.3, "eps": 0.1}),
+    ("batchrenorm", {"warmup_steps": 1, "affine": False}),
+    ("evonorm_b0", {"momentum": 0.5, "affine": False, "eps": 0.1}),
+    ("evonorm_s0", {"num_groups": 2, "eps": 0.1}),
+    ("evonorm_s0", {"num_groups": 3, "affine": False}),
+    ("frn", {"learnable_eps": True}),
+    ("frn", {"affine": False, "eps": 0.01}),
+    ("frozen_batchnorm", {"eps": 0.1}),
+    ("ghost_batchnorm", {"ghost_batch_size": 3, "eps": 0.1}),
+    ("ghost_batchnorm", {"ghost_batch_size": 2, "momentum": None, "affine": False}),
+    ("ghost_batchnorm", {"ghost_batch_size": 3, "track_running_stats": False}),
+    ("groupnorm", {"group_size": 2}),
+    ("groupnorm", {"num_groups": 3, "affine": False, "eps": 0.3}),
+    ("instancenorm", {"affine": False, "eps": 0.2}),
+    ("layernorm", {"affine": False, "eps": 0.2}),
+    ("rmsnorm", {"bias": True, "eps": 0.1}),
+    ("rmsnorm", {"affine": False}),
+    ("switchnorm", {"momentum": 0.3, "affine": False, "eps": 0.1}),
+    ("sync_batchnorm", {"momentum": None, "eps": 0.1}),
+    ("sync_batchnorm", {"track_running_stats": False, "affine": False}),
+    ("sync_batchnorm", {"positions": 9}),
+    ("ws_groupnorm", {"num_groups": 2, "affine": False, "eps": 0.1}),
+    ("ws_groupnorm", {"group_size": 3}),
+]
+# An option with tests of its own: the ramp that follows a run's length (test_plugins.py)
+OWN_TESTS = {("batchrenorm", "ramp_reference_steps")}
+# Running statistics: the batch's mean and unbiased variance per channel, moved by momentum
+BATCH_STATISTICS = {"batchnorm", "batchrenorm", "switchnorm", "sync_batchnorm"}
+
+
+def test_every_option_of_every_built_in_has_a_case():
+    covered = {(name, key) for name, options in OPTION_CASES for key in options}
+    missing = (
+        {
+            (name, key)
+            for name in NORMS
+            if norm_spec(name).source.startswith("normbench.")
+            for key in norm_spec(name).options
+        }
+        - covered
+        - OWN_TESTS
+    )
+    assert not missing, f"add these options to OPTION_CASES: {sorted(missing)}"
+
+
+@pytest.mark.parametrize(
+    "name, options", OPTION_CASES, ids=[f"{n}-{'-'.join(map(str, o.values()))}" for n, o in OPTION_CASES]
+)
+def test_options_match_the_reference_formula_outputs_gradients_and_statistics(name, options, kernel_path):
+    module = make(name, **options)
+    shape = SHAPES["2d"]
+    xs = [inputs(shape, seed=step) for step in range(3)]
+    module.train()
+    for x in xs:
+        ours, theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
+        reference = copy.deepcopy(module)  # its parameters and statistics before the step
+        expected = REFERENCES[name](theirs, reference, True)
+        y = module(ours)
+        torch.testing.assert_close(y, expected, rtol=1e-10, atol=1e-10)
+        upstream = inputs(shape, seed=50)
+        y.backward(upstream)
+        expected.backward(upstream)
+        torch.testing.assert_close(ours.grad, theirs.grad, rtol=1e-8, atol=1e-8)
+        for (key, p), q in zip(module.named_parameters(), reference.parameters(), strict=True):
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-8, atol=1e-8, msg=key)
+            p.grad = None
+    if name in BATCH_STATISTICS and options.get("track_running_stats", True):
+        features = [x.reshape(len(x), -1) for x in xs] if options.get("positions") else xs
+        mean, var = reference_running_stats(features, module.momentum, features[0].shape[1])
+        torch.testing.assert_close(module.running_mean, mean, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(module.running_var, var, rtol=1e-10, atol=1e-10)
+    module.eval()
+    x = inputs(shape, seed=99)
+    torch.testing.assert_close(module(x), REFERENCES[name](x, module, False), rtol=1e-10, atol=1e-10)
