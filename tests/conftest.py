@@ -21,6 +21,38 @@ SHAPES = {
     "3d": (2, C, 2, 3, 2),
 }
 
+# The built-ins' options away from their defaults (each option of each built-in in one case at least),
+# against the same reference formulas: the fused kernels have a branch for several of them.
+OPTION_CASES = [
+    ("batchnorm", {"affine": False, "momentum": None, "eps": 0.1}),
+    ("batchnorm", {"track_running_stats": False}),
+    ("batchnorm", {"positions": 9, "momentum": 0.5}),  # SHAPES["2d"] has 9 positions
+    ("batchrenorm", {"warmup_steps": 0, "r_max": 1.5, "d_max": 0.5, "r_max_steps": 2, "d_max_steps": 2}),
+    ("batchrenorm", {"momentum": 0.3, "eps": 0.1}),
+    ("batchrenorm", {"warmup_steps": 1, "affine": False}),
+    ("evonorm_b0", {"momentum": 0.5, "affine": False, "eps": 0.1}),
+    ("evonorm_s0", {"num_groups": 2, "eps": 0.1}),
+    ("evonorm_s0", {"num_groups": 3, "affine": False}),
+    ("frn", {"learnable_eps": True}),
+    ("frn", {"affine": False, "eps": 0.01}),
+    ("frozen_batchnorm", {"eps": 0.1}),
+    ("ghost_batchnorm", {"ghost_batch_size": 3, "eps": 0.1}),
+    ("ghost_batchnorm", {"ghost_batch_size": 2, "momentum": None, "affine": False}),
+    ("ghost_batchnorm", {"ghost_batch_size": 3, "track_running_stats": False}),
+    ("groupnorm", {"group_size": 2}),
+    ("groupnorm", {"num_groups": 3, "affine": False, "eps": 0.3}),
+    ("instancenorm", {"affine": False, "eps": 0.2}),
+    ("layernorm", {"affine": False, "eps": 0.2}),
+    ("rmsnorm", {"bias": True, "eps": 0.1}),
+    ("rmsnorm", {"affine": False}),
+    ("switchnorm", {"momentum": 0.3, "affine": False, "eps": 0.1}),
+    ("sync_batchnorm", {"momentum": None, "eps": 0.1}),
+    ("sync_batchnorm", {"track_running_stats": False, "affine": False}),
+    ("sync_batchnorm", {"positions": 9}),
+    ("ws_groupnorm", {"num_groups": 2, "affine": False, "eps": 0.1}),
+    ("ws_groupnorm", {"group_size": 3}),
+]
+
 
 def fits(name: str, shape: tuple[int, ...]) -> bool:
     """Does the plugin accept inputs of this shape (by its declared metadata)?"""

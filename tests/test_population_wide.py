@@ -11,6 +11,7 @@ import copy
 
 import pytest
 import torch
+from conftest import OPTION_CASES
 from helpers import registered_plugin
 from torch import nn
 
@@ -37,8 +38,12 @@ def _wide_cases():
             if len(shape) == 2 and norm_spec(name).min_spatial_positions > 1:
                 continue
             yield pytest.param(name, shape, OPTIONS.get(name, {}), id=f"{name}-{label}")
-    # BatchNorm with statistics per (channel, position): buffers of C·P values per member
-    yield pytest.param("batchnorm", SHAPES["images"], {"positions": 25}, id="batchnorm-positions")
+    # every option away from its default (BatchNorm's statistics per (channel, position): C·P values)
+    for name, options in OPTION_CASES:
+        if norm_spec(name).population == "wide":
+            options = {**options, "positions": 25} if "positions" in options else options
+            values = "-".join(map(str, options.values()))
+            yield pytest.param(name, SHAPES["images"], options, id=f"{name}-images-{values}")
 
 
 def test_the_core_norms_have_wide_forms():
