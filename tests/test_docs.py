@@ -267,3 +267,21 @@ def test_a_comparison_reads_each_task_by_its_own_metric(tmp_path):
     assert "- Test error, a − b: median +0.00 pp, largest |a − b| 0.0 pp; paired mean 0 in every pair" in text
     assert "- fd, a − b: median -1.50 fd, largest |a − b| 1.5 fd; paired mean -1.50 fd [" in text
     assert "| gan_digits | 32 | 3 | – | no test loss | fd: -1.50 fd [" in text
+
+
+def test_the_readmes_run_counts_are_the_committed_records():
+    """The Status paragraph's counts are typed: each must be the number of records in the file it names."""
+    readme = " ".join((ROOT / "README.md").read_text().split())
+
+    def count(pattern: str) -> int:
+        found = re.search(pattern, readme)
+        assert found, pattern
+        return int(found.group(1).replace(",", ""))
+
+    def records(folder: str) -> int:
+        return len((ROOT / "reports" / folder / "records.jsonl").read_text().splitlines())
+
+    assert count(r"\*\*Status:\*\* trained: ([\d,]+) runs") == records("small_batch")
+    assert count(
+        r"the first protocol's ([\d,]+) runs are kept in \[reports/small_batch_cnn_val400/"
+    ) == records("small_batch_cnn_val400")
