@@ -118,7 +118,7 @@ def _replacement(
 ) -> tuple[nn.Module, tuple[str, ...]]:
     """The plugin layer that replaces ``module`` (on its device, dtype and mode, with its state where it
     means the same), and the names of the tensors copied into it."""
-    if spec.running_stats and not spec.batch_dependent and not _keeps_running_stats(module):
+    if spec.frozen_statistics and not _keeps_running_stats(module):
         raise ValueError(
             f"convert_norms: {name} ({type(module).__name__}) keeps no running statistics, and {spec.name} "
             "normalizes with running statistics it never updates: the new layer would use its initial ones "

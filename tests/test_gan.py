@@ -125,6 +125,11 @@ def test_mixed_batches_change_what_batchnorm_in_d_sees(tmp_path, monkeypatch):
             r"runtime.precision=fp16: task=gan_digits has no gradient scaler.*bf16 or fp32",
         ),
         (("task.model.latent=0",), r"task.model.latent=0.*>= 1"),
+        (  # statistics nothing estimates: a fixed scale under a norm's name
+            ("task.model.g_norm=frozen_batchnorm",),
+            r"^task.model.g_norm=frozen_batchnorm: normalizes with running statistics that training never",
+        ),
+        (("task.model.d_norm=frozenbn",), r"^task.model.d_norm=frozenbn: .*mean 0, variance 1"),
     ],
 )
 def test_bad_gan_settings_are_refused_before_training(tmp_path, overrides, message):

@@ -29,7 +29,6 @@ from normbench.experiment.record import (
     record_training,
     seal,
 )
-from normbench.norms import norm_spec
 from normbench.population.train import train_population, trains_captured_alone
 from normbench.results import (
     RESULT_FILE,
@@ -37,7 +36,7 @@ from normbench.results import (
 )
 from normbench.runtime import CPU_FP32, Runtime
 from normbench.tasks.dataset import Dataset
-from normbench.tasks.registry import Task, task_for
+from normbench.tasks.registry import Task, task_for, untrainable_norm
 from normbench.trackers import layer_values, log_record, open_tracker
 from normbench.train import FitResult, fit, lr_schedule, make_optimizer, training_plan
 
@@ -48,13 +47,9 @@ def check_run(cfg: DictConfig) -> Task:
     """The run ``cfg``'s task, once the config's values and the task's own rules accept it (ConfigError
     naming the setting otherwise): what every path checks before it trains a run, alone or in a population."""
     check_values(cfg)
-    spec = norm_spec(cfg.norm.name)
-    if spec.running_stats and not spec.batch_dependent:
-        raise ConfigError(
-            f"norm={spec.name}: normalizes with running statistics that training never updates, so a run "
-            "trained from scratch keeps their initial values (mean 0, variance 1), a fixed scale; it is for "
-            "the BatchNorms of a trained model (normbench.convert_norms); norm=identity trains without a norm"
-        )
+    problem = untrainable_norm("norm", cfg.norm.name)
+    if problem:
+        raise ConfigError(problem)
     task = task_for(cfg)
     task.check(cfg)
     recorded = task.metric_names(cfg)

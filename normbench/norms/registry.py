@@ -92,6 +92,13 @@ class NormSpec:
     source: str = ""
     open_options: bool = False
 
+    @property
+    def frozen_statistics(self) -> bool:
+        """Running statistics used in every mode and estimated by nothing (``running_stats`` without
+        ``batch_dependent``: frozen_batchnorm): a trained model's carry over; from scratch they stay at
+        their initial values."""
+        return self.running_stats and not self.batch_dependent
+
 
 def normalize_name(name: str) -> str:
     """The lookup key of a name: lower case, without ``-``, ``_`` and spaces."""

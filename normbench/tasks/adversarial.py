@@ -6,6 +6,7 @@ what it generates."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,7 +19,7 @@ from normbench.schema import ConfigError, GanConfig
 from normbench.tasks.dataset import Dataset
 from normbench.tasks.gan import GAN
 from normbench.tasks.models import ModelConfigError
-from normbench.tasks.registry import Task, norm_layers, register_task
+from normbench.tasks.registry import Task, norm_layers, register_task, untrainable_norm
 
 if TYPE_CHECKING:
     from normbench.experiment.record import RunRecord
@@ -37,6 +38,12 @@ class Adversarial(Task):
 
     def check(self, cfg: DictConfig) -> None:
         super().check(cfg)
+        o: GanConfig = self.options(cfg)
+        for key, name in (("g_norm", o.g_norm), ("d_norm", o.d_norm)):
+            with contextlib.suppress(KeyError):  # an unknown name: build_model says so
+                problem = name and untrainable_norm(f"task.model.{key}", name)
+                if problem:
+                    raise ConfigError(problem)
         if cfg.runtime.precision == "fp16":
             raise ConfigError(
                 f"runtime.precision=fp16: task={cfg.task.name} has no gradient scaler for its two networks; "

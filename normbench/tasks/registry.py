@@ -185,6 +185,18 @@ class Task:
         raise NotImplementedError(f"task {self.name!r} has no population form of its training loop")
 
 
+def untrainable_norm(setting: str, name: str) -> str | None:
+    """Why a run cannot train the norm ``name`` chosen by ``setting`` from scratch, or None: one whose
+    statistics nothing estimates (:attr:`NormSpec.frozen_statistics`)."""
+    if not norm_spec(name).frozen_statistics:
+        return None
+    return (
+        f"{setting}={name}: normalizes with running statistics that training never updates, so a run "
+        "trained from scratch keeps their initial values (mean 0, variance 1), a fixed scale; it is for "
+        "the BatchNorms of a trained model (normbench.convert_norms); norm=identity trains without a norm"
+    )
+
+
 def norm_layers(cfg: DictConfig, name: str = "") -> NormLayers:
     """The registry's norms for the run ``cfg``: ``name`` (default ``norm.name``) with the run's norm
     options when it is the run's norm, the plugin's defaults otherwise."""
