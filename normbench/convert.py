@@ -28,8 +28,9 @@ AFFINE = ("weight", "bias")
 # running_stats flag, or torch's BatchNorm tracking them): then they mean the same thing.
 RUNNING = ("running_mean", "running_var", "num_batches_tracked")
 # Options carried over from the source layer when the target takes them and the caller did not set them
-# (track_running_stats=False: BatchNorm normalizing with batch statistics in eval mode too).
-CARRIED_OPTIONS = ("eps", "momentum", "track_running_stats")
+# (track_running_stats=False: BatchNorm normalizing with batch statistics in eval mode too; affine=False:
+# no per-channel weight and bias, as before a layer whose bias absorbs them).
+CARRIED_OPTIONS = ("eps", "momentum", "track_running_stats", "affine")
 NORM_ACT_CHILDREN = ["drop", "act"]  # timm's BatchNormAct2d / GroupNormAct: norm, then drop, then act
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.LeakyReLU, nn.ELU, nn.Mish, nn.Tanh)
 
@@ -88,8 +89,12 @@ def _carried(layer: str, source: nn.Module, spec: NormSpec, options: dict[str, A
     for name in CARRIED_OPTIONS:
         if name not in spec.options or name in options or not hasattr(source, name):
             continue
-        if name == "track_running_stats" and isinstance(source, nn.modules.instancenorm._InstanceNorm):
-            continue  # InstanceNorm's (False by default) says which statistics IN uses, not BatchNorm
+        if name in ("track_running_stats", "affine") and isinstance(
+            source, nn.modules.instancenorm._InstanceNorm
+        ):
+            continue  # torch's InstanceNorm defaults (both False) describe IN, not the norm it becomes
+        if name == "affine" and getattr(source, "weight", None) is not None:
+            continue  # an affine transform held otherwise (frozen_batchnorm's buffers): copied below
         value = getattr(source, name)
         if option_type_problem(spec.option_types.get(name, Any), value) is None:
             carried[name] = value
@@ -118,6 +123,11 @@ def _replacement(
 ) -> tuple[nn.Module, tuple[str, ...]]:
     """The plugin layer that replaces ``module`` (on its device, dtype and mode, with its state where it
     means the same), and the names of the tensors copied into it."""
+    if isinstance(module, nn.modules.lazy.LazyModuleMixin) and module.has_uninitialized_params():
+        raise ValueError(
+            f"convert_norms: {name} ({type(module).__name__}) has not seen an input yet, so its channels are "
+            "unknown; run one forward pass through the model first"
+        )
     if spec.frozen_statistics and not _keeps_running_stats(module):
         raise ValueError(
             f"convert_norms: {name} ({type(module).__name__}) keeps no running statistics, and {spec.name} "
@@ -167,12 +177,13 @@ def convert_norms(
     """Replace every channel-first normalization layer of ``model`` (in place) with the registry plugin
     ``norm`` built with ``options``, and return what was converted (also logged).
 
-    Each new layer gets the old one's device, dtype and train/eval mode; its ``eps``, ``momentum`` and a
-    BatchNorm's ``track_running_stats`` unless ``options`` sets them (where the plugin takes them; a
-    value it does not take, such as torch's ``momentum=None`` into a plugin whose momentum is a rate, is
-    a ValueError); the old affine ``weight``/``bias``; and the running statistics where both norms keep
-    population statistics of their input (BatchNorm into frozen_batchnorm, batchrenorm or sync_batchnorm carries
-    them exactly). A layer held in several places (shared) becomes one new layer held in the same
+    Each new layer gets the old one's device, dtype and train/eval mode; its ``eps``, ``momentum``, a
+    BatchNorm's ``track_running_stats`` and ``affine=False`` unless ``options`` sets them (where the
+    plugin takes them; a value it does not take, such as torch's ``momentum=None`` into a plugin whose
+    momentum is a rate, is a ValueError); the old affine ``weight``/``bias``; and the running statistics
+    where both norms keep population statistics of their input (BatchNorm into frozen_batchnorm,
+    batchrenorm or sync_batchnorm carries them exactly). A lazy layer that has not seen an input yet is
+    a ValueError. A layer held in several places (shared) becomes one new layer held in the same
     places. Every new layer is built before the model is changed, so an option that one layer cannot
     take (groups that do not divide its channels) leaves the model as it was. ``include``/``exclude``
     are predicates ``(qualified_name, module) -> bool`` choosing which layers to convert.

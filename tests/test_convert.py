@@ -346,6 +346,32 @@ def test_a_layer_the_options_do_not_fit_is_named_and_the_model_is_left_as_it_was
     assert [type(m) for m in model] == [nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.Conv2d, nn.BatchNorm2d]
 
 
+def test_a_lazy_layer_is_converted_once_it_knows_its_channels():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.LazyBatchNorm2d())
+    with pytest.raises(ValueError, match=r"^convert_norms: 1 \(LazyBatchNorm2d\) has not seen an input yet"):
+        convert_norms(model, "groupnorm", num_groups=2)
+    model(torch.randn(2, 3, 6, 6))  # now a BatchNorm2d of 4 channels
+    assert convert_norms(model, "groupnorm", num_groups=2)[0].new == "GroupNorm"
+
+
+@pytest.mark.parametrize(
+    "source, target, affine",
+    [
+        (nn.BatchNorm2d(4, affine=False), "groupnorm", False),  # a conv's bias absorbs them
+        (nn.GroupNorm(2, 4, affine=False), "batchnorm", False),
+        (build_norm("layernorm", 4, affine=False), "rmsnorm", False),
+        (nn.InstanceNorm2d(4), "batchnorm", True),  # torch IN's default describes IN: the target's own
+        (build_norm("frozen_batchnorm", 4), "groupnorm", True),  # its affine transform is in buffers
+    ],
+    ids=["bn-gn", "gn-bn", "ln-rms", "torch_in-bn", "frozen-gn"],
+)
+def test_a_layer_without_affine_parameters_becomes_one_without(source, target, affine):
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), source)
+    done = convert_norms(model, target, **({"num_groups": 2} if target == "groupnorm" else {}))
+    assert (model[1].weight is not None) is affine
+    assert done[0].copied[:2] == (("weight", "bias") if isinstance(source.weight, torch.Tensor) else ())
+
+
 def test_batch_statistics_in_eval_and_a_cumulative_average_carry_over_or_are_refused():
     x = torch.randn(4, 3, 6, 6)
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8, track_running_stats=False)).eval()
