@@ -194,9 +194,9 @@ def convert_norms(
     (``replaces_activation``: FRN, EvoNorms) the activation module right after the norm in an
     ``nn.Sequential`` is replaced by ``nn.Identity``. A norm-act layer (timm's ``BatchNormAct2d``: a
     BatchNorm with its own ``drop`` and ``act``) becomes ``nn.Sequential(plugin, drop, act)``, its
-    ``act`` replaced by ``nn.Identity`` for a plugin that includes one. Where the structure does not show that layer or
-    activation (e.g. a ReLU applied in ``forward``), a ValueError names the layer before anything is
-    changed; ``keep_activation=True`` keeps the model's activations instead.
+    ``act`` replaced by ``nn.Identity`` for a plugin that includes one. Where the structure does not
+    show that layer or activation (e.g. a ReLU applied in ``forward``), a ValueError names the layer
+    before anything is changed; ``keep_activation=True`` keeps the model's activations instead.
 
     Raises:
         KeyError: unknown norm name (with a "did you mean").
