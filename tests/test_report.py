@@ -498,6 +498,46 @@ def test_report_refuses_an_out_folder_notes_or_title_it_cannot_use_in_one_line(t
     assert taken.read_text() == "a user's file\n" and sorted(tmp_path.iterdir()) == [taken]
 
 
+def test_a_folder_with_a_users_own_figures_or_report_is_refused_and_left_as_it_was(tmp_path, capsys):
+    """A report replaces figures/ whole and report.md, runs.csv, ... in its folder: given a paper's folder
+    (its own figures/ and report.md) it deleted them."""
+    example = str(ROOT / "reports/example/records.jsonl")
+    paper = tmp_path / "paper"
+    (paper / "figures").mkdir(parents=True)
+    (paper / "figures" / "fig1.pdf").write_text("a user's figure")
+    (paper / "report.md").write_text("# my draft\n")
+    with pytest.raises(SystemExit) as exit_info:
+        report_main([example, "--out", str(paper)])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"normbench-report: error: {paper}: holds figures, report.md, which a report there would replace, "
+        "and no report of normbench-report; give a new or empty folder, or one of its earlier reports"
+    ]
+    assert sorted(p.relative_to(paper).as_posix() for p in paper.rglob("*")) == [
+        "figures",
+        "figures/fig1.pdf",
+        "report.md",
+    ]
+    assert (paper / "report.md").read_text() == "# my draft\n"
+
+
+def test_a_report_goes_into_its_own_earlier_folder_or_one_a_killed_report_left_halfway(tmp_path):
+    example = ROOT / "reports/example/records.jsonl"
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("kept")  # not a report's output: neither refused nor touched
+    build_report([example], out)
+    build_report([example], out)  # its own earlier report: rebuilt
+    halfway = tmp_path / "halfway"  # killed after moving its figures in, before its report.md
+    shutil.copytree(out / "figures", halfway / "figures")
+    (halfway / ".normbench-report-publishing").touch()
+    build_report([example], halfway)
+    assert (out / "notes.txt").read_text() == "kept"
+    assert sorted(p.name for p in halfway.iterdir()) == sorted(
+        p.name for p in out.iterdir() if p.name != "notes.txt"
+    )
+
+
 def test_a_folder_of_packed_records_names_the_file_to_give(tmp_path):
     """A study's report folder holds records.jsonl and no result.json: the error said only that nothing
     was found there."""

@@ -210,9 +210,43 @@ def problems_section(runs: pd.DataFrame, summary: pd.DataFrame, skipped: Sequenc
     return "\n".join(lines)
 
 
+def replaced_outputs(out: Path) -> list[str]:
+    """What publishing a report into ``out`` replaces or removes, of what is there now."""
+    names = ["figures", *OUTPUT_TABLES, "report.html", "report.md"]
+    return [n for n in names if (out / n).exists()] + sorted(p.name for p in out.glob(CURVE_TABLES))
+
+
+def holds_a_report(out: Path) -> bool:
+    """Is ``out`` a folder normbench-report wrote into: its report.md carries the header's signature, or
+    a report was being moved in when its process ended (the mark :func:`publish` leaves meanwhile)."""
+    if (out / PUBLISHING).exists():
+        return True
+    try:
+        with open(out / "report.md", errors="replace") as f:
+            return SIGNATURE in f.read(20_000)
+    except OSError:
+        return False
+
+
+def check_output_folder(out: Path) -> None:
+    """ValueError where a report would replace files in ``out`` that no normbench report made (a user's
+    own figures/ or report.md): the report goes into a new, empty or earlier report's folder."""
+    if not out.is_dir():
+        return
+    found = replaced_outputs(out)
+    if found and not holds_a_report(out):
+        raise ValueError(
+            f"{out}: holds {', '.join(found)}, which a report there would replace, and no report of "
+            "normbench-report; give a new or empty folder, or one of its earlier reports"
+        )
+
+
 def publish(staging: Path, out: Path) -> None:
     """Move a finished report from ``staging`` into ``out``: the figures folder is swapped whole, then
-    the tables, then report.md. Outputs of an earlier report that this one does not make are removed."""
+    the tables, then report.md. Outputs of an earlier report that this one does not make are removed.
+    Meanwhile ``out`` holds :data:`PUBLISHING`, so that a process ended halfway leaves a folder the
+    next report still recognizes as its own."""
+    (out / PUBLISHING).touch()
     figures_dir, old = out / "figures", out / f".figures-old-{staging.name}"
     if figures_dir.exists():
         os.replace(figures_dir, old)
@@ -224,10 +258,13 @@ def publish(staging: Path, out: Path) -> None:
             os.replace(staging / name, out / name)
         else:
             (out / name).unlink(missing_ok=True)
+    (out / PUBLISHING).unlink()
 
 
 OUTPUT_TABLES = ("runs.csv", "runs.parquet", "summary.csv", "selection.csv")
 CURVE_TABLES = "curve_*.csv"  # one per curve section of a study (normbench.report.curve)
+PUBLISHING = ".normbench-report-publishing"
+SIGNATURE = "Data: [runs.csv](runs.csv), [summary.csv](summary.csv). Built with "  # in report.md's header
 
 
 def selection_section(table: pd.DataFrame, keys: Sequence[str], cells: list[str], out: Path) -> str:
@@ -291,7 +328,8 @@ def build_report(
     have is refused. Left out: 32 (Wu & He 2018's) where the runs have it, else their largest.
 
     The report is built in a temporary folder inside ``out`` and moved into place only when complete,
-    so a failure leaves the previous report as it was. Invalid record files are skipped with one
+    so a failure leaves the previous report as it was; a folder holding outputs' names (figures/,
+    report.md, ...) that no report made is refused before anything is read (ValueError). Invalid record files are skipped with one
     warning each and listed in the report."""
     dirs, out = record_paths([dirs], "build_report"), Path(out)
     for name, value in (("title", title), ("notes", notes)):
@@ -301,6 +339,7 @@ def build_report(
         raise TypeError(f"build_report: html must be True or False, got {html!r}")
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"{out}: is a file; the report needs a folder")
+    check_output_folder(out)
     described = load_study(study) if study is not None else None  # before anything is read or written
     if described is not None:
         title, select, reference_batch = described.title, described.select, described.reference_batch
@@ -402,8 +441,7 @@ def _write_report(
         "",
         f"{len(all_runs)} runs ({', '.join(f'{counts.get(s, 0)} {s}' for s in ('completed', 'diverged', 'failed'))}) "
         f"from {', '.join(f'`{d}`' for d in dirs)}{chosen}. Main metric: {tasks_by_metric}. {errors_shown} "
-        "bands in the figures span the seeds (min to max). Data: [runs.csv](runs.csv), [summary.csv](summary.csv). "
-        f"Built with {built_with()}.",
+        f"bands in the figures span the seeds (min to max). {SIGNATURE}{built_with()}.",
         "",
     ]
     body = []
