@@ -11,7 +11,7 @@
 #   scripts/small_batch_study.sh --task NAME  # the study's first sweep (its curve) on task NAME (a
 #                                           # conf/task/ entry or an installed task plugin's preset),
 #                                           # into reports/<study>_NAME/
-#   scripts/small_batch_study.sh --out DIR  # another folder
+#   scripts/small_batch_study.sh --out DIR  # another folder (new, or one a study or report wrote)
 #   scripts/small_batch_study.sh --separate # one process per run (default: runs that differ only in
 #                                           # seed/lr/... train together as populations)
 #   scripts/small_batch_study.sh -- KEY=VALUE ...  # Hydra overrides added to every sweep
@@ -84,6 +84,10 @@ fi
 
 mkdir -p "$out" 2> /dev/null || { echo "small_batch_study.sh: --out $out: cannot make that folder (a file, or no permission)" >&2; exit 2; }
 out="$(cd "$out" && pwd)"
+# the report goes into $out at the end: a folder holding figures/ or a report.md of a user's own is refused now
+problem="$("$python" -c 'import sys; from pathlib import Path; from normbench.report.build import check_output_folder
+try: check_output_folder(Path(sys.argv[1]))
+except ValueError as e: sys.exit(str(e))' "$out" 2>&1)" || { echo "small_batch_study.sh: --out $problem" >&2; exit 2; }
 
 launcher=joblib  # one process per run, $jobs at a time
 [ "$population" = 0 ] || launcher=population  # populations, $jobs groups at a time

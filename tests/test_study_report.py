@@ -422,6 +422,31 @@ def test_study_script_refuses_bad_arguments_before_any_work(tmp_path, args, mess
     assert not (tmp_path / "out").exists()
 
 
+def test_study_script_refuses_a_folder_whose_figures_its_report_would_replace_before_training(tmp_path):
+    import subprocess
+
+    paper = tmp_path / "paper"
+    (paper / "figures").mkdir(parents=True)
+    (paper / "figures" / "fig1.pdf").write_text("a user's figure")
+    venv_bin = str(Path(sys.executable).parent)
+    result = subprocess.run(
+        ["bash", str(ROOT / "scripts/small_batch_study.sh"), "--smoke", "--out", str(paper)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PATH": f"{venv_bin}{os.pathsep}{os.environ['PATH']}"},
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"small_batch_study.sh: --out {paper}: holds figures, which a report there would replace, and no "
+        "report of normbench-report; give a new or empty folder, or one of its earlier reports"
+    ]
+    assert sorted(p.relative_to(paper).as_posix() for p in paper.rglob("*")) == [
+        "figures",
+        "figures/fig1.pdf",
+    ]
+
+
 def test_the_sweeps_of_a_study_in_each_mode():
     from normbench.report.study import sweep_commands
 
