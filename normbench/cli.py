@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from normbench.config import ConfigError, register_configs
-from normbench.experiment.identity import claim_folder, previous_result, run_identity
+from normbench.experiment.identity import check_folder, claim_folder, previous_result, run_identity
 from normbench.experiment.run import execute
 from normbench.population.launcher import register_launcher
 from normbench.results import LOCK_FILE
@@ -107,6 +107,7 @@ def train_job(
     run's error message, if any, and its :func:`objective` (a skipped run's from its record)."""
     progress = cfg.runtime.progress and sys.stderr.isatty() and not multirun
     # torchrun: every process runs this same job in the same folder, so no lock
+    check_folder(cfg, out_dir)
     with ExitStack() as locks:
         why = claim_folder(cfg, out_dir, locks, lock=not distributed)
         if why is not None:

@@ -217,7 +217,7 @@ class EvalConfig:
 @dataclass
 class RuntimeConfig:
     threads: int = 1
-    force: bool = False  # rerun even when result.json already holds a completed or diverged run
+    force: bool = False  # rerun even when result.json holds a final record (or replace another config's)
     progress: bool = True  # a progress bar when attached to a terminal
     device: str = "auto"  # auto (CUDA when present), cpu, cuda, cuda:N
     # autocast dtype of forward passes; not fp32 joins the identity

@@ -22,6 +22,7 @@ from helpers import (
     compose_cfg,
     exploding_plugin_env,
     normbench_run,
+    normbench_run_here,
     registered_plugin,
 )
 from torch import nn
@@ -43,6 +44,29 @@ STEPS = ("train.budget=steps", "train.steps=3", "train.history_points=1", *QUICK
 
 
 # -- one identity ------------------------------------------------------------------------------------
+
+
+def test_a_single_run_does_not_replace_another_configs_record_in_its_folder(tmp_path, monkeypatch, capsys):
+    """Two runs given one hydra.run.dir (or the default outputs/DATE/TIME, started in the same second):
+    the second replaced the first's record without a word."""
+    folder = tmp_path / "run"
+    execute(compose_cfg("norm=batchnorm", "seed=3", *STEPS), folder)
+    first = (folder / RESULT_FILE).read_text()
+    base = ("norm=batchnorm", *STEPS, f"hydra.run.dir={folder}")
+    code, err = normbench_run_here(*base, "seed=4", cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys)
+    assert code == 2
+    assert (
+        err.strip()
+        .splitlines()[-1]
+        .startswith(f"normbench-run: error: {folder}: holds the record of another run (config ")
+    )
+    assert "task=mnist1d_mlp norm=batchnorm batch_size=32 seed=3), which this one would replace" in err
+    assert (folder / RESULT_FILE).read_text() == first
+    code, _ = normbench_run_here(*base, "seed=3", cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys)
+    assert code == 0 and (folder / RESULT_FILE).read_text() == first  # its own record: skipped
+    forced = ("seed=4", "runtime.force=true")
+    code, _ = normbench_run_here(*base, *forced, cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys)
+    assert code == 0 and load_run(folder)["config"]["seed"] == 4
 
 
 def test_committed_sweeps_loaded_together_never_mix_budgets_in_a_cell():

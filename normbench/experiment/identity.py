@@ -23,7 +23,7 @@ from normbench.results import (
     remove_stale_temporaries,
     run_lock,
 )
-from normbench.schema import NON_IDENTITY_KEYS, Config, later_keys
+from normbench.schema import NON_IDENTITY_KEYS, Config, ConfigError, later_keys
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,25 @@ def previous_result(out_dir: Path, digest: str) -> dict[str, Any] | None:
     if record["config_hash"] == digest and record["status"] in FINAL_STATUSES:
         return record
     return None
+
+
+def check_folder(cfg: DictConfig, out_dir: Path) -> None:
+    """ConfigError where ``out_dir`` holds the record of another config, which training ``cfg`` there
+    would replace (two single runs given one ``hydra.run.dir``, or started in the same second), unless
+    ``runtime.force``."""
+    try:
+        record = load_run(out_dir / RESULT_FILE)
+    except InvalidRecord:  # none, or no record: nothing to keep
+        return
+    if cfg.runtime.force or record["config_hash"] == run_identity(cfg)[1]:
+        return
+    config = record["config"]
+    raise ConfigError(
+        f"{out_dir}: holds the record of another run (config {record['config_hash']}: "
+        f"task={config['task']['name']} norm={config['norm']['name']} batch_size={config['batch_size']} "
+        f"seed={config['seed']}), which this one would replace; give this run a folder of its own "
+        "(hydra.run.dir), or runtime.force=true to replace it"
+    )
 
 
 def claim_folder(cfg: DictConfig, out_dir: Path, locks: ExitStack, lock: bool = True) -> str | None:

@@ -45,7 +45,7 @@ from hydra.plugins.launcher import Launcher
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from normbench.config import ConfigError
-from normbench.experiment.identity import claim_folder
+from normbench.experiment.identity import check_folder, claim_folder
 from normbench.experiment.run import check_run, execute, write_record
 from normbench.population.grouping import member_values, partition, spread, why_not_population
 from normbench.population.sweep_configs import SweepComposer
@@ -166,6 +166,7 @@ def enlist(cfg: DictConfig, locks: ExitStack, held: dict[Path, ExitStack]) -> Me
     log_file = str(out_dir / f"{hc.job.name}.log")
     try:
         check_run(cfg)
+        check_folder(cfg, out_dir)
     except ConfigError as exc:
         log.error("configuration error: %s", exc)
         mark_visit(out_dir, "config_error", log_file, error=str(exc))
