@@ -69,6 +69,19 @@ class Checkpoint:
         return state
 
 
+def saved_config_hash(path: Path) -> str | None:
+    """The config hash of the run that saved the checkpoint at ``path``; None where there is none, or
+    none readable."""
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # unreadable: Checkpoint.load says so and trains from step 0
+        return None
+    digest = state.get("config_hash") if isinstance(state, dict) else None
+    return digest if isinstance(digest, str) else None
+
+
 MODEL_FILE = "model.pt"
 
 
@@ -120,4 +133,5 @@ __all__ = [
     "random_state",
     "restore_random_state",
     "save_weights",
+    "saved_config_hash",
 ]

@@ -27,6 +27,7 @@ from helpers import (
 )
 from torch import nn
 
+from normbench.checkpoint import CHECKPOINT_FILE, Checkpoint
 from normbench.experiment.run import execute
 from normbench.report import load_runs
 from normbench.report.build import build_report
@@ -46,7 +47,9 @@ STEPS = ("train.budget=steps", "train.steps=3", "train.history_points=1", *QUICK
 # -- one identity ------------------------------------------------------------------------------------
 
 
-def test_a_single_run_does_not_replace_another_configs_record_in_its_folder(tmp_path, monkeypatch, capsys):
+def test_a_single_run_does_not_replace_another_configs_record_or_checkpoint_in_its_folder(
+    tmp_path, monkeypatch, capsys
+):
     """Two runs given one hydra.run.dir (or the default outputs/DATE/TIME, started in the same second):
     the second replaced the first's record without a word."""
     folder = tmp_path / "run"
@@ -67,6 +70,16 @@ def test_a_single_run_does_not_replace_another_configs_record_in_its_folder(tmp_
     forced = ("seed=4", "runtime.force=true")
     code, _ = normbench_run_here(*base, *forced, cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys)
     assert code == 0 and load_run(folder)["config"]["seed"] == 4
+    killed = tmp_path / "killed"  # a run killed mid-way left its checkpoint and no record
+    Checkpoint(killed / CHECKPOINT_FILE, 10, "0123456789abcdef").save({"step": 20})
+    again = ("norm=batchnorm", *STEPS, f"hydra.run.dir={killed}")
+    code, err = normbench_run_here(*again, cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys)
+    assert code == 2 and err.strip().splitlines()[-1] == (
+        f"normbench-run: error: {killed}: holds the checkpoint of another run (config 0123456789abcdef), "
+        "which this one would replace; give this run a folder of its own (hydra.run.dir), or "
+        "runtime.force=true to replace it"
+    )
+    assert Checkpoint(killed / CHECKPOINT_FILE, 10, "0123456789abcdef").load()["step"] == 20
 
 
 def test_committed_sweeps_loaded_together_never_mix_budgets_in_a_cell():

@@ -85,14 +85,26 @@ def previous_result(out_dir: Path, digest: str) -> dict[str, Any] | None:
 
 
 def check_folder(cfg: DictConfig, out_dir: Path) -> None:
-    """ConfigError where ``out_dir`` holds the record of another config, which training ``cfg`` there
-    would replace (two single runs given one ``hydra.run.dir``, or started in the same second), unless
-    ``runtime.force``."""
+    """ConfigError where ``out_dir`` holds the record, or the checkpoint of a killed run, of another
+    config, which training ``cfg`` there would replace (two single runs given one ``hydra.run.dir``, or
+    started in the same second), unless ``runtime.force``."""
+    from normbench.checkpoint import CHECKPOINT_FILE, saved_config_hash  # torch, where a run trains
+
+    if cfg.runtime.force:
+        return
+    digest = run_identity(cfg)[1]
     try:
         record = load_run(out_dir / RESULT_FILE)
-    except InvalidRecord:  # none, or no record: nothing to keep
+    except InvalidRecord:  # none, or no record: a killed run's checkpoint is all there may be to keep
+        saved = saved_config_hash(out_dir / CHECKPOINT_FILE)
+        if saved is not None and saved != digest:
+            raise ConfigError(
+                f"{out_dir}: holds the checkpoint of another run (config {saved}), which this one would "
+                "replace; give this run a folder of its own (hydra.run.dir), or runtime.force=true to "
+                "replace it"
+            ) from None
         return
-    if cfg.runtime.force or record["config_hash"] == run_identity(cfg)[1]:
+    if record["config_hash"] == digest:
         return
     config = record["config"]
     raise ConfigError(
