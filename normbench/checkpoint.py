@@ -74,8 +74,8 @@ def saved_config_hash(path: Path) -> str | None:
     none readable."""
     if not path.exists():
         return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+    try:  # mapped, not read: a resumed run's checkpoint is read once, by Checkpoint.load
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # unreadable: Checkpoint.load says so and trains from step 0
         return None
     digest = state.get("config_hash") if isinstance(state, dict) else None

@@ -329,8 +329,8 @@ def build_report(
 
     The report is built in a temporary folder inside ``out`` and moved into place only when complete,
     so a failure leaves the previous report as it was; a folder holding outputs' names (figures/,
-    report.md, ...) that no report made is refused before anything is read (ValueError). Invalid record files are skipped with one
-    warning each and listed in the report."""
+    report.md, ...) that no report made is refused before anything is read (ValueError). Invalid record
+    files are skipped with one warning each and listed in the report."""
     dirs, out = record_paths([dirs], "build_report"), Path(out)
     for name, value in (("title", title), ("notes", notes)):
         if not isinstance(value, str):  # a list of notes failed after every figure was drawn
