@@ -143,7 +143,9 @@ def use_deterministic_kernels(device: torch.device, compiles: bool = False) -> N
         torch.use_deterministic_algorithms(True, warn_only=warn_only)
     else:
         # the same switch without torch.use_deterministic_algorithms' import of inductor's config (to
-        # set its flag), which imports torch._dynamo: 1.2 s of every run's process that never compiles
+        # set its flag), which imports torch._dynamo: 1.2 s of a process that never compiles. A run
+        # alone imports it anyway when it builds its torch.optim optimizer (its constructor does); a
+        # population's processes, whose optimizer is normbench's own, never do.
         torch._C._set_deterministic_algorithms(True, warn_only=warn_only)
 
 

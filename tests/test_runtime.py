@@ -370,7 +370,7 @@ def test_every_call_of_the_gpu_checks_is_accepted_here(tmp_path, monkeypatch):
 @pytest.mark.parametrize("compiles", [False, True])
 def test_deterministic_kernels_without_the_compilers_import_where_nothing_compiles(compiles):
     """torch.use_deterministic_algorithms imports inductor's config (and torch._dynamo with it) to set
-    inductor's flag: 1.2 s of every run's process. A CPU run that never compiles sets the kernels'
+    inductor's flag: 1.2 s of a population's process. A CPU run that never compiles sets the kernels'
     switch alone; one that may compile sets inductor's flag too."""
     import sys
 
