@@ -82,7 +82,8 @@ def _keeps_running_stats(module: nn.Module) -> bool:
 
 
 def _carried(layer: str, source: nn.Module, spec: NormSpec, options: dict[str, Any]) -> dict[str, Any]:
-    """``options`` and the :data:`CARRIED_OPTIONS` of ``source`` that ``spec`` takes and they do not set;
+    """``options``, the :data:`CARRIED_OPTIONS` of ``source`` that ``spec`` takes and they do not set, and
+    ``bias=True`` for a target with an optional bias (rmsnorm) where ``source`` has one;
     ValueError where a value would be dropped for the target's default, changing what the layer does
     (torch's ``momentum=None``, a cumulative average, into a plugin whose momentum is a rate only)."""
     carried = dict(options)
@@ -103,6 +104,12 @@ def _carried(layer: str, source: nn.Module, spec: NormSpec, options: dict[str, A
                 f"convert_norms: {layer} has {name}={value!r}, which {spec.name} does not take; pass "
                 f"{name}=... for the new layers"
             )
+    if (
+        "bias" in spec.options
+        and "bias" not in options
+        and isinstance(getattr(source, "bias", None), torch.Tensor)
+    ):
+        carried["bias"] = True  # a learned shift kept (rmsnorm has none by default): often the net's only one
     return carried
 
 
@@ -178,9 +185,10 @@ def convert_norms(
     ``norm`` built with ``options``, and return what was converted (also logged).
 
     Each new layer gets the old one's device, dtype and train/eval mode; its ``eps``, ``momentum``, a
-    BatchNorm's ``track_running_stats`` and ``affine=False`` unless ``options`` sets them (where the
-    plugin takes them; a value it does not take, such as torch's ``momentum=None`` into a plugin whose
-    momentum is a rate, is a ValueError); the old affine ``weight``/``bias``; and the running statistics
+    BatchNorm's ``track_running_stats``, ``affine=False``, and ``bias=True`` where it has a bias and the
+    plugin's bias is optional (rmsnorm), unless ``options`` sets them (where the plugin takes them; a
+    value it does not take, such as torch's ``momentum=None`` into a plugin whose momentum is a rate,
+    is a ValueError); the old affine ``weight``/``bias``; and the running statistics
     where both norms keep population statistics of their input (BatchNorm into frozen_batchnorm,
     batchrenorm or sync_batchnorm carries them exactly). A lazy layer that has not seen an input yet is
     a ValueError. A layer held in several places (shared) becomes one new layer held in the same

@@ -399,3 +399,22 @@ def test_a_model_that_is_itself_a_norm_is_refused_with_what_to_call():
         ValueError, match=r"itself a normalization layer \(BatchNorm2d\).*build_norm\('groupnorm', 4\)"
     ):
         convert_norms(nn.BatchNorm2d(4), "groupnorm")
+
+
+def test_a_learned_shift_survives_conversion_into_a_norm_whose_bias_is_optional():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4))  # the BN's bias: the only shift
+    with torch.no_grad():
+        model[1].weight.uniform_(0.5, 2.0)
+        model[1].bias.uniform_(-1.0, 1.0)
+    weight, bias = model[1].weight.detach().clone(), model[1].bias.detach().clone()
+    done = convert_norms(model, "rmsnorm")
+    assert done[0].copied == ("weight", "bias")
+    x = torch.randn(2, 3, 6, 6)
+    h = model[0](x)
+    rms = h.square().mean(dim=(1, 2, 3), keepdim=True).add(1e-5).sqrt()  # over channels and positions
+    expected = h / rms * weight.view(1, -1, 1, 1) + bias.view(1, -1, 1, 1)
+    torch.testing.assert_close(model(x), expected)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    convert_norms(model, "rmsnorm", bias=False)  # the caller's choice stands
+    assert model[1].bias is None
