@@ -68,7 +68,7 @@ def _samples(batches: Batches, limit: int | None, device: torch.device) -> tuple
                 f"diagnose: a loader's batches must be (inputs, targets) tensors, got {_kind(batch)}"
             )
         x, y = batch
-        if x.dim() == 0 or len(x) != len(y):  # zip-like pairing would drop or misalign samples
+        if x.dim() == 0 or y.dim() == 0 or len(x) != len(y):  # zip-like pairing would misalign samples
             raise ValueError(
                 f"diagnose: a batch's inputs {tuple(x.shape)} and targets {tuple(y.shape)} must have one "
                 "target per input (the same first dimension)"
@@ -92,8 +92,13 @@ def _class_indices(y: Tensor, label: str) -> None:
     if y.dim() != 1 or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
         raise ValueError(
             f"diagnose: {label}'s targets must be class indices, one integer per input (shape (N,)), "
-            f"got shape {tuple(y.shape)} of {y.dtype}"
+            f"got shape {_per_input(y.shape)} of {y.dtype}"
         )
+
+
+def _per_input(shape: torch.Size) -> str:
+    """A shape with its first dimension as N: the samples read, not a batch's size, are known here."""
+    return f"({', '.join(['N', *map(str, shape[1:])])}{',' if len(shape) == 1 else ''})"
 
 
 def _kind(batch: object) -> str:

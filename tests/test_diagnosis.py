@@ -188,20 +188,21 @@ class _Pair(nn.Module):
     [
         # each was measured: pairs cut to the shorter side, or targets broadcast against the predictions
         ("short targets", "a batch's inputs (96, 1, 20) and targets (10,) must have one target per input"),
+        ("one target", "a batch's inputs (96, 1, 20) and targets () must have one target per input"),  # len()
         (
             "column targets",
             "test_loader's targets must be class indices, one integer per input (shape (N,)), "
-            "got shape (96, 1) of torch.int64",
+            "got shape (N, 1) of torch.int64",
         ),
         (
             "one-hot targets",
             "test_loader's targets must be class indices, one integer per input (shape (N,)), "
-            "got shape (96, 4) of torch.int64",
+            "got shape (N, 4) of torch.int64",
         ),
         (
             "float targets",
             "test_loader's targets must be class indices, one integer per input (shape (N,)), "
-            "got shape (96,) of torch.float32",
+            "got shape (N,) of torch.float32",
         ),
         # each was torch's or Python's own error from inside the measurement
         (
@@ -221,6 +222,7 @@ def test_targets_outputs_and_sizes_that_would_mismeasure_are_refused_naming_them
     model = _cnn()
     test = {
         "short targets": (x, y[:10]),
+        "one target": (x, y[0]),
         "column targets": (x, y[:, None]),
         "one-hot targets": (x, nn.functional.one_hot(y, 4)),
         "float targets": (x, y.float()),
