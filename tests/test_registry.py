@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -120,7 +121,7 @@ def test_a_registration_setting_of_the_wrong_kind_is_refused_naming_it(settings,
 def test_registering_what_builds_no_norm_is_a_type_error_naming_it():
     with pytest.raises(
         TypeError,
-        match=r"^register_norm\('centernorm'\) decorates a norm class or a function that returns one, got 3$",
+        match=r"^register_norm\('centernorm'\) registers a norm class or a function that returns one, got 3$",
     ):
         register_norm("centernorm", paper="-")(3)
     with pytest.raises(ValueError, match=r"^norm name 3 must be lower case letters"):
@@ -154,6 +155,55 @@ def test_duplicate_registration_needs_override(isolated_registry):
     assert isinstance(build_norm("batchnorm", 3), Mine)
     with pytest.raises(KeyError):
         norm_spec("bn")  # the replaced plugin's aliases went with it
+
+
+def test_a_class_defined_elsewhere_registers_by_a_call(isolated_registry):
+    assert register_norm("localresponse", nn.LocalResponseNorm, paper="AlexNet") is nn.LocalResponseNorm
+    assert dict(norm_spec("localresponse").options) == {"alpha": 1e-4, "beta": 0.75, "k": 1.0}
+    assert build_norm("localresponse", 5).size == 5
+
+    class EpsFirst(nn.Module):  # it would have been built as EpsFirst(eps=num_channels)
+        def __init__(self, eps: float = 1e-5) -> None:
+            super().__init__()
+
+    with pytest.raises(TypeError, match=r"must take num_channels as its first argument, without a default; "):
+        register_norm("epsfirst", EpsFirst)
+    with pytest.raises(KeyError):
+        norm_spec("epsfirst")
+
+
+# Run in a fresh interpreter: the built-ins load on first use, so this test's process has them already.
+BEFORE_THE_BUILT_INS_LOAD = """
+import sys, pytest
+from torch import nn
+from normbench import available_norms, build_norm, register_norm
+from normbench.norms.registry import REGISTRY
+
+class Mine(nn.Identity):
+    def __init__(self, num_channels: int) -> None:
+        super().__init__()
+
+assert not REGISTRY._loaded
+with pytest.raises(ValueError, match="'batchnorm' is already registered by 'batchnorm'"):
+    register_norm("batchnorm", Mine)
+register_norm("mine", Mine, aliases=["bn2"])
+register_norm("groupnorm", Mine, override=True)
+assert type(build_norm("groupnorm", 4)) is Mine and type(build_norm("bn2", 4)) is Mine
+assert {"batchnorm", "layernorm", "mine"} <= set(available_norms())
+"""
+
+
+@pytest.mark.parametrize("first", ["user", "batchnorm", "ghost_batchnorm", "ws_groupnorm"])
+def test_built_in_names_are_taken_before_the_built_ins_load_and_each_imports_alone(first):
+    """A user's plugin named like a built-in got in while the built-ins were not loaded yet; loading
+    them then failed on the name, leaving the registry without the rest."""
+    built_in = [n for n in available_norms() if norm_spec(n).source.startswith("normbench.norms.")]
+    alone = (
+        f"import normbench.norms.{first}\nimport normbench\nassert normbench.available_norms() == {built_in}"
+    )
+    code = BEFORE_THE_BUILT_INS_LOAD if first == "user" else alone
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
 
 
 def test_factory_function_can_be_registered(isolated_registry):

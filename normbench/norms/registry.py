@@ -117,11 +117,13 @@ def _takes_more_options(factory: Callable[..., nn.Module]) -> bool:
 
 def _signature_options(factory: Callable[..., nn.Module]) -> tuple[dict[str, Any], dict[str, Any]]:
     target, params = _factory_parameters(factory)
-    if not params or params[0].kind not in (
-        params[0].POSITIONAL_ONLY,
-        params[0].POSITIONAL_OR_KEYWORD,
-    ):
+    if not params or params[0].kind not in (params[0].POSITIONAL_ONLY, params[0].POSITIONAL_OR_KEYWORD):
         raise TypeError(f"{factory!r}: a norm factory must take num_channels as its first argument")
+    if params[0].default is not params[0].empty:  # it would get the channel count as that option
+        raise TypeError(
+            f"{factory!r}: a norm factory must take num_channels as its first argument, without a default; "
+            f"its first is {params[0]}"
+        )
     try:
         hints = inspect.get_annotations(target, eval_str=True)
     except Exception:  # unresolvable annotations only lose type checking in configs
@@ -147,6 +149,10 @@ class _Registry:
         self.plugin_errors: dict[str, str] = {}
 
     def add(self, spec: NormSpec, override: bool) -> None:
+        # a plugin of the user's meets the built-ins' names even before they load; a built-in does not
+        # load them (imported alone, it would import the modules that import from it, half-initialized)
+        if not spec.source.startswith(f"{__package__}."):
+            self.ensure_loaded()
         keys = [normalize_name(spec.name), *(normalize_name(a) for a in spec.aliases)]
         if not override:
             for key in keys:
@@ -211,6 +217,7 @@ REGISTRY = _Registry()
 
 def register_norm(
     name: str,
+    factory: Callable[..., nn.Module] | None = None,
     *,
     aliases: tuple[str, ...] | list[str] = (),
     override: bool = False,
@@ -223,8 +230,9 @@ def register_norm(
     adapt_layer: Callable[[nn.Module], nn.Module] | None = None,
     population: str | bool = "vmap",
     widen: Callable[[nn.Module, int], nn.Module] | None = None,
-) -> Callable[[F], F]:
-    """Register a norm class or factory under ``name`` (decorator).
+) -> Any:
+    """Register a norm class or factory under ``name``: as a decorator, or called with the ``factory``
+    (a class defined elsewhere), returning it either way.
 
     The factory is called as ``factory(num_channels, **options)``; its keyword parameters (each with a
     default) are the plugin's options. Registering a taken name or alias raises ``ValueError`` unless
@@ -236,6 +244,8 @@ def register_norm(
         class CenterNorm(nn.Module):
             '''Subtract the per-sample mean over channels.'''
             def __init__(self, num_channels: int, eps: float = 1e-5): ...
+
+        register_norm("lrn", LocalResponseNorm)  # the same, for a class you do not define
     """
     if not isinstance(name, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", name):
         raise ValueError(
@@ -273,17 +283,17 @@ def register_norm(
     if widen is not None and population != "wide":
         raise ValueError(f"norm {name!r}: widen is given but population={population!r} (needs 'wide')")
 
-    def decorator(factory: F) -> F:
-        if not callable(factory):
+    def decorator(plugin: F) -> F:
+        if not callable(plugin):
             raise TypeError(
-                f"register_norm({name!r}) decorates a norm class or a function that returns one, got {factory!r}"
+                f"register_norm({name!r}) registers a norm class or a function that returns one, got {plugin!r}"
             )
-        options, types = _signature_options(factory)
-        doc = inspect.getdoc(factory) or ""
+        options, types = _signature_options(plugin)
+        doc = inspect.getdoc(plugin) or ""
         line = summary or (doc.strip().splitlines()[0] if doc.strip() else name)
         spec = NormSpec(
             name=name,
-            factory=factory,
+            factory=plugin,
             summary=line,
             paper=paper,
             batch_dependent=batch_dependent,
@@ -296,13 +306,13 @@ def register_norm(
             adapt_layer=adapt_layer,
             population=population,
             widen=widen,
-            source=getattr(factory, "__module__", "?"),
-            open_options=_takes_more_options(factory),
+            source=getattr(plugin, "__module__", "?"),
+            open_options=_takes_more_options(plugin),
         )
         REGISTRY.add(spec, override)
-        return factory
+        return plugin
 
-    return decorator
+    return decorator if factory is None else decorator(factory)
 
 
 def available_norms() -> list[str]:
