@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import subprocess
 import sys
 
 import pytest
@@ -188,6 +189,36 @@ def test_registration_refuses_taken_names_and_archs_and_bad_names(isolated_tasks
     plain = type("Plain", (Task,), {"archs": ("mine",), "build_model": Complete.build_model})
     with pytest.raises(TypeError, match=r"Plain.sample_losses is not implemented"):
         register_task("mine")(plain)  # a Task without the classification's losses and errors
+
+
+# A fresh interpreter: the built-in tasks load on first use, so this test's process has them already.
+BEFORE_THE_BUILT_INS_LOAD = """
+import pytest
+from normbench import Task, available_tasks, register_task
+from normbench.tasks.registry import REGISTRY
+
+class Mine(Task):
+    archs = ("mlp",)
+    def build_model(self, cfg, data): ...
+    def sample_losses(self, outputs, inputs, labels): ...
+    def sample_errors(self, outputs, inputs, labels): ...
+
+assert not REGISTRY._loaded
+with pytest.raises(ValueError, match="arch 'mlp' is already built by task kind 'classification'"):
+    register_task("mine")(Mine)
+with pytest.raises(ValueError, match="task kind 'sequence' is already registered"):
+    register_task("sequence")(type("Seq", (Mine,), {"archs": ("seq",)}))
+assert available_tasks() == ["classification", "gan", "sequence"], available_tasks()
+"""
+
+
+def test_built_in_names_and_archs_are_taken_before_the_built_ins_load():
+    """A user's task claiming a built-in's arch got in while the built-ins were not loaded yet; loading
+    them then failed on it, and the registry listed the user's task alone."""
+    done = subprocess.run(
+        [sys.executable, "-c", BEFORE_THE_BUILT_INS_LOAD], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
 
 
 @pytest.mark.parametrize(

@@ -261,6 +261,8 @@ class _Registry:
         self.plugin_errors: dict[str, str] = {}
 
     def add(self, task: Task, override: bool) -> None:
+        if type(task).__module__ not in BUILTIN_MODULES:  # a built-in's name and archs are taken before
+            self.tasks()  # they load (a built-in does not load them: imported alone, it is half-initialized)
         if task.name in self._tasks and not override:
             owner = type(self._tasks[task.name])
             raise ValueError(
