@@ -1,6 +1,6 @@
 """Experiment trackers (``logger=csv|tensorboard|mlflow|none``): a run's losses, metrics and its norms'
-reported statistics, streamed as it trains (a population's members: each its history when the group
-ends).
+reported statistics, streamed as it trains (a population's members, and the runs of a task with its own
+loop, the GAN: each its history once its record is written).
 
 A run is identified by its config hash, so a resumed or relaunched run logs into the same run:
 ``metrics.csv`` (``step,name,value`` rows, appended) and ``tensorboard/`` (event files; ``tensorboard

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import subprocess
 import sys
@@ -27,6 +28,24 @@ QUICK = ("train.budget=steps", "train.steps=4", "train.history_points=2", *QUICK
 def compose_cfg(*overrides: str) -> DictConfig:
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(config_name="config", overrides=list(overrides))
+
+
+def csv_rows(path: Path) -> dict[tuple[int, str], float]:
+    """A ``logger=csv`` run's ``metrics.csv``: value by (step, name)."""
+    with path.open() as f:
+        return {(int(r["step"]), r["name"]): float(r["value"]) for r in csv.DictReader(f)}
+
+
+def tracked_values(record: dict) -> dict[tuple[int, str], float]:
+    """What a tracker logs of ``record`` (with layer statistics left out): each history point's values at
+    its step, and the numeric final metrics as ``final/NAME`` at the last step."""
+    rows = {(p["step"], k): float(v) for p in record["history"] for k, v in p.items() if k != "step"}
+    rows |= {
+        (record["steps"], f"final/{k}"): float(v)
+        for k, v in record["metrics"].items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
+    return rows
 
 
 def normbench_run(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300):

@@ -3,11 +3,10 @@ members log their own runs; a missing extra or an unknown tracker is refused bef
 
 from __future__ import annotations
 
-import csv
 import json
 
 import pytest
-from helpers import QUICK, compose_cfg, normbench_run_here
+from helpers import QUICK, compose_cfg, csv_rows, normbench_run_here, tracked_values
 
 import normbench.trackers as trackers
 from normbench.config import ConfigError
@@ -15,24 +14,9 @@ from normbench.experiment.run import execute
 from normbench.population.launcher import Member, train_group
 
 
-def _csv_rows(path) -> dict[tuple[int, str], float]:
-    with path.open() as f:
-        return {(int(r["step"]), r["name"]): float(r["value"]) for r in csv.DictReader(f)}
-
-
-def _expected(record: dict) -> dict[tuple[int, str], float]:
-    rows = {(p["step"], k): float(v) for p in record["history"] for k, v in p.items() if k != "step"}
-    rows |= {
-        (record["steps"], f"final/{k}"): float(v)
-        for k, v in record["metrics"].items()
-        if isinstance(v, (int, float)) and not isinstance(v, bool)
-    }
-    return rows
-
-
 def test_a_csv_tracker_holds_the_runs_history_and_final_metrics(tmp_path):
     record = execute(compose_cfg(*QUICK, "logger=csv"), tmp_path)
-    assert _csv_rows(tmp_path / "metrics.csv") == pytest.approx(_expected(record))
+    assert csv_rows(tmp_path / "metrics.csv") == pytest.approx(tracked_values(record))
 
 
 def test_tensorboard_events_hold_the_history(tmp_path):
@@ -55,7 +39,7 @@ def test_each_population_member_logs_its_own_run(tmp_path):
     for m in members:
         record = json.loads((m.out_dir / "result.json").read_text())
         assert record["env"]["population"] == 2
-        assert _csv_rows(m.out_dir / "metrics.csv") == pytest.approx(_expected(record))
+        assert csv_rows(m.out_dir / "metrics.csv") == pytest.approx(tracked_values(record))
 
 
 def test_a_tracker_failing_after_a_population_trained_loses_no_members_record(tmp_path, monkeypatch, caplog):
@@ -183,7 +167,7 @@ def test_mlflow_keeps_one_run_per_config_hash_found_again_by_its_tag(tmp_path, m
 
 def test_the_norms_per_layer_reports_are_streamed_with_each_point(tmp_path):
     record = execute(compose_cfg(*QUICK, "logger=csv", "norm=switchnorm", "task=mnist1d_cnn"), tmp_path)
-    rows = _csv_rows(tmp_path / "metrics.csv")
+    rows = csv_rows(tmp_path / "metrics.csv")
     layer_keys = {name for step, name in rows if name.startswith("layers/")}
     assert layer_keys  # SwitchNorm reports its mixture weights per layer
     for point in record["history"]:
@@ -202,5 +186,5 @@ def test_a_run_alone_trained_as_a_population_of_one_writes_and_logs_its_own_reco
     record = execute(cfg, tmp_path)
     assert record["env"]["population"] == 1 and record["status"] == "completed"
     assert json.loads((tmp_path / "result.json").read_text()) == record
-    assert _csv_rows(tmp_path / "metrics.csv") == pytest.approx(_expected(record))
+    assert csv_rows(tmp_path / "metrics.csv") == pytest.approx(tracked_values(record))
     assert not (tmp_path / "checkpoint.pt").exists()

@@ -98,6 +98,8 @@ def execute(cfg: DictConfig, out_dir: str | os.PathLike[str], progress: bool = F
         write_json_atomic(out_dir / RESULT_FILE, written)
         if record.final:
             (out_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
+        if task.own_training:  # its own loop streams nothing: the record is logged once it is written
+            log_to_tracker(cfg, out_dir, written)
     return written
 
 
@@ -109,6 +111,12 @@ def write_record(cfg: DictConfig, out_dir: Path, record: dict[str, Any]) -> None
     write_json_atomic(out_dir / RESULT_FILE, record)
     if record["status"] in ("completed", "diverged"):  # final: nothing left to resume
         (out_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
+    log_to_tracker(cfg, out_dir, record)
+
+
+def log_to_tracker(cfg: DictConfig, out_dir: Path, record: dict[str, Any]) -> None:
+    """A written ``record`` into the run's tracker (``logger``), its history replayed: for the runs whose
+    loop streams nothing as it trains (a population's members, a task with its own training)."""
     tracker = open_tracker(cfg.logger, out_dir, record["config"], record["config_hash"], cfg.sweep.name)
     if tracker is not None:
         try:
