@@ -248,7 +248,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
-    logger: str = "none"  # experiment tracker: none, csv, tensorboard (normbench.trackers)
+    logger: str = "none"  # experiment tracker: none, csv, tensorboard, mlflow, wandb (normbench.trackers)
 
 
 # Settings that say where or how a run executes, not what it computes: left out of the config hash.

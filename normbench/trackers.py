@@ -1,17 +1,20 @@
-"""Experiment trackers (``logger=csv|tensorboard|mlflow|none``): a run's losses, metrics and its norms'
-reported statistics, streamed as it trains (a population's members, and the runs of a task with its own
-loop, the GAN: each its history once its record is written).
+"""Experiment trackers (``logger=csv|tensorboard|mlflow|wandb|none``): a run's losses, metrics and its
+norms' reported statistics, streamed as it trains (a population's members, and the runs of a task with
+its own loop, the GAN: each its history once its record is written).
 
 A run is identified by its config hash, so a resumed or relaunched run logs into the same run:
 ``metrics.csv`` (``step,name,value`` rows, appended) and ``tensorboard/`` (event files; ``tensorboard
 --logdir multirun/SWEEP`` shows every run of a sweep) live in the run's folder, which is named by the
 hash; MLflow, which chooses its own run ids, finds the run again by its ``normbench.config_hash`` tag
 (experiment: the sweep's name; store: ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` in the
-working directory). Nothing needs a server. TensorBoard and MLflow are optional extras; asking for a
-tracker whose package is missing is refused before any work with the ``pip install`` to run, and so is
-an MLflow store that cannot keep runs (a scheme MLflow lacks, a database file it cannot write). A
-tracker is a copy of what ``result.json`` records: one that fails later (a server gone meanwhile) is an
-error in the run's log, logs nothing more, and costs the run nothing.
+working directory); a Weights & Biases run's id is the hash (project: ``$WANDB_PROJECT``, else the
+sweep's name; with ``WANDB_MODE=offline`` its files stay in the run's folder for ``wandb sync``).
+Nothing needs a server. TensorBoard, MLflow and W&B are optional extras; asking for a tracker whose
+package is missing is refused before any work with the ``pip install`` to run, and so is an MLflow
+store that cannot keep runs (a scheme MLflow lacks, a database file it cannot write) and W&B online
+without an API key (each run would fail on it, or wait at its login prompt). A tracker is a copy of
+what ``result.json`` records: one that fails later (a server gone meanwhile) is an error in the run's
+log, logs nothing more, and costs the run nothing.
 """
 
 from __future__ import annotations
@@ -21,8 +24,11 @@ import importlib.util
 import json
 import logging
 import math
+import netrc
 import os
+import re
 import time
+import urllib.parse
 from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
@@ -30,12 +36,14 @@ from typing import Any, Protocol
 
 from normbench.results import write_problem
 
-LOGGERS = ("none", "csv", "tensorboard", "mlflow")
+LOGGERS = ("none", "csv", "tensorboard", "mlflow", "wandb")
 # logger -> (module it needs, what to install)
 EXTRAS = {
     "tensorboard": ("tensorboard", "pip install 'normbench[tensorboard]'"),
     "mlflow": ("mlflow", "pip install 'normbench[mlflow]'"),
+    "wandb": ("wandb", "pip install 'normbench[wandb]'"),
 }
+WANDB_LOCAL_MODES = ("offline", "disabled", "dryrun")  # WANDB_MODE values that need no account
 HASH_TAG = "normbench.config_hash"
 log = logging.getLogger(__name__)
 
@@ -54,7 +62,29 @@ def logger_problem(kind: str) -> str | None:
         if why:
             store = f"MLFLOW_TRACKING_URI={uri}" if given else f"its store {uri}"
             return f"logger=mlflow: {store}: {why}"
+    if kind == "wandb" and os.environ.get("WANDB_MODE") not in WANDB_LOCAL_MODES and not _wandb_key_found():
+        return (
+            f"logger=wandb: no W&B API key for {_wandb_host()} (WANDB_API_KEY, or the ~/.netrc entry `wandb "
+            "login` writes); log in, or set WANDB_MODE=offline to keep each run's W&B files in its folder "
+            "for `wandb sync`"
+        )
     return None
+
+
+def _wandb_host() -> str:
+    return urllib.parse.urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname or "?"
+
+
+def _wandb_key_found() -> bool:
+    """Whether W&B has credentials where it reads them without asking: ``WANDB_API_KEY``, an identity
+    token file, or the netrc entry of its host (``$NETRC``, else ``~/.netrc``)."""
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    path = Path(os.environ.get("NETRC") or Path.home() / ".netrc").expanduser()
+    try:
+        return netrc.netrc(path).authenticators(_wandb_host()) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
 
 
 def default_mlflow_uri() -> str:
@@ -183,6 +213,30 @@ class MlflowTracker:
         self.client.set_terminated(self.run_id)
 
 
+class WandbTracker:
+    """A Weights & Biases run whose id is the config hash (resumed, not duplicated, by a rerun), the config
+    as its config; its local files in ``run_dir/wandb``."""
+
+    def __init__(self, run_dir: Path, config: Mapping[str, Any], config_hash: str, experiment: str) -> None:
+        import wandb
+
+        project = os.environ.get("WANDB_PROJECT") or re.sub(r"[/\\#?%:]", "-", experiment)
+        self.run = wandb.init(
+            project=project,
+            id=config_hash,
+            name=config_hash,
+            resume="allow",
+            dir=str(run_dir),
+            config=dict(config),
+        )
+
+    def log(self, step: int, values: Mapping[str, Any]) -> None:
+        self.run.log(_scalars(values), step=step)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
 class Kept:
     """A tracker whose failure costs its run nothing: the first exception it raises is logged as an
     error naming the run's folder, and it logs nothing after (the record in result.json is the run's)."""
@@ -229,6 +283,10 @@ def open_tracker(
         return Kept(kind, run_dir, lambda: TensorBoardTracker(run_dir, config))
     if kind == "mlflow":
         return Kept(kind, run_dir, lambda: MlflowTracker(config, config_hash or run_dir.name, experiment))
+    if kind == "wandb":
+        return Kept(
+            kind, run_dir, lambda: WandbTracker(run_dir, config, config_hash or run_dir.name, experiment)
+        )
     return None
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
+import struct
 import subprocess
 import sys
 import textwrap
@@ -46,6 +48,39 @@ def tracked_values(record: dict) -> dict[tuple[int, str], float]:
         if isinstance(v, (int, float)) and not isinstance(v, bool)
     }
     return rows
+
+
+def wandb_offline_history(run_dir: Path) -> tuple[set[str], dict[tuple[int, str], float]]:
+    """The run ids and the logged values, by (step, name), of the offline W&B runs in ``run_dir/wandb``,
+    read from their transaction logs: LevelDB log records (32 KiB blocks, 7-byte headers: CRC, length,
+    type full/first/middle/last) after a 7-byte W&B header, each a ``wandb_internal_pb2.Record``."""
+    from wandb.proto import wandb_internal_pb2
+
+    ids, values = set(), {}
+    for path in sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb")):
+        data, pos, pending = path.read_bytes(), 7, b""
+        while pos + 7 <= len(data):
+            if (left := 32768 - pos % 32768) < 7:  # a block's tail too short for a header is padding
+                pos += left
+                continue
+            _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+            if kind == 0:
+                break
+            chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
+            pending = chunk if kind in (1, 2) else pending + chunk
+            if kind not in (1, 4):
+                continue
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            if record.WhichOneof("record_type") == "run":
+                ids.add(record.run.run_id)
+            elif record.WhichOneof("record_type") == "history":
+                items = {
+                    i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item
+                }
+                step = items.pop("_step")
+                values |= {(step, k): v for k, v in items.items() if not k.startswith("_")}
+    return ids, values
 
 
 def normbench_run(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300):

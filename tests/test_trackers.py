@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers import QUICK, compose_cfg, csv_rows, normbench_run_here, tracked_values
+from helpers import QUICK, compose_cfg, csv_rows, normbench_run_here, tracked_values, wandb_offline_history
 
 import normbench.trackers as trackers
 from normbench.config import ConfigError
@@ -137,11 +137,80 @@ def test_an_mlflow_store_that_cannot_keep_runs_is_refused_before_any_work(
 
 def test_an_unknown_tracker_exits_2_naming_the_allowed_ones(tmp_path, monkeypatch, capsys):
     status, stderr = normbench_run_here(
-        "logger=wandb", *QUICK, "hydra.run.dir=run", cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys
+        "logger=comet", *QUICK, "hydra.run.dir=run", cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys
     )
     assert status == 2
-    assert "logger=wandb: unknown; allowed: none, csv, tensorboard, mlflow" in stderr
+    assert "logger=comet: unknown; allowed: none, csv, tensorboard, mlflow, wandb" in stderr
     assert not (tmp_path / "run" / "result.json").exists()
+
+
+@pytest.fixture
+def wandb_home(tmp_path, monkeypatch):
+    """No W&B account: a home without ~/.netrc, W&B's own files under tmp_path, no key in the env."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for name in ("WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "WANDB_MODE", "WANDB_PROJECT", "NETRC"):
+        monkeypatch.delenv(name, raising=False)
+    for name in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(name, str(tmp_path / name.lower()))
+    (tmp_path / "home").mkdir()
+    return tmp_path / "home"
+
+
+def test_wandb_without_an_account_is_refused_before_any_work_and_offline_needs_none(
+    tmp_path, monkeypatch, capsys, wandb_home
+):
+    """Each run failed on W&B's missing key after its data and model were built (or, in a terminal,
+    waited at W&B's login prompt)."""
+    status, stderr = normbench_run_here(
+        "logger=wandb", *QUICK, "hydra.run.dir=run", cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys
+    )
+    assert status == 2 and not (tmp_path / "run").exists()
+    assert stderr.strip().splitlines()[-1] == (
+        "normbench-run: error: logger=wandb: no W&B API key for api.wandb.ai (WANDB_API_KEY, or the ~/.netrc "
+        "entry `wandb login` writes); log in, or set WANDB_MODE=offline to keep each run's W&B files in its "
+        "folder for `wandb sync`"
+    )
+    (wandb_home / ".netrc").write_text("machine api.wandb.ai\n  login user\n  password 0123456789abcdef\n")
+    assert trackers.logger_problem("wandb") is None  # `wandb login` done
+    monkeypatch.setenv("WANDB_BASE_URL", "https://wandb.example.org")
+    assert "no W&B API key for wandb.example.org" in trackers.logger_problem("wandb")  # another host's
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert trackers.logger_problem("wandb") is None
+
+
+def test_a_wandb_run_is_the_config_hash_and_holds_the_history_and_final_metrics(
+    tmp_path, monkeypatch, wandb_home
+):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    record = execute(
+        compose_cfg(*QUICK, "logger=wandb", "norm=switchnorm", "task=mnist1d_cnn"), tmp_path / "run"
+    )
+    ids, logged = wandb_offline_history(tmp_path / "run")
+    assert ids == {record["config_hash"]}
+    assert {k: logged[k] for k in tracked_values(record)} == pytest.approx(tracked_values(record))
+    last = {k: v for (step, k), v in logged.items() if step == record["steps"] and k.startswith("layers/")}
+    assert last and last == pytest.approx(trackers.layer_values(record["layers"]))  # the norms' own reports
+    again = execute(
+        compose_cfg(*QUICK, "logger=wandb", "norm=switchnorm", "task=mnist1d_cnn", "runtime.force=true"),
+        tmp_path / "run",
+    )
+    assert wandb_offline_history(tmp_path / "run")[0] == {again["config_hash"]}  # the same run, resumed
+
+
+def test_each_population_member_is_its_own_wandb_run(tmp_path, monkeypatch, wandb_home):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    members = [
+        Member(
+            compose_cfg(*QUICK, "logger=wandb", f"seed={s}"), tmp_path / str(s), str(tmp_path / f"{s}.log")
+        )
+        for s in (0, 1)
+    ]
+    train_group(members)
+    for m in members:
+        record = json.loads((m.out_dir / "result.json").read_text())
+        ids, logged = wandb_offline_history(m.out_dir)
+        assert ids == {record["config_hash"]}
+        assert {k: logged[k] for k in tracked_values(record)} == pytest.approx(tracked_values(record))
 
 
 def test_mlflow_keeps_one_run_per_config_hash_found_again_by_its_tag(tmp_path, monkeypatch):
