@@ -180,7 +180,7 @@ def test_registration_refuses_taken_names_and_archs_and_bad_names(isolated_tasks
         register_task("mine", override=True)(type("Mine", (Complete,), {"archs": ("mlp",)}))
     with pytest.raises(ValueError, match="task kind 'My-Task' must be lower case"):
         register_task("My-Task")(Another)
-    with pytest.raises(TypeError, match="decorates a Task subclass"):
+    with pytest.raises(TypeError, match="registers a Task subclass"):
         register_task("plain")(nn.Module)
     with pytest.raises(KeyError, match=r"unknown task kind 'clasification'\. Did you mean 'classification'"):
         get_task("clasification")
@@ -189,6 +189,9 @@ def test_registration_refuses_taken_names_and_archs_and_bad_names(isolated_tasks
     plain = type("Plain", (Task,), {"archs": ("mine",), "build_model": Complete.build_model})
     with pytest.raises(TypeError, match=r"Plain.sample_losses is not implemented"):
         register_task("mine")(plain)  # a Task without the classification's losses and errors
+    elsewhere = type("Elsewhere", (Complete,), {"archs": ("elsewhere",)})
+    assert register_task("elsewhere", elsewhere) is elsewhere  # a class defined elsewhere, by a call
+    assert type(get_task("elsewhere")) is elsewhere
 
 
 # A fresh interpreter: the built-in tasks load on first use, so this test's process has them already.

@@ -20,7 +20,7 @@ import importlib
 import logging
 import re
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -308,8 +308,9 @@ def shared_metrics(cfg: DictConfig) -> frozenset[str]:
     return frozenset({f"{s}_{kind}" for s in splits for kind in ("error", "loss")} | {"generalization_gap"})
 
 
-def register_task(name: str, *, override: bool = False) -> Callable[[T], T]:
-    """Register a :class:`Task` subclass under ``name`` (decorator); one instance serves every run.
+def register_task(name: str, cls: type[Task] | None = None, *, override: bool = False) -> Any:
+    """Register a :class:`Task` subclass under ``name``: as a decorator, or called with the class (one
+    defined elsewhere), returning it either way; one instance serves every run.
 
     Example::
 
@@ -325,17 +326,17 @@ def register_task(name: str, *, override: bool = False) -> Callable[[T], T]:
             f"task kind {name!r} must be lower case letters, digits and '_' (e.g. 'autoencoder')"
         )
 
-    def decorator(cls: T) -> T:
-        if not (isinstance(cls, type) and issubclass(cls, Task)):
-            raise TypeError(f"register_task({name!r}) decorates a Task subclass, got {cls!r}")
-        problem = _definition_problem(cls)
+    def decorator(task_class: T) -> T:
+        if not (isinstance(task_class, type) and issubclass(task_class, Task)):
+            raise TypeError(f"register_task({name!r}) registers a Task subclass, got {task_class!r}")
+        problem = _definition_problem(task_class)
         if problem:
-            raise TypeError(f"register_task({name!r}): {cls.__qualname__}.{problem}")
-        cls.name = name
-        REGISTRY.add(cls(), override)
-        return cls
+            raise TypeError(f"register_task({name!r}): {task_class.__qualname__}.{problem}")
+        task_class.name = name
+        REGISTRY.add(task_class(), override)
+        return task_class
 
-    return decorator
+    return decorator if cls is None else decorator(cls)
 
 
 def _definition_problem(cls: type[Task]) -> str | None:
