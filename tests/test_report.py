@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import importlib
 import json
 import re
@@ -176,6 +177,23 @@ def test_duplicate_hash_keeps_completed_then_newest(tmp_path):
     summary = with_reference_delta(summarize(runs))
     row = summary.iloc[0]
     assert row["runs"] == 2 and row["n"] == 1 and row["n_diverged"] == 1 and row["delta_vs_ref"] == 0
+
+
+def test_a_failed_runs_error_with_a_pipe_stays_in_its_cell(tmp_path):
+    """The pipe split the problems table's row: the error cut in two, its path under no header."""
+    failed = _record("h1", "failed", "2026-01-03", None) | {
+        "error": "TypeError: unsupported operand for |: 'int'"
+    }
+    _write(tmp_path / "sweep/x", failed)
+    _write(tmp_path / "sweep/y", _record("h2", "completed", "2026-01-02", 0.2, seed=1))
+    report = build_report([tmp_path / "sweep"], tmp_path / "out", html=True)
+    table = report.read_text().split("Runs that diverged or failed:")[1].strip().split("\n\n")[0].splitlines()
+    cells = [re.split(r"(?<!\\)\|", line.strip())[1:-1] for line in table]
+    assert len(cells) == 3 and len(cells[2]) == len(cells[0]) == 7  # header, rule, the failed run
+    assert cells[2][5].strip() == r"TypeError: unsupported operand for \|: 'int'"
+    page = (tmp_path / "out" / "report.html").read_text()
+    row = next(r for r in page.split("<tr>") if "unsupported operand" in r).split("</tr>")[0]
+    assert row.count("<td") == 7 and "unsupported operand for |: 'int'" in html.unescape(row)
 
 
 def test_report_cli_errors_name_the_folder(tmp_path, capsys):

@@ -17,7 +17,7 @@ from normbench.report import figures
 from normbench.report.html import render_html
 from normbench.report.identical import identical_section
 from normbench.report.load import read_records, record_paths, runs_frame
-from normbench.report.markdown import facet_title, image, md_table, norm_by_batch, slug
+from normbench.report.markdown import escaped_pipes, facet_title, image, md_table, norm_by_batch, slug
 from normbench.report.metric import Metric, metric_groups
 from normbench.report.select import CRITERION, as_keys, check_keys, select_on_validation
 from normbench.report.study import Study, load_study, study_report
@@ -204,7 +204,8 @@ def problems_section(runs: pd.DataFrame, summary: pd.DataFrame, skipped: Sequenc
     bad = runs[runs["status"] != "completed"]
     if not bad.empty:
         cols = [c for c in ("task", "norm", "batch_size", "seed", "status", "error", "path") if c in bad]
-        lines += ["Runs that diverged or failed:", "", bad[cols].fillna("").to_markdown(index=False), ""]
+        table = escaped_pipes(bad[cols].fillna(""))
+        lines += ["Runs that diverged or failed:", "", table.to_markdown(index=False), ""]
     if skipped:
         lines += ["Result files skipped as unreadable or partial:", "", *(f"- {s}" for s in skipped), ""]
     return "\n".join(lines)

@@ -38,6 +38,13 @@ def md_table(table: pd.DataFrame) -> str:
     return table.astype(object).fillna("—").to_markdown(stralign="right", disable_numparse=True)
 
 
+def escaped_pipes(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with ``|`` in its text cells escaped (an error message's pipe would split its row into
+    one column more than the header, shifting every cell after it)."""
+    text = table.select_dtypes(include=["object", "string"]).columns
+    return table.assign(**{c: table[c].astype(str).str.replace("|", r"\|", regex=False) for c in text})
+
+
 def image(path: Path, base: Path, alt: str) -> str:
     return f"![{alt}]({path.relative_to(base).as_posix()})"
 
