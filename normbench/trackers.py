@@ -8,7 +8,8 @@ A run is identified by its config hash, so a resumed or relaunched run logs into
 hash; MLflow, which chooses its own run ids, finds the run again by its ``normbench.config_hash`` tag
 (experiment: the sweep's name; store: ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` in the
 working directory); a Weights & Biases run's id is the hash (project: ``$WANDB_PROJECT``, else the
-sweep's name; with ``WANDB_MODE=offline`` its files stay in the run's folder for ``wandb sync``).
+sweep's name; group: the sweep's name; with ``WANDB_MODE=offline`` its files stay in the run's folder
+for ``wandb sync``).
 Nothing needs a server. TensorBoard, MLflow and W&B are optional extras; asking for a tracker whose
 package is missing is refused before any work with the ``pip install`` to run, and so is an MLflow
 store that cannot keep runs (a scheme MLflow lacks, a database file it cannot write) and W&B online
@@ -223,6 +224,7 @@ class WandbTracker:
         project = os.environ.get("WANDB_PROJECT") or re.sub(r"[/\\#?%:]", "-", experiment)
         self.run = wandb.init(
             project=project,
+            group=experiment,  # the sweep, where several share a project ($WANDB_PROJECT)
             id=config_hash,
             name=config_hash,
             resume="allow",

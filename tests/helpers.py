@@ -50,8 +50,9 @@ def tracked_values(record: dict) -> dict[tuple[int, str], float]:
     return rows
 
 
-def wandb_offline_history(run_dir: Path) -> tuple[set[str], dict[tuple[int, str], float]]:
-    """The run ids and the logged values, by (step, name), of the offline W&B runs in ``run_dir/wandb``,
+def wandb_offline_history(run_dir: Path) -> tuple[set[tuple[str, str, str]], dict[tuple[int, str], float]]:
+    """The (id, project, group) of the offline W&B runs in ``run_dir/wandb`` and their logged values by
+    (step, name),
     read from their transaction logs: LevelDB log records (32 KiB blocks, 7-byte headers: CRC, length,
     type full/first/middle/last) after a 7-byte W&B header, each a ``wandb_internal_pb2.Record``."""
     from wandb.proto import wandb_internal_pb2
@@ -73,7 +74,7 @@ def wandb_offline_history(run_dir: Path) -> tuple[set[str], dict[tuple[int, str]
             record = wandb_internal_pb2.Record()
             record.ParseFromString(pending)
             if record.WhichOneof("record_type") == "run":
-                ids.add(record.run.run_id)
+                ids.add((record.run.run_id, record.run.project, record.run.run_group))
             elif record.WhichOneof("record_type") == "history":
                 items = {
                     i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item

@@ -182,19 +182,19 @@ def test_a_wandb_run_is_the_config_hash_and_holds_the_history_and_final_metrics(
     tmp_path, monkeypatch, wandb_home
 ):
     monkeypatch.setenv("WANDB_MODE", "offline")
-    record = execute(
-        compose_cfg(*QUICK, "logger=wandb", "norm=switchnorm", "task=mnist1d_cnn"), tmp_path / "run"
-    )
-    ids, logged = wandb_offline_history(tmp_path / "run")
-    assert ids == {record["config_hash"]}
+    overrides = (*QUICK, "logger=wandb", "norm=switchnorm", "task=mnist1d_cnn", "sweep.name=demo/cnn")
+    record = execute(compose_cfg(*overrides), tmp_path / "run")
+    runs, logged = wandb_offline_history(tmp_path / "run")
+    assert runs == {(record["config_hash"], "demo-cnn", "demo/cnn")}  # W&B refuses '/' in a project
     assert {k: logged[k] for k in tracked_values(record)} == pytest.approx(tracked_values(record))
     last = {k: v for (step, k), v in logged.items() if step == record["steps"] and k.startswith("layers/")}
     assert last and last == pytest.approx(trackers.layer_values(record["layers"]))  # the norms' own reports
-    again = execute(
-        compose_cfg(*QUICK, "logger=wandb", "norm=switchnorm", "task=mnist1d_cnn", "runtime.force=true"),
-        tmp_path / "run",
-    )
-    assert wandb_offline_history(tmp_path / "run")[0] == {again["config_hash"]}  # the same run, resumed
+    monkeypatch.setenv("WANDB_PROJECT", "shared")
+    again = execute(compose_cfg(*overrides, "runtime.force=true"), tmp_path / "run")
+    assert wandb_offline_history(tmp_path / "run")[0] == {
+        (again["config_hash"], "demo-cnn", "demo/cnn"),  # the first, and the same run continued
+        (again["config_hash"], "shared", "demo/cnn"),
+    }
 
 
 def test_each_population_member_is_its_own_wandb_run(tmp_path, monkeypatch, wandb_home):
@@ -208,8 +208,8 @@ def test_each_population_member_is_its_own_wandb_run(tmp_path, monkeypatch, wand
     train_group(members)
     for m in members:
         record = json.loads((m.out_dir / "result.json").read_text())
-        ids, logged = wandb_offline_history(m.out_dir)
-        assert ids == {record["config_hash"]}
+        runs, logged = wandb_offline_history(m.out_dir)
+        assert runs == {(record["config_hash"], "default", "default")}
         assert {k: logged[k] for k in tracked_values(record)} == pytest.approx(tracked_values(record))
 
 
