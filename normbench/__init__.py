@@ -1,9 +1,10 @@
 """normbench: compare normalization layers in PyTorch.
 
 Public API: :func:`build_norm`, :func:`register_norm`, :func:`available_norms`, :func:`norm_spec`;
-:class:`Task`, :func:`register_task` and :func:`available_tasks` for tasks; the :class:`ChannelLast` adapter for (N, L, C) token tensors, :func:`convert_norms` for any model and
-:func:`diagnose` for any model's batch statistics, and :func:`load_model` for a run's saved weights. They are imported on first access, so
-``normbench.report`` (pandas and matplotlib only) loads without torch.
+:class:`Task`, :func:`register_task` and :func:`available_tasks` for tasks; the :class:`ChannelLast`
+adapter for (N, L, C) token tensors, :func:`convert_norms` for any model, :func:`diagnose` for any
+model's batch statistics, and :func:`load_model` for a run's saved weights. They are imported on first
+access, so ``normbench.report`` (pandas and matplotlib only) loads without torch.
 """
 
 from __future__ import annotations

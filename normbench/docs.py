@@ -1,6 +1,7 @@
 """The documentation's generated pages, so they cannot drift from their source: the plugin reference
-(``docs/norms.md``) from the registry, the README's recommendation table from the default study's report, its
-population-against-separate summary from that comparison's file, and the site's home page (``docs/index.md``) from the README.
+(``docs/norms.md``) from the registry, the README's recommendation table from the default study's report,
+its population-against-separate summary from that comparison's file, and the site's home page
+(``docs/index.md``) from the README.
 ``python -m normbench.docs [--check]`` writes them (or, with ``--check``, exits 1 when a committed page
 differs)."""
 

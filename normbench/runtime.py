@@ -11,9 +11,10 @@ one) as one CUDA graph and replays it
 ``true`` to insist (refused where it cannot), ``false`` never. ``runtime.kernels`` chooses the norms'
 accelerated forms (:mod:`normbench.accel`): ``auto``, ``torch`` (the formulas alone) or one family.
 
-Of these only the precision changes the numbers beyond float reassociation, so only a precision other
-than fp32 joins a run's identity (``normbench.schema.NON_IDENTITY_KEYS`` and ``normbench.experiment.identity.LATER_KEYS``): every
-fp32 run keeps the hash it had before these settings existed.
+Of these only the precision changes the numbers beyond float reassociation, so only a precision other than
+fp32 joins a run's identity (``normbench.schema.NON_IDENTITY_KEYS`` and
+``normbench.experiment.identity.LATER_KEYS``): every fp32 run keeps the hash it had before these settings
+existed.
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
-"""The run config's schema: typed dataclasses (no torch, no Hydra), so that ``normbench.experiment.identity`` and
-the report can read it without the training stack. ``normbench.config`` registers them with Hydra.
+"""The run config's schema: typed dataclasses (no torch, no Hydra), so that
+``normbench.experiment.identity`` and the report can read it without the training stack.
+``normbench.config`` registers them with Hydra.
 
-A field added after committed records existed carries ``metadata=added(before=VALUE)``: VALUE is how
-the earlier runs behaved, and the key is left out of a run's identity while it holds that value, so the
-earlier runs keep their config hashes (``normbench.experiment.identity.LATER_KEYS`` is generated from these marks;
-a test recomputes every committed record's hash).
+A field added after committed records existed carries ``metadata=added(before=VALUE)``: VALUE is how the
+earlier runs behaved, and the key is left out of a run's identity while it holds that value, so the
+earlier runs keep their config hashes (``normbench.experiment.identity.LATER_KEYS`` is generated from
+these marks; a test recomputes every committed record's hash).
 """
 
 from __future__ import annotations
