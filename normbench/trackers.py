@@ -44,7 +44,8 @@ EXTRAS = {
     "mlflow": ("mlflow", "pip install 'normbench[mlflow]'"),
     "wandb": ("wandb", "pip install 'normbench[wandb]'"),
 }
-WANDB_LOCAL_MODES = ("offline", "disabled", "dryrun")  # WANDB_MODE values that need no account
+WANDB_MODES = ("online", "offline", "shared", "disabled", "dryrun", "run")  # W&B's settings.mode values
+WANDB_LOCAL_MODES = ("offline", "disabled", "dryrun")  # those that need no account
 HASH_TAG = "normbench.config_hash"
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,10 @@ def logger_problem(kind: str) -> str | None:
         if why:
             store = f"MLFLOW_TRACKING_URI={uri}" if given else f"its store {uri}"
             return f"logger=mlflow: {store}: {why}"
-    if kind == "wandb" and os.environ.get("WANDB_MODE") not in WANDB_LOCAL_MODES and not _wandb_key_found():
+    mode = os.environ.get("WANDB_MODE") or "online"
+    if kind == "wandb" and mode not in WANDB_MODES:  # each run's tracker would fail on it
+        return f"logger=wandb: WANDB_MODE={mode}: must be one of {', '.join(WANDB_MODES)}"
+    if kind == "wandb" and mode not in WANDB_LOCAL_MODES and not _wandb_key_found():
         return (
             f"logger=wandb: no W&B API key for {_wandb_host()} (WANDB_API_KEY, or the ~/.netrc entry `wandb "
             "login` writes); log in, or set WANDB_MODE=offline to keep each run's W&B files in its folder "

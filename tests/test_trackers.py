@@ -176,6 +176,10 @@ def test_wandb_without_an_account_is_refused_before_any_work_and_offline_needs_n
     assert "no W&B API key for wandb.example.org" in trackers.logger_problem("wandb")  # another host's
     monkeypatch.setenv("WANDB_MODE", "offline")
     assert trackers.logger_problem("wandb") is None
+    monkeypatch.setenv("WANDB_MODE", "ofline")  # W&B's settings refuse it in every run
+    assert trackers.logger_problem("wandb") == (
+        "logger=wandb: WANDB_MODE=ofline: must be one of online, offline, shared, disabled, dryrun, run"
+    )
 
 
 def test_a_wandb_run_is_the_config_hash_and_holds_the_history_and_final_metrics(
