@@ -167,6 +167,17 @@ def _main(cfg: DictConfig) -> float | None:
     return value
 
 
+def _aliased_norm(choice: str) -> str | None:
+    """The canonical name of the norm that ``choice`` is an alias of (``gn``: groupnorm), or None."""
+    from normbench.norms import norm_spec
+
+    try:
+        name = norm_spec(choice).name
+    except (KeyError, TypeError):
+        return None
+    return name if name != choice else None
+
+
 def _one_line(exc: BaseException) -> str:
     """Hydra's and OmegaConf's multi-line messages as one line that names the bad value, with a
     "did you mean" where a near miss exists."""
@@ -185,6 +196,9 @@ def _one_line(exc: BaseException) -> str:
         options = list(exc.options or [])
         close = difflib.get_close_matches(choice, options, n=1, cutoff=0.5)
         hint = f"; did you mean {close[0]}?" if close else ""
+        alias = _aliased_norm(choice) if group == "norm" else None
+        if alias:  # build_norm takes aliases; a config group's choices are its files' names
+            hint = f"; did you mean {alias}? (build_norm takes {choice} for it; a config takes its name)"
         return f"{group}={choice}: unknown {group}{hint} (available: {', '.join(options)})"
     if isinstance(exc.__cause__, ConfigError):  # e.g. a launcher option, raised inside instantiate
         return str(exc.__cause__)

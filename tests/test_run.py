@@ -252,6 +252,8 @@ def test_cli_config_error_is_one_line_and_nonzero(tmp_path):
     [
         ("norm=foo", "norm=foo: unknown norm (available: batchnorm, batchrenorm, "),
         ("norm=grupnorm", "norm=grupnorm: unknown norm; did you mean groupnorm? (available: "),
+        # the registry's alias, which build_norm takes: a config group's choices are file names
+        ("norm=gn", "norm=gn: unknown norm; did you mean groupnorm? (build_norm takes gn for it; a config "),
         (
             "task=nope",
             "task=nope: unknown task (available: cifar100_resnet20, cifar10_resnet20, cifar10_vgg, ",
