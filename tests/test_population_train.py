@@ -20,6 +20,7 @@ import pytest
 import torch
 from helpers import compose_cfg
 
+from normbench.config import ConfigError
 from normbench.experiment.build import prepare_data, prepare_model, setup_runtime
 from normbench.experiment.run import execute
 from normbench.population.train import members_per_population, population_parts, train_population
@@ -151,12 +152,15 @@ def test_either_form_gives_the_separate_runs_records(tmp_path, form):
     assert {r["env"]["population_form"] for r in records} == {form}
 
 
-def test_insisting_on_the_wide_form_fails_a_group_without_one_with_the_reason():
+def test_insisting_on_the_wide_form_for_a_model_without_one_is_a_configuration_error():
+    """It was a failed record for every member (a rerun tried it again), not the setting's error."""
     transformer = ("task=seq_transformer", "task.model.width=32", "task.model.depth=1", "batch_size=8")
     cfgs = [compose_cfg("norm=layernorm", *transformer, *STEPS, *m) for m in MEMBERS]
-    records = train_population(cfgs, form="wide")
-    assert {r["status"] for r in records} == {"failed"}
-    assert records[0]["error"] == "NoWideForm: the model: SequenceTransformer has no wide form"
+    with pytest.raises(ConfigError) as info:
+        train_population(cfgs, form="wide")
+    assert str(info.value) == (
+        "hydra.launcher.form=wide: the model: SequenceTransformer has no wide form; form=auto trains it under vmap"
+    )
 
 
 def test_adamw_members_too(tmp_path):

@@ -67,7 +67,7 @@ from normbench.population.evaluate import MembersByBatchSize, PopulationMembers
 from normbench.population.grouping import why_not_population
 from normbench.population.optim import PopulationOptimizer
 from normbench.population.stacked import Population
-from normbench.population.wide import stack_population
+from normbench.population.wide import NoWideForm, stack_population
 from normbench.runtime import Runtime
 from normbench.tasks.dataset import Dataset
 from normbench.tasks.registry import Task, task_for
@@ -533,6 +533,8 @@ def train_population(
             results += fit_population(cfgs[part], models[part], data, runtime, progress, form, parts)
     except (ConfigError, KeyboardInterrupt):
         raise
+    except NoWideForm as exc:  # raised as the models are stacked, before any step
+        raise ConfigError(f"hydra.launcher.form=wide: {exc}; form=auto trains it under vmap") from None
     except BaseException as exc:  # a fault of the group is a result of each member
         log.exception("population of %d failed: %s", len(cfgs), exc)
         for record in records:
