@@ -52,12 +52,12 @@ def tracked_values(record: dict) -> dict[tuple[int, str], float]:
 
 def wandb_offline_history(run_dir: Path) -> tuple[set[tuple[str, str, str]], dict[tuple[int, str], float]]:
     """The (id, project, group) of the offline W&B runs in ``run_dir/wandb`` and their logged values by
-    (step, name),
-    read from their transaction logs: LevelDB log records (32 KiB blocks, 7-byte headers: CRC, length,
-    type full/first/middle/last) after a 7-byte W&B header, each a ``wandb_internal_pb2.Record``."""
+    (step, name), read from their transaction logs: LevelDB log records (32 KiB blocks, 7-byte headers:
+    CRC, length, type full/first/middle/last) after a 7-byte W&B header, each a
+    ``wandb_internal_pb2.Record``."""
     from wandb.proto import wandb_internal_pb2
 
-    ids, values = set(), {}
+    runs, values = set(), {}
     for path in sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb")):
         data, pos, pending = path.read_bytes(), 7, b""
         while pos + 7 <= len(data):
@@ -74,14 +74,14 @@ def wandb_offline_history(run_dir: Path) -> tuple[set[tuple[str, str, str]], dic
             record = wandb_internal_pb2.Record()
             record.ParseFromString(pending)
             if record.WhichOneof("record_type") == "run":
-                ids.add((record.run.run_id, record.run.project, record.run.run_group))
+                runs.add((record.run.run_id, record.run.project, record.run.run_group))
             elif record.WhichOneof("record_type") == "history":
                 items = {
                     i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item
                 }
                 step = items.pop("_step")
                 values |= {(step, k): v for k, v in items.items() if not k.startswith("_")}
-    return ids, values
+    return runs, values
 
 
 def normbench_run(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300):
