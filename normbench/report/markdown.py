@@ -41,8 +41,9 @@ def md_table(table: pd.DataFrame) -> str:
 def escaped_pipes(table: pd.DataFrame) -> pd.DataFrame:
     """``table`` with ``|`` in its text cells escaped (an error message's pipe would split its row into
     one column more than the header, shifting every cell after it)."""
-    text = table.select_dtypes(include=["object", "string"]).columns
-    return table.assign(**{c: table[c].astype(str).str.replace("|", r"\|", regex=False) for c in text})
+    return table.apply(
+        lambda column: column.map(lambda v: v.replace("|", r"\|") if isinstance(v, str) else v)
+    )
 
 
 def image(path: Path, base: Path, alt: str) -> str:
