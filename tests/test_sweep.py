@@ -39,11 +39,14 @@ def test_joblib_sweep_writes_one_hash_named_folder_per_run(tmp_path):
 
 
 def test_rerun_skips_results_reruns_unfinished_and_force_reruns(tmp_path):
-    assert sweep(tmp_path, "norm=batchnorm,identity", "batch_size=8,16").returncode == 0
+    """The sweeper's resume, whatever the launcher (in-process here: the joblib launcher's reruns are
+    test_faults.py's, after a kill -9)."""
+    grid = ("norm=batchnorm,identity", "batch_size=8,16")
+    assert sweep(tmp_path, *grid, launcher="basic").returncode == 0
     first = records(tmp_path / "default")
     killed = sorted(first)[0]
     (tmp_path / "default" / killed / "result.json").unlink()  # as a run killed before its record
-    proc = sweep(tmp_path, "norm=batchnorm,identity", "batch_size=8,16")
+    proc = sweep(tmp_path, *grid, launcher="basic")
     assert proc.returncode == 0, proc.stderr
     assert "4 runs: 1 completed, 0 diverged, 0 failed, 3 skipped" in proc.stdout
     second = records(tmp_path / "default")
@@ -51,7 +54,7 @@ def test_rerun_skips_results_reruns_unfinished_and_force_reruns(tmp_path):
     for folder in first:
         if folder != killed:  # untouched: the same record, not retrained
             assert second[folder]["finished_at"] == first[folder]["finished_at"]
-    proc = sweep(tmp_path, "norm=batchnorm", "batch_size=8", "runtime.force=true")
+    proc = sweep(tmp_path, "norm=batchnorm", "batch_size=8", "runtime.force=true", launcher="basic")
     assert "1 runs: 1 completed, 0 diverged, 0 failed, 0 skipped" in proc.stdout
     assert len(records(tmp_path / "default")) == 4
 
