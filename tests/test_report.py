@@ -478,12 +478,16 @@ def test_a_population_benchmarks_reproduce_line_names_the_report_it_wrote(monkey
 
 
 @pytest.mark.parametrize("value", ["-3", "0", "two"])
-def test_report_refuses_a_reference_batch_that_is_no_batch_size(tmp_path, value):
+def test_report_refuses_a_reference_batch_that_is_no_batch_size(tmp_path, value, monkeypatch, capsys):
+    from normbench.cli import report
+
     out = tmp_path / "out"
-    command = [str(Path(sys.executable).parent / "normbench-report"), str(tmp_path), "--out", str(out)]
-    proc = subprocess.run([*command, "--reference-batch", value], cwd=ROOT, capture_output=True, text=True)
-    assert proc.returncode == 2 and not out.exists()
-    assert proc.stderr.strip().splitlines()[-1] == (
+    argv = ["normbench-report", str(tmp_path), "--out", str(out), "--reference-batch", value]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as exited:
+        report()
+    assert exited.value.code == 2 and not out.exists()
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
         f"normbench-report: error: argument --reference-batch: {value}: must be a batch size, an integer >= 1"
     )
 

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 import torch
-from helpers import QUICK, ROOT, compose_cfg, normbench_run, normbench_run_here
+from helpers import QUICK, ROOT, compose_cfg, normbench_run_here
 
 from normbench.config import ConfigError, check_values
 from normbench.experiment.identity import LATER_KEYS, run_identity
@@ -293,14 +293,13 @@ def test_the_gpu_study_script_stops_at_its_limit_and_reports_what_finished(tmp_p
 @pytest.mark.parametrize(
     "device, where", [("auto", "runtime.device=auto, here cpu"), ("cpu", "runtime.device=cpu")]
 )
-def test_a_captured_step_on_a_machine_without_cuda_is_one_line_before_any_work(tmp_path, device, where):
-    proc = normbench_run(
-        "runtime.cuda_graph=true", f"runtime.device={device}", "hydra.run.dir=out", cwd=tmp_path
-    )
-    assert proc.returncode == 2 and not (tmp_path / "out").exists()
-    assert (
-        proc.stderr.strip() == f"normbench-run: error: runtime.cuda_graph=true: needs a CUDA device ({where})"
-    )
+def test_a_captured_step_on_a_machine_without_cuda_is_one_line_before_any_work(
+    tmp_path, device, where, monkeypatch, capsys
+):
+    args = ("runtime.cuda_graph=true", f"runtime.device={device}", "hydra.run.dir=out")
+    status, stderr = normbench_run_here(*args, cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys)
+    assert status == 2 and not (tmp_path / "out").exists()
+    assert stderr.strip() == f"normbench-run: error: runtime.cuda_graph=true: needs a CUDA device ({where})"
 
 
 def _gpu_checks_calls(tmp_path) -> list[list[str]]:

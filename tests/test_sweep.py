@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import QUICK, QUICK_EVAL, compose_cfg, exploding_plugin_env, normbench_run
+from helpers import QUICK, QUICK_EVAL, compose_cfg, exploding_plugin_env, normbench_run, normbench_run_here
 
 from normbench.results import load_run
 
@@ -128,11 +128,14 @@ def test_submitit_local_launcher(tmp_path):
         ("hydra.launcher.n_jobs=0", "hydra.launcher.n_jobs=0: must be an integer >= 1 (or, for joblib"),
     ],
 )
-def test_bad_value_anywhere_in_the_grid_stops_the_sweep_before_any_job(tmp_path, override, message):
-    proc = normbench_run("-m", override, f"sweep.root={tmp_path}", "hydra/launcher=joblib", cwd=tmp_path)
-    assert proc.returncode == 2
-    assert len(proc.stderr.strip().splitlines()) == 1
-    assert proc.stderr.startswith(f"normbench-run: error: {message}")
+def test_bad_value_anywhere_in_the_grid_stops_the_sweep_before_any_job(
+    tmp_path, override, message, monkeypatch, capsys
+):
+    args = ("-m", override, f"sweep.root={tmp_path}", "hydra/launcher=joblib")
+    status, stderr = normbench_run_here(*args, cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys)
+    assert status == 2
+    assert len(stderr.strip().splitlines()) == 1
+    assert stderr.startswith(f"normbench-run: error: {message}")
     assert list(tmp_path.iterdir()) == []  # not even the sweep folder
 
 
